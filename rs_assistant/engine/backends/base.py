@@ -1,0 +1,109 @@
+"""The one small interface every model backend implements.
+
+A backend receives RGB windows as numpy arrays (H x W x 3, uint8) and answers in *pixels of
+the window it was given*: boxes as (x0, y0, x1, y1) with x to the right and y down, masks as
+H x W boolean arrays. It never sees CRSs or map coordinates: the engine alone turns pixels
+into map geometry (rs_assistant.engine.geo).
+"""
+
+from __future__ import annotations
+
+import abc
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Mapping, Sequence
+
+import numpy as np
+
+from rs_assistant.core.protocol import ErrorCode, FeatureKind, Message, Options, ProtocolError, Task
+
+
+@dataclass
+class Detection:
+    """One object found in a window, in that window's pixel coordinates."""
+
+    kind: FeatureKind
+    label: str
+    score: float
+    box: tuple[float, float, float, float] | None = None  # x0, y0, x1, y1 in window pixels
+    mask: np.ndarray | None = None  # H x W bool, same size as the window
+    point: tuple[float, float] | None = None  # x, y in window pixels
+    properties: dict[str, Any] = field(default_factory=dict)  # extra attributes (e.g. rank)
+
+    def __post_init__(self) -> None:
+        self.kind = FeatureKind(self.kind)
+        if self.box is None and self.mask is None and self.point is None:
+            raise ValueError("a detection needs a box, a mask or a point")
+
+
+@dataclass
+class BackendResult:
+    text: str = ""
+    detections: list[Detection] = field(default_factory=list)
+
+
+@dataclass
+class BackendCall:
+    """Everything a backend needs for one request."""
+
+    task: Task
+    images: Sequence[np.ndarray]  # RGB uint8 windows; for change: before, after (pixel-aligned)
+    prompt: str = ""
+    history: Sequence[Message] = ()
+    options: Options = field(default_factory=Options)
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+class Backend(abc.ABC):
+    """Base class: subclasses set ``name`` and ``tasks`` and implement ``load`` and ``run``."""
+
+    name: ClassVar[str] = ""
+    tasks: ClassVar[frozenset[Task]] = frozenset()
+
+    def __init__(self, model_name: str, config: Mapping[str, Any], device: str = "cpu"):
+        self.model_name = model_name
+        self.config = dict(config)
+        self.device = device
+        self._loaded = False
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded
+
+    def ensure_loaded(self) -> None:
+        if not self._loaded:
+            self.load()
+            self._loaded = True
+
+    @abc.abstractmethod
+    def load(self) -> None:
+        """Load weights from local paths only; raise ProtocolError(MODEL_LOAD_FAILED) naming the path."""
+
+    @abc.abstractmethod
+    def run(self, call: BackendCall) -> BackendResult:
+        """Answer one call. Check ``call.cancel`` between generation steps where possible."""
+
+    def check_task(self, task: Task) -> None:
+        if task not in self.tasks:
+            supported = ", ".join(sorted(t.value for t in self.tasks))
+            raise ProtocolError(
+                ErrorCode.UNSUPPORTED_TASK,
+                f"model '{self.model_name}' (backend {self.name}) does not do '{task.value}'; it does: {supported}",
+            )
+
+    def local_path(self, key: str = "path", required_files: Sequence[str] = ("config.json",)) -> Path:
+        """The checkpoint folder named by ``config[key]``, checked to exist and be complete."""
+        raw = self.config.get(key)
+        if not raw:
+            raise ProtocolError(ErrorCode.MODEL_LOAD_FAILED, f"model '{self.model_name}': the models file gives no '{key}'")
+        path = Path(str(raw)).expanduser()
+        if not path.is_dir():
+            raise ProtocolError(ErrorCode.MODEL_LOAD_FAILED, f"model '{self.model_name}': checkpoint folder {path} does not exist")
+        missing = [f for f in required_files if not (path / f).exists()]
+        if missing:
+            raise ProtocolError(
+                ErrorCode.MODEL_LOAD_FAILED,
+                f"model '{self.model_name}': checkpoint folder {path} is incomplete, missing {', '.join(missing)}",
+            )
+        return path

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Runs every test tier, each in its own pytest process, and fails if any tier fails.
+#   bash scripts/run_tests.sh        (what `make test` calls after the set-up)
+# core/engine/training run without the Qt plugins (no QGIS in those processes);
+# qgis/e2e run against Debian's QGIS with an offscreen Qt platform.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+status=0
+run_tier() {
+  local name=$1; shift
+  echo "=== tier: $name ==="
+  "$@"
+  local rc=$?
+  if [ $rc -ne 0 ]; then echo "=== tier $name FAILED (exit $rc) ==="; status=1; fi
+}
+run_tier core     $PY -m pytest -p no:pytest_qgis -p no:pytest-qt tests/core
+run_tier engine   $PY -m pytest -p no:pytest_qgis -p no:pytest-qt tests/engine
+run_tier training $PY -m pytest -p no:pytest_qgis -p no:pytest-qt tests/training
+run_tier qgis     env QT_QPA_PLATFORM=offscreen $PY -m pytest tests/qgis tests/e2e
+exit $status
