@@ -1,0 +1,126 @@
+"""The wire protocol: validation with typed error codes and lossless JSON round-trips."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rs_assistant.core.protocol import (
+    AnalyzeRequest,
+    AnalyzeResponse,
+    ErrorCode,
+    ImageRef,
+    Message,
+    Options,
+    ProtocolError,
+    Task,
+    feature_collection,
+)
+
+EXTENT = (500000.0, 4000000.0, 500512.0, 4000512.0)
+
+
+def image(**kw):
+    return ImageRef(**{"extent": EXTENT, "crs": "EPSG:32633", "source": "/data/a.tif", **kw})
+
+
+def request_dict(**kw):
+    base = {
+        "task": "ground",
+        "model": "default",
+        "prompt": "find the storage tanks",
+        "images": [image().to_dict()],
+        "history": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+        "output_crs": "EPSG:3857",
+        "options": {"max_new_tokens": 64, "score_threshold": 0.5, "max_side": 512},
+    }
+    base.update(kw)
+    return base
+
+
+def test_request_round_trips_through_json():
+    req = AnalyzeRequest.from_dict(request_dict())
+    assert req.task is Task.GROUND
+    assert req.images[0].extent == EXTENT
+    assert req.history == (Message("user", "hi"), Message("assistant", "hello"))
+    again = AnalyzeRequest.from_json(req.to_json())
+    assert again == req
+    assert json.loads(req.to_json())["options"]["max_side"] == 512
+
+
+def test_png_image_round_trips():
+    ref = ImageRef.from_png(b"\x89PNG fake", EXTENT, "EPSG:3857")
+    assert ImageRef.from_dict(ref.to_dict()).png_bytes() == b"\x89PNG fake"
+
+
+@pytest.mark.parametrize(
+    "change, code",
+    [
+        ({"task": "paint"}, ErrorCode.UNKNOWN_TASK),
+        ({"images": [{"crs": "EPSG:3857", "source": "/a.tif"}]}, ErrorCode.BAD_EXTENT),
+        ({"images": [{"extent": [0, 0, 0, 10], "crs": "EPSG:3857", "source": "/a.tif"}]}, ErrorCode.BAD_EXTENT),
+        ({"images": [{"extent": [0, 0, 1, "x"], "crs": "EPSG:3857", "source": "/a.tif"}]}, ErrorCode.BAD_EXTENT),
+        ({"images": [{"extent": [0, 0, 1, 1], "crs": "not a crs", "source": "/a.tif"}]}, ErrorCode.BAD_CRS),
+        ({"output_crs": "WGS84 please"}, ErrorCode.BAD_CRS),
+        ({"task": "change"}, ErrorCode.BAD_IMAGE_COUNT),
+        ({"images": []}, ErrorCode.BAD_IMAGE_COUNT),
+        ({"images": [{"extent": [0, 0, 1, 1], "crs": "EPSG:3857"}]}, ErrorCode.BAD_REQUEST),
+        ({"options": {"max_side": 100000}}, ErrorCode.REGION_TOO_LARGE),
+        ({"prompt": "x" * 9000}, ErrorCode.PROMPT_TOO_LONG),
+        ({"surprise": 1}, ErrorCode.BAD_REQUEST),
+        ({"history": [{"role": "robot", "content": "x"}]}, ErrorCode.BAD_REQUEST),
+    ],
+)
+def test_bad_requests_raise_typed_errors(change, code):
+    with pytest.raises(ProtocolError) as err:
+        AnalyzeRequest.from_dict(request_dict(**change))
+    assert err.value.code is code
+    assert err.value.message
+    assert 400 <= err.value.http_status < 500
+
+
+def test_change_needs_two_images_and_says_so():
+    with pytest.raises(ProtocolError, match="before and the after"):
+        AnalyzeRequest(task=Task.CHANGE, images=(image(),), output_crs="EPSG:3857")
+    req = AnalyzeRequest(task="change", images=(image(), image(source="/data/b.tif")), output_crs="EPSG:3857")
+    assert len(req.images) == 2
+
+
+def test_non_json_body_is_a_bad_request():
+    with pytest.raises(ProtocolError) as err:
+        AnalyzeRequest.from_json(b"{not json")
+    assert err.value.code is ErrorCode.BAD_REQUEST
+
+
+def test_output_crs_defaults_to_first_image_crs():
+    data = request_dict()
+    del data["output_crs"]
+    assert AnalyzeRequest.from_dict(data).output_crs == "EPSG:32633"
+
+
+def test_response_round_trip_and_feature_checks():
+    feat = {"type": "Feature", "geometry": {"type": "Point", "coordinates": [1, 2]},
+            "properties": {"kind": "point", "label": "tank", "score": 0.9}}
+    resp = AnalyzeResponse(text="a tank", features=feature_collection([feat]), crs="EPSG:3857",
+                           model="default", request_id="r1")
+    assert AnalyzeResponse.from_json(resp.to_json()) == resp
+    bad = dict(feat, properties={"kind": "blob", "label": "x", "score": 1})
+    with pytest.raises(ProtocolError):
+        AnalyzeResponse(text="", features=feature_collection([bad]), crs="EPSG:3857", model="m", request_id="r")
+
+
+def test_error_body_becomes_typed_error_on_the_client():
+    body = ProtocolError(ErrorCode.EXTENT_OUTSIDE, "extent is outside the raster").to_dict()
+    with pytest.raises(ProtocolError) as err:
+        AnalyzeResponse.from_dict(body)
+    assert err.value.code is ErrorCode.EXTENT_OUTSIDE
+    assert ProtocolError.from_dict({"error": {"code": "nonsense", "message": "m"}}).code is ErrorCode.INTERNAL
+
+
+def test_options_validate_ranges():
+    assert Options.from_dict({"labels": ["a", "b"]}).labels == ("a", "b")
+    with pytest.raises(ProtocolError):
+        Options(score_threshold=2)
+    with pytest.raises(ProtocolError):
+        Options.from_dict({"max_new_tokens": "lots"})
