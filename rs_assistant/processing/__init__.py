@@ -1,0 +1,5 @@
+"""The "RS Assistant" Processing provider and its algorithms, and the GDAL logic they share.
+
+``provider.RSAssistantProvider`` lists the algorithms; ``mask_export`` is usable without any
+user interface (scripts, the export dialog, tests).
+"""
