@@ -1,0 +1,225 @@
+"""Turns what a backend found, in pixels of its window, into GeoJSON features in the caller's CRS.
+
+This is the one place where pixels become map coordinates: the window's affine transform, edges
+densified before reprojection (so a box stays right in a curved projection), mask polygonisation,
+and reprojection with cached pyproj transformers.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+import affine
+import numpy as np
+import pyproj
+import rasterio.features
+import shapely
+import shapely.affinity
+import shapely.geometry
+from pyproj.exceptions import CRSError
+from shapely.geometry import MultiPolygon, Point, Polygon
+from shapely.geometry.base import BaseGeometry
+
+from rs_assistant.core.protocol import ErrorCode, FeatureKind, ProtocolError
+from rs_assistant.engine.backends.base import Detection
+
+if TYPE_CHECKING:
+    from rs_assistant.engine.imagery import Window
+
+log = logging.getLogger(__name__)
+
+#: Points per box edge before reprojection (a box becomes a 64-vertex ring).
+BOX_EDGE_POINTS = 16
+#: Longest mask-outline segment, in window pixels, before reprojection.
+MASK_SEGMENT_PX = 4.0
+
+#: Which of a detection's geometries to use, by kind, in order of preference.
+_GEOMETRY_PREFERENCE: dict[FeatureKind, tuple[str, ...]] = {
+    FeatureKind.BOX: ("box", "mask", "point"),
+    FeatureKind.MASK: ("mask", "box", "point"),
+    FeatureKind.CHANGE: ("mask", "box", "point"),
+    FeatureKind.POINT: ("point", "box", "mask"),
+}
+
+
+def parse_crs(crs: str) -> pyproj.CRS:
+    """The pyproj CRS for an authority code, WKT or PROJ string; ProtocolError(BAD_CRS) if PROJ does not know it."""
+    if not isinstance(crs, str) or not crs.strip():
+        raise ProtocolError(ErrorCode.BAD_CRS, f"CRS must be a non-empty string such as 'EPSG:3857', got {crs!r}")
+    return _parse_crs(crs.strip())
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_crs(crs: str) -> pyproj.CRS:
+    try:
+        return pyproj.CRS.from_user_input(crs)
+    except CRSError as exc:
+        raise ProtocolError(ErrorCode.BAD_CRS, f"unknown CRS {crs!r}: PROJ cannot interpret it ({exc})") from None
+
+
+@functools.lru_cache(maxsize=64)
+def _transformer(src_crs: str, dst_crs: str) -> pyproj.Transformer | None:
+    """A cached x/y-ordered transformer between two CRS strings, or None when they are the same CRS."""
+    src, dst = parse_crs(src_crs), parse_crs(dst_crs)
+    if src == dst:
+        return None
+    return pyproj.Transformer.from_crs(src, dst, always_xy=True)
+
+
+def detections_to_features(
+    detections: Sequence[Detection],
+    window: "Window",
+    output_crs: str,
+    properties: Mapping[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """GeoJSON features in ``output_crs`` for detections given in pixels of ``window``.
+
+    Boxes are clipped to the window; a detection whose geometry is empty (a box outside the
+    window, a mask of specks only) is left out. ``properties`` are added to every feature.
+    """
+    parse_crs(output_crs)
+    transformer = _transformer(window.crs, output_crs)
+    densify = transformer is not None
+    features = []
+    for det in detections:
+        geom = _pixel_geometry(det, window, densify)
+        if geom is None or geom.is_empty:
+            log.debug("dropped %s detection %r: empty geometry in the window", det.kind.value, det.label)
+            continue
+        if transformer is not None:
+            geom = _reproject(geom, transformer, output_crs)
+        features.append(_feature(det, geom, properties or {}))
+    return features
+
+
+def polygonize_mask(
+    mask: np.ndarray, transform: affine.Affine, min_area_px: float = 4, simplify_px: float = 1.0
+) -> Polygon | MultiPolygon:
+    """The outline of a boolean mask in the transform's CRS: holes kept, specks dropped, simplified.
+
+    Parts and holes smaller than ``min_area_px`` pixels are dropped; the outline is simplified
+    with a tolerance of ``simplify_px`` pixels, preserving topology. An empty mask gives an empty Polygon.
+    """
+    return _apply_affine(_mask_outline_px(mask, min_area_px, simplify_px), transform)
+
+
+# --- pixel geometries --------------------------------------------------------------------------
+
+
+def _pixel_geometry(det: Detection, window: "Window", densify: bool) -> BaseGeometry | None:
+    """The detection's geometry in the window's CRS (densified when it will be reprojected)."""
+    for name in _GEOMETRY_PREFERENCE[det.kind]:
+        value = getattr(det, name)
+        if value is None:
+            continue
+        if name == "box":
+            return _box_polygon(value, window, densify)
+        if name == "mask":
+            return _mask_geometry(value, window, densify)
+        return Point(window.transform * (float(value[0]), float(value[1])))
+    return None
+
+
+def _box_polygon(box: Sequence[float], window: "Window", densify: bool) -> Polygon | None:
+    """The box (pixels, clipped to the window) as a map polygon, BOX_EDGE_POINTS per edge when densified."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    x0, x1 = np.clip(sorted((x0, x1)), 0, window.width)
+    y0, y1 = np.clip(sorted((y0, y1)), 0, window.height)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    n = BOX_EDGE_POINTS if densify else 1
+    t = np.arange(n) / n
+    cols = np.concatenate([x0 + (x1 - x0) * t, np.full(n, x1), x1 - (x1 - x0) * t, np.full(n, x0)])
+    rows = np.concatenate([np.full(n, y0), y0 + (y1 - y0) * t, np.full(n, y1), y1 - (y1 - y0) * t])
+    xs, ys = window.transform * (cols, rows)
+    return Polygon(np.column_stack([xs, ys]))
+
+
+def _mask_geometry(mask: np.ndarray, window: "Window", densify: bool) -> BaseGeometry:
+    if mask.shape != (window.height, window.width):
+        raise ValueError(f"mask shape {mask.shape} does not match the window ({window.height}, {window.width})")
+    outline = _mask_outline_px(mask)
+    if densify:
+        outline = shapely.segmentize(outline, MASK_SEGMENT_PX)
+    return _apply_affine(outline, window.transform)
+
+
+def _mask_outline_px(mask: np.ndarray, min_area_px: float = 4, simplify_px: float = 1.0) -> Polygon | MultiPolygon:
+    """polygonize_mask in pixel coordinates (x = column, y = row, pixel edges on integers)."""
+    pixels = np.ascontiguousarray(mask, dtype=np.uint8)
+    parts = []
+    for shape, _ in rasterio.features.shapes(pixels, mask=pixels.astype(bool), connectivity=4):
+        poly = shapely.geometry.shape(shape)
+        holes = [ring for ring in poly.interiors if Polygon(ring).area >= min_area_px]
+        poly = Polygon(poly.exterior, holes)
+        if poly.area >= min_area_px:
+            parts.append(poly)
+    if not parts:
+        return Polygon()
+    outline: BaseGeometry = MultiPolygon(parts)
+    if simplify_px > 0:
+        outline = outline.simplify(simplify_px, preserve_topology=True)
+    if not outline.is_valid:
+        outline = shapely.make_valid(outline)
+    return _polygonal(outline)
+
+
+def _polygonal(geom: BaseGeometry) -> Polygon | MultiPolygon:
+    """The polygonal parts of a geometry, as one Polygon when there is just one."""
+    polys: list[Polygon] = []
+    for part in shapely.get_parts(geom):
+        if isinstance(part, MultiPolygon):
+            polys.extend(part.geoms)
+        elif isinstance(part, Polygon) and not part.is_empty:
+            polys.append(part)
+    if not polys:
+        return Polygon()
+    return polys[0] if len(polys) == 1 else MultiPolygon(polys)
+
+
+def _apply_affine(geom: BaseGeometry, transform: affine.Affine) -> Any:
+    t = transform
+    return shapely.affinity.affine_transform(geom, [t.a, t.b, t.d, t.e, t.c, t.f])
+
+
+# --- reprojection and features -----------------------------------------------------------------
+
+
+def _reproject(geom: BaseGeometry, transformer: pyproj.Transformer, output_crs: str) -> BaseGeometry:
+    out = shapely.transform(geom, _xy_function(transformer))
+    if not np.isfinite(shapely.get_coordinates(out)).all():
+        raise ProtocolError(
+            ErrorCode.BAD_CRS,
+            f"output_crs {output_crs!r} cannot represent this region (coordinates fall outside its area of use)",
+        )
+    return out
+
+
+def _xy_function(transformer: pyproj.Transformer) -> Callable[[np.ndarray], np.ndarray]:
+    def apply(xy: np.ndarray) -> np.ndarray:
+        xs, ys = transformer.transform(xy[:, 0], xy[:, 1])
+        return np.column_stack([xs, ys])
+
+    return apply
+
+
+def _feature(det: Detection, geom: BaseGeometry, extra: Mapping[str, Any]) -> dict[str, Any]:
+    props: dict[str, Any] = {"kind": det.kind.value, "label": det.label, "score": float(det.score)}
+    props.update(det.properties)
+    props.update(extra)
+    return {
+        "type": "Feature",
+        "geometry": shapely.geometry.mapping(geom),
+        "properties": {k: _plain(v) for k, v in props.items()},
+    }
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and arrays as plain Python values, so that a feature serialises to JSON."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
