@@ -1,0 +1,204 @@
+"""Segment Anything (SAM) backend: box prompts to masks, with transformers' SamModel.
+
+Models file::
+
+    [models.sam]
+    backend = "sam"
+    path = "/models/sam-vit-base"      # a transformers SAM folder, e.g. facebook/sam-vit-base
+    box_batch_size = 16                # optional: boxes decoded per forward pass
+
+The folder is what ``SamModel.save_pretrained`` and ``SamProcessor.save_pretrained`` write:
+``config.json`` (model_type "sam"), the weights (``model.safetensors`` or ``pytorch_model.bin``,
+possibly sharded) and the processor's ``preprocessor_config.json`` or ``processor_config.json``.
+
+Two ways in:
+
+- ``segment_boxes(image, boxes)``: what the engine calls to chain any grounding model into SAM
+  for the ``segment`` task. Boxes are (x0, y0, x1, y1) in pixels of ``image``; the answer is one
+  H x W boolean mask per box, in the same order.
+- the ``segment`` task on its own: the prompt may hold box prompts written as
+  ``[x0, y0, x1, y1]`` in window pixels (any number of them, e.g. "roof [10, 20, 80, 95]");
+  without one, a single box covering the whole window is the prompt. The text left once the
+  boxes are taken out becomes the features' label ("object" if none). Every box gives one
+  mask feature; the engine then drops those under ``options.score_threshold``, as for any
+  ``segment``. A box prompt with no area inside the window is refused (BAD_REQUEST).
+
+The image runs through the vision encoder once; the boxes go through the prompt encoder and the
+mask decoder in chunks of ``box_batch_size``, checking for cancellation between chunks. SAM is
+asked for a single mask per box (``multimask_output=False``), as its authors do for box prompts:
+a box is not ambiguous the way a single click is. The score is the mask decoder's predicted IoU,
+clamped to [0, 1]. The processor resizes the window to the model's longest side (1024 for the
+public checkpoints) and pads it to a square; masks are cropped back to the resized size and
+then resized to the window's own size, so they line up pixel for pixel with the window.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from transformers import SamModel, SamProcessor
+
+from rs_assistant.core.protocol import ErrorCode, FeatureKind, ProtocolError, Task
+from rs_assistant.engine.backends.base import Backend, BackendCall, BackendResult, Detection
+from rs_assistant.engine.backends.hf import load_failed
+from rs_assistant.engine.device import attn_implementation, torch_dtype
+
+log = logging.getLogger(__name__)
+
+Box = tuple[float, float, float, float]
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
+DEFAULT_BOX_BATCH_SIZE = 16
+
+_NUMBER = r"\s*(-?\d+(?:\.\d+)?)\s*"
+BOX_RE = re.compile(r"\[" + ",".join([_NUMBER] * 4) + r"\]")
+
+
+def parse_box_prompt(prompt: str) -> tuple[list[Box], str]:
+    """The ``[x0, y0, x1, y1]`` boxes written in ``prompt``, and the text around them."""
+    boxes = [(float(a), float(b), float(c), float(d)) for a, b, c, d in (m.groups() for m in BOX_RE.finditer(prompt))]
+    rest = " ".join(BOX_RE.sub(" ", prompt).split()).strip(" ,;:.")
+    return boxes, rest
+
+
+def clip_box(box: Sequence[float], width: int, height: int) -> Box | None:
+    """``box`` clipped to the window, or None if nothing of it (with positive area) is inside."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    if not all(np.isfinite((x0, y0, x1, y1))):
+        return None
+    x0, x1 = sorted((min(max(x0, 0.0), width), min(max(x1, 0.0), width)))
+    y0, y1 = sorted((min(max(y0, 0.0), height), min(max(y1, 0.0), height)))
+    if x1 <= x0 or y1 <= y0:
+        return None
+    return (x0, y0, x1, y1)
+
+
+class SamBackend(Backend):
+    name = "sam"
+    tasks = frozenset({Task.SEGMENT})
+
+    model: SamModel
+    processor: SamProcessor
+    dtype: torch.dtype
+    box_batch_size: int
+
+    def load(self) -> None:
+        path = self.local_path()
+        _check_folder(self.model_name, path)
+        dtype = torch_dtype(self.device)
+        try:
+            self.processor = SamProcessor.from_pretrained(path, local_files_only=True)
+            self.model = SamModel.from_pretrained(
+                path, local_files_only=True, dtype=dtype, attn_implementation=attn_implementation(self.device)
+            )
+        except Exception as exc:  # transformers raises many types; all mean the same to the caller
+            raise load_failed(self, path, exc) from exc
+        self.model.to(self.device).eval()
+        self.dtype = dtype
+        self.box_batch_size = _positive_int(self.model_name, self.config, "box_batch_size", DEFAULT_BOX_BATCH_SIZE)
+        log.info("loaded SAM '%s' from %s on %s (%s)", self.model_name, path, self.device, dtype)
+
+    def run(self, call: BackendCall) -> BackendResult:
+        self.check_task(call.task)
+        self.ensure_loaded()
+        image = call.images[0]
+        height, width = image.shape[:2]
+        prompt_boxes, label = parse_box_prompt(call.prompt)
+        if not prompt_boxes:
+            prompt_boxes = [(0.0, 0.0, float(width), float(height))]
+        boxes = []
+        for box in prompt_boxes:
+            clipped = clip_box(box, width, height)
+            if clipped is None:
+                raise ProtocolError(
+                    ErrorCode.BAD_REQUEST,
+                    f"box prompt {list(box)} has no area inside the {width}x{height} window (x0, y0, x1, y1 in window pixels)",
+                )
+            boxes.append(clipped)
+        masks, scores = self._segment(image, boxes, call.cancel)
+        detections = [
+            Detection(kind=FeatureKind.MASK, label=label or "object", score=score, box=box, mask=mask)
+            for box, mask, score in zip(boxes, masks, scores)
+        ]
+        return BackendResult(text=f"{len(detections)} mask(s)", detections=detections)
+
+    def segment_boxes(
+        self, image: np.ndarray, boxes: Sequence[Sequence[float]], cancel: threading.Event | None = None
+    ) -> list[np.ndarray]:
+        """One H x W bool mask per box (x0, y0, x1, y1 in pixels of ``image``), in order.
+
+        Boxes are clipped to the window; a box with no area inside it gets an all-False mask.
+        Raises ProtocolError(CANCELLED) if ``cancel`` is set between chunks of boxes.
+        """
+        self.ensure_loaded()
+        height, width = image.shape[:2]
+        clipped = [clip_box(box, width, height) for box in boxes]
+        valid = [box for box in clipped if box is not None]
+        masks, _ = self._segment(image, valid, cancel)
+        found = iter(masks)
+        return [next(found) if box is not None else np.zeros((height, width), dtype=bool) for box in clipped]
+
+    def _segment(
+        self, image: np.ndarray, boxes: Sequence[Box], cancel: threading.Event | None
+    ) -> tuple[list[np.ndarray], list[float]]:
+        """Masks and predicted IoUs for boxes already clipped to the window."""
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"SAM expects an H x W x 3 uint8 window, got {image.shape} {image.dtype}")
+        if not boxes:
+            return [], []
+        inputs = self.processor(
+            images=image, input_boxes=[[list(b) for b in boxes]], input_data_format="channels_last", return_tensors="pt"
+        )
+        masks: list[np.ndarray] = []
+        scores: list[float] = []
+        with torch.inference_mode():
+            embeddings = self.model.get_image_embeddings(inputs["pixel_values"].to(self.device, self.dtype))
+            for start in range(0, len(boxes), self.box_batch_size):
+                if cancel is not None and cancel.is_set():
+                    raise ProtocolError(ErrorCode.CANCELLED, "segmentation was cancelled")
+                chunk = inputs["input_boxes"][:, start : start + self.box_batch_size].to(self.device, self.dtype)
+                out = self.model(image_embeddings=embeddings, input_boxes=chunk, multimask_output=False)
+                # pred_masks: (1, boxes, 1, h, w) low-resolution logits; iou_scores: (1, boxes, 1).
+                window_masks = self.processor.post_process_masks(
+                    [out.pred_masks[0].float().cpu()], inputs["original_sizes"], inputs["reshaped_input_sizes"]
+                )[0]
+                masks.extend(m[0].numpy() for m in window_masks)
+                scores.extend(out.iou_scores[0, :, 0].float().clamp(0.0, 1.0).cpu().tolist())
+        return masks, scores
+
+
+def _check_folder(model_name: str, path: Path) -> None:
+    """Refuse, naming the path, a folder that is not a complete transformers SAM checkpoint."""
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ProtocolError(
+            ErrorCode.MODEL_LOAD_FAILED, f"model '{model_name}': cannot read {path / 'config.json'}: {exc}"
+        ) from exc
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if model_type != "sam":
+        raise ProtocolError(
+            ErrorCode.MODEL_LOAD_FAILED,
+            f"model '{model_name}': {path / 'config.json'} is for model_type {model_type!r}, the sam backend needs 'sam'",
+        )
+    for what, names in (("weights", WEIGHT_FILES), ("processor config", PROCESSOR_FILES)):
+        if not any((path / name).exists() for name in names):
+            raise ProtocolError(
+                ErrorCode.MODEL_LOAD_FAILED,
+                f"model '{model_name}': checkpoint folder {path} has no {what} (expected one of {', '.join(names)})",
+            )
+
+
+def _positive_int(model_name: str, config: Mapping[str, Any], key: str, default: int) -> int:
+    value = config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ProtocolError(ErrorCode.MODEL_LOAD_FAILED, f"model '{model_name}': {key} must be a positive integer, got {value!r}")
+    return value
