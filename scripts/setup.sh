@@ -47,7 +47,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   /usr/bin/python3 -m venv --system-site-packages "$VENV" || die "could not create $VENV: install python3-venv"
 fi
 
-stamp_key=$(cat requirements/engine.in requirements/dev.in requirements/constraints.txt | sha256sum | cut -c1-16)-$TORCH_VARIANT
+stamp_key=$(cat requirements/*.in requirements/constraints.txt | sha256sum | cut -c1-16)-$TORCH_VARIANT
 stamp="$VENV/.installed-$stamp_key"
 if [ ! -f "$stamp" ]; then
   say "installing Python dependencies into $VENV (torch: $TORCH_VARIANT)"
@@ -60,7 +60,7 @@ if [ ! -f "$stamp" ]; then
       || die "could not install the CUDA build of torch 2.13.0 (set TORCH_INDEX_URL?)"
   fi
   log=$(mktemp)
-  if ! "$VENV/bin/pip" install "${pip_args[@]}" -r requirements/engine.in -r requirements/dev.in >"$log" 2>&1; then
+  if ! "$VENV/bin/pip" install "${pip_args[@]}" -r requirements/engine.in -r requirements/training.in -r requirements/dev.in >"$log" 2>&1; then
     grep -v "is ignored: it is neither" "$log" | tail -15 >&2
     grep -qi "connection\|network\|resolve" "$log" && die "pip could not reach the package index (no network?): see $log"
     die "pip install failed: see $log"

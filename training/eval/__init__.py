@@ -1,0 +1,1 @@
+"""Evaluation: the field's standard metrics (training/eval/metrics.py) and task runners."""
