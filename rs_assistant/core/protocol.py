@@ -525,6 +525,27 @@ class ModelInfo:
         )
 
 
+def model_list_to_dict(models: Sequence[ModelInfo]) -> dict[str, Any]:
+    """The body of ``GET /v1/models``: ``models``, and the same entries as ``data`` in OpenAI's list shape.
+
+    Each entry is a ModelInfo dict plus OpenAI's ``id`` (the name), ``object`` and ``owned_by``,
+    so that both the plugin and OpenAI-compatible tools can list the engine's models.
+    """
+    entries = [{"id": m.name, "object": "model", "owned_by": "rs_assistant", **m.to_dict()} for m in models]
+    return {"object": "list", "data": entries, "models": entries}
+
+
+def model_list_from_dict(data: Any) -> list[ModelInfo]:
+    """The models of a ``GET /v1/models`` body."""
+    entries = data.get("models", data.get("data")) if isinstance(data, Mapping) else None
+    if not isinstance(entries, list):
+        raise ProtocolError(ErrorCode.INTERNAL, "the model list must be an object with a 'models' list")
+    try:
+        return [ModelInfo.from_dict(entry) for entry in entries]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ProtocolError(ErrorCode.INTERNAL, f"malformed model list entry: {exc}") from None
+
+
 @dataclass(frozen=True)
 class Health:
     status: str

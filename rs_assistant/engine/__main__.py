@@ -1,0 +1,158 @@
+"""python -m rs_assistant.engine serve [--host 127.0.0.1] [--port 0] [--models FILE] [--token-file F] [--device auto|cpu|cuda|mps]
+python -m rs_assistant.engine run --task TASK --image PATH [--image PATH] [--extent XMIN,YMIN,XMAX,YMAX]
+    [--crs EPSG:N] [--prompt TEXT] [--model NAME] [--models FILE] [--device auto|cpu|cuda|mps]
+
+``serve`` binds its socket first (port 0: a free one), then prints exactly one line,
+``READY http://HOST:PORT``, on stdout once it accepts requests; logs go to stderr. Every route but
+``/v1/health`` needs the bearer token kept in --token-file (created with mode 0600 and a random
+token if absent; default: the user's config folder, rs_assistant/engine.token).
+
+``run`` answers one request without a server and prints the /v1/analyze response JSON on stdout.
+Without --extent the whole raster is the region; without --crs the region is in the (first)
+raster's CRS, which is also the output CRS. Bad input prints the error JSON on stdout and exits 2;
+an engine fault exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from rs_assistant.core.protocol import AnalyzeRequest, ErrorCode, ImageRef, ProtocolError, validate_extent
+
+log = logging.getLogger("rs_assistant.engine")
+
+EXIT_BAD_INPUT = 2
+EXIT_ENGINE_FAULT = 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.INFO if args.command == "serve" else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command == "serve":
+        return _serve(args)
+    return _run(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m rs_assistant.engine", description="The RS Assistant model engine.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="serve the HTTP API; prints READY http://HOST:PORT when it accepts requests")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this computer only)")
+    serve.add_argument("--port", type=int, default=0, help="port to bind (default 0: a free port)")
+    serve.add_argument("--token-file", type=Path, default=None, help="bearer token file, created (mode 0600) if absent")
+    run = commands.add_parser("run", help="answer one request and print the /v1/analyze response JSON")
+    run.add_argument("--task", required=True, help="caption, ground, segment, change, chat, classify or retrieve")
+    run.add_argument("--image", action="append", required=True, help="a raster path; twice for change (before, after)")
+    run.add_argument("--extent", help="XMIN,YMIN,XMAX,YMAX in --crs (default: the first raster's bounds)")
+    run.add_argument("--crs", help="CRS of --extent and of the output, e.g. EPSG:3857 (default: the first raster's)")
+    run.add_argument("--prompt", default="", help="what to ask or find")
+    run.add_argument("--model", default="default", help="a model name from the models file (default: default)")
+    for sub in (serve, run):
+        sub.add_argument("--models", type=Path, default=None, help="models file (TOML); without it only 'default' exists")
+        sub.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    return parser
+
+
+def _engine(args: argparse.Namespace):  # -> Engine; imported here so that --help needs no torch
+    from rs_assistant.engine.device import choose_device
+    from rs_assistant.engine.registry import Registry
+    from rs_assistant.engine.service import Engine
+
+    device = choose_device(args.device)
+    return Engine(Registry.from_file(args.models, device=device))
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from rs_assistant.engine.server import Server, bind_socket, create_app, default_token_file, load_or_create_token, socket_url
+
+    try:
+        engine = _engine(args)
+    except ProtocolError as exc:
+        log.error("%s", exc.message)
+        return EXIT_BAD_INPUT
+    token_file = args.token_file or default_token_file()
+    try:
+        token = load_or_create_token(token_file)
+        sock = bind_socket(args.host, args.port)
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return EXIT_ENGINE_FAULT
+    url = socket_url(sock)
+    log.info("engine on %s (device %s), token in %s", url, engine.health().device, token_file)
+
+    def ready() -> None:
+        print(f"READY {url}", flush=True)
+
+    Server(create_app(engine, token), sock, on_ready=ready).run_on_socket()
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        engine = _engine(args)
+        images = _images(args.image, args.extent, args.crs)
+        request = AnalyzeRequest(
+            task=args.task, model=args.model, prompt=args.prompt, images=tuple(images), output_crs=images[0].crs
+        )
+        response = engine.analyze(request)
+    except ProtocolError as exc:
+        print(exc.to_json(), flush=True)
+        return EXIT_BAD_INPUT if exc.http_status < 500 else EXIT_ENGINE_FAULT
+    print(json.dumps(response.to_dict(), indent=2), flush=True)
+    return 0
+
+
+def _images(paths: Sequence[str], extent_arg: str | None, crs: str | None) -> list[ImageRef]:
+    """One ImageRef per path, all over the same region: --extent/--crs, else the first raster's bounds and CRS."""
+    if extent_arg is not None:
+        extent = _parse_extent(extent_arg)
+        crs = crs or _raster_region(paths[0], None)[1]
+    else:
+        extent, crs = _raster_region(paths[0], crs)
+    return [ImageRef(extent=extent, crs=crs, source=os.fspath(path)) for path in paths]
+
+
+def _parse_extent(text: str) -> tuple[float, float, float, float]:
+    parts = text.split(",")
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        raise ProtocolError(ErrorCode.BAD_EXTENT, f"--extent must be XMIN,YMIN,XMAX,YMAX numbers, got {text!r}") from None
+    return validate_extent(values)
+
+
+def _raster_region(path: str, crs: str | None) -> tuple[tuple[float, float, float, float], str]:
+    """The raster's bounds and CRS string; its bounds in ``crs`` when given."""
+    import rasterio
+    import rasterio.errors
+    import rasterio.warp
+
+    from rs_assistant.engine.geo import parse_crs
+
+    if not os.path.exists(path):
+        raise ProtocolError(ErrorCode.SOURCE_NOT_FOUND, f"source {path!r} does not exist")
+    try:
+        with rasterio.open(path) as src:
+            if src.crs is None:
+                raise ProtocolError(ErrorCode.UNREADABLE_SOURCE, f"{path!r} has no CRS; give --extent and --crs")
+            bounds, own_crs = tuple(src.bounds), src.crs
+    except rasterio.errors.RasterioError as exc:
+        raise ProtocolError(ErrorCode.UNREADABLE_SOURCE, f"cannot read {path!r} as a raster: {exc}") from None
+    if crs is None:
+        return bounds, own_crs.to_string()
+    target = parse_crs(crs)
+    return tuple(rasterio.warp.transform_bounds(own_crs, target.to_wkt(), *bounds, densify_pts=21)), crs
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,283 @@
+"""The request service: one AnalyzeRequest in, one AnalyzeResponse (in map coordinates) out.
+
+    engine = Engine(Registry.from_file("models.toml", device="cpu"))
+    response = engine.analyze(AnalyzeRequest.from_json(body), cancel=threading.Event())
+
+The steps, each timed into ``timing_ms``: check the model, the task and the CRSs (before any
+pixel is read); ``read`` the windows (rs_assistant.engine.imagery; ``change`` reads the pair on
+the before image's grid); ``infer`` under the model's lock, so requests to one model queue
+instead of running over each other (a waiting request still notices its cancel Event); ``post``:
+drop detections under ``options.score_threshold`` and turn the rest into GeoJSON in
+``output_crs`` (rs_assistant.engine.geo).
+
+``segment`` on a model that only grounds but names a ``segmenter`` in the models file runs the
+grounding model, then the segmenter's ``segment_boxes(image, boxes, cancel=...)`` on the boxes
+that pass the threshold, giving one mask feature per box.
+
+A detection belongs to the first window unless its ``properties["image"]`` gives the index of
+another image of the request (retrieve ranks several tiles).
+
+Every failure is a ProtocolError: the caller's mistakes with their own codes, anything
+unexpected as INTERNAL, logged here with its traceback and reported with a safe message.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import TypeVar
+
+import numpy as np
+
+from rs_assistant import __version__
+from rs_assistant.core.protocol import (
+    AnalyzeRequest,
+    AnalyzeResponse,
+    ErrorCode,
+    FeatureKind,
+    Health,
+    Message,
+    ModelInfo,
+    Options,
+    ProtocolError,
+    Task,
+    Timing,
+    feature_collection,
+)
+from rs_assistant.engine.backends.base import Backend, BackendCall, BackendResult, Detection
+from rs_assistant.engine.device import describe
+from rs_assistant.engine.geo import detections_to_features, parse_crs
+from rs_assistant.engine.imagery import Window, read_image, read_pair
+from rs_assistant.engine.registry import Registry
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: How often a request waiting for a busy model checks whether it was cancelled.
+LOCK_POLL_S = 0.05
+#: Tasks whose detections ``options.score_threshold`` filters; classify and retrieve rank instead (top_k).
+THRESHOLDED_TASKS = frozenset({Task.GROUND, Task.SEGMENT, Task.CHANGE, Task.CHAT, Task.CAPTION})
+
+
+@dataclass(frozen=True)
+class ChatReply:
+    """The answer to a chat without map geometry (the OpenAI-compatible route)."""
+
+    text: str
+    model: str
+    request_id: str
+    timing_ms: Timing
+
+
+class Engine:
+    """Answers requests with the models of a Registry; safe to call from many threads at once."""
+
+    def __init__(self, registry: Registry):
+        self.registry = registry
+        self._locks: dict[str, threading.Lock] = {name: threading.Lock() for name in registry.names}
+
+    def models(self) -> list[ModelInfo]:
+        return self.registry.infos()
+
+    def health(self) -> Health:
+        return Health(status="ok", version=__version__, device=describe(self.registry.device))
+
+    def analyze(self, request: AnalyzeRequest, cancel: threading.Event | None = None) -> AnalyzeResponse:
+        """Answer ``request``; setting ``cancel`` stops it (ProtocolError CANCELLED) at the next check."""
+        request_id = uuid.uuid4().hex
+        what = f"request {request_id} ({request.task.value} with model '{request.model}')"
+        return self._guarded(what, lambda: self._analyze(request, request_id, cancel or threading.Event()))
+
+    def chat(
+        self,
+        model: str,
+        images: Sequence[np.ndarray],
+        prompt: str,
+        history: Sequence[Message] = (),
+        options: Options | None = None,
+        cancel: threading.Event | None = None,
+    ) -> ChatReply:
+        """A ``chat`` turn on images that have no place on the map (already decoded RGB arrays)."""
+        request_id = uuid.uuid4().hex
+        what = f"chat request {request_id} (model '{model}')"
+        call = BackendCall(Task.CHAT, list(images), prompt, tuple(history), options or Options(), cancel or threading.Event())
+
+        def answer() -> ChatReply:
+            self._check_task(model, Task.CHAT)
+            started = time.perf_counter()
+            result = self._call(model, call)
+            return ChatReply(result.text, model, request_id, Timing(infer=_ms_since(started)))
+
+        return self._guarded(what, answer)
+
+    # --- the steps -----------------------------------------------------------------------------
+
+    def _analyze(self, request: AnalyzeRequest, request_id: str, cancel: threading.Event) -> AnalyzeResponse:
+        spec = self.registry.spec(request.model)
+        self._check_task(spec.name, request.task)
+        parse_crs(request.output_crs)
+        for image in request.images:
+            parse_crs(image.crs)
+        _raise_if_cancelled(cancel)
+
+        started = time.perf_counter()
+        windows = self._read(request)
+        read_ms = _ms_since(started)
+        _raise_if_cancelled(cancel)
+
+        started = time.perf_counter()
+        call = BackendCall(
+            task=request.task,
+            images=[w.array for w in windows],
+            prompt=request.prompt,
+            history=request.history,
+            options=request.options,
+            cancel=cancel,
+        )
+        own_tasks = type(self.registry.backend(spec.name)).tasks
+        if request.task is Task.SEGMENT and Task.SEGMENT not in own_tasks and spec.segmenter is not None:
+            result = self._ground_then_segment(spec.name, spec.segmenter, call)
+        else:
+            result = self._call(spec.name, call)
+        infer_ms = _ms_since(started)
+
+        started = time.perf_counter()
+        detections = result.detections
+        if request.task in THRESHOLDED_TASKS:
+            detections = [d for d in detections if d.score >= request.options.score_threshold]
+        features = _features(detections, windows, request.output_crs)
+        post_ms = _ms_since(started)
+        log.info(
+            "request %s: %s with '%s' -> %d feature(s); read %.0f ms, infer %.0f ms, post %.0f ms",
+            request_id, request.task.value, spec.name, len(features), read_ms, infer_ms, post_ms,
+        )  # fmt: skip
+        return AnalyzeResponse(
+            text=result.text,
+            features=feature_collection(features),
+            crs=request.output_crs,
+            model=spec.name,
+            request_id=request_id,
+            timing_ms=Timing(read=read_ms, infer=infer_ms, post=post_ms),
+        )
+
+    def _check_task(self, model: str, task: Task) -> None:
+        tasks = self.registry.tasks(model)
+        if task not in tasks:
+            backend = self.registry.spec(model).backend
+            supported = ", ".join(t.value for t in Task if t in tasks) or "nothing"
+            raise ProtocolError(
+                ErrorCode.UNSUPPORTED_TASK, f"model '{model}' (backend {backend}) does not do '{task.value}'; it does: {supported}"
+            )
+
+    @staticmethod
+    def _read(request: AnalyzeRequest) -> list[Window]:
+        max_side = request.options.max_side
+        if request.task is Task.CHANGE:
+            before, after = request.images
+            return list(read_pair(before, after, max_side))
+        return [read_image(image, max_side) for image in request.images]
+
+    def _call(self, model: str, call: BackendCall) -> BackendResult:
+        """Run the model's backend on ``call``, loading it first, one call at a time per model."""
+        backend = self.registry.backend(model)
+        with self._model_lock(model, call.cancel):
+            self._ensure_loaded(backend)
+            result = backend.run(call)
+        _raise_if_cancelled(call.cancel)
+        return result
+
+    def _ground_then_segment(self, model: str, segmenter_name: str, call: BackendCall) -> BackendResult:
+        """``segment`` for a grounding model: its boxes (over the threshold) through its segmenter."""
+        grounded = self._call(model, replace(call, task=Task.GROUND))
+        found = [d for d in grounded.detections if d.box is not None and d.score >= call.options.score_threshold]
+        if not found:
+            return BackendResult(text=grounded.text, detections=[])
+        segmenter = self.registry.backend(segmenter_name)
+        segment_boxes = getattr(segmenter, "segment_boxes", None)
+        if not callable(segment_boxes):
+            raise ProtocolError(
+                ErrorCode.MODEL_LOAD_FAILED,
+                f"model '{model}' names '{segmenter_name}' as its segmenter, but that model's backend "
+                f"({self.registry.spec(segmenter_name).backend}) cannot turn boxes into masks",
+            )
+        with self._model_lock(segmenter_name, call.cancel):
+            self._ensure_loaded(segmenter)
+            masks = segment_boxes(call.images[0], [d.box for d in found], cancel=call.cancel)
+        _raise_if_cancelled(call.cancel)
+        detections = [
+            Detection(FeatureKind.MASK, d.label, d.score, box=d.box, mask=mask, properties=dict(d.properties))
+            for d, mask in zip(found, masks)
+            if mask.any()
+        ]
+        return BackendResult(text=grounded.text, detections=detections)
+
+    @contextmanager
+    def _model_lock(self, model: str, cancel: threading.Event) -> Iterator[None]:
+        """Wait for the model (queued behind earlier requests), giving up if ``cancel`` is set."""
+        lock = self._locks[model]
+        while not lock.acquire(timeout=LOCK_POLL_S):
+            _raise_if_cancelled(cancel)
+        try:
+            _raise_if_cancelled(cancel)
+            yield
+        finally:
+            lock.release()
+
+    @staticmethod
+    def _ensure_loaded(backend: Backend) -> None:
+        if backend.loaded:
+            return
+        started = time.perf_counter()
+        try:
+            backend.ensure_loaded()
+        except ProtocolError:
+            raise
+        except Exception as exc:
+            log.exception("loading model '%s' failed", backend.model_name)
+            raise ProtocolError(
+                ErrorCode.MODEL_LOAD_FAILED,
+                f"model '{backend.model_name}' (backend {backend.name}) failed to load: {type(exc).__name__}: {exc}",
+            ) from None
+        log.info("loaded model '%s' (%s) in %.1f s", backend.model_name, backend.name, time.perf_counter() - started)
+
+    @staticmethod
+    def _guarded(what: str, answer: Callable[[], T]) -> T:
+        """``answer()``, with anything that is not a ProtocolError logged and turned into INTERNAL."""
+        try:
+            return answer()
+        except ProtocolError as exc:
+            log.info("%s: %s (%s)", what, exc.code.value, exc.message)
+            raise
+        except Exception as exc:
+            log.exception("%s failed", what)
+            raise ProtocolError(
+                ErrorCode.INTERNAL, f"the engine failed on {what} ({type(exc).__name__}); the engine's log has the details"
+            ) from None
+
+
+def _features(detections: Sequence[Detection], windows: Sequence[Window], output_crs: str) -> list[dict]:
+    """GeoJSON features in ``output_crs``, each detection mapped through the window it was found in."""
+    if all(d.properties.get("image", 0) == 0 for d in detections):
+        return detections_to_features(detections, windows[0], output_crs)
+    features = []
+    for det in detections:  # one at a time, so that a ranking keeps its order
+        index = det.properties.get("image", 0)
+        if not isinstance(index, int) or not 0 <= index < len(windows):
+            raise ValueError(f"detection {det.label!r} names image {index!r}, but the request has {len(windows)}")
+        features.extend(detections_to_features([det], windows[index], output_crs))
+    return features
+
+
+def _raise_if_cancelled(cancel: threading.Event) -> None:
+    if cancel.is_set():
+        raise ProtocolError(ErrorCode.CANCELLED, "the request was cancelled")
+
+
+def _ms_since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000.0
