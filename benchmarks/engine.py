@@ -1,4 +1,4 @@
-""".venv/bin/python benchmarks/engine.py [--cache /tmp/rsa-bench] [--repeat 30]
+""".venv/bin/python benchmarks/engine.py [--cache /tmp/rsa-bench] [--repeat 30] [--models FILE --model NAME]
 
 Times the engine's imagery and geo-output steps and prints each figure next to its goal. The first
 run writes a 16384 x 16384 tiled (256 x 256), deflate-compressed 3-band GeoTIFF with overviews into
@@ -170,13 +170,59 @@ def _to_crs(extent: tuple[float, float, float, float], crs: str) -> tuple[float,
     return Transformer.from_crs(CRS, crs, always_xy=True).transform_bounds(*extent)
 
 
+# --- whole requests through the engine service ---------------------------------------------------
+
+TASK_PROMPTS = {"caption": "", "ground": "find the buildings", "segment": "segment the buildings",
+                "chat": "what is in this image?", "change": "what changed?", "classify": "forest, city, water, farmland"}
+
+
+def section_tasks(cache: Path, repeat: int, models_file: Path | None, model: str) -> None:
+    """read / infer / post p50 and p95 per task on a 512 x 512 region, and the non-model share."""
+    from rs_assistant.core.protocol import AnalyzeRequest, ProtocolError
+    from rs_assistant.engine.registry import Registry
+    from rs_assistant.engine.service import Engine
+
+    engine = Engine(Registry.from_file(models_file))
+    info = next((m for m in engine.models() if m.name == model), None)
+    print(f"\nWhole requests, model '{model}' ({info.backend if info else '?'}), 512 x 512 region of the 16k raster:")
+    if info is None:
+        print(f"  skipped: no model named '{model}' (give --models FILE --model NAME)")
+        return
+    path = big_raster(cache)
+    x0, y1 = ORIGIN[0] + 4000 * RES, ORIGIN[1] - 4000 * RES
+    ref = {"source": str(path), "extent": [x0, y1 - REGION * RES, x0 + REGION * RES, y1], "crs": CRS}
+    for task in (t.value for t in info.tasks):
+        if task not in TASK_PROMPTS:
+            continue
+        images = [ref, ref] if task == "change" else [ref]
+        request = AnalyzeRequest.from_dict({"task": task, "model": model, "prompt": TASK_PROMPTS[task], "images": images,
+                                            "output_crs": "EPSG:3857", "options": {"max_side": REGION, "max_new_tokens": 32}})
+        timings: list = []
+        try:
+            engine.analyze(request)  # warm-up: loads the model
+            for _ in range(repeat):
+                timings.append(engine.analyze(request).timing_ms)
+        except ProtocolError as exc:
+            print(f"  {task:<8} failed: {exc.code.value}: {exc.message}")
+            continue
+        parts = {name: [getattr(t, name) for t in timings] for name in ("read", "infer", "post")}
+        total = sum(sum(v) for v in parts.values())
+        share = (sum(parts["read"]) + sum(parts["post"])) / total if total else 0.0
+        for name, samples in parts.items():
+            report(f"{task} {name}", samples)
+        print(f"  {task:<8} read+post share of the request: {share:6.1%}   goal < 15%: {'met' if share < 0.15 else 'NOT MET'}")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Times the engine's imagery and geo-output steps.")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/rsa-bench"), help="where the 16k raster is kept")
     parser.add_argument("--repeat", type=int, default=30, help="timed calls per figure")
+    parser.add_argument("--models", type=Path, default=None, help="models file for the per-task section")
+    parser.add_argument("--model", default="default", help="model for the per-task section (default: default)")
     args = parser.parse_args(argv)
     section_region_read(args.cache, args.repeat)
     section_polygonize(args.repeat)
+    section_tasks(args.cache, args.repeat, args.models, args.model)
 
 
 if __name__ == "__main__":
