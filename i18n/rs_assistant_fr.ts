@@ -1,46 +1,817 @@
 <?xml version="1.0" encoding="utf-8"?>
 <!DOCTYPE TS>
 <TS version="2.1" language="fr_FR">
-<context>
-    <name>RSAssistantPlugin</name>
-    <message>
-        <source>RS Assistant</source>
-        <translation>RS Assistant</translation>
-    </message>
-    <message>
-        <source>RS Assistant chat</source>
-        <translation>Discussion RS Assistant</translation>
-    </message>
-    <message>
-        <source>Select a region</source>
-        <translation>Sélectionner une région</translation>
-    </message>
-</context>
-<context>
-    <name>ChatDock</name>
-    <message>
-        <source>Describe</source>
-        <translation>Décrire</translation>
-    </message>
-    <message>
-        <source>Find</source>
-        <translation>Trouver</translation>
-    </message>
-    <message>
-        <source>Segment</source>
-        <translation>Segmenter</translation>
-    </message>
-    <message>
-        <source>Compare</source>
-        <translation>Comparer</translation>
-    </message>
-    <message>
-        <source>Send</source>
-        <translation>Envoyer</translation>
-    </message>
-    <message>
-        <source>New chat</source>
-        <translation>Nouvelle discussion</translation>
-    </message>
-</context>
+    <context>
+        <name>MaskExport</name>
+        <message>
+            <source>No polygon overlaps the grid: the mask is empty.</source>
+            <translation>Aucun polygone ne recouvre la grille : le masque est vide.</translation>
+        </message>
+        <message>
+            <source>Canceled: nothing was written.</source>
+            <translation>Annulé : rien n’a été écrit.</translation>
+        </message>
+        <message>
+            <source>The grid has no valid CRS.</source>
+            <translation>La grille n’a pas de SCR valide.</translation>
+        </message>
+        <message>
+            <source>A geotransform has six numbers.</source>
+            <translation>Une géotransformation comporte six nombres.</translation>
+        </message>
+        <message>
+            <source>The grid has no pixels.</source>
+            <translation>La grille n’a aucun pixel.</translation>
+        </message>
+        <message>
+            <source>The reference raster has no CRS.</source>
+            <translation>Le raster de référence n’a pas de SCR.</translation>
+        </message>
+        <message>
+            <source>The resolution must be greater than zero.</source>
+            <translation>La résolution doit être supérieure à zéro.</translation>
+        </message>
+        <message>
+            <source>The extent has no area.</source>
+            <translation>L’emprise n’a pas de surface.</translation>
+        </message>
+        <message>
+            <source>Values from {0} to {1} do not fit a 32-bit integer raster.</source>
+            <translation>Les valeurs de {0} à {1} ne tiennent pas dans un raster d’entiers 32 bits.</translation>
+        </message>
+        <message>
+            <source>The value field needs a name.</source>
+            <translation>Le champ de valeur doit avoir un nom.</translation>
+        </message>
+        <message>
+            <source>“{0}” has no selected features.</source>
+            <translation>« {0} » n’a aucune entité sélectionnée.</translation>
+        </message>
+        <message>
+            <source>“{0}” has no features to burn.</source>
+            <translation>« {0} » n’a aucune entité à rastériser.</translation>
+        </message>
+        <message>
+            <source>The nodata value {0} is also a burn value.</source>
+            <translation>La valeur nodata {0} est aussi une valeur à rastériser.</translation>
+        </message>
+        <message>
+            <source>“{0}” is not a polygon layer.</source>
+            <translation>« {0} » n’est pas une couche de polygones.</translation>
+        </message>
+        <message>
+            <source>“{0}” has no field “{1}”.</source>
+            <translation>« {0} » n’a pas de champ « {1} ».</translation>
+        </message>
+        <message>
+            <source>The field “{0}” does not hold integers (class ids).</source>
+            <translation>Le champ « {0} » ne contient pas d’entiers (identifiants de classe).</translation>
+        </message>
+        <message>
+            <source>{0} features skipped: no geometry, no class id, or not transformable.</source>
+            <translation>{0} entités ignorées : sans géométrie, sans identifiant de classe ou impossibles à reprojeter.</translation>
+        </message>
+        <message>
+            <source>The mask must hold integers; band 1 holds {0} values.</source>
+            <translation>Le masque doit contenir des entiers ; la bande 1 contient des valeurs {0}.</translation>
+        </message>
+        <message>
+            <source>No vector format writes “{0}” files.</source>
+            <translation>Aucun format vecteur n’écrit de fichiers « {0} ».</translation>
+        </message>
+        <message>
+            <source>The folder {0} does not exist.</source>
+            <translation>Le dossier {0} n’existe pas.</translation>
+        </message>
+        <message>
+            <source>{0} already exists: choose another name or allow replacing it.</source>
+            <translation>{0} existe déjà : choisissez un autre nom ou autorisez son remplacement.</translation>
+        </message>
+        <message>
+            <source>{0} is not a raster.</source>
+            <translation>{0} n’est pas un raster.</translation>
+        </message>
+        <message>
+            <source>The grid would be {0} x {1} pixels: choose a coarser resolution.</source>
+            <translation>La grille ferait {0} x {1} pixels : choisissez une résolution plus grossière.</translation>
+        </message>
+        <message>
+            <source>Could not create {0}: {1}</source>
+            <translation>Impossible de créer {0} : {1}</translation>
+        </message>
+        <message>
+            <source>Burning the polygons failed: {0}</source>
+            <translation>La rastérisation des polygones a échoué : {0}</translation>
+        </message>
+        <message>
+            <source>Writing {0} failed: {1}</source>
+            <translation>L’écriture de {0} a échoué : {1}</translation>
+        </message>
+        <message>
+            <source>Polygonising the mask failed: {0}</source>
+            <translation>La polygonisation du masque a échoué : {0}</translation>
+        </message>
+        <message>
+            <source>“{0}” is not a raster file GDAL can read.</source>
+            <translation>« {0} » n’est pas un fichier raster lisible par GDAL.</translation>
+        </message>
+    </context>
+    <context>
+        <name>RSAssistantProvider</name>
+        <message>
+            <source>RS Assistant</source>
+            <translation>RS Assistant</translation>
+        </message>
+        <message>
+            <source>RS Assistant: remote-sensing imagery tools</source>
+            <translation>RS Assistant : outils pour l’imagerie de télédétection</translation>
+        </message>
+    </context>
+    <context>
+        <name>LayerToMaskAlgorithm</name>
+        <message>
+            <source>Layer to mask</source>
+            <translation>Couche vers masque</translation>
+        </message>
+        <message>
+            <source>Masks</source>
+            <translation>Masques</translation>
+        </message>
+        <message>
+            <source>Burns polygons (or the selected ones) into a one-band GeoTIFF mask. The grid is a reference raster's (same CRS, geotransform and size) or an extent, a resolution and a CRS. Each polygon burns 1, or the class id of an integer field; other pixels get the nodata value if one is set, else 0. The data type is the smallest that holds the values (Byte when they fit).</source>
+            <translation>Rastérise des polygones (ou ceux qui sont sélectionnés) dans un masque GeoTIFF à une bande. La grille est celle d’un raster de référence (même SCR, géotransformation et taille) ou une emprise, une résolution et un SCR. Chaque polygone inscrit 1, ou l’identifiant de classe d’un champ entier ; les autres pixels reçoivent la valeur nodata si elle est définie, sinon 0. Le type de données est le plus petit qui contient les valeurs (Byte quand elles y tiennent).</translation>
+        </message>
+        <message>
+            <source>Polygon layer</source>
+            <translation>Couche de polygones</translation>
+        </message>
+        <message>
+            <source>Class id field (empty: burn 1)</source>
+            <translation>Champ d’identifiant de classe (vide : inscrire 1)</translation>
+        </message>
+        <message>
+            <source>Reference raster (its grid is used)</source>
+            <translation>Raster de référence (sa grille est utilisée)</translation>
+        </message>
+        <message>
+            <source>Extent (without a reference raster)</source>
+            <translation>Emprise (sans raster de référence)</translation>
+        </message>
+        <message>
+            <source>Resolution in CRS units (without a reference raster)</source>
+            <translation>Résolution en unités du SCR (sans raster de référence)</translation>
+        </message>
+        <message>
+            <source>CRS (without a reference raster; default: the extent's)</source>
+            <translation>SCR (sans raster de référence ; par défaut : celui de l’emprise)</translation>
+        </message>
+        <message>
+            <source>Nodata value</source>
+            <translation>Valeur nodata</translation>
+        </message>
+        <message>
+            <source>Compression</source>
+            <translation>Compression</translation>
+        </message>
+        <message>
+            <source>Burn every pixel a polygon touches</source>
+            <translation>Inscrire chaque pixel touché par un polygone</translation>
+        </message>
+        <message>
+            <source>Mask</source>
+            <translation>Masque</translation>
+        </message>
+        <message>
+            <source>The layer has no selected features.</source>
+            <translation>La couche n’a aucune entité sélectionnée.</translation>
+        </message>
+        <message>
+            <source>Give a reference raster, or an extent and a resolution.</source>
+            <translation>Indiquez un raster de référence, ou une emprise et une résolution.</translation>
+        </message>
+        <message>
+            <source>Give a CRS for the extent.</source>
+            <translation>Indiquez un SCR pour l’emprise.</translation>
+        </message>
+        <message>
+            <source>Give either a reference raster or an extent, not both.</source>
+            <translation>Indiquez soit un raster de référence, soit une emprise, pas les deux.</translation>
+        </message>
+        <message>
+            <source>The reference is not a raster layer.</source>
+            <translation>La référence n’est pas une couche raster.</translation>
+        </message>
+    </context>
+    <context>
+        <name>MaskToPolygonsAlgorithm</name>
+        <message>
+            <source>Mask to polygons</source>
+            <translation>Masque vers polygones</translation>
+        </message>
+        <message>
+            <source>Masks</source>
+            <translation>Masques</translation>
+        </message>
+        <message>
+            <source>Turns band 1 of an integer mask raster into polygons, one per connected group of pixels of equal value, with the value as an attribute. Nodata and zero pixels can be left out as background.</source>
+            <translation>Transforme la bande 1 d’un raster masque d’entiers en polygones, un par groupe connexe de pixels de même valeur, avec la valeur comme attribut. Les pixels nodata et à zéro peuvent être exclus comme fond.</translation>
+        </message>
+        <message>
+            <source>Mask raster</source>
+            <translation>Raster masque</translation>
+        </message>
+        <message>
+            <source>Value field name</source>
+            <translation>Nom du champ de valeur</translation>
+        </message>
+        <message>
+            <source>Nodata pixels are background</source>
+            <translation>Les pixels nodata sont du fond</translation>
+        </message>
+        <message>
+            <source>Zero pixels are background</source>
+            <translation>Les pixels à zéro sont du fond</translation>
+        </message>
+        <message>
+            <source>Join diagonal neighbours (8-connectivity)</source>
+            <translation>Relier les voisins en diagonale (8-connexité)</translation>
+        </message>
+        <message>
+            <source>Polygons</source>
+            <translation>Polygones</translation>
+        </message>
+        <message>
+            <source>Canceled: nothing was written.</source>
+            <translation>Annulé : rien n’a été écrit.</translation>
+        </message>
+    </context>
+    <context>
+        <name>MaskExportDialog</name>
+        <message>
+            <source>Export masks…</source>
+            <translation>Exporter des masques…</translation>
+        </message>
+        <message>
+            <source>GeoTIFF (*.tif *.tiff)</source>
+            <translation>GeoTIFF (*.tif *.tiff)</translation>
+        </message>
+        <message>
+            <source>Choose where to write the mask.</source>
+            <translation>Choisissez où écrire le masque.</translation>
+        </message>
+        <message>
+            <source>Choose where to write the polygons.</source>
+            <translation>Choisissez où écrire les polygones.</translation>
+        </message>
+        <message>
+            <source>Replace file?</source>
+            <translation>Remplacer le fichier ?</translation>
+        </message>
+        <message>
+            <source>Choose a polygon layer.</source>
+            <translation>Choisissez une couche de polygones.</translation>
+        </message>
+        <message>
+            <source>Choose a mask raster.</source>
+            <translation>Choisissez un raster masque.</translation>
+        </message>
+        <message>
+            <source>Choose a reference raster.</source>
+            <translation>Choisissez un raster de référence.</translation>
+        </message>
+        <message>
+            <source>Exporting to {0}…</source>
+            <translation>Export vers {0}…</translation>
+        </message>
+        <message>
+            <source>Canceled: nothing was written.</source>
+            <translation>Annulé : rien n’a été écrit.</translation>
+        </message>
+        <message>
+            <source>{0} already exists. Replace it?</source>
+            <translation>{0} existe déjà. Le remplacer ?</translation>
+        </message>
+        <message>
+            <source>The folder {0} does not exist.</source>
+            <translation>Le dossier {0} n’existe pas.</translation>
+        </message>
+        <message>
+            <source>Not exported: {0} already exists.</source>
+            <translation>Non exporté : {0} existe déjà.</translation>
+        </message>
+        <message>
+            <source>Written: {0}</source>
+            <translation>Écrit : {0}</translation>
+        </message>
+        <message>
+            <source>The export failed: see the RS Assistant log.</source>
+            <translation>L’export a échoué : voir le journal RS Assistant.</translation>
+        </message>
+        <message>
+            <source>Export masks</source>
+            <translation>Exporter des masques</translation>
+        </message>
+        <message>
+            <source>Layer to mask</source>
+            <translation>Couche vers masque</translation>
+        </message>
+        <message>
+            <source>Polygon layer</source>
+            <translation>Couche de polygones</translation>
+        </message>
+        <message>
+            <source>Selected features only</source>
+            <translation>Entités sélectionnées uniquement</translation>
+        </message>
+        <message>
+            <source>Class ids from</source>
+            <translation>Identifiants de classe depuis</translation>
+        </message>
+        <message>
+            <source>Burn each polygon's value of an integer field instead of 1</source>
+            <translation>Inscrire la valeur d’un champ entier de chaque polygone au lieu de 1</translation>
+        </message>
+        <message>
+            <source>Grid</source>
+            <translation>Grille</translation>
+        </message>
+        <message>
+            <source>Reference raster</source>
+            <translation>Raster de référence</translation>
+        </message>
+        <message>
+            <source>The mask gets this raster's CRS, geotransform and size</source>
+            <translation>Le masque prend le SCR, la géotransformation et la taille de ce raster</translation>
+        </message>
+        <message>
+            <source>Extent</source>
+            <translation>Emprise</translation>
+        </message>
+        <message>
+            <source>Resolution</source>
+            <translation>Résolution</translation>
+        </message>
+        <message>
+            <source>Pixel size in units of the CRS</source>
+            <translation>Taille de pixel en unités du SCR</translation>
+        </message>
+        <message>
+            <source>CRS</source>
+            <translation>SCR</translation>
+        </message>
+        <message>
+            <source>Nodata value</source>
+            <translation>Valeur nodata</translation>
+        </message>
+        <message>
+            <source>Compression</source>
+            <translation>Compression</translation>
+        </message>
+        <message>
+            <source>Burn every pixel a polygon touches</source>
+            <translation>Inscrire chaque pixel touché par un polygone</translation>
+        </message>
+        <message>
+            <source>Mask file</source>
+            <translation>Fichier masque</translation>
+        </message>
+        <message>
+            <source>Mask to polygons</source>
+            <translation>Masque vers polygones</translation>
+        </message>
+        <message>
+            <source>Mask raster</source>
+            <translation>Raster masque</translation>
+        </message>
+        <message>
+            <source>Value field</source>
+            <translation>Champ de valeur</translation>
+        </message>
+        <message>
+            <source>Nodata pixels are background</source>
+            <translation>Les pixels nodata sont du fond</translation>
+        </message>
+        <message>
+            <source>Zero pixels are background</source>
+            <translation>Les pixels à zéro sont du fond</translation>
+        </message>
+        <message>
+            <source>Join diagonal neighbours (8-connectivity)</source>
+            <translation>Relier les voisins en diagonale (8-connexité)</translation>
+        </message>
+        <message>
+            <source>Polygon file</source>
+            <translation>Fichier de polygones</translation>
+        </message>
+        <message>
+            <source>Add the result to the project</source>
+            <translation>Ajouter le résultat au projet</translation>
+        </message>
+    </context>
+    <context>
+        <name>AssistantController</name>
+        <message>
+            <source>RS Assistant: {question}</source>
+            <translation>RS Assistant : {question}</translation>
+        </message>
+    </context>
+    <context>
+        <name>ChatDock</name>
+        <message>
+            <source>Stop</source>
+            <translation>Arrêter</translation>
+        </message>
+        <message>
+            <source>Send</source>
+            <translation>Envoyer</translation>
+        </message>
+        <message>
+            <source>Cancel the running request</source>
+            <translation>Annuler la requête en cours</translation>
+        </message>
+        <message>
+            <source>Send (Enter)</source>
+            <translation>Envoyer (Entrée)</translation>
+        </message>
+        <message>
+            <source>Current view</source>
+            <translation>Vue actuelle</translation>
+        </message>
+        <message>
+            <source>{w} × {h} {units}</source>
+            <translation>{w} × {h} {units}</translation>
+        </message>
+        <message>
+            <source>{w} × {h} px</source>
+            <translation>{w} × {h} px</translation>
+        </message>
+        <message>
+            <source>Current view: {size}</source>
+            <translation>Vue actuelle : {size}</translation>
+        </message>
+        <message>
+            <source>RS Assistant</source>
+            <translation>RS Assistant</translation>
+        </message>
+        <message>
+            <source>Engine: stopped</source>
+            <translation>Moteur : arrêté</translation>
+        </message>
+        <message>
+            <source>Model that answers</source>
+            <translation>Modèle qui répond</translation>
+        </message>
+        <message>
+            <source>New chat</source>
+            <translation>Nouvelle discussion</translation>
+        </message>
+        <message>
+            <source>Settings</source>
+            <translation>Paramètres</translation>
+        </message>
+        <message>
+            <source>Imagery</source>
+            <translation>Imagerie</translation>
+        </message>
+        <message>
+            <source>Image</source>
+            <translation>Image</translation>
+        </message>
+        <message>
+            <source>Before</source>
+            <translation>Avant</translation>
+        </message>
+        <message>
+            <source>After</source>
+            <translation>Après</translation>
+        </message>
+        <message>
+            <source>Swap before and after</source>
+            <translation>Échanger avant et après</translation>
+        </message>
+        <message>
+            <source>Region</source>
+            <translation>Région</translation>
+        </message>
+        <message>
+            <source>Draw a region on the map</source>
+            <translation>Dessiner une région sur la carte</translation>
+        </message>
+        <message>
+            <source>Use current view</source>
+            <translation>Utiliser la vue actuelle</translation>
+        </message>
+        <message>
+            <source>Describe</source>
+            <translation>Décrire</translation>
+        </message>
+        <message>
+            <source>Find</source>
+            <translation>Trouver</translation>
+        </message>
+        <message>
+            <source>Segment</source>
+            <translation>Segmenter</translation>
+        </message>
+        <message>
+            <source>Compare</source>
+            <translation>Comparer</translation>
+        </message>
+        <message>
+            <source>Ask about the region, or /help</source>
+            <translation>Posez une question sur la région, ou /help</translation>
+        </message>
+        <message>
+            <source>Restart</source>
+            <translation>Redémarrer</translation>
+        </message>
+    </context>
+    <context>
+        <name>Messages</name>
+        <message>
+            <source>Unknown command. Type /help for the list.</source>
+            <translation>Commande inconnue. Tapez /help pour la liste.</translation>
+        </message>
+        <message>
+            <source>This command needs to know what to look for, e.g. /find storage tanks.</source>
+            <translation>Cette commande doit savoir quoi chercher, par exemple /find réservoirs.</translation>
+        </message>
+        <message>
+            <source>Choose an image layer first.</source>
+            <translation>Choisissez d’abord une couche image.</translation>
+        </message>
+        <message>
+            <source>Choose a before and an after layer to compare.</source>
+            <translation>Choisissez une couche avant et une couche après à comparer.</translation>
+        </message>
+        <message>
+            <source>The before and the after layer are the same layer.</source>
+            <translation>La couche avant et la couche après sont la même couche.</translation>
+        </message>
+        <message>
+            <source>The region does not overlap the chosen layer. Draw a region over it or use the current view.</source>
+            <translation>La région ne recouvre pas la couche choisie. Dessinez une région sur celle-ci ou utilisez la vue actuelle.</translation>
+        </message>
+        <message>
+            <source>The engine is not ready yet. Wait until its status says ready, or check the settings.</source>
+            <translation>Le moteur n’est pas encore prêt. Attendez que son état indique prêt, ou vérifiez les paramètres.</translation>
+        </message>
+        <message>
+            <source>The layer could not be rendered for the region.</source>
+            <translation>La couche n’a pas pu être rendue pour la région.</translation>
+        </message>
+        <message>
+            <source>The answer arrived but its layer could not be written.</source>
+            <translation>La réponse est arrivée mais sa couche n’a pas pu être écrite.</translation>
+        </message>
+        <message>
+            <source>The engine cannot be reached.</source>
+            <translation>Le moteur est injoignable.</translation>
+        </message>
+        <message>
+            <source>The engine did not answer in time. Try a smaller region or a longer timeout.</source>
+            <translation>Le moteur n’a pas répondu à temps. Essayez une région plus petite ou un délai plus long.</translation>
+        </message>
+        <message>
+            <source>Cancelled.</source>
+            <translation>Annulé.</translation>
+        </message>
+        <message>
+            <source>The engine refused the token. Check the token in the settings.</source>
+            <translation>Le moteur a refusé le jeton. Vérifiez le jeton dans les paramètres.</translation>
+        </message>
+        <message>
+            <source>The region lies outside the raster.</source>
+            <translation>La région est en dehors du raster.</translation>
+        </message>
+        <message>
+            <source>The region is too large for the engine.</source>
+            <translation>La région est trop grande pour le moteur.</translation>
+        </message>
+        <message>
+            <source>The engine cannot find the raster file.</source>
+            <translation>Le moteur ne trouve pas le fichier raster.</translation>
+        </message>
+        <message>
+            <source>The engine cannot read the raster.</source>
+            <translation>Le moteur ne peut pas lire le raster.</translation>
+        </message>
+        <message>
+            <source>The engine does not know this model.</source>
+            <translation>Le moteur ne connaît pas ce modèle.</translation>
+        </message>
+        <message>
+            <source>This model cannot do that. Choose another model.</source>
+            <translation>Ce modèle ne sait pas faire cela. Choisissez un autre modèle.</translation>
+        </message>
+        <message>
+            <source>The engine could not load the model.</source>
+            <translation>Le moteur n’a pas pu charger le modèle.</translation>
+        </message>
+        <message>
+            <source>The question is too long.</source>
+            <translation>La question est trop longue.</translation>
+        </message>
+        <message>
+            <source>The engine reported an error.</source>
+            <translation>Le moteur a signalé une erreur.</translation>
+        </message>
+        <message>
+            <source>Engine: restarting after a failure ({detail})</source>
+            <translation>Moteur : redémarrage après une panne ({detail})</translation>
+        </message>
+        <message>
+            <source>Engine: starting…</source>
+            <translation>Moteur : démarrage…</translation>
+        </message>
+        <message>
+            <source>Engine: ready</source>
+            <translation>Moteur : prêt</translation>
+        </message>
+        <message>
+            <source>Engine: stopped</source>
+            <translation>Moteur : arrêté</translation>
+        </message>
+        <message>
+            <source>the engine's Python interpreter was not found ({detail})</source>
+            <translation>l’interpréteur Python du moteur est introuvable ({detail})</translation>
+        </message>
+        <message>
+            <source>the engine stopped: {detail}</source>
+            <translation>le moteur s’est arrêté : {detail}</translation>
+        </message>
+        <message>
+            <source>the engine did not start within {detail}</source>
+            <translation>le moteur n’a pas démarré en {detail}</translation>
+        </message>
+        <message>
+            <source>the engine wrote no token to {detail}</source>
+            <translation>le moteur n’a écrit aucun jeton dans {detail}</translation>
+        </message>
+        <message>
+            <source>the engine cannot be reached ({detail})</source>
+            <translation>le moteur est injoignable ({detail})</translation>
+        </message>
+        <message>
+            <source>Engine: error: {reason}. Restarting…</source>
+            <translation>Moteur : erreur : {reason}. Redémarrage…</translation>
+        </message>
+        <message>
+            <source>Engine: error: {reason}</source>
+            <translation>Moteur : erreur : {reason}</translation>
+        </message>
+        <message>
+            <source>Engine: busy</source>
+            <translation>Moteur : occupé</translation>
+        </message>
+        <message>
+            <source>describe the region</source>
+            <translation>décrire la région</translation>
+        </message>
+        <message>
+            <source>draw boxes around objects, e.g. /find storage tanks</source>
+            <translation>encadrer des objets, par exemple /find réservoirs</translation>
+        </message>
+        <message>
+            <source>outline objects as polygons, e.g. /segment buildings</source>
+            <translation>détourer des objets en polygones, par exemple /segment bâtiments</translation>
+        </message>
+        <message>
+            <source>compare the before and the after layer</source>
+            <translation>comparer la couche avant et la couche après</translation>
+        </message>
+        <message>
+            <source>ask about the region (plain text does the same)</source>
+            <translation>poser une question sur la région (le texte libre fait de même)</translation>
+        </message>
+        <message>
+            <source>this list</source>
+            <translation>cette liste</translation>
+        </message>
+    </context>
+    <context>
+        <name>RSAssistantPlugin</name>
+        <message>
+            <source>RS Assistant</source>
+            <translation>RS Assistant</translation>
+        </message>
+        <message>
+            <source>RS Assistant chat</source>
+            <translation>Discussion RS Assistant</translation>
+        </message>
+        <message>
+            <source>Select a region</source>
+            <translation>Sélectionner une région</translation>
+        </message>
+        <message>
+            <source>RS Assistant settings…</source>
+            <translation>Paramètres de RS Assistant…</translation>
+        </message>
+    </context>
+    <context>
+        <name>SettingsDialog</name>
+        <message>
+            <source>Give the URL of the running engine, e.g. http://127.0.0.1:8765.</source>
+            <translation>Indiquez l’URL du moteur en marche, par exemple http://127.0.0.1:8765.</translation>
+        </message>
+        <message>
+            <source>RS Assistant settings</source>
+            <translation>Paramètres de RS Assistant</translation>
+        </message>
+        <message>
+            <source>Start the engine with a Python interpreter</source>
+            <translation>Démarrer le moteur avec un interpréteur Python</translation>
+        </message>
+        <message>
+            <source>Python interpreter</source>
+            <translation>Interpréteur Python</translation>
+        </message>
+        <message>
+            <source>The Python of the engine's environment (with torch), not QGIS's own</source>
+            <translation>Le Python de l’environnement du moteur (avec torch), pas celui de QGIS</translation>
+        </message>
+        <message>
+            <source>Models file</source>
+            <translation>Fichier des modèles</translation>
+        </message>
+        <message>
+            <source>A TOML file naming models and their local checkpoints; empty: the built-in model</source>
+            <translation>Un fichier TOML qui nomme les modèles et leurs poids locaux ; vide : le modèle intégré</translation>
+        </message>
+        <message>
+            <source>TOML (*.toml)</source>
+            <translation>TOML (*.toml)</translation>
+        </message>
+        <message>
+            <source>Device</source>
+            <translation>Périphérique</translation>
+        </message>
+        <message>
+            <source>Restarts after a crash</source>
+            <translation>Redémarrages après une panne</translation>
+        </message>
+        <message>
+            <source>Start-up timeout</source>
+            <translation>Délai de démarrage</translation>
+        </message>
+        <message>
+            <source>Connect to a running engine</source>
+            <translation>Se connecter à un moteur en marche</translation>
+        </message>
+        <message>
+            <source>URL</source>
+            <translation>URL</translation>
+        </message>
+        <message>
+            <source>Token</source>
+            <translation>Jeton</translation>
+        </message>
+        <message>
+            <source>Requests and results</source>
+            <translation>Requêtes et résultats</translation>
+        </message>
+        <message>
+            <source>Request timeout</source>
+            <translation>Délai des requêtes</translation>
+        </message>
+        <message>
+            <source>Largest image side</source>
+            <translation>Plus grand côté d’image</translation>
+        </message>
+        <message>
+            <source>Write result layers to</source>
+            <translation>Écrire les couches de résultats dans</translation>
+        </message>
+        <message>
+            <source>Empty: a GeoPackage next to the project</source>
+            <translation>Vide : un GeoPackage à côté du projet</translation>
+        </message>
+    </context>
+    <context>
+        <name>TranscriptRenderer</name>
+        <message>
+            <source>Assistant</source>
+            <translation>Assistant</translation>
+        </message>
+        <message>
+            <source>{count} feature(s) added as layer(s): {names}</source>
+            <translation>{count} entité(s) ajoutée(s) en couche(s) : {names}</translation>
+        </message>
+        <message>
+            <source>You</source>
+            <translation>Vous</translation>
+        </message>
+        <message>
+            <source>Commands:</source>
+            <translation>Commandes :</translation>
+        </message>
+        <message>
+            <source>Working…</source>
+            <translation>En cours…</translation>
+        </message>
+        <message>
+            <source>No answer and nothing found.</source>
+            <translation>Pas de réponse et rien trouvé.</translation>
+        </message>
+    </context>
 </TS>

@@ -1,14 +1,15 @@
-"""The plugin object QGIS creates: registers the dock, actions, toolbar and menu entries.
+"""The plugin object QGIS creates: registers the dock, actions, toolbar, menu entries, map tool,
+engine and Processing provider.
 
 ``initGui`` makes every registration and ``unload`` undoes each of them, so reloading the
-plugin leaves nothing behind.
+plugin leaves nothing behind (the engine process it started included).
 """
 
 from __future__ import annotations
 
 import logging
 
-from qgis.core import QgsApplication, QgsSettings
+from qgis.core import QgsApplication, QgsProject, QgsSettings
 from qgis.PyQt.QtCore import QCoreApplication, QLocale, Qt, QTranslator
 from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction, QToolBar
@@ -21,10 +22,6 @@ log = logging.getLogger(__name__)
 MENU = "&RS Assistant"
 
 
-def tr(text: str) -> str:
-    return QCoreApplication.translate("RSAssistantPlugin", text)
-
-
 class RSAssistantPlugin:
     def __init__(self, iface):
         self.iface = iface
@@ -33,6 +30,12 @@ class RSAssistantPlugin:
         self.actions: list[QAction] = []
         self.translator: QTranslator | None = None
         self._log_handler = None
+        self.settings_store = None
+        self.engine = None
+        self.controller = None
+        self.region_picker = None
+        self.processing_provider = None
+        self.mask_dialog = None
 
     # --- set-up ---------------------------------------------------------------------------------
     def _install_translator(self) -> None:
@@ -44,12 +47,14 @@ class RSAssistantPlugin:
                 QCoreApplication.installTranslator(translator)
                 self.translator = translator
 
-    def _add_action(self, name: str, icon: str, text: str, callback, checkable: bool = False) -> QAction:
+    def _add_action(self, name: str, icon: str, text: str, callback, checkable: bool = False,
+                    toolbar: bool = True) -> QAction:
         action = QAction(QIcon(str(resource("icons", icon))), text, self.iface.mainWindow())
         action.setObjectName(name)
         action.setCheckable(checkable)
         action.triggered.connect(callback)
-        self.toolbar.addAction(action)
+        if toolbar:
+            self.toolbar.addAction(action)
         self.iface.addPluginToRasterMenu(MENU, action)
         self.actions.append(action)
         return action
@@ -57,32 +62,114 @@ class RSAssistantPlugin:
     def initGui(self) -> None:  # noqa: N802 (QGIS's name)
         self._log_handler = log_handler.install()
         self._install_translator()
+        from rs_assistant.ui.controller import AssistantController
         from rs_assistant.ui.dock import ChatDock
+        from rs_assistant.ui.engine import EngineSupervisor
+        from rs_assistant.ui.region_tool import RegionPicker
+        from rs_assistant.ui.settings_store import SettingsStore
 
-        self.dock = ChatDock(self.iface.mainWindow())
-        self.iface.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.dock)
-        self.dock.hide()
+        canvas = self.iface.mapCanvas()
+        self.settings_store = SettingsStore()
+        settings = self.settings_store.load()
+        self.engine = EngineSupervisor(settings)
+        self.controller = AssistantController(QgsProject.instance(), settings, canvas)
+        self.engine.clientChanged.connect(self.controller.set_client)
+        self.region_picker = RegionPicker(canvas, self.controller)
 
-        self.toolbar = self.iface.addToolBar(tr("RS Assistant"))
+        translate = QCoreApplication.translate
+        self.toolbar = self.iface.addToolBar(translate("RSAssistantPlugin", "RS Assistant"))
         self.toolbar.setObjectName("RSAssistantToolbar")
         self.toggle_action = self._add_action(
-            "actionRSAssistantDock", "rs_assistant.svg", tr("RS Assistant chat"), self._toggle_dock, checkable=True
+            "actionRSAssistantDock", "rs_assistant.svg", translate("RSAssistantPlugin", "RS Assistant chat"),
+            self._toggle_dock, checkable=True,
         )
         self.select_region_action = self._add_action(
-            "actionSelectRegion", "select_region.svg", tr("Select a region"), self._select_region, checkable=True
+            "actionSelectRegion", "select_region.svg", translate("RSAssistantPlugin", "Select a region"),
+            self._select_region, checkable=True,
         )
-        self.dock.visibilityChanged.connect(self.toggle_action.setChecked)
+        self.settings_action = self._add_action(
+            "actionRSAssistantSettings", "rs_assistant.svg", translate("RSAssistantPlugin", "RS Assistant settings…"),
+            self._open_settings, toolbar=False,
+        )
+        canvas.mapToolSet.connect(self._on_map_tool_set)
+
+        self.dock = ChatDock(self.controller, self.select_region_action, self.iface.mainWindow())
+        self.iface.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.dock)
+        self.dock.hide()
+        self.dock.visibilityChanged.connect(self._on_dock_visible)
+        self.dock.restartRequested.connect(self.engine.restart)
+        self.dock.settingsRequested.connect(self._open_settings)
+        self.engine.statusChanged.connect(self.dock.set_engine_status)
+        QgsApplication.instance().aboutToQuit.connect(self.engine.stop)
+
+        from rs_assistant.processing.provider import RSAssistantProvider
+        from rs_assistant.ui.mask_export_dialog import MaskExportDialog
+
+        self.export_mask_action = self._add_action(
+            "actionExportMask", "export_mask.svg", MaskExportDialog.action_text(), self._export_mask
+        )
+        self.processing_provider = RSAssistantProvider()
+        QgsApplication.processingRegistry().addProvider(self.processing_provider)
         log.info("RS Assistant loaded")
 
     # --- behaviour ------------------------------------------------------------------------------
     def _toggle_dock(self, checked: bool) -> None:
         self.dock.setVisible(checked)
 
+    def _on_dock_visible(self, visible: bool) -> None:
+        self.toggle_action.setChecked(visible)
+        if visible:
+            self.engine.start()  # the engine starts when someone first opens the chat
+
     def _select_region(self, checked: bool) -> None:
-        self.dock.show()
+        if checked:
+            self.dock.show()
+            self.region_picker.activate()
+        else:
+            self.region_picker.deactivate()
+
+    def _on_map_tool_set(self, new_tool, _old_tool=None) -> None:
+        self.select_region_action.setChecked(new_tool is self.region_picker.tool)
+
+    def _open_settings(self) -> None:
+        from rs_assistant.ui.settings_dialog import SettingsDialog
+
+        dialog = SettingsDialog(self.settings_store.load(), self.iface.mainWindow())
+        if dialog.exec():
+            settings = dialog.settings()
+            self.settings_store.save(settings)
+            self.controller.apply_settings(settings)
+            self.engine.apply_settings(settings)
+        dialog.deleteLater()
+
+    def _export_mask(self) -> None:
+        if self.mask_dialog is None:
+            from rs_assistant.ui.mask_export_dialog import MaskExportDialog
+
+            self.mask_dialog = MaskExportDialog(self.iface.mainWindow(), self.iface.mapCanvas())
+        self.mask_dialog.show()
+        self.mask_dialog.raise_()
 
     # --- tear-down ------------------------------------------------------------------------------
     def unload(self) -> None:
+        if self.processing_provider is not None:
+            QgsApplication.processingRegistry().removeProvider(self.processing_provider)
+            self.processing_provider = None
+        if self.mask_dialog is not None:
+            self.mask_dialog.shutdown()
+            self.mask_dialog.deleteLater()
+            self.mask_dialog = None
+        if self.engine is not None:
+            QgsApplication.instance().aboutToQuit.disconnect(self.engine.stop)
+            self.engine.stop()
+            self.engine.deleteLater()
+            self.engine = None
+        if self.controller is not None:
+            self.controller.cancel()
+        if self.region_picker is not None:
+            self.iface.mapCanvas().mapToolSet.disconnect(self._on_map_tool_set)
+            self.region_picker.unload()
+            self.region_picker = None
         for action in self.actions:
             self.iface.removePluginRasterMenu(MENU, action)
             self.iface.removeToolBarIcon(action)
@@ -96,6 +183,9 @@ class RSAssistantPlugin:
             self.iface.removeDockWidget(self.dock)
             self.dock.deleteLater()
             self.dock = None
+        if self.controller is not None:
+            self.controller.deleteLater()
+            self.controller = None
         if self.translator is not None:
             QCoreApplication.removeTranslator(self.translator)
             self.translator = None

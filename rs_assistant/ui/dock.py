@@ -1,17 +1,25 @@
-"""The chat dock: transcript, prompt, quick actions and the imagery/region pickers.
+"""The chat dock: transcript, prompt, quick actions, engine status, model, layers and region.
 
-Layout lives in resources/ui/chat_dock.ui; this class owns its behaviour.
+Layout lives in resources/ui/chat_dock.ui; this class wires it to an
+:class:`AssistantController`, which does the work (the dock holds no state of its own).
 """
 
 from __future__ import annotations
 
 import logging
 
-from qgis.core import QgsMapLayerProxyModel
+from qgis.core import QgsMapLayerProxyModel, QgsUnitTypes
 from qgis.PyQt import uic
-from qgis.PyQt.QtWidgets import QDockWidget
+from qgis.PyQt.QtCore import QEvent, QObject, Qt, pyqtSignal
+from qgis.PyQt.QtGui import QTextCursor
+from qgis.PyQt.QtWidgets import QAction, QDockWidget
 
+from rs_assistant.core.engine_state import EngineState, EngineStatus
 from rs_assistant.core.paths import resource
+from rs_assistant.ui import texts
+from rs_assistant.ui.controller import AssistantController
+from rs_assistant.ui.imagery import pixel_size
+from rs_assistant.ui.transcript import TranscriptRenderer
 
 log = logging.getLogger(__name__)
 
@@ -19,10 +27,139 @@ _FORM, _ = uic.loadUiType(str(resource("ui", "chat_dock.ui")), from_imports=Fals
 
 
 class ChatDock(QDockWidget, _FORM):
-    def __init__(self, parent=None):
+    restartRequested = pyqtSignal()  # the person clicked "restart" in an engine error
+    settingsRequested = pyqtSignal()
+
+    def __init__(self, controller: AssistantController, region_action: QAction | None = None, parent=None):
         super().__init__(parent)
         self.setupUi(self)
         self.setObjectName("RSAssistantDock")
-        for combo in (self.imageLayerCombo, self.beforeLayerCombo, self.afterLayerCombo):
+        self.controller = controller
+        self._engine_status = EngineStatus(EngineState.STOPPED)
+        self._transcript = TranscriptRenderer(self.transcriptView)
+        self._combos = {"image": self.imageLayerCombo, "before": self.beforeLayerCombo, "after": self.afterLayerCombo}
+        for role, combo in self._combos.items():
             combo.setFilters(QgsMapLayerProxyModel.Filter.RasterLayer)
             combo.setAllowEmptyLayer(True)
+            combo.setLayer(None)
+            combo.layerChanged.connect(lambda layer, role=role: self.controller.set_layers(**{role: layer}))
+        if region_action is not None:
+            self.selectRegionButton.setDefaultAction(region_action)
+        self.promptEdit.installEventFilter(self)
+        self.sendButton.clicked.connect(self._on_send_clicked)
+        self.describeButton.clicked.connect(lambda: self._quick("/describe", needs_text=False))
+        self.findButton.clicked.connect(lambda: self._quick("/find", needs_text=True))
+        self.segmentButton.clicked.connect(lambda: self._quick("/segment", needs_text=True))
+        self.compareButton.clicked.connect(lambda: self._quick("/change", needs_text=False))
+        self.newChatButton.clicked.connect(controller.new_chat)
+        self.settingsButton.clicked.connect(self.settingsRequested)
+        self.swapButton.clicked.connect(controller.swap_before_after)
+        self.useViewButton.clicked.connect(controller.clear_region)
+        self.modelCombo.activated.connect(lambda index: controller.set_model(self.modelCombo.itemText(index)))
+        self.engineStatusLabel.linkActivated.connect(lambda _link: self.restartRequested.emit())
+        self.engineStatusLabel.setTextInteractionFlags(Qt.TextInteractionFlag.TextBrowserInteraction)
+
+        controller.turnChanged.connect(self._render)
+        controller.conversationCleared.connect(self._render)
+        controller.busyChanged.connect(self._on_busy)
+        controller.modelsChanged.connect(self._on_models)
+        controller.regionChanged.connect(self._show_region)
+        controller.layersChanged.connect(self._on_layers_changed)
+        if controller.canvas is not None:
+            controller.canvas.extentsChanged.connect(self._show_region)
+        self.set_engine_status(self._engine_status)
+        self._on_busy(controller.busy)
+        self._show_region()
+
+    # --- sending --------------------------------------------------------------------------------
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802
+        if (watched is self.promptEdit and event.type() == QEvent.Type.KeyPress
+                and event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter)
+                and not event.modifiers() & Qt.KeyboardModifier.ShiftModifier):
+            if not self.controller.busy:
+                self.send()
+            return True
+        return super().eventFilter(watched, event)
+
+    def send(self) -> None:
+        text = self.promptEdit.toPlainText()
+        if self.controller.ask(text) is not None:
+            self.promptEdit.clear()
+
+    def _on_send_clicked(self) -> None:
+        if self.controller.busy:
+            self.controller.cancel()
+        else:
+            self.send()
+
+    def _quick(self, command: str, needs_text: bool) -> None:
+        """Runs a quick action with what is typed (unless it is a command); asks for it when missing."""
+        typed = self.promptEdit.toPlainText().strip()
+        if typed.startswith("/"):
+            typed = ""
+        if needs_text and not typed:
+            self.promptEdit.setPlainText(f"{command} ")
+            self.promptEdit.moveCursor(QTextCursor.MoveOperation.End)
+            self.promptEdit.setFocus()
+            return
+        if self.controller.ask(f"{command} {typed}".strip()) is not None:
+            self.promptEdit.clear()
+
+    # --- showing --------------------------------------------------------------------------------
+    def _render(self, *_args) -> None:
+        turns = self.controller.conversation.turns
+        self._transcript.render(turns, {t.id: self.controller.thumbnails(t.id) for t in turns})
+
+    def _on_busy(self, busy: bool) -> None:
+        self.sendButton.setText(self.tr("Stop") if busy else self.tr("Send"))
+        self.sendButton.setToolTip(self.tr("Cancel the running request") if busy else self.tr("Send (Enter)"))
+        for button in (self.describeButton, self.findButton, self.segmentButton, self.compareButton):
+            button.setEnabled(not busy)
+        self.progressBar.setVisible(busy)
+        self.set_engine_status(self._engine_status)
+
+    def set_engine_status(self, status: EngineStatus) -> None:
+        self._engine_status = status
+        if status.state is EngineState.READY and self.controller.busy:
+            text = texts.busy_text()
+        else:
+            text = texts.engine_status_text(status)
+        colour = {EngineState.READY: "#2e7d32", EngineState.STARTING: "#f9a825", EngineState.ERROR: "#b00020"}.get(status.state, "#777777")
+        restart = self.tr("Restart")
+        link = f' <a href="restart">{restart}</a>' if status.state is EngineState.ERROR else ""
+        self.engineStatusLabel.setText(f'<span style="color:{colour}">●</span> {text}{link}')
+        self.engineStatusLabel.setToolTip(text)
+
+    def _on_models(self, models: list) -> None:
+        self.modelCombo.clear()
+        for model in models:
+            self.modelCombo.addItem(model.name)
+            self.modelCombo.setItemData(self.modelCombo.count() - 1, ", ".join(t.value for t in model.tasks),
+                                        Qt.ItemDataRole.ToolTipRole)
+        self.modelCombo.setCurrentIndex(max(0, self.modelCombo.findText(self.controller.model)))
+
+    def _on_layers_changed(self) -> None:
+        for role, combo in self._combos.items():
+            layer = self.controller.layer(role)
+            if combo.currentLayer() is not layer:
+                combo.blockSignals(True)
+                combo.setLayer(layer)
+                combo.blockSignals(False)
+        self._show_region()
+
+    def _show_region(self) -> None:
+        controller = self.controller
+        rect = controller.effective_region()
+        if rect is None or rect.isEmpty():
+            self.regionLabel.setText(self.tr("Current view"))
+            return
+        crs = controller.project.crs()
+        units = QgsUnitTypes.toAbbreviatedString(crs.mapUnits())
+        size = self.tr("{w} × {h} {units}").format(w=f"{rect.width():.6g}", h=f"{rect.height():.6g}", units=units)
+        raster = controller.layer("image") or controller.layer("before")
+        if raster is not None:
+            px, py = pixel_size(raster, rect, crs, controller.project.transformContext())
+            size += " · " + self.tr("{w} × {h} px").format(w=px, h=py)
+        if controller.region is None:
+            size = self.tr("Current view: {size}").format(size=size)
+        self.regionLabel.setText(size)

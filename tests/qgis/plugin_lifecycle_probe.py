@@ -56,6 +56,9 @@ def main() -> None:
     report = {"available": NAME in qgis.utils.available_plugins, "before": snapshot(iface)}
     report["loaded"] = bool(qgis.utils.loadPlugin(NAME))
     report["started"] = bool(qgis.utils.startPlugin(NAME))
+    # a person picks the region tool: unload must take the map tool away again
+    for action in iface.mainWindow().findChildren(QAction, "actionSelectRegion"):
+        action.trigger()
     module = sys.modules.get(NAME)
     report["module_file"] = getattr(module, "__file__", None)
     report["during"] = snapshot(iface)

@@ -76,12 +76,14 @@ def test_installed_zip_loads_starts_and_unloads_without_leftovers(plugin_zip, tm
     assert "RSAssistantDock" in during["docks"]
     assert {"actionRSAssistantDock", "actionSelectRegion"} <= set(during["actions"])
     assert "RSAssistantToolbar" in during["toolbars"]
+    assert during["map_tool"].startswith("rs_assistant")  # the region tool was active
     assert during["menus"]
 
     assert after["docks"] == before["docks"]
     assert after["toolbars"] == before["toolbars"]
     assert after["toolbar_actions"] == before["toolbar_actions"]
     assert not {"actionRSAssistantDock", "actionSelectRegion"} & set(after["actions"])
+    assert after["actions"] == before["actions"]
     assert after["menus"] == before["menus"] == []
     assert after["providers"] == before["providers"]
     assert not (after["map_tool"] or "").startswith("rs_assistant")

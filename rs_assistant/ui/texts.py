@@ -1,0 +1,81 @@
+"""What people read: the plugin's codes (errors, problems, engine states) in translated words.
+
+Only this UI layer translates; ``rs_assistant.core`` hands over enums and codes. Each string is
+a literal ``QCoreApplication.translate("Messages", ...)`` call so pylupdate5 finds it.
+"""
+
+from __future__ import annotations
+
+from qgis.PyQt.QtCore import QCoreApplication
+
+from rs_assistant.core.commands import CommandErrorCode
+from rs_assistant.core.conversation import Problem, TurnError
+from rs_assistant.core.engine_state import EngineFault, EngineState, EngineStatus
+from rs_assistant.core.protocol import ErrorCode
+
+
+def error_text(error: TurnError) -> str:
+    translate = QCoreApplication.translate
+    texts = {
+        CommandErrorCode.UNKNOWN_COMMAND: translate("Messages", "Unknown command. Type /help for the list."),
+        CommandErrorCode.MISSING_ARGUMENT: translate("Messages", "This command needs to know what to look for, e.g. /find storage tanks."),
+        Problem.NO_IMAGE_LAYER: translate("Messages", "Choose an image layer first."),
+        Problem.NO_BEFORE_AFTER: translate("Messages", "Choose a before and an after layer to compare."),
+        Problem.SAME_BEFORE_AFTER: translate("Messages", "The before and the after layer are the same layer."),
+        Problem.REGION_OUTSIDE_LAYER: translate("Messages", "The region does not overlap the chosen layer. Draw a region over it or use the current view."),
+        Problem.ENGINE_NOT_READY: translate("Messages", "The engine is not ready yet. Wait until its status says ready, or check the settings."),
+        Problem.RENDER_FAILED: translate("Messages", "The layer could not be rendered for the region."),
+        Problem.LAYER_WRITE_FAILED: translate("Messages", "The answer arrived but its layer could not be written."),
+        ErrorCode.ENGINE_UNREACHABLE: translate("Messages", "The engine cannot be reached."),
+        ErrorCode.TIMEOUT: translate("Messages", "The engine did not answer in time. Try a smaller region or a longer timeout."),
+        ErrorCode.CANCELLED: translate("Messages", "Cancelled."),
+        ErrorCode.UNAUTHORIZED: translate("Messages", "The engine refused the token. Check the token in the settings."),
+        ErrorCode.EXTENT_OUTSIDE: translate("Messages", "The region lies outside the raster."),
+        ErrorCode.REGION_TOO_LARGE: translate("Messages", "The region is too large for the engine."),
+        ErrorCode.SOURCE_NOT_FOUND: translate("Messages", "The engine cannot find the raster file."),
+        ErrorCode.UNREADABLE_SOURCE: translate("Messages", "The engine cannot read the raster."),
+        ErrorCode.UNKNOWN_MODEL: translate("Messages", "The engine does not know this model."),
+        ErrorCode.UNSUPPORTED_TASK: translate("Messages", "This model cannot do that. Choose another model."),
+        ErrorCode.MODEL_LOAD_FAILED: translate("Messages", "The engine could not load the model."),
+        ErrorCode.PROMPT_TOO_LONG: translate("Messages", "The question is too long."),
+    }
+    return texts.get(error, translate("Messages", "The engine reported an error."))
+
+
+def engine_status_text(status: EngineStatus) -> str:
+    translate = QCoreApplication.translate
+    if status.state is EngineState.STARTING:
+        if status.detail:
+            return translate("Messages", "Engine: restarting after a failure ({detail})").format(detail=status.detail)
+        return translate("Messages", "Engine: starting…")
+    if status.state is EngineState.READY:
+        return translate("Messages", "Engine: ready")
+    if status.state is EngineState.STOPPED:
+        return translate("Messages", "Engine: stopped")
+    faults = {
+        EngineFault.INTERPRETER_NOT_FOUND: translate("Messages", "the engine's Python interpreter was not found ({detail})"),
+        EngineFault.EXITED: translate("Messages", "the engine stopped: {detail}"),
+        EngineFault.START_TIMEOUT: translate("Messages", "the engine did not start within {detail}"),
+        EngineFault.NO_TOKEN: translate("Messages", "the engine wrote no token to {detail}"),
+        EngineFault.UNREACHABLE: translate("Messages", "the engine cannot be reached ({detail})"),
+    }
+    reason = faults[status.fault].format(detail=status.detail)
+    if status.fault is EngineFault.EXITED and status.restarts_left:
+        return translate("Messages", "Engine: error: {reason}. Restarting…").format(reason=reason)
+    return translate("Messages", "Engine: error: {reason}").format(reason=reason)
+
+
+def busy_text() -> str:
+    return QCoreApplication.translate("Messages", "Engine: busy")
+
+
+def help_lines() -> list[tuple[str, str]]:
+    translate = QCoreApplication.translate
+    return [
+        ("/describe", translate("Messages", "describe the region")),
+        ("/find <what>", translate("Messages", "draw boxes around objects, e.g. /find storage tanks")),
+        ("/segment <what>", translate("Messages", "outline objects as polygons, e.g. /segment buildings")),
+        ("/change", translate("Messages", "compare the before and the after layer")),
+        ("/ask <question>", translate("Messages", "ask about the region (plain text does the same)")),
+        ("/help", translate("Messages", "this list")),
+    ]
