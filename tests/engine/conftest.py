@@ -49,3 +49,34 @@ def tiny_open_clip_path(tmp_path_factory: pytest.TempPathFactory, tiny_clip_path
     from tests.engine.tiny_models import clip
 
     return clip.make_open_clip(tmp_path_factory.mktemp("tiny-models") / "open_clip", tiny_clip_path)
+
+
+# --- tiny RSA checkpoint (rsa backend, rs_assistant.engine.models.rsa) ------------------------------
+# configs/tiny.json with random weights (seeded) and a tokenizer built from a few sentences, saved
+# with save_pretrained as training/ will save the real one; tests copy the folder before changing it.
+
+RSA_CORPUS = (
+    "a residential area with twelve buildings along a road.",
+    "two storage tanks next to a parking lot with vehicles.",
+    "a river crosses fields with rows of crops and a forest.",
+    "find storage tanks; segment water bodies; find the largest building",
+    "what changed between the two images? two buildings were built near the road.",
+    "describe the image. there is no change. how many vehicles are there? three.",
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_rsa_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A complete RSA checkpoint folder: config.json, model.safetensors, tokenizer, processor_config.json."""
+    import torch
+
+    from rs_assistant.engine.models.rsa import RSAForConditionalGeneration, RSAProcessor, build_tokenizer, load_named_config
+
+    folder = tmp_path_factory.mktemp("tiny-models") / "rsa"
+    tokenizer = build_tokenizer(RSA_CORPUS, vocab_size=512)
+    config = load_named_config("tiny")
+    config.bind_tokenizer(tokenizer)
+    torch.manual_seed(0)
+    RSAForConditionalGeneration(config).save_pretrained(folder)
+    RSAProcessor.for_model(tokenizer, config).save_pretrained(folder)
+    return folder

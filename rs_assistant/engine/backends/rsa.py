@@ -1,0 +1,235 @@
+"""The project's own RSA model (rs_assistant.engine.models.rsa): caption, ground, segment, change, chat.
+
+Models file (``default`` needs none: it reads resources/models/rsa-default)::
+
+    [models.rsa-large]
+    backend = "rsa"
+    path = "/models/rsa-large"   # config.json, model.safetensors, tokenizer.json, processor_config.json
+
+One generation per request, greedy, stopped by the request's cancel event. The answer is read
+by RSAProcessor.parse_answer (the formats are documented in processing_rsa.py):
+
+- location tokens -> box detections in window pixels. The model sees the window resized to a
+  square, so bins are fractions of each side of the window, whatever its aspect ratio. A box's
+  score is the probability mass the model put within one bin of each coordinate it wrote
+  (the mean over its four location tokens);
+- each ``[SEG]`` -> its hidden state through the mask decoder -> logits resized to the window
+  -> a boolean mask detection (score: the mean probability inside the mask);
+- change: the caption, prefixed with the changed/unchanged head's verdict ("changed (93%): ...");
+  when changed, the ``[SEG]`` masks (over the difference features) become ``change`` detections
+  scored by the head.
+
+Only chat reads the conversation history; the other tasks are single turns, as trained.
+
+Bad input: a missing or incomplete folder, a config.json that does not match the weights, a
+corrupt weights file, or a tokenizer/processor that does not fit the model each raise
+MODEL_LOAD_FAILED naming the folder; a prompt (with history and images) longer than the model's
+context raises PROMPT_TOO_LONG. The engine keeps serving other requests in each case.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import ClassVar, Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import StoppingCriteriaList
+from transformers.generation.utils import GenerateDecoderOnlyOutput
+
+from rs_assistant.core.protocol import ErrorCode, FeatureKind, ProtocolError, Task
+from rs_assistant.engine.backends import boxes
+from rs_assistant.engine.backends.base import Backend, BackendCall, BackendResult, Detection
+from rs_assistant.engine.backends.hf import CancelCriteria, cancelled, checkpoint_folder, load_failed
+from rs_assistant.engine.device import attn_implementation, torch_dtype
+from rs_assistant.engine.models.rsa.modeling_rsa import RSAForConditionalGeneration, RSAVisualFeatures
+from rs_assistant.engine.models.rsa.processing_rsa import (
+    DELTA,
+    IMAGE,
+    PROCESSOR_FILE,
+    SEG,
+    Answer,
+    LocatedPhrase,
+    RSAProcessor,
+)
+
+log = logging.getLogger(__name__)
+
+
+class RSABackend(Backend):
+    name: ClassVar[str] = "rsa"
+    tasks: ClassVar[frozenset[Task]] = frozenset({Task.CAPTION, Task.GROUND, Task.SEGMENT, Task.CHANGE, Task.CHAT})
+
+    def load(self) -> None:
+        path = checkpoint_folder(self, {"rsa"}, processor_files=(PROCESSOR_FILE,))
+        try:
+            processor = RSAProcessor.from_pretrained(path)
+            model, info = RSAForConditionalGeneration.from_pretrained(
+                path,
+                local_files_only=True,
+                dtype=torch_dtype(self.device),
+                attn_implementation=attn_implementation(self.device),
+                output_loading_info=True,
+                ignore_mismatched_sizes=True,  # reported below, with the other differences, as one clear error
+            )
+        except Exception as exc:  # transformers, safetensors and tokenizers raise many types; all mean the same here
+            raise load_failed(self, path, exc) from exc
+        where = f"model '{self.model_name}': checkpoint folder {path}"
+        problems = []
+        if info.get("missing_keys"):
+            problems.append(f"weights missing from the file: {_names(info['missing_keys'])}")
+        if info.get("unexpected_keys"):
+            problems.append(f"weights the config has no place for: {_names(info['unexpected_keys'])}")
+        if info.get("mismatched_keys"):
+            shapes = [f"{key} {tuple(saved)} in the file, {tuple(wanted)} by the config" for key, saved, wanted in info["mismatched_keys"]]
+            problems.append(f"shape mismatch: {_names(shapes)}")
+        if problems:
+            raise ProtocolError(
+                ErrorCode.MODEL_LOAD_FAILED, f"{where}: config.json does not match the weights ({'; '.join(problems)})"
+            )
+        self._check_fit(processor, model, where)
+        self.processor = processor
+        self.model = model.to(self.device).eval()
+        self.context = int(model.config.text_config.max_position_embeddings)
+        log.info("model '%s': loaded RSA from %s on %s", self.model_name, path, self.device)
+
+    @staticmethod
+    def _check_fit(processor: RSAProcessor, model: RSAForConditionalGeneration, where: str) -> None:
+        """The tokenizer and processor settings must be the ones the model was built with."""
+        config = model.config
+        expected = {
+            "image size": (processor.image_size, config.vision_config.image_size),
+            "image tokens": (processor.num_image_tokens, config.num_image_tokens),
+            "location bins": (processor.num_location_bins, config.num_location_bins),
+            f"{IMAGE} id": (processor.token_ids[IMAGE], config.image_token_id),
+            f"{DELTA} id": (processor.token_ids[DELTA], config.delta_token_id),
+            f"{SEG} id": (processor.token_ids[SEG], config.seg_token_id),
+        }
+        wrong = [f"{name} {got} (model: {want})" for name, (got, want) in expected.items() if got != want]
+        if len(processor.tokenizer) > config.text_config.vocab_size:
+            wrong.append(f"vocabulary {len(processor.tokenizer)} (model: {config.text_config.vocab_size})")
+        if wrong:
+            raise ProtocolError(
+                ErrorCode.MODEL_LOAD_FAILED, f"{where}: the tokenizer/processor files do not fit the model: {', '.join(wrong)}"
+            )
+
+    def run(self, call: BackendCall) -> BackendResult:
+        self.check_task(call.task)
+        self.ensure_loaded()
+        pair = len(call.images) == 2
+        try:
+            history = call.history if call.task is Task.CHAT else ()  # the other tasks are single turns
+            text = self.processor.format_prompt(call.task, call.prompt, history, pair=pair)
+        except ValueError as exc:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"model '{self.model_name}': {exc}") from None
+        batch = self.processor([text], [tuple(call.images) if pair else call.images[0]])
+        length = int(batch["input_ids"].shape[1])
+        if length >= self.context:
+            raise ProtocolError(
+                ErrorCode.PROMPT_TOO_LONG,
+                f"model '{self.model_name}': the prompt takes {length} tokens with the image(s) and history; "
+                f"its context is {self.context}",
+            )
+        with torch.inference_mode():
+            visual = self.model.encode_images(batch["pixel_values"].to(self.device, self.model.dtype))
+            output = self.model.generate(
+                batch["input_ids"].to(self.device),
+                attention_mask=batch["attention_mask"].to(self.device),
+                visual=visual,
+                max_new_tokens=min(call.options.max_new_tokens, self.context - length),
+                do_sample=False,
+                stopping_criteria=StoppingCriteriaList([CancelCriteria(call.cancel)]),
+                return_dict_in_generate=True,
+                output_scores=True,
+                output_hidden_states=True,
+            )
+        if call.cancel.is_set():
+            raise cancelled(self)
+        height, width = call.images[0].shape[:2]
+        answer = self.processor.parse_answer(output.sequences[0].tolist(), (width, height))
+        with torch.inference_mode():
+            return self._result(call, answer, output, visual, (width, height))
+
+    def _result(
+        self,
+        call: BackendCall,
+        answer: Answer,
+        output: GenerateDecoderOnlyOutput,
+        visual: RSAVisualFeatures,
+        window: tuple[int, int],
+    ) -> BackendResult:
+        phrase = boxes.target_phrase(call.prompt) if call.task in (Task.GROUND, Task.SEGMENT) else ""
+        detections = [
+            Detection(FeatureKind.BOX, b.label or phrase or "object", self._box_score(b, output), box=b.box)
+            for b in answer.boxes
+        ]
+        if call.task is not Task.CHANGE:
+            detections += self._masks(answer, output, visual, window, FeatureKind.MASK, phrase or "object")
+            if call.task in (Task.GROUND, Task.SEGMENT):
+                return BackendResult(text=_summary(detections), detections=detections)
+            return BackendResult(text=answer.text, detections=detections)
+        probability = float(torch.sigmoid(visual.change_logits[0]))
+        changed = probability >= 0.5
+        text = f"{'changed' if changed else 'unchanged'} ({probability:.0%})" + (f": {answer.text}" if answer.text else "")
+        if changed:
+            detections += self._masks(answer, output, visual, window, FeatureKind.CHANGE, "change", score=probability)
+        return BackendResult(text=text, detections=detections)
+
+    def _box_score(self, located: LocatedPhrase, output: GenerateDecoderOnlyOutput) -> float:
+        """Mean over the box's four loc tokens of the probability within one bin of the bin written."""
+        loc_ids = torch.tensor(self.processor.loc_ids, device=output.scores[0].device)
+        masses = []
+        for position in located.positions:
+            probs = torch.softmax(output.scores[position][0].float(), dim=-1)[loc_ids]
+            chosen = int(output.sequences[0, position])
+            centre = self.processor.loc_bins[chosen]
+            masses.append(float(probs[max(centre - 1, 0) : centre + 2].sum()))
+        return float(np.mean(masses))
+
+    def _masks(
+        self,
+        answer: Answer,
+        output: GenerateDecoderOnlyOutput,
+        visual: RSAVisualFeatures,
+        window: tuple[int, int],
+        kind: FeatureKind,
+        fallback_label: str,
+        score: float | None = None,
+    ) -> list[Detection]:
+        """Each ``[SEG]``'s mask at the window's size, labelled with the phrase before it; empty masks are dropped.
+
+        A change mask is labelled ``fallback_label`` (its phrase is the change caption) and
+        scored ``score``; other masks by their mean probability inside the mask.
+        """
+        if not answer.segments:
+            return []
+        states, samples, steps = self.model.generated_seg_states(output)
+        logits = self.model.predict_masks(states, visual, samples)
+        width, height = window
+        probabilities = torch.sigmoid(F.interpolate(logits[:, None].float(), size=(height, width), mode="bilinear")[:, 0])
+        labels = {s.position: s.label for s in answer.segments} if kind is not FeatureKind.CHANGE else {}
+        detections = []
+        for step, probability in zip(steps.tolist(), probabilities):
+            inside = probability > 0.5
+            if not inside.any():
+                continue
+            mask = inside.cpu().numpy()
+            rows, cols = np.nonzero(mask)
+            box = (float(cols.min()), float(rows.min()), float(cols.max() + 1), float(rows.max() + 1))
+            mask_score = float(probability[inside].mean()) if score is None else score
+            detections.append(Detection(kind, labels.get(step) or fallback_label, mask_score, box=box, mask=mask))
+        return detections
+
+
+def _names(items: Iterable[object]) -> str:
+    names = sorted(str(i) for i in items)
+    return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+
+
+def _summary(detections: list[Detection]) -> str:
+    if not detections:
+        return "nothing found"
+    counts = Counter(d.label for d in detections)
+    return ", ".join(f"{n} x {label}" for label, n in counts.items())

@@ -1,0 +1,162 @@
+"""Configuration of the RSA model family (RS Assistant's own vision-language model).
+
+One class serves every size; the sizes are data in ``configs/*.json``:
+
+- ``tiny.json``: the unit tests' model (random weights, seconds on a CPU);
+- ``default.json``: the model shipped in resources/models/rsa-default (trained from scratch by
+  training/recipes/default; at most 25 MB of fp16 weights, a caption in well under 500 ms on two
+  CPU cores);
+- ``large.json``: CLIP ViT-L/14-336 and Qwen2.5-1.5B-Instruct read from local checkpoint folders
+  (``vision_pretrained_path``, ``text_pretrained_path``), both frozen, on a GPU.
+
+The parts, and the paper each follows (modeling_rsa.py has the details):
+
+- ``vision_config``: a CLIP vision transformer (transformers ``CLIPVisionConfig``);
+- ``projector_type``: RS-CapRet's linear bridge from the image encoder into the language model
+  ("linear"), or LLaVA-1.5's two-layer MLP ("mlp"); ``token_merge`` first folds each s x s block
+  of patches into one token (InternVL / Idefics3 pixel shuffle), s^2 fewer tokens for the LM;
+- ``text_config``: any transformers causal LM (built with ``AutoModelForCausalLM.from_config``);
+- ``num_location_bins``: SkyEyeGPT / Florence-2 location tokens ``<loc_0>`` .. ``<loc_{N-1}>``;
+- ``seg_token_id`` and ``mask_*``: GeoPix's ``[SEG]`` token, whose hidden state becomes the query
+  of a small mask decoder over the patch features, with its optional class-wise memory;
+- ``delta_*`` and ``change_*``: DeltaVLM's cross-semantic difference module for bi-temporal pairs,
+  plus a changed/unchanged head.
+
+The token ids (``image_token_id`` ...) default to the order build_tokenizer (processing_rsa.py)
+gives them; a tokenizer built otherwise (a pretrained LLM's, extended) sets them with
+:meth:`RSAConfig.bind_tokenizer`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Literal
+
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig, PreTrainedConfig, PreTrainedTokenizerBase
+from transformers.configuration_utils import SubConfigSpec
+
+log = logging.getLogger(__name__)
+
+#: Where the named configs live: ``configs/NAME.json``.
+CONFIGS_DIR = Path(__file__).with_name("configs")
+
+
+@strict
+class RSAConfig(PreTrainedConfig):
+    """Sizes and switches of an RSA model; see the module docstring for what each part follows."""
+
+    model_type = "rsa"
+    sub_configs_defaults = {
+        "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="clip_vision_model"),
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="qwen2"),
+    }
+
+    vision_config: dict | PreTrainedConfig | None = None
+    text_config: dict | PreTrainedConfig | None = None
+
+    # RS-CapRet bridge: vision patch features -> language-model embeddings.
+    projector_type: Literal["linear", "mlp"] = "linear"
+    vision_feature_layer: int = -1  # which vision hidden state feeds the bridge (-2: LLaVA's choice)
+    token_merge: int = 1  # s: each s x s block of patches becomes one LM token (channels concatenated)
+
+    # Token ids; the defaults are build_tokenizer's order (processing_rsa.SPECIAL_TOKENS).
+    image_token_id: int = 6
+    delta_token_id: int = 7
+    seg_token_id: int = 8
+    num_location_bins: int = 100  # SkyEyeGPT / Florence-2 style <loc_i> bins per image side
+
+    # GeoPix mask decoder: [SEG] hidden state -> query over the patch features -> mask at 1/4 input.
+    mask_decoder_dim: int = 128
+    mask_decoder_heads: int = 4
+    mask_decoder_layers: int = 1
+    mask_upsample_steps: int = 2  # each doubles the patch grid: 2 steps give 1/4 of a stride-16 input
+    class_memory_classes: int = 0  # GeoPix class-wise learnable memory: 0 turns it off
+    class_memory_tokens: int = 4  # memory slots per class
+
+    # DeltaVLM cross-semantic difference module (bi-temporal pairs) and the changed/unchanged head.
+    delta_layers: int = 1
+    delta_heads: int = 4
+
+    # Loss weights: LM cross-entropy, mask BCE and Dice, change BCE.
+    lm_loss_weight: float = 1.0
+    mask_bce_weight: float = 2.0
+    mask_dice_weight: float = 0.5
+    change_loss_weight: float = 1.0
+
+    # Pretrained parts from local folders and what stays frozen (RS-CapRet: both frozen, the
+    # bridge trained). With a frozen LLM, the input and output embeddings may still train so that
+    # the added tokens (<loc_i>, [SEG], ...) can be learned.
+    vision_pretrained_path: str | None = None
+    text_pretrained_path: str | None = None
+    freeze_vision: bool = False
+    freeze_llm: bool = False
+    train_new_embeddings: bool = True
+
+    initializer_range: float = 0.02
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        self.tie_word_embeddings = bool(self.text_config.tie_word_embeddings)
+
+    def validate_architecture(self) -> None:
+        """Checks the sizes fit together (called by ``@strict`` after every change)."""
+        super().validate_architecture()
+        size, patch = self.vision_config.image_size, self.vision_config.patch_size
+        if not isinstance(size, int) or not isinstance(patch, int) or size % patch:
+            raise ValueError(f"vision image_size {size} must be a whole multiple of patch_size {patch}")
+        if self.token_merge < 1 or (size // patch) % self.token_merge:
+            raise ValueError(f"token_merge {self.token_merge} must divide the {size // patch}-patch grid")
+        if self.projector_type not in ("linear", "mlp"):
+            raise ValueError(f"projector_type must be 'linear' or 'mlp', got {self.projector_type!r}")
+        if self.num_location_bins < 2:
+            raise ValueError(f"num_location_bins must be at least 2, got {self.num_location_bins}")
+        if self.mask_decoder_dim % self.mask_decoder_heads or self.mask_decoder_dim >> self.mask_upsample_steps < 4:
+            raise ValueError(
+                f"mask_decoder_dim {self.mask_decoder_dim} must divide by mask_decoder_heads {self.mask_decoder_heads} "
+                f"and keep at least 4 channels after {self.mask_upsample_steps} upsampling steps"
+            )
+        if self.vision_config.hidden_size % self.delta_heads:
+            raise ValueError(f"vision hidden_size {self.vision_config.hidden_size} must divide by delta_heads {self.delta_heads}")
+
+    @property
+    def grid_size(self) -> int:
+        """Patches per image side."""
+        return self.vision_config.image_size // self.vision_config.patch_size
+
+    @property
+    def num_image_tokens(self) -> int:
+        """LM tokens per image (and difference tokens per pair): one per ``token_merge``-square of patches."""
+        return (self.grid_size // self.token_merge) ** 2
+
+    @property
+    def mask_size(self) -> int:
+        """Side of the predicted masks in pixels of the model's square input grid."""
+        return self.grid_size * 2**self.mask_upsample_steps
+
+    def bind_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        """Take the special token ids and the vocabulary size from ``tokenizer`` (processing_rsa's tokens)."""
+        from rs_assistant.engine.models.rsa.processing_rsa import BOS, DELTA, EOS, IMAGE, PAD, SEG
+
+        ids = {token: tokenizer.convert_tokens_to_ids(token) for token in (IMAGE, DELTA, SEG, PAD, BOS, EOS)}
+        missing = [token for token, i in ids.items() if i is None or i == tokenizer.unk_token_id]
+        if missing:
+            raise ValueError(f"the tokenizer lacks {', '.join(missing)}: build it with build_tokenizer or extend_tokenizer")
+        self.image_token_id, self.delta_token_id, self.seg_token_id = ids[IMAGE], ids[DELTA], ids[SEG]
+        self.text_config.pad_token_id, self.text_config.bos_token_id, self.text_config.eos_token_id = ids[PAD], ids[BOS], ids[EOS]
+        self.text_config.vocab_size = max(int(self.text_config.vocab_size), len(tokenizer))
+
+
+def load_named_config(name: str) -> RSAConfig:
+    """``configs/NAME.json`` (tiny, default, large) as an RSAConfig."""
+    path = CONFIGS_DIR / f"{name}.json"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in CONFIGS_DIR.glob("*.json")))
+        raise FileNotFoundError(f"no RSA config named {name!r} ({path}); known: {known}")
+    return RSAConfig(**json.loads(path.read_text(encoding="utf-8")))
+
+
+__all__ = ["CONFIGS_DIR", "RSAConfig", "load_named_config"]

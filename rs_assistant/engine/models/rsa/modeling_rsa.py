@@ -1,0 +1,500 @@
+"""The RSA model: one vision-language model for caption, ground, segment, change and chat.
+
+The whole forward pass, in order (sizes from configuration_rsa.RSAConfig):
+
+1. **Vision encoder** (CLIP ViT, transformers ``CLIPVisionModel``): an image ``[B, 3, S, S]``
+   becomes ``P = (S / patch)^2`` patch features (the CLS token is dropped). A bi-temporal pair
+   ``[B, 2, 3, S, S]`` is encoded as 2B images.
+2. **Difference module** (pairs only; DeltaVLM, Deng et al. 2025, "cross-semantic relation
+   measuring"): the after-minus-before patch features attend to both images' features; a learned
+   gate keeps the context that explains a real change and suppresses harmless differences
+   (illumination, season, misregistration). Its mean-pooled output drives a changed/unchanged
+   head (``change_logits``).
+3. **Bridge** (RS-CapRet, Silva et al. 2024): a linear map (or LLaVA-1.5's two-layer MLP) from
+   the vision width into the language model's embeddings, after folding each s x s block of
+   patches into one token (``token_merge``; InternVL's pixel shuffle keeps every feature while
+   the LM reads s^2 fewer tokens). Each ``<image>`` placeholder run in the prompt is replaced by
+   its image's T = P / s^2 tokens (a pair: the before image's, then the after image's), each
+   ``<delta>`` run by the T difference tokens (their own bridge).
+4. **Language model**: any transformers causal LM (Qwen2 in the shipped configs) reads the
+   merged embeddings and writes text. Boxes are written as location tokens (SkyEyeGPT, Zhan et
+   al. 2024; Florence-2): ``<loc_0>`` .. ``<loc_{N-1}>`` bins of each side of the square input.
+5. **Mask decoder** (GeoPix, Ou et al. 2025, after LISA): the last hidden state that produces
+   a ``[SEG]`` token (the position just before it) is projected into a query; the query and the
+   patch features (the difference features for a pair) attend to each other in a small two-way
+   transformer, optionally with GeoPix's class-wise learnable memory as extra context; the
+   features are upsampled by transposed convolutions (x2 per step) and the mask is the dot
+   product of each upsampled pixel with the query: ``[n, M, M]`` logits, M = 4 x the patch grid
+   in the shipped configs (1/4 of a stride-16 input).
+
+Losses (weights in the config): LM cross-entropy on the labelled tokens; per ``[SEG]``, binary
+cross-entropy plus Dice against its target mask; per pair, binary cross-entropy of the
+changed/unchanged head.
+
+A batch holds either single images (``pixel_values`` 4-D) or pairs (5-D), not both.
+
+GeoPix's memory is learned by gradient here (the paper also refreshes it from class-masked
+features); the other parts follow their papers at the sizes the config gives.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    CLIPVisionModel,
+    PreTrainedModel,
+)
+from transformers import initialization as init
+from transformers.generation.utils import GenerateDecoderOnlyOutput
+from transformers.utils import ModelOutput
+
+from rs_assistant.engine.models.rsa.configuration_rsa import RSAConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RSAVisualFeatures(ModelOutput):
+    """What the images contribute, computed once per request and reused by generation and masks.
+
+    ``tokens``: ``[B, T, D_text]`` embeddings for the placeholders, in prompt order (a pair:
+    before, after, difference: 3 x num_image_tokens); ``mask_features``: ``[B, P, D_vision]``, what the mask
+    decoder reads (the patch features, or the difference features of a pair);
+    ``change_logits``: ``[B]``, pairs only.
+    """
+
+    tokens: torch.Tensor | None = None
+    mask_features: torch.Tensor | None = None
+    change_logits: torch.Tensor | None = None
+
+
+@dataclass
+class RSAOutput(ModelOutput):
+    """``mask_logits``: ``[n, M, M]``, one per ``[SEG]`` token in ``input_ids`` (batch-major order)."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    mask_logits: torch.Tensor | None = None
+    change_logits: torch.Tensor | None = None
+    lm_loss: torch.Tensor | None = None
+    mask_loss: torch.Tensor | None = None
+    change_loss: torch.Tensor | None = None
+
+
+class RSAProjector(nn.Module):
+    """RS-CapRet's bridge: one linear layer ("linear") or Linear-GELU-Linear ("mlp")."""
+
+    def __init__(self, in_dim: int, out_dim: int, kind: str):
+        super().__init__()
+        if kind == "linear":
+            self.net = nn.Linear(in_dim, out_dim)
+        else:
+            self.net = nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features)
+
+
+class RSAFeedForward(nn.Sequential):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__(nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+
+class RSADifferenceLayer(nn.Module):
+    """One DeltaVLM cross-semantic step: the difference attends to both dates, gated, then an MLP."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.norm_query = nn.LayerNorm(dim)
+        self.norm_context = nn.LayerNorm(dim)
+        self.attention = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.gate = nn.Linear(2 * dim, dim)
+        self.mlp = RSAFeedForward(dim, 4 * dim)
+
+    def forward(self, delta: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        context = self.norm_context(context)
+        related, _ = self.attention(self.norm_query(delta), context, context, need_weights=False)
+        gate = torch.sigmoid(self.gate(torch.cat([delta, related], dim=-1)))
+        delta = delta + gate * related
+        return delta + self.mlp(delta)
+
+
+class RSADifferenceModule(nn.Module):
+    """DeltaVLM's cross-semantic difference: ``after - before`` related to both images, plus a change head."""
+
+    def __init__(self, dim: int, heads: int, layers: int):
+        super().__init__()
+        self.layers = nn.ModuleList(RSADifferenceLayer(dim, heads) for _ in range(layers))
+        self.norm = nn.LayerNorm(dim)
+        self.change_head = nn.Linear(dim, 1)
+
+    def forward(self, before: torch.Tensor, after: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[B, P, D]`` twice -> difference features ``[B, P, D]`` and changed logits ``[B]``."""
+        context = torch.cat([before, after], dim=1)
+        delta = after - before
+        for layer in self.layers:
+            delta = layer(delta, context)
+        delta = self.norm(delta)
+        return delta, self.change_head(delta.mean(dim=1)).squeeze(-1)
+
+
+class RSAClassMemory(nn.Module):
+    """GeoPix's class-wise learnable memory: slots per land-cover class that features read from.
+
+    The features attend to ``classes x tokens`` learned slots and add what they read (residual),
+    so every mask query sees class-wise geo-context beyond its own image.
+    """
+
+    def __init__(self, dim: int, heads: int, classes: int, tokens: int):
+        super().__init__()
+        self.memory = nn.Parameter(torch.empty(classes * tokens, dim))
+        self.norm = nn.LayerNorm(dim)
+        self.attention = nn.MultiheadAttention(dim, heads, batch_first=True)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        memory = self.memory.unsqueeze(0).expand(features.shape[0], -1, -1)
+        read, _ = self.attention(self.norm(features), memory, memory, need_weights=False)
+        return features + read
+
+
+class RSATwoWayLayer(nn.Module):
+    """SAM-style two-way attention between one mask query and the patch features."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.query_norm = nn.LayerNorm(dim)
+        self.query_to_image = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.query_mlp = RSAFeedForward(dim, 4 * dim)
+        self.image_norm = nn.LayerNorm(dim)
+        self.image_to_query = nn.MultiheadAttention(dim, heads, batch_first=True)
+
+    def forward(self, query: torch.Tensor, image: torch.Tensor, position: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        keys = image + position
+        read, _ = self.query_to_image(self.query_norm(query), keys, image, need_weights=False)
+        query = query + read
+        query = query + self.query_mlp(query)
+        read, _ = self.image_to_query(self.image_norm(image) + position, query, query, need_weights=False)
+        return query, image + read
+
+
+class RSAMaskDecoder(nn.Module):
+    """GeoPix's pixel decoder: a ``[SEG]`` hidden state and patch features -> mask logits."""
+
+    def __init__(self, config: RSAConfig):
+        super().__init__()
+        dim = config.mask_decoder_dim
+        self.grid = config.grid_size
+        self.query_proj = nn.Sequential(
+            nn.Linear(config.text_config.hidden_size, dim), nn.GELU(), nn.Linear(dim, dim)
+        )
+        self.feature_proj = nn.Linear(config.vision_config.hidden_size, dim)
+        self.position = nn.Parameter(torch.empty(1, self.grid * self.grid, dim))
+        self.memory = (
+            RSAClassMemory(dim, config.mask_decoder_heads, config.class_memory_classes, config.class_memory_tokens)
+            if config.class_memory_classes > 0
+            else None
+        )
+        self.layers = nn.ModuleList(RSATwoWayLayer(dim, config.mask_decoder_heads) for _ in range(config.mask_decoder_layers))
+        upsample: list[nn.Module] = []
+        channels = dim
+        for _ in range(config.mask_upsample_steps):
+            upsample += [nn.ConvTranspose2d(channels, channels // 2, kernel_size=2, stride=2), nn.GELU()]
+            channels //= 2
+        self.upsample = nn.Sequential(*upsample)
+        self.hyper = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, channels))
+
+    def forward(self, seg_states: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """``seg_states [n, D_text]`` with each one's ``features [n, P, D_vision]`` -> logits ``[n, M, M]``."""
+        query = self.query_proj(seg_states).unsqueeze(1)
+        image = self.feature_proj(features)
+        if self.memory is not None:
+            image = self.memory(image)
+        for layer in self.layers:
+            query, image = layer(query, image, self.position)
+        n, _, dim = image.shape
+        image = image.transpose(1, 2).reshape(n, dim, self.grid, self.grid)
+        pixels = self.upsample(image)
+        return torch.einsum("nc,nchw->nhw", self.hyper(query.squeeze(1)), pixels)
+
+
+class RSAPreTrainedModel(PreTrainedModel):
+    config: RSAConfig
+    config_class = RSAConfig
+    base_model_prefix = "rsa"
+    input_modalities = ("image", "text")
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_attention_backend = True
+    _no_split_modules = ["CLIPEncoderLayer", "RSAMaskDecoder", "RSADifferenceModule"]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, RSAClassMemory):
+            init.normal_(module.memory, std=self.config.initializer_range)
+        elif isinstance(module, RSAMaskDecoder):
+            init.normal_(module.position, std=self.config.initializer_range)
+
+
+class RSAForConditionalGeneration(RSAPreTrainedModel):
+    """Vision encoder -> bridge -> causal LM, with the [SEG] mask decoder and the difference module."""
+
+    def __init__(self, config: RSAConfig):
+        super().__init__(config)
+        vision_dim, text_dim = config.vision_config.hidden_size, config.text_config.hidden_size
+        merged_dim = vision_dim * config.token_merge**2
+        self.vision_tower = CLIPVisionModel(config.vision_config)
+        self.projector = RSAProjector(merged_dim, text_dim, config.projector_type)
+        self.difference = RSADifferenceModule(vision_dim, config.delta_heads, config.delta_layers)
+        self.delta_projector = RSAProjector(merged_dim, text_dim, config.projector_type)
+        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        self.mask_decoder = RSAMaskDecoder(config)
+        self.post_init()
+        self.apply_freezing()
+
+    # --- parts ----------------------------------------------------------------------------------
+
+    def apply_freezing(self) -> None:
+        """``freeze_vision`` / ``freeze_llm`` (RS-CapRet): those parts stop requiring gradients.
+
+        With ``train_new_embeddings`` a frozen LLM keeps its input and output embeddings
+        trainable, so that the added tokens can be learned.
+        """
+        self.vision_tower.requires_grad_(not self.config.freeze_vision)
+        self.language_model.requires_grad_(not self.config.freeze_llm)
+        if self.config.freeze_llm and self.config.train_new_embeddings:
+            self.language_model.get_input_embeddings().requires_grad_(True)
+            self.language_model.get_output_embeddings().requires_grad_(True)
+
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any:
+        """``PreTrainedModel.from_pretrained``, then the config's freezing (loading replaces the parameters)."""
+        loaded = super().from_pretrained(*args, **kwargs)
+        (loaded[0] if isinstance(loaded, tuple) else loaded).apply_freezing()
+        return loaded
+
+    @classmethod
+    def from_pretrained_parts(cls, config: RSAConfig) -> "RSAForConditionalGeneration":
+        """A new model whose vision encoder and LM come from ``config``'s local pretrained folders.
+
+        The folders' architectures must match ``vision_config`` / ``text_config`` (large.json gives
+        CLIP ViT-L/14-336 and Qwen2.5-1.5B); the LM's embeddings grow to ``text_config.vocab_size``
+        when the tokenizer added tokens. Everything else starts from its initialisation.
+        """
+        model = cls(config)
+        if config.vision_pretrained_path:
+            vision = CLIPVisionModel.from_pretrained(config.vision_pretrained_path, local_files_only=True)
+            model.vision_tower.load_state_dict(vision.state_dict())
+            log.info("vision encoder from %s", config.vision_pretrained_path)
+        if config.text_pretrained_path:
+            text = AutoModelForCausalLM.from_pretrained(config.text_pretrained_path, local_files_only=True)
+            if text.get_input_embeddings().num_embeddings < config.text_config.vocab_size:
+                text.resize_token_embeddings(config.text_config.vocab_size)
+            model.language_model.load_state_dict(text.state_dict())
+            log.info("language model from %s", config.text_pretrained_path)
+        model.apply_freezing()
+        return model
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.language_model.get_output_embeddings()
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_output_embeddings(value)
+
+    # --- images ---------------------------------------------------------------------------------
+
+    def encode_images(self, pixel_values: torch.Tensor) -> RSAVisualFeatures:
+        """Steps 1-3: ``[B, 3, S, S]`` or ``[B, 2, 3, S, S]`` -> placeholder tokens and mask features."""
+        pair = pixel_values.dim() == 5
+        images = pixel_values.flatten(0, 1) if pair else pixel_values
+        images = images.to(dtype=self.vision_tower.dtype)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_vision):
+            layer = self.config.vision_feature_layer
+            out = self.vision_tower(pixel_values=images, output_hidden_states=layer != -1)
+            patches = (out.last_hidden_state if layer == -1 else out.hidden_states[layer])[:, 1:]
+        tokens = self.projector(self._merge(patches))
+        if not pair:
+            return RSAVisualFeatures(tokens=tokens, mask_features=patches)
+        before, after = patches.unflatten(0, (-1, 2)).unbind(1)
+        delta, change_logits = self.difference(before, after)
+        tokens = torch.cat([tokens.unflatten(0, (-1, 2)).flatten(1, 2), self.delta_projector(self._merge(delta))], dim=1)
+        return RSAVisualFeatures(tokens=tokens, mask_features=delta, change_logits=change_logits)
+
+    def _merge(self, patches: torch.Tensor) -> torch.Tensor:
+        """``[N, g*g, D]`` -> ``[N, (g/s)^2, s*s*D]``: each s x s block of patches as one token, row-major."""
+        s, g = self.config.token_merge, self.config.grid_size
+        if s == 1:
+            return patches
+        n, _, dim = patches.shape
+        blocks = patches.reshape(n, g // s, s, g // s, s, dim).permute(0, 1, 3, 2, 4, 5)
+        return blocks.reshape(n, (g // s) ** 2, s * s * dim)
+
+    def embed(self, input_ids: torch.Tensor, visual: RSAVisualFeatures) -> torch.Tensor:
+        """The prompt's embeddings with the ``<image>`` / ``<delta>`` placeholders replaced by ``visual.tokens``."""
+        embeds = self.get_input_embeddings()(input_ids)
+        slots = (input_ids == self.config.image_token_id) | (input_ids == self.config.delta_token_id)
+        want = visual.tokens.shape[1]
+        found = slots.sum(dim=1)
+        if (found != want).any():
+            raise ValueError(
+                f"each prompt needs {want} image placeholder tokens for its image(s), found {found.tolist()}; "
+                "format prompts with RSAProcessor"
+            )
+        return embeds.masked_scatter(slots.unsqueeze(-1), visual.tokens.to(embeds.dtype))
+
+    # --- masks ----------------------------------------------------------------------------------
+
+    def predict_masks(self, seg_states: torch.Tensor, visual: RSAVisualFeatures, sample_index: torch.Tensor) -> torch.Tensor:
+        """Step 5: ``[SEG]`` hidden states ``[n, D_text]`` of samples ``sample_index [n]`` -> ``[n, M, M]`` logits.
+
+        The states are the LM's last hidden states at the positions that produced each ``[SEG]``
+        (see :meth:`generated_seg_states` for a generated sequence).
+        """
+        features = visual.mask_features[sample_index]
+        return self.mask_decoder(seg_states.to(features.dtype), features)
+
+    def generated_seg_states(self, output: GenerateDecoderOnlyOutput) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The hidden states that produced each generated ``[SEG]`` (needs ``output_hidden_states=True``).
+
+        Returns ``(states [n, D_text], sample_index [n], step [n])`` in batch-major order.
+        """
+        found = (output.sequences == self.config.seg_token_id).nonzero()
+        states = [output.hidden_states[int(step)][-1][int(b), -1] for b, step in found]
+        if not states:
+            empty = torch.zeros(0, dtype=torch.long, device=output.sequences.device)
+            return torch.zeros(0, self.config.text_config.hidden_size, device=output.sequences.device), empty, empty
+        return torch.stack(states), found[:, 0], found[:, 1]
+
+    # --- forward --------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        seg_targets: torch.Tensor | Sequence[torch.Tensor] | None = None,
+        change_labels: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> RSAOutput:
+        """The training pass.
+
+        ``labels``: ``input_ids`` with -100 where no loss is wanted (RSAProcessor builds them).
+        ``seg_targets``: the target masks of the ``[SEG]`` tokens, at any resolution: a
+        ``[B, H, W]`` tensor (one mask per sample; samples without ``[SEG]`` are skipped) or a
+        list of ``[n_b, H, W]`` tensors (the k-th ``[SEG]`` of sample b gets the k-th mask).
+        ``change_labels``: ``[B]`` 1 for changed, 0 for unchanged pairs.
+        """
+        visual = self.encode_images(pixel_values)
+        out = self.language_model(
+            inputs_embeds=self.embed(input_ids, visual),
+            attention_mask=attention_mask,
+            output_hidden_states=True,
+            use_cache=False,
+            **kwargs,
+        )
+        # GeoPix/LISA: the hidden state that predicts [SEG] is its query.
+        before_seg = torch.zeros_like(input_ids, dtype=torch.bool)
+        before_seg[:, :-1] = input_ids[:, 1:] == self.config.seg_token_id
+        sample_index = before_seg.nonzero()[:, 0]
+        mask_logits = None
+        if sample_index.numel():
+            mask_logits = self.predict_masks(out.hidden_states[-1][before_seg], visual, sample_index)
+
+        terms: list[torch.Tensor] = []
+        lm_loss = mask_loss = change_loss = None
+        if labels is not None:
+            logits = out.logits[:, :-1].float()
+            lm_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100)
+            terms.append(self.config.lm_loss_weight * lm_loss)
+        if seg_targets is not None and mask_logits is not None:
+            targets = _paired_targets(seg_targets, sample_index, mask_logits.shape[-2:])
+            mask_loss = self.config.mask_bce_weight * F.binary_cross_entropy_with_logits(
+                mask_logits.float(), targets
+            ) + self.config.mask_dice_weight * _dice_loss(mask_logits.float(), targets)
+            terms.append(mask_loss)
+        if change_labels is not None:
+            if visual.change_logits is None:
+                raise ValueError("change_labels need bi-temporal pixel_values [B, 2, 3, S, S]")
+            change_loss = F.binary_cross_entropy_with_logits(visual.change_logits.float(), change_labels.float())
+            terms.append(self.config.change_loss_weight * change_loss)
+        return RSAOutput(
+            loss=torch.stack(terms).sum() if terms else None,
+            logits=out.logits,
+            mask_logits=mask_logits,
+            change_logits=visual.change_logits,
+            lm_loss=lm_loss,
+            mask_loss=mask_loss,
+            change_loss=change_loss,
+        )
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        visual: RSAVisualFeatures | None = None,
+        **kwargs: Any,
+    ) -> GenerateDecoderOnlyOutput | torch.Tensor:
+        """Text after the image prefix and the prompt: the LM's ``generate`` on the merged embeddings.
+
+        Give ``pixel_values``, or ``visual`` from :meth:`encode_images` to reuse it for
+        :meth:`predict_masks`. The returned sequences hold only the new tokens; every
+        ``generate`` keyword (``max_new_tokens``, ``stopping_criteria``,
+        ``return_dict_in_generate``, ``output_hidden_states`` ...) passes through.
+        """
+        if visual is None:
+            if pixel_values is None:
+                raise ValueError("generate needs pixel_values or visual features")
+            visual = self.encode_images(pixel_values)
+        kwargs.setdefault("eos_token_id", self.config.text_config.eos_token_id)
+        kwargs.setdefault("pad_token_id", self.config.text_config.pad_token_id)
+        return self.language_model.generate(
+            inputs_embeds=self.embed(input_ids, visual), attention_mask=attention_mask, **kwargs
+        )
+
+
+def _paired_targets(
+    seg_targets: torch.Tensor | Sequence[torch.Tensor], sample_index: torch.Tensor, size: torch.Size
+) -> torch.Tensor:
+    """The target mask of each ``[SEG]`` (in ``sample_index`` order), resized to the logits' ``size``."""
+    counts = torch.bincount(sample_index, minlength=len(seg_targets)).tolist()
+    per_sample = [t.unsqueeze(0) for t in seg_targets] if isinstance(seg_targets, torch.Tensor) else list(seg_targets)
+    chosen = []
+    for b, count in enumerate(counts):
+        if not count:
+            continue
+        if len(per_sample[b]) != count:
+            raise ValueError(f"sample {b} has {count} [SEG] token(s) but {len(per_sample[b])} target mask(s)")
+        chosen.append(per_sample[b])
+    targets = torch.cat(chosen).unsqueeze(1).float()
+    return F.interpolate(targets, size=tuple(size), mode="area").squeeze(1)
+
+
+def _dice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    probs = torch.sigmoid(logits).flatten(1)
+    targets = targets.flatten(1)
+    overlap = (probs * targets).sum(-1)
+    return (1 - (2 * overlap + 1) / (probs.sum(-1) + targets.sum(-1) + 1)).mean()
+
+
+AutoConfig.register("rsa", RSAConfig, exist_ok=True)
+AutoModelForImageTextToText.register(RSAConfig, RSAForConditionalGeneration, exist_ok=True)
+
+__all__ = ["RSAForConditionalGeneration", "RSAOutput", "RSAPreTrainedModel", "RSAVisualFeatures"]

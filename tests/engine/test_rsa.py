@@ -1,0 +1,525 @@
+"""The RSA model family (configuration, modeling, processing) and the ``rsa`` backend, on CPU.
+
+The model is configs/tiny.json with random weights (conftest.tiny_rsa_path). Random weights
+answer arbitrary tokens, so backend runs are checked for types and shapes; boxes, masks and
+change detections are checked by scripting the generated tokens through the real model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from huggingface_hub.errors import StrictDataclassClassValidationError
+from transformers import AutoConfig, AutoModelForImageTextToText, LogitsProcessor, LogitsProcessorList
+
+from rs_assistant.core.protocol import ErrorCode, FeatureKind, Message, Options, ProtocolError, Role, Task
+from rs_assistant.engine.backends.base import BackendCall, BackendResult, Detection
+from rs_assistant.engine.backends.rsa import RSABackend
+from rs_assistant.engine.models.rsa import (
+    RSAConfig,
+    RSAForConditionalGeneration,
+    RSAProcessor,
+    build_tokenizer,
+    load_named_config,
+)
+from tests.engine.conftest import RSA_CORPUS
+
+RNG = np.random.default_rng(0)
+WINDOW = RNG.integers(0, 256, (48, 80, 3), dtype=np.uint8)  # 80 wide, 48 high: not square
+AFTER = RNG.integers(0, 256, (48, 80, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def processor(tiny_rsa_path: Path) -> RSAProcessor:
+    return RSAProcessor.from_pretrained(tiny_rsa_path)
+
+
+@pytest.fixture
+def model(tiny_rsa_path: Path) -> RSAForConditionalGeneration:
+    return RSAForConditionalGeneration.from_pretrained(tiny_rsa_path)
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_rsa_path: Path) -> RSABackend:
+    loaded = RSABackend("rsa-tiny", {"path": str(tiny_rsa_path)}, "cpu")
+    loaded.ensure_loaded()
+    return loaded
+
+
+def samples(processor: RSAProcessor) -> dict[str, torch.Tensor]:
+    """Three training samples (caption, ground, segment) with one mask for the [SEG] sample."""
+    window = (80, 48)
+    texts = [
+        processor.format_prompt(Task.CAPTION, answer="a residential area with twelve buildings along a road."),
+        processor.format_prompt(
+            Task.GROUND, "find the storage tanks", answer=processor.ground_answer([("storage tank", (8, 4, 30, 20))], window)
+        ),
+        processor.format_prompt(Task.SEGMENT, "segment water bodies", answer="water bodies [SEG]"),
+    ]
+    images = [RNG.integers(0, 256, (48, 80, 3), dtype=np.uint8) for _ in texts]
+    batch = processor(texts, images, return_labels=True)
+    target = torch.zeros(3, 48, 80)
+    target[2, 10:30, 20:60] = 1
+    batch["seg_targets"] = target
+    return batch
+
+
+def pair_batch(processor: RSAProcessor) -> dict[str, torch.Tensor]:
+    texts = [
+        processor.format_prompt(Task.CHANGE, pair=True, answer="two buildings were built near the road. [SEG]"),
+        processor.format_prompt(Task.CHANGE, pair=True, answer="there is no change."),
+    ]
+    batch = processor(texts, [(WINDOW, AFTER), (WINDOW, WINDOW)], return_labels=True)
+    target = torch.zeros(2, 48, 80)
+    target[0, :24, :40] = 1
+    batch["seg_targets"] = target
+    batch["change_labels"] = torch.tensor([1, 0])
+    return batch
+
+
+# --- configuration and modeling ------------------------------------------------------------------
+
+
+def test_named_configs_load_and_fit_together():
+    for name in ("tiny", "default", "large"):
+        config = load_named_config(name)
+        assert config.model_type == "rsa"
+        assert config.num_image_tokens == (config.grid_size // config.token_merge) ** 2
+    assert load_named_config("large").vision_pretrained_path and load_named_config("large").freeze_llm
+    with pytest.raises(FileNotFoundError, match="known: default, large, tiny"):
+        load_named_config("huge")
+    with pytest.raises(StrictDataclassClassValidationError, match="multiple of patch_size"):
+        RSAConfig(vision_config={"model_type": "clip_vision_model", "image_size": 30, "patch_size": 8})
+
+
+def test_forward_loss_is_finite_and_gradients_reach_every_part(model, processor):
+    model.train()
+    out = model(**samples(processor))
+    assert torch.isfinite(out.loss) and out.lm_loss is not None and out.mask_loss is not None
+    assert out.mask_logits.shape == (1, model.config.mask_size, model.config.mask_size)
+    assert out.logits.shape[:2] == samples(processor)["input_ids"].shape
+    out.loss.backward()
+    for part in (model.projector, model.mask_decoder, model.vision_tower, model.language_model):
+        grads = [p.grad for p in part.parameters() if p.grad is not None]
+        assert grads and any(g.abs().sum() > 0 for g in grads), type(part).__name__
+
+
+def test_change_pairs_train_the_difference_module_and_change_head(model, processor):
+    model.train()
+    model.activation_checkpointing_enable()
+    out = model(**pair_batch(processor))
+    assert out.change_logits.shape == (2,)
+    assert torch.isfinite(out.change_loss) and torch.isfinite(out.mask_loss) and torch.isfinite(out.loss)
+    out.loss.backward()
+    assert model.difference.change_head.weight.grad.abs().sum() > 0
+    assert model.delta_projector.net[0].weight.grad.abs().sum() > 0
+
+
+def test_seg_targets_must_pair_with_seg_tokens(model, processor):
+    batch = samples(processor)
+    batch["seg_targets"] = [torch.zeros(0, 48, 80), torch.zeros(0, 48, 80), torch.zeros(2, 48, 80)]
+    with pytest.raises(ValueError, match="sample 2 has 1 \\[SEG\\] token"):
+        model(**batch)
+    batch = samples(processor)
+    batch["input_ids"] = batch["input_ids"][:, 5:]
+    with pytest.raises(ValueError, match="image placeholder tokens"):
+        model(**{k: batch[k] for k in ("input_ids", "pixel_values")})
+
+
+def test_frozen_encoder_and_llm_stay_unchanged_while_the_bridge_trains(tiny_rsa_path, processor):
+    config = RSAConfig.from_pretrained(tiny_rsa_path)
+    config.freeze_vision = config.freeze_llm = True
+    config.train_new_embeddings = False
+    model = RSAForConditionalGeneration.from_pretrained(tiny_rsa_path, config=config)
+    assert not any(p.requires_grad for p in model.vision_tower.parameters())
+    assert not any(p.requires_grad for p in model.language_model.parameters())
+    frozen = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(("vision_tower.", "language_model."))}
+    bridge = model.projector.net[0].weight.clone()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    model(**samples(processor)).loss.backward()
+    optimizer.step()
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in frozen.items())
+    assert not torch.equal(bridge, model.projector.net[0].weight)
+
+    config.train_new_embeddings = True
+    model = RSAForConditionalGeneration.from_pretrained(tiny_rsa_path, config=config)
+    assert model.get_input_embeddings().weight.requires_grad
+    assert not any(p.requires_grad for n, p in model.language_model.named_parameters() if "layers" in n)
+
+
+def test_a_few_steps_overfit_fixed_samples(model, processor):
+    torch.manual_seed(0)
+    batch = samples(processor)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model.train()
+    losses = []
+    for _ in range(40):
+        optimizer.zero_grad()
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    print(f"overfit: loss {losses[0]:.3f} -> {losses[-1]:.3f}")
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_save_and_load_give_identical_logits_and_auto_classes_work(model, processor, tmp_path):
+    model.eval()
+    batch = samples(processor)
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values")}
+    with torch.no_grad():
+        expected = model(**inputs)
+    model.save_pretrained(tmp_path)
+    for loaded in (
+        RSAForConditionalGeneration.from_pretrained(tmp_path, local_files_only=True),
+        AutoModelForImageTextToText.from_pretrained(tmp_path, local_files_only=True),
+    ):
+        assert isinstance(loaded, RSAForConditionalGeneration)
+        with torch.no_grad():
+            got = loaded.eval()(**inputs)
+        assert torch.equal(got.logits, expected.logits)
+        assert torch.equal(got.mask_logits, expected.mask_logits)
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), RSAConfig)
+
+
+def test_fp16_weights_load_as_fp32_on_cpu(model, processor, tmp_path):
+    model.to(torch.float16).save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    backend = RSABackend("half", {"path": str(tmp_path)}, "cpu")
+    backend.ensure_loaded()
+    assert backend.model.dtype == torch.float32
+    assert backend.model.config._attn_implementation == "sdpa"
+    assert (tmp_path / "model.safetensors").stat().st_size < 2.2 * sum(p.numel() for p in model.parameters())
+
+
+# --- processing -----------------------------------------------------------------------------------
+
+
+def test_prompt_formats_and_labels_cover_only_answers(processor):
+    text = processor.format_prompt(
+        Task.CHAT,
+        "How many vehicles?",
+        [Message(Role.USER, "What is this?"), Message(Role.ASSISTANT, "A parking lot.")],
+        answer="three.",
+    )
+    assert text == (
+        "<s><image><|user|><chat> What is this?<|assistant|>A parking lot.</s>"
+        "<|user|><chat> How many vehicles?<|assistant|>three.</s>"
+    )
+    assert processor.format_prompt(Task.GROUND, "Find all the storage tanks.") == (
+        "<s><image><|user|><ground> find storage tanks<|assistant|>"
+    )
+    assert processor.format_prompt(Task.CHANGE, pair=True).startswith("<s><image><image><delta><|user|><change> what changed")
+    batch = processor([text], [WINDOW], return_labels=True)
+    assert (batch["input_ids"] == processor.token_ids["<image>"]).sum() == processor.num_image_tokens
+    kept = batch["labels"][batch["labels"] != -100].tolist()
+    assert processor.tokenizer.decode(kept).replace(" ", "") == "aparkinglot.</s>three.</s>"
+    with pytest.raises(ValueError, match="needs a prompt"):
+        processor.format_prompt(Task.SEGMENT, "  ")
+
+
+def test_images_are_resized_to_the_model_square(processor):
+    batch = processor(["<s><image>", "<s><image>"], [WINDOW, np.zeros((300, 20, 3), np.uint8)], padding_side="left")
+    assert batch["pixel_values"].shape == (2, 3, processor.image_size, processor.image_size)
+    pairs = processor.pixel_values([(WINDOW, AFTER)])
+    assert pairs.shape == (1, 2, 3, processor.image_size, processor.image_size)
+
+
+@pytest.mark.parametrize("window", [(512, 512), (640, 200), (37, 901)])
+def test_location_bins_round_trip_within_half_a_bin(processor, window):
+    width, height = window
+    values = np.random.default_rng(1).uniform(0, 1, 200)
+    for size in (width, height):
+        for v in values * size:
+            assert abs(processor.dequantize(processor.quantize(v, size), size) - v) <= size / processor.num_location_bins / 2 + 1e-9
+    box = (0.21 * width, 0.05 * height, 0.9 * width, 0.77 * height)
+    answer = processor.parse_text(processor.ground_answer([("pond", box)], window), window)
+    (found,) = answer.boxes
+    assert found.label == "pond"
+    half = (width / processor.num_location_bins / 2, height / processor.num_location_bins / 2)
+    for got, want, tolerance in zip(found.box, box, half * 2):
+        assert abs(got - want) <= tolerance + 1e-9
+
+
+def test_parsing_known_answers(processor):
+    window = (200, 100)
+    answer = processor.parse_text("storage tank<loc_5><loc_20><loc_25><loc_60>; car<loc_50><loc_5><loc_60><loc_30><loc_70><loc_5><loc_80><loc_30></s> tail", window)
+    assert [b.label for b in answer.boxes] == ["storage tank", "car", "car"]
+    assert answer.boxes[0].box == (11.0, 20.5, 51.0, 60.5)
+    assert answer.text == "storage tank; car"
+    answer = processor.parse_text("the pond left of the road [SEG]; buildings [SEG] and <loc_3> more", window)
+    assert [s.label for s in answer.segments] == ["the pond left of the road", "buildings"]
+    assert answer.boxes == () and answer.text == "the pond left of the road; buildings and more"
+    empty = processor.parse_text("<loc_9><loc_9><loc_9><loc_9> nothing", window)  # no area: dropped
+    assert empty.boxes == () and empty.text == "nothing"
+
+
+def test_tokenizer_save_and_load_round_trip(processor, tmp_path):
+    processor.save_pretrained(tmp_path)
+    again = RSAProcessor.from_pretrained(tmp_path)
+    text = processor.format_prompt(Task.SEGMENT, "Segment the water", answer="water [SEG]")
+    assert again.tokenizer(text)["input_ids"] == processor.tokenizer(text)["input_ids"]
+    assert again.token_ids == processor.token_ids and again.loc_ids == processor.loc_ids
+    assert build_tokenizer(RSA_CORPUS, 512).get_vocab() == processor.tokenizer.get_vocab()
+
+
+# --- the backend ----------------------------------------------------------------------------------
+
+
+def run(backend: RSABackend, task: Task, prompt: str = "", images=(WINDOW,), **options) -> BackendResult:
+    call = BackendCall(task=task, images=list(images), prompt=prompt, options=Options(**{"max_new_tokens": 40, **options}))
+    return backend.run(call)
+
+
+def check_detections(result: BackendResult, window: np.ndarray) -> None:
+    assert isinstance(result.text, str)
+    for det in result.detections:
+        assert isinstance(det, Detection) and 0.0 <= det.score <= 1.0
+        if det.mask is not None:
+            assert det.mask.dtype == bool and det.mask.shape == window.shape[:2]
+        if det.box is not None:
+            x0, y0, x1, y1 = det.box
+            assert 0 <= x0 < x1 <= window.shape[1] and 0 <= y0 < y1 <= window.shape[0]
+
+
+@pytest.mark.parametrize(
+    ("task", "prompt", "images"),
+    [
+        (Task.CAPTION, "", (WINDOW,)),
+        (Task.GROUND, "find the storage tanks", (WINDOW,)),
+        (Task.SEGMENT, "segment water", (WINDOW,)),
+        (Task.CHANGE, "", (WINDOW, AFTER)),
+        (Task.CHAT, "how many buildings are there?", (WINDOW,)),
+        (Task.CHAT, "what changed?", (WINDOW, AFTER)),
+    ],
+)
+def test_backend_answers_every_task(backend, task, prompt, images):
+    result = run(backend, task, prompt, images)
+    check_detections(result, WINDOW)
+    if task is Task.CHANGE:
+        assert result.text.startswith(("changed (", "unchanged ("))
+        assert all(d.kind in (FeatureKind.BOX, FeatureKind.CHANGE) for d in result.detections)
+
+
+class Script(LogitsProcessor):
+    """Forces generation to write ``ids`` (then end of sequence)."""
+
+    def __init__(self, ids: list[int], eos: int):
+        self.ids = [*ids, eos]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        forced = torch.full_like(scores, -math.inf)
+        forced[:, self.ids[min(input_ids.shape[1], len(self.ids) - 1)]] = 0.0
+        return forced
+
+
+@pytest.fixture
+def scripted(tiny_rsa_path, monkeypatch):
+    """A backend of its own whose model writes a given answer, with a mask decoder that fills everything."""
+    own = RSABackend("scripted", {"path": str(tiny_rsa_path)}, "cpu")
+    own.ensure_loaded()
+    decoder = own.model.mask_decoder
+    with torch.no_grad():
+        last_conv = decoder.upsample[-2]
+        last_conv.weight.zero_()
+        last_conv.bias.fill_(1.0)
+        decoder.hyper[-1].weight.zero_()
+        decoder.hyper[-1].bias.fill_(1.0)
+
+    def write(answer: str) -> RSABackend:
+        ids = own.processor.tokenizer(answer, add_special_tokens=False)["input_ids"]
+        generate = own.model.generate
+
+        def forced(*args, **kwargs):
+            return generate(*args, logits_processor=LogitsProcessorList([Script(ids, own.processor.token_ids["</s>"])]), **kwargs)
+
+        monkeypatch.setattr(own.model, "generate", forced)
+        return own
+
+    return write
+
+
+def test_scripted_ground_maps_bins_to_the_non_square_window(scripted, processor):
+    window = (80, 48)
+    answer = processor.ground_answer([("storage tank", (8, 4, 30, 20)), ("storage tank", (50, 30, 79, 47))], window)
+    result = run(scripted(answer), Task.GROUND, "find the storage tanks")
+    assert result.text == "2 x storage tank"
+    assert [d.kind for d in result.detections] == [FeatureKind.BOX, FeatureKind.BOX]
+    for det, want in zip(result.detections, [(8, 4, 30, 20), (50, 30, 79, 47)]):
+        assert det.score == pytest.approx(1.0)
+        assert all(abs(g - w) <= 0.5 * 80 / 100 + 1e-9 for g, w in zip(det.box[::2], want[::2]))
+        assert all(abs(g - w) <= 0.5 * 48 / 100 + 1e-9 for g, w in zip(det.box[1::2], want[1::2]))
+
+
+def test_scripted_segment_gives_a_window_sized_mask(scripted):
+    result = run(scripted("water bodies [SEG]"), Task.SEGMENT, "segment the water")
+    (det,) = result.detections
+    assert det.kind is FeatureKind.MASK and det.label == "water bodies"
+    assert det.mask.shape == WINDOW.shape[:2] and det.mask.all()
+    assert det.box == (0.0, 0.0, 80.0, 48.0)
+    assert result.text == "1 x water bodies"
+
+
+@pytest.mark.parametrize("changed", [True, False])
+def test_scripted_change_gives_change_masks_only_when_changed(scripted, changed):
+    backend = scripted("two buildings were built. [SEG]")
+    with torch.no_grad():
+        backend.model.difference.change_head.weight.zero_()
+        backend.model.difference.change_head.bias.fill_(6.0 if changed else -6.0)
+    result = run(backend, Task.CHANGE, "", (WINDOW, AFTER))
+    if changed:
+        assert result.text == "changed (100%): two buildings were built."
+        (det,) = result.detections
+        assert det.kind is FeatureKind.CHANGE and det.label == "change" and det.score > 0.99
+        assert det.mask.shape == WINDOW.shape[:2]
+    else:
+        assert result.text == "unchanged (0%): two buildings were built."
+        assert result.detections == []
+
+
+def test_too_long_prompt_is_refused(backend):
+    with pytest.raises(ProtocolError) as err:
+        run(backend, Task.CHAT, "how many buildings " * 200)
+    assert err.value.code is ErrorCode.PROMPT_TOO_LONG and "context is 256" in err.value.message
+    result = run(backend, Task.CAPTION)  # still serving
+    assert isinstance(result.text, str)
+
+
+def test_bad_prompts_and_cancel(backend):
+    with pytest.raises(ProtocolError) as err:
+        run(backend, Task.GROUND, "")
+    assert err.value.code is ErrorCode.BAD_REQUEST
+    cancel = threading.Event()
+    cancel.set()
+    call = BackendCall(task=Task.CAPTION, images=[WINDOW], options=Options(max_new_tokens=50), cancel=cancel)
+    with pytest.raises(ProtocolError) as err:
+        backend.run(call)
+    assert err.value.code is ErrorCode.CANCELLED
+    with pytest.raises(ProtocolError) as err:
+        run(backend, Task.CLASSIFY, "a, b")
+    assert err.value.code is ErrorCode.UNSUPPORTED_TASK
+
+
+def broken_copy(source: Path, target: Path, how: str) -> Path:
+    shutil.copytree(source, target)
+    if how == "no weights":
+        (target / "model.safetensors").unlink()
+    elif how == "corrupt weights":
+        (target / "model.safetensors").write_bytes(b"\x00not a safetensors file" * 10)
+    elif how == "wider model":
+        config = json.loads((target / "config.json").read_text())
+        config["text_config"]["hidden_size"] = 48
+        (target / "config.json").write_text(json.dumps(config))
+    elif how == "fewer layers":
+        config = json.loads((target / "config.json").read_text())
+        config["text_config"]["num_hidden_layers"] = 3
+        config["text_config"].pop("layer_types", None)
+        (target / "config.json").write_text(json.dumps(config))
+    elif how == "processor mismatch":
+        settings = json.loads((target / "processor_config.json").read_text())
+        settings["num_image_tokens"] = 64
+        (target / "processor_config.json").write_text(json.dumps(settings))
+    elif how == "no tokenizer":
+        (target / "tokenizer.json").unlink()
+    elif how == "not rsa":
+        config = json.loads((target / "config.json").read_text())
+        config["model_type"] = "llava"
+        (target / "config.json").write_text(json.dumps(config))
+    return target
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["missing", "no weights", "corrupt weights", "wider model", "fewer layers", "processor mismatch", "no tokenizer", "not rsa"],
+)
+def test_bad_folders_fail_to_load_naming_the_folder(tiny_rsa_path, tmp_path, how):
+    folder = tmp_path / "missing" if how == "missing" else broken_copy(tiny_rsa_path, tmp_path / "rsa", how)
+    broken = RSABackend("broken", {"path": str(folder)}, "cpu")
+    with pytest.raises(ProtocolError) as err:
+        broken.ensure_loaded()
+    assert err.value.code is ErrorCode.MODEL_LOAD_FAILED
+    assert str(folder) in err.value.message
+    cause = {
+        "missing": "does not exist",
+        "no weights": "has no weights",
+        "corrupt weights": "SafetensorError",
+        "wider model": "config.json does not match the weights (shape mismatch",
+        "fewer layers": "config.json does not match the weights (weights missing from the file",
+        "processor mismatch": "image tokens 64 (model: 4)",
+        "no tokenizer": "has no tokenizer",
+        "not rsa": "holds a llava checkpoint",
+    }[how]
+    assert cause in err.value.message
+
+
+# --- the shipped size -----------------------------------------------------------------------------
+
+
+def test_default_config_fits_25_mb_in_fp16_and_captions_quickly():
+    config = load_named_config("default")
+    torch.manual_seed(0)
+    model = RSAForConditionalGeneration(config).eval()
+    params = sum(p.numel() for p in model.parameters())
+    parts = {
+        name: sum(p.numel() for p in getattr(model, name).parameters())
+        for name in ("vision_tower", "projector", "difference", "delta_projector", "language_model", "mask_decoder")
+    }
+    print(f"default: {params / 1e6:.2f} M parameters, {2 * params / 1e6:.1f} MB in fp16; {parts}")
+    assert 2 * params <= 25e6
+    prompt = [1, *[config.image_token_id] * config.num_image_tokens, 4, 9, 100, 101, 102, 5]
+    input_ids = torch.tensor([prompt])
+    pixels = torch.randn(1, 3, config.vision_config.image_size, config.vision_config.image_size)
+    with torch.inference_mode():
+        model.generate(input_ids, pixel_values=pixels, max_new_tokens=2, do_sample=False)
+        start = time.perf_counter()
+        out = model.generate(input_ids, pixel_values=pixels, max_new_tokens=24, min_new_tokens=24, do_sample=False)
+        elapsed = time.perf_counter() - start
+    print(f"default: {out.shape[1]} caption tokens in {elapsed * 1000:.0f} ms on {torch.get_num_threads()} threads")
+
+
+def test_pretrained_parts_and_an_extended_llm_tokenizer(tmp_path):
+    """large.json's path: a CLIP and an LLM from local folders, the LLM's tokenizer extended with RSA's tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import CLIPVisionModel, PreTrainedTokenizerFast, Qwen2ForCausalLM
+
+    from rs_assistant.engine.models.rsa import extend_tokenizer
+
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    raw.train_from_iterator(RSA_CORPUS, trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"], show_progress=False))
+    llm_tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<|endoftext|>")
+    config = load_named_config("tiny")
+    config.freeze_vision = config.freeze_llm = True
+    torch.manual_seed(0)
+    vision = CLIPVisionModel(config.vision_config)
+    vision.save_pretrained(tmp_path / "clip")
+    text_config = config.text_config.__class__(**{**config.text_config.to_dict(), "vocab_size": len(llm_tokenizer)})
+    llm = Qwen2ForCausalLM(text_config)
+    llm.save_pretrained(tmp_path / "llm")
+
+    tokenizer = extend_tokenizer(llm_tokenizer, config.num_location_bins)
+    assert tokenizer.eos_token == "</s>" and tokenizer.pad_token == "<pad>"
+    config.bind_tokenizer(tokenizer)
+    assert config.text_config.vocab_size >= len(tokenizer) > llm.config.vocab_size  # the LLM's embeddings must grow
+    config.vision_pretrained_path, config.text_pretrained_path = str(tmp_path / "clip"), str(tmp_path / "llm")
+    model = RSAForConditionalGeneration.from_pretrained_parts(config)
+
+    assert all(torch.equal(v, model.vision_tower.state_dict()[k]) for k, v in vision.state_dict().items())
+    layers = {k: v for k, v in llm.state_dict().items() if ".layers." in k}
+    assert all(torch.equal(v, model.language_model.state_dict()[k]) for k, v in layers.items())
+    embeddings = model.get_input_embeddings().weight
+    assert torch.equal(embeddings[: llm.config.vocab_size], llm.get_input_embeddings().weight)
+    assert embeddings.requires_grad and not any(p.requires_grad for p in model.vision_tower.parameters())
+    processor = RSAProcessor.for_model(tokenizer, config)
+    batch = processor([processor.format_prompt(Task.GROUND, "find tanks", answer="tank<loc_1><loc_2><loc_3><loc_4>")], [WINDOW], return_labels=True)
+    assert torch.isfinite(model(**batch).loss)
