@@ -1,0 +1,129 @@
+"""The default RSA recipe on its tiny config: training, overfitting, resume, export to the engine, evaluation."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+
+from rs_assistant.core.protocol import AnalyzeRequest, FeatureKind, ImageRef, Options, Task
+from rs_assistant.engine.registry import Registry
+from rs_assistant.engine.service import Engine
+from tests.engine import rasters
+from training.__main__ import apply_override
+from training.__main__ import main as training_main
+from training.eval.rsa import METRIC_KEYS
+from training.eval.rsa import main as eval_main
+from training.recipes.default.train import CHECKPOINT, LOG_FILE, TrainConfig, train
+
+TINY = Path(__file__).parents[2] / "training" / "recipes" / "default" / "tiny.toml"
+
+
+def tiny_config(tmp: Path, **changes: object) -> TrainConfig:
+    values = tomllib.loads(TINY.read_text(encoding="utf-8"))
+    values.update(out=str(tmp / "model"), work_dir=str(tmp / "work"), **changes)
+    return TrainConfig.from_dict(values)
+
+
+def log_records(work_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (work_dir / LOG_FILE).read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainConfig:
+    """tiny.toml, run to the end through the command line (8 steps, checkpoints at 4 and 8)."""
+    tmp = tmp_path_factory.mktemp("tiny-recipe")
+    code = training_main(["default", "--config", str(TINY), "--set", f"out={tmp / 'model'}", "--set", f"work_dir={tmp / 'work'}"])
+    assert code == 0
+    return tiny_config(tmp)
+
+
+def test_a_run_logs_every_step_and_exports_a_small_folder(trained):
+    records = log_records(Path(trained.work_dir))
+    assert [r["step"] for r in records] == list(range(1, trained.max_steps + 1))
+    assert all({"loss", "lm", "lr", "elapsed"} <= r.keys() for r in records)
+    out = Path(trained.out)
+    assert {"config.json", "model.safetensors", "tokenizer.json", "processor_config.json", LOG_FILE} <= {p.name for p in out.iterdir()}
+    assert not (out / CHECKPOINT).exists() and (Path(trained.work_dir) / CHECKPOINT).is_file()
+    assert json.loads((out / "config.json").read_text())["dtype"] == "float16"
+
+
+def test_loss_falls_over_a_few_steps(tmp_path):
+    train(tiny_config(tmp_path, max_steps=30, lr=3e-3, warmup_steps=3, checkpoint_every=100))
+    lm = [r["lm"] for r in log_records(tmp_path / "work")]
+    assert sum(lm[-5:]) / 5 < sum(lm[:5]) / 5 - 0.5
+
+
+def test_overfits_a_handful_of_samples(tmp_path):
+    config = tiny_config(tmp_path, fixed_batches=2, max_steps=120, lr=1e-2, warmup_steps=5, checkpoint_every=1000)
+    train(config)
+    losses = [r["loss"] for r in log_records(tmp_path / "work")]
+    assert losses[-1] < 0.25 * losses[0]
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights(trained, tmp_path):
+    config = tiny_config(tmp_path)
+    stopped = train(config, stop=lambda step: step == 4)
+    assert stopped.step == 4 and not stopped.finished and not Path(config.out).exists()
+    resumed = train(config)
+    assert resumed.finished and resumed.step == config.max_steps
+    assert [r["step"] for r in log_records(tmp_path / "work")] == list(range(1, config.max_steps + 1))
+    straight = torch.load(Path(trained.work_dir) / CHECKPOINT, weights_only=False)
+    again = torch.load(tmp_path / "work" / CHECKPOINT, weights_only=False)
+    assert straight["step"] == again["step"] == config.max_steps
+    for name, value in straight["model"].items():
+        assert torch.equal(value, again["model"][name]), name
+    assert straight["optimizer"]["state"].keys() == again["optimizer"]["state"].keys()
+    assert torch.equal(straight["optimizer"]["state"][0]["exp_avg"], again["optimizer"]["state"][0]["exp_avg"])
+
+
+def test_a_checkpoint_of_other_settings_is_refused(trained, tmp_path):
+    config = tiny_config(tmp_path)
+    train(config, stop=lambda step: step == 1)
+    with pytest.raises(ValueError, match="batch_size"):
+        train(tiny_config(tmp_path, batch_size=2))
+    assert train(tiny_config(tmp_path, batch_size=2, max_steps=2), fresh=True).finished
+
+
+def test_unknown_recipe_and_bad_overrides_are_named(capsys):
+    with pytest.raises(SystemExit):
+        training_main(["nope", "--config", str(TINY)])
+    assert "known recipes: default" in capsys.readouterr().err
+    config: dict = {}
+    apply_override(config, "mix.change=0.5")
+    apply_override(config, "out=/tmp/x")
+    assert config == {"mix": {"change": 0.5}, "out": "/tmp/x"}
+    assert training_main(["default", "--config", str(TINY), "--set", "bogus=1"]) == 2
+
+
+def test_the_exported_model_is_served_by_the_engine(trained, tmp_path):
+    (tmp_path / "models.toml").write_text(f'[models.m]\nbackend = "rsa"\npath = "{trained.out}"\n')
+    engine = Engine(Registry.from_file(tmp_path / "models.toml"))
+    raster = rasters.rgb_uint8(tmp_path / "scene.tif", width=96, height=96)
+    extent = rasters.pixel_extent(rasters.utm_transform(), 8, 8, 72, 72)
+    image = ImageRef(extent=extent, crs=rasters.UTM, source=str(raster))
+    for task, prompt, images in (
+        (Task.CAPTION, "", (image,)),
+        (Task.GROUND, "find the buildings", (image,)),
+        (Task.SEGMENT, "segment water", (image,)),
+        (Task.CHANGE, "", (image, image)),
+    ):
+        response = engine.analyze(AnalyzeRequest(task=task, images=images, output_crs=rasters.UTM, model="m", prompt=prompt,
+                                                 options=Options(max_new_tokens=12)))
+        assert isinstance(response.text, str)
+        assert all(f["properties"]["kind"] in {k.value for k in FeatureKind} for f in response.features["features"])
+        if task is Task.CHANGE:
+            assert response.text.startswith(("changed (", "unchanged ("))
+
+
+def test_the_eval_cli_prints_and_writes_every_metric(trained, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    assert eval_main(["--model", trained.out, "--split", "test", "--count", "2", "--size", "64", "--threads", "1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    results = json.loads(out.read_text())
+    for key in METRIC_KEYS:
+        assert key in results and key in printed
+    assert "not met" in printed or "met" in printed

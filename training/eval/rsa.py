@@ -1,0 +1,171 @@
+"""python -m training.eval --model resources/models/rsa-default --split test [--count N] [--size 512] [--out FILE]
+
+Evaluates an RSA checkpoint folder on a held-out split of the Synthetic Earth (seeds disjoint
+from training), through the engine's own ``rsa`` backend (RSABackend: the same prompt
+formatting, resize, generation and answer parsing that serve a request), each scene being the
+window: ``size`` pixels at its drawn pixel size, as the engine reads a region of that size.
+
+Per scene: a caption (BLEU-4 and CIDEr against its five captions), a referring expression to
+ground (Acc@0.5 of the first box, in the scene's pixels), a segment prompt (alternately a class
+and a referring expression; mIoU and cIoU of the union of the returned masks), and a question
+(VQA accuracy, exact match, also per question type). Per pair (every other one changed): the
+change caption (BLEU-4 against its five change captions) and the changed/unchanged verdict.
+
+Prints a table against the goals of the shipped default model and writes the figures as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from rs_assistant.core.protocol import FeatureKind, Options, Task
+from rs_assistant.engine.backends.base import BackendCall, BackendResult
+from rs_assistant.engine.backends.rsa import RSABackend
+from training.data.synthetic import CLASSES, generate_pair, generate_scene, split_seeds
+from training.eval.metrics import accuracy_at_iou, binary_accuracy, caption_scores, mask_ious, vqa_accuracy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Goal:
+    key: str
+    minimum: float
+
+
+#: The issue's goals for the shipped default model on the test split.
+GOALS = (Goal("caption_CIDEr", 1.0), Goal("ground_acc@0.5", 0.6), Goal("segment_mIoU", 0.5), Goal("change_accuracy", 0.9))
+METRIC_KEYS = ("caption_BLEU-4", "caption_CIDEr", "ground_acc@0.5", "segment_mIoU", "segment_cIoU",
+               "change_BLEU-4", "change_accuracy", "vqa_accuracy")
+
+
+def evaluate(model: Path, split: str = "test", count: int = 100, size: int = 512, threads: int = 2,
+             max_new_tokens: int = 64) -> dict[str, float | int | str]:
+    """The metrics of the checkpoint folder ``model`` on ``count`` scenes and ``count`` pairs of ``split``."""
+    torch.set_num_threads(threads)
+    backend = RSABackend("eval", {"path": str(model)}, device="cuda" if torch.cuda.is_available() else "cpu")
+    backend.ensure_loaded()
+    options = Options(max_new_tokens=max_new_tokens)
+
+    def ask(task: Task, images: Sequence[np.ndarray], prompt: str = "") -> BackendResult:
+        return backend.run(BackendCall(task=task, images=list(images), prompt=prompt, options=options))
+
+    refs: dict[str, list[str]] = {}
+    caps: dict[str, str] = {}
+    boxes_pred: list[tuple[float, float, float, float] | None] = []
+    boxes_true: list[tuple[int, int, int, int]] = []
+    masks_pred: list[np.ndarray] = []
+    masks_true: list[np.ndarray] = []
+    vqa_pred: list[str] = []
+    vqa_true: list[str] = []
+    vqa_kind: list[str] = []
+    started = time.perf_counter()
+    for i, seed in enumerate(tqdm(split_seeds(split, count), desc=f"eval scenes ({split})", dynamic_ncols=True)):
+        scene = generate_scene(seed, size=size)
+        rng = np.random.default_rng(seed)
+        window = [scene.image]
+        refs[str(seed)] = list(scene.captions)
+        caps[str(seed)] = ask(Task.CAPTION, window).text
+        if scene.referring:
+            ref = scene.referring[int(rng.integers(len(scene.referring)))]
+            found = [d for d in ask(Task.GROUND, window, f"find {ref.text}").detections if d.kind is FeatureKind.BOX]
+            boxes_pred.append(found[0].box if found else None)
+            boxes_true.append(ref.box)
+        if i % 2 and scene.referring:
+            ref = scene.referring[int(rng.integers(len(scene.referring)))]
+            prompt, target = f"segment {ref.text}", scene.mask(ref.target)
+        else:
+            present = sorted({int(c) for c in np.unique(scene.class_map)} - {0})
+            cls = present[int(rng.integers(len(present)))]
+            prompt, target = f"segment the {CLASSES[cls].plural}", scene.class_map == cls
+        masks = [d.mask for d in ask(Task.SEGMENT, window, prompt).detections if d.mask is not None]
+        masks_pred.append(np.logical_or.reduce(masks) if masks else np.zeros_like(target))
+        masks_true.append(target)
+        if scene.qa:
+            qa = scene.qa[int(rng.integers(len(scene.qa)))]
+            vqa_pred.append(ask(Task.CHAT, window, qa.question).text)
+            vqa_true.append(qa.answer)
+            vqa_kind.append(qa.kind)
+    change_refs: dict[str, list[str]] = {}
+    change_caps: dict[str, str] = {}
+    verdicts: list[bool] = []
+    truths: list[bool] = []
+    for seed in tqdm(split_seeds(split, count), desc=f"eval pairs ({split})", dynamic_ncols=True):
+        pair = generate_pair(seed, size=size, changed=seed % 2 == 1)
+        text = ask(Task.CHANGE, [pair.before.image, pair.after.image]).text
+        verdict, _, caption = text.partition(": ")
+        verdicts.append(verdict.startswith("changed"))
+        truths.append(pair.changed)
+        change_refs[str(seed)] = list(pair.captions)
+        change_caps[str(seed)] = caption
+    seconds = time.perf_counter() - started
+
+    captions = caption_scores(refs, caps, metrics=("BLEU", "CIDEr"))
+    change = caption_scores(change_refs, change_caps, metrics=("BLEU",))
+    segments = mask_ious(masks_pred, masks_true)
+    vqa = vqa_accuracy(vqa_pred, vqa_true, vqa_kind)
+    results: dict[str, float | int | str] = {
+        "model": str(model),
+        "split": split,
+        "count": count,
+        "size": size,
+        "caption_BLEU-4": captions["Bleu_4"],
+        "caption_CIDEr": captions["CIDEr"],
+        "ground_acc@0.5": accuracy_at_iou(boxes_pred, boxes_true, 0.5) if boxes_true else float("nan"),
+        "segment_mIoU": segments["mIoU"],
+        "segment_cIoU": segments["cIoU"],
+        "change_BLEU-4": change["Bleu_4"],
+        "change_accuracy": binary_accuracy(verdicts, truths),
+        "vqa_accuracy": vqa.pop("accuracy"),
+        **{f"vqa_{k}": v for k, v in vqa.items()},
+        "seconds": round(seconds, 1),
+    }
+    return results
+
+
+def table(results: dict[str, float | int | str]) -> str:
+    """The metrics, with the goals of the shipped model and whether each is met."""
+    goals = {g.key: g.minimum for g in GOALS}
+    lines = [f"{'metric':<18}{'value':>8}  {'goal':>6}  status", "-" * 44]
+    for key in METRIC_KEYS:
+        value = float(results[key])
+        goal = goals.get(key)
+        status = "" if goal is None else ("met" if value >= goal else "not met")
+        lines.append(f"{key:<18}{value:>8.3f}  {'' if goal is None else f'>={goal:g}':>6}  {status}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.eval", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=Path("resources/models/rsa-default"), help="RSA checkpoint folder")
+    parser.add_argument("--split", default="test", choices=("train", "val", "test"))
+    parser.add_argument("--count", type=int, default=100, help="scenes, and as many pairs (default 100)")
+    parser.add_argument("--size", type=int, default=512, help="window side in pixels (default 512)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=None, help="JSON file (default out/eval/MODEL_SPLIT.json)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.count < 1:
+        parser.error("--count must be at least 1")
+    results = evaluate(args.model, args.split, args.count, args.size, args.threads)
+    print(table(results))
+    out = args.out or Path("out/eval") / f"{args.model.name}_{args.split}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    print(f"written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
