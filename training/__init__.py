@@ -1,0 +1,1 @@
+"""Reproduces the project's models: data generators, training recipes and evaluation."""

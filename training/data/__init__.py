@@ -1,0 +1,1 @@
+"""Data sets for training: the procedurally generated Synthetic Earth (``training.data.synthetic``)."""
