@@ -23,7 +23,11 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from rs_assistant.core.protocol import AnalyzeRequest, ErrorCode, ImageRef, ProtocolError, validate_extent
+# The engine shares the CPU with QGIS: OpenMP threads that spin while waiting make torch tens of
+# times slower when another process holds a core, so they sleep instead (set before torch loads).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from rs_assistant.core.protocol import AnalyzeRequest, ErrorCode, ImageRef, ProtocolError, validate_extent  # noqa: E402
 
 log = logging.getLogger("rs_assistant.engine")
 

@@ -16,6 +16,8 @@ from typing import Iterator
 
 import httpx
 import pytest
+
+from rs_assistant.engine.registry import default_model_path
 from shapely.geometry import box, shape
 
 from rs_assistant.engine.__main__ import main
@@ -202,10 +204,11 @@ def test_run_exits_2_on_a_bad_models_file(capsys, tmp_path, data):
     assert exit_code == 2 and str(models) in answer["error"]["message"]
 
 
-def test_run_without_a_models_file_names_the_missing_default_weights(capsys, data):
+def test_run_without_a_models_file_uses_the_built_in_model(capsys, data):
     exit_code, answer = run_main(capsys, "--task", "caption", "--image", str(data / "burn.tif"))
-    if exit_code == 0:
-        pytest.skip("the default model is installed")
+    if default_model_path().is_dir():  # shipped: it answers
+        assert exit_code == 0 and answer["model"] == "default" and answer["text"].strip()
+        return
     assert exit_code == 1 and answer["error"]["code"] in ("model_load_failed", "not_implemented")
     assert "rsa-default" in answer["error"]["message"]
 

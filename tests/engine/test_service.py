@@ -202,7 +202,7 @@ def test_a_request_cancelled_before_it_starts_reads_nothing(engine, data):
 def test_models_and_health(engine):
     infos = {m.name: m for m in engine.models()}
     assert set(infos) == {"echo", "seg", "slow", "broken", "buggy", "ranking", "default"}
-    assert infos["default"].tasks == ()  # no rsa weights or backend yet
+    assert infos["default"].backend == "rsa"  # built in, listed without a models file entry
     health = engine.health()
     assert health.status == "ok" and health.device.startswith("cpu")
 
