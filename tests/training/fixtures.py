@@ -1,0 +1,338 @@
+"""Tiny copies of the public data sets, written in their exact published layouts.
+
+Each ``write_*`` function writes 3-6 samples under ``root`` (images of a few pixels, drawn with Pillow)
+and returns the data set's root folder. The values written are the constants here, so tests can
+check what a loader returns against numbers worked out by hand.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+RED, GREEN, BLUE, GREY = (255, 0, 0), (0, 255, 0), (0, 0, 255), (128, 128, 128)
+
+
+def write_image(path: Path, size: tuple[int, int] = (8, 8), colour: tuple[int, int, int] = GREY) -> Path:
+    """A flat-coloured RGB image; the format follows the extension (.jpg, .png, .tif)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, colour).save(path)
+    return path
+
+
+def write_json(path: Path, document: object) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=1), encoding="utf-8")
+    return path
+
+
+def _sentence(raw: str, imgid: int, sentid: int) -> dict:
+    return {"tokens": raw.strip(" .").split(), "raw": raw, "imgid": imgid, "sentid": sentid}
+
+
+# --- Karpathy dataset_*.json (RSICD, UCM-Captions, Sydney-Captions, RSITMD) --------------------
+
+KARPATHY_SPLITS = ("train", "train", "train", "val", "test")
+
+
+def write_karpathy(root: Path, name: str = "rsicd", image_dir: str = "RSICD_images", ext: str = ".jpg",
+                   splits: tuple[str, ...] = KARPATHY_SPLITS) -> Path:
+    """``dataset_<name>.json`` with one image per entry of ``splits``, two sentences each."""
+    images = []
+    for i, split in enumerate(splits):
+        filename = f"scene_{i + 1}{ext}"
+        write_image(root / image_dir / filename, colour=(40 * i, 0, 0))
+        images.append({
+            "filename": filename, "imgid": i, "split": split, "sentids": [2 * i, 2 * i + 1],
+            "sentences": [_sentence(f"there are {i + 1} planes .", i, 2 * i),
+                          _sentence(f" Scene {i + 1} has a runway . ", i, 2 * i + 1)],
+        })
+    write_json(root / f"dataset_{name}.json", {"images": images, "dataset": name})
+    return root
+
+
+# --- LEVIR-CC and SECOND-CC --------------------------------------------------------------------
+
+LEVIR_PAIRS = (("train", "train_000001.png", 1), ("train", "train_000002.png", 0),
+               ("val", "val_000001.png", 1), ("test", "test_000001.png", 0))
+
+
+def write_levir_cc(root: Path) -> Path:
+    """``LevirCCcaptions.json`` and ``images/<split>/{A,B}/``: A red, B blue."""
+    images = []
+    for i, (split, filename, flag) in enumerate(LEVIR_PAIRS):
+        write_image(root / "images" / split / "A" / filename, colour=RED)
+        write_image(root / "images" / split / "B" / filename, colour=BLUE)
+        raws = [" a road is built .", " many houses appear ."] if flag else [" there is no difference .",
+                                                                              " the scene is the same as before ."]
+        images.append({"filepath": split, "filename": filename, "imgid": i, "split": split, "changeflag": flag,
+                       "sentids": [2 * i, 2 * i + 1],
+                       "sentences": [_sentence(raw, i, 2 * i + j) for j, raw in enumerate(raws)]})
+    write_json(root / "LevirCCcaptions.json", {"images": images})
+    return root
+
+
+SECOND_PAIRS = (("train", "00001.png", 1), ("val", "00002.png", 0), ("test", "00003.png", 1))
+
+
+def write_second_cc(root: Path) -> Path:
+    """``SECOND-CC-AUG.json`` and ``<split>/rgb/{A,B}/``, ``<split>/sem/{A,B}/``."""
+    images = []
+    for i, (split, filename, flag) in enumerate(SECOND_PAIRS):
+        for folder, colour in (("rgb/A", RED), ("rgb/B", BLUE), ("sem/A", GREEN), ("sem/B", GREY)):
+            write_image(root / split / folder / filename, colour=colour)
+        images.append({"filename": filename, "imgid": i, "split": split, "changeflag": flag, "sentids": [i],
+                       "sentences": [_sentence(" the low vegetation turned into buildings .", i, i)]})
+    write_json(root / "SECOND-CC-AUG.json", {"images": images})
+    return root
+
+
+# --- DIOR-RSVG ---------------------------------------------------------------------------------
+
+# (xml file, image file, [(name, (xmin, ymin, xmax, ymax), description)]); object indices run
+# 0..4 over the files in name order: 00001 (0, 1), 00002 (2), 00003 (3, 4).
+DIOR_OBJECTS = (
+    ("00001", [("golffield", (133, 237, 684, 672), "A green and brown golf field"),
+               ("vehicle", (10, 20, 30, 40), "the vehicle at the top left")]),
+    ("00002", [("airplane", (100, 200, 300, 400), "an airplane in the middle")]),
+    ("00003", [("storagetank", (5, 6, 7, 8), "the small storage tank"),
+               ("ship", (50, 60, 150, 160), "a ship near the harbor")]),
+)
+DIOR_SPLITS = {"train": [0, 2, 4], "val": [1], "test": [3]}
+
+
+def dior_xml(filename: str, objects: list[tuple[str, tuple[int, ...], str]]) -> str:
+    parts = [f'<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n<annotation>\n  <filename>{filename}</filename>'
+             f"\n  <source>\n    <database>DIOR</database>\n  </source>\n  <size>\n    <width>800</width>\n"
+             f"    <height>800</height>\n    <depth>3</depth>\n  </size>\n  <segmented>0</segmented>"]
+    for name, (x0, y0, x1, y1), text in objects:
+        parts.append(f"  <object>\n    <name>{name}</name>\n    <pose>Unspecified</pose>\n    <bndbox>\n"
+                     f"      <xmin>{x0}</xmin>\n      <ymin>{y0}</ymin>\n      <xmax>{x1}</xmax>\n"
+                     f"      <ymax>{y1}</ymax>\n    </bndbox>\n    <description>{text}</description>\n  </object>")
+    return "\n".join(parts) + "\n</annotation>"
+
+
+def write_dior_rsvg(root: Path) -> Path:
+    """``Annotations/*.xml`` (written out of name order), ``JPEGImages/*.jpg``, ``{train,val,test}.txt``."""
+    for stem, objects in reversed(DIOR_OBJECTS):
+        (root / "Annotations").mkdir(parents=True, exist_ok=True)
+        (root / "Annotations" / f"{stem}.xml").write_text(dior_xml(f"{stem}.jpg", objects), encoding="utf-8")
+        write_image(root / "JPEGImages" / f"{stem}.jpg", size=(16, 16))
+    for split, indices in DIOR_SPLITS.items():
+        (root / f"{split}.txt").write_text("".join(f"{i}\n" for i in indices), encoding="utf-8")
+    return root
+
+
+# --- RSVQA LR / HR -----------------------------------------------------------------------------
+
+# image id -> active; question id -> (image id, type, question, answer ids, active);
+# answer id -> (question id, answer, active). Question 4 is inactive, image 2 is inactive,
+# question 1's first answer is inactive so its answer is answer 2.
+RSVQA_IMAGES = {0: True, 1: True, 2: False}
+RSVQA_QUESTIONS = {
+    0: (0, "presence", "Is there a road?", [0], True),
+    1: (0, "count", "How many buildings are there?", [1, 2], True),
+    2: (0, "comp", "Are there more roads than buildings?", [3], True),
+    3: (1, "rural_urban", "Is it a rural or an urban area?", [4], True),
+    4: (1, "presence", "Is there a lake?", [5], False),
+    5: (2, "presence", "Is there a farm?", [6], True),
+}
+RSVQA_ANSWERS = {0: (0, "yes", True), 1: (1, "0", False), 2: (1, "between 11 and 100", True),
+                 3: (2, "no", True), 4: (3, "rural", True), 5: (4, "no", True), 6: (5, "yes", True)}
+
+
+def write_rsvqa(root: Path, variant: str = "LR", split: str = "train") -> Path:
+    prefix, image_dir = {"LR": ("LR", "Images_LR"), "HR": ("USGS", "Data")}[variant]
+    images = [{"id": i, "date_added": 1583000000, "original_name": f"S2_{i}.tif", "sensor": "Sentinel-2",
+               "people_id": 0, "type": "Visible", "active": active,
+               "questions_ids": [q for q, v in RSVQA_QUESTIONS.items() if v[0] == i]}
+              for i, active in RSVQA_IMAGES.items()]
+    questions = [{"id": q, "date_added": 1583000000, "img_id": img, "people_id": 0, "type": kind, "question": text,
+                  "answers_ids": answers, "active": active}
+                 for q, (img, kind, text, answers, active) in RSVQA_QUESTIONS.items()]
+    answers = [{"id": a, "date_added": 1583000000, "question_id": q, "people_id": 0, "answer": text, "active": active}
+               for a, (q, text, active) in RSVQA_ANSWERS.items()]
+    write_json(root / f"{prefix}_split_{split}_images.json", {"images": images})
+    write_json(root / f"{prefix}_split_{split}_questions.json", {"questions": questions})
+    write_json(root / f"{prefix}_split_{split}_answers.json", {"answers": answers})
+    for i in RSVQA_IMAGES:
+        write_image(root / image_dir / f"{i}.tif", size=(16, 16))
+    return root
+
+
+# --- GeoChat-Instruct and ChangeChat-105k (LLaVA conversation JSON) ----------------------------
+
+GEOCHAT_SIZE = (200, 100)  # width, height: x and y scale differently (x2, x1)
+GEOCHAT_RECORDS = [
+    {"id": "P0003_0004", "image": "P0003_0004.png", "conversations": [
+        {"from": "human", "value": "<image>\n[refer] Where is the white plane at the top?"},
+        {"from": "gpt", "value": "{<10><20><50><60>|<30>}"}]},
+    {"id": "P0010_0001", "image": "P0010_0001.png", "conversations": [
+        {"from": "human", "value": "<image>\n[grounding] Describe the image in detail."},
+        {"from": "gpt", "value": "Two <p>ships</p> {<0><0><25><50>|0} {<75><50><100><100>} are docked."},
+        {"from": "human", "value": "[vqa] How many ships are there?"},
+        {"from": "gpt", "value": "2"}]},
+    {"id": "P0020_0002", "image": "P0020_0002.png", "conversations": [
+        {"from": "human", "value": "<image>\nWhat is the main land use?"},
+        {"from": "gpt", "value": "The image shows farmland."}]},
+]
+
+
+def write_geochat(root: Path) -> Path:
+    """``GeoChat_Instruct.json`` and ``images/`` of 200 x 100 PNGs; returns the JSON's path."""
+    for record in GEOCHAT_RECORDS:
+        write_image(root / "images" / record["image"], size=GEOCHAT_SIZE)
+    return write_json(root / "GeoChat_Instruct.json", GEOCHAT_RECORDS)
+
+
+CHANGECHAT_RECORDS = [
+    {"id": "train_000001_caption", "image": ["train/A/train_000001.png", "train/B/train_000001.png"],
+     "conversations": [{"from": "human", "value": "<image>\nPlease briefly describe the changes in these two images."},
+                       {"from": "gpt", "value": "Some buildings are constructed along the road."}]},
+    {"id": "train_000001_multi", "image": ["train/A/train_000001.png", "train/B/train_000001.png"],
+     "conversations": [{"from": "human", "value": "<image>\nHave any changes occurred?"},
+                       {"from": "gpt", "value": "Yes."},
+                       {"from": "human", "value": "How many buildings were added?"},
+                       {"from": "gpt", "value": "3"}]},
+    {"id": "train_000002_loc", "image": ["train/A/train_000002.png", "train/B/train_000002.png"],
+     "conversations": [{"from": "human", "value": "<image>\nWhere did the changes occur?"},
+                       {"from": "gpt", "value": "In the top-left and center regions."}]},
+]
+
+
+def write_changechat(root: Path) -> Path:
+    """``ChangeChat_105k.json`` and LEVIR-CC-style ``images/train/{A,B}/``; returns the JSON's path."""
+    for record in CHANGECHAT_RECORDS:
+        write_image(root / "images" / record["image"][0], colour=RED)
+        write_image(root / "images" / record["image"][1], colour=BLUE)
+    return write_json(root / "ChangeChat_105k.json", CHANGECHAT_RECORDS)
+
+
+# --- GeoPixInstruct-style COCO masks -----------------------------------------------------------
+
+COCO_HEIGHT, COCO_WIDTH = 8, 10
+
+
+def known_masks() -> dict[str, np.ndarray]:
+    """The three masks the COCO fixture encodes, drawn by slicing (rows = y, columns = x)."""
+    a = np.zeros((COCO_HEIGHT, COCO_WIDTH), dtype=bool)
+    a[2:5, 3:6] = True  # 9 px
+    b = np.zeros_like(a)
+    b[0:2, 7:10] = True  # 6 px in the top-right corner
+    b[7, 0] = True  # and the bottom-left pixel: 7 px
+    c = np.zeros_like(a)
+    c[1:3, 1:4] = True  # the polygon (1,1)-(4,1)-(4,3)-(1,3) in pixel edges: 6 px
+    return {"rle_string": a, "rle_list": b, "polygon": c}
+
+
+def uncompressed_rle(mask: np.ndarray) -> list[int]:
+    """COCO's uncompressed RLE, written by hand: run lengths in column-major order, starting with 0s."""
+    flat = mask.flatten(order="F").astype(int)
+    counts, value, run = [], 0, 0
+    for pixel in flat:
+        if pixel == value:
+            run += 1
+        else:
+            counts.append(run)
+            value, run = pixel, 1
+    counts.append(run)
+    return counts
+
+
+def write_coco_masks(root: Path) -> Path:
+    """``annotations.json`` (COCO instances) and ``images/``; returns the JSON's path."""
+    from pycocotools import mask as mask_utils
+
+    masks = known_masks()
+    compressed = mask_utils.encode(np.asfortranarray(masks["rle_string"].astype(np.uint8)))
+    document = {
+        "info": {"description": "GeoPixInstruct-style fixture"},
+        "images": [{"id": 1, "file_name": "P0001_0000.png", "width": COCO_WIDTH, "height": COCO_HEIGHT},
+                   {"id": 2, "file_name": "P0002_0000.png", "width": COCO_WIDTH, "height": COCO_HEIGHT},
+                   {"id": 3, "file_name": "P0003_0000.png", "width": COCO_WIDTH, "height": COCO_HEIGHT}],
+        "categories": [{"id": 1, "name": "plane", "supercategory": "vehicle"},
+                       {"id": 2, "name": "storage tank", "supercategory": "facility"}],
+        "annotations": [
+            {"id": 11, "image_id": 1, "category_id": 1, "iscrowd": 0, "area": 9, "bbox": [3, 2, 3, 3],
+             "segmentation": {"size": [COCO_HEIGHT, COCO_WIDTH], "counts": compressed["counts"].decode("ascii")},
+             "description": "the plane in the middle"},
+            {"id": 12, "image_id": 1, "category_id": 2, "iscrowd": 1, "area": 7, "bbox": [0, 0, 10, 8],
+             "segmentation": {"size": [COCO_HEIGHT, COCO_WIDTH], "counts": uncompressed_rle(masks["rle_list"])},
+             "sentences": [{"raw": "storage tanks at the corners", "sent": "storage tanks at the corners"}]},
+            {"id": 13, "image_id": 2, "category_id": 1, "iscrowd": 0, "area": 6, "bbox": [1, 1, 3, 2],
+             "segmentation": [[1, 1, 4, 1, 4, 3, 1, 3]]},
+        ],
+    }
+    for image in document["images"]:
+        write_image(root / "images" / image["file_name"], size=(COCO_WIDTH, COCO_HEIGHT))
+    return write_json(root / "annotations.json", document)
+
+
+# --- SkyScript CSV -----------------------------------------------------------------------------
+
+SKYSCRIPT_ROWS = [
+    ("images2/a198234555_CH_19.jpg", "a satellite image of a golf course", "a golf course next to a road"),
+    ("images2/w26773441_NAIP_18.jpg", "an aerial image of a parking lot, with cars", "a parking lot; a building"),
+    ("images3/n5210371_SPOT_20.jpg", "a satellite image of a wind turbine\nin a field", "a wind turbine, farmland"),
+    ("images7/r11200113_CH_17.jpg", 'a "tennis court"', "a tennis court and a pool"),
+]
+
+
+def write_skyscript(root: Path, name: str = "SkyScript_train_top30pct_filtered_by_CLIP_openai.csv") -> Path:
+    """A SkyScript CSV (quoted commas, quotes and a newline inside fields) and its images; returns the CSV."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["filepath", "title", "title_multi_objects"])
+    writer.writerows(SKYSCRIPT_ROWS)
+    (root / name).write_text(buffer.getvalue(), encoding="utf-8")
+    for filepath, *_ in SKYSCRIPT_ROWS:
+        write_image(root / filepath)
+    return root / name
+
+
+# --- WebDataset shards -------------------------------------------------------------------------
+
+SHARD_KEYS = (("rs5m_000000", "rs5m_000001", "rs5m_000002"), ("rs5m_000003", "rs5m_000004"))
+
+
+def shard_caption(key: str) -> str:
+    return f"a remote sensing image number {int(key[-6:])}"
+
+
+def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def jpeg_bytes(colour: tuple[int, int, int], size: tuple[int, int] = (8, 8)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def write_shards(root: Path) -> Path:
+    """``shard-000000.tar`` (3 samples) and ``shard-000001.tar`` (2): ``key.jpg``/``key.txt``/``key.json``.
+
+    The first shard also holds a directory entry and a ``__meta__`` member, which readers skip.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    for n, keys in enumerate(SHARD_KEYS):
+        with tarfile.open(root / f"shard-{n:06d}.tar", "w") as tar:
+            if n == 0:
+                add_member(tar, "__meta__", b"shard metadata")
+                directory = tarfile.TarInfo("subdir")
+                directory.type = tarfile.DIRTYPE
+                tar.addfile(directory)
+            for key in keys:
+                index = int(key[-6:])
+                add_member(tar, f"{key}.jpg", jpeg_bytes((50 * index, 0, 0)))
+                add_member(tar, f"{key}.txt", shard_caption(key).encode())
+                add_member(tar, f"{key}.json", json.dumps({"key": key, "source": "fixture"}).encode())
+    return root
