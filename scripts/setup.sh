@@ -31,7 +31,7 @@ if [ "${SKIP_APT:-0}" != 1 ]; then
       grep -qi "lock" "$log" && die "the apt lock is held by another process (apt or unattended-upgrades): wait for it to finish, then rerun"
       die "apt-get update failed (no network to the Debian mirrors?): see $log"
     fi
-    if ! DEBIAN_FRONTEND=noninteractive ${SUDO:-} apt-get install -y -q --no-install-recommends "${missing[@]}" >"$log" 2>&1; then
+    if ! DEBIAN_FRONTEND=noninteractive ${SUDO:-} apt-get install -y -q "${missing[@]}" >"$log" 2>&1; then
       grep -qi "could not get lock\|unable to acquire" "$log" && die "the apt lock is held by another process: wait for it to finish, then rerun"
       grep -qi "unable to locate\|has no installation candidate" "$log" && die "apt cannot find some of: ${missing[*]} (is this Debian 12 with its main repository?): see $log"
       die "apt-get install failed (network?): see $log"
