@@ -45,6 +45,7 @@ rs_assistant=true
 engine_python=$(pwd)/.venv/bin/python
 output_folder=$(pwd)/out
 INI
-  exec qgis --profiles-path "$(pwd)/out/demo-profile" --profile default --project resources/demo/demo.qgs
+  exec qgis --profiles-path "$(pwd)/out/demo-profile" --profile default --project resources/demo/demo.qgs \
+    --code scripts/demo_gui_startup.py
 fi
 QT_QPA_PLATFORM=offscreen $PY scripts/demo_headless.py --profile "$profile" --out out ${DEMO_MODELS:+--models "$DEMO_MODELS"}

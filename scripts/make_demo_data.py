@@ -43,7 +43,10 @@ def write_rgb(path: Path, scene) -> None:
 
 
 def write_project(out: Path) -> None:
-    from qgis.core import QgsApplication, QgsCoordinateReferenceSystem, QgsProject, QgsRasterLayer
+    from qgis.core import (
+        QgsApplication, QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsProject, QgsRasterLayer,
+        QgsReferencedRectangle,
+    )
 
     app = QgsApplication([], False)
     app.initQgis()
@@ -54,16 +57,24 @@ def write_project(out: Path) -> None:
         if not layer.isValid():
             raise SystemExit(f"make_demo_data: QGIS cannot open {out / f'{name}.tif'}")
         project.addMapLayer(layer)
+    to_project = QgsCoordinateTransform(layer.crs(), project.crs(), project)
+    view = QgsReferencedRectangle(to_project.transformBoundingBox(layer.extent()), project.crs())
+    project.viewSettings().setDefaultViewExtent(view)  # QGIS opens the project on the pair
     if not project.write(str(out / "demo.qgs")):
         raise SystemExit(f"make_demo_data: cannot write {out / 'demo.qgs'}")
     app.exitQgis()
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Writes the pair (unless ``--project-only``) and the project."""
     parser = argparse.ArgumentParser(description="Write the demo before/after pair and project")
     parser.add_argument("--out", type=Path, default=ROOT / "resources" / "demo")
+    parser.add_argument("--project-only", action="store_true", help="rewrite demo.qgs for the existing rasters")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.project_only:
+        write_project(args.out)
+        return 0
     print(f"make_demo_data: generating the {SIZE} x {SIZE} pair (seed {DEMO_SEED}) ...", flush=True)
     pair = generate_pair(DEMO_SEED, size=SIZE, gsd=GSD, theme=THEME, changed=True)
     write_rgb(args.out / "before.tif", pair.before)
