@@ -13,6 +13,7 @@ out/demo_transcript.md and out/demo.png (the map with the result layers beside t
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import time
@@ -88,6 +89,14 @@ def main(argv: list[str] | None = None) -> int:
     from tests.qgis.recording_iface import RecordingIface
 
     args.out.mkdir(parents=True, exist_ok=True)
+    # The settings the plugin reads when it starts (the installed copy's own settings module).
+    from rs_assistant.core.settings import Settings
+    from rs_assistant.ui.settings_store import SettingsStore
+
+    SettingsStore(QgsSettings()).save(Settings(
+        engine_python=str(ROOT / ".venv" / "bin" / "python"), models_file=args.models,
+        output_folder=str(args.out.resolve()), timeout_s=args.timeout,
+    ))
     for old in ("rs_assistant_results.gpkg", "demo.gpkg"):  # each demo starts from an empty results file
         (args.out / old).unlink(missing_ok=True)
     iface = RecordingIface()
@@ -102,13 +111,6 @@ def main(argv: list[str] | None = None) -> int:
 
     if not str(rs_assistant.__file__).startswith(str(plugins)):
         raise SystemExit(f"demo: imported {rs_assistant.__file__}, not the installed plugin")
-
-    from rs_assistant.core.settings import Settings
-    from rs_assistant.ui.settings_store import SettingsStore
-
-    settings = Settings(engine_python=str(ROOT / ".venv" / "bin" / "python"), models_file=args.models,
-                        output_folder=str(args.out.resolve()), timeout_s=args.timeout)
-    SettingsStore(QgsSettings()).save(settings)
 
     project = QgsProject.instance()
     project_file = args.data / "demo.qgs"
@@ -162,9 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     project.clear()
     if gpkg.exists():
         shutil.copyfile(gpkg, args.out / "demo.gpkg")
-    print(f"demo: wrote {args.out / 'demo.gpkg'}, {args.out / 'demo_transcript.md'}, {args.out / 'demo.png'}")
+    print(f"demo: wrote {args.out / 'demo.gpkg'}, {args.out / 'demo_transcript.md'}, {args.out / 'demo.png'}", flush=True)
     app.exitQgis()
-    return 1 if failed else 0
+    # Python's own teardown of PyQGIS objects can crash after exitQgis(); everything is written.
+    os._exit(1 if failed else 0)
 
 
 if __name__ == "__main__":
