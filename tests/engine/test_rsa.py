@@ -89,12 +89,12 @@ def pair_batch(processor: RSAProcessor) -> dict[str, torch.Tensor]:
 
 
 def test_named_configs_load_and_fit_together():
-    for name in ("tiny", "default", "large"):
+    for name in ("tiny", "default", "default_v2", "large"):
         config = load_named_config(name)
         assert config.model_type == "rsa"
         assert config.num_image_tokens == (config.grid_size // config.token_merge) ** 2
     assert load_named_config("large").vision_pretrained_path and load_named_config("large").freeze_llm
-    with pytest.raises(FileNotFoundError, match="known: default, large, tiny"):
+    with pytest.raises(FileNotFoundError, match="known: default, default_v2, large, tiny"):
         load_named_config("huge")
     with pytest.raises(StrictDataclassClassValidationError, match="multiple of patch_size"):
         RSAConfig(vision_config={"model_type": "clip_vision_model", "image_size": 30, "patch_size": 8})
@@ -121,6 +121,94 @@ def test_change_pairs_train_the_difference_module_and_change_head(model, process
     out.loss.backward()
     assert model.difference.change_head.weight.grad.abs().sum() > 0
     assert model.delta_projector.net[0].weight.grad.abs().sum() > 0
+
+
+NEW_SWITCHES = ("projector_norm", "change_pooling", "num_aux_classes", "aux_class_loss_weight")
+
+
+def test_a_checkpoint_without_the_new_switches_loads_and_answers_as_before(tiny_rsa_path, processor, tmp_path):
+    """The shipped rsa-default's config.json predates projector_norm, change_pooling and the aux head."""
+    old = tmp_path / "old"
+    shutil.copytree(tiny_rsa_path, old)
+    config = json.loads((old / "config.json").read_text())
+    for key in NEW_SWITCHES:
+        config.pop(key, None)
+    (old / "config.json").write_text(json.dumps(config))
+    reference = RSAForConditionalGeneration.from_pretrained(tiny_rsa_path).eval()
+    loaded, info = RSAForConditionalGeneration.from_pretrained(old, output_loading_info=True)
+    assert not any(info.values()), info  # no missing, unexpected or mismatched weights
+    assert (loaded.config.projector_norm, loaded.config.change_pooling, loaded.config.num_aux_classes) == (False, "mean", 0)
+    assert set(loaded.state_dict()) == set(reference.state_dict())
+    loaded.eval()
+    for batch in (samples(processor), pair_batch(processor)):
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values")}
+        with torch.no_grad():
+            got, expected = loaded(**inputs), reference(**inputs)
+        assert torch.equal(got.logits, expected.logits)
+        assert got.change_logits is None or torch.equal(got.change_logits, expected.change_logits)
+
+
+def switched_model(tiny_rsa_path: Path, **switches) -> RSAForConditionalGeneration:
+    config = RSAConfig.from_pretrained(tiny_rsa_path)
+    for key, value in switches.items():
+        setattr(config, key, value)
+    torch.manual_seed(0)
+    return RSAForConditionalGeneration(config)
+
+
+def test_projector_norm_puts_visual_tokens_at_unit_scale(tiny_rsa_path, processor):
+    model = switched_model(tiny_rsa_path, projector_norm=True).eval()
+    with torch.no_grad():
+        single = model.encode_images(samples(processor)["pixel_values"]).tokens
+        pair = model.encode_images(pair_batch(processor)["pixel_values"]).tokens
+    for tokens in (single, pair):  # pair: before, after and the difference tokens (delta projector)
+        assert torch.allclose(tokens.std(dim=-1, unbiased=False), torch.ones(tokens.shape[:2]), atol=0.1)  # LayerNorm eps
+        assert tokens.mean(dim=-1).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("pooling", ["max", "attention"])
+def test_change_pooling_variants_train_the_change_head(tiny_rsa_path, processor, pooling):
+    model = switched_model(tiny_rsa_path, change_pooling=pooling).train()
+    out = model(**pair_batch(processor))
+    assert out.change_logits.shape == (2,) and torch.isfinite(out.change_loss)
+    out.loss.backward()
+    assert model.difference.change_head.weight.grad.abs().sum() > 0
+    if pooling == "attention":
+        assert model.difference.pool_score.weight.grad.abs().sum() > 0
+    with pytest.raises(StrictDataclassClassValidationError, match="change_pooling"):
+        RSAConfig(change_pooling="sum")
+
+
+def test_aux_class_loss_supervises_the_vision_encoder_per_patch(tiny_rsa_path, processor):
+    model = switched_model(tiny_rsa_path, num_aux_classes=12, aux_class_loss_weight=0.5).train()
+    batch = samples(processor)
+    without = model(**batch)
+    assert without.aux_class_loss is None  # no targets: no aux term
+    class_map = torch.zeros(3, 48, 80, dtype=torch.long)
+    class_map[:, :24] = 10
+    class_map[1, :, 40:] = 3
+    out = model(**batch, class_targets=class_map)
+    assert out.aux_class_loss is not None and torch.isfinite(out.aux_class_loss)
+    assert torch.allclose(out.loss, without.loss + 0.5 * out.aux_class_loss)
+    out.loss.backward()
+    assert model.aux_class_head.weight.grad.abs().sum() > 0
+    assert model.vision_tower.embeddings.patch_embedding.weight.grad.abs().sum() > 0
+    pairs = pair_batch(processor)
+    pair_out = model(**pairs, class_targets=torch.zeros(2, 2, 48, 80, dtype=torch.long))
+    assert torch.isfinite(pair_out.aux_class_loss)
+    with pytest.raises(ValueError, match="outside 0..11"):
+        model(**batch, class_targets=class_map + 5)
+    off = switched_model(tiny_rsa_path, num_aux_classes=12)  # a head but weight 0: no aux term
+    assert off(**batch, class_targets=class_map).aux_class_loss is None
+
+
+def test_patch_classes_take_the_majority_class_of_each_patch():
+    from rs_assistant.engine.models.rsa.modeling_rsa import _patch_classes
+
+    class_map = torch.zeros(1, 8, 8, dtype=torch.long)
+    class_map[0, :4, :4] = 2  # the top-left patch of a 2 x 2 grid
+    class_map[0, 4:, 4:7] = 1  # 12 of the bottom-right patch's 16 pixels
+    assert _patch_classes(class_map, 2, 3).tolist() == [[2, 0, 0, 1]]
 
 
 def test_seg_targets_must_pair_with_seg_tokens(model, processor):

@@ -127,3 +127,41 @@ def test_the_eval_cli_prints_and_writes_every_metric(trained, tmp_path, capsys):
     for key in METRIC_KEYS:
         assert key in results and key in printed
     assert "not met" in printed or "met" in printed
+
+
+def test_batches_carry_class_maps_only_when_the_model_trains_its_aux_class_head():
+    import numpy as np
+
+    from rs_assistant.engine.models.rsa import RSAProcessor, build_tokenizer, load_named_config
+    from training.recipes.default.dataset import DataSettings, PairRecord, Sampler, SceneRecord
+
+    class_map = np.zeros((32, 32), np.uint8)
+    class_map[:16] = 10
+    scene = SceneRecord(np.zeros((32, 32, 3), np.uint8), class_map, (class_map == 10).astype(np.uint16),
+                        np.array([10], np.uint8), np.array([[0, 0, 32, 16]], np.int32), ("a pond.",) * 5,
+                        (("the pond", 1, (0, 0, 32, 16), "pond"),), (("is there water?", "yes", "presence"),))
+    pair = PairRecord(scene.image, scene.image, np.zeros((32, 32), bool), ("no change.",) * 5, False)
+    tokenizer = build_tokenizer(["a pond. the pond is there water? yes no change. water bodies ponds"], vocab_size=512)
+    config = load_named_config("tiny")
+    config.bind_tokenizer(tokenizer)
+    processor = RSAProcessor.for_model(tokenizer, config)
+    mix = {"caption": 1.0, "ground": 1.0, "segment": 1.0, "change": 0.0, "chat": 1.0}
+    settings = DataSettings(0, 32, 32, 32, 1, 1, 12, mix)
+    for on in (False, True):
+        sampler = Sampler(settings, [scene], [pair], processor, class_targets=on)
+        batch = sampler.batch(sampler.samples(0, 3))
+        assert ("class_targets" in batch) is on
+        if on:
+            assert batch["class_targets"].shape == (3, 32, 32) and batch["class_targets"].dtype == torch.long
+    change = Sampler(settings, [scene], [pair], processor, class_targets=True)
+    assert "class_targets" not in change.batch([change._change(pair, np.random.default_rng(0))])  # pairs: no class maps
+
+
+def test_the_image_dependence_cli_prints_and_writes_its_figures(trained, tmp_path, capsys):
+    from training.eval.image_dependence import main as dependence_main
+
+    out = tmp_path / "dependence.json"
+    assert dependence_main(["--model", trained.out, "--count", "2", "--threads", "1", "--out", str(out)]) == 0
+    results, printed = json.loads(out.read_text()), capsys.readouterr().out
+    for key in ("caption_gap", "qa_gap", "token_spread_ratio", "token_rms", "text_embedding_rms", "change_accuracy"):
+        assert key in results and key in printed

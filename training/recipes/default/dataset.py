@@ -39,7 +39,7 @@ import math
 import multiprocessing
 import pickle
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
@@ -125,6 +125,7 @@ class Sample:
     images: np.ndarray | tuple[np.ndarray, np.ndarray]
     mask: np.ndarray | None = None
     changed: bool | None = None
+    class_map: np.ndarray | None = None  # S x S land-cover ids of a single scene (the aux class head's target)
 
 
 def scene_gsd(seed: int, scene_size: int, region_min: int, region_max: int) -> float:
@@ -226,13 +227,14 @@ class Sampler:
     """Draws the batch of each step (a pure function of the step) and builds the model's inputs."""
 
     def __init__(self, settings: DataSettings, scenes: Sequence[SceneRecord], pairs: Sequence[PairRecord],
-                 processor: RSAProcessor):
+                 processor: RSAProcessor, class_targets: bool = False):
         if not scenes or not pairs:
             raise ValueError("the recipe needs at least one scene and one pair (num_scenes, num_pairs)")
         self.settings = settings
         self.scenes = scenes
         self.pairs = pairs
         self.processor = processor
+        self.class_targets = class_targets  # the model config trains its aux class head: batches carry class maps
         weights = np.array([settings.mix[t.value] for t in SINGLE_TASKS], dtype=float)
         self.single_weights = weights / weights.sum()
         self.change_fraction = float(settings.mix["change"]) / float(sum(settings.mix.values()))
@@ -245,17 +247,24 @@ class Sampler:
         for _ in range(batch_size):
             task = SINGLE_TASKS[int(rng.choice(len(SINGLE_TASKS), p=self.single_weights))]
             scene = self.scenes[int(rng.integers(len(self.scenes)))]
-            out.append(self._single(task, scene, rng))
+            sample = self._single(task, scene, rng)
+            out.append(replace(sample, class_map=scene.class_map) if self.class_targets else sample)
         return out
 
     def batch(self, samples: Sequence[Sample]) -> dict[str, torch.Tensor | list[torch.Tensor]]:
-        """Model inputs: the processor's batch plus ``seg_targets`` and, for pairs, ``change_labels``."""
+        """Model inputs: the processor's batch plus ``seg_targets`` and, for pairs, ``change_labels``.
+
+        With ``class_targets`` on, a batch of single images also carries ``class_targets`` ``[B, S, S]``
+        (each scene's class map); pairs have no class maps in the cache and carry none.
+        """
         batch: dict = self.processor([s.text for s in samples], [s.images for s in samples], return_labels=True)
         batch["seg_targets"] = [
             torch.from_numpy(s.mask)[None].float() if s.mask is not None else torch.zeros(0, 1, 1) for s in samples
         ]
         if samples[0].task is Task.CHANGE:
             batch["change_labels"] = torch.tensor([float(bool(s.changed)) for s in samples])
+        elif self.class_targets and all(s.class_map is not None for s in samples):
+            batch["class_targets"] = torch.from_numpy(np.stack([s.class_map for s in samples])).long()
         return batch
 
     # --- tasks ----------------------------------------------------------------------------------

@@ -155,7 +155,8 @@ def train(config: TrainConfig, fresh: bool = False, stop: Callable[[int], bool] 
     model_config.text_config.vocab_size = len(tokenizer)
     model_config.bind_tokenizer(tokenizer)
     processor = RSAProcessor.for_model(tokenizer, model_config)
-    sampler = Sampler(config.data_settings(), scenes, pairs, processor)
+    aux_classes = model_config.aux_class_loss_weight > 0 and model_config.num_aux_classes > 0
+    sampler = Sampler(config.data_settings(), scenes, pairs, processor, class_targets=aux_classes)
 
     torch.manual_seed(config.seed)
     model = RSAForConditionalGeneration(model_config).to(device)
@@ -234,6 +235,8 @@ def _train_step(model: RSAForConditionalGeneration, optimizer: torch.optim.Optim
         terms["mask"] = out.mask_loss.item()
     if out.change_loss is not None:
         terms["change"] = out.change_loss.item()
+    if out.aux_class_loss is not None:
+        terms["cls"] = out.aux_class_loss.item()
     with torch.no_grad():  # per-task LM loss, for the progress bar and the log
         labels = inputs["labels"][:, 1:]
         per_token = F.cross_entropy(out.logits[:, :-1].float().transpose(1, 2), labels, ignore_index=-100, reduction="none")

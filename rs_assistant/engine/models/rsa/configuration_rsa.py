@@ -6,6 +6,8 @@ One class serves every size; the sizes are data in ``configs/*.json``:
 - ``default.json``: the model shipped in resources/models/rsa-default (trained from scratch by
   training/recipes/default; at most 25 MB of fp16 weights, a caption in well under 500 ms on two
   CPU cores);
+- ``default_v2.json``: ``default.json`` with the image-dependence fixes on (``projector_norm``,
+  attention ``change_pooling``, the auxiliary per-patch class loss); trained by default_v2.toml;
 - ``large.json``: CLIP ViT-L/14-336 and Qwen2.5-1.5B-Instruct read from local checkpoint folders
   (``vision_pretrained_path``, ``text_pretrained_path``), both frozen, on a GPU.
 
@@ -61,6 +63,9 @@ class RSAConfig(PreTrainedConfig):
     projector_type: Literal["linear", "mlp"] = "linear"
     vision_feature_layer: int = -1  # which vision hidden state feeds the bridge (-2: LLaVA's choice)
     token_merge: int = 1  # s: each s x s block of patches becomes one LM token (channels concatenated)
+    # A LayerNorm on both bridges' outputs so the visual tokens have the LM embeddings' scale
+    # (LLaVA-style bridges without it let the visual tokens grow far above the text embeddings).
+    projector_norm: bool = False
 
     # Token ids; the defaults are build_tokenizer's order (processing_rsa.SPECIAL_TOKENS).
     image_token_id: int = 6
@@ -79,6 +84,12 @@ class RSAConfig(PreTrainedConfig):
     # DeltaVLM cross-semantic difference module (bi-temporal pairs) and the changed/unchanged head.
     delta_layers: int = 1
     delta_heads: int = 4
+    change_pooling: Literal["mean", "max", "attention"] = "mean"  # how the change head pools the difference
+
+    # Dense auxiliary supervision of the vision encoder: a linear per-patch land-cover head trained
+    # with cross-entropy against the class map (majority class per patch). 0 classes: no head.
+    num_aux_classes: int = 0
+    aux_class_loss_weight: float = 0.0
 
     # Loss weights: LM cross-entropy, mask BCE and Dice, change BCE.
     lm_loss_weight: float = 1.0
@@ -112,6 +123,12 @@ class RSAConfig(PreTrainedConfig):
             raise ValueError(f"token_merge {self.token_merge} must divide the {size // patch}-patch grid")
         if self.projector_type not in ("linear", "mlp"):
             raise ValueError(f"projector_type must be 'linear' or 'mlp', got {self.projector_type!r}")
+        if self.change_pooling not in ("mean", "max", "attention"):
+            raise ValueError(f"change_pooling must be 'mean', 'max' or 'attention', got {self.change_pooling!r}")
+        if self.num_aux_classes < 0 or self.aux_class_loss_weight < 0:
+            raise ValueError("num_aux_classes and aux_class_loss_weight must not be negative")
+        if self.aux_class_loss_weight > 0 and self.num_aux_classes < 2:
+            raise ValueError(f"aux_class_loss_weight {self.aux_class_loss_weight} needs num_aux_classes of at least 2")
         if self.num_location_bins < 2:
             raise ValueError(f"num_location_bins must be at least 2, got {self.num_location_bins}")
         if self.mask_decoder_dim % self.mask_decoder_heads or self.mask_decoder_dim >> self.mask_upsample_steps < 4:

@@ -8,14 +8,15 @@ The whole forward pass, in order (sizes from configuration_rsa.RSAConfig):
 2. **Difference module** (pairs only; DeltaVLM, Deng et al. 2025, "cross-semantic relation
    measuring"): the after-minus-before patch features attend to both images' features; a learned
    gate keeps the context that explains a real change and suppresses harmless differences
-   (illumination, season, misregistration). Its mean-pooled output drives a changed/unchanged
-   head (``change_logits``).
+   (illumination, season, misregistration). Its pooled output (``change_pooling``: mean, max,
+   or a learned attention over the patches) drives a changed/unchanged head (``change_logits``).
 3. **Bridge** (RS-CapRet, Silva et al. 2024): a linear map (or LLaVA-1.5's two-layer MLP) from
    the vision width into the language model's embeddings, after folding each s x s block of
    patches into one token (``token_merge``; InternVL's pixel shuffle keeps every feature while
    the LM reads s^2 fewer tokens). Each ``<image>`` placeholder run in the prompt is replaced by
    its image's T = P / s^2 tokens (a pair: the before image's, then the after image's), each
-   ``<delta>`` run by the T difference tokens (their own bridge).
+   ``<delta>`` run by the T difference tokens (their own bridge). With ``projector_norm`` both
+   bridges end in a LayerNorm, so the visual tokens keep a fixed scale near the text embeddings'.
 4. **Language model**: any transformers causal LM (Qwen2 in the shipped configs) reads the
    merged embeddings and writes text. Boxes are written as location tokens (SkyEyeGPT, Zhan et
    al. 2024; Florence-2): ``<loc_0>`` .. ``<loc_{N-1}>`` bins of each side of the square input.
@@ -29,7 +30,9 @@ The whole forward pass, in order (sizes from configuration_rsa.RSAConfig):
 
 Losses (weights in the config): LM cross-entropy on the labelled tokens; per ``[SEG]``, binary
 cross-entropy plus Dice against its target mask; per pair, binary cross-entropy of the
-changed/unchanged head.
+changed/unchanged head; with ``aux_class_loss_weight`` > 0 and ``class_targets`` given, the
+cross-entropy of a linear per-patch land-cover head on the vision features against the majority
+class of each patch (dense supervision, so the encoder learns the scene's layout from every sample).
 
 A batch holds either single images (``pixel_values`` 4-D) or pairs (5-D), not both.
 
@@ -75,6 +78,7 @@ class RSAVisualFeatures(ModelOutput):
     tokens: torch.Tensor | None = None
     mask_features: torch.Tensor | None = None
     change_logits: torch.Tensor | None = None
+    class_logits: torch.Tensor | None = None  # [N, P, num_aux_classes] per image (pairs: 2B), with the aux head
 
 
 @dataclass
@@ -88,20 +92,23 @@ class RSAOutput(ModelOutput):
     lm_loss: torch.Tensor | None = None
     mask_loss: torch.Tensor | None = None
     change_loss: torch.Tensor | None = None
+    aux_class_loss: torch.Tensor | None = None
 
 
 class RSAProjector(nn.Module):
-    """RS-CapRet's bridge: one linear layer ("linear") or Linear-GELU-Linear ("mlp")."""
+    """RS-CapRet's bridge: one linear layer ("linear") or Linear-GELU-Linear ("mlp"), optionally layer-normed."""
 
-    def __init__(self, in_dim: int, out_dim: int, kind: str):
+    def __init__(self, in_dim: int, out_dim: int, kind: str, norm: bool = False):
         super().__init__()
         if kind == "linear":
             self.net = nn.Linear(in_dim, out_dim)
         else:
             self.net = nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
+        self.norm = nn.LayerNorm(out_dim) if norm else None
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.net(features)
+        out = self.net(features)
+        return out if self.norm is None else self.norm(out)
 
 
 class RSAFeedForward(nn.Sequential):
@@ -131,10 +138,13 @@ class RSADifferenceLayer(nn.Module):
 class RSADifferenceModule(nn.Module):
     """DeltaVLM's cross-semantic difference: ``after - before`` related to both images, plus a change head."""
 
-    def __init__(self, dim: int, heads: int, layers: int):
+    def __init__(self, dim: int, heads: int, layers: int, pooling: str = "mean"):
         super().__init__()
         self.layers = nn.ModuleList(RSADifferenceLayer(dim, heads) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
+        self.pooling = pooling
+        # "attention": a learned score per patch, softmax over the patches (a small change can dominate).
+        self.pool_score = nn.Linear(dim, 1) if pooling == "attention" else None
         self.change_head = nn.Linear(dim, 1)
 
     def forward(self, before: torch.Tensor, after: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,7 +154,16 @@ class RSADifferenceModule(nn.Module):
         for layer in self.layers:
             delta = layer(delta, context)
         delta = self.norm(delta)
-        return delta, self.change_head(delta.mean(dim=1)).squeeze(-1)
+        return delta, self.change_head(self.pool(delta)).squeeze(-1)
+
+    def pool(self, delta: torch.Tensor) -> torch.Tensor:
+        """``[B, P, D]`` -> ``[B, D]`` by the config's ``change_pooling``."""
+        if self.pooling == "max":
+            return delta.max(dim=1).values
+        if self.pooling == "attention":
+            weights = torch.softmax(self.pool_score(delta).squeeze(-1), dim=1)
+            return torch.einsum("bp,bpd->bd", weights, delta)
+        return delta.mean(dim=1)
 
 
 class RSAClassMemory(nn.Module):
@@ -253,9 +272,10 @@ class RSAForConditionalGeneration(RSAPreTrainedModel):
         vision_dim, text_dim = config.vision_config.hidden_size, config.text_config.hidden_size
         merged_dim = vision_dim * config.token_merge**2
         self.vision_tower = CLIPVisionModel(config.vision_config)
-        self.projector = RSAProjector(merged_dim, text_dim, config.projector_type)
-        self.difference = RSADifferenceModule(vision_dim, config.delta_heads, config.delta_layers)
-        self.delta_projector = RSAProjector(merged_dim, text_dim, config.projector_type)
+        self.projector = RSAProjector(merged_dim, text_dim, config.projector_type, config.projector_norm)
+        self.difference = RSADifferenceModule(vision_dim, config.delta_heads, config.delta_layers, config.change_pooling)
+        self.delta_projector = RSAProjector(merged_dim, text_dim, config.projector_type, config.projector_norm)
+        self.aux_class_head = nn.Linear(vision_dim, config.num_aux_classes) if config.num_aux_classes else None
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
         self.mask_decoder = RSAMaskDecoder(config)
         self.post_init()
@@ -328,12 +348,13 @@ class RSAForConditionalGeneration(RSAPreTrainedModel):
             out = self.vision_tower(pixel_values=images, output_hidden_states=layer != -1)
             patches = (out.last_hidden_state if layer == -1 else out.hidden_states[layer])[:, 1:]
         tokens = self.projector(self._merge(patches))
+        class_logits = self.aux_class_head(patches) if self.aux_class_head is not None else None
         if not pair:
-            return RSAVisualFeatures(tokens=tokens, mask_features=patches)
+            return RSAVisualFeatures(tokens=tokens, mask_features=patches, class_logits=class_logits)
         before, after = patches.unflatten(0, (-1, 2)).unbind(1)
         delta, change_logits = self.difference(before, after)
         tokens = torch.cat([tokens.unflatten(0, (-1, 2)).flatten(1, 2), self.delta_projector(self._merge(delta))], dim=1)
-        return RSAVisualFeatures(tokens=tokens, mask_features=delta, change_logits=change_logits)
+        return RSAVisualFeatures(tokens=tokens, mask_features=delta, change_logits=change_logits, class_logits=class_logits)
 
     def _merge(self, patches: torch.Tensor) -> torch.Tensor:
         """``[N, g*g, D]`` -> ``[N, (g/s)^2, s*s*D]``: each s x s block of patches as one token, row-major."""
@@ -390,6 +411,7 @@ class RSAForConditionalGeneration(RSAPreTrainedModel):
         labels: torch.Tensor | None = None,
         seg_targets: torch.Tensor | Sequence[torch.Tensor] | None = None,
         change_labels: torch.Tensor | None = None,
+        class_targets: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> RSAOutput:
         """The training pass.
@@ -399,6 +421,8 @@ class RSAForConditionalGeneration(RSAPreTrainedModel):
         ``[B, H, W]`` tensor (one mask per sample; samples without ``[SEG]`` are skipped) or a
         list of ``[n_b, H, W]`` tensors (the k-th ``[SEG]`` of sample b gets the k-th mask).
         ``change_labels``: ``[B]`` 1 for changed, 0 for unchanged pairs.
+        ``class_targets``: land-cover class maps ``[B, H, W]`` (pairs: ``[B, 2, H, W]``) for the
+        auxiliary per-patch class head; used only when ``aux_class_loss_weight`` > 0.
         """
         visual = self.encode_images(pixel_values)
         out = self.language_model(
@@ -417,7 +441,7 @@ class RSAForConditionalGeneration(RSAPreTrainedModel):
             mask_logits = self.predict_masks(out.hidden_states[-1][before_seg], visual, sample_index)
 
         terms: list[torch.Tensor] = []
-        lm_loss = mask_loss = change_loss = None
+        lm_loss = mask_loss = change_loss = aux_class_loss = None
         if labels is not None:
             logits = out.logits[:, :-1].float()
             lm_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100)
@@ -433,6 +457,10 @@ class RSAForConditionalGeneration(RSAPreTrainedModel):
                 raise ValueError("change_labels need bi-temporal pixel_values [B, 2, 3, S, S]")
             change_loss = F.binary_cross_entropy_with_logits(visual.change_logits.float(), change_labels.float())
             terms.append(self.config.change_loss_weight * change_loss)
+        if class_targets is not None and self.config.aux_class_loss_weight > 0 and visual.class_logits is not None:
+            targets = _patch_classes(class_targets, self.config.grid_size, self.config.num_aux_classes)
+            aux_class_loss = F.cross_entropy(visual.class_logits.float().flatten(0, 1), targets.flatten())
+            terms.append(self.config.aux_class_loss_weight * aux_class_loss)
         return RSAOutput(
             loss=torch.stack(terms).sum() if terms else None,
             logits=out.logits,
@@ -441,6 +469,7 @@ class RSAForConditionalGeneration(RSAPreTrainedModel):
             lm_loss=lm_loss,
             mask_loss=mask_loss,
             change_loss=change_loss,
+            aux_class_loss=aux_class_loss,
         )
 
     @torch.no_grad()
@@ -485,6 +514,15 @@ def _paired_targets(
         chosen.append(per_sample[b])
     targets = torch.cat(chosen).unsqueeze(1).float()
     return F.interpolate(targets, size=tuple(size), mode="area").squeeze(1)
+
+
+def _patch_classes(class_targets: torch.Tensor, grid: int, classes: int) -> torch.Tensor:
+    """Class maps ``[B, H, W]`` or ``[B, 2, H, W]`` -> the majority class of each patch, ``[N, grid*grid]``."""
+    maps = class_targets.long().flatten(0, -3)
+    if maps.numel() and (maps.min() < 0 or maps.max() >= classes):
+        raise ValueError(f"class_targets hold ids outside 0..{classes - 1} (num_aux_classes {classes})")
+    one_hot = F.one_hot(maps, classes).permute(0, 3, 1, 2).float()
+    return F.adaptive_avg_pool2d(one_hot, grid).argmax(dim=1).flatten(1)
 
 
 def _dice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
