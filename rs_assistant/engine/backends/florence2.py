@@ -40,8 +40,7 @@ from transformers import AutoProcessor, Florence2ForConditionalGeneration, Proce
 from rs_assistant.core.protocol import ErrorCode, FeatureKind, ProtocolError, Task
 from rs_assistant.engine.backends import boxes
 from rs_assistant.engine.backends.base import Backend, BackendCall, BackendResult, Detection
-from rs_assistant.engine.backends.hf import CancelCriteria, cancelled, checkpoint_folder, load_failed
-from rs_assistant.engine.device import attn_implementation, torch_dtype
+from rs_assistant.engine.backends.hf import CancelCriteria, cancelled, checkpoint_folder, load_failed, load_model
 
 log = logging.getLogger(__name__)
 
@@ -90,15 +89,9 @@ class Florence2Backend(Backend):
             )
         try:
             self.processor = AutoProcessor.from_pretrained(path, local_files_only=True)
-            self.model = Florence2ForConditionalGeneration.from_pretrained(
-                path,
-                local_files_only=True,
-                dtype=torch_dtype(self.device),
-                attn_implementation=attn_implementation(self.device),
-            )
         except Exception as exc:  # transformers raises many types; all mean the same to the caller
             raise load_failed(self, path, exc) from exc
-        self.model.to(self.device).eval()
+        self.model = load_model(self, Florence2ForConditionalGeneration, path)
         self.caption_task = CAPTION_TASKS[caption]
         self.context = int(self.model.config.text_config.max_position_embeddings)
         log.info("model '%s': loaded Florence-2 from %s on %s", self.model_name, path, self.device)

@@ -18,6 +18,7 @@ from transformers import StoppingCriteria
 
 from rs_assistant.core.protocol import ErrorCode, ProtocolError
 from rs_assistant.engine.backends.base import Backend
+from rs_assistant.engine.device import attn_implementation, torch_dtype
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,20 @@ def checkpoint_folder(
             f"{where} has no image processor configuration ({' or '.join(processor_files)})",
         )
     return path
+
+
+def load_model(backend: Backend, model_class: type, path: Path):
+    """``model_class.from_pretrained(path)`` from local files only, in the engine's dtype and attention, on its device."""
+    try:
+        model = model_class.from_pretrained(
+            path,
+            local_files_only=True,
+            dtype=torch_dtype(backend.device),
+            attn_implementation=attn_implementation(backend.device),
+        )
+    except Exception as exc:  # transformers raises many types; all mean the same to the caller
+        raise load_failed(backend, path, exc) from exc
+    return model.to(backend.device).eval()
 
 
 def load_failed(backend: Backend, path: Path, exc: BaseException) -> ProtocolError:

@@ -41,8 +41,7 @@ from transformers import (
 from rs_assistant.core.protocol import ErrorCode, FeatureKind, ProtocolError, Role, Task
 from rs_assistant.engine.backends import boxes
 from rs_assistant.engine.backends.base import Backend, BackendCall, BackendResult, Detection
-from rs_assistant.engine.backends.hf import CancelCriteria, cancelled, checkpoint_folder, load_failed
-from rs_assistant.engine.device import attn_implementation, torch_dtype
+from rs_assistant.engine.backends.hf import CancelCriteria, cancelled, checkpoint_folder, load_failed, load_model
 
 log = logging.getLogger(__name__)
 
@@ -95,15 +94,9 @@ class Qwen25VLBackend(Backend):
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
             self.image_processor = AutoImageProcessor.from_pretrained(path, local_files_only=True)
-            self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-                path,
-                local_files_only=True,
-                dtype=torch_dtype(self.device),
-                attn_implementation=attn_implementation(self.device),
-            )
         except Exception as exc:  # transformers raises many types; all mean the same to the caller
             raise load_failed(self, path, exc) from exc
-        self.model.to(self.device).eval()
+        self.model = load_model(self, Qwen2_5_VLForConditionalGeneration, path)
         if self.tokenizer.chat_template is None and (path / "chat_template.json").is_file():
             # Early releases kept the template only in the processor's chat_template.json.
             self.tokenizer.chat_template = json.loads((path / "chat_template.json").read_text("utf-8"))["chat_template"]
