@@ -8,6 +8,8 @@ One class serves every size; the sizes are data in ``configs/*.json``:
   CPU cores);
 - ``default_v2.json``: ``default.json`` with the image-dependence fixes on (``projector_norm``,
   attention ``change_pooling``, the auxiliary per-patch class loss); trained by default_v2.toml;
+- ``default_v3.json``: ``default_v2.json`` with a convolutional stem for the from-scratch ViT
+  (``vision_stem``) and its 1/4-resolution features in the mask decoder (``mask_detail``);
 - ``large.json``: CLIP ViT-L/14-336 and Qwen2.5-1.5B-Instruct read from local checkpoint folders
   (``vision_pretrained_path``, ``text_pretrained_path``), both frozen, on a GPU.
 
@@ -91,6 +93,14 @@ class RSAConfig(PreTrainedConfig):
     num_aux_classes: int = 0
     aux_class_loss_weight: float = 0.0
 
+    # The vision encoder's patch embedding: "patch" is CLIP's own (one patch x patch convolution);
+    # "conv" is a small convolutional stem of the same total stride (Xiao et al. 2021, "Early
+    # convolutions help transformers see better": a ViT trained from scratch learns much faster).
+    # With ``mask_detail`` the mask decoder also reads the stem's 1/4-resolution features (a
+    # skip, as in SAM's and Mask2Former's pixel decoders), so small objects get sharp masks.
+    vision_stem: Literal["patch", "conv"] = "patch"
+    mask_detail: bool = False
+
     # Loss weights: LM cross-entropy, mask BCE and Dice, change BCE.
     lm_loss_weight: float = 1.0
     mask_bce_weight: float = 2.0
@@ -125,6 +135,15 @@ class RSAConfig(PreTrainedConfig):
             raise ValueError(f"projector_type must be 'linear' or 'mlp', got {self.projector_type!r}")
         if self.change_pooling not in ("mean", "max", "attention"):
             raise ValueError(f"change_pooling must be 'mean', 'max' or 'attention', got {self.change_pooling!r}")
+        if self.vision_stem not in ("patch", "conv"):
+            raise ValueError(f"vision_stem must be 'patch' or 'conv', got {self.vision_stem!r}")
+        if self.vision_stem == "conv" and (patch < 4 or patch & (patch - 1)):
+            raise ValueError(f"vision_stem 'conv' needs a power-of-two patch_size of at least 4, got {patch}")
+        if self.mask_detail and (self.vision_stem != "conv" or patch >> self.mask_upsample_steps != 4):
+            raise ValueError(
+                "mask_detail needs vision_stem 'conv' and mask_upsample_steps that bring the patch grid to 1/4 of "
+                f"the input (patch_size {patch}, mask_upsample_steps {self.mask_upsample_steps})"
+            )
         if self.num_aux_classes < 0 or self.aux_class_loss_weight < 0:
             raise ValueError("num_aux_classes and aux_class_loss_weight must not be negative")
         if self.aux_class_loss_weight > 0 and self.num_aux_classes < 2:
@@ -148,6 +167,12 @@ class RSAConfig(PreTrainedConfig):
     def num_image_tokens(self) -> int:
         """LM tokens per image (and difference tokens per pair): one per ``token_merge``-square of patches."""
         return (self.grid_size // self.token_merge) ** 2
+
+    @property
+    def stem_detail_channels(self) -> int:
+        """Channels of the conv stem's 1/4-resolution features (RSAConvStem's ``early`` output)."""
+        patch_steps = self.vision_config.patch_size.bit_length() - 1
+        return min(self.vision_config.hidden_size, 64) if patch_steps > 2 else self.vision_config.hidden_size
 
     @property
     def mask_size(self) -> int:

@@ -79,6 +79,7 @@ class RSAVisualFeatures(ModelOutput):
     mask_features: torch.Tensor | None = None
     change_logits: torch.Tensor | None = None
     class_logits: torch.Tensor | None = None  # [N, P, num_aux_classes] per image (pairs: 2B), with the aux head
+    mask_detail: torch.Tensor | None = None  # [B, C, M, M] stem features at 1/4 (pairs: after - before), with mask_detail
 
 
 @dataclass
@@ -93,6 +94,37 @@ class RSAOutput(ModelOutput):
     mask_loss: torch.Tensor | None = None
     change_loss: torch.Tensor | None = None
     aux_class_loss: torch.Tensor | None = None
+
+
+class RSAConvStem(nn.Module):
+    """A convolutional patch embedding (``vision_stem = "conv"``): stride-2 3x3 convolutions down to
+    1/``patch`` of the input, ending at the encoder's width, in place of CLIP's single patch convolution.
+
+    ``early`` brings the image to 1/4 of its side (the detail features the mask decoder may read),
+    ``late`` the rest of the way. ``weight`` is the last convolution's, which CLIP's embeddings
+    read for the input dtype.
+    """
+
+    def __init__(self, width: int, patch: int):
+        super().__init__()
+        steps = patch.bit_length() - 1
+        channels = [3] + [min(width, 32 * 2**i) for i in range(steps - 1)] + [width]
+        layers = [self._step(channels[i], channels[i + 1], last=i == steps - 1) for i in range(steps)]
+        self.early = nn.Sequential(*layers[:2])
+        self.late = nn.Sequential(*layers[2:])
+        self.detail_channels = channels[2]
+
+    @staticmethod
+    def _step(cin: int, cout: int, last: bool) -> nn.Module:
+        conv = nn.Conv2d(cin, cout, kernel_size=3, stride=2, padding=1)
+        return conv if last else nn.Sequential(conv, nn.GroupNorm(min(8, cout), cout), nn.GELU())
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.late[-1].weight if len(self.late) else self.early[-1].weight
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.late(self.early(pixel_values))
 
 
 class RSAProjector(nn.Module):
@@ -229,10 +261,12 @@ class RSAMaskDecoder(nn.Module):
             upsample += [nn.ConvTranspose2d(channels, channels // 2, kernel_size=2, stride=2), nn.GELU()]
             channels //= 2
         self.upsample = nn.Sequential(*upsample)
+        self.detail_proj = nn.Conv2d(config.stem_detail_channels, channels, kernel_size=1) if config.mask_detail else None
         self.hyper = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, channels))
 
-    def forward(self, seg_states: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        """``seg_states [n, D_text]`` with each one's ``features [n, P, D_vision]`` -> logits ``[n, M, M]``."""
+    def forward(self, seg_states: torch.Tensor, features: torch.Tensor, detail: torch.Tensor | None = None) -> torch.Tensor:
+        """``seg_states [n, D_text]`` with each one's ``features [n, P, D_vision]`` (and ``detail [n, C, M, M]``
+        with ``mask_detail``) -> logits ``[n, M, M]``."""
         query = self.query_proj(seg_states).unsqueeze(1)
         image = self.feature_proj(features)
         if self.memory is not None:
@@ -242,6 +276,8 @@ class RSAMaskDecoder(nn.Module):
         n, _, dim = image.shape
         image = image.transpose(1, 2).reshape(n, dim, self.grid, self.grid)
         pixels = self.upsample(image)
+        if self.detail_proj is not None and detail is not None:
+            pixels = pixels + self.detail_proj(detail)
         return torch.einsum("nc,nchw->nhw", self.hyper(query.squeeze(1)), pixels)
 
 
@@ -272,6 +308,9 @@ class RSAForConditionalGeneration(RSAPreTrainedModel):
         vision_dim, text_dim = config.vision_config.hidden_size, config.text_config.hidden_size
         merged_dim = vision_dim * config.token_merge**2
         self.vision_tower = CLIPVisionModel(config.vision_config)
+        if config.vision_stem == "conv":
+            embeddings = self.vision_tower.embeddings
+            embeddings.patch_embedding = RSAConvStem(config.vision_config.hidden_size, config.vision_config.patch_size)
         self.projector = RSAProjector(merged_dim, text_dim, config.projector_type, config.projector_norm)
         self.difference = RSADifferenceModule(vision_dim, config.delta_heads, config.delta_layers, config.change_pooling)
         self.delta_projector = RSAProjector(merged_dim, text_dim, config.projector_type, config.projector_norm)
@@ -343,18 +382,33 @@ class RSAForConditionalGeneration(RSAPreTrainedModel):
         pair = pixel_values.dim() == 5
         images = pixel_values.flatten(0, 1) if pair else pixel_values
         images = images.to(dtype=self.vision_tower.dtype)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_vision):
-            layer = self.config.vision_feature_layer
-            out = self.vision_tower(pixel_values=images, output_hidden_states=layer != -1)
-            patches = (out.last_hidden_state if layer == -1 else out.hidden_states[layer])[:, 1:]
+        details: list[torch.Tensor] = []
+        hook = None
+        if self.config.mask_detail:
+            stem = self.vision_tower.embeddings.patch_embedding
+            hook = stem.early.register_forward_hook(lambda _m, _i, output: details.append(output))
+        try:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_vision):
+                layer = self.config.vision_feature_layer
+                out = self.vision_tower(pixel_values=images, output_hidden_states=layer != -1)
+                patches = (out.last_hidden_state if layer == -1 else out.hidden_states[layer])[:, 1:]
+        finally:
+            if hook is not None:
+                hook.remove()
+        detail = details[0] if details else None
         tokens = self.projector(self._merge(patches))
         class_logits = self.aux_class_head(patches) if self.aux_class_head is not None else None
         if not pair:
-            return RSAVisualFeatures(tokens=tokens, mask_features=patches, class_logits=class_logits)
+            return RSAVisualFeatures(tokens=tokens, mask_features=patches, class_logits=class_logits, mask_detail=detail)
         before, after = patches.unflatten(0, (-1, 2)).unbind(1)
         delta, change_logits = self.difference(before, after)
         tokens = torch.cat([tokens.unflatten(0, (-1, 2)).flatten(1, 2), self.delta_projector(self._merge(delta))], dim=1)
-        return RSAVisualFeatures(tokens=tokens, mask_features=delta, change_logits=change_logits, class_logits=class_logits)
+        if detail is not None:
+            detail_before, detail_after = detail.unflatten(0, (-1, 2)).unbind(1)
+            detail = detail_after - detail_before
+        return RSAVisualFeatures(
+            tokens=tokens, mask_features=delta, change_logits=change_logits, class_logits=class_logits, mask_detail=detail
+        )
 
     def _merge(self, patches: torch.Tensor) -> torch.Tensor:
         """``[N, g*g, D]`` -> ``[N, (g/s)^2, s*s*D]``: each s x s block of patches as one token, row-major."""
@@ -387,7 +441,8 @@ class RSAForConditionalGeneration(RSAPreTrainedModel):
         (see :meth:`generated_seg_states` for a generated sequence).
         """
         features = visual.mask_features[sample_index]
-        return self.mask_decoder(seg_states.to(features.dtype), features)
+        detail = visual.mask_detail[sample_index] if visual.mask_detail is not None else None
+        return self.mask_decoder(seg_states.to(features.dtype), features, detail)
 
     def generated_seg_states(self, output: GenerateDecoderOnlyOutput) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The hidden states that produced each generated ``[SEG]`` (needs ``output_hidden_states=True``).
