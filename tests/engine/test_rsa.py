@@ -611,3 +611,32 @@ def test_pretrained_parts_and_an_extended_llm_tokenizer(tmp_path):
     processor = RSAProcessor.for_model(tokenizer, config)
     batch = processor([processor.format_prompt(Task.GROUND, "find tanks", answer="tank<loc_1><loc_2><loc_3><loc_4>")], [WINDOW], return_labels=True)
     assert torch.isfinite(model(**batch).loss)
+
+
+def test_conv_stem_and_mask_detail_shape_the_masks(model, processor):
+    """With ``vision_stem = "conv"`` the ViT's patch embedding is a conv stem; with ``mask_detail``
+    the masks read its 1/4-resolution features, so a change in fine image detail moves them."""
+    config = RSAConfig.from_dict(
+        {**model.config.to_dict(), "vision_stem": "conv", "mask_detail": True, "mask_upsample_steps": 1}
+    )
+    torch.manual_seed(0)
+    stemmed = RSAForConditionalGeneration(config)
+    assert stemmed.vision_tower.embeddings.patch_embedding.weight.shape[0] == config.vision_config.hidden_size
+    stemmed.train()
+    out = stemmed(**samples(processor))
+    assert torch.isfinite(out.loss) and out.mask_logits.shape == (1, config.mask_size, config.mask_size)
+    out.loss.backward()
+    early = stemmed.vision_tower.embeddings.patch_embedding.early
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in early.parameters())
+    assert stemmed.mask_decoder.detail_proj.weight.grad.abs().sum() > 0
+    stemmed.eval()
+    pixels = samples(processor)["pixel_values"][2:3]
+    visual = stemmed.encode_images(pixels)
+    query = torch.randn(1, config.text_config.hidden_size)
+    masks = stemmed.predict_masks(query, visual, torch.tensor([0]))
+    visual.mask_detail = visual.mask_detail + 1.0
+    assert not torch.allclose(masks, stemmed.predict_masks(query, visual, torch.tensor([0])))
+    pair = stemmed.encode_images(torch.stack([pixels[0], pixels[0]])[None])
+    assert torch.allclose(pair.mask_detail, torch.zeros_like(pair.mask_detail))  # same image twice: no difference
+    with pytest.raises(StrictDataclassClassValidationError, match="mask_detail needs vision_stem 'conv'"):
+        RSAConfig.from_dict({**model.config.to_dict(), "mask_detail": True, "mask_upsample_steps": 1})
