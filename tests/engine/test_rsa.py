@@ -640,3 +640,29 @@ def test_conv_stem_and_mask_detail_shape_the_masks(model, processor):
     assert torch.allclose(pair.mask_detail, torch.zeros_like(pair.mask_detail))  # same image twice: no difference
     with pytest.raises(StrictDataclassClassValidationError, match="mask_detail needs vision_stem 'conv'"):
         RSAConfig.from_dict({**model.config.to_dict(), "mask_detail": True, "mask_upsample_steps": 1})
+
+
+def test_dense_change_head_scores_patches_and_learns_where_changes_are(model, processor):
+    """``change_pooling = "dense"``: the verdict is the highest patch score, and with
+    ``change_dense_loss_weight`` the patch scores are trained against the change mask."""
+    config = RSAConfig.from_dict({**model.config.to_dict(), "change_pooling": "dense", "change_dense_loss_weight": 1.0})
+    torch.manual_seed(0)
+    dense = RSAForConditionalGeneration(config)
+    batch = pair_batch(processor)
+    batch["change_targets"] = batch["seg_targets"]  # the changed pair's mask; the unchanged pair's is empty
+    optimizer = torch.optim.AdamW(dense.difference.parameters(), lr=3e-3)
+    first = None
+    for _ in range(30):
+        out = dense(**batch)
+        first = first if first is not None else out.change_dense_loss.item()
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+    assert out.change_dense_loss.item() < 0.5 * first
+    visual = dense.encode_images(batch["pixel_values"])
+    assert visual.change_patch_logits.shape == (2, config.grid_size**2)
+    assert torch.allclose(visual.change_logits, visual.change_patch_logits.max(dim=1).values)
+    changed_at = visual.change_patch_logits[0].reshape(config.grid_size, config.grid_size)
+    assert changed_at[0, 0] > changed_at[-1, -1]  # the target covers the top-left quarter
+    with pytest.raises(StrictDataclassClassValidationError, match="change_pooling 'dense'"):
+        RSAConfig.from_dict({**model.config.to_dict(), "change_dense_loss_weight": 1.0})

@@ -126,6 +126,7 @@ class Sample:
     mask: np.ndarray | None = None
     changed: bool | None = None
     class_map: np.ndarray | None = None  # S x S land-cover ids of a single scene (the aux class head's target)
+    change_map: np.ndarray | None = None  # S x S bool, pairs: where the scene changed (all False when unchanged)
 
 
 def scene_gsd(seed: int, scene_size: int, region_min: int, region_max: int) -> float:
@@ -227,7 +228,7 @@ class Sampler:
     """Draws the batch of each step (a pure function of the step) and builds the model's inputs."""
 
     def __init__(self, settings: DataSettings, scenes: Sequence[SceneRecord], pairs: Sequence[PairRecord],
-                 processor: RSAProcessor, class_targets: bool = False):
+                 processor: RSAProcessor, class_targets: bool = False, change_targets: bool = False):
         if not scenes or not pairs:
             raise ValueError("the recipe needs at least one scene and one pair (num_scenes, num_pairs)")
         self.settings = settings
@@ -235,6 +236,7 @@ class Sampler:
         self.pairs = pairs
         self.processor = processor
         self.class_targets = class_targets  # the model config trains its aux class head: batches carry class maps
+        self.change_targets = change_targets  # the model trains a dense change head: pair batches carry change masks
         weights = np.array([settings.mix[t.value] for t in SINGLE_TASKS], dtype=float)
         self.single_weights = weights / weights.sum()
         self.change_fraction = float(settings.mix["change"]) / float(sum(settings.mix.values()))
@@ -263,6 +265,8 @@ class Sampler:
         ]
         if samples[0].task is Task.CHANGE:
             batch["change_labels"] = torch.tensor([float(bool(s.changed)) for s in samples])
+            if self.change_targets:
+                batch["change_targets"] = torch.from_numpy(np.stack([s.change_map for s in samples])).float()
         elif self.class_targets and all(s.class_map is not None for s in samples):
             batch["class_targets"] = torch.from_numpy(np.stack([s.class_map for s in samples])).long()
         return batch
@@ -316,7 +320,8 @@ class Sampler:
         answer = f"{caption} [SEG]" if pair.changed else caption
         images = (_jitter(pair.before, rng), _jitter(pair.after, rng))
         text = self.processor.format_prompt(Task.CHANGE, pair=True, answer=answer)
-        return Sample(Task.CHANGE, text, images, pair.change_mask if pair.changed else None, pair.changed)
+        change_map = pair.change_mask if pair.changed else np.zeros_like(pair.change_mask)
+        return Sample(Task.CHANGE, text, images, pair.change_mask if pair.changed else None, pair.changed, change_map=change_map)
 
 
 def _jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:

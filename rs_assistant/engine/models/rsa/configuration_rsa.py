@@ -86,7 +86,14 @@ class RSAConfig(PreTrainedConfig):
     # DeltaVLM cross-semantic difference module (bi-temporal pairs) and the changed/unchanged head.
     delta_layers: int = 1
     delta_heads: int = 4
-    change_pooling: Literal["mean", "max", "attention"] = "mean"  # how the change head pools the difference
+    # How the change head turns the difference features into one verdict: pool them first ("mean",
+    # "max", or a learned "attention" over the patches), or "dense": the head scores every patch and
+    # the verdict is the highest patch score (multiple-instance learning: a pair changed if any place
+    # did). With "dense" and ``change_dense_loss_weight`` > 0 the patch scores are also trained
+    # against the change mask (the fraction of each patch that changed), so every pair teaches the
+    # head where changes are, not only whether there is one.
+    change_pooling: Literal["mean", "max", "attention", "dense"] = "mean"
+    change_dense_loss_weight: float = 0.0
 
     # Dense auxiliary supervision of the vision encoder: a linear per-patch land-cover head trained
     # with cross-entropy against the class map (majority class per patch). 0 classes: no head.
@@ -133,8 +140,12 @@ class RSAConfig(PreTrainedConfig):
             raise ValueError(f"token_merge {self.token_merge} must divide the {size // patch}-patch grid")
         if self.projector_type not in ("linear", "mlp"):
             raise ValueError(f"projector_type must be 'linear' or 'mlp', got {self.projector_type!r}")
-        if self.change_pooling not in ("mean", "max", "attention"):
-            raise ValueError(f"change_pooling must be 'mean', 'max' or 'attention', got {self.change_pooling!r}")
+        if self.change_pooling not in ("mean", "max", "attention", "dense"):
+            raise ValueError(f"change_pooling must be 'mean', 'max', 'attention' or 'dense', got {self.change_pooling!r}")
+        if self.change_dense_loss_weight < 0 or (self.change_dense_loss_weight > 0 and self.change_pooling != "dense"):
+            raise ValueError(
+                f"change_dense_loss_weight {self.change_dense_loss_weight} must be 0, or positive with change_pooling 'dense'"
+            )
         if self.vision_stem not in ("patch", "conv"):
             raise ValueError(f"vision_stem must be 'patch' or 'conv', got {self.vision_stem!r}")
         if self.vision_stem == "conv" and (patch < 4 or patch & (patch - 1)):

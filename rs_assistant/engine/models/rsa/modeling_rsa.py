@@ -80,6 +80,7 @@ class RSAVisualFeatures(ModelOutput):
     change_logits: torch.Tensor | None = None
     class_logits: torch.Tensor | None = None  # [N, P, num_aux_classes] per image (pairs: 2B), with the aux head
     mask_detail: torch.Tensor | None = None  # [B, C, M, M] stem features at 1/4 (pairs: after - before), with mask_detail
+    change_patch_logits: torch.Tensor | None = None  # [B, P], pairs with change_pooling "dense"
 
 
 @dataclass
@@ -94,6 +95,7 @@ class RSAOutput(ModelOutput):
     mask_loss: torch.Tensor | None = None
     change_loss: torch.Tensor | None = None
     aux_class_loss: torch.Tensor | None = None
+    change_dense_loss: torch.Tensor | None = None
 
 
 class RSAConvStem(nn.Module):
@@ -179,14 +181,18 @@ class RSADifferenceModule(nn.Module):
         self.pool_score = nn.Linear(dim, 1) if pooling == "attention" else None
         self.change_head = nn.Linear(dim, 1)
 
-    def forward(self, before: torch.Tensor, after: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``[B, P, D]`` twice -> difference features ``[B, P, D]`` and changed logits ``[B]``."""
+    def forward(self, before: torch.Tensor, after: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``[B, P, D]`` twice -> difference features ``[B, P, D]``, changed logits ``[B]`` and, with
+        ``dense`` pooling, each patch's changed logit ``[B, P]`` (the verdict is their maximum)."""
         context = torch.cat([before, after], dim=1)
         delta = after - before
         for layer in self.layers:
             delta = layer(delta, context)
         delta = self.norm(delta)
-        return delta, self.change_head(self.pool(delta)).squeeze(-1)
+        if self.pooling == "dense":
+            patch_logits = self.change_head(delta).squeeze(-1)
+            return delta, patch_logits.max(dim=1).values, patch_logits
+        return delta, self.change_head(self.pool(delta)).squeeze(-1), None
 
     def pool(self, delta: torch.Tensor) -> torch.Tensor:
         """``[B, P, D]`` -> ``[B, D]`` by the config's ``change_pooling``."""
@@ -401,13 +407,18 @@ class RSAForConditionalGeneration(RSAPreTrainedModel):
         if not pair:
             return RSAVisualFeatures(tokens=tokens, mask_features=patches, class_logits=class_logits, mask_detail=detail)
         before, after = patches.unflatten(0, (-1, 2)).unbind(1)
-        delta, change_logits = self.difference(before, after)
+        delta, change_logits, change_patch_logits = self.difference(before, after)
         tokens = torch.cat([tokens.unflatten(0, (-1, 2)).flatten(1, 2), self.delta_projector(self._merge(delta))], dim=1)
         if detail is not None:
             detail_before, detail_after = detail.unflatten(0, (-1, 2)).unbind(1)
             detail = detail_after - detail_before
         return RSAVisualFeatures(
-            tokens=tokens, mask_features=delta, change_logits=change_logits, class_logits=class_logits, mask_detail=detail
+            tokens=tokens,
+            mask_features=delta,
+            change_logits=change_logits,
+            class_logits=class_logits,
+            mask_detail=detail,
+            change_patch_logits=change_patch_logits,
         )
 
     def _merge(self, patches: torch.Tensor) -> torch.Tensor:
@@ -467,6 +478,7 @@ class RSAForConditionalGeneration(RSAPreTrainedModel):
         seg_targets: torch.Tensor | Sequence[torch.Tensor] | None = None,
         change_labels: torch.Tensor | None = None,
         class_targets: torch.Tensor | None = None,
+        change_targets: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> RSAOutput:
         """The training pass.
@@ -478,6 +490,8 @@ class RSAForConditionalGeneration(RSAPreTrainedModel):
         ``change_labels``: ``[B]`` 1 for changed, 0 for unchanged pairs.
         ``class_targets``: land-cover class maps ``[B, H, W]`` (pairs: ``[B, 2, H, W]``) for the
         auxiliary per-patch class head; used only when ``aux_class_loss_weight`` > 0.
+        ``change_targets``: pairs' change masks ``[B, H, W]`` (all zero for an unchanged pair) for the
+        dense change head; used only when ``change_dense_loss_weight`` > 0.
         """
         visual = self.encode_images(pixel_values)
         out = self.language_model(
@@ -496,7 +510,7 @@ class RSAForConditionalGeneration(RSAPreTrainedModel):
             mask_logits = self.predict_masks(out.hidden_states[-1][before_seg], visual, sample_index)
 
         terms: list[torch.Tensor] = []
-        lm_loss = mask_loss = change_loss = aux_class_loss = None
+        lm_loss = mask_loss = change_loss = aux_class_loss = change_dense_loss = None
         if labels is not None:
             logits = out.logits[:, :-1].float()
             lm_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100)
@@ -512,6 +526,11 @@ class RSAForConditionalGeneration(RSAPreTrainedModel):
                 raise ValueError("change_labels need bi-temporal pixel_values [B, 2, 3, S, S]")
             change_loss = F.binary_cross_entropy_with_logits(visual.change_logits.float(), change_labels.float())
             terms.append(self.config.change_loss_weight * change_loss)
+        if change_targets is not None and self.config.change_dense_loss_weight > 0 and visual.change_patch_logits is not None:
+            grid = self.config.grid_size
+            fraction = F.adaptive_avg_pool2d(change_targets.float().unsqueeze(1), grid).flatten(1)
+            change_dense_loss = F.binary_cross_entropy_with_logits(visual.change_patch_logits.float(), fraction)
+            terms.append(self.config.change_dense_loss_weight * change_dense_loss)
         if class_targets is not None and self.config.aux_class_loss_weight > 0 and visual.class_logits is not None:
             targets = _patch_classes(class_targets, self.config.grid_size, self.config.num_aux_classes)
             aux_class_loss = F.cross_entropy(visual.class_logits.float().flatten(0, 1), targets.flatten())
@@ -525,6 +544,7 @@ class RSAForConditionalGeneration(RSAPreTrainedModel):
             mask_loss=mask_loss,
             change_loss=change_loss,
             aux_class_loss=aux_class_loss,
+            change_dense_loss=change_dense_loss,
         )
 
     @torch.no_grad()
