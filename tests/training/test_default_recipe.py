@@ -129,7 +129,7 @@ def test_the_eval_cli_prints_and_writes_every_metric(trained, tmp_path, capsys):
     assert "not met" in printed or "met" in printed
 
 
-def test_batches_carry_class_maps_only_when_the_model_trains_its_aux_class_head():
+def test_batches_carry_class_maps_and_change_maps_only_when_the_model_trains_those_heads():
     import numpy as np
 
     from rs_assistant.engine.models.rsa import RSAProcessor, build_tokenizer, load_named_config
@@ -155,6 +155,15 @@ def test_batches_carry_class_maps_only_when_the_model_trains_its_aux_class_head(
             assert batch["class_targets"].shape == (3, 32, 32) and batch["class_targets"].dtype == torch.long
     change = Sampler(settings, [scene], [pair], processor, class_targets=True)
     assert "class_targets" not in change.batch([change._change(pair, np.random.default_rng(0))])  # pairs: no class maps
+    assert "change_targets" not in change.batch([change._change(pair, np.random.default_rng(0))])
+    changed_mask = np.zeros((32, 32), bool)
+    changed_mask[4:12, 4:12] = True
+    changed = PairRecord(scene.image, scene.image, changed_mask, ("a pond was dug.",) * 5, True)
+    dense = Sampler(settings, [scene], [pair], processor, change_targets=True)
+    rng = np.random.default_rng(0)
+    batch = dense.batch([dense._change(changed, rng), dense._change(pair, rng)])  # the dense change head's targets
+    assert batch["change_targets"].shape == (2, 32, 32)
+    assert batch["change_targets"][0].sum() == 64 and batch["change_targets"][1].sum() == 0
 
 
 def test_the_image_dependence_cli_prints_and_writes_its_figures(trained, tmp_path, capsys):
