@@ -3,7 +3,18 @@
 Runs a training recipe with a TOML config; ``--set`` overrides a key (dotted keys reach into
 tables, values are read as TOML and fall back to a string: ``--set max_steps=100 --set
 mix.change=0.3 --set out=/tmp/rsa``). A recipe resumes from its last checkpoint unless
-``--fresh``. Recipes: ``default`` (the built-in RSA model, training/recipes/default).
+``--fresh``; SIGTERM or Ctrl-C saves a checkpoint and stops. Under ``torchrun`` the shared
+recipes (clip, capret) run data-parallel over every process (training/loop.py).
+
+Recipes (each has ``tiny.toml`` for a CPU in seconds and a paper-sized config; training/README.md):
+
+- ``default``: the built-in RSA model on the Synthetic Earth (training/recipes/default);
+- ``clip``: GeoRSCLIP/SkyCLIP continued contrastive training of a CLIP, full or LoRA (recipes/clip);
+- ``capret``: RS-CapRet, a frozen CLIP and a frozen LLM joined by a trained linear bridge, with a
+  ``[RET]`` token for retrieval (recipes/capret).
+
+``grounding``, ``change``, ``segment``, ``moe`` and ``rag`` are named but not implemented yet: they
+exit with status 2 and say so.
 """
 
 from __future__ import annotations
@@ -20,6 +31,8 @@ from typing import Any, Callable
 # same cores does not slow every parallel region down many times.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from training.loop import TrainingError  # noqa: E402 - after OMP_WAIT_POLICY
+
 log = logging.getLogger(__name__)
 
 
@@ -30,7 +43,33 @@ def _run_default(config: dict[str, Any], fresh: bool) -> int:
     return 0 if result.finished else 3
 
 
-RECIPES: dict[str, Callable[[dict[str, Any], bool], int]] = {"default": _run_default}
+def _run_shared(module: str) -> Callable[[dict[str, Any], bool], int]:
+    """A recipe on the shared loop: ``module.run(config, fresh, stop)``; exit 0 when finished, 3 when stopped."""
+
+    def run(config: dict[str, Any], fresh: bool) -> int:
+        import importlib
+
+        from training.loop import install_signal_stop
+
+        result = importlib.import_module(module).run(config, fresh, stop=install_signal_stop())
+        return 0 if result.finished else 3
+
+    return run
+
+
+RECIPES: dict[str, Callable[[dict[str, Any], bool], int]] = {
+    "default": _run_default,
+    "clip": _run_shared("training.recipes.clip.train"),
+    "capret": _run_shared("training.recipes.capret.train"),
+}
+#: Recipes of issue 6 that are planned but not written; training/README.md says what each will reproduce.
+NOT_IMPLEMENTED: dict[str, str] = {
+    "grounding": "SkyEyeGPT/GeoChat-style visual grounding (DIOR-RSVG, RSVG)",
+    "change": "Chg2Cap/DeltaVLM-style change captioning (LEVIR-CC, SECOND-CC)",
+    "segment": "GeoPix/LISA-style reasoning segmentation with a [SEG] token",
+    "moe": "a mixture-of-experts RS vision-language model",
+    "rag": "retrieval-augmented captioning/QA over an image-text index",
+}
 
 
 def apply_override(config: dict[str, Any], assignment: str) -> None:
@@ -54,13 +93,19 @@ def apply_override(config: dict[str, Any], assignment: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__.splitlines()[0])
     parser.add_argument("recipe", help=f"one of: {', '.join(RECIPES)}")
-    parser.add_argument("--config", required=True, type=Path, help="TOML file of the recipe's settings")
+    parser.add_argument("--config", type=Path, help="TOML file of the recipe's settings (required)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--fresh", action="store_true", help="discard the last checkpoint and start over")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.recipe in NOT_IMPLEMENTED:
+        log.error("recipe %r (%s) is not implemented yet; implemented recipes: %s (see training/README.md)",
+                  args.recipe, NOT_IMPLEMENTED[args.recipe], ", ".join(RECIPES))
+        return 2
     if args.recipe not in RECIPES:
-        parser.error(f"unknown recipe {args.recipe!r}; known recipes: {', '.join(sorted(RECIPES))}")
+        parser.error(f"unknown recipe {args.recipe!r}; known recipes: {', '.join(RECIPES)}")
+    if args.config is None:
+        parser.error("--config FILE is required (each recipe has tiny.toml and a paper-sized config in its folder)")
     if not args.config.is_file():
         parser.error(f"no config file {args.config}")
     config = tomllib.loads(args.config.read_text(encoding="utf-8"))
@@ -68,9 +113,12 @@ def main(argv: list[str] | None = None) -> int:
         for assignment in args.overrides:
             apply_override(config, assignment)
         return RECIPES[args.recipe](config, args.fresh)
-    except ValueError as exc:
+    except ValueError as exc:  # bad settings or data (DataFormatError), wrong checkpoint
         log.error("%s", exc)
         return 2
+    except TrainingError as exc:  # out of memory, a diverged loss
+        log.error("%s", exc)
+        return 4
 
 
 if __name__ == "__main__":

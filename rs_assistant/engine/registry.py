@@ -45,6 +45,7 @@ BACKENDS: Mapping[str, str] = MappingProxyType(
         "florence2": "rs_assistant.engine.backends.florence2:Florence2Backend",
         "sam": "rs_assistant.engine.backends.sam:SamBackend",
         "clip": "rs_assistant.engine.backends.clip:ClipBackend",
+        "capret": "rs_assistant.engine.backends.capret:CapRetBackend",
         "openai": "rs_assistant.engine.backends.openai_backend:OpenAIBackend",
     }
 )

@@ -336,3 +336,28 @@ def write_shards(root: Path) -> Path:
                 add_member(tar, f"{key}.txt", shard_caption(key).encode())
                 add_member(tar, f"{key}.json", json.dumps({"key": key, "source": "fixture"}).encode())
     return root
+
+
+# --- four scene classes (the clip and capret recipes' overfitting fixture) ---------------------
+
+SCENE_CLASSES = (("forest", (20, 120, 30)), ("harbor", (30, 60, 200)), ("airport", (200, 200, 200)),
+                 ("farmland", (180, 150, 60)))
+
+
+def write_scene_classes(root: Path, image_dir: str = "images", splits: tuple[str, ...] = ("train",)) -> Path:
+    """``dataset_rsitmd.json`` and ``images/<class>_1.png``: four 32 x 32 images of clearly different
+    colours (a little seeded noise), two captions each that name the class, in each of ``splits``."""
+    rng = np.random.default_rng(0)
+    images = []
+    for split in splits:
+        for label, colour in SCENE_CLASSES:
+            pixels = np.clip(np.array(colour)[None, None] + rng.integers(-20, 20, (32, 32, 3)), 0, 255).astype("uint8")
+            filename = f"{label}_{split}.png"
+            (root / image_dir).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(root / image_dir / filename)
+            i = len(images)
+            images.append({"filename": filename, "imgid": i, "split": split, "sentids": [2 * i, 2 * i + 1],
+                           "sentences": [_sentence(f"a satellite image of {label}.", i, 2 * i),
+                                         _sentence(f"an aerial view of the {label}.", i, 2 * i + 1)]})
+    write_json(root / "dataset_rsitmd.json", {"images": images, "dataset": "rsitmd"})
+    return root

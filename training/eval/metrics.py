@@ -160,3 +160,26 @@ def recall_at_k(similarity: np.ndarray, ground_truth: Sequence[set[int] | int], 
         out[f"R@{k}"] = float(np.mean(hits))
     out["mR"] = float(np.mean([out[f"R@{k}"] for k in ks]))
     return out
+
+
+def image_text_retrieval(similarity: np.ndarray, text_image: Sequence[int], ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """Cross-modal retrieval as RSICD/RSITMD papers (and GeoRSCLIP) report it.
+
+    ``similarity`` is images x texts; ``text_image[j]`` is the image that text j describes (each image
+    has several texts). Text retrieval (an image queries the texts, a hit when any of its own texts
+    is in the top K) gives ``i2t_R@K``; image retrieval (a text queries the images) gives ``t2i_R@K``;
+    ``mR`` is the mean of all six recalls (the papers' "mean recall", also written mR or R_mean).
+    """
+    sim = np.asarray(similarity, dtype=np.float64)
+    owners = np.asarray(text_image, dtype=np.int64)
+    if sim.ndim != 2 or sim.shape[1] != len(owners):
+        raise ValueError(f"similarity {sim.shape} does not match {len(owners)} texts")
+    if len(owners) and (owners.min() < 0 or owners.max() >= sim.shape[0]):
+        raise ValueError(f"text_image names images outside 0..{sim.shape[0] - 1}")
+    texts_of = [set(np.flatnonzero(owners == i).tolist()) for i in range(sim.shape[0])]
+    i2t = recall_at_k(sim, texts_of, ks)
+    t2i = recall_at_k(sim.T, owners.tolist(), ks)
+    out = {f"i2t_R@{k}": i2t[f"R@{k}"] for k in ks}
+    out.update({f"t2i_R@{k}": t2i[f"R@{k}"] for k in ks})
+    out["mR"] = float(np.mean([out[f"{d}_R@{k}"] for d in ("i2t", "t2i") for k in ks]))
+    return out

@@ -1,0 +1,1 @@
+"""The capret recipe: RS-CapRet (frozen CLIP + frozen LLM + trained linear bridge and [RET] retrieval)."""
