@@ -60,13 +60,14 @@ if [ ! -f "$stamp" ]; then
       || die "could not install the CUDA build of torch 2.13.0 (set TORCH_INDEX_URL?)"
   fi
   log=$(mktemp)
-  if ! "$VENV/bin/pip" install "${pip_args[@]}" -r requirements/engine.in -r requirements/training.in -r requirements/dev.in >"$log" 2>&1; then
+  if ! "$VENV/bin/pip" install "${pip_args[@]}" -r requirements/engine.in -r requirements/training.in -r requirements/distributed.in -r requirements/dev.in >"$log" 2>&1; then
     grep -v "is ignored: it is neither" "$log" | tail -15 >&2
     grep -qi "connection\|network\|resolve" "$log" && die "pip could not reach the package index (no network?): see $log"
     die "pip install failed: see $log"
   fi
   "$VENV/bin/python" - <<'PY' || die "the installed packages do not import together (see above)"
 import numpy, torch, transformers, rasterio, fastapi, uvicorn, shapely, pyproj
+import ray  # batch jobs on a Ray cluster (--ray-address)
 from osgeo import gdal_array  # QGIS Processing needs it: breaks under numpy 2
 assert numpy.__version__.startswith("1.24"), f"numpy {numpy.__version__} in .venv: must stay at 1.24"
 PY
