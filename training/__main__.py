@@ -4,17 +4,22 @@ Runs a training recipe with a TOML config; ``--set`` overrides a key (dotted key
 tables, values are read as TOML and fall back to a string: ``--set max_steps=100 --set
 mix.change=0.3 --set out=/tmp/rsa``). A recipe resumes from its last checkpoint unless
 ``--fresh``; SIGTERM or Ctrl-C saves a checkpoint and stops. Under ``torchrun`` the shared
-recipes (clip, capret) run data-parallel over every process (training/loop.py).
+recipes (all but default) run data-parallel over every process (training/loop.py).
 
 Recipes (each has ``tiny.toml`` for a CPU in seconds and a paper-sized config; training/README.md):
 
 - ``default``: the built-in RSA model on the Synthetic Earth (training/recipes/default);
 - ``clip``: GeoRSCLIP/SkyCLIP continued contrastive training of a CLIP, full or LoRA (recipes/clip);
 - ``capret``: RS-CapRet, a frozen CLIP and a frozen LLM joined by a trained linear bridge, with a
-  ``[RET]`` token for retrieval (recipes/capret).
+  ``[RET]`` token for retrieval (recipes/capret);
+- ``grounding``: SkyEyeGPT/GeoChat-style instruction tuning of the RSA model, LoRA, boxes as location
+  tokens (recipes/grounding);
+- ``segment``: GeoPix, ``[SEG]`` tokens driving the RSA mask decoder with its class-wise memory, LoRA
+  (recipes/segment);
+- ``change``: DeltaVLM, bi-temporal encoder, difference module, instruction-aware Q-Former, frozen LLM;
+  change captioning and ChangeChat conversations (recipes/change).
 
-``grounding``, ``change``, ``segment``, ``moe`` and ``rag`` are named but not implemented yet: they
-exit with status 2 and say so.
+``moe`` and ``rag`` are named but not implemented yet: they exit with status 2 and say so.
 """
 
 from __future__ import annotations
@@ -61,12 +66,12 @@ RECIPES: dict[str, Callable[[dict[str, Any], bool], int]] = {
     "default": _run_default,
     "clip": _run_shared("training.recipes.clip.train"),
     "capret": _run_shared("training.recipes.capret.train"),
+    "grounding": _run_shared("training.recipes.grounding.train"),
+    "segment": _run_shared("training.recipes.segment.train"),
+    "change": _run_shared("training.recipes.change.train"),
 }
 #: Recipes of issue 6 that are planned but not written; training/README.md says what each will reproduce.
 NOT_IMPLEMENTED: dict[str, str] = {
-    "grounding": "SkyEyeGPT/GeoChat-style visual grounding (DIOR-RSVG, RSVG)",
-    "change": "Chg2Cap/DeltaVLM-style change captioning (LEVIR-CC, SECOND-CC)",
-    "segment": "GeoPix/LISA-style reasoning segmentation with a [SEG] token",
     "moe": "a mixture-of-experts RS vision-language model",
     "rag": "retrieval-augmented captioning/QA over an image-text index",
 }

@@ -361,3 +361,95 @@ def write_scene_classes(root: Path, image_dir: str = "images", splits: tuple[str
                                          _sentence(f"an aerial view of the {label}.", i, 2 * i + 1)]})
     write_json(root / "dataset_rsitmd.json", {"images": images, "dataset": "rsitmd"})
     return root
+
+
+# --- GeoPixInstruct-style COCO masks over images that show their objects (the segment recipe) -------
+
+# (file name, [(category id, (row0, row1, col0, col1), encoding, description or None)]) on 32 x 32 images:
+# planes are red squares, storage tanks blue rectangles, on a grey ground; each mask is its shape.
+GEOPIX_SIZE = 32
+GEOPIX_CATEGORIES = {1: ("plane", RED), 2: ("storage tank", BLUE)}
+GEOPIX_IMAGES = (
+    ("P0101_0000.png", [(1, (4, 12, 4, 12), "rle_string", "the plane at the top left"),
+                        (2, (18, 28, 16, 30), "rle_list", None)]),
+    ("P0102_0000.png", [(1, (16, 28, 2, 10), "polygon", "the plane at the bottom left")]),
+    ("P0103_0000.png", [(2, (2, 10, 20, 30), "rle_string", "the storage tank at the top right")]),
+)
+
+
+def geopix_masks() -> dict[int, np.ndarray]:
+    """Annotation id -> its mask (ids 1, 2, ... in GEOPIX_IMAGES order)."""
+    out, next_id = {}, 1
+    for _name, objects in GEOPIX_IMAGES:
+        for _category, (r0, r1, c0, c1), _encoding, _text in objects:
+            mask = np.zeros((GEOPIX_SIZE, GEOPIX_SIZE), dtype=bool)
+            mask[r0:r1, c0:c1] = True
+            out[next_id] = mask
+            next_id += 1
+    return out
+
+
+def write_geopix_coco(root: Path) -> Path:
+    """``instances.json`` (COCO: compressed and uncompressed RLE, polygons, referring descriptions) and
+    ``images/`` whose pixels show the objects; returns the JSON's path."""
+    from pycocotools import mask as mask_utils
+
+    masks = geopix_masks()
+    images, annotations, next_id = [], [], 1
+    for image_id, (name, objects) in enumerate(GEOPIX_IMAGES, 1):
+        pixels = np.full((GEOPIX_SIZE, GEOPIX_SIZE, 3), 128, dtype=np.uint8)
+        for category, (r0, r1, c0, c1), encoding, text in objects:
+            pixels[r0:r1, c0:c1] = GEOPIX_CATEGORIES[category][1]
+            mask = masks[next_id]
+            if encoding == "rle_string":
+                encoded = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+                segmentation = {"size": [GEOPIX_SIZE, GEOPIX_SIZE], "counts": encoded["counts"].decode("ascii")}
+            elif encoding == "rle_list":
+                segmentation = {"size": [GEOPIX_SIZE, GEOPIX_SIZE], "counts": uncompressed_rle(mask)}
+            else:
+                segmentation = [[c0, r0, c1, r0, c1, r1, c0, r1]]
+            annotation = {"id": next_id, "image_id": image_id, "category_id": category, "iscrowd": 0,
+                          "area": int(mask.sum()), "bbox": [c0, r0, c1 - c0, r1 - r0], "segmentation": segmentation}
+            if text:
+                annotation["description"] = text
+            annotations.append(annotation)
+            next_id += 1
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(root / "images" / name)
+        images.append({"id": image_id, "file_name": name, "width": GEOPIX_SIZE, "height": GEOPIX_SIZE})
+    categories = [{"id": i, "name": n, "supercategory": "object"} for i, (n, _c) in GEOPIX_CATEGORIES.items()]
+    return write_json(root / "instances.json", {"images": images, "categories": categories, "annotations": annotations})
+
+
+# --- LEVIR-CC pairs whose pixels show what changed (the change recipe) ------------------------------
+
+# (file name, changeflag, (row0, row1, col0, col1) of the building drawn on B or None, captions)
+LEVIR_CHANGE_PAIRS = (
+    ("train_000101.png", 1, (2, 14, 2, 14), (" a building appears at the top left .", " a house is built at the top left .")),
+    ("train_000102.png", 1, (18, 30, 16, 30), (" a building appears at the bottom right .",
+                                                " a house is built at the bottom right .")),
+    ("train_000103.png", 0, None, (" there is no difference .", " the scene is the same as before .")),
+    ("train_000104.png", 0, None, (" there is no difference .", " nothing has changed .")),
+)
+LEVIR_GROUNDS = ((40, 120, 40), (120, 100, 60), (60, 140, 70), (100, 90, 50))
+
+
+def write_levir_cc_pairs(root: Path, split: str = "train") -> Path:
+    """``LevirCCcaptions.json`` (with ``changeflag``) and ``images/<split>/{A,B}/`` of 32 x 32 PNGs: A is a
+    field; B is the same field, with a white building where the pair changed."""
+    images = []
+    rng = np.random.default_rng(1)
+    for i, ((filename, flag, box, raws), ground) in enumerate(zip(LEVIR_CHANGE_PAIRS, LEVIR_GROUNDS)):
+        before = np.clip(np.array(ground)[None, None] + rng.integers(-10, 10, (32, 32, 3)), 0, 255).astype("uint8")
+        after = before.copy()
+        if box is not None:
+            r0, r1, c0, c1 = box
+            after[r0:r1, c0:c1] = 250
+        for folder, pixels in (("A", before), ("B", after)):
+            (root / "images" / split / folder).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(root / "images" / split / folder / filename)
+        images.append({"filepath": split, "filename": filename, "imgid": i, "split": split, "changeflag": flag,
+                       "sentids": [2 * i, 2 * i + 1],
+                       "sentences": [_sentence(raw, i, 2 * i + j) for j, raw in enumerate(raws)]})
+    write_json(root / "LevirCCcaptions.json", {"images": images})
+    return root

@@ -24,7 +24,8 @@ The parts, and the paper each follows (modeling_rsa.py has the details):
 - ``seg_token_id`` and ``mask_*``: GeoPix's ``[SEG]`` token, whose hidden state becomes the query
   of a small mask decoder over the patch features, with its optional class-wise memory;
 - ``delta_*`` and ``change_*``: DeltaVLM's cross-semantic difference module for bi-temporal pairs,
-  plus a changed/unchanged head.
+  plus a changed/unchanged head; ``delta_qformer_layers`` > 0 adds DeltaVLM's instruction-aware
+  Q-Former between the difference features and their bridge (off in every shipped config).
 
 The token ids (``image_token_id`` ...) default to the order build_tokenizer (processing_rsa.py)
 gives them; a tokenizer built otherwise (a pretrained LLM's, extended) sets them with
@@ -73,6 +74,8 @@ class RSAConfig(PreTrainedConfig):
     image_token_id: int = 6
     delta_token_id: int = 7
     seg_token_id: int = 8
+    user_token_id: int = 4  # <|user|> and <|assistant|>: where the instruction is, for the Q-Former
+    assistant_token_id: int = 5
     num_location_bins: int = 100  # SkyEyeGPT / Florence-2 style <loc_i> bins per image side
 
     # GeoPix mask decoder: [SEG] hidden state -> query over the patch features -> mask at 1/4 input.
@@ -86,6 +89,11 @@ class RSAConfig(PreTrainedConfig):
     # DeltaVLM cross-semantic difference module (bi-temporal pairs) and the changed/unchanged head.
     delta_layers: int = 1
     delta_heads: int = 4
+    # DeltaVLM's instruction-aware Q-Former (after InstructBLIP): num_image_tokens learned queries read
+    # the last user instruction (self-attention over queries + instruction) and then the difference
+    # features (cross-attention); their outputs replace the merged difference features as what the
+    # difference bridge reads. 0 layers: off (the difference tokens are the difference features).
+    delta_qformer_layers: int = 0
     # How the change head turns the difference features into one verdict: pool them first ("mean",
     # "max", or a learned "attention" over the patches), or "dense": the head scores every patch and
     # the verdict is the highest patch score (multiple-instance learning: a pair changed if any place
@@ -166,6 +174,8 @@ class RSAConfig(PreTrainedConfig):
                 f"mask_decoder_dim {self.mask_decoder_dim} must divide by mask_decoder_heads {self.mask_decoder_heads} "
                 f"and keep at least 4 channels after {self.mask_upsample_steps} upsampling steps"
             )
+        if self.delta_qformer_layers < 0:
+            raise ValueError(f"delta_qformer_layers must not be negative, got {self.delta_qformer_layers}")
         if self.vision_config.hidden_size % self.delta_heads:
             raise ValueError(f"vision hidden_size {self.vision_config.hidden_size} must divide by delta_heads {self.delta_heads}")
 
@@ -192,13 +202,14 @@ class RSAConfig(PreTrainedConfig):
 
     def bind_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
         """Take the special token ids and the vocabulary size from ``tokenizer`` (processing_rsa's tokens)."""
-        from rs_assistant.engine.models.rsa.processing_rsa import BOS, DELTA, EOS, IMAGE, PAD, SEG
+        from rs_assistant.engine.models.rsa.processing_rsa import ASSISTANT, BOS, DELTA, EOS, IMAGE, PAD, SEG, USER
 
-        ids = {token: tokenizer.convert_tokens_to_ids(token) for token in (IMAGE, DELTA, SEG, PAD, BOS, EOS)}
+        ids = {token: tokenizer.convert_tokens_to_ids(token) for token in (IMAGE, DELTA, SEG, PAD, BOS, EOS, USER, ASSISTANT)}
         missing = [token for token, i in ids.items() if i is None or i == tokenizer.unk_token_id]
         if missing:
             raise ValueError(f"the tokenizer lacks {', '.join(missing)}: build it with build_tokenizer or extend_tokenizer")
         self.image_token_id, self.delta_token_id, self.seg_token_id = ids[IMAGE], ids[DELTA], ids[SEG]
+        self.user_token_id, self.assistant_token_id = ids[USER], ids[ASSISTANT]
         self.text_config.pad_token_id, self.text_config.bos_token_id, self.text_config.eos_token_id = ids[PAD], ids[BOS], ids[EOS]
         self.text_config.vocab_size = max(int(self.text_config.vocab_size), len(tokenizer))
 

@@ -15,7 +15,9 @@ The whole forward pass, in order (sizes from configuration_rsa.RSAConfig):
    patches into one token (``token_merge``; InternVL's pixel shuffle keeps every feature while
    the LM reads s^2 fewer tokens). Each ``<image>`` placeholder run in the prompt is replaced by
    its image's T = P / s^2 tokens (a pair: the before image's, then the after image's), each
-   ``<delta>`` run by the T difference tokens (their own bridge). With ``projector_norm`` both
+   ``<delta>`` run by the T difference tokens (their own bridge). With ``delta_qformer_layers`` > 0
+   the difference bridge reads instead the T outputs of DeltaVLM's instruction-aware Q-Former:
+   T learned queries that read the last user instruction, then the difference features. With ``projector_norm`` both
    bridges end in a LayerNorm, so the visual tokens keep a fixed scale near the text embeddings'.
 4. **Language model**: any transformers causal LM (Qwen2 in the shipped configs) reads the
    merged embeddings and writes text. Boxes are written as location tokens (SkyEyeGPT, Zhan et
@@ -81,6 +83,7 @@ class RSAVisualFeatures(ModelOutput):
     class_logits: torch.Tensor | None = None  # [N, P, num_aux_classes] per image (pairs: 2B), with the aux head
     mask_detail: torch.Tensor | None = None  # [B, C, M, M] stem features at 1/4 (pairs: after - before), with mask_detail
     change_patch_logits: torch.Tensor | None = None  # [B, P], pairs with change_pooling "dense"
+    delta_features: torch.Tensor | None = None  # [B, P, D_vision] pairs with the Q-Former: read in embed()
 
 
 @dataclass
@@ -204,6 +207,57 @@ class RSADifferenceModule(nn.Module):
         return delta.mean(dim=1)
 
 
+class RSAQFormerLayer(nn.Module):
+    """One Q-Former step: the queries attend to themselves and the instruction, then to the difference features."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.self_norm = nn.LayerNorm(dim)
+        self.self_attention = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.cross_norm = nn.LayerNorm(dim)
+        self.context_norm = nn.LayerNorm(dim)
+        self.cross_attention = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.mlp = RSAFeedForward(dim, 4 * dim)
+
+    def forward(
+        self, queries: torch.Tensor, instruction: torch.Tensor, padding: torch.Tensor, features: torch.Tensor
+    ) -> torch.Tensor:
+        q = self.self_norm(queries)
+        both = torch.cat([q, instruction], dim=1)
+        keep = torch.cat([torch.zeros(padding.shape[0], q.shape[1], dtype=torch.bool, device=padding.device), padding], 1)
+        read, _ = self.self_attention(q, both, both, key_padding_mask=keep, need_weights=False)
+        queries = queries + read
+        context = self.context_norm(features)
+        read, _ = self.cross_attention(self.cross_norm(queries), context, context, need_weights=False)
+        queries = queries + read
+        return queries + self.mlp(queries)
+
+
+class RSAInstructionQFormer(nn.Module):
+    """DeltaVLM's instruction-aware Q-Former (InstructBLIP's, small): instruction + difference -> T tokens.
+
+    The instruction's token embeddings are projected to the vision width; the output has the
+    merged width the difference bridge reads (``token_merge``^2 x the vision width).
+    """
+
+    def __init__(self, config: RSAConfig):
+        super().__init__()
+        dim = config.vision_config.hidden_size
+        self.queries = nn.Parameter(torch.empty(config.num_image_tokens, dim))
+        self.instruction_proj = nn.Linear(config.text_config.hidden_size, dim)
+        self.layers = nn.ModuleList(RSAQFormerLayer(dim, config.delta_heads) for _ in range(config.delta_qformer_layers))
+        self.norm = nn.LayerNorm(dim)
+        self.out = nn.Linear(dim, dim * config.token_merge**2)
+
+    def forward(self, instruction: torch.Tensor, padding: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """``instruction [B, L, D_text]`` (``padding [B, L]`` True where absent), ``features [B, P, D]`` -> ``[B, T, s*s*D]``."""
+        instruction = self.instruction_proj(instruction.to(features.dtype))
+        queries = self.queries.unsqueeze(0).expand(features.shape[0], -1, -1)
+        for layer in self.layers:
+            queries = layer(queries, instruction, padding, features)
+        return self.out(self.norm(queries))
+
+
 class RSAClassMemory(nn.Module):
     """GeoPix's class-wise learnable memory: slots per land-cover class that features read from.
 
@@ -302,6 +356,8 @@ class RSAPreTrainedModel(PreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, RSAClassMemory):
             init.normal_(module.memory, std=self.config.initializer_range)
+        elif isinstance(module, RSAInstructionQFormer):
+            init.normal_(module.queries, std=self.config.initializer_range)
         elif isinstance(module, RSAMaskDecoder):
             init.normal_(module.position, std=self.config.initializer_range)
 
@@ -320,6 +376,7 @@ class RSAForConditionalGeneration(RSAPreTrainedModel):
         self.projector = RSAProjector(merged_dim, text_dim, config.projector_type, config.projector_norm)
         self.difference = RSADifferenceModule(vision_dim, config.delta_heads, config.delta_layers, config.change_pooling)
         self.delta_projector = RSAProjector(merged_dim, text_dim, config.projector_type, config.projector_norm)
+        self.delta_qformer = RSAInstructionQFormer(config) if config.delta_qformer_layers > 0 else None
         self.aux_class_head = nn.Linear(vision_dim, config.num_aux_classes) if config.num_aux_classes else None
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
         self.mask_decoder = RSAMaskDecoder(config)
@@ -408,7 +465,11 @@ class RSAForConditionalGeneration(RSAPreTrainedModel):
             return RSAVisualFeatures(tokens=tokens, mask_features=patches, class_logits=class_logits, mask_detail=detail)
         before, after = patches.unflatten(0, (-1, 2)).unbind(1)
         delta, change_logits, change_patch_logits = self.difference(before, after)
-        tokens = torch.cat([tokens.unflatten(0, (-1, 2)).flatten(1, 2), self.delta_projector(self._merge(delta))], dim=1)
+        if self.delta_qformer is None:
+            delta_tokens = self.delta_projector(self._merge(delta))
+        else:  # filled in by embed(), which sees the instruction
+            delta_tokens = tokens.new_zeros(tokens.shape[0] // 2, tokens.shape[1], tokens.shape[2])
+        tokens = torch.cat([tokens.unflatten(0, (-1, 2)).flatten(1, 2), delta_tokens], dim=1)
         if detail is not None:
             detail_before, detail_after = detail.unflatten(0, (-1, 2)).unbind(1)
             detail = detail_after - detail_before
@@ -419,6 +480,7 @@ class RSAForConditionalGeneration(RSAPreTrainedModel):
             class_logits=class_logits,
             mask_detail=detail,
             change_patch_logits=change_patch_logits,
+            delta_features=delta if self.delta_qformer is not None else None,
         )
 
     def _merge(self, patches: torch.Tensor) -> torch.Tensor:
@@ -441,7 +503,30 @@ class RSAForConditionalGeneration(RSAPreTrainedModel):
                 f"each prompt needs {want} image placeholder tokens for its image(s), found {found.tolist()}; "
                 "format prompts with RSAProcessor"
             )
-        return embeds.masked_scatter(slots.unsqueeze(-1), visual.tokens.to(embeds.dtype))
+        tokens = visual.tokens
+        if self.delta_qformer is not None and visual.delta_features is not None:
+            instruction, padding = self._instruction(input_ids, embeds)
+            delta = self.delta_projector(self.delta_qformer(instruction, padding, visual.delta_features))
+            tokens = torch.cat([tokens[:, : -delta.shape[1]], delta.to(tokens.dtype)], dim=1)
+        return embeds.masked_scatter(slots.unsqueeze(-1), tokens.to(embeds.dtype))
+
+    def _instruction(self, input_ids: torch.Tensor, embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The embeddings of each prompt's last user turn (between its last ``<|user|>`` and the next
+        ``<|assistant|>``, or the end), padded: ``[B, L, D_text]`` and ``padding [B, L]`` (True where absent)."""
+        spans = []
+        for row in input_ids.tolist():
+            users = [i for i, t in enumerate(row) if t == self.config.user_token_id]
+            start = users[-1] + 1 if users else len(row)
+            end = next((i for i in range(start, len(row)) if row[i] == self.config.assistant_token_id), len(row))
+            spans.append((start, max(end, start + 1) if start < len(row) else start))
+        length = max(max(e - s for s, e in spans), 1)
+        out = embeds.new_zeros(len(spans), length, embeds.shape[-1])
+        padding = torch.ones(len(spans), length, dtype=torch.bool, device=embeds.device)
+        for b, (s, e) in enumerate(spans):
+            out[b, : e - s] = embeds[b, s:e]
+            padding[b, : e - s] = False
+        padding[:, 0] = False  # an empty instruction attends to a zero vector rather than to nothing
+        return out, padding
 
     # --- masks ----------------------------------------------------------------------------------
 

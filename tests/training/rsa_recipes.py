@@ -1,0 +1,66 @@
+"""Helpers the RSA recipes' tests share (grounding, segment, change): config, log and served-feature reading."""
+
+from __future__ import annotations
+
+import base64
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from training.loop import LOG_FILE
+
+RECIPES = Path(__file__).parents[2] / "training" / "recipes"
+
+
+def tiny_values(recipe: str, tmp: Path, **changes: Any) -> dict[str, Any]:
+    values = tomllib.loads((RECIPES / recipe / "tiny.toml").read_text(encoding="utf-8"))
+    values.update(out=str(tmp / "model"), work_dir=str(tmp / "work"))
+    values.update(changes)
+    return values
+
+
+def cli_args(recipe: str, tmp: Path, **changes: Any) -> list[str]:
+    """``python -m training RECIPE --config tiny.toml --set ...`` arguments."""
+    args = [recipe, "--config", str(RECIPES / recipe / "tiny.toml"), "--set", f"out={tmp / 'model'}",
+            "--set", f"work_dir={tmp / 'work'}"]
+    for key, value in changes.items():
+        args += ["--set", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
+    return args
+
+
+def records(work_dir: str | Path) -> list[dict]:
+    return [json.loads(line) for line in (Path(work_dir) / LOG_FILE).read_text().splitlines()]
+
+
+def mean(log: list[dict], key: str, part: slice) -> float:
+    values = [r[key] for r in log[part]]
+    return sum(values) / len(values)
+
+
+def png(path: Path, size: tuple[int, int]) -> Any:
+    from rs_assistant.core.protocol import ImageRef
+
+    return ImageRef(extent=(0, 0, size[0], size[1]), crs="EPSG:3857", png_base64=base64.b64encode(path.read_bytes()).decode())
+
+
+def bounds(feature: dict) -> tuple[float, float, float, float]:
+    """(xmin, ymin, xmax, ymax) of a GeoJSON feature's geometry."""
+    points: list[tuple[float, float]] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, (list, tuple)) and node and isinstance(node[0], (int, float)):
+            points.append((float(node[0]), float(node[1])))
+        elif isinstance(node, (list, tuple)):
+            for child in node:
+                walk(child)
+
+    walk(feature["geometry"]["coordinates"])
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    return min(xs), min(ys), max(xs), max(ys)
+
+
+def models_file(tmp: Path, name: str, out: str | Path) -> Path:
+    path = tmp / "models.toml"
+    path.write_text(f'[models.{name}]\nbackend = "rsa"\npath = "{out}"\n', encoding="utf-8")
+    return path

@@ -1,0 +1,1 @@
+"""The grounding recipe: SkyEyeGPT/GeoChat-style instruction tuning of the RSA model (LoRA, location tokens)."""
