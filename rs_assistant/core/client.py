@@ -2,6 +2,7 @@
 
     client = EngineClient("http://127.0.0.1:8765", token="...", timeout=60)
     client.health(); client.models(); client.analyze(request)
+    done = client.batch(batch_request, on_event=print)    # a whole-layer job, event by event
 
 Every failure is a :class:`ProtocolError`: the engine's error JSON keeps its code, a refused
 or lost connection is ``ENGINE_UNREACHABLE``, a socket timeout is ``TIMEOUT``, and a call that
@@ -16,12 +17,16 @@ import logging
 import socket
 import threading
 import urllib.parse
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from rs_assistant.core.protocol import (
     AnalyzeRequest,
     AnalyzeResponse,
+    BatchEvent,
+    BatchRequest,
     ErrorCode,
     Health,
     ModelInfo,
@@ -68,6 +73,35 @@ class EngineClient:
     def analyze(self, request: AnalyzeRequest) -> AnalyzeResponse:
         return AnalyzeResponse.from_dict(self._call("POST", "/v1/analyze", body=request.to_json()))
 
+    def batch(self, request: BatchRequest, on_event: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        """Run a whole-layer job: ``on_event`` gets each streamed event (start, tile..., merged, ranked); returns ``done``.
+
+        The timeout applies to each line, not to the whole job: a job may run for hours as long as
+        the engine finishes a batch of tiles within the timeout. An ``error`` event raises its
+        ProtocolError; what ``on_event`` received before stays valid (resume with ``skip_tiles`` and ``pending``).
+        """
+        with self._connection() as call:
+            with self._mapped_errors(call):
+                response = self._send(call, "POST", self._prefix + "/v1/batch", request.to_json(), True, "application/x-ndjson")
+                payload = response.read() if response.status >= 400 else b""
+            if response.status >= 400:
+                return self._decode(response.status, payload)
+            while True:
+                with self._mapped_errors(call):
+                    line = response.readline()
+                if call.cancelled:
+                    raise ProtocolError(ErrorCode.CANCELLED, "request cancelled")
+                if not line:
+                    raise ProtocolError(ErrorCode.ENGINE_UNREACHABLE, f"the engine at {self.url} ended the job's stream before it was done")
+                event = self._event(line)
+                if event is None:
+                    continue
+                if event.get("event") == BatchEvent.ERROR.value:
+                    raise ProtocolError.from_dict(event)
+                on_event(event)
+                if event.get("event") == BatchEvent.DONE.value:
+                    return event
+
     def cancel(self) -> None:
         """Interrupts every call in flight on this client; they raise ``CANCELLED``. Thread-safe."""
         with self._lock:
@@ -85,30 +119,46 @@ class EngineClient:
 
     # --- plumbing -------------------------------------------------------------------------------
     def _call(self, method: str, path: str, body: str | None = None, auth: bool = True, timeout: float | None = None) -> Any:
+        with self._connection(timeout) as call:
+            with self._mapped_errors(call):
+                response = self._send(call, method, self._prefix + path, body, auth)
+                payload = response.read()
+            if call.cancelled:
+                raise ProtocolError(ErrorCode.CANCELLED, "request cancelled")
+        return self._decode(response.status, payload)
+
+    @contextmanager
+    def _connection(self, timeout: float | None = None) -> Iterator[_Call]:
+        """A new connection, registered so that :meth:`cancel` can interrupt it; closed afterwards."""
         call = _Call(http.client.HTTPConnection(self._host, self._port, timeout=timeout or self.timeout))
         with self._lock:
             self._active.append(call)
         try:
-            status, payload = self._exchange(call, method, self._prefix + path, body, auth)
+            yield call
         finally:
             with self._lock:
                 self._active.remove(call)
             call.connection.close()
-        return self._decode(status, payload)
 
-    def _exchange(self, call: _Call, method: str, path: str, body: str | None, auth: bool) -> tuple[int, bytes]:
-        headers = {"Accept": "application/json"}
+    def _send(
+        self, call: _Call, method: str, path: str, body: str | None, auth: bool, accept: str = "application/json"
+    ) -> http.client.HTTPResponse:
+        headers = {"Accept": accept}
         if body is not None:
             headers["Content-Type"] = "application/json"
         if auth and self._token:
             headers["Authorization"] = f"Bearer {self._token}"
+        call.connection.connect()
+        if call.cancelled:
+            raise ProtocolError(ErrorCode.CANCELLED, "request cancelled")
+        call.connection.request(method, path, body=body.encode("utf-8") if body is not None else None, headers=headers)
+        return call.connection.getresponse()
+
+    @contextmanager
+    def _mapped_errors(self, call: _Call) -> Iterator[None]:
+        """Socket and HTTP failures as ProtocolErrors: TIMEOUT, ENGINE_UNREACHABLE, or CANCELLED after :meth:`cancel`."""
         try:
-            call.connection.connect()
-            if call.cancelled:
-                raise ProtocolError(ErrorCode.CANCELLED, "request cancelled")
-            call.connection.request(method, path, body=body.encode("utf-8") if body is not None else None, headers=headers)
-            response = call.connection.getresponse()
-            payload = response.read()
+            yield
         except ProtocolError:
             raise
         except (TimeoutError, socket.timeout):
@@ -117,13 +167,22 @@ class EngineClient:
             raise ProtocolError(ErrorCode.TIMEOUT, f"the engine did not answer within {call.connection.timeout:g} s") from None
         except ConnectionRefusedError:
             raise ProtocolError(ErrorCode.ENGINE_UNREACHABLE, f"no engine is listening at {self.url}") from None
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, http.client.HTTPException, ValueError) as exc:
             if call.cancelled:
                 raise ProtocolError(ErrorCode.CANCELLED, "request cancelled") from None
             raise ProtocolError(ErrorCode.ENGINE_UNREACHABLE, f"lost the connection to the engine at {self.url}: {exc}") from None
-        if call.cancelled:
-            raise ProtocolError(ErrorCode.CANCELLED, "request cancelled")
-        return response.status, payload
+
+    def _event(self, line: bytes) -> dict[str, Any] | None:
+        """One NDJSON line of a job's stream; None for a blank line."""
+        if not line.strip():
+            return None
+        try:
+            event = json.loads(line)
+        except (ValueError, UnicodeDecodeError):
+            event = None
+        if not isinstance(event, dict) or "event" not in event:
+            raise ProtocolError(ErrorCode.ENGINE_UNREACHABLE, f"{self.url} streamed a line that is not a job event: {line[:200]!r}")
+        return event
 
     def _decode(self, status: int, payload: bytes) -> Any:
         try:

@@ -4,6 +4,7 @@
     /find <what>         grounding: boxes around <what>
     /segment <what>      masks of <what>
     /change [question]   compare the before and the after image
+    /search <what>       rank the layer's tiles by a description (a tiled job over the region or the layer)
     /ask <question>      chat about the region, with the conversation's history
     /help                the list of commands
     anything else        chat (free text)
@@ -23,6 +24,7 @@ class CommandKind(str, enum.Enum):
     SEGMENT = "segment"
     CHANGE = "change"
     ASK = "ask"
+    SEARCH = "search"
     HELP = "help"
     CHAT = "chat"
 
@@ -40,13 +42,15 @@ TASKS: dict[CommandKind, Task | None] = {
     CommandKind.CHANGE: Task.CHANGE,
     CommandKind.ASK: Task.CHAT,
     CommandKind.CHAT: Task.CHAT,
+    CommandKind.SEARCH: Task.RETRIEVE,
     CommandKind.HELP: None,
 }
 
 #: Commands that cannot run without an argument.
-NEEDS_ARGUMENT = frozenset({CommandKind.FIND, CommandKind.SEGMENT, CommandKind.ASK})
+NEEDS_ARGUMENT = frozenset({CommandKind.FIND, CommandKind.SEGMENT, CommandKind.ASK, CommandKind.SEARCH})
 #: The commands a person types, in the order /help lists them.
-SLASH_COMMANDS = (CommandKind.DESCRIBE, CommandKind.FIND, CommandKind.SEGMENT, CommandKind.CHANGE, CommandKind.ASK, CommandKind.HELP)
+SLASH_COMMANDS = (CommandKind.DESCRIBE, CommandKind.FIND, CommandKind.SEGMENT, CommandKind.CHANGE, CommandKind.ASK,
+                  CommandKind.SEARCH, CommandKind.HELP)
 
 
 class CommandError(Exception):
@@ -70,6 +74,11 @@ class Command:
     @property
     def needs_two_images(self) -> bool:
         return self.kind is CommandKind.CHANGE
+
+    @property
+    def is_batch(self) -> bool:
+        """A tiled job over the layer (``/search``) rather than one request about the region."""
+        return self.kind is CommandKind.SEARCH
 
     @property
     def title(self) -> str:

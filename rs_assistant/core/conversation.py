@@ -24,6 +24,7 @@ class Problem(str, enum.Enum):
     ENGINE_NOT_READY = "engine_not_ready"
     RENDER_FAILED = "render_failed"
     LAYER_WRITE_FAILED = "layer_write_failed"
+    NOT_A_LOCAL_FILE = "not_a_local_file"  # a tiled job (/search) needs a raster file the engine can read
 
 
 class TurnState(str, enum.Enum):

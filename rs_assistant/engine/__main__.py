@@ -1,6 +1,9 @@
 """python -m rs_assistant.engine serve [--host 127.0.0.1] [--port 0] [--models FILE] [--token-file F] [--device auto|cpu|cuda|mps]
 python -m rs_assistant.engine run --task TASK --image PATH [--image PATH] [--extent XMIN,YMIN,XMAX,YMAX]
     [--crs EPSG:N] [--prompt TEXT] [--model NAME] [--models FILE] [--device auto|cpu|cuda|mps]
+python -m rs_assistant.engine batch --task TASK --image PATH [--image PATH] [--extent XMIN,YMIN,XMAX,YMAX] [--crs EPSG:N]
+    [--prompt TEXT] [--tile-size N] [--overlap N] [--batch-size N] [--top-k N] [--model NAME] [--models FILE]
+    [--output FILE.geojsonl] [--ray-address ADDRESS [--workers N]] [--device auto|cpu|cuda|mps]
 
 ``serve`` binds its socket first (port 0: a free one), then prints exactly one line,
 ``READY http://HOST:PORT``, on stdout once it accepts requests; logs go to stderr. Every route but
@@ -11,6 +14,13 @@ token if absent; default: the user's config folder, rs_assistant/engine.token).
 Without --extent the whole raster is the region; without --crs the region is in the (first)
 raster's CRS, which is also the output CRS. Bad input prints the error JSON on stdout and exits 2;
 an engine fault exits 1.
+
+``batch`` runs a whole-layer job (caption, ground, segment, change or retrieve) over the raster, or
+the part of it in --extent (in --crs, default the raster's CRS; --crs is also the output CRS).
+It prints the /v1/batch events as NDJSON on stdout, or, with --output, writes every final
+feature (tile features, then the merged and ranked ones) to a GeoJSON-lines file and a progress
+line to stderr. --ray-address runs the tiles on a Ray cluster (rs_assistant.engine.distributed).
+Exit codes as for ``run``.
 """
 
 from __future__ import annotations
@@ -27,7 +37,16 @@ from typing import Sequence
 # times slower when another process holds a core, so they sleep instead (set before torch loads).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from rs_assistant.core.protocol import AnalyzeRequest, ErrorCode, ImageRef, ProtocolError, validate_extent  # noqa: E402
+from rs_assistant.core.protocol import (  # noqa: E402
+    AnalyzeRequest,
+    BatchEvent,
+    BatchRequest,
+    ErrorCode,
+    ImageRef,
+    Options,
+    ProtocolError,
+    validate_extent,
+)
 
 log = logging.getLogger("rs_assistant.engine")
 
@@ -44,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.command == "serve":
         return _serve(args)
+    if args.command == "batch":
+        return _batch(args)
     return _run(args)
 
 
@@ -61,7 +82,21 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--crs", help="CRS of --extent and of the output, e.g. EPSG:3857 (default: the first raster's)")
     run.add_argument("--prompt", default="", help="what to ask or find")
     run.add_argument("--model", default="default", help="a model name from the models file (default: default)")
-    for sub in (serve, run):
+    batch = commands.add_parser("batch", help="run a task over a whole raster, tile by tile; prints NDJSON events")
+    batch.add_argument("--task", required=True, help="caption, ground, segment, change or retrieve")
+    batch.add_argument("--image", action="append", required=True, help="a raster path; twice for change (before, after)")
+    batch.add_argument("--extent", help="XMIN,YMIN,XMAX,YMAX in --crs (default: the whole first raster)")
+    batch.add_argument("--crs", help="CRS of --extent and of the output (default: the first raster's)")
+    batch.add_argument("--prompt", default="", help="what to find, segment or search for")
+    batch.add_argument("--model", default="default", help="a model name from the models file (default: default)")
+    batch.add_argument("--tile-size", type=int, default=512, help="tile side in pixels of the first raster (default 512)")
+    batch.add_argument("--overlap", type=int, default=None, help="pixels shared by neighbouring tiles (default 64, at most a quarter tile)")
+    batch.add_argument("--batch-size", type=int, default=4, help="tiles per model call (default 4)")
+    batch.add_argument("--top-k", type=int, default=5, help="retrieve: how many tiles to rank (default 5)")
+    batch.add_argument("--output", type=Path, help="write the features to this GeoJSON-lines file instead of events to stdout")
+    batch.add_argument("--ray-address", help="run the tiles on this Ray cluster ('auto', 'ray://HOST:PORT')")
+    batch.add_argument("--workers", type=int, default=None, help="with --ray-address: how many model workers")
+    for sub in (serve, run, batch):
         sub.add_argument("--models", type=Path, default=None, help="models file (TOML); without it only 'default' exists")
         sub.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     return parser
@@ -114,6 +149,82 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT if exc.http_status < 500 else EXIT_ENGINE_FAULT
     print(json.dumps(response.to_dict(), indent=2), flush=True)
     return 0
+
+
+def _batch(args: argparse.Namespace) -> int:
+    from rs_assistant.engine.batch import run_job
+
+    executor = None
+    try:
+        request = _batch_request(args)
+        executor = _ray_executor(args) if args.ray_address else _engine(args)
+        events = run_job(executor, request)
+        last = _write_events(events, args.output)
+    except ProtocolError as exc:
+        last = {"event": BatchEvent.ERROR.value, **exc.to_dict()}
+        if args.output is None:
+            print(json.dumps(last), flush=True)
+    finally:
+        close = getattr(executor, "close", None)
+        if callable(close):
+            close()
+    if last.get("event") != BatchEvent.ERROR.value:
+        return 0
+    error = ProtocolError.from_dict(last)
+    if args.output is not None:
+        print(error.to_json(), flush=True)
+    return EXIT_BAD_INPUT if error.http_status < 500 else EXIT_ENGINE_FAULT
+
+
+def _batch_request(args: argparse.Namespace) -> BatchRequest:
+    crs = args.crs or _raster_region(args.image[0], None)[1]
+    return BatchRequest(
+        task=args.task,
+        sources=tuple(os.fspath(p) for p in args.image),
+        output_crs=crs,
+        model=args.model,
+        prompt=args.prompt,
+        extent=_parse_extent(args.extent) if args.extent else None,
+        extent_crs=args.crs if args.extent else None,
+        tile_size=args.tile_size,
+        overlap=args.overlap if args.overlap is not None else min(64, args.tile_size // 4),
+        batch_size=args.batch_size,
+        options=Options(top_k=args.top_k),
+    )
+
+
+def _ray_executor(args: argparse.Namespace):  # -> TileExecutor
+    try:
+        from rs_assistant.engine.distributed import make_ray_executor
+    except ImportError as exc:
+        raise ProtocolError(
+            ErrorCode.NOT_IMPLEMENTED, f"--ray-address needs rs_assistant.engine.distributed and Ray installed ({exc})"
+        ) from None
+    from rs_assistant.engine.device import choose_device
+
+    return make_ray_executor(args.ray_address, args.models, choose_device(args.device), args.workers)
+
+
+def _write_events(events, output: Path | None) -> dict:
+    """Print each event as a JSON line, or write the features to ``output`` with progress on stderr; the last event."""
+    last: dict = {}
+    sink = output.open("w", encoding="utf-8") if output is not None else None
+    try:
+        for event in events:
+            last = event
+            if sink is None:
+                print(json.dumps(event), flush=True)
+                continue
+            for feature in event.get("features", []) if isinstance(event.get("features"), list) else []:
+                sink.write(json.dumps(feature) + "\n")
+            if event["event"] == BatchEvent.TILE.value:
+                print(f"\rtile {event['done']}/{event['todo']}", end="", file=sys.stderr, flush=True)
+            elif event["event"] == BatchEvent.DONE.value:
+                print(f"\n{event['features']} feature(s) written to {output}", file=sys.stderr, flush=True)
+    finally:
+        if sink is not None:
+            sink.close()
+    return last
 
 
 def _images(paths: Sequence[str], extent_arg: str | None, crs: str | None) -> list[ImageRef]:

@@ -92,25 +92,97 @@ class _Grid:
 _Block = tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]]
 
 
-def read_image(ref: ImageRef, max_side: int = 1024) -> Window:
-    """The window ``ref.extent`` (in ``ref.crs``), at the source's resolution but at most ``max_side`` pixels a side."""
+def read_image(ref: ImageRef, max_side: int = 1024, datasets: "DatasetCache | None" = None) -> Window:
+    """The window ``ref.extent`` (in ``ref.crs``), at the source's resolution but at most ``max_side`` pixels a side.
+
+    ``datasets`` keeps the source open between reads (tiled batch jobs read hundreds of windows of one file).
+    """
     if max_side < 1:
         raise ValueError(f"max_side must be positive, got {max_side}")
-    with _opened(ref) as src:
+    with _opened(ref, datasets) as src:
         grid = _grid_for(src, ref, max_side)
         return _read(src, grid, ref)
 
 
-def read_pair(before: ImageRef, after: ImageRef, max_side: int = 1024) -> tuple[Window, Window]:
+def read_pair(
+    before: ImageRef, after: ImageRef, max_side: int = 1024, datasets: "DatasetCache | None" = None
+) -> tuple[Window, Window]:
     """Before and after on the before window's grid (same transform, size and CRS), so they are pixel-aligned.
 
     The after image's own extent only matters for a PNG (it places the picture); a raster is read under the before grid.
     """
-    first = read_image(before, max_side)
+    first = read_image(before, max_side, datasets)
     grid = _Grid(first.crs, first.transform, first.width, first.height)
-    with _opened(after) as src:
+    with _opened(after, datasets) as src:
         second = _read(src, grid, after)
     return first, second
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    """What a batch job needs to know of a raster before reading it: its grid and CRS."""
+
+    source: str
+    crs: str  # "EPSG:N" when the CRS has a code, else WKT
+    transform: affine.Affine
+    width: int
+    height: int
+    count: int
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        xs, ys = zip(*(self.transform * (c, r) for c in (0, self.width) for r in (0, self.height)))
+        return (min(xs), min(ys), max(xs), max(ys))
+
+
+def describe_raster(source: str) -> RasterInfo:
+    """The grid of a local raster file; the same errors as a read (SOURCE_NOT_FOUND, UNREADABLE_SOURCE)."""
+    ref = ImageRef(extent=(0, 0, 1, 1), crs="EPSG:4326", source=source)
+    with _opened(ref) as src:
+        epsg = src.crs.to_epsg()
+        crs = f"EPSG:{epsg}" if epsg and _same_crs(src, f"EPSG:{epsg}") else src.crs.to_wkt()
+        return RasterInfo(source, crs, src.transform, src.width, src.height, src.count)
+
+
+class DatasetCache:
+    """Datasets kept open between reads, for one thread (rasterio datasets are not thread-safe).
+
+    A file that changed on disk (size or modification time) is opened again; at most ``size`` stay open.
+    """
+
+    def __init__(self, size: int = 8):
+        self.size = size
+        self._open: dict[str, tuple[tuple[int, int], DatasetReader]] = {}
+
+    def get(self, source: str) -> DatasetReader | None:
+        entry = self._open.get(source)
+        if entry is None:
+            return None
+        if entry[0] != _stamp(source):
+            self._drop(source)
+            return None
+        return entry[1]
+
+    def put(self, source: str, dataset: DatasetReader) -> None:
+        if len(self._open) >= self.size:
+            self._drop(next(iter(self._open)))
+        self._open[source] = (_stamp(source), dataset)
+
+    def close(self) -> None:
+        for source in list(self._open):
+            self._drop(source)
+
+    def _drop(self, source: str) -> None:
+        _, dataset = self._open.pop(source)
+        dataset.close()
+
+
+def _stamp(source: str) -> tuple[int, int]:
+    try:
+        info = os.stat(source)
+    except OSError:
+        return (-1, -1)
+    return (info.st_size, info.st_mtime_ns)
 
 
 def decode_image_bytes(data: bytes) -> np.ndarray:
@@ -122,12 +194,18 @@ def decode_image_bytes(data: bytes) -> np.ndarray:
 
 
 @contextmanager
-def _opened(ref: ImageRef) -> Iterator[DatasetReader]:
+def _opened(ref: ImageRef, datasets: DatasetCache | None = None) -> Iterator[DatasetReader]:
     """The georeferenced dataset behind ``ref``; every GDAL failure inside the block becomes UNREADABLE_SOURCE."""
     parse_crs(ref.crs)
     name = _describe(ref)
     try:
-        with _open_png(ref) if ref.png_base64 is not None else _open_source(ref.source or "") as src:
+        if ref.png_base64 is not None:
+            opener = _open_png(ref)
+        elif datasets is not None:
+            opener = _open_cached(ref.source or "", datasets)
+        else:
+            opener = _open_source(ref.source or "")
+        with opener as src:
             if src.crs is None:
                 raise ProtocolError(ErrorCode.UNREADABLE_SOURCE, f"{name} has no coordinate reference system; georeference it first")
             yield src
@@ -138,12 +216,27 @@ def _opened(ref: ImageRef) -> Iterator[DatasetReader]:
 
 @contextmanager
 def _open_source(source: str) -> Iterator[DatasetReader]:
+    _check_source(source)
+    with rasterio.open(source) as src:
+        yield src
+
+
+def _check_source(source: str) -> None:
     if not _NOT_A_LOCAL_PATH.match(source) and not os.path.exists(source):
         raise ProtocolError(ErrorCode.SOURCE_NOT_FOUND, f"source {source!r} does not exist")
     if os.path.isdir(source):
         raise ProtocolError(ErrorCode.UNREADABLE_SOURCE, f"source {source!r} is a folder, not a raster file")
-    with rasterio.open(source) as src:
-        yield src
+
+
+@contextmanager
+def _open_cached(source: str, datasets: DatasetCache) -> Iterator[DatasetReader]:
+    """``source`` from ``datasets``, opened (and kept there) on first use; left open after the block."""
+    src = datasets.get(source)
+    if src is None:
+        _check_source(source)
+        src = rasterio.open(source)
+        datasets.put(source, src)
+    yield src
 
 
 @contextmanager

@@ -3,13 +3,20 @@
     python -m rs_assistant.engine serve --port 0 --token-file ~/.config/rs_assistant/engine.token
 
 Routes (../shared/DESIGN.md): ``GET /v1/health`` (no token), ``GET /v1/models``, ``POST /v1/analyze``,
-``GET /openapi.json`` and the OpenAI-compatible ``POST /v1/chat/completions``. Every route but
+``POST /v1/batch`` (a whole-layer job streamed back as NDJSON events), ``GET /openapi.json`` and the
+OpenAI-compatible ``POST /v1/chat/completions``. Every route but
 health needs ``Authorization: Bearer <token>``. Every error is ``{"error": {"code", "message"}}``
 with the status of protocol.HTTP_STATUS.
 
 Inference runs on worker threads. While it runs, the route polls the client: a client that
 disconnects, or a request that outlives ``request_timeout_s`` (504), sets the request's cancel
 Event, which the model's backend checks between generation steps.
+
+``/v1/batch`` checks the job (model, task, sources, extent) before it answers: a mistake is an
+ordinary JSON error with its 4xx status. Then it streams ``application/x-ndjson``, one event per
+line as it happens (protocol.BatchEvent); a failure mid-job is an ``error`` event. A job takes the
+model's lock per batch of tiles, so /v1/analyze requests to the same model interleave with it; it
+has no overall deadline, and a client that disconnects cancels it.
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ from rs_assistant import __version__
 from rs_assistant.core.protocol import (
     AnalyzeRequest,
     AnalyzeResponse,
+    BatchRequest,
     ErrorCode,
     Health,
     Message,
@@ -56,6 +64,7 @@ from rs_assistant.core.protocol import (
     Role,
     model_list_to_dict,
 )
+from rs_assistant.engine.batch import JobPlan, plan_job, stream_job
 from rs_assistant.engine.imagery import decode_image_bytes
 from rs_assistant.engine.service import ChatReply, Engine
 
@@ -135,10 +144,32 @@ class ModelList(TypedDict):
     models: list[ModelEntry]  # the same entries
 
 
+class BatchEventLine(TypedDict, total=False):
+    """One line of the /v1/batch stream; which fields it has depends on ``event`` (protocol.BatchEvent)."""
+
+    event: Literal["start", "tile", "merged", "ranked", "done", "error"]
+    job_id: str  # start
+    tiles: int  # start: tiles in the grid
+    todo: int  # start, tile: tiles this run does
+    crs: str  # start: the CRS of every feature
+    tile_size: int  # start
+    overlap: int  # start
+    tile: int  # tile: its id
+    done: int  # tile: tiles done so far in this run
+    text: str  # tile: its caption (may be empty)
+    features: Any  # tile, merged, ranked: a list of GeoJSON features; done: how many the job wrote
+    pending: list[dict[str, Any]]  # tile: seam pieces, final only after merged (keep them to resume)
+    tiles_done: int  # done
+    timing_ms: dict[str, float]  # done: read, infer, post
+    error: ErrorDetail  # error
+
+
 _SCHEMAS: dict[str, Any] = {
     "AnalyzeRequest": AnalyzeRequest,
     "AnalyzeResponse": AnalyzeResponse,
     "ModelList": ModelList,
+    "BatchRequest": BatchRequest,
+    "BatchEventLine": BatchEventLine,
     "Health": Health,
     "Error": Error,
     "ChatCompletionRequest": ChatCompletionRequest,
@@ -215,6 +246,17 @@ def create_app(
         analyze_request = AnalyzeRequest.from_dict(await _read_json(request, max_body_bytes))
         response = await in_worker(request, lambda cancel: engine.analyze(analyze_request, cancel))
         return JSONResponse(response.to_dict())
+
+    @app.post(
+        "/v1/batch",
+        summary="Run a task over a whole raster, tile by tile; streams NDJSON events (start, tile..., merged, ranked, done)",
+        openapi_extra=_request_body("BatchRequest"),
+        responses=_responses("BatchEventLine", media_type="application/x-ndjson"),
+    )
+    async def batch(request: Request) -> Response:
+        batch_request = BatchRequest.from_dict(await _read_json(request, max_body_bytes))
+        plan = await asyncio.get_running_loop().run_in_executor(executor, plan_job, engine, batch_request)
+        return StreamingResponse(_batch_stream(request, executor, engine, plan), media_type="application/x-ndjson")
 
     @app.post(
         "/v1/chat/completions",
@@ -315,6 +357,30 @@ async def _run_cancellable(
     finally:
         if not future.done():
             future.cancel()  # still queued for a worker: it will not start; running: it sees `cancel`
+
+
+# --- /v1/batch ---------------------------------------------------------------------------------
+
+
+async def _batch_stream(request: Request, pool: ThreadPoolExecutor, engine: Engine, plan: JobPlan) -> AsyncIterator[bytes]:
+    """The job's events as NDJSON lines, each sent as soon as it exists; a client that leaves cancels the job."""
+    cancel = threading.Event()
+    events = stream_job(engine, plan, cancel)
+    loop = asyncio.get_running_loop()
+    try:
+        while True:
+            future = loop.run_in_executor(pool, next, events, None)
+            while not (await asyncio.wait({future}, timeout=POLL_S))[0]:
+                if await request.is_disconnected():
+                    log.info("batch job %s: the client disconnected; cancelling", plan.job_id)
+                    cancel.set()
+                    return
+            event = future.result()
+            if event is None:
+                return
+            yield (json.dumps(event) + "\n").encode("utf-8")
+    finally:
+        cancel.set()  # the job's thread stops at its next check (no-op once the job has ended)
 
 
 # --- /v1/chat/completions ----------------------------------------------------------------------
@@ -432,10 +498,11 @@ def _request_body(schema: str) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": _ref(schema)}}}}
 
 
-def _responses(schema: str) -> dict[int | str, dict[str, Any]]:
+def _responses(schema: str, media_type: str = "application/json") -> dict[int | str, dict[str, Any]]:
     error = {"application/json": {"schema": _ref("Error")}}
+    success = "Success" if media_type == "application/json" else f"Success: a stream of {schema} objects, one per line"
     return {
-        200: {"description": "Success", "content": {"application/json": {"schema": _ref(schema)}}},
+        200: {"description": success, "content": {media_type: {"schema": _ref(schema)}}},
         "4XX": {"description": "The caller's mistake (bad input, unknown model, missing token, ...)", "content": error},
         "5XX": {"description": "The engine's own fault, or a timeout", "content": error},
     }

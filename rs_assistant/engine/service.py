@@ -38,6 +38,7 @@ from rs_assistant import __version__
 from rs_assistant.core.protocol import (
     AnalyzeRequest,
     AnalyzeResponse,
+    BatchRequest,
     ErrorCode,
     FeatureKind,
     Health,
@@ -115,6 +116,53 @@ class Engine:
             return ChatReply(result.text, model, request_id, Timing(infer=_ms_since(started)))
 
         return self._guarded(what, answer)
+
+    # --- batch jobs (rs_assistant.engine.batch) ------------------------------------------------
+
+    def check_batch(self, request: BatchRequest) -> None:
+        """UNKNOWN_MODEL, UNSUPPORTED_TASK or BAD_CRS for a batch job, before any pixel is read."""
+        spec = self.registry.spec(request.model)
+        if request.task is Task.RETRIEVE:
+            backend = self.registry.backend(spec.name)
+            if not backend.searchable:
+                raise backend.search_unsupported()
+        else:
+            self._check_task(spec.name, request.task)
+        parse_crs(request.output_crs)
+        if request.extent_crs is not None:
+            parse_crs(request.extent_crs)
+
+    def run_batch(self, model: str, calls: Sequence[BackendCall]) -> list[BackendResult]:
+        """One batch of a job's tiles through the model, holding its lock for this batch only (so other requests interleave)."""
+        if not calls:
+            return []
+        spec = self.registry.spec(model)
+        task, cancel = calls[0].task, calls[0].cancel
+        own_tasks = type(self.registry.backend(spec.name)).tasks
+        if task is Task.SEGMENT and Task.SEGMENT not in own_tasks and spec.segmenter is not None:
+            return [self._ground_then_segment(spec.name, spec.segmenter, call) for call in calls]
+        backend = self.registry.backend(spec.name)
+        with self._model_lock(spec.name, cancel):
+            self._ensure_loaded(backend)
+            results = backend.run_batch(calls)
+        _raise_if_cancelled(cancel)
+        if len(results) != len(calls):
+            raise RuntimeError(f"backend {backend.name} answered {len(results)} result(s) for {len(calls)} call(s)")
+        return results
+
+    def embed_images(self, model: str, images: Sequence[np.ndarray], cancel: threading.Event) -> np.ndarray:
+        """The model's image embeddings (layer search), under its lock."""
+        backend = self.registry.backend(model)
+        with self._model_lock(model, cancel):
+            self._ensure_loaded(backend)
+            return np.asarray(backend.embed_images(images, cancel))
+
+    def score_text(self, model: str, embeddings: np.ndarray, text: str, cancel: threading.Event) -> np.ndarray:
+        """How well ``text`` describes each embedded image (higher is better), under the model's lock."""
+        backend = self.registry.backend(model)
+        with self._model_lock(model, cancel):
+            self._ensure_loaded(backend)
+            return np.asarray(backend.score_text(embeddings, text, cancel), np.float64).reshape(-1)
 
     # --- the steps -----------------------------------------------------------------------------
 

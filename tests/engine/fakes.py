@@ -21,6 +21,7 @@ EchoBackend:
 - change: a mask of the pixels whose RGB differs by more than 30 (summed) between before and after.
 BoxSegmenter.segment_boxes: the bright pixels inside each box.
 RankingBackend (retrieve): the images as whole-window boxes, brightest first, each naming its image.
+TileBackend (batch jobs): every batch task from the pixels, batched, with search embeddings (see its docstring).
 """
 
 from __future__ import annotations
@@ -232,8 +233,101 @@ fail_run = "/secret/path"
 backend = "tests.engine.fakes:RankingBackend"
 """
 
+#: The batch-job fake as a model named ``tiles``: ``write_models_file(path, extra=TILES_TOML)``.
+TILES_TOML = """
+[models.tiles]
+backend = "tests.engine.fakes:TileBackend"
+"""
+
 
 def write_models_file(path: Any, slow_s: float = 0.3, extra: str = "") -> Any:
     """MODELS_TOML (plus ``extra`` TOML) written to ``path``; returns ``path``."""
     path.write_text(MODELS_TOML.format(slow_s=slow_s) + extra, encoding="utf-8")
     return path
+
+
+class TileBackend(Backend):
+    """A batch-job stand-in answering every batch task from the pixels, deterministically, one batch per call.
+
+    - caption: describe(image); segment: one mask of the bright pixels (grey level 128 or more, whatever the
+      rest of the window; labelled with the prompt or "bright"); ground: one box per 4-connected bright blob
+      (score BRIGHT_SCORE); change: the pixels whose RGB differs by more than 30 (summed), text
+      ``"<n> changed pixel(s)"``.
+    - search: the embedding of a window is its mean red, green and blue (0-1); ``score_text`` is the mean of
+      the colour the text names ("red", "green", "blue") minus the mean of the other two, or the brightness.
+    - counters: ``batches`` (run_batch calls), ``batch_sizes``, ``embedded`` (images embedded).
+    - config: ``delay_s`` (per batch, checking cancel), ``fail_after`` (raise ValueError once that many
+      tiles were answered: the model failing mid-job).
+    """
+
+    name = "tiles"
+    tasks = frozenset({Task.CAPTION, Task.GROUND, Task.SEGMENT, Task.CHANGE})
+
+    def __init__(self, model_name: str, config: Any, device: str = "cpu"):
+        super().__init__(model_name, config, device)
+        self.delay_s = float(self.config.get("delay_s", 0.0))
+        self.fail_after = self.config.get("fail_after")
+        self.batches = 0
+        self.batch_sizes: list[int] = []
+        self.answered = 0
+        self.embedded = 0
+
+    def load(self) -> None:
+        pass
+
+    def run(self, call: BackendCall) -> BackendResult:
+        return self.run_batch([call])[0]
+
+    def run_batch(self, calls: Sequence[BackendCall]) -> list[BackendResult]:
+        self.batches += 1
+        self.batch_sizes.append(len(calls))
+        deadline = time.monotonic() + self.delay_s
+        while time.monotonic() < deadline:
+            if calls and calls[0].cancel.is_set():
+                raise ProtocolError(ErrorCode.CANCELLED, "tiles was cancelled")
+            time.sleep(0.01)
+        if self.fail_after is not None and self.answered + len(calls) > int(self.fail_after):
+            raise ValueError(f"the model broke after {self.answered} tiles (fail_after)")
+        self.answered += len(calls)
+        return [self._answer(call) for call in calls]
+
+    def _answer(self, call: BackendCall) -> BackendResult:
+        self.check_task(call.task)
+        image = call.images[0]
+        label = call.prompt or "bright"
+        if call.task is Task.CAPTION:
+            return BackendResult(text=describe(image))
+        bright = image.astype(np.float32).mean(axis=2) >= 128
+        if call.task is Task.SEGMENT:
+            mask = bright
+            found = [Detection(FeatureKind.MASK, label, BRIGHT_SCORE, mask=mask)] if mask.any() else []
+            return BackendResult(text=f"{len(found)} found", detections=found)
+        if call.task is Task.GROUND:
+            found = [Detection(FeatureKind.BOX, label, BRIGHT_SCORE, box=box) for box in blob_boxes(bright)]
+            return BackendResult(text=f"{len(found)} found", detections=found)
+        before, after = (img.astype(np.int32) for img in call.images)
+        changed = np.abs(after - before).sum(axis=2) > 30
+        found = [Detection(FeatureKind.CHANGE, "change", 1.0, mask=changed)] if changed.any() else []
+        return BackendResult(text=f"{int(changed.sum())} changed pixel(s)", detections=found)
+
+    def embed_images(self, images: Sequence[np.ndarray], cancel: threading.Event | None = None) -> np.ndarray:
+        self.embedded += len(images)
+        return np.array([image.reshape(-1, 3).mean(axis=0) / 255.0 for image in images], np.float32)
+
+    def score_text(self, embeddings: np.ndarray, text: str, cancel: threading.Event | None = None) -> np.ndarray:
+        words = text.lower().split()
+        for index, colour in enumerate(("red", "green", "blue")):
+            if colour in words:
+                others = [i for i in range(3) if i != index]
+                return embeddings[:, index] - embeddings[:, others].mean(axis=1)
+        return embeddings.mean(axis=1)
+
+
+def blob_boxes(mask: np.ndarray) -> list[tuple[float, float, float, float]]:
+    """(x0, y0, x1, y1) pixel boxes of the 4-connected blobs of ``mask``, in reading order."""
+    import rasterio.features
+    import shapely.geometry
+
+    pixels = mask.astype(np.uint8)
+    boxes = [shapely.geometry.shape(shape).bounds for shape, _ in rasterio.features.shapes(pixels, mask=mask, connectivity=4)]
+    return sorted((float(x0), float(y0), float(x1), float(y1)) for x0, y0, x1, y1 in boxes)

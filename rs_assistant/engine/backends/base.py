@@ -84,6 +84,38 @@ class Backend(abc.ABC):
     def run(self, call: BackendCall) -> BackendResult:
         """Answer one call. Check ``call.cancel`` between generation steps where possible."""
 
+    def run_batch(self, calls: Sequence[BackendCall]) -> list[BackendResult]:
+        """Answer several calls of one task (the tiles of a batch job), one result per call, in order.
+
+        This default answers them one at a time; backends that can batch their forward pass override it.
+        """
+        results = []
+        for call in calls:
+            if call.cancel.is_set():
+                raise ProtocolError(ErrorCode.CANCELLED, f"model '{self.model_name}': the batch was cancelled")
+            results.append(self.run(call))
+        return results
+
+    @property
+    def searchable(self) -> bool:
+        """Whether the backend can rank a layer's tiles by text (it implements embed_images and score_text)."""
+        cls = type(self)
+        return cls.embed_images is not Backend.embed_images and cls.score_text is not Backend.score_text
+
+    def embed_images(self, images: Sequence[np.ndarray], cancel: threading.Event | None = None) -> np.ndarray:
+        """N x ... float32 embeddings of RGB windows, for searching a layer by text (cached by the engine)."""
+        raise self.search_unsupported()
+
+    def score_text(self, embeddings: np.ndarray, text: str, cancel: threading.Event | None = None) -> np.ndarray:
+        """N similarities (higher is better) of ``text`` to images given by their :meth:`embed_images` embeddings."""
+        raise self.search_unsupported()
+
+    def search_unsupported(self) -> ProtocolError:
+        return ProtocolError(
+            ErrorCode.UNSUPPORTED_TASK,
+            f"model '{self.model_name}' (backend {self.name}) cannot search a layer by text: it has no image embeddings",
+        )
+
     def check_task(self, task: Task) -> None:
         if task not in self.tasks:
             supported = ", ".join(sorted(t.value for t in self.tasks))

@@ -294,6 +294,11 @@ class ClipBackend(Backend):
             out.append(F.normalize(features.pooler_output.float(), dim=-1).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.model.config.projection_dim), np.float32)
 
+    def score_text(self, embeddings: np.ndarray, text: str, cancel: threading.Event | None = None) -> np.ndarray:
+        """Cosine similarities of ``text`` to images given by their :meth:`embed_images` embeddings (a layer search)."""
+        query = self.embed_texts([text.strip()], cancel)[0]
+        return np.asarray(embeddings, np.float32).reshape(len(embeddings), -1) @ query
+
     def embed_texts(self, texts: Sequence[str], cancel: threading.Event | None = None) -> np.ndarray:
         """N x D float32 L2-normalised text embeddings (texts longer than the context are cut)."""
         self.ensure_loaded()

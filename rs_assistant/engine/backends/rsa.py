@@ -30,8 +30,10 @@ context raises PROMPT_TOO_LONG. The engine keeps serving other requests in each 
 from __future__ import annotations
 
 import logging
+import threading
 from collections import Counter
-from typing import ClassVar, Iterable
+from dataclasses import dataclass
+from typing import ClassVar, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -47,6 +49,7 @@ from rs_assistant.engine.device import attn_implementation, torch_dtype
 from rs_assistant.engine.models.rsa.modeling_rsa import RSAForConditionalGeneration, RSAVisualFeatures
 from rs_assistant.engine.models.rsa.processing_rsa import (
     DELTA,
+    EOS,
     IMAGE,
     PROCESSOR_FILE,
     SEG,
@@ -56,6 +59,9 @@ from rs_assistant.engine.models.rsa.processing_rsa import (
 )
 
 log = logging.getLogger(__name__)
+
+#: Windows per forward pass when embedding or scoring a layer's tiles for a search.
+SEARCH_BATCH = 16
 
 
 class RSABackend(Backend):
@@ -116,15 +122,34 @@ class RSABackend(Backend):
             )
 
     def run(self, call: BackendCall) -> BackendResult:
-        self.check_task(call.task)
+        return self.run_batch([call])[0]
+
+    def run_batch(self, calls: Sequence[BackendCall]) -> list[BackendResult]:
+        """Calls with the same task, prompt and image count run as one batch: one vision-encoder pass and one
+        batched greedy generation (every prompt of a group has the same length, so nothing is padded)."""
         self.ensure_loaded()
-        pair = len(call.images) == 2
+        groups: dict[tuple, list[int]] = {}
+        for index, call in enumerate(calls):
+            self.check_task(call.task)
+            history = tuple(call.history) if call.task is Task.CHAT else ()
+            key = (call.task, len(call.images), call.prompt, history, call.options.max_new_tokens)
+            groups.setdefault(key, []).append(index)
+        results: list[BackendResult] = [BackendResult()] * len(calls)
+        for indices in groups.values():
+            for index, result in zip(indices, self._run_group([calls[i] for i in indices])):
+                results[index] = result
+        return results
+
+    def _run_group(self, calls: Sequence[BackendCall]) -> list[BackendResult]:
+        first = calls[0]
+        pair = len(first.images) == 2
         try:
-            history = call.history if call.task is Task.CHAT else ()  # the other tasks are single turns
-            text = self.processor.format_prompt(call.task, call.prompt, history, pair=pair)
+            history = first.history if first.task is Task.CHAT else ()  # the other tasks are single turns
+            text = self.processor.format_prompt(first.task, first.prompt, history, pair=pair)
         except ValueError as exc:
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"model '{self.model_name}': {exc}") from None
-        batch = self.processor([text], [tuple(call.images) if pair else call.images[0]])
+        images = [tuple(call.images) if pair else call.images[0] for call in calls]
+        batch = self.processor([text] * len(calls), images, padding_side="left")
         length = int(batch["input_ids"].shape[1])
         if length >= self.context:
             raise ProtocolError(
@@ -138,52 +163,106 @@ class RSABackend(Backend):
                 batch["input_ids"].to(self.device),
                 attention_mask=batch["attention_mask"].to(self.device),
                 visual=visual,
-                max_new_tokens=min(call.options.max_new_tokens, self.context - length),
+                max_new_tokens=min(first.options.max_new_tokens, self.context - length),
                 do_sample=False,
-                stopping_criteria=StoppingCriteriaList([CancelCriteria(call.cancel)]),
+                stopping_criteria=StoppingCriteriaList([CancelCriteria(first.cancel)]),
                 return_dict_in_generate=True,
                 output_scores=True,
                 output_hidden_states=True,
             )
-        if call.cancel.is_set():
+        if any(call.cancel.is_set() for call in calls):
             raise cancelled(self)
-        height, width = call.images[0].shape[:2]
-        answer = self.processor.parse_answer(output.sequences[0].tolist(), (width, height))
+        results = []
         with torch.inference_mode():
-            return self._result(call, answer, output, visual, (width, height))
+            for sample, call in enumerate(calls):
+                height, width = call.images[0].shape[:2]
+                answer = self.processor.parse_answer(output.sequences[sample].tolist(), (width, height))
+                results.append(self._result(call, answer, _Generated(output, visual, sample), (width, height)))
+        return results
+
+    # --- search (batch jobs) ----------------------------------------------------------------------
+
+    def embed_images(self, images: Sequence[np.ndarray], cancel: threading.Event | None = None) -> np.ndarray:
+        """``[N, T, D]`` float32: each window's projected visual tokens, what the language model reads for it.
+
+        The RSA model has no contrastive head, so a layer search is retrieval *by the captioner*
+        (RS-CapRet): these tokens are cached per tile, and :meth:`score_text` asks how likely the
+        model finds the searched description as the tile's caption. Search is exposed through these
+        two methods for batch jobs only, not as the ``retrieve`` task of /v1/analyze, where a CLIP
+        model ranks a handful of windows better and faster.
+        """
+        self.ensure_loaded()
+        out = []
+        for start in range(0, len(images), SEARCH_BATCH):
+            if cancel is not None and cancel.is_set():
+                raise cancelled(self)
+            pixels = self.processor.pixel_values(list(images[start : start + SEARCH_BATCH]))
+            with torch.inference_mode():
+                visual = self.model.encode_images(pixels.to(self.device, self.model.dtype))
+            out.append(visual.tokens.float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.processor.num_image_tokens, 0), np.float32)
+
+    def score_text(self, embeddings: np.ndarray, text: str, cancel: threading.Event | None = None) -> np.ndarray:
+        """Mean log-probability per token of ``text`` as the caption of each embedded window (higher is better)."""
+        self.ensure_loaded()
+        sentence = " ".join(text.split())
+        if not sentence:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "a search needs a description to score the tiles by")
+        prompt = self.processor.format_prompt(Task.CAPTION, answer=sentence)
+        encoded = self.processor([prompt], [np.zeros((1, 1, 3), np.uint8)], return_labels=True)
+        if encoded["input_ids"].shape[1] >= self.context:
+            raise ProtocolError(ErrorCode.PROMPT_TOO_LONG, f"model '{self.model_name}': the description is too long to score")
+        labels = encoded["labels"][:, 1:].to(self.device)
+        labels[labels == self.processor.token_ids[EOS]] = -100  # the description, not where it ends
+        counted = (labels != -100).sum().clamp(min=1)
+        scores = []
+        for start in range(0, len(embeddings), SEARCH_BATCH):
+            if cancel is not None and cancel.is_set():
+                raise cancelled(self)
+            tokens = torch.from_numpy(np.asarray(embeddings[start : start + SEARCH_BATCH], np.float32))
+            count = tokens.shape[0]
+            ids = encoded["input_ids"].to(self.device).expand(count, -1)
+            with torch.inference_mode():
+                visual = RSAVisualFeatures(tokens=tokens.to(self.device, self.model.dtype))
+                logits = self.model.language_model(inputs_embeds=self.model.embed(ids, visual), use_cache=False).logits
+                logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+                wanted = labels.expand(count, -1)
+                picked = logprobs.gather(-1, wanted.clamp(min=0).unsqueeze(-1)).squeeze(-1) * (wanted != -100)
+            scores.append((picked.sum(dim=1) / counted).cpu().numpy())
+        return np.concatenate(scores) if scores else np.zeros(0, np.float32)
 
     def _result(
         self,
         call: BackendCall,
         answer: Answer,
-        output: GenerateDecoderOnlyOutput,
-        visual: RSAVisualFeatures,
+        generated: "_Generated",
         window: tuple[int, int],
     ) -> BackendResult:
         phrase = boxes.target_phrase(call.prompt) if call.task in (Task.GROUND, Task.SEGMENT) else ""
         detections = [
-            Detection(FeatureKind.BOX, b.label or phrase or "object", self._box_score(b, output), box=b.box)
+            Detection(FeatureKind.BOX, b.label or phrase or "object", self._box_score(b, generated), box=b.box)
             for b in answer.boxes
         ]
         if call.task is not Task.CHANGE:
-            detections += self._masks(answer, output, visual, window, FeatureKind.MASK, phrase or "object")
+            detections += self._masks(answer, generated, window, FeatureKind.MASK, phrase or "object")
             if call.task in (Task.GROUND, Task.SEGMENT):
                 return BackendResult(text=_summary(detections), detections=detections)
             return BackendResult(text=answer.text, detections=detections)
-        probability = float(torch.sigmoid(visual.change_logits[0]))
+        probability = float(torch.sigmoid(generated.visual.change_logits[generated.sample]))
         changed = probability >= 0.5
         text = f"{'changed' if changed else 'unchanged'} ({probability:.0%})" + (f": {answer.text}" if answer.text else "")
         if changed:
-            detections += self._masks(answer, output, visual, window, FeatureKind.CHANGE, "change", score=probability)
+            detections += self._masks(answer, generated, window, FeatureKind.CHANGE, "change", score=probability)
         return BackendResult(text=text, detections=detections)
 
-    def _box_score(self, located: LocatedPhrase, output: GenerateDecoderOnlyOutput) -> float:
+    def _box_score(self, located: LocatedPhrase, generated: "_Generated") -> float:
         """Mean over the box's four loc tokens of the probability within one bin of the bin written."""
+        output, sample = generated.output, generated.sample
         loc_ids = torch.tensor(self.processor.loc_ids, device=output.scores[0].device)
         masses = []
         for position in located.positions:
-            probs = torch.softmax(output.scores[position][0].float(), dim=-1)[loc_ids]
-            chosen = int(output.sequences[0, position])
+            probs = torch.softmax(output.scores[position][sample].float(), dim=-1)[loc_ids]
+            chosen = int(output.sequences[sample, position])
             centre = self.processor.loc_bins[chosen]
             masses.append(float(probs[max(centre - 1, 0) : centre + 2].sum()))
         return float(np.mean(masses))
@@ -191,8 +270,7 @@ class RSABackend(Backend):
     def _masks(
         self,
         answer: Answer,
-        output: GenerateDecoderOnlyOutput,
-        visual: RSAVisualFeatures,
+        generated: "_Generated",
         window: tuple[int, int],
         kind: FeatureKind,
         fallback_label: str,
@@ -205,8 +283,10 @@ class RSABackend(Backend):
         """
         if not answer.segments:
             return []
-        states, samples, steps = self.model.generated_seg_states(output)
-        logits = self.model.predict_masks(states, visual, samples)
+        states, samples, steps = self.model.generated_seg_states(generated.output)
+        mine = samples == generated.sample
+        states, samples, steps = states[mine], samples[mine], steps[mine]
+        logits = self.model.predict_masks(states, generated.visual, samples)
         width, height = window
         probabilities = torch.sigmoid(F.interpolate(logits[:, None].float(), size=(height, width), mode="bilinear")[:, 0])
         labels = {s.position: s.label for s in answer.segments} if kind is not FeatureKind.CHANGE else {}
@@ -221,6 +301,15 @@ class RSABackend(Backend):
             mask_score = float(probability[inside].mean()) if score is None else score
             detections.append(Detection(kind, labels.get(step) or fallback_label, mask_score, box=box, mask=mask))
         return detections
+
+
+@dataclass(frozen=True)
+class _Generated:
+    """One sample of a batched generation: the whole output, the images' features and which sample it is."""
+
+    output: GenerateDecoderOnlyOutput
+    visual: RSAVisualFeatures
+    sample: int
 
 
 def _names(items: Iterable[object]) -> str:
