@@ -688,6 +688,26 @@
             <source>this list</source>
             <translation>cette liste</translation>
         </message>
+        <message>
+            <source>A search runs over a raster file on this computer; this layer is not one (web, virtual or in-memory). Save it as a GeoTIFF first.</source>
+            <translation>Une recherche porte sur un fichier raster de cet ordinateur ; cette couche n’en est pas un (couche web, virtuelle ou en mémoire). Enregistrez-la d’abord en GeoTIFF.</translation>
+        </message>
+        <message>
+            <source>rank the layer's tiles (in the region, else the whole layer) by a description, e.g. /search a harbour with many boats</source>
+            <translation>classer les tuiles de la couche (dans la région, sinon toute la couche) selon une description, par ex. /search un port avec beaucoup de bateaux</translation>
+        </message>
+        <message>
+            <source>No tile matches “{description}”.</source>
+            <translation>Aucune tuile ne correspond à « {description} ».</translation>
+        </message>
+        <message>
+            <source>{rank}. tile {tile} ({score})</source>
+            <translation>{rank}. tuile {tile} ({score})</translation>
+        </message>
+        <message>
+            <source>Best matches for “{description}”: {matches}</source>
+            <translation>Meilleures correspondances pour « {description} » : {matches}</translation>
+        </message>
     </context>
     <context>
         <name>RSAssistantPlugin</name>
@@ -812,6 +832,231 @@
         <message>
             <source>No answer and nothing found.</source>
             <translation>Pas de réponse et rien trouvé.</translation>
+        </message>
+    </context>
+    <context>
+        <name>ProcessingEngine</name>
+        <message>
+            <source>The engine exited while starting (code {code}): {detail}</source>
+            <translation>Le moteur s’est arrêté pendant son démarrage (code {code}) : {detail}</translation>
+        </message>
+        <message>
+            <source>The engine did not start within {seconds:g} s.</source>
+            <translation>Le moteur n’a pas démarré en {seconds:g} s.</translation>
+        </message>
+        <message>
+            <source>The engine wrote no token to {path}.</source>
+            <translation>Le moteur n’a écrit aucun jeton dans {path}.</translation>
+        </message>
+        <message>
+            <source>Cannot start the engine with {python}: {error}</source>
+            <translation>Impossible de démarrer le moteur avec {python} : {error}</translation>
+        </message>
+    </context>
+    <context>
+        <name>BatchAlgorithm</name>
+        <message>
+            <source>The extent lies outside the raster.</source>
+            <translation>L’emprise est en dehors du raster.</translation>
+        </message>
+        <message>
+            <source>The tile size is larger than the engine allows.</source>
+            <translation>La taille des tuiles dépasse ce que le moteur accepte.</translation>
+        </message>
+        <message>
+            <source>The job needs a different number of rasters.</source>
+            <translation>Ce traitement demande un autre nombre de rasters.</translation>
+        </message>
+        <message>
+            <source>The CRS of the extent or of the raster is not known to the engine.</source>
+            <translation>Le moteur ne connaît pas le SCR de l’emprise ou du raster.</translation>
+        </message>
+        <message>
+            <source>The engine refused the parameters.</source>
+            <translation>Le moteur a refusé les paramètres.</translation>
+        </message>
+        <message>
+            <source>The engine failed while running the job.</source>
+            <translation>Le moteur a échoué pendant le traitement.</translation>
+        </message>
+        <message>
+            <source>Could not write to the output: {error}</source>
+            <translation>Impossible d’écrire dans la sortie : {error}</translation>
+        </message>
+        <message>
+            <source>Raster layer (a local file)</source>
+            <translation>Couche raster (un fichier local)</translation>
+        </message>
+        <message>
+            <source>What to look for</source>
+            <translation>Ce qu’il faut chercher</translation>
+        </message>
+        <message>
+            <source>Output</source>
+            <translation>Sortie</translation>
+        </message>
+        <message>
+            <source>Large areas</source>
+            <translation>Grandes zones</translation>
+        </message>
+        <message>
+            <source>Extent (empty: the whole raster)</source>
+            <translation>Emprise (vide : tout le raster)</translation>
+        </message>
+        <message>
+            <source>Model</source>
+            <translation>Modèle</translation>
+        </message>
+        <message>
+            <source>Tile size (pixels)</source>
+            <translation>Taille des tuiles (pixels)</translation>
+        </message>
+        <message>
+            <source>Overlap between tiles (pixels)</source>
+            <translation>Recouvrement entre tuiles (pixels)</translation>
+        </message>
+        <message>
+            <source>Tiles per model batch</source>
+            <translation>Tuiles par lot du modèle</translation>
+        </message>
+        <message>
+            <source>Score threshold</source>
+            <translation>Seuil de score</translation>
+        </message>
+        <message>
+            <source>Number of best tiles to return</source>
+            <translation>Nombre de meilleures tuiles à renvoyer</translation>
+        </message>
+        <message>
+            <source>Resume an interrupted run into the same output</source>
+            <translation>Reprendre une exécution interrompue dans la même sortie</translation>
+        </message>
+        <message>
+            <source>“{name}” is not a raster layer: choose a raster layer.</source>
+            <translation>« {name} » n’est pas une couche raster : choisissez une couche raster.</translation>
+        </message>
+        <message>
+            <source>“{name}” is not a raster file on this computer (a web, virtual or in-memory layer); the engine reads rasters itself. Save it as a GeoTIFF first and use that.</source>
+            <translation>« {name} » n’est pas un fichier raster sur cet ordinateur (couche web, virtuelle ou en mémoire) ; le moteur lit lui-même les rasters. Enregistrez-la d’abord en GeoTIFF et utilisez celui-ci.</translation>
+        </message>
+        <message>
+            <source>Resuming: {tiles} tile(s) and {features} feature(s) kept from the earlier run.</source>
+            <translation>Reprise : {tiles} tuile(s) et {features} entité(s) conservées de l’exécution précédente.</translation>
+        </message>
+        <message>
+            <source>{count} feature(s) that were not polygons were left out.</source>
+            <translation>{count} entité(s) qui n’étaient pas des polygones ont été écartées.</translation>
+        </message>
+        <message>
+            <source>{tiles} tile(s) in the grid, {todo} to do.</source>
+            <translation>{tiles} tuile(s) dans la grille, {todo} à traiter.</translation>
+        </message>
+        <message>
+            <source>Cancelled after {done} of {tiles} tile(s).</source>
+            <translation>Annulé après {done} tuile(s) sur {tiles}.</translation>
+        </message>
+        <message>
+            <source>The engine stopped answering after {done} of {tiles} tile(s) ({detail}).</source>
+            <translation>Le moteur a cessé de répondre après {done} tuile(s) sur {tiles} ({detail}).</translation>
+        </message>
+        <message>
+            <source>The {count} feature(s) written so far are kept; run the algorithm again with the same parameters to resume.</source>
+            <translation>Les {count} entité(s) déjà écrites sont conservées ; relancez l’algorithme avec les mêmes paramètres pour reprendre.</translation>
+        </message>
+    </context>
+    <context>
+        <name>DescribeTilesAlgorithm</name>
+        <message>
+            <source>Describe tiles</source>
+            <translation>Décrire les tuiles</translation>
+        </message>
+        <message>
+            <source>Cuts the raster (or the extent) into tiles and has the model describe each one. The output is the grid: one polygon per tile, in the raster's CRS, with its caption in the field “text”. An interrupted run resumes where it stopped when run again with the same parameters.</source>
+            <translation>Découpe le raster (ou l’emprise) en tuiles et fait décrire chacune par le modèle. La sortie est la grille : un polygone par tuile, dans le SCR du raster, avec sa description dans le champ « text ». Une exécution interrompue reprend où elle s’était arrêtée quand on la relance avec les mêmes paramètres.</translation>
+        </message>
+        <message>
+            <source>Described tiles</source>
+            <translation>Tuiles décrites</translation>
+        </message>
+    </context>
+    <context>
+        <name>FindObjectsAlgorithm</name>
+        <message>
+            <source>Find objects</source>
+            <translation>Trouver des objets</translation>
+        </message>
+        <message>
+            <source>Finds the objects described (e.g. “storage tanks”) over the whole raster or an extent, tile by tile with overlapping tiles; an object seen by two tiles is kept once. The output holds one box per object, in the raster's CRS, with its label and score.</source>
+            <translation>Trouve les objets décrits (par ex. « réservoirs ») sur tout le raster ou sur une emprise, tuile par tuile avec des tuiles qui se recouvrent ; un objet vu par deux tuiles n’est gardé qu’une fois. La sortie contient un rectangle par objet, dans le SCR du raster, avec son libellé et son score.</translation>
+        </message>
+        <message>
+            <source>Objects to find</source>
+            <translation>Objets à trouver</translation>
+        </message>
+        <message>
+            <source>Found objects</source>
+            <translation>Objets trouvés</translation>
+        </message>
+    </context>
+    <context>
+        <name>SegmentLayerAlgorithm</name>
+        <message>
+            <source>Segment layer</source>
+            <translation>Segmenter une couche</translation>
+        </message>
+        <message>
+            <source>Outlines the objects described (e.g. “buildings”) over the whole raster or an extent, tile by tile with overlapping tiles. Masks are merged across tiles, so that an object crossing a tile seam becomes one polygon. The output is in the raster's CRS.</source>
+            <translation>Détoure les objets décrits (par ex. « bâtiments ») sur tout le raster ou sur une emprise, tuile par tuile avec des tuiles qui se recouvrent. Les masques sont fusionnés d’une tuile à l’autre : un objet à cheval sur une limite de tuiles devient un seul polygone. La sortie est dans le SCR du raster.</translation>
+        </message>
+        <message>
+            <source>Objects to outline</source>
+            <translation>Objets à détourer</translation>
+        </message>
+        <message>
+            <source>Outlines</source>
+            <translation>Contours</translation>
+        </message>
+    </context>
+    <context>
+        <name>ChangeOverAreaAlgorithm</name>
+        <message>
+            <source>Change over area</source>
+            <translation>Changements sur une zone</translation>
+        </message>
+        <message>
+            <source>Compares a before and an after raster over the whole area or an extent, tile by tile (the after raster is read on the before raster's grid). The output holds the change polygons, merged across tile seams, and each tile with a caption of what changed in it (field “text”), in the before raster's CRS.</source>
+            <translation>Compare un raster avant et un raster après sur toute la zone ou sur une emprise, tuile par tuile (le raster après est lu sur la grille du raster avant). La sortie contient les polygones de changement, fusionnés d’une tuile à l’autre, et chaque tuile avec une description de ce qui y a changé (champ « text »), dans le SCR du raster avant.</translation>
+        </message>
+        <message>
+            <source>After (a local raster file)</source>
+            <translation>Après (un fichier raster local)</translation>
+        </message>
+        <message>
+            <source>Before (a local raster file)</source>
+            <translation>Avant (un fichier raster local)</translation>
+        </message>
+        <message>
+            <source>Changes</source>
+            <translation>Changements</translation>
+        </message>
+    </context>
+    <context>
+        <name>SearchLayerAlgorithm</name>
+        <message>
+            <source>Search layer by text</source>
+            <translation>Chercher dans une couche par texte</translation>
+        </message>
+        <message>
+            <source>Ranks the tiles of the raster (or the extent) by how well they match a description such as “a harbour with many boats” and returns the best ones as polygons with their rank (1 = best) and score. The engine computes a layer's image embeddings once and reuses them for later searches.</source>
+            <translation>Classe les tuiles du raster (ou de l’emprise) selon leur ressemblance avec une description comme « un port avec beaucoup de bateaux » et renvoie les meilleures sous forme de polygones avec leur rang (1 = la meilleure) et leur score. Le moteur calcule une seule fois les plongements d’image d’une couche et les réutilise pour les recherches suivantes.</translation>
+        </message>
+        <message>
+            <source>Description to search for</source>
+            <translation>Description à chercher</translation>
+        </message>
+        <message>
+            <source>Best matching tiles</source>
+            <translation>Tuiles les plus proches</translation>
         </message>
     </context>
 </TS>

@@ -102,6 +102,7 @@ class RSAssistantPlugin:
         self.engine.statusChanged.connect(self.dock.set_engine_status)
         QgsApplication.instance().aboutToQuit.connect(self.engine.stop)
 
+        from rs_assistant.processing.engine_connection import ENGINE
         from rs_assistant.processing.provider import RSAssistantProvider
         from rs_assistant.ui.mask_export_dialog import MaskExportDialog
 
@@ -110,6 +111,7 @@ class RSAssistantPlugin:
         )
         self.processing_provider = RSAssistantProvider()
         QgsApplication.processingRegistry().addProvider(self.processing_provider)
+        ENGINE.attach(self.engine)  # Processing jobs use the chat's engine while it runs
         log.info("RS Assistant loaded")
 
     # --- behaviour ------------------------------------------------------------------------------
@@ -153,8 +155,12 @@ class RSAssistantPlugin:
     # --- tear-down ------------------------------------------------------------------------------
     def unload(self) -> None:
         if self.processing_provider is not None:
+            from rs_assistant.processing.engine_connection import ENGINE
+
             QgsApplication.processingRegistry().removeProvider(self.processing_provider)
             self.processing_provider = None
+            ENGINE.detach(self.engine)
+            ENGINE.shutdown()  # the engine Processing started for itself, if any
         if self.mask_dialog is not None:
             self.mask_dialog.shutdown()
             self.mask_dialog.deleteLater()

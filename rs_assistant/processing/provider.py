@@ -11,11 +11,19 @@ from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
 from rs_assistant.core.paths import resource
+from rs_assistant.processing.alg_change_over_area import ChangeOverAreaAlgorithm
+from rs_assistant.processing.alg_describe_tiles import DescribeTilesAlgorithm
+from rs_assistant.processing.alg_find_objects import FindObjectsAlgorithm
 from rs_assistant.processing.alg_layer_to_mask import LayerToMaskAlgorithm
 from rs_assistant.processing.alg_mask_to_polygons import MaskToPolygonsAlgorithm
+from rs_assistant.processing.alg_search_layer import SearchLayerAlgorithm
+from rs_assistant.processing.alg_segment_layer import SegmentLayerAlgorithm
 
 PROVIDER_ID = "rs_assistant"
-ALGORITHMS: tuple[type[QgsProcessingAlgorithm], ...] = (LayerToMaskAlgorithm, MaskToPolygonsAlgorithm)
+ALGORITHMS: tuple[type[QgsProcessingAlgorithm], ...] = (
+    LayerToMaskAlgorithm, MaskToPolygonsAlgorithm,
+    DescribeTilesAlgorithm, FindObjectsAlgorithm, SegmentLayerAlgorithm, ChangeOverAreaAlgorithm, SearchLayerAlgorithm,
+)
 
 
 def tr(text: str) -> str:

@@ -9,6 +9,10 @@ The dock drives it, and so can a script (``make demo``'s headless path)::
     controller.ask("/find storage tanks")     # asynchronous: wait for busyChanged(False)
     controller.last_layers                    # the vector layers the answer made
 
+``/search <description>`` is a tiled batch job over the layer (the drawn region, else the whole
+layer) rather than one request: it reports ``progressChanged`` and its ranked tiles become a
+layer, listed in the answer.
+
 It never blocks the UI thread: images render in QGIS's render threads and the request runs in
 a QgsTask. Mistakes and failures end up in the conversation as typed errors on the turn.
 """
@@ -33,16 +37,28 @@ from qgis.PyQt.QtGui import QImage
 from rs_assistant.core.client import EngineClient
 from rs_assistant.core.commands import Command, CommandError, CommandErrorCode, CommandKind, parse_command
 from rs_assistant.core.conversation import Conversation, Problem, Region, Turn, TurnState
-from rs_assistant.core.protocol import AnalyzeRequest, AnalyzeResponse, ErrorCode, ModelInfo, Options, ProtocolError
+from rs_assistant.core.protocol import (
+    AnalyzeRequest,
+    AnalyzeResponse,
+    BatchRequest,
+    ErrorCode,
+    ModelInfo,
+    Options,
+    ProtocolError,
+    Task,
+)
 from rs_assistant.core.settings import Settings
+from rs_assistant.ui import texts
 from rs_assistant.ui.analyze_task import AnalyzeTask
 from rs_assistant.ui.background import BackgroundCall
-from rs_assistant.ui.imagery import PreparedImage, RegionImages, crs_id, layer_extent_in, rect_tuple
+from rs_assistant.ui.batch_task import BatchResult, BatchTask
+from rs_assistant.ui.imagery import PreparedImage, RegionImages, crs_id, layer_extent_in, local_file, rect_tuple
 from rs_assistant.ui.results import ResultLayerWriter, ResultWriteError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "default"
+SEARCH_TOP_K = 5
 
 
 class AssistantController(QObject):
@@ -53,6 +69,7 @@ class AssistantController(QObject):
     regionChanged = pyqtSignal()
     layersChanged = pyqtSignal()
     resultsAdded = pyqtSignal(list)  # list[QgsVectorLayer]
+    progressChanged = pyqtSignal(float)  # 0-100, batch jobs only
 
     def __init__(self, project: QgsProject, settings: Settings, canvas: QgsMapCanvas | None = None,
                  parent: QObject | None = None):
@@ -69,7 +86,7 @@ class AssistantController(QObject):
         self._region: QgsRectangle | None = None
         self._thumbnails: dict[int, list[QImage]] = {}
         self._images: RegionImages | None = None
-        self._task: AnalyzeTask | None = None
+        self._task: AnalyzeTask | BatchTask | None = None
         self._turn_id: int | None = None
 
     # --- engine ---------------------------------------------------------------------------------
@@ -184,7 +201,7 @@ class AssistantController(QObject):
             self.turnChanged.emit(turn.id)
             return turn
         layers = self._layers_for(command)
-        region = self.effective_region()
+        region = self._batch_region(layers[0]) if command.is_batch else self.effective_region()
         turn = self.conversation.ask(
             command.text, command,
             region=Region(rect_tuple(region), crs_id(self.project.crs())) if region is not None else None,
@@ -194,7 +211,10 @@ class AssistantController(QObject):
         problem = self._problem(command, layers, region)
         if problem is not None:
             return self._fail(turn.id, *problem)
-        self._start(turn.id, layers, region)
+        if command.is_batch:
+            self._start_batch(turn.id, layers[0])
+        else:
+            self._start(turn.id, layers, region)
         return self.conversation.get(turn.id)
 
     def cancel(self) -> None:
@@ -219,6 +239,8 @@ class AssistantController(QObject):
                 return Problem.SAME_BEFORE_AFTER, layers[0].name()
         elif layers[0] is None:
             return Problem.NO_IMAGE_LAYER, ""
+        elif command.is_batch and local_file(layers[0]) is None:
+            return Problem.NOT_A_LOCAL_FILE, layers[0].name()
         if region is None or region.isEmpty():
             return Problem.REGION_OUTSIDE_LAYER, ""
         for layer in layers:
@@ -235,6 +257,38 @@ class AssistantController(QObject):
         images.failed.connect(lambda message: self._finish(turn_id, error=(Problem.RENDER_FAILED, message)))
         self._images = images
         images.start()
+
+    def _batch_region(self, layer: QgsRasterLayer | None) -> QgsRectangle | None:
+        """A batch job covers the drawn region, else the whole layer (in the project CRS)."""
+        if self._region is not None:
+            return QgsRectangle(self._region)
+        if layer is None:
+            return None
+        return layer_extent_in(layer, self.project.crs(), self.project.transformContext())
+
+    def _start_batch(self, turn_id: int, layer: QgsRasterLayer) -> None:
+        self._set_busy(turn_id)
+        turn = self.conversation.get(turn_id)
+        project_crs = crs_id(self.project.crs())
+        try:
+            request = BatchRequest(
+                task=Task.RETRIEVE,
+                sources=(local_file(layer),),
+                output_crs=project_crs,
+                model=self._model,
+                prompt=turn.command.argument,
+                extent=rect_tuple(self._region) if self._region is not None else None,
+                extent_crs=project_crs if self._region is not None else None,
+                options=Options(top_k=SEARCH_TOP_K),
+            )
+        except ProtocolError as exc:
+            self._finish(turn_id, error=exc)
+            return
+        task = BatchTask(self.tr("RS Assistant: {question}").format(question=turn.question), self._client, request,
+                         lambda result, error: self._finish(turn_id, result, error))
+        task.progressChanged.connect(self.progressChanged)
+        self._task = task
+        QgsApplication.taskManager().addTask(task)
 
     def _on_images(self, turn_id: int, prepared: list[PreparedImage]) -> None:
         if self._turn_id != turn_id:
@@ -261,7 +315,7 @@ class AssistantController(QObject):
         self._task = task
         QgsApplication.taskManager().addTask(task)
 
-    def _finish(self, turn_id: int, response: AnalyzeResponse | None = None,
+    def _finish(self, turn_id: int, response: AnalyzeResponse | BatchResult | None = None,
                 error: ProtocolError | tuple[Problem, str] | None = None) -> None:
         if self._turn_id != turn_id:
             return
@@ -269,7 +323,10 @@ class AssistantController(QObject):
         self._images = None
         if response is not None:
             try:
-                self._answer(turn_id, response)
+                if isinstance(response, BatchResult):
+                    self._answer_search(turn_id, response)
+                else:
+                    self._answer(turn_id, response)
             except ResultWriteError as exc:
                 error = (Problem.LAYER_WRITE_FAILED, str(exc))
         if isinstance(error, ProtocolError):
@@ -285,9 +342,25 @@ class AssistantController(QObject):
         if response.feature_list:
             writer = ResultLayerWriter(self.project, self.settings.output_folder)
             layers = writer.write(response, turn.command.title, turn.question)
+        self._show_answer(turn_id, layers, response.text, model=response.model, request_id=response.request_id,
+                          feature_count=len(response.feature_list))
+
+    def _answer_search(self, turn_id: int, result: BatchResult) -> None:
+        turn = self.conversation.get(turn_id)
+        ranked = []
+        for feature in result.ranked:
+            props = feature.get("properties") or {}
+            ranked.append((int(props.get("rank", len(ranked) + 1)), props.get("tile"), float(props.get("score", 0.0))))
+        text = texts.search_answer(turn.command.argument, ranked)
+        layers = []
+        if result.ranked:
+            writer = ResultLayerWriter(self.project, self.settings.output_folder)
+            layers = writer.write_features(result.ranked, turn.command.title, turn.question, text, self._model, result.job_id)
+        self._show_answer(turn_id, layers, text, model=self._model, request_id=result.job_id, feature_count=len(result.ranked))
+
+    def _show_answer(self, turn_id: int, layers: list[QgsVectorLayer], text: str, **details) -> None:
         self.last_layers = layers
-        self.conversation.answer(turn_id, response.text, model=response.model, request_id=response.request_id,
-                                 feature_count=len(response.feature_list), result_layers=tuple(l.name() for l in layers))
+        self.conversation.answer(turn_id, text, result_layers=tuple(l.name() for l in layers), **details)
         self.turnChanged.emit(turn_id)
         if layers:
             self.resultsAdded.emit(layers)

@@ -62,6 +62,7 @@ class ChatDock(QDockWidget, _FORM):
         controller.turnChanged.connect(self._render)
         controller.conversationCleared.connect(self._render)
         controller.busyChanged.connect(self._on_busy)
+        controller.progressChanged.connect(self._on_progress)
         controller.modelsChanged.connect(self._on_models)
         controller.regionChanged.connect(self._show_region)
         controller.layersChanged.connect(self._on_layers_changed)
@@ -116,7 +117,12 @@ class ChatDock(QDockWidget, _FORM):
         for button in (self.describeButton, self.findButton, self.segmentButton, self.compareButton):
             button.setEnabled(not busy)
         self.progressBar.setVisible(busy)
+        self.progressBar.setMaximum(0)  # busy without a measure, until a batch job reports progress
         self.set_engine_status(self._engine_status)
+
+    def _on_progress(self, percent: float) -> None:
+        self.progressBar.setMaximum(100)
+        self.progressBar.setValue(int(percent))
 
     def set_engine_status(self, status: EngineStatus) -> None:
         self._engine_status = status

@@ -52,6 +52,7 @@ class EngineSupervisor(QObject):
         self._stderr_tail: deque[str] = deque(maxlen=20)
         self._health_failures = 0
         self._token_dir: Path | None = None
+        self._token = ""  # the token of the engine being verified or in use
         self._start_timer = QTimer(self, singleShot=True, timeout=self._on_start_timeout)
         self._restart_timer = QTimer(self, singleShot=True, timeout=self._launch)
         self._health_timer = QTimer(self, interval=self.HEALTH_INTERVAL_MS, timeout=self._check_health)
@@ -64,6 +65,11 @@ class EngineSupervisor(QObject):
     @property
     def client(self) -> EngineClient | None:
         return self._client
+
+    def connection(self) -> tuple[str, str] | None:
+        """(URL, token) of the ready engine, for other users of it (Processing); None while there is none."""
+        client = self._client
+        return (client.url, self._token) if client is not None else None
 
     @property
     def process_id(self) -> int | None:
@@ -112,6 +118,7 @@ class EngineSupervisor(QObject):
             self._set_status(EngineStatus(EngineState.ERROR, EngineFault.UNREACHABLE, exc.message))
             return
         self._probe = client
+        self._token = settings.engine_token
         self._verify(client)
         self._health_timer.start()
 
@@ -203,6 +210,7 @@ class EngineSupervisor(QObject):
             self._fail(EngineFault.NO_TOKEN, str(self._token_file()))
             return
         self._probe = EngineClient(url, token, self._settings.timeout_s)
+        self._token = token
         self._verify(self._probe)
         self._health_timer.start()
 

@@ -1,6 +1,7 @@
 """Answers with geometry become vector layers: one per feature kind, in the project CRS,
 written to a GeoPackage (next to the project, or a chosen folder), styled per kind, placed in
 the layer-tree group "RS Assistant". The answer's text goes into the layer's abstract.
+Tile layers (``/search``) also carry each tile's ``rank`` (1 = best) and ``text``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ GROUP_NAME = "RS Assistant"
 GEOPACKAGE = "rs_assistant_results.gpkg"
 FIELDS = "&".join(f"field={name}" for name in (
     "label:string", "score:double", "kind:string", "prompt:string", "model:string", "request_id:string", "created:datetime"))
+TILE_FIELDS = "&field=rank:integer&field=text:string"
 
 
 class ResultWriteError(Exception):
@@ -64,20 +66,25 @@ class ResultLayerWriter:
         return folder / GEOPACKAGE
 
     def write(self, response: AnalyzeResponse, title: str, prompt: str) -> list[QgsVectorLayer]:
+        return self.write_features(response.feature_list, title, prompt, response.text, response.model, response.request_id)
+
+    def write_features(self, features: list[dict], title: str, prompt: str, text: str, model: str,
+                       request_id: str) -> list[QgsVectorLayer]:
+        """GeoJSON features (in the project CRS) as one layer per kind; ``text`` becomes the abstract."""
         by_kind: dict[FeatureKind, list[dict]] = {}
-        for feature in response.feature_list:
+        for feature in features:
             by_kind.setdefault(FeatureKind(feature["properties"]["kind"]), []).append(feature)
         created = QDateTime.currentDateTimeUtc()
         layers = []
-        for kind, features in by_kind.items():
+        for kind, kind_features in by_kind.items():
             name = title if len(by_kind) == 1 else f"{title} ({kind.value})"
-            memory = self._memory_layer(kind, features, response, prompt, created)
+            memory = self._memory_layer(kind, kind_features, (model, request_id), prompt, created)
             layer = self._save(memory, name)
             message, styled = layer.loadNamedStyle(str(style_file(kind)))
             if not styled:
                 log.warning("no style for %s results: %s", kind.value, message)
             metadata = layer.metadata()
-            metadata.setAbstract(response.text)
+            metadata.setAbstract(text)
             layer.setMetadata(metadata)
             layers.append(layer)
         group = self._group()
@@ -86,10 +93,11 @@ class ResultLayerWriter:
             group.insertLayer(0, layer)
         return layers
 
-    def _memory_layer(self, kind: FeatureKind, features: list[dict], response: AnalyzeResponse, prompt: str,
+    def _memory_layer(self, kind: FeatureKind, features: list[dict], origin: tuple[str, str], prompt: str,
                       created: QDateTime) -> QgsVectorLayer:
         geometry = "Point" if kind is FeatureKind.POINT else "MultiPolygon"
-        layer = QgsVectorLayer(f"{geometry}?{FIELDS}", "result", "memory")
+        tile = kind is FeatureKind.TILE
+        layer = QgsVectorLayer(f"{geometry}?{FIELDS}{TILE_FIELDS if tile else ''}", "result", "memory")
         layer.setCrs(self._project.crs())  # the request asked the engine for the project CRS
         parsed = QgsJsonUtils.stringToFeatureList(json.dumps({"type": "FeatureCollection", "features": features}), QgsFields())
         out = []
@@ -100,8 +108,10 @@ class ResultLayerWriter:
             if kind is not FeatureKind.POINT:
                 geom.convertToMultiType()
             feature.setGeometry(geom)
-            feature.setAttributes([str(props["label"]), float(props["score"]), kind.value, prompt,
-                                   response.model, response.request_id, created])
+            attributes = [str(props["label"]), float(props["score"]), kind.value, prompt, *origin, created]
+            if tile:
+                attributes += [props.get("rank"), props.get("text")]
+            feature.setAttributes(attributes)
             out.append(feature)
         layer.dataProvider().addFeatures(out)
         return layer

@@ -26,6 +26,7 @@ def error_text(error: TurnError) -> str:
         Problem.ENGINE_NOT_READY: translate("Messages", "The engine is not ready yet. Wait until its status says ready, or check the settings."),
         Problem.RENDER_FAILED: translate("Messages", "The layer could not be rendered for the region."),
         Problem.LAYER_WRITE_FAILED: translate("Messages", "The answer arrived but its layer could not be written."),
+        Problem.NOT_A_LOCAL_FILE: translate("Messages", "A search runs over a raster file on this computer; this layer is not one (web, virtual or in-memory). Save it as a GeoTIFF first."),
         ErrorCode.ENGINE_UNREACHABLE: translate("Messages", "The engine cannot be reached."),
         ErrorCode.TIMEOUT: translate("Messages", "The engine did not answer in time. Try a smaller region or a longer timeout."),
         ErrorCode.CANCELLED: translate("Messages", "Cancelled."),
@@ -77,5 +78,17 @@ def help_lines() -> list[tuple[str, str]]:
         ("/segment <what>", translate("Messages", "outline objects as polygons, e.g. /segment buildings")),
         ("/change", translate("Messages", "compare the before and the after layer")),
         ("/ask <question>", translate("Messages", "ask about the region (plain text does the same)")),
+        ("/search <description>", translate("Messages", "rank the layer's tiles (in the region, else the whole layer) by a description, e.g. /search a harbour with many boats")),
         ("/help", translate("Messages", "this list")),
     ]
+
+
+def search_answer(description: str, ranked: list[tuple[int, int | None, float]]) -> str:
+    """The transcript line of a search: ``ranked`` holds (rank, tile, score), best first."""
+    translate = QCoreApplication.translate
+    if not ranked:
+        return translate("Messages", "No tile matches “{description}”.").format(description=description)
+    items = [translate("Messages", "{rank}. tile {tile} ({score})").format(
+        rank=rank, tile="?" if tile is None else tile, score=f"{score:.2f}") for rank, tile, score in ranked]
+    return translate("Messages", "Best matches for “{description}”: {matches}").format(
+        description=description, matches=", ".join(items))

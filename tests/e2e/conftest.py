@@ -17,6 +17,9 @@ backend = "tests.engine.fakes:EchoBackend"
 [models.slow]
 backend = "tests.engine.fakes:EchoBackend"
 delay_s = 30
+
+[models.tiles]
+backend = "tests.engine.fakes:TileBackend"
 """
 
 

@@ -1,8 +1,9 @@
 """A recording engine client for the QGIS tests: it answers like the engine, without a process.
 
-It has the :class:`EngineClient` methods the plugin calls (health, models, analyze, cancel) and
-records every request. ``analyze`` answers a box over the middle of the requested region (in
-the request's output CRS), or raises the error it was given, or waits until cancelled.
+It has the :class:`EngineClient` methods the plugin calls (health, models, analyze, batch, cancel)
+and records every request. ``analyze`` answers a box over the middle of the requested region (in
+the request's output CRS), or raises the error it was given, or waits until cancelled. ``batch``
+(a search) streams four tiles, the quadrants of the request's extent, and ranks them 3, 1, 0, 2.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import threading
 
 from rs_assistant.core.protocol import (
     AnalyzeRequest,
+    BatchRequest,
     AnalyzeResponse,
     ErrorCode,
     FeatureKind,
@@ -35,7 +37,7 @@ class FakeEngineClient:
     def __init__(self, error: ProtocolError | None = None, wait_for_cancel: bool = False):
         self.error = error
         self.wait_for_cancel = wait_for_cancel
-        self.requests: list[AnalyzeRequest] = []
+        self.requests: list[AnalyzeRequest | BatchRequest] = []
         self.started = threading.Event()
         self._cancel = threading.Event()
 
@@ -67,3 +69,30 @@ class FakeEngineClient:
         text = "a dark field with a bright square" if request.task in (Task.CAPTION, Task.CHAT) else f"found {len(features)}"
         return AnalyzeResponse(text=text, features=feature_collection(features), crs=request.output_crs,
                                model=request.model, request_id=f"req-{len(self.requests)}")
+
+    RANKING = (3, 1, 0, 2)  # the fake's best tiles, best first
+
+    def batch(self, request: BatchRequest, on_event) -> dict:
+        self.requests.append(request)
+        self._cancel.clear()
+        self.started.set()
+        xmin, ymin, xmax, ymax = request.extent or (0.0, 0.0, 1000.0, 1000.0)
+        xmid, ymid = (xmin + xmax) / 2, (ymin + ymax) / 2
+        quadrants = [(xmin, ymid, xmid, ymax), (xmid, ymid, xmax, ymax), (xmin, ymin, xmid, ymid), (xmid, ymin, xmax, ymid)]
+        on_event({"event": "start", "job_id": "job-1", "tiles": 4, "todo": 4, "crs": request.output_crs,
+                  "tile_size": request.tile_size, "overlap": request.overlap})
+        for done, tile in enumerate(range(4), start=1):
+            if self.wait_for_cancel and self._cancel.wait(30):
+                raise ProtocolError(ErrorCode.CANCELLED, "cancelled")
+            if self.error is not None and done == 3:
+                raise self.error
+            on_event({"event": "tile", "tile": tile, "done": done, "todo": 4, "text": "", "features": [], "pending": []})
+        ranked = []
+        for rank, tile in enumerate(self.RANKING[: request.options.top_k], start=1):
+            geometry = {"type": "Polygon", "coordinates": _box(quadrants[tile], 0.0)}
+            ranked.append({"type": "Feature", "geometry": geometry, "properties": {
+                "kind": FeatureKind.TILE.value, "label": request.prompt, "score": 0.9 - 0.1 * rank, "rank": rank, "tile": tile}})
+        on_event({"event": "ranked", "features": ranked})
+        done = {"event": "done", "tiles_done": 4, "features": len(ranked), "timing_ms": {"read": 0, "infer": 0, "post": 0}}
+        on_event(done)
+        return done

@@ -1,0 +1,87 @@
+"""One batch job (``/search``) as a QgsTask: listed in QGIS's task manager, cancelable, with progress.
+
+The job's final features (tile events' ``features``, ``merged``, ``ranked``) are collected as
+they stream in; ``on_done(result, error)`` runs on the UI thread when the task ends, where
+``result`` is a :class:`BatchResult`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from qgis.core import QgsTask
+
+from rs_assistant.core.client import EngineClient
+from rs_assistant.core.protocol import BatchEvent, BatchRequest, ErrorCode, ProtocolError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BatchResult:
+    job_id: str = ""
+    crs: str = ""
+    tiles: int = 0
+    features: list[dict[str, Any]] = field(default_factory=list)  # final: tile features, merged
+    ranked: list[dict[str, Any]] = field(default_factory=list)  # retrieve: best first
+    texts: dict[int, str] = field(default_factory=dict)  # tile id -> caption
+
+
+DoneCallback = Callable[[BatchResult | None, ProtocolError | None], None]
+
+
+class BatchTask(QgsTask):
+    def __init__(self, description: str, client: EngineClient, request: BatchRequest, on_done: DoneCallback):
+        super().__init__(description, QgsTask.Flag.CanCancel)
+        self._client = client
+        self._request = request
+        self._on_done = on_done
+        self.result = BatchResult()
+        self.error: ProtocolError | None = None
+
+    def run(self) -> bool:  # worker thread
+        if self.isCanceled():
+            return False
+        try:
+            self._client.batch(self._request, self._on_event)
+        except ProtocolError as exc:
+            self.error = exc
+            return False
+        except Exception as exc:  # a bug must reach the dock as an error, not kill the task manager
+            log.exception("batch job failed")
+            self.error = ProtocolError(ErrorCode.INTERNAL, str(exc))
+            return False
+        return not self.isCanceled()
+
+    def _on_event(self, event: dict[str, Any]) -> None:  # worker thread
+        kind = event.get("event")
+        result = self.result
+        if kind == BatchEvent.START.value:
+            result.job_id = str(event.get("job_id", ""))
+            result.crs = str(event.get("crs", ""))
+            result.tiles = int(event.get("tiles") or 0)
+        elif kind == BatchEvent.TILE.value:
+            result.features.extend(event.get("features") or [])
+            if event.get("text"):
+                result.texts[int(event["tile"])] = str(event["text"])
+            todo = int(event.get("todo") or 0)
+            if todo:
+                self.setProgress(min(99.0, 100.0 * int(event.get("done", 0)) / todo))
+        elif kind == BatchEvent.MERGED.value:
+            result.features.extend(event.get("features") or [])
+        elif kind == BatchEvent.RANKED.value:
+            result.ranked = sorted(event.get("features") or [], key=lambda f: (f.get("properties") or {}).get("rank", 0))
+
+    def cancel(self) -> None:
+        self._client.cancel()
+        super().cancel()
+
+    def finished(self, result: bool) -> None:  # UI thread
+        if result:
+            self._on_done(self.result, None)
+        elif self.isCanceled():
+            self._on_done(None, ProtocolError(ErrorCode.CANCELLED, "cancelled"))
+        else:
+            self._on_done(None, self.error or ProtocolError(ErrorCode.INTERNAL, "the job ended without an answer"))
