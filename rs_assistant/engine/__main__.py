@@ -200,9 +200,9 @@ def _ray_executor(args: argparse.Namespace):  # -> TileExecutor
         raise ProtocolError(
             ErrorCode.NOT_IMPLEMENTED, f"--ray-address needs rs_assistant.engine.distributed and Ray installed ({exc})"
         ) from None
-    from rs_assistant.engine.device import choose_device
-
-    return make_ray_executor(args.ray_address, args.models, choose_device(args.device), args.workers)
+    # The device stays as asked ("auto" too): each worker resolves it on its own machine, so a
+    # driver without a GPU does not force GPU workers onto their CPUs.
+    return make_ray_executor(args.ray_address, args.models, args.device, args.workers)
 
 
 def _write_events(events, output: Path | None) -> dict:
