@@ -17,9 +17,11 @@ Recipes (each has ``tiny.toml`` for a CPU in seconds and a paper-sized config; t
 - ``segment``: GeoPix, ``[SEG]`` tokens driving the RSA mask decoder with its class-wise memory, LoRA
   (recipes/segment);
 - ``change``: DeltaVLM, bi-temporal encoder, difference module, instruction-aware Q-Former, frozen LLM;
-  change captioning and ChangeChat conversations (recipes/change).
-
-``moe`` and ``rag`` are named but not implemented yet: they exit with status 2 and say so.
+  change captioning and ChangeChat conversations (recipes/change);
+- ``moe``: RS-MoE, an instruction router writing sub-task prompts for K lightweight LLM experts, two
+  stages (recipes/moe);
+- ``rag``: RS-RAG, a CLIP knowledge index on disk (usearch), retrieval with re-ranking and
+  knowledge-augmented prompts for an RSA VLM tuned with LoRA (recipes/rag).
 """
 
 from __future__ import annotations
@@ -69,12 +71,11 @@ RECIPES: dict[str, Callable[[dict[str, Any], bool], int]] = {
     "grounding": _run_shared("training.recipes.grounding.train"),
     "segment": _run_shared("training.recipes.segment.train"),
     "change": _run_shared("training.recipes.change.train"),
+    "moe": _run_shared("training.recipes.moe.train"),
+    "rag": _run_shared("training.recipes.rag.train"),
 }
-#: Recipes of issue 6 that are planned but not written; training/README.md says what each will reproduce.
-NOT_IMPLEMENTED: dict[str, str] = {
-    "moe": "a mixture-of-experts RS vision-language model",
-    "rag": "retrieval-augmented captioning/QA over an image-text index",
-}
+#: Recipes that are planned but not written (none now); training/README.md says what each will reproduce.
+NOT_IMPLEMENTED: dict[str, str] = {}
 
 
 def apply_override(config: dict[str, Any], assignment: str) -> None:

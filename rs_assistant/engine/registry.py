@@ -46,6 +46,8 @@ BACKENDS: Mapping[str, str] = MappingProxyType(
         "sam": "rs_assistant.engine.backends.sam:SamBackend",
         "clip": "rs_assistant.engine.backends.clip:ClipBackend",
         "capret": "rs_assistant.engine.backends.capret:CapRetBackend",
+        "moe": "rs_assistant.engine.backends.moe:MoEBackend",
+        "rag": "rs_assistant.engine.backends.rag:RAGBackend",
         "openai": "rs_assistant.engine.backends.openai_backend:OpenAIBackend",
     }
 )

@@ -1,5 +1,5 @@
 """The shared loop across processes: two CPU processes (torchrun, gloo) reach the single-process weights;
-the batch of a step splits over ranks; an out-of-memory and an unwritten recipe stop with a clear message."""
+the batch of a step splits over ranks; an out-of-memory and an unknown recipe stop with a clear message."""
 
 from __future__ import annotations
 
@@ -89,7 +89,8 @@ def test_out_of_memory_names_the_batch_and_what_to_lower(tmp_path):
         train(_OutOfMemory(config))
 
 
-def test_recipes_not_written_yet_say_so(caplog):
-    for name in ("moe", "rag"):
-        assert training_main([name]) == 2
-        assert "is not implemented yet" in caplog.text
+def test_an_unknown_recipe_is_refused_with_the_known_ones(capsys):
+    with pytest.raises(SystemExit) as exited:
+        training_main(["nosuch"])
+    assert exited.value.code == 2
+    assert "unknown recipe 'nosuch'; known recipes: default, clip, capret, grounding, segment, change, moe, rag" in capsys.readouterr().err
