@@ -44,7 +44,8 @@ log = logging.getLogger(__name__)
 
 
 def _run_default(config: dict[str, Any], fresh: bool) -> int:
-    from training.recipes.default.train import TrainConfig, install_signal_stop, train
+    from training.loop import install_signal_stop
+    from training.recipes.default.train import TrainConfig, train
 
     result = train(TrainConfig.from_dict(config), fresh=fresh, stop=install_signal_stop())
     return 0 if result.finished else 3

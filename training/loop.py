@@ -1,4 +1,5 @@
-"""The training loop the recipes share (clip, capret, and the ones to come); ``default`` keeps its own.
+"""The training loop the recipes share (all but ``default``, which keeps its own loop and shares the
+config reading, checkpoint, random-state and signal helpers of this module).
 
     python -m training clip --config training/recipes/clip/tiny.toml          # one process
     torchrun --nproc_per_node 8 -m training clip --config training/recipes/clip/paper.toml
@@ -46,7 +47,7 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Mapping, Self, Sequence
 
 import numpy as np
 import torch
@@ -67,8 +68,24 @@ class TrainingError(RuntimeError):
     """A run cannot go on (out of memory, a diverged loss); the message says what to change."""
 
 
+class ConfigFromDict:
+    """``from_dict`` and ``as_json`` for a config dataclass read from a TOML file."""
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> Self:
+        """The config of ``values``; an unknown key is an error that lists the known ones."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown config key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**values)
+
+    def as_json(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self)))
+
+
 @dataclass(frozen=True)
-class LoopConfig:
+class LoopConfig(ConfigFromDict):
     """Settings every recipe shares; a recipe's config class adds its own fields (all with defaults)."""
 
     out: str = "out/train/model"  # the exported model folder
@@ -105,17 +122,6 @@ class LoopConfig:
         if work == out or out in work.parents:
             raise ValueError(f"work_dir {self.work_dir} must lie outside out {self.out}: only the final model is exported")
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "LoopConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown config key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**values)
-
-    def as_json(self) -> dict[str, Any]:
-        return json.loads(json.dumps(asdict(self)))
 
 
 @dataclass(frozen=True)
@@ -332,14 +338,16 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _rng_state() -> dict[str, Any]:
+def rng_state() -> dict[str, Any]:
+    """This process's random states (torch, python, numpy, and CUDA when there is one), for a checkpoint."""
     state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
-def _set_rng_state(state: Mapping[str, Any]) -> None:
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore :func:`rng_state`'s states (a checkpoint without CUDA states leaves CUDA's as they are)."""
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
@@ -370,24 +378,35 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 def read_checkpoint(recipe: Recipe) -> dict[str, Any] | None:
     """The last checkpoint in ``work_dir``, checked to come from the same run settings."""
     path = Path(recipe.config.work_dir) / CHECKPOINT
-    if not path.is_file():
+    checkpoint = load_checkpoint(path)
+    if checkpoint is None:
         return None
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - a torn or foreign file: say which and what to do
-        raise ValueError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {exc}); "
-                         "delete it or run with --fresh") from exc
     if not isinstance(checkpoint, dict) or checkpoint.get("recipe") != recipe.name:
         found = checkpoint.get("recipe") if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise ValueError(f"{path} was written by recipe {found!r}, not {recipe.name!r}; use another work_dir or --fresh")
-    saved, now = checkpoint["config"], recipe.config.as_json()
-    keys = ("seed", "batch_size", "fixed_batches", *recipe.run_keys)
+    check_settings(path, checkpoint["config"], recipe.config.as_json(), ("seed", "batch_size", "fixed_batches",
+                                                                          *recipe.run_keys))
+    return checkpoint
+
+
+def load_checkpoint(path: Path) -> Any:
+    """The checkpoint at ``path`` on the CPU, None when there is none; ValueError for a torn or foreign file."""
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - a torn or foreign file: say which and what to do
+        raise ValueError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {exc}); "
+                         "delete it or run with --fresh") from exc
+
+
+def check_settings(path: Path, saved: Mapping[str, Any], now: Mapping[str, Any], keys: Sequence[str]) -> None:
+    """A checkpoint's config (``saved``) agrees with this run's on ``keys``; ValueError naming the ones that differ."""
     changed = [k for k in keys if saved.get(k) != now.get(k)]
     if changed:
         raise ValueError(f"{path} was written with other settings ({', '.join(f'{k}: {saved.get(k)!r}' for k in changed)}, "
                          f"now {', '.join(f'{k}: {now.get(k)!r}' for k in changed)}); use the same config to resume, "
                          "or --fresh to start over")
-    return checkpoint
 
 
 def write_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -449,7 +468,7 @@ def _train(recipe: Recipe, runtime: Runtime, fresh: bool, stop: Callable[[int], 
         step, elapsed = int(checkpoint["step"]), float(checkpoint["elapsed"])
         states = checkpoint["rng"]
         if len(states) == runtime.world:
-            _set_rng_state(states[runtime.rank])
+            set_rng_state(states[runtime.rank])
         else:
             log.warning("checkpoint from %d process(es), now %d: random states restarted from the seed",
                         len(states), runtime.world)
@@ -468,9 +487,9 @@ def _train(recipe: Recipe, runtime: Runtime, fresh: bool, stop: Callable[[int], 
     def save() -> None:
         states = [None] * runtime.world
         if runtime.world > 1:
-            dist.all_gather_object(states, _rng_state())
+            dist.all_gather_object(states, rng_state())
         else:
-            states = [_rng_state()]
+            states = [rng_state()]
         if runtime.main:
             write_checkpoint(work_dir / CHECKPOINT, {
                 "recipe": recipe.name, "trainable": trainable_state(model), "optimizer": optimizer.state_dict(),

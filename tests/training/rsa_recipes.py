@@ -1,4 +1,5 @@
-"""Helpers the RSA recipes' tests share (grounding, segment, change): config, log and served-feature reading."""
+"""Helpers the recipes' tests share (grounding, segment, change, rag, moe, capret): config, command-line runs,
+log, checkpoint and served-feature reading."""
 
 from __future__ import annotations
 
@@ -6,9 +7,13 @@ import base64
 import json
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
-from training.loop import LOG_FILE
+import torch
+
+from training.loop import CHECKPOINT, LOG_FILE
+
+C = TypeVar("C")
 
 RECIPES = Path(__file__).parents[2] / "training" / "recipes"
 
@@ -27,6 +32,42 @@ def cli_args(recipe: str, tmp: Path, **changes: Any) -> list[str]:
     for key, value in changes.items():
         args += ["--set", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
     return args
+
+
+def train_cli(recipe: str, tmp: Path, config_class: type[C], **changes: Any) -> C:
+    """Runs ``recipe`` on tiny.toml with ``changes`` through the command line (it must finish); its config."""
+    from training.__main__ import main as training_main
+
+    assert training_main(cli_args(recipe, tmp, **changes)) == 0
+    return config_class.from_dict(tiny_values(recipe, tmp, **changes))
+
+
+def saved_trainable(work_dir: str | Path) -> dict[str, torch.Tensor]:
+    """The trainable parameters in ``work_dir``'s checkpoint."""
+    return torch.load(Path(work_dir) / CHECKPOINT, weights_only=False)["trainable"]
+
+
+def assert_same_trainable(work_dir: str | Path, other: str | Path) -> None:
+    """Two runs' checkpoints hold the same trainable parameters with (nearly) equal values."""
+    first, again = saved_trainable(work_dir), saved_trainable(other)
+    assert first.keys() == again.keys()
+    for name, value in first.items():
+        torch.testing.assert_close(again[name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def assert_resumes_to_the_same_weights(recipe: Callable[[Any], Any], config: Callable[[Path], Any], tmp: Path,
+                                       stop_at: int) -> tuple[Any, Any]:
+    """A run stopped after step ``stop_at`` and resumed ends with the trainable parameters of an uninterrupted one;
+    the two configs (straight, cut)."""
+    from training.loop import train
+
+    straight, cut = config(tmp / "straight"), config(tmp / "cut")
+    assert train(recipe(straight)).finished
+    stopped = train(recipe(cut), stop=lambda step: step == stop_at)
+    assert stopped.step == stop_at and not stopped.finished and not Path(cut.out).exists()
+    assert train(recipe(cut)).finished
+    assert_same_trainable(straight.work_dir, cut.work_dir)
+    return straight, cut
 
 
 def records(work_dir: str | Path) -> list[dict]:

@@ -14,8 +14,9 @@ from rs_assistant.core.protocol import AnalyzeRequest, ImageRef, Message, Option
 from rs_assistant.engine.registry import Registry
 from rs_assistant.engine.service import Engine
 from tests.training.fixtures import SCENE_CLASSES
+from tests.training.rsa_recipes import assert_same_trainable, records
 from training.__main__ import main as training_main
-from training.loop import CHECKPOINT, LOG_FILE, METRICS_FILE, train
+from training.loop import CHECKPOINT, METRICS_FILE, train
 from training.recipes.capret.train import CapRetRecipe, CapRetTrainConfig
 
 TINY = Path(__file__).parents[2] / "training" / "recipes" / "capret" / "tiny.toml"
@@ -27,10 +28,6 @@ def config(tmp: Path, clip: Path, lm: Path, data: Path, **changes: object) -> Ca
     values.update(out=str(tmp / "model"), work_dir=str(tmp / "work"), clip_path=str(clip), lm_path=str(lm), data_root=str(data))
     values.update(changes)
     return CapRetTrainConfig.from_dict(values)
-
-
-def records(work_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (work_dir / LOG_FILE).read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -78,10 +75,7 @@ def test_an_interrupted_run_resumes_to_the_same_weights(trained, tmp_path, tiny_
     stopped = train(CapRetRecipe(cfg), stop=lambda step: step == 30)
     assert stopped.step == 30 and not stopped.finished
     assert train(CapRetRecipe(cfg)).finished
-    straight = torch.load(Path(trained.work_dir) / CHECKPOINT, weights_only=False)["trainable"]
-    again = torch.load(Path(cfg.work_dir) / CHECKPOINT, weights_only=False)["trainable"]
-    for name, value in straight.items():
-        torch.testing.assert_close(again[name], value, rtol=1e-4, atol=1e-5, msg=name)
+    assert_same_trainable(trained.work_dir, cfg.work_dir)
 
 
 def test_the_engine_serves_the_export(trained, tmp_path, scene_classes):

@@ -13,8 +13,9 @@ from rs_assistant.core.protocol import AnalyzeRequest, Options, Task
 from rs_assistant.engine.registry import Registry
 from rs_assistant.engine.service import Engine
 from tests.training.fixtures import CHANGECHAT_RECORDS, LEVIR_CHANGE_PAIRS, write_changechat, write_levir_cc_pairs, write_second_cc
-from tests.training.rsa_recipes import cli_args, mean, models_file, png, records, tiny_values
-from training.__main__ import main as training_main
+from tests.training.rsa_recipes import (
+    assert_resumes_to_the_same_weights, mean, models_file, png, records, saved_trainable, tiny_values, train_cli,
+)
 from training.data.formats import DataFormatError
 from training.loop import CHECKPOINT, METRICS_FILE, train
 from training.recipes.change.train import ChangeConfig, ChangeRecipe
@@ -41,8 +42,7 @@ def trained(tmp_path_factory, tiny_clip_folder, tiny_lm_folder, data) -> ChangeC
     changes = dict(parts(tiny_clip_folder, tiny_lm_folder, data), changechat_json=str(data["chat"]),
                    changechat_images=str(data["chat_images"]), max_steps=STEPS, checkpoint_every=80, batch_size=7,
                    lr=0.02, caption_metrics=["BLEU", "ROUGE_L", "CIDEr"])
-    assert training_main(cli_args("change", tmp, **changes)) == 0
-    return ChangeConfig.from_dict(tiny_values("change", tmp, **changes))
+    return train_cli("change", tmp, ChangeConfig, **changes)
 
 
 def test_losses_fall_and_the_pairs_are_overfit(trained):
@@ -88,18 +88,11 @@ def test_an_interrupted_run_resumes_to_the_same_weights_and_new_rows_only_keeps_
                                                   max_steps=8, checkpoint_every=100, evaluate=False,
                                                   new_token_rows_only=True, weight_decay=0.1))
 
-    straight, cut = config(tmp_path / "straight"), config(tmp_path / "cut")
-    assert train(ChangeRecipe(straight)).finished
-    assert not train(ChangeRecipe(cut), stop=lambda step: step == 5).finished
-    assert train(ChangeRecipe(cut)).finished
-    first = torch.load(Path(straight.work_dir) / CHECKPOINT, weights_only=False)["trainable"]
-    again = torch.load(Path(cut.work_dir) / CHECKPOINT, weights_only=False)["trainable"]
-    for name, value in first.items():
-        torch.testing.assert_close(again[name], value, rtol=1e-4, atol=1e-5, msg=name)
+    straight, _ = assert_resumes_to_the_same_weights(ChangeRecipe, config, tmp_path, stop_at=5)
     from safetensors.torch import load_file
 
     original = load_file(str(tiny_lm_folder / "model.safetensors"))["model.embed_tokens.weight"]
-    trained_rows = first["model.language_model.model.embed_tokens.weight"]
+    trained_rows = saved_trainable(straight.work_dir)["model.language_model.model.embed_tokens.weight"]
     words = original.shape[0]  # the LM's own vocabulary; the RSA tokens were added after it
     assert torch.equal(trained_rows[:words], original)  # the frozen LLM's rows did not move, even with weight decay
     assert not torch.equal(trained_rows[words:], torch.zeros_like(trained_rows[words:]))

@@ -13,8 +13,9 @@ from rs_assistant.core.protocol import AnalyzeRequest, FeatureKind, Options, Tas
 from rs_assistant.engine.registry import Registry
 from rs_assistant.engine.service import Engine
 from tests.training.fixtures import DIOR_OBJECTS, write_dior_rsvg, write_geochat
-from tests.training.rsa_recipes import bounds, cli_args, mean, models_file, png, records, tiny_values
-from training.__main__ import main as training_main
+from tests.training.rsa_recipes import (
+    assert_resumes_to_the_same_weights, bounds, mean, models_file, png, records, tiny_values, train_cli,
+)
 from training.data.formats import DataFormatError
 from training.eval.metrics import box_iou
 from training.loop import CHECKPOINT, METRICS_FILE, train
@@ -41,8 +42,7 @@ def trained(tmp_path_factory, tiny_clip_folder, tiny_lm_folder, data) -> Groundi
     changes = dict(parts(tiny_clip_folder, tiny_lm_folder), rsvg_root=str(data["rsvg"]), geochat_json=str(data["geochat"]),
                    geochat_images=str(data["images"]), max_steps=STEPS, checkpoint_every=50, batch_size=6,
                    geochat_eval_json=str(data["geochat"]))
-    assert training_main(cli_args("grounding", tmp, **changes)) == 0
-    return GroundingConfig.from_dict(tiny_values("grounding", tmp, **changes))
+    return train_cli("grounding", tmp, GroundingConfig, **changes)
 
 
 def test_loss_falls_and_the_expressions_are_overfit(trained):
@@ -75,17 +75,7 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, tiny_clip_fold
                                                      rsvg_root=str(data["rsvg"]), max_steps=8, checkpoint_every=100,
                                                      evaluate=False))
 
-    straight = config(tmp_path / "straight")
-    assert train(GroundingRecipe(straight)).finished
-    cut = config(tmp_path / "cut")
-    stopped = train(GroundingRecipe(cut), stop=lambda step: step == 3)
-    assert stopped.step == 3 and not stopped.finished and not Path(cut.out).exists()
-    assert train(GroundingRecipe(cut)).finished
-    first = torch.load(Path(straight.work_dir) / CHECKPOINT, weights_only=False)["trainable"]
-    again = torch.load(Path(cut.work_dir) / CHECKPOINT, weights_only=False)["trainable"]
-    assert first.keys() == again.keys()
-    for name, value in first.items():
-        torch.testing.assert_close(again[name], value, rtol=1e-4, atol=1e-5, msg=name)
+    assert_resumes_to_the_same_weights(GroundingRecipe, config, tmp_path, stop_at=3)
 
 
 def test_the_engine_serves_the_export_for_ground(trained, tmp_path, data):

@@ -14,8 +14,7 @@ from rs_assistant.core.protocol import AnalyzeRequest, Message, Options, Task
 from rs_assistant.engine.registry import Registry
 from rs_assistant.engine.service import Engine
 from tests.training.fixtures import SCENE_CLASSES, write_rsvqa
-from tests.training.rsa_recipes import cli_args, mean, png, records, tiny_values
-from training.__main__ import main as training_main
+from tests.training.rsa_recipes import assert_resumes_to_the_same_weights, mean, png, records, tiny_values, train_cli
 from training.data.formats import DataFormatError
 from training.loop import CHECKPOINT, METRICS_FILE, train
 from training.recipes.moe.train import MoERecipe, MoETrainConfig
@@ -39,12 +38,10 @@ def trained(tmp_path_factory, tiny_clip_folder, tiny_lm_folder, scene_classes, v
     """tiny.toml through the command line, both stages: 4 images x 2 captions + 4 active RSVQA questions."""
     tmp = tmp_path_factory.mktemp("moe-recipe")
     one = dict(data(tiny_clip_folder, tiny_lm_folder, scene_classes, vqa), max_steps=STAGE1, checkpoint_every=30)
-    assert training_main(cli_args("moe", tmp / "stage1", **one)) == 0
-    first = MoETrainConfig.from_dict(tiny_values("moe", tmp / "stage1", **one))
+    first = train_cli("moe", tmp / "stage1", MoETrainConfig, **one)
     two = dict(caption_root=str(scene_classes), vqa_root=str(vqa), stage=2, init_from=first.out, max_steps=STAGE2,
                checkpoint_every=125, caption_metrics=["BLEU", "CIDEr"])
-    assert training_main(cli_args("moe", tmp / "stage2", **two)) == 0
-    return first, MoETrainConfig.from_dict(tiny_values("moe", tmp / "stage2", **two))
+    return first, train_cli("moe", tmp / "stage2", MoETrainConfig, **two)
 
 
 def test_both_stages_lower_the_loss_and_overfit_the_samples(trained):
@@ -87,17 +84,7 @@ def test_an_interrupted_run_resumes_to_the_same_weights(trained, tmp_path, scene
                                                     init_from=first.out, max_steps=8, checkpoint_every=100,
                                                     evaluate=False))
 
-    straight = config(tmp_path / "straight")
-    assert train(MoERecipe(straight)).finished
-    cut = config(tmp_path / "cut")
-    stopped = train(MoERecipe(cut), stop=lambda step: step == 3)
-    assert stopped.step == 3 and not stopped.finished and not Path(cut.out).exists()
-    assert train(MoERecipe(cut)).finished
-    a = torch.load(Path(straight.work_dir) / CHECKPOINT, weights_only=False)["trainable"]
-    b = torch.load(Path(cut.work_dir) / CHECKPOINT, weights_only=False)["trainable"]
-    assert a.keys() == b.keys()
-    for name, value in a.items():
-        torch.testing.assert_close(b[name], value, rtol=1e-4, atol=1e-5, msg=name)
+    assert_resumes_to_the_same_weights(MoERecipe, config, tmp_path, stop_at=3)
 
 
 def test_the_engine_serves_the_export(trained, tmp_path, scene_classes, vqa):

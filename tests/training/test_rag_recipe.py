@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from rs_assistant.core.protocol import AnalyzeRequest, Options, Task
@@ -17,10 +16,9 @@ from rs_assistant.engine.models.rag import Fusion, KnowledgeIndex, Passage
 from rs_assistant.engine.registry import Registry
 from rs_assistant.engine.service import Engine
 from tests.training.fixtures import write_json
-from tests.training.rsa_recipes import cli_args, mean, png, records, tiny_values
-from training.__main__ import main as training_main
+from tests.training.rsa_recipes import assert_resumes_to_the_same_weights, mean, png, records, tiny_values, train_cli
 from training.data.formats import DataFormatError
-from training.loop import CHECKPOINT, METRICS_FILE, train
+from training.loop import METRICS_FILE, train
 from training.recipes.rag.train import RAGConfig, RAGRecipe
 
 BACKEND = "rs_assistant.engine.backends.rag:RAGBackend"
@@ -67,8 +65,7 @@ def trained(tmp_path_factory, tiny_clip_folder, tiny_lm_folder, rag_data) -> RAG
     tmp = tmp_path_factory.mktemp("rag-recipe")
     changes = dict(parts(tiny_clip_folder, tiny_lm_folder), data_root=str(rag_data), max_steps=STEPS, checkpoint_every=40,
                    caption_metrics=["BLEU", "ROUGE_L"])
-    assert training_main(cli_args("rag", tmp, **changes)) == 0
-    return RAGConfig.from_dict(tiny_values("rag", tmp, **changes))
+    return train_cli("rag", tmp, RAGConfig, **changes)
 
 
 def test_loss_falls_and_the_answers_are_overfit(trained):
@@ -113,17 +110,7 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, tiny_clip_fold
         return RAGConfig.from_dict(tiny_values("rag", tmp, **parts(tiny_clip_folder, tiny_lm_folder), data_root=str(rag_data),
                                                max_steps=6, checkpoint_every=100, evaluate=False))
 
-    straight = config(tmp_path / "straight")
-    assert train(RAGRecipe(straight)).finished
-    cut = config(tmp_path / "cut")
-    stopped = train(RAGRecipe(cut), stop=lambda step: step == 2)
-    assert stopped.step == 2 and not stopped.finished and not Path(cut.out).exists()
-    assert train(RAGRecipe(cut)).finished
-    a = torch.load(Path(straight.work_dir) / CHECKPOINT, weights_only=False)["trainable"]
-    b = torch.load(Path(cut.work_dir) / CHECKPOINT, weights_only=False)["trainable"]
-    assert a.keys() == b.keys()
-    for name, value in a.items():
-        torch.testing.assert_close(b[name], value, rtol=1e-4, atol=1e-5, msg=name)
+    assert_resumes_to_the_same_weights(RAGRecipe, config, tmp_path, stop_at=2)
 
 
 def test_the_engine_answers_with_the_retrieved_knowledge(trained, tmp_path, rag_data):

@@ -13,8 +13,9 @@ from rs_assistant.core.protocol import AnalyzeRequest, FeatureKind, Options, Tas
 from rs_assistant.engine.registry import Registry
 from rs_assistant.engine.service import Engine
 from tests.training.fixtures import GEOPIX_IMAGES, GEOPIX_SIZE, write_coco_masks, write_geopix_coco
-from tests.training.rsa_recipes import bounds, cli_args, mean, models_file, png, records, tiny_values
-from training.__main__ import main as training_main
+from tests.training.rsa_recipes import (
+    assert_resumes_to_the_same_weights, bounds, mean, models_file, png, records, tiny_values, train_cli,
+)
 from training.data.formats import DataFormatError
 from training.eval.metrics import box_iou
 from training.loop import CHECKPOINT, METRICS_FILE, train
@@ -38,8 +39,7 @@ def trained(tmp_path_factory, tiny_clip_folder, tiny_lm_folder, coco) -> Segment
     """tiny.toml through the command line: 3 images, 4 masks, 7 referring/category samples."""
     tmp = tmp_path_factory.mktemp("segment-recipe")
     changes = dict(base(tiny_clip_folder, tiny_lm_folder, coco), max_steps=STEPS, checkpoint_every=50, batch_size=7)
-    assert training_main(cli_args("segment", tmp, **changes)) == 0
-    return SegmentConfig.from_dict(tiny_values("segment", tmp, **changes))
+    return train_cli("segment", tmp, SegmentConfig, **changes)
 
 
 def test_losses_fall_and_the_masks_are_overfit(trained):
@@ -65,14 +65,7 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, tiny_clip_fold
         return SegmentConfig.from_dict(tiny_values("segment", tmp, **base(tiny_clip_folder, tiny_lm_folder, coco),
                                                    max_steps=8, checkpoint_every=100, evaluate=False))
 
-    straight, cut = config(tmp_path / "straight"), config(tmp_path / "cut")
-    assert train(SegmentRecipe(straight)).finished
-    assert not train(SegmentRecipe(cut), stop=lambda step: step == 5).finished
-    assert train(SegmentRecipe(cut)).finished
-    first = torch.load(Path(straight.work_dir) / CHECKPOINT, weights_only=False)["trainable"]
-    again = torch.load(Path(cut.work_dir) / CHECKPOINT, weights_only=False)["trainable"]
-    for name, value in first.items():
-        torch.testing.assert_close(again[name], value, rtol=1e-4, atol=1e-5, msg=name)
+    assert_resumes_to_the_same_weights(SegmentRecipe, config, tmp_path, stop_at=5)
 
 
 def test_a_run_continues_from_an_exported_checkpoint(trained, tmp_path, coco):

@@ -43,6 +43,7 @@ from rs_assistant.engine.models.rsa import RSAConfig, RSAForConditionalGeneratio
 from rs_assistant.engine.models.rsa.configuration_rsa import CONFIGS_DIR
 from rs_assistant.engine.models.rsa.processing_rsa import SEG
 from training.loop import LoopConfig, Recipe, Runtime, describe_found, main_first, unwrap
+from training.parts import check_causal_lm, check_clip, check_loading_info, check_model_type, lora_config, vision_and_lm
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +82,9 @@ class RSARecipeConfig(LoopConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         object.__setattr__(self, "caption_metrics", tuple(self.caption_metrics))
-        unknown_metrics = sorted(set(self.caption_metrics) - set(CAPTION_METRICS))
-        if unknown_metrics:
-            raise ValueError(f"caption_metrics: unknown {', '.join(unknown_metrics)}; known: {', '.join(CAPTION_METRICS)}")
+        check_outputs(self.caption_metrics, self.export_dtype)
         if self.finetune not in FINETUNES:
             raise ValueError(f"finetune must be one of {', '.join(FINETUNES)}, got {self.finetune!r}")
-        if self.export_dtype not in DTYPES:
-            raise ValueError(f"export_dtype must be one of {', '.join(DTYPES)}, got {self.export_dtype!r}")
         unknown = sorted(set(self.trainable_modules) - set(TOP_LEVEL))
         if unknown:
             raise ValueError(f"trainable_modules: unknown part(s) {', '.join(unknown)}; known: {', '.join(TOP_LEVEL)}")
@@ -98,52 +95,35 @@ class RSARecipeConfig(LoopConfig):
         object.__setattr__(self, "trainable_modules", tuple(self.trainable_modules))
 
 
+def check_outputs(caption_metrics: Sequence[str], export_dtype: str) -> None:
+    """A recipe config's caption metrics (of :data:`CAPTION_METRICS`) and export dtype (of :data:`DTYPES`)."""
+    unknown = sorted(set(caption_metrics) - set(CAPTION_METRICS))
+    if unknown:
+        raise ValueError(f"caption_metrics: unknown {', '.join(unknown)}; known: {', '.join(CAPTION_METRICS)}")
+    if export_dtype not in DTYPES:
+        raise ValueError(f"export_dtype must be one of {', '.join(DTYPES)}, got {export_dtype!r}")
+
+
 # --- building -------------------------------------------------------------------------------------
-
-
-def _config_json(folder: Path, what: str, expected: str) -> dict:
-    path = folder / "config.json"
-    if not path.is_file():
-        found = describe_found(folder) if folder.is_dir() else "no such folder"
-        raise ValueError(f"{what} {folder}: holds {found}; expected {expected}")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise ValueError(f"{what} {path} is not JSON ({exc}); expected {expected}") from None
 
 
 def load_rsa_checkpoint(folder: Path) -> tuple[RSAForConditionalGeneration, RSAProcessor]:
     """An RSA checkpoint folder; ValueError saying what was found when it is something else."""
-    model_type = _config_json(folder, "init_from", RSA_EXPECTED).get("model_type")
-    if model_type != "rsa":
-        raise ValueError(f"init_from {folder} holds a {model_type!r} model (config.json model_type); expected {RSA_EXPECTED}")
+    check_model_type(folder, "init_from", ("rsa",), RSA_EXPECTED)
     if not (folder / "processor_config.json").is_file():
         raise ValueError(f"init_from {folder}: no processor_config.json (holds {describe_found(folder)}); expected {RSA_EXPECTED}")
     processor = RSAProcessor.from_pretrained(folder)
     model, info = RSAForConditionalGeneration.from_pretrained(folder, local_files_only=True, output_loading_info=True)
-    wrong = [k for k in ("missing_keys", "unexpected_keys", "mismatched_keys") if info.get(k)]
-    if wrong:
-        raise ValueError(f"init_from {folder}: config.json does not match the weights "
-                         f"({'; '.join(f'{k}: {sorted(map(str, info[k]))[:3]}' for k in wrong)})")
+    check_loading_info(folder, info)
     return model, processor
 
 
 def build_from_parts(c: RSARecipeConfig, vision: Path, lm: Path) -> tuple[RSAForConditionalGeneration, RSAProcessor]:
     """configs/``c.model``.json with the vision and text configs of the two folders, their weights loaded."""
     from transformers import AutoConfig, AutoTokenizer, CLIPVisionConfig
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    vision_type = _config_json(vision, "vision_path", "a CLIP checkpoint folder (config.json model_type 'clip' or "
-                               "'clip_vision_model', weights)").get("model_type")
-    if vision_type not in ("clip", "clip_vision_model"):
-        raise ValueError(f"vision_path {vision} holds a {vision_type!r} model (config.json model_type); expected a CLIP "
-                         "checkpoint folder (model_type 'clip' or 'clip_vision_model')")
-    lm_expected = ("a causal language model folder (config.json whose model_type has a causal-LM class in transformers, "
-                   "e.g. llama or qwen2; weights; tokenizer)")
-    lm_type = _config_json(lm, "lm_path", lm_expected).get("model_type")
-    if lm_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        raise ValueError(f"lm_path {lm} holds a {lm_type!r} model (config.json model_type), which is not a causal LM; "
-                         f"expected {lm_expected}")
+    check_clip(vision, "vision_path")
+    check_causal_lm(lm, "lm_path")
     named = CONFIGS_DIR / f"{c.model}.json"
     if not named.is_file():
         raise ValueError(f"model {c.model!r}: no {named}; known: {', '.join(sorted(p.stem for p in CONFIGS_DIR.glob('*.json')))}")
@@ -198,12 +178,7 @@ class RSARecipe(Recipe):
                 "trainable_modules", "train_vision_layers", "new_token_rows_only")
 
     def parts(self) -> tuple[Path, Path]:
-        from training.tiny_checkpoints import tiny_causal_lm, tiny_clip
-
-        work = Path(self.config.work_dir)
-        vision = Path(self.config.vision_path) if self.config.vision_path else tiny_clip(work / "tiny-clip")
-        lm = Path(self.config.lm_path) if self.config.lm_path else tiny_causal_lm(work / "tiny-lm")
-        return vision, lm
+        return vision_and_lm(self.config.work_dir, self.config.vision_path, self.config.lm_path)
 
     def load_model(self, runtime: Runtime) -> tuple[RSAForConditionalGeneration, RSAProcessor]:
         c = self.config
@@ -236,12 +211,10 @@ class RSARecipe(Recipe):
         if c.finetune == "full":
             model.language_model.requires_grad_(True)
         elif c.finetune == "lora":
-            from peft import LoraConfig, get_peft_model
+            from peft import get_peft_model
 
-            lora = LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
-                              target_modules=list(c.lora_targets), bias="none")
             try:
-                model.language_model = get_peft_model(model.language_model, lora)
+                model.language_model = get_peft_model(model.language_model, lora_config(c))
             except ValueError as exc:
                 raise ValueError(f"LoRA on the language model: {exc} (lora_targets {list(c.lora_targets)})") from None
         self._token_rows(model)

@@ -34,12 +34,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPVisionModelWithProjection
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from rs_assistant.engine.models.capret import CapRetConfig, CapRetForCausalLM, CapRetProcessor
 from training.data.formats import KarpathyCaptions
 from training.eval.metrics import caption_scores, image_text_retrieval
-from training.loop import LoopConfig, Recipe, Runtime, describe_found, gather_with_grad, main_first, map_batches, seeded, unwrap
+from training.loop import LoopConfig, Recipe, Runtime, gather_with_grad, main_first, map_batches, seeded, unwrap
+from training.parts import check_causal_lm, vision_and_lm
 from training.recipes.clip.model import load_clip
 
 log = logging.getLogger(__name__)
@@ -117,12 +117,7 @@ class CapRetRecipe(Recipe):
             raise ValueError(f"{self.data.annotation}: split {config.train_split!r} has no images")
 
     def paths(self) -> tuple[Path, Path]:
-        from training.tiny_checkpoints import tiny_causal_lm, tiny_clip
-
-        work = Path(self.config.work_dir)
-        clip = Path(self.config.clip_path) if self.config.clip_path else tiny_clip(work / "tiny-clip")
-        lm = Path(self.config.lm_path) if self.config.lm_path else tiny_causal_lm(work / "tiny-lm")
-        return clip, lm
+        return vision_and_lm(self.config.work_dir, self.config.clip_path, self.config.lm_path)
 
     def build(self, runtime: Runtime) -> nn.Module:
         clip_path, lm_path = main_first(runtime, self.paths)
@@ -241,16 +236,7 @@ def _greedy(model: CapRetForCausalLM, embeds: torch.Tensor, max_new_tokens: int,
 
 def load_causal_lm(path: Path, runtime: Runtime) -> tuple[nn.Module, Any]:
     """The frozen LM and its tokenizer; ValueError saying what was found when ``path`` is no causal LM."""
-    expected = ("a causal language model folder (config.json whose model_type has a causal-LM class in transformers, "
-                "e.g. llama or qwen2; weights; tokenizer)")
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        found = describe_found(path) if path.is_dir() else "no such folder"
-        raise ValueError(f"language model {path}: holds {found}; expected {expected}")
-    model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
-    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        raise ValueError(f"language model {path} holds a {model_type!r} model (config.json model_type), which is not a "
-                         f"causal LM; expected {expected}")
+    check_causal_lm(path, "language model")
     dtype = torch.bfloat16 if runtime.autocast_dtype is not None else torch.float32
     lm = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)

@@ -29,17 +29,12 @@ import copy
 import json
 import logging
 import math
-import os
-import random
 import shutil
-import signal
-import threading
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -47,12 +42,14 @@ from transformers import PreTrainedTokenizerFast
 
 from rs_assistant.core.protocol import Task
 from rs_assistant.engine.models.rsa import RSAForConditionalGeneration, RSAProcessor, build_tokenizer, load_named_config
+from training.loop import (
+    CHECKPOINT, LOG_FILE, ConfigFromDict, TrainResult, check_settings, load_checkpoint, rng_state, set_rng_state,
+    write_checkpoint,
+)
 from training.recipes.default.dataset import DataSettings, Sampler, corpus, load_cache
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "checkpoint.pt"
-LOG_FILE = "train_log.jsonl"
 MAX_SHIPPED_MB = 25.0
 EXPORT_RESERVE_S = 30.0  # of the time budget kept for the export
 #: Keys whose change makes an existing checkpoint unusable (the rest may change on resume).
@@ -62,7 +59,7 @@ TASK_SHORT = {Task.CAPTION: "cap", Task.GROUND: "gnd", Task.SEGMENT: "seg", Task
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(ConfigFromDict):
     """The recipe's settings (tiny.toml and default.toml give them; ``--set`` overrides any)."""
 
     model: str = "default"  # named RSA config (rs_assistant/engine/models/rsa/configs/NAME.json)
@@ -105,27 +102,9 @@ class TrainConfig:
         if Path(self.work_dir).resolve() == Path(self.out).resolve() or Path(self.out).resolve() in Path(self.work_dir).resolve().parents:
             raise ValueError(f"work_dir {self.work_dir} must lie outside out {self.out}: only the final model is shipped")
 
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown config key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**values)
-
     def data_settings(self) -> DataSettings:
         return DataSettings(self.seed, self.scene_size, self.region_min, self.region_max, self.num_scenes,
                             self.num_pairs, self.max_ground_objects, dict(self.mix))
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    """How a run ended: the step reached, whether it finished (and exported) and where things are."""
-
-    step: int
-    finished: bool
-    work_dir: Path
-    out: Path | None
 
 
 def learning_rate(config: TrainConfig, step: int, progress: float) -> float:
@@ -167,9 +146,7 @@ def train(config: TrainConfig, fresh: bool = False, stop: Callable[[int], bool] 
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         step, elapsed = int(checkpoint["step"]), float(checkpoint["elapsed"])
-        torch.set_rng_state(checkpoint["rng"]["torch"])
-        random.setstate(checkpoint["rng"]["python"])
-        np.random.set_state(checkpoint["rng"]["numpy"])
+        set_rng_state(checkpoint["rng"])
         log.info("resumed from %s at step %d (%.0f s trained)", work_dir / CHECKPOINT, step, elapsed)
     budget = config.max_minutes * 60 - data_seconds - EXPORT_RESERVE_S
     log.info("model %s: %.1fM parameters on %s; %d scenes, %d pairs; training budget %.0f s",
@@ -208,7 +185,7 @@ def train(config: TrainConfig, fresh: bool = False, stop: Callable[[int], bool] 
                     save()
                     bar.close()
                     log.info("stopped at step %d; run the same command to resume", step)
-                    return TrainResult(step, False, work_dir, None)
+                    return TrainResult(step, False, work_dir, None, {})
     except KeyboardInterrupt:
         save()
         log.info("interrupted at step %d; checkpoint saved, run the same command to resume", step)
@@ -218,7 +195,7 @@ def train(config: TrainConfig, fresh: bool = False, stop: Callable[[int], bool] 
     out = export(model, processor, Path(config.out), work_dir / LOG_FILE)
     log.info("trained %d steps in %.0f s (this session %.0f s); model written to %s",
              step, elapsed, time.perf_counter() - started, out)
-    return TrainResult(step, True, work_dir, out)
+    return TrainResult(step, True, work_dir, out, {})
 
 
 def _train_step(model: RSAForConditionalGeneration, optimizer: torch.optim.Optimizer, sampler: Sampler,
@@ -274,33 +251,23 @@ def _tokenizer(work_dir: Path, config: TrainConfig, scenes: list, pairs: list) -
 
 def _read_checkpoint(work_dir: Path, config: TrainConfig) -> dict[str, Any] | None:
     path = work_dir / CHECKPOINT
-    if not path.is_file():
-        return None
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    saved = checkpoint["config"]
-    changed = [k for k in RUN_KEYS if saved.get(k) != json.loads(json.dumps(asdict(config)))[k]]
-    if changed:
-        raise ValueError(
-            f"{path} was written with other settings ({', '.join(f'{k}: {saved.get(k)!r}' for k in changed)}); "
-            "use the same config to resume, or --fresh to start over"
-        )
+    checkpoint = load_checkpoint(path)
+    if checkpoint is not None:
+        check_settings(path, checkpoint["config"], config.as_json(), RUN_KEYS)
     return checkpoint
 
 
 def _write_checkpoint(work_dir: Path, config: TrainConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                       step: int, elapsed: float) -> None:
-    """Atomically: write a temporary file, then rename it over the previous checkpoint."""
-    state = {
+    """Atomically (:func:`training.loop.write_checkpoint`)."""
+    write_checkpoint(work_dir / CHECKPOINT, {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "step": step,  # also the data position: the batch of step n depends on (seed, n) only
         "elapsed": elapsed,
-        "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()},
-        "config": json.loads(json.dumps(asdict(config))),
-    }
-    tmp = work_dir / (CHECKPOINT + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, work_dir / CHECKPOINT)
+        "rng": rng_state(),
+        "config": config.as_json(),
+    })
 
 
 def export(model: RSAForConditionalGeneration, processor: RSAProcessor, out: Path, log_path: Path) -> Path:
@@ -316,10 +283,3 @@ def export(model: RSAForConditionalGeneration, processor: RSAProcessor, out: Pat
         raise RuntimeError(f"{out} holds {size_mb:.1f} MB; the shipped model may take at most {MAX_SHIPPED_MB} MB")
     log.info("exported %s (%.1f MB)", out, size_mb)
     return out
-
-
-def install_signal_stop() -> Callable[[int], bool]:
-    """A ``stop`` for :func:`train` that turns SIGTERM into a checkpoint-and-return (SIGINT raises as usual)."""
-    requested = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: requested.set())
-    return lambda step: requested.is_set()

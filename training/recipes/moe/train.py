@@ -38,8 +38,9 @@ from rs_assistant.engine.models.moe import CAPTION_INSTRUCTION, MoEConfig, MoEFo
 from rs_assistant.engine.models.moe.configuration_moe import COMPOSE
 from training.data.formats import RSVQA, KarpathyCaptions
 from training.eval.metrics import vqa_accuracy
-from training.loop import LoopConfig, Recipe, Runtime, describe_found, main_first, map_batches, seeded, unwrap
-from training.recipes.rsa_base import CAPTION_METRICS, DTYPES, caption_metrics
+from training.loop import LoopConfig, Recipe, Runtime, main_first, map_batches, seeded, unwrap
+from training.parts import check_clip, check_loading_info, check_model_type, lora_config, vision_and_lm
+from training.recipes.rsa_base import CAPTION_METRICS, DTYPES, caption_metrics, check_outputs
 
 log = logging.getLogger(__name__)
 
@@ -92,11 +93,7 @@ class MoETrainConfig(LoopConfig):
                              "(an RSVQA folder), e.g. --set caption_root=/data/RSICD")
         if self.compose not in COMPOSE:
             raise ValueError(f"compose must be one of {', '.join(COMPOSE)}, got {self.compose!r}")
-        if self.export_dtype not in DTYPES:
-            raise ValueError(f"export_dtype must be one of {', '.join(DTYPES)}, got {self.export_dtype!r}")
-        unknown = sorted(set(self.caption_metrics) - set(CAPTION_METRICS))
-        if unknown:
-            raise ValueError(f"caption_metrics: unknown {', '.join(unknown)}; known: {', '.join(CAPTION_METRICS)}")
+        check_outputs(self.caption_metrics, self.export_dtype)
 
 
 @dataclass(frozen=True)
@@ -119,28 +116,12 @@ class MoETraining(nn.Module):
         return terms
 
 
-def _config_json(folder: Path, what: str, expected: str) -> dict:
-    path = folder / "config.json"
-    if not path.is_file():
-        found = describe_found(folder) if folder.is_dir() else "no such folder"
-        raise ValueError(f"{what} {folder}: holds {found}; expected {expected}")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise ValueError(f"{what} {path} is not JSON ({exc}); expected {expected}") from None
-
-
 def load_moe_checkpoint(folder: Path) -> tuple[MoEForConditionalGeneration, MoEProcessor]:
     """An RS-MoE export; ValueError saying what was found when it is something else."""
-    model_type = _config_json(folder, "init_from", MOE_EXPECTED).get("model_type")
-    if model_type != "rs_moe":
-        raise ValueError(f"init_from {folder} holds a {model_type!r} model (config.json model_type); expected {MOE_EXPECTED}")
+    check_model_type(folder, "init_from", ("rs_moe",), MOE_EXPECTED)
     model, info = MoEForConditionalGeneration.from_pretrained(folder, local_files_only=True, output_loading_info=True,
                                                               dtype=torch.float32)
-    wrong = [k for k in ("missing_keys", "unexpected_keys", "mismatched_keys") if info.get(k)]
-    if wrong:
-        raise ValueError(f"init_from {folder}: config.json does not match the weights "
-                         f"({'; '.join(f'{k}: {sorted(map(str, info[k]))[:3]}' for k in wrong)})")
+    check_loading_info(folder, info)
     return model, MoEProcessor.from_pretrained(folder)
 
 
@@ -167,12 +148,7 @@ class MoERecipe(Recipe):
     # --- building ----------------------------------------------------------------------------------
 
     def parts(self) -> tuple[Path, Path]:
-        from training.tiny_checkpoints import tiny_causal_lm, tiny_clip
-
-        work = Path(self.config.work_dir)
-        vision = Path(self.config.vision_path) if self.config.vision_path else tiny_clip(work / "tiny-clip")
-        lm = Path(self.config.lm_path) if self.config.lm_path else tiny_causal_lm(work / "tiny-lm")
-        return vision, lm
+        return vision_and_lm(self.config.work_dir, self.config.vision_path, self.config.lm_path)
 
     def from_parts(self, runtime: Runtime) -> tuple[MoEForConditionalGeneration, MoEProcessor]:
         from transformers import AutoImageProcessor, CLIPVisionConfig, CLIPVisionModel
@@ -181,11 +157,7 @@ class MoERecipe(Recipe):
 
         c = self.config
         vision_path, lm_path = main_first(runtime, self.parts)
-        vision_type = _config_json(vision_path, "vision_path", "a CLIP checkpoint folder (config.json model_type 'clip' "
-                                   "or 'clip_vision_model', weights, preprocessor_config.json)").get("model_type")
-        if vision_type not in ("clip", "clip_vision_model"):
-            raise ValueError(f"vision_path {vision_path} holds a {vision_type!r} model (config.json model_type); expected "
-                             "a CLIP checkpoint folder (model_type 'clip' or 'clip_vision_model')")
+        check_clip(vision_path, "vision_path", "weights, preprocessor_config.json")
         lm, tokenizer = load_causal_lm(lm_path, runtime)
         lm = lm.float()
         vision_config = CLIPVisionConfig.from_pretrained(vision_path, local_files_only=True)
@@ -212,10 +184,9 @@ class MoERecipe(Recipe):
             model.router.requires_grad_(True)
             model.bridge.requires_grad_(True)
         else:
-            from peft import LoraConfig, get_peft_model
+            from peft import get_peft_model
 
-            lora = LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
-                              target_modules=list(c.lora_targets), bias="none")
+            lora = lora_config(c)
             try:
                 for k in range(len(model.experts)):
                     model.experts[k] = get_peft_model(model.experts[k], lora)
