@@ -6,8 +6,9 @@
 Memory does not grow with the raster: a batch's windows are read, answered and streamed, then
 dropped; only the pieces waiting at seams (rs_assistant.engine.seams) and, for a search, the
 ``top_k`` best tiles are kept until the end. The work is split into picklable :class:`TileWork`
-items answered by :func:`run_tiles`, which a :class:`TileExecutor` runs in this process
-(:class:`LocalExecutor`) or elsewhere (rs_assistant.engine.distributed's Ray executor).
+items answered by :func:`run_tiles` (:func:`read_tiles`, then :func:`answer_tiles`), which a
+:class:`TileExecutor` runs in this process (:class:`LocalExecutor`, which reads the next batch while
+the model answers this one) or elsewhere (rs_assistant.engine.distributed's Ray executor).
 
 Search (``retrieve``) embeds each tile once per model, raster file and grid and keeps the
 embeddings on disk (``RS_ASSISTANT_CACHE_DIR``, default the user's cache folder), so a second
@@ -25,7 +26,9 @@ import os
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -112,15 +115,45 @@ def run_tiles(
     ``datasets``: the rasters the job keeps open between batches (never shared by two jobs: a job
     closes its own when it ends); without it, this thread's cache (a Ray actor's single thread).
     """
-    cancel = cancel or threading.Event()
     datasets = datasets if datasets is not None else _datasets()
+    return answer_tiles(engine, request, works, read_tiles(request, works, datasets), cancel)
+
+
+@dataclass
+class TileReads:
+    """What :func:`read_tiles` read for a batch: per tile its window(s) (None where a change's after raster has
+    no pixels, or a search found the tile's embedding cached), a search's cached embeddings, and the time it took."""
+
+    windows: list[list[Window] | None]
+    embeddings: list[np.ndarray | None] | None = None  # retrieve: from the cache, None where the model must embed
+    read_ms: float = 0.0  # per tile
+
+
+def read_tiles(request: BatchRequest, works: Sequence[TileWork], datasets: DatasetCache) -> TileReads:
+    """The batch's pixels (no model involved, so it can run ahead of the model on another thread).
+
+    A search first looks each tile up in the embedding cache and reads only the tiles it lacks.
+    """
+    started = time.perf_counter()
+    if request.task is Task.RETRIEVE:
+        cache = EmbeddingCache(embedding_cache_dir())
+        embeddings = [cache.load(w.cache_key, w.id) for w in works]
+        windows = [None if e is not None else _read(request, w, datasets) for w, e in zip(works, embeddings)]
+        return TileReads(windows, embeddings, _ms_since(started) / max(len(works), 1))
+    windows = [_read(request, work, datasets) for work in works]
+    return TileReads(windows, None, _ms_since(started) / max(len(works), 1))
+
+
+def answer_tiles(
+    engine: Engine, request: BatchRequest, works: Sequence[TileWork], reads: TileReads, cancel: threading.Event | None = None
+) -> list[TileOutput]:
+    """The model's answers for a batch whose pixels :func:`read_tiles` read, as final features and pending seam pieces."""
+    cancel = cancel or threading.Event()
     if not works:
         return []
     if request.task is Task.RETRIEVE:
-        return _retrieve_tiles(engine, request, works, cancel, datasets)
-    started = time.perf_counter()
-    windows = [_read(request, work, datasets) for work in works]
-    read_ms = _ms_since(started) / len(works)
+        return _retrieve_tiles(engine, request, works, reads, cancel)
+    windows, read_ms = reads.windows, reads.read_ms
     readable = [i for i, pair in enumerate(windows) if pair is not None]
     calls = [_call(request, windows[i], cancel) for i in readable]  # type: ignore[arg-type]
     started = time.perf_counter()
@@ -188,15 +221,13 @@ def _tile_piece(work: TileWork, label: str, score: float, properties: dict[str, 
 
 
 def _retrieve_tiles(
-    engine: Engine, request: BatchRequest, works: Sequence[TileWork], cancel: threading.Event, datasets: DatasetCache
+    engine: Engine, request: BatchRequest, works: Sequence[TileWork], reads: TileReads, cancel: threading.Event
 ) -> list[TileOutput]:
     """Embeddings from the cache (or the model, then cached), scored against the prompt; each tile a pending ranked candidate."""
     cache = EmbeddingCache(embedding_cache_dir())
-    started = time.perf_counter()
-    embeddings: list[np.ndarray | None] = [cache.load(w.cache_key, w.id) for w in works]
+    embeddings: list[np.ndarray | None] = list(reads.embeddings or [None] * len(works))
     missing = [i for i, e in enumerate(embeddings) if e is None]
-    images = [_read(request, works[i], datasets)[0].array for i in missing]  # type: ignore[index]
-    read_ms = _ms_since(started) / len(works)
+    images = [reads.windows[i][0].array for i in missing]  # type: ignore[index]
     started = time.perf_counter()
     if missing:
         computed = engine.embed_images(request.model, images, cancel)
@@ -210,7 +241,7 @@ def _retrieve_tiles(
     for work, embedding, score in zip(works, stacked, scores):
         reproject = Reprojector(work.grid, request.output_crs)
         candidate = to_feature(_tile_piece(work, request.prompt, float(score)), reproject, pending=True)
-        timing = {"read": read_ms, "infer": infer_ms, "post": 0.0}
+        timing = {"read": reads.read_ms, "infer": infer_ms, "post": 0.0}
         outputs.append(TileOutput(work.id, "", [], [candidate], timing, embedding, float(score)))
     return outputs
 
@@ -292,26 +323,63 @@ class TileExecutor(abc.ABC):
 
 
 class LocalExecutor(TileExecutor):
-    """Batches one after another in this process, on ``engine``.
+    """Batches one after another in this process, on ``engine``, the next batches' windows read while the model works.
 
-    One executor serves one job: the rasters it opens stay open for the job's batches (which may run
-    on different server threads, one at a time) and are closed by :meth:`close`.
+    ``read_ahead``: how many batches a reader thread reads ahead of the model (0: read each batch just
+    before its model call). Reading is I/O and GDAL decompression, which release the GIL, so on a
+    machine with a spare core it costs the job no time; memory holds ``read_ahead`` more batches of windows.
+
+    One executor serves one job: the rasters it opens stay open for the job's batches (which may be
+    pulled from different server threads, one at a time; every read happens on the executor's own
+    reader thread) and are closed by :meth:`close`.
     """
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, read_ahead: int = 1):
+        if read_ahead < 0:
+            raise ValueError(f"read_ahead must be 0 or more, got {read_ahead}")
         self.engine = engine
+        self.read_ahead = read_ahead
         self.datasets = DatasetCache()
+        self._reader: ThreadPoolExecutor | None = None
 
     def check(self, request: BatchRequest) -> None:
         self.engine.check_batch(request)
 
     def map(self, request: BatchRequest, batches: Iterable[list[TileWork]], cancel: threading.Event) -> Iterator[list[TileOutput]]:
-        for works in batches:
-            if cancel.is_set():
-                return
-            yield run_tiles(self.engine, request, works, cancel, self.datasets)
+        if self.read_ahead == 0:
+            for works in batches:
+                if cancel.is_set():
+                    return
+                yield answer_tiles(self.engine, request, works, read_tiles(request, works, self.datasets), cancel)
+            return
+        if self._reader is None:
+            self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rsa-batch-read")
+        reader, todo = self._reader, iter(batches)
+        reading: deque[tuple[list[TileWork], Future[TileReads]]] = deque()
+
+        def read_more() -> None:
+            while len(reading) < self.read_ahead and not cancel.is_set():
+                works = next(todo, None)
+                if works is None:
+                    return
+                reading.append((works, reader.submit(read_tiles, request, works, self.datasets)))
+
+        try:
+            read_more()
+            while reading:
+                if cancel.is_set():
+                    return
+                works, future = reading.popleft()
+                read_more()  # the next batch is read while the model answers this one
+                yield answer_tiles(self.engine, request, works, future.result(), cancel)
+        finally:
+            for _, future in reading:
+                future.cancel()
 
     def close(self) -> None:
+        if self._reader is not None:
+            self._reader.shutdown(wait=True, cancel_futures=True)  # no read in flight when the files close
+            self._reader = None
         self.datasets.close()
 
 

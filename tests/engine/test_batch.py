@@ -230,3 +230,43 @@ def test_peak_memory_does_not_grow_with_the_raster(data, tmp_path):
     assert peaks[20000]["peak"] <= 1.5 * peaks[5000]["peak"]
     assert peaks[20000]["peak"] < 200e6  # two 2048 x 2048 windows at a time, not the 1.2 GB raster
 
+
+
+@pytest.mark.parametrize(
+    ("task", "source", "prompt"),
+    [(Task.SEGMENT, "objects.tif", ""), (Task.CHANGE, "before.tif", ""), (Task.RETRIEVE, "colours.tif", "a red roof")],
+)
+def test_reading_ahead_gives_what_reading_batch_by_batch_gives(engine, data, tmp_path, monkeypatch, task, source, prompt):
+    """LocalExecutor(read_ahead=N) reads the next batches on its reader thread while the model works: same events."""
+    sources = (str(data / source),) + ((str(data / "after.tif"),) if task is Task.CHANGE else ())
+    job = request(data, task, source, sources=sources, prompt=prompt, batch_size=2)
+    runs = {}
+    for read_ahead in (0, 1, 3):
+        monkeypatch.setenv(CACHE_ENV, str(tmp_path / f"cache{read_ahead}"))  # a search embeds every tile each time
+        executor = LocalExecutor(engine, read_ahead=read_ahead)
+        events = list(run_job(executor, job))
+        executor.close()  # the caller's executor: run_job leaves it open
+        assert events[-1]["event"] == "done" and executor._reader is None and not executor.datasets._open
+        runs[read_ahead] = events
+    for events in runs.values():
+        assert [(e["event"], e.get("tile")) for e in events] == [(e["event"], e.get("tile")) for e in runs[0]]
+        assert canonical(layer(events)) == canonical(layer(runs[0]))
+        assert canonical([f for e in events_of("ranked", events) for f in e["features"]]) == canonical(
+            [f for e in events_of("ranked", runs[0]) for f in e["features"]]
+        )
+
+
+def test_a_read_failing_ahead_of_the_model_ends_the_job_after_the_batches_before_it(engine, data, monkeypatch):
+    from rs_assistant.engine import batch
+
+    read = batch._read
+
+    def failing(request, work, datasets):
+        if work.id >= 4:
+            raise ProtocolError(ErrorCode.UNREADABLE_SOURCE, "the disk went away")
+        return read(request, work, datasets)
+
+    monkeypatch.setattr(batch, "_read", failing)
+    events = list(run_job(LocalExecutor(engine, read_ahead=2), request(data, batch_size=2)))
+    assert events[-1]["event"] == "error" and events[-1]["error"]["code"] == "unreadable_source"
+    assert [e["tile"] for e in events_of("tile", events)] == [0, 1, 2, 3]

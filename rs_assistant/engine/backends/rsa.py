@@ -126,7 +126,8 @@ class RSABackend(Backend):
 
     def run_batch(self, calls: Sequence[BackendCall]) -> list[BackendResult]:
         """Calls with the same task, prompt and image count run as one batch: one vision-encoder pass and one
-        batched greedy generation (every prompt of a group has the same length, so nothing is padded)."""
+        batched greedy generation (every prompt of a group has the same length, so nothing is padded),
+        then one mask-decoder pass for every [SEG] of the group."""
         self.ensure_loaded()
         groups: dict[tuple, list[int]] = {}
         for index, call in enumerate(calls):
@@ -174,11 +175,28 @@ class RSABackend(Backend):
             raise cancelled(self)
         results = []
         with torch.inference_mode():
-            for sample, call in enumerate(calls):
+            answers = [self.processor.parse_answer(row, (c.images[0].shape[1], c.images[0].shape[0])) for row, c in
+                       zip(output.sequences.tolist(), calls)]  # fmt: skip
+            wanted = [sample for sample, a in enumerate(answers) if a.segments and self._wants_masks(first.task, visual, sample)]
+            masks = self._mask_logits(output, visual, wanted)
+            for sample, (call, answer) in enumerate(zip(calls, answers)):
                 height, width = call.images[0].shape[:2]
-                answer = self.processor.parse_answer(output.sequences[sample].tolist(), (width, height))
-                results.append(self._result(call, answer, _Generated(output, visual, sample), (width, height)))
+                results.append(self._result(call, answer, _Generated(output, visual, sample, masks), (width, height)))
         return results
+
+    @staticmethod
+    def _wants_masks(task: Task, visual: RSAVisualFeatures, sample: int) -> bool:
+        """Whether the sample's [SEG] masks are used: always, except for a pair the change head calls unchanged."""
+        return task is not Task.CHANGE or float(torch.sigmoid(visual.change_logits[sample])) >= 0.5
+
+    def _mask_logits(self, output: GenerateDecoderOnlyOutput, visual: RSAVisualFeatures, samples: list[int]) -> "_MaskLogits":
+        """The mask decoder's logits for every ``[SEG]`` the ``samples`` wrote, in one pass for the whole batch."""
+        if not samples:
+            return _MaskLogits(None, None, None)
+        states, owners, steps = self.model.generated_seg_states(output)
+        keep = torch.isin(owners, torch.tensor(samples, device=owners.device))
+        states, owners, steps = states[keep], owners[keep], steps[keep]
+        return _MaskLogits(self.model.predict_masks(states, visual, owners), owners, steps)
 
     # --- search (batch jobs) ----------------------------------------------------------------------
 
@@ -215,6 +233,9 @@ class RSABackend(Backend):
         labels = encoded["labels"][:, 1:].to(self.device)
         labels[labels == self.processor.token_ids[EOS]] = -100  # the description, not where it ends
         counted = (labels != -100).sum().clamp(min=1)
+        # Only the description's positions need logits (the image tokens are most of the sequence).
+        positions = (labels[0] != -100).nonzero().squeeze(-1)
+        labels = labels[:, positions]
         scores = []
         for start in range(0, len(embeddings), SEARCH_BATCH):
             if cancel is not None and cancel.is_set():
@@ -224,8 +245,9 @@ class RSABackend(Backend):
             ids = encoded["input_ids"].to(self.device).expand(count, -1)
             with torch.inference_mode():
                 visual = RSAVisualFeatures(tokens=tokens.to(self.device, self.model.dtype))
-                logits = self.model.language_model(inputs_embeds=self.model.embed(ids, visual), use_cache=False).logits
-                logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+                embeds = self.model.embed(ids, visual)
+                logits = self.model.language_model(inputs_embeds=embeds, use_cache=False, logits_to_keep=positions).logits
+                logprobs = torch.log_softmax(logits.float(), dim=-1)
                 wanted = labels.expand(count, -1)
                 picked = logprobs.gather(-1, wanted.clamp(min=0).unsqueeze(-1)).squeeze(-1) * (wanted != -100)
             scores.append((picked.sum(dim=1) / counted).cpu().numpy())
@@ -283,10 +305,11 @@ class RSABackend(Backend):
         """
         if not answer.segments:
             return []
-        states, samples, steps = self.model.generated_seg_states(generated.output)
-        mine = samples == generated.sample
-        states, samples, steps = states[mine], samples[mine], steps[mine]
-        logits = self.model.predict_masks(states, generated.visual, samples)
+        found = generated.masks
+        if found.logits is None:  # not decoded with the batch (a sample without [SEG] in its answer)
+            return []
+        mine = found.samples == generated.sample
+        logits, steps = found.logits[mine], found.steps[mine]
         width, height = window
         probabilities = torch.sigmoid(F.interpolate(logits[:, None].float(), size=(height, width), mode="bilinear")[:, 0])
         labels = {s.position: s.label for s in answer.segments} if kind is not FeatureKind.CHANGE else {}
@@ -310,6 +333,16 @@ class _Generated:
     output: GenerateDecoderOnlyOutput
     visual: RSAVisualFeatures
     sample: int
+    masks: "_MaskLogits"
+
+
+@dataclass(frozen=True)
+class _MaskLogits:
+    """The mask logits ``[n, M, M]`` of a batch's ``[SEG]`` tokens, with each one's sample and step (None: no [SEG])."""
+
+    logits: torch.Tensor | None
+    samples: torch.Tensor | None
+    steps: torch.Tensor | None
 
 
 def _names(items: Iterable[object]) -> str:
