@@ -457,6 +457,22 @@ def test_scripted_segment_gives_a_window_sized_mask(scripted):
     assert result.text == "1 x water bodies"
 
 
+def test_masks_are_cut_at_the_checkpoints_mask_threshold(scripted):
+    """Every pixel at probability 0.3: no mask at the default 0.5, the whole window at a calibrated 0.2."""
+    backend = scripted("water bodies [SEG]")
+    decoder = backend.model.mask_decoder
+    channels = decoder.hyper[-1].out_features
+    with torch.no_grad():  # each upsampled pixel is GELU(1) in every channel; the query's weights set the logit
+        decoder.hyper[-1].bias.fill_(math.log(0.3 / 0.7) / (channels * torch.nn.functional.gelu(torch.tensor(1.0)).item()))
+    assert backend.model.config.mask_threshold == 0.5
+    assert run(backend, Task.SEGMENT, "segment the water").text == "nothing found"
+    backend.model.config.mask_threshold = 0.2
+    (det,) = run(backend, Task.SEGMENT, "segment the water").detections
+    assert det.mask.all() and det.score == pytest.approx(0.3, abs=0.01)
+    with pytest.raises(StrictDataclassClassValidationError, match="mask_threshold"):
+        RSAConfig.from_dict({**backend.model.config.to_dict(), "mask_threshold": 1.5})
+
+
 @pytest.mark.parametrize("changed", [True, False])
 def test_scripted_change_gives_change_masks_only_when_changed(scripted, changed):
     backend = scripted("two buildings were built. [SEG]")

@@ -174,3 +174,20 @@ def test_the_image_dependence_cli_prints_and_writes_its_figures(trained, tmp_pat
     results, printed = json.loads(out.read_text()), capsys.readouterr().out
     for key in ("caption_gap", "qa_gap", "token_spread_ratio", "token_rms", "text_embedding_rms", "change_accuracy"):
         assert key in results and key in printed
+
+
+def test_the_calibration_cli_writes_the_best_mask_threshold_found_on_the_val_split(trained, tmp_path, capsys):
+    import shutil
+
+    from training.eval.calibrate import THRESHOLDS
+    from training.eval.calibrate import main as calibrate_main
+
+    model = tmp_path / "model"
+    shutil.copytree(trained.out, model)
+    assert calibrate_main(["--model", str(model), "--count", "2", "--size", "64", "--write"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("mask_threshold") == len(THRESHOLDS) + 1 and "<- best" in printed
+    written = json.loads((model / "config.json").read_text())["mask_threshold"]
+    assert written in THRESHOLDS and f"wrote mask_threshold {written}" in printed
+    with pytest.raises(SystemExit):  # the test split is what the goals are measured on
+        calibrate_main(["--model", str(model), "--split", "test"])

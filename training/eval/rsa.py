@@ -82,13 +82,7 @@ def evaluate(model: Path, split: str = "test", count: int = 100, size: int = 512
             found = [d for d in ask(Task.GROUND, window, f"find {ref.text}").detections if d.kind is FeatureKind.BOX]
             boxes_pred.append(found[0].box if found else None)
             boxes_true.append(ref.box)
-        if i % 2 and scene.referring:
-            ref = scene.referring[int(rng.integers(len(scene.referring)))]
-            prompt, target = f"segment {ref.text}", scene.mask(ref.target)
-        else:
-            present = sorted({int(c) for c in np.unique(scene.class_map)} - {0})
-            cls = present[int(rng.integers(len(present)))]
-            prompt, target = f"segment the {CLASSES[cls].plural}", scene.class_map == cls
+        prompt, target = segment_case(scene, i, rng)
         masks = [d.mask for d in ask(Task.SEGMENT, window, prompt).detections if d.mask is not None]
         masks_pred.append(np.logical_or.reduce(masks) if masks else np.zeros_like(target))
         masks_true.append(target)
@@ -132,6 +126,17 @@ def evaluate(model: Path, split: str = "test", count: int = 100, size: int = 512
         "seconds": round(seconds, 1),
     }
     return results
+
+
+def segment_case(scene, index: int, rng: np.random.Generator) -> tuple[str, np.ndarray]:
+    """The segment prompt of the ``index``-th scene and its target mask: a referring expression
+    for odd scenes that have one, else a class present in the scene."""
+    if index % 2 and scene.referring:
+        ref = scene.referring[int(rng.integers(len(scene.referring)))]
+        return f"segment {ref.text}", scene.mask(ref.target)
+    present = sorted({int(c) for c in np.unique(scene.class_map)} - {0})
+    cls = present[int(rng.integers(len(present)))]
+    return f"segment the {CLASSES[cls].plural}", scene.class_map == cls
 
 
 def table(results: dict[str, float | int | str]) -> str:

@@ -315,7 +315,7 @@ class RSABackend(Backend):
         labels = {s.position: s.label for s in answer.segments} if kind is not FeatureKind.CHANGE else {}
         detections = []
         for step, probability in zip(steps.tolist(), probabilities):
-            inside = probability > 0.5
+            inside = probability > self.model.config.mask_threshold
             if not inside.any():
                 continue
             mask = inside.cpu().numpy()

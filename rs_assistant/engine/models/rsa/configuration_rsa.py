@@ -103,6 +103,11 @@ class RSAConfig(PreTrainedConfig):
     change_pooling: Literal["mean", "max", "attention", "dense"] = "mean"
     change_dense_loss_weight: float = 0.0
 
+    # Serving: the mask probability above which a pixel belongs to a [SEG] mask. 0.5 unless
+    # calibrated on the validation split (python -m training.eval.calibrate), which writes the
+    # threshold with the best mIoU into the checkpoint's config.json.
+    mask_threshold: float = 0.5
+
     # Dense auxiliary supervision of the vision encoder: a linear per-patch land-cover head trained
     # with cross-entropy against the class map (majority class per patch). 0 classes: no head.
     num_aux_classes: int = 0
@@ -154,6 +159,8 @@ class RSAConfig(PreTrainedConfig):
             raise ValueError(
                 f"change_dense_loss_weight {self.change_dense_loss_weight} must be 0, or positive with change_pooling 'dense'"
             )
+        if not 0.0 < self.mask_threshold < 1.0:
+            raise ValueError(f"mask_threshold must be between 0 and 1, got {self.mask_threshold}")
         if self.vision_stem not in ("patch", "conv"):
             raise ValueError(f"vision_stem must be 'patch' or 'conv', got {self.vision_stem!r}")
         if self.vision_stem == "conv" and (patch < 4 or patch & (patch - 1)):

@@ -1,0 +1,79 @@
+"""python -m training.eval.calibrate --model FOLDER [--split val] [--count 60] [--write]
+
+Chooses an RSA checkpoint's mask threshold (``mask_threshold`` in its config.json: the
+probability above which a pixel belongs to a ``[SEG]`` mask) on the validation split, never on
+the test split the goals are measured on: each scene's segment prompt (as training.eval asks
+it) is answered once per candidate threshold, and the threshold with the best mIoU wins. With
+``--write`` it goes into the folder's config.json; the engine then serves masks with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from rs_assistant.core.protocol import Options, Task
+from rs_assistant.engine.backends.base import BackendCall
+from rs_assistant.engine.backends.rsa import RSABackend
+from training.data.synthetic import generate_scene, split_seeds
+from training.eval.metrics import mask_ious
+from training.eval.rsa import segment_case
+
+THRESHOLDS = (0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
+
+
+def calibrate(model: Path, split: str = "val", count: int = 60, size: int = 512,
+              thresholds: Sequence[float] = THRESHOLDS) -> dict[float, float]:
+    """mIoU of the segment prompts of ``count`` scenes of ``split`` for each threshold."""
+    if split == "test":
+        raise ValueError("calibrate on the train or val split: the test split is what the goals are measured on")
+    backend = RSABackend("calibrate", {"path": str(model)}, device="cuda" if torch.cuda.is_available() else "cpu")
+    backend.ensure_loaded()
+    predicted: dict[float, list[np.ndarray]] = {t: [] for t in thresholds}
+    targets: list[np.ndarray] = []
+    for i, seed in enumerate(tqdm(split_seeds(split, count), desc=f"calibrate ({split})", dynamic_ncols=True)):
+        scene = generate_scene(seed, size=size)
+        prompt, target = segment_case(scene, i, np.random.default_rng(seed))
+        targets.append(target)
+        for threshold in thresholds:
+            backend.model.config.mask_threshold = threshold
+            call = BackendCall(task=Task.SEGMENT, images=[scene.image], prompt=prompt, options=Options())
+            masks = [d.mask for d in backend.run(call).detections if d.mask is not None]
+            predicted[threshold].append(np.logical_or.reduce(masks) if masks else np.zeros_like(target))
+    return {t: mask_ious(predicted[t], targets)["mIoU"] for t in thresholds}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.eval.calibrate", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, required=True, help="RSA checkpoint folder")
+    parser.add_argument("--split", default="val", choices=("train", "val"))
+    parser.add_argument("--count", type=int, default=60)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--write", action="store_true", help="write the best threshold into the folder's config.json")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    config_file = args.model / "config.json"
+    if not config_file.is_file():
+        parser.error(f"{args.model} holds no config.json: not an RSA checkpoint folder")
+    scores = calibrate(args.model, args.split, args.count, args.size)
+    best = max(scores, key=lambda t: (scores[t], t))
+    for threshold, miou in scores.items():
+        print(f"mask_threshold {threshold:.2f}  mIoU {miou:.3f}{'  <- best' if threshold == best else ''}")
+    if args.write:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        config["mask_threshold"] = best
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        print(f"wrote mask_threshold {best} to {config_file}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
