@@ -6,13 +6,12 @@ generation give what each gives on its own, including boxes and masks (scripted 
 
 from __future__ import annotations
 
-import math
 import threading
 
 import numpy as np
 import pytest
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList
+from transformers import LogitsProcessorList
 
 from rs_assistant.core.protocol import BatchRequest, Options, Task
 from rs_assistant.engine.backends.base import BackendCall, BackendResult
@@ -21,6 +20,7 @@ from rs_assistant.engine.batch import CACHE_ENV, run_job
 from rs_assistant.engine.registry import Registry
 from rs_assistant.engine.service import Engine
 from tests.engine import rasters
+from tests.engine.scripted import Script
 
 RNG = np.random.default_rng(7)
 WINDOWS = [RNG.integers(0, 256, (48, 80, 3), dtype=np.uint8) for _ in range(3)]
@@ -59,18 +59,6 @@ def same(batched: list[BackendResult], alone: list[BackendResult]) -> None:
 def test_a_batch_answers_what_each_window_answers_alone(backend, task, prompt, pairs):
     batch = calls(task, prompt, pairs)
     same(backend.run_batch(batch), [backend.run(call) for call in batch])
-
-
-class Script(LogitsProcessor):
-    """Forces every sample of the batch to write ``ids`` (then end of sequence)."""
-
-    def __init__(self, ids: list[int], eos: int):
-        self.ids = [*ids, eos]
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        forced = torch.full_like(scores, -math.inf)
-        forced[:, self.ids[min(input_ids.shape[1], len(self.ids) - 1)]] = 0.0
-        return forced
 
 
 def test_scripted_boxes_and_masks_come_back_per_window_in_a_batch(tiny_rsa_path, monkeypatch):

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 from huggingface_hub.errors import StrictDataclassClassValidationError
-from transformers import AutoConfig, AutoModelForImageTextToText, LogitsProcessor, LogitsProcessorList
+from transformers import AutoConfig, AutoModelForImageTextToText, LogitsProcessorList
 
 from rs_assistant.core.protocol import ErrorCode, FeatureKind, Message, Options, ProtocolError, Role, Task
 from rs_assistant.engine.backends.base import BackendCall, BackendResult, Detection
@@ -31,6 +31,7 @@ from rs_assistant.engine.models.rsa import (
     load_named_config,
 )
 from tests.engine.conftest import RSA_CORPUS
+from tests.engine.scripted import Script
 
 RNG = np.random.default_rng(0)
 WINDOW = RNG.integers(0, 256, (48, 80, 3), dtype=np.uint8)  # 80 wide, 48 high: not square
@@ -396,18 +397,6 @@ def test_backend_answers_every_task(backend, task, prompt, images):
     if task is Task.CHANGE:
         assert result.text.startswith(("changed (", "unchanged ("))
         assert all(d.kind in (FeatureKind.BOX, FeatureKind.CHANGE) for d in result.detections)
-
-
-class Script(LogitsProcessor):
-    """Forces generation to write ``ids`` (then end of sequence)."""
-
-    def __init__(self, ids: list[int], eos: int):
-        self.ids = [*ids, eos]
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        forced = torch.full_like(scores, -math.inf)
-        forced[:, self.ids[min(input_ids.shape[1], len(self.ids) - 1)]] = 0.0
-        return forced
 
 
 @pytest.fixture
