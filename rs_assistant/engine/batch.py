@@ -264,8 +264,9 @@ class EmbeddingCache:
         self.root = Path(root)
 
     @staticmethod
-    def key(request: BatchRequest, grid: TileGrid) -> str:
-        """Model, raster files (path, size, modification time), tile grid and bands: what the embeddings depend on."""
+    def key(request: BatchRequest, grid: TileGrid, model_files: Sequence[Sequence[Any]] = ()) -> str:
+        """Model (its name and ``model_files``: the weights' paths, sizes and modification times), raster
+        files (the same), tile grid and bands: what the embeddings depend on."""
         files = []
         for source in request.sources[:1]:
             path = os.path.abspath(source)
@@ -273,6 +274,7 @@ class EmbeddingCache:
             files.append([path, info.st_size, info.st_mtime_ns])
         identity = {
             "model": request.model,
+            "weights": [list(f) for f in model_files],
             "files": files,
             "crs": grid.crs,
             "transform": list(grid.transform)[:6],
@@ -424,8 +426,26 @@ def plan_job(runner: Runner, request: BatchRequest) -> JobPlan:
     grid = make_grid(request)
     skipped = sum(1 for t in request.skip_tiles if t < grid.count)
     pending = [from_pending(f, grid) for f in request.pending]
-    key = EmbeddingCache.key(request, grid) if request.task is Task.RETRIEVE else None
+    key = EmbeddingCache.key(request, grid, _model_files(runner, request.model)) if request.task is Task.RETRIEVE else None
     return JobPlan(request, grid, uuid.uuid4().hex, grid.count - skipped, pending, key)
+
+
+def _model_files(runner: Runner, model: str) -> list[list[Any]]:
+    """Path, size and modification time of the files behind ``model``'s path settings (its checkpoint
+    folder's files), so that new weights under the same model name do not reuse old embeddings.
+    Empty where this process has no registry to ask (a Ray driver: its workers hold the engines)."""
+    engine = runner if isinstance(runner, Engine) else getattr(runner, "engine", None)
+    if not isinstance(engine, Engine):
+        return []
+    stamps = []
+    for _, value in sorted(engine.registry.spec(model).config.items()):
+        path = Path(value) if isinstance(value, str) and value else None
+        if path is None or not path.exists():
+            continue
+        for file in [path] if path.is_file() else sorted(f for f in path.iterdir() if f.is_file()):
+            info = file.stat()
+            stamps.append([str(file), info.st_size, info.st_mtime_ns])
+    return stamps
 
 
 def run_job(runner: Runner, request: BatchRequest, cancel: threading.Event | None = None) -> Iterator[dict[str, Any]]:

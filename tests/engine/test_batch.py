@@ -130,6 +130,24 @@ def test_search_ranks_the_tile_with_the_described_content_first_and_reuses_embed
     assert events_of("ranked", again)[0]["features"][0]["properties"]["tile"] != 11
 
 
+def test_new_weights_under_the_same_model_name_are_not_served_old_embeddings(data, tmp_path, monkeypatch):
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    weights = tmp_path / "checkpoint"
+    weights.mkdir()
+    (weights / "model.safetensors").write_bytes(b"first")
+    models = tmp_path / "models.toml"
+    models.write_text(f'[models.tiles]\nbackend = "tests.engine.fakes:TileBackend"\npath = "{weights}"\n', encoding="utf-8")
+    engine = Engine(Registry.from_file(models))
+    backend = engine.registry.backend("tiles")
+    search = request(data, Task.RETRIEVE, "colours.tif", prompt="a red roof")
+    list(run_job(engine, search))
+    list(run_job(engine, search))
+    assert backend.embedded == 12  # the same weights: the second search reuses the embeddings
+    (weights / "model.safetensors").write_bytes(b"retrained")
+    list(run_job(engine, search))
+    assert backend.embedded == 24  # new weights behind the same name: every tile embedded again
+
+
 def test_a_resumed_job_gives_the_same_layer_as_an_uninterrupted_one(engine, data):
     whole = list(run_job(engine, request(data, Task.GROUND, batch_size=2)))
     cancel = threading.Event()
