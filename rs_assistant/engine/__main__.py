@@ -76,19 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=0, help="port to bind (default 0: a free port)")
     serve.add_argument("--token-file", type=Path, default=None, help="bearer token file, created (mode 0600) if absent")
     run = commands.add_parser("run", help="answer one request and print the /v1/analyze response JSON")
-    run.add_argument("--task", required=True, help="caption, ground, segment, change, chat, classify or retrieve")
-    run.add_argument("--image", action="append", required=True, help="a raster path; twice for change (before, after)")
-    run.add_argument("--extent", help="XMIN,YMIN,XMAX,YMAX in --crs (default: the first raster's bounds)")
-    run.add_argument("--crs", help="CRS of --extent and of the output, e.g. EPSG:3857 (default: the first raster's)")
-    run.add_argument("--prompt", default="", help="what to ask or find")
-    run.add_argument("--model", default="default", help="a model name from the models file (default: default)")
+    _request_arguments(run, "caption, ground, segment, change, chat, classify or retrieve", "what to ask or find")
     batch = commands.add_parser("batch", help="run a task over a whole raster, tile by tile; prints NDJSON events")
-    batch.add_argument("--task", required=True, help="caption, ground, segment, change or retrieve")
-    batch.add_argument("--image", action="append", required=True, help="a raster path; twice for change (before, after)")
-    batch.add_argument("--extent", help="XMIN,YMIN,XMAX,YMAX in --crs (default: the whole first raster)")
-    batch.add_argument("--crs", help="CRS of --extent and of the output (default: the first raster's)")
-    batch.add_argument("--prompt", default="", help="what to find, segment or search for")
-    batch.add_argument("--model", default="default", help="a model name from the models file (default: default)")
+    _request_arguments(batch, "caption, ground, segment, change or retrieve", "what to find, segment or search for")
     batch.add_argument("--tile-size", type=int, default=512, help="tile side in pixels of the first raster (default 512)")
     batch.add_argument("--overlap", type=int, default=None, help="pixels shared by neighbouring tiles (default 64, at most a quarter tile)")
     batch.add_argument("--batch-size", type=int, default=4, help="tiles per model call (default 4)")
@@ -191,6 +181,16 @@ def _batch_request(args: argparse.Namespace) -> BatchRequest:
         batch_size=args.batch_size,
         options=Options(top_k=args.top_k),
     )
+
+
+def _request_arguments(parser: argparse.ArgumentParser, tasks: str, prompt: str) -> None:
+    """What ``run`` and ``batch`` both ask: the task, the raster(s), the region, the prompt and the model."""
+    parser.add_argument("--task", required=True, help=tasks)
+    parser.add_argument("--image", action="append", required=True, help="a raster path; twice for change (before, after)")
+    parser.add_argument("--extent", help="XMIN,YMIN,XMAX,YMAX in --crs (default: the whole first raster)")
+    parser.add_argument("--crs", help="CRS of --extent and of the output, e.g. EPSG:3857 (default: the first raster's)")
+    parser.add_argument("--prompt", default="", help=prompt)
+    parser.add_argument("--model", default="default", help="a model name from the models file (default: default)")
 
 
 def _ray_executor(args: argparse.Namespace):  # -> TileExecutor
