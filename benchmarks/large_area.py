@@ -73,6 +73,7 @@ PROMPTS = {"caption": "", "ground": "find the buildings", "segment": "segment th
 TILE = 512
 OVERLAP = 64
 THROUGHPUT_GOAL = 3.0
+OWN = " (the model's own)"
 RSS_GOAL = 1.2
 
 
@@ -253,9 +254,10 @@ def naive_run(engine: Any, request: Any, tiles: int | None = None) -> Run:
 
 def section_throughput(args: argparse.Namespace) -> None:
     side = SIDES_THROUGHPUT
-    print(f"\nThroughput: {args.tiles} tiles of {TILE} x {TILE} (overlap {OVERLAP}) spread over the {side} x {side} raster, "
-          f"model '{args.model}', batch size {args.batch_size}, 2 rasters for change")  # fmt: skip
     engine = make_engine(args.models, args.model)
+    in_force = engine.check_batch(request_for(args.tasks[0], args.cache, side, args.model, args.tiles, args.batch_size))
+    print(f"\nThroughput: {args.tiles} tiles of {TILE} x {TILE} (overlap {OVERLAP}) spread over the {side} x {side} raster, "
+          f"model '{args.model}', batch size {in_force}{OWN if not args.batch_size else ''}, 2 rasters for change")  # fmt: skip
     print(f"  {'task':<9}{'batch tiles/s':>14}{'batch MP/s':>12}{'naive tiles/s':>15}{'naive MP/s':>12}{'naive read':>12}"
           f"{'ratio':>8}   goal >= {THROUGHPUT_GOAL:g}x")  # fmt: skip
     ratios = []
@@ -281,7 +283,7 @@ SIDES_THROUGHPUT = 5000
 
 
 def section_memory(args: argparse.Namespace) -> None:
-    print(f"\nPeak RSS of one segment job per process, model '{args.model}' loaded first (batch size {args.batch_size}; "
+    print(f"\nPeak RSS of one segment job per process, model '{args.model}' loaded first (batch size {args.batch_size or OWN.strip(' ()')}; "
           f"batch: {args.rss_tiles or 'all'} tiles spread over the raster, naive: the whole raster read, then {args.naive_rss_tiles} tiles):")
     print(f"  {'run':<34}{'tiles':>7}{'seconds':>9}{'peak RSS':>11}{'before job':>12}{'job adds':>10}")
     peaks = {}
@@ -350,7 +352,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--model", default="default", help="the model to run (default: default)")
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated tasks (default: {','.join(TASKS)})")
     parser.add_argument("--tiles", type=int, default=48, help="tiles per task for the throughput (default 48)")
-    parser.add_argument("--batch-size", type=int, default=8, help="tiles per model call in the batch runs (default 8)")
+    parser.add_argument("--batch-size", type=int, default=0,
+                        help="tiles per model call in the batch runs (default 0: the model's own, as a job that does not set it)")
     parser.add_argument("--rss-tiles", type=int, default=0, help="tiles per memory job, spread over the raster (default 0: every tile)")
     parser.add_argument("--naive-rss-tiles", type=int, default=4, help="tiles of the naive memory runs (default 4)")
     parser.add_argument("--quick", action="store_true", help="16 tiles per task, 400 per memory job")

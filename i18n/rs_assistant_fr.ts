@@ -916,8 +916,8 @@
             <translation>Recouvrement entre tuiles (pixels)</translation>
         </message>
         <message>
-            <source>Tiles per model batch</source>
-            <translation>Tuiles par lot du modèle</translation>
+            <source>Tiles per model batch (0: the model's own)</source>
+            <translation>Tuiles par lot du modèle (0 : celui du modèle)</translation>
         </message>
         <message>
             <source>Score threshold</source>

@@ -573,7 +573,7 @@ class BatchEvent(str, enum.Enum):
     """The ``event`` field of each NDJSON line that ``POST /v1/batch`` streams back.
 
     - ``start``: ``job_id``, ``tiles`` (tiles in the grid), ``todo`` (tiles this run will do, after
-      ``skip_tiles``), ``crs`` (of every feature), ``tile_size``, ``overlap``.
+      ``skip_tiles``), ``crs`` (of every feature), ``tile_size``, ``overlap``, ``batch_size`` (in force).
     - ``tile``: ``tile`` (its id), ``done`` / ``todo`` (progress of this run), ``text`` (caption, may be
       empty), ``features`` (final GeoJSON features for the output layer, each with ``properties.tile``),
       ``pending`` (pieces that touch the tile's seam: not final; keep them to resume, wait for ``merged``).
@@ -604,7 +604,9 @@ class BatchRequest:
     every map point belongs to exactly one tile. ``extent`` (in ``extent_crs``, default the first
     source's CRS) limits the job to part of the raster. ``skip_tiles`` and ``pending`` (the seam
     pieces an interrupted run streamed) resume a job: the same request with them gives the same
-    result as an uninterrupted run.
+    result as an uninterrupted run. ``batch_size`` is the tiles per model call; 0 (the default)
+    leaves it to the model (its backend's ``tile_batch_size``: 16 for the built-in model), and the
+    start event says the one in force.
     """
 
     task: Task
@@ -616,7 +618,7 @@ class BatchRequest:
     extent_crs: str | None = None
     tile_size: int = 512
     overlap: int = 64
-    batch_size: int = 4
+    batch_size: int = 0
     bands: tuple[int, ...] | None = None
     skip_tiles: tuple[int, ...] = ()
     pending: tuple[dict[str, Any], ...] = ()
@@ -665,8 +667,10 @@ class BatchRequest:
             )
         if not 0 <= overlap <= tile // 2:
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"overlap must be between 0 and half the tile size ({tile // 2}), got {overlap}")
-        if not 1 <= batch <= self.MAX_BATCH_SIZE:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, f"batch_size must be between 1 and {self.MAX_BATCH_SIZE}, got {batch}")
+        if not 0 <= batch <= self.MAX_BATCH_SIZE:
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST, f"batch_size must be between 1 and {self.MAX_BATCH_SIZE} (or 0: the model's own), got {batch}"
+            )
         if any(t < 0 for t in skip):
             raise ProtocolError(ErrorCode.BAD_REQUEST, "skip_tiles must be tile ids (0 or more)")
         object.__setattr__(self, "tile_size", tile)
@@ -731,7 +735,7 @@ class BatchRequest:
             extent_crs=data.get("extent_crs"),
             tile_size=data.get("tile_size", 512),
             overlap=data.get("overlap", 64),
-            batch_size=data.get("batch_size", 4),
+            batch_size=data.get("batch_size", 0),
             bands=data.get("bands"),
             skip_tiles=tuple(data.get("skip_tiles") or ()),
             pending=tuple(data.get("pending") or ()),

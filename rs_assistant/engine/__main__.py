@@ -81,7 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     _request_arguments(batch, "caption, ground, segment, change or retrieve", "what to find, segment or search for")
     batch.add_argument("--tile-size", type=int, default=512, help="tile side in pixels of the first raster (default 512)")
     batch.add_argument("--overlap", type=int, default=None, help="pixels shared by neighbouring tiles (default 64, at most a quarter tile)")
-    batch.add_argument("--batch-size", type=int, default=4, help="tiles per model call (default 4)")
+    batch.add_argument("--batch-size", type=int, default=0,
+                       help="tiles per model call (default 0: the model's own; 16 for the built-in model)")
     batch.add_argument("--top-k", type=int, default=5, help="retrieve: how many tiles to rank (default 5)")
     batch.add_argument("--output", type=Path, help="write the features to this GeoJSON-lines file instead of events to stdout")
     batch.add_argument("--ray-address", help="run the tiles on this Ray cluster ('auto', 'ray://HOST:PORT')")

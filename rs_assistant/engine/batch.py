@@ -18,6 +18,7 @@ search of the same layer with another prompt only scores the cached embeddings.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import hashlib
 import heapq
 import json
@@ -45,7 +46,7 @@ from rs_assistant.core.protocol import (
     ProtocolError,
     Task,
 )
-from rs_assistant.engine.backends.base import BackendCall, BackendResult
+from rs_assistant.engine.backends.base import Backend, BackendCall, BackendResult
 from rs_assistant.engine.geo import detections_to_features
 from rs_assistant.engine.imagery import DatasetCache, Window, read_image, read_pair
 from rs_assistant.engine.seams import Piece, Reprojector, from_pending, merge, split_tile, to_feature
@@ -313,8 +314,10 @@ class EmbeddingCache:
 class TileExecutor(abc.ABC):
     """Runs batches of tiles somewhere; results may come back in any order."""
 
-    def check(self, request: BatchRequest) -> None:
-        """Refuse a job the models cannot run (UNKNOWN_MODEL, UNSUPPORTED_TASK) before it starts; default: no check."""
+    def check(self, request: BatchRequest) -> int:
+        """Refuse a job the models cannot run (UNKNOWN_MODEL, UNSUPPORTED_TASK) before it starts, and return
+        its batch size (the request's; for ``batch_size`` 0 the model's own). Default: no check, 0 means 4."""
+        return request.batch_size or Backend.TILE_BATCH_SIZE
 
     @abc.abstractmethod
     def map(self, request: BatchRequest, batches: Iterable[list[TileWork]], cancel: threading.Event) -> Iterator[list[TileOutput]]:
@@ -344,8 +347,8 @@ class LocalExecutor(TileExecutor):
         self.datasets = DatasetCache()
         self._reader: ThreadPoolExecutor | None = None
 
-    def check(self, request: BatchRequest) -> None:
-        self.engine.check_batch(request)
+    def check(self, request: BatchRequest) -> int:
+        return self.engine.check_batch(request)
 
     def map(self, request: BatchRequest, batches: Iterable[list[TileWork]], cancel: threading.Event) -> Iterator[list[TileOutput]]:
         if self.read_ahead == 0:
@@ -422,7 +425,9 @@ Runner = Union[Engine, TileExecutor]
 def plan_job(runner: Runner, request: BatchRequest) -> JobPlan:
     """Check the job (model, task, CRSs, sources, extent, pending pieces) before anything is streamed; ProtocolError if it cannot run."""
     executor = _executor(runner)
-    executor.check(request)
+    batch_size = executor.check(request)
+    if batch_size != request.batch_size:
+        request = dataclasses.replace(request, batch_size=batch_size)
     grid = make_grid(request)
     skipped = sum(1 for t in request.skip_tiles if t < grid.count)
     pending = [from_pending(f, grid) for f in request.pending]
@@ -482,6 +487,7 @@ def _events(executor: TileExecutor, plan: JobPlan, cancel: threading.Event) -> I
     yield {
         "event": BatchEvent.START.value, "job_id": plan.job_id, "tiles": grid.count, "todo": plan.todo,
         "crs": request.output_crs, "tile_size": request.tile_size, "overlap": request.overlap,
+        "batch_size": request.batch_size,
     }  # fmt: skip
     ranking = _Ranking(request.options.top_k)
     seams: list[Piece] = []

@@ -248,9 +248,9 @@ class RayExecutor(TileExecutor):
                     "and a Python with the engine's packages; the Ray worker logs have the details",
                 ) from None
 
-    def check(self, request: BatchRequest) -> None:
-        """UNKNOWN_MODEL / UNSUPPORTED_TASK before the job starts, as the first worker sees its models."""
-        self._get(self._actors[0].check.remote(request), "checking the job (starting: see the Ray worker logs)")
+    def check(self, request: BatchRequest) -> int:
+        """UNKNOWN_MODEL / UNSUPPORTED_TASK before the job starts, as the first worker sees its models; the job's batch size."""
+        return int(self._get(self._actors[0].check.remote(request), "checking the job (starting: see the Ray worker logs)"))
 
     def map(self, request: BatchRequest, batches: Iterable[list[TileWork]], cancel: threading.Event) -> Iterator[list[TileOutput]]:
         """Each batch's outputs as a worker finishes it (in any order); CANCELLED once ``cancel`` is set."""

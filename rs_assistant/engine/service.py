@@ -119,11 +119,12 @@ class Engine:
 
     # --- batch jobs (rs_assistant.engine.batch) ------------------------------------------------
 
-    def check_batch(self, request: BatchRequest) -> None:
-        """UNKNOWN_MODEL, UNSUPPORTED_TASK or BAD_CRS for a batch job, before any pixel is read."""
+    def check_batch(self, request: BatchRequest) -> int:
+        """UNKNOWN_MODEL, UNSUPPORTED_TASK or BAD_CRS for a batch job, before any pixel is read; returns
+        the job's batch size (the request's, or with ``batch_size`` 0 the model's ``tile_batch_size``)."""
         spec = self.registry.spec(request.model)
+        backend = self.registry.backend(spec.name)
         if request.task is Task.RETRIEVE:
-            backend = self.registry.backend(spec.name)
             if not backend.searchable:
                 raise backend.search_unsupported()
         else:
@@ -131,6 +132,7 @@ class Engine:
         parse_crs(request.output_crs)
         if request.extent_crs is not None:
             parse_crs(request.extent_crs)
+        return request.batch_size or backend.tile_batch_size
 
     def run_batch(self, model: str, calls: Sequence[BackendCall]) -> list[BackendResult]:
         """One batch of a job's tiles through the model, holding its lock for this batch only (so other requests interleave)."""

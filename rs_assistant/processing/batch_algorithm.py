@@ -249,8 +249,8 @@ class BatchAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterNumber(
             self.OVERLAP, tr("Overlap between tiles (pixels)"), QgsProcessingParameterNumber.Type.Integer, 64, minValue=0))
         self.addParameter(QgsProcessingParameterNumber(
-            self.BATCH_SIZE, tr("Tiles per model batch"), QgsProcessingParameterNumber.Type.Integer, 4,
-            minValue=1, maxValue=BatchRequest.MAX_BATCH_SIZE))
+            self.BATCH_SIZE, tr("Tiles per model batch (0: the model's own)"), QgsProcessingParameterNumber.Type.Integer, 0,
+            minValue=0, maxValue=BatchRequest.MAX_BATCH_SIZE))
         if self.HAS_THRESHOLD:
             self.addParameter(QgsProcessingParameterNumber(
                 self.SCORE_THRESHOLD, tr("Score threshold"), QgsProcessingParameterNumber.Type.Double, 0.3,

@@ -120,3 +120,13 @@ def test_nothing_listening_is_engine_unreachable():
     with pytest.raises(ProtocolError) as err:
         EngineClient("http://127.0.0.1:9", token=TOKEN).batch(job(), lambda e: None)
     assert err.value.code is ErrorCode.ENGINE_UNREACHABLE
+
+
+def test_batch_size_defaults_to_the_models_own_and_is_checked():
+    job = BatchRequest.from_dict({"task": "segment", "sources": ["a.tif"], "output_crs": "EPSG:3857"})
+    assert job.batch_size == 0 == BatchRequest(Task.SEGMENT, ("a.tif",), "EPSG:3857").batch_size  # 0: the model's own
+    assert BatchRequest.from_dict(job.to_dict()) == job
+    for wrong in (-1, BatchRequest.MAX_BATCH_SIZE + 1):
+        with pytest.raises(ProtocolError) as caught:
+            BatchRequest(Task.SEGMENT, ("a.tif",), "EPSG:3857", batch_size=wrong)
+        assert caught.value.code is ErrorCode.BAD_REQUEST and "0: the model's own" in caught.value.message

@@ -90,6 +90,28 @@ def test_a_job_streams_start_tiles_merged_done(engine, data):
     assert engine.registry.backend("tiles").batch_sizes == [3, 3, 3, 3]  # one model call per batch of tiles
 
 
+def test_batch_size_0_leaves_it_to_the_model(engine, data, tmp_path):
+    events = list(run_job(engine, request(data, batch_size=0)))  # TileBackend keeps the backends' default, 4
+    assert events[0]["batch_size"] == 4 and engine.registry.backend("tiles").batch_sizes == [4, 4, 4]
+    models = tmp_path / "models.toml"
+    write_models_file(models, extra=TILES_TOML.replace('backend = "tests.engine.fakes:TileBackend"',
+                                                       'backend = "tests.engine.fakes:TileBackend"\ntile_batch_size = 5'))
+    own = Engine(Registry.from_file(models))
+    events = list(run_job(own, request(data, batch_size=0)))
+    assert events[0]["batch_size"] == 5 and own.registry.backend("tiles").batch_sizes == [5, 5, 2]
+    events = list(run_job(own, request(data, batch_size=6)))  # the request's own size wins
+    assert events[0]["batch_size"] == 6 and own.registry.backend("tiles").batch_sizes[3:] == [6, 6]
+
+
+def test_a_bad_tile_batch_size_in_the_models_file_is_a_clear_error(data, tmp_path):
+    models = tmp_path / "models.toml"
+    write_models_file(models, extra=TILES_TOML.replace('backend = "tests.engine.fakes:TileBackend"',
+                                                       'backend = "tests.engine.fakes:TileBackend"\ntile_batch_size = "many"'))
+    events = list(run_job(Engine(Registry.from_file(models)), request(data, batch_size=0)))
+    assert [e["event"] for e in events] == ["error"] and "tile_batch_size" in events[0]["error"]["message"]
+    assert list(run_job(Engine(Registry.from_file(models)), request(data, batch_size=2)))[-1]["event"] == "done"
+
+
 def test_caption_gives_one_tile_polygon_per_tile_with_its_text(engine, data):
     events = list(run_job(engine, request(data, Task.CAPTION, batch_size=5)))
     tiles = [f for f in layer(events) if f["properties"]["kind"] == FeatureKind.TILE.value]

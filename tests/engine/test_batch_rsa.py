@@ -104,9 +104,10 @@ def test_a_search_job_runs_on_the_rsa_model(tiny_rsa_path, tmp_path, monkeypatch
     engine = Engine(Registry.from_file(models))
     path = rasters.rgb_uint8(tmp_path / "scene.tif", width=96, height=64)
     request = BatchRequest(task=Task.RETRIEVE, sources=(str(path),), output_crs=rasters.UTM, model="tiny", prompt="storage tanks",
-                           tile_size=32, overlap=0, batch_size=4, options=Options(top_k=2))  # fmt: skip
+                           tile_size=32, overlap=0, batch_size=0, options=Options(top_k=2))  # fmt: skip
     events = list(run_job(engine, request))
     assert events[-1]["event"] == "done", events[-1]
+    assert events[0]["batch_size"] == RSABackend.TILE_BATCH_SIZE == 16  # the model's own: a small model batches more
     (ranked,) = [e for e in events if e["event"] == "ranked"]
     assert [f["properties"]["rank"] for f in ranked["features"]] == [1, 2]
     assert len(list((tmp_path / "cache").rglob("*.npy"))) == 6  # one cached embedding per tile

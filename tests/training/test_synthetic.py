@@ -15,7 +15,7 @@ from training.data.synthetic import (
     CLASSES, SPLITS, ChangeKind, ObjectClass, Scene, generate_pair, generate_scene, split_seeds,
 )
 from training.data.synthetic.language import (
-    COMPASS, REGIONS, candidates, mentioned_counts, region, where,
+    COMPASS, MIN_TARGET_FRACTION, REGIONS, candidates, mentioned_counts, region, where,
 )
 from training.data.synthetic.layout import GSD_RANGE, THEMES
 from training.data.synthetic.writer import write_pair, write_scene
@@ -131,6 +131,8 @@ def check_referring(scene: Scene) -> set[str]:
         target = scene.object(ref.target)
         group = candidates(ref.noun, scene.objects)
         assert target in group and ref.box == target.box and ref.noun in ref.text
+        # Big enough to single out by its box at the model's input size (no 5 x 5 sheds, no border slivers).
+        assert target.pixels >= MIN_TARGET_FRACTION * scene.size**2, (ref.text, target.pixels)
         _check_rule(scene, ref.rule, ref.text, ref.noun, target, group, ref.landmark)
     return {ref.rule for ref in scene.referring}
 

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
-from rs_assistant.core.protocol import ErrorCode, FeatureKind, Message, Options, ProtocolError, Task
+from rs_assistant.core.protocol import BatchRequest, ErrorCode, FeatureKind, Message, Options, ProtocolError, Task
 
 
 @dataclass
@@ -60,6 +60,9 @@ class Backend(abc.ABC):
 
     name: ClassVar[str] = ""
     tasks: ClassVar[frozenset[Task]] = frozenset()
+    #: Tiles per model call of a batch job that asks for the model's own batch size (``batch_size`` 0);
+    #: a models file overrides it with ``tile_batch_size = N``.
+    TILE_BATCH_SIZE: ClassVar[int] = 4
 
     def __init__(self, model_name: str, config: Mapping[str, Any], device: str = "cpu"):
         self.model_name = model_name
@@ -95,6 +98,18 @@ class Backend(abc.ABC):
                 raise ProtocolError(ErrorCode.CANCELLED, f"model '{self.model_name}': the batch was cancelled")
             results.append(self.run(call))
         return results
+
+    @property
+    def tile_batch_size(self) -> int:
+        """Tiles per model call of a batch job that leaves the batch size to the model: the models file's
+        ``tile_batch_size``, else the backend's TILE_BATCH_SIZE (large for a small model, small for a VLM)."""
+        value = self.config.get("tile_batch_size", self.TILE_BATCH_SIZE)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= BatchRequest.MAX_BATCH_SIZE:
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST,
+                f"model '{self.model_name}': tile_batch_size must be an integer from 1 to {BatchRequest.MAX_BATCH_SIZE}, got {value!r}",
+            )
+        return value
 
     @property
     def searchable(self) -> bool:

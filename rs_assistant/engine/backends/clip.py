@@ -110,6 +110,7 @@ RESAMPLING = {"bicubic": PILImageResampling.BICUBIC, "bilinear": PILImageResampl
 class ClipBackend(Backend):
     name = "clip"
     tasks = frozenset({Task.CLASSIFY, Task.RETRIEVE})
+    TILE_BATCH_SIZE = DEFAULT_BATCH_SIZE  # a search embeds this many tiles per forward pass anyway
 
     model: CLIPModel
     tokenizer: CLIPTokenizer
