@@ -59,7 +59,10 @@ STYLE_PHRASES: dict[ObjectClass, Callable[[str, str], str]] = {
 LONG = (C.ROAD,)
 """Classes too elongated for "in the top left"."""
 MIN_TARGET_PIXELS = 24
-"""Referring expressions only target objects with at least this many visible pixels."""
+MIN_TARGET_FRACTION = 0.001
+"""Referring expressions only target objects with at least this many visible pixels, and at least this
+fraction of the image (262 pixels, about 16 x 16, in a 512 window): a model that sees the window at 224
+pixels cannot single out a smaller one (a 5 x 5 shed, a sliver of a building at the border) by its box."""
 LANDMARKS = (C.ROAD, C.WATER, C.PARKING_LOT, C.BUILDING, C.STORAGE_TANK, C.FOREST)
 """Classes that relations are anchored on ("the pond left of the road")."""
 VERBS = {C.BUILDING: "stands", C.STORAGE_TANK: "stands", C.TREE: "stands", C.VEHICLE: "is"}
@@ -274,11 +277,12 @@ def _referring(facts: _Facts, rng: np.random.Generator, limit: int = 8) -> tuple
     found: dict[str, list[ReferringExpression]] = {}
     groups = [(noun, candidates(noun, facts.objects)) for cls in COUNTED for noun in facts.nouns(cls)]
     groups = [(noun, group) for noun, group in groups if group]
+    smallest = max(MIN_TARGET_PIXELS, MIN_TARGET_FRACTION * facts.size * facts.size)
     landmarks = [(noun, group[0]) for noun, group in groups
-                 if len(group) == 1 and group[0].cls in LANDMARKS and group[0].pixels >= 4 * MIN_TARGET_PIXELS]
+                 if len(group) == 1 and group[0].cls in LANDMARKS and group[0].pixels >= 4 * smallest]
     for noun, group in groups:
         for rule, text, target, landmark in _rules(facts, noun, group, landmarks, rng):
-            if target.pixels >= MIN_TARGET_PIXELS:
+            if target.pixels >= smallest:
                 expression = ReferringExpression(text, target.id, target.box, rule, noun, landmark)
                 found.setdefault(rule, []).append(expression)
     chosen: list[ReferringExpression] = []
