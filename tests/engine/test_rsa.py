@@ -479,6 +479,22 @@ def test_scripted_change_gives_change_masks_only_when_changed(scripted, changed)
         assert result.detections == []
 
 
+def test_the_change_verdict_follows_the_checkpoints_change_threshold(scripted):
+    """A head at 30%: unchanged at the default 0.5, changed (with its masks) at a calibrated 0.25."""
+    backend = scripted("a road was built. [SEG]")
+    with torch.no_grad():
+        backend.model.difference.change_head.weight.zero_()
+        backend.model.difference.change_head.bias.fill_(math.log(0.3 / 0.7))
+    result = run(backend, Task.CHANGE, "", (WINDOW, AFTER))
+    assert result.text == "unchanged (30%): a road was built." and result.detections == []
+    backend.model.config.change_threshold = 0.25
+    result = run(backend, Task.CHANGE, "", (WINDOW, AFTER))
+    assert result.text == "changed (30%): a road was built."
+    assert [d.kind for d in result.detections] == [FeatureKind.CHANGE]
+    with pytest.raises(StrictDataclassClassValidationError, match="change_threshold"):
+        RSAConfig.from_dict({**backend.model.config.to_dict(), "change_threshold": 0.0})
+
+
 def test_too_long_prompt_is_refused(backend):
     with pytest.raises(ProtocolError) as err:
         run(backend, Task.CHAT, "how many buildings " * 200)

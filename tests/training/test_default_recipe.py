@@ -6,6 +6,7 @@ import json
 import tomllib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -176,18 +177,32 @@ def test_the_image_dependence_cli_prints_and_writes_its_figures(trained, tmp_pat
         assert key in results and key in printed
 
 
+def test_the_change_threshold_is_the_one_with_the_best_accuracy():
+    from training.eval.calibrate import best_change_threshold
+
+    probabilities = np.array([0.1, 0.2, 0.3, 0.35, 0.6, 0.9])  # a head that is right, but low, on the changed pairs
+    truths = np.array([False, False, True, True, True, True])
+    best, accuracy = best_change_threshold(probabilities, truths)
+    assert best == 0.3 and accuracy[0.25] == accuracy[0.3] == 1.0 and accuracy[0.5] == pytest.approx(4 / 6)
+    best, _ = best_change_threshold(np.array([0.1, 0.9]), np.array([False, True]))
+    assert best == 0.5  # every candidate from 0.15 to 0.9 is right: the one nearest 0.5
+
+
 def test_the_calibration_cli_writes_the_best_mask_threshold_found_on_the_val_split(trained, tmp_path, capsys):
     import shutil
 
-    from training.eval.calibrate import THRESHOLDS
+    from training.eval.calibrate import CHANGE_THRESHOLDS, THRESHOLDS
     from training.eval.calibrate import main as calibrate_main
 
     model = tmp_path / "model"
     shutil.copytree(trained.out, model)
-    assert calibrate_main(["--model", str(model), "--count", "2", "--size", "64", "--write"]) == 0
+    assert calibrate_main(["--model", str(model), "--count", "2", "--pairs", "4", "--size", "64", "--write"]) == 0
     printed = capsys.readouterr().out
     assert printed.count("mask_threshold") == len(THRESHOLDS) + 1 and "<- best" in printed
     written = json.loads((model / "config.json").read_text())["mask_threshold"]
     assert written in THRESHOLDS and f"wrote mask_threshold {written}" in printed
+    change = json.loads((model / "config.json").read_text())["change_threshold"]
+    assert change in CHANGE_THRESHOLDS and f"change_threshold {change}" in printed.split("wrote")[-1]
+    assert printed.count("<- best") == 2
     with pytest.raises(SystemExit):  # the test split is what the goals are measured on
         calibrate_main(["--model", str(model), "--split", "test"])

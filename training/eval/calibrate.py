@@ -1,10 +1,16 @@
-"""python -m training.eval.calibrate --model FOLDER [--split val] [--count 60] [--write]
+"""python -m training.eval.calibrate --model FOLDER [--split val] [--count 60] [--pairs 200] [--write]
 
-Chooses an RSA checkpoint's mask threshold (``mask_threshold`` in its config.json: the
-probability above which a pixel belongs to a ``[SEG]`` mask) on the validation split, never on
-the test split the goals are measured on: each scene's segment prompt (as training.eval asks
-it) is answered once per candidate threshold, and the threshold with the best mIoU wins. With
-``--write`` it goes into the folder's config.json; the engine then serves masks with it.
+Chooses an RSA checkpoint's two serving thresholds on the validation split, never on the test
+split the goals are measured on:
+
+- ``mask_threshold`` (the probability above which a pixel belongs to a ``[SEG]`` mask): each
+  scene's segment prompt (as training.eval asks it) is answered once per candidate threshold, and
+  the threshold with the best mIoU wins;
+- ``change_threshold`` (the changed/unchanged head's probability from which a pair counts as
+  changed): the head's probability for ``--pairs`` pairs, every other one changed as in
+  training.eval, and the candidate with the best accuracy wins (ties: the one nearest 0.5).
+
+With ``--write`` both go into the folder's config.json; the engine then serves with them.
 """
 
 from __future__ import annotations
@@ -23,20 +29,26 @@ from tqdm import tqdm
 from rs_assistant.core.protocol import Options, Task
 from rs_assistant.engine.backends.base import BackendCall
 from rs_assistant.engine.backends.rsa import RSABackend
-from training.data.synthetic import generate_scene, split_seeds
+from training.data.synthetic import generate_pair, generate_scene, split_seeds
 from training.eval.metrics import mask_ious
 from training.eval.rsa import segment_case
 
 THRESHOLDS = (0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
+CHANGE_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))
+
+
+def _backend(model: Path, split: str) -> RSABackend:
+    if split == "test":
+        raise ValueError("calibrate on the train or val split: the test split is what the goals are measured on")
+    backend = RSABackend("calibrate", {"path": str(model)}, device="cuda" if torch.cuda.is_available() else "cpu")
+    backend.ensure_loaded()
+    return backend
 
 
 def calibrate(model: Path, split: str = "val", count: int = 60, size: int = 512,
               thresholds: Sequence[float] = THRESHOLDS) -> dict[float, float]:
     """mIoU of the segment prompts of ``count`` scenes of ``split`` for each threshold."""
-    if split == "test":
-        raise ValueError("calibrate on the train or val split: the test split is what the goals are measured on")
-    backend = RSABackend("calibrate", {"path": str(model)}, device="cuda" if torch.cuda.is_available() else "cpu")
-    backend.ensure_loaded()
+    backend = _backend(model, split)
     predicted: dict[float, list[np.ndarray]] = {t: [] for t in thresholds}
     targets: list[np.ndarray] = []
     for i, seed in enumerate(tqdm(split_seeds(split, count), desc=f"calibrate ({split})", dynamic_ncols=True)):
@@ -51,11 +63,33 @@ def calibrate(model: Path, split: str = "val", count: int = 60, size: int = 512,
     return {t: mask_ious(predicted[t], targets)["mIoU"] for t in thresholds}
 
 
+def change_probabilities(model: Path, split: str = "val", count: int = 200, size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """The changed/unchanged head's probability for ``count`` pairs of ``split`` (odd seeds changed), and the truth."""
+    backend = _backend(model, split)
+    probabilities, truths = [], []
+    for seed in tqdm(split_seeds(split, count), desc=f"change pairs ({split})", dynamic_ncols=True):
+        pair = generate_pair(seed, size=size, changed=seed % 2 == 1)
+        pixels = backend.processor.pixel_values([(pair.before.image, pair.after.image)])
+        with torch.inference_mode():
+            logits = backend.model.encode_images(pixels.to(backend.device, backend.model.dtype)).change_logits
+        probabilities.append(float(torch.sigmoid(logits.float()).reshape(-1)[0]))
+        truths.append(pair.changed)
+    return np.array(probabilities), np.array(truths, bool)
+
+
+def best_change_threshold(probabilities: np.ndarray, truths: np.ndarray,
+                          thresholds: Sequence[float] = CHANGE_THRESHOLDS) -> tuple[float, dict[float, float]]:
+    """The threshold with the best accuracy (ties: nearest 0.5), and every candidate's accuracy."""
+    accuracy = {t: float(np.mean((probabilities >= t) == truths)) for t in thresholds}
+    return max(accuracy, key=lambda t: (accuracy[t], -abs(t - 0.5))), accuracy
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.eval.calibrate", description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True, help="RSA checkpoint folder")
     parser.add_argument("--split", default="val", choices=("train", "val"))
     parser.add_argument("--count", type=int, default=60)
+    parser.add_argument("--pairs", type=int, default=200, help="pairs for the change threshold (0: leave it)")
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--write", action="store_true", help="write the best threshold into the folder's config.json")
     args = parser.parse_args(argv)
@@ -67,11 +101,17 @@ def main(argv: list[str] | None = None) -> int:
     best = max(scores, key=lambda t: (scores[t], t))
     for threshold, miou in scores.items():
         print(f"mask_threshold {threshold:.2f}  mIoU {miou:.3f}{'  <- best' if threshold == best else ''}")
+    chosen = {"mask_threshold": best}
+    if args.pairs > 0:
+        change, accuracy = best_change_threshold(*change_probabilities(args.model, args.split, args.pairs, args.size))
+        for threshold, value in accuracy.items():
+            print(f"change_threshold {threshold:.2f}  accuracy {value:.3f}{'  <- best' if threshold == change else ''}")
+        chosen["change_threshold"] = change
     if args.write:
         config = json.loads(config_file.read_text(encoding="utf-8"))
-        config["mask_threshold"] = best
+        config.update(chosen)
         config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        print(f"wrote mask_threshold {best} to {config_file}")
+        print(f"wrote {', '.join(f'{k} {v}' for k, v in chosen.items())} to {config_file}")
     return 0
 
 

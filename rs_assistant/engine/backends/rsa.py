@@ -15,9 +15,9 @@ by RSAProcessor.parse_answer (the formats are documented in processing_rsa.py):
   (the mean over its four location tokens);
 - each ``[SEG]`` -> its hidden state through the mask decoder -> logits resized to the window
   -> a boolean mask detection (score: the mean probability inside the mask);
-- change: the caption, prefixed with the changed/unchanged head's verdict ("changed (93%): ...");
-  when changed, the ``[SEG]`` masks (over the difference features) become ``change`` detections
-  scored by the head.
+- change: the caption, prefixed with the changed/unchanged head's verdict ("changed (93%): ...";
+  changed from the config's ``change_threshold`` on, 0.5 unless calibrated); when changed, the
+  ``[SEG]`` masks (over the difference features) become ``change`` detections scored by the head.
 
 Only chat reads the conversation history; the other tasks are single turns, as trained.
 
@@ -186,10 +186,9 @@ class RSABackend(Backend):
                 results.append(self._result(call, answer, _Generated(output, visual, sample, masks), (width, height)))
         return results
 
-    @staticmethod
-    def _wants_masks(task: Task, visual: RSAVisualFeatures, sample: int) -> bool:
+    def _wants_masks(self, task: Task, visual: RSAVisualFeatures, sample: int) -> bool:
         """Whether the sample's [SEG] masks are used: always, except for a pair the change head calls unchanged."""
-        return task is not Task.CHANGE or float(torch.sigmoid(visual.change_logits[sample])) >= 0.5
+        return task is not Task.CHANGE or float(torch.sigmoid(visual.change_logits[sample])) >= self.model.config.change_threshold
 
     def _mask_logits(self, output: GenerateDecoderOnlyOutput, visual: RSAVisualFeatures, samples: list[int]) -> "_MaskLogits":
         """The mask decoder's logits for every ``[SEG]`` the ``samples`` wrote, in one pass for the whole batch."""
@@ -273,7 +272,7 @@ class RSABackend(Backend):
                 return BackendResult(text=_summary(detections), detections=detections)
             return BackendResult(text=answer.text, detections=detections)
         probability = float(torch.sigmoid(generated.visual.change_logits[generated.sample]))
-        changed = probability >= 0.5
+        changed = probability >= self.model.config.change_threshold
         text = f"{'changed' if changed else 'unchanged'} ({probability:.0%})" + (f": {answer.text}" if answer.text else "")
         if changed:
             detections += self._masks(answer, generated, window, FeatureKind.CHANGE, "change", score=probability)

@@ -107,6 +107,9 @@ class RSAConfig(PreTrainedConfig):
     # calibrated on the validation split (python -m training.eval.calibrate), which writes the
     # threshold with the best mIoU into the checkpoint's config.json.
     mask_threshold: float = 0.5
+    # Serving: the changed/unchanged head's probability from which a pair counts as changed. 0.5
+    # unless calibrated on the validation split's pairs (the same command picks the best accuracy).
+    change_threshold: float = 0.5
 
     # Dense auxiliary supervision of the vision encoder: a linear per-patch land-cover head trained
     # with cross-entropy against the class map (majority class per patch). 0 classes: no head.
@@ -161,6 +164,8 @@ class RSAConfig(PreTrainedConfig):
             )
         if not 0.0 < self.mask_threshold < 1.0:
             raise ValueError(f"mask_threshold must be between 0 and 1, got {self.mask_threshold}")
+        if not 0.0 < self.change_threshold < 1.0:
+            raise ValueError(f"change_threshold must be between 0 and 1, got {self.change_threshold}")
         if self.vision_stem not in ("patch", "conv"):
             raise ValueError(f"vision_stem must be 'patch' or 'conv', got {self.vision_stem!r}")
         if self.vision_stem == "conv" and (patch < 4 or patch & (patch - 1)):
