@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from huggingface_hub.errors import StrictDataclassClassValidationError
 from transformers import AutoConfig, AutoModelForImageTextToText, LogitsProcessorList
 
@@ -90,12 +91,12 @@ def pair_batch(processor: RSAProcessor) -> dict[str, torch.Tensor]:
 
 
 def test_named_configs_load_and_fit_together():
-    for name in ("tiny", "default", "default_v2", "default_v3", "large"):
+    for name in ("tiny", "default", "default_v2", "default_v3", "default_v5", "large"):
         config = load_named_config(name)
         assert config.model_type == "rsa"
         assert config.num_image_tokens == (config.grid_size // config.token_merge) ** 2
     assert load_named_config("large").vision_pretrained_path and load_named_config("large").freeze_llm
-    with pytest.raises(FileNotFoundError, match="known: default, default_v2, default_v3, large, tiny"):
+    with pytest.raises(FileNotFoundError, match="known: default, default_v2, default_v3, default_v5, large, tiny"):
         load_named_config("huge")
     with pytest.raises(StrictDataclassClassValidationError, match="multiple of patch_size"):
         RSAConfig(vision_config={"model_type": "clip_vision_model", "image_size": 30, "patch_size": 8})
@@ -147,6 +148,41 @@ def test_a_checkpoint_without_the_new_switches_loads_and_answers_as_before(tiny_
             got, expected = loaded(**inputs), reference(**inputs)
         assert torch.equal(got.logits, expected.logits)
         assert got.change_logits is None or torch.equal(got.change_logits, expected.change_logits)
+
+
+def test_soft_location_labels_charge_a_near_bin_less_than_a_far_one(model, processor):
+    """With location_label_sigma, a <loc_i> label is a Gaussian over the bins; other labels stay one-hot."""
+    from rs_assistant.engine.models.rsa.modeling_rsa import _soft_location_loss
+
+    first, bins = processor.loc_ids[0], processor.num_location_bins
+    assert model.config.loc_token_id == first  # bound from the tokenizer when the checkpoint was built
+    vocab = model.config.text_config.vocab_size
+    labels = torch.tensor([[first + 40, 3, -100]])
+
+    def loss_when_the_model_says(bin_: int, sigma: float) -> float:
+        logits = torch.full((1, 3, vocab), -10.0)
+        logits[0, 0, first + bin_] = 10.0  # sure of one bin
+        logits[0, 1, 3] = 10.0  # right on the plain token
+        return float(_soft_location_loss(logits, labels, first, bins, sigma))
+
+    near, far = loss_when_the_model_says(41, 1.5), loss_when_the_model_says(90, 1.5)
+    assert near < far and loss_when_the_model_says(40, 1.5) < near
+    plain = F.cross_entropy(torch.full((1, vocab), -10.0).index_fill_(1, torch.tensor([first + 41]), 10.0), torch.tensor([first + 40]))
+    assert loss_when_the_model_says(41, 1e-3) == pytest.approx(float(plain) / 2, rel=1e-3)  # sigma -> 0: one-hot again
+    soft = switched_model_from(model, location_label_sigma=1.5)
+    batch = samples(processor)
+    with torch.no_grad():
+        assert not torch.isclose(soft(**batch).lm_loss, model(**batch).lm_loss)  # the ground sample's boxes count softly
+    with pytest.raises(StrictDataclassClassValidationError, match="location_label_sigma"):
+        RSAConfig.from_dict({**model.config.to_dict(), "location_label_sigma": -1.0})
+
+
+def switched_model_from(model: RSAForConditionalGeneration, **switches) -> RSAForConditionalGeneration:
+    """The same weights under a config with ``switches``."""
+    config = RSAConfig.from_dict({**model.config.to_dict(), **switches})
+    other = RSAForConditionalGeneration(config)
+    other.load_state_dict(model.state_dict())
+    return other.eval()
 
 
 def switched_model(tiny_rsa_path: Path, **switches) -> RSAForConditionalGeneration:

@@ -77,6 +77,7 @@ class RSAConfig(PreTrainedConfig):
     user_token_id: int = 4  # <|user|> and <|assistant|>: where the instruction is, for the Q-Former
     assistant_token_id: int = 5
     num_location_bins: int = 100  # SkyEyeGPT / Florence-2 style <loc_i> bins per image side
+    loc_token_id: int = -1  # <loc_0>, the bins' ids follow it (bind_tokenizer sets it; -1: unknown)
 
     # GeoPix mask decoder: [SEG] hidden state -> query over the patch features -> mask at 1/4 input.
     mask_decoder_dim: int = 128
@@ -126,6 +127,10 @@ class RSAConfig(PreTrainedConfig):
 
     # Loss weights: LM cross-entropy, mask BCE and Dice, change BCE.
     lm_loss_weight: float = 1.0
+    # Soft location targets: a <loc_i> label becomes a Gaussian of this width (in bins) over the
+    # location tokens, so a guess one bin off costs less than one fifty bins off and every box
+    # teaches the neighbouring bins too (plain cross-entropy treats bins as unordered). 0: one-hot.
+    location_label_sigma: float = 0.0
     mask_bce_weight: float = 2.0
     mask_dice_weight: float = 0.5
     change_loss_weight: float = 1.0
@@ -162,6 +167,8 @@ class RSAConfig(PreTrainedConfig):
             raise ValueError(
                 f"change_dense_loss_weight {self.change_dense_loss_weight} must be 0, or positive with change_pooling 'dense'"
             )
+        if self.location_label_sigma < 0:
+            raise ValueError(f"location_label_sigma must be 0 or more, got {self.location_label_sigma}")
         if not 0.0 < self.mask_threshold < 1.0:
             raise ValueError(f"mask_threshold must be between 0 and 1, got {self.mask_threshold}")
         if not 0.0 < self.change_threshold < 1.0:
@@ -214,7 +221,7 @@ class RSAConfig(PreTrainedConfig):
 
     def bind_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
         """Take the special token ids and the vocabulary size from ``tokenizer`` (processing_rsa's tokens)."""
-        from rs_assistant.engine.models.rsa.processing_rsa import ASSISTANT, BOS, DELTA, EOS, IMAGE, PAD, SEG, USER
+        from rs_assistant.engine.models.rsa.processing_rsa import ASSISTANT, BOS, DELTA, EOS, IMAGE, PAD, SEG, USER, loc_token
 
         ids = {token: tokenizer.convert_tokens_to_ids(token) for token in (IMAGE, DELTA, SEG, PAD, BOS, EOS, USER, ASSISTANT)}
         missing = [token for token, i in ids.items() if i is None or i == tokenizer.unk_token_id]
@@ -222,6 +229,10 @@ class RSAConfig(PreTrainedConfig):
             raise ValueError(f"the tokenizer lacks {', '.join(missing)}: build it with build_tokenizer or extend_tokenizer")
         self.image_token_id, self.delta_token_id, self.seg_token_id = ids[IMAGE], ids[DELTA], ids[SEG]
         self.user_token_id, self.assistant_token_id = ids[USER], ids[ASSISTANT]
+        locations = tokenizer.convert_tokens_to_ids([loc_token(i) for i in range(self.num_location_bins)])
+        if locations != list(range(locations[0], locations[0] + self.num_location_bins)):
+            raise ValueError(f"the tokenizer's {self.num_location_bins} location tokens must have consecutive ids")
+        self.loc_token_id = locations[0]
         self.text_config.pad_token_id, self.text_config.bos_token_id, self.text_config.eos_token_id = ids[PAD], ids[BOS], ids[EOS]
         self.text_config.vocab_size = max(int(self.text_config.vocab_size), len(tokenizer))
 

@@ -598,7 +598,11 @@ class RSAForConditionalGeneration(RSAPreTrainedModel):
         lm_loss = mask_loss = change_loss = aux_class_loss = change_dense_loss = None
         if labels is not None:
             logits = out.logits[:, :-1].float()
-            lm_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100)
+            sigma, first = self.config.location_label_sigma, self.config.loc_token_id
+            if sigma > 0 and first >= 0:
+                lm_loss = _soft_location_loss(logits, labels[:, 1:], first, self.config.num_location_bins, sigma)
+            else:
+                lm_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100)
             terms.append(self.config.lm_loss_weight * lm_loss)
         if seg_targets is not None and mask_logits is not None:
             targets = _paired_targets(seg_targets, sample_index, mask_logits.shape[-2:])
@@ -683,6 +687,25 @@ def _patch_classes(class_targets: torch.Tensor, grid: int, classes: int) -> torc
         raise ValueError(f"class_targets hold ids outside 0..{classes - 1} (num_aux_classes {classes})")
     one_hot = F.one_hot(maps, classes).permute(0, 3, 1, 2).float()
     return F.adaptive_avg_pool2d(one_hot, grid).argmax(dim=1).flatten(1)
+
+
+def _soft_location_loss(logits: torch.Tensor, labels: torch.Tensor, first: int, bins: int, sigma: float) -> torch.Tensor:
+    """Token cross-entropy where each ``<loc_i>`` label is a Gaussian (width ``sigma`` bins) over the
+    location tokens ``first`` .. ``first + bins - 1``; other labels stay one-hot, -100 is ignored."""
+    flat = labels.reshape(-1)
+    keep = flat != -100
+    if not keep.any():
+        return logits.sum() * 0.0
+    logprobs = F.log_softmax(logits.reshape(-1, logits.shape[-1])[keep], dim=-1)
+    targets = flat[keep]
+    loss = -logprobs.gather(1, targets[:, None])[:, 0]
+    located = (targets >= first) & (targets < first + bins)
+    if located.any():
+        centre = (targets[located] - first).float()[:, None]
+        grid = torch.arange(bins, device=logits.device, dtype=torch.float32)[None]
+        weights = torch.softmax(-0.5 * ((grid - centre) / sigma) ** 2, dim=-1)
+        loss = loss.masked_scatter(located, -(weights * logprobs[located, first : first + bins]).sum(-1))
+    return loss.mean()
 
 
 def _dice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
