@@ -177,15 +177,17 @@ def test_the_image_dependence_cli_prints_and_writes_its_figures(trained, tmp_pat
         assert key in results and key in printed
 
 
-def test_the_change_threshold_is_the_one_with_the_best_accuracy():
+def test_the_change_threshold_is_the_one_with_the_best_accuracy_when_it_beats_the_noise():
     from training.eval.calibrate import best_change_threshold
 
-    probabilities = np.array([0.1, 0.2, 0.3, 0.35, 0.6, 0.9])  # a head that is right, but low, on the changed pairs
-    truths = np.array([False, False, True, True, True, True])
+    probabilities = np.array([0.1, 0.2, 0.3, 0.35, 0.6, 0.9] * 10)  # a head that is right, but low, on the changed pairs
+    truths = np.array([False, False, True, True, True, True] * 10)
     best, accuracy = best_change_threshold(probabilities, truths)
     assert best == 0.3 and accuracy[0.25] == accuracy[0.3] == 1.0 and accuracy[0.5] == pytest.approx(4 / 6)
-    best, _ = best_change_threshold(np.array([0.1, 0.9]), np.array([False, True]))
+    best, _ = best_change_threshold(np.array([0.1, 0.9] * 30), np.array([False, True] * 30))
     assert best == 0.5  # every candidate from 0.15 to 0.9 is right: the one nearest 0.5
+    best, accuracy = best_change_threshold(probabilities[:6], truths[:6])  # the same gain on 6 pairs is noise
+    assert best == 0.5 and accuracy[0.3] == 1.0
 
 
 def test_the_calibration_cli_writes_the_best_mask_threshold_found_on_the_val_split(trained, tmp_path, capsys):
