@@ -91,12 +91,12 @@ def pair_batch(processor: RSAProcessor) -> dict[str, torch.Tensor]:
 
 
 def test_named_configs_load_and_fit_together():
-    for name in ("tiny", "default", "default_v2", "default_v3", "default_v5", "large"):
+    for name in ("tiny", "default", "default_v2", "default_v3", "default_v5", "default_v6", "large"):
         config = load_named_config(name)
         assert config.model_type == "rsa"
         assert config.num_image_tokens == (config.grid_size // config.token_merge) ** 2
     assert load_named_config("large").vision_pretrained_path and load_named_config("large").freeze_llm
-    with pytest.raises(FileNotFoundError, match="known: default, default_v2, default_v3, default_v5, large, tiny"):
+    with pytest.raises(FileNotFoundError, match="known: default, default_v2, default_v3, default_v5, default_v6, large, tiny"):
         load_named_config("huge")
     with pytest.raises(StrictDataclassClassValidationError, match="multiple of patch_size"):
         RSAConfig(vision_config={"model_type": "clip_vision_model", "image_size": 30, "patch_size": 8})
@@ -175,6 +175,37 @@ def test_soft_location_labels_charge_a_near_bin_less_than_a_far_one(model, proce
         assert not torch.isclose(soft(**batch).lm_loss, model(**batch).lm_loss)  # the ground sample's boxes count softly
     with pytest.raises(StrictDataclassClassValidationError, match="location_label_sigma"):
         RSAConfig.from_dict({**model.config.to_dict(), "location_label_sigma": -1.0})
+
+
+def test_visual_position_encoding_tells_the_lm_where_each_visual_token_is(tiny_rsa_path, processor, tmp_path):
+    from rs_assistant.engine.models.rsa.modeling_rsa import RSAVisualFeatures, grid_code
+
+    model = switched_model(tiny_rsa_path, visual_position_encoding=True)
+    config = model.config
+    side = config.grid_size // config.token_merge
+    same = RSAVisualFeatures(tokens=torch.zeros(1, side * side, config.text_config.hidden_size))  # one content everywhere
+    ids = processor([processor.format_prompt(Task.CAPTION)], [WINDOW])["input_ids"]
+    slots = (ids[0] == config.image_token_id).nonzero()[:, 0]
+    with torch.no_grad():
+        placed = model.embed(ids, same)[0, slots]
+    assert torch.unique(placed, dim=0).shape[0] == side * side  # every cell reads differently ...
+    assert torch.allclose(placed, 0.5 * grid_code(side, config.text_config.hidden_size, config.num_location_bins))
+    # ... and <loc_i> starts as bin i's code: neighbouring bins alike, distant ones not
+    loc = model.get_input_embeddings().weight[config.loc_token_id : config.loc_token_id + config.num_location_bins]
+    similarity = F.cosine_similarity(loc[40:41], loc, dim=-1)
+    assert similarity[41] > 0.5 > similarity[90] and int(similarity.argmax()) == 40
+    model.train()
+    out = model(**samples(processor))
+    out.loss.backward()
+    assert model.visual_position.scale.grad is not None and model.visual_position.scale.grad != 0
+    model.eval()
+    model.save_pretrained(tmp_path / "positions")
+    again = RSAForConditionalGeneration.from_pretrained(tmp_path / "positions").eval()
+    batch = samples(processor)
+    with torch.no_grad():
+        assert torch.equal(again(**batch).logits, model(**batch).logits)
+        pair = pair_batch(processor)
+        assert torch.isfinite(model(**pair).loss)  # before, after and delta blocks each get the code
 
 
 def switched_model_from(model: RSAForConditionalGeneration, **switches) -> RSAForConditionalGeneration:

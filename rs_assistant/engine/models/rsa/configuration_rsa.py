@@ -78,6 +78,12 @@ class RSAConfig(PreTrainedConfig):
     assistant_token_id: int = 5
     num_location_bins: int = 100  # SkyEyeGPT / Florence-2 style <loc_i> bins per image side
     loc_token_id: int = -1  # <loc_0>, the bins' ids follow it (bind_tokenizer sets it; -1: unknown)
+    # Where each visual token is, in the LM's own input: a fixed 2D sinusoidal code of its cell
+    # (x in one half of the channels, y in the other, times a learned scale) added to the visual
+    # tokens, and the <loc_i> embeddings start as the same code of bin i. Attention values carry
+    # content only (RoPE puts positions into the scores), so without it the LM cannot read off
+    # *where* the token it attends to lies; with it, copying the code to a <loc_i> logit is one step.
+    visual_position_encoding: bool = False
 
     # GeoPix mask decoder: [SEG] hidden state -> query over the patch features -> mask at 1/4 input.
     mask_decoder_dim: int = 128

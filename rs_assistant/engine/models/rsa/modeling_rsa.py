@@ -45,6 +45,7 @@ features); the other parts follow their papers at the sizes the config gives.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -277,6 +278,45 @@ class RSAClassMemory(nn.Module):
         return features + read
 
 
+def position_code(positions: torch.Tensor, dim: int, bins: int) -> torch.Tensor:
+    """``[n]`` positions in (0, 1) -> ``[n, dim]``: sin and cos at ``dim // 2`` frequencies from pi to
+    pi * bins / 2 (geometric), so that codes of nearby positions are alike down to a few bins."""
+    count = max(dim // 2, 1)
+    exponents = torch.arange(count, dtype=torch.float32, device=positions.device) / max(count - 1, 1)
+    angles = positions.float()[:, None] * (math.pi * (bins / 2) ** exponents)[None]
+    code = torch.cat([angles.sin(), angles.cos()], dim=-1)
+    return F.pad(code, (0, dim - code.shape[-1]))
+
+
+def grid_code(side: int, dim: int, bins: int) -> torch.Tensor:
+    """``[side * side, dim]``: each cell of a row-major ``side`` x ``side`` grid as its x code (first half
+    of the channels) and its y code (second half), at the cell's centre."""
+    centres = (torch.arange(side, dtype=torch.float32) + 0.5) / side
+    half = dim // 2
+    x = position_code(centres, half, bins).repeat(side, 1)  # column varies fastest
+    y = position_code(centres, dim - half, bins).repeat_interleave(side, dim=0)
+    return torch.cat([x, y], dim=-1)
+
+
+class RSAVisualPosition(nn.Module):
+    """The visual tokens' 2D position code (config ``visual_position_encoding``), times a learned scale."""
+
+    def __init__(self, config: RSAConfig):
+        super().__init__()
+        self.side = config.grid_size // config.token_merge
+        self.dim = config.text_config.hidden_size
+        self.bins = config.num_location_bins
+        self.scale = nn.Parameter(torch.tensor(0.5))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``[B, T, D]`` visual tokens (one or more blocks of side x side) with their cell's code added."""
+        cells = self.side * self.side
+        if tokens.shape[1] % cells:
+            raise ValueError(f"{tokens.shape[1]} visual tokens are not blocks of {cells}")
+        code = grid_code(self.side, self.dim, self.bins).to(tokens.device, tokens.dtype)
+        return tokens + self.scale.to(tokens.dtype) * code.repeat(tokens.shape[1] // cells, 1)
+
+
 class RSATwoWayLayer(nn.Module):
     """SAM-style two-way attention between one mask query and the patch features."""
 
@@ -360,6 +400,8 @@ class RSAPreTrainedModel(PreTrainedModel):
             init.normal_(module.queries, std=self.config.initializer_range)
         elif isinstance(module, RSAMaskDecoder):
             init.normal_(module.position, std=self.config.initializer_range)
+        elif isinstance(module, RSAVisualPosition):
+            init.constant_(module.scale, 0.5)
 
 
 class RSAForConditionalGeneration(RSAPreTrainedModel):
@@ -380,8 +422,23 @@ class RSAForConditionalGeneration(RSAPreTrainedModel):
         self.aux_class_head = nn.Linear(vision_dim, config.num_aux_classes) if config.num_aux_classes else None
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
         self.mask_decoder = RSAMaskDecoder(config)
+        self.visual_position = RSAVisualPosition(config) if config.visual_position_encoding else None
         self.post_init()
+        self._init_location_embeddings()
         self.apply_freezing()
+
+    def _init_location_embeddings(self) -> None:
+        """With ``visual_position_encoding``, ``<loc_i>`` starts as bin i's code in both halves of the
+        channels (at the embeddings' init scale), the code the visual tokens carry for their cells."""
+        first, bins = self.config.loc_token_id, self.config.num_location_bins
+        weight = self.get_input_embeddings().weight
+        if self.visual_position is None or first < 0 or first + bins > weight.shape[0] or weight.is_meta:
+            return
+        centres = (torch.arange(bins, dtype=torch.float32) + 0.5) / bins
+        dim = weight.shape[1]
+        code = torch.cat([position_code(centres, dim // 2, bins), position_code(centres, dim - dim // 2, bins)], dim=-1)
+        with torch.no_grad():
+            weight[first : first + bins] = (code * self.config.initializer_range).to(weight.dtype)
 
     # --- parts ----------------------------------------------------------------------------------
 
@@ -508,6 +565,8 @@ class RSAForConditionalGeneration(RSAPreTrainedModel):
             instruction, padding = self._instruction(input_ids, embeds)
             delta = self.delta_projector(self.delta_qformer(instruction, padding, visual.delta_features))
             tokens = torch.cat([tokens[:, : -delta.shape[1]], delta.to(tokens.dtype)], dim=1)
+        if self.visual_position is not None:
+            tokens = self.visual_position(tokens)
         return embeds.masked_scatter(slots.unsqueeze(-1), tokens.to(embeds.dtype))
 
     def _instruction(self, input_ids: torch.Tensor, embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
