@@ -38,7 +38,8 @@ THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
 CHANGE_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))
 
 
-def _backend(model: Path, split: str) -> RSABackend:
+def load_backend(model: Path, split: str) -> RSABackend:
+    """The checkpoint folder ``model`` through the engine's backend, refused for the test split."""
     if split == "test":
         raise ValueError("calibrate on the train or val split: the test split is what the goals are measured on")
     backend = RSABackend("calibrate", {"path": str(model)}, device="cuda" if torch.cuda.is_available() else "cpu")
@@ -46,10 +47,9 @@ def _backend(model: Path, split: str) -> RSABackend:
     return backend
 
 
-def calibrate(model: Path, split: str = "val", count: int = 60, size: int = 512,
+def calibrate(backend: RSABackend, split: str = "val", count: int = 60, size: int = 512,
               thresholds: Sequence[float] = THRESHOLDS) -> dict[float, float]:
     """mIoU of the segment prompts of ``count`` scenes of ``split`` for each threshold."""
-    backend = _backend(model, split)
     predicted: dict[float, list[np.ndarray]] = {t: [] for t in thresholds}
     targets: list[np.ndarray] = []
     for i, seed in enumerate(tqdm(split_seeds(split, count), desc=f"calibrate ({split})", dynamic_ncols=True)):
@@ -64,9 +64,9 @@ def calibrate(model: Path, split: str = "val", count: int = 60, size: int = 512,
     return {t: mask_ious(predicted[t], targets)["mIoU"] for t in thresholds}
 
 
-def change_probabilities(model: Path, split: str = "val", count: int = 200, size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+def change_probabilities(backend: RSABackend, split: str = "val", count: int = 200,
+                         size: int = 512) -> tuple[np.ndarray, np.ndarray]:
     """The changed/unchanged head's probability for ``count`` pairs of ``split`` (odd seeds changed), and the truth."""
-    backend = _backend(model, split)
     probabilities, truths = [], []
     for seed in tqdm(split_seeds(split, count), desc=f"change pairs ({split})", dynamic_ncols=True):
         pair = generate_pair(seed, size=size, changed=seed % 2 == 1)
@@ -107,13 +107,14 @@ def main(argv: list[str] | None = None) -> int:
     config_file = args.model / "config.json"
     if not config_file.is_file():
         parser.error(f"{args.model} holds no config.json: not an RSA checkpoint folder")
-    scores = calibrate(args.model, args.split, args.count, args.size)
+    backend = load_backend(args.model, args.split)
+    scores = calibrate(backend, args.split, args.count, args.size)
     best = max(scores, key=lambda t: (scores[t], t))
     for threshold, miou in scores.items():
         print(f"mask_threshold {threshold:.2f}  mIoU {miou:.3f}{'  <- best' if threshold == best else ''}")
     chosen = {"mask_threshold": best}
     if args.pairs > 0:
-        change, accuracy = best_change_threshold(*change_probabilities(args.model, args.split, args.pairs, args.size))
+        change, accuracy = best_change_threshold(*change_probabilities(backend, args.split, args.pairs, args.size))
         for threshold, value in accuracy.items():
             print(f"change_threshold {threshold:.2f}  accuracy {value:.3f}{'  <- best' if threshold == change else ''}")
         chosen["change_threshold"] = change

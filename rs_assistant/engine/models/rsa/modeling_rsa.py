@@ -288,14 +288,15 @@ def position_code(positions: torch.Tensor, dim: int, bins: int) -> torch.Tensor:
     return F.pad(code, (0, dim - code.shape[-1]))
 
 
+def xy_code(x: torch.Tensor, y: torch.Tensor, dim: int, bins: int) -> torch.Tensor:
+    """``[n, dim]``: the x code of each point in the first half of the channels, its y code in the second."""
+    return torch.cat([position_code(x, dim // 2, bins), position_code(y, dim - dim // 2, bins)], dim=-1)
+
+
 def grid_code(side: int, dim: int, bins: int) -> torch.Tensor:
-    """``[side * side, dim]``: each cell of a row-major ``side`` x ``side`` grid as its x code (first half
-    of the channels) and its y code (second half), at the cell's centre."""
+    """``[side * side, dim]``: the :func:`xy_code` of each cell's centre of a row-major ``side`` x ``side`` grid."""
     centres = (torch.arange(side, dtype=torch.float32) + 0.5) / side
-    half = dim // 2
-    x = position_code(centres, half, bins).repeat(side, 1)  # column varies fastest
-    y = position_code(centres, dim - half, bins).repeat_interleave(side, dim=0)
-    return torch.cat([x, y], dim=-1)
+    return xy_code(centres.repeat(side), centres.repeat_interleave(side), dim, bins)  # column varies fastest
 
 
 class RSAVisualPosition(nn.Module):
@@ -435,8 +436,7 @@ class RSAForConditionalGeneration(RSAPreTrainedModel):
         if self.visual_position is None or first < 0 or first + bins > weight.shape[0] or weight.is_meta:
             return
         centres = (torch.arange(bins, dtype=torch.float32) + 0.5) / bins
-        dim = weight.shape[1]
-        code = torch.cat([position_code(centres, dim // 2, bins), position_code(centres, dim - dim // 2, bins)], dim=-1)
+        code = xy_code(centres, centres, weight.shape[1], bins)
         with torch.no_grad():
             weight[first : first + bins] = (code * self.config.initializer_range).to(weight.dtype)
 
