@@ -91,12 +91,12 @@ def pair_batch(processor: RSAProcessor) -> dict[str, torch.Tensor]:
 
 
 def test_named_configs_load_and_fit_together():
-    for name in ("tiny", "default", "default_v2", "default_v3", "default_v5", "default_v6", "large"):
+    for name in ("tiny", "default", "default_v2", "default_v3", "default_v5", "default_v6", "default_v7", "large"):
         config = load_named_config(name)
         assert config.model_type == "rsa"
         assert config.num_image_tokens == (config.grid_size // config.token_merge) ** 2
     assert load_named_config("large").vision_pretrained_path and load_named_config("large").freeze_llm
-    with pytest.raises(FileNotFoundError, match="known: default, default_v2, default_v3, default_v5, default_v6, large, tiny"):
+    with pytest.raises(FileNotFoundError, match="known: default, default_v2, default_v3, default_v5, default_v6, default_v7, large, tiny"):
         load_named_config("huge")
     with pytest.raises(StrictDataclassClassValidationError, match="multiple of patch_size"):
         RSAConfig(vision_config={"model_type": "clip_vision_model", "image_size": 30, "patch_size": 8})
@@ -282,7 +282,7 @@ def test_patch_classes_take_the_majority_class_of_each_patch():
 def test_seg_targets_must_pair_with_seg_tokens(model, processor):
     batch = samples(processor)
     batch["seg_targets"] = [torch.zeros(0, 48, 80), torch.zeros(0, 48, 80), torch.zeros(2, 48, 80)]
-    with pytest.raises(ValueError, match="sample 2 has 1 \\[SEG\\] token"):
+    with pytest.raises(ValueError, match="sample 2 has 1 mask query"):
         model(**batch)
     batch = samples(processor)
     batch["input_ids"] = batch["input_ids"][:, 5:]
@@ -560,6 +560,55 @@ def test_the_change_verdict_follows_the_checkpoints_change_threshold(scripted):
     assert [d.kind for d in result.detections] == [FeatureKind.CHANGE]
     with pytest.raises(StrictDataclassClassValidationError, match="change_threshold"):
         RSAConfig.from_dict({**backend.model.config.to_dict(), "change_threshold": 0.0})
+
+
+def blob_logits(size: int, blobs: list[tuple[slice, slice, float]]) -> torch.Tensor:
+    """Mask logits of -8 everywhere but the given (rows, cols, logit) rectangles."""
+    logits = torch.full((size, size), -8.0)
+    for rows, cols, value in blobs:
+        logits[rows, cols] = value
+    return logits
+
+
+def test_region_box_is_the_extent_of_the_most_probable_connected_region():
+    from rs_assistant.engine.backends.rsa import region_box
+
+    # two regions above 0.5 on a 16 x 16 mask; the stronger one (rows 8-11, cols 2-5) wins
+    logits = blob_logits(16, [(slice(1, 4), slice(9, 15), 1.0), (slice(8, 12), slice(2, 6), 4.0)])
+    box, score = region_box(logits, (64, 32), 0.5)  # window 32 wide, 64 high: 4 px per row, 2 per column
+    assert box == pytest.approx((4.0, 32.0, 12.0, 48.0), abs=2.5)
+    assert score > 0.9
+    # a region touching the peak only at a corner is another region (4-connected growth)
+    corner = blob_logits(16, [(slice(8, 12), slice(2, 6), 4.0), (slice(12, 14), slice(6, 9), 4.0)])
+    (x0, y0, x1, y1), _ = region_box(corner, (16, 16), 0.5)
+    assert x1 <= 6.5 and y1 <= 12.5
+    assert region_box(blob_logits(16, []), (16, 16), 0.5) is None
+
+
+def test_a_box_from_mask_model_reads_each_box_off_the_mask_its_hidden_state_decodes(scripted, processor, monkeypatch):
+    """The answer writes two boxes; the decoder's masks put the first elsewhere and leave the second empty,
+    so the first box comes from its mask and the second keeps its location bins."""
+    window = (80, 48)
+    answer = processor.ground_answer([("storage tank", (8, 4, 30, 20)), ("storage tank", (50, 30, 79, 47))], window)
+    backend = scripted(answer)
+    backend.model.config.box_from_mask = True
+    backend.model.config.loc_token_id = processor.loc_ids[0]
+    size = backend.model.config.mask_size
+    half = size // 2
+    queries = []
+
+    def decoded(states, visual, owners):
+        queries.append(states.shape[0])
+        moved = blob_logits(size, [(slice(half, size), slice(0, half), 5.0)])  # the lower-left quarter
+        return torch.stack([moved, blob_logits(size, [])])
+
+    monkeypatch.setattr(backend.model, "predict_masks", decoded)
+    result = run(backend, Task.GROUND, "find the storage tanks")
+    assert queries == [2]
+    first, second = result.detections
+    assert first.box == pytest.approx((0.0, 24.0, 40.0, 48.0), abs=1.5) and first.score > 0.95  # bilinear edges
+    assert all(abs(g - w) <= 0.5 * 80 / 100 + 1e-9 for g, w in zip(second.box[::2], (50, 79)))
+    assert all(abs(g - w) <= 0.5 * 48 / 100 + 1e-9 for g, w in zip(second.box[1::2], (30, 47)))
 
 
 def test_too_long_prompt_is_refused(backend):

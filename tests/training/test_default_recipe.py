@@ -193,7 +193,7 @@ def test_the_change_threshold_is_the_one_with_the_best_accuracy_when_it_beats_th
 def test_the_calibration_cli_writes_the_best_mask_threshold_found_on_the_val_split(trained, tmp_path, capsys):
     import shutil
 
-    from training.eval.calibrate import CHANGE_THRESHOLDS, THRESHOLDS
+    from training.eval.calibrate import BOX_THRESHOLDS, CHANGE_THRESHOLDS, THRESHOLDS
     from training.eval.calibrate import main as calibrate_main
 
     model = tmp_path / "model"
@@ -205,6 +205,56 @@ def test_the_calibration_cli_writes_the_best_mask_threshold_found_on_the_val_spl
     assert written in THRESHOLDS and f"wrote mask_threshold {written}" in printed
     change = json.loads((model / "config.json").read_text())["change_threshold"]
     assert change in CHANGE_THRESHOLDS and f"change_threshold {change}" in printed.split("wrote")[-1]
-    assert printed.count("<- best") == 2
+    assert printed.count("<- best") == 2 and "box_mask_threshold" not in printed
     with pytest.raises(SystemExit):  # the test split is what the goals are measured on
         calibrate_main(["--model", str(model), "--split", "test"])
+
+    config = json.loads((model / "config.json").read_text())  # a model that reads its boxes off masks
+    (model / "config.json").write_text(json.dumps({**config, "box_from_mask": True}))
+    assert calibrate_main(["--model", str(model), "--count", "2", "--pairs", "0", "--size", "64", "--write"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("box_mask_threshold") == len(BOX_THRESHOLDS) + 1 and printed.count("<- best") == 2
+    box = json.loads((model / "config.json").read_text())["box_mask_threshold"]
+    assert box in BOX_THRESHOLDS and f"box_mask_threshold {box}" in printed.split("wrote")[-1]
+
+
+def test_ground_samples_carry_each_boxed_objects_mask_in_answer_order_for_a_box_from_mask_model():
+    from rs_assistant.engine.models.rsa import RSAForConditionalGeneration, RSAProcessor, build_tokenizer, load_named_config
+    from training.recipes.default.dataset import DataSettings, PairRecord, Sampler, SceneRecord
+
+    instance_map = np.zeros((32, 32), np.uint16)
+    instance_map[20:28, 2:10] = 1  # the lower building is object 1: the answer lists it second (top to bottom)
+    instance_map[3:9, 18:30] = 2
+    class_map = np.where(instance_map > 0, 1, 8).astype(np.uint8)
+    boxes = np.array([[2, 20, 10, 28], [18, 3, 30, 9]], np.int32)
+    scene = SceneRecord(np.zeros((32, 32, 3), np.uint8), class_map, instance_map, np.array([1, 1], np.uint8), boxes,
+                        ("two buildings.",) * 5, (("the largest building", 2, (18, 3, 30, 9), "building"),),
+                        (("how many buildings?", "2", "count"),))
+    pair = PairRecord(scene.image, scene.image, np.zeros((32, 32), bool), ("no change.",) * 5, False)
+    tokenizer = build_tokenizer(["two buildings. the largest building how many buildings? 2 no change. find"], vocab_size=512)
+    config = load_named_config("tiny")
+    config.box_from_mask = True
+    config.bind_tokenizer(tokenizer)
+    processor = RSAProcessor.for_model(tokenizer, config)
+    mix = {"caption": 0.0, "ground": 1.0, "segment": 0.0, "change": 0.0, "chat": 0.0}
+    settings = DataSettings(0, 32, 32, 32, 1, 1, 12, mix)
+    plain = Sampler(settings, [scene], [pair], processor)
+    assert all(s.mask is None for s in plain.samples(0, 4))  # loc-token models: ground answers carry no masks
+    sampler = Sampler(settings, [scene], [pair], processor, box_masks=True)
+    found = {}
+    for step in range(40):
+        for sample in sampler.samples(step, 2):
+            boxes_written = sample.text.count("<loc_") // 4
+            if boxes_written:
+                assert sample.mask.shape == (boxes_written, 32, 32)
+                found[boxes_written] = sample
+    assert set(found) == {1, 2}  # referring (one box) and "find the buildings" (both)
+    referring, both = found[1], found[2]
+    assert np.array_equal(referring.mask[0], instance_map == 2)
+    assert np.array_equal(both.mask[0], instance_map == 2) and np.array_equal(both.mask[1], instance_map == 1)
+
+    model = RSAForConditionalGeneration(config).train()
+    out = model(**sampler.batch([referring, both]))
+    assert out.mask_logits.shape[0] == 3 and torch.isfinite(out.mask_loss)  # one mask query per box
+    out.mask_loss.backward()
+    assert model.mask_decoder.query_proj[0].weight.grad.abs().sum() > 0

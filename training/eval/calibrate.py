@@ -1,6 +1,6 @@
 """python -m training.eval.calibrate --model FOLDER [--split val] [--count 60] [--pairs 200] [--write]
 
-Chooses an RSA checkpoint's two serving thresholds on the validation split, never on the test
+Chooses an RSA checkpoint's serving thresholds on the validation split, never on the test
 split the goals are measured on:
 
 - ``mask_threshold`` (the probability above which a pixel belongs to a ``[SEG]`` mask): each
@@ -11,7 +11,11 @@ split the goals are measured on:
   training.eval, and the candidate with the best accuracy wins (ties: the one nearest 0.5), if it
   beats 0.5 by more than the noise of that many pairs (else 0.5 stays).
 
-With ``--write`` both go into the folder's config.json; the engine then serves with them.
+- ``box_mask_threshold`` (models with ``box_from_mask`` only: the probability above which a
+  pixel belongs to a box's region): each scene's referring expression (as training.eval grounds
+  it) is grounded once per candidate, and the best Acc@0.5 wins (ties: the one nearest 0.5).
+
+With ``--write`` they go into the folder's config.json; the engine then serves with them.
 """
 
 from __future__ import annotations
@@ -27,15 +31,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from rs_assistant.core.protocol import Options, Task
+from rs_assistant.core.protocol import FeatureKind, Options, Task
 from rs_assistant.engine.backends.base import BackendCall
 from rs_assistant.engine.backends.rsa import RSABackend
 from training.data.synthetic import generate_pair, generate_scene, split_seeds
-from training.eval.metrics import mask_ious
+from training.eval.metrics import accuracy_at_iou, mask_ious
 from training.eval.rsa import segment_case
 
 THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
 CHANGE_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))
+BOX_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 
 
 def load_backend(model: Path, split: str) -> RSABackend:
@@ -62,6 +67,26 @@ def calibrate(backend: RSABackend, split: str = "val", count: int = 60, size: in
             masks = [d.mask for d in backend.run(call).detections if d.mask is not None]
             predicted[threshold].append(np.logical_or.reduce(masks) if masks else np.zeros_like(target))
     return {t: mask_ious(predicted[t], targets)["mIoU"] for t in thresholds}
+
+
+def box_accuracies(backend: RSABackend, split: str = "val", count: int = 60, size: int = 512,
+                   thresholds: Sequence[float] = BOX_THRESHOLDS) -> dict[float, float]:
+    """Acc@0.5 of the referring expressions of ``count`` scenes of ``split`` (the one training.eval
+    grounds in each) for each ``box_mask_threshold``."""
+    predicted: dict[float, list] = {t: [] for t in thresholds}
+    targets = []
+    for seed in tqdm(split_seeds(split, count), desc=f"box regions ({split})", dynamic_ncols=True):
+        scene = generate_scene(seed, size=size)
+        if not scene.referring:
+            continue
+        ref = scene.referring[int(np.random.default_rng(seed).integers(len(scene.referring)))]
+        targets.append(ref.box)
+        for threshold in thresholds:
+            backend.model.config.box_mask_threshold = threshold
+            call = BackendCall(task=Task.GROUND, images=[scene.image], prompt=f"find {ref.text}", options=Options())
+            found = [d.box for d in backend.run(call).detections if d.kind is FeatureKind.BOX]
+            predicted[threshold].append(found[0] if found else None)
+    return {t: accuracy_at_iou(predicted[t], targets, 0.5) if targets else 0.0 for t in thresholds}
 
 
 def change_probabilities(backend: RSABackend, split: str = "val", count: int = 200,
@@ -113,6 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     for threshold, miou in scores.items():
         print(f"mask_threshold {threshold:.2f}  mIoU {miou:.3f}{'  <- best' if threshold == best else ''}")
     chosen = {"mask_threshold": best}
+    if backend.model.config.box_from_mask:
+        accuracy = box_accuracies(backend, args.split, args.count, args.size)
+        box = max(accuracy, key=lambda t: (accuracy[t], -abs(t - 0.5)))
+        for threshold, value in accuracy.items():
+            print(f"box_mask_threshold {threshold:.2f}  Acc@0.5 {value:.3f}{'  <- best' if threshold == box else ''}")
+        chosen["box_mask_threshold"] = box
     if args.pairs > 0:
         change, accuracy = best_change_threshold(*change_probabilities(backend, args.split, args.pairs, args.size))
         for threshold, value in accuracy.items():

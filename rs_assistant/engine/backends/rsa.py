@@ -12,7 +12,10 @@ by RSAProcessor.parse_answer (the formats are documented in processing_rsa.py):
 - location tokens -> box detections in window pixels. The model sees the window resized to a
   square, so bins are fractions of each side of the window, whatever its aspect ratio. A box's
   score is the probability mass the model put within one bin of each coordinate it wrote
-  (the mean over its four location tokens);
+  (the mean over its four location tokens). A model with ``box_from_mask`` also decodes the
+  hidden state that wrote each box's first location token into a mask, and the box is the
+  extent of that mask's most probable connected region (above ``box_mask_threshold``; score:
+  its mean probability); the four bins remain the box when that region is empty;
 - each ``[SEG]`` -> its hidden state through the mask decoder -> logits resized to the window
   -> a boolean mask detection (score: the mean probability inside the mask);
 - change: the caption, prefixed with the changed/unchanged head's verdict ("changed (93%): ...";
@@ -181,10 +184,31 @@ class RSABackend(Backend):
                        zip(output.sequences.tolist(), calls)]  # fmt: skip
             wanted = [sample for sample, a in enumerate(answers) if a.segments and self._wants_masks(first.task, visual, sample)]
             masks = self._mask_logits(output, visual, wanted)
+            regions = self._box_regions(output, visual, answers, [c.images[0].shape[:2] for c in calls])
             for sample, (call, answer) in enumerate(zip(calls, answers)):
                 height, width = call.images[0].shape[:2]
-                results.append(self._result(call, answer, _Generated(output, visual, sample, masks), (width, height)))
+                results.append(self._result(call, answer, _Generated(output, visual, sample, masks, regions), (width, height)))
         return results
+
+    def _box_regions(self, output: GenerateDecoderOnlyOutput, visual: RSAVisualFeatures, answers: Sequence[Answer],
+                     shapes: Sequence[tuple[int, int]]) -> dict[tuple[int, int], tuple[tuple[float, float, float, float], float]]:
+        """With ``box_from_mask``: ``(sample, first loc position) -> (box, score)`` read off each box's mask,
+        for the boxes whose mask has a region above ``box_mask_threshold`` (one decoder pass for the batch)."""
+        if not self.model.config.box_from_mask:
+            return {}
+        keys = [(sample, b.positions[0]) for sample, a in enumerate(answers) for b in a.boxes]
+        if not keys:
+            return {}
+        states = torch.stack([output.hidden_states[step][-1][sample, -1] for sample, step in keys])
+        owners = torch.tensor([sample for sample, _ in keys], device=states.device)
+        logits = self.model.predict_masks(states, visual, owners)
+        found = {}
+        for key, row in zip(keys, logits):
+            height, width = shapes[key[0]]
+            region = region_box(row, (height, width), self.model.config.box_mask_threshold)
+            if region is not None:
+                found[key] = region
+        return found
 
     def _wants_masks(self, task: Task, visual: RSAVisualFeatures, sample: int) -> bool:
         """Whether the sample's [SEG] masks are used: always, except for a pair the change head calls unchanged."""
@@ -262,10 +286,10 @@ class RSABackend(Backend):
         window: tuple[int, int],
     ) -> BackendResult:
         phrase = boxes.target_phrase(call.prompt) if call.task in (Task.GROUND, Task.SEGMENT) else ""
-        detections = [
-            Detection(FeatureKind.BOX, b.label or phrase or "object", self._box_score(b, generated), box=b.box)
-            for b in answer.boxes
-        ]
+        detections = []
+        for b in answer.boxes:
+            box, score = generated.regions.get((generated.sample, b.positions[0])) or (b.box, self._box_score(b, generated))
+            detections.append(Detection(FeatureKind.BOX, b.label or phrase or "object", score, box=box))
         if call.task is not Task.CHANGE:
             detections += self._masks(answer, generated, window, FeatureKind.MASK, phrase or "object")
             if call.task in (Task.GROUND, Task.SEGMENT):
@@ -335,6 +359,7 @@ class _Generated:
     visual: RSAVisualFeatures
     sample: int
     masks: "_MaskLogits"
+    regions: dict[tuple[int, int], tuple[tuple[float, float, float, float], float]]  # _box_regions
 
 
 @dataclass(frozen=True)
@@ -344,6 +369,39 @@ class _MaskLogits:
     logits: torch.Tensor | None
     samples: torch.Tensor | None
     steps: torch.Tensor | None
+
+
+def region_box(logits: torch.Tensor, shape: tuple[int, int], threshold: float) -> tuple[tuple[float, float, float, float], float] | None:
+    """The box (window pixels x0, y0, x1, y1) and mean probability of the connected region around the most
+    probable pixel of mask ``logits [M, M]``, among pixels above ``threshold``; None when there are none.
+
+    The region is found at the logits' resolution (4-connected growth from the peak), then its extent
+    is measured on the probabilities resized to the window ``shape`` (height, width), within the
+    region grown by one cell (4-connected, so no other region joins), so the box has the window's precision."""
+    probability = torch.sigmoid(logits.float())
+    inside = probability > threshold
+    if not inside.any():
+        return None
+    region = torch.zeros_like(inside)
+    peak = int(torch.argmax(probability))
+    region.view(-1)[peak] = True
+    cross = torch.tensor([[0.0, 1.0, 0.0], [1.0, 1.0, 1.0], [0.0, 1.0, 0.0]], device=logits.device)[None, None]
+    while True:
+        grown = (F.conv2d(region[None, None].float(), cross, padding=1)[0, 0] > 0) & inside
+        if torch.equal(grown, region):
+            break
+        region = grown
+    height, width = shape
+    near = F.conv2d(region[None, None].float(), cross, padding=1)  # its edge cells, where bilinear values cross
+    near = F.interpolate(near, size=(height, width), mode="nearest")[0, 0] > 0
+    fine = torch.sigmoid(F.interpolate(logits[None, None].float(), size=(height, width), mode="bilinear")[0, 0])
+    chosen = near & (fine > threshold)
+    if not chosen.any():
+        chosen = F.interpolate(region[None, None].float(), size=(height, width), mode="nearest")[0, 0] > 0
+    rows = torch.nonzero(chosen.any(dim=1)).flatten()
+    cols = torch.nonzero(chosen.any(dim=0)).flatten()
+    box = (float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1))
+    return box, float(fine[chosen].mean())
 
 
 def _names(items: Iterable[object]) -> str:

@@ -17,7 +17,8 @@ Tasks (prompts and answers in RSAProcessor's formats, processing_rsa.py):
 - caption: one of the scene's five captions;
 - ground: a referring expression -> its one box, or "find the <class>" -> every box of that
   class (sorted top to bottom, then left to right; classes with more than ``max_ground_objects``
-  objects are not asked), or an absent class -> ``none``;
+  objects are not asked), or an absent class -> ``none``; for a model with ``box_from_mask``
+  each box also carries its object's instance mask;
 - segment: "segment the <class>" -> the class mask, or a referring expression -> its instance mask,
   or an absent class -> ``none``;
 - change: a pair (about half unchanged) -> one of its change captions, `` [SEG]`` and the change
@@ -123,7 +124,7 @@ class Sample:
     task: Task
     text: str
     images: np.ndarray | tuple[np.ndarray, np.ndarray]
-    mask: np.ndarray | None = None
+    mask: np.ndarray | None = None  # S x S, or n x S x S: one per mask query of the answer, in order
     changed: bool | None = None
     class_map: np.ndarray | None = None  # S x S land-cover ids of a single scene (the aux class head's target)
     change_map: np.ndarray | None = None  # S x S bool, pairs: where the scene changed (all False when unchanged)
@@ -228,7 +229,8 @@ class Sampler:
     """Draws the batch of each step (a pure function of the step) and builds the model's inputs."""
 
     def __init__(self, settings: DataSettings, scenes: Sequence[SceneRecord], pairs: Sequence[PairRecord],
-                 processor: RSAProcessor, class_targets: bool = False, change_targets: bool = False):
+                 processor: RSAProcessor, class_targets: bool = False, change_targets: bool = False,
+                 box_masks: bool = False):
         if not scenes or not pairs:
             raise ValueError("the recipe needs at least one scene and one pair (num_scenes, num_pairs)")
         self.settings = settings
@@ -237,6 +239,7 @@ class Sampler:
         self.processor = processor
         self.class_targets = class_targets  # the model config trains its aux class head: batches carry class maps
         self.change_targets = change_targets  # the model trains a dense change head: pair batches carry change masks
+        self.box_masks = box_masks  # the model reads boxes off masks (box_from_mask): ground answers carry each box's mask
         weights = np.array([settings.mix[t.value] for t in SINGLE_TASKS], dtype=float)
         self.single_weights = weights / weights.sum()
         self.change_fraction = float(settings.mix["change"]) / float(sum(settings.mix.values()))
@@ -261,7 +264,8 @@ class Sampler:
         """
         batch: dict = self.processor([s.text for s in samples], [s.images for s in samples], return_labels=True)
         batch["seg_targets"] = [
-            torch.from_numpy(s.mask)[None].float() if s.mask is not None else torch.zeros(0, 1, 1) for s in samples
+            torch.zeros(0, 1, 1) if s.mask is None else torch.from_numpy(s.mask).float().reshape(-1, *s.mask.shape[-2:])
+            for s in samples
         ]
         if samples[0].task is Task.CHANGE:
             batch["change_labels"] = torch.tensor([float(bool(s.changed)) for s in samples])
@@ -286,21 +290,29 @@ class Sampler:
         if referring:
             text, target, box, noun = scene.referring[int(rng.integers(len(scene.referring)))]
             if task is Task.GROUND:
-                return Sample(task, fmt(task, f"find {text}", answer=self.processor.ground_answer([(noun, box)], size)), image)
+                answer = self.processor.ground_answer([(noun, box)], size)
+                return Sample(task, fmt(task, f"find {text}", answer=answer), image, self._box_masks(scene, [target]))
             return Sample(task, fmt(task, f"segment {text}", answer=f"{noun} [SEG]"), image, scene.instance_map == target)
         cls, name = self._pick_class(task, scene, rng)
         verbs = GROUND_VERBS if task is Task.GROUND else SEGMENT_VERBS
         prompt = f"{rng.choice(verbs)} {name}"
         if task is Task.GROUND:
-            chosen = scene.object_boxes[scene.object_classes == cls]
-            chosen = chosen[np.lexsort((chosen[:, 0], chosen[:, 1]))]
+            index = np.flatnonzero(scene.object_classes == cls)
+            index = index[np.lexsort((scene.object_boxes[index, 0], scene.object_boxes[index, 1]))]
             label = CLASSES[cls].singular
-            answer = self.processor.ground_answer([(label, tuple(float(v) for v in b)) for b in chosen], size)
-            return Sample(task, fmt(task, prompt, answer=answer), image)
+            answer = self.processor.ground_answer([(label, tuple(float(v) for v in scene.object_boxes[i])) for i in index], size)
+            return Sample(task, fmt(task, prompt, answer=answer), image, self._box_masks(scene, [int(i) + 1 for i in index]))
         mask = scene.class_map == cls
         if not mask.any():
             return Sample(task, fmt(task, prompt, answer="none"), image)
         return Sample(task, fmt(task, prompt, answer=f"{CLASSES[cls].plural} [SEG]"), image, mask)
+
+    def _box_masks(self, scene: SceneRecord, ids: Sequence[int]) -> np.ndarray | None:
+        """The instance masks of objects ``ids`` (instance ids: object index + 1), one per box in answer
+        order, when the model reads boxes off masks; None otherwise or when the answer has no box."""
+        if not self.box_masks or not ids:
+            return None
+        return np.stack([scene.instance_map == i for i in ids])
 
     def _pick_class(self, task: Task, scene: SceneRecord, rng: np.random.Generator) -> tuple[int, str]:
         """A class to ask for and the name used: mostly present ones (countable for ground), sometimes absent."""

@@ -136,7 +136,8 @@ def train(config: TrainConfig, fresh: bool = False, stop: Callable[[int], bool] 
     processor = RSAProcessor.for_model(tokenizer, model_config)
     aux_classes = model_config.aux_class_loss_weight > 0 and model_config.num_aux_classes > 0
     dense_change = model_config.change_dense_loss_weight > 0
-    sampler = Sampler(config.data_settings(), scenes, pairs, processor, class_targets=aux_classes, change_targets=dense_change)
+    sampler = Sampler(config.data_settings(), scenes, pairs, processor, class_targets=aux_classes,
+                      change_targets=dense_change, box_masks=model_config.box_from_mask)
 
     torch.manual_seed(config.seed)
     model = RSAForConditionalGeneration(model_config).to(device)

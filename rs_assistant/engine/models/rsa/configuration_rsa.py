@@ -90,6 +90,14 @@ class RSAConfig(PreTrainedConfig):
     mask_decoder_heads: int = 4
     mask_decoder_layers: int = 1
     mask_upsample_steps: int = 2  # each doubles the patch grid: 2 steps give 1/4 of a stride-16 input
+    # Boxes from masks (GeoPix's pixel grounding applied to boxes): the hidden state that writes a
+    # box's first location token also queries the mask decoder, trained on that object's mask, and
+    # the engine reads the box off the decoded mask (its most probable connected region) instead of
+    # the four bins. Dense mask supervision gives every box pixel-level gradients, where four
+    # 100-way token choices give four; the loc tokens stay in the answer (the box's fallback).
+    box_from_mask: bool = False
+    # Serving: the mask probability above which a pixel belongs to a box's region.
+    box_mask_threshold: float = 0.5
     class_memory_classes: int = 0  # GeoPix class-wise learnable memory: 0 turns it off
     class_memory_tokens: int = 4  # memory slots per class
 
@@ -177,6 +185,8 @@ class RSAConfig(PreTrainedConfig):
             raise ValueError(f"location_label_sigma must be 0 or more, got {self.location_label_sigma}")
         if not 0.0 < self.mask_threshold < 1.0:
             raise ValueError(f"mask_threshold must be between 0 and 1, got {self.mask_threshold}")
+        if not 0.0 < self.box_mask_threshold < 1.0:
+            raise ValueError(f"box_mask_threshold must be between 0 and 1, got {self.box_mask_threshold}")
         if not 0.0 < self.change_threshold < 1.0:
             raise ValueError(f"change_threshold must be between 0 and 1, got {self.change_threshold}")
         if self.vision_stem not in ("patch", "conv"):

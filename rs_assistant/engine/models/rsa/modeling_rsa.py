@@ -28,7 +28,9 @@ The whole forward pass, in order (sizes from configuration_rsa.RSAConfig):
    transformer, optionally with GeoPix's class-wise learnable memory as extra context; the
    features are upsampled by transposed convolutions (x2 per step) and the mask is the dot
    product of each upsampled pixel with the query: ``[n, M, M]`` logits, M = 4 x the patch grid
-   in the shipped configs (1/4 of a stride-16 input).
+   in the shipped configs (1/4 of a stride-16 input). With ``box_from_mask`` the hidden state
+   that writes a box's first location token is a query too, trained on the boxed object's mask;
+   the engine then reads each box off its decoded mask.
 
 Losses (weights in the config): LM cross-entropy on the labelled tokens; per ``[SEG]``, binary
 cross-entropy plus Dice against its target mask; per pair, binary cross-entropy of the
@@ -599,6 +601,17 @@ class RSAForConditionalGeneration(RSAPreTrainedModel):
         detail = visual.mask_detail[sample_index] if visual.mask_detail is not None else None
         return self.mask_decoder(seg_states.to(features.dtype), features, detail)
 
+    def box_queries(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """``[B, L]`` True at each position whose next token is the first location token of a box
+        (a ``<loc_i>`` run starts there): the box's mask query under ``box_from_mask``."""
+        first = self.config.loc_token_id
+        if first < 0:
+            raise ValueError("box_from_mask needs the config's loc_token_id: call config.bind_tokenizer(tokenizer)")
+        is_loc = (input_ids >= first) & (input_ids < first + self.config.num_location_bins)
+        found = torch.zeros_like(is_loc)
+        found[:, :-1] = is_loc[:, 1:] & ~is_loc[:, :-1]
+        return found
+
     def generated_seg_states(self, output: GenerateDecoderOnlyOutput) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The hidden states that produced each generated ``[SEG]`` (needs ``output_hidden_states=True``).
 
@@ -630,7 +643,8 @@ class RSAForConditionalGeneration(RSAPreTrainedModel):
         ``labels``: ``input_ids`` with -100 where no loss is wanted (RSAProcessor builds them).
         ``seg_targets``: the target masks of the ``[SEG]`` tokens, at any resolution: a
         ``[B, H, W]`` tensor (one mask per sample; samples without ``[SEG]`` are skipped) or a
-        list of ``[n_b, H, W]`` tensors (the k-th ``[SEG]`` of sample b gets the k-th mask).
+        list of ``[n_b, H, W]`` tensors (the k-th ``[SEG]`` of sample b gets the k-th mask). With
+        ``box_from_mask`` each box of an answer takes a mask too, in answer order with the ``[SEG]``s.
         ``change_labels``: ``[B]`` 1 for changed, 0 for unchanged pairs.
         ``class_targets``: land-cover class maps ``[B, H, W]`` (pairs: ``[B, 2, H, W]``) for the
         auxiliary per-patch class head; used only when ``aux_class_loss_weight`` > 0.
@@ -645,13 +659,16 @@ class RSAForConditionalGeneration(RSAPreTrainedModel):
             use_cache=False,
             **kwargs,
         )
-        # GeoPix/LISA: the hidden state that predicts [SEG] is its query.
-        before_seg = torch.zeros_like(input_ids, dtype=torch.bool)
-        before_seg[:, :-1] = input_ids[:, 1:] == self.config.seg_token_id
-        sample_index = before_seg.nonzero()[:, 0]
+        # GeoPix/LISA: the hidden state that predicts [SEG] is its query (and, with box_from_mask, the
+        # one that predicts a box's first location token); the k-th query of a sample gets its k-th mask.
+        queries = torch.zeros_like(input_ids, dtype=torch.bool)
+        queries[:, :-1] = input_ids[:, 1:] == self.config.seg_token_id
+        if self.config.box_from_mask:
+            queries |= self.box_queries(input_ids)
+        sample_index = queries.nonzero()[:, 0]
         mask_logits = None
         if sample_index.numel():
-            mask_logits = self.predict_masks(out.hidden_states[-1][before_seg], visual, sample_index)
+            mask_logits = self.predict_masks(out.hidden_states[-1][queries], visual, sample_index)
 
         terms: list[torch.Tensor] = []
         lm_loss = mask_loss = change_loss = aux_class_loss = change_dense_loss = None
@@ -733,7 +750,8 @@ def _paired_targets(
         if not count:
             continue
         if len(per_sample[b]) != count:
-            raise ValueError(f"sample {b} has {count} [SEG] token(s) but {len(per_sample[b])} target mask(s)")
+            raise ValueError(f"sample {b} has {count} mask query(ies) ([SEG], or boxes with box_from_mask) "
+                             f"but {len(per_sample[b])} target mask(s)")
         chosen.append(per_sample[b])
     targets = torch.cat(chosen).unsqueeze(1).float()
     return F.interpolate(targets, size=tuple(size), mode="area").squeeze(1)
