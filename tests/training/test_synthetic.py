@@ -236,6 +236,15 @@ def test_bad_arguments_are_refused() -> None:
         generate_scene(1, 8)
 
 
+def test_every_change_is_large_enough_to_see_at_the_models_input() -> None:
+    from training.data.synthetic.change import MIN_CHANGE_FRACTION
+
+    for seed in range(1, 41, 2):  # changed pairs at the eval's window size and drawn pixel sizes
+        pair = generate_pair(seed, 512, changed=True)
+        for change in pair.changes:
+            assert change.pixels >= MIN_CHANGE_FRACTION * 512 * 512, (seed, change)
+
+
 @pytest.mark.parametrize("seed", range(40, 46))
 def test_change_captions_count_what_changed(seed: int) -> None:
     pair = generate_pair(seed, 192, changed=True)

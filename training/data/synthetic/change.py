@@ -44,6 +44,10 @@ CHANGE_CHANCE = 0.7
 MAX_SHIFT = 1.5
 """Largest misregistration of the second date, in pixels along each axis."""
 SOLID = (C.BUILDING, C.STORAGE_TANK, C.TREE, C.VEHICLE, C.ROAD, C.PARKING_LOT, C.WATER)
+MIN_CHANGE_FRACTION = 0.001
+"""Smallest change kept, as a fraction of the image (262 pixels in a 512 window, as referring targets):
+at a coarse pixel size one felled tree or a road stub changes a few pixels, which the model's
+224-pixel view of the window cannot see; such an edit is dropped and another kind is tried."""
 
 
 @dataclass(frozen=True)
@@ -112,7 +116,7 @@ def _apply_changes(before: Layout, before_classes: np.ndarray, rng: np.random.Ge
             continue
         new_classes = class_map(edit.layout.painted(), index_map(edit.layout.painted(), size))
         diff = new_classes != classes
-        if not diff.any():
+        if diff.sum() < MIN_CHANGE_FRACTION * size * size:
             continue
         change_map[diff] = kind
         records.append((kind, edit))

@@ -56,7 +56,14 @@ from training.data.synthetic.layout import GSD_RANGE
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
+#: The pairs' own version, in their file names: pairs change without the scenes (2: no change under
+#: change.MIN_CHANGE_FRACTION), and a cache keeps its scenes when only the pairs are made anew.
+PAIR_VERSION = 2
 CHUNK = 50  # scenes or pairs per cache file
+
+
+def _chunk_file(kind: str, start: int, suffix: str = "pkl") -> str:
+    return f"{kind}_v{PAIR_VERSION}_{start:07d}.{suffix}" if kind == "pairs" else f"{kind}_{start:07d}.{suffix}"
 
 #: Other names a user may give a class, besides its singular and plural nouns (classes.py).
 CLASS_ALIASES: Mapping[int, tuple[str, ...]] = {
@@ -180,16 +187,16 @@ def load_cache(settings: DataSettings, work_dir: Path, workers: int) -> tuple[li
     jobs = []
     for kind, total in (("scenes", settings.num_scenes), ("pairs", settings.num_pairs)):
         for start in range(0, total, CHUNK):
-            path = folder / f"{kind}_{start:07d}.pkl"
+            path = folder / _chunk_file(kind, start)
             if not path.is_file() or len(pickle.loads(path.read_bytes())) < min(CHUNK, total - start):
                 jobs.append((kind, start, min(CHUNK, total - start), settings))
     if jobs:
         started = time.perf_counter()
         bar = tqdm(total=sum(j[2] for j in jobs), desc="synthetic data", unit="scene", dynamic_ncols=True)
         for job, records in zip(jobs, _run_jobs(jobs, workers)):
-            tmp = folder / f"{job[0]}_{job[1]:07d}.tmp"
+            tmp = folder / _chunk_file(job[0], job[1], "tmp")
             tmp.write_bytes(pickle.dumps(records, protocol=pickle.HIGHEST_PROTOCOL))
-            tmp.replace(folder / f"{job[0]}_{job[1]:07d}.pkl")
+            tmp.replace(folder / _chunk_file(job[0], job[1]))
             bar.update(job[2])
         bar.close()
         meta["seconds"] += time.perf_counter() - started
@@ -199,7 +206,7 @@ def load_cache(settings: DataSettings, work_dir: Path, workers: int) -> tuple[li
     pairs: list[PairRecord] = []
     for kind, total, into in (("scenes", settings.num_scenes, scenes), ("pairs", settings.num_pairs, pairs)):
         for start in range(0, total, CHUNK):
-            into.extend(pickle.loads((folder / f"{kind}_{start:07d}.pkl").read_bytes())[: total - start])
+            into.extend(pickle.loads((folder / _chunk_file(kind, start)).read_bytes())[: total - start])
     return scenes, pairs, float(meta["seconds"])
 
 
