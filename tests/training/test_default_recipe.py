@@ -258,3 +258,71 @@ def test_ground_samples_carry_each_boxed_objects_mask_in_answer_order_for_a_box_
     assert out.mask_logits.shape[0] == 3 and torch.isfinite(out.mask_loss)  # one mask query per box
     out.mask_loss.backward()
     assert model.mask_decoder.query_proj[0].weight.grad.abs().sum() > 0
+
+
+def test_the_breakdown_cli_prints_and_writes_grounding_by_rule_and_masks_per_class(trained, tmp_path, capsys):
+    import shutil
+
+    from training.eval.breakdown import main as breakdown_main
+
+    model = tmp_path / "model"
+    shutil.copytree(trained.out, model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "box_from_mask": True}))
+    out = tmp_path / "breakdown.json"
+    assert breakdown_main(["--model", str(model), "--count", "3", "--size", "64", "--threads", "1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "referring grounding by rule" in printed and "class masks" in printed
+    written = json.loads(out.read_text())
+    assert written["ground_by_rule"] and written["class_masks"]
+    for row in written["ground_by_rule"].values():  # both box sources are measured for a box_from_mask model
+        assert {"tokens_acc@0.5", "mask_acc@0.5"} <= set(row) and all(0 <= v <= 1 for k, v in row.items() if k != "n")
+    assert json.loads((model / "config.json").read_text())["box_from_mask"] is True  # the checkpoint is left as it was
+    with pytest.raises(SystemExit):
+        breakdown_main(["--model", str(tmp_path / "missing")])
+
+
+def test_the_breakdown_scores_a_perfect_segmenter_as_perfect(monkeypatch):
+    """A backend that answers every segment prompt with the true mask gets IoU 1 per class and all of
+    its referring pixels on the target."""
+    from types import SimpleNamespace
+
+    from rs_assistant.engine.backends.base import BackendResult, Detection
+    from training.data.synthetic import CLASSES, generate_scene
+    from training.eval import breakdown as module
+
+    scenes = {}
+
+    def scene_of(seed, size):
+        scenes[seed] = scenes.get(seed) or generate_scene(seed, size=size)
+        return scenes[seed]
+
+    current = {}
+
+    class Oracle:
+        model = SimpleNamespace(config=SimpleNamespace(box_from_mask=False))
+
+        def run(self, call):
+            scene = current["scene"]
+            if call.task is Task.GROUND:
+                return BackendResult(detections=[Detection(FeatureKind.BOX, "x", 1.0, box=(0.0, 0.0, 1.0, 1.0))])
+            text = call.prompt.removeprefix("segment ")
+            ref = next((r for r in scene.referring if r.text == text), None)
+            if ref is not None:
+                mask = scene.mask(ref.target)
+            else:
+                cls = next(c.id for c in CLASSES[1:] if f"the {c.plural}" == text)
+                mask = scene.class_map == cls
+            return BackendResult(detections=[Detection(FeatureKind.MASK, "x", 1.0, box=(0, 0, 1, 1), mask=mask)])
+
+    def generate(seed, size):
+        current["scene"] = scene_of(seed, size)
+        return current["scene"]
+
+    monkeypatch.setattr(module, "generate_scene", generate)
+    results = module.breakdown(Oracle(), "val", count=3, size=96)
+    assert results["class_masks"] and all(row["iou"] == 1.0 for row in results["class_masks"].values())
+    referring = results["referring_masks"]
+    assert referring["n"] >= 2
+    assert referring["share_on_target"] == 1.0 and referring["target_recall"] == 1.0
+    assert referring["share_on_same_class"] == 0.0 and referring["same_class_recall"] == 0.0
