@@ -611,6 +611,25 @@ def test_a_box_from_mask_model_reads_each_box_off_the_mask_its_hidden_state_deco
     assert all(abs(g - w) <= 0.5 * 48 / 100 + 1e-9 for g, w in zip(second.box[1::2], (30, 47)))
 
 
+def test_captions_use_the_checkpoints_beam_search(scripted, monkeypatch):
+    backend = scripted("two storage tanks beside a road.")
+    seen = []
+    generate = backend.model.generate
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs.get("num_beams", 1), kwargs.get("length_penalty")))
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(backend.model, "generate", spy)
+    assert run(backend, Task.CAPTION).text == "two storage tanks beside a road."
+    backend.model.config.caption_num_beams, backend.model.config.caption_length_penalty = 3, 0.0
+    results = backend.run_batch([BackendCall(task=Task.CAPTION, images=[image], options=Options()) for image in (WINDOW, AFTER)])
+    assert [r.text for r in results] == ["two storage tanks beside a road."] * 2 and all(not r.detections for r in results)
+    assert seen == [(1, None), (3, 0.0)]  # greedy by default; one beam search for the batch
+    with pytest.raises(StrictDataclassClassValidationError, match="caption_num_beams"):
+        RSAConfig.from_dict({**backend.model.config.to_dict(), "caption_num_beams": 0})
+
+
 def test_too_long_prompt_is_refused(backend):
     with pytest.raises(ProtocolError) as err:
         run(backend, Task.CHAT, "how many buildings " * 200)

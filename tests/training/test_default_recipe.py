@@ -193,19 +193,22 @@ def test_the_change_threshold_is_the_one_with_the_best_accuracy_when_it_beats_th
 def test_the_calibration_cli_writes_the_best_mask_threshold_found_on_the_val_split(trained, tmp_path, capsys):
     import shutil
 
-    from training.eval.calibrate import BOX_THRESHOLDS, CHANGE_THRESHOLDS, THRESHOLDS
+    from training.eval.calibrate import BOX_THRESHOLDS, CAPTION_DECODINGS, CHANGE_THRESHOLDS, THRESHOLDS
     from training.eval.calibrate import main as calibrate_main
 
     model = tmp_path / "model"
     shutil.copytree(trained.out, model)
-    assert calibrate_main(["--model", str(model), "--count", "2", "--pairs", "4", "--size", "64", "--write"]) == 0
+    assert calibrate_main(["--model", str(model), "--count", "2", "--pairs", "4", "--captions", "2", "--size", "64", "--write"]) == 0
     printed = capsys.readouterr().out
+    assert printed.count("caption_num_beams") == len(CAPTION_DECODINGS) + 1  # the candidates and what is written
+    beams = json.loads((model / "config.json").read_text())
+    assert (beams["caption_num_beams"], beams["caption_length_penalty"]) in CAPTION_DECODINGS
     assert printed.count("mask_threshold") == len(THRESHOLDS) + 1 and "<- best" in printed
     written = json.loads((model / "config.json").read_text())["mask_threshold"]
     assert written in THRESHOLDS and f"wrote mask_threshold {written}" in printed
     change = json.loads((model / "config.json").read_text())["change_threshold"]
     assert change in CHANGE_THRESHOLDS and f"change_threshold {change}" in printed.split("wrote")[-1]
-    assert printed.count("<- best") == 2 and "box_mask_threshold" not in printed
+    assert printed.count("<- best") == 3 and "box_mask_threshold" not in printed
     with pytest.raises(SystemExit):  # the test split is what the goals are measured on
         calibrate_main(["--model", str(model), "--split", "test"])
 
@@ -216,6 +219,7 @@ def test_the_calibration_cli_writes_the_best_mask_threshold_found_on_the_val_spl
     assert printed.count("box_mask_threshold") == len(BOX_THRESHOLDS) + 1 and printed.count("<- best") == 2
     box = json.loads((model / "config.json").read_text())["box_mask_threshold"]
     assert box in BOX_THRESHOLDS and f"box_mask_threshold {box}" in printed.split("wrote")[-1]
+    assert "caption_num_beams" not in printed  # the caption decoding is chosen only when asked
 
 
 def test_ground_samples_carry_each_boxed_objects_mask_in_answer_order_for_a_box_from_mask_model():

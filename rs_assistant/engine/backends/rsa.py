@@ -22,7 +22,9 @@ by RSAProcessor.parse_answer (the formats are documented in processing_rsa.py):
   changed from the config's ``change_threshold`` on, 0.5 unless calibrated); when changed, the
   ``[SEG]`` masks (over the difference features) become ``change`` detections scored by the head.
 
-Only chat reads the conversation history; the other tasks are single turns, as trained.
+Captions are greedy unless the checkpoint's config asks for beam search (``caption_num_beams``,
+``caption_length_penalty``; calibrated on the validation split's CIDEr). Only chat reads the
+conversation history; the other tasks are single turns, as trained.
 
 Bad input: a missing or incomplete folder, a config.json that does not match the weights, a
 corrupt weights file, or a tokenizer/processor that does not fit the model each raise
@@ -163,6 +165,9 @@ class RSABackend(Backend):
                 f"model '{self.model_name}': the prompt takes {length} tokens with the image(s) and history; "
                 f"its context is {self.context}",
             )
+        config = self.model.config
+        if first.task is Task.CAPTION and config.caption_num_beams > 1:
+            return self._captions_by_beam_search(calls, batch, length)
         with torch.inference_mode():
             visual = self.model.encode_images(batch["pixel_values"].to(self.device, self.model.dtype))
             output = self.model.generate(
@@ -189,6 +194,26 @@ class RSABackend(Backend):
                 height, width = call.images[0].shape[:2]
                 results.append(self._result(call, answer, _Generated(output, visual, sample, masks, regions), (width, height)))
         return results
+
+    def _captions_by_beam_search(self, calls: Sequence[BackendCall], batch: dict, length: int) -> list[BackendResult]:
+        """Captions decoded with the checkpoint's ``caption_num_beams`` and ``caption_length_penalty``
+        (text only: a caption has no boxes or masks)."""
+        config = self.model.config
+        with torch.inference_mode():
+            sequences = self.model.generate(
+                batch["input_ids"].to(self.device),
+                attention_mask=batch["attention_mask"].to(self.device),
+                pixel_values=batch["pixel_values"].to(self.device, self.model.dtype),
+                max_new_tokens=min(calls[0].options.max_new_tokens, self.context - length),
+                do_sample=False,
+                num_beams=config.caption_num_beams,
+                length_penalty=config.caption_length_penalty,
+                stopping_criteria=StoppingCriteriaList([CancelCriteria(calls[0].cancel)]),
+            )
+        if any(call.cancel.is_set() for call in calls):
+            raise cancelled(self)
+        return [BackendResult(text=self.processor.parse_answer(row, (c.images[0].shape[1], c.images[0].shape[0])).text)
+                for row, c in zip(sequences.tolist(), calls)]
 
     def _box_regions(self, output: GenerateDecoderOnlyOutput, visual: RSAVisualFeatures, answers: Sequence[Answer],
                      shapes: Sequence[tuple[int, int]]) -> dict[tuple[int, int], tuple[tuple[float, float, float, float], float]]:

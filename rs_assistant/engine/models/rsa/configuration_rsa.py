@@ -122,6 +122,11 @@ class RSAConfig(PreTrainedConfig):
     # calibrated on the validation split (python -m training.eval.calibrate), which writes the
     # threshold with the best mIoU into the checkpoint's config.json.
     mask_threshold: float = 0.5
+    # Serving: how captions are decoded. 1 beam is greedy; more beams search for the likelier caption,
+    # and a length penalty of 0 ranks the beams by total log-probability (no length normalisation).
+    # Calibrated on the validation split's CIDEr (python -m training.eval.calibrate).
+    caption_num_beams: int = 1
+    caption_length_penalty: float = 1.0
     # Serving: the changed/unchanged head's probability from which a pair counts as changed. 0.5
     # unless calibrated on the validation split's pairs (the same command picks the best accuracy).
     change_threshold: float = 0.5
@@ -185,6 +190,8 @@ class RSAConfig(PreTrainedConfig):
             raise ValueError(f"location_label_sigma must be 0 or more, got {self.location_label_sigma}")
         if not 0.0 < self.mask_threshold < 1.0:
             raise ValueError(f"mask_threshold must be between 0 and 1, got {self.mask_threshold}")
+        if self.caption_num_beams < 1:
+            raise ValueError(f"caption_num_beams must be 1 or more, got {self.caption_num_beams}")
         if not 0.0 < self.box_mask_threshold < 1.0:
             raise ValueError(f"box_mask_threshold must be between 0 and 1, got {self.box_mask_threshold}")
         if not 0.0 < self.change_threshold < 1.0:
