@@ -32,6 +32,7 @@ from rs_assistant.engine.backends.base import BackendCall
 from rs_assistant.engine.backends.rsa import RSABackend
 from training.data.synthetic import CLASSES, generate_scene, split_seeds
 from training.eval.metrics import box_iou
+from training.eval.rsa import grounding_case, mask_union
 
 
 def breakdown(backend: RSABackend, split: str = "val", count: int = 40, size: int = 512) -> dict[str, dict]:
@@ -45,29 +46,25 @@ def breakdown(backend: RSABackend, split: str = "val", count: int = 40, size: in
     def ask(task: Task, image: np.ndarray, prompt: str):
         return backend.run(BackendCall(task=task, images=[image], prompt=prompt, options=Options()))
 
-    def union(result, like: np.ndarray) -> np.ndarray:
-        masks = [d.mask for d in result.detections if d.mask is not None]
-        return np.logical_or.reduce(masks) if masks else np.zeros_like(like)
-
     try:
         for seed in tqdm(split_seeds(split, count), desc=f"breakdown ({split})", dynamic_ncols=True):
             scene = generate_scene(seed, size=size)
-            if scene.referring:
-                ref = scene.referring[int(np.random.default_rng(seed).integers(len(scene.referring)))]
+            ref = grounding_case(scene, np.random.default_rng(seed))
+            if ref is not None:
                 for source in sources:
                     config.box_from_mask = source == "mask"
                     found = [d.box for d in ask(Task.GROUND, scene.image, f"find {ref.text}").detections if d.kind is FeatureKind.BOX]
                     ground[ref.rule][source].append(box_iou(found[0], ref.box) if found else 0.0)
                 target = scene.mask(ref.target)
                 same = (scene.class_map == scene.class_map[target].max()) & ~target
-                predicted = union(ask(Task.SEGMENT, scene.image, f"segment {ref.text}"), target)
+                predicted = mask_union(ask(Task.SEGMENT, scene.image, f"segment {ref.text}"), target)
                 held = max(int(predicted.sum()), 1)
                 shares.append((float(predicted.any()), (predicted & target).sum() / held, (predicted & same).sum() / held,
                                (predicted & ~target & ~same).sum() / held, (predicted & target).sum() / target.sum(),
                                (predicted & same).sum() / max(int(same.sum()), 1)))
             for cls in sorted({int(c) for c in np.unique(scene.class_map)} - {0}):
                 target = scene.class_map == cls
-                predicted = union(ask(Task.SEGMENT, scene.image, f"segment the {CLASSES[cls].plural}"), target)
+                predicted = mask_union(ask(Task.SEGMENT, scene.image, f"segment the {CLASSES[cls].plural}"), target)
                 classes[CLASSES[cls].plural].append(((predicted & target).sum() / max(int((predicted | target).sum()), 1),
                                                      float(target.mean())))
     finally:

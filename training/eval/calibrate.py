@@ -42,7 +42,7 @@ from rs_assistant.engine.backends.base import BackendCall
 from rs_assistant.engine.backends.rsa import RSABackend
 from training.data.synthetic import generate_pair, generate_scene, split_seeds
 from training.eval.metrics import accuracy_at_iou, caption_scores, mask_ious
-from training.eval.rsa import segment_case
+from training.eval.rsa import grounding_case, mask_union, segment_case
 
 THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
 CHANGE_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))
@@ -72,8 +72,7 @@ def calibrate(backend: RSABackend, split: str = "val", count: int = 60, size: in
         for threshold in thresholds:
             backend.model.config.mask_threshold = threshold
             call = BackendCall(task=Task.SEGMENT, images=[scene.image], prompt=prompt, options=Options())
-            masks = [d.mask for d in backend.run(call).detections if d.mask is not None]
-            predicted[threshold].append(np.logical_or.reduce(masks) if masks else np.zeros_like(target))
+            predicted[threshold].append(mask_union(backend.run(call), target))
     return {t: mask_ious(predicted[t], targets)["mIoU"] for t in thresholds}
 
 
@@ -85,9 +84,9 @@ def box_accuracies(backend: RSABackend, split: str = "val", count: int = 60, siz
     targets = []
     for seed in tqdm(split_seeds(split, count), desc=f"box regions ({split})", dynamic_ncols=True):
         scene = generate_scene(seed, size=size)
-        if not scene.referring:
+        ref = grounding_case(scene, np.random.default_rng(seed))
+        if ref is None:
             continue
-        ref = scene.referring[int(np.random.default_rng(seed).integers(len(scene.referring)))]
         targets.append(ref.box)
         for threshold in thresholds:
             backend.model.config.box_mask_threshold = threshold

@@ -77,14 +77,13 @@ def evaluate(model: Path, split: str = "test", count: int = 100, size: int = 512
         window = [scene.image]
         refs[str(seed)] = list(scene.captions)
         caps[str(seed)] = ask(Task.CAPTION, window).text
-        if scene.referring:
-            ref = scene.referring[int(rng.integers(len(scene.referring)))]
+        ref = grounding_case(scene, rng)
+        if ref is not None:
             found = [d for d in ask(Task.GROUND, window, f"find {ref.text}").detections if d.kind is FeatureKind.BOX]
             boxes_pred.append(found[0].box if found else None)
             boxes_true.append(ref.box)
         prompt, target = segment_case(scene, i, rng)
-        masks = [d.mask for d in ask(Task.SEGMENT, window, prompt).detections if d.mask is not None]
-        masks_pred.append(np.logical_or.reduce(masks) if masks else np.zeros_like(target))
+        masks_pred.append(mask_union(ask(Task.SEGMENT, window, prompt), target))
         masks_true.append(target)
         if scene.qa:
             qa = scene.qa[int(rng.integers(len(scene.qa)))]
@@ -126,6 +125,20 @@ def evaluate(model: Path, split: str = "test", count: int = 100, size: int = 512
         "seconds": round(seconds, 1),
     }
     return results
+
+
+def grounding_case(scene, rng: np.random.Generator):
+    """The referring expression grounded in ``scene`` (the next draw of ``rng``; the calibration and the
+    breakdown draw it first from ``default_rng(seed)``, as :func:`evaluate` does), or None without any."""
+    if not scene.referring:
+        return None
+    return scene.referring[int(rng.integers(len(scene.referring)))]
+
+
+def mask_union(result: BackendResult, like: np.ndarray) -> np.ndarray:
+    """The union of the masks a result holds, or an empty mask shaped like ``like``."""
+    masks = [d.mask for d in result.detections if d.mask is not None]
+    return np.logical_or.reduce(masks) if masks else np.zeros_like(like)
 
 
 def segment_case(scene, index: int, rng: np.random.Generator) -> tuple[str, np.ndarray]:

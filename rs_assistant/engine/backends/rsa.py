@@ -165,8 +165,7 @@ class RSABackend(Backend):
                 f"model '{self.model_name}': the prompt takes {length} tokens with the image(s) and history; "
                 f"its context is {self.context}",
             )
-        config = self.model.config
-        if first.task is Task.CAPTION and config.caption_num_beams > 1:
+        if first.task is Task.CAPTION and self.model.config.caption_num_beams > 1:
             return self._captions_by_beam_search(calls, batch, length)
         with torch.inference_mode():
             visual = self.model.encode_images(batch["pixel_values"].to(self.device, self.model.dtype))
