@@ -91,12 +91,12 @@ def pair_batch(processor: RSAProcessor) -> dict[str, torch.Tensor]:
 
 
 def test_named_configs_load_and_fit_together():
-    for name in ("tiny", "default", "default_v2", "default_v3", "default_v5", "default_v6", "default_v7", "large"):
+    for name in ("tiny", "default", "default_v2", "default_v3", "default_v5", "default_v6", "default_v7", "default_v9", "large"):
         config = load_named_config(name)
         assert config.model_type == "rsa"
         assert config.num_image_tokens == (config.grid_size // config.token_merge) ** 2
     assert load_named_config("large").vision_pretrained_path and load_named_config("large").freeze_llm
-    with pytest.raises(FileNotFoundError, match="known: default, default_v2, default_v3, default_v5, default_v6, default_v7, large, tiny"):
+    with pytest.raises(FileNotFoundError, match="known: default, default_v2, default_v3, default_v5, default_v6, default_v7, default_v9, large, tiny"):
         load_named_config("huge")
     with pytest.raises(StrictDataclassClassValidationError, match="multiple of patch_size"):
         RSAConfig(vision_config={"model_type": "clip_vision_model", "image_size": 30, "patch_size": 8})
@@ -268,6 +268,39 @@ def test_aux_class_loss_supervises_the_vision_encoder_per_patch(tiny_rsa_path, p
         model(**batch, class_targets=class_map + 5)
     off = switched_model(tiny_rsa_path, num_aux_classes=12)  # a head but weight 0: no aux term
     assert off(**batch, class_targets=class_map).aux_class_loss is None
+
+
+def test_pixel_class_head_learns_land_cover_at_the_mask_decoders_resolution(tiny_rsa_path, processor):
+    """``pixel_class_loss_weight``: a per-pixel land-cover head on the pixel features the mask queries
+    read, trained on single images only; it learns a class map finer than a patch."""
+    model = switched_model(tiny_rsa_path, num_aux_classes=12, pixel_class_loss_weight=1.0).train()
+    batch = samples(processor)
+    without = model(**batch)
+    assert without.pixel_class_loss is None  # no targets: no term
+    size = model.config.mask_size
+    class_map = torch.zeros(3, size, size, dtype=torch.long)
+    class_map[:, : size // 2] = 10
+    class_map[1, :, size // 2 + 1 :] = 3  # an edge that falls inside a patch
+    out = model(**batch, class_targets=class_map)
+    assert out.aux_class_loss is None and torch.allclose(out.loss, without.loss + out.pixel_class_loss)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        out = model(**batch, class_targets=class_map)
+        optimizer.zero_grad()
+        out.pixel_class_loss.backward()
+        optimizer.step()
+    visual = model.encode_images(batch["pixel_values"])
+    predicted = model.mask_decoder.pixel_class_logits(visual.mask_features, visual.mask_detail).argmax(1)
+    assert predicted.shape == class_map.shape
+    assert (predicted == class_map).float().mean() > 0.95
+    pair_out = model(**pair_batch(processor), class_targets=torch.zeros(2, 2, size, size, dtype=torch.long))
+    assert pair_out.pixel_class_loss is None  # a pair's mask features are its difference
+    off = switched_model(tiny_rsa_path, num_aux_classes=12)
+    assert off.mask_decoder.class_pixels is None and off(**batch, class_targets=class_map).pixel_class_loss is None
+    with pytest.raises(ValueError, match="no per-pixel class head"):
+        off.mask_decoder.pixel_class_logits(visual.mask_features)
+    with pytest.raises(StrictDataclassClassValidationError, match="pixel_class_loss_weight 1.0 must be 0"):
+        RSAConfig.from_dict({**model.config.to_dict(), "num_aux_classes": 0})
 
 
 def test_patch_classes_take_the_majority_class_of_each_patch():

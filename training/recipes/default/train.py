@@ -134,7 +134,9 @@ def train(config: TrainConfig, fresh: bool = False, stop: Callable[[int], bool] 
     model_config.text_config.vocab_size = len(tokenizer)
     model_config.bind_tokenizer(tokenizer)
     processor = RSAProcessor.for_model(tokenizer, model_config)
-    aux_classes = model_config.aux_class_loss_weight > 0 and model_config.num_aux_classes > 0
+    aux_classes = model_config.num_aux_classes > 0 and (
+        model_config.aux_class_loss_weight > 0 or model_config.pixel_class_loss_weight > 0
+    )
     dense_change = model_config.change_dense_loss_weight > 0
     sampler = Sampler(config.data_settings(), scenes, pairs, processor, class_targets=aux_classes,
                       change_targets=dense_change, box_masks=model_config.box_from_mask)
@@ -218,6 +220,8 @@ def _train_step(model: RSAForConditionalGeneration, optimizer: torch.optim.Optim
         terms["cls"] = out.aux_class_loss.item()
     if out.change_dense_loss is not None:
         terms["chgpx"] = out.change_dense_loss.item()
+    if out.pixel_class_loss is not None:
+        terms["clspx"] = out.pixel_class_loss.item()
     with torch.no_grad():  # per-task LM loss, for the progress bar and the log
         labels = inputs["labels"][:, 1:]
         per_token = F.cross_entropy(out.logits[:, :-1].float().transpose(1, 2), labels, ignore_index=-100, reduction="none")

@@ -10,6 +10,8 @@ One class serves every size; the sizes are data in ``configs/*.json``:
   attention ``change_pooling``, the auxiliary per-patch class loss); trained by default_v2.toml;
 - ``default_v3.json``: ``default_v2.json`` with a convolutional stem for the from-scratch ViT
   (``vision_stem``) and its 1/4-resolution features in the mask decoder (``mask_detail``);
+- ``default_v9.json``: ``default_v3.json`` with the per-pixel class head on the mask decoder's
+  pixel features (``pixel_class_loss_weight``);
 - ``large.json``: CLIP ViT-L/14-336 and Qwen2.5-1.5B-Instruct read from local checkpoint folders
   (``vision_pretrained_path``, ``text_pretrained_path``), both frozen, on a GPU.
 
@@ -135,6 +137,12 @@ class RSAConfig(PreTrainedConfig):
     # with cross-entropy against the class map (majority class per patch). 0 classes: no head.
     num_aux_classes: int = 0
     aux_class_loss_weight: float = 0.0
+    # The same classes per pixel at the mask decoder's resolution (1/4 of the input with
+    # ``mask_detail``): a 1x1 convolution over the decoder's query-free pixel features (the patch
+    # features through its projection, class memory and upsampling, plus the stem's detail), trained
+    # on every single-image batch. The [SEG] and box queries read those same pixel features, so a
+    # class becomes a direction the query only has to pick. 0: no head.
+    pixel_class_loss_weight: float = 0.0
 
     # The vision encoder's patch embedding: "patch" is CLIP's own (one patch x patch convolution);
     # "conv" is a small convolutional stem of the same total stride (Xiao et al. 2021, "Early
@@ -209,6 +217,10 @@ class RSAConfig(PreTrainedConfig):
             raise ValueError("num_aux_classes and aux_class_loss_weight must not be negative")
         if self.aux_class_loss_weight > 0 and self.num_aux_classes < 2:
             raise ValueError(f"aux_class_loss_weight {self.aux_class_loss_weight} needs num_aux_classes of at least 2")
+        if self.pixel_class_loss_weight < 0 or (self.pixel_class_loss_weight > 0 and self.num_aux_classes < 2):
+            raise ValueError(
+                f"pixel_class_loss_weight {self.pixel_class_loss_weight} must be 0, or positive with num_aux_classes of at least 2"
+            )
         if self.num_location_bins < 2:
             raise ValueError(f"num_location_bins must be at least 2, got {self.num_location_bins}")
         if self.mask_decoder_dim % self.mask_decoder_heads or self.mask_decoder_dim >> self.mask_upsample_steps < 4:

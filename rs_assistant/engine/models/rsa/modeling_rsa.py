@@ -36,7 +36,9 @@ Losses (weights in the config): LM cross-entropy on the labelled tokens; per ``[
 cross-entropy plus Dice against its target mask; per pair, binary cross-entropy of the
 changed/unchanged head; with ``aux_class_loss_weight`` > 0 and ``class_targets`` given, the
 cross-entropy of a linear per-patch land-cover head on the vision features against the majority
-class of each patch (dense supervision, so the encoder learns the scene's layout from every sample).
+class of each patch (dense supervision, so the encoder learns the scene's layout from every sample);
+with ``pixel_class_loss_weight`` > 0, the same at the mask decoder's resolution, from the pixel
+features its queries read (single images only).
 
 A batch holds either single images (``pixel_values`` 4-D) or pairs (5-D), not both.
 
@@ -102,6 +104,7 @@ class RSAOutput(ModelOutput):
     change_loss: torch.Tensor | None = None
     aux_class_loss: torch.Tensor | None = None
     change_dense_loss: torch.Tensor | None = None
+    pixel_class_loss: torch.Tensor | None = None
 
 
 class RSAConvStem(nn.Module):
@@ -340,6 +343,13 @@ class RSATwoWayLayer(nn.Module):
         return query, image + read
 
 
+class RSAChannelNorm(nn.LayerNorm):
+    """LayerNorm over the channels of each pixel of ``[n, C, H, W]`` features."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
 class RSAMaskDecoder(nn.Module):
     """GeoPix's pixel decoder: a ``[SEG]`` hidden state and patch features -> mask logits."""
 
@@ -366,22 +376,39 @@ class RSAMaskDecoder(nn.Module):
         self.upsample = nn.Sequential(*upsample)
         self.detail_proj = nn.Conv2d(config.stem_detail_channels, channels, kernel_size=1) if config.mask_detail else None
         self.hyper = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, channels))
+        self.class_pixels = (
+            nn.Sequential(RSAChannelNorm(channels), nn.Conv2d(channels, config.num_aux_classes, kernel_size=1))
+            if config.pixel_class_loss_weight > 0
+            else None
+        )
 
     def forward(self, seg_states: torch.Tensor, features: torch.Tensor, detail: torch.Tensor | None = None) -> torch.Tensor:
         """``seg_states [n, D_text]`` with each one's ``features [n, P, D_vision]`` (and ``detail [n, C, M, M]``
         with ``mask_detail``) -> logits ``[n, M, M]``."""
         query = self.query_proj(seg_states).unsqueeze(1)
-        image = self.feature_proj(features)
-        if self.memory is not None:
-            image = self.memory(image)
+        image = self._image(features)
         for layer in self.layers:
             query, image = layer(query, image, self.position)
+        return torch.einsum("nc,nchw->nhw", self.hyper(query.squeeze(1)), self._pixels(image, detail))
+
+    def pixel_class_logits(self, features: torch.Tensor, detail: torch.Tensor | None = None) -> torch.Tensor:
+        """The per-pixel land-cover head (``pixel_class_loss_weight`` > 0): ``features [n, P, D_vision]``
+        -> ``[n, classes, M, M]`` from the pixel features every query reads, before any query has."""
+        if self.class_pixels is None:
+            raise ValueError("this model has no per-pixel class head (pixel_class_loss_weight is 0)")
+        return self.class_pixels(self._pixels(self._image(features), detail))
+
+    def _image(self, features: torch.Tensor) -> torch.Tensor:
+        image = self.feature_proj(features)
+        return self.memory(image) if self.memory is not None else image
+
+    def _pixels(self, image: torch.Tensor, detail: torch.Tensor | None) -> torch.Tensor:
+        """Patch tokens ``[n, P, dim]`` -> pixel features ``[n, C, M, M]`` (upsampled, plus the stem's detail)."""
         n, _, dim = image.shape
-        image = image.transpose(1, 2).reshape(n, dim, self.grid, self.grid)
-        pixels = self.upsample(image)
+        pixels = self.upsample(image.transpose(1, 2).reshape(n, dim, self.grid, self.grid))
         if self.detail_proj is not None and detail is not None:
             pixels = pixels + self.detail_proj(detail)
-        return torch.einsum("nc,nchw->nhw", self.hyper(query.squeeze(1)), pixels)
+        return pixels
 
 
 class RSAPreTrainedModel(PreTrainedModel):
@@ -647,7 +674,8 @@ class RSAForConditionalGeneration(RSAPreTrainedModel):
         ``box_from_mask`` each box of an answer takes a mask too, in answer order with the ``[SEG]``s.
         ``change_labels``: ``[B]`` 1 for changed, 0 for unchanged pairs.
         ``class_targets``: land-cover class maps ``[B, H, W]`` (pairs: ``[B, 2, H, W]``) for the
-        auxiliary per-patch class head; used only when ``aux_class_loss_weight`` > 0.
+        auxiliary per-patch class head and the per-pixel one; used only when ``aux_class_loss_weight``
+        or ``pixel_class_loss_weight`` > 0.
         ``change_targets``: pairs' change masks ``[B, H, W]`` (all zero for an unchanged pair) for the
         dense change head; used only when ``change_dense_loss_weight`` > 0.
         """
@@ -671,7 +699,7 @@ class RSAForConditionalGeneration(RSAPreTrainedModel):
             mask_logits = self.predict_masks(out.hidden_states[-1][queries], visual, sample_index)
 
         terms: list[torch.Tensor] = []
-        lm_loss = mask_loss = change_loss = aux_class_loss = change_dense_loss = None
+        lm_loss = mask_loss = change_loss = aux_class_loss = change_dense_loss = pixel_class_loss = None
         if labels is not None:
             logits = out.logits[:, :-1].float()
             sigma, first = self.config.location_label_sigma, self.config.loc_token_id
@@ -700,6 +728,13 @@ class RSAForConditionalGeneration(RSAPreTrainedModel):
             targets = _patch_classes(class_targets, self.config.grid_size, self.config.num_aux_classes)
             aux_class_loss = F.cross_entropy(visual.class_logits.float().flatten(0, 1), targets.flatten())
             terms.append(self.config.aux_class_loss_weight * aux_class_loss)
+        if class_targets is not None and self.config.pixel_class_loss_weight > 0 and visual.change_logits is None:
+            # single images only: a pair's mask features are its difference features
+            logits = self.mask_decoder.pixel_class_logits(visual.mask_features, visual.mask_detail)
+            size = logits.shape[-1]
+            targets = _patch_classes(class_targets, size, self.config.num_aux_classes).view(-1, size, size)
+            pixel_class_loss = F.cross_entropy(logits.float(), targets)
+            terms.append(self.config.pixel_class_loss_weight * pixel_class_loss)
         return RSAOutput(
             loss=torch.stack(terms).sum() if terms else None,
             logits=out.logits,
@@ -710,6 +745,7 @@ class RSAForConditionalGeneration(RSAPreTrainedModel):
             change_loss=change_loss,
             aux_class_loss=aux_class_loss,
             change_dense_loss=change_dense_loss,
+            pixel_class_loss=pixel_class_loss,
         )
 
     @torch.no_grad()
@@ -758,7 +794,8 @@ def _paired_targets(
 
 
 def _patch_classes(class_targets: torch.Tensor, grid: int, classes: int) -> torch.Tensor:
-    """Class maps ``[B, H, W]`` or ``[B, 2, H, W]`` -> the majority class of each patch, ``[N, grid*grid]``."""
+    """Class maps ``[B, H, W]`` or ``[B, 2, H, W]`` -> the majority class of each of ``grid x grid`` cells
+    (patches, or the mask decoder's pixels), ``[N, grid*grid]``."""
     maps = class_targets.long().flatten(0, -3)
     if maps.numel() and (maps.min() < 0 or maps.max() >= classes):
         raise ValueError(f"class_targets hold ids outside 0..{classes - 1} (num_aux_classes {classes})")
