@@ -91,12 +91,12 @@ def pair_batch(processor: RSAProcessor) -> dict[str, torch.Tensor]:
 
 
 def test_named_configs_load_and_fit_together():
-    for name in ("tiny", "default", "default_v2", "default_v3", "default_v5", "default_v6", "default_v7", "default_v9", "large"):
+    for name in ("tiny", "default", "default_v2", "default_v3", "default_v5", "default_v6", "default_v7", "default_v9", "default_v10", "large"):
         config = load_named_config(name)
         assert config.model_type == "rsa"
         assert config.num_image_tokens == (config.grid_size // config.token_merge) ** 2
     assert load_named_config("large").vision_pretrained_path and load_named_config("large").freeze_llm
-    with pytest.raises(FileNotFoundError, match="known: default, default_v2, default_v3, default_v5, default_v6, default_v7, default_v9, large, tiny"):
+    with pytest.raises(FileNotFoundError, match="known: default, default_v10, default_v2, default_v3, default_v5, default_v6, default_v7, default_v9, large, tiny"):
         load_named_config("huge")
     with pytest.raises(StrictDataclassClassValidationError, match="multiple of patch_size"):
         RSAConfig(vision_config={"model_type": "clip_vision_model", "image_size": 30, "patch_size": 8})
@@ -268,6 +268,38 @@ def test_aux_class_loss_supervises_the_vision_encoder_per_patch(tiny_rsa_path, p
         model(**batch, class_targets=class_map + 5)
     off = switched_model(tiny_rsa_path, num_aux_classes=12)  # a head but weight 0: no aux term
     assert off(**batch, class_targets=class_map).aux_class_loss is None
+
+
+def test_pixel_change_head_scores_the_decoders_pixels_and_learns_where_changes_are(model, processor):
+    """``change_pooling = "pixel"``: the verdict is the highest score of a head on the mask decoder's
+    pixel features of the difference, trained against the change mask at that resolution."""
+    config = RSAConfig.from_dict({**model.config.to_dict(), "change_pooling": "pixel", "change_dense_loss_weight": 1.0})
+    torch.manual_seed(0)
+    pixel = RSAForConditionalGeneration(config)
+    assert pixel.difference.change_head is None
+    batch = pair_batch(processor)
+    target = torch.zeros(2, 48, 80)
+    target[0, 6:12, 10:20] = 1  # smaller than a patch of the model's input
+    batch["change_targets"] = target
+    optimizer = torch.optim.AdamW(pixel.parameters(), lr=3e-3)
+    first = None
+    for _ in range(60):
+        out = pixel(**batch)
+        first = first if first is not None else out.change_dense_loss.item()
+        optimizer.zero_grad()
+        (out.change_dense_loss + out.change_loss).backward()
+        optimizer.step()
+    assert out.change_dense_loss.item() < 0.5 * first
+    visual = pixel.encode_images(batch["pixel_values"])
+    side = config.mask_size
+    assert visual.change_pixel_logits.shape == (2, side, side) and visual.change_patch_logits is None
+    assert torch.allclose(visual.change_logits, visual.change_pixel_logits.flatten(1).max(dim=1).values)
+    assert visual.change_logits[0] > visual.change_logits[1]  # the changed pair scores higher
+    changed = visual.change_pixel_logits[0]
+    inside = changed[side * 6 // 48 : side * 12 // 48, side * 10 // 80 : side * 20 // 80].mean()
+    assert inside > changed[side // 2 :, side // 2 :].mean()  # where the change is, not far from it
+    with pytest.raises(ValueError, match="no per-pixel change head"):
+        model.mask_decoder.pixel_change_logits(visual.mask_features)
 
 
 def test_pixel_class_head_learns_land_cover_at_the_mask_decoders_resolution(tiny_rsa_path, processor):

@@ -11,7 +11,8 @@ One class serves every size; the sizes are data in ``configs/*.json``:
 - ``default_v3.json``: ``default_v2.json`` with a convolutional stem for the from-scratch ViT
   (``vision_stem``) and its 1/4-resolution features in the mask decoder (``mask_detail``);
 - ``default_v9.json``: ``default_v3.json`` with the per-pixel class head on the mask decoder's
-  pixel features (``pixel_class_loss_weight``);
+  pixel features (``pixel_class_loss_weight``); ``default_v10.json`` also scores change per pixel
+  there (``change_pooling`` "pixel");
 - ``large.json``: CLIP ViT-L/14-336 and Qwen2.5-1.5B-Instruct read from local checkpoint folders
   (``vision_pretrained_path``, ``text_pretrained_path``), both frozen, on a GPU.
 
@@ -116,8 +117,11 @@ class RSAConfig(PreTrainedConfig):
     # the verdict is the highest patch score (multiple-instance learning: a pair changed if any place
     # did). With "dense" and ``change_dense_loss_weight`` > 0 the patch scores are also trained
     # against the change mask (the fraction of each patch that changed), so every pair teaches the
-    # head where changes are, not only whether there is one.
-    change_pooling: Literal["mean", "max", "attention", "dense"] = "mean"
+    # head where changes are, not only whether there is one. "pixel" is "dense" at the mask decoder's
+    # resolution: a head scores each pixel of the decoder's query-free pixel features of the
+    # difference (with ``mask_detail``, the stem's after-minus-before detail at 1/4 of the input
+    # too), so a change smaller than a patch still fills whole pixels of its own.
+    change_pooling: Literal["mean", "max", "attention", "dense", "pixel"] = "mean"
     change_dense_loss_weight: float = 0.0
 
     # Serving: the mask probability above which a pixel belongs to a [SEG] mask. 0.5 unless
@@ -188,11 +192,16 @@ class RSAConfig(PreTrainedConfig):
             raise ValueError(f"token_merge {self.token_merge} must divide the {size // patch}-patch grid")
         if self.projector_type not in ("linear", "mlp"):
             raise ValueError(f"projector_type must be 'linear' or 'mlp', got {self.projector_type!r}")
-        if self.change_pooling not in ("mean", "max", "attention", "dense"):
-            raise ValueError(f"change_pooling must be 'mean', 'max', 'attention' or 'dense', got {self.change_pooling!r}")
-        if self.change_dense_loss_weight < 0 or (self.change_dense_loss_weight > 0 and self.change_pooling != "dense"):
+        if self.change_pooling not in ("mean", "max", "attention", "dense", "pixel"):
             raise ValueError(
-                f"change_dense_loss_weight {self.change_dense_loss_weight} must be 0, or positive with change_pooling 'dense'"
+                f"change_pooling must be 'mean', 'max', 'attention', 'dense' or 'pixel', got {self.change_pooling!r}"
+            )
+        if self.change_dense_loss_weight < 0 or (
+            self.change_dense_loss_weight > 0 and self.change_pooling not in ("dense", "pixel")
+        ):
+            raise ValueError(
+                f"change_dense_loss_weight {self.change_dense_loss_weight} must be 0, or positive with change_pooling "
+                "'dense' or 'pixel'"
             )
         if self.location_label_sigma < 0:
             raise ValueError(f"location_label_sigma must be 0 or more, got {self.location_label_sigma}")

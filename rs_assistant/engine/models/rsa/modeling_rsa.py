@@ -9,7 +9,9 @@ The whole forward pass, in order (sizes from configuration_rsa.RSAConfig):
    measuring"): the after-minus-before patch features attend to both images' features; a learned
    gate keeps the context that explains a real change and suppresses harmless differences
    (illumination, season, misregistration). Its pooled output (``change_pooling``: mean, max,
-   or a learned attention over the patches) drives a changed/unchanged head (``change_logits``).
+   or a learned attention over the patches) drives a changed/unchanged head (``change_logits``);
+   or the head scores each patch ("dense") or each pixel of the mask decoder's pixel features of
+   the difference ("pixel"), and the verdict is the highest score.
 3. **Bridge** (RS-CapRet, Silva et al. 2024): a linear map (or LLaVA-1.5's two-layer MLP) from
    the vision width into the language model's embeddings, after folding each s x s block of
    patches into one token (``token_merge``; InternVL's pixel shuffle keeps every feature while
@@ -88,6 +90,7 @@ class RSAVisualFeatures(ModelOutput):
     class_logits: torch.Tensor | None = None  # [N, P, num_aux_classes] per image (pairs: 2B), with the aux head
     mask_detail: torch.Tensor | None = None  # [B, C, M, M] stem features at 1/4 (pairs: after - before), with mask_detail
     change_patch_logits: torch.Tensor | None = None  # [B, P], pairs with change_pooling "dense"
+    change_pixel_logits: torch.Tensor | None = None  # [B, M, M], pairs with change_pooling "pixel"
     delta_features: torch.Tensor | None = None  # [B, P, D_vision] pairs with the Q-Former: read in embed()
 
 
@@ -188,16 +191,21 @@ class RSADifferenceModule(nn.Module):
         self.pooling = pooling
         # "attention": a learned score per patch, softmax over the patches (a small change can dominate).
         self.pool_score = nn.Linear(dim, 1) if pooling == "attention" else None
-        self.change_head = nn.Linear(dim, 1)
+        self.change_head = nn.Linear(dim, 1) if pooling != "pixel" else None  # "pixel": the mask decoder's head
 
-    def forward(self, before: torch.Tensor, after: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self, before: torch.Tensor, after: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """``[B, P, D]`` twice -> difference features ``[B, P, D]``, changed logits ``[B]`` and, with
-        ``dense`` pooling, each patch's changed logit ``[B, P]`` (the verdict is their maximum)."""
+        ``dense`` pooling, each patch's changed logit ``[B, P]`` (the verdict is their maximum). With
+        ``pixel`` pooling the logits are None: the mask decoder scores the pixels."""
         context = torch.cat([before, after], dim=1)
         delta = after - before
         for layer in self.layers:
             delta = layer(delta, context)
         delta = self.norm(delta)
+        if self.pooling == "pixel":
+            return delta, None, None
         if self.pooling == "dense":
             patch_logits = self.change_head(delta).squeeze(-1)
             return delta, patch_logits.max(dim=1).values, patch_logits
@@ -381,6 +389,11 @@ class RSAMaskDecoder(nn.Module):
             if config.pixel_class_loss_weight > 0
             else None
         )
+        self.change_pixels = (
+            nn.Sequential(RSAChannelNorm(channels), nn.Conv2d(channels, 1, kernel_size=1))
+            if config.change_pooling == "pixel"
+            else None
+        )
 
     def forward(self, seg_states: torch.Tensor, features: torch.Tensor, detail: torch.Tensor | None = None) -> torch.Tensor:
         """``seg_states [n, D_text]`` with each one's ``features [n, P, D_vision]`` (and ``detail [n, C, M, M]``
@@ -397,6 +410,13 @@ class RSAMaskDecoder(nn.Module):
         if self.class_pixels is None:
             raise ValueError("this model has no per-pixel class head (pixel_class_loss_weight is 0)")
         return self.class_pixels(self._pixels(self._image(features), detail))
+
+    def pixel_change_logits(self, delta: torch.Tensor, detail: torch.Tensor | None = None) -> torch.Tensor:
+        """The per-pixel change head (``change_pooling = "pixel"``): a pair's difference features
+        ``[B, P, D_vision]`` (and detail difference) -> changed logits ``[B, M, M]``."""
+        if self.change_pixels is None:
+            raise ValueError("this model has no per-pixel change head (change_pooling is not 'pixel')")
+        return self.change_pixels(self._pixels(self._image(delta), detail)).squeeze(1)
 
     def _image(self, features: torch.Tensor) -> torch.Tensor:
         image = self.feature_proj(features)
@@ -559,6 +579,10 @@ class RSAForConditionalGeneration(RSAPreTrainedModel):
         if detail is not None:
             detail_before, detail_after = detail.unflatten(0, (-1, 2)).unbind(1)
             detail = detail_after - detail_before
+        change_pixel_logits = None
+        if self.config.change_pooling == "pixel":
+            change_pixel_logits = self.mask_decoder.pixel_change_logits(delta, detail)
+            change_logits = change_pixel_logits.flatten(1).max(dim=1).values
         return RSAVisualFeatures(
             tokens=tokens,
             mask_features=delta,
@@ -566,6 +590,7 @@ class RSAForConditionalGeneration(RSAPreTrainedModel):
             class_logits=class_logits,
             mask_detail=detail,
             change_patch_logits=change_patch_logits,
+            change_pixel_logits=change_pixel_logits,
             delta_features=delta if self.delta_qformer is not None else None,
         )
 
@@ -719,10 +744,12 @@ class RSAForConditionalGeneration(RSAPreTrainedModel):
                 raise ValueError("change_labels need bi-temporal pixel_values [B, 2, 3, S, S]")
             change_loss = F.binary_cross_entropy_with_logits(visual.change_logits.float(), change_labels.float())
             terms.append(self.config.change_loss_weight * change_loss)
-        if change_targets is not None and self.config.change_dense_loss_weight > 0 and visual.change_patch_logits is not None:
-            grid = self.config.grid_size
-            fraction = F.adaptive_avg_pool2d(change_targets.float().unsqueeze(1), grid).flatten(1)
-            change_dense_loss = F.binary_cross_entropy_with_logits(visual.change_patch_logits.float(), fraction)
+        dense = visual.change_pixel_logits if visual.change_pixel_logits is not None else visual.change_patch_logits
+        if change_targets is not None and self.config.change_dense_loss_weight > 0 and dense is not None:
+            # the fraction of each patch (dense) or decoder pixel (pixel) that changed
+            side = dense.shape[-1] if dense.dim() == 3 else self.config.grid_size
+            fraction = F.adaptive_avg_pool2d(change_targets.float().unsqueeze(1), side).squeeze(1)
+            change_dense_loss = F.binary_cross_entropy_with_logits(dense.float(), fraction.reshape(dense.shape))
             terms.append(self.config.change_dense_loss_weight * change_dense_loss)
         if class_targets is not None and self.config.aux_class_loss_weight > 0 and visual.class_logits is not None:
             targets = _patch_classes(class_targets, self.config.grid_size, self.config.num_aux_classes)
