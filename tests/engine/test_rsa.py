@@ -544,9 +544,10 @@ def scripted(tiny_rsa_path, monkeypatch):
         decoder.hyper[-1].weight.zero_()
         decoder.hyper[-1].bias.fill_(1.0)
 
-    def write(answer: str) -> RSABackend:
+    generate = own.model.generate
+
+    def write(answer: str) -> RSABackend:  # may be called again with another answer
         ids = own.processor.tokenizer(answer, add_special_tokens=False)["input_ids"]
-        generate = own.model.generate
 
         def forced(*args, **kwargs):
             return generate(*args, logits_processor=LogitsProcessorList([Script(ids, own.processor.token_ids["</s>"])]), **kwargs)
@@ -592,6 +593,38 @@ def test_masks_are_cut_at_the_checkpoints_mask_threshold(scripted):
     assert det.mask.all() and det.score == pytest.approx(0.3, abs=0.01)
     with pytest.raises(StrictDataclassClassValidationError, match="mask_threshold"):
         RSAConfig.from_dict({**backend.model.config.to_dict(), "mask_threshold": 1.5})
+
+
+def test_class_aware_masks_follow_the_class_heads_map(scripted, monkeypatch):
+    """The [SEG] decoder fills the window; the class head puts buildings on the left half and water on
+    the right. A class's own name gives its pixels, another noun of a class keeps its mask's pixels of
+    that class, and a label naming no class, or class-aware masks off, leaves the mask as decoded."""
+    backend = scripted("water bodies [SEG]")
+    model = backend.model
+    names = ["ground", "buildings", *(f"class {i}" for i in range(2, 10)), "water bodies", "class 11"]
+    model.config.pixel_class_loss_weight, model.config.num_aux_classes = 1.0, 12
+    model.config.class_names, model.config.class_nouns = names, {"buildings": 1, "water bodies": 10, "pond": 10, "house": 1}
+    side = model.config.mask_size
+
+    def class_logits(features, detail=None):
+        logits = torch.zeros(features.shape[0], 12, side, side)
+        logits[:, 1, :, : side // 2] = 5.0
+        logits[:, 10, :, side // 2 :] = 5.0
+        return logits
+
+    monkeypatch.setattr(model.mask_decoder, "pixel_class_logits", class_logits)
+    assert run(backend, Task.SEGMENT, "segment the water").detections[0].mask.all()  # off: as decoded
+    model.config.class_aware_masks = True
+    (det,) = run(backend, Task.SEGMENT, "segment the water").detections
+    assert det.label == "water bodies" and not det.mask[:, :38].any() and det.mask[:, 42:].all()
+    assert det.score == pytest.approx(float(torch.softmax(torch.tensor([5.0] + [0.0] * 11), 0)[0]), abs=0.02)
+    (det,) = run(scripted("pond [SEG]"), Task.SEGMENT, "segment the pond left of the road").detections
+    assert not det.mask[:, :38].any() and det.mask[:, 42:].all() and det.score > 0.9  # the decoder's own score
+    (det,) = run(scripted("house [SEG]"), Task.SEGMENT, "segment the largest house").detections
+    assert det.mask[:, :38].all() and not det.mask[:, 42:].any()
+    assert run(scripted("the thing [SEG]"), Task.SEGMENT, "segment the thing").detections[0].mask.all()
+    with pytest.raises(StrictDataclassClassValidationError, match="class_aware_masks needs"):
+        RSAConfig.from_dict({**model.config.to_dict(), "pixel_class_loss_weight": 0.0})
 
 
 @pytest.mark.parametrize("changed", [True, False])

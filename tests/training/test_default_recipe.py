@@ -222,6 +222,41 @@ def test_the_calibration_cli_writes_the_best_mask_threshold_found_on_the_val_spl
     assert "caption_num_beams" not in printed  # the caption decoding is chosen only when asked
 
 
+def test_the_calibration_tries_class_aware_masks_on_a_model_with_a_pixel_class_head(trained, tmp_path, capsys):
+    from rs_assistant.engine.models.rsa import RSAConfig, RSAForConditionalGeneration, RSAProcessor
+    from training.eval.calibrate import THRESHOLDS
+    from training.eval.calibrate import main as calibrate_main
+
+    config = RSAConfig.from_pretrained(trained.out)
+    config.num_aux_classes, config.pixel_class_loss_weight = 12, 1.0
+    model = tmp_path / "model"
+    RSAForConditionalGeneration(config).save_pretrained(model)
+    RSAProcessor.from_pretrained(trained.out).save_pretrained(model)
+    assert calibrate_main(["--model", str(model), "--count", "2", "--pairs", "0", "--size", "64", "--write"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("class-aware masks  mask_threshold") == len(THRESHOLDS) and printed.count("<- best") == 1
+    written = json.loads((model / "config.json").read_text())
+    assert isinstance(written["class_aware_masks"], bool) and f"class_aware_masks {written['class_aware_masks']}" in printed
+    assert written["class_names"][1] == "buildings" and written["class_nouns"]["house"] == 1  # a kind, from train scenes
+
+
+def test_class_vocabulary_maps_every_answer_noun_to_its_class():
+    from training.data.synthetic.classes import class_vocabulary
+    from training.recipes.default.dataset import SceneRecord, referring_nouns
+
+    instance_map = np.zeros((8, 8), np.uint16)
+    scene = SceneRecord(np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8), instance_map,
+                        np.array([1, 10, 6], np.uint8), np.zeros((3, 4), np.int32), ("a house.",) * 5,
+                        (("the largest house", 1, (0, 0, 2, 2), "house"), ("the pond", 2, (0, 0, 2, 2), "pond"),
+                         ("the tree", 3, (0, 0, 2, 2), "tree")), ())
+    assert list(referring_nouns([scene])) == [("house", 1), ("pond", 10), ("tree", 6)]
+    names, nouns = class_vocabulary([*referring_nouns([scene]), ("pool", 10), ("pool", 3), ("tree", 7)])
+    assert names[1] == "buildings" and names[10] == "water bodies" and len(names) == 12
+    assert nouns["house"] == nouns["building"] == nouns["buildings"] == 1 and nouns["pond"] == 10
+    assert "pool" not in nouns  # seen with two classes: it names no one class
+    assert nouns["tree"] == 6  # a class's own noun keeps its class
+
+
 def test_ground_samples_carry_each_boxed_objects_mask_in_answer_order_for_a_box_from_mask_model():
     from rs_assistant.engine.models.rsa import RSAForConditionalGeneration, RSAProcessor, build_tokenizer, load_named_config
     from training.recipes.default.dataset import DataSettings, PairRecord, Sampler, SceneRecord

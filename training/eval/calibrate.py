@@ -11,6 +11,10 @@ split the goals are measured on:
   training.eval, and the candidate with the best accuracy wins (ties: the one nearest 0.5), if it
   beats 0.5 by more than the noise of that many pairs (else 0.5 stays).
 
+- ``class_aware_masks`` (models with a per-pixel class head only): the mask thresholds are tried
+  with class-aware masks off and on, and the best mIoU of the two wins (ties: off). A checkpoint
+  without ``class_names``/``class_nouns`` gets them from the objects of 100 train scenes.
+
 - ``box_mask_threshold`` (models with ``box_from_mask`` only: the probability above which a
   pixel belongs to a box's region): each scene's referring expression (as training.eval grounds
   it) is grounded once per candidate, and the best Acc@0.5 wins (ties: the one nearest 0.5).
@@ -41,6 +45,7 @@ from rs_assistant.core.protocol import FeatureKind, Options, Task
 from rs_assistant.engine.backends.base import BackendCall
 from rs_assistant.engine.backends.rsa import RSABackend
 from training.data.synthetic import generate_pair, generate_scene, split_seeds
+from training.data.synthetic.classes import class_vocabulary
 from training.eval.metrics import accuracy_at_iou, caption_scores, mask_ious
 from training.eval.rsa import grounding_case, mask_union, segment_case
 
@@ -126,6 +131,15 @@ def change_probabilities(backend: RSABackend, split: str = "val", count: int = 2
     return np.array(probabilities), np.array(truths, bool)
 
 
+def train_vocabulary(count: int = 100, size: int = 256) -> tuple[list[str], dict[str, int]]:
+    """``class_names`` and ``class_nouns`` from the objects' kinds in ``count`` train scenes (for a checkpoint
+    trained before the recipe wrote them)."""
+    named = []
+    for seed in split_seeds("train", count):
+        named += [(o.kind, int(o.cls)) for o in generate_scene(seed, size=size).objects]
+    return class_vocabulary(named)
+
+
 def best_change_threshold(probabilities: np.ndarray, truths: np.ndarray,
                           thresholds: Sequence[float] = CHANGE_THRESHOLDS) -> tuple[float, dict[float, float]]:
     """The threshold with the best accuracy (ties: nearest 0.5), and every candidate's accuracy.
@@ -157,11 +171,27 @@ def main(argv: list[str] | None = None) -> int:
     if not config_file.is_file():
         parser.error(f"{args.model} holds no config.json: not an RSA checkpoint folder")
     backend = load_backend(args.model, args.split)
-    scores = calibrate(backend, args.split, args.count, args.size)
-    best = max(scores, key=lambda t: (scores[t], t))
-    for threshold, miou in scores.items():
-        print(f"mask_threshold {threshold:.2f}  mIoU {miou:.3f}{'  <- best' if threshold == best else ''}")
-    chosen = {"mask_threshold": best}
+    model_config = backend.model.config
+    chosen: dict = {}
+    modes = (False,)
+    if model_config.pixel_class_loss_weight > 0:
+        modes = (False, True)
+        if not model_config.class_nouns:
+            names, nouns = train_vocabulary()
+            model_config.class_names, model_config.class_nouns = names, nouns
+            chosen.update(class_names=names, class_nouns=nouns)
+    scores = {}
+    for aware in modes:
+        model_config.class_aware_masks = aware
+        scores.update({(aware, t): miou for t, miou in calibrate(backend, args.split, args.count, args.size).items()})
+    best = max(scores, key=lambda k: (scores[k], not k[0], k[1]))
+    for (aware, threshold), miou in scores.items():
+        mode = ("class-aware masks  " if aware else "") if len(modes) > 1 else ""
+        print(f"{mode}mask_threshold {threshold:.2f}  mIoU {miou:.3f}{'  <- best' if (aware, threshold) == best else ''}")
+    model_config.class_aware_masks, chosen["mask_threshold"] = best
+    model_config.mask_threshold = best[1]
+    if len(modes) > 1:
+        chosen["class_aware_masks"] = best[0]
     if backend.model.config.box_from_mask:
         accuracy = box_accuracies(backend, args.split, args.count, args.size)
         box = max(accuracy, key=lambda t: (accuracy[t], -abs(t - 0.5)))

@@ -17,7 +17,10 @@ by RSAProcessor.parse_answer (the formats are documented in processing_rsa.py):
   extent of that mask's most probable connected region (above ``box_mask_threshold``; score:
   its mean probability); the four bins remain the box when that region is empty;
 - each ``[SEG]`` -> its hidden state through the mask decoder -> logits resized to the window
-  -> a boolean mask detection (score: the mean probability inside the mask);
+  -> a boolean mask detection (score: the mean probability inside the mask). With the
+  checkpoint's ``class_aware_masks`` (a model with a per-pixel class head), a mask named by a
+  class's own name is that class's pixels in the head's class map (score: their mean class
+  probability), and one named by another noun of a class keeps only its pixels of that class;
 - change: the caption, prefixed with the changed/unchanged head's verdict ("changed (93%): ...";
   changed from the config's ``change_threshold`` on, 0.5 unless calibrated); when changed, the
   ``[SEG]`` masks (over the difference features) become ``change`` detections scored by the head.
@@ -362,9 +365,12 @@ class RSABackend(Backend):
         width, height = window
         probabilities = torch.sigmoid(F.interpolate(logits[:, None].float(), size=(height, width), mode="bilinear")[:, 0])
         labels = {s.position: s.label for s in answer.segments} if kind is not FeatureKind.CHANGE else {}
+        classes = _ClassMap(self.model, generated, (height, width)) if labels and self.model.config.class_aware_masks else None
         detections = []
         for step, probability in zip(steps.tolist(), probabilities):
             inside = probability > self.model.config.mask_threshold
+            if classes is not None:
+                inside, probability = classes.refine(labels.get(step) or "", inside, probability)
             if not inside.any():
                 continue
             mask = inside.cpu().numpy()
@@ -384,6 +390,38 @@ class _Generated:
     sample: int
     masks: "_MaskLogits"
     regions: dict[tuple[int, int], tuple[tuple[float, float, float, float], float]]  # _box_regions
+
+
+class _ClassMap:
+    """The per-pixel class head's map of one sample at the window's size (computed on first use), and
+    how it refines a mask named by ``label`` (the config's ``class_names`` and ``class_nouns``)."""
+
+    def __init__(self, model: RSAForConditionalGeneration, generated: "_Generated", shape: tuple[int, int]):
+        self.model, self.generated, self.shape = model, generated, shape
+        self._probabilities: torch.Tensor | None = None
+
+    def refine(self, label: str, inside: torch.Tensor, probability: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mask, probability)``: a class's own name -> that class's pixels and probabilities; another
+        noun of a class -> the mask's pixels of that class; any other label -> unchanged."""
+        config = self.model.config
+        cls = config.class_nouns.get(label.strip().lower())
+        if cls is None:
+            return inside, probability
+        probabilities = self.probabilities()
+        of_class = probabilities.argmax(dim=0) == int(cls)
+        if label.strip().lower() == str(config.class_names[int(cls)]).lower():
+            return of_class, probabilities[int(cls)]
+        return inside & of_class, probability
+
+    def probabilities(self) -> torch.Tensor:
+        """``[classes, H, W]`` class probabilities at the window's size."""
+        if self._probabilities is None:
+            visual, sample = self.generated.visual, self.generated.sample
+            detail = visual.mask_detail[sample : sample + 1] if visual.mask_detail is not None else None
+            logits = self.model.mask_decoder.pixel_class_logits(visual.mask_features[sample : sample + 1], detail)
+            resized = F.interpolate(logits.float(), size=self.shape, mode="bilinear")[0]
+            self._probabilities = torch.softmax(resized, dim=0)
+        return self._probabilities
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Iterable
 
 
 class ObjectClass(enum.IntEnum):
@@ -59,3 +60,20 @@ CLASSES: tuple[ClassInfo, ...] = (
 def info(cls: ObjectClass) -> ClassInfo:
     """The :class:`ClassInfo` of ``cls``."""
     return CLASSES[int(cls)]
+
+
+def class_vocabulary(named: Iterable[tuple[str, int]]) -> tuple[list[str], dict[str, int]]:
+    """What a model needs to map an answer's noun to a class: the plural name of each class id, and
+    every noun -> class id (each class's singular and plural, plus the ``(noun, class id)`` pairs
+    given, e.g. the kinds "house" and "pond" that referring answers use). A given noun seen with
+    two classes, or naming another class, is left out: it names no one class."""
+    nouns: dict[str, int] = {}
+    for c in CLASSES[1:]:
+        nouns[c.singular] = nouns[c.plural] = c.id
+    seen: dict[str, set[int]] = {}
+    for noun, cls in named:
+        seen.setdefault(noun.strip().lower(), set()).add(int(cls))
+    for noun, classes in seen.items():
+        if len(classes) == 1 and noun not in nouns:
+            nouns[noun] = next(iter(classes))
+    return [c.plural for c in CLASSES], nouns

@@ -137,6 +137,13 @@ class Sample:
     change_map: np.ndarray | None = None  # S x S bool, pairs: where the scene changed (all False when unchanged)
 
 
+def referring_nouns(scenes: Sequence[SceneRecord]) -> Iterator[tuple[str, int]]:
+    """``(noun, class id)`` of every referring expression's target: the nouns referring answers use."""
+    for scene in scenes:
+        for _, target, _, noun in scene.referring:
+            yield noun, int(scene.object_classes[target - 1])  # instance ids are object index + 1
+
+
 def scene_gsd(seed: int, scene_size: int, region_min: int, region_max: int) -> float:
     """The pixel size of scene ``seed``: a drawn GSD scaled so the scene covers a ``region``-pixel window."""
     rng = np.random.default_rng([seed, 7])

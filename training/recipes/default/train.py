@@ -46,7 +46,8 @@ from training.loop import (
     CHECKPOINT, LOG_FILE, ConfigFromDict, TrainResult, check_settings, load_checkpoint, rng_state, set_rng_state,
     write_checkpoint,
 )
-from training.recipes.default.dataset import DataSettings, Sampler, corpus, load_cache
+from training.data.synthetic.classes import class_vocabulary
+from training.recipes.default.dataset import DataSettings, Sampler, corpus, load_cache, referring_nouns
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +134,8 @@ def train(config: TrainConfig, fresh: bool = False, stop: Callable[[int], bool] 
     model_config = load_named_config(config.model)
     model_config.text_config.vocab_size = len(tokenizer)
     model_config.bind_tokenizer(tokenizer)
+    if model_config.pixel_class_loss_weight > 0:  # the nouns answers use, for class-aware masks when served
+        model_config.class_names, model_config.class_nouns = class_vocabulary(referring_nouns(scenes))
     processor = RSAProcessor.for_model(tokenizer, model_config)
     aux_classes = model_config.num_aux_classes > 0 and (
         model_config.aux_class_loss_weight > 0 or model_config.pixel_class_loss_weight > 0

@@ -147,6 +147,15 @@ class RSAConfig(PreTrainedConfig):
     # on every single-image batch. The [SEG] and box queries read those same pixel features, so a
     # class becomes a direction the query only has to pick. 0: no head.
     pixel_class_loss_weight: float = 0.0
+    # Serving, with that head: class-aware masks. A [SEG] whose answer names a class by its own
+    # (plural) name, as a class answer is trained ("buildings [SEG]"), becomes the pixels the head
+    # gives that class; one named by another noun of the class ("house [SEG]", a referring answer)
+    # keeps only those of its pixels. ``class_names`` (the plural of each class id) and
+    # ``class_nouns`` (every answer noun -> its class id) come from the training data;
+    # ``class_aware_masks`` is picked on the validation split (training.eval.calibrate).
+    class_aware_masks: bool = False
+    class_names: list | None = None
+    class_nouns: dict | None = None
 
     # The vision encoder's patch embedding: "patch" is CLIP's own (one patch x patch convolution);
     # "conv" is a small convolutional stem of the same total stride (Xiao et al. 2021, "Early
@@ -230,6 +239,11 @@ class RSAConfig(PreTrainedConfig):
             raise ValueError(
                 f"pixel_class_loss_weight {self.pixel_class_loss_weight} must be 0, or positive with num_aux_classes of at least 2"
             )
+        if self.class_aware_masks and (self.pixel_class_loss_weight <= 0 or not self.class_names or not self.class_nouns):
+            raise ValueError("class_aware_masks needs the per-pixel class head (pixel_class_loss_weight > 0), "
+                             "class_names and class_nouns")
+        if self.class_nouns and not all(0 <= int(c) < max(self.num_aux_classes, 1) for c in self.class_nouns.values()):
+            raise ValueError(f"class_nouns name class ids outside 0..{self.num_aux_classes - 1}")
         if self.num_location_bins < 2:
             raise ValueError(f"num_location_bins must be at least 2, got {self.num_location_bins}")
         if self.mask_decoder_dim % self.mask_decoder_heads or self.mask_decoder_dim >> self.mask_upsample_steps < 4:
