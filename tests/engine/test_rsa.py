@@ -623,8 +623,51 @@ def test_class_aware_masks_follow_the_class_heads_map(scripted, monkeypatch):
     (det,) = run(scripted("house [SEG]"), Task.SEGMENT, "segment the largest house").detections
     assert det.mask[:, :38].all() and not det.mask[:, 42:].any()
     assert run(scripted("the thing [SEG]"), Task.SEGMENT, "segment the thing").detections[0].mask.all()
-    with pytest.raises(StrictDataclassClassValidationError, match="class_aware_masks needs"):
+    with pytest.raises(StrictDataclassClassValidationError, match="class_aware_masks and class_aware_boxes need"):
         RSAConfig.from_dict({**model.config.to_dict(), "pixel_class_loss_weight": 0.0})
+
+
+def test_class_aware_boxes_snap_to_the_class_region_under_them(scripted, processor, monkeypatch):
+    """Buildings fill the top-left and bottom-right quarters of the class head's map: a house box that
+    overlaps the top-left one becomes its extent; a box of a class with no region, or of a noun naming
+    no class, stays where the model put it."""
+    window = (80, 48)
+    answer = processor.ground_answer([("house", (4, 4, 16, 20)), ("car", (40, 10, 60, 30)), ("thing", (30, 5, 50, 25))], window)
+    backend = scripted(answer)
+    model = backend.model
+    model.config.pixel_class_loss_weight, model.config.num_aux_classes = 1.0, 12
+    model.config.class_names = ["ground", "buildings", "roads", "parking lots", "vehicles", *(f"class {i}" for i in range(5, 12))]
+    model.config.class_nouns = {"house": 1, "buildings": 1, "car": 4}
+    side = model.config.mask_size
+
+    def class_logits(features, detail=None):
+        logits = torch.zeros(features.shape[0], 12, side, side)
+        logits[:, 1, : side // 2, : side // 2] = 5.0
+        logits[:, 1, side // 2 :, side // 2 :] = 5.0
+        logits[:, 0] = 5.0 - logits[:, 1]  # ground elsewhere
+        return logits
+
+    monkeypatch.setattr(model.mask_decoder, "pixel_class_logits", class_logits)
+    unsnapped = [d.box for d in run(backend, Task.GROUND, "find the largest house").detections]
+    model.config.class_aware_boxes = True
+    house, car, thing = [d.box for d in run(backend, Task.GROUND, "find the largest house").detections]
+    assert house == pytest.approx((0.0, 0.0, 40.0, 24.0), abs=1.0)
+    assert car == unsnapped[1] and thing == unsnapped[2]
+
+
+def test_connected_regions_are_numbered_in_reading_order():
+    from rs_assistant.engine.backends.rsa import connected_regions
+
+    inside = torch.zeros(6, 6, dtype=torch.bool)
+    inside[0, :3] = inside[1, 2] = True  # one region, joined through (0, 2)
+    inside[2:5, 4] = True
+    inside[5, 0] = True
+    inside[3, 3] = True  # touches the column at (3, 4): the same region
+    inside[4, 3 - 1] = True  # diagonal to nothing inside: its own region
+    regions = connected_regions(inside)
+    assert regions[0, 0] == regions[1, 2] == 1 and regions[2, 4] == regions[3, 3] == 2
+    assert regions[4, 2] == 3 and regions[5, 0] == 4 and int(regions.max()) == 4
+    assert (regions > 0).equal(inside)
 
 
 @pytest.mark.parametrize("changed", [True, False])

@@ -15,6 +15,10 @@ split the goals are measured on:
   with class-aware masks off and on, and the best mIoU of the two wins (ties: off). A checkpoint
   without ``class_names``/``class_nouns`` gets them from the objects of 100 train scenes.
 
+- ``class_aware_boxes`` (the same models): each scene's referring expression is grounded with
+  boxes snapped to the class head's regions and without, and snapping stays on only if its Acc@0.5
+  is higher.
+
 - ``box_mask_threshold`` (models with ``box_from_mask`` only: the probability above which a
   pixel belongs to a box's region): each scene's referring expression (as training.eval grounds
   it) is grounded once per candidate, and the best Acc@0.5 wins (ties: the one nearest 0.5).
@@ -82,10 +86,10 @@ def calibrate(backend: RSABackend, split: str = "val", count: int = 60, size: in
 
 
 def box_accuracies(backend: RSABackend, split: str = "val", count: int = 60, size: int = 512,
-                   thresholds: Sequence[float] = BOX_THRESHOLDS) -> dict[float, float]:
+                   thresholds: Sequence = BOX_THRESHOLDS, key: str = "box_mask_threshold") -> dict:
     """Acc@0.5 of the referring expressions of ``count`` scenes of ``split`` (the one training.eval
-    grounds in each) for each ``box_mask_threshold``."""
-    predicted: dict[float, list] = {t: [] for t in thresholds}
+    grounds in each) for each value of the config's ``key`` (``box_mask_threshold``, or ``class_aware_boxes``)."""
+    predicted: dict = {t: [] for t in thresholds}
     targets = []
     for seed in tqdm(split_seeds(split, count), desc=f"box regions ({split})", dynamic_ncols=True):
         scene = generate_scene(seed, size=size)
@@ -94,7 +98,7 @@ def box_accuracies(backend: RSABackend, split: str = "val", count: int = 60, siz
             continue
         targets.append(ref.box)
         for threshold in thresholds:
-            backend.model.config.box_mask_threshold = threshold
+            setattr(backend.model.config, key, threshold)
             call = BackendCall(task=Task.GROUND, images=[scene.image], prompt=f"find {ref.text}", options=Options())
             found = [d.box for d in backend.run(call).detections if d.kind is FeatureKind.BOX]
             predicted[threshold].append(found[0] if found else None)
@@ -192,6 +196,12 @@ def main(argv: list[str] | None = None) -> int:
     model_config.mask_threshold = best[1]
     if len(modes) > 1:
         chosen["class_aware_masks"] = best[0]
+    if len(modes) > 1:  # a per-pixel class head: boxes snapped to its regions, or not
+        accuracy = box_accuracies(backend, args.split, args.count, args.size, (False, True), "class_aware_boxes")
+        snap = accuracy[True] > accuracy[False]
+        for value, acc in accuracy.items():
+            print(f"class_aware_boxes {value}  Acc@0.5 {acc:.3f}{'  <- best' if value == snap else ''}")
+        chosen["class_aware_boxes"] = model_config.class_aware_boxes = snap
     if backend.model.config.box_from_mask:
         accuracy = box_accuracies(backend, args.split, args.count, args.size)
         box = max(accuracy, key=lambda t: (accuracy[t], -abs(t - 0.5)))

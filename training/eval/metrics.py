@@ -14,6 +14,8 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from rs_assistant.engine.backends import boxes
+
 log = logging.getLogger(__name__)
 
 Box = Sequence[float]  # x0, y0, x1, y1
@@ -69,13 +71,8 @@ def caption_scores(
 
 
 def box_iou(a: Box, b: Box) -> float:
-    ix0, iy0 = max(a[0], b[0]), max(a[1], b[1])
-    ix1, iy1 = min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0.0, ix1 - ix0) * max(0.0, iy1 - iy0)
-    area_a = max(0.0, a[2] - a[0]) * max(0.0, a[3] - a[1])
-    area_b = max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1])
-    union = area_a + area_b - inter
-    return inter / union if union > 0 else 0.0
+    """Intersection over union of two boxes, as the engine computes it (rs_assistant.engine.backends.boxes.iou)."""
+    return boxes.iou(a, b)
 
 
 def accuracy_at_iou(predictions: Sequence[Box | None], targets: Sequence[Box], threshold: float = 0.5) -> float:

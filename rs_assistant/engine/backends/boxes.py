@@ -56,6 +56,17 @@ class ParsedPolygon:
 _NUM = r"-?\d+(?:\.\d+)?"
 
 
+def iou(a: Box, b: Box) -> float:
+    """Intersection over union of two boxes (x0, y0, x1, y1); 0 when both are empty."""
+    ix0, iy0 = max(a[0], b[0]), max(a[1], b[1])
+    ix1, iy1 = min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0.0, ix1 - ix0) * max(0.0, iy1 - iy0)
+    area_a = max(0.0, a[2] - a[0]) * max(0.0, a[3] - a[1])
+    area_b = max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1])
+    union = area_a + area_b - inter
+    return inter / union if union > 0 else 0.0
+
+
 def clamp_box(box: Box, window: Size) -> Box | None:
     """``box`` ordered and clamped to the window; None when nothing of it is left."""
     width, height = window

@@ -21,6 +21,8 @@ by RSAProcessor.parse_answer (the formats are documented in processing_rsa.py):
   checkpoint's ``class_aware_masks`` (a model with a per-pixel class head), a mask named by a
   class's own name is that class's pixels in the head's class map (score: their mean class
   probability), and one named by another noun of a class keeps only its pixels of that class;
+  with ``class_aware_boxes``, a box whose label names a class becomes the extent of the connected
+  region of that class in the head's map whose extent overlaps it best (when one does);
 - change: the caption, prefixed with the changed/unchanged head's verdict ("changed (93%): ...";
   changed from the config's ``change_threshold`` on, 0.5 unless calibrated); when changed, the
   ``[SEG]`` masks (over the difference features) become ``change`` detections scored by the head.
@@ -314,8 +316,12 @@ class RSABackend(Backend):
     ) -> BackendResult:
         phrase = boxes.target_phrase(call.prompt) if call.task in (Task.GROUND, Task.SEGMENT) else ""
         detections = []
+        width, height = window
+        classes = _ClassMap(self.model, generated, (height, width)) if self.model.config.class_aware_boxes else None
         for b in answer.boxes:
             box, score = generated.regions.get((generated.sample, b.positions[0])) or (b.box, self._box_score(b, generated))
+            if classes is not None:
+                box = classes.snap(b.label or "", box)
             detections.append(Detection(FeatureKind.BOX, b.label or phrase or "object", score, box=box))
         if call.task is not Task.CHANGE:
             detections += self._masks(answer, generated, window, FeatureKind.MASK, phrase or "object")
@@ -399,6 +405,7 @@ class _ClassMap:
     def __init__(self, model: RSAForConditionalGeneration, generated: "_Generated", shape: tuple[int, int]):
         self.model, self.generated, self.shape = model, generated, shape
         self._probabilities: torch.Tensor | None = None
+        self._logits: torch.Tensor | None = None
 
     def refine(self, label: str, inside: torch.Tensor, probability: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mask, probability)``: a class's own name -> that class's pixels and probabilities; another
@@ -413,13 +420,54 @@ class _ClassMap:
             return of_class, probabilities[int(cls)]
         return inside & of_class, probability
 
+    def snap(self, label: str, box: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+        """The window-pixel extent of the region of ``label``'s class whose extent overlaps ``box`` best; ``box``
+        itself when the label names no class or no region overlaps it."""
+        cls = self.model.config.class_nouns.get(label.strip().lower())
+        if cls is None:
+            return box
+        coarse = self.logits().argmax(dim=0) == int(cls)  # regions are found at the head's resolution
+        regions = connected_regions(coarse)
+        height, width = self.shape
+        side = coarse.shape[0]
+        best, chosen = 0.0, box
+        for index in range(1, int(regions.max()) + 1):
+            region = regions == index
+            rows = torch.nonzero(region.any(dim=1)).flatten()
+            cols = torch.nonzero(region.any(dim=0)).flatten()
+            extent = (float(cols[0]) * width / side, float(rows[0]) * height / side,
+                      float(cols[-1] + 1) * width / side, float(rows[-1] + 1) * height / side)
+            overlap = boxes.iou(extent, box)
+            if overlap > best:
+                best, chosen = overlap, self._fine_extent(region, int(cls)) or extent
+        return chosen
+
+    def _fine_extent(self, region: torch.Tensor, cls: int) -> tuple[float, float, float, float] | None:
+        """The extent of ``region`` (head resolution) measured on the window-sized class map, within the
+        region grown by one cell (as :func:`region_box`)."""
+        cross = torch.tensor([[0.0, 1.0, 0.0], [1.0, 1.0, 1.0], [0.0, 1.0, 0.0]], device=region.device)[None, None]
+        near = F.conv2d(region[None, None].float(), cross, padding=1)
+        near = F.interpolate(near, size=self.shape, mode="nearest")[0, 0] > 0
+        chosen = near & (self.probabilities().argmax(dim=0) == cls)
+        if not chosen.any():
+            return None
+        rows = torch.nonzero(chosen.any(dim=1)).flatten()
+        cols = torch.nonzero(chosen.any(dim=0)).flatten()
+        return float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1)
+
+    def logits(self) -> torch.Tensor:
+        """``[classes, M, M]``: the head's logits at its own resolution."""
+        if self._logits is None:
+            visual, sample = self.generated.visual, self.generated.sample
+            detail = visual.mask_detail[sample : sample + 1] if visual.mask_detail is not None else None
+            features = visual.mask_features[sample : sample + 1]
+            self._logits = self.model.mask_decoder.pixel_class_logits(features, detail)[0].float()
+        return self._logits
+
     def probabilities(self) -> torch.Tensor:
         """``[classes, H, W]`` class probabilities at the window's size."""
         if self._probabilities is None:
-            visual, sample = self.generated.visual, self.generated.sample
-            detail = visual.mask_detail[sample : sample + 1] if visual.mask_detail is not None else None
-            logits = self.model.mask_decoder.pixel_class_logits(visual.mask_features[sample : sample + 1], detail)
-            resized = F.interpolate(logits.float(), size=self.shape, mode="bilinear")[0]
+            resized = F.interpolate(self.logits()[None], size=self.shape, mode="bilinear")[0]
             self._probabilities = torch.softmax(resized, dim=0)
         return self._probabilities
 
@@ -464,6 +512,30 @@ def region_box(logits: torch.Tensor, shape: tuple[int, int], threshold: float) -
     cols = torch.nonzero(chosen.any(dim=0)).flatten()
     box = (float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1))
     return box, float(fine[chosen].mean())
+
+
+def connected_regions(inside: torch.Tensor) -> torch.Tensor:
+    """``[H, W]`` bool -> ``[H, W]`` long: 0 outside, and 1..K numbering the 4-connected regions of
+    ``inside`` in row-major order of their first cell."""
+    height, width = inside.shape
+    ids = torch.arange(1, height * width + 1, device=inside.device).view(height, width)
+    labels = torch.where(inside, ids, torch.zeros_like(ids))
+    while True:  # every cell takes the largest id among itself and its 4 neighbours inside, until none changes
+        padded = F.pad(labels, (1, 1, 1, 1))
+        spread = torch.stack([labels, padded[:-2, 1:-1], padded[2:, 1:-1], padded[1:-1, :-2], padded[1:-1, 2:]]).amax(dim=0)
+        spread = torch.where(inside, spread, torch.zeros_like(spread))
+        if torch.equal(spread, labels):
+            break
+        labels = spread
+    flat = labels.flatten()
+    out = torch.zeros_like(flat)
+    seen: dict[int, int] = {}
+    for value in flat.tolist():  # row-major, so each region is met first at its first cell
+        if value:
+            seen.setdefault(value, len(seen) + 1)
+    for value, rank in seen.items():
+        out[flat == value] = rank
+    return out.view(height, width)
 
 
 def _names(items: Iterable[object]) -> str:

@@ -154,6 +154,10 @@ class RSAConfig(PreTrainedConfig):
     # ``class_nouns`` (every answer noun -> its class id) come from the training data;
     # ``class_aware_masks`` is picked on the validation split (training.eval.calibrate).
     class_aware_masks: bool = False
+    # Likewise for boxes: a box whose label names a class snaps to the extent of the connected region
+    # of that class in the head's map that overlaps it best (IoU of the extents), so a roughly placed
+    # box becomes the object under it. Picked on the validation split's grounding.
+    class_aware_boxes: bool = False
     class_names: list | None = None
     class_nouns: dict | None = None
 
@@ -239,9 +243,11 @@ class RSAConfig(PreTrainedConfig):
             raise ValueError(
                 f"pixel_class_loss_weight {self.pixel_class_loss_weight} must be 0, or positive with num_aux_classes of at least 2"
             )
-        if self.class_aware_masks and (self.pixel_class_loss_weight <= 0 or not self.class_names or not self.class_nouns):
-            raise ValueError("class_aware_masks needs the per-pixel class head (pixel_class_loss_weight > 0), "
-                             "class_names and class_nouns")
+        if (self.class_aware_masks or self.class_aware_boxes) and (
+            self.pixel_class_loss_weight <= 0 or not self.class_names or not self.class_nouns
+        ):
+            raise ValueError("class_aware_masks and class_aware_boxes need the per-pixel class head "
+                             "(pixel_class_loss_weight > 0), class_names and class_nouns")
         if self.class_nouns and not all(0 <= int(c) < max(self.num_aux_classes, 1) for c in self.class_nouns.values()):
             raise ValueError(f"class_nouns name class ids outside 0..{self.num_aux_classes - 1}")
         if self.num_location_bins < 2:
