@@ -627,6 +627,53 @@ def test_class_aware_masks_follow_the_class_heads_map(scripted, monkeypatch):
         RSAConfig.from_dict({**model.config.to_dict(), "pixel_class_loss_weight": 0.0})
 
 
+def test_class_region_masks_take_the_whole_class_region_the_decoded_mask_lands_on(scripted, monkeypatch):
+    """Buildings fill the top-left and bottom-right quarters of the class head's map; the decoder marks a
+    small blob inside the bottom-right one. With class_region_masks a referring mask ("house") becomes that
+    whole quarter, without it only the blob; a blob on no building gives no mask either way, and a class's
+    own name still gives every pixel of the class."""
+    backend = scripted("house [SEG]")
+    model = backend.model
+    model.config.pixel_class_loss_weight, model.config.num_aux_classes = 1.0, 12
+    model.config.class_names = ["ground", "buildings", *(f"class {i}" for i in range(2, 12))]
+    model.config.class_nouns = {"buildings": 1, "house": 1}
+    side = model.config.mask_size
+    half = side // 2
+    blob = {"at": (half + half // 2, half + half // 2)}
+
+    def class_logits(features, detail=None):
+        logits = torch.zeros(features.shape[0], 12, side, side)
+        logits[:, 1, :half, :half] = 5.0
+        logits[:, 1, half:, half:] = 5.0
+        logits[:, 0] = 5.0 - logits[:, 1]
+        return logits
+
+    def decoded(seg_states, features, detail=None):
+        logits = torch.full((seg_states.shape[0], side, side), -5.0)
+        row, col = blob["at"]
+        logits[:, row - 1 : row + 1, col - 1 : col + 1] = 5.0
+        return logits
+
+    monkeypatch.setattr(model.mask_decoder, "pixel_class_logits", class_logits)
+    monkeypatch.setattr(model.mask_decoder, "forward", decoded)
+    height, width = WINDOW.shape[:2]
+    model.config.class_aware_masks = True
+    (only_blob,) = run(backend, Task.SEGMENT, "segment the largest house").detections
+    model.config.class_region_masks = True
+    (region,) = run(backend, Task.SEGMENT, "segment the largest house").detections
+    assert only_blob.mask.sum() < 0.3 * region.mask.sum() and region.score == pytest.approx(only_blob.score, abs=0.05)
+    quarter = np.zeros((height, width), bool)
+    quarter[height // 2 :, width // 2 :] = True
+    assert (region.mask & quarter).sum() >= 0.9 * quarter.sum() and not region.mask[: height // 2 - 2].any()
+    assert not region.mask[:, : width // 2 - 2].any()
+    blob["at"] = (half // 2, half + half // 2)  # top right: no building there
+    assert run(backend, Task.SEGMENT, "segment the largest house").text == "nothing found"
+    everything = run(scripted("buildings [SEG]"), Task.SEGMENT, "segment the buildings").detections[0].mask
+    assert everything[: height // 2 - 2, : width // 2 - 2].all() and everything[height // 2 + 2 :, width // 2 + 2 :].all()
+    with pytest.raises(StrictDataclassClassValidationError, match="class_region_masks refines class-aware masks"):
+        RSAConfig.from_dict({**model.config.to_dict(), "class_aware_masks": False})
+
+
 def test_class_aware_boxes_snap_to_the_class_region_under_them(scripted, processor, monkeypatch):
     """Buildings fill the top-left and bottom-right quarters of the class head's map: a house box that
     overlaps the top-left one becomes its extent; a box of a class with no region, or of a noun naming

@@ -235,8 +235,11 @@ def test_the_calibration_tries_class_aware_masks_on_a_model_with_a_pixel_class_h
     assert calibrate_main(["--model", str(model), "--count", "2", "--pairs", "0", "--size", "64", "--write"]) == 0
     printed = capsys.readouterr().out
     assert printed.count("class-aware masks  mask_threshold") == len(THRESHOLDS) and printed.count("<- best") == 2
+    assert printed.count("class-region masks  mask_threshold") == len(THRESHOLDS)
     written = json.loads((model / "config.json").read_text())
     assert isinstance(written["class_aware_masks"], bool) and f"class_aware_masks {written['class_aware_masks']}" in printed
+    assert f"class_region_masks {written['class_region_masks']}" in printed
+    assert written["class_aware_masks"] or not written["class_region_masks"]  # regions refine class-aware masks
     assert printed.count("class_aware_boxes") == 3 and isinstance(written["class_aware_boxes"], bool)
     assert written["class_names"][1] == "buildings" and written["class_nouns"]["house"] == 1  # a kind, from train scenes
 

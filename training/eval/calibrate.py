@@ -11,9 +11,10 @@ split the goals are measured on:
   training.eval, and the candidate with the best accuracy wins (ties: the one nearest 0.5), if it
   beats 0.5 by more than the noise of that many pairs (else 0.5 stays).
 
-- ``class_aware_masks`` (models with a per-pixel class head only): the mask thresholds are tried
-  with class-aware masks off and on, and the best mIoU of the two wins (ties: off). A checkpoint
-  without ``class_names``/``class_nouns`` gets them from the objects of 100 train scenes.
+- ``class_aware_masks`` and ``class_region_masks`` (models with a per-pixel class head only): the
+  mask thresholds are tried with class-aware masks off, on, and on with referring masks snapped to
+  the class region they overlap best, and the best mIoU of the three wins (ties: the plainer way).
+  A checkpoint without ``class_names``/``class_nouns`` gets them from the objects of 100 train scenes.
 
 - ``class_aware_boxes`` (the same models): each scene's referring expression is grounded with
   boxes snapped to the class head's regions and without, and snapping stays on only if its Acc@0.5
@@ -177,25 +178,26 @@ def main(argv: list[str] | None = None) -> int:
     backend = load_backend(args.model, args.split)
     model_config = backend.model.config
     chosen: dict = {}
-    modes = (False,)
+    modes = ((False, False),)  # (class_aware_masks, class_region_masks)
     if model_config.pixel_class_loss_weight > 0:
-        modes = (False, True)
+        modes = ((False, False), (True, False), (True, True))
         if not model_config.class_nouns:
             names, nouns = train_vocabulary()
             model_config.class_names, model_config.class_nouns = names, nouns
             chosen.update(class_names=names, class_nouns=nouns)
     scores = {}
-    for aware in modes:
-        model_config.class_aware_masks = aware
-        scores.update({(aware, t): miou for t, miou in calibrate(backend, args.split, args.count, args.size).items()})
-    best = max(scores, key=lambda k: (scores[k], not k[0], k[1]))
-    for (aware, threshold), miou in scores.items():
-        mode = ("class-aware masks  " if aware else "") if len(modes) > 1 else ""
-        print(f"{mode}mask_threshold {threshold:.2f}  mIoU {miou:.3f}{'  <- best' if (aware, threshold) == best else ''}")
-    model_config.class_aware_masks, chosen["mask_threshold"] = best
-    model_config.mask_threshold = best[1]
+    for aware, region in modes:
+        model_config.class_aware_masks, model_config.class_region_masks = aware, region
+        scores.update({(aware, region, t): miou for t, miou in calibrate(backend, args.split, args.count, args.size).items()})
+    best = max(scores, key=lambda k: (scores[k], not k[0], not k[1], k[2]))  # ties: the plainer way
+    for (aware, region, threshold), miou in scores.items():
+        mode = "class-region masks  " if region else "class-aware masks  " if aware else ""
+        mark = "  <- best" if (aware, region, threshold) == best else ""
+        print(f"{mode}mask_threshold {threshold:.2f}  mIoU {miou:.3f}{mark}")
+    model_config.class_aware_masks, model_config.class_region_masks, model_config.mask_threshold = best
+    chosen["mask_threshold"] = best[2]
     if len(modes) > 1:
-        chosen["class_aware_masks"] = best[0]
+        chosen["class_aware_masks"], chosen["class_region_masks"] = best[0], best[1]
     if len(modes) > 1:  # a per-pixel class head: boxes snapped to its regions, or not
         accuracy = box_accuracies(backend, args.split, args.count, args.size, (False, True), "class_aware_boxes")
         snap = accuracy[True] > accuracy[False]

@@ -20,7 +20,8 @@ by RSAProcessor.parse_answer (the formats are documented in processing_rsa.py):
   -> a boolean mask detection (score: the mean probability inside the mask). With the
   checkpoint's ``class_aware_masks`` (a model with a per-pixel class head), a mask named by a
   class's own name is that class's pixels in the head's class map (score: their mean class
-  probability), and one named by another noun of a class keeps only its pixels of that class;
+  probability), and one named by another noun of a class keeps only its pixels of that class
+  (with ``class_region_masks``: becomes the connected region of that class it overlaps best);
   with ``class_aware_boxes``, a box whose label names a class becomes the extent of the connected
   region of that class in the head's map whose extent overlaps it best (when one does);
 - change: the caption, prefixed with the changed/unchanged head's verdict ("changed (93%): ...";
@@ -418,7 +419,32 @@ class _ClassMap:
         of_class = probabilities.argmax(dim=0) == int(cls)
         if label.strip().lower() == str(config.class_names[int(cls)]).lower():
             return of_class, probabilities[int(cls)]
+        if config.class_region_masks:
+            region = self._best_region(int(cls), inside, of_class)
+            if region is not None:  # scored by the decoder's probability where its mask lies on the region
+                return region, torch.full_like(probability, float(probability[region & inside].mean()))
         return inside & of_class, probability
+
+    def _best_region(self, cls: int, inside: torch.Tensor, of_class: torch.Tensor) -> torch.Tensor | None:
+        """The window pixels of the connected region of class ``cls`` (found at the head's resolution, grown by
+        one cell, cut to the window-sized class map ``of_class``) whose IoU with the mask ``inside`` is highest;
+        None when no region overlaps it."""
+        regions = connected_regions(self.logits().argmax(dim=0) == cls)
+        if not int(regions.max()):
+            return None
+        padded = F.pad(regions, (1, 1, 1, 1))  # grow each region into the empty cells beside it
+        grown = torch.stack([padded[:-2, 1:-1], padded[2:, 1:-1], padded[1:-1, :-2], padded[1:-1, 2:]]).amax(dim=0)
+        regions = torch.where(regions > 0, regions, grown)
+        fine = F.interpolate(regions[None, None].float(), size=self.shape, mode="nearest")[0, 0].long()
+        fine = torch.where(of_class, fine, torch.zeros_like(fine))
+        count = int(regions.max()) + 1
+        sizes = torch.bincount(fine.flatten(), minlength=count).float()
+        overlap = torch.bincount(fine[inside], minlength=count).float()
+        iou = overlap / (sizes + float(inside.sum()) - overlap).clamp(min=1.0)
+        iou[0] = 0.0
+        if float(iou.max()) <= 0.0:
+            return None
+        return fine == int(iou.argmax())
 
     def snap(self, label: str, box: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
         """The window-pixel extent of the region of ``label``'s class whose extent overlaps ``box`` best; ``box``

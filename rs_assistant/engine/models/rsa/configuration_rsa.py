@@ -158,6 +158,11 @@ class RSAConfig(PreTrainedConfig):
     # of that class in the head's map that overlaps it best (IoU of the extents), so a roughly placed
     # box becomes the object under it. Picked on the validation split's grounding.
     class_aware_boxes: bool = False
+    # With class-aware masks, a mask named by another noun of a class (a referring answer,
+    # "warehouse [SEG]") becomes the whole connected region of that class in the head's map that
+    # overlaps the decoded mask best (IoU), as boxes snap: the decoder only has to land on the
+    # object, the class head draws its outline. Picked on the validation split with the masks.
+    class_region_masks: bool = False
     class_names: list | None = None
     class_nouns: dict | None = None
 
@@ -243,6 +248,8 @@ class RSAConfig(PreTrainedConfig):
             raise ValueError(
                 f"pixel_class_loss_weight {self.pixel_class_loss_weight} must be 0, or positive with num_aux_classes of at least 2"
             )
+        if self.class_region_masks and not self.class_aware_masks:
+            raise ValueError("class_region_masks refines class-aware masks: it needs class_aware_masks")
         if (self.class_aware_masks or self.class_aware_boxes) and (
             self.pixel_class_loss_weight <= 0 or not self.class_names or not self.class_nouns
         ):
