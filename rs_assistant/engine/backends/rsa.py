@@ -407,6 +407,7 @@ class _ClassMap:
         self.model, self.generated, self.shape = model, generated, shape
         self._probabilities: torch.Tensor | None = None
         self._logits: torch.Tensor | None = None
+        self._regions: dict[int, torch.Tensor] = {}
 
     def refine(self, label: str, inside: torch.Tensor, probability: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mask, probability)``: a class's own name -> that class's pixels and probabilities; another
@@ -429,7 +430,7 @@ class _ClassMap:
         """The window pixels of the connected region of class ``cls`` (found at the head's resolution, grown by
         one cell, cut to the window-sized class map ``of_class``) whose IoU with the mask ``inside`` is highest;
         None when no region overlaps it."""
-        regions = connected_regions(self.logits().argmax(dim=0) == cls)
+        regions = self.regions(cls)
         if not int(regions.max()):
             return None
         padded = F.pad(regions, (1, 1, 1, 1))  # grow each region into the empty cells beside it
@@ -452,10 +453,9 @@ class _ClassMap:
         cls = self.model.config.class_nouns.get(label.strip().lower())
         if cls is None:
             return box
-        coarse = self.logits().argmax(dim=0) == int(cls)  # regions are found at the head's resolution
-        regions = connected_regions(coarse)
+        regions = self.regions(int(cls))
         height, width = self.shape
-        side = coarse.shape[0]
+        side = regions.shape[0]
         best, chosen = 0.0, box
         for index in range(1, int(regions.max()) + 1):
             region = regions == index
@@ -480,6 +480,13 @@ class _ClassMap:
         rows = torch.nonzero(chosen.any(dim=1)).flatten()
         cols = torch.nonzero(chosen.any(dim=0)).flatten()
         return float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1)
+
+    def regions(self, cls: int) -> torch.Tensor:
+        """``[M, M]``: the connected regions of class ``cls`` in the head's map, at its own resolution
+        (:func:`connected_regions`; found once per class, however many boxes and masks ask)."""
+        if cls not in self._regions:
+            self._regions[cls] = connected_regions(self.logits().argmax(dim=0) == cls)
+        return self._regions[cls]
 
     def logits(self) -> torch.Tensor:
         """``[classes, M, M]``: the head's logits at its own resolution."""
