@@ -679,7 +679,8 @@ def test_class_aware_boxes_snap_to_the_class_region_under_them(scripted, process
     overlaps the top-left one becomes its extent; a box of a class with no region, or of a noun naming
     no class, stays where the model put it."""
     window = (80, 48)
-    answer = processor.ground_answer([("house", (4, 4, 16, 20)), ("car", (40, 10, 60, 30)), ("thing", (30, 5, 50, 25))], window)
+    answer = processor.ground_answer([("house", (4, 4, 16, 20)), ("car", (40, 10, 60, 30)), ("thing", (30, 5, 50, 25)),
+                                      ("house", (10, 8, 30, 18))], window)  # the last house lands on the first's region
     backend = scripted(answer)
     model = backend.model
     model.config.pixel_class_loss_weight, model.config.num_aux_classes = 1.0, 12
@@ -696,8 +697,9 @@ def test_class_aware_boxes_snap_to_the_class_region_under_them(scripted, process
 
     monkeypatch.setattr(model.mask_decoder, "pixel_class_logits", class_logits)
     unsnapped = [d.box for d in run(backend, Task.GROUND, "find the largest house").detections]
+    assert len(unsnapped) == 4
     model.config.class_aware_boxes = True
-    house, car, thing = [d.box for d in run(backend, Task.GROUND, "find the largest house").detections]
+    house, car, thing = [d.box for d in run(backend, Task.GROUND, "find the largest house").detections]  # one box per region
     assert house == pytest.approx((0.0, 0.0, 40.0, 24.0), abs=1.0)
     assert car == unsnapped[1] and thing == unsnapped[2]
 

@@ -321,9 +321,13 @@ class RSABackend(Backend):
         classes = _ClassMap(self.model, generated, (height, width)) if self.model.config.class_aware_boxes else None
         for b in answer.boxes:
             box, score = generated.regions.get((generated.sample, b.positions[0])) or (b.box, self._box_score(b, generated))
+            label = b.label or phrase or "object"
             if classes is not None:
                 box = classes.snap(b.label or "", box)
-            detections.append(Detection(FeatureKind.BOX, b.label or phrase or "object", score, box=box))
+                same = [d for d in detections if d.box == box and d.label == label]
+                if same:  # snapped onto a region an earlier box of the answer took: one object, one box
+                    continue
+            detections.append(Detection(FeatureKind.BOX, label, score, box=box))
         if call.task is not Task.CHANGE:
             detections += self._masks(answer, generated, window, FeatureKind.MASK, phrase or "object")
             if call.task in (Task.GROUND, Task.SEGMENT):
@@ -408,6 +412,7 @@ class _ClassMap:
         self._probabilities: torch.Tensor | None = None
         self._logits: torch.Tensor | None = None
         self._regions: dict[int, torch.Tensor] = {}
+        self._classes: torch.Tensor | None = None
 
     def refine(self, label: str, inside: torch.Tensor, probability: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mask, probability)``: a class's own name -> that class's pixels and probabilities; another
@@ -417,7 +422,7 @@ class _ClassMap:
         if cls is None:
             return inside, probability
         probabilities = self.probabilities()
-        of_class = probabilities.argmax(dim=0) == int(cls)
+        of_class = self.classes() == int(cls)
         if label.strip().lower() == str(config.class_names[int(cls)]).lower():
             return of_class, probabilities[int(cls)]
         if config.class_region_masks:
@@ -456,17 +461,19 @@ class _ClassMap:
         regions = self.regions(int(cls))
         height, width = self.shape
         side = regions.shape[0]
-        best, chosen = 0.0, box
+        best, chosen, extent = 0.0, 0, box
         for index in range(1, int(regions.max()) + 1):
             region = regions == index
             rows = torch.nonzero(region.any(dim=1)).flatten()
             cols = torch.nonzero(region.any(dim=0)).flatten()
-            extent = (float(cols[0]) * width / side, float(rows[0]) * height / side,
+            coarse = (float(cols[0]) * width / side, float(rows[0]) * height / side,
                       float(cols[-1] + 1) * width / side, float(rows[-1] + 1) * height / side)
-            overlap = boxes.iou(extent, box)
+            overlap = boxes.iou(coarse, box)
             if overlap > best:
-                best, chosen = overlap, self._fine_extent(region, int(cls)) or extent
-        return chosen
+                best, chosen, extent = overlap, index, coarse
+        if not chosen:
+            return box
+        return self._fine_extent(regions == chosen, int(cls)) or extent
 
     def _fine_extent(self, region: torch.Tensor, cls: int) -> tuple[float, float, float, float] | None:
         """The extent of ``region`` (head resolution) measured on the window-sized class map, within the
@@ -474,12 +481,18 @@ class _ClassMap:
         cross = torch.tensor([[0.0, 1.0, 0.0], [1.0, 1.0, 1.0], [0.0, 1.0, 0.0]], device=region.device)[None, None]
         near = F.conv2d(region[None, None].float(), cross, padding=1)
         near = F.interpolate(near, size=self.shape, mode="nearest")[0, 0] > 0
-        chosen = near & (self.probabilities().argmax(dim=0) == cls)
+        chosen = near & (self.classes() == cls)
         if not chosen.any():
             return None
         rows = torch.nonzero(chosen.any(dim=1)).flatten()
         cols = torch.nonzero(chosen.any(dim=0)).flatten()
         return float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1)
+
+    def classes(self) -> torch.Tensor:
+        """``[H, W]``: the most probable class of each window pixel (computed once)."""
+        if self._classes is None:
+            self._classes = self.probabilities().argmax(dim=0)
+        return self._classes
 
     def regions(self, cls: int) -> torch.Tensor:
         """``[M, M]``: the connected regions of class ``cls`` in the head's map, at its own resolution
