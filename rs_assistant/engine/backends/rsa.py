@@ -324,9 +324,8 @@ class RSABackend(Backend):
             label = b.label or phrase or "object"
             if classes is not None:
                 box = classes.snap(b.label or "", box)
-                same = [d for d in detections if d.box == box and d.label == label]
-                if same:  # snapped onto a region an earlier box of the answer took: one object, one box
-                    continue
+                if any(d.box == box and d.label == label for d in detections):
+                    continue  # snapped onto a region an earlier box of the answer took: one object, one box
             detections.append(Detection(FeatureKind.BOX, label, score, box=box))
         if call.task is not Task.CHANGE:
             detections += self._masks(answer, generated, window, FeatureKind.MASK, phrase or "object")
