@@ -335,6 +335,43 @@ def test_pixel_class_head_learns_land_cover_at_the_mask_decoders_resolution(tiny
         RSAConfig.from_dict({**model.config.to_dict(), "num_aux_classes": 0})
 
 
+def test_pixel_class_balance_weighs_a_rare_class_by_the_inverse_square_root_of_its_share(tiny_rsa_path, processor):
+    """``pixel_class_balance`` 0.5: a class on 1% of the pixels weighs 9.9 times one on 98% (sqrt of the
+    share ratio), absent classes weigh nothing, and the loss is that weighted cross-entropy."""
+    from rs_assistant.engine.models.rsa.modeling_rsa import _class_balance
+
+    targets = torch.full((100,), 10, dtype=torch.long)
+    targets[:1], targets[1:2] = 4, 6
+    weight = _class_balance(targets, 12, 0.5)
+    assert weight[4] / weight[10] == pytest.approx((0.98 / 0.01) ** 0.5)
+    assert weight[0] == weight[1] == 0 and float(weight[targets].mean()) == pytest.approx(1.0)
+    assert _class_balance(targets, 12, 0.0) is None
+
+    model = switched_model(tiny_rsa_path, num_aux_classes=12, pixel_class_loss_weight=1.0, pixel_class_balance=0.5).eval()
+    with torch.no_grad():  # a head that favours the common class: the rare pixels' errors are the large ones
+        model.mask_decoder.class_pixels[1].bias[8] += 4.0
+    plain = switched_model(tiny_rsa_path, num_aux_classes=12, pixel_class_loss_weight=1.0).eval()
+    plain.load_state_dict(model.state_dict())
+    batch = samples(processor)
+    size = model.config.mask_size
+    class_map = torch.full((3, size, size), 8, dtype=torch.long)
+    class_map[:, :2, :2] = 4  # a vehicle-sized corner
+    with torch.no_grad():
+        balanced = model(**batch, class_targets=class_map).pixel_class_loss
+        unweighted = plain(**batch, class_targets=class_map).pixel_class_loss
+        visual = model.encode_images(batch["pixel_values"])
+        logits = model.mask_decoder.pixel_class_logits(visual.mask_features, visual.mask_detail)
+    per_pixel = torch.nn.functional.cross_entropy(logits, class_map, reduction="none")
+    rare = class_map == 4
+    share = rare.float().mean()
+    w_rare, w_common = share**-0.5, (1 - share) ** -0.5
+    expected = (w_rare * per_pixel[rare].sum() + w_common * per_pixel[~rare].sum()) / (w_rare * rare.sum() + w_common * (~rare).sum())
+    assert balanced == pytest.approx(float(expected), rel=1e-4)
+    assert unweighted == pytest.approx(float(per_pixel.mean()), rel=1e-4) and balanced > 2 * unweighted
+    with pytest.raises(StrictDataclassClassValidationError, match="pixel_class_balance must lie in 0..1"):
+        RSAConfig.from_dict({**model.config.to_dict(), "pixel_class_balance": 2.0})
+
+
 def test_patch_classes_take_the_majority_class_of_each_patch():
     from rs_assistant.engine.models.rsa.modeling_rsa import _patch_classes
 

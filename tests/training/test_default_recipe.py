@@ -81,6 +81,20 @@ def test_an_interrupted_run_resumes_to_the_same_weights(trained, tmp_path):
     assert torch.equal(straight["optimizer"]["state"][0]["exp_avg"], again["optimizer"]["state"][0]["exp_avg"])
 
 
+def test_loader_processes_build_the_same_batches_so_a_run_reaches_the_same_weights(trained, tmp_path):
+    """``loader_workers`` (a GPU run's batches built ahead in other processes) changes nothing but when
+    each batch is built: the run's log and weights are those of the in-process run."""
+    config = tiny_config(tmp_path, loader_workers=2)
+    assert train(config).finished
+    straight = torch.load(Path(trained.work_dir) / CHECKPOINT, weights_only=False)
+    loaded = torch.load(tmp_path / "work" / CHECKPOINT, weights_only=False)
+    for name, value in straight["model"].items():
+        assert torch.equal(value, loaded["model"][name]), name
+    assert [r["lm"] for r in log_records(tmp_path / "work")] == [r["lm"] for r in log_records(Path(trained.work_dir))]
+    with pytest.raises(ValueError, match="loader_workers must not be negative"):
+        tiny_config(tmp_path, loader_workers=-1)
+
+
 def test_a_checkpoint_of_other_settings_is_refused(trained, tmp_path):
     config = tiny_config(tmp_path)
     train(config, stop=lambda step: step == 1)

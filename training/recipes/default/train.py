@@ -26,6 +26,7 @@ sees the same batches and reaches the same weights as an uninterrupted one.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import logging
 import math
@@ -33,7 +34,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -74,6 +75,7 @@ class TrainConfig(ConfigFromDict):
     num_scenes: int = 2500
     num_pairs: int = 1200
     data_workers: int = 2
+    loader_workers: int = 0  # > 0: processes that build the next batches while the model trains (for a GPU)
     max_ground_objects: int = 12
     mix: Mapping[str, float] = field(
         default_factory=lambda: {"caption": 0.2, "ground": 0.3, "segment": 0.2, "change": 0.15, "chat": 0.15}
@@ -98,6 +100,8 @@ class TrainConfig(ConfigFromDict):
             raise ValueError(f"mix needs non-negative weights for caption, ground, segment, change, chat; got {dict(self.mix)}")
         if self.batch_size < 1 or self.max_steps < 1 or self.max_minutes <= 0:
             raise ValueError("batch_size, max_steps and max_minutes must be positive")
+        if self.loader_workers < 0:
+            raise ValueError(f"loader_workers must not be negative, got {self.loader_workers}")
         if not self.region_min <= self.region_max:
             raise ValueError(f"region_min {self.region_min} exceeds region_max {self.region_max}")
         if Path(self.work_dir).resolve() == Path(self.out).resolve() or Path(self.out).resolve() in Path(self.work_dir).resolve().parents:
@@ -127,6 +131,8 @@ def train(config: TrainConfig, fresh: bool = False, stop: Callable[[int], bool] 
     work_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(config.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":  # TF32 matrix products: fp32 training at tensor-core speed
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
     checkpoint = _read_checkpoint(work_dir, config)
     scenes, pairs, data_seconds = load_cache(config.data_settings(), work_dir, config.data_workers)
@@ -164,6 +170,7 @@ def train(config: TrainConfig, fresh: bool = False, stop: Callable[[int], bool] 
     model.train()
     losses: dict[str, float] = {}
     bar = tqdm(total=config.max_steps, initial=step, desc="train default", unit="step", dynamic_ncols=True)
+    batches = step_batches(sampler, config, step, device)
     session_start = time.perf_counter() - elapsed
     try:
         with (work_dir / LOG_FILE).open("a", encoding="utf-8") as log_file:
@@ -172,8 +179,8 @@ def train(config: TrainConfig, fresh: bool = False, stop: Callable[[int], bool] 
                 lr = learning_rate(config, step, progress)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                samples = sampler.samples(step % config.fixed_batches if config.fixed_batches else step, config.batch_size)
-                terms = _train_step(model, optimizer, sampler, samples, device, config.grad_clip)
+                tasks, batch = next(batches)
+                terms = _train_step(model, optimizer, tasks, batch, device, config.grad_clip)
                 step += 1
                 elapsed = time.perf_counter() - session_start
                 for key, value in terms.items():
@@ -204,11 +211,35 @@ def train(config: TrainConfig, fresh: bool = False, stop: Callable[[int], bool] 
     return TrainResult(step, True, work_dir, out, {})
 
 
-def _train_step(model: RSAForConditionalGeneration, optimizer: torch.optim.Optimizer, sampler: Sampler,
-                samples: list, device: torch.device, grad_clip: float) -> dict[str, float]:
+class _StepBatches(torch.utils.data.Dataset):
+    """Item ``n`` is step n's batch, ``(tasks, model inputs)``: the same in a loader process as in this one."""
+
+    def __init__(self, sampler: Sampler, config: TrainConfig):
+        self.sampler, self.batch_size, self.fixed = sampler, config.batch_size, config.fixed_batches
+
+    def __getitem__(self, step: int) -> tuple[list[Task], dict[str, Any]]:
+        samples = self.sampler.samples(step % self.fixed if self.fixed else step, self.batch_size)
+        return [s.task for s in samples], self.sampler.batch(samples)
+
+
+def step_batches(sampler: Sampler, config: TrainConfig, first: int, device: torch.device) -> Iterator[tuple[list[Task], dict]]:
+    """The batches of steps ``first``, ``first + 1``, ... in order: built here, or ahead of the model by
+    ``loader_workers`` processes (a DataLoader over the step numbers), which only changes when they are built."""
+    dataset = _StepBatches(sampler, config)
+    if config.loader_workers <= 0:
+        return (dataset[step] for step in itertools.count(first))
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=None, sampler=itertools.count(first), num_workers=config.loader_workers,
+        pin_memory=device.type == "cuda", prefetch_factor=4, persistent_workers=False,
+    )
+    return iter(loader)
+
+
+def _train_step(model: RSAForConditionalGeneration, optimizer: torch.optim.Optimizer, tasks: list[Task],
+                batch: dict[str, Any], device: torch.device, grad_clip: float) -> dict[str, float]:
     """One optimizer step; returns the loss terms and the LM loss of each task in the batch."""
-    batch = sampler.batch(samples)
-    inputs = {k: (v.to(device) if isinstance(v, torch.Tensor) else [t.to(device) for t in v]) for k, v in batch.items()}
+    inputs = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else [t.to(device, non_blocking=True) for t in v])
+              for k, v in batch.items()}
     out = model(**inputs)
     optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
@@ -230,8 +261,8 @@ def _train_step(model: RSAForConditionalGeneration, optimizer: torch.optim.Optim
         per_token = F.cross_entropy(out.logits[:, :-1].float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
         counted = (labels != -100).float()
         per_sample = (per_token * counted).sum(1) / counted.sum(1).clamp(min=1)
-        for task in {s.task for s in samples}:
-            chosen = torch.tensor([s.task is task for s in samples], device=per_sample.device)
+        for task in set(tasks):
+            chosen = torch.tensor([t is task for t in tasks], device=per_sample.device)
             terms[TASK_SHORT[task]] = float(per_sample[chosen].mean())
     return terms
 

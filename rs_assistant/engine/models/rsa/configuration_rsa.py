@@ -12,7 +12,8 @@ One class serves every size; the sizes are data in ``configs/*.json``:
   (``vision_stem``) and its 1/4-resolution features in the mask decoder (``mask_detail``);
 - ``default_v9.json``: ``default_v3.json`` with the per-pixel class head on the mask decoder's
   pixel features (``pixel_class_loss_weight``); ``default_v10.json`` also scores change per pixel
-  there (``change_pooling`` "pixel");
+  there (``change_pooling`` "pixel"); ``default_v11.json`` balances the classes of that head's
+  loss (``pixel_class_balance``), so small objects (vehicles, tanks, single trees) count;
 - ``large.json``: CLIP ViT-L/14-336 and Qwen2.5-1.5B-Instruct read from local checkpoint folders
   (``vision_pretrained_path``, ``text_pretrained_path``), both frozen, on a GPU.
 
@@ -147,6 +148,11 @@ class RSAConfig(PreTrainedConfig):
     # on every single-image batch. The [SEG] and box queries read those same pixel features, so a
     # class becomes a direction the query only has to pick. 0: no head.
     pixel_class_loss_weight: float = 0.0
+    # Class balance of that loss: each class's pixels weigh (the class's share of the batch's target
+    # pixels) ** -pixel_class_balance, scaled to a mean weight of 1 per pixel. 0 is plain
+    # cross-entropy, where fields and forest outweigh vehicles, tanks and single trees by
+    # hundreds to one; 0.5 weighs by the inverse square root of the share.
+    pixel_class_balance: float = 0.0
     # Serving, with that head: class-aware masks. A [SEG] whose answer names a class by its own
     # (plural) name, as a class answer is trained ("buildings [SEG]"), becomes the pixels the head
     # gives that class; one named by another noun of the class ("house [SEG]", a referring answer)
@@ -248,6 +254,8 @@ class RSAConfig(PreTrainedConfig):
             raise ValueError(
                 f"pixel_class_loss_weight {self.pixel_class_loss_weight} must be 0, or positive with num_aux_classes of at least 2"
             )
+        if not 0 <= self.pixel_class_balance <= 1:
+            raise ValueError(f"pixel_class_balance must lie in 0..1, got {self.pixel_class_balance}")
         if self.class_region_masks and not self.class_aware_masks:
             raise ValueError("class_region_masks refines class-aware masks: it needs class_aware_masks")
         if (self.class_aware_masks or self.class_aware_boxes) and (

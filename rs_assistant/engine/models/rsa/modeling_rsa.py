@@ -760,7 +760,9 @@ class RSAForConditionalGeneration(RSAPreTrainedModel):
             logits = self.mask_decoder.pixel_class_logits(visual.mask_features, visual.mask_detail)
             size = logits.shape[-1]
             targets = _patch_classes(class_targets, size, self.config.num_aux_classes).view(-1, size, size)
-            pixel_class_loss = F.cross_entropy(logits.float(), targets)
+            pixel_class_loss = F.cross_entropy(
+                logits.float(), targets, weight=_class_balance(targets, logits.shape[1], self.config.pixel_class_balance)
+            )
             terms.append(self.config.pixel_class_loss_weight * pixel_class_loss)
         return RSAOutput(
             loss=torch.stack(terms).sum() if terms else None,
@@ -828,6 +830,17 @@ def _patch_classes(class_targets: torch.Tensor, grid: int, classes: int) -> torc
         raise ValueError(f"class_targets hold ids outside 0..{classes - 1} (num_aux_classes {classes})")
     one_hot = F.one_hot(maps, classes).permute(0, 3, 1, 2).float()
     return F.adaptive_avg_pool2d(one_hot, grid).argmax(dim=1).flatten(1)
+
+
+def _class_balance(targets: torch.Tensor, classes: int, power: float) -> torch.Tensor | None:
+    """Per-class weights ``share ** -power`` from the class shares among ``targets`` (classes absent
+    from them get no weight), scaled so that the mean weight per target pixel is 1; None for 0."""
+    if power <= 0:
+        return None
+    counts = torch.bincount(targets.flatten(), minlength=classes).float()
+    share = counts / counts.sum().clamp(min=1)
+    weight = torch.where(counts > 0, share.clamp(min=1e-12) ** -power, torch.zeros_like(share))
+    return weight * counts.sum() / (weight * counts).sum().clamp(min=1e-12)
 
 
 def _soft_location_loss(logits: torch.Tensor, labels: torch.Tensor, first: int, bins: int, sigma: float) -> torch.Tensor:
