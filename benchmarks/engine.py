@@ -1,4 +1,4 @@
-""".venv/bin/python benchmarks/engine.py [--cache /tmp/rsa-bench] [--repeat 30] [--models FILE --model NAME]
+""".venv/bin/python benchmarks/engine.py [--cache /tmp/rsa-bench] [--repeat 30] [--models FILE --model NAME] [--device auto|cpu|cuda]
 
 Times the engine's imagery and geo-output steps and prints each figure next to its goal. The first
 run writes a 16384 x 16384 tiled (256 x 256), deflate-compressed 3-band GeoTIFF with overviews into
@@ -176,15 +176,17 @@ TASK_PROMPTS = {"caption": "", "ground": "find the buildings", "segment": "segme
                 "chat": "what is in this image?", "change": "what changed?", "classify": "forest, city, water, farmland"}
 
 
-def section_tasks(cache: Path, repeat: int, models_file: Path | None, model: str) -> None:
+def section_tasks(cache: Path, repeat: int, models_file: Path | None, model: str, device: str = "cpu") -> None:
     """read / infer / post p50 and p95 per task on a 512 x 512 region, and the non-model share."""
     from rs_assistant.core.protocol import AnalyzeRequest, ProtocolError
     from rs_assistant.engine.registry import Registry
+    from rs_assistant.engine.device import choose_device
     from rs_assistant.engine.service import Engine
 
-    engine = Engine(Registry.from_file(models_file))
+    device = choose_device(device)
+    engine = Engine(Registry.from_file(models_file, device=device))
     info = next((m for m in engine.models() if m.name == model), None)
-    print(f"\nWhole requests, model '{model}' ({info.backend if info else '?'}), 512 x 512 region of the 16k raster:")
+    print(f"\nWhole requests, model '{model}' ({info.backend if info else '?'}) on {device}, 512 x 512 region of the 16k raster:")
     if info is None:
         print(f"  skipped: no model named '{model}' (give --models FILE --model NAME)")
         return
@@ -219,10 +221,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=30, help="timed calls per figure")
     parser.add_argument("--models", type=Path, default=None, help="models file for the per-task section")
     parser.add_argument("--model", default="default", help="model for the per-task section (default: default)")
+    parser.add_argument("--device", default="cpu", help="the engine's device for the per-task section: cpu (the goals' "
+                        "machine), cuda or auto (default: cpu)")
     args = parser.parse_args(argv)
     section_region_read(args.cache, args.repeat)
     section_polygonize(args.repeat)
-    section_tasks(args.cache, args.repeat, args.models, args.model)
+    section_tasks(args.cache, args.repeat, args.models, args.model, args.device)
 
 
 if __name__ == "__main__":
