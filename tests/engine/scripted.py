@@ -19,3 +19,20 @@ class Script(LogitsProcessor):
         forced = torch.full_like(scores, -math.inf)
         forced[:, self.ids[min(input_ids.shape[1], len(self.ids) - 1)]] = 0.0
         return forced
+
+
+class Scripts(LogitsProcessor):
+    """Lets a sample write only the answers ``scripts`` (token ids, each then end of sequence), ranked
+    in the order given: greedy decoding writes the first, beam search returns them all, best first."""
+
+    def __init__(self, scripts: list[list[int]], eos: int):
+        self.scripts = [[*ids, eos] for ids in scripts]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        forced = torch.full_like(scores, -math.inf)
+        step = input_ids.shape[1]
+        for row, written in enumerate(input_ids.tolist()):
+            for rank, script in reversed(list(enumerate(self.scripts))):  # the better rank written last
+                if step < len(script) and script[:step] == written:
+                    forced[row, script[step]] = -float(rank)
+        return forced

@@ -768,8 +768,8 @@ def test_scripted_change_gives_change_masks_only_when_changed(scripted, changed)
         (det,) = result.detections
         assert det.kind is FeatureKind.CHANGE and det.label == "change" and det.score > 0.99
         assert det.mask.shape == WINDOW.shape[:2]
-    else:
-        assert result.text == "unchanged (0%): two buildings were built."
+    else:  # the head says unchanged: the caption that says otherwise is not given (no candidate agrees)
+        assert result.text == "unchanged (0%)"
         assert result.detections == []
 
 
@@ -780,13 +780,68 @@ def test_the_change_verdict_follows_the_checkpoints_change_threshold(scripted):
         backend.model.difference.change_head.weight.zero_()
         backend.model.difference.change_head.bias.fill_(math.log(0.3 / 0.7))
     result = run(backend, Task.CHANGE, "", (WINDOW, AFTER))
-    assert result.text == "unchanged (30%): a road was built." and result.detections == []
+    assert result.text == "unchanged (30%)" and result.detections == []
     backend.model.config.change_threshold = 0.25
     result = run(backend, Task.CHANGE, "", (WINDOW, AFTER))
     assert result.text == "changed (30%): a road was built."
     assert [d.kind for d in result.detections] == [FeatureKind.CHANGE]
     with pytest.raises(StrictDataclassClassValidationError, match="change_threshold"):
         RSAConfig.from_dict({**backend.model.config.to_dict(), "change_threshold": 0.0})
+
+
+def test_a_change_caption_that_contradicts_the_verdict_gives_way_to_one_that_agrees(scripted, monkeypatch):
+    """The language model's first choice says "unchanged" (no [SEG]) where the head says changed:
+    the pair is decoded again by beam search and the best candidate that ends with [SEG] is given,
+    with its change mask. With no such candidate only the verdict is given, and the mask comes from
+    the per-pixel change head when the model has one."""
+    from tests.engine.scripted import Scripts
+
+    backend = scripted("unused")
+    model, tokenizer, eos = backend.model, backend.processor.tokenizer, backend.processor.token_ids["</s>"]
+    with torch.no_grad():
+        model.difference.change_head.weight.zero_()
+        model.difference.change_head.bias.fill_(6.0)  # changed (100%)
+    generate = type(model).generate.__get__(model)
+    calls = []
+
+    def answers(*scripts: str) -> None:
+        ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in scripts]
+
+        def forced(*args, **kwargs):
+            calls.append(kwargs.get("num_beams", 1))
+            return generate(*args, logits_processor=LogitsProcessorList([Scripts(ids, eos)]), **kwargs)
+
+        monkeypatch.setattr(model, "generate", forced)
+
+    answers("the scene is unchanged.", "a road was built. [SEG]")
+    result = run(backend, Task.CHANGE, "", (WINDOW, AFTER))
+    assert result.text == "changed (100%): a road was built."
+    (det,) = result.detections
+    assert det.kind is FeatureKind.CHANGE and det.mask.shape == WINDOW.shape[:2] and det.mask.all()  # the decoder fills all
+    assert calls == [1, max(4, model.config.caption_num_beams)]  # greedy, then beams for the one that disagreed
+
+    answers("the scene is unchanged.", "nothing changed.")
+    result = run(backend, Task.CHANGE, "", (WINDOW, AFTER))
+    assert result.text == "changed (100%)" and result.detections == []  # this tiny model has no per-pixel change head
+    encode, side = model.encode_images, model.config.mask_size
+
+    def with_pixel_change_head(pixel_values):  # changed on the left half of the decoder's map only
+        visual = encode(pixel_values)
+        if visual.change_logits is not None:
+            visual.change_pixel_logits = torch.full((len(visual.change_logits), side, side), -6.0)
+            visual.change_pixel_logits[:, :, : side // 2] = 6.0
+        return visual
+
+    monkeypatch.setattr(model, "encode_images", with_pixel_change_head)
+    result = run(backend, Task.CHANGE, "", (WINDOW, AFTER))
+    assert result.text == "changed (100%)"
+    (det,) = result.detections
+    width = WINDOW.shape[1]
+    assert det.kind is FeatureKind.CHANGE and det.mask[:, : width // 2 - 2].all() and not det.mask[:, width // 2 + 2 :].any()
+
+    calls.clear()
+    answers("a road was built. [SEG]", "the scene is unchanged.")  # agrees with the head: decoded once
+    assert run(backend, Task.CHANGE, "", (WINDOW, AFTER)).text == "changed (100%): a road was built." and calls == [1]
 
 
 def blob_logits(size: int, blobs: list[tuple[slice, slice, float]]) -> torch.Tensor:

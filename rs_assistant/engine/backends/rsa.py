@@ -67,6 +67,7 @@ from rs_assistant.engine.models.rsa.processing_rsa import (
     Answer,
     LocatedPhrase,
     RSAProcessor,
+    SegRequest,
 )
 
 log = logging.getLogger(__name__)
@@ -192,8 +193,13 @@ class RSABackend(Backend):
         with torch.inference_mode():
             answers = [self.processor.parse_answer(row, (c.images[0].shape[1], c.images[0].shape[0])) for row, c in
                        zip(output.sequences.tolist(), calls)]  # fmt: skip
-            wanted = [sample for sample, a in enumerate(answers) if a.segments and self._wants_masks(first.task, visual, sample)]
-            masks = self._mask_logits(output, visual, wanted)
+            redecoded = self._answers_agreeing_with_verdicts(calls, batch, visual, answers) if first.task is Task.CHANGE else {}
+            for sample, (answer, _) in redecoded.items():
+                answers[sample] = answer
+            wanted = [sample for sample, a in enumerate(answers)
+                      if a.segments and sample not in redecoded and self._wants_masks(first.task, visual, sample)]
+            masks = self._mask_logits(output, visual, wanted).joined(
+                [(sample, logits) for sample, (_, logits) in redecoded.items() if logits is not None])
             regions = self._box_regions(output, visual, answers, [c.images[0].shape[:2] for c in calls])
             for sample, (call, answer) in enumerate(zip(calls, answers)):
                 height, width = call.images[0].shape[:2]
@@ -219,6 +225,57 @@ class RSABackend(Backend):
             raise cancelled(self)
         return [BackendResult(text=self.processor.parse_answer(row, (c.images[0].shape[1], c.images[0].shape[0])).text)
                 for row, c in zip(sequences.tolist(), calls)]
+
+    def _answers_agreeing_with_verdicts(self, calls: Sequence[BackendCall], batch: dict, visual: RSAVisualFeatures,
+                                        answers: Sequence[Answer]) -> dict[int, tuple[Answer, torch.Tensor | None]]:
+        """Change answers that contradict the change head's verdict, decoded again: ``sample -> (answer,
+        its [SEG] mask logits or None)``.
+
+        The language model says "changed" by ending its caption with ``[SEG]``; the head (calibrated on
+        the validation split) is the better judge, so where they disagree the pair is decoded by beam
+        search and the most probable of the candidates that agree with the head is taken, its change
+        masks read by one teacher-forced pass. When no candidate agrees the caption is dropped and
+        only the verdict is given (the answer never says "unchanged" after "changed"); a "changed" one
+        then takes its mask from the per-pixel change head where the model has one (pixels scored
+        over 0.5, whatever the mask threshold).
+        """
+        config, eos = self.model.config, self.processor.token_ids[EOS]
+        verdicts = torch.sigmoid(visual.change_logits.float()) >= config.change_threshold
+        found: dict[int, tuple[Answer, torch.Tensor | None]] = {}
+        for sample, (call, answer) in enumerate(zip(calls, answers)):
+            changed = bool(verdicts[sample])
+            if changed == bool(answer.segments):
+                continue
+            prompt = batch["input_ids"][sample][batch["attention_mask"][sample].bool()][None].to(self.device)
+            pixels = batch["pixel_values"][sample : sample + 1].to(self.device, self.model.dtype)
+            beams = max(4, config.caption_num_beams)
+            with torch.inference_mode():
+                candidates = self.model.generate(
+                    prompt, attention_mask=torch.ones_like(prompt), pixel_values=pixels,
+                    max_new_tokens=min(call.options.max_new_tokens, self.context - prompt.shape[1]), do_sample=False,
+                    num_beams=beams, num_return_sequences=beams, length_penalty=config.caption_length_penalty,
+                    stopping_criteria=StoppingCriteriaList([CancelCriteria(call.cancel)]),
+                )
+            if call.cancel.is_set():
+                raise cancelled(self)
+            size = (call.images[0].shape[1], call.images[0].shape[0])
+            found[sample] = (Answer("", (), ()), None)
+            if changed and visual.change_pixel_logits is not None:  # shifted so that mask_threshold falls at 0.5
+                shift = torch.logit(torch.tensor(config.mask_threshold, dtype=torch.float32)).clamp(-20, 20)
+                found[sample] = (Answer("", (), (SegRequest("", 0),)), visual.change_pixel_logits[sample][None].float() + shift)
+            for row in candidates.tolist():
+                row = row[: row.index(eos)] if eos in row else row
+                candidate = self.processor.parse_answer(row, size)
+                if bool(candidate.segments) != changed:
+                    continue
+                logits = None
+                if changed:
+                    ids = torch.cat([prompt, torch.tensor([row], device=prompt.device)], dim=1)
+                    with torch.inference_mode():
+                        logits = self.model(input_ids=ids, pixel_values=pixels, attention_mask=torch.ones_like(ids)).mask_logits
+                found[sample] = (candidate, logits)
+                break
+        return found
 
     def _box_regions(self, output: GenerateDecoderOnlyOutput, visual: RSAVisualFeatures, answers: Sequence[Answer],
                      shapes: Sequence[tuple[int, int]]) -> dict[tuple[int, int], tuple[tuple[float, float, float, float], float]]:
@@ -524,6 +581,16 @@ class _MaskLogits:
     logits: torch.Tensor | None
     samples: torch.Tensor | None
     steps: torch.Tensor | None
+
+    def joined(self, more: Sequence[tuple[int, torch.Tensor]]) -> "_MaskLogits":
+        """These and ``(sample, logits [n, M, M])`` decoded apart (their steps count from 0)."""
+        if not more:
+            return self
+        parts = ([] if self.logits is None else [(self.logits, self.samples, self.steps)]) + [
+            (logits, torch.full((len(logits),), sample, device=logits.device), torch.arange(len(logits), device=logits.device))
+            for sample, logits in more
+        ]
+        return _MaskLogits(*(torch.cat([part[i] for part in parts]) for i in range(3)))
 
 
 def region_box(logits: torch.Tensor, shape: tuple[int, int], threshold: float) -> tuple[tuple[float, float, float, float], float] | None:
