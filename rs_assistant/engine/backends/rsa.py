@@ -27,6 +27,9 @@ by RSAProcessor.parse_answer (the formats are documented in processing_rsa.py):
 - change: the caption, prefixed with the changed/unchanged head's verdict ("changed (93%): ...";
   changed from the config's ``change_threshold`` on, 0.5 unless calibrated); when changed, the
   ``[SEG]`` masks (over the difference features) become ``change`` detections scored by the head.
+  A caption that contradicts the verdict (``[SEG]``, i.e. "changed", or its absence) is decoded
+  again by beam search, keeping the best candidate that agrees; with none, only the verdict is
+  given, and a changed one takes its mask from the per-pixel change head when there is one.
 
 Captions are greedy unless the checkpoint's config asks for beam search (``caption_num_beams``,
 ``caption_length_penalty``; calibrated on the validation split's CIDEr). Only chat reads the
