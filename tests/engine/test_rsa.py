@@ -769,7 +769,7 @@ def test_scripted_change_gives_change_masks_only_when_changed(scripted, changed)
         assert det.kind is FeatureKind.CHANGE and det.label == "change" and det.score > 0.99
         assert det.mask.shape == WINDOW.shape[:2]
     else:  # the head says unchanged: the caption that says otherwise is not given (no candidate agrees)
-        assert result.text == "unchanged (0%)"
+        assert result.text == "unchanged (0%): two buildings were built."
         assert result.detections == []
 
 
@@ -780,7 +780,7 @@ def test_the_change_verdict_follows_the_checkpoints_change_threshold(scripted):
         backend.model.difference.change_head.weight.zero_()
         backend.model.difference.change_head.bias.fill_(math.log(0.3 / 0.7))
     result = run(backend, Task.CHANGE, "", (WINDOW, AFTER))
-    assert result.text == "unchanged (30%)" and result.detections == []
+    assert result.text == "unchanged (30%): a road was built." and result.detections == []
     backend.model.config.change_threshold = 0.25
     result = run(backend, Task.CHANGE, "", (WINDOW, AFTER))
     assert result.text == "changed (30%): a road was built."
@@ -790,7 +790,8 @@ def test_the_change_verdict_follows_the_checkpoints_change_threshold(scripted):
 
 
 def test_a_change_caption_that_contradicts_the_verdict_gives_way_to_one_that_agrees(scripted, monkeypatch):
-    """The language model's first choice says "unchanged" (no [SEG]) where the head says changed:
+    """For a model trained to end a change caption with [SEG] exactly when the pair changed
+    (``change_seg_marks_changed``), the language model's first choice says "unchanged" (no [SEG]) where the head says changed:
     the pair is decoded again by beam search and the best candidate that ends with [SEG] is given,
     with its change mask. With no such candidate only the verdict is given, and the mask comes from
     the per-pixel change head when the model has one."""
@@ -814,6 +815,10 @@ def test_a_change_caption_that_contradicts_the_verdict_gives_way_to_one_that_agr
         monkeypatch.setattr(model, "generate", forced)
 
     answers("the scene is unchanged.", "a road was built. [SEG]")
+    result = run(backend, Task.CHANGE, "", (WINDOW, AFTER))  # a model whose captions need not end with [SEG]
+    assert result.text == "changed (100%): the scene is unchanged." and result.detections == [] and calls == [1]
+    calls.clear()
+    model.config.change_seg_marks_changed = True  # as the default recipe trains (and writes) it
     result = run(backend, Task.CHANGE, "", (WINDOW, AFTER))
     assert result.text == "changed (100%): a road was built."
     (det,) = result.detections

@@ -50,6 +50,7 @@ def test_a_run_logs_every_step_and_exports_a_small_folder(trained):
     assert {"config.json", "model.safetensors", "tokenizer.json", "processor_config.json", LOG_FILE} <= {p.name for p in out.iterdir()}
     assert not (out / CHECKPOINT).exists() and (Path(trained.work_dir) / CHECKPOINT).is_file()
     assert json.loads((out / "config.json").read_text())["dtype"] == "float16"
+    assert json.loads((out / "config.json").read_text())["change_seg_marks_changed"]  # [SEG] ends changed pairs' captions
 
 
 def test_loss_falls_over_a_few_steps(tmp_path):

@@ -27,7 +27,8 @@ by RSAProcessor.parse_answer (the formats are documented in processing_rsa.py):
 - change: the caption, prefixed with the changed/unchanged head's verdict ("changed (93%): ...";
   changed from the config's ``change_threshold`` on, 0.5 unless calibrated); when changed, the
   ``[SEG]`` masks (over the difference features) become ``change`` detections scored by the head.
-  A caption that contradicts the verdict (``[SEG]``, i.e. "changed", or its absence) is decoded
+  For a model trained so that ``[SEG]`` ends a change caption exactly when the pair changed
+  (``change_seg_marks_changed``, the default recipe), a caption that contradicts the verdict is decoded
   again by beam search, keeping the best candidate that agrees; with none, only the verdict is
   given, and a changed one takes its mask from the per-pixel change head when there is one.
 
@@ -196,7 +197,8 @@ class RSABackend(Backend):
         with torch.inference_mode():
             answers = [self.processor.parse_answer(row, (c.images[0].shape[1], c.images[0].shape[0])) for row, c in
                        zip(output.sequences.tolist(), calls)]  # fmt: skip
-            redecoded = self._answers_agreeing_with_verdicts(calls, batch, visual, answers) if first.task is Task.CHANGE else {}
+            redecoded = (self._answers_agreeing_with_verdicts(calls, batch, visual, answers)
+                         if first.task is Task.CHANGE and self.model.config.change_seg_marks_changed else {})
             for sample, (answer, _) in redecoded.items():
                 answers[sample] = answer
             wanted = [sample for sample, a in enumerate(answers)

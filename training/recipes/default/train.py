@@ -140,6 +140,7 @@ def train(config: TrainConfig, fresh: bool = False, stop: Callable[[int], bool] 
     model_config = load_named_config(config.model)
     model_config.text_config.vocab_size = len(tokenizer)
     model_config.bind_tokenizer(tokenizer)
+    model_config.change_seg_marks_changed = True  # dataset.py: a changed pair's caption ends with [SEG], only then
     if model_config.pixel_class_loss_weight > 0:  # the nouns answers use, for class-aware masks when served
         model_config.class_names, model_config.class_nouns = class_vocabulary(referring_nouns(scenes))
     processor = RSAProcessor.for_model(tokenizer, model_config)

@@ -137,6 +137,10 @@ class RSAConfig(PreTrainedConfig):
     # Serving: the changed/unchanged head's probability from which a pair counts as changed. 0.5
     # unless calibrated on the validation split's pairs (the same command picks the best accuracy).
     change_threshold: float = 0.5
+    # Serving: the model was trained to end a change caption with [SEG] exactly when the pair changed
+    # (the default recipe's format; LEVIR-CC-style captions carry no [SEG]). Then a caption that
+    # contradicts the head's verdict is decoded again until one agrees (rsa backend).
+    change_seg_marks_changed: bool = False
 
     # Dense auxiliary supervision of the vision encoder: a linear per-patch land-cover head trained
     # with cross-entropy against the class map (majority class per patch). 0 classes: no head.
