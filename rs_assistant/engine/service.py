@@ -198,9 +198,11 @@ class Engine:
         infer_ms = _ms_since(started)
 
         started = time.perf_counter()
-        detections = result.detections
+        detections, text = result.detections, result.text
         if request.task in THRESHOLDED_TASKS:
             detections = [d for d in detections if d.score >= request.options.score_threshold]
+            if dropped := len(result.detections) - len(detections):  # the answer may count them: say why they are not drawn
+                text += f" ({dropped} under the score threshold {request.options.score_threshold:g}, not drawn)"
         features = _features(detections, windows, request.output_crs)
         post_ms = _ms_since(started)
         log.info(
@@ -208,7 +210,7 @@ class Engine:
             request_id, request.task.value, spec.name, len(features), read_ms, infer_ms, post_ms,
         )  # fmt: skip
         return AnalyzeResponse(
-            text=result.text,
+            text=text,
             features=feature_collection(features),
             crs=request.output_crs,
             model=spec.name,

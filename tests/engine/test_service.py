@@ -72,8 +72,10 @@ def test_ground_answers_in_map_coordinates_in_two_crss(engine, data):
 def test_score_threshold_filters_detections(engine, data):
     default = engine.analyze(request(data, "ground"))
     assert [f["properties"]["label"] for f in default.feature_list] == ["bright"]
+    assert default.text.endswith(" (1 under the score threshold 0.3, not drawn)")  # the user learns why one is missing
     low = engine.analyze(request(data, "ground", options=Options(score_threshold=0.05)))
     assert [f["properties"]["score"] for f in low.feature_list] == [BRIGHT_SCORE, BACKGROUND_SCORE]
+    assert "not drawn" not in low.text
     high = engine.analyze(request(data, "ground", options=Options(score_threshold=0.95)))
     assert high.feature_list == []
 
