@@ -245,10 +245,9 @@ class RSABackend(Backend):
         over 0.5, whatever the mask threshold).
         """
         config, eos = self.model.config, self.processor.token_ids[EOS]
-        verdicts = torch.sigmoid(visual.change_logits.float()) >= config.change_threshold
         found: dict[int, tuple[Answer, torch.Tensor | None]] = {}
         for sample, (call, answer) in enumerate(zip(calls, answers)):
-            changed = bool(verdicts[sample])
+            changed = self._changed(visual, sample)
             if changed == bool(answer.segments):
                 continue
             prompt = batch["input_ids"][sample][batch["attention_mask"][sample].bool()][None].to(self.device)
@@ -264,7 +263,7 @@ class RSABackend(Backend):
             if call.cancel.is_set():
                 raise cancelled(self)
             size = (call.images[0].shape[1], call.images[0].shape[0])
-            found[sample] = (Answer("", (), ()), None)
+            found[sample] = (Answer("", (), ()), None)  # unless a candidate agrees
             if changed and visual.change_pixel_logits is not None:  # shifted so that mask_threshold falls at 0.5
                 shift = torch.logit(torch.tensor(config.mask_threshold, dtype=torch.float32)).clamp(-20, 20)
                 found[sample] = (Answer("", (), (SegRequest("", 0),)), visual.change_pixel_logits[sample][None].float() + shift)
@@ -304,7 +303,15 @@ class RSABackend(Backend):
 
     def _wants_masks(self, task: Task, visual: RSAVisualFeatures, sample: int) -> bool:
         """Whether the sample's [SEG] masks are used: always, except for a pair the change head calls unchanged."""
-        return task is not Task.CHANGE or float(torch.sigmoid(visual.change_logits[sample])) >= self.model.config.change_threshold
+        return task is not Task.CHANGE or self._changed(visual, sample)
+
+    def _changed(self, visual: RSAVisualFeatures, sample: int) -> bool:
+        """The change head's verdict on pair ``sample``: changed from the config's ``change_threshold`` on."""
+        return self._change_probability(visual, sample) >= self.model.config.change_threshold
+
+    @staticmethod
+    def _change_probability(visual: RSAVisualFeatures, sample: int) -> float:
+        return float(torch.sigmoid(visual.change_logits[sample]))
 
     def _mask_logits(self, output: GenerateDecoderOnlyOutput, visual: RSAVisualFeatures, samples: list[int]) -> "_MaskLogits":
         """The mask decoder's logits for every ``[SEG]`` the ``samples`` wrote, in one pass for the whole batch."""
@@ -394,7 +401,7 @@ class RSABackend(Backend):
             if call.task in (Task.GROUND, Task.SEGMENT):
                 return BackendResult(text=_summary(detections), detections=detections)
             return BackendResult(text=answer.text, detections=detections)
-        probability = float(torch.sigmoid(generated.visual.change_logits[generated.sample]))
+        probability = self._change_probability(generated.visual, generated.sample)
         changed = probability >= self.model.config.change_threshold
         text = f"{'changed' if changed else 'unchanged'} ({probability:.0%})" + (f": {answer.text}" if answer.text else "")
         if changed:
