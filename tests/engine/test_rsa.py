@@ -741,6 +741,102 @@ def test_class_aware_boxes_snap_to_the_class_region_under_them(scripted, process
     assert car == unsnapped[1] and thing == unsnapped[2]
 
 
+def test_region_features_describe_place_size_colour_and_surroundings():
+    """Two buildings on an 8 x 8 map: a big red one top left, a small blue one bottom right with a road
+    column to its left. Their rows tell where, how big and what colour each is, and what lies beside it."""
+    from rs_assistant.engine.models.rsa.regions import BASE_FEATURES, num_region_features, region_features
+
+    classes = torch.zeros(8, 8, dtype=torch.long)
+    classes[:4, :4] = 1
+    classes[6:, 6:] = 1
+    classes[:, 5] = 2  # a road down column 5
+    regions = torch.zeros(8, 8, dtype=torch.long)
+    regions[:4, :4] = 1
+    regions[6:, 6:] = 2
+    rgb = torch.zeros(3, 8, 8)
+    rgb[0, :4, :4] = 1.0
+    rgb[2, 6:, 6:] = 1.0
+    pixels = torch.randn(4, 8, 8)
+    rows = region_features(regions, classes, torch.full((8, 8), 0.9), pixels, rgb, num_classes=3)
+    assert rows.shape == (2, num_region_features(4, 3))
+    (cx, cy, x0, y0, x1, y1, w, h, log_area), (ex, ey, *_rest) = rows[0, :9].tolist(), rows[1, :9].tolist()
+    assert (cx, cy, x0, y0, x1, y1, w, h) == pytest.approx((0.25, 0.25, 0.0, 0.0, 0.5, 0.5, 0.5, 0.5))
+    assert log_area == pytest.approx(math.log(16 / 64)) and ex > cx and ey > cy
+    assert rows[:, 9].tolist() == [1.0, 0.0] and rows[:, 10].tolist() == [0.0, 1.0]  # area rank, x rank
+    assert rows[0, 13:16].tolist() == [1.0, 0.0, 0.0] and rows[1, 13:16].tolist() == [0.0, 0.0, 1.0]  # mean colour
+    assert rows[:, 19].tolist() == pytest.approx([0.9, 0.9])  # the class head's probability
+    assert rows[0, BASE_FEATURES : BASE_FEATURES + 4].tolist() == pytest.approx(pixels[:, :4, :4].mean(dim=(1, 2)).tolist(), abs=1e-5)
+    around = rows[:, BASE_FEATURES + 4 :].view(2, 4, 3)  # [region, side (left, right, above, below), class]
+    assert around[1, 0, 2] == 1.0 and around[0, 1, 2] == 1.0  # the road: left of the small one, right of the big one
+    assert around[1, 2, 2] == 0.0 and around[0, 3, 1] == 0.0  # nothing is of the road class above the small one
+
+
+@pytest.fixture
+def two_buildings(scripted, monkeypatch):
+    """A scripted backend whose class head puts buildings in the top-left and bottom-right quarters, with a
+    region selector that prefers the easternmost region (it records what it was asked)."""
+    from rs_assistant.engine.models.rsa.modeling_rsa import RSARegionSelector
+
+    def make(answer: str):
+        backend = scripted(answer)
+        model = backend.model
+        model.config.pixel_class_loss_weight, model.config.num_aux_classes = 1.0, 12
+        model.config.class_names = ["ground", "buildings", *(f"class {i}" for i in range(2, 12))]
+        model.config.class_nouns = {"buildings": 1, "house": 1}
+        model.config.class_aware_boxes = model.config.class_aware_masks = model.config.class_region_masks = True
+        side = model.config.mask_size
+
+        def class_logits(features, detail=None):
+            logits = torch.zeros(features.shape[0], 12, side, side)
+            logits[:, 1, : side // 2, : side // 2] = 5.0
+            logits[:, 1, side // 2 :, side // 2 :] = 5.0
+            logits[:, 0] = 5.0 - logits[:, 1]
+            return logits
+
+        monkeypatch.setattr(model.mask_decoder, "pixel_class_logits", class_logits)
+        model.config.region_selector_dim = 8
+        monkeypatch.setattr(model, "region_selector", RSARegionSelector(model.config))
+        asked = []
+
+        def easternmost(state, instruction, features):
+            asked.append((state.shape, instruction.shape, features.shape))
+            return features[:, 0]  # the centroid's x
+
+        monkeypatch.setattr(model, "score_regions", easternmost)
+        return backend, asked
+
+    return make
+
+
+def test_region_selector_picks_the_box_and_the_mask_of_a_referring_answer(two_buildings, processor):
+    """The model writes one house box on the top-left building and a [SEG] whose decoded mask fills the
+    window; the selector (preferring the easternmost region) makes both the bottom-right building, and it
+    reads the answer's state with the instruction's (each of the LM's width) and one row per region."""
+    window = (80, 48)
+    backend, asked = two_buildings(processor.ground_answer([("house", (4, 4, 16, 20))], window))
+    (box,) = run(backend, Task.GROUND, "find the easternmost house").detections
+    assert box.box == pytest.approx((40.0, 24.0, 80.0, 48.0), abs=1.0)
+    width = backend.model.config.text_config.hidden_size
+    assert asked == [((width,), (width,), (2, asked[0][2][1]))]
+    backend, _ = two_buildings("house [SEG]")
+    (mask,) = run(backend, Task.SEGMENT, "segment the easternmost house").detections
+    quarter = np.zeros(WINDOW.shape[:2], bool)
+    quarter[24:, 40:] = True
+    assert (mask.mask & quarter).sum() >= 0.9 * quarter.sum() and not mask.mask[:22].any() and not mask.mask[:, :38].any()
+
+
+def test_region_selector_leaves_answers_of_several_objects_and_class_names_alone(two_buildings, processor):
+    """Two house boxes still snap each to the region under it, and "buildings [SEG]" is still every
+    building pixel: the selector only chooses for an answer that names one object."""
+    window = (80, 48)
+    backend, asked = two_buildings(processor.ground_answer([("house", (4, 4, 16, 20)), ("house", (50, 30, 70, 44))], window))
+    boxes = sorted(d.box for d in run(backend, Task.GROUND, "find the houses").detections)
+    assert boxes == [pytest.approx((0.0, 0.0, 40.0, 24.0), abs=1.0), pytest.approx((40.0, 24.0, 80.0, 48.0), abs=1.0)]
+    backend, _ = two_buildings("buildings [SEG]")
+    (mask,) = run(backend, Task.SEGMENT, "segment the buildings").detections
+    assert mask.mask[:22, :38].all() and mask.mask[26:, 42:].all() and asked == []
+
+
 def test_connected_regions_are_numbered_in_reading_order():
     from rs_assistant.engine.backends.rsa import connected_regions
 

@@ -23,7 +23,11 @@ by RSAProcessor.parse_answer (the formats are documented in processing_rsa.py):
   probability), and one named by another noun of a class keeps only its pixels of that class
   (with ``class_region_masks``: becomes the connected region of that class it overlaps best);
   with ``class_aware_boxes``, a box whose label names a class becomes the extent of the connected
-  region of that class in the head's map whose extent overlaps it best (when one does);
+  region of that class in the head's map whose extent overlaps it best (when one does). A model
+  with a region selector (``region_selector_dim``, regions.py) chooses the region itself for an
+  answer that names one object: the grounding answer's only box, or a segment answer's only
+  ``[SEG]`` named by another noun of a class, becomes the region it scores highest for the
+  expression (the hidden state that wrote the box or [SEG] and the mean state of the user's turn);
 - change: the caption, prefixed with the changed/unchanged head's verdict ("changed (93%): ...";
   changed from the config's ``change_threshold`` on, 0.5 unless calibrated); when changed, the
   ``[SEG]`` masks (over the difference features) become ``change`` detections scored by the head.
@@ -62,6 +66,7 @@ from rs_assistant.engine.backends.base import Backend, BackendCall, BackendResul
 from rs_assistant.engine.backends.hf import CancelCriteria, cancelled, checkpoint_folder, load_failed
 from rs_assistant.engine.device import attn_implementation, torch_dtype
 from rs_assistant.engine.models.rsa.modeling_rsa import RSAForConditionalGeneration, RSAVisualFeatures
+from rs_assistant.engine.models.rsa.regions import connected_regions, region_features
 from rs_assistant.engine.models.rsa.processing_rsa import (
     DELTA,
     EOS,
@@ -206,9 +211,13 @@ class RSABackend(Backend):
             masks = self._mask_logits(output, visual, wanted).joined(
                 [(sample, logits) for sample, (_, logits) in redecoded.items() if logits is not None])
             regions = self._box_regions(output, visual, answers, [c.images[0].shape[:2] for c in calls])
+            instructions = (self.model.instruction_states(batch["input_ids"].to(self.device), output.hidden_states[0][-1])
+                            if self.model.region_selector is not None and first.task in (Task.GROUND, Task.SEGMENT) else None)
             for sample, (call, answer) in enumerate(zip(calls, answers)):
                 height, width = call.images[0].shape[:2]
-                results.append(self._result(call, answer, _Generated(output, visual, sample, masks, regions), (width, height)))
+                generated = _Generated(output, visual, sample, masks, regions, call.images[0],
+                                       None if instructions is None else instructions[sample])
+                results.append(self._result(call, answer, generated, (width, height)))
         return results
 
     def _captions_by_beam_search(self, calls: Sequence[BackendCall], batch: dict, length: int) -> list[BackendResult]:
@@ -387,11 +396,17 @@ class RSABackend(Backend):
         phrase = boxes.target_phrase(call.prompt) if call.task in (Task.GROUND, Task.SEGMENT) else ""
         detections = []
         width, height = window
-        classes = _ClassMap(self.model, generated, (height, width)) if self.model.config.class_aware_boxes else None
+        classes = ClassRegions(self.model, generated.visual, generated.sample, (height, width), generated.image) \
+            if self.model.config.class_aware_boxes else None
+        select = call.task is Task.GROUND and len(answer.boxes) == 1 and generated.instruction is not None
         for b in answer.boxes:
             box, score = generated.regions.get((generated.sample, b.positions[0])) or (b.box, self._box_score(b, generated))
             label = b.label or phrase or "object"
-            if classes is not None:
+            chosen = classes.selected_box(b.label or "", generated.state(b.positions[0]), generated.instruction) \
+                if classes is not None and select else None
+            if chosen is not None:
+                box = chosen
+            elif classes is not None:
                 box = classes.snap(b.label or "", box)
                 if any(d.box == box and d.label == label for d in detections):
                     continue  # snapped onto a region an earlier box of the answer took: one object, one box
@@ -444,12 +459,15 @@ class RSABackend(Backend):
         width, height = window
         probabilities = torch.sigmoid(F.interpolate(logits[:, None].float(), size=(height, width), mode="bilinear")[:, 0])
         labels = {s.position: s.label for s in answer.segments} if kind is not FeatureKind.CHANGE else {}
-        classes = _ClassMap(self.model, generated, (height, width)) if labels and self.model.config.class_aware_masks else None
+        classes = ClassRegions(self.model, generated.visual, generated.sample, (height, width), generated.image) \
+            if labels and self.model.config.class_aware_masks else None
+        select = len(steps) == 1 and generated.instruction is not None
         detections = []
         for step, probability in zip(steps.tolist(), probabilities):
             inside = probability > self.model.config.mask_threshold
             if classes is not None:
-                inside, probability = classes.refine(labels.get(step) or "", inside, probability)
+                query = (generated.state(step), generated.instruction) if select else None
+                inside, probability = classes.refine(labels.get(step) or "", inside, probability, query)
             if not inside.any():
                 continue
             mask = inside.cpu().numpy()
@@ -469,49 +487,83 @@ class _Generated:
     sample: int
     masks: "_MaskLogits"
     regions: dict[tuple[int, int], tuple[tuple[float, float, float, float], float]]  # _box_regions
+    image: np.ndarray | None = None  # the window, for the region selector's colours
+    instruction: torch.Tensor | None = None  # [D] mean state of the user's turn, with a region selector
+
+    def state(self, step: int) -> torch.Tensor:
+        """The last hidden state of the generation step that wrote token ``step`` of this sample's answer."""
+        return self.output.hidden_states[step][-1][self.sample, -1]
 
 
-class _ClassMap:
-    """The per-pixel class head's map of one sample at the window's size (computed on first use), and
-    how it refines a mask named by ``label`` (the config's ``class_names`` and ``class_nouns``)."""
+class ClassRegions:
+    """The per-pixel class head's map of one sample at the window's size (computed on first use), its
+    connected regions per class, and how they refine a mask or box named by ``label`` (the config's
+    ``class_names`` and ``class_nouns``), or are chosen by the model's region selector.
 
-    def __init__(self, model: RSAForConditionalGeneration, generated: "_Generated", shape: tuple[int, int]):
-        self.model, self.generated, self.shape = model, generated, shape
+    ``visual``/``sample``: the encoded images and which one; ``shape``: the window (height, width);
+    ``image``: the window's pixels (H x W x 3 uint8), which the selector needs for colours.
+    """
+
+    def __init__(self, model: RSAForConditionalGeneration, visual: RSAVisualFeatures, sample: int,
+                 shape: tuple[int, int], image: np.ndarray | None = None):
+        self.model, self.visual, self.sample, self.shape, self.image = model, visual, sample, shape, image
         self._probabilities: torch.Tensor | None = None
         self._logits: torch.Tensor | None = None
+        self._pixels: torch.Tensor | None = None
         self._regions: dict[int, torch.Tensor] = {}
+        self._fine: dict[int, torch.Tensor] = {}
+        self._features: dict[int, torch.Tensor] = {}
         self._classes: torch.Tensor | None = None
 
-    def refine(self, label: str, inside: torch.Tensor, probability: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def class_of(self, label: str) -> int | None:
+        """The class id ``label`` names (``class_nouns``), or None."""
+        cls = self.model.config.class_nouns.get(label.strip().lower())
+        return None if cls is None else int(cls)
+
+    def refine(self, label: str, inside: torch.Tensor, probability: torch.Tensor,
+               query: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mask, probability)``: a class's own name -> that class's pixels and probabilities; another
-        noun of a class -> the mask's pixels of that class; any other label -> unchanged."""
+        noun of a class -> with ``class_region_masks`` the region of that class the selector picks for
+        ``query`` (the [SEG]'s state and the instruction's, with a selector) or else the one the mask
+        overlaps best, without it the mask's pixels of that class; any other label -> unchanged."""
         config = self.model.config
-        cls = config.class_nouns.get(label.strip().lower())
+        cls = self.class_of(label)
         if cls is None:
             return inside, probability
         probabilities = self.probabilities()
-        of_class = self.classes() == int(cls)
-        if label.strip().lower() == str(config.class_names[int(cls)]).lower():
-            return of_class, probabilities[int(cls)]
+        of_class = self.classes() == cls
+        if label.strip().lower() == str(config.class_names[cls]).lower():
+            return of_class, probabilities[cls]
         if config.class_region_masks:
-            region = self._best_region(int(cls), inside, of_class)
+            chosen = self.select(cls, *query) if query is not None and self.model.region_selector is not None else 0
+            if chosen:
+                region = self.fine_regions(cls) == chosen
+                if region.any():  # scored by the class head's probability over the region
+                    return region, torch.full_like(probability, float(probabilities[cls][region].mean()))
+            region = self._best_region(cls, inside)
             if region is not None:  # scored by the decoder's probability where its mask lies on the region
                 return region, torch.full_like(probability, float(probability[region & inside].mean()))
         return inside & of_class, probability
 
-    def _best_region(self, cls: int, inside: torch.Tensor, of_class: torch.Tensor) -> torch.Tensor | None:
-        """The window pixels of the connected region of class ``cls`` (found at the head's resolution, grown by
-        one cell, cut to the window-sized class map ``of_class``) whose IoU with the mask ``inside`` is highest;
-        None when no region overlaps it."""
-        regions = self.regions(cls)
-        if not int(regions.max()):
+    def fine_regions(self, cls: int) -> torch.Tensor:
+        """``[H, W]`` long: the window pixels of class ``cls`` numbered by their connected region (found at the
+        head's resolution, grown by one cell, cut to the window-sized class map); 0 elsewhere."""
+        if cls not in self._fine:
+            regions = self.regions(cls)
+            padded = F.pad(regions, (1, 1, 1, 1))  # grow each region into the empty cells beside it
+            grown = torch.stack([padded[:-2, 1:-1], padded[2:, 1:-1], padded[1:-1, :-2], padded[1:-1, 2:]]).amax(dim=0)
+            regions = torch.where(regions > 0, regions, grown)
+            fine = F.interpolate(regions[None, None].float(), size=self.shape, mode="nearest")[0, 0].long()
+            self._fine[cls] = torch.where(self.classes() == cls, fine, torch.zeros_like(fine))
+        return self._fine[cls]
+
+    def _best_region(self, cls: int, inside: torch.Tensor) -> torch.Tensor | None:
+        """The window pixels of the region of :meth:`fine_regions` whose IoU with the mask ``inside`` is
+        highest; None when no region overlaps it."""
+        count = int(self.regions(cls).max()) + 1
+        if count == 1:
             return None
-        padded = F.pad(regions, (1, 1, 1, 1))  # grow each region into the empty cells beside it
-        grown = torch.stack([padded[:-2, 1:-1], padded[2:, 1:-1], padded[1:-1, :-2], padded[1:-1, 2:]]).amax(dim=0)
-        regions = torch.where(regions > 0, regions, grown)
-        fine = F.interpolate(regions[None, None].float(), size=self.shape, mode="nearest")[0, 0].long()
-        fine = torch.where(of_class, fine, torch.zeros_like(fine))
-        count = int(regions.max()) + 1
+        fine = self.fine_regions(cls)
         sizes = torch.bincount(fine.flatten(), minlength=count).float()
         overlap = torch.bincount(fine[inside], minlength=count).float()
         iou = overlap / (sizes + float(inside.sum()) - overlap).clamp(min=1.0)
@@ -520,28 +572,65 @@ class _ClassMap:
             return None
         return fine == int(iou.argmax())
 
+    def region_features(self, cls: int) -> torch.Tensor:
+        """``[K, F]``: what the region selector reads of each region of class ``cls`` (regions.region_features)."""
+        if cls not in self._features:
+            if self.image is None:
+                raise ValueError("the region selector needs the window's pixels")
+            logits = self.logits()
+            side = logits.shape[-1]
+            rgb = torch.from_numpy(np.ascontiguousarray(self.image[..., :3])).to(logits.device).permute(2, 0, 1)[None].float() / 255
+            rgb = F.interpolate(rgb, size=(side, side), mode="area")[0]
+            self._features[cls] = region_features(self.regions(cls), logits.argmax(dim=0), torch.softmax(logits, dim=0)[cls],
+                                                  self.pixel_features(), rgb, logits.shape[0])
+        return self._features[cls]
+
+    def select(self, cls: int, state: torch.Tensor, instruction: torch.Tensor) -> int:
+        """The region of class ``cls`` (1..K, as :meth:`regions` numbers them) the selector scores highest
+        for the answer state ``state`` and the instruction's ``instruction``; 0 when the class has none."""
+        features = self.region_features(cls)
+        if not len(features):
+            return 0
+        return int(self.model.score_regions(state, instruction, features).argmax()) + 1
+
+    def selected_box(self, label: str, state: torch.Tensor, instruction: torch.Tensor) -> tuple[float, float, float, float] | None:
+        """The window-pixel extent of the region of ``label``'s class that the selector picks; None when the
+        label names no class, the class has no region or the model no selector."""
+        cls = self.class_of(label)
+        if cls is None or self.model.region_selector is None:
+            return None
+        chosen = self.select(cls, state, instruction)
+        return self.region_box(cls, chosen) if chosen else None
+
+    def region_box(self, cls: int, index: int) -> tuple[float, float, float, float]:
+        """The window-pixel extent of region ``index`` of class ``cls`` (as :meth:`snap` measures it)."""
+        region = self.regions(cls) == index
+        return self._fine_extent(region, cls) or self._coarse_extent(region)
+
+    def _coarse_extent(self, region: torch.Tensor) -> tuple[float, float, float, float]:
+        height, width = self.shape
+        side = region.shape[0]
+        rows = torch.nonzero(region.any(dim=1)).flatten()
+        cols = torch.nonzero(region.any(dim=0)).flatten()
+        return (float(cols[0]) * width / side, float(rows[0]) * height / side,
+                float(cols[-1] + 1) * width / side, float(rows[-1] + 1) * height / side)
+
     def snap(self, label: str, box: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
         """The window-pixel extent of the region of ``label``'s class whose extent overlaps ``box`` best; ``box``
         itself when the label names no class or no region overlaps it."""
-        cls = self.model.config.class_nouns.get(label.strip().lower())
+        cls = self.class_of(label)
         if cls is None:
             return box
-        regions = self.regions(int(cls))
-        height, width = self.shape
-        side = regions.shape[0]
+        regions = self.regions(cls)
         best, chosen, extent = 0.0, 0, box
         for index in range(1, int(regions.max()) + 1):
-            region = regions == index
-            rows = torch.nonzero(region.any(dim=1)).flatten()
-            cols = torch.nonzero(region.any(dim=0)).flatten()
-            coarse = (float(cols[0]) * width / side, float(rows[0]) * height / side,
-                      float(cols[-1] + 1) * width / side, float(rows[-1] + 1) * height / side)
+            coarse = self._coarse_extent(regions == index)
             overlap = boxes.iou(coarse, box)
             if overlap > best:
                 best, chosen, extent = overlap, index, coarse
         if not chosen:
             return box
-        return self._fine_extent(regions == chosen, int(cls)) or extent
+        return self._fine_extent(regions == chosen, cls) or extent
 
     def _fine_extent(self, region: torch.Tensor, cls: int) -> tuple[float, float, float, float] | None:
         """The extent of ``region`` (head resolution) measured on the window-sized class map, within the
@@ -569,13 +658,21 @@ class _ClassMap:
             self._regions[cls] = connected_regions(self.logits().argmax(dim=0) == cls)
         return self._regions[cls]
 
+    def _inputs(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        visual, sample = self.visual, self.sample
+        detail = visual.mask_detail[sample : sample + 1] if visual.mask_detail is not None else None
+        return visual.mask_features[sample : sample + 1], detail
+
+    def pixel_features(self) -> torch.Tensor:
+        """``[C, M, M]``: the decoder's query-free pixel features, which the class head reads."""
+        if self._pixels is None:
+            self._pixels = self.model.mask_decoder.pixel_features(*self._inputs())
+        return self._pixels[0]
+
     def logits(self) -> torch.Tensor:
         """``[classes, M, M]``: the head's logits at its own resolution."""
         if self._logits is None:
-            visual, sample = self.generated.visual, self.generated.sample
-            detail = visual.mask_detail[sample : sample + 1] if visual.mask_detail is not None else None
-            features = visual.mask_features[sample : sample + 1]
-            self._logits = self.model.mask_decoder.pixel_class_logits(features, detail)[0].float()
+            self._logits = self.model.mask_decoder.pixel_class_logits(*self._inputs())[0].float()
         return self._logits
 
     def probabilities(self) -> torch.Tensor:
@@ -636,30 +733,6 @@ def region_box(logits: torch.Tensor, shape: tuple[int, int], threshold: float) -
     cols = torch.nonzero(chosen.any(dim=0)).flatten()
     box = (float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1))
     return box, float(fine[chosen].mean())
-
-
-def connected_regions(inside: torch.Tensor) -> torch.Tensor:
-    """``[H, W]`` bool -> ``[H, W]`` long: 0 outside, and 1..K numbering the 4-connected regions of
-    ``inside`` in row-major order of their first cell."""
-    height, width = inside.shape
-    ids = torch.arange(1, height * width + 1, device=inside.device).view(height, width)
-    labels = torch.where(inside, ids, torch.zeros_like(ids))
-    while True:  # every cell takes the largest id among itself and its 4 neighbours inside, until none changes
-        padded = F.pad(labels, (1, 1, 1, 1))
-        spread = torch.stack([labels, padded[:-2, 1:-1], padded[2:, 1:-1], padded[1:-1, :-2], padded[1:-1, 2:]]).amax(dim=0)
-        spread = torch.where(inside, spread, torch.zeros_like(spread))
-        if torch.equal(spread, labels):
-            break
-        labels = spread
-    flat = labels.flatten()
-    out = torch.zeros_like(flat)
-    seen: dict[int, int] = {}
-    for value in flat.tolist():  # row-major, so each region is met first at its first cell
-        if value:
-            seen.setdefault(value, len(seen) + 1)
-    for value, rank in seen.items():
-        out[flat == value] = rank
-    return out.view(height, width)
 
 
 def _names(items: Iterable[object]) -> str:

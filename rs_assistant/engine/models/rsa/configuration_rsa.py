@@ -173,6 +173,13 @@ class RSAConfig(PreTrainedConfig):
     # overlaps the decoded mask best (IoU), as boxes snap: the decoder only has to land on the
     # object, the class head draws its outline. Picked on the validation split with the masks.
     class_region_masks: bool = False
+    # The region selector (regions.py, MAttNet-style): a head that scores the connected regions of the
+    # named class in the head's map against the expression (the hidden state that writes the box or
+    # the [SEG], with the mean state of the user's turn), trained after the rest on the frozen model
+    # (training.recipes.default.selector). Serving: an answer with one box, or one [SEG] named by
+    # another noun of a class, takes the region it scores highest instead of the one it overlaps.
+    # ``region_selector_dim`` is its width; 0: no selector.
+    region_selector_dim: int = 0
     class_names: list | None = None
     class_nouns: dict | None = None
 
@@ -267,6 +274,9 @@ class RSAConfig(PreTrainedConfig):
         ):
             raise ValueError("class_aware_masks and class_aware_boxes need the per-pixel class head "
                              "(pixel_class_loss_weight > 0), class_names and class_nouns")
+        if self.region_selector_dim < 0 or (self.region_selector_dim > 0 and self.pixel_class_loss_weight <= 0):
+            raise ValueError(f"region_selector_dim {self.region_selector_dim} must be 0, or positive with the per-pixel "
+                             "class head (pixel_class_loss_weight > 0) whose regions it scores")
         if self.class_nouns and not all(0 <= int(c) < max(self.num_aux_classes, 1) for c in self.class_nouns.values()):
             raise ValueError(f"class_nouns name class ids outside 0..{self.num_aux_classes - 1}")
         if self.num_location_bins < 2:

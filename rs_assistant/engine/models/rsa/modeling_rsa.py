@@ -70,6 +70,7 @@ from transformers.generation.utils import GenerateDecoderOnlyOutput
 from transformers.utils import ModelOutput
 
 from rs_assistant.engine.models.rsa.configuration_rsa import RSAConfig
+from rs_assistant.engine.models.rsa.regions import num_region_features
 
 log = logging.getLogger(__name__)
 
@@ -407,9 +408,17 @@ class RSAMaskDecoder(nn.Module):
     def pixel_class_logits(self, features: torch.Tensor, detail: torch.Tensor | None = None) -> torch.Tensor:
         """The per-pixel land-cover head (``pixel_class_loss_weight`` > 0): ``features [n, P, D_vision]``
         -> ``[n, classes, M, M]`` from the pixel features every query reads, before any query has."""
+        return self.classify_pixels(self.pixel_features(features, detail))
+
+    def pixel_features(self, features: torch.Tensor, detail: torch.Tensor | None = None) -> torch.Tensor:
+        """The query-free pixel features ``[n, C, M, M]`` that the masks, the class head and the region selector read."""
+        return self._pixels(self._image(features), detail)
+
+    def classify_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixel features ``[n, C, M, M]`` -> class logits ``[n, classes, M, M]``."""
         if self.class_pixels is None:
             raise ValueError("this model has no per-pixel class head (pixel_class_loss_weight is 0)")
-        return self.class_pixels(self._pixels(self._image(features), detail))
+        return self.class_pixels(pixels)
 
     def pixel_change_logits(self, delta: torch.Tensor, detail: torch.Tensor | None = None) -> torch.Tensor:
         """The per-pixel change head (``change_pooling = "pixel"``): a pair's difference features
@@ -429,6 +438,43 @@ class RSAMaskDecoder(nn.Module):
         if self.detail_proj is not None and detail is not None:
             pixels = pixels + self.detail_proj(detail)
         return pixels
+
+
+class RSARegionSelector(nn.Module):
+    """Scores candidate regions against a referring expression (MAttNet's region scoring).
+
+    ``query``: the hidden state that writes the answer's box or ``[SEG]`` with the mean hidden
+    state of the user's turn (``[2 * D_text]``); ``features``: one row per candidate region
+    (regions.region_features). Both are standardised by statistics of the training set, kept as
+    buffers so that they travel with the weights. The score of a region is an MLP of its
+    embedding times the query's and of its embedding alone (a prior: a speck of noise is rarely meant).
+    """
+
+    def __init__(self, config: RSAConfig):
+        super().__init__()
+        dim = config.region_selector_dim
+        features = num_region_features(config.mask_decoder_dim >> config.mask_upsample_steps, config.num_aux_classes)
+        query = 2 * config.text_config.hidden_size
+        for name, size, value in (("feature_mean", features, 0.0), ("feature_std", features, 1.0),
+                                  ("query_mean", query, 0.0), ("query_std", query, 1.0)):
+            self.register_buffer(name, torch.full((size,), value))
+        self.features = nn.Sequential(nn.Linear(features, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.query = nn.Sequential(nn.Linear(query, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.score = nn.Sequential(nn.Linear(2 * dim, dim), nn.GELU(), nn.Linear(dim, 1))
+
+    def set_statistics(self, features: torch.Tensor, queries: torch.Tensor) -> None:
+        """Standardise by the mean and spread of training ``features [N, F]`` and ``queries [n, Q]``."""
+        self.feature_mean.copy_(features.mean(0))
+        self.feature_std.copy_(features.std(0).clamp(min=1e-3))
+        self.query_mean.copy_(queries.mean(0))
+        self.query_std.copy_(queries.std(0).clamp(min=1e-3))
+
+    def forward(self, query: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """``query [Q]`` and ``features [K, F]`` -> scores ``[K]`` (softmax over the candidates)."""
+        dtype = self.feature_mean.dtype
+        regions = self.features((features.to(dtype) - self.feature_mean) / self.feature_std)
+        asked = self.query((query.to(dtype) - self.query_mean) / self.query_std)
+        return self.score(torch.cat([regions * asked[None], regions], dim=-1))[:, 0]
 
 
 class RSAPreTrainedModel(PreTrainedModel):
@@ -452,6 +498,11 @@ class RSAPreTrainedModel(PreTrainedModel):
             init.normal_(module.position, std=self.config.initializer_range)
         elif isinstance(module, RSAVisualPosition):
             init.constant_(module.scale, 0.5)
+        elif isinstance(module, RSARegionSelector):
+            for name in ("feature_mean", "query_mean"):
+                init.zeros_(getattr(module, name))
+            for name in ("feature_std", "query_std"):
+                init.ones_(getattr(module, name))
 
 
 class RSAForConditionalGeneration(RSAPreTrainedModel):
@@ -473,6 +524,7 @@ class RSAForConditionalGeneration(RSAPreTrainedModel):
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
         self.mask_decoder = RSAMaskDecoder(config)
         self.visual_position = RSAVisualPosition(config) if config.visual_position_encoding else None
+        self.region_selector = RSARegionSelector(config) if config.region_selector_dim > 0 else None
         self.post_init()
         self._init_location_embeddings()
         self.apply_freezing()
@@ -623,15 +675,33 @@ class RSAForConditionalGeneration(RSAPreTrainedModel):
             tokens = self.visual_position(tokens)
         return embeds.masked_scatter(slots.unsqueeze(-1), tokens.to(embeds.dtype))
 
-    def _instruction(self, input_ids: torch.Tensor, embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The embeddings of each prompt's last user turn (between its last ``<|user|>`` and the next
-        ``<|assistant|>``, or the end), padded: ``[B, L, D_text]`` and ``padding [B, L]`` (True where absent)."""
+    def _instruction_spans(self, input_ids: torch.Tensor) -> list[tuple[int, int]]:
+        """Each prompt's last user turn: from after its last ``<|user|>`` to the next ``<|assistant|>`` (or the end)."""
         spans = []
         for row in input_ids.tolist():
             users = [i for i, t in enumerate(row) if t == self.config.user_token_id]
             start = users[-1] + 1 if users else len(row)
             end = next((i for i in range(start, len(row)) if row[i] == self.config.assistant_token_id), len(row))
             spans.append((start, max(end, start + 1) if start < len(row) else start))
+        return spans
+
+    def instruction_states(self, input_ids: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """The mean of ``hidden [B, L, D]`` (the LM's last hidden states) over each prompt's last user turn: ``[B, D]``."""
+        rows = [hidden[b, s:e].mean(dim=0) if e > s else hidden.new_zeros(hidden.shape[-1])
+                for b, (s, e) in enumerate(self._instruction_spans(input_ids))]
+        return torch.stack(rows)
+
+    def score_regions(self, state: torch.Tensor, instruction: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """The region selector's scores ``[K]`` of candidate ``features [K, F]`` for the answer position whose
+        last hidden state is ``state [D]``, in the prompt whose :meth:`instruction_states` row is ``instruction [D]``."""
+        if self.region_selector is None:
+            raise ValueError("this model has no region selector (region_selector_dim is 0)")
+        return self.region_selector(torch.cat([state, instruction]).float(), features.float())
+
+    def _instruction(self, input_ids: torch.Tensor, embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The embeddings of each prompt's last user turn (between its last ``<|user|>`` and the next
+        ``<|assistant|>``, or the end), padded: ``[B, L, D_text]`` and ``padding [B, L]`` (True where absent)."""
+        spans = self._instruction_spans(input_ids)
         length = max(max(e - s for s, e in spans), 1)
         out = embeds.new_zeros(len(spans), length, embeds.shape[-1])
         padding = torch.ones(len(spans), length, dtype=torch.bool, device=embeds.device)
