@@ -396,8 +396,7 @@ class RSABackend(Backend):
         phrase = boxes.target_phrase(call.prompt) if call.task in (Task.GROUND, Task.SEGMENT) else ""
         detections = []
         width, height = window
-        classes = ClassRegions(self.model, generated.visual, generated.sample, (height, width), generated.image) \
-            if self.model.config.class_aware_boxes else None
+        classes = generated.class_regions(self.model, (height, width)) if self.model.config.class_aware_boxes else None
         select = call.task is Task.GROUND and len(answer.boxes) == 1 and generated.instruction is not None
         for b in answer.boxes:
             box, score = generated.regions.get((generated.sample, b.positions[0])) or (b.box, self._box_score(b, generated))
@@ -459,8 +458,7 @@ class RSABackend(Backend):
         width, height = window
         probabilities = torch.sigmoid(F.interpolate(logits[:, None].float(), size=(height, width), mode="bilinear")[:, 0])
         labels = {s.position: s.label for s in answer.segments} if kind is not FeatureKind.CHANGE else {}
-        classes = ClassRegions(self.model, generated.visual, generated.sample, (height, width), generated.image) \
-            if labels and self.model.config.class_aware_masks else None
+        classes = generated.class_regions(self.model, (height, width)) if labels and self.model.config.class_aware_masks else None
         select = len(steps) == 1 and generated.instruction is not None
         detections = []
         for step, probability in zip(steps.tolist(), probabilities):
@@ -493,6 +491,10 @@ class _Generated:
     def state(self, step: int) -> torch.Tensor:
         """The last hidden state of the generation step that wrote token ``step`` of this sample's answer."""
         return self.output.hidden_states[step][-1][self.sample, -1]
+
+    def class_regions(self, model: RSAForConditionalGeneration, shape: tuple[int, int]) -> "ClassRegions":
+        """This sample's class map and regions at the window ``shape`` (height, width)."""
+        return ClassRegions(model, self.visual, self.sample, shape, self.image)
 
 
 class ClassRegions:

@@ -45,19 +45,15 @@ def connected_regions(inside: torch.Tensor) -> torch.Tensor:
         if torch.equal(spread, labels):
             break
         labels = spread
-    values, first = _first_cells(labels.flatten())
-    out = torch.zeros_like(labels.flatten())
-    for rank, value in enumerate(values[torch.argsort(first)].tolist(), start=1):
-        out[labels.flatten() == value] = rank
+    flat = labels.flatten()
+    out = torch.zeros_like(flat)
+    seen: dict[int, int] = {}
+    for value in flat.tolist():  # row-major, so each region is met first at its first cell
+        if value:
+            seen.setdefault(value, len(seen) + 1)
+    for value, rank in seen.items():
+        out[flat == value] = rank
     return out.view(height, width)
-
-
-def _first_cells(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The distinct non-zero values of ``flat`` and the index where each first occurs."""
-    values = torch.unique(flat[flat > 0])
-    positions = torch.arange(flat.numel(), device=flat.device)
-    first = torch.stack([positions[flat == v].min() for v in values]) if len(values) else values
-    return values, first
 
 
 def region_features(regions: torch.Tensor, classes: torch.Tensor, probability: torch.Tensor, pixels: torch.Tensor,
