@@ -744,7 +744,7 @@ def test_class_aware_boxes_snap_to_the_class_region_under_them(scripted, process
 def test_region_features_describe_place_size_colour_and_surroundings():
     """Two buildings on an 8 x 8 map: a big red one top left, a small blue one bottom right with a road
     column to its left. Their rows tell where, how big and what colour each is, and what lies beside it."""
-    from rs_assistant.engine.models.rsa.regions import BASE_FEATURES, num_region_features, region_features
+    from rs_assistant.engine.models.rsa.regions import BASE_FEATURES, LEVELS, num_region_features, region_features
 
     classes = torch.zeros(8, 8, dtype=torch.long)
     classes[:4, :4] = 1
@@ -757,12 +757,17 @@ def test_region_features_describe_place_size_colour_and_surroundings():
     rgb[0, :4, :4] = 1.0
     rgb[2, 6:, 6:] = 1.0
     pixels = torch.randn(4, 8, 8)
-    rows = region_features(regions, classes, torch.full((8, 8), 0.9), pixels, rgb, num_classes=3)
+    rows = region_features(torch.stack([regions == 1, regions == 2]), torch.tensor([0, 1]), classes, torch.full((8, 8), 0.9),
+                           pixels, rgb, num_classes=3)
     assert rows.shape == (2, num_region_features(4, 3))
     (cx, cy, x0, y0, x1, y1, w, h, log_area), (ex, ey, *_rest) = rows[0, :9].tolist(), rows[1, :9].tolist()
     assert (cx, cy, x0, y0, x1, y1, w, h) == pytest.approx((0.25, 0.25, 0.0, 0.0, 0.5, 0.5, 0.5, 0.5))
     assert log_area == pytest.approx(math.log(16 / 64)) and ex > cx and ey > cy
-    assert rows[:, 9].tolist() == [1.0, 0.0] and rows[:, 10].tolist() == [0.0, 1.0]  # area rank, x rank
+    assert rows[:, 9].tolist() == [0.5, 0.5]  # each is alone at its level: no rank
+    assert rows[:, BASE_FEATURES - len(LEVELS) : BASE_FEATURES].tolist() == [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
+    same_level = region_features(torch.stack([regions == 1, regions == 2]), torch.tensor([0, 0]), classes,
+                                 torch.full((8, 8), 0.9), pixels, rgb, num_classes=3)
+    assert same_level[:, 9].tolist() == [1.0, 0.0] and same_level[:, 10].tolist() == [0.0, 1.0]  # area rank, x rank
     assert rows[0, 13:16].tolist() == [1.0, 0.0, 0.0] and rows[1, 13:16].tolist() == [0.0, 0.0, 1.0]  # mean colour
     assert rows[:, 19].tolist() == pytest.approx([0.9, 0.9])  # the class head's probability
     assert rows[0, BASE_FEATURES : BASE_FEATURES + 4].tolist() == pytest.approx(pixels[:, :4, :4].mean(dim=(1, 2)).tolist(), abs=1e-5)
@@ -799,7 +804,7 @@ def two_buildings(scripted, monkeypatch):
         asked = []
 
         def easternmost(state, instruction, features):
-            asked.append((state.shape, instruction.shape, features.shape))
+            asked.append((state.shape, instruction.state.shape, features.shape, instruction.words.shape))
             return features[:, 0]  # the centroid's x
 
         monkeypatch.setattr(model, "score_regions", easternmost)
@@ -811,13 +816,15 @@ def two_buildings(scripted, monkeypatch):
 def test_region_selector_picks_the_box_and_the_mask_of_a_referring_answer(two_buildings, processor):
     """The model writes one house box on the top-left building and a [SEG] whose decoded mask fills the
     window; the selector (preferring the easternmost region) makes both the bottom-right building, and it
-    reads the answer's state with the instruction's (each of the LM's width) and one row per region."""
+    reads the answer's state with the instruction's mean state and its words (the LM's width; "find the
+    easternmost house" is at least three tokens) and one row per candidate: the
+    two regions, and both joined (they touch at a corner)."""
     window = (80, 48)
     backend, asked = two_buildings(processor.ground_answer([("house", (4, 4, 16, 20))], window))
     (box,) = run(backend, Task.GROUND, "find the easternmost house").detections
     assert box.box == pytest.approx((40.0, 24.0, 80.0, 48.0), abs=1.0)
     width = backend.model.config.text_config.hidden_size
-    assert asked == [((width,), (width,), (2, asked[0][2][1]))]
+    assert asked == [((width,), (width,), (3, asked[0][2][1]), (asked[0][3][0], width))] and asked[0][3][0] >= 3
     backend, _ = two_buildings("house [SEG]")
     (mask,) = run(backend, Task.SEGMENT, "segment the easternmost house").detections
     quarter = np.zeros(WINDOW.shape[:2], bool)
@@ -835,6 +842,34 @@ def test_region_selector_leaves_answers_of_several_objects_and_class_names_alone
     backend, _ = two_buildings("buildings [SEG]")
     (mask,) = run(backend, Task.SEGMENT, "segment the buildings").detections
     assert mask.mask[:22, :38].all() and mask.mask[26:, 42:].all() and asked == []
+
+
+def test_candidates_join_a_broken_building_and_separate_the_roads_of_a_grid():
+    """A 32 x 32 class map: a building broken by a one-cell gap is two regions, and also one joined
+    candidate; two crossing roads are one region, and also one straight band each; nothing is proposed twice."""
+    from rs_assistant.engine.models.rsa.regions import LEVELS, candidate_regions
+
+    building = torch.zeros(32, 32, dtype=torch.bool)
+    building[2:8, 2:6] = building[2:8, 7:12] = True  # the gap: column 6
+    masks, levels = candidate_regions(building)
+    assert levels.tolist() == [0, 0, 1]
+    assert masks[2].equal(building) and (masks[0] | masks[1]).equal(building)
+
+    roads = torch.zeros(32, 32, dtype=torch.bool)
+    roads[20:23, :] = True  # east-west, 3 cells wide
+    roads[:, 9:11] = True  # north-south, 2 cells wide
+    masks, levels = candidate_regions(roads)
+    assert [LEVELS[i] for i in levels.tolist()] == ["connected", "line", "line"]  # joining adds nothing here
+    assert masks[0].equal(roads)
+    east_west, north_south = (masks[1], masks[2]) if masks[1][21, 0] else (masks[2], masks[1])
+    assert east_west[20:23].all() and not east_west[:20].any() and not east_west[23:].any()
+    assert north_south[:, 9:11].all() and not north_south[:, :9].any() and not north_south[:, 11:].any()
+
+    field = torch.zeros(32, 32, dtype=torch.bool)
+    field[4:28, 4:28] = True  # a square is not a line, however many cells its diagonals hold
+    masks, levels = candidate_regions(field)
+    assert levels.tolist() == [0] and masks[0].equal(field)
+    assert candidate_regions(torch.zeros(32, 32, dtype=torch.bool))[0].shape == (0, 32, 32)
 
 
 def test_connected_regions_are_numbered_in_reading_order():

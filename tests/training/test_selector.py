@@ -24,28 +24,40 @@ def _config(dim: int = 16):
     return config
 
 
-def _examples(count: int, features: int, query: int, seed: int) -> list[stage.Example]:
-    """Half the queries ask for the region with the largest first feature, half for the smallest; the
-    query says which by the sign of its first entry."""
+def _examples(count: int, features: int, query: int, seed: int, said_by: str = "query") -> list[stage.Example]:
+    """Half the examples ask for the region with the largest first feature, half for the smallest. With
+    ``said_by="query"`` the query says which by the sign of its first entry; with ``"words"`` only one
+    word among two fillers does (a random word embedding per meaning), and the query is the same for all."""
     generator = torch.Generator().manual_seed(seed)
+    width = query // 2
+    meaning = {True: torch.randn(width, generator=torch.Generator().manual_seed(7)),
+               False: torch.randn(width, generator=torch.Generator().manual_seed(8))}
     found = []
     for i in range(count):
         rows = torch.zeros(int(torch.randint(2, 7, (1,), generator=generator)), features)
         rows[:, :4] = torch.randn(len(rows), 4, generator=generator)  # the rest are constant, as unused features are
-        ask = torch.zeros(query)
-        ask[0] = 1.0 if i % 2 else -1.0
-        target = int(rows[:, 0].argmax()) if i % 2 else int(rows[:, 0].argmin())
+        largest = bool(i % 2)
+        ask, words = torch.zeros(query), torch.zeros(3, width)
+        if said_by == "query":
+            ask[0] = 1.0 if largest else -1.0
+        else:
+            words = torch.randn(3, width, generator=generator) * 0.1
+            words[int(torch.randint(0, 3, (1,), generator=generator))] = meaning[largest]
+        target = int(rows[:, 0].argmax()) if largest else int(rows[:, 0].argmin())
         ious = torch.zeros(len(rows))
         ious[target] = 0.8
-        found.append(stage.Example("ground", "largest" if i % 2 else "smallest", ask, rows, ious))
+        found.append(stage.Example("ground", "largest" if largest else "smallest", ask, rows, ious, words))
     return found
 
 
-def test_fit_learns_a_choice_that_depends_on_the_query():
+@pytest.mark.parametrize("said_by", ["query", "words"])
+def test_fit_learns_a_choice_that_depends_on_the_query(said_by):
+    """What is asked for reaches the selector through the answer's and the turn's states (query) and
+    through any one word of the instruction (words)."""
     config = _config()
     width = num_region_features(config.mask_decoder_dim >> config.mask_upsample_steps, config.num_aux_classes)
-    train = _examples(300, width, 2 * config.text_config.hidden_size, seed=0)
-    held_out = _examples(200, width, 2 * config.text_config.hidden_size, seed=1)
+    train = _examples(300, width, 2 * config.text_config.hidden_size, seed=0, said_by=said_by)
+    held_out = _examples(200, width, 2 * config.text_config.hidden_size, seed=1, said_by=said_by)
     torch.manual_seed(0)
     selector = RSARegionSelector(config)
     before = stage.accuracy(selector, held_out)["ground_acc@0.5"]
@@ -58,7 +70,7 @@ def test_fit_learns_a_choice_that_depends_on_the_query():
 
 def test_fit_refuses_examples_without_a_matching_region():
     config = _config()
-    example = stage.Example("segment", "only", torch.zeros(64), torch.zeros(3, 8), torch.tensor([0.1, 0.0, 0.2]))
+    example = stage.Example("segment", "only", torch.zeros(64), torch.zeros(3, 8), torch.tensor([0.1, 0.0, 0.2]), torch.zeros(2, 32))
     assert not example.usable
     with pytest.raises(ValueError, match="no example has a candidate region"):
         stage.fit(RSARegionSelector(config), [example])

@@ -65,8 +65,8 @@ from rs_assistant.engine.backends import boxes
 from rs_assistant.engine.backends.base import Backend, BackendCall, BackendResult, Detection
 from rs_assistant.engine.backends.hf import CancelCriteria, cancelled, checkpoint_folder, load_failed
 from rs_assistant.engine.device import attn_implementation, torch_dtype
-from rs_assistant.engine.models.rsa.modeling_rsa import RSAForConditionalGeneration, RSAVisualFeatures
-from rs_assistant.engine.models.rsa.regions import connected_regions, region_features
+from rs_assistant.engine.models.rsa.modeling_rsa import RSAForConditionalGeneration, RSAInstruction, RSAVisualFeatures
+from rs_assistant.engine.models.rsa.regions import candidate_regions, connected_regions, region_features
 from rs_assistant.engine.models.rsa.processing_rsa import (
     DELTA,
     EOS,
@@ -211,7 +211,7 @@ class RSABackend(Backend):
             masks = self._mask_logits(output, visual, wanted).joined(
                 [(sample, logits) for sample, (_, logits) in redecoded.items() if logits is not None])
             regions = self._box_regions(output, visual, answers, [c.images[0].shape[:2] for c in calls])
-            instructions = (self.model.instruction_states(batch["input_ids"].to(self.device), output.hidden_states[0][-1])
+            instructions = (self.model.instructions(batch["input_ids"].to(self.device), output.hidden_states[0][-1])
                             if self.model.region_selector is not None and first.task in (Task.GROUND, Task.SEGMENT) else None)
             for sample, (call, answer) in enumerate(zip(calls, answers)):
                 height, width = call.images[0].shape[:2]
@@ -486,7 +486,7 @@ class _Generated:
     masks: "_MaskLogits"
     regions: dict[tuple[int, int], tuple[tuple[float, float, float, float], float]]  # _box_regions
     image: np.ndarray | None = None  # the window, for the region selector's colours
-    instruction: torch.Tensor | None = None  # [D] mean state of the user's turn, with a region selector
+    instruction: RSAInstruction | None = None  # the user's turn, with a region selector
 
     def state(self, step: int) -> torch.Tensor:
         """The last hidden state of the generation step that wrote token ``step`` of this sample's answer."""
@@ -515,6 +515,7 @@ class ClassRegions:
         self._regions: dict[int, torch.Tensor] = {}
         self._fine: dict[int, torch.Tensor] = {}
         self._features: dict[int, torch.Tensor] = {}
+        self._candidates: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._classes: torch.Tensor | None = None
 
     def class_of(self, label: str) -> int | None:
@@ -523,7 +524,7 @@ class ClassRegions:
         return None if cls is None else int(cls)
 
     def refine(self, label: str, inside: torch.Tensor, probability: torch.Tensor,
-               query: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               query: tuple[torch.Tensor, RSAInstruction] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mask, probability)``: a class's own name -> that class's pixels and probabilities; another
         noun of a class -> with ``class_region_masks`` the region of that class the selector picks for
         ``query`` (the [SEG]'s state and the instruction's, with a selector) or else the one the mask
@@ -539,7 +540,7 @@ class ClassRegions:
         if config.class_region_masks:
             chosen = self.select(cls, *query) if query is not None and self.model.region_selector is not None else 0
             if chosen:
-                region = self.fine_regions(cls) == chosen
+                region = self.candidate_pixels(cls, chosen)
                 if region.any():  # scored by the class head's probability over the region
                     return region, torch.full_like(probability, float(probabilities[cls][region].mean()))
             region = self._best_region(cls, inside)
@@ -574,28 +575,43 @@ class ClassRegions:
             return None
         return fine == int(iou.argmax())
 
+    def candidates(self, cls: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(masks [K, M, M], levels [K])``: the regions of class ``cls`` the selector chooses from, at the
+        head's resolution (regions.candidate_regions; found once per class)."""
+        if cls not in self._candidates:
+            self._candidates[cls] = candidate_regions(self.logits().argmax(dim=0) == cls)
+        return self._candidates[cls]
+
+    def candidate_pixels(self, cls: int, index: int) -> torch.Tensor:
+        """``[H, W]`` bool: the window pixels of class ``cls`` in candidate ``index`` (1..K) grown by one cell."""
+        grown = self._grown(self.candidates(cls)[0][index - 1])
+        return F.interpolate(grown[None, None].float(), size=self.shape, mode="nearest")[0, 0].bool() & (self.classes() == cls)
+
+    def _grid_rgb(self) -> torch.Tensor:
+        """``[3, M, M]``: the window's colours in [0, 1] averaged over the head's cells."""
+        if self.image is None:
+            raise ValueError("the region selector needs the window's pixels")
+        logits = self.logits()
+        rgb = torch.from_numpy(np.ascontiguousarray(self.image[..., :3])).to(logits.device).permute(2, 0, 1)[None].float() / 255
+        return F.interpolate(rgb, size=tuple(logits.shape[-2:]), mode="area")[0]
+
     def region_features(self, cls: int) -> torch.Tensor:
-        """``[K, F]``: what the region selector reads of each region of class ``cls`` (regions.region_features)."""
+        """``[K, F]``: what the region selector reads of each candidate of class ``cls`` (regions.region_features)."""
         if cls not in self._features:
-            if self.image is None:
-                raise ValueError("the region selector needs the window's pixels")
             logits = self.logits()
-            side = logits.shape[-1]
-            rgb = torch.from_numpy(np.ascontiguousarray(self.image[..., :3])).to(logits.device).permute(2, 0, 1)[None].float() / 255
-            rgb = F.interpolate(rgb, size=(side, side), mode="area")[0]
-            self._features[cls] = region_features(self.regions(cls), logits.argmax(dim=0), torch.softmax(logits, dim=0)[cls],
-                                                  self.pixel_features(), rgb, logits.shape[0])
+            self._features[cls] = region_features(*self.candidates(cls), logits.argmax(dim=0), torch.softmax(logits, dim=0)[cls],
+                                                  self.pixel_features(), self._grid_rgb(), logits.shape[0])
         return self._features[cls]
 
-    def select(self, cls: int, state: torch.Tensor, instruction: torch.Tensor) -> int:
-        """The region of class ``cls`` (1..K, as :meth:`regions` numbers them) the selector scores highest
-        for the answer state ``state`` and the instruction's ``instruction``; 0 when the class has none."""
+    def select(self, cls: int, state: torch.Tensor, instruction: RSAInstruction) -> int:
+        """The candidate of class ``cls`` (1..K, as :meth:`candidates` orders them) the selector scores highest
+        for the answer state ``state`` and the user's turn ``instruction``; 0 when the class has none."""
         features = self.region_features(cls)
         if not len(features):
             return 0
         return int(self.model.score_regions(state, instruction, features).argmax()) + 1
 
-    def selected_box(self, label: str, state: torch.Tensor, instruction: torch.Tensor) -> tuple[float, float, float, float] | None:
+    def selected_box(self, label: str, state: torch.Tensor, instruction: RSAInstruction) -> tuple[float, float, float, float] | None:
         """The window-pixel extent of the region of ``label``'s class that the selector picks; None when the
         label names no class, the class has no region or the model no selector."""
         cls = self.class_of(label)
@@ -605,8 +621,8 @@ class ClassRegions:
         return self.region_box(cls, chosen) if chosen else None
 
     def region_box(self, cls: int, index: int) -> tuple[float, float, float, float]:
-        """The window-pixel extent of region ``index`` of class ``cls`` (as :meth:`snap` measures it)."""
-        region = self.regions(cls) == index
+        """The window-pixel extent of candidate ``index`` (1..K) of class ``cls`` (as :meth:`snap` measures a region)."""
+        region = self.candidates(cls)[0][index - 1]
         return self._fine_extent(region, cls) or self._coarse_extent(region)
 
     def _coarse_extent(self, region: torch.Tensor) -> tuple[float, float, float, float]:
@@ -637,15 +653,19 @@ class ClassRegions:
     def _fine_extent(self, region: torch.Tensor, cls: int) -> tuple[float, float, float, float] | None:
         """The extent of ``region`` (head resolution) measured on the window-sized class map, within the
         region grown by one cell (as :func:`region_box`)."""
-        cross = torch.tensor([[0.0, 1.0, 0.0], [1.0, 1.0, 1.0], [0.0, 1.0, 0.0]], device=region.device)[None, None]
-        near = F.conv2d(region[None, None].float(), cross, padding=1)
-        near = F.interpolate(near, size=self.shape, mode="nearest")[0, 0] > 0
+        near = F.interpolate(self._grown(region)[None, None].float(), size=self.shape, mode="nearest")[0, 0] > 0
         chosen = near & (self.classes() == cls)
         if not chosen.any():
             return None
         rows = torch.nonzero(chosen.any(dim=1)).flatten()
         cols = torch.nonzero(chosen.any(dim=0)).flatten()
         return float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1)
+
+    @staticmethod
+    def _grown(region: torch.Tensor) -> torch.Tensor:
+        """``region [M, M]`` (bool) and the cells beside it (4-neighbours)."""
+        cross = torch.tensor([[0.0, 1.0, 0.0], [1.0, 1.0, 1.0], [0.0, 1.0, 0.0]], device=region.device)[None, None]
+        return F.conv2d(region[None, None].float(), cross, padding=1)[0, 0] > 0
 
     def classes(self) -> torch.Tensor:
         """``[H, W]``: the most probable class of each window pixel (computed once)."""

@@ -6,8 +6,9 @@ default the same folder) with ``region_selector_dim`` in its config.
 
 For every referring expression of ``scenes`` train scenes (seeds disjoint from val and test), drawn
 as the engine reads a window of ``size`` pixels, it asks the model once as a grounding and once as
-a segmentation, each teacher-forced up to the answer's noun: the candidates are the connected
-regions of the target's class in the class head's map (ClassRegions, as served), the query the
+a segmentation, each teacher-forced up to the answer's noun: the candidates are the regions of the
+target's class that regions.candidate_regions proposes from the class head's map (connected,
+joined across one-cell gaps, and straight bands; ClassRegions, as served), the query the
 hidden state that writes the box or the ``[SEG]`` with the mean state of the user's turn, and the
 target the candidate whose extent (grounding) or pixels (segmentation) best match the object's,
 when that IoU reaches ``MIN_TARGET_IOU``. The selector learns to pick it (cross-entropy over the
@@ -55,14 +56,16 @@ MIN_TARGET_IOU = 0.3
 
 @dataclass(frozen=True)
 class Example:
-    """One question for the selector: ``query [Q]``, candidate ``features [K, F]`` and the IoU of each
-    candidate with the object (of its extent for ``ground``, of its pixels for ``segment``)."""
+    """One question for the selector: ``query [Q]``, candidate ``features [K, F]``, the IoU of each
+    candidate with the object (of its extent for ``ground``, of its pixels for ``segment``) and the
+    instruction's token embeddings ``words [L, D]``."""
 
     task: str
     rule: str
     query: torch.Tensor
     features: torch.Tensor
     ious: torch.Tensor
+    words: torch.Tensor
 
     @property
     def target(self) -> int:
@@ -107,7 +110,7 @@ def examples_of_scene(model: RSAForConditionalGeneration, processor: RSAProcesso
     repeated = type(visual)(tokens=visual.tokens.expand(len(texts), -1, -1))
     hidden = model.language_model(inputs_embeds=model.embed(ids, repeated), attention_mask=batch["attention_mask"].to(model.device),
                                   output_hidden_states=True, use_cache=False).hidden_states[-1]
-    instructions = model.instruction_states(ids, hidden)
+    instructions = model.instructions(ids, hidden)
     queries = model.box_queries(ids)
     queries[:, :-1] |= ids[:, 1:] == model.config.seg_token_id
     found = []
@@ -115,23 +118,27 @@ def examples_of_scene(model: RSAForConditionalGeneration, processor: RSAProcesso
         cls = regions.class_of(noun)
         if cls is None:
             continue
-        count = int(regions.regions(cls).max())
+        count = len(regions.candidates(cls)[0])
         if not count:
             continue
         features = regions.region_features(cls).half().cpu()
         target_mask = torch.from_numpy(instance_map == target).to(model.device)
         for row, task in ((2 * j, "ground"), (2 * j + 1, "segment")):
             position = int(queries[row].nonzero()[0, 0])
-            query = torch.cat([hidden[row, position], instructions[row]]).float().half().cpu()
+            query = torch.cat([hidden[row, position], instructions[row].state]).float().half().cpu()
             if task == "ground":
                 ious = [box_iou(regions.region_box(cls, k), box) for k in range(1, count + 1)]
             else:
-                fine = regions.fine_regions(cls)
-                sizes = torch.bincount(fine.flatten(), minlength=count + 1)[1:].float()
-                overlap = torch.bincount(fine[target_mask], minlength=count + 1)[1:].float()
-                ious = (overlap / (sizes + float(target_mask.sum()) - overlap).clamp(min=1.0)).tolist()
-            found.append(Example(task, rule, query, features, torch.tensor(ious, dtype=torch.float32)))
+                ious = [mask_iou(regions.candidate_pixels(cls, k), target_mask) for k in range(1, count + 1)]
+            found.append(Example(task, rule, query, features, torch.tensor(ious, dtype=torch.float32),
+                                 instructions[row].words.float().half().cpu()))
     return found
+
+
+def mask_iou(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The IoU of two bool masks (0 when both are empty)."""
+    union = int((a | b).sum())
+    return int((a & b).sum()) / union if union else 0.0
 
 
 def collect(model: RSAForConditionalGeneration, processor: RSAProcessor, seeds: Sequence[int], size: int = 512,
@@ -164,7 +171,8 @@ def fit(selector: RSARegionSelector, examples: Sequence[Example], epochs: int = 
             total = 0.0
             for start in range(0, len(order), batch):
                 chosen = [usable[i] for i in order[start : start + batch]]
-                loss = torch.stack([F.cross_entropy(selector(e.query.float(), e.features.float())[None], torch.tensor([e.target]))
+                loss = torch.stack([F.cross_entropy(selector(e.query.float(), e.features.float(), e.words.float())[None],
+                                                     torch.tensor([e.target]))
                                     for e in chosen]).mean()
                 optimizer.zero_grad()
                 loss.backward()
@@ -185,7 +193,7 @@ def accuracy(selector: RSARegionSelector, examples: Sequence[Example]) -> dict[s
     picked = {"ground": [], "segment": []}
     best = {"ground": [], "segment": []}
     for e in examples:
-        iou = float(e.ious[int(selector(e.query.float(), e.features.float()).argmax())])
+        iou = float(e.ious[int(selector(e.query.float(), e.features.float(), e.words.float()).argmax())])
         picked[e.task].append(iou >= 0.5 if e.task == "ground" else iou)
         best[e.task].append(float(e.ious.max()) >= 0.5 if e.task == "ground" else float(e.ious.max()))
     mean = lambda values: float(np.mean(values)) if values else float("nan")  # noqa: E731

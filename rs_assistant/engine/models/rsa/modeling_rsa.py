@@ -53,7 +53,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -440,14 +440,24 @@ class RSAMaskDecoder(nn.Module):
         return pixels
 
 
+class RSAInstruction(NamedTuple):
+    """The user's turn as the region selector reads it: the mean of the LM's last hidden states over
+    it (``state [D_text]``) and its tokens' input embeddings (``words [L, D_text]``)."""
+
+    state: torch.Tensor
+    words: torch.Tensor
+
+
 class RSARegionSelector(nn.Module):
     """Scores candidate regions against a referring expression (MAttNet's region scoring).
 
     ``query``: the hidden state that writes the answer's box or ``[SEG]`` with the mean hidden
-    state of the user's turn (``[2 * D_text]``); ``features``: one row per candidate region
-    (regions.region_features). Both are standardised by statistics of the training set, kept as
-    buffers so that they travel with the weights. The score of a region is an MLP of its
-    embedding times the query's and of its embedding alone (a prior: a speck of noise is rarely meant).
+    state of the user's turn (``[2 * D_text]``); ``words``: the turn's token embeddings (``[L, D_text]``,
+    the LM's own, frozen), projected and max-pooled so that one word ("easternmost", "left of")
+    is not averaged away; ``features``: one row per candidate region (regions.region_features).
+    Query and features are standardised by statistics of the training set, kept as buffers so that
+    they travel with the weights. The score of a region is an MLP of its embedding times the
+    query's and of its embedding alone (a prior: a speck of noise is rarely meant).
     """
 
     def __init__(self, config: RSAConfig):
@@ -459,7 +469,8 @@ class RSARegionSelector(nn.Module):
                                   ("query_mean", query, 0.0), ("query_std", query, 1.0)):
             self.register_buffer(name, torch.full((size,), value))
         self.features = nn.Sequential(nn.Linear(features, dim), nn.GELU(), nn.Linear(dim, dim))
-        self.query = nn.Sequential(nn.Linear(query, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.words = nn.Linear(config.text_config.hidden_size, dim)
+        self.query = nn.Sequential(nn.Linear(query + dim, dim), nn.GELU(), nn.Linear(dim, dim))
         self.score = nn.Sequential(nn.Linear(2 * dim, dim), nn.GELU(), nn.Linear(dim, 1))
 
     def set_statistics(self, features: torch.Tensor, queries: torch.Tensor) -> None:
@@ -469,11 +480,12 @@ class RSARegionSelector(nn.Module):
         self.query_mean.copy_(queries.mean(0))
         self.query_std.copy_(queries.std(0).clamp(min=1e-3))
 
-    def forward(self, query: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        """``query [Q]`` and ``features [K, F]`` -> scores ``[K]`` (softmax over the candidates)."""
+    def forward(self, query: torch.Tensor, features: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+        """``query [Q]``, ``features [K, F]`` and ``words [L, D_text]`` -> scores ``[K]`` (softmax over the candidates)."""
         dtype = self.feature_mean.dtype
         regions = self.features((features.to(dtype) - self.feature_mean) / self.feature_std)
-        asked = self.query((query.to(dtype) - self.query_mean) / self.query_std)
+        said = self.words(words.to(dtype)).amax(dim=0) if len(words) else self.words.bias.new_zeros(self.words.out_features)
+        asked = self.query(torch.cat([(query.to(dtype) - self.query_mean) / self.query_std, said]))
         return self.score(torch.cat([regions * asked[None], regions], dim=-1))[:, 0]
 
 
@@ -691,12 +703,20 @@ class RSAForConditionalGeneration(RSAPreTrainedModel):
                 for b, (s, e) in enumerate(self._instruction_spans(input_ids))]
         return torch.stack(rows)
 
-    def score_regions(self, state: torch.Tensor, instruction: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    def instructions(self, input_ids: torch.Tensor, hidden: torch.Tensor) -> list[RSAInstruction]:
+        """Each prompt's last user turn as the region selector reads it, from ``hidden [B, L, D]`` (the LM's
+        last hidden states over ``input_ids``)."""
+        embeddings = self.language_model.get_input_embeddings()
+        states = self.instruction_states(input_ids, hidden)
+        return [RSAInstruction(states[b], embeddings(input_ids[b, s:e]))
+                for b, (s, e) in enumerate(self._instruction_spans(input_ids))]
+
+    def score_regions(self, state: torch.Tensor, instruction: RSAInstruction, features: torch.Tensor) -> torch.Tensor:
         """The region selector's scores ``[K]`` of candidate ``features [K, F]`` for the answer position whose
-        last hidden state is ``state [D]``, in the prompt whose :meth:`instruction_states` row is ``instruction [D]``."""
+        last hidden state is ``state [D]``, in the prompt whose :meth:`instructions` item is ``instruction``."""
         if self.region_selector is None:
             raise ValueError("this model has no region selector (region_selector_dim is 0)")
-        return self.region_selector(torch.cat([state, instruction]).float(), features.float())
+        return self.region_selector(torch.cat([state, instruction.state]).float(), features.float(), instruction.words.float())
 
     def _instruction(self, input_ids: torch.Tensor, embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The embeddings of each prompt's last user turn (between its last ``<|user|>`` and the next
