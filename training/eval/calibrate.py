@@ -16,6 +16,12 @@ split the goals are measured on:
   the class region they overlap best, and the best mIoU of the three wins (ties: the plainer way).
   A checkpoint without ``class_names``/``class_nouns`` gets them from the objects of 100 train scenes.
 
+- ``class_mask_bars`` (the same models, when class-aware masks win): for every class, the mean IoU
+  over ``--count`` scenes of its pixels in the class head's map (those where it is the most
+  probable class, and those whose probability reaches each bar in ``CLASS_BARS``) with the class's
+  true pixels; a class keeps the bar that beats the most probable pixels most, if it does so by
+  more than ``MIN_BAR_GAIN``.
+
 - ``class_aware_boxes`` (the same models): each scene's referring expression is grounded with
   boxes snapped to the class head's regions and without, and snapping stays on only if its Acc@0.5
   is higher.
@@ -48,7 +54,7 @@ from tqdm import tqdm
 
 from rs_assistant.core.protocol import FeatureKind, Options, Task
 from rs_assistant.engine.backends.base import BackendCall
-from rs_assistant.engine.backends.rsa import RSABackend
+from rs_assistant.engine.backends.rsa import ClassRegions, RSABackend
 from training.data.synthetic import generate_pair, generate_scene, split_seeds
 from training.data.synthetic.classes import class_vocabulary
 from training.eval.metrics import accuracy_at_iou, caption_scores, mask_ious
@@ -57,6 +63,10 @@ from training.eval.rsa import grounding_case, mask_union, segment_case
 THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
 CHANGE_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))
 BOX_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+#: The class probabilities tried as a class's mask bar (class_mask_bars).
+CLASS_BARS = (0.5, 0.4, 0.3, 0.2, 0.15, 0.1)
+#: ... and a bar is kept only if its mean IoU beats the most probable pixels' by more than this (not by noise).
+MIN_BAR_GAIN = 0.005
 #: (beams, length penalty): greedy, beam search normalised by length, and by total log-probability.
 CAPTION_DECODINGS = ((1, 1.0), (3, 1.0), (3, 0.0), (5, 1.0), (5, 0.0))
 
@@ -84,6 +94,38 @@ def calibrate(backend: RSABackend, split: str = "val", count: int = 60, size: in
             call = BackendCall(task=Task.SEGMENT, images=[scene.image], prompt=prompt, options=Options())
             predicted[threshold].append(mask_union(backend.run(call), target))
     return {t: mask_ious(predicted[t], targets)["mIoU"] for t in thresholds}
+
+
+def class_mask_ious(backend: RSABackend, split: str = "val", count: int = 60, size: int = 512,
+                    bars: Sequence[float] = CLASS_BARS) -> dict[str, dict[float | None, float]]:
+    """Per class present in ``count`` scenes of ``split``: the mean IoU of its pixels in the class head's map
+    with its true pixels, for the most probable pixels (key None) and for each probability ``bars``."""
+    model = backend.model
+    ious: dict[str, dict[float | None, list[float]]] = {}
+    with torch.inference_mode():
+        for seed in tqdm(split_seeds(split, count), desc=f"class mask bars ({split})", dynamic_ncols=True):
+            scene = generate_scene(seed, size=size)
+            visual = model.encode_images(backend.processor.pixel_values([scene.image]).to(model.device, model.dtype))
+            regions = ClassRegions(model, visual, 0, scene.class_map.shape, scene.image)
+            probabilities, classes = regions.probabilities(), regions.classes()
+            for cls in sorted(set(np.unique(scene.class_map).tolist()) - {0}):
+                truth = torch.from_numpy(scene.class_map == cls).to(classes.device)
+                row = ious.setdefault(str(model.config.class_names[cls]), {bar: [] for bar in (None, *bars)})
+                for bar in row:
+                    mask = classes == cls if bar is None else probabilities[cls] >= bar
+                    row[bar].append(float((mask & truth).sum()) / max(float((mask | truth).sum()), 1.0))
+    return {name: {bar: float(np.mean(values)) for bar, values in row.items()} for name, row in ious.items()}
+
+
+def best_class_bars(ious: dict[str, dict[float | None, float]]) -> dict[str, float]:
+    """Each class's bar whose IoU beats its most probable pixels' most, by more than :data:`MIN_BAR_GAIN`
+    (classes where none does are left out)."""
+    chosen = {}
+    for name, row in ious.items():
+        bar = max((b for b in row if b is not None), key=lambda b: (row[b], b))
+        if row[bar] > row[None] + MIN_BAR_GAIN:
+            chosen[name] = bar
+    return chosen
 
 
 def box_accuracies(backend: RSABackend, split: str = "val", count: int = 60, size: int = 512,
@@ -198,6 +240,14 @@ def main(argv: list[str] | None = None) -> int:
     chosen["mask_threshold"] = best[2]
     if len(modes) > 1:
         chosen["class_aware_masks"], chosen["class_region_masks"] = best[0], best[1]
+    if best[0]:  # class-aware masks: a bar per class for its own name's mask
+        ious = class_mask_ious(backend, args.split, args.count, args.size)
+        bars = best_class_bars(ious)
+        for name, row in sorted(ious.items()):
+            picked = bars.get(name)
+            print(f"class_mask_bars {name}: " + "  ".join(f"{'argmax' if b is None else b}: {v:.3f}{'*' if b == picked else ''}"
+                                                        for b, v in row.items()))
+        chosen["class_mask_bars"] = model_config.class_mask_bars = bars or None
     if len(modes) > 1:  # a per-pixel class head: boxes snapped to its regions, or not
         accuracy = box_accuracies(backend, args.split, args.count, args.size, (False, True), "class_aware_boxes")
         snap = accuracy[True] > accuracy[False]

@@ -525,7 +525,8 @@ class ClassRegions:
 
     def refine(self, label: str, inside: torch.Tensor, probability: torch.Tensor,
                query: tuple[torch.Tensor, RSAInstruction] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(mask, probability)``: a class's own name -> that class's pixels and probabilities; another
+        """``(mask, probability)``: a class's own name -> that class's pixels (those where it is the most
+        probable class, or whose probability reaches the class's ``class_mask_bars``) and probabilities; another
         noun of a class -> with ``class_region_masks`` the region of that class the selector picks for
         ``query`` (the [SEG]'s state and the instruction's, with a selector) or else the one the mask
         overlaps best, without it the mask's pixels of that class; any other label -> unchanged."""
@@ -536,7 +537,8 @@ class ClassRegions:
         probabilities = self.probabilities()
         of_class = self.classes() == cls
         if label.strip().lower() == str(config.class_names[cls]).lower():
-            return of_class, probabilities[cls]
+            bar = (config.class_mask_bars or {}).get(str(config.class_names[cls]))
+            return (of_class if bar is None else probabilities[cls] >= bar), probabilities[cls]
         if config.class_region_masks:
             chosen = self.select(cls, *query) if query is not None and self.model.region_selector is not None else 0
             if chosen:

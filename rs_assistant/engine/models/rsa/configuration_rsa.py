@@ -180,6 +180,11 @@ class RSAConfig(PreTrainedConfig):
     # another noun of a class, takes the region it scores highest instead of the one it overlaps.
     # ``region_selector_dim`` is its width; 0: no selector.
     region_selector_dim: int = 0
+    # With class-aware masks, {class name: probability}: a class's own name ("trees [SEG]") is served
+    # as the pixels whose probability of that class reaches its bar, rather than those where it is the
+    # most probable class (small classes the head rarely wins outright). Chosen per class on the
+    # validation split (training.eval.calibrate); a class without a bar keeps the most probable pixels.
+    class_mask_bars: dict | None = None
     class_names: list | None = None
     class_nouns: dict | None = None
 
@@ -277,6 +282,9 @@ class RSAConfig(PreTrainedConfig):
         if self.region_selector_dim < 0 or (self.region_selector_dim > 0 and self.pixel_class_loss_weight <= 0):
             raise ValueError(f"region_selector_dim {self.region_selector_dim} must be 0, or positive with the per-pixel "
                              "class head (pixel_class_loss_weight > 0) whose regions it scores")
+        if self.class_mask_bars and (set(self.class_mask_bars) - set(self.class_names or ())
+                                     or not all(0 < float(b) <= 1 for b in self.class_mask_bars.values())):
+            raise ValueError(f"class_mask_bars {self.class_mask_bars} must map class_names to probabilities in (0, 1]")
         if self.class_nouns and not all(0 <= int(c) < max(self.num_aux_classes, 1) for c in self.class_nouns.values()):
             raise ValueError(f"class_nouns name class ids outside 0..{self.num_aux_classes - 1}")
         if self.num_location_bins < 2:
