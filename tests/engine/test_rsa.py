@@ -664,6 +664,36 @@ def test_class_aware_masks_follow_the_class_heads_map(scripted, monkeypatch):
         RSAConfig.from_dict({**model.config.to_dict(), "pixel_class_loss_weight": 0.0})
 
 
+def test_a_class_mask_bar_takes_the_pixels_where_a_small_class_is_likely_but_not_the_most_likely(scripted, monkeypatch):
+    """The class head gives trees a probability of about 0.27 on the left half, where grass is the most
+    probable class: "trees [SEG]" is empty (so nothing is drawn) until trees get a bar of 0.2, and a bar
+    names a class the model has, with a probability."""
+    backend = scripted("trees [SEG]")
+    model = backend.model
+    names = ["ground", *(f"class {i}" for i in range(1, 6)), "trees", "class 7", "grass areas", *(f"class {i}" for i in range(9, 12))]
+    model.config.pixel_class_loss_weight, model.config.num_aux_classes = 1.0, 12
+    model.config.class_names, model.config.class_nouns = names, {"trees": 6, "tree": 6, "grass areas": 8}
+    model.config.class_aware_masks = True
+    side = model.config.mask_size
+
+    def class_logits(features, detail=None):
+        logits = torch.full((features.shape[0], 12, side, side), -9.0)
+        logits[:, 8] = 1.0  # grass everywhere ...
+        logits[:, 6, :, : side // 2] = 0.5  # ... and on the left trees and ground too: p(trees) ~ 0.27,
+        logits[:, 0, :, : side // 2] = 0.6  # p(ground) ~ 0.29, p(grass) ~ 0.44
+        return logits
+
+    monkeypatch.setattr(model.mask_decoder, "pixel_class_logits", class_logits)
+    assert run(backend, Task.SEGMENT, "segment the trees").detections == []
+    model.config.class_mask_bars = {"trees": 0.2}
+    (det,) = run(backend, Task.SEGMENT, "segment the trees").detections
+    assert det.label == "trees" and det.mask[:, :38].all() and not det.mask[:, 42:].any()
+    with pytest.raises(StrictDataclassClassValidationError, match="class_mask_bars"):
+        RSAConfig.from_dict({**model.config.to_dict(), "class_mask_bars": {"shrubs": 0.2}})
+    with pytest.raises(StrictDataclassClassValidationError, match="class_mask_bars"):
+        RSAConfig.from_dict({**model.config.to_dict(), "class_mask_bars": {"trees": 0.0}})
+
+
 def test_class_region_masks_take_the_whole_class_region_the_decoded_mask_lands_on(scripted, monkeypatch):
     """Buildings fill the top-left and bottom-right quarters of the class head's map; the decoder marks a
     small blob inside the bottom-right one. With class_region_masks a referring mask ("house") becomes that

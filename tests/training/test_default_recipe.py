@@ -257,6 +257,20 @@ def test_the_calibration_tries_class_aware_masks_on_a_model_with_a_pixel_class_h
     assert written["class_aware_masks"] or not written["class_region_masks"]  # regions refine class-aware masks
     assert printed.count("class_aware_boxes") == 3 and isinstance(written["class_aware_boxes"], bool)
     assert written["class_names"][1] == "buildings" and written["class_nouns"]["house"] == 1  # a kind, from train scenes
+    if written["class_aware_masks"]:  # then each class present in the 2 scenes is tried with its bars
+        assert "class_mask_bars buildings" in printed or "class_mask_bars grass areas" in printed
+        assert set(written.get("class_mask_bars") or {}) <= set(written["class_names"])
+    else:
+        assert "class_mask_bars" not in printed
+
+
+def test_a_class_keeps_the_mask_bar_that_beats_its_most_probable_pixels_by_more_than_noise():
+    from training.eval.calibrate import MIN_BAR_GAIN, best_class_bars
+
+    ious = {"trees": {None: 0.10, 0.5: 0.09, 0.2: 0.14, 0.1: 0.13},  # a small class: a low bar helps
+            "fields": {None: 0.90, 0.5: 0.90 + MIN_BAR_GAIN / 2, 0.2: 0.85},  # a gain within the noise
+            "roads": {None: 0.60, 0.5: 0.62, 0.4: 0.62}}  # a tie: the higher bar
+    assert best_class_bars(ious) == {"trees": 0.2, "roads": 0.5}
 
 
 def test_class_vocabulary_maps_every_answer_noun_to_its_class():

@@ -1,4 +1,4 @@
-"""python -m training.recipes.default.selector --model FOLDER [--scenes 1500] [--epochs 6] [--out FOLDER]
+"""python -m training.recipes.default.selector --model FOLDER [--scenes 2000] [--epochs 8] [--out FOLDER]
 
 The RSA model's last training stage: its region selector (RSARegionSelector, regions.py), trained
 on the frozen rest of the model, then written back into the checkpoint folder (``--out``, by
@@ -14,8 +14,8 @@ target the candidate whose extent (grounding) or pixels (segmentation) best matc
 when that IoU reaches ``MIN_TARGET_IOU``. The selector learns to pick it (cross-entropy over the
 candidates), with a progress bar; nothing else in the model changes.
 
-On the shipped v11 (2 CPU cores): 1500 scenes give 22,862 examples in 16 minutes, and 6 epochs take
-about 2 minutes more (README).
+On the shipped v11 weights (2 CPU cores): 2000 scenes give 30,412 examples in 28.5 minutes, and 8
+epochs take about 4 minutes more (README).
 """
 
 from __future__ import annotations
@@ -201,7 +201,7 @@ def accuracy(selector: RSARegionSelector, examples: Sequence[Example]) -> dict[s
             "best_ground_acc@0.5": mean(best["ground"]), "best_segment_mean_iou": mean(best["segment"])}
 
 
-def train_selector(folder: Path, out: Path | None = None, scenes_count: int = 1500, val_count: int = 40, epochs: int = 6,
+def train_selector(folder: Path, out: Path | None = None, scenes_count: int = 2000, val_count: int = 40, epochs: int = 8,
                    dim: int = 128, size: int = 512, workers: int = 2, threads: int = 1, seed: int = 0) -> dict[str, float]:
     """Adds a trained region selector to the checkpoint ``folder`` and saves it to ``out`` (default: ``folder``)."""
     torch.manual_seed(seed)
@@ -235,9 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.recipes.default.selector", description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=Path("resources/models/rsa-default"), help="RSA checkpoint folder")
     parser.add_argument("--out", type=Path, default=None, help="where to write the model (default: --model)")
-    parser.add_argument("--scenes", type=int, default=1500, help="train scenes (default 1500)")
+    parser.add_argument("--scenes", type=int, default=2000, help="train scenes (default 2000)")
     parser.add_argument("--val", type=int, default=40, help="val scenes to report on (default 40)")
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--dim", type=int, default=128, help="the selector's width (default 128)")
     parser.add_argument("--size", type=int, default=512, help="window side in pixels (default 512)")
     parser.add_argument("--workers", type=int, default=2, help="processes generating scenes (default 2)")
