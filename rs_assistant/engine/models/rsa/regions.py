@@ -97,7 +97,8 @@ def candidate_regions(inside: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
             masks.append(mask)
             levels.append(level)
     if not masks:
-        return torch.zeros(0, *inside.shape, dtype=torch.bool, device=inside.device), torch.zeros(0, dtype=torch.long, device=inside.device)
+        empty = torch.zeros(0, *inside.shape, dtype=torch.bool, device=inside.device)
+        return empty, torch.zeros(0, dtype=torch.long, device=inside.device)
     return torch.stack(masks), torch.tensor(levels, dtype=torch.long, device=inside.device)
 
 
@@ -166,7 +167,7 @@ def line_bands(inside: torch.Tensor, max_lines: int = MAX_LINES, steps: int = 90
     for _ in range(3 * max_lines):
         votes = torch.bincount(flat[remaining].flatten(), minlength=steps * (2 * offset + 1)).view(steps, 2 * offset + 1)
         angle, at = divmod(int(votes.argmax()), 2 * offset + 1)
-        if len(bands) == max_lines or 2 * int(votes[angle, at]) < LINE_CELLS * side:
+        if len(bands) == max_lines or 2 * int(votes[angle, at]) < LINE_CELLS * side:  # too few cells left for any band
             break
         low = high = at
         while low > 0 and 3 * votes[angle, low - 1] >= votes[angle, at]:
