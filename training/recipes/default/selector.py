@@ -14,8 +14,8 @@ target the candidate whose extent (grounding) or pixels (segmentation) best matc
 when that IoU reaches ``MIN_TARGET_IOU``. The selector learns to pick it (cross-entropy over the
 candidates), with a progress bar; nothing else in the model changes.
 
-On the shipped v11 weights (2 CPU cores): 2000 scenes give 30,412 examples in 28.5 minutes, and 8
-epochs take about 4 minutes more (README).
+On the shipped v11 weights (2 CPU cores): 2000 scenes give 30,412 examples, and with 8 epochs the
+whole stage takes 28 minutes (README).
 """
 
 from __future__ import annotations
