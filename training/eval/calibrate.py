@@ -57,7 +57,7 @@ from rs_assistant.engine.backends.base import BackendCall
 from rs_assistant.engine.backends.rsa import ClassRegions, RSABackend
 from training.data.synthetic import generate_pair, generate_scene, split_seeds
 from training.data.synthetic.classes import class_vocabulary
-from training.eval.metrics import accuracy_at_iou, caption_scores, mask_ious
+from training.eval.metrics import accuracy_at_iou, caption_scores, mask_iou, mask_ious
 from training.eval.rsa import grounding_case, mask_union, segment_case
 
 THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
@@ -113,7 +113,7 @@ def class_mask_ious(backend: RSABackend, split: str = "val", count: int = 60, si
                 row = ious.setdefault(str(model.config.class_names[cls]), {bar: [] for bar in (None, *bars)})
                 for bar in row:
                     mask = classes == cls if bar is None else probabilities[cls] >= bar
-                    row[bar].append(float((mask & truth).sum()) / max(float((mask | truth).sum()), 1.0))
+                    row[bar].append(mask_iou(mask, truth))
     return {name: {bar: float(np.mean(values)) for bar, values in row.items()} for name, row in ious.items()}
 
 

@@ -88,6 +88,12 @@ def accuracy_at_iou(predictions: Sequence[Box | None], targets: Sequence[Box], t
 # --- segmentation ------------------------------------------------------------------------------
 
 
+def mask_iou(a, b) -> float:
+    """The IoU of two bool masks (numpy arrays or torch tensors of one shape); 1 when both are empty, as in :func:`mask_ious`."""
+    union = int((a | b).sum())
+    return int((a & b).sum()) / union if union else 1.0
+
+
 def mask_ious(predictions: Sequence[np.ndarray], targets: Sequence[np.ndarray]) -> dict[str, float]:
     """mIoU (mean of per-sample IoU; an empty prediction for an empty target scores 1) and cIoU."""
     if len(predictions) != len(targets):

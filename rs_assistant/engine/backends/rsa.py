@@ -586,8 +586,7 @@ class ClassRegions:
 
     def candidate_pixels(self, cls: int, index: int) -> torch.Tensor:
         """``[H, W]`` bool: the window pixels of class ``cls`` in candidate ``index`` (1..K) grown by one cell."""
-        grown = self._grown(self.candidates(cls)[0][index - 1])
-        return F.interpolate(grown[None, None].float(), size=self.shape, mode="nearest")[0, 0].bool() & (self.classes() == cls)
+        return self._near_pixels(self.candidates(cls)[0][index - 1], cls)
 
     def _grid_rgb(self) -> torch.Tensor:
         """``[3, M, M]``: the window's colours in [0, 1] averaged over the head's cells."""
@@ -655,19 +654,19 @@ class ClassRegions:
     def _fine_extent(self, region: torch.Tensor, cls: int) -> tuple[float, float, float, float] | None:
         """The extent of ``region`` (head resolution) measured on the window-sized class map, within the
         region grown by one cell (as :func:`region_box`)."""
-        near = F.interpolate(self._grown(region)[None, None].float(), size=self.shape, mode="nearest")[0, 0] > 0
-        chosen = near & (self.classes() == cls)
+        chosen = self._near_pixels(region, cls)
         if not chosen.any():
             return None
         rows = torch.nonzero(chosen.any(dim=1)).flatten()
         cols = torch.nonzero(chosen.any(dim=0)).flatten()
         return float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1)
 
-    @staticmethod
-    def _grown(region: torch.Tensor) -> torch.Tensor:
-        """``region [M, M]`` (bool) and the cells beside it (4-neighbours)."""
+    def _near_pixels(self, region: torch.Tensor, cls: int) -> torch.Tensor:
+        """``[H, W]`` bool: the window pixels of class ``cls`` within ``region [M, M]`` (head resolution) grown by
+        one cell (its 4-neighbours)."""
         cross = torch.tensor([[0.0, 1.0, 0.0], [1.0, 1.0, 1.0], [0.0, 1.0, 0.0]], device=region.device)[None, None]
-        return F.conv2d(region[None, None].float(), cross, padding=1)[0, 0] > 0
+        grown = F.conv2d(region[None, None].float(), cross, padding=1)
+        return (F.interpolate(grown, size=self.shape, mode="nearest")[0, 0] > 0) & (self.classes() == cls)
 
     def classes(self) -> torch.Tensor:
         """``[H, W]``: the most probable class of each window pixel (computed once)."""

@@ -47,6 +47,7 @@ from rs_assistant.engine.backends.rsa import ClassRegions  # noqa: E402
 from rs_assistant.engine.models.rsa import RSAForConditionalGeneration, RSAProcessor  # noqa: E402
 from rs_assistant.engine.models.rsa.modeling_rsa import RSARegionSelector  # noqa: E402
 from training.data.synthetic import generate_scene, split_seeds  # noqa: E402
+from training.eval.metrics import mask_iou  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -133,12 +134,6 @@ def examples_of_scene(model: RSAForConditionalGeneration, processor: RSAProcesso
             found.append(Example(task, rule, query, features, torch.tensor(ious, dtype=torch.float32),
                                  instructions[row].words.float().half().cpu()))
     return found
-
-
-def mask_iou(a: torch.Tensor, b: torch.Tensor) -> float:
-    """The IoU of two bool masks (0 when both are empty)."""
-    union = int((a | b).sum())
-    return int((a & b).sum()) / union if union else 0.0
 
 
 def collect(model: RSAForConditionalGeneration, processor: RSAProcessor, seeds: Sequence[int], size: int = 512,
