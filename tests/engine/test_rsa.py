@@ -31,6 +31,7 @@ from rs_assistant.engine.models.rsa import (
     build_tokenizer,
     load_named_config,
 )
+from rs_assistant.engine.models.rsa.modeling_rsa import RSAClassRefiner
 from tests.engine.conftest import RSA_CORPUS
 from tests.engine.scripted import Script
 
@@ -692,6 +693,58 @@ def test_a_class_mask_bar_takes_the_pixels_where_a_small_class_is_likely_but_not
         RSAConfig.from_dict({**model.config.to_dict(), "class_mask_bars": {"shrubs": 0.2}})
     with pytest.raises(StrictDataclassClassValidationError, match="class_mask_bars"):
         RSAConfig.from_dict({**model.config.to_dict(), "class_mask_bars": {"trees": 0.0}})
+
+
+def test_a_class_refiner_finds_an_object_smaller_than_a_cell_of_the_class_heads_map(scripted, monkeypatch):
+    """The class head says buildings everywhere; a white pond of 4 x 6 pixels lies on a black window
+    (smaller than one of the head's cells). A refiner whose correction reads "bright means water" gives
+    "water bodies [SEG]" just the pond's pixels; untrained (its correction starts at zero) it serves the
+    head's own map, and a refiner needs the class head."""
+    backend = scripted("water bodies [SEG]")
+    model = backend.model
+    names = ["ground", "buildings", *(f"class {i}" for i in range(2, 10)), "water bodies", "class 11"]
+    model.config.pixel_class_loss_weight, model.config.num_aux_classes = 1.0, 12
+    model.config.class_names, model.config.class_nouns = names, {"buildings": 1, "water bodies": 10}
+    model.config.class_aware_masks = True
+    side = model.config.mask_size
+    assert 96 / side > 4 and 160 / side > 6  # the pond fits inside one cell of the head's map
+
+    def class_logits(features, detail=None):
+        logits = torch.zeros(features.shape[0], 12, side, side)
+        logits[:, 1] = 5.0
+        return logits
+
+    monkeypatch.setattr(model.mask_decoder, "pixel_class_logits", class_logits)
+    window = np.zeros((96, 160, 3), dtype=np.uint8)
+    window[40:44, 80:86] = 255
+    pond = np.zeros((96, 160), dtype=bool)
+    pond[40:44, 80:86] = True
+    assert run(backend, Task.SEGMENT, "segment the water", images=(window,)).detections == []  # the head alone
+    model.config.class_refine_channels, model.config.class_refine_size = 2, 128
+    model.class_refiner = RSAClassRefiner(model.config)
+    assert run(backend, Task.SEGMENT, "segment the water", images=(window,)).detections == []  # untrained: the head's map
+    (det,) = run(scripted("buildings [SEG]"), Task.SEGMENT, "segment the buildings", images=(window,)).detections
+    assert det.mask.all()
+    refiner = model.class_refiner
+    with torch.no_grad():
+        refiner.colour.weight.zero_()
+        refiner.colour.weight[0, :, 1, 1] = 1.0  # channel 0: r + g + b - 1.5, +1.5 on white, -1.5 on black
+        refiner.colour.bias.zero_()
+        for conv in (refiner.body[1], refiner.body[3]):  # pass channel 0 through
+            conv.weight.zero_()
+            conv.weight[0, 0, 1, 1] = 1.0
+            conv.bias.zero_()
+        refiner.correction.weight[10, 0] = 20.0
+        refiner.correction.bias[10] = 0.0  # water wins over the head's buildings (5) where the channel passes 0.25
+    (det,) = run(scripted("water bodies [SEG]"), Task.SEGMENT, "segment the water", images=(window,)).detections
+    assert det.label == "water bodies"
+    assert (det.mask & pond).sum() / (det.mask | pond).sum() > 0.7
+    model.class_refiner, model.config.class_refine_channels = None, 0
+    with pytest.raises(StrictDataclassClassValidationError, match="class_refine_channels"):
+        RSAConfig.from_dict({**model.config.to_dict(), "class_refine_channels": -1})
+    with pytest.raises(StrictDataclassClassValidationError, match="class_refine_channels"):
+        RSAConfig.from_dict({**model.config.to_dict(), "class_refine_channels": 8, "pixel_class_loss_weight": 0.0,
+                             "class_aware_masks": False})
 
 
 def test_class_region_masks_take_the_whole_class_region_the_decoded_mask_lands_on(scripted, monkeypatch):

@@ -592,9 +592,12 @@ class ClassRegions:
         """``[3, M, M]``: the window's colours in [0, 1] averaged over the head's cells."""
         if self.image is None:
             raise ValueError("the region selector needs the window's pixels")
-        logits = self.logits()
-        rgb = torch.from_numpy(np.ascontiguousarray(self.image[..., :3])).to(logits.device).permute(2, 0, 1)[None].float() / 255
-        return F.interpolate(rgb, size=tuple(logits.shape[-2:]), mode="area")[0]
+        return self.window_rgb(self.logits().shape[-1])[0]
+
+    def window_rgb(self, side: int) -> torch.Tensor:
+        """``[1, 3, side, side]``: the window's colours in [0, 1], area-averaged to ``side`` pixels a side."""
+        rgb = torch.from_numpy(np.ascontiguousarray(self.image[..., :3])).to(self.logits().device).permute(2, 0, 1)[None].float() / 255
+        return F.interpolate(rgb, size=(side, side), mode="area")
 
     def region_features(self, cls: int) -> torch.Tensor:
         """``[K, F]``: what the region selector reads of each candidate of class ``cls`` (regions.region_features)."""
@@ -698,10 +701,18 @@ class ClassRegions:
             self._logits = self.model.mask_decoder.pixel_class_logits(*self._inputs())[0].float()
         return self._logits
 
+    def fine_logits(self) -> torch.Tensor:
+        """``[classes, S, S]``: the class refiner's logits (RSAClassRefiner, at ``class_refine_size``), or the head's
+        own when the model has no refiner or the window's pixels are not known."""
+        if self.model.class_refiner is None or self.image is None:
+            return self.logits()
+        rgb = self.window_rgb(self.model.config.class_refine_size)
+        return self.model.refine_class_logits(self.logits()[None], self.pixel_features()[None], rgb)[0].float()
+
     def probabilities(self) -> torch.Tensor:
-        """``[classes, H, W]`` class probabilities at the window's size."""
+        """``[classes, H, W]`` class probabilities at the window's size (of :meth:`fine_logits`)."""
         if self._probabilities is None:
-            resized = F.interpolate(self.logits()[None], size=self.shape, mode="bilinear")[0]
+            resized = F.interpolate(self.fine_logits()[None], size=self.shape, mode="bilinear")[0]
             self._probabilities = torch.softmax(resized, dim=0)
         return self._probabilities
 

@@ -185,6 +185,17 @@ class RSAConfig(PreTrainedConfig):
     # most probable class (small classes the head rarely wins outright). Chosen per class on the
     # validation split (training.eval.calibrate); a class without a bar keeps the most probable pixels.
     class_mask_bars: dict | None = None
+    # The class refiner (a guided upsampling of that head's map, as CascadePSP refines a coarse
+    # segmentation with the image): a few convolutions over the window's colours at
+    # ``class_refine_size`` pixels a side, with the head's logits and pixel features upsampled to
+    # them, add a correction to the logits. The head's map is 1/4 of the input: a cell is 9 pixels
+    # of a 512 window, so a vehicle or a single tree crown is less than one. Trained after the rest
+    # on the frozen model (training.recipes.default.refine). Serving: the window-sized class map
+    # (class names' masks, the pixels of a selected region, fine extents) is the refined one; the
+    # regions the selector scores stay those of the head's own map. ``class_refine_channels`` is its
+    # width; 0: no refiner.
+    class_refine_channels: int = 0
+    class_refine_size: int = 224
     class_names: list | None = None
     class_nouns: dict | None = None
 
@@ -282,6 +293,11 @@ class RSAConfig(PreTrainedConfig):
         if self.region_selector_dim < 0 or (self.region_selector_dim > 0 and self.pixel_class_loss_weight <= 0):
             raise ValueError(f"region_selector_dim {self.region_selector_dim} must be 0, or positive with the per-pixel "
                              "class head (pixel_class_loss_weight > 0) whose regions it scores")
+        if self.class_refine_channels < 0 or (self.class_refine_channels > 0 and self.pixel_class_loss_weight <= 0):
+            raise ValueError(f"class_refine_channels {self.class_refine_channels} must be 0, or positive with the per-pixel "
+                             "class head (pixel_class_loss_weight > 0) whose map it refines")
+        if self.class_refine_size < 8:
+            raise ValueError(f"class_refine_size must be at least 8 pixels, got {self.class_refine_size}")
         if self.class_mask_bars and (set(self.class_mask_bars) - set(self.class_names or ())
                                      or not all(0 < float(b) <= 1 for b in self.class_mask_bars.values())):
             raise ValueError(f"class_mask_bars {self.class_mask_bars} must map class_names to probabilities in (0, 1]")

@@ -489,6 +489,43 @@ class RSARegionSelector(nn.Module):
         return self.score(torch.cat([regions * asked[None], regions], dim=-1))[:, 0]
 
 
+class RSAClassRefiner(nn.Module):
+    """Sharpens the per-pixel class head's map with the image (a guided upsampling, as CascadePSP
+    refines a coarse segmentation): the head's logits and pixel features, projected at the head's
+    resolution and upsampled, meet the colours at ``class_refine_size`` pixels a side; two 3x3
+    convolutions (the second dilated) read them and add a correction to the upsampled logits. The
+    correction starts at zero, so an untrained refiner serves the head's own map.
+    """
+
+    def __init__(self, config: RSAConfig):
+        super().__init__()
+        width, classes = config.class_refine_channels, config.num_aux_classes
+        pixels = config.mask_decoder_dim >> config.mask_upsample_steps
+        self.size = config.class_refine_size
+        self.coarse = nn.Conv2d(classes + pixels, width, kernel_size=1)
+        self.colour = nn.Conv2d(3, width, kernel_size=3, padding=1)
+        self.body = nn.Sequential(
+            nn.GELU(), nn.Conv2d(width, width, kernel_size=3, padding=1),
+            nn.GELU(), nn.Conv2d(width, width, kernel_size=3, padding=2, dilation=2), nn.GELU(),
+        )
+        self.correction = nn.Conv2d(width, classes, kernel_size=1)
+        for conv in (self.coarse, self.colour, self.body[1], self.body[3]):  # He init: the signal keeps its scale
+            nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+            nn.init.zeros_(conv.bias)
+        nn.init.zeros_(self.correction.weight)
+        nn.init.zeros_(self.correction.bias)
+
+    def forward(self, logits: torch.Tensor, pixels: torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
+        """The head's ``logits [n, K, M, M]`` and ``pixels [n, C, M, M]`` with the image ``rgb [n, 3, S, S]`` (in
+        0..1, S = ``class_refine_size``) -> refined logits ``[n, K, S, S]``."""
+        size = tuple(rgb.shape[-2:])
+        dtype = self.colour.weight.dtype
+        logits, pixels, rgb = logits.to(dtype), pixels.to(dtype), rgb.to(dtype)
+        context = F.interpolate(self.coarse(torch.cat([logits, pixels], dim=1)), size=size, mode="bilinear")
+        upsampled = F.interpolate(logits, size=size, mode="bilinear")
+        return upsampled + self.correction(self.body(context + self.colour(rgb - 0.5)))
+
+
 class RSAPreTrainedModel(PreTrainedModel):
     config: RSAConfig
     config_class = RSAConfig
@@ -510,6 +547,9 @@ class RSAPreTrainedModel(PreTrainedModel):
             init.normal_(module.position, std=self.config.initializer_range)
         elif isinstance(module, RSAVisualPosition):
             init.constant_(module.scale, 0.5)
+        elif isinstance(module, RSAClassRefiner):
+            init.zeros_(module.correction.weight)
+            init.zeros_(module.correction.bias)
         elif isinstance(module, RSARegionSelector):
             for name in ("feature_mean", "query_mean"):
                 init.zeros_(getattr(module, name))
@@ -537,6 +577,7 @@ class RSAForConditionalGeneration(RSAPreTrainedModel):
         self.mask_decoder = RSAMaskDecoder(config)
         self.visual_position = RSAVisualPosition(config) if config.visual_position_encoding else None
         self.region_selector = RSARegionSelector(config) if config.region_selector_dim > 0 else None
+        self.class_refiner = RSAClassRefiner(config) if config.class_refine_channels > 0 else None
         self.post_init()
         self._init_location_embeddings()
         self.apply_freezing()
@@ -717,6 +758,13 @@ class RSAForConditionalGeneration(RSAPreTrainedModel):
         if self.region_selector is None:
             raise ValueError("this model has no region selector (region_selector_dim is 0)")
         return self.region_selector(torch.cat([state, instruction.state]).float(), features.float(), instruction.words.float())
+
+    def refine_class_logits(self, logits: torch.Tensor, pixels: torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
+        """The class refiner's logits ``[n, K, S, S]`` from the class head's ``logits [n, K, M, M]``, the decoder's
+        pixel features ``[n, C, M, M]`` and the image ``rgb [n, 3, S, S]`` in 0..1 (RSAClassRefiner)."""
+        if self.class_refiner is None:
+            raise ValueError("this model has no class refiner (class_refine_channels is 0)")
+        return self.class_refiner(logits, pixels, rgb)
 
     def _instruction(self, input_ids: torch.Tensor, embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The embeddings of each prompt's last user turn (between its last ``<|user|>`` and the next
