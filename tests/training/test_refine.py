@@ -102,5 +102,8 @@ def test_train_refiner_writes_a_folder_the_engine_serves(tmp_path: Path):
     backend.ensure_loaded()
     model = backend.model
     assert (model.config.class_refine_channels, model.config.class_refine_size) == (4, 48)
-    assert model.class_refiner is not None and float(model.class_refiner.correction.weight.abs().sum()) > 0
+    assert model.class_refiner is not None and float(model.class_refiner.correction.weight.detach().abs().sum()) > 0
     assert RSAForConditionalGeneration.from_pretrained(source).class_refiner is None
+    again = tmp_path / "refined-again"  # the stage replaces a refiner of another width
+    stage.train_refiner(out, again, scenes_count=1, val_count=0, epochs=1, channels=6, side=32, size=96, workers=1, threads=1)
+    assert RSAForConditionalGeneration.from_pretrained(again).class_refiner.correction.in_channels == 6

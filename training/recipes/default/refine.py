@@ -161,12 +161,12 @@ def train_refiner(folder: Path, out: Path | None = None, scenes_count: int = 150
     processor = RSAProcessor.from_pretrained(folder)
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     saved_dtype = getattr(torch, str(config.get("dtype") or "float32"))
-    model = RSAForConditionalGeneration.from_pretrained(folder, local_files_only=True, dtype=torch.float32,
-                                                        class_refine_channels=channels, class_refine_size=side)
+    model = RSAForConditionalGeneration.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
     if model.config.pixel_class_loss_weight <= 0:
         raise ValueError(f"{folder}: the class refiner needs a model with the per-pixel class head")
     model = model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
-    model.class_refiner = None  # the examples hold the head's own map
+    model.class_refiner = None  # the examples hold the head's own map (a refiner the folder had is replaced)
+    model.config.class_refine_channels, model.config.class_refine_size = channels, side
     train = collect(model, processor, split_seeds("train", scenes_count), size, workers, "refiner examples (train)")
     val = collect(model, processor, split_seeds("val", val_count), size, workers, "refiner examples (val)") if val_count else []
     refiner = RSAClassRefiner(model.config)  # its correction starts at zero
