@@ -1,5 +1,5 @@
-"""Helpers the recipes' tests share (grounding, segment, change, rag, moe, capret): config, command-line runs,
-log, checkpoint and served-feature reading."""
+"""Helpers the recipes' tests share (grounding, segment, change, rag, moe, capret, the default's stages):
+config, command-line runs, log, checkpoint and served-feature reading, tiny RSA folders."""
 
 from __future__ import annotations
 
@@ -105,3 +105,16 @@ def models_file(tmp: Path, name: str, out: str | Path) -> Path:
     path = tmp / "models.toml"
     path.write_text(f'[models.{name}]\nbackend = "rsa"\npath = "{out}"\n', encoding="utf-8")
     return path
+
+
+def write_tiny_rsa(folder: Path, config: Any, corpus: list[str]) -> Path:
+    """A random-weight RSA model of ``config`` with a tokenizer built from ``corpus``, saved with its processor
+    to ``folder`` (seeded: the same weights every time)."""
+    from rs_assistant.engine.models.rsa import RSAForConditionalGeneration, RSAProcessor, build_tokenizer
+
+    tokenizer = build_tokenizer(corpus, vocab_size=512)
+    config.bind_tokenizer(tokenizer)
+    torch.manual_seed(0)
+    RSAForConditionalGeneration(config).save_pretrained(folder)
+    RSAProcessor.for_model(tokenizer, config).save_pretrained(folder)
+    return folder

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from rs_assistant.engine.backends.rsa import RSABackend
-from rs_assistant.engine.models.rsa import RSAForConditionalGeneration, RSAProcessor, build_tokenizer, load_named_config
+from rs_assistant.engine.models.rsa import RSAForConditionalGeneration, load_named_config
 from rs_assistant.engine.models.rsa.modeling_rsa import RSAClassRefiner
+from tests.training.rsa_recipes import write_tiny_rsa
 from training.data.synthetic import CLASSES
 from training.data.synthetic.classes import class_vocabulary
 from training.recipes.default import refine as stage
@@ -87,13 +88,8 @@ def test_fit_refuses_no_examples():
 def test_train_refiner_writes_a_folder_the_engine_serves(tmp_path: Path):
     """On a tiny random model: the examples come from real scenes, the folder gets the refiner and its
     config, and the rsa backend loads it and draws its class map with it."""
-    config = _config(channels=0)
-    tokenizer = build_tokenizer(["find the largest house", "segment the pond", "house [SEG]"], vocab_size=512)
-    config.bind_tokenizer(tokenizer)
-    torch.manual_seed(0)
     source, out = tmp_path / "rsa", tmp_path / "with-refiner"
-    RSAForConditionalGeneration(config).save_pretrained(source)
-    RSAProcessor.for_model(tokenizer, config).save_pretrained(source)
+    write_tiny_rsa(source, _config(channels=0), ["find the largest house", "segment the pond", "house [SEG]"])
     results = stage.train_refiner(source, out, scenes_count=2, val_count=1, epochs=1, channels=4, side=48, size=96,
                                   workers=1, threads=1)
     assert results["scenes"] == 2 and results["final_loss"] > 0

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from rs_assistant.engine.backends.rsa import RSABackend
-from rs_assistant.engine.models.rsa import RSAForConditionalGeneration, RSAProcessor, build_tokenizer, load_named_config
+from rs_assistant.engine.models.rsa import load_named_config
 from rs_assistant.engine.models.rsa.modeling_rsa import RSARegionSelector
 from rs_assistant.engine.models.rsa.regions import num_region_features
+from tests.training.rsa_recipes import write_tiny_rsa
 from training.data.synthetic import CLASSES
 from training.data.synthetic.classes import class_vocabulary
 from training.recipes.default import selector as stage
@@ -79,13 +80,8 @@ def test_fit_refuses_examples_without_a_matching_region():
 def test_train_selector_writes_a_folder_the_engine_serves(tmp_path: Path, monkeypatch):
     """On a tiny random model (a random class head still makes regions): the examples come from real
     scenes, the folder gets the selector and its config, and the rsa backend loads and uses it."""
-    config = _config(dim=0)
-    tokenizer = build_tokenizer(["find the largest house", "segment the pond left of the road", "house [SEG]"], vocab_size=512)
-    config.bind_tokenizer(tokenizer)
-    torch.manual_seed(0)
     source, out = tmp_path / "rsa", tmp_path / "with-selector"
-    RSAForConditionalGeneration(config).save_pretrained(source)
-    RSAProcessor.for_model(tokenizer, config).save_pretrained(source)
+    write_tiny_rsa(source, _config(dim=0), ["find the largest house", "segment the pond left of the road", "house [SEG]"])
     monkeypatch.setattr(stage, "MIN_TARGET_IOU", 0.0)  # a random class head rarely matches an object
     results = stage.train_selector(source, out, scenes_count=2, val_count=1, epochs=1, dim=16, size=128, workers=1)
     assert results["examples"] > 0 and 0 <= results["val_ground_acc@0.5"] <= results["val_best_ground_acc@0.5"]

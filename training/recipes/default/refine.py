@@ -19,10 +19,8 @@ may run in either order.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -43,6 +41,7 @@ from rs_assistant.engine.models.rsa.modeling_rsa import RSAClassRefiner  # noqa:
 from training.data.synthetic import split_seeds  # noqa: E402
 from training.eval.metrics import mask_iou  # noqa: E402
 from training.recipes.default.selector import scenes  # noqa: E402
+from training.recipes.default.stages import load_frozen, stage_parser, train_epochs, write_back  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -106,31 +105,13 @@ def fit(refiner: RSAClassRefiner, examples: Sequence[Example], epochs: int = 6, 
         raise ValueError("no examples to train the class refiner on")
     classes, side = examples[0].logits.shape[0], refiner.size
     weights = class_weights(examples, classes, balance)
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(refiner.parameters(), lr=lr, weight_decay=0.01)
-    steps = epochs * math.ceil(len(examples) / batch)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step / steps, 1.0))))
-    losses = []
-    refiner.train()
-    with tqdm(total=steps, desc="class refiner", dynamic_ncols=True) as bar:
-        for _ in range(epochs):
-            order = torch.randperm(len(examples), generator=generator).tolist()
-            total = 0.0
-            for start in range(0, len(order), batch):
-                chosen = [examples[i] for i in order[start : start + batch]]
-                logits, pixels, rgb, targets = _batch(chosen, classes, side)
-                refined = refiner(logits, pixels, rgb).float()
-                loss = -(targets * weights[None, :, None, None] * F.log_softmax(refined, dim=1)).sum(dim=1).mean()
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-                total += float(loss.detach()) * len(chosen)
-                bar.update()
-            losses.append(total / len(examples))
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    refiner.eval()
-    return losses
+
+    def loss_of(chosen: list[Example]) -> torch.Tensor:
+        logits, pixels, rgb, targets = _batch(chosen, classes, side)
+        refined = refiner(logits, pixels, rgb).float()
+        return -(targets * weights[None, :, None, None] * F.log_softmax(refined, dim=1)).sum(dim=1).mean()
+
+    return train_epochs(refiner, examples, loss_of, epochs, lr, batch, seed, "class refiner")
 
 
 @torch.no_grad()
@@ -158,13 +139,9 @@ def train_refiner(folder: Path, out: Path | None = None, scenes_count: int = 150
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
     started = time.perf_counter()
-    processor = RSAProcessor.from_pretrained(folder)
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    saved_dtype = getattr(torch, str(config.get("dtype") or "float32"))
-    model = RSAForConditionalGeneration.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
+    processor, model, saved_dtype = load_frozen(folder)
     if model.config.pixel_class_loss_weight <= 0:
         raise ValueError(f"{folder}: the class refiner needs a model with the per-pixel class head")
-    model = model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
     model.class_refiner = None  # the examples hold the head's own map (a refiner the folder had is replaced)
     model.config.class_refine_channels, model.config.class_refine_size = channels, side
     train = collect(model, processor, split_seeds("train", scenes_count), size, workers, "refiner examples (train)")
@@ -178,28 +155,16 @@ def train_refiner(folder: Path, out: Path | None = None, scenes_count: int = 150
         results["val_head_iou"] = class_ious(None, val, names)
         results["val_refined_iou"] = class_ious(refiner.cpu(), val, names)
         model.class_refiner = refiner.to(model.device)
-    target = out or folder
-    target.mkdir(parents=True, exist_ok=True)
-    model.cpu().to(saved_dtype).save_pretrained(target)
-    if target != folder:
-        processor.save_pretrained(target)
+    target = write_back(model, processor, folder, out, saved_dtype)
     log.info("class refiner written to %s", target)
     return results
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.recipes.default.refine", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=Path("resources/models/rsa-default"), help="RSA checkpoint folder")
-    parser.add_argument("--out", type=Path, default=None, help="where to write the model (default: --model)")
-    parser.add_argument("--scenes", type=int, default=1500, help="train scenes (default 1500)")
-    parser.add_argument("--val", type=int, default=40, help="val scenes to report on (default 40)")
-    parser.add_argument("--epochs", type=int, default=6)
+    parser = stage_parser("python -m training.recipes.default.refine", __doc__.splitlines()[0], scenes=1500, epochs=6, threads=2)
     parser.add_argument("--channels", type=int, default=24, help="the refiner's width (default 24)")
     parser.add_argument("--side", type=int, default=224, help="the refined map's side in pixels (default 224)")
     parser.add_argument("--balance", type=float, default=0.5, help="class weight power (default 0.5)")
-    parser.add_argument("--size", type=int, default=512, help="window side in pixels (default 512)")
-    parser.add_argument("--workers", type=int, default=2, help="processes generating scenes (default 2)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.scenes < 1 or args.epochs < 1 or args.channels < 1 or args.side < 8 or not 0 <= args.balance <= 1:

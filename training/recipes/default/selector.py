@@ -20,10 +20,8 @@ whole stage takes 28 minutes (README).
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -48,6 +46,7 @@ from rs_assistant.engine.models.rsa import RSAForConditionalGeneration, RSAProce
 from rs_assistant.engine.models.rsa.modeling_rsa import RSARegionSelector  # noqa: E402
 from training.data.synthetic import generate_scene, split_seeds  # noqa: E402
 from training.eval.metrics import mask_iou  # noqa: E402
+from training.recipes.default.stages import load_frozen, stage_parser, train_epochs, write_back  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -154,31 +153,12 @@ def fit(selector: RSARegionSelector, examples: Sequence[Example], epochs: int = 
     if not usable:
         raise ValueError("no example has a candidate region that matches its object: is the class head trained?")
     selector.set_statistics(torch.cat([e.features.float() for e in usable]), torch.stack([e.query.float() for e in usable]))
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(selector.parameters(), lr=lr, weight_decay=0.01)
-    steps = epochs * math.ceil(len(usable) / batch)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step / steps, 1.0))))
-    losses = []
-    selector.train()
-    with tqdm(total=steps, desc="selector", dynamic_ncols=True) as bar:
-        for _ in range(epochs):
-            order = torch.randperm(len(usable), generator=generator).tolist()
-            total = 0.0
-            for start in range(0, len(order), batch):
-                chosen = [usable[i] for i in order[start : start + batch]]
-                loss = torch.stack([F.cross_entropy(selector(e.query.float(), e.features.float(), e.words.float())[None],
-                                                     torch.tensor([e.target]))
-                                    for e in chosen]).mean()
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-                total += float(loss.detach()) * len(chosen)
-                bar.update()
-            losses.append(total / len(usable))
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    selector.eval()
-    return losses
+
+    def loss_of(chosen: list[Example]) -> torch.Tensor:
+        return torch.stack([F.cross_entropy(selector(e.query.float(), e.features.float(), e.words.float())[None], torch.tensor([e.target]))
+                            for e in chosen]).mean()
+
+    return train_epochs(selector, usable, loss_of, epochs, lr, batch, seed, "selector")
 
 
 @torch.no_grad()
@@ -202,14 +182,9 @@ def train_selector(folder: Path, out: Path | None = None, scenes_count: int = 20
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
     started = time.perf_counter()
-    processor = RSAProcessor.from_pretrained(folder)
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    saved_dtype = getattr(torch, str(config.get("dtype") or "float32"))
-    model = RSAForConditionalGeneration.from_pretrained(folder, local_files_only=True, dtype=torch.float32,
-                                                        region_selector_dim=dim)
+    processor, model, saved_dtype = load_frozen(folder, region_selector_dim=dim)
     if model.config.pixel_class_loss_weight <= 0 or not model.config.class_nouns:
         raise ValueError(f"{folder}: the region selector needs a model with the per-pixel class head and class_nouns")
-    model = model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
     selector = RSARegionSelector(model.config)  # fresh, whatever the folder held
     train = collect(model, processor, split_seeds("train", scenes_count), size, workers, "selector examples (train)")
     val = collect(model, processor, split_seeds("val", val_count), size, workers, "selector examples (val)") if val_count else []
@@ -217,26 +192,14 @@ def train_selector(folder: Path, out: Path | None = None, scenes_count: int = 20
     model.region_selector = selector.to(model.device)
     results = {"examples": len(train), "usable": sum(e.usable for e in train), "final_loss": losses[-1],
                **{f"val_{k}": v for k, v in accuracy(selector, val).items()}, "seconds": round(time.perf_counter() - started, 1)}
-    target = out or folder
-    target.mkdir(parents=True, exist_ok=True)
-    model.cpu().to(saved_dtype).save_pretrained(target)
-    if target != folder:
-        processor.save_pretrained(target)
+    target = write_back(model, processor, folder, out, saved_dtype)
     log.info("region selector written to %s: %s", target, results)
     return results
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.recipes.default.selector", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=Path("resources/models/rsa-default"), help="RSA checkpoint folder")
-    parser.add_argument("--out", type=Path, default=None, help="where to write the model (default: --model)")
-    parser.add_argument("--scenes", type=int, default=2000, help="train scenes (default 2000)")
-    parser.add_argument("--val", type=int, default=40, help="val scenes to report on (default 40)")
-    parser.add_argument("--epochs", type=int, default=8)
+    parser = stage_parser("python -m training.recipes.default.selector", __doc__.splitlines()[0], scenes=2000, epochs=8, threads=1)
     parser.add_argument("--dim", type=int, default=128, help="the selector's width (default 128)")
-    parser.add_argument("--size", type=int, default=512, help="window side in pixels (default 512)")
-    parser.add_argument("--workers", type=int, default=2, help="processes generating scenes (default 2)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads beside the workers (default 1)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.scenes < 1 or args.epochs < 1 or args.dim < 1:
