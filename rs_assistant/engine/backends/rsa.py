@@ -27,7 +27,10 @@ by RSAProcessor.parse_answer (the formats are documented in processing_rsa.py):
   with a region selector (``region_selector_dim``, regions.py) chooses the region itself for an
   answer that names one object: the grounding answer's only box, or a segment answer's only
   ``[SEG]`` named by another noun of a class, becomes the region it scores highest for the
-  expression (the hidden state that wrote the box or [SEG] and the mean state of the user's turn);
+  expression (the hidden state that wrote the box or [SEG] and the mean state of the user's turn).
+  The head's map at the window's size is its logits upsampled, or with a class refiner
+  (``class_refine_channels``) the refiner's sharper map from those logits and the window's colours;
+  the regions the selector scores stay those of the head's own cells;
 - change: the caption, prefixed with the changed/unchanged head's verdict ("changed (93%): ...";
   changed from the config's ``change_threshold`` on, 0.5 unless calibrated); when changed, the
   ``[SEG]`` masks (over the difference features) become ``change`` detections scored by the head.
