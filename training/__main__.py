@@ -8,7 +8,8 @@ recipes (all but default) run data-parallel over every process (training/loop.py
 
 Recipes (each has ``tiny.toml`` for a CPU in seconds and a paper-sized config; training/README.md):
 
-- ``default``: the built-in RSA model on the Synthetic Earth (training/recipes/default);
+- ``default``: the built-in RSA model on the Synthetic Earth, its main run and then the stages its config
+  asks for (training/recipes/default/pipeline.py);
 - ``clip``: GeoRSCLIP/SkyCLIP continued contrastive training of a CLIP, full or LoRA (recipes/clip);
 - ``capret``: RS-CapRet, a frozen CLIP and a frozen LLM joined by a trained linear bridge, with a
   ``[RET]`` token for retrieval (recipes/capret);
@@ -45,9 +46,10 @@ log = logging.getLogger(__name__)
 
 def _run_default(config: dict[str, Any], fresh: bool) -> int:
     from training.loop import install_signal_stop
-    from training.recipes.default.train import TrainConfig, train
+    from training.recipes.default.pipeline import run
+    from training.recipes.default.train import TrainConfig
 
-    result = train(TrainConfig.from_dict(config), fresh=fresh, stop=install_signal_stop())
+    result = run(TrainConfig.from_dict(config), fresh=fresh, stop=install_signal_stop())
     return 0 if result.finished else 3
 
 

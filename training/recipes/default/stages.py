@@ -1,11 +1,13 @@
-"""What the training stages after the main run share (selector.py, refine.py): the checkpoint they
-load with everything frozen, how they write it back, their common options and their training loop."""
+"""What the training stages after the main run share (selector.py, refine.py): the recipe's settings
+for them, the checkpoint they load with everything frozen, how they write it back, their common
+options and their training loop."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence, TypeVar
 
@@ -14,8 +16,40 @@ from torch import nn
 from tqdm import tqdm
 
 from rs_assistant.engine.models.rsa import RSAForConditionalGeneration, RSAProcessor
+from training.loop import ConfigFromDict
 
 Item = TypeVar("Item")
+
+
+@dataclass(frozen=True)
+class StageSettings(ConfigFromDict):
+    """The ``[stages]`` table of a default recipe config: what runs after the main run (pipeline.py), in this
+    order. A stage with 0 scenes does not run, so a config without the table trains the main run only."""
+
+    selector_scenes: int = 0  # train scenes the region selector learns from (selector.py; 0: no selector)
+    selector_epochs: int = 8
+    refine_scenes: int = 0  # train scenes the class refiner learns from (refine.py; 0: no refiner)
+    refine_epochs: int = 6
+    calibrate_scenes: int = 0  # val scenes the serving thresholds are chosen on (training.eval.calibrate; 0: none)
+    calibrate_pairs: int = 200  # val pairs for the change threshold
+    calibrate_captions: int = 0  # val scenes for the caption decoding (0: keep the config's)
+    val_scenes: int = 40  # val scenes the selector and refiner stages report on
+    size: int = 512  # window side in pixels the scenes are drawn at, as the engine reads a window
+    workers: int = 2  # processes generating scenes
+
+    def __post_init__(self) -> None:
+        counts = {k: v for k, v in vars(self).items() if k != "size"}
+        negative = sorted(k for k, v in counts.items() if v < 0)
+        if negative:
+            raise ValueError(f"stages: {', '.join(negative)} must not be negative")
+        if self.selector_epochs < 1 or self.refine_epochs < 1 or self.size < 32:
+            raise ValueError("stages: selector_epochs and refine_epochs must be positive and size at least 32")
+
+    @property
+    def names(self) -> list[str]:
+        """The stages that run, in order."""
+        return [name for name, count in (("selector", self.selector_scenes), ("refiner", self.refine_scenes),
+                                         ("calibration", self.calibrate_scenes)) if count > 0]
 
 
 def load_frozen(folder: Path, **overrides) -> tuple[RSAProcessor, RSAForConditionalGeneration, torch.dtype]:

@@ -42,20 +42,23 @@ from tqdm import tqdm
 from transformers import PreTrainedTokenizerFast
 
 from rs_assistant.core.protocol import Task
-from rs_assistant.engine.models.rsa import RSAForConditionalGeneration, RSAProcessor, build_tokenizer, load_named_config
+from rs_assistant.engine.models.rsa import (
+    RSAConfig, RSAForConditionalGeneration, RSAProcessor, build_tokenizer, load_named_config,
+)
 from training.loop import (
     CHECKPOINT, LOG_FILE, ConfigFromDict, TrainResult, check_settings, load_checkpoint, rng_state, set_rng_state,
     write_checkpoint,
 )
 from training.data.synthetic.classes import class_vocabulary
 from training.recipes.default.dataset import DataSettings, Sampler, corpus, load_cache, referring_nouns
+from training.recipes.default.stages import StageSettings
 
 log = logging.getLogger(__name__)
 
 MAX_SHIPPED_MB = 25.0
 EXPORT_RESERVE_S = 30.0  # of the time budget kept for the export
 #: Keys whose change makes an existing checkpoint unusable (the rest may change on resume).
-RUN_KEYS = ("model", "seed", "scene_size", "region_min", "region_max", "num_scenes", "num_pairs",
+RUN_KEYS = ("model", "model_settings", "seed", "scene_size", "region_min", "region_max", "num_scenes", "num_pairs",
             "max_ground_objects", "mix", "batch_size", "fixed_batches")
 TASK_SHORT = {Task.CAPTION: "cap", Task.GROUND: "gnd", Task.SEGMENT: "seg", Task.CHANGE: "chg", Task.CHAT: "qa"}
 
@@ -65,6 +68,7 @@ class TrainConfig(ConfigFromDict):
     """The recipe's settings (tiny.toml and default.toml give them; ``--set`` overrides any)."""
 
     model: str = "default"  # named RSA config (rs_assistant/engine/models/rsa/configs/NAME.json)
+    model_settings: Mapping[str, Any] = field(default_factory=dict)  # RSAConfig fields set over the named config
     out: str = "resources/models/rsa-default"
     work_dir: str = "out/train/default"
     seed: int = 0
@@ -93,6 +97,8 @@ class TrainConfig(ConfigFromDict):
     threads: int = 2
     checkpoint_every: int = 200
     log_every: int = 10
+    # the stages after the main run (pipeline.py; stages.StageSettings): none unless asked
+    stages: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         missing = {t.value for t in Task if t.value in ("caption", "ground", "segment", "change", "chat")} - set(self.mix)
@@ -106,6 +112,21 @@ class TrainConfig(ConfigFromDict):
             raise ValueError(f"region_min {self.region_min} exceeds region_max {self.region_max}")
         if Path(self.work_dir).resolve() == Path(self.out).resolve() or Path(self.out).resolve() in Path(self.work_dir).resolve().parents:
             raise ValueError(f"work_dir {self.work_dir} must lie outside out {self.out}: only the final model is shipped")
+        try:  # an unknown model, model setting or stage setting is named before anything runs
+            self.model_config()
+        except FileNotFoundError as exc:
+            raise ValueError(str(exc)) from None
+        self.stage_settings()
+
+    def stage_settings(self) -> StageSettings:
+        try:
+            return StageSettings.from_dict(self.stages)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"[stages] {exc}") from None
+
+    def model_config(self) -> RSAConfig:
+        """The named RSA config with ``model_settings`` over it (an unknown field is named)."""
+        return load_named_config(self.model, **self.model_settings)
 
     def data_settings(self) -> DataSettings:
         return DataSettings(self.seed, self.scene_size, self.region_min, self.region_max, self.num_scenes,
@@ -137,7 +158,7 @@ def train(config: TrainConfig, fresh: bool = False, stop: Callable[[int], bool] 
     checkpoint = _read_checkpoint(work_dir, config)
     scenes, pairs, data_seconds = load_cache(config.data_settings(), work_dir, config.data_workers)
     tokenizer = _tokenizer(work_dir, config, scenes, pairs)
-    model_config = load_named_config(config.model)
+    model_config = config.model_config()
     model_config.text_config.vocab_size = len(tokenizer)
     model_config.bind_tokenizer(tokenizer)
     model_config.change_seg_marks_changed = True  # dataset.py: a changed pair's caption ends with [SEG], only then

@@ -41,7 +41,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig, PreTrainedTokenizerBase
@@ -354,13 +354,16 @@ class RSAConfig(PreTrainedConfig):
         self.text_config.vocab_size = max(int(self.text_config.vocab_size), len(tokenizer))
 
 
-def load_named_config(name: str) -> RSAConfig:
-    """``configs/NAME.json`` (tiny, default, large) as an RSAConfig."""
+def load_named_config(name: str, **changes: Any) -> RSAConfig:
+    """``configs/NAME.json`` (tiny, default, large) as an RSAConfig, with ``changes`` (RSAConfig fields) over it."""
     path = CONFIGS_DIR / f"{name}.json"
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in CONFIGS_DIR.glob("*.json")))
         raise FileNotFoundError(f"no RSA config named {name!r} ({path}); known: {known}")
-    return RSAConfig(**json.loads(path.read_text(encoding="utf-8")))
+    unknown = sorted(key for key in changes if not hasattr(RSAConfig, key))
+    if unknown:
+        raise ValueError(f"RSAConfig has no field(s) {', '.join(unknown)}")
+    return RSAConfig(**{**json.loads(path.read_text(encoding="utf-8")), **changes})
 
 
 __all__ = ["CONFIGS_DIR", "RSAConfig", "load_named_config"]
