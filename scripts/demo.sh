@@ -11,7 +11,7 @@ PY=.venv/bin/python
 die() { printf 'demo: %s\n' "$*" >&2; exit 1; }
 
 [ -f resources/models/rsa-default/model.safetensors ] \
-  || echo "demo: note: the built-in model's weights (resources/models/rsa-default) are missing; train them with: $PY -m training default --config training/recipes/default/default.toml"
+  || echo "demo: note: the built-in model's weights (resources/models/rsa-default) are missing; train them (2 CPU cores, 60 minutes) with: $PY -m training default --config training/recipes/default/default_v13.toml"
 
 if [ ! -f resources/demo/demo.qgs ]; then
   QT_QPA_PLATFORM=offscreen $PY scripts/make_demo_data.py --out resources/demo || die "could not write the demo data"

@@ -1,8 +1,9 @@
-"""python -m training default --config training/recipes/default/default.toml [--set key=value ...] [--fresh]
+"""python -m training default --config training/recipes/default/default_v13.toml [--set key=value ...] [--fresh]
 
-Trains the built-in RSA model (``default``) from scratch on the Synthetic Earth, then writes it
-(fp16 safetensors, config, tokenizer, processor settings and the training log) to ``out``
-(resources/models/rsa-default), which the engine serves as model ``default``.
+The main run of the default recipe: trains the built-in RSA model (``default``) from scratch on the
+Synthetic Earth, then writes it (fp16 safetensors, config, tokenizer, processor settings and the
+training log) to ``out`` (resources/models/rsa-default), which the engine serves as model ``default``.
+The stages the config's ``[stages]`` table asks for then run on that folder (pipeline.py).
 
 The run:
 
@@ -65,7 +66,7 @@ TASK_SHORT = {Task.CAPTION: "cap", Task.GROUND: "gnd", Task.SEGMENT: "seg", Task
 
 @dataclass(frozen=True)
 class TrainConfig(ConfigFromDict):
-    """The recipe's settings (tiny.toml and default.toml give them; ``--set`` overrides any)."""
+    """The recipe's settings (tiny.toml and default_v13.toml give them; ``--set`` overrides any)."""
 
     model: str = "default"  # named RSA config (rs_assistant/engine/models/rsa/configs/NAME.json)
     model_settings: Mapping[str, Any] = field(default_factory=dict)  # RSAConfig fields set over the named config
