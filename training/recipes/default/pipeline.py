@@ -37,7 +37,8 @@ def run(config: TrainConfig, fresh: bool = False, stop: Callable[[int], bool] | 
     state_path = work_dir / STATE
     if fresh:
         state_path.unlink(missing_ok=True)
-    planned = {"train": {k: config.as_json()[k] for k in RUN_KEYS} | {"out": str(out)}}
+    values = config.as_json()
+    planned = {"train": {k: values[k] for k in RUN_KEYS} | {"out": str(out)}}
     planned.update({name: _stage_keys(settings, name) for name in settings.names})
     done = _still_done(_read(state_path), planned, out)
     step = done.get("train", {}).get("step", 0)

@@ -38,8 +38,7 @@ class StageSettings(ConfigFromDict):
     workers: int = 2  # processes generating scenes
 
     def __post_init__(self) -> None:
-        counts = {k: v for k, v in vars(self).items() if k != "size"}
-        negative = sorted(k for k, v in counts.items() if v < 0)
+        negative = sorted(k for k, v in vars(self).items() if v < 0)
         if negative:
             raise ValueError(f"stages: {', '.join(negative)} must not be negative")
         if self.selector_epochs < 1 or self.refine_epochs < 1 or self.size < 32:

@@ -304,7 +304,7 @@ def _tokenizer(work_dir: Path, config: TrainConfig, scenes: list, pairs: list) -
     folder = work_dir / "tokenizer"
     if (folder / "tokenizer.json").is_file():
         return PreTrainedTokenizerFast.from_pretrained(folder, local_files_only=True)
-    vocab = int(load_named_config(config.model).text_config.vocab_size)
+    vocab = int(config.model_config().text_config.vocab_size)
     tokenizer = build_tokenizer(corpus(scenes, pairs), vocab_size=vocab)
     tokenizer.save_pretrained(folder)
     log.info("tokenizer: %d tokens (at most %d)", len(tokenizer), vocab)
