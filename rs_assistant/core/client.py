@@ -63,9 +63,11 @@ class EngineClient:
     def health(self, timeout: float | None = None) -> Health:
         data = self._call("GET", "/v1/health", auth=False, timeout=timeout)
         try:
-            return Health(status=str(data["status"]), version=str(data.get("version", "")), device=str(data.get("device", "")))
-        except (KeyError, TypeError):
-            raise ProtocolError(ErrorCode.ENGINE_UNREACHABLE, f"{self.url} did not answer like an RS Assistant engine") from None
+            return Health.from_dict(data)
+        except ProtocolError as exc:
+            raise ProtocolError(
+                ErrorCode.ENGINE_UNREACHABLE, f"{self.url} did not answer like an RS Assistant engine ({exc.message})"
+            ) from None
 
     def models(self) -> list[ModelInfo]:
         return model_list_from_dict(self._call("GET", "/v1/models"))

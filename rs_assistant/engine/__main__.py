@@ -4,6 +4,7 @@ python -m rs_assistant.engine run --task TASK --image PATH [--image PATH] [--ext
 python -m rs_assistant.engine batch --task TASK --image PATH [--image PATH] [--extent XMIN,YMIN,XMAX,YMAX] [--crs EPSG:N]
     [--prompt TEXT] [--tile-size N] [--overlap N] [--batch-size N] [--top-k N] [--model NAME] [--models FILE]
     [--output FILE.geojsonl] [--ray-address ADDRESS [--workers N]] [--device auto|cpu|cuda|mps]
+python -m rs_assistant.engine selftest [--device auto|cpu|cuda|mps]
 
 ``serve`` binds its socket first (port 0: a free one), then prints exactly one line,
 ``READY http://HOST:PORT``, on stdout once it accepts requests; logs go to stderr. Every route but
@@ -21,6 +22,13 @@ It prints the /v1/batch events as NDJSON on stdout, or, with --output, writes ev
 feature (tile features, then the merged and ranked ones) to a GeoJSON-lines file and a progress
 line to stderr. --ray-address runs the tiles on a Ray cluster (rs_assistant.engine.distributed).
 Exit codes as for ``run``.
+
+``selftest`` checks that the engine's packages import and says what it would compute on: one JSON
+line, ``{"ok": true, "type", "name", "memory_gb", "dtype", "torch", "cuda", "warning"}`` (the
+``device_info`` of /v1/health), exit 0. A missing package prints ``{"ok": false, "error": {"code":
+"missing_package", "module": NAME, "message"}}`` and exits 1; a device that cannot be used (--device
+cuda without a GPU) prints ``{"ok": false, "error": {...}}`` and exits 2. The settings dialog's Test
+button runs it.
 """
 
 from __future__ import annotations
@@ -65,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "batch":
         return _batch(args)
+    if args.command == "selftest":
+        return _selftest(args)
     return _run(args)
 
 
@@ -90,6 +100,8 @@ def _parser() -> argparse.ArgumentParser:
     for sub in (serve, run, batch):
         sub.add_argument("--models", type=Path, default=None, help="models file (TOML); without it only 'default' exists")
         sub.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    selftest = commands.add_parser("selftest", help="check the engine's packages; print its device, torch and CUDA as one JSON line")
+    selftest.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     return parser
 
 
@@ -124,6 +136,26 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"READY {url}", flush=True)
 
     Server(create_app(engine, token), sock, on_ready=ready).run_on_socket()
+    return 0
+
+
+def _selftest(args: argparse.Namespace) -> int:
+    try:
+        # What `serve` imports (torch, fastapi, uvicorn, rasterio, shapely, pyproj, ...): a package
+        # missing from the engine's environment shows here, not only when the engine starts.
+        import rs_assistant.engine.server  # noqa: F401
+        from rs_assistant.engine.device import choose_device, device_info
+    except ImportError as exc:
+        module = getattr(exc, "name", None) or ""
+        error = {"code": "missing_package", "module": module, "message": f"{exc}; run the engine set-up again"}
+        print(json.dumps({"ok": False, "error": error}), flush=True)
+        return EXIT_ENGINE_FAULT
+    try:
+        info = device_info(choose_device(args.device))
+    except ProtocolError as exc:
+        print(json.dumps({"ok": False, **exc.to_dict()}), flush=True)
+        return EXIT_BAD_INPUT
+    print(json.dumps({"ok": True, **info.to_dict()}), flush=True)
     return 0
 
 

@@ -7,11 +7,16 @@ slower.
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
+import platform
+import shutil
+from pathlib import Path
 
 import torch
 
-from rs_assistant.core.protocol import ErrorCode, ProtocolError
+from rs_assistant.core.protocol import DeviceInfo, DeviceType, ErrorCode, ProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -58,3 +63,122 @@ def describe(device: str) -> str:
         index = torch.device(device).index or 0
         return f"{device} ({torch.cuda.get_device_name(index)}, {dtype})"
     return f"{device} ({dtype})"
+
+
+# --- what the engine runs on, and why not on the GPU (GET /v1/health's device_info, `selftest`) ----
+
+SETUP_AGAIN = "run the engine set-up again with the CUDA build (Settings > Set up the engine, torch: CUDA)"
+
+
+@functools.lru_cache(maxsize=None)
+def device_info(device: str) -> DeviceInfo:
+    """What ``device`` (as :func:`choose_device` resolved it) is: name, memory, dtype, torch's build,
+    and a warning when an NVIDIA GPU is present but unused. Cached: the answer cannot change while
+    the engine runs, and health is asked every few seconds."""
+    kind = DeviceType(device.split(":", 1)[0])
+    dtype = str(torch_dtype(device)).replace("torch.", "")
+    torch_cuda = torch.version.cuda
+    if kind is DeviceType.CUDA:
+        index = torch.device(device).index or 0
+        name = torch.cuda.get_device_name(index)
+        memory = torch.cuda.get_device_properties(index).total_memory / 1024**3
+        warning = ""
+    else:
+        name, memory = _machine_name(), _machine_memory_gb()
+        present = nvidia_present()
+        available = bool(torch_cuda) and torch.cuda.is_available()
+        cuda_error = _cuda_error() if present and torch_cuda and not available else ""
+        warning = cpu_fallback_warning(present, torch_cuda, available, device, cuda_error)
+        if kind is DeviceType.MPS:
+            name = f"Apple GPU ({name})" if name else "Apple GPU"
+    if warning:
+        log.warning("%s", warning)
+    return DeviceInfo(
+        type=kind,
+        name=name,
+        memory_gb=round(memory, 1) if memory is not None else None,
+        dtype=dtype,
+        torch=torch.__version__,
+        cuda=torch_cuda,
+        warning=warning,
+    )
+
+
+def cpu_fallback_warning(
+    nvidia_present: bool, torch_cuda: str | None, cuda_available: bool, device: str, cuda_error: str = ""
+) -> str:
+    """What is wrong, and what to do, when the engine computes on the CPU of a machine with an NVIDIA
+    GPU; "" when there is nothing to say (a GPU in use, or none to use).
+
+    ``nvidia_present``: an NVIDIA driver is installed (:func:`nvidia_present`); ``torch_cuda``:
+    ``torch.version.cuda`` (None for a CPU-only build of torch); ``cuda_available``:
+    ``torch.cuda.is_available()``; ``device``: the device the engine runs on; ``cuda_error``: what
+    CUDA's initialisation said, if it failed.
+    """
+    if not device.startswith("cpu") or not nvidia_present:
+        return ""
+    if not torch_cuda:
+        return (
+            "This computer has an NVIDIA GPU, but the engine's torch is a CPU-only build, so the engine runs "
+            f"on the CPU (much slower). To use the GPU, {SETUP_AGAIN}."
+        )
+    if not cuda_available:
+        said = f" (CUDA said: {cuda_error.strip()})" if cuda_error.strip() else ""
+        return (
+            f"This computer has an NVIDIA GPU, but torch (built for CUDA {torch_cuda}) cannot use it, so the engine "
+            f"runs on the CPU: the NVIDIA driver is too old for CUDA {torch_cuda} or is not loaded{said}. Update the "
+            f"NVIDIA driver to one that supports CUDA {torch_cuda} and restart the computer; or, if the driver "
+            "cannot be updated, run the engine set-up again with torch: CPU."
+        )
+    return (
+        "This computer has an NVIDIA GPU that torch can use, but the engine was told to run on the CPU. "
+        "Clear the Device setting (or choose cuda) in the settings to use the GPU."
+    )
+
+
+def nvidia_present(system: str | None = None, root: Path = Path("/")) -> bool:
+    """Whether an NVIDIA driver is installed, without importing torch or running anything.
+
+    Linux: the kernel module's /proc/driver/nvidia/version; Windows: nvidia-smi on PATH or in
+    %SystemRoot%\\System32 (the driver installs it there); macOS: never (no CUDA). ``root`` lets
+    tests point the Linux check at a folder of their own.
+    """
+    system = system or platform.system()
+    if system == "Linux":
+        return (root / "proc" / "driver" / "nvidia" / "version").exists()
+    if system == "Darwin":
+        return False
+    if system == "Windows":
+        system32 = Path(os.environ.get("SystemRoot", r"C:\Windows")) / "System32"
+        return shutil.which("nvidia-smi") is not None or (system32 / "nvidia-smi.exe").exists()
+    return shutil.which("nvidia-smi") is not None
+
+
+def _cuda_error() -> str:
+    """Why CUDA did not initialise (e.g. "The NVIDIA driver on your system is too old"), first line only."""
+    try:
+        torch.cuda.init()
+    except Exception as exc:  # noqa: BLE001 - any reason is worth reporting, none is fatal
+        return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+    return ""
+
+
+def _machine_name() -> str:
+    """The CPU's model name: /proc/cpuinfo's 'model name' on Linux, platform.processor() elsewhere."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "CPU"
+
+
+def _machine_memory_gb() -> float | None:
+    """The machine's memory in GiB where the OS tells it cheaply (POSIX sysconf), else None."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 1024**3
+    except (AttributeError, ValueError, OSError):
+        return None

@@ -17,6 +17,9 @@ that pass the threshold, giving one mask feature per box.
 A detection belongs to the first window unless its ``properties["image"]`` gives the index of
 another image of the request (retrieve ranks several tiles).
 
+A request for model ``auto`` goes to the model the models file's [tasks] names for its task, else
+``default`` (Registry.route); the response's ``model`` names the model that answered.
+
 Every failure is a ProtocolError: the caller's mistakes with their own codes, anything
 unexpected as INTERNAL, logged here with its traceback and reported with a safe message.
 """
@@ -51,7 +54,7 @@ from rs_assistant.core.protocol import (
     feature_collection,
 )
 from rs_assistant.engine.backends.base import Backend, BackendCall, BackendResult, Detection
-from rs_assistant.engine.device import describe
+from rs_assistant.engine.device import describe, device_info
 from rs_assistant.engine.geo import detections_to_features, parse_crs
 from rs_assistant.engine.imagery import Window, read_image, read_pair
 from rs_assistant.engine.registry import Registry
@@ -87,13 +90,15 @@ class Engine:
         return self.registry.infos()
 
     def health(self) -> Health:
-        return Health(status="ok", version=__version__, device=describe(self.registry.device))
+        device = self.registry.device
+        return Health(status="ok", version=__version__, device=describe(device), device_info=device_info(device))
 
     def analyze(self, request: AnalyzeRequest, cancel: threading.Event | None = None) -> AnalyzeResponse:
         """Answer ``request``; setting ``cancel`` stops it (ProtocolError CANCELLED) at the next check."""
         request_id = uuid.uuid4().hex
         what = f"request {request_id} ({request.task.value} with model '{request.model}')"
-        return self._guarded(what, lambda: self._analyze(request, request_id, cancel or threading.Event()))
+        routed = lambda: replace(request, model=self.registry.route(request.task, request.model))  # noqa: E731
+        return self._guarded(what, lambda: self._analyze(routed(), request_id, cancel or threading.Event()))
 
     def chat(
         self,
@@ -110,10 +115,11 @@ class Engine:
         call = BackendCall(Task.CHAT, list(images), prompt, tuple(history), options or Options(), cancel or threading.Event())
 
         def answer() -> ChatReply:
-            self._check_task(model, Task.CHAT)
+            name = self.registry.route(Task.CHAT, model)
+            self._check_task(name, Task.CHAT)
             started = time.perf_counter()
-            result = self._call(model, call)
-            return ChatReply(result.text, model, request_id, Timing(infer=_ms_since(started)))
+            result = self._call(name, call)
+            return ChatReply(result.text, name, request_id, Timing(infer=_ms_since(started)))
 
         return self._guarded(what, answer)
 
@@ -122,7 +128,7 @@ class Engine:
     def check_batch(self, request: BatchRequest) -> int:
         """UNKNOWN_MODEL, UNSUPPORTED_TASK or BAD_CRS for a batch job, before any pixel is read; returns
         the job's batch size (the request's, or with ``batch_size`` 0 the model's ``tile_batch_size``)."""
-        spec = self.registry.spec(request.model)
+        spec = self.registry.spec(self.registry.route(request.task, request.model))
         backend = self.registry.backend(spec.name)
         if request.task is Task.RETRIEVE:
             if not backend.searchable:
@@ -138,8 +144,8 @@ class Engine:
         """One batch of a job's tiles through the model, holding its lock for this batch only (so other requests interleave)."""
         if not calls:
             return []
-        spec = self.registry.spec(model)
         task, cancel = calls[0].task, calls[0].cancel
+        spec = self.registry.spec(self.registry.route(task, model))
         own_tasks = type(self.registry.backend(spec.name)).tasks
         if task is Task.SEGMENT and Task.SEGMENT not in own_tasks and spec.segmenter is not None:
             return [self._ground_then_segment(spec.name, spec.segmenter, call) for call in calls]
@@ -154,6 +160,7 @@ class Engine:
 
     def embed_images(self, model: str, images: Sequence[np.ndarray], cancel: threading.Event) -> np.ndarray:
         """The model's image embeddings (layer search), under its lock."""
+        model = self.registry.route(Task.RETRIEVE, model)
         backend = self.registry.backend(model)
         with self._model_lock(model, cancel):
             self._ensure_loaded(backend)
@@ -161,6 +168,7 @@ class Engine:
 
     def score_text(self, model: str, embeddings: np.ndarray, text: str, cancel: threading.Event) -> np.ndarray:
         """How well ``text`` describes each embedded image (higher is better), under the model's lock."""
+        model = self.registry.route(Task.RETRIEVE, model)
         backend = self.registry.backend(model)
         with self._model_lock(model, cancel):
             self._ensure_loaded(backend)

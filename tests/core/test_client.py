@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from rs_assistant.core.client import EngineClient
-from rs_assistant.core.protocol import AnalyzeRequest, ErrorCode, ImageRef, ProtocolError, Task, feature_collection
+from rs_assistant.core.protocol import AnalyzeRequest, DeviceType, ErrorCode, ImageRef, ProtocolError, Task, feature_collection
 
 TOKEN = "s3cret"
 BOX = {
@@ -45,7 +45,9 @@ class PlayEngine(BaseHTTPRequestHandler):
 
     def do_GET(self):  # noqa: N802
         if self.path == "/v1/health":
-            self._send(200, {"status": "ok", "version": "0.1.0", "device": "cpu"})
+            self._send(200, {"status": "ok", "version": "0.1.0", "device": "cuda (NVIDIA H100, bfloat16)", "device_info": {
+                "type": "cuda", "name": "NVIDIA H100", "memory_gb": 79.1, "dtype": "bfloat16", "torch": "2.5.1",
+                "cuda": "12.4", "warning": ""}})
         elif self.path == "/v1/models" and self._authorised():
             self._send(200, {"models": [{"name": "default", "backend": "echo", "tasks": ["caption", "ground"], "loaded": True}]})
 
@@ -88,7 +90,10 @@ def free_port() -> int:
 
 def test_health_models_and_analyze(engine_url):
     client = EngineClient(engine_url, TOKEN, timeout=5)
-    assert client.health().device == "cpu"
+    health = client.health()
+    assert health.device == "cuda (NVIDIA H100, bfloat16)"
+    assert health.device_info.type is DeviceType.CUDA and health.device_info.name == "NVIDIA H100"
+    assert health.device_info.memory_gb == 79.1 and health.device_info.cuda == "12.4" and not health.device_info.warning
     assert [m.name for m in client.models()] == ["default"]
     response = client.analyze(request())
     assert response.text == "one tank" and response.crs == "EPSG:3857"

@@ -9,7 +9,10 @@ import pytest
 from rs_assistant.core.protocol import (
     AnalyzeRequest,
     AnalyzeResponse,
+    DeviceInfo,
+    DeviceType,
     ErrorCode,
+    Health,
     ImageRef,
     Message,
     Options,
@@ -124,3 +127,42 @@ def test_options_validate_ranges():
         Options(score_threshold=2)
     with pytest.raises(ProtocolError):
         Options.from_dict({"max_new_tokens": "lots"})
+
+
+CPU_WITH_GPU_UNUSED = {
+    "type": "cpu", "name": "AMD EPYC 7763", "memory_gb": 31.3, "dtype": "float32", "torch": "2.5.1+cpu",
+    "cuda": None, "warning": "An NVIDIA GPU is present but this engine's torch is a CPU-only build.",
+}
+
+
+def test_health_with_device_info_round_trips_through_json():
+    health = Health.from_dict(json.loads(json.dumps(
+        {"status": "ok", "version": "0.2.0", "device": "cpu (float32)", "device_info": CPU_WITH_GPU_UNUSED})))
+    assert health.device_info.type is DeviceType.CPU and health.device_info.cuda is None
+    assert health.device_info.warning.startswith("An NVIDIA GPU is present")
+    assert health.to_dict()["device_info"] == CPU_WITH_GPU_UNUSED
+    assert Health.from_dict(health.to_dict()) == health
+
+
+def test_health_of_an_engine_without_device_info_still_parses():
+    health = Health.from_dict({"status": "ok", "version": "0.1.0", "device": "cpu (float32)"})
+    assert health.device_info is None and "device_info" not in health.to_dict()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"type": "tpu"}, {"memory_gb": -1}, {"memory_gb": "lots"}, {"name": None}, {"cuda": 12.4}],
+)
+def test_malformed_device_info_is_refused_with_the_field_named(change):
+    with pytest.raises(ProtocolError) as err:
+        DeviceInfo.from_dict({**CPU_WITH_GPU_UNUSED, **change})
+    assert err.value.code is ErrorCode.INTERNAL
+    assert next(iter(change)) in err.value.message or "tpu" in err.value.message
+
+
+def test_device_info_without_memory_or_warning():
+    info = DeviceInfo.from_dict({"type": "mps", "name": "arm", "dtype": "float16", "torch": "2.5.1"})
+    assert info.memory_gb is None and info.warning == "" and info.cuda is None
+    with pytest.raises(ProtocolError) as err:
+        DeviceInfo.from_dict({"type": "cpu"})
+    assert "dtype" in err.value.message and "torch" in err.value.message

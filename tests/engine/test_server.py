@@ -18,6 +18,7 @@ import httpx
 import numpy as np
 import openai
 import pytest
+import torch
 from shapely.geometry import box
 
 from rs_assistant.core.protocol import AnalyzeRequest, AnalyzeResponse, ImageRef, model_list_from_dict
@@ -87,8 +88,14 @@ def assert_good_request_succeeds(client: httpx.Client, data: Path) -> None:
 def test_health_needs_no_token(url):
     response = httpx.get(f"{url}/v1/health")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "version": response.json()["version"], "device": response.json()["device"]}
-    assert response.json()["device"].startswith("cpu")
+    body = response.json()
+    assert set(body) == {"status", "version", "device", "device_info"} and body["status"] == "ok"
+    assert body["device"].startswith("cpu")
+    info = body["device_info"]
+    assert info["type"] == "cpu" and info["dtype"] == "float32" and info["name"]
+    assert info["torch"] == torch.__version__ and info["cuda"] == torch.version.cuda
+    assert isinstance(info["warning"], str)
+    assert info["memory_gb"] is None or info["memory_gb"] > 0
 
 
 def test_models_lists_name_backend_tasks_loaded(client):
