@@ -1,0 +1,595 @@
+"""Model downloads from the Hugging Face Hub (or a mirror), checkpoint checks, offline bundles.
+
+    from rs_assistant.engine import hub
+    folder = hub.find_cached(entry)                       # no network: a complete copy in the HF cache, or None
+    folder = hub.pull(entry, progress=lambda done, total, name: ...)
+    problems = hub.checkpoint_problems(folder, "florence2")   # [] for a complete checkpoint
+
+How a pull works, with huggingface_hub (2.4) doing the HTTP:
+
+1. ``HfApi.model_info(repo_id, revision, files_metadata=True)`` (``GET /api/models/{repo}/revision/{rev}?blobs=true``)
+   gives the commit and, per file, its size, git blob id and, for LFS files, the sha256. Only the
+   files the catalogue entry's ``allow_patterns`` select are fetched.
+2. Each file is fetched with ``huggingface_hub.file_download.http_get`` from ``{endpoint}/{repo}/resolve/{commit}/{path}``
+   into the Hugging Face cache's own layout (``$HF_HOME/hub/models--owner--name/blobs/<etag>``,
+   linked from ``snapshots/<commit>/<path>``, ``refs/<revision>``), so other tools find it and it
+   finds theirs. The partial file is ``blobs/<etag>.incomplete``; a pull that was interrupted
+   (network cut, Ctrl-C, computer off) continues it with an HTTP Range request. huggingface_hub's
+   own ``hf_hub_download`` deletes its partial file on failure, which is why the loop is here.
+3. Each finished file is checked before it enters the cache: the sha256 of LFS files against the
+   Hub's LFS metadata, the git blob sha1 and size of the others. A corrupt file is deleted and
+   reported; pulling again fetches it anew.
+
+``HF_ENDPOINT``, ``HF_HOME`` / ``HF_HUB_CACHE``, ``HF_TOKEN`` and the proxy variables
+(``HTTPS_PROXY``...) are honoured because huggingface_hub reads them. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass
+from enum import Enum
+from fnmatch import fnmatch
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from rs_assistant.core.catalog import CatalogEntry
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int, str], None]  # (done bytes, total bytes, file being fetched)
+
+#: config.json model_type -> the backend that runs it.
+MODEL_TYPE_BACKENDS = {"qwen2_5_vl": "qwen2_5_vl", "florence2": "florence2", "sam": "sam", "clip": "clip", "rsa": "rsa"}
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
+PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
+OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+BUNDLE_MANIFEST = "rs_assistant_bundle.json"
+BUNDLE_FORMAT = 1
+#: Written into a pulled snapshot's repo folder once every file is in: the list of files and sizes.
+COMPLETE_STAMP = "rs_assistant-complete-{commit}.json"
+
+
+class Failure(str, Enum):
+    """Why a model operation failed; ``exit_code`` follows the CLI's rule (2: the caller's mistake)."""
+
+    UNKNOWN_MODEL = "unknown_model"
+    NOT_A_CHECKPOINT = "not_a_checkpoint"
+    BAD_BUNDLE = "bad_bundle"
+    BAD_MODELS_FILE = "bad_models_file"
+    GATED = "gated"
+    NOT_FOUND = "not_found"
+    NO_NETWORK = "no_network"
+    PROXY = "proxy"
+    DISK_FULL = "disk_full"
+    CORRUPT = "corrupt"
+    INTERRUPTED = "interrupted"
+
+    @property
+    def exit_code(self) -> int:
+        caller = {Failure.UNKNOWN_MODEL, Failure.NOT_A_CHECKPOINT, Failure.BAD_BUNDLE, Failure.BAD_MODELS_FILE}
+        return 2 if self in caller else 1
+
+
+class HubError(Exception):
+    """A model operation that failed, with a message saying what to do."""
+
+    def __init__(self, failure: Failure, message: str):
+        super().__init__(message)
+        self.failure = failure
+        self.message = message
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    path: str  # path in the repository
+    size: int
+    etag: str  # the blob's name in the cache: the LFS sha256, else the git blob id
+    sha256: str | None  # LFS files
+    blob_id: str | None  # git blob sha1 (non-LFS files)
+
+    def __post_init__(self) -> None:
+        if self.size < 0 or not self.etag:
+            raise ValueError(f"{self.path}: size and etag are required (got {self.size}, {self.etag!r})")
+
+
+# --- checkpoints on disk ------------------------------------------------------------------------
+
+
+def _read_config(folder: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def detect_backend(folder: Path) -> str | None:
+    """The backend that runs the checkpoint in ``folder`` (config.json's model_type; open_clip folders: clip)."""
+    folder = Path(folder)
+    if (folder / "open_clip_config.json").is_file():
+        return "clip"
+    config = _read_config(folder)
+    return MODEL_TYPE_BACKENDS.get(str(config.get("model_type"))) if config else None
+
+
+def checkpoint_problems(folder: Path, backend: str) -> list[str]:
+    """What ``folder`` lacks to be a checkpoint ``backend`` loads (empty list: complete).
+
+    The same checks the backends make before transformers sees the folder (backends/hf.py,
+    sam.py, clip.py), without importing them (no torch): config.json and its model_type, the
+    weights (every shard an index names), the tokenizer and the processor files.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return [f"{folder} is not a folder"]
+    if backend == "clip" and (folder / "open_clip_config.json").is_file():
+        problems = []
+        if not any((folder / n).is_file() for n in OPEN_CLIP_WEIGHTS) and not list(folder.glob("*.pt")):
+            problems.append(f"weights ({' or '.join(OPEN_CLIP_WEIGHTS)} or one *.pt file)")
+        if not ((folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()) and not (
+            folder / "bpe_simple_vocab_16e6.txt.gz"
+        ).is_file():
+            problems.append("the BPE vocabulary (vocab.json + merges.txt, or bpe_simple_vocab_16e6.txt.gz)")
+        return problems
+    config = _read_config(folder)
+    if config is None:
+        what = "config.json" if not (folder / "config.json").exists() else "a readable config.json"
+        return [what + (" (or open_clip_config.json)" if backend == "clip" else "")]
+    problems = []
+    model_type = config.get("model_type")
+    expected = [t for t, b in MODEL_TYPE_BACKENDS.items() if b == backend]
+    if expected and model_type not in expected:
+        problems.append(f"a config.json for backend {backend} (model_type {' or '.join(expected)}; this one is {model_type!r})")
+    if backend == "florence2" and "auto_map" in config:
+        problems.append("the transformers-native Florence-2 conversion (this is an original release that needs remote code)")
+    weights = [p for pattern in ("*.safetensors", "*.bin") for p in folder.glob(pattern)]
+    if not weights:
+        problems.append("weights (*.safetensors or *.bin)")
+    for index in folder.glob("*.index.json"):
+        try:
+            shards = set(json.loads(index.read_text(encoding="utf-8")).get("weight_map", {}).values())
+        except (OSError, ValueError, AttributeError):
+            problems.append(f"a readable {index.name}")
+            continue
+        missing = sorted(s for s in shards if not (folder / s).is_file())
+        if missing:
+            problems.append(f"weight shard(s) {', '.join(missing)} named by {index.name}")
+    if backend in ("qwen2_5_vl", "florence2", "clip") and not any((folder / n).is_file() for n in TOKENIZER_FILES):
+        problems.append(f"tokenizer files (one of {', '.join(TOKENIZER_FILES)})")
+    if backend in ("qwen2_5_vl", "florence2", "clip", "sam") and not any((folder / n).is_file() for n in PROCESSOR_FILES):
+        problems.append(f"the image processor's {' or '.join(PROCESSOR_FILES)}")
+    return problems
+
+
+def check_checkpoint(folder: Path, backend: str) -> None:
+    """HubError(NOT_A_CHECKPOINT) naming what ``folder`` lacks for ``backend``."""
+    problems = checkpoint_problems(folder, backend)
+    if problems:
+        raise HubError(
+            Failure.NOT_A_CHECKPOINT, f"{folder} is not a complete {backend} checkpoint: it has no {'; no '.join(problems)}"
+        )
+
+
+# --- the Hugging Face cache ---------------------------------------------------------------------
+
+
+def hub_cache() -> Path:
+    """The Hugging Face cache folder ($HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub)."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
+
+
+def repo_folder(repo_id: str, cache: Path | None = None) -> Path:
+    return (cache or hub_cache()) / ("models--" + repo_id.replace("/", "--"))
+
+
+def find_cached(entry: CatalogEntry, cache: Path | None = None) -> Path | None:
+    """The snapshot folder of ``entry`` in the HF cache when it is complete, without any request.
+
+    Complete means: pulled here to the end (the stamp lists every file and they are all there),
+    or, for a copy another tool downloaded, a folder that passes :func:`checkpoint_problems`.
+    """
+    storage = repo_folder(entry.repo_id, cache)
+    revision = entry.revision
+    commit = revision if _is_commit(revision) else None
+    if commit is None:
+        try:
+            commit = (storage / "refs" / revision).read_text(encoding="utf-8").strip()
+        except OSError:
+            return None
+    snapshot = storage / "snapshots" / commit
+    if not snapshot.is_dir():
+        return None
+    stamp = storage / COMPLETE_STAMP.format(commit=commit)
+    if stamp.is_file():
+        try:
+            files = json.loads(stamp.read_text(encoding="utf-8"))["files"]
+            complete = all((snapshot / f["path"]).is_file() and (snapshot / f["path"]).stat().st_size == f["size"] for f in files)
+        except (OSError, ValueError, KeyError, TypeError):
+            complete = False
+        return snapshot if complete else None
+    return snapshot if not checkpoint_problems(snapshot, entry.backend) else None
+
+
+def _is_commit(revision: str) -> bool:
+    return len(revision) == 40 and all(c in "0123456789abcdef" for c in revision)
+
+
+# --- pulling ------------------------------------------------------------------------------------
+
+
+def remote_files(entry: CatalogEntry, token: str | None = None) -> tuple[str, list[RemoteFile]]:
+    """The commit ``entry.revision`` points at and the files of it that ``allow_patterns`` select."""
+    from huggingface_hub import HfApi
+
+    with _translated_errors(entry):
+        info = HfApi(token=token).model_info(entry.repo_id, revision=entry.revision, files_metadata=True)
+    files = []
+    for sibling in info.siblings or []:
+        if not any(fnmatch(sibling.rfilename, p) for p in entry.allow_patterns):
+            continue
+        lfs = sibling.lfs
+        sha256 = getattr(lfs, "sha256", None) if lfs is not None else None
+        size = int(getattr(lfs, "size", None) or sibling.size or 0) if lfs is not None else int(sibling.size or 0)
+        etag = sha256 or sibling.blob_id
+        if etag is None:
+            raise HubError(Failure.NOT_FOUND, f"the Hub sent no checksum for {entry.repo_id}/{sibling.rfilename}; cannot verify it")
+        files.append(RemoteFile(sibling.rfilename, size, etag, sha256, sibling.blob_id))
+    if not files:
+        raise HubError(
+            Failure.NOT_FOUND,
+            f"{entry.repo_id} at {entry.revision} has no file matching {', '.join(entry.allow_patterns)}; "
+            "the repository changed: pin a revision in the catalogue",
+        )
+    return str(info.sha), files
+
+
+def pull(
+    entry: CatalogEntry,
+    progress: Progress | None = None,
+    token: str | None = None,
+    cache: Path | None = None,
+) -> Path:
+    """Download ``entry`` into the HF cache (resuming partial files) and return its snapshot folder.
+
+    A complete copy already in the cache is returned without any request.
+    """
+    found = find_cached(entry, cache)
+    if found is not None:
+        log.info("%s is already in the cache at %s", entry.name, found)
+        return found
+    commit, files = remote_files(entry, token)
+    storage = repo_folder(entry.repo_id, cache)
+    snapshot = storage / "snapshots" / commit
+    blobs = storage / "blobs"
+    blobs.mkdir(parents=True, exist_ok=True)
+    snapshot.mkdir(parents=True, exist_ok=True)
+    total = sum(f.size for f in files)
+    have = {f.path: _bytes_on_disk(blobs, snapshot, f) for f in files}
+    _check_free_space(blobs, total - sum(have.values()), entry)
+    done = sum(have.values())
+    for file in files:
+        pointer = snapshot / file.path
+        if pointer.is_file() and pointer.stat().st_size == file.size:
+            continue
+        start = done - have[file.path]
+
+        def report(n: int, file: RemoteFile = file, start: int = start) -> None:
+            if progress is not None:
+                progress(start + n, total, file.path)
+
+        _fetch(entry, commit, file, blobs, token, report)
+        _link(blobs / file.etag, pointer)
+        done = start + file.size
+        if progress is not None:
+            progress(done, total, file.path)
+    if not _is_commit(entry.revision):
+        refs = storage / "refs"
+        refs.mkdir(exist_ok=True)
+        _atomic_write(refs / entry.revision, commit)
+    stamp = {"repo_id": entry.repo_id, "commit": commit, "files": [{"path": f.path, "size": f.size} for f in files]}
+    _atomic_write(storage / COMPLETE_STAMP.format(commit=commit), json.dumps(stamp, indent=1))
+    return snapshot
+
+
+def _bytes_on_disk(blobs: Path, snapshot: Path, file: RemoteFile) -> int:
+    """Bytes of ``file`` already here: all of it (in the snapshot or as a blob), or its partial file."""
+    for done in (snapshot / file.path, blobs / file.etag):
+        if done.is_file() and done.stat().st_size == file.size:
+            return file.size
+    partial = blobs / f"{file.etag}.incomplete"
+    return min(partial.stat().st_size, file.size) if partial.is_file() else 0
+
+
+def _check_free_space(folder: Path, needed: int, entry: CatalogEntry) -> None:
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise HubError(
+            Failure.DISK_FULL,
+            f"not enough disk space for {entry.name}: {needed / 1e9:.2f} GB still to download, {free / 1e9:.2f} GB free "
+            f"in {folder}. Free some space, or set HF_HOME to a folder on a larger disk, then pull again",
+        )
+
+
+def _fetch(entry: CatalogEntry, commit: str, file: RemoteFile, blobs: Path, token: str | None, report: Callable[[int], None]) -> None:
+    """Fetch one file into ``blobs/<etag>``, continuing ``<etag>.incomplete``, and verify it."""
+    from huggingface_hub import hf_hub_url
+    from huggingface_hub.file_download import http_get
+    from huggingface_hub.utils import build_hf_headers
+
+    blob = blobs / file.etag
+    if blob.is_file() and blob.stat().st_size == file.size:
+        return
+    partial = blobs / f"{file.etag}.incomplete"
+    resume = partial.stat().st_size if partial.is_file() else 0
+    if resume > file.size:
+        partial.unlink()
+        resume = 0
+    if resume:
+        log.info("%s: resuming at byte %d of %d", file.path, resume, file.size)
+    url = hf_hub_url(entry.repo_id, file.path, revision=commit)
+    headers = build_hf_headers(token=token)
+    with _translated_errors(entry, partial), partial.open("ab") as sink:
+        http_get(url, sink, resume_size=resume, headers=headers, expected_size=file.size, tqdm_class=_progress_class(report, resume))
+    problem = _verify(partial, file)
+    if problem:
+        partial.unlink(missing_ok=True)
+        raise HubError(
+            Failure.CORRUPT,
+            f"{entry.repo_id}/{file.path} arrived corrupt ({problem}) and was deleted; pull again to fetch it anew "
+            "(if it happens again, a proxy or mirror is altering the file)",
+        )
+    os.replace(partial, blob)
+
+
+def _verify(path: Path, file: RemoteFile) -> str:
+    """'' when ``path`` is ``file``; else what differs."""
+    size = path.stat().st_size
+    if size != file.size:
+        return f"{size} bytes instead of {file.size}"
+    if file.sha256:
+        digest = hashlib.sha256()
+    elif file.blob_id:
+        digest = hashlib.sha1()
+        digest.update(f"blob {size}\0".encode())
+    else:
+        return ""
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    expected = file.sha256 or file.blob_id
+    actual = digest.hexdigest()
+    return "" if actual == expected else f"{'sha256' if file.sha256 else 'git sha1'} {actual} instead of {expected}"
+
+
+def _progress_class(report: Callable[[int], None], initial: int):
+    """A tqdm stand-in for http_get that reports bytes of the file so far, at most ten times a second."""
+
+    class _Progress:
+        def __init__(self, **kwargs: Any):
+            self.n = initial
+            self.last = 0.0
+
+        def update(self, n: int | float | None = 1) -> None:
+            self.n += int(n or 0)
+            now = time.monotonic()
+            if now - self.last >= 0.1:
+                self.last = now
+                report(self.n)
+
+        def __enter__(self) -> "_Progress":
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+        def close(self) -> None:
+            return None
+
+    return _Progress
+
+
+def _link(blob: Path, pointer: Path) -> None:
+    """``pointer`` (a snapshot path) -> ``blob``: a relative symlink, or the file itself where symlinks are refused."""
+    pointer.parent.mkdir(parents=True, exist_ok=True)
+    if pointer.is_symlink() or pointer.exists():
+        pointer.unlink()
+    try:
+        os.symlink(os.path.relpath(blob, pointer.parent), pointer)
+    except OSError:  # Windows without developer mode: keep one copy, in the snapshot (as huggingface_hub does)
+        os.replace(blob, pointer)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+class _translated_errors:
+    """Turns huggingface_hub, httpx and OS errors into HubErrors that say what to do."""
+
+    def __init__(self, entry: CatalogEntry, partial: Path | None = None):
+        self.entry = entry
+        self.partial = partial
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> bool:
+        if exc is None or isinstance(exc, HubError):
+            return False
+        error = translate(exc, self.entry, self.partial)
+        if error is None:
+            return False
+        raise error from exc
+
+
+def translate(exc: BaseException, entry: CatalogEntry, partial: Path | None = None) -> HubError | None:
+    """A HubError for ``exc`` raised while talking to the Hub, or None to let it through."""
+    import httpx2
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+
+    hub = endpoint()
+    kept = (
+        f" The {partial.stat().st_size / 1e6:.1f} MB already fetched are kept: run the same pull again to continue."
+        if partial is not None and partial.is_file() and partial.stat().st_size
+        else ""
+    )
+    if isinstance(exc, GatedRepoError) or (
+        isinstance(exc, HfHubHTTPError) and getattr(exc.response, "status_code", None) in (401, 403) and entry.gated
+    ):
+        return HubError(
+            Failure.GATED,
+            f"{entry.repo_id} is gated: accept its licence at {hub}/{entry.repo_id} while logged in, create a read token at "
+            f"{hub}/settings/tokens, and set it in the environment variable HF_TOKEN (or run `hf auth login`); then pull again",
+        )
+    if isinstance(exc, RevisionNotFoundError):
+        return HubError(Failure.NOT_FOUND, f"{entry.repo_id} has no revision {entry.revision!r} on {hub}")
+    if isinstance(exc, RepositoryNotFoundError):
+        return HubError(
+            Failure.NOT_FOUND,
+            f"{entry.repo_id} was not found on {hub} (or it is private: set HF_TOKEN to a token that can read it)",
+        )
+    if isinstance(exc, httpx2.ProxyError):
+        proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy") or os.environ.get("ALL_PROXY") or "the proxy"
+        return HubError(
+            Failure.PROXY,
+            f"the proxy {proxy} refused the connection to {hub} ({exc}). Check HTTPS_PROXY (and the proxy's login), "
+            f"or copy the model from another computer with `models export` / `models import`.{kept}",
+        )
+    if isinstance(exc, (httpx2.ConnectError, httpx2.TimeoutException, httpx2.RemoteProtocolError, httpx2.NetworkError)):
+        return HubError(
+            Failure.NO_NETWORK,
+            f"cannot reach {hub} ({type(exc).__name__}: {exc}). Check the network connection, set HTTPS_PROXY if you are behind "
+            f"a proxy or HF_ENDPOINT for a mirror, or copy the model from another computer with `models export` / "
+            f"`models import`.{kept}",
+        )
+    if isinstance(exc, HfHubHTTPError):
+        status = getattr(exc.response, "status_code", "?")
+        return HubError(Failure.INTERRUPTED, f"{hub} answered HTTP {status} for {entry.repo_id}: {exc}.{kept}")
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return HubError(
+            Failure.DISK_FULL,
+            f"the disk filled up while writing {exc.filename or partial or 'the download'}. Free some space (or set HF_HOME to a "
+            f"larger disk) and pull again.{kept}",
+        )
+    if isinstance(exc, OSError) and "Consistency check failed" in str(exc):
+        return HubError(Failure.INTERRUPTED, f"the download of {entry.repo_id} stopped early: {exc}.{kept}")
+    if isinstance(exc, KeyboardInterrupt):
+        return HubError(Failure.INTERRUPTED, f"the download of {entry.repo_id} was interrupted.{kept}")
+    return None
+
+
+# --- offline bundles ----------------------------------------------------------------------------
+
+
+def export_bundle(name: str, folder: Path, table: Mapping[str, Any], zip_path: Path, catalog_name: str | None = None) -> Path:
+    """Write ``folder``'s files and a manifest (the models entry, the catalogue name) into ``zip_path`` atomically."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    entry = {k: v for k, v in table.items() if k != "path"}
+    manifest = {
+        "format": BUNDLE_FORMAT,
+        "name": name,
+        "catalog_name": catalog_name,
+        "models_entry": entry,
+        "files": [{"path": p.relative_to(folder).as_posix(), "size": p.stat().st_size, "sha256": _sha256(p)} for p in files],
+    }
+    zip_path = Path(zip_path)
+    zip_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{zip_path.name}.", suffix=".part", dir=zip_path.parent)
+    os.close(fd)
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as bundle:
+            bundle.writestr(BUNDLE_MANIFEST, json.dumps(manifest, indent=1))
+            for p in files:  # weights do not compress: stored, so export and import run at disk speed
+                bundle.write(p, f"{name}/{p.relative_to(folder).as_posix()}")
+        os.replace(tmp, zip_path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if exc.errno == errno.ENOSPC:
+            raise HubError(Failure.DISK_FULL, f"the disk filled up while writing {zip_path}; free some space and export again") from exc
+        raise
+    return zip_path
+
+
+def read_manifest(zip_path: Path) -> dict[str, Any]:
+    try:
+        with zipfile.ZipFile(zip_path) as bundle:
+            manifest = json.loads(bundle.read(BUNDLE_MANIFEST))
+    except (OSError, zipfile.BadZipFile, KeyError, ValueError) as exc:
+        raise HubError(
+            Failure.BAD_BUNDLE, f"{zip_path} is not a model bundle written by `models export` ({type(exc).__name__}: {exc})"
+        ) from None
+    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT or not isinstance(manifest.get("models_entry"), dict):
+        raise HubError(Failure.BAD_BUNDLE, f"{zip_path}: its {BUNDLE_MANIFEST} is not a bundle manifest of format {BUNDLE_FORMAT}")
+    return manifest
+
+
+def import_bundle(zip_path: Path, target: Path, name: str) -> Path:
+    """Unpack the bundle's files into ``target`` (checked against the manifest); a temp folder renamed at the end."""
+    manifest = read_manifest(zip_path)
+    source_name = manifest["name"]
+    target = Path(target)
+    if target.exists():
+        raise HubError(Failure.BAD_BUNDLE, f"{target} already exists; remove it or import under another --name")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".importing", dir=target.parent))
+    try:
+        with zipfile.ZipFile(zip_path) as bundle:
+            for item in manifest["files"]:
+                rel = Path(item["path"])
+                if rel.is_absolute() or ".." in rel.parts:
+                    raise HubError(Failure.BAD_BUNDLE, f"{zip_path}: unsafe path {item['path']!r} in the manifest")
+                out = work / rel
+                out.parent.mkdir(parents=True, exist_ok=True)
+                digest = hashlib.sha256()
+                with bundle.open(f"{source_name}/{rel.as_posix()}") as src, out.open("wb") as dst:
+                    while chunk := src.read(1 << 20):
+                        digest.update(chunk)
+                        dst.write(chunk)
+                if digest.hexdigest() != item["sha256"]:
+                    raise HubError(Failure.CORRUPT, f"{zip_path}: {rel} is corrupt (sha256 differs from the manifest); copy the bundle again")
+        os.replace(work, target)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise HubError(Failure.DISK_FULL, f"the disk filled up while unpacking into {target.parent}; free some space") from exc
+        raise
+    except KeyError as exc:
+        raise HubError(Failure.BAD_BUNDLE, f"{zip_path} lacks a file its manifest lists: {exc}") from None
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def folder_size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
+
