@@ -435,7 +435,7 @@ def plan_job(runner: Runner, request: BatchRequest) -> JobPlan:
     return JobPlan(request, grid, uuid.uuid4().hex, grid.count - skipped, pending, key)
 
 
-def _model_files(runner: Runner, model: str) -> list[list[Any]]:
+def _model_files(runner: Runner, model: str, task: Task = Task.RETRIEVE) -> list[list[Any]]:
     """Path, size and modification time of the files behind ``model``'s path settings (its checkpoint
     folder's files), so that new weights under the same model name do not reuse old embeddings.
     Empty where this process has no registry to ask (a Ray driver: its workers hold the engines)."""
@@ -443,7 +443,7 @@ def _model_files(runner: Runner, model: str) -> list[list[Any]]:
     if not isinstance(engine, Engine):
         return []
     stamps = []
-    for _, value in sorted(engine.registry.spec(model).config.items()):
+    for _, value in sorted(engine.registry.spec(engine.registry.route(task, model)).config.items()):
         path = Path(value) if isinstance(value, str) and value else None
         if path is None or not path.exists():
             continue

@@ -10,7 +10,13 @@ A models file names models and the backend that runs each (../shared/DESIGN.md, 
     backend = "sam"
     path = "sam-vit-base"               # relative paths are relative to the models file's folder
 
+    [tasks]                             # optional: where a request with model "auto" goes, per task
+    ground = "qwen"
+    segment = "qwen"
+
 Every other key of a ``[models.NAME]`` table reaches the backend untouched in its ``config``.
+``auto`` is reserved: ``Registry.route(task, "auto")`` is the model [tasks] names for the task,
+else ``default`` (rs_assistant.core.models_file reads and writes the file).
 ``default`` exists without a file (the project's own ``rsa`` model in resources/models/rsa-default);
 a file may redefine it. Backend classes are imported, and weights loaded, only when a model is
 first used, so a models file naming ten checkpoints starts in milliseconds.
@@ -29,6 +35,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from rs_assistant.core.models_file import AUTO_MODEL, ModelsFileError, parse_models_text
 from rs_assistant.core.paths import resource
 from rs_assistant.core.protocol import ErrorCode, ModelInfo, ProtocolError, Task
 from rs_assistant.engine.backends.base import Backend
@@ -84,22 +91,28 @@ def builtin_specs() -> dict[str, ModelSpec]:
 
 def parse_models_file(path: str | Path) -> dict[str, ModelSpec]:
     """The ``[models.NAME]`` tables of a TOML models file; ProtocolError(BAD_REQUEST) naming the file and key."""
+    return read_models(path)[0]
+
+
+def read_models(path: str | Path) -> tuple[dict[str, ModelSpec], dict[str, str]]:
+    """The models of a models file and its ``[tasks]`` routes (task name -> model name).
+
+    ProtocolError(BAD_REQUEST) naming the file and key for any mistake: TOML syntax, a table's
+    shape, an unknown backend, a segmenter or a [tasks] entry that names no model, a task that
+    does not exist, the reserved name ``auto``.
+    """
     path = Path(path).expanduser()
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"models file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"cannot read models file {path}: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"models file {path} is not valid TOML: {exc}") from None
-    unknown = sorted(set(data) - {"models"})
-    if unknown:
-        raise _file_error(path, f"unknown top-level key(s) {', '.join(unknown)}; models go in [models.NAME] tables")
-    tables = data.get("models", {})
-    if not isinstance(tables, dict):
-        raise _file_error(path, "'models' must be a table of [models.NAME] tables")
-    specs = {name: _parse_model(path, name, table) for name, table in tables.items()}
+    try:
+        content = parse_models_text(text, path)
+    except ModelsFileError as exc:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, str(exc)) from None
+    specs = {name: _parse_model(path, name, dict(table)) for name, table in content.models.items()}
     known = set(specs) | set(builtin_specs())
     for spec in specs.values():
         if spec.segmenter is not None and spec.segmenter not in known:
@@ -108,7 +121,7 @@ def parse_models_file(path: str | Path) -> dict[str, ModelSpec]:
             )
         if spec.segmenter == spec.name:
             raise _file_error(path, f"[models.{spec.name}] names itself as its segmenter")
-    return specs
+    return specs, dict(content.tasks)
 
 
 def _parse_model(path: Path, name: str, table: Any) -> ModelSpec:
@@ -191,24 +204,38 @@ class Registry:
     model's lock, so loading happens once, on the first request that needs the model.
     """
 
-    def __init__(self, specs: Mapping[str, ModelSpec], device: str = "cpu"):
+    def __init__(self, specs: Mapping[str, ModelSpec], device: str = "cpu", routes: Mapping[str, str] | None = None):
         self._specs = dict(specs)
         self.device = device
+        self.routes: Mapping[str, str] = MappingProxyType(dict(routes or {}))  # task name -> model name ([tasks])
+        for task, model in self.routes.items():
+            if model not in self._specs:
+                raise ProtocolError(ErrorCode.BAD_REQUEST, f"[tasks] {task} = {model!r} names no model; known: {', '.join(self._specs)}")
         self._backends: dict[str, Backend] = {}
         self._lock = threading.Lock()
 
     @classmethod
     def from_file(cls, models_file: str | Path | None = None, device: str = "cpu") -> "Registry":
         """The models of ``models_file`` (in its order), then the built-in ones it does not redefine."""
-        specs = parse_models_file(models_file) if models_file is not None else {}
+        specs, routes = read_models(models_file) if models_file is not None else ({}, {})
         for name, spec in builtin_specs().items():
             specs.setdefault(name, spec)
         log.info("models: %s", ", ".join(f"{s.name} ({s.backend})" for s in specs.values()))
-        return cls(specs, device)
+        if routes:
+            log.info("task routes for model 'auto': %s", ", ".join(f"{t} -> {m}" for t, m in routes.items()))
+        return cls(specs, device, routes)
 
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(self._specs)
+
+    def route(self, task: Task | str, requested: str) -> str:
+        """The model that answers ``task`` when asked for ``requested``: itself, or for ``auto``
+        the model the models file's [tasks] names for the task, else ``default``."""
+        if requested != AUTO_MODEL:
+            return requested
+        key = task.value if isinstance(task, Task) else str(task)
+        return self.routes.get(key, DEFAULT_MODEL)
 
     def spec(self, name: str) -> ModelSpec:
         try:
