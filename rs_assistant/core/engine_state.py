@@ -6,6 +6,8 @@ Pure logic, so the QGIS side (rs_assistant.ui.engine) only wires processes and t
 from __future__ import annotations
 
 import enum
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 READY_PREFIX = "READY "
@@ -20,10 +22,20 @@ class EngineState(str, enum.Enum):
 
 class EngineFault(str, enum.Enum):
     INTERPRETER_NOT_FOUND = "interpreter_not_found"
-    EXITED = "exited"  # the process ended (crash, missing package, bad arguments)
+    EXITED = "exited"  # the process ended (crash, bad arguments)
     START_TIMEOUT = "start_timeout"
     NO_TOKEN = "no_token"
     UNREACHABLE = "unreachable"  # a running engine stopped answering its health route
+    NOT_SET_UP = "not_set_up"  # no engine Python configured and no set-up environment yet
+    MISSING_PACKAGES = "missing_packages"  # the engine exited with ModuleNotFoundError/ImportError
+
+    @property
+    def needs_setup(self) -> bool:
+        """Whether the engine set-up (not a restart) is what helps: the dock shows its panel."""
+        return self in (EngineFault.NOT_SET_UP, EngineFault.MISSING_PACKAGES)
+
+
+_MISSING_MODULE = re.compile(r"(?:ModuleNotFoundError|ImportError): (?:No module named ['\"]?([\w.]+)['\"]?)?")
 
 
 @dataclass(frozen=True)
@@ -36,6 +48,19 @@ class EngineStatus:
     def __post_init__(self) -> None:
         if (self.state is EngineState.ERROR) != (self.fault is not None):
             raise ValueError("an error status needs a fault, and only an error status has one")
+
+
+def missing_module(stderr_lines: Iterable[str]) -> str | None:
+    """The module an engine that exited could not import, from the tail of its stderr.
+
+    Only the last line counts (the exception the process died of; an import error logged earlier
+    and survived is not the cause): ``ModuleNotFoundError: No module named 'uvicorn'`` ->
+    "uvicorn"; an ImportError without a module name (a DLL that failed to load) -> ""; None when
+    it died of something else.
+    """
+    last = next((line for line in reversed(list(stderr_lines)) if line.strip()), "")
+    match = _MISSING_MODULE.search(last)
+    return None if match is None else match.group(1) or ""
 
 
 def parse_ready_line(line: str) -> str | None:

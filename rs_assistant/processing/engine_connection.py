@@ -54,9 +54,15 @@ class EngineUnavailable(Exception):
 
 
 def _load_settings() -> Settings:
+    """The plugin's settings, with an empty engine Python or models file resolved as the plugin does
+    (the engine set-up's environment, the profile's models file; rs_assistant.ui.profile)."""
+    from dataclasses import replace
+
+    from rs_assistant.ui import profile
     from rs_assistant.ui.settings_store import SettingsStore
 
-    return SettingsStore().load()
+    settings = SettingsStore().load()
+    return replace(settings, engine_python=profile.engine_python(settings) or "", models_file=profile.models_file(settings))
 
 
 def _command_key(settings: Settings) -> tuple[str, str, str]:
@@ -193,6 +199,9 @@ class ProcessingEngine:
                 process.stop()
                 process = self._process = None
             if process is None:
+                if not settings.engine_python:
+                    raise EngineUnavailable(tr("The engine is not set up yet: open the RS Assistant panel and set it up "
+                                               "(Set up the engine), or choose its Python in the settings."))
                 try:
                     process = _EngineProcess(settings)
                 except OSError as exc:

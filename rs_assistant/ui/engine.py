@@ -1,10 +1,16 @@
 """Keeps an engine available: starts it (QProcess) or connects to one, watches its health, and
 restarts it a bounded number of times after a crash.
 
-Managed mode runs ``<engine_python> -m rs_assistant.engine serve --port 0 --token-file F``,
+Managed mode runs ``<engine python> -m rs_assistant.engine serve --port 0 --token-file F``,
 waits for its ``READY http://HOST:PORT`` line and reads the token the engine wrote to F.
 Connect mode talks to ``engine_url`` with ``engine_token``. Either way, ``clientChanged``
-hands the controller a ready :class:`EngineClient` (or None while there is none).
+hands the controller a ready :class:`EngineClient` (or None while there is none), and
+``healthChanged`` the engine's last :class:`Health` (its device and any warning about it).
+
+The engine's Python is the setting, else the one the engine set-up made (rs_assistant.ui.profile):
+with neither, the status is an error with fault NOT_SET_UP and no process starts. An engine that
+exits because a package is missing (ModuleNotFoundError/ImportError on its stderr) is not restarted
+(MISSING_PACKAGES): only the set-up can help. On both faults the dock offers the set-up.
 """
 
 from __future__ import annotations
@@ -15,15 +21,24 @@ import shutil
 import tempfile
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 from qgis.PyQt.QtCore import QObject, QProcess, QProcessEnvironment, QTimer, pyqtSignal
 
 from rs_assistant.core.client import EngineClient
-from rs_assistant.core.engine_state import EngineFault, EngineState, EngineStatus, RestartBudget, parse_ready_line
+from rs_assistant.core.engine_state import (
+    EngineFault,
+    EngineState,
+    EngineStatus,
+    RestartBudget,
+    missing_module,
+    parse_ready_line,
+)
 from rs_assistant.core.paths import PACKAGE_DIR
-from rs_assistant.core.protocol import ProtocolError
+from rs_assistant.core.protocol import Health, ProtocolError
 from rs_assistant.core.settings import EngineMode, Settings
+from rs_assistant.ui import profile
 from rs_assistant.ui.background import BackgroundCall
 
 log = logging.getLogger(__name__)
@@ -32,6 +47,7 @@ log = logging.getLogger(__name__)
 class EngineSupervisor(QObject):
     statusChanged = pyqtSignal(object)  # EngineStatus
     clientChanged = pyqtSignal(object)  # EngineClient | None
+    healthChanged = pyqtSignal(object)  # Health | None: the ready engine's last answer to /v1/health
 
     HEALTH_INTERVAL_MS = 5000
     HEALTH_TIMEOUT_S = 5.0
@@ -39,9 +55,22 @@ class EngineSupervisor(QObject):
     RESTART_DELAY_MS = 1000
     STOP_WAIT_MS = 3000
 
-    def __init__(self, settings: Settings, parent: QObject | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        parent: QObject | None = None,
+        *,
+        resolve_python: Callable[[Settings], str | None] = profile.engine_python,
+        resolve_models: Callable[[Settings], str] = profile.models_file,
+    ):
+        """``resolve_python``/``resolve_models`` turn the settings into the engine's Python (None: not
+        set up) and its models file ("" : none); tests pass their own instead of the QGIS profile's."""
         super().__init__(parent)
         self._settings = settings
+        self._resolve_python = resolve_python
+        self._resolve_models = resolve_models
+        self._python = ""  # the interpreter of the process started last
+        self._health: Health | None = None
         self._budget = RestartBudget(settings.max_restarts)
         self._status = EngineStatus(EngineState.STOPPED)
         self._client: EngineClient | None = None
@@ -49,6 +78,7 @@ class EngineSupervisor(QObject):
         self._process: QProcess | None = None
         self._started_at = 0.0
         self._stdout = ""
+        self._stderr = ""  # a line not yet ended (a process writes a traceback in pieces)
         self._stderr_tail: deque[str] = deque(maxlen=20)
         self._health_failures = 0
         self._token_dir: Path | None = None
@@ -65,6 +95,11 @@ class EngineSupervisor(QObject):
     @property
     def client(self) -> EngineClient | None:
         return self._client
+
+    @property
+    def health(self) -> Health | None:
+        """The ready engine's last health (``device_info`` says what it computes on); None while none is ready."""
+        return self._health
 
     def connection(self) -> tuple[str, str] | None:
         """(URL, token) of the ready engine, for other users of it (Processing); None while there is none."""
@@ -132,14 +167,20 @@ class EngineSupervisor(QObject):
         settings = self._settings
         args = ["-m", "rs_assistant.engine", "serve", "--host", "127.0.0.1", "--port", "0",
                 "--token-file", str(self._token_file())]
-        if settings.models_file:
-            args += ["--models", settings.models_file]
+        models_file = self._resolve_models(settings)
+        if models_file:
+            args += ["--models", models_file]
         if settings.device:
             args += ["--device", settings.device]
         return args
 
     def _launch(self) -> None:
         self._discard_process()
+        python = self._resolve_python(self._settings)
+        if not python:
+            self._fail(EngineFault.NOT_SET_UP, "")
+            return
+        self._python = python
         process = QProcess(self)
         env = QProcessEnvironment.systemEnvironment()
         root = str(PACKAGE_DIR.parent)
@@ -147,7 +188,7 @@ class EngineSupervisor(QObject):
         env.insert("PYTHONUNBUFFERED", "1")
         process.setProcessEnvironment(env)
         process.setWorkingDirectory(root)
-        process.setProgram(self._settings.engine_python)
+        process.setProgram(python)
         process.setArguments(self._command())
         process.readyReadStandardOutput.connect(self._on_stdout)
         process.readyReadStandardError.connect(self._on_stderr)
@@ -155,11 +196,12 @@ class EngineSupervisor(QObject):
         process.finished.connect(self._on_finished)
         self._process = process
         self._stdout = ""
+        self._stderr = ""
         self._stderr_tail.clear()
         self._started_at = time.monotonic()
         crash = self._status.detail if self._status.fault is EngineFault.EXITED else ""
         self._set_status(EngineStatus(EngineState.STARTING, detail=crash, restarts_left=self._budget.left))
-        log.info("starting the engine: %s %s", self._settings.engine_python, " ".join(process.arguments()))
+        log.info("starting the engine: %s %s", python, " ".join(process.arguments()))
         process.start()
         self._start_timer.start(int(self._settings.start_timeout_s * 1000))
 
@@ -193,8 +235,13 @@ class EngineSupervisor(QObject):
     def _on_stderr(self) -> None:
         if self._process is None:
             return
-        text = bytes(self._process.readAllStandardError()).decode("utf-8", "replace")
-        for line in text.splitlines():
+        self._stderr += bytes(self._process.readAllStandardError()).decode("utf-8", "replace")
+        *lines, rest = self._stderr.split("\n")
+        self._stderr = rest[-4000:]  # progress bars redraw one line with \r: keep its end only
+        self._keep_stderr(lines)
+
+    def _keep_stderr(self, lines: list[str]) -> None:
+        for line in lines:
             if line.strip():
                 self._stderr_tail.append(line.rstrip())
                 log.debug("engine: %s", line.rstrip())
@@ -218,10 +265,13 @@ class EngineSupervisor(QObject):
         if error == QProcess.ProcessError.FailedToStart:
             self._process = None
             self._start_timer.stop()
-            self._fail(EngineFault.INTERPRETER_NOT_FOUND, self._settings.engine_python)
+            self._fail(EngineFault.INTERPRETER_NOT_FOUND, self._python)
 
     def _on_finished(self, exit_code: int, exit_status: QProcess.ExitStatus) -> None:
         uptime = time.monotonic() - self._started_at
+        self._on_stderr()  # what it wrote last, if not read yet
+        self._keep_stderr([self._stderr])
+        self._stderr = ""
         self._process = None
         self._probe = None
         self._start_timer.stop()
@@ -231,6 +281,10 @@ class EngineSupervisor(QObject):
         last = self._stderr_tail[-1] if self._stderr_tail else ""
         detail = f"{how}: {last}" if last else how
         log.warning("engine %s", detail)
+        module = missing_module(self._stderr_tail)
+        if module is not None:  # restarting cannot install it: the set-up can
+            self._set_status(EngineStatus(EngineState.ERROR, EngineFault.MISSING_PACKAGES, module or last))
+            return
         restart = self._budget.take(uptime)
         self._set_status(EngineStatus(EngineState.ERROR, EngineFault.EXITED, detail, self._budget.left if restart else 0))
         if restart:
@@ -242,9 +296,9 @@ class EngineSupervisor(QObject):
 
     # --- health ---------------------------------------------------------------------------------
     def _verify(self, client: EngineClient) -> None:
-        BackgroundCall(lambda: client.health(timeout=self.HEALTH_TIMEOUT_S), lambda _h, err: self._on_verified(client, err), self).start()
+        BackgroundCall(lambda: client.health(timeout=self.HEALTH_TIMEOUT_S), lambda h, err: self._on_verified(client, h, err), self).start()
 
-    def _on_verified(self, client: EngineClient, error: BaseException | None) -> None:
+    def _on_verified(self, client: EngineClient, health: Health | None, error: BaseException | None) -> None:
         if self._status.state is not EngineState.STARTING or client is not self._probe:
             return  # stopped, crashed or restarted meanwhile
         if error is not None:
@@ -252,6 +306,7 @@ class EngineSupervisor(QObject):
             return
         self._health_failures = 0
         self._set_client(client)
+        self._set_health(health)
         self._set_status(EngineStatus(EngineState.READY))
         log.info("engine ready at %s", client.url)
 
@@ -259,16 +314,16 @@ class EngineSupervisor(QObject):
         client = self._probe
         if client is None:
             return
-        BackgroundCall(lambda: client.health(timeout=self.HEALTH_TIMEOUT_S), lambda _h, err: self._on_health(client, err), self).start()
+        BackgroundCall(lambda: client.health(timeout=self.HEALTH_TIMEOUT_S), lambda h, err: self._on_health(client, h, err), self).start()
 
-    def _on_health(self, client: EngineClient, error: BaseException | None) -> None:
+    def _on_health(self, client: EngineClient, health: Health | None, error: BaseException | None) -> None:
         if self._status.state in (EngineState.STOPPED, EngineState.STARTING) or client is not self._probe:
             return
         if error is None:
             self._health_failures = 0
-            if self._status.state is not EngineState.READY:
-                self._set_client(client)
-                self._set_status(EngineStatus(EngineState.READY))
+            self._set_client(client)  # each of these only signals a change
+            self._set_health(health)
+            self._set_status(EngineStatus(EngineState.READY))
             return
         self._health_failures += 1
         if self._health_failures > self.HEALTH_FAILURES_TOLERATED and self._status.state is EngineState.READY:
@@ -282,9 +337,16 @@ class EngineSupervisor(QObject):
         self._set_status(EngineStatus(EngineState.ERROR, fault, detail))
 
     def _set_client(self, client: EngineClient | None) -> None:
+        if client is None:
+            self._set_health(None)
         if client is not self._client:
             self._client = client
             self.clientChanged.emit(client)
+
+    def _set_health(self, health: Health | None) -> None:
+        if health != self._health:
+            self._health = health
+            self.healthChanged.emit(health)
 
     def _set_status(self, status: EngineStatus) -> None:
         if status != self._status:

@@ -11,7 +11,7 @@ from qgis.PyQt.QtCore import QCoreApplication
 from rs_assistant.core.commands import CommandErrorCode
 from rs_assistant.core.conversation import Problem, TurnError
 from rs_assistant.core.engine_state import EngineFault, EngineState, EngineStatus
-from rs_assistant.core.protocol import ErrorCode
+from rs_assistant.core.protocol import DeviceInfo, DeviceType, ErrorCode
 
 
 def error_text(error: TurnError) -> str:
@@ -53,6 +53,13 @@ def engine_status_text(status: EngineStatus) -> str:
         return translate("Messages", "Engine: ready")
     if status.state is EngineState.STOPPED:
         return translate("Messages", "Engine: stopped")
+    if status.fault is EngineFault.NOT_SET_UP:
+        return translate("Messages", "Engine: not set up yet")
+    if status.fault is EngineFault.MISSING_PACKAGES:
+        if status.detail:
+            return translate("Messages", "Engine: a package is missing ({detail}); set up the engine again").format(
+                detail=status.detail)
+        return translate("Messages", "Engine: packages are missing; set up the engine again")
     faults = {
         EngineFault.INTERPRETER_NOT_FOUND: translate("Messages", "the engine's Python interpreter was not found ({detail})"),
         EngineFault.EXITED: translate("Messages", "the engine stopped: {detail}"),
@@ -64,6 +71,27 @@ def engine_status_text(status: EngineStatus) -> str:
     if status.fault is EngineFault.EXITED and status.restarts_left:
         return translate("Messages", "Engine: error: {reason}. Restarting…").format(reason=reason)
     return translate("Messages", "Engine: error: {reason}").format(reason=reason)
+
+
+def device_text(info: DeviceInfo | None) -> str:
+    """What the engine computes on, in a few words: "GPU: NVIDIA H100, 80 GB, bfloat16", "CPU, float32"."""
+    if info is None:
+        return ""
+    translate = QCoreApplication.translate
+    if info.type is DeviceType.CPU:
+        return translate("Messages", "CPU, {dtype}").format(dtype=info.dtype)
+    parts = [info.name]
+    if info.type is DeviceType.CUDA and info.memory_gb is not None:
+        parts.append(translate("Messages", "{size} GB").format(size=f"{info.memory_gb:.0f}"))
+    parts.append(info.dtype)
+    return translate("Messages", "GPU: {what}").format(what=", ".join(parts))
+
+
+def device_warning_text(info: DeviceInfo | None) -> str:
+    """The engine's warning about an unused NVIDIA GPU (what is wrong and what to do); "" when none."""
+    if info is None or not info.warning:
+        return ""
+    return QCoreApplication.translate("Messages", "The GPU is not used: {warning}").format(warning=info.warning)
 
 
 def busy_text() -> str:

@@ -4,15 +4,35 @@ from __future__ import annotations
 
 import pytest
 
-from rs_assistant.core.engine_state import EngineFault, EngineState, EngineStatus, RestartBudget, parse_ready_line
+from rs_assistant.core.engine_state import (
+    EngineFault,
+    EngineState,
+    EngineStatus,
+    RestartBudget,
+    missing_module,
+    parse_ready_line,
+)
 from rs_assistant.core.protocol import ProtocolError
-from rs_assistant.core.settings import EngineMode, Settings
+from rs_assistant.core.settings import EngineMode, Settings, TorchBuild
 
 
-def test_defaults_start_an_engine():
+def test_defaults_start_the_engine_the_set_up_made():
     settings = Settings()
     assert settings.mode is EngineMode.MANAGED
-    assert settings.engine_python and settings.timeout_s > 0
+    assert settings.engine_python == ""  # the set-up environment's Python, found by the plugin
+    assert settings.engine_env_dir == "" and settings.models_file == ""  # the profile folder's
+    assert settings.setup_torch == TorchBuild.AUTO.value and settings.timeout_s > 0
+
+
+def test_set_up_options_are_kept_and_checked():
+    settings = Settings(setup_torch="cuda", setup_index_url=" https://pypi.example/simple ",
+                        setup_find_links="/wheels", setup_proxy="http://proxy:3128", engine_env_dir="/opt/env")
+    assert settings.setup_torch == "cuda" and settings.setup_index_url == "https://pypi.example/simple"
+    assert settings.setup_find_links == "/wheels" and settings.setup_proxy == "http://proxy:3128"
+    with pytest.raises(ProtocolError, match="auto, cpu, cuda"):
+        Settings(setup_torch="rocm")
+    with pytest.raises(ProtocolError, match="http"):
+        Settings(setup_index_url="pypi.example/simple")
 
 
 def test_values_are_coerced_and_url_selects_connect_mode():
@@ -25,7 +45,7 @@ def test_values_are_coerced_and_url_selects_connect_mode():
 @pytest.mark.parametrize(
     "kw",
     [{"timeout_s": 0}, {"timeout_s": "soon"}, {"max_restarts": -1}, {"engine_url": "ftp://x"},
-     {"engine_python": ""}, {"max_side": 5}],
+     {"max_side": 5}],
 )
 def test_bad_settings_are_refused(kw):
     with pytest.raises(ProtocolError):
@@ -58,3 +78,18 @@ def test_status_needs_a_fault_exactly_when_in_error():
         EngineStatus(EngineState.ERROR)
     with pytest.raises(ValueError):
         EngineStatus(EngineState.READY, EngineFault.EXITED)
+
+
+def test_the_module_an_engine_could_not_import_is_read_from_its_stderr():
+    tail = ["Traceback (most recent call last):", '  File "server.py", line 44, in <module>', "    import uvicorn",
+            "ModuleNotFoundError: No module named 'uvicorn'"]
+    assert missing_module(tail) == "uvicorn"
+    assert missing_module(["ImportError: DLL load failed while importing _C: The specified module could not be found."]) == ""
+    assert missing_module(["RuntimeError: CUDA out of memory", "engine stopped"]) is None
+    # an import error it logged and survived is not what it died of
+    assert missing_module(["WARNING ImportError: No module named 'flash_attn'", "RuntimeError: boom"]) is None
+
+
+def test_only_set_up_faults_ask_for_the_set_up():
+    assert EngineFault.NOT_SET_UP.needs_setup and EngineFault.MISSING_PACKAGES.needs_setup
+    assert not any(f.needs_setup for f in EngineFault if f not in (EngineFault.NOT_SET_UP, EngineFault.MISSING_PACKAGES))
