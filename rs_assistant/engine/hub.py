@@ -10,12 +10,13 @@ How a pull works, with huggingface_hub (2.4) doing the HTTP:
 1. ``HfApi.model_info(repo_id, revision, files_metadata=True)`` (``GET /api/models/{repo}/revision/{rev}?blobs=true``)
    gives the commit and, per file, its size, git blob id and, for LFS files, the sha256. Only the
    files the catalogue entry's ``allow_patterns`` select are fetched.
-2. Each file is fetched with ``huggingface_hub.file_download.http_get`` from ``{endpoint}/{repo}/resolve/{commit}/{path}``
+2. Each file is fetched with huggingface_hub's HTTP session (``http_stream_backoff``) from ``{endpoint}/{repo}/resolve/{commit}/{path}``
    into the Hugging Face cache's own layout (``$HF_HOME/hub/models--owner--name/blobs/<etag>``,
    linked from ``snapshots/<commit>/<path>``, ``refs/<revision>``), so other tools find it and it
-   finds theirs. The partial file is ``blobs/<etag>.incomplete``; a pull that was interrupted
-   (network cut, Ctrl-C, computer off) continues it with an HTTP Range request. huggingface_hub's
-   own ``hf_hub_download`` deletes its partial file on failure, which is why the loop is here.
+   finds theirs. The partial file is ``blobs/<etag>.incomplete``, written as the bytes arrive; a pull
+   that was interrupted (network cut, Ctrl-C, computer off) continues it with an HTTP Range
+   request. huggingface_hub 2.4's own ``hf_hub_download`` deletes its partial file on failure, and
+   its ``http_get`` buffers 10 MB before writing, which is why this loop is here.
 3. Each finished file is checked before it enters the cache: the sha256 of LFS files against the
    Hub's LFS metadata, the git blob sha1 and size of the others. A corrupt file is deleted and
    reported; pulling again fetches it anew.
@@ -57,6 +58,8 @@ BUNDLE_MANIFEST = "rs_assistant_bundle.json"
 BUNDLE_FORMAT = 1
 #: Written into a pulled snapshot's repo folder once every file is in: the list of files and sizes.
 COMPLETE_STAMP = "rs_assistant-complete-{commit}.json"
+#: Tries per file within one pull while a cut connection keeps delivering new bytes.
+RETRIES = 3
 
 
 class Failure(str, Enum):
@@ -331,23 +334,25 @@ def _check_free_space(folder: Path, needed: int, entry: CatalogEntry) -> None:
 def _fetch(entry: CatalogEntry, commit: str, file: RemoteFile, blobs: Path, token: str | None, report: Callable[[int], None]) -> None:
     """Fetch one file into ``blobs/<etag>``, continuing ``<etag>.incomplete``, and verify it."""
     from huggingface_hub import hf_hub_url
-    from huggingface_hub.file_download import http_get
     from huggingface_hub.utils import build_hf_headers
 
     blob = blobs / file.etag
     if blob.is_file() and blob.stat().st_size == file.size:
         return
     partial = blobs / f"{file.etag}.incomplete"
-    resume = partial.stat().st_size if partial.is_file() else 0
-    if resume > file.size:
-        partial.unlink()
-        resume = 0
-    if resume:
-        log.info("%s: resuming at byte %d of %d", file.path, resume, file.size)
     url = hf_hub_url(entry.repo_id, file.path, revision=commit)
     headers = build_hf_headers(token=token)
-    with _translated_errors(entry, partial), partial.open("ab") as sink:
-        http_get(url, sink, resume_size=resume, headers=headers, expected_size=file.size, tqdm_class=_progress_class(report, resume))
+    with _translated_errors(entry, partial):
+        for attempt in range(1, RETRIES + 1):
+            before = partial.stat().st_size if partial.is_file() else 0
+            try:
+                _stream(url, headers, partial, file.size, report)
+                break
+            except Exception as exc:  # a cut connection: try again while bytes keep arriving
+                grew = (partial.stat().st_size if partial.is_file() else 0) > before
+                if not (grew and attempt < RETRIES and _transient(exc)):
+                    raise
+                log.warning("%s: %s; continuing (attempt %d of %d)", file.path, exc, attempt + 1, RETRIES)
     problem = _verify(partial, file)
     if problem:
         partial.unlink(missing_ok=True)
@@ -357,6 +362,54 @@ def _fetch(entry: CatalogEntry, commit: str, file: RemoteFile, blobs: Path, toke
             "(if it happens again, a proxy or mirror is altering the file)",
         )
     os.replace(partial, blob)
+
+
+def _stream(url: str, headers: Mapping[str, str], partial: Path, size: int, report: Callable[[int], None]) -> None:
+    """GET ``url`` into ``partial``, continuing it with a Range request; every chunk is on disk when the next is asked for."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import hf_raise_for_status, http_stream_backoff
+
+    resume = partial.stat().st_size if partial.is_file() else 0
+    if resume > size:
+        partial.unlink()
+        resume = 0
+    if resume == size:
+        return
+    request_headers = dict(headers)
+    if resume:
+        request_headers["Range"] = f"bytes={resume}-"
+        log.info("%s: continuing at byte %d of %d", partial.name, resume, size)
+    with http_stream_backoff(
+        method="GET",
+        url=url,
+        headers=request_headers,
+        timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT,
+        retry_on_exceptions=(),
+        retry_on_status_codes=(408, 429),
+    ) as response:
+        hf_raise_for_status(response)
+        with partial.open("ab") as sink:
+            if resume and response.status_code == 200:  # the server ignored the Range: start again
+                sink.seek(0)
+                sink.truncate()
+                resume = 0
+            done, last = resume, 0.0
+            for chunk in response.iter_bytes():  # as it arrives, so a cut loses nothing already received
+                sink.write(chunk)
+                sink.flush()
+                done += len(chunk)
+                now = time.monotonic()
+                if now - last >= 0.1:
+                    last = now
+                    report(done)
+    if done != size:
+        raise OSError(f"Consistency check failed: {partial.name} has {done} bytes, the Hub said {size}")
+
+
+def _transient(exc: BaseException) -> bool:
+    import httpx2
+
+    return isinstance(exc, (httpx2.RemoteProtocolError, httpx2.ReadTimeout, httpx2.ReadError))
 
 
 def _verify(path: Path, file: RemoteFile) -> str:
@@ -377,33 +430,6 @@ def _verify(path: Path, file: RemoteFile) -> str:
     expected = file.sha256 or file.blob_id
     actual = digest.hexdigest()
     return "" if actual == expected else f"{'sha256' if file.sha256 else 'git sha1'} {actual} instead of {expected}"
-
-
-def _progress_class(report: Callable[[int], None], initial: int):
-    """A tqdm stand-in for http_get that reports bytes of the file so far, at most ten times a second."""
-
-    class _Progress:
-        def __init__(self, **kwargs: Any):
-            self.n = initial
-            self.last = 0.0
-
-        def update(self, n: int | float | None = 1) -> None:
-            self.n += int(n or 0)
-            now = time.monotonic()
-            if now - self.last >= 0.1:
-                self.last = now
-                report(self.n)
-
-        def __enter__(self) -> "_Progress":
-            return self
-
-        def __exit__(self, *exc: object) -> None:
-            return None
-
-        def close(self) -> None:
-            return None
-
-    return _Progress
 
 
 def _link(blob: Path, pointer: Path) -> None:
