@@ -529,6 +529,34 @@
     <context>
         <name>Messages</name>
         <message>
+            <source>CPU, {dtype}</source>
+            <translation>CPU, {dtype}</translation>
+        </message>
+        <message>
+            <source>Engine: a package is missing ({detail}); set up the engine again</source>
+            <translation>Moteur : un paquet manque ({detail}) ; installez le moteur à nouveau</translation>
+        </message>
+        <message>
+            <source>Engine: not set up yet</source>
+            <translation>Moteur : pas encore installé</translation>
+        </message>
+        <message>
+            <source>Engine: packages are missing; set up the engine again</source>
+            <translation>Moteur : des paquets manquent ; installez le moteur à nouveau</translation>
+        </message>
+        <message>
+            <source>GPU: {what}</source>
+            <translation>GPU : {what}</translation>
+        </message>
+        <message>
+            <source>The GPU is not used: {warning}</source>
+            <translation>Le GPU n’est pas utilisé : {warning}</translation>
+        </message>
+        <message>
+            <source>{size} GB</source>
+            <translation>{size} Go</translation>
+        </message>
+        <message>
             <source>Unknown command. Type /help for the list.</source>
             <translation>Commande inconnue. Tapez /help pour la liste.</translation>
         </message>
@@ -731,6 +759,86 @@
     <context>
         <name>SettingsDialog</name>
         <message>
+            <source>Asking {url}…</source>
+            <translation>Interrogation de {url}…</translation>
+        </message>
+        <message>
+            <source>CUDA {version}</source>
+            <translation>CUDA {version}</translation>
+        </message>
+        <message>
+            <source>Next to the project (a GeoPackage)</source>
+            <translation>À côté du projet (un GeoPackage)</translation>
+        </message>
+        <message>
+            <source>Set up by the plugin (leave empty)</source>
+            <translation>Installé par l’extension (laisser vide)</translation>
+        </message>
+        <message>
+            <source>Set up the engine first (button in the dock).</source>
+            <translation>Installez d’abord le moteur (bouton dans le panneau).</translation>
+        </message>
+        <message>
+            <source>Testing the engine…</source>
+            <translation>Test du moteur…</translation>
+        </message>
+        <message>
+            <source>The engine answered something unexpected: {error}</source>
+            <translation>Le moteur a répondu de façon inattendue : {error}</translation>
+        </message>
+        <message>
+            <source>The engine at {url} cannot be reached: {error}</source>
+            <translation>Le moteur à {url} est injoignable : {error}</translation>
+        </message>
+        <message>
+            <source>The engine cannot start (exit code {code}): {message}</source>
+            <translation>Le moteur ne peut pas démarrer (code de sortie {code}) : {message}</translation>
+        </message>
+        <message>
+            <source>The engine works: {device}</source>
+            <translation>Le moteur fonctionne : {device}</translation>
+        </message>
+        <message>
+            <source>The engine works: {device} · PyTorch {torch} · {cuda}</source>
+            <translation>Le moteur fonctionne : {device} · PyTorch {torch} · {cuda}</translation>
+        </message>
+        <message>
+            <source>The engine's Python could not be started: {python}</source>
+            <translation>Le Python du moteur n’a pas pu être lancé : {python}</translation>
+        </message>
+        <message>
+            <source>The engine's environment lacks a package. Set up the engine again (button in the dock).</source>
+            <translation>Il manque un paquet dans l’environnement du moteur. Installez le moteur à nouveau (bouton dans le panneau).</translation>
+        </message>
+        <message>
+            <source>The engine's environment lacks the package “{module}”. Set up the engine again (button in the dock).</source>
+            <translation>Il manque le paquet « {module} » dans l’environnement du moteur. Installez le moteur à nouveau (bouton dans le panneau).</translation>
+        </message>
+        <message>
+            <source>The test did not finish within {seconds:g} s.</source>
+            <translation>Le test ne s’est pas terminé en {seconds:g} s.</translation>
+        </message>
+        <message>
+            <source>auto: CUDA, else MPS, else CPU</source>
+            <translation>auto : CUDA, sinon MPS, sinon CPU</translation>
+        </message>
+        <message>
+            <source>no CUDA (a CPU-only build)</source>
+            <translation>sans CUDA (une version pour CPU seulement)</translation>
+        </message>
+        <message>
+            <source>Test</source>
+            <translation>Tester</translation>
+        </message>
+        <message>
+            <source>Check the engine with these settings: its device, PyTorch and CUDA, and what is missing</source>
+            <translation>Vérifier le moteur avec ces paramètres : son matériel, PyTorch et CUDA, et ce qui manque</translation>
+        </message>
+        <message>
+            <source>The token in the engine's token file</source>
+            <translation>Le jeton du fichier de jeton du moteur</translation>
+        </message>
+        <message>
             <source>Give the URL of the running engine, e.g. http://127.0.0.1:8765.</source>
             <translation>Indiquez l’URL du moteur en marche, par exemple http://127.0.0.1:8765.</translation>
         </message>
@@ -836,6 +944,10 @@
     </context>
     <context>
         <name>ProcessingEngine</name>
+        <message>
+            <source>The engine is not set up yet: click “Set up the engine” in the RS Assistant panel, or choose the engine's Python in the settings.</source>
+            <translation>Le moteur n’est pas encore installé : cliquez sur « Installer le moteur » dans le panneau RS Assistant, ou choisissez le Python du moteur dans les paramètres.</translation>
+        </message>
         <message>
             <source>The engine exited while starting (code {code}): {detail}</source>
             <translation>Le moteur s’est arrêté pendant son démarrage (code {code}) : {detail}</translation>

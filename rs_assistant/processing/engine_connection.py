@@ -200,8 +200,8 @@ class ProcessingEngine:
                 process = self._process = None
             if process is None:
                 if not settings.engine_python:
-                    raise EngineUnavailable(tr("The engine is not set up yet: open the RS Assistant panel and set it up "
-                                               "(Set up the engine), or choose its Python in the settings."))
+                    raise EngineUnavailable(tr("The engine is not set up yet: click “Set up the engine” in the RS Assistant "
+                                               "panel, or choose the engine's Python in the settings."))
                 try:
                     process = _EngineProcess(settings)
                 except OSError as exc:
