@@ -36,6 +36,8 @@ class RSAssistantPlugin:
         self.region_picker = None
         self.processing_provider = None
         self.mask_dialog = None
+        self.setup_panel = None
+        self.model_manager = None
 
     # --- set-up ---------------------------------------------------------------------------------
     def _install_translator(self) -> None:
@@ -67,6 +69,7 @@ class RSAssistantPlugin:
         from rs_assistant.ui.engine import EngineSupervisor
         from rs_assistant.ui.region_tool import RegionPicker
         from rs_assistant.ui.settings_store import SettingsStore
+        from rs_assistant.ui.setup_panel import SetupPanel
 
         canvas = self.iface.mapCanvas()
         self.settings_store = SettingsStore()
@@ -91,15 +94,27 @@ class RSAssistantPlugin:
             "actionRSAssistantSettings", "rs_assistant.svg", translate("RSAssistantPlugin", "RS Assistant settings…"),
             self._open_settings, toolbar=False,
         )
+        self.setup_action = self._add_action(
+            "actionRSAssistantSetup", "rs_assistant.svg", translate("RSAssistantPlugin", "Set up the engine…"),
+            self._show_setup, toolbar=False,
+        )
+        self.models_action = self._add_action(
+            "actionRSAssistantModels", "rs_assistant.svg", translate("RSAssistantPlugin", "Manage models…"),
+            self._open_model_manager, toolbar=False,
+        )
         canvas.mapToolSet.connect(self._on_map_tool_set)
 
-        self.dock = ChatDock(self.controller, self.select_region_action, self.iface.mainWindow())
+        self.setup_panel = SetupPanel(self.settings_store, self.engine)
+        self.setup_panel.settingsSaved.connect(self.controller.apply_settings)
+        self.dock = ChatDock(self.controller, self.select_region_action, self.iface.mainWindow(), setup_panel=self.setup_panel)
         self.iface.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.dock)
         self.dock.hide()
         self.dock.visibilityChanged.connect(self._on_dock_visible)
         self.dock.restartRequested.connect(self.engine.restart)
         self.dock.settingsRequested.connect(self._open_settings)
+        self.dock.manageModelsRequested.connect(self._open_model_manager)
         self.engine.statusChanged.connect(self.dock.set_engine_status)
+        self.engine.healthChanged.connect(self.dock.set_engine_health)
         QgsApplication.instance().aboutToQuit.connect(self.engine.stop)
 
         from rs_assistant.processing.engine_connection import ENGINE
@@ -144,6 +159,31 @@ class RSAssistantPlugin:
             self.engine.apply_settings(settings)
         dialog.deleteLater()
 
+    def _show_setup(self) -> None:
+        """The set-up panel on request (a repair, another PyTorch build): in the dock, in place of the chat."""
+        self.setup_panel.load_settings()
+        self.dock.show()
+        self.dock.raise_()
+        self.dock.show_setup()
+
+    def _open_model_manager(self) -> None:
+        if self.model_manager is None:
+            from rs_assistant.ui.model_manager import ModelManagerDialog
+
+            self.model_manager = ModelManagerDialog(self.settings_store, self.iface.mainWindow())
+            self.model_manager.modelsFileChanged.connect(self._on_models_file_changed)
+            self.model_manager.setupRequested.connect(self._show_setup)
+        self.model_manager.show()
+        self.model_manager.raise_()
+        self.model_manager.refresh()
+
+    def _on_models_file_changed(self) -> None:
+        """The model manager changed the models file: a running engine restarts to read it."""
+        from rs_assistant.core.engine_state import EngineState
+
+        if self.engine.status.state is not EngineState.STOPPED:
+            self.engine.restart()
+
     def _export_mask(self) -> None:
         if self.mask_dialog is None:
             from rs_assistant.ui.mask_export_dialog import MaskExportDialog
@@ -161,6 +201,13 @@ class RSAssistantPlugin:
             self.processing_provider = None
             ENGINE.detach(self.engine)
             ENGINE.shutdown()  # the engine Processing started for itself, if any
+        if self.model_manager is not None:
+            self.model_manager.shutdown()
+            self.model_manager.deleteLater()
+            self.model_manager = None
+        if self.setup_panel is not None:
+            self.setup_panel.shutdown()
+            self.setup_panel = None  # the dock owns the widget
         if self.mask_dialog is not None:
             self.mask_dialog.shutdown()
             self.mask_dialog.deleteLater()

@@ -57,7 +57,7 @@ from rs_assistant.ui.results import ResultLayerWriter, ResultWriteError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "default"
+AUTO_MODEL = "auto"  # the engine routes each task to the model its models file names for it (else default)
 SEARCH_TOP_K = 5
 
 
@@ -81,7 +81,7 @@ class AssistantController(QObject):
         self.last_layers: list[QgsVectorLayer] = []
         self._client: EngineClient | None = None
         self._models: list[ModelInfo] = []
-        self._model = DEFAULT_MODEL
+        self._model = AUTO_MODEL
         self._layer_ids: dict[str, str] = {"image": "", "before": "", "after": ""}
         self._region: QgsRectangle | None = None
         self._thumbnails: dict[int, list[QImage]] = {}
@@ -107,8 +107,8 @@ class AssistantController(QObject):
             return
         self._models = models or []
         names = [m.name for m in self._models]
-        if names and self._model not in names:
-            self._model = DEFAULT_MODEL if DEFAULT_MODEL in names else names[0]
+        if names and self._model not in names and self._model != AUTO_MODEL:
+            self._model = AUTO_MODEL  # the chosen model is gone (the models file changed)
         self.modelsChanged.emit(list(self._models))
 
     @property
@@ -120,7 +120,8 @@ class AssistantController(QObject):
         return self._model
 
     def set_model(self, name: str) -> None:
-        self._model = name or DEFAULT_MODEL
+        """A model's name, or ``"auto"`` (the default): each task's default model."""
+        self._model = name or AUTO_MODEL
 
     def apply_settings(self, settings: Settings) -> None:
         self.settings = settings

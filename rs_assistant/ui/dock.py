@@ -2,23 +2,27 @@
 
 Layout lives in resources/ui/chat_dock.ui; this class wires it to an
 :class:`AssistantController`, which does the work (the dock holds no state of its own).
+When the engine cannot start for want of its environment, the dock shows the set-up panel it
+was given (rs_assistant.ui.setup_panel) in place of the chat and of an error line.
 """
 
 from __future__ import annotations
 
+import html
 import logging
 
 from qgis.core import QgsMapLayerProxyModel, QgsUnitTypes
 from qgis.PyQt import uic
 from qgis.PyQt.QtCore import QEvent, QObject, Qt, pyqtSignal
 from qgis.PyQt.QtGui import QTextCursor
-from qgis.PyQt.QtWidgets import QAction, QDockWidget
+from qgis.PyQt.QtWidgets import QAction, QDockWidget, QWidget
 
-from rs_assistant.core.engine_state import EngineState, EngineStatus
+from rs_assistant.core.engine_state import EngineFault, EngineState, EngineStatus
 from rs_assistant.core.paths import resource
 from rs_assistant.ui import texts
-from rs_assistant.ui.controller import AssistantController
+from rs_assistant.ui.controller import AUTO_MODEL, AssistantController
 from rs_assistant.ui.imagery import pixel_size
+from rs_assistant.ui.setup_panel import needs_setup
 from rs_assistant.ui.transcript import TranscriptRenderer
 
 log = logging.getLogger(__name__)
@@ -29,13 +33,22 @@ _FORM, _ = uic.loadUiType(str(resource("ui", "chat_dock.ui")), from_imports=Fals
 class ChatDock(QDockWidget, _FORM):
     restartRequested = pyqtSignal()  # the person clicked "restart" in an engine error
     settingsRequested = pyqtSignal()
+    manageModelsRequested = pyqtSignal()  # the person clicked "Manage models…"
 
-    def __init__(self, controller: AssistantController, region_action: QAction | None = None, parent=None):
+    def __init__(self, controller: AssistantController, region_action: QAction | None = None, parent=None,
+                 setup_panel: QWidget | None = None):
         super().__init__(parent)
         self.setupUi(self)
         self.setObjectName("RSAssistantDock")
         self.controller = controller
+        self.setup_panel = setup_panel
+        self._setup_required = False  # the panel is shown because the engine cannot start without it
+        if setup_panel is not None:
+            self.mainLayout.insertWidget(1, setup_panel, 1)
+            setup_panel.hide()
+            setup_panel.closeRequested.connect(self.hide_setup)
         self._engine_status = EngineStatus(EngineState.STOPPED)
+        self._engine_health = None  # Health | None: what the ready engine computes on (set_engine_health)
         self._transcript = TranscriptRenderer(self.transcriptView)
         self._combos = {"image": self.imageLayerCombo, "before": self.beforeLayerCombo, "after": self.afterLayerCombo}
         for role, combo in self._combos.items():
@@ -55,7 +68,9 @@ class ChatDock(QDockWidget, _FORM):
         self.settingsButton.clicked.connect(self.settingsRequested)
         self.swapButton.clicked.connect(controller.swap_before_after)
         self.useViewButton.clicked.connect(controller.clear_region)
-        self.modelCombo.activated.connect(lambda index: controller.set_model(self.modelCombo.itemText(index)))
+        self.modelCombo.activated.connect(lambda index: controller.set_model(self.modelCombo.itemData(index)))
+        self.manageModelsButton.clicked.connect(self.manageModelsRequested)
+        self._on_models(controller.models)
         self.engineStatusLabel.linkActivated.connect(lambda _link: self.restartRequested.emit())
         self.engineStatusLabel.setTextInteractionFlags(Qt.TextInteractionFlag.TextBrowserInteraction)
 
@@ -124,25 +139,77 @@ class ChatDock(QDockWidget, _FORM):
         self.progressBar.setMaximum(100)
         self.progressBar.setValue(int(percent))
 
+    def set_engine_health(self, health) -> None:
+        """Shows the ready engine's device after its status, and its warning (an unused GPU) under it."""
+        self._engine_health = health
+        self.set_engine_status(self._engine_status)
+
+    def _device_info(self, status: EngineStatus):  # -> DeviceInfo | None, while the engine is ready
+        health = self._engine_health
+        return health.device_info if health is not None and status.state is EngineState.READY else None
+
     def set_engine_status(self, status: EngineStatus) -> None:
         self._engine_status = status
+        warning = texts.device_warning_text(self._device_info(status))
+        self.deviceWarningLabel.setText(warning)
+        self.deviceWarningLabel.setVisible(bool(warning))
+        if self.setup_panel is not None and needs_setup(status):
+            self.show_setup(status)
+            text = texts.engine_status_text(status) if status.fault is EngineFault.NOT_SET_UP else self.tr("Engine: to be set up again")
+            self.engineStatusLabel.setText(f'<span style="color:#777777">●</span> {text}')
+            self.engineStatusLabel.setToolTip(status.detail)
+            return
+        if self._setup_required and status.state in (EngineState.STARTING, EngineState.READY) and not self.setup_panel.running:
+            self.hide_setup()
         if status.state is EngineState.READY and self.controller.busy:
             text = texts.busy_text()
         else:
             text = texts.engine_status_text(status)
         colour = {EngineState.READY: "#2e7d32", EngineState.STARTING: "#f9a825", EngineState.ERROR: "#b00020"}.get(status.state, "#777777")
+        if self._device_info(status) is not None:
+            text = f"{text} · {html.escape(texts.device_text(self._device_info(status)))}"
         restart = self.tr("Restart")
         link = f' <a href="restart">{restart}</a>' if status.state is EngineState.ERROR else ""
         self.engineStatusLabel.setText(f'<span style="color:{colour}">●</span> {text}{link}')
         self.engineStatusLabel.setToolTip(text)
 
+    # --- the set-up panel -----------------------------------------------------------------------
+    def _chat_widgets(self) -> list[QWidget]:
+        return [self.modelLabel, self.modelCombo, self.manageModelsButton, self.layersGroup, self.transcriptView,
+                self.describeButton, self.findButton, self.segmentButton, self.compareButton, self.promptEdit,
+                self.sendButton]
+
+    def show_setup(self, status: EngineStatus | None = None) -> None:
+        """Shows the set-up panel in place of the chat: because of ``status``'s fault, or (None) on request."""
+        if self.setup_panel is None:
+            return
+        self._setup_required = status is not None
+        self.setup_panel.show_reason(status, required=self._setup_required)
+        for widget in self._chat_widgets():
+            widget.setVisible(False)
+        self.progressBar.setVisible(False)
+        self.setup_panel.show()
+
+    def hide_setup(self) -> None:
+        if self.setup_panel is None or not self.setup_panel.isVisible():
+            return
+        self._setup_required = False
+        self.setup_panel.hide()
+        for widget in self._chat_widgets():
+            widget.setVisible(True)
+        self._on_busy(self.controller.busy)
+
+    # --- models ---------------------------------------------------------------------------------
     def _on_models(self, models: list) -> None:
         self.modelCombo.clear()
+        self.modelCombo.addItem(self.tr("Auto (per task)"), AUTO_MODEL)
+        self.modelCombo.setItemData(0, self.tr("Each task goes to its default model (Manage models…)"),
+                                    Qt.ItemDataRole.ToolTipRole)
         for model in models:
-            self.modelCombo.addItem(model.name)
+            self.modelCombo.addItem(model.name, model.name)
             self.modelCombo.setItemData(self.modelCombo.count() - 1, ", ".join(t.value for t in model.tasks),
                                         Qt.ItemDataRole.ToolTipRole)
-        self.modelCombo.setCurrentIndex(max(0, self.modelCombo.findText(self.controller.model)))
+        self.modelCombo.setCurrentIndex(max(0, self.modelCombo.findData(self.controller.model)))
 
     def _on_layers_changed(self) -> None:
         for role, combo in self._combos.items():

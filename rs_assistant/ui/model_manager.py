@@ -141,7 +141,11 @@ class ModelManagerDialog(QDialog, _FORM):
 
         header = self.modelsTable.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        header.setStretchLastSection(True)
+        header.setSectionResizeMode(COLUMNS.index("licence"), QHeaderView.ResizeMode.Stretch)  # long ones elide
+        header.setStretchLastSection(False)
+        self.modelsTable.setTextElideMode(Qt.TextElideMode.ElideRight)
+        for column in (1, 3, 5):
+            self.tasksLayout.setColumnStretch(column, 1)
         self.modelsTable.itemSelectionChanged.connect(self._on_selection)
         self.downloadButton.clicked.connect(self.download_selected)
         self.importFolderButton.clicked.connect(self._import_folder)
@@ -230,9 +234,7 @@ class ModelManagerDialog(QDialog, _FORM):
         """What the dialog shows before the engine is set up: the catalogue (pure, read here)."""
         from rs_assistant.core.catalog import CATALOG
 
-        models = [ListedModel(DEFAULT_MODEL, "rsa", ("caption", "ground", "segment", "change", "chat", "retrieve"),
-                              False, True, True)]
-        models += [ListedModel(e.name, e.backend, tuple(t.value for t in e.tasks), True, False, False, None, e.size_gb,
+        models = [ListedModel(e.name, e.backend, tuple(t.value for t in e.tasks), True, False, False, None, e.size_gb,
                                e.licence, e.gated, e.repo_id) for e in CATALOG]
         return Listing(str(self.models_file()), tuple(models), {})
 
@@ -255,6 +257,8 @@ class ModelManagerDialog(QDialog, _FORM):
                 item.setData(Qt.ItemDataRole.UserRole, model.name)
                 if column == 0 and entry is not None:
                     item.setToolTip(entry.description)
+                if column == 3:
+                    item.setToolTip(model.licence)
                 if column == 5 and model.path:
                     item.setToolTip(model.path)
                 table.setItem(row, column, item)
@@ -438,7 +442,7 @@ class ModelManagerDialog(QDialog, _FORM):
         self._set_idle(True)
         if outcome.ending is Ending.DONE:
             done = {"pull": self.tr("Downloaded and registered."), "import": self.tr("Imported and registered."),
-                    "export": self.tr("Bundle written: {path}").format(path=outcome.result("EXPORTED") or "")}[verb]
+                    "export": self.tr("Bundle written: {path}").format(path=(outcome.result("EXPORTED") or "").partition(" ")[2])}[verb]
             self._set_message(done)
             if verb in ("pull", "import"):
                 self.modelsFileChanged.emit()

@@ -65,7 +65,8 @@ class SetupPanel(QWidget, _FORM):
         self._task: SetupTask | None = None
         self._cancelled = False
         self._detected = setup_engine.detect_torch_variant()
-        self.mainLayout.setStretchFactor(self.logView, 1)
+        self.mainLayout.addStretch(1)  # holds the fields at the top while the log is hidden
+        self._spacer_index = self.mainLayout.count() - 1
 
         names = {"cpu": self.tr("CPU"), "cuda": self.tr("NVIDIA CUDA")}
         self.torchCombo.addItem(self.tr("Automatic: {build}").format(build=names[self._detected]), "auto")
@@ -77,6 +78,7 @@ class SetupPanel(QWidget, _FORM):
         self.envDirButton.clicked.connect(lambda: self._choose_folder(self.envDirEdit, self.tr("Folder of the engine's environment")))
         self.torchCombo.currentIndexChanged.connect(self._explain)
         self.envDirEdit.textChanged.connect(self._explain)
+        self.envDirEdit.textChanged.connect(self.envDirEdit.setToolTip)  # a long path shows whole on hover
         self.setupEngineButton.clicked.connect(self.start_setup)
         self.cancelButton.clicked.connect(self.cancel_setup)
         self.closeButton.clicked.connect(self.closeRequested)
@@ -151,7 +153,13 @@ class SetupPanel(QWidget, _FORM):
         for widget in (self.torchCombo, self.advancedWidget):
             widget.setEnabled(True)
         self.progressBar.setVisible(self.progressBar.value() > 0)
-        self.logView.setVisible(not self.logView.document().isEmpty())
+        self._show_log(not self.logView.document().isEmpty())
+
+    def _show_log(self, shown: bool) -> None:
+        """The log takes the panel's free height while shown; else the fields stay together at the top."""
+        self.logView.setVisible(shown)
+        self.mainLayout.setStretch(self.mainLayout.indexOf(self.logView), 1 if shown else 0)
+        self.mainLayout.setStretch(self._spacer_index, 0 if shown else 1)
 
     def _set_message(self, text: str, colour: str = "") -> None:
         self.statusLabel.setText(text)
@@ -189,8 +197,7 @@ class SetupPanel(QWidget, _FORM):
         self._stop_engine_inside(target)
         command = self.command()
         self.logView.clear()
-        self.logView.appendPlainText("$ " + " ".join(command))
-        self.logView.setVisible(True)
+        self._show_log(True)
         self.progressBar.setValue(0)
         self.progressBar.setVisible(True)
         self._set_message(self.tr("Setting up the engine in {folder}…").format(folder=str(target)))

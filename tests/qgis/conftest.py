@@ -88,7 +88,7 @@ def make_assistant(qgis_new_project, qtbot, tmp_path):
         qtbot.waitUntil(lambda: not canvas.isDrawing())
         client = client if client is not None else FakeEngineClient()
         controller.set_client(client)
-        qtbot.waitUntil(lambda: dock.modelCombo.count() == 2)
+        qtbot.waitUntil(lambda: dock.modelCombo.count() == 3)  # Auto (per task), then the engine's two
         assistant = Assistant(iface, project, raster, controller, dock, picker, client)
         made.append(assistant)
         return assistant

@@ -1,7 +1,8 @@
 """A recording engine client for the QGIS tests: it answers like the engine, without a process.
 
 It has the :class:`EngineClient` methods the plugin calls (health, models, analyze, batch, cancel)
-and records every request. ``analyze`` answers a box over the middle of the requested region (in
+and records every request. Like the engine, it answers model ``auto`` with the model ``routes``
+names for the request's task (else ``default``), and says so in the response's ``model``. ``analyze`` answers a box over the middle of the requested region (in
 the request's output CRS), or raises the error it was given, or waits until cancelled. ``batch``
 (a search) streams four tiles, the quadrants of the request's extent, and ranks them 3, 1, 0, 2.
 """
@@ -34,8 +35,10 @@ def _box(extent, fraction: float) -> list:
 class FakeEngineClient:
     url = "http://fake"
 
-    def __init__(self, error: ProtocolError | None = None, wait_for_cancel: bool = False):
+    def __init__(self, error: ProtocolError | None = None, wait_for_cancel: bool = False,
+                 routes: dict[Task, str] | None = None):
         self.error = error
+        self.routes = dict(routes or {})
         self.wait_for_cancel = wait_for_cancel
         self.requests: list[AnalyzeRequest | BatchRequest] = []
         self.started = threading.Event()
@@ -68,7 +71,12 @@ class FakeEngineClient:
                                  "properties": {"kind": kind.value, "label": request.prompt or "change", "score": 0.9 - index * 0.2}})
         text = "a dark field with a bright square" if request.task in (Task.CAPTION, Task.CHAT) else f"found {len(features)}"
         return AnalyzeResponse(text=text, features=feature_collection(features), crs=request.output_crs,
-                               model=request.model, request_id=f"req-{len(self.requests)}")
+                               model=self.answering_model(request), request_id=f"req-{len(self.requests)}")
+
+    def answering_model(self, request: AnalyzeRequest) -> str:
+        if request.model == "auto":
+            return self.routes.get(request.task, "default")
+        return request.model
 
     RANKING = (3, 1, 0, 2)  # the fake's best tiles, best first
 

@@ -202,9 +202,9 @@ def test_no_engine_yet_is_a_message_not_a_hang(make_assistant, qtbot):
 def test_new_chat_and_model_selector(make_assistant, qtbot):
     assistant = make_assistant()
     assistant.dock.imageLayerCombo.setLayer(assistant.raster)
-    assert [assistant.dock.modelCombo.itemText(i) for i in range(2)] == ["default", "other"]
-    assistant.dock.modelCombo.setCurrentIndex(1)
-    assistant.dock.modelCombo.activated.emit(1)
+    assert [assistant.dock.modelCombo.itemText(i) for i in range(3)] == ["Auto (per task)", "default", "other"]
+    assistant.dock.modelCombo.setCurrentIndex(2)
+    assistant.dock.modelCombo.activated.emit(2)
     ask(qtbot, assistant, "hello")
     wait_answer(qtbot, assistant)
     assert assistant.client.requests[-1].model == "other"
@@ -306,3 +306,19 @@ def test_results_are_written_next_to_the_project_and_survive_reopening_it(make_a
     assert reopened.isValid() and reopened.name() == "find tanks" and reopened.featureCount() == 2
     assert reopened.metadata().abstract() == "found 2"
     assert reopened.crs().authid() == "EPSG:3857"
+
+
+def test_auto_is_the_default_model_and_the_transcript_names_the_model_that_answered(make_assistant, qtbot):
+    assistant = make_assistant(FakeEngineClient(routes={Task.CAPTION: "other"}))
+    assistant.dock.imageLayerCombo.setLayer(assistant.raster)
+    assert assistant.dock.modelLabel.text() == "Model"
+    assert assistant.dock.modelCombo.currentText() == "Auto (per task)"
+    qtbot.mouseClick(assistant.dock.describeButton, Qt.MouseButton.LeftButton)
+    turn = wait_answer(qtbot, assistant)
+    assert assistant.client.requests[-1].model == "auto"
+    assert turn.model == "other"  # the engine routed the caption to its default model for the task
+    assert "Assistant (other)" in assistant.dock.transcriptView.toPlainText()
+    ask(qtbot, assistant, "/find tanks")
+    wait_answer(qtbot, assistant)
+    assert assistant.client.requests[-1].model == "auto"
+    assert "Assistant (default)" in assistant.dock.transcriptView.toPlainText()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from qgis.core import QgsSettings
 from qgis.PyQt.QtCore import QCoreApplication, QEvent
-from qgis.PyQt.QtWidgets import QDialogButtonBox
+from qgis.PyQt.QtWidgets import QDialogButtonBox, QPushButton
 
 from rs_assistant.core.engine_state import EngineState
 from rs_assistant.core.settings import EngineMode, Settings
@@ -108,5 +108,8 @@ def test_an_engine_that_is_not_there_shows_why(started_plugin, qsettings, qtbot)
     plugin.toggle_action.trigger()  # opening the chat starts the engine
     assert plugin.dock.isVisible()
     qtbot.waitUntil(lambda: plugin.engine.status.state is EngineState.ERROR, timeout=10000)
-    label = plugin.dock.engineStatusLabel.text()
-    assert "interpreter was not found" in label and "/nonexistent/python3" in label and "Restart" in label
+    panel = plugin.dock.setup_panel  # a Python that is gone: the set-up, not a restart, helps
+    assert panel.isVisible() and panel.findChild(QPushButton, "setupEngineButton").isVisible()
+    reason = panel.reasonLabel.text()
+    assert "Python was not found" in reason and "/nonexistent/python3" in reason
+    assert not plugin.dock.transcriptView.isVisible()
