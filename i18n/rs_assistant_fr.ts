@@ -525,6 +525,34 @@
             <source>Restart</source>
             <translation>Redémarrer</translation>
         </message>
+        <message>
+            <source>Auto (per task)</source>
+            <translation>Auto (selon la tâche)</translation>
+        </message>
+        <message>
+            <source>Each task goes to its default model (Manage models…)</source>
+            <translation>Chaque tâche va à son modèle par défaut (Gérer les modèles…)</translation>
+        </message>
+        <message>
+            <source>Engine: to be set up again</source>
+            <translation>Moteur : à réinstaller</translation>
+        </message>
+        <message>
+            <source>Model</source>
+            <translation>Modèle</translation>
+        </message>
+        <message>
+            <source>Manage models…</source>
+            <translation>Gérer les modèles…</translation>
+        </message>
+        <message>
+            <source>Model that answers; Auto picks the default model of each task (Manage models…)</source>
+            <translation>Modèle qui répond ; Auto choisit le modèle par défaut de chaque tâche (Gérer les modèles…)</translation>
+        </message>
+        <message>
+            <source>Download, import and export models; choose the default model of each task</source>
+            <translation>Télécharger, importer et exporter des modèles ; choisir le modèle par défaut de chaque tâche</translation>
+        </message>
     </context>
     <context>
         <name>Messages</name>
@@ -754,6 +782,14 @@
         <message>
             <source>RS Assistant settings…</source>
             <translation>Paramètres de RS Assistant…</translation>
+        </message>
+        <message>
+            <source>Manage models…</source>
+            <translation>Gérer les modèles…</translation>
+        </message>
+        <message>
+            <source>Set up the engine…</source>
+            <translation>Installer le moteur…</translation>
         </message>
     </context>
     <context>
@@ -1169,6 +1205,380 @@
         <message>
             <source>Best matching tiles</source>
             <translation>Tuiles les plus proches</translation>
+        </message>
+    </context>
+    <context>
+        <name>SetupPanel</name>
+        <message>
+            <source>Automatic: {build}</source>
+            <translation>Automatique : {build}</translation>
+        </message>
+        <message>
+            <source>CPU</source>
+            <translation>CPU</translation>
+        </message>
+        <message>
+            <source>NVIDIA CUDA</source>
+            <translation>NVIDIA CUDA</translation>
+        </message>
+        <message>
+            <source>Folder of the engine's environment</source>
+            <translation>Dossier de l’environnement du moteur</translation>
+        </message>
+        <message>
+            <source>Folder of wheels</source>
+            <translation>Dossier de wheels</translation>
+        </message>
+        <message>
+            <source>PyTorch for NVIDIA GPUs (CUDA), transformers, GDAL's rasterio…</source>
+            <translation>PyTorch pour GPU NVIDIA (CUDA), transformers, rasterio de GDAL…</translation>
+        </message>
+        <message>
+            <source>PyTorch for the CPU, transformers, GDAL's rasterio…</source>
+            <translation>PyTorch pour le CPU, transformers, rasterio de GDAL…</translation>
+        </message>
+        <message>
+            <source>RS Assistant runs its models in a Python environment of its own: about {size} GB ({what}) will be installed in {folder}.</source>
+            <translation>RS Assistant exécute ses modèles dans son propre environnement Python : environ {size} Go ({what}) seront installés dans {folder}.</translation>
+        </message>
+        <message>
+            <source>RS Assistant: setting up the engine</source>
+            <translation>RS Assistant : installation du moteur</translation>
+        </message>
+        <message>
+            <source>Resume set-up</source>
+            <translation>Reprendre l’installation</translation>
+        </message>
+        <message>
+            <source>Set up again</source>
+            <translation>Réinstaller</translation>
+        </message>
+        <message>
+            <source>Set up the engine</source>
+            <translation>Installer le moteur</translation>
+        </message>
+        <message>
+            <source>Set-up cancelled. What is already installed is kept: it can be resumed.</source>
+            <translation>Installation annulée. Ce qui est déjà installé est conservé : elle peut être reprise.</translation>
+        </message>
+        <message>
+            <source>Setting up the engine in {folder}…</source>
+            <translation>Installation du moteur dans {folder}…</translation>
+        </message>
+        <message>
+            <source>Step {step}</source>
+            <translation>Étape {step}</translation>
+        </message>
+        <message>
+            <source>The engine is set up ({python}). Starting it…</source>
+            <translation>Le moteur est installé ({python}). Démarrage…</translation>
+        </message>
+        <message>
+            <source>The engine's Python was not found ({path}). Set up the engine again, or choose another Python in the settings.</source>
+            <translation>Le Python du moteur est introuvable ({path}). Réinstallez le moteur ou choisissez un autre Python dans les paramètres.</translation>
+        </message>
+        <message>
+            <source>The engine's environment lacks packages it needs ({detail}). Setting it up again repairs it.</source>
+            <translation>Il manque à l’environnement du moteur des paquets nécessaires ({detail}). Le réinstaller le répare.</translation>
+        </message>
+        <message>
+            <source>The set-up failed: {error}</source>
+            <translation>L’installation a échoué : {error}</translation>
+        </message>
+        <message>
+            <source>the set-up ended without naming the engine's Python</source>
+            <translation>l’installation s’est terminée sans indiquer le Python du moteur</translation>
+        </message>
+        <message>
+            <source>PyTorch build</source>
+            <translation>Version de PyTorch</translation>
+        </message>
+        <message>
+            <source>CUDA runs the models on an NVIDIA GPU; the CPU build works everywhere</source>
+            <translation>CUDA exécute les modèles sur un GPU NVIDIA ; la version CPU fonctionne partout</translation>
+        </message>
+        <message>
+            <source>Advanced</source>
+            <translation>Avancé</translation>
+        </message>
+        <message>
+            <source>Package index</source>
+            <translation>Index de paquets</translation>
+        </message>
+        <message>
+            <source>https://pypi.org/simple (default)</source>
+            <translation>https://pypi.org/simple (par défaut)</translation>
+        </message>
+        <message>
+            <source>A PyPI mirror, e.g. your organisation's; empty: pip's own configuration</source>
+            <translation>Un miroir de PyPI, par exemple celui de votre organisation ; vide : la configuration de pip</translation>
+        </message>
+        <message>
+            <source>Proxy</source>
+            <translation>Proxy</translation>
+        </message>
+        <message>
+            <source>http://user:password@proxy:port</source>
+            <translation>http://utilisateur:motdepasse@proxy:port</translation>
+        </message>
+        <message>
+            <source>Offline packages</source>
+            <translation>Paquets hors ligne</translation>
+        </message>
+        <message>
+            <source>a folder of wheels (no download)</source>
+            <translation>un dossier de wheels (sans téléchargement)</translation>
+        </message>
+        <message>
+            <source>A folder holding the engine's wheels (made with pip download), for computers without internet</source>
+            <translation>Un dossier contenant les wheels du moteur (faites avec pip download), pour les ordinateurs sans internet</translation>
+        </message>
+        <message>
+            <source>Choose the folder</source>
+            <translation>Choisir le dossier</translation>
+        </message>
+        <message>
+            <source>Install into</source>
+            <translation>Installer dans</translation>
+        </message>
+        <message>
+            <source>The folder of the engine's Python environment</source>
+            <translation>Le dossier de l’environnement Python du moteur</translation>
+        </message>
+        <message>
+            <source>Cancel</source>
+            <translation>Annuler</translation>
+        </message>
+        <message>
+            <source>Back to the chat</source>
+            <translation>Retour à la discussion</translation>
+        </message>
+    </context>
+    <context>
+        <name>ModelManagerDialog</name>
+        <message>
+            <source>Built in</source>
+            <translation>Intégré</translation>
+        </message>
+        <message>
+            <source>Built-in (default)</source>
+            <translation>Intégré (par défaut)</translation>
+        </message>
+        <message>
+            <source>Bundle written: {path}</source>
+            <translation>Paquet écrit : {path}</translation>
+        </message>
+        <message>
+            <source>Cancelled.</source>
+            <translation>Annulé.</translation>
+        </message>
+        <message>
+            <source>Cancelled. Download again to resume where it stopped.</source>
+            <translation>Annulé. Téléchargez à nouveau pour reprendre là où il s’est arrêté.</translation>
+        </message>
+        <message>
+            <source>Checkpoint folder to import</source>
+            <translation>Dossier de checkpoint à importer</translation>
+        </message>
+        <message>
+            <source>Download</source>
+            <translation>Télécharger</translation>
+        </message>
+        <message>
+            <source>Download again</source>
+            <translation>Télécharger à nouveau</translation>
+        </message>
+        <message>
+            <source>Downloaded and registered.</source>
+            <translation>Téléchargé et enregistré.</translation>
+        </message>
+        <message>
+            <source>Downloaded {done} of {total}</source>
+            <translation>{done} téléchargés sur {total}</translation>
+        </message>
+        <message>
+            <source>Downloaded, not registered: download again to register it</source>
+            <translation>Téléchargé, non enregistré : téléchargez-le à nouveau pour l’enregistrer</translation>
+        </message>
+        <message>
+            <source>Downloading {name}</source>
+            <translation>Téléchargement de {name}</translation>
+        </message>
+        <message>
+            <source>Export {name} as a bundle</source>
+            <translation>Exporter {name} en paquet</translation>
+        </message>
+        <message>
+            <source>Exporting {name}</source>
+            <translation>Export de {name}</translation>
+        </message>
+        <message>
+            <source>Files missing: download or import it again</source>
+            <translation>Fichiers manquants : téléchargez-le ou importez-le à nouveau</translation>
+        </message>
+        <message>
+            <source>Hugging Face token</source>
+            <translation>Jeton Hugging Face</translation>
+        </message>
+        <message>
+            <source>Imported and registered.</source>
+            <translation>Importé et enregistré.</translation>
+        </message>
+        <message>
+            <source>Importing {path}</source>
+            <translation>Import de {path}</translation>
+        </message>
+        <message>
+            <source>It failed: {error}</source>
+            <translation>Échec : {error}</translation>
+        </message>
+        <message>
+            <source>Listing the models…</source>
+            <translation>Liste des modèles en cours…</translation>
+        </message>
+        <message>
+            <source>Model bundle to import</source>
+            <translation>Paquet de modèle à importer</translation>
+        </message>
+        <message>
+            <source>Models file: {path}</source>
+            <translation>Fichier des modèles : {path}</translation>
+        </message>
+        <message>
+            <source>Not downloaded</source>
+            <translation>Non téléchargé</translation>
+        </message>
+        <message>
+            <source>Not downloaded: needs a Hugging Face token</source>
+            <translation>Non téléchargé : nécessite un jeton Hugging Face</translation>
+        </message>
+        <message>
+            <source>Ready</source>
+            <translation>Prêt</translation>
+        </message>
+        <message>
+            <source>The engine's Python could not start ({python}).</source>
+            <translation>Le Python du moteur n’a pas pu démarrer ({python}).</translation>
+        </message>
+        <message>
+            <source>The model list failed: {error}</source>
+            <translation>La liste des modèles a échoué : {error}</translation>
+        </message>
+        <message>
+            <source>Zip bundles (*.zip)</source>
+            <translation>Paquets zip (*.zip)</translation>
+        </message>
+        <message>
+            <source>the built-in model</source>
+            <translation>le modèle intégré</translation>
+        </message>
+        <message>
+            <source>{name} (not available)</source>
+            <translation>{name} (indisponible)</translation>
+        </message>
+        <message>
+            <source>{name} is gated: accept its licence on https://huggingface.co/{repo} with your account, then paste a read token from https://huggingface.co/settings/tokens (used for this download only).</source>
+            <translation>{name} est à accès restreint : acceptez sa licence sur https://huggingface.co/{repo} avec votre compte, puis collez un jeton de lecture de https://huggingface.co/settings/tokens (utilisé pour ce seul téléchargement).</translation>
+        </message>
+        <message>
+            <source>{task} now uses {model}.</source>
+            <translation>{task} utilise maintenant {model}.</translation>
+        </message>
+        <message>
+            <source>RS Assistant models</source>
+            <translation>Modèles de RS Assistant</translation>
+        </message>
+        <message>
+            <source>The engine is not set up yet: models are listed, downloaded and imported by the engine's own Python.</source>
+            <translation>Le moteur n’est pas encore installé : les modèles sont listés, téléchargés et importés par le Python du moteur.</translation>
+        </message>
+        <message>
+            <source>Set up the engine…</source>
+            <translation>Installer le moteur…</translation>
+        </message>
+        <message>
+            <source>Model</source>
+            <translation>Modèle</translation>
+        </message>
+        <message>
+            <source>Tasks</source>
+            <translation>Tâches</translation>
+        </message>
+        <message>
+            <source>Licence</source>
+            <translation>Licence</translation>
+        </message>
+        <message>
+            <source>Memory CPU / GPU</source>
+            <translation>Mémoire CPU / GPU</translation>
+        </message>
+        <message>
+            <source>Status</source>
+            <translation>État</translation>
+        </message>
+        <message>
+            <source>Download the chosen catalogue model (a second run resumes)</source>
+            <translation>Télécharger le modèle choisi du catalogue (une deuxième fois reprend)</translation>
+        </message>
+        <message>
+            <source>Import folder…</source>
+            <translation>Importer un dossier…</translation>
+        </message>
+        <message>
+            <source>Register a checkpoint folder already on this computer</source>
+            <translation>Enregistrer un dossier de checkpoint déjà sur cet ordinateur</translation>
+        </message>
+        <message>
+            <source>Import bundle (zip)…</source>
+            <translation>Importer un paquet (zip)…</translation>
+        </message>
+        <message>
+            <source>Register a model from an offline bundle made with Export bundle</source>
+            <translation>Enregistrer un modèle depuis un paquet hors ligne fait avec Exporter un paquet</translation>
+        </message>
+        <message>
+            <source>Export bundle…</source>
+            <translation>Exporter un paquet…</translation>
+        </message>
+        <message>
+            <source>Write the chosen model (weights and its entry) to a zip for a computer without internet</source>
+            <translation>Écrire le modèle choisi (poids et entrée) dans un zip pour un ordinateur sans internet</translation>
+        </message>
+        <message>
+            <source>Refresh</source>
+            <translation>Actualiser</translation>
+        </message>
+        <message>
+            <source>Cancel</source>
+            <translation>Annuler</translation>
+        </message>
+        <message>
+            <source>Default model per task (used when the chat's model is Auto)</source>
+            <translation>Modèle par défaut de chaque tâche (utilisé quand le modèle de la discussion est Auto)</translation>
+        </message>
+        <message>
+            <source>Describe</source>
+            <translation>Décrire</translation>
+        </message>
+        <message>
+            <source>Find</source>
+            <translation>Trouver</translation>
+        </message>
+        <message>
+            <source>Segment</source>
+            <translation>Segmenter</translation>
+        </message>
+        <message>
+            <source>Change</source>
+            <translation>Changements</translation>
+        </message>
+        <message>
+            <source>Chat</source>
+            <translation>Discussion</translation>
+        </message>
+        <message>
+            <source>Search</source>
+            <translation>Rechercher</translation>
         </message>
     </context>
 </TS>
