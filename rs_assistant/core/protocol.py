@@ -578,16 +578,22 @@ class DeviceInfo:
             raise ProtocolError(ErrorCode.INTERNAL, f"device type {self.type!r} is not one of cpu|cuda|mps") from None
         for name in ("name", "dtype", "torch", "warning"):
             if not isinstance(getattr(self, name), str):
-                raise ProtocolError(ErrorCode.INTERNAL, f"device_info.{name} must be a string, got {getattr(self, name)!r}")
+                raise ProtocolError(
+                    ErrorCode.INTERNAL, f"device_info.{name} must be a string, got {getattr(self, name)!r}"
+                )
         if self.cuda is not None and not isinstance(self.cuda, str):
             raise ProtocolError(ErrorCode.INTERNAL, f"device_info.cuda must be a string or null, got {self.cuda!r}")
         if self.memory_gb is not None:
             try:
                 memory = float(self.memory_gb)
             except (TypeError, ValueError):
-                raise ProtocolError(ErrorCode.INTERNAL, f"device_info.memory_gb must be a number or null, got {self.memory_gb!r}") from None
+                raise ProtocolError(
+                    ErrorCode.INTERNAL, f"device_info.memory_gb must be a number or null, got {self.memory_gb!r}"
+                ) from None
             if not (math.isfinite(memory) and memory >= 0):
-                raise ProtocolError(ErrorCode.INTERNAL, f"device_info.memory_gb must be 0 or more, got {self.memory_gb!r}")
+                raise ProtocolError(
+                    ErrorCode.INTERNAL, f"device_info.memory_gb must be 0 or more, got {self.memory_gb!r}"
+                )
             object.__setattr__(self, "memory_gb", memory)
 
     def to_dict(self) -> dict[str, Any]:
@@ -602,7 +608,7 @@ class DeviceInfo:
         }
 
     @classmethod
-    def from_dict(cls, data: Any) -> "DeviceInfo":
+    def from_dict(cls, data: Any) -> DeviceInfo:
         if not isinstance(data, Mapping):
             raise ProtocolError(ErrorCode.INTERNAL, f"device_info must be an object, got {type(data).__name__}")
         missing = sorted({"type", "name", "dtype", "torch"} - set(data))
@@ -636,7 +642,7 @@ class Health:
         return out
 
     @classmethod
-    def from_dict(cls, data: Any) -> "Health":
+    def from_dict(cls, data: Any) -> Health:
         if not isinstance(data, Mapping) or "status" not in data:
             raise ProtocolError(ErrorCode.INTERNAL, "health must be an object with a 'status'")
         info = data.get("device_info")

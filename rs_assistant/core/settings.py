@@ -68,7 +68,8 @@ class Settings:
             )
         if self.setup_index_url and not self.setup_index_url.startswith(("http://", "https://")):
             raise ProtocolError(
-                ErrorCode.BAD_REQUEST, f"the package index URL must start with http:// or https://, got {self.setup_index_url!r}"
+                ErrorCode.BAD_REQUEST,
+                f"the package index URL must start with http:// or https://, got {self.setup_index_url!r}",
             )
 
     @property

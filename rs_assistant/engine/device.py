@@ -70,7 +70,7 @@ def describe(device: str) -> str:
 SETUP_AGAIN = "run the engine set-up again with the CUDA build (Settings > Set up the engine, torch: CUDA)"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def device_info(device: str) -> DeviceInfo:
     """What ``device`` (as :func:`choose_device` resolved it) is: name, memory, dtype, torch's build,
     and a warning when an NVIDIA GPU is present but unused. Cached: the answer cannot change while
@@ -149,7 +149,7 @@ def nvidia_present(system: str | None = None, root: Path = Path("/")) -> bool:
     if system == "Darwin":
         return False
     if system == "Windows":
-        system32 = Path(os.environ.get("SystemRoot", r"C:\Windows")) / "System32"
+        system32 = Path(os.environ.get("SYSTEMROOT", r"C:\Windows")) / "System32"
         return shutil.which("nvidia-smi") is not None or (system32 / "nvidia-smi.exe").exists()
     return shutil.which("nvidia-smi") is not None
 

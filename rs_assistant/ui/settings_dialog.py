@@ -180,7 +180,8 @@ class SettingsDialog(QDialog, _FORM):
 
     def _on_test_timeout(self) -> None:
         self._stop_test()
-        self._report(self.tr("The test did not finish within {seconds:g} s.").format(seconds=self.TEST_TIMEOUT_S), ERROR_COLOUR)
+        text = self.tr("The test did not finish within {seconds:g} s.").format(seconds=self.TEST_TIMEOUT_S)
+        self._report(text, ERROR_COLOUR)
 
     def _stop_test(self) -> None:
         self._test_timer.stop()
@@ -201,13 +202,15 @@ class SettingsDialog(QDialog, _FORM):
             try:
                 return self._device_report(DeviceInfo.from_dict(answer))
             except ProtocolError as exc:
-                return self.tr("The engine answered something unexpected: {error}").format(error=exc.message), ERROR_COLOUR
+                text = self.tr("The engine answered something unexpected: {error}").format(error=exc.message)
+                return text, ERROR_COLOUR
         error = answer.get("error") if answer is not None and isinstance(answer.get("error"), dict) else {}
         module = error.get("module") if error.get("code") == "missing_package" else missing_module(stderr.splitlines())
         if module is not None:
             return self._missing_report(module), ERROR_COLOUR
         message = error.get("message") or _last_line(stderr) or _last_line(stdout)
-        return self.tr("The engine cannot start (exit code {code}): {message}").format(code=exit_code, message=message), ERROR_COLOUR
+        text = self.tr("The engine cannot start (exit code {code}): {message}").format(code=exit_code, message=message)
+        return text, ERROR_COLOUR
 
     def _missing_report(self, module: str) -> str:
         if module:
@@ -239,7 +242,8 @@ class SettingsDialog(QDialog, _FORM):
         self.testEngineButton.setEnabled(True)
         if error is not None:
             message = getattr(error, "message", str(error))
-            self._report(self.tr("The engine at {url} cannot be reached: {error}").format(url=url, error=message), ERROR_COLOUR)
+            text = self.tr("The engine at {url} cannot be reached: {error}").format(url=url, error=message)
+            self._report(text, ERROR_COLOUR)
         elif health.device_info is not None:
             self._report(*self._device_report(health.device_info))
         else:
