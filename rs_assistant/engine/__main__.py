@@ -5,6 +5,7 @@ python -m rs_assistant.engine batch --task TASK --image PATH [--image PATH] [--e
     [--prompt TEXT] [--tile-size N] [--overlap N] [--batch-size N] [--top-k N] [--model NAME] [--models FILE]
     [--output FILE.geojsonl] [--ray-address ADDRESS [--workers N]] [--device auto|cpu|cuda|mps]
 python -m rs_assistant.engine selftest [--device auto|cpu|cuda|mps]
+python -m rs_assistant.engine models list|pull|import|export|use ...   (rs_assistant.engine.models_cli)
 
 ``serve`` binds its socket first (port 0: a free one), then prints exactly one line,
 ``READY http://HOST:PORT``, on stdout once it accepts requests; logs go to stderr. Every route but
@@ -75,6 +76,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _batch(args)
     if args.command == "selftest":
         return _selftest(args)
+    if args.command == "models":
+        from rs_assistant.engine.models_cli import run as run_models
+
+        return run_models(args)
     return _run(args)
 
 
@@ -100,8 +105,13 @@ def _parser() -> argparse.ArgumentParser:
     for sub in (serve, run, batch):
         sub.add_argument("--models", type=Path, default=None, help="models file (TOML); without it only 'default' exists")
         sub.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
-    selftest = commands.add_parser("selftest", help="check the engine's packages; print its device, torch and CUDA as one JSON line")
+    selftest = commands.add_parser(
+        "selftest", help="check the engine's packages; print its device, torch and CUDA as one JSON line"
+    )
     selftest.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    from rs_assistant.engine.models_cli import add_parser as add_models_parser
+
+    add_models_parser(commands)
     return parser
 
 
