@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test tier, each in its own pytest process, and fails if any tier fails.
 #   bash scripts/run_tests.sh        (what `make test` calls after the set-up)
-# core/engine/training run without the Qt plugins (no QGIS in those processes);
+# setup (tests/setup) makes real engine environments with python -m rs_assistant.setup_engine from a
+# wheelhouse cached in ~/.cache/rs_assistant-tests (built once per machine: see tests/wheelhouse.py).
+# core/engine/training/setup run without the Qt plugins (no QGIS in those processes);
 # qgis/e2e run against Debian's QGIS with an offscreen Qt platform.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -17,5 +19,6 @@ run_tier() {
 run_tier core     $PY -m pytest -p no:pytest_qgis -p no:pytest-qt tests/core
 run_tier engine   $PY -m pytest -p no:pytest_qgis -p no:pytest-qt tests/engine
 run_tier training $PY -m pytest -p no:pytest_qgis -p no:pytest-qt tests/training
+run_tier setup    $PY -m pytest -p no:pytest_qgis -p no:pytest-qt tests/setup
 run_tier qgis     env QT_QPA_PLATFORM=offscreen $PY -m pytest tests/qgis tests/e2e
 exit $status

@@ -47,7 +47,8 @@ if [ ! -x "$VENV/bin/python" ]; then
   /usr/bin/python3 -m venv --system-site-packages "$VENV" || die "could not create $VENV: install python3-venv"
 fi
 
-stamp_key=$(cat requirements/*.in requirements/constraints.txt | sha256sum | cut -c1-16)-$TORCH_VARIANT
+# pyproject.toml's extras read requirements/*.in; the stamp covers both, so a changed pin reinstalls.
+stamp_key=$(cat pyproject.toml requirements/*.in requirements/constraints.txt | sha256sum | cut -c1-16)-$TORCH_VARIANT
 stamp="$VENV/.installed-$stamp_key"
 if [ ! -f "$stamp" ]; then
   say "installing Python dependencies into $VENV (torch: $TORCH_VARIANT)"
@@ -60,13 +61,16 @@ if [ ! -f "$stamp" ]; then
       || die "could not install the CUDA build of torch 2.13.0 (set TORCH_INDEX_URL?)"
   fi
   log=$(mktemp)
-  if ! "$VENV/bin/pip" install "${pip_args[@]}" -r requirements/engine.in -r requirements/training.in -r requirements/distributed.in -r requirements/dev.in >"$log" 2>&1; then
+  # The project itself, editable, with every extra (engine, training, distributed, dev = requirements/*.in);
+  # constraints.txt keeps numpy and affine pinned and the local CPU wheel of torch satisfies torch==2.13.0.
+  if ! "$VENV/bin/pip" install "${pip_args[@]}" -e ".[engine,training,distributed,dev]" >"$log" 2>&1; then
     grep -v "is ignored: it is neither" "$log" | tail -15 >&2
     grep -qi "connection\|network\|resolve" "$log" && die "pip could not reach the package index (no network?): see $log"
     die "pip install failed: see $log"
   fi
   "$VENV/bin/python" - <<'PY' || die "the installed packages do not import together (see above)"
 import numpy, torch, transformers, rasterio, fastapi, uvicorn, shapely, pyproj
+import importlib.metadata; importlib.metadata.version("rs-assistant")  # the editable install
 import ray  # batch jobs on a Ray cluster (--ray-address)
 from osgeo import gdal_array  # QGIS Processing needs it: breaks under numpy 2
 assert numpy.__version__.startswith("1.24"), f"numpy {numpy.__version__} in .venv: must stay at 1.24"
