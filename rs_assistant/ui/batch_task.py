@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class BatchResult:
     job_id: str = ""
+    model: str = ""  # the model that answered, when the engine's start event names it (model "auto" routes)
     crs: str = ""
     tiles: int = 0
     features: list[dict[str, Any]] = field(default_factory=list)  # final: tile features, merged
@@ -61,6 +62,7 @@ class BatchTask(QgsTask):
         if kind == BatchEvent.START.value:
             result.job_id = str(event.get("job_id", ""))
             result.crs = str(event.get("crs", ""))
+            result.model = str(event.get("model") or "")
             result.tiles = int(event.get("tiles") or 0)
         elif kind == BatchEvent.TILE.value:
             result.features.extend(event.get("features") or [])

@@ -356,8 +356,9 @@ class AssistantController(QObject):
         layers = []
         if result.ranked:
             writer = ResultLayerWriter(self.project, self.settings.output_folder)
-            layers = writer.write_features(result.ranked, turn.command.title, turn.question, text, self._model, result.job_id)
-        self._show_answer(turn_id, layers, text, model=self._model, request_id=result.job_id, feature_count=len(result.ranked))
+            layers = writer.write_features(result.ranked, turn.command.title, turn.question, text, result.model or self._model, result.job_id)
+        self._show_answer(turn_id, layers, text, model=result.model or self._model, request_id=result.job_id,
+                          feature_count=len(result.ranked))
 
     def _show_answer(self, turn_id: int, layers: list[QgsVectorLayer], text: str, **details) -> None:
         self.last_layers = layers

@@ -183,6 +183,8 @@ class ChatDock(QDockWidget, _FORM):
         """Shows the set-up panel in place of the chat: because of ``status``'s fault, or (None) on request."""
         if self.setup_panel is None:
             return
+        if status is None and needs_setup(self._engine_status):
+            status = self._engine_status  # asked for while the engine cannot start: the same as shown for it
         self._setup_required = status is not None
         self.setup_panel.show_reason(status, required=self._setup_required)
         for widget in self._chat_widgets():

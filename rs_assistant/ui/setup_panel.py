@@ -171,6 +171,11 @@ class SetupPanel(QWidget, _FORM):
     def running(self) -> bool:
         return self._task is not None
 
+    @property
+    def task(self) -> SetupTask | None:
+        """The running set-up's task (None while none runs)."""
+        return self._task
+
     def command(self) -> list[str]:
         """``<base python> -m rs_assistant.setup_engine --target DIR --torch V [options]``."""
         command = [setup_engine.find_base_python(), "-m", "rs_assistant.setup_engine",
@@ -194,8 +199,12 @@ class SetupPanel(QWidget, _FORM):
         if self.running:
             return
         target = self.target()
+        try:
+            command = self.command()
+        except LookupError as exc:  # no Python to make the environment with
+            self._set_message(self.tr("The set-up failed: {error}").format(error=str(exc)), ERROR_COLOUR)
+            return
         self._stop_engine_inside(target)
-        command = self.command()
         self.logView.clear()
         self._show_log(True)
         self.progressBar.setValue(0)

@@ -114,6 +114,12 @@ class ProcessTask(QgsTask):
     def progress_of(self, line: str) -> float | None:  # worker thread
         return None
 
+    @property
+    def pid(self) -> int | None:
+        """The process's id (also its process group's on POSIX) once it started."""
+        with self._lock:
+            return self._process.pid if self._process is not None else None
+
     # --- worker thread --------------------------------------------------------------------------
     def run(self) -> bool:
         if self.isCanceled():

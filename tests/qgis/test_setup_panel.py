@@ -13,6 +13,8 @@ also passes alone. Together they take a few minutes (torch is installed from loc
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from qgis.core import QgsCoordinateReferenceSystem, QgsProject, QgsSettings
 from qgis.PyQt.QtCore import Qt
@@ -74,6 +76,14 @@ def wheelhouse():
     return engine_wheelhouse()
 
 
+def process_group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def setup_button(plugin) -> QPushButton:
     return plugin.dock.findChild(QPushButton, "setupEngineButton")
 
@@ -112,8 +122,10 @@ def test_cancelling_the_set_up_offers_to_resume_it(open_plugin, qtbot, env_dir, 
     assert panel.running and panel.cancelButton.isVisible() and not setup_button(plugin).isEnabled()
     # cancel while pip installs (step 4 of 6: torch)
     qtbot.waitUntil(lambda: "STEP 4/" in panel.logView.toPlainText(), timeout=SETUP_TIMEOUT_MS)
+    group = panel.task.pid
     panel.cancelButton.click()
     qtbot.waitUntil(lambda: not panel.running, timeout=60_000)
+    qtbot.waitUntil(lambda: not process_group_alive(group), timeout=10_000)  # the set-up and its pip are gone
     assert setup_button(plugin).text() == "Resume set-up" and setup_button(plugin).isEnabled()
     assert "resumed" in panel.statusLabel.text()
     assert not setup_engine.is_complete(env_dir)  # a cancelled set-up never looks complete
