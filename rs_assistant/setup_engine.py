@@ -59,6 +59,7 @@ MIN_PYTHON = (3, 11)  # the engine reads TOML with tomllib
 STAMP_NAME = ".rs_assistant-setup-complete.json"
 OWNER_MARK = ".rs_assistant-engine-env"  # written when this set-up made the venv: only then may it wipe it
 TORCH_VARIANT_FILE = ".rs_assistant-torch-variant"
+PYPI_SIMPLE = "https://pypi.org/simple/"
 PYPI_TORCH_CPU = "https://download.pytorch.org/whl/cpu"
 PYPI_TORCH_CU126 = "https://download.pytorch.org/whl/cu126"
 VERIFY_MODULES = (
@@ -395,7 +396,24 @@ def _pip_common(opts: SetupOptions, index_url: str) -> list[str]:
     return args
 
 
-def _pip_failure(rc: int, tail: list[str], opts: SetupOptions, what: str) -> SetupError:
+def _reachable(url: str, proxy: str = "", timeout: float = 10) -> bool:
+    """Whether an HTTP(S) index answers at all (any HTTP status counts), through ``proxy`` if given."""
+    import urllib.error
+    import urllib.request
+
+    if not url.lower().startswith(("http://", "https://")):
+        return True
+    handlers = [urllib.request.ProxyHandler({"http": proxy, "https": proxy})] if proxy else []
+    try:
+        urllib.request.build_opener(*handlers).open(urllib.request.Request(url, method="HEAD"), timeout=timeout)
+    except urllib.error.HTTPError:
+        return True
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _pip_failure(rc: int, tail: list[str], opts: SetupOptions, what: str, index_url: str = "") -> SetupError:
     text = "\n".join(tail)
     last = next((line.strip() for line in reversed(tail) if line.strip().startswith("ERROR")), "")
     if "No space left on device" in text or "[Errno 28]" in text:
@@ -408,12 +426,14 @@ def _pip_failure(rc: int, tail: list[str], opts: SetupOptions, what: str) -> Set
             f"the wheelhouse {opts.find_links} has no wheel for {name} that fits this Python and system: "
             "rebuild it with `python -m rs_assistant.setup_engine --download-wheelhouse DIR`, run by a Python of "
             "the same version on the same kind of system")
-    if any(m in text for m in NETWORK_MARKERS) or (not opts.offline and "(from versions: none)" in text):
+    unresolved = any(m in text for m in (*NOT_FOUND_MARKERS, "ResolutionImpossible"))
+    if any(m in text for m in NETWORK_MARKERS) or (
+            not opts.offline and unresolved and not _reachable(index_url or PYPI_SIMPLE, opts.proxy)):
         via = f" through the proxy {opts.proxy}" if opts.proxy else ""
         return SetupError(
-            f"pip could not reach the package index{via} while installing {what} (no network, or a proxy or "
-            "firewall refusing): pass --proxy URL for a proxy, --index-url URL for a local mirror, or "
-            "--find-links DIR to install offline from a wheelhouse made with --download-wheelhouse")
+            f"pip could not reach the package index {index_url or PYPI_SIMPLE}{via} while installing {what} "
+            "(no network, or a proxy or firewall refusing): pass --proxy URL for a proxy, --index-url URL for a "
+            "local mirror, or --find-links DIR to install offline from a wheelhouse made with --download-wheelhouse")
     detail = f" ({last})" if last else ""
     return SetupError(f"pip failed (exit {rc}) while installing {what}{detail}: see the log above")
 
@@ -422,7 +442,7 @@ def _pip_install(python: str, opts: SetupOptions, args: list[str], index_url: st
     cmd = [python, "-m", "pip", "install", *_pip_common(opts, index_url), *args]
     rc, tail = _run_streamed(cmd, _child_env(opts.proxy))
     if rc != 0:
-        raise _pip_failure(rc, tail, opts, what)
+        raise _pip_failure(rc, tail, opts, what, index_url)
 
 
 # --- the set-up -------------------------------------------------------------------------------------
@@ -586,8 +606,9 @@ def _verify(python: Path, variant: str) -> dict:
     if cli.returncode != 0:
         raise SetupError(f"`python -m rs_assistant.engine --help` fails in the new environment "
                          f"({cli.stderr.strip().splitlines()[-1:] or cli.returncode}): run the set-up again")
-    _say(f"verified: Python {info['python']}, torch {info['torch']} ({'CUDA ' + info['cuda'] if info.get('cuda') else 'no CUDA'}), "
-         f"{', '.join(VERIFY_MODULES)} import; the engine's command line starts")
+    cuda = f"CUDA {info['cuda']}" if info.get("cuda") else "no CUDA"
+    _say(f"verified: Python {info['python']}, torch {info['torch']} ({cuda}), {', '.join(VERIFY_MODULES)} import; "
+         "the engine's command line starts")
     return info
 
 
@@ -621,15 +642,15 @@ def run_setup(opts: SetupOptions) -> Path:
     python = venv_python(target)
     key = _stamp_key((engine_in, constraints), variant, base_version)
     stamp = _read_stamp(target)
-    done = stamp is not None and stamp.get("key") == key and _python_works(python)
+    done = stamp is not None and stamp.get("key") == key  # was complete: at most its interpreter needs repair
     _step(2, STEPS[1])
     if done:
-        _say("the environment is complete (stamp found): no download needed")
+        _say("the environment was completed before (stamp found): no download needed")
     else:
         _remove_stamp(target)  # from here on, nothing looks complete until verified
         _check_disk(target, variant)
     _step(3, STEPS[2])
-    _make_venv(target, base, base_version)
+    _make_venv(target, base, base_version)  # raises unless the venv's python works afterwards
     if done:
         _step(4, "install torch (already installed)")
         _step(5, "install the engine's packages (already installed)")
@@ -669,12 +690,12 @@ def download_wheelhouse(dest: Path, opts: SetupOptions) -> Path:
     rc, tail = _run_streamed([*base, *_pip_common(plain, torch_index or opts.index_url), "--no-deps", "torch",
                               "-c", str(constraints)], _child_env(opts.proxy))
     if rc != 0:
-        raise _pip_failure(rc, tail, plain, "torch")
+        raise _pip_failure(rc, tail, plain, "torch", torch_index or opts.index_url)
     _step(2, "download the engine's packages")
     rc, tail = _run_streamed([*base, *_pip_common(plain, opts.index_url), "--find-links", str(dest),
                               "-r", str(engine_in), "-c", str(constraints)], _child_env(opts.proxy))
     if rc != 0:
-        raise _pip_failure(rc, tail, plain, "the engine's packages")
+        raise _pip_failure(rc, tail, plain, "the engine's packages", opts.index_url)
     return dest
 
 
