@@ -37,6 +37,13 @@ def tiny_sam_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_sam2_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.engine.tiny_models import sam2
+
+    return sam2.make(tmp_path_factory.mktemp("tiny-models") / "sam2")
+
+
+@pytest.fixture(scope="session")
 def tiny_clip_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.engine.tiny_models import clip
 
