@@ -21,6 +21,14 @@ How a pull works, with huggingface_hub (2.4) doing the HTTP:
    Hub's LFS metadata, the git blob sha1 and size of the others. A corrupt file is deleted and
    reported; pulling again fetches it anew.
 
+An entry with ``companions`` or ``generated_files`` (a bare open_clip ``*.pt`` published without its
+config and vocabulary) is pulled source by source as above (one progress bar over all of them), then
+assembled: a folder ``<repo folder>/rs_assistant/<entry name>`` in the main repository's cache folder
+(removed with it by ``hf cache delete``) holds links to the snapshot files, each under its own file
+name, and the generated files. It is built as ``.<name>.*.assembling`` and renamed into place, and
+only the stamp ``rs_assistant/<entry name>.json`` written after that (the commits of every source and
+every file's size) makes it complete: an interrupted pull never leaves a folder that looks complete.
+
 ``HF_ENDPOINT``, ``HF_HOME`` / ``HF_HUB_CACHE``, ``HF_TOKEN`` and the proxy variables
 (``HTTPS_PROXY``...) are honoured because huggingface_hub reads them. Nothing here imports torch.
 """
@@ -36,10 +44,10 @@ import shutil
 import tempfile
 import time
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from fnmatch import fnmatch
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Mapping
 
 from rs_assistant.core.catalog import CatalogEntry
@@ -49,7 +57,15 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int, int, str], None]  # (done bytes, total bytes, file being fetched)
 
 #: config.json model_type -> the backend that runs it.
-MODEL_TYPE_BACKENDS = {"qwen2_5_vl": "qwen2_5_vl", "florence2": "florence2", "sam": "sam", "clip": "clip", "rsa": "rsa"}
+MODEL_TYPE_BACKENDS = {
+    "qwen2_5_vl": "qwen2_5_vl",
+    "florence2": "florence2",
+    "sam": "sam",
+    "sam2": "sam",  # SAM 2 / 2.1 (the sam backend runs them with Sam2Model)
+    "sam2_video": "sam",  # facebook/sam2.1-hiera-*: the video model's conversion, whose image part Sam2Model loads
+    "clip": "clip",
+    "rsa": "rsa",
+}
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
@@ -58,6 +74,8 @@ BUNDLE_MANIFEST = "rs_assistant_bundle.json"
 BUNDLE_FORMAT = 1
 #: Written into a pulled snapshot's repo folder once every file is in: the list of files and sizes.
 COMPLETE_STAMP = "rs_assistant-complete-{commit}.json"
+#: Assembled checkpoint folders (entries with companions or generated files), inside the main repo's folder.
+ASSEMBLED_DIR = "rs_assistant"
 #: Tries per file within one pull while a cut connection keeps delivering new bytes.
 RETRIES = 3
 
@@ -169,7 +187,8 @@ def checkpoint_problems(folder: Path, backend: str) -> list[str]:
             problems.append(f"weight shard(s) {', '.join(missing)} named by {index.name}")
     if backend in ("qwen2_5_vl", "florence2", "clip") and not any((folder / n).is_file() for n in TOKENIZER_FILES):
         problems.append(f"tokenizer files (one of {', '.join(TOKENIZER_FILES)})")
-    if backend in ("qwen2_5_vl", "florence2", "clip", "sam") and not any((folder / n).is_file() for n in PROCESSOR_FILES):
+    needs_processor = backend in ("qwen2_5_vl", "florence2", "clip") or model_type == "sam"  # SAM 2 has defaults
+    if needs_processor and not any((folder / n).is_file() for n in PROCESSOR_FILES):
         problems.append(f"the image processor's {' or '.join(PROCESSOR_FILES)}")
     return problems
 
@@ -204,11 +223,20 @@ def repo_folder(repo_id: str, cache: Path | None = None) -> Path:
 
 
 def find_cached(entry: CatalogEntry, cache: Path | None = None) -> Path | None:
-    """The snapshot folder of ``entry`` in the HF cache when it is complete, without any request.
+    """The checkpoint folder of ``entry`` in the HF cache when it is complete, without any request.
 
     Complete means: pulled here to the end (the stamp lists every file and they are all there),
     or, for a copy another tool downloaded, a folder that passes :func:`checkpoint_problems`.
+    For an assembled entry: every source is complete, and so is the assembled folder, for the
+    commits the sources are at now.
     """
+    if entry.assembled:
+        return _find_assembled(entry, cache)
+    return _find_snapshot(entry, cache)
+
+
+def _find_snapshot(entry: CatalogEntry, cache: Path | None = None) -> Path | None:
+    """The snapshot folder of ``entry``'s repository holding the files its patterns select, if complete."""
     storage = repo_folder(entry.repo_id, cache)
     revision = entry.revision
     commit = revision if _is_commit(revision) else None
@@ -223,12 +251,59 @@ def find_cached(entry: CatalogEntry, cache: Path | None = None) -> Path | None:
     stamp = storage / COMPLETE_STAMP.format(commit=commit)
     if stamp.is_file():
         try:
-            files = json.loads(stamp.read_text(encoding="utf-8"))["files"]
-            complete = all((snapshot / f["path"]).is_file() and (snapshot / f["path"]).stat().st_size == f["size"] for f in files)
-        except (OSError, ValueError, KeyError, TypeError):
+            data = json.loads(stamp.read_text(encoding="utf-8"))
+            files = data["files"]
+            # A stamp written for other patterns (another entry, or a companion's few files) proves nothing here.
+            covered = set(entry.allow_patterns) <= set(data.get("allow_patterns", entry.allow_patterns))
+            complete = covered and all(
+                (snapshot / f["path"]).is_file() and (snapshot / f["path"]).stat().st_size == f["size"] for f in files
+            )
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             complete = False
-        return snapshot if complete else None
+        if complete or entry.assembled:
+            return snapshot if complete else None
+    if entry.assembled:  # a source of an assembled entry is never a checkpoint on its own
+        return None
     return snapshot if not checkpoint_problems(snapshot, entry.backend) else None
+
+
+def sources(entry: CatalogEntry) -> list[CatalogEntry]:
+    """The repositories an entry's checkpoint folder is made from: its own, then its companions'.
+
+    Each is an entry selecting exactly the files to fetch from it (``assembled`` stays true for all
+    of them, so that none is mistaken for a checkpoint folder of its own).
+    """
+    found = [entry]
+    for companion in entry.companions:
+        found.append(replace(entry, repo_id=companion.repo_id, revision=companion.revision, allow_patterns=companion.files))
+    return found
+
+
+def _stamp_files(entry: CatalogEntry, snapshot: Path, cache: Path | None) -> list[str]:
+    """The repo paths the stamp of ``snapshot`` lists that ``entry``'s patterns select."""
+    storage = repo_folder(entry.repo_id, cache)
+    data = json.loads((storage / COMPLETE_STAMP.format(commit=snapshot.name)).read_text(encoding="utf-8"))
+    return sorted(f["path"] for f in data["files"] if any(fnmatch(f["path"], p) for p in entry.allow_patterns))
+
+
+def assembled_folder(entry: CatalogEntry, cache: Path | None = None) -> Path:
+    return repo_folder(entry.repo_id, cache) / ASSEMBLED_DIR / entry.name
+
+
+def _find_assembled(entry: CatalogEntry, cache: Path | None) -> Path | None:
+    snapshots = [_find_snapshot(source, cache) for source in sources(entry)]
+    if any(s is None for s in snapshots):
+        return None
+    folder = assembled_folder(entry, cache)
+    try:
+        stamp = json.loads((folder.parent / f"{entry.name}.json").read_text(encoding="utf-8"))
+        wanted = {source.repo_id: snap.name for source, snap in zip(sources(entry), snapshots)}  # type: ignore[union-attr]
+        complete = stamp["sources"] == wanted and all(
+            (folder / f["name"]).is_file() and (folder / f["name"]).stat().st_size == f["size"] for f in stamp["files"]
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        complete = False
+    return folder if complete else None
 
 
 def _is_commit(revision: str) -> bool:
@@ -270,15 +345,40 @@ def pull(
     token: str | None = None,
     cache: Path | None = None,
 ) -> Path:
-    """Download ``entry`` into the HF cache (resuming partial files) and return its snapshot folder.
+    """Download ``entry`` into the HF cache (resuming partial files) and return its checkpoint folder.
 
-    A complete copy already in the cache is returned without any request.
+    A complete copy already in the cache is returned without any request. For an assembled entry
+    every source is pulled (one progress bar over all of them) and the folder is then assembled.
     """
     found = find_cached(entry, cache)
     if found is not None:
         log.info("%s is already in the cache at %s", entry.name, found)
         return found
-    commit, files = remote_files(entry, token)
+    plans = []  # (source, commit, files) of each source not complete yet
+    for source in sources(entry):
+        if _find_snapshot(source, cache) is None:
+            plans.append((source, *remote_files(source, token)))
+    total = sum(f.size for _, _, files in plans for f in files)
+    offset = 0
+    for source, commit, files in plans:
+
+        def shifted(done: int, _total: int, name: str, offset: int = offset) -> None:
+            if progress is not None:
+                progress(offset + done, total, name)
+
+        _pull_snapshot(source, commit, files, shifted, token, cache)
+        offset += sum(f.size for f in files)
+    if not entry.assembled:
+        snapshot = _find_snapshot(entry, cache)
+        assert snapshot is not None, "a snapshot pulled to the end is complete"
+        return snapshot
+    return _assemble(entry, cache)
+
+
+def _pull_snapshot(
+    entry: CatalogEntry, commit: str, files: list[RemoteFile], progress: Progress, token: str | None, cache: Path | None
+) -> Path:
+    """Fetch ``files`` of ``entry``'s repository at ``commit`` into the cache and stamp the snapshot."""
     storage = repo_folder(entry.repo_id, cache)
     snapshot = storage / "snapshots" / commit
     blobs = storage / "blobs"
@@ -307,9 +407,84 @@ def pull(
         refs = storage / "refs"
         refs.mkdir(exist_ok=True)
         _atomic_write(refs / entry.revision, commit)
-    stamp = {"repo_id": entry.repo_id, "commit": commit, "files": [{"path": f.path, "size": f.size} for f in files]}
-    _atomic_write(storage / COMPLETE_STAMP.format(commit=commit), json.dumps(stamp, indent=1))
+    _write_stamp(storage, entry, commit, files)
     return snapshot
+
+
+def _write_stamp(storage: Path, entry: CatalogEntry, commit: str, files: list[RemoteFile]) -> None:
+    """Record ``files`` (and the patterns that chose them) as complete, keeping what an earlier pull recorded."""
+    path = storage / COMPLETE_STAMP.format(commit=commit)
+    listed: dict[str, int] = {}
+    patterns: list[str] = []
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+        listed = {f["path"]: int(f["size"]) for f in old["files"]}
+        patterns = list(old.get("allow_patterns", []))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    listed.update({f.path: f.size for f in files})
+    patterns += [p for p in entry.allow_patterns if p not in patterns]
+    stamp = {
+        "repo_id": entry.repo_id,
+        "commit": commit,
+        "allow_patterns": patterns,
+        "files": [{"path": p, "size": n} for p, n in sorted(listed.items())],
+    }
+    _atomic_write(path, json.dumps(stamp, indent=1))
+
+
+def _assemble(entry: CatalogEntry, cache: Path | None) -> Path:
+    """Build ``entry``'s checkpoint folder from its complete sources; see the module docstring."""
+    placed: dict[str, Path] = {}  # file name in the folder -> the snapshot file it links to
+    commits: dict[str, str] = {}
+    for source in sources(entry):
+        snapshot = _find_snapshot(source, cache)
+        if snapshot is None:
+            raise HubError(Failure.INTERRUPTED, f"{source.repo_id} is not complete in the cache; pull {entry.name} again")
+        commits[source.repo_id] = snapshot.name
+        for repo_path in _stamp_files(source, snapshot, cache):
+            name = PurePosixPath(repo_path).name
+            if name in placed or name in dict(entry.generated_files):
+                raise HubError(
+                    Failure.NOT_FOUND,
+                    f"{entry.name}: two of its files are called {name!r} ({source.repo_id}/{repo_path}); "
+                    "the catalogue entry must select files with distinct names",
+                )
+            placed[name] = snapshot / repo_path
+    folder = assembled_folder(entry, cache)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    stamp_path = folder.parent / f"{entry.name}.json"
+    stamp_path.unlink(missing_ok=True)  # from here on the folder is incomplete until the new stamp is written
+    work = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", suffix=".assembling", dir=folder.parent))
+    try:
+        for name, target in placed.items():
+            _link_or_copy(target, work / name)
+        for name, text in entry.generated_files:
+            (work / name).write_text(text, encoding="utf-8")
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(work, folder)
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+    files = [{"name": p.name, "size": p.stat().st_size} for p in sorted(folder.iterdir())]
+    _atomic_write(stamp_path, json.dumps({"entry": entry.name, "sources": commits, "files": files}, indent=1))
+    log.info("assembled %s in %s from %s", entry.name, folder, ", ".join(f"{r}@{c[:12]}" for r, c in commits.items()))
+    return folder
+
+
+def _link_or_copy(target: Path, link: Path) -> None:
+    """``link`` -> ``target``: a relative symlink, else a hard link, else a copy (Windows without symlinks)."""
+    try:
+        os.symlink(os.path.relpath(target, link.parent), link)
+        return
+    except OSError:
+        pass
+    real = target.resolve()
+    try:
+        os.link(real, link)
+    except OSError:
+        shutil.copyfile(real, link)
 
 
 def _bytes_on_disk(blobs: Path, snapshot: Path, file: RemoteFile) -> int:
