@@ -669,8 +669,8 @@ BATCH_SOURCES: dict[Task, int] = {
 class BatchEvent(str, enum.Enum):
     """The ``event`` field of each NDJSON line that ``POST /v1/batch`` streams back.
 
-    - ``start``: ``job_id``, ``tiles`` (tiles in the grid), ``todo`` (tiles this run will do, after
-      ``skip_tiles``), ``crs`` (of every feature), ``tile_size``, ``overlap``, ``batch_size`` (in force).
+    - ``start``: ``job_id``, ``model`` (the model that answers: ``auto`` resolved), ``tiles`` (tiles in the
+      grid), ``todo`` (tiles this run will do, after ``skip_tiles``), ``crs`` (of every feature), ``tile_size``, ``overlap``, ``batch_size`` (in force).
     - ``tile``: ``tile`` (its id), ``done`` / ``todo`` (progress of this run), ``text`` (caption, may be
       empty), ``features`` (final GeoJSON features for the output layer, each with ``properties.tile``),
       ``pending`` (pieces that touch the tile's seam: not final; keep them to resume, wait for ``merged``).

@@ -428,6 +428,9 @@ def plan_job(runner: Runner, request: BatchRequest) -> JobPlan:
     batch_size = executor.check(request)
     if batch_size != request.batch_size:
         request = dataclasses.replace(request, batch_size=batch_size)
+    engine = _engine(runner)
+    if engine is not None:  # model "auto": the job names the model that answers it (a Ray driver leaves it to its workers)
+        request = dataclasses.replace(request, model=engine.registry.route(request.task, request.model))
     grid = make_grid(request)
     skipped = sum(1 for t in request.skip_tiles if t < grid.count)
     pending = [from_pending(f, grid) for f in request.pending]
@@ -435,12 +438,18 @@ def plan_job(runner: Runner, request: BatchRequest) -> JobPlan:
     return JobPlan(request, grid, uuid.uuid4().hex, grid.count - skipped, pending, key)
 
 
+def _engine(runner: Runner) -> Engine | None:
+    """The engine behind ``runner``, None where this process has none (a Ray driver: its workers hold the engines)."""
+    engine = runner if isinstance(runner, Engine) else getattr(runner, "engine", None)
+    return engine if isinstance(engine, Engine) else None
+
+
 def _model_files(runner: Runner, model: str, task: Task = Task.RETRIEVE) -> list[list[Any]]:
     """Path, size and modification time of the files behind ``model``'s path settings (its checkpoint
     folder's files), so that new weights under the same model name do not reuse old embeddings.
     Empty where this process has no registry to ask (a Ray driver: its workers hold the engines)."""
-    engine = runner if isinstance(runner, Engine) else getattr(runner, "engine", None)
-    if not isinstance(engine, Engine):
+    engine = _engine(runner)
+    if engine is None:
         return []
     stamps = []
     for _, value in sorted(engine.registry.spec(engine.registry.route(task, model)).config.items()):
@@ -485,8 +494,8 @@ def stream_job(runner: Runner, plan: JobPlan, cancel: threading.Event | None = N
 def _events(executor: TileExecutor, plan: JobPlan, cancel: threading.Event) -> Iterator[dict[str, Any]]:
     request, grid = plan.request, plan.grid
     yield {
-        "event": BatchEvent.START.value, "job_id": plan.job_id, "tiles": grid.count, "todo": plan.todo,
-        "crs": request.output_crs, "tile_size": request.tile_size, "overlap": request.overlap,
+        "event": BatchEvent.START.value, "job_id": plan.job_id, "model": request.model, "tiles": grid.count,
+        "todo": plan.todo, "crs": request.output_crs, "tile_size": request.tile_size, "overlap": request.overlap,
         "batch_size": request.batch_size,
     }  # fmt: skip
     ranking = _Ranking(request.options.top_k)

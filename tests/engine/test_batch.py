@@ -75,6 +75,14 @@ def canonical(features: list[dict]) -> list[str]:
     return sorted(json.dumps({"g": shape(f["geometry"]).normalize().wkt, "p": f["properties"]}, sort_keys=True) for f in features)
 
 
+def test_a_job_for_model_auto_names_the_model_its_tasks_table_routes_it_to(data, tmp_path):
+    models = tmp_path / "models.toml"
+    models.write_text((data / "models.toml").read_text() + '\n[tasks]\nsegment = "tiles"\n')
+    events = list(run_job(Engine(Registry.from_file(models)), request(data, model="auto")))
+    assert events[0]["event"] == "start" and events[0]["model"] == "tiles"
+    assert events[-1]["event"] == "done" and layer(events)
+
+
 def test_a_job_streams_start_tiles_merged_done(engine, data):
     events = list(run_job(engine, request(data)))
     assert [e["event"] for e in events] == ["start"] + ["tile"] * 12 + ["merged", "done"]
