@@ -419,14 +419,14 @@ def _pip_failure(rc: int, tail: list[str], opts: SetupOptions, what: str, index_
     if "No space left on device" in text or "[Errno 28]" in text:
         return SetupError(f"the disk is full while installing {what}: free some space (or choose another "
                           "folder for the engine's environment), then run the set-up again")
-    if opts.offline and any(m in text for m in NOT_FOUND_MARKERS):
-        missing = re.search(r"requirement ([^\s(]+)", last)
+    unresolved = any(m in text for m in (*NOT_FOUND_MARKERS, "ResolutionImpossible"))
+    if opts.offline and unresolved:
+        missing = re.search(r"(?:satisfies the requirement|Cannot install) ([A-Za-z0-9_.\-]+)", text)
         name = missing.group(1) if missing else what
         return SetupError(
             f"the wheelhouse {opts.find_links} has no wheel for {name} that fits this Python and system: "
             "rebuild it with `python -m rs_assistant.setup_engine --download-wheelhouse DIR`, run by a Python of "
             "the same version on the same kind of system")
-    unresolved = any(m in text for m in (*NOT_FOUND_MARKERS, "ResolutionImpossible"))
     if any(m in text for m in NETWORK_MARKERS) or (
             not opts.offline and unresolved and not _reachable(index_url or PYPI_SIMPLE, opts.proxy)):
         via = f" through the proxy {opts.proxy}" if opts.proxy else ""

@@ -103,10 +103,27 @@ def test_a_set_up_killed_mid_install_is_not_complete_and_a_rerun_finishes_it(tmp
     proc.stdout.close()
     assert any(line.startswith("STEP 4/6") for line in seen), "".join(seen)
     assert venv_python(target).is_file() and not is_complete(target)
+    if sys.platform.startswith("linux"):  # pip went with it, so it cannot race the rerun
+        deadline = time.monotonic() + 10
+        while _processes_mentioning(target) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _processes_mentioning(target) == []
 
     rerun = run_setup("--target", str(target), "--torch", "cpu", "--find-links", str(wheelhouse))
     assert rerun.returncode == 0, "\n".join(rerun.lines[-20:])
     assert rerun.last == f"ENGINE_PYTHON {venv_python(target)}" and is_complete(target)
+
+
+def _processes_mentioning(target: Path) -> list[str]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(target) in text:
+            found.append(text)
+    return found
 
 
 @pytest.mark.skipif(detect_torch_variant() == "cuda", reason="this machine has an NVIDIA driver")
@@ -151,8 +168,9 @@ def test_a_folder_that_is_not_an_engine_environment_is_left_alone(tmp_path, whee
 
 
 def _older_python() -> str | None:
-    for name in ("python3.10", "python3.9", "python3.8"):
-        found = shutil.which(name)
+    pyenv = sorted(Path.home().glob(".pyenv/versions/3.[89]*/bin/python3")) + sorted(
+        Path.home().glob(".pyenv/versions/3.10*/bin/python3"))
+    for found in [shutil.which(name) for name in ("python3.10", "python3.9", "python3.8")] + [str(p) for p in pyenv]:
         if found and subprocess.run([found, "-c", "import venv"], capture_output=True).returncode == 0:
             return found
     return None
