@@ -1238,8 +1238,8 @@
             <translation>PyTorch pour le CPU, transformers, rasterio de GDAL…</translation>
         </message>
         <message>
-            <source>RS Assistant runs its models in a Python environment of its own: about {size} GB ({what}) will be installed in {folder}.</source>
-            <translation>RS Assistant exécute ses modèles dans son propre environnement Python : environ {size} Go ({what}) seront installés dans {folder}.</translation>
+            <source>RS Assistant runs its models in a Python environment of its own: about {size} GB ({what}) will be installed in {folder}, which needs {free} GB free while it installs.</source>
+            <translation>RS Assistant exécute ses modèles dans son propre environnement Python : environ {size} Go ({what}) seront installés dans {folder}, qui doit avoir {free} Go libres pendant l’installation.</translation>
         </message>
         <message>
             <source>RS Assistant: setting up the engine</source>

@@ -70,8 +70,10 @@ STEPS = ("check the Python", "check the free disk space", "create the environmen
          "install torch", "install the engine's packages", "check that everything imports")
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-# Sizes after installing, plus room for pip's downloads and unpacking (measured on Linux x86_64:
-# the CPU environment takes 1.4 GB; PyPI's CUDA torch brings about 4.5 GB of NVIDIA libraries).
+# The environment's size once installed (Linux x86_64: the CPU environment measured 1.4 GB; PyPI's
+# CUDA torch brings about 4.5 GB of NVIDIA libraries), and the free space asked for before starting
+# (that, plus room for pip's downloads and unpacking).
+INSTALLED_GB = {"cpu": 1.5, "cuda": 6.0}
 DISK_NEEDED_GB = {"cpu": 3.0, "cuda": 12.0}
 
 
@@ -156,8 +158,17 @@ def _has_nvidia_driver(system, which, exists, environ=None) -> bool:
 
 def disk_needed_gb(variant: str) -> float:
     """Free space (GB) the set-up asks for before it starts, for the torch variant ``cpu`` or ``cuda``."""
+    return _per_variant(DISK_NEEDED_GB, variant)
+
+
+def installed_gb(variant: str) -> float:
+    """About how much (GB) the finished environment takes, for the torch variant ``cpu`` or ``cuda``."""
+    return _per_variant(INSTALLED_GB, variant)
+
+
+def _per_variant(sizes: dict, variant: str) -> float:
     try:
-        return DISK_NEEDED_GB[str(getattr(variant, "value", variant))]
+        return sizes[str(getattr(variant, "value", variant))]
     except KeyError:
         raise ValueError(f"unknown torch variant {variant!r}: use cpu or cuda") from None
 

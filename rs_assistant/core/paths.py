@@ -1,19 +1,22 @@
 """Where the plugin's files are, both in the repository and inside the installed zip.
 
 In the repository ``resources/`` and ``i18n/`` sit beside ``rs_assistant/``; the packaged
-plugin carries them inside ``rs_assistant/``. Pure standard library.
+plugin carries them inside ``rs_assistant/``; a wheel (``pip install ".[engine]"``) puts the built-in
+model's weights in ``<prefix>/share/rs_assistant/resources``. Pure standard library.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 
 
 def _first_existing(name: str) -> Path:
-    inside = PACKAGE_DIR / name
-    return inside if inside.is_dir() else PACKAGE_DIR.parent / name
+    """The plugin zip's folder, else the repository's, else an installed wheel's data folder."""
+    candidates = (PACKAGE_DIR / name, PACKAGE_DIR.parent / name, Path(sys.prefix) / "share" / "rs_assistant" / name)
+    return next((folder for folder in candidates if folder.is_dir()), candidates[1])
 
 
 def resources_dir() -> Path:

@@ -1,4 +1,4 @@
-"""The wire protocol between the plugin and the engine (../shared/DESIGN.md, "The protocol").
+"""The wire protocol between the plugin and the engine (docs/architecture.md, "Protocol").
 
 One definition serves both sides: the plugin builds requests from these dataclasses, the engine
 validates incoming JSON into the same classes. Pure standard library: no qgis, no Qt, no torch.

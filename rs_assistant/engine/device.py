@@ -1,4 +1,4 @@
-"""Choosing the device and dtype once for the whole engine (../shared/DESIGN.md, "Device").
+"""Choosing the device and dtype once for the whole engine (docs/architecture.md, "Device").
 
 CUDA when available (bf16 where the GPU supports it, else fp16; SDPA attention), else MPS,
 else CPU in fp32: bf16 matrix products on a CPU without native support run hundreds of times

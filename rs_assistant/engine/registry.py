@@ -1,6 +1,6 @@
 """The models the engine can answer with: the models file (TOML), backend names, lazy loading.
 
-A models file names models and the backend that runs each (../shared/DESIGN.md, "Models")::
+A models file names models and the backend that runs each (docs/architecture.md, "Models file")::
 
     [models.qwen]
     backend = "qwen2_5_vl"              # a built-in backend name, or "package.module:ClassName"

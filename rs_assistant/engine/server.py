@@ -2,7 +2,7 @@
 
     python -m rs_assistant.engine serve --port 0 --token-file ~/.config/rs_assistant/engine.token
 
-Routes (../shared/DESIGN.md): ``GET /v1/health`` (no token), ``GET /v1/models``, ``POST /v1/analyze``,
+Routes (docs/architecture.md): ``GET /v1/health`` (no token), ``GET /v1/models``, ``POST /v1/analyze``,
 ``POST /v1/batch`` (a whole-layer job streamed back as NDJSON events), ``GET /openapi.json`` and the
 OpenAI-compatible ``POST /v1/chat/completions``. Every route but
 health needs ``Authorization: Bearer <token>``. Every error is ``{"error": {"code", "message"}}``

@@ -124,10 +124,11 @@ class SetupPanel(QWidget, _FORM):
         variant = self.torch_variant()
         what = {"cpu": self.tr("PyTorch for the CPU, transformers, GDAL's rasterio…"),
                 "cuda": self.tr("PyTorch for NVIDIA GPUs (CUDA), transformers, GDAL's rasterio…")}[variant]
-        size = f"{setup_engine.disk_needed_gb(variant):.1f}"
         self.explainLabel.setText(self.tr(
-            "RS Assistant runs its models in a Python environment of its own: about {size} GB ({what}) will be installed in {folder}."
-        ).format(size=size, what=what, folder=str(self.target())))
+            "RS Assistant runs its models in a Python environment of its own: about {size} GB ({what}) will be "
+            "installed in {folder}, which needs {free} GB free while it installs."
+        ).format(size=f"{setup_engine.installed_gb(variant):g}", what=what, folder=str(self.target()),
+                 free=f"{setup_engine.disk_needed_gb(variant):g}"))
         if not self.running:
             self._show_idle()
 

@@ -21,6 +21,7 @@ import pytest
 from rs_assistant.core.catalog import catalog_entry
 from tests.engine import rasters
 from tests.engine.hub_stub import HubStub
+from tests.small_disk import small_disk
 
 ROOT = Path(__file__).resolve().parents[2]
 SAM = catalog_entry("sam-vit-base")
@@ -138,6 +139,16 @@ def test_an_interrupted_download_resumes_without_fetching_the_same_bytes_again(m
     assert (WEIGHTS, f"bytes={kept}-") in hub.ranges
     folder = Path(last_line(second).split(" ", 2)[2])
     assert (folder / WEIGHTS).read_bytes() == (tiny_sam_path / WEIGHTS).read_bytes()
+
+
+def test_a_disk_too_small_for_the_model_is_reported_before_downloading(machine, hub, tiny_sam_path):
+    size = (tiny_sam_path / WEIGHTS).stat().st_size
+    with small_disk(machine.home / "hf", size // 2):
+        out = machine.models_cmd("pull", "sam-vit-base")
+        message = last_line(out)
+        assert out.returncode == 1 and message.startswith("ERROR not enough disk space for sam-vit-base")
+        assert "HF_HOME" in message and hub.served.get(WEIGHTS, 0) == 0
+    assert machine.row("sam-vit-base")["registered"] is False
 
 
 def test_a_corrupt_file_is_detected_deleted_and_reported(machine, hub):

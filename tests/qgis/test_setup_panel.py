@@ -105,6 +105,7 @@ def test_a_fresh_profile_shows_the_set_up_panel(open_plugin, qtbot):
     panel = plugin.dock.setup_panel
     explanation = panel.explainLabel.text()
     assert "GB" in explanation and str(profile.default_env_dir()) in explanation and "PyTorch" in explanation
+    assert "about 1.5 GB" in explanation and "3 GB free" in explanation  # the CPU build: installed, and free while installing
     assert not panel.reasonLabel.isVisible() and not panel.logView.isVisible()
     status = plugin.dock.engineStatusLabel.text()
     assert "not set up" in status and "Restart" not in status and "error" not in status.lower()

@@ -68,6 +68,8 @@ def test_a_real_python_executable_is_used_as_it_is_and_path_is_the_last_resort()
 
 def test_disk_needs_and_torch_indexes_per_variant():
     assert se.disk_needed_gb("cuda") > se.disk_needed_gb("cpu") >= 1.5  # the CPU environment takes 1.4 GB
+    for variant in ("cpu", "cuda"):  # what stays installed is less than what must be free while installing
+        assert 1.4 <= se.installed_gb(variant) < se.disk_needed_gb(variant)
     with pytest.raises(ValueError, match="cpu or cuda"):
         se.disk_needed_gb("rocm")
     assert se.torch_index_for("cpu", "Linux") == se.torch_index_for("cpu", "Windows") == se.PYPI_TORCH_CPU

@@ -22,6 +22,7 @@ from rasterio.transform import from_origin
 
 from rs_assistant.setup_engine import detect_torch_variant, is_complete, venv_python
 from tests.setup.conftest import ROOT, SetupRun, hermetic_env, run_setup, setup_command
+from tests.small_disk import small_disk
 
 pytestmark = pytest.mark.slow
 
@@ -41,6 +42,14 @@ def engine_run(python: Path, *args: str, cwd: Path) -> subprocess.CompletedProce
                           capture_output=True, text=True, timeout=600)
 
 
+def write_scene(image: Path) -> Path:
+    pixels = np.random.default_rng(0).integers(0, 255, (3, 64, 64), dtype=np.uint8)
+    with rasterio.open(image, "w", driver="GTiff", width=64, height=64, count=3, dtype="uint8",
+                       crs="EPSG:32633", transform=from_origin(500_000, 4_650_000, 10, 10)) as dst:
+        dst.write(pixels)
+    return image
+
+
 def test_fresh_setup_from_the_wheelhouse_ends_with_the_engine_python(fresh):
     target, run = fresh
     assert run.last == f"ENGINE_PYTHON {venv_python(target)}"
@@ -52,11 +61,7 @@ def test_fresh_setup_from_the_wheelhouse_ends_with_the_engine_python(fresh):
 
 def test_the_engine_python_answers_a_caption_request(fresh, tmp_path):
     target, _ = fresh
-    image = tmp_path / "scene.tif"
-    pixels = np.random.default_rng(0).integers(0, 255, (3, 64, 64), dtype=np.uint8)
-    with rasterio.open(image, "w", driver="GTiff", width=64, height=64, count=3, dtype="uint8",
-                       crs="EPSG:32633", transform=from_origin(500_000, 4_650_000, 10, 10)) as dst:
-        dst.write(pixels)
+    image = write_scene(tmp_path / "scene.tif")
     out = engine_run(venv_python(target), "run", "--task", "caption", "--image", str(image), cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     answer = json.loads(out.stdout)
@@ -135,6 +140,14 @@ def test_asking_for_cuda_without_an_nvidia_driver_fails_before_installing_anythi
     assert run.pip_installs == [] and not target.exists()
 
 
+def test_a_disk_too_small_is_named_before_anything_is_installed(tmp_path, wheelhouse):
+    with small_disk(tmp_path / "disk", 64 * 1024 * 1024) as disk:
+        run = run_setup("--target", str(disk / "env"), "--torch", "cpu", "--find-links", str(wheelhouse), timeout=120)
+        assert run.returncode == 1 and run.pip_installs == []
+        assert run.last.startswith("ERROR only 0.1 GB free on the disk of") and "choose another folder" in run.last
+        assert not is_complete(disk / "env")
+
+
 def test_an_unreachable_index_gives_the_no_network_error_quickly(tmp_path):
     target = tmp_path / "env"
     run = run_setup("--target", str(target), "--torch", "cpu", "--index-url", "http://127.0.0.1:9/simple",
@@ -185,7 +198,7 @@ def test_under_an_older_python_it_says_so_and_how_to_pass_another(tmp_path):
     assert run.last.startswith("ERROR the engine needs Python 3.11 or newer") and "--python" in run.last
 
 
-def test_pip_install_of_the_engine_extra_gives_a_working_console_script(fresh, wheelhouse):
+def test_pip_install_of_the_engine_extra_gives_a_working_console_script(fresh, wheelhouse, tmp_path):
     """`pip install ".[engine]"` from the same wheelhouse (into the finished environment, whose packages
     already satisfy the extra, so only the project is built and installed)."""
     target, _ = fresh
@@ -198,3 +211,12 @@ def test_pip_install_of_the_engine_extra_gives_a_working_console_script(fresh, w
     script = python.parent / ("rs-assistant-engine.exe" if sys.platform == "win32" else "rs-assistant-engine")
     helped = subprocess.run([str(script), "--help"], capture_output=True, text=True, env=env, cwd=target)
     assert helped.returncode == 0 and "serve" in helped.stdout and "run" in helped.stdout
+    # Installed, not run from the repository: the built-in model's weights came with the wheel.
+    image = write_scene(tmp_path / "scene.tif")
+    out = subprocess.run([str(script), "run", "--task", "caption", "--image", str(image)],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout)["text"].strip()
+    where = subprocess.run([str(python), "-c", "import rs_assistant; print(rs_assistant.__file__)"],
+                           capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert str(ROOT) not in where.stdout, where.stdout
