@@ -7,8 +7,10 @@ model's weights in ``<prefix>/share/rs_assistant/resources``. Pure standard libr
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
+from typing import Mapping
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 
@@ -29,6 +31,24 @@ def i18n_dir() -> Path:
 
 def resource(*parts: str) -> Path:
     return resources_dir().joinpath(*parts)
+
+
+def engine_environment(base: Mapping[str, str]) -> dict[str, str]:
+    """``base`` with the plugin folder's parent first on PYTHONPATH and unbuffered output: how every
+    process of the engine's Python is started (it imports rs_assistant from the plugin's folder)."""
+    env = dict(base)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_DIR.parent), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def user_config_dir() -> Path:
+    """The user's ``rs_assistant`` config folder (the engine's token file, the engine's own models file)."""
+    if os.name == "nt":
+        base = Path(os.environ.get("APPDATA") or Path.home() / "AppData" / "Roaming")
+    else:
+        base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return base / "rs_assistant"
 
 
 def metadata_file() -> Path:

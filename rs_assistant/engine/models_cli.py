@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import re
 import shutil
 import sys
@@ -44,6 +43,7 @@ from rs_assistant.core.models_file import (
     relative_to_file,
     write_models_file,
 )
+from rs_assistant.core.paths import user_config_dir
 from rs_assistant.core.protocol import Task
 
 log = logging.getLogger(__name__)
@@ -71,11 +71,7 @@ class CliError(Exception):
 
 def default_models_file() -> Path:
     """The user's models file: ``rs_assistant/models.toml`` in the config folder the engine's token file uses."""
-    if os.name == "nt":
-        base = Path(os.environ.get("APPDATA") or Path.home() / "AppData" / "Roaming")
-    else:
-        base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
-    return base / "rs_assistant" / "models.toml"
+    return user_config_dir() / "models.toml"
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:

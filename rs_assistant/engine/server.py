@@ -52,6 +52,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from typing_extensions import TypedDict  # pydantic reads typing.TypedDict only from Python 3.12
 
 from rs_assistant import __version__
+from rs_assistant.core.paths import user_config_dir
 from rs_assistant.core.protocol import (
     AnalyzeRequest,
     AnalyzeResponse,
@@ -568,11 +569,7 @@ class Server(uvicorn.Server):
 
 def default_token_file() -> Path:
     """Where ``serve`` keeps its token when no --token-file is given (the user's config folder)."""
-    if os.name == "nt":
-        base = Path(os.environ.get("APPDATA") or Path.home() / "AppData" / "Roaming")
-    else:
-        base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
-    return base / "rs_assistant" / "engine.token"
+    return user_config_dir() / "engine.token"
 
 
 def load_or_create_token(path: str | Path) -> str:

@@ -35,7 +35,7 @@ from qgis.PyQt.QtCore import QCoreApplication
 
 from rs_assistant.core.client import EngineClient
 from rs_assistant.core.engine_state import parse_ready_line
-from rs_assistant.core.paths import PACKAGE_DIR
+from rs_assistant.core.paths import PACKAGE_DIR, engine_environment
 from rs_assistant.core.protocol import ErrorCode, ProtocolError
 from rs_assistant.core.settings import EngineMode, Settings
 
@@ -88,8 +88,7 @@ class _EngineProcess:
         self.stderr_tail: deque[str] = deque(maxlen=20)
         self._ready: queue.Queue[str] = queue.Queue()
         root = str(PACKAGE_DIR.parent)
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+        env = engine_environment(os.environ)
         log.info("starting an engine for Processing: %s", " ".join(self.command))
         self.process = subprocess.Popen(  # noqa: S603 (the interpreter the person configured)
             self.command, cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -35,13 +35,27 @@ from rs_assistant.core.engine_state import (
     missing_module,
     parse_ready_line,
 )
-from rs_assistant.core.paths import PACKAGE_DIR
+from rs_assistant.core.paths import PACKAGE_DIR, engine_environment
 from rs_assistant.core.protocol import Health, ProtocolError
 from rs_assistant.core.settings import EngineMode, Settings
 from rs_assistant.ui import profile
 from rs_assistant.ui.background import BackgroundCall
 
 log = logging.getLogger(__name__)
+
+
+def engine_process(parent: QObject, python: str, arguments: list[str]) -> QProcess:
+    """A QProcess (not started) of the engine's Python, run as the plugin runs every such process:
+    from the plugin's folder, with it on PYTHONPATH (rs_assistant.core.paths.engine_environment)."""
+    process = QProcess(parent)
+    env = QProcessEnvironment()
+    for name, value in engine_environment(os.environ).items():
+        env.insert(name, value)
+    process.setProcessEnvironment(env)
+    process.setWorkingDirectory(str(PACKAGE_DIR.parent))
+    process.setProgram(python)
+    process.setArguments(arguments)
+    return process
 
 
 class EngineSupervisor(QObject):
@@ -181,15 +195,7 @@ class EngineSupervisor(QObject):
             self._fail(EngineFault.NOT_SET_UP, "")
             return
         self._python = python
-        process = QProcess(self)
-        env = QProcessEnvironment.systemEnvironment()
-        root = str(PACKAGE_DIR.parent)
-        env.insert("PYTHONPATH", os.pathsep.join(p for p in (root, env.value("PYTHONPATH")) if p))
-        env.insert("PYTHONUNBUFFERED", "1")
-        process.setProcessEnvironment(env)
-        process.setWorkingDirectory(root)
-        process.setProgram(python)
-        process.setArguments(self._command())
+        process = engine_process(self, python, self._command())
         process.readyReadStandardOutput.connect(self._on_stdout)
         process.readyReadStandardError.connect(self._on_stderr)
         process.errorOccurred.connect(self._on_process_error)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from qgis.PyQt import uic
-from qgis.PyQt.QtCore import QProcess, QProcessEnvironment, Qt, pyqtSignal
+from qgis.PyQt.QtCore import QProcess, Qt, pyqtSignal
 from qgis.PyQt.QtWidgets import (
     QDialog,
     QDialogButtonBox,
@@ -29,15 +29,15 @@ from qgis.PyQt.QtWidgets import (
     QHeaderView,
     QInputDialog,
     QLineEdit,
-    QMessageBox,
     QTableWidgetItem,
 )
 
 from rs_assistant.core.catalog import find_entry
 from rs_assistant.core.models_file import DEFAULT_MODEL, ModelsFile, ModelsFileError, read_models_file, write_models_file
-from rs_assistant.core.paths import PACKAGE_DIR, resource
+from rs_assistant.core.paths import PACKAGE_DIR, engine_environment, resource
 from rs_assistant.core.protocol import Task
 from rs_assistant.ui import profile
+from rs_assistant.ui.engine import engine_process
 from rs_assistant.ui.setup_task import Ending, ModelsTask, ProcessOutcome, submit
 
 log = logging.getLogger(__name__)
@@ -114,14 +114,6 @@ def format_gb(gb: float | None) -> str:
     return f"{gb:.1f} GB"
 
 
-def engine_environment() -> QProcessEnvironment:
-    env = QProcessEnvironment.systemEnvironment()
-    root = str(PACKAGE_DIR.parent)
-    env.insert("PYTHONPATH", os.pathsep.join(p for p in (root, env.value("PYTHONPATH")) if p))
-    env.insert("PYTHONUNBUFFERED", "1")
-    return env
-
-
 class ModelManagerDialog(QDialog, _FORM):
     """Takes the settings store (the engine's Python and the models file come from the settings)."""
 
@@ -193,14 +185,12 @@ class ModelManagerDialog(QDialog, _FORM):
             return
         if self._list_process is not None:
             return
-        process = QProcess(self)
-        process.setProcessEnvironment(engine_environment())
-        process.setWorkingDirectory(str(PACKAGE_DIR.parent))
+        process = engine_process(self, self.engine_python(), self._engine_command("list", "--json"))
         process.finished.connect(lambda code, _status: self._on_listed(process, code))
         process.errorOccurred.connect(lambda error: self._on_list_error(process, error))
         self._list_process = process
         self._set_message(self.tr("Listing the models…"))
-        process.start(self.engine_python(), self._engine_command("list", "--json"))
+        process.start()
 
     def _on_list_error(self, process: QProcess, error: QProcess.ProcessError) -> None:
         if error == QProcess.ProcessError.FailedToStart and process is self._list_process:
@@ -405,10 +395,7 @@ class ModelManagerDialog(QDialog, _FORM):
         """Runs ``models VERB ARGS --models FILE`` with the engine's Python in a ModelsTask."""
         if self._task is not None or not self.is_set_up():
             return
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_DIR.parent), env.get("PYTHONPATH", "")) if p)
-        env["PYTHONUNBUFFERED"] = "1"
-        env.update(extra_env or {})
+        env = {**engine_environment(os.environ), **(extra_env or {})}
         command = [self.engine_python(), *self._engine_command(verb, *args)]
         task = ModelsTask(f"RS Assistant: {description}", command, env, str(PACKAGE_DIR.parent))
         task.progressChanged.connect(lambda percent: self.progressBar.setValue(int(percent)))

@@ -11,22 +11,22 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import replace
 
 from qgis.gui import QgsFileWidget
 from qgis.PyQt import uic
-from qgis.PyQt.QtCore import QProcess, QProcessEnvironment, QTimer
+from qgis.PyQt.QtCore import QProcess, QTimer
 from qgis.PyQt.QtWidgets import QDialog
 
 from rs_assistant.core.client import EngineClient
 from rs_assistant.core.engine_state import missing_module
-from rs_assistant.core.paths import PACKAGE_DIR, resource
+from rs_assistant.core.paths import resource
 from rs_assistant.core.protocol import DeviceInfo, DeviceType, ProtocolError
 from rs_assistant.core.settings import EngineMode, Settings
 from rs_assistant.ui import profile, texts
 from rs_assistant.ui.background import BackgroundCall
+from rs_assistant.ui.engine import engine_process
 
 log = logging.getLogger(__name__)
 
@@ -144,18 +144,10 @@ class SettingsDialog(QDialog, _FORM):
         if not python:
             self._report(self.tr("Set up the engine first (button in the dock)."), ERROR_COLOUR)
             return
-        process = QProcess(self)
-        env = QProcessEnvironment.systemEnvironment()
-        root = str(PACKAGE_DIR.parent)
-        env.insert("PYTHONPATH", os.pathsep.join(p for p in (root, env.value("PYTHONPATH")) if p))
-        env.insert("PYTHONUNBUFFERED", "1")
-        process.setProcessEnvironment(env)
-        process.setWorkingDirectory(root)
-        process.setProgram(python)
         arguments = ["-m", "rs_assistant.engine", "selftest"]
         if settings.device:
             arguments += ["--device", settings.device]
-        process.setArguments(arguments)
+        process = engine_process(self, python, arguments)
         process.errorOccurred.connect(lambda error: self._on_test_error(process, python, error))
         process.finished.connect(lambda code, _status: self._on_test_finished(process, code))
         self._test_process = process

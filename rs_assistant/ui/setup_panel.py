@@ -28,8 +28,7 @@ from qgis.PyQt.QtWidgets import QFileDialog, QWidget
 
 from rs_assistant import setup_engine
 from rs_assistant.core.engine_state import EngineFault, EngineStatus
-from rs_assistant.core.paths import PACKAGE_DIR, resource
-from rs_assistant.core.settings import Settings
+from rs_assistant.core.paths import PACKAGE_DIR, engine_environment, resource
 from rs_assistant.ui import profile
 from rs_assistant.ui.setup_task import Ending, ProcessOutcome, SetupTask, step_title, submit
 
@@ -190,11 +189,7 @@ class SetupPanel(QWidget, _FORM):
     @staticmethod
     def environment() -> dict[str, str]:
         """This process's environment with the plugin folder's parent first on PYTHONPATH."""
-        env = dict(os.environ)
-        root = str(PACKAGE_DIR.parent)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-        env["PYTHONUNBUFFERED"] = "1"
-        return env
+        return engine_environment(os.environ)
 
     def start_setup(self) -> None:
         if self.running:
