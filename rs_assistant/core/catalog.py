@@ -204,8 +204,8 @@ CATALOG: tuple[CatalogEntry, ...] = (
         tasks=(Task.CAPTION, Task.GROUND, Task.CHAT, Task.CHANGE),
         # 3.75 B parameters x 2 bytes (bfloat16 safetensors, two shards): computed.
         size_gb=7.5,
-        # "Qwen Research License": non-commercial (read on gr.tbb.rip/models/Qwen/Qwen2.5-VL-3B-Instruct
-        # and openlaboratory.ai/models/qwen2_5-vl-3b-instruct, which quote the model card).
+        # "Qwen Research License": non-commercial (read in two pages that quote the model card; the
+        # card itself was not reachable from here).
         licence="Qwen Research License (non-commercial)",
         gated=False,
         memory_cpu_gb=16.0,  # computed: 3.75 B x 4 bytes + ~1 GB

@@ -211,6 +211,7 @@ class SetupPanel(QWidget, _FORM):
         self.cancelButton.setEnabled(True)
         for widget in (self.torchCombo, self.advancedWidget):
             widget.setEnabled(False)
+        self.advancedButton.setChecked(False)  # the log gets the room while it runs
         task = SetupTask(self.tr("RS Assistant: setting up the engine"), command, self.environment(), str(PACKAGE_DIR.parent))
         task.lineReceived.connect(self._on_line)
         task.progressChanged.connect(self._on_progress)

@@ -121,6 +121,7 @@ def test_cancelling_the_set_up_offers_to_resume_it(open_plugin, qtbot, env_dir, 
     point_panel_at(panel, env_dir, wheelhouse)
     setup_button(plugin).click()
     assert panel.running and panel.cancelButton.isVisible() and not setup_button(plugin).isEnabled()
+    assert panel.logView.isVisible() and not panel.advancedWidget.isVisible()  # the log gets the room
     # cancel while pip installs (step 4 of 6: torch)
     qtbot.waitUntil(lambda: "STEP 4/" in panel.logView.toPlainText(), timeout=SETUP_TIMEOUT_MS)
     group = panel.task.pid
