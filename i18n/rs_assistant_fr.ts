@@ -1357,6 +1357,10 @@
     <context>
         <name>ModelManagerDialog</name>
         <message>
+            <source>A model that only turns boxes into masks (SAM, SAM 2.1) segments the boxes of the model chosen for Find.</source>
+            <translation>Un modèle qui ne fait que transformer des boîtes en masques (SAM, SAM 2.1) segmente les boîtes du modèle choisi pour Trouver.</translation>
+        </message>
+        <message>
             <source>Built in</source>
             <translation>Intégré</translation>
         </message>

@@ -401,6 +401,7 @@ class JobPlan:
     todo: int
     pending: list[Piece]
     cache_key: str | None = None
+    answered_by: str = ""  # the model (or "grounder + segmenter") that answers, for the start event
 
     def works(self) -> Iterator[TileWork]:
         skip = set(self.request.skip_tiles)
@@ -428,14 +429,13 @@ def plan_job(runner: Runner, request: BatchRequest) -> JobPlan:
     batch_size = executor.check(request)
     if batch_size != request.batch_size:
         request = dataclasses.replace(request, batch_size=batch_size)
-    engine = _engine(runner)
-    if engine is not None:  # model "auto": the job names the model that answers it (a Ray driver leaves it to its workers)
-        request = dataclasses.replace(request, model=engine.registry.route(request.task, request.model))
     grid = make_grid(request)
     skipped = sum(1 for t in request.skip_tiles if t < grid.count)
     pending = [from_pending(f, grid) for f in request.pending]
     key = EmbeddingCache.key(request, grid, _model_files(runner, request.model)) if request.task is Task.RETRIEVE else None
-    return JobPlan(request, grid, uuid.uuid4().hex, grid.count - skipped, pending, key)
+    engine = _engine(runner)  # who answers (model "auto" resolved); a Ray driver leaves that to its workers
+    answered_by = engine.answered_by(request.task, request.model) if engine is not None else request.model
+    return JobPlan(request, grid, uuid.uuid4().hex, grid.count - skipped, pending, key, answered_by)
 
 
 def _engine(runner: Runner) -> Engine | None:
@@ -494,7 +494,7 @@ def stream_job(runner: Runner, plan: JobPlan, cancel: threading.Event | None = N
 def _events(executor: TileExecutor, plan: JobPlan, cancel: threading.Event) -> Iterator[dict[str, Any]]:
     request, grid = plan.request, plan.grid
     yield {
-        "event": BatchEvent.START.value, "job_id": plan.job_id, "model": request.model, "tiles": grid.count,
+        "event": BatchEvent.START.value, "job_id": plan.job_id, "model": plan.answered_by, "tiles": grid.count,
         "todo": plan.todo, "crs": request.output_crs, "tile_size": request.tile_size, "overlap": request.overlap,
         "batch_size": request.batch_size,
     }  # fmt: skip

@@ -18,7 +18,9 @@ A detection belongs to the first window unless its ``properties["image"]`` gives
 another image of the request (retrieve ranks several tiles).
 
 A request for model ``auto`` goes to the model the models file's [tasks] names for its task, else
-``default`` (Registry.route); the response's ``model`` names the model that answered.
+``default`` (Registry.route); a ``segment`` routed to a model that only turns boxes into masks (SAM)
+takes the boxes of the model routed for ``ground`` (Engine.chain). The response's ``model`` names
+the model that answered, or both of a chain ("florence2-base + sam-vit-base").
 
 Every failure is a ProtocolError: the caller's mistakes with their own codes, anything
 unexpected as INTERNAL, logged here with its traceback and reported with a safe message.
@@ -57,7 +59,7 @@ from rs_assistant.engine.backends.base import Backend, BackendCall, BackendResul
 from rs_assistant.engine.device import describe, device_info
 from rs_assistant.engine.geo import detections_to_features, parse_crs
 from rs_assistant.engine.imagery import Window, read_image, read_pair
-from rs_assistant.engine.registry import Registry
+from rs_assistant.engine.registry import AUTO_MODEL, Registry
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +99,7 @@ class Engine:
         """Answer ``request``; setting ``cancel`` stops it (ProtocolError CANCELLED) at the next check."""
         request_id = uuid.uuid4().hex
         what = f"request {request_id} ({request.task.value} with model '{request.model}')"
-        routed = lambda: replace(request, model=self.registry.route(request.task, request.model))  # noqa: E731
-        return self._guarded(what, lambda: self._analyze(routed(), request_id, cancel or threading.Event()))
+        return self._guarded(what, lambda: self._analyze(request, request_id, cancel or threading.Event()))
 
     def chat(
         self,
@@ -128,13 +129,12 @@ class Engine:
     def check_batch(self, request: BatchRequest) -> int:
         """UNKNOWN_MODEL, UNSUPPORTED_TASK or BAD_CRS for a batch job, before any pixel is read; returns
         the job's batch size (the request's, or with ``batch_size`` 0 the model's ``tile_batch_size``)."""
-        spec = self.registry.spec(self.registry.route(request.task, request.model))
-        backend = self.registry.backend(spec.name)
         if request.task is Task.RETRIEVE:
+            backend = self.registry.backend(self.registry.route(request.task, request.model))
             if not backend.searchable:
                 raise backend.search_unsupported()
         else:
-            self._check_task(spec.name, request.task)
+            backend = self.registry.backend(self.chain(request.task, request.model)[0])
         parse_crs(request.output_crs)
         if request.extent_crs is not None:
             parse_crs(request.extent_crs)
@@ -145,12 +145,11 @@ class Engine:
         if not calls:
             return []
         task, cancel = calls[0].task, calls[0].cancel
-        spec = self.registry.spec(self.registry.route(task, model))
-        own_tasks = type(self.registry.backend(spec.name)).tasks
-        if task is Task.SEGMENT and Task.SEGMENT not in own_tasks and spec.segmenter is not None:
-            return [self._ground_then_segment(spec.name, spec.segmenter, call) for call in calls]
-        backend = self.registry.backend(spec.name)
-        with self._model_lock(spec.name, cancel):
+        name, segmenter = self.chain(task, model) if task is not Task.RETRIEVE else (self.registry.route(task, model), None)
+        if segmenter is not None:
+            return [self._ground_then_segment(name, segmenter, call) for call in calls]
+        backend = self.registry.backend(name)
+        with self._model_lock(name, cancel):
             self._ensure_loaded(backend)
             results = backend.run_batch(calls)
         _raise_if_cancelled(cancel)
@@ -176,9 +175,34 @@ class Engine:
 
     # --- the steps -----------------------------------------------------------------------------
 
+    def chain(self, task: Task, requested: str) -> tuple[str, str | None]:
+        """The model that answers ``task`` asked of ``requested`` and, for ``segment``, the model its boxes
+        go through (None: it answers alone): a grounding model's own ``segmenter``; or, for ``auto``, a
+        model that only turns boxes into masks (SAM) routed for segment takes the boxes of the model
+        the [tasks] table names for ground. UNKNOWN_MODEL / UNSUPPORTED_TASK when nothing answers."""
+        name = self.registry.route(task, requested)
+        backend = self.registry.backend(name)
+        own = type(backend).tasks
+        if task is Task.SEGMENT and Task.SEGMENT not in own and self.registry.spec(name).segmenter is not None:
+            return name, self.registry.spec(name).segmenter
+        if (task is Task.SEGMENT and requested == AUTO_MODEL and Task.GROUND not in own
+                and callable(getattr(backend, "segment_boxes", None))):
+            grounder = self.registry.routes.get(Task.GROUND.value)  # only a grounding model the person chose
+            if grounder is not None and grounder != name and Task.GROUND in self.registry.tasks(grounder):
+                return grounder, name
+        self._check_task(name, task)
+        return name, None
+
+    def answered_by(self, task: Task, requested: str) -> str:
+        """Who answers ``task`` asked of ``requested``, as responses name it: a model, or "grounder + segmenter"."""
+        if task is Task.RETRIEVE:  # layer search: the model's embeddings (rs_assistant.engine.batch), no chain
+            return self.registry.route(task, requested)
+        name, segmenter = self.chain(task, requested)
+        return name if segmenter is None else f"{name} + {segmenter}"
+
     def _analyze(self, request: AnalyzeRequest, request_id: str, cancel: threading.Event) -> AnalyzeResponse:
-        spec = self.registry.spec(request.model)
-        self._check_task(spec.name, request.task)
+        name, segmenter = self.chain(request.task, request.model)
+        answered_by = name if segmenter is None else f"{name} + {segmenter}"
         parse_crs(request.output_crs)
         for image in request.images:
             parse_crs(image.crs)
@@ -198,11 +222,10 @@ class Engine:
             options=request.options,
             cancel=cancel,
         )
-        own_tasks = type(self.registry.backend(spec.name)).tasks
-        if request.task is Task.SEGMENT and Task.SEGMENT not in own_tasks and spec.segmenter is not None:
-            result = self._ground_then_segment(spec.name, spec.segmenter, call)
+        if segmenter is not None:
+            result = self._ground_then_segment(name, segmenter, call)
         else:
-            result = self._call(spec.name, call)
+            result = self._call(name, call)
         infer_ms = _ms_since(started)
 
         started = time.perf_counter()
@@ -215,13 +238,13 @@ class Engine:
         post_ms = _ms_since(started)
         log.info(
             "request %s: %s with '%s' -> %d feature(s); read %.0f ms, infer %.0f ms, post %.0f ms",
-            request_id, request.task.value, spec.name, len(features), read_ms, infer_ms, post_ms,
+            request_id, request.task.value, answered_by, len(features), read_ms, infer_ms, post_ms,
         )  # fmt: skip
         return AnalyzeResponse(
             text=text,
             features=feature_collection(features),
             crs=request.output_crs,
-            model=spec.name,
+            model=answered_by,
             request_id=request_id,
             timing_ms=Timing(read=read_ms, infer=infer_ms, post=post_ms),
         )

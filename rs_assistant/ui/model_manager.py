@@ -149,6 +149,8 @@ class ModelManagerDialog(QDialog, _FORM):
         self.buttonBox.button(QDialogButtonBox.StandardButton.Close).clicked.connect(self.close)
         for task, combo in self.task_combos.items():
             combo.activated.connect(lambda _index, task=task: self._on_route_chosen(task))
+        self.segmentCombo.setToolTip(self.tr(
+            "A model that only turns boxes into masks (SAM, SAM 2.1) segments the boxes of the model chosen for Find."))
         self._show_progress(False)
         self._set_message("")
         self._on_selection()

@@ -83,6 +83,14 @@ def test_a_job_for_model_auto_names_the_model_its_tasks_table_routes_it_to(data,
     assert events[-1]["event"] == "done" and layer(events)
 
 
+def test_a_segment_job_for_model_auto_chains_the_routed_ground_model_into_the_routed_segmenter(data, tmp_path):
+    models = tmp_path / "models.toml"
+    models.write_text((data / "models.toml").read_text() + '\n[tasks]\nground = "tiles"\nsegment = "seg"\n')
+    events = list(run_job(Engine(Registry.from_file(models)), request(data, model="auto")))
+    assert events[0]["model"] == "tiles + seg" and events[-1]["event"] == "done"
+    assert layer(events) and all(f["properties"]["kind"] == "mask" for f in layer(events))
+
+
 def test_a_job_streams_start_tiles_merged_done(engine, data):
     events = list(run_job(engine, request(data)))
     assert [e["event"] for e in events] == ["start"] + ["tile"] * 12 + ["merged", "done"]

@@ -91,6 +91,22 @@ def test_segment_chains_a_grounding_model_into_its_segmenter(engine, data):
         assert shape(feature["geometry"]).symmetric_difference(SQUARE).area < 1e-6
 
 
+def test_auto_segment_chains_the_ground_model_into_a_box_segmenter_chosen_for_segment(data, tmp_path):
+    """[tasks] ground = a grounding model, segment = SAM-like: "auto" finds the boxes, then masks them."""
+    models = write_models_file(tmp_path / "models.toml", extra='\n[tasks]\nground = "slow"\nsegment = "seg"\n')
+    engine = Engine(Registry.from_file(models))
+    response = engine.analyze(request(data, "segment", model="auto", prompt="roof", options=Options(score_threshold=0.05)))
+    assert response.model == "slow + seg"  # the answer names both models
+    assert engine.registry.backend("seg").boxes_seen == [(20.0, 10.0, 36.0, 26.0), (0.0, 0.0, 64.0, 64.0)]
+    assert [f["properties"]["label"] for f in response.feature_list] == ["roof", "background"]
+    assert shape(response.feature_list[0]["geometry"]).symmetric_difference(SQUARE).area < 1e-6
+    # asked by name, the segmenter answers alone (one mask of the whole window); without a ground route, too
+    alone = engine.analyze(request(data, "segment", model="seg", prompt="roof"))
+    assert alone.model == "seg" and len(engine.registry.backend("seg").boxes_seen) == 3
+    unrouted = Engine(Registry.from_file(write_models_file(tmp_path / "m2.toml", extra='\n[tasks]\nsegment = "seg"\n')))
+    assert unrouted.analyze(request(data, "segment", model="auto", prompt="roof")).model == "seg"
+
+
 def test_change_reads_the_pair_and_maps_the_changed_pixels(engine, data):
     before, after = (ImageRef(extent=FULL, crs=rasters.UTM, source=str(data / n)) for n in ("before.tif", "after.tif"))
     response = engine.analyze(request(data, "change", images=(before, after)))
