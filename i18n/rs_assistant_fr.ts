@@ -569,6 +569,10 @@
             <translation>Moteur : pas encore installé</translation>
         </message>
         <message>
+            <source>Engine: its configuration has an error: {detail}. Correct it (Manage models…, or the settings), then Restart</source>
+            <translation>Moteur : sa configuration contient une erreur : {detail}. Corrigez-la (Gérer les modèles…, ou les paramètres), puis Redémarrer</translation>
+        </message>
+        <message>
             <source>Engine: packages are missing; set up the engine again</source>
             <translation>Moteur : des paquets manquent ; installez le moteur à nouveau</translation>
         </message>

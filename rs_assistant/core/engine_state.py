@@ -28,6 +28,7 @@ class EngineFault(str, enum.Enum):
     UNREACHABLE = "unreachable"  # a running engine stopped answering its health route
     NOT_SET_UP = "not_set_up"  # no engine Python configured and no set-up environment yet
     MISSING_PACKAGES = "missing_packages"  # the engine exited with ModuleNotFoundError/ImportError
+    BAD_CONFIG = "bad_config"  # the engine refused what it was started with (models file, device): exit code 2
 
     @property
     def needs_setup(self) -> bool:
@@ -61,6 +62,21 @@ def missing_module(stderr_lines: Iterable[str]) -> str | None:
     last = next((line for line in reversed(list(stderr_lines)) if line.strip()), "")
     match = _MISSING_MODULE.search(last)
     return None if match is None else match.group(1) or ""
+
+
+#: The engine's exit code for what it was given (``python -m rs_assistant.engine``'s EXIT_BAD_INPUT): a models
+#: file with an error, an unknown device. Restarting cannot help; correcting the configuration can.
+EXIT_BAD_CONFIG = 2
+_LOG_PREFIX = re.compile(r"^\S+ \S+ (?:CRITICAL|ERROR|WARNING|INFO|DEBUG) [\w.]+: ")
+
+
+def config_error(exit_code: int, stderr_lines: Iterable[str]) -> str | None:
+    """What an engine that exited with EXIT_BAD_CONFIG said was wrong (its last log line without the
+    time and logger); None for any other exit."""
+    if exit_code != EXIT_BAD_CONFIG:
+        return None
+    last = next((line for line in reversed(list(stderr_lines)) if line.strip()), "")
+    return _LOG_PREFIX.sub("", last.strip())
 
 
 def parse_ready_line(line: str) -> str | None:

@@ -32,6 +32,7 @@ from rs_assistant.core.engine_state import (
     EngineState,
     EngineStatus,
     RestartBudget,
+    config_error,
     missing_module,
     parse_ready_line,
 )
@@ -290,6 +291,10 @@ class EngineSupervisor(QObject):
         module = missing_module(self._stderr_tail)
         if module is not None:  # restarting cannot install it: the set-up can
             self._set_status(EngineStatus(EngineState.ERROR, EngineFault.MISSING_PACKAGES, module or last))
+            return
+        mistake = config_error(exit_code, self._stderr_tail) if exit_status == QProcess.ExitStatus.NormalExit else None
+        if mistake is not None:  # nor can it correct a models file or a setting: the person can
+            self._set_status(EngineStatus(EngineState.ERROR, EngineFault.BAD_CONFIG, mistake or how))
             return
         restart = self._budget.take(uptime)
         self._set_status(EngineStatus(EngineState.ERROR, EngineFault.EXITED, detail, self._budget.left if restart else 0))

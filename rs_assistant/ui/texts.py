@@ -60,6 +60,9 @@ def engine_status_text(status: EngineStatus) -> str:
             return translate("Messages", "Engine: a package is missing ({detail}); set up the engine again").format(
                 detail=status.detail)
         return translate("Messages", "Engine: packages are missing; set up the engine again")
+    if status.fault is EngineFault.BAD_CONFIG:
+        return translate("Messages", "Engine: its configuration has an error: {detail}. Correct it (Manage models…, or the "
+                         "settings), then Restart").format(detail=status.detail)
     faults = {
         EngineFault.INTERPRETER_NOT_FOUND: translate("Messages", "the engine's Python interpreter was not found ({detail})"),
         EngineFault.EXITED: translate("Messages", "the engine stopped: {detail}"),

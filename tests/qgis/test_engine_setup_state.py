@@ -24,6 +24,7 @@ from qgis.PyQt.QtCore import QCoreApplication
 from rs_assistant.core.engine_state import EngineFault, EngineState
 from rs_assistant.core.protocol import DeviceInfo, Health
 from rs_assistant.core.settings import Settings
+from rs_assistant.ui import texts
 from rs_assistant.ui.engine import EngineSupervisor
 from rs_assistant.ui.settings_dialog import SettingsDialog
 
@@ -82,6 +83,24 @@ def test_an_engine_python_lacking_packages_is_missing_packages_without_retries(q
     qtbot.wait(3 * EngineSupervisor.RESTART_DELAY_MS)
     assert [s.state for s in statuses].count(EngineState.STARTING) == 1  # started once, not restarted
     assert supervisor.process_id is None
+    supervisor.stop()
+
+
+def test_a_models_file_with_an_error_is_bad_config_named_without_retries(qtbot, tmp_path):
+    models = tmp_path / "models.toml"
+    models.write_text('[models.x]\nbackend = "nope"\n', encoding="utf-8")  # edited by hand, wrongly
+    supervisor = EngineSupervisor(Settings(max_restarts=3), resolve_python=lambda s: sys.executable,
+                                  resolve_models=lambda s: str(models))
+    statuses = recorded(supervisor)
+    supervisor.start()
+    qtbot.waitUntil(lambda: supervisor.status.state is EngineState.ERROR, timeout=120000)
+    status = supervisor.status
+    assert status.fault is EngineFault.BAD_CONFIG and not status.fault.needs_setup and status.restarts_left == 0
+    assert status.detail.startswith(f"models file {models}: [models.x] backend = 'nope' is unknown")
+    text = texts.engine_status_text(status)
+    assert "configuration has an error" in text and "Restart" in text and "ERROR rs_assistant" not in text
+    qtbot.wait(3 * EngineSupervisor.RESTART_DELAY_MS)
+    assert [s.state for s in statuses].count(EngineState.STARTING) == 1  # started once: a restart cannot fix the file
     supervisor.stop()
 
 
