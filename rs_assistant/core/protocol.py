@@ -440,7 +440,11 @@ class Timing:
 
 @dataclass(frozen=True)
 class AnalyzeResponse:
-    """``features`` is a GeoJSON FeatureCollection (a plain dict) in ``crs``."""
+    """``features`` is a GeoJSON FeatureCollection (a plain dict) in ``crs``.
+
+    ``held_back`` (same shape, or None from engines that predate it) holds the detections under
+    ``options.score_threshold``: not drawn, but the person may ask for them ("show 14 more below 0.3").
+    """
 
     text: str
     features: dict[str, Any]
@@ -448,25 +452,24 @@ class AnalyzeResponse:
     model: str
     request_id: str
     timing_ms: Timing = field(default_factory=Timing)
+    held_back: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.features, Mapping) or self.features.get("type") != "FeatureCollection":
-            raise ProtocolError(ErrorCode.INTERNAL, "features must be a GeoJSON FeatureCollection")
-        for feat in self.features.get("features", []):
-            props = feat.get("properties") or {}
-            try:
-                FeatureKind(props.get("kind"))
-            except ValueError:
-                raise ProtocolError(ErrorCode.INTERNAL, f"feature kind {props.get('kind')!r} is not one of box|mask|change|point|tile") from None
-            if "label" not in props or "score" not in props:
-                raise ProtocolError(ErrorCode.INTERNAL, "every feature needs properties 'label' and 'score'")
+        _check_features("features", self.features)
+        if self.held_back is not None:
+            _check_features("held_back", self.held_back)
 
     @property
     def feature_list(self) -> list[dict[str, Any]]:
         return list(self.features.get("features", []))
 
+    @property
+    def held_back_list(self) -> list[dict[str, Any]]:
+        """The detections under the score threshold (none from an engine that does not send them)."""
+        return list((self.held_back or {}).get("features", []))
+
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "text": self.text,
             "features": self.features,
             "crs": self.crs,
@@ -474,6 +477,9 @@ class AnalyzeResponse:
             "request_id": self.request_id,
             "timing_ms": self.timing_ms.to_dict(),
         }
+        if self.held_back is not None:
+            data["held_back"] = self.held_back
+        return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
@@ -493,6 +499,7 @@ class AnalyzeResponse:
                 model=str(data["model"]),
                 request_id=str(data["request_id"]),
                 timing_ms=Timing(**{k: float(timing.get(k, 0.0)) for k in ("read", "infer", "post")}),
+                held_back=data.get("held_back"),
             )
         except KeyError as exc:
             raise ProtocolError(ErrorCode.INTERNAL, f"response is missing {exc}") from None
@@ -500,6 +507,20 @@ class AnalyzeResponse:
     @classmethod
     def from_json(cls, text: str | bytes) -> "AnalyzeResponse":
         return cls.from_dict(_loads(text))
+
+
+def _check_features(name: str, collection: Any) -> None:
+    """INTERNAL unless ``collection`` is a FeatureCollection whose features have a known kind, a label and a score."""
+    if not isinstance(collection, Mapping) or collection.get("type") != "FeatureCollection":
+        raise ProtocolError(ErrorCode.INTERNAL, f"{name} must be a GeoJSON FeatureCollection")
+    for feat in collection.get("features", []):
+        props = feat.get("properties") or {}
+        try:
+            FeatureKind(props.get("kind"))
+        except ValueError:
+            raise ProtocolError(ErrorCode.INTERNAL, f"feature kind {props.get('kind')!r} is not one of box|mask|change|point|tile") from None
+        if "label" not in props or "score" not in props:
+            raise ProtocolError(ErrorCode.INTERNAL, f"every feature of {name} needs properties 'label' and 'score'")
 
 
 def feature_collection(features: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
@@ -652,6 +673,135 @@ class Health:
             device=str(data.get("device", "")),
             device_info=DeviceInfo.from_dict(info) if info is not None else None,
         )
+
+
+# --- routing a free-text turn (POST /v1/route) --------------------------------------------------
+
+
+class Intent(str, enum.Enum):
+    """What a free-text turn asks for. ``count`` runs ``ground``; its number is the features drawn."""
+
+    CAPTION = "caption"
+    GROUND = "ground"
+    SEGMENT = "segment"
+    CHANGE = "change"
+    COUNT = "count"
+    RETRIEVE = "retrieve"
+    CHAT = "chat"
+
+
+@dataclass(frozen=True)
+class RouteRequest:
+    """``POST /v1/route``: the typed text, the conversation so far (as typed: slash commands included)
+    and how many images are chosen (2: a before and an after). ``model`` is the model the person chose
+    ("auto": each task's own); the router checks the object against its class list when it has one."""
+
+    prompt: str
+    history: tuple[Message, ...] = ()
+    images: int = 1
+    model: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.prompt, str):
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "'prompt' must be a string")
+        if not self.prompt.strip():
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "the prompt is empty: type a request such as 'find the buildings'")
+        if len(self.prompt) > AnalyzeRequest.MAX_PROMPT_CHARS:
+            raise ProtocolError(
+                ErrorCode.PROMPT_TOO_LONG, f"prompt has {len(self.prompt)} characters; the limit is {AnalyzeRequest.MAX_PROMPT_CHARS}"
+            )
+        if isinstance(self.images, bool) or not isinstance(self.images, int) or self.images not in (1, 2):
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"'images' must be 1 or 2 (2: a before and an after are chosen), got {self.images!r}")
+        if not isinstance(self.model, str) or not self.model:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "'model' must be a non-empty string")
+        history = tuple(self.history)
+        if not all(isinstance(m, Message) for m in history):
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "history must be Message objects")
+        object.__setattr__(self, "history", history)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"prompt": self.prompt, "history": [m.to_dict() for m in self.history], "images": self.images, "model": self.model}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "RouteRequest":
+        if not isinstance(data, Mapping):
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "request body must be a JSON object")
+        _reject_unknown(data, {"prompt", "history", "images", "model"}, "route request")
+        history = data.get("history") or []
+        if not isinstance(history, list):
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "'history' must be a list")
+        return cls(
+            prompt=data.get("prompt", ""),
+            history=tuple(Message.from_dict(m) for m in history),
+            images=data.get("images", 1),
+            model=data.get("model") or "auto",
+        )
+
+
+@dataclass(frozen=True)
+class RouteResult:
+    """``POST /v1/route``'s answer. ``prompt`` is what to pass on as the task's prompt ("buildings" for
+    "how many buildings are there?"); ``assumed`` is "" when the router is sure, else one short English
+    sentence saying what it assumed; ``known_classes`` is set (and the task should not run) when the
+    object is not one of the classes of a model with a fixed class list: it lists them."""
+
+    intent: Intent
+    prompt: str
+    assumed: str = ""
+    confidence: float = 1.0
+    known_classes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "intent", Intent(self.intent))
+        except ValueError:
+            known = ", ".join(i.value for i in Intent)
+            raise ProtocolError(ErrorCode.INTERNAL, f"unknown intent {self.intent!r}; known: {known}") from None
+        if not isinstance(self.prompt, str) or not isinstance(self.assumed, str):
+            raise ProtocolError(ErrorCode.INTERNAL, "'prompt' and 'assumed' must be strings")
+        try:
+            confidence = float(self.confidence)
+        except (TypeError, ValueError):
+            raise ProtocolError(ErrorCode.INTERNAL, f"'confidence' must be a number, got {self.confidence!r}") from None
+        if not 0.0 <= confidence <= 1.0:
+            raise ProtocolError(ErrorCode.INTERNAL, f"'confidence' must be between 0 and 1, got {confidence}")
+        object.__setattr__(self, "confidence", confidence)
+        if isinstance(self.known_classes, str) or not all(isinstance(c, str) for c in self.known_classes):
+            raise ProtocolError(ErrorCode.INTERNAL, "'known_classes' must be a list of strings")
+        object.__setattr__(self, "known_classes", tuple(self.known_classes))
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"intent": self.intent.value, "prompt": self.prompt, "assumed": self.assumed,
+                               "confidence": round(self.confidence, 3)}
+        if self.known_classes:
+            out["known_classes"] = list(self.known_classes)
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "RouteResult":
+        if not isinstance(data, Mapping):
+            raise ProtocolError(ErrorCode.INTERNAL, "route response must be a JSON object")
+        if "error" in data:
+            raise ProtocolError.from_dict(data)
+        if "intent" not in data:
+            raise ProtocolError(ErrorCode.INTERNAL, "route response is missing 'intent'")
+        return cls(
+            intent=data["intent"],
+            prompt=str(data.get("prompt", "")),
+            assumed=str(data.get("assumed") or ""),
+            confidence=data.get("confidence", 1.0),
+            known_classes=tuple(data.get("known_classes") or ()),
+        )
+
+
+#: The contract's name for the route response.
+RouteResponse = RouteResult
 
 
 # --- batch jobs (whole layers, tiled; POST /v1/batch) -------------------------------------------

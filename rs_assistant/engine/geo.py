@@ -77,7 +77,9 @@ def detections_to_features(
     """GeoJSON features in ``output_crs`` for detections given in pixels of ``window``.
 
     Boxes are clipped to the window; a detection whose geometry is empty (a box outside the
-    window, a mask of specks only) is left out. ``properties`` are added to every feature.
+    window, a mask of specks only) is left out. A mask or change detection of several separate
+    parts gives one feature per part (one polygon per object, each with its own area), in the
+    order the mask is scanned (top row first). ``properties`` are added to every feature.
     """
     parse_crs(output_crs)
     transformer = _transformer(window.crs, output_crs)
@@ -90,8 +92,16 @@ def detections_to_features(
             continue
         if transformer is not None:
             geom = _reproject(geom, transformer, output_crs)
-        features.append(_feature(det, geom, properties or {}))
+        for part in _objects(det.kind, geom):
+            features.append(_feature(det, part, properties or {}))
     return features
+
+
+def _objects(kind: FeatureKind, geom: BaseGeometry) -> list[BaseGeometry]:
+    """The separate objects of an area detection (a MultiPolygon's parts); anything else whole."""
+    if kind in (FeatureKind.MASK, FeatureKind.CHANGE) and isinstance(geom, MultiPolygon):
+        return list(geom.geoms)
+    return [geom]
 
 
 def polygonize_mask(

@@ -7,8 +7,9 @@ The steps, each timed into ``timing_ms``: check the model, the task and the CRSs
 pixel is read); ``read`` the windows (rs_assistant.engine.imagery; ``change`` reads the pair on
 the before image's grid); ``infer`` under the model's lock, so requests to one model queue
 instead of running over each other (a waiting request still notices its cancel Event); ``post``:
-drop detections under ``options.score_threshold`` and turn the rest into GeoJSON in
-``output_crs`` (rs_assistant.engine.geo).
+turn the detections into GeoJSON in ``output_crs`` (rs_assistant.engine.geo; a mask of several
+objects gives one feature per object), those under ``options.score_threshold`` in the response's
+``held_back`` rather than its ``features`` (the answer may count them; the person can ask to see them).
 
 ``segment`` on a model that only grounds but names a ``segmenter`` in the models file runs the
 grounding model, then the segmenter's ``segment_boxes(image, boxes, cancel=...)`` on the boxes
@@ -229,11 +230,11 @@ class Engine:
         infer_ms = _ms_since(started)
 
         started = time.perf_counter()
-        detections, text = result.detections, result.text
-        if request.task in THRESHOLDED_TASKS:
-            detections = [d for d in detections if d.score >= request.options.score_threshold]
-            if dropped := len(result.detections) - len(detections):  # the answer may count them: say why they are not drawn
-                text += f" ({dropped} under the score threshold {request.options.score_threshold:g}, not drawn)"
+        detections, held_back = result.detections, None
+        if request.task in THRESHOLDED_TASKS:  # under the threshold: not drawn, but sent for the person to ask for
+            threshold = request.options.score_threshold
+            detections = [d for d in result.detections if d.score >= threshold]
+            held_back = feature_collection(_features([d for d in result.detections if d.score < threshold], windows, request.output_crs))
         features = _features(detections, windows, request.output_crs)
         post_ms = _ms_since(started)
         log.info(
@@ -241,12 +242,13 @@ class Engine:
             request_id, request.task.value, answered_by, len(features), read_ms, infer_ms, post_ms,
         )  # fmt: skip
         return AnalyzeResponse(
-            text=text,
+            text=result.text,
             features=feature_collection(features),
             crs=request.output_crs,
             model=answered_by,
             request_id=request_id,
             timing_ms=Timing(read=read_ms, infer=infer_ms, post=post_ms),
+            held_back=held_back,
         )
 
     def _check_task(self, model: str, task: Task) -> None:

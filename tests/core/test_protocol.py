@@ -113,6 +113,20 @@ def test_response_round_trip_and_feature_checks():
         AnalyzeResponse(text="", features=feature_collection([bad]), crs="EPSG:3857", model="m", request_id="r")
 
 
+def test_held_back_detections_travel_and_old_engines_may_omit_them():
+    feat = {"type": "Feature", "geometry": {"type": "Point", "coordinates": [1, 2]},
+            "properties": {"kind": "box", "label": "car", "score": 0.12}}
+    resp = AnalyzeResponse(text="1 x car", features=feature_collection(), crs="EPSG:3857", model="default",
+                           request_id="r1", held_back=feature_collection([feat]))
+    again = AnalyzeResponse.from_json(resp.to_json())
+    assert again == resp and again.held_back_list == [feat]
+    old = resp.to_dict()
+    del old["held_back"]  # an engine from before held_back
+    assert AnalyzeResponse.from_dict(old).held_back is None and AnalyzeResponse.from_dict(old).held_back_list == []
+    with pytest.raises(ProtocolError, match="held_back must be a GeoJSON FeatureCollection"):
+        AnalyzeResponse.from_dict(dict(old, held_back=[feat]))
+
+
 def test_error_body_becomes_typed_error_on_the_client():
     body = ProtocolError(ErrorCode.EXTENT_OUTSIDE, "extent is outside the raster").to_dict()
     with pytest.raises(ProtocolError) as err:

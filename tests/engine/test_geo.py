@@ -186,6 +186,29 @@ def test_mask_of_the_wrong_size_is_an_engine_error():
         detections_to_features([Detection(kind=FeatureKind.MASK, label="x", score=1, mask=np.ones((8, 8), bool))], UTM_WINDOW, rasters.UTM)
 
 
+@pytest.mark.parametrize("kind", [FeatureKind.MASK, FeatureKind.CHANGE])
+def test_a_mask_of_separate_objects_gives_one_feature_per_object(kind):
+    """/segment buildings: three roofs are three polygons, each with its own area, not one multipolygon."""
+    mask = np.zeros((64, 64), bool)
+    mask[2:12, 2:12] = True  # 100 px
+    mask[2:6, 40:60] = True  # 80 px
+    mask[30:50, 20:30] = True  # 200 px, with a hole that stays a hole
+    mask[38:42, 24:26] = False
+    detection = Detection(kind=kind, label="building", score=0.8, mask=mask)
+    features = detections_to_features([detection], UTM_WINDOW, rasters.MERCATOR, {"source": "a"})
+    geoms = [shape(f["geometry"]) for f in features]
+    assert [g.geom_type for g in geoms] == ["Polygon"] * 3
+    assert [f["properties"] for f in features] == [{"kind": kind.value, "label": "building", "score": 0.8, "source": "a"}] * 3
+    in_utm = detections_to_features([detection], UTM_WINDOW, rasters.UTM)
+    assert sorted(round(shape(f["geometry"]).area) for f in in_utm) == [8000, 10000, 19200]  # 10 m pixels
+    assert len(shape(in_utm[2]["geometry"]).interiors) == 1
+
+
+def test_boxes_stay_whole():
+    features = detections_to_features([box_detection((1, 1, 10, 10)), box_detection((30, 30, 40, 40))], UTM_WINDOW, rasters.UTM)
+    assert [shape(f["geometry"]).geom_type for f in features] == ["Polygon", "Polygon"]
+
+
 def test_a_mask_detection_with_a_box_uses_the_mask():
     mask = np.zeros((64, 64), bool)
     mask[0:10, 0:10] = True

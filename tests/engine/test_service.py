@@ -13,7 +13,7 @@ import shapely
 from shapely.geometry import box, shape
 from shapely.ops import transform as shapely_transform
 
-from rs_assistant.core.protocol import AnalyzeRequest, ErrorCode, ImageRef, Message, Options, ProtocolError
+from rs_assistant.core.protocol import AnalyzeRequest, AnalyzeResponse, ErrorCode, ImageRef, Message, Options, ProtocolError
 from rs_assistant.engine.registry import Registry
 from rs_assistant.engine.service import Engine
 from tests.engine import rasters
@@ -72,12 +72,16 @@ def test_ground_answers_in_map_coordinates_in_two_crss(engine, data):
 def test_score_threshold_filters_detections(engine, data):
     default = engine.analyze(request(data, "ground"))
     assert [f["properties"]["label"] for f in default.feature_list] == ["bright"]
-    assert default.text.endswith(" (1 under the score threshold 0.3, not drawn)")  # the user learns why one is missing
+    # the one under the threshold is not drawn but sent back, for the dock's "show 1 more below 0.3"
+    assert [(f["properties"]["label"], f["properties"]["score"]) for f in default.held_back_list] == [("background", BACKGROUND_SCORE)]
+    assert "not drawn" not in default.text
     low = engine.analyze(request(data, "ground", options=Options(score_threshold=0.05)))
     assert [f["properties"]["score"] for f in low.feature_list] == [BRIGHT_SCORE, BACKGROUND_SCORE]
-    assert "not drawn" not in low.text
+    assert low.held_back_list == []
     high = engine.analyze(request(data, "ground", options=Options(score_threshold=0.95)))
-    assert high.feature_list == []
+    assert high.feature_list == [] and len(high.held_back_list) == 2
+    wire = AnalyzeResponse.from_json(high.to_json())  # survives the wire
+    assert [shape(f["geometry"]).equals(shape(g["geometry"])) for f, g in zip(wire.held_back_list, high.held_back_list)] == [True, True]
 
 
 def test_segment_chains_a_grounding_model_into_its_segmenter(engine, data):
