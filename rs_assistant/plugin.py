@@ -77,6 +77,7 @@ class RSAssistantPlugin:
         self.engine = EngineSupervisor(settings)
         self.controller = AssistantController(QgsProject.instance(), settings, canvas)
         self.engine.clientChanged.connect(self.controller.set_client)
+        self.engine.statusChanged.connect(self.controller.set_engine_status)  # before the dock's: it shows the queue
         self.region_picker = RegionPicker(canvas, self.controller)
 
         translate = QCoreApplication.translate
@@ -212,15 +213,20 @@ class RSAssistantPlugin:
             self.mask_dialog.shutdown()
             self.mask_dialog.deleteLater()
             self.mask_dialog = None
+        if self.controller is not None:
+            self.controller.shutdown()  # the project keeps its layers, region and transcript; a request stops
+        if self.dock is not None:
+            self.dock.shutdown()
         if self.engine is not None:
             QgsApplication.instance().aboutToQuit.disconnect(self.engine.stop)
             self.engine.stop()
             self.engine.deleteLater()
             self.engine = None
-        if self.controller is not None:
-            self.controller.cancel()
         if self.region_picker is not None:
-            self.iface.mapCanvas().mapToolSet.disconnect(self._on_map_tool_set)
+            try:
+                self.iface.mapCanvas().mapToolSet.disconnect(self._on_map_tool_set)
+            except (TypeError, RuntimeError):  # the canvas went first
+                pass
             self.region_picker.unload()
             self.region_picker = None
         for action in self.actions:

@@ -15,28 +15,37 @@ layer, listed in the answer.
 
 It never blocks the UI thread: images render in QGIS's render threads and the request runs in
 a QgsTask. Mistakes and failures end up in the conversation as typed errors on the turn.
+
+It follows the project: the chosen layers, the region and the transcript are kept in the
+project (scope ``RSAssistant``), restored when a project is read and forgotten when it is cleared;
+a request whose layer is removed, or whose project is cleared, stops with a message. A question
+asked while the engine starts waits (``TurnState.QUEUED``) and runs when the engine is ready.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 
 from qgis.core import (
     QgsApplication,
     QgsCoordinateReferenceSystem,
     QgsCoordinateTransform,
+    QgsCsException,
     QgsProject,
     QgsRasterLayer,
     QgsRectangle,
     QgsVectorLayer,
 )
 from qgis.gui import QgsMapCanvas
-from qgis.PyQt.QtCore import QObject, pyqtSignal
+from qgis.PyQt.QtCore import QObject, QTimer, pyqtSignal
 from qgis.PyQt.QtGui import QImage
 
 from rs_assistant.core.client import EngineClient
 from rs_assistant.core.commands import Command, CommandError, CommandErrorCode, CommandKind, parse_command
 from rs_assistant.core.conversation import Conversation, Problem, Region, Turn, TurnState
+from rs_assistant.core.engine_state import EngineState, EngineStatus
+from rs_assistant.core.layer_defaults import pick_before_after
 from rs_assistant.core.protocol import (
     AnalyzeRequest,
     AnalyzeResponse,
@@ -52,13 +61,25 @@ from rs_assistant.ui import texts
 from rs_assistant.ui.analyze_task import AnalyzeTask
 from rs_assistant.ui.background import BackgroundCall
 from rs_assistant.ui.batch_task import BatchResult, BatchTask
-from rs_assistant.ui.imagery import PreparedImage, RegionImages, crs_id, layer_extent_in, local_file, rect_tuple
-from rs_assistant.ui.results import ResultLayerWriter, ResultWriteError
+from rs_assistant.ui.imagery import PreparedImage, RegionImages, crs_id, layer_extent_in, local_file, pixel_size, rect_tuple
+from rs_assistant.ui.answer_features import AnswerFeatures
+from rs_assistant.ui.results import ResultWriteError
 
 log = logging.getLogger(__name__)
 
 AUTO_MODEL = "auto"  # the engine routes each task to the model its models file names for it (else default)
 SEARCH_TOP_K = 5
+SCOPE = "RSAssistant"  # the project entries the dock's memory lives in
+ROLES = ("image", "before", "after")
+
+
+def crs_from_id(text: str) -> QgsCoordinateReferenceSystem:
+    """The CRS :func:`crs_id` wrote (an authority id or WKT); invalid when it cannot be read."""
+    if not text:
+        return QgsCoordinateReferenceSystem()
+    if ":" in text and "[" not in text:
+        return QgsCoordinateReferenceSystem(text)
+    return QgsCoordinateReferenceSystem.fromWkt(text)
 
 
 class AssistantController(QObject):
@@ -82,12 +103,43 @@ class AssistantController(QObject):
         self._client: EngineClient | None = None
         self._models: list[ModelInfo] = []
         self._model = AUTO_MODEL
-        self._layer_ids: dict[str, str] = {"image": "", "before": "", "after": ""}
+        self._layer_ids: dict[str, str] = {role: "" for role in ROLES}
         self._region: QgsRectangle | None = None
+        self._region_crs = QgsCoordinateReferenceSystem()  # the region is kept in the CRS it was drawn in
         self._thumbnails: dict[int, list[QImage]] = {}
         self._images: RegionImages | None = None
         self._task: AnalyzeTask | BatchTask | None = None
         self._turn_id: int | None = None
+        self.answers = AnswerFeatures(self)  # answers <-> their features (links, selection, held-back detections)
+        self._request_layer_ids: tuple[str, ...] = ()  # the layers the request in flight is about
+        self._engine_state = EngineState.STOPPED
+        self._queued: tuple[int, tuple[str, ...], QgsRectangle | None] | None = None  # (turn, layer ids, region)
+        self._next_turn_id = 1  # turn ids stay unique across projects (a late callback finds no one)
+        self._restoring = False
+        self._closed = False
+        self._project_signals = [
+            (project.cleared, self._on_project_cleared),
+            (project.readProject, self._on_project_read),
+            (project.writeProject, self._on_project_write),
+            (project.layersWillBeRemoved, self._on_layers_removed),
+            (project.crsChanged, self.regionChanged),
+        ]
+        for signal, slot in self._project_signals:
+            signal.connect(slot)
+        self._restore(defaults=bool(project.fileName()))  # the plugin reloaded: the project remembers
+
+    def shutdown(self) -> None:
+        """Stops following the project and drops any request in flight without a callback (plugin unload)."""
+        if self._closed:
+            return
+        self._remember()
+        self._abort(None)
+        self._closed = True
+        for signal, slot in self._project_signals:
+            try:
+                signal.disconnect(slot)
+            except (TypeError, RuntimeError):
+                pass
 
     # --- engine ---------------------------------------------------------------------------------
     @property
@@ -98,6 +150,49 @@ class AssistantController(QObject):
         self._client = client
         if client is not None:
             BackgroundCall(client.models, lambda models, err: self._on_models(client, models, err), self).start()
+            if self._queued is not None:
+                self._run_queued()
+
+    def set_engine_status(self, status: EngineStatus) -> None:
+        """Follows the engine's state: a question waits while it starts and fails when it cannot start."""
+        self._engine_state = status.state
+        if self._queued is None:
+            return
+        if status.state is EngineState.ERROR and not status.restarts_left:
+            self._fail_queued(status.detail)
+        elif status.state is EngineState.STOPPED:
+            QTimer.singleShot(0, self._check_queued)  # a restart stops, then starts at once
+
+    @property
+    def queued(self) -> bool:
+        """A question waits for the engine to be ready."""
+        return self._queued is not None
+
+    def _check_queued(self) -> None:
+        if self._queued is not None and self._engine_state not in (EngineState.STARTING, EngineState.READY):
+            self._fail_queued("")
+
+    def _fail_queued(self, detail: str) -> None:
+        turn_id = self._queued[0]
+        self._queued = None
+        self._fail(turn_id, Problem.ENGINE_NOT_READY, detail)
+        self._set_busy(None)
+
+    def _run_queued(self) -> None:
+        turn_id, layer_ids, region = self._queued
+        self._queued = None
+        turn = self.conversation.update(turn_id, state=TurnState.PENDING)
+        self.turnChanged.emit(turn_id)
+        layers = [self.project.mapLayer(i) for i in layer_ids]
+        problem = (Problem.LAYER_REMOVED, "") if any(layer is None for layer in layers) else None
+        problem = problem or self._problem(turn.command, layers, region)
+        if problem is not None:
+            self._set_busy(None)
+            self._fail(turn_id, *problem)
+        elif turn.command.is_batch:
+            self._start_batch(turn_id, layers[0])
+        else:
+            self._start(turn_id, layers, region)
 
     def _on_models(self, client: EngineClient, models: list[ModelInfo] | None, error: BaseException | None) -> None:
         if client is not self._client:
@@ -134,6 +229,7 @@ class AssistantController(QObject):
                 raise TypeError(f"unknown layer role {role!r}")
             self._layer_ids[role] = layer.id() if layer is not None else ""
         self.layersChanged.emit()
+        self._remember_choices()
 
     def layer(self, role: str) -> QgsRasterLayer | None:
         layer = self.project.mapLayer(self._layer_ids[role]) if self._layer_ids[role] else None
@@ -142,33 +238,62 @@ class AssistantController(QObject):
     def swap_before_after(self) -> None:
         self._layer_ids["before"], self._layer_ids["after"] = self._layer_ids["after"], self._layer_ids["before"]
         self.layersChanged.emit()
+        self._remember_choices()
 
     @property
     def region(self) -> QgsRectangle | None:
-        return QgsRectangle(self._region) if self._region is not None else None
+        """The chosen region in the project CRS; None for the current view, or when the region cannot
+        be shown in the project CRS (then :attr:`has_region` is still true)."""
+        if self._region is None:
+            return None
+        return self._transformed(self._region, self._region_crs, self.project.crs())
+
+    @property
+    def has_region(self) -> bool:
+        return self._region is not None
+
+    @property
+    def region_crs(self) -> QgsCoordinateReferenceSystem:
+        """The CRS the region was drawn in (it stays right when the project CRS changes)."""
+        return QgsCoordinateReferenceSystem(self._region_crs)
 
     def set_region(self, rect: QgsRectangle, crs: QgsCoordinateReferenceSystem | None = None) -> None:
         """The region to ask about, in ``crs`` (default: the project CRS)."""
-        if crs is not None and crs != self.project.crs():
-            rect = QgsCoordinateTransform(crs, self.project.crs(), self.project).transformBoundingBox(rect)
         self._region = QgsRectangle(rect)
+        self._region_crs = QgsCoordinateReferenceSystem(crs if crs is not None and crs.isValid() else self.project.crs())
         self.regionChanged.emit()
+        self._remember_choices()
 
     def clear_region(self) -> None:
         """Back to the current view."""
         self._region = None
         self.regionChanged.emit()
+        self._remember_choices()
+
+    def _transformed(self, rect: QgsRectangle, source: QgsCoordinateReferenceSystem,
+                     target: QgsCoordinateReferenceSystem) -> QgsRectangle | None:
+        """``rect`` in ``target``; None when there is no transform (an invalid CRS, a region off the CRS's area)."""
+        if source == target:
+            return QgsRectangle(rect)
+        if not source.isValid() or not target.isValid():
+            return None
+        try:
+            out = QgsCoordinateTransform(source, target, self.project).transformBoundingBox(rect)
+        except QgsCsException as exc:
+            log.info("no transform of the region from %s to %s: %s", source.authid(), target.authid(), exc)
+            return None
+        return out if out.isFinite() else None
 
     def effective_region(self) -> QgsRectangle | None:
-        """The chosen region, else the canvas extent, in the project CRS."""
+        """The chosen region, else the canvas extent, in the project CRS (None when neither can be had)."""
         if self._region is not None:
-            return QgsRectangle(self._region)
+            return self.region
         if self.canvas is None:
             return None
         extent = self.canvas.extent()
         canvas_crs = self.canvas.mapSettings().destinationCrs()
         if canvas_crs.isValid() and canvas_crs != self.project.crs():
-            extent = QgsCoordinateTransform(canvas_crs, self.project.crs(), self.project).transformBoundingBox(extent)
+            return self._transformed(extent, canvas_crs, self.project.crs())
         return extent
 
     # --- conversation ---------------------------------------------------------------------------
@@ -185,6 +310,7 @@ class AssistantController(QObject):
         self.conversation.clear()
         self._thumbnails.clear()
         self.conversationCleared.emit()
+        self._remember_transcript()
 
     def ask(self, text: str) -> Turn | None:
         """Starts answering ``text``; returns its turn (None for empty text or while busy)."""
@@ -208,22 +334,53 @@ class AssistantController(QObject):
             region=Region(rect_tuple(region), crs_id(self.project.crs())) if region is not None else None,
             layer_names=tuple(layer.name() for layer in layers if layer is not None),
         )
+        self._next_turn_id = max(self._next_turn_id, turn.id + 1)
         self.turnChanged.emit(turn.id)
         problem = self._problem(command, layers, region)
         if problem is not None:
             return self._fail(turn.id, *problem)
-        if command.is_batch:
+        if self._client is None:
+            if self._engine_state is not EngineState.STARTING:
+                return self._fail(turn.id, Problem.ENGINE_NOT_READY)
+            # the engine is starting: the question waits for it, visibly (Stop drops it)
+            self._queued = (turn.id, tuple(layer.id() for layer in layers), region)
+            self.conversation.update(turn.id, state=TurnState.QUEUED)
+            self._set_busy(turn.id)
+            self.turnChanged.emit(turn.id)
+        elif command.is_batch:
             self._start_batch(turn.id, layers[0])
         else:
             self._start(turn.id, layers, region)
         return self.conversation.get(turn.id)
 
     def cancel(self) -> None:
-        if self._task is not None:
+        if self._queued is not None:
+            turn_id, self._queued = self._queued[0], None
+            self._finish(turn_id, error=ProtocolError(ErrorCode.CANCELLED, "cancelled"))
+        elif self._task is not None:
             self._task.cancel()  # its callback fails the turn as cancelled
         elif self._images is not None and self._turn_id is not None:
             self._images.cancel()
             self._finish(self._turn_id, error=ProtocolError(ErrorCode.CANCELLED, "cancelled"))
+
+    def _abort(self, error: tuple[Problem, str] | None) -> None:
+        """Stops the request in flight now, without waiting for its task: the turn fails with
+        ``error`` (None: silently, the conversation is going away) and a late callback finds nothing."""
+        turn_id = self._turn_id
+        if turn_id is None:
+            return
+        task, images, self._task, self._images, self._queued = self._task, self._images, None, None, None
+        if images is not None:
+            images.cancel()
+        if task is not None:
+            try:
+                task.cancel()
+            except RuntimeError:  # the task manager already deleted it
+                pass
+        if error is not None:
+            self._fail(turn_id, *error)
+        self._request_layer_ids = ()
+        self._set_busy(None)
 
     # --- the request ----------------------------------------------------------------------------
     def _layers_for(self, command: Command) -> list[QgsRasterLayer | None]:
@@ -242,17 +399,26 @@ class AssistantController(QObject):
             return Problem.NO_IMAGE_LAYER, ""
         elif command.is_batch and local_file(layers[0]) is None:
             return Problem.NOT_A_LOCAL_FILE, layers[0].name()
+        if region is None and self._region is not None:  # drawn in a CRS the project's cannot be had from
+            return Problem.REGION_NOT_TRANSFORMABLE, f"{self._region_crs.authid() or '?'} → {self.project.crs().authid() or '?'}"
         if region is None or region.isEmpty():
             return Problem.REGION_OUTSIDE_LAYER, ""
+        context = self.project.transformContext()
         for layer in layers:
-            if not layer_extent_in(layer, self.project.crs(), self.project.transformContext()).intersects(region):
+            try:
+                extent = layer_extent_in(layer, self.project.crs(), context)
+                pixels = pixel_size(layer, region, self.project.crs(), context)
+            except QgsCsException as exc:
+                return Problem.REGION_NOT_TRANSFORMABLE, f"{layer.name()}: {exc}"
+            if not extent.intersects(region):
                 return Problem.REGION_OUTSIDE_LAYER, layer.name()
-        if self._client is None:
-            return Problem.ENGINE_NOT_READY, ""
+            if min(pixels) < 1:
+                return Problem.REGION_NO_PIXELS, f"{layer.name()}: {pixels[0]} × {pixels[1]} px"
         return None
 
     def _start(self, turn_id: int, layers: list[QgsRasterLayer], region: QgsRectangle) -> None:
         self._set_busy(turn_id)
+        self._request_layer_ids = tuple(layer.id() for layer in layers)
         images = RegionImages(layers, region, self.project.crs(), self.project.transformContext(), self.settings.max_side, self)
         images.ready.connect(lambda prepared: self._on_images(turn_id, prepared))
         images.failed.connect(lambda message: self._finish(turn_id, error=(Problem.RENDER_FAILED, message)))
@@ -269,6 +435,7 @@ class AssistantController(QObject):
 
     def _start_batch(self, turn_id: int, layer: QgsRasterLayer) -> None:
         self._set_busy(turn_id)
+        self._request_layer_ids = (layer.id(),)
         turn = self.conversation.get(turn_id)
         project_crs = crs_id(self.project.crs())
         try:
@@ -318,10 +485,11 @@ class AssistantController(QObject):
 
     def _finish(self, turn_id: int, response: AnalyzeResponse | BatchResult | None = None,
                 error: ProtocolError | tuple[Problem, str] | None = None) -> None:
-        if self._turn_id != turn_id:
+        if self._turn_id != turn_id or self._closed:
             return
         self._task = None
         self._images = None
+        self._request_layer_ids = ()
         if response is not None:
             try:
                 if isinstance(response, BatchResult):
@@ -336,15 +504,11 @@ class AssistantController(QObject):
         elif error is not None:
             self._fail(turn_id, *error)
         self._set_busy(None)
+        self._remember_transcript()
 
     def _answer(self, turn_id: int, response: AnalyzeResponse) -> None:
-        turn = self.conversation.get(turn_id)
-        layers = []
-        if response.feature_list:
-            writer = ResultLayerWriter(self.project, self.settings.output_folder)
-            layers = writer.write(response, turn.command.title, turn.question)
-        self._show_answer(turn_id, layers, response.text, model=response.model, request_id=response.request_id,
-                          feature_count=len(response.feature_list))
+        layers, details = self.answers.write(turn_id, response)
+        self._show_answer(turn_id, layers, response.text, model=response.model, request_id=response.request_id, **details)
 
     def _answer_search(self, turn_id: int, result: BatchResult) -> None:
         turn = self.conversation.get(turn_id)
@@ -353,12 +517,9 @@ class AssistantController(QObject):
             props = feature.get("properties") or {}
             ranked.append((int(props.get("rank", len(ranked) + 1)), props.get("tile"), float(props.get("score", 0.0))))
         text = texts.search_answer(turn.command.argument, ranked)
-        layers = []
-        if result.ranked:
-            writer = ResultLayerWriter(self.project, self.settings.output_folder)
-            layers = writer.write_features(result.ranked, turn.command.title, turn.question, text, result.model or self._model, result.job_id)
-        self._show_answer(turn_id, layers, text, model=result.model or self._model, request_id=result.job_id,
-                          feature_count=len(result.ranked))
+        provenance = self.answers.provenance(turn, result.model or self._model, text)
+        layers, details = self.answers.write_features(turn, result.ranked, provenance)
+        self._show_answer(turn_id, layers, text, model=result.model or self._model, request_id=result.job_id, **details)
 
     def _show_answer(self, turn_id: int, layers: list[QgsVectorLayer], text: str, **details) -> None:
         self.last_layers = layers
@@ -373,6 +534,8 @@ class AssistantController(QObject):
     def _fail(self, turn_id: int, error, detail: str = "") -> Turn:
         turn = self.conversation.fail(turn_id, error, detail)
         self.turnChanged.emit(turn_id)
+        if not self.busy:
+            self._remember_transcript()
         return turn
 
     def _set_busy(self, turn_id: int | None) -> None:
@@ -380,3 +543,120 @@ class AssistantController(QObject):
         self._turn_id = turn_id
         if self.busy != was:
             self.busyChanged.emit(self.busy)
+
+    # --- the project ----------------------------------------------------------------------------
+    def _on_layers_removed(self, layer_ids: list[str]) -> None:
+        """Layers are leaving the project: a request about one of them stops with a message, and the
+        pickers forget them."""
+        removed = set(layer_ids)
+        if self._turn_id is not None:
+            ids = self._request_layer_ids or (self._queued[1] if self._queued is not None else ())
+            gone = [i for i in ids if i in removed]
+            if gone:
+                names = [layer.name() for layer in (self.project.mapLayer(i) for i in gone) if layer is not None]
+                self._abort((Problem.LAYER_REMOVED, ", ".join(names)))
+        changed = False
+        for role, layer_id in self._layer_ids.items():
+            if layer_id and layer_id in removed:
+                self._layer_ids[role] = ""
+                changed = True
+        if changed:
+            self.layersChanged.emit()
+
+    def _on_project_cleared(self) -> None:
+        """Project > New (and the start of reading another project): the conversation, the layers and
+        the region belonged to the project that went away; a request in flight stops quietly."""
+        self._abort(None)
+        self._layer_ids = {role: "" for role in ROLES}
+        self._region = None
+        self.conversation = Conversation(max_history_turns=self.conversation.max_history_turns)
+        self._continue_ids(self.conversation)
+        self._thumbnails.clear()
+        self.last_layers = []
+        self.conversationCleared.emit()
+        self.layersChanged.emit()
+        self.regionChanged.emit()
+
+    def _on_project_read(self, _document=None) -> None:
+        self._restore(defaults=True)
+
+    def _on_project_write(self, _document=None) -> None:
+        self._remember()
+
+    def _restore(self, defaults: bool) -> None:
+        """Takes the layers, region and transcript the project keeps; with none kept and ``defaults``,
+        picks the top raster as the image and two rasters in time order as before/after."""
+        project = self.project
+        self._restoring = True
+        try:
+            stored = {role: project.readEntry(SCOPE, role, "")[0] for role in ROLES}
+            if any(stored.values()):
+                self._layer_ids = {role: i if isinstance(project.mapLayer(i), QgsRasterLayer) else "" for role, i in stored.items()}
+            elif defaults:
+                self._layer_ids = self._default_layers()
+            region_text, has_region = project.readEntry(SCOPE, "region", "")
+            self._region = None
+            if has_region and region_text:
+                try:
+                    xmin, ymin, xmax, ymax = (float(v) for v in region_text.split(","))
+                    self._region = QgsRectangle(xmin, ymin, xmax, ymax)
+                    crs = crs_from_id(project.readEntry(SCOPE, "region_crs", "")[0])
+                    self._region_crs = crs if crs.isValid() else project.crs()
+                except ValueError:
+                    log.warning("the project's saved region %r is not xmin,ymin,xmax,ymax; the view is used", region_text)
+            transcript, has_transcript = project.readEntry(SCOPE, "transcript", "")
+            if has_transcript and transcript:
+                try:
+                    conversation = Conversation.from_json(transcript, self.conversation.max_history_turns)
+                except ValueError as exc:
+                    log.warning("the project's transcript cannot be read (%s); the chat starts empty", exc)
+                else:
+                    self._continue_ids(conversation)
+                    self.conversation = conversation
+                    self._thumbnails.clear()
+        finally:
+            self._restoring = False
+        self.conversationCleared.emit()
+        self.layersChanged.emit()
+        self.regionChanged.emit()
+
+    def _continue_ids(self, conversation: Conversation) -> None:
+        """New turns get ids no turn of this session had (a late callback of an old request matches none)."""
+        last = max((t.id for t in conversation.turns), default=0)
+        conversation._ids = itertools.count(max(last + 1, self._next_turn_id))
+
+    def _default_layers(self) -> dict[str, str]:
+        rasters = [node.layer() for node in self.project.layerTreeRoot().findLayers()
+                   if isinstance(node.layer(), QgsRasterLayer)]
+        chosen = {role: "" for role in ROLES}
+        if rasters:
+            chosen["image"] = rasters[0].id()
+        pair = pick_before_after([layer.name() for layer in rasters])
+        if pair is not None:
+            chosen["before"], chosen["after"] = rasters[pair[0]].id(), rasters[pair[1]].id()
+        return chosen
+
+    def _remember_choices(self) -> None:
+        if self._restoring or self._closed:
+            return
+        project = self.project
+        for role, layer_id in self._layer_ids.items():
+            project.writeEntry(SCOPE, role, layer_id)
+        if self._region is None:
+            project.removeEntry(SCOPE, "region")
+            project.removeEntry(SCOPE, "region_crs")
+        else:
+            project.writeEntry(SCOPE, "region", ",".join(repr(v) for v in rect_tuple(self._region)))
+            project.writeEntry(SCOPE, "region_crs", crs_id(self._region_crs))
+
+    def _remember_transcript(self) -> None:
+        if self._restoring or self._closed:
+            return
+        if self.conversation.turns:
+            self.project.writeEntry(SCOPE, "transcript", self.conversation.to_json())
+        else:
+            self.project.removeEntry(SCOPE, "transcript")
+
+    def _remember(self) -> None:
+        self._remember_choices()
+        self._remember_transcript()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 import logging
 
-from qgis.core import QgsMapLayerProxyModel, QgsUnitTypes
+from qgis.core import QgsCsException, QgsMapLayerProxyModel
 from qgis.PyQt import uic
 from qgis.PyQt.QtCore import QEvent, QObject, Qt, pyqtSignal
 from qgis.PyQt.QtGui import QTextCursor
@@ -21,9 +21,10 @@ from rs_assistant.core.engine_state import EngineFault, EngineState, EngineStatu
 from rs_assistant.core.paths import resource
 from rs_assistant.ui import texts
 from rs_assistant.ui.controller import AUTO_MODEL, AssistantController
+from rs_assistant.ui.ground import format_ground_size, ground_size
 from rs_assistant.ui.imagery import pixel_size
 from rs_assistant.ui.setup_panel import needs_setup
-from rs_assistant.ui.transcript import TranscriptRenderer
+from rs_assistant.ui.transcript import HELD_BACK_SCHEME, TranscriptRenderer, parse_link
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,11 @@ class ChatDock(QDockWidget, _FORM):
         self._engine_status = EngineStatus(EngineState.STOPPED)
         self._engine_health = None  # Health | None: what the ready engine computes on (set_engine_health)
         self._transcript = TranscriptRenderer(self.transcriptView)
+        self._highlighted: int | None = None  # the turn whose feature is selected on the map
+        self._scroll_to: int | None = None  # the turn to show after the next render (else the last one)
+        self._last_turn: int | None = None
+        self.transcriptView.anchorClicked.connect(self._on_link)
+        controller.answers.turnHighlighted.connect(self._highlight_turn)
         self._combos = {"image": self.imageLayerCombo, "before": self.beforeLayerCombo, "after": self.afterLayerCombo}
         for role, combo in self._combos.items():
             combo.setFilters(QgsMapLayerProxyModel.Filter.RasterLayer)
@@ -81,11 +87,26 @@ class ChatDock(QDockWidget, _FORM):
         controller.modelsChanged.connect(self._on_models)
         controller.regionChanged.connect(self._show_region)
         controller.layersChanged.connect(self._on_layers_changed)
-        if controller.canvas is not None:
-            controller.canvas.extentsChanged.connect(self._show_region)
+        self._canvas = controller.canvas
+        if self._canvas is not None:
+            self._canvas.extentsChanged.connect(self._show_region)
+            self._canvas.destroyed.connect(self._forget_canvas)
         self.set_engine_status(self._engine_status)
         self._on_busy(controller.busy)
-        self._show_region()
+        self._on_layers_changed()
+
+    def shutdown(self) -> None:
+        """Stops following the canvas (plugin unload): a canvas deleted later calls nothing of ours."""
+        if self._canvas is not None:
+            try:
+                self._canvas.extentsChanged.disconnect(self._show_region)
+                self._canvas.destroyed.disconnect(self._forget_canvas)
+            except (TypeError, RuntimeError):
+                pass
+        self._canvas = None
+
+    def _forget_canvas(self, *_args) -> None:
+        self._canvas = None
 
     # --- sending --------------------------------------------------------------------------------
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802
@@ -124,7 +145,23 @@ class ChatDock(QDockWidget, _FORM):
     # --- showing --------------------------------------------------------------------------------
     def _render(self, *_args) -> None:
         turns = self.controller.conversation.turns
-        self._transcript.render(turns, {t.id: self.controller.thumbnails(t.id) for t in turns})
+        last = turns[-1].id if turns else None
+        if last != self._last_turn:  # a new question (or a new chat): it is what to show
+            self._last_turn, self._highlighted, self._scroll_to = last, None, None
+        scroll_to, self._scroll_to = self._scroll_to or self._highlighted, None
+        self._transcript.render(turns, {t.id: self.controller.thumbnails(t.id) for t in turns}, self._highlighted, scroll_to)
+
+    def _on_link(self, url) -> None:
+        """A feature of an answer: zoom to it and flash it; "Show N more": add the held-back detections."""
+        link = parse_link(url)
+        if link is not None and link[0] == HELD_BACK_SCHEME:
+            self._scroll_to = link[2]  # stay on that answer when it grows
+        self.controller.answers.open_link(url)
+
+    def _highlight_turn(self, turn_id: int) -> None:
+        """Shades the turn of the feature selected on the map (0: none) and scrolls to it."""
+        self._highlighted = turn_id or None
+        self._render()
 
     def _on_busy(self, busy: bool) -> None:
         self.sendButton.setText(self.tr("Stop") if busy else self.tr("Send"))
@@ -165,6 +202,8 @@ class ChatDock(QDockWidget, _FORM):
             text = texts.busy_text()
         else:
             text = texts.engine_status_text(status)
+        if self.controller.queued:
+            text = f"{text} · {texts.queued_text()}"
         colour = {EngineState.READY: "#2e7d32", EngineState.STARTING: "#f9a825", EngineState.ERROR: "#b00020"}.get(status.state, "#777777")
         if self._device_info(status) is not None:
             text = f"{text} · {html.escape(texts.device_text(self._device_info(status)))}"
@@ -222,19 +261,31 @@ class ChatDock(QDockWidget, _FORM):
                 combo.blockSignals(False)
         self._show_region()
 
-    def _show_region(self) -> None:
+    def _show_region(self, *_args) -> None:
+        """The region's size on the ground ("437 × 437 m", "1.2 × 0.9 km") and in the chosen raster's
+        pixels; "Current view" alone while the map shows nothing (a new project)."""
         controller = self.controller
+        drawn = controller.has_region
         rect = controller.effective_region()
-        if rect is None or rect.isEmpty():
+        if drawn and rect is None:
+            self.regionLabel.setText(self.tr("Drawn region (cannot be shown in the project's CRS)"))
+            return
+        canvas = self._canvas
+        if rect is None or rect.isEmpty() or (not drawn and canvas is not None and not canvas.layers()):
             self.regionLabel.setText(self.tr("Current view"))
             return
         crs = controller.project.crs()
-        units = QgsUnitTypes.toAbbreviatedString(crs.mapUnits())
-        size = self.tr("{w} × {h} {units}").format(w=f"{rect.width():.6g}", h=f"{rect.height():.6g}", units=units)
+        metres = ground_size(rect, crs, controller.project)
+        size = format_ground_size(*metres) if metres is not None else ""
         raster = controller.layer("image") or controller.layer("before")
         if raster is not None:
-            px, py = pixel_size(raster, rect, crs, controller.project.transformContext())
-            size += " · " + self.tr("{w} × {h} px").format(w=px, h=py)
-        if controller.region is None:
-            size = self.tr("Current view: {size}").format(size=size)
+            try:
+                px, py = pixel_size(raster, rect, crs, controller.project.transformContext())
+            except QgsCsException:
+                px = py = None
+            if px is not None:
+                pixels = self.tr("{w} × {h} px").format(w=px, h=py)
+                size = f"{size} · {pixels}" if size else pixels
+        if not drawn:
+            size = self.tr("Current view: {size}").format(size=size) if size else self.tr("Current view")
         self.regionLabel.setText(size)

@@ -99,17 +99,26 @@ class RegionImages(QObject):
         self._cancelled = False
 
     def start(self) -> None:
+        """Starts one render per layer. What is needed of each layer (name, file) is read now: a layer
+        removed from the project while its render runs is not touched again."""
         self._pending = len(self._layers)
         for index, layer in enumerate(self._layers):
-            side = THUMBNAIL_SIDE if local_file(layer) else self._max_side
+            name, path = layer.name(), local_file(layer)
+            side = THUMBNAIL_SIDE if path else self._max_side
             job = QgsMapRendererParallelJob(self._map_settings(layer, side))
-            job.finished.connect(lambda index=index, layer=layer, job=job: self._on_rendered(index, layer, job))
+            job.finished.connect(lambda index=index, name=name, path=path, job=job: self._on_rendered(index, name, path, job))
             self._jobs.append(job)
             job.start()
+        self._layers = []  # no reference to a layer outlives the start
 
     def cancel(self) -> None:
+        """Drops the renders: their ends call nothing (this object may be deleted by then)."""
         self._cancelled = True
         for job in self._jobs:
+            try:
+                job.finished.disconnect()
+            except (TypeError, RuntimeError):
+                pass
             job.cancelWithoutBlocking()
 
     def _map_settings(self, layer: QgsRasterLayer, side: int) -> QgsMapSettings:
@@ -122,16 +131,15 @@ class RegionImages(QObject):
         settings.setBackgroundColor(QColor(0, 0, 0, 0))
         return settings
 
-    def _on_rendered(self, index: int, layer: QgsRasterLayer, job: QgsMapRendererParallelJob) -> None:
+    def _on_rendered(self, index: int, name: str, path: str | None, job: QgsMapRendererParallelJob) -> None:
         if self._cancelled:
             return
         image = job.renderedImage()
         errors = "; ".join(e.message for e in job.errors())
         if image.isNull():
             self._cancelled = True
-            self.failed.emit(f"{layer.name()}: {errors or 'nothing was rendered'}")
+            self.failed.emit(f"{name}: {errors or 'nothing was rendered'}")
             return
-        path = local_file(layer)
         extent = job.mapSettings().visibleExtent()
         try:
             if path:
@@ -140,11 +148,11 @@ class RegionImages(QObject):
                 ref = ImageRef.from_png(png_bytes(image), rect_tuple(extent), crs_id(self._crs))
         except ProtocolError as exc:  # e.g. a project without a CRS
             self._cancelled = True
-            self.failed.emit(f"{layer.name()}: {exc.message}")
+            self.failed.emit(f"{name}: {exc.message}")
             return
         thumbnail = image.scaled(fitted_size(extent, THUMBNAIL_SIDE), Qt.AspectRatioMode.KeepAspectRatio,
                                  Qt.TransformationMode.SmoothTransformation)
-        self._results[index] = PreparedImage(ref, thumbnail, layer.name())
+        self._results[index] = PreparedImage(ref, thumbnail, name)
         self._pending -= 1
         if self._pending == 0:
             self.ready.emit(list(self._results))

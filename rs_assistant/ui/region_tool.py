@@ -81,9 +81,13 @@ class RegionMapTool(QgsMapTool):
         super().deactivate()
 
     def release(self) -> None:
-        """Disconnects from the canvas and removes the drag band (plugin unload)."""
-        self.canvas().keyPressed.disconnect(self._on_key)
-        self.canvas().scene().removeItem(self._drag)
+        """Disconnects from the canvas and removes the drag band (plugin unload); a canvas already
+        deleted has nothing left to undo."""
+        try:
+            self.canvas().keyPressed.disconnect(self._on_key)
+            self.canvas().scene().removeItem(self._drag)
+        except (TypeError, RuntimeError, AttributeError):
+            log.debug("the canvas went first: nothing to release")
         self._drag = None
 
 
@@ -117,16 +121,25 @@ class RegionPicker:
         self.controller.set_region(rect, self.canvas.mapSettings().destinationCrs())
 
     def _show_region(self) -> None:
+        """Draws the region where it was drawn (the band follows a change of the project's CRS)."""
+        if self._band is None:
+            return
         self._band.reset(QgsWkbTypes.GeometryType.PolygonGeometry)
         region = self.controller.region
         if region is not None:
             self._band.addGeometry(QgsGeometry.fromRect(region), self.controller.project.crs())
 
     def unload(self) -> None:
-        self.controller.regionChanged.disconnect(self._show_region)
-        self.deactivate()
-        self.canvas.unsetMapTool(self.tool)
+        try:
+            self.controller.regionChanged.disconnect(self._show_region)
+        except (TypeError, RuntimeError):
+            pass
+        try:
+            self.deactivate()
+            self.canvas.unsetMapTool(self.tool)
+            self.canvas.scene().removeItem(self._band)
+        except RuntimeError:  # the canvas was deleted first (a closing window, a test harness)
+            log.debug("the canvas went first: no map tool or band to remove")
         self.tool.release()
-        self.canvas.scene().removeItem(self._band)
         self._band = None
         self.tool.deleteLater()

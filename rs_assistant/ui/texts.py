@@ -27,6 +27,9 @@ def error_text(error: TurnError) -> str:
         Problem.RENDER_FAILED: translate("Messages", "The layer could not be rendered for the region."),
         Problem.LAYER_WRITE_FAILED: translate("Messages", "The answer arrived but its layer could not be written."),
         Problem.NOT_A_LOCAL_FILE: translate("Messages", "A search runs over a raster file on this computer; this layer is not one (web, virtual or in-memory). Save it as a GeoTIFF first."),
+        Problem.REGION_NO_PIXELS: translate("Messages", "The region is smaller than one pixel of the layer. Draw a larger region."),
+        Problem.REGION_NOT_TRANSFORMABLE: translate("Messages", "The region cannot be converted to the layer's or the project's CRS. Draw the region again or use the current view."),
+        Problem.LAYER_REMOVED: translate("Messages", "The layer was removed from the project, so its request was stopped. Choose a layer and ask again."),
         ErrorCode.ENGINE_UNREACHABLE: translate("Messages", "The engine cannot be reached."),
         ErrorCode.TIMEOUT: translate("Messages", "The engine did not answer in time. Try a smaller region or a longer timeout."),
         ErrorCode.CANCELLED: translate("Messages", "Cancelled."),
@@ -99,6 +102,16 @@ def device_warning_text(info: DeviceInfo | None) -> str:
 
 def busy_text() -> str:
     return QCoreApplication.translate("Messages", "Engine: busy")
+
+
+def queued_text() -> str:
+    """After the engine's status while a question waits for it to start."""
+    return QCoreApplication.translate("Messages", "your question will run when it is ready")
+
+
+def waiting_text() -> str:
+    """A question's answer while it waits for the engine to start."""
+    return QCoreApplication.translate("Messages", "Waiting for the engine to start…")
 
 
 def help_lines() -> list[tuple[str, str]]:

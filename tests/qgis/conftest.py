@@ -96,6 +96,8 @@ def make_assistant(qgis_new_project, qtbot, tmp_path):
     yield make
     for assistant in made:
         assistant.controller.cancel()
+        assistant.controller.shutdown()  # stops following QgsProject.instance() (the next test clears it)
+        assistant.dock.shutdown()
         assistant.picker.unload()
         assistant.iface.mainWindow().close()
         assistant.iface.mainWindow().deleteLater()
