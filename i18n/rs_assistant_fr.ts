@@ -407,6 +407,46 @@
             <source>Add the result to the project</source>
             <translation>Ajouter le résultat au projet</translation>
         </message>
+        <message>
+            <source>{0} was written and added to the project.</source>
+            <translation>{0} a été écrit et ajouté au projet.</translation>
+        </message>
+        <message>
+            <source>{0} was written.</source>
+            <translation>{0} a été écrit.</translation>
+        </message>
+        <message>
+            <source>Export done</source>
+            <translation>Export terminé</translation>
+        </message>
+        <message>
+            <source>Give the mask the grid of a raster: same CRS, pixels and size</source>
+            <translation>Donner au masque la grille d’un raster : même SCR, mêmes pixels, même taille</translation>
+        </message>
+        <message>
+            <source>Extent, pixel size and CRS</source>
+            <translation>Emprise, taille de pixel et SCR</translation>
+        </message>
+        <message>
+            <source>Make the mask's grid from an area, a pixel size and a CRS</source>
+            <translation>Construire la grille du masque à partir d’une zone, d’une taille de pixel et d’un SCR</translation>
+        </message>
+        <message>
+            <source>The area the mask covers; the buttons take it from a layer, the map view or a drawn box</source>
+            <translation>La zone couverte par le masque ; les boutons la prennent d’une couche, de la vue de la carte ou d’un rectangle dessiné</translation>
+        </message>
+        <message>
+            <source>Pixel size</source>
+            <translation>Taille de pixel</translation>
+        </message>
+        <message>
+            <source>The side of a mask pixel on the ground, in the units of the mask's CRS</source>
+            <translation>Le côté d’un pixel du masque au sol, dans les unités du SCR du masque</translation>
+        </message>
+        <message>
+            <source>The mask's CRS (the extent is read in it)</source>
+            <translation>Le SCR du masque (l’emprise y est lue)</translation>
+        </message>
     </context>
     <context>
         <name>AssistantController</name>
@@ -1115,6 +1155,18 @@
             <source>The {count} feature(s) written so far are kept; run the algorithm again with the same parameters to resume.</source>
             <translation>Les {count} entité(s) déjà écrites sont conservées ; relancez l’algorithme avec les mêmes paramètres pour reprendre.</translation>
         </message>
+        <message>
+            <source>The engine's model that runs the job: “auto” lets the engine choose the model set for this task (Manage models…), “default” is the built-in model, or a model's name.</source>
+            <translation>Le modèle du moteur qui exécute la tâche : « auto » laisse le moteur choisir le modèle défini pour cette tâche (Gérer les modèles…), « default » est le modèle intégré, ou le nom d’un modèle.</translation>
+        </message>
+        <message>
+            <source>Resume an interrupted run into the same output file (file outputs only)</source>
+            <translation>Reprendre une exécution interrompue dans le même fichier de sortie (sorties fichier uniquement)</translation>
+        </message>
+        <message>
+            <source>A run that stopped early keeps its features in the output file; run again with the same parameters to do only the remaining tiles. A temporary layer cannot be resumed.</source>
+            <translation>Une exécution arrêtée en cours garde ses entités dans le fichier de sortie ; relancez avec les mêmes paramètres pour ne traiter que les tuiles restantes. Une couche temporaire ne peut pas être reprise.</translation>
+        </message>
     </context>
     <context>
         <name>DescribeTilesAlgorithm</name>
@@ -1587,6 +1639,21 @@
         <message>
             <source>Search</source>
             <translation>Rechercher</translation>
+        </message>
+    </context>
+    <context>
+        <name>ModelWidgetWrapper</name>
+        <message>
+            <source>The engine chooses the model set for this task (Manage models…)</source>
+            <translation>Le moteur choisit le modèle défini pour cette tâche (Gérer les modèles…)</translation>
+        </message>
+        <message>
+            <source>The engine's built-in model</source>
+            <translation>Le modèle intégré du moteur</translation>
+        </message>
+        <message>
+            <source>Backend: {backend}</source>
+            <translation>Moteur : {backend}</translation>
         </message>
     </context>
 </TS>

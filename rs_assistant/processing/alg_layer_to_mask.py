@@ -29,6 +29,7 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QCoreApplication
 
 from rs_assistant.processing.mask_export import Compression, GridSpec, MaskExportError, MaskOptions, layer_to_mask
+from rs_assistant.processing.mask_style import MaskStylePostProcessor
 
 COMPRESSIONS = tuple(Compression)
 
@@ -124,6 +125,8 @@ class LayerToMaskAlgorithm(QgsProcessingAlgorithm):
                           transform_context=context.transformContext())
         except MaskExportError as error:
             raise QgsProcessingException(str(error)) from error
+        if context.willLoadLayerOnCompletion(output):  # added to the project: 0 transparent, not a grey stretch
+            context.layerToLoadOnCompletionDetails(output).setPostProcessor(MaskStylePostProcessor.create())
         return {self.OUTPUT: output}
 
     def _grid(self, parameters: dict[str, Any], context: QgsProcessingContext) -> GridSpec:

@@ -13,10 +13,14 @@ the ``ranked`` tiles).
   feature came from), ``text`` (the tile's caption) and ``rank`` (search: 1 = best match).
 - Progress: tiles done (skipped tiles of a resumed run count as done). Cancel closes the
   connection; the engine stops the job.
+- Model: a name the engine knows; ``auto`` (the default) lets the engine pick the model its
+  models file names for the task. The Processing dialog offers the models file's names in an
+  editable list (:mod:`rs_assistant.processing.model_widget`); scripts pass any name.
 - Resume: a journal beside a file output (see :mod:`rs_assistant.processing.journal`) records
   the finished tiles. When a run stops early (cancel, an engine error, an engine that died) the
   features written so far stay in the output, valid, and running the algorithm again with the
-  same parameters (RESUME on, the default) keeps them and does only the remaining tiles.
+  same parameters (RESUME on, the default) keeps them and does only the remaining tiles. A
+  temporary (memory) output cannot be resumed: RESUME is an advanced parameter that says so.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from typing import Any
 from osgeo import ogr
 from qgis.core import (
     NULL,
+    QgsProcessingParameterDefinition,
     QgsCoordinateReferenceSystem,
     QgsFeature,
     QgsFeatureSink,
@@ -59,6 +64,7 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QCoreApplication, QVariant
 
+from rs_assistant.core.models_file import AUTO_MODEL
 from rs_assistant.core.protocol import BatchEvent, BatchRequest, ErrorCode, FeatureKind, Options, ProtocolError, Task
 from rs_assistant.processing.engine_connection import ENGINE, EngineUnavailable
 from rs_assistant.processing.journal import Journal
@@ -243,7 +249,11 @@ class BatchAlgorithm(QgsProcessingAlgorithm):
         if self.HAS_PROMPT:
             self.addParameter(QgsProcessingParameterString(
                 self.PROMPT, self.prompt_description(), optional=not self.PROMPT_REQUIRED))
-        self.addParameter(QgsProcessingParameterString(self.MODEL, tr("Model"), defaultValue="default"))
+        model = QgsProcessingParameterString(self.MODEL, tr("Model"), defaultValue=AUTO_MODEL)
+        model.setHelp(tr("The engine's model that runs the job: “auto” lets the engine choose the model set for "
+                         "this task (Manage models…), “default” is the built-in model, or a model's name."))
+        model.setMetadata({"widget_wrapper": {"class": "rs_assistant.processing.model_widget.ModelWidgetWrapper"}})
+        self.addParameter(model)
         self.addParameter(QgsProcessingParameterNumber(
             self.TILE_SIZE, tr("Tile size (pixels)"), QgsProcessingParameterNumber.Type.Integer, 512, minValue=1))
         self.addParameter(QgsProcessingParameterNumber(
@@ -258,8 +268,12 @@ class BatchAlgorithm(QgsProcessingAlgorithm):
         if self.HAS_TOP_K:
             self.addParameter(QgsProcessingParameterNumber(
                 self.TOP_K, tr("Number of best tiles to return"), QgsProcessingParameterNumber.Type.Integer, 10, minValue=1))
-        self.addParameter(QgsProcessingParameterBoolean(
-            self.RESUME, tr("Resume an interrupted run into the same output"), defaultValue=True))
+        resume = QgsProcessingParameterBoolean(
+            self.RESUME, tr("Resume an interrupted run into the same output file (file outputs only)"), defaultValue=True)
+        resume.setHelp(tr("A run that stopped early keeps its features in the output file; run again with the same "
+                          "parameters to do only the remaining tiles. A temporary layer cannot be resumed."))
+        resume.setFlags(resume.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
+        self.addParameter(resume)
         self.addParameter(QgsProcessingParameterFeatureSink(
             self.OUTPUT, self.output_description(), QgsProcessing.SourceType.TypeVectorPolygon))
 
@@ -315,7 +329,7 @@ class BatchAlgorithm(QgsProcessingAlgorithm):
                 task=self.TASK,
                 sources=tuple(local_file(layer) for layer in rasters),
                 output_crs=crs_id(crs),
-                model=self.parameterAsString(parameters, self.MODEL, context).strip() or "default",
+                model=self.parameterAsString(parameters, self.MODEL, context).strip() or AUTO_MODEL,
                 prompt=self.parameterAsString(parameters, self.PROMPT, context).strip() if self.HAS_PROMPT else "",
                 extent=extent,
                 extent_crs=extent_crs,
@@ -332,7 +346,7 @@ class BatchAlgorithm(QgsProcessingAlgorithm):
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
         request, crs = self._request(parameters, context)
-        destination = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
+        destination = self._destination(parameters, context)
         output_file = _output_file(destination)
         journal, kept = None, []
         if output_file is not None:
@@ -366,6 +380,21 @@ class BatchAlgorithm(QgsProcessingAlgorithm):
         if writer.skipped:
             feedback.pushWarning(tr("{count} feature(s) that were not polygons were left out.").format(count=writer.skipped))
         return {self.OUTPUT: destination, "TILES": job.tiles, "FEATURES": writer.written}
+
+
+    def _destination(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str:
+        """Where the output goes, without the side effect of ``parameterAsOutputLayer`` on a temporary one.
+
+        For a temporary output that call asks Processing to load a layer named ``memory:<description>``
+        on completion, a layer that never exists (``parameterAsSink`` registers the real one), and
+        QGIS then logs "The following layers were not correctly generated".
+        """
+        destination = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
+        if destination.startswith("memory:") and context.willLoadLayerOnCompletion(destination):
+            layers = context.layersToLoadOnCompletion()
+            del layers[destination]
+            context.setLayersToLoadOnCompletion(layers)
+        return destination
 
 
 class _Job:

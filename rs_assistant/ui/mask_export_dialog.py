@@ -3,7 +3,9 @@
 Layout lives in resources/ui/mask_export_dialog.ui; this class owns its behaviour. The export
 runs as the provider's Processing algorithm in a ``QgsProcessingAlgRunnerTask``, so QGIS stays
 responsive; Cancel stops a running export, and an existing file is replaced only once the
-person has agreed.
+person has agreed. The progress bar shows only while an export runs; on success the dialog
+closes and says what it wrote in QGIS's message bar (a failure or a cancel keeps it open, with
+the reason in place). A mask added to the project draws 0 transparent (``mask_style``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from qgis.core import (
+    Qgis,
     QgsApplication,
+    QgsCoordinateReferenceSystem,
     QgsFieldProxyModel,
     QgsMapLayerProxyModel,
     QgsProcessingAlgorithm,
@@ -25,10 +29,11 @@ from qgis.core import (
     QgsProject,
     QgsRasterLayer,
     QgsReferencedRectangle,
+    QgsUnitTypes,
     QgsVectorFileWriter,
     QgsVectorLayer,
 )
-from qgis.gui import QgsFileWidget, QgsMapCanvas
+from qgis.gui import QgsFileWidget, QgsMapCanvas, QgsMessageBar
 from qgis.PyQt import uic
 from qgis.PyQt.QtCore import QCoreApplication, pyqtSignal
 from qgis.PyQt.QtWidgets import QDialog, QDialogButtonBox, QMessageBox, QWidget
@@ -36,12 +41,15 @@ from qgis.PyQt.QtWidgets import QDialog, QDialogButtonBox, QMessageBox, QWidget
 from rs_assistant.core.paths import resource
 from rs_assistant.processing.alg_layer_to_mask import COMPRESSIONS, LayerToMaskAlgorithm
 from rs_assistant.processing.alg_mask_to_polygons import MaskToPolygonsAlgorithm
+from rs_assistant.processing.mask_style import style_mask
 
 log = logging.getLogger(__name__)
 
 _FORM, _ = uic.loadUiType(str(resource("ui", "mask_export_dialog.ui")), from_imports=False, import_from="")
 
 ConfirmOverwrite = Callable[[Path], bool]
+MESSAGE_SECONDS = 10
+DEFAULT_PIXEL = {True: 0.0001, False: 10.0}  # geographic CRS (degrees, about 10 m) or not (metres, feet)
 
 
 def tr(text: str) -> str:
@@ -72,10 +80,13 @@ class MaskExportDialog(QDialog, _FORM):
         parent: QWidget | None = None,
         canvas: QgsMapCanvas | None = None,
         confirm_overwrite: ConfirmOverwrite | None = None,
+        message_bar: QgsMessageBar | None = None,
     ):
         super().__init__(parent)
         self.setupUi(self)
         self._confirm_overwrite = confirm_overwrite or self._ask_overwrite
+        self._message_bar = message_bar
+        self._canvas = canvas
         self._task: QgsProcessingAlgRunnerTask | None = None
         self._context: QgsProcessingContext | None = None
         self._feedback: _DialogFeedback | None = None
@@ -100,6 +111,8 @@ class MaskExportDialog(QDialog, _FORM):
         self.extentWidget.setOutputCrs(project_crs)
         if canvas is not None:
             self.extentWidget.setMapCanvas(canvas)
+        self._start_extent()
+        self._show_pixel_unit(project_crs)
         self.maskFileWidget.setFilter(tr("GeoTIFF (*.tif *.tiff)"))
         self.polygonsFileWidget.setFilter(QgsVectorFileWriter.fileFilterString())
         for file_widget in (self.maskFileWidget, self.polygonsFileWidget):
@@ -114,8 +127,39 @@ class MaskExportDialog(QDialog, _FORM):
         for widget in (self.extentWidget, self.resolutionSpin, self.crsWidget):
             self.extentRadio.toggled.connect(widget.setEnabled)
         self.crsWidget.crsChanged.connect(self.extentWidget.setOutputCrs)
+        self.crsWidget.crsChanged.connect(self._show_pixel_unit)
         self.buttonBox.accepted.connect(self.start_export)
         self.buttonBox.rejected.connect(self.reject)
+
+    def _start_extent(self) -> None:
+        """The map view's extent (else the polygon layer's) instead of an empty 0,0,0,0."""
+        if self._canvas is not None and not self._canvas.extent().isEmpty():
+            self.extentWidget.setCurrentExtent(self._canvas.extent(), self._canvas.mapSettings().destinationCrs())
+        elif self.inputLayerCombo.currentLayer() is not None:
+            layer = self.inputLayerCombo.currentLayer()
+            self.extentWidget.setCurrentExtent(layer.extent(), layer.crs())
+        else:
+            return
+        self.extentWidget.setOutputExtentFromCurrent()
+
+    def _show_pixel_unit(self, crs: QgsCoordinateReferenceSystem) -> None:
+        """The pixel size in the CRS's unit (“10.00 m”, “0.000100 °”), a sensible size when the unit changes."""
+        geographic = crs.isValid() and crs.isGeographic()
+        unit = "°" if geographic else QgsUnitTypes.toAbbreviatedString(crs.mapUnits()) if crs.isValid() else ""
+        was_geographic = self.resolutionSpin.decimals() > 2
+        self.resolutionSpin.setDecimals(6 if geographic else 2)
+        self.resolutionSpin.setSingleStep(DEFAULT_PIXEL[geographic])
+        self.resolutionSpin.setSuffix(f" {unit}" if unit else "")
+        self.resolutionSpin.setClearValue(DEFAULT_PIXEL[geographic])
+        if geographic != was_geographic:
+            self.resolutionSpin.setValue(DEFAULT_PIXEL[geographic])
+
+    def showEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+        """Opened again after an export: no message or progress left from the last one."""
+        if not self.is_running():
+            self._show("")
+            self.progressBar.setVisible(False)
+        super().showEvent(event)
 
     # --- behaviour ------------------------------------------------------------------------------
     def start_export(self) -> None:
@@ -216,17 +260,29 @@ class MaskExportDialog(QDialog, _FORM):
         if ok and not canceled:
             self.progressBar.setValue(100)
             self._show(tr("Written: {0}").format(output))
-            if self.addToProjectCheck.isChecked():
-                _add_to_project(output)
-        elif canceled:
+            added = self.addToProjectCheck.isChecked() and _add_to_project(output)
+            self._announce(output, added)
+            self.exportFinished.emit(True, str(output))
+            self.accept()
+            return
+        if canceled:
             self._show(tr("Canceled: nothing was written."))
         else:
             self._show(errors[-1] if errors else tr("The export failed: see the RS Assistant log."))
         self.exportFinished.emit(ok and not canceled, str(output))
 
+    def _announce(self, output: Path, added: bool) -> None:
+        """Success, in QGIS's message bar: the dialog has closed by the time it is read."""
+        bar = self._message_bar or _iface_message_bar()
+        if bar is None:
+            return
+        text = (tr("{0} was written and added to the project.") if added else tr("{0} was written.")).format(output)
+        bar.pushMessage(tr("Export done"), text, Qgis.MessageLevel.Success, MESSAGE_SECONDS)
+
     def _set_running(self, running: bool) -> None:
         self.tabs.setEnabled(not running)
         self.buttonBox.button(QDialogButtonBox.StandardButton.Ok).setEnabled(not running)
+        self.progressBar.setVisible(running)
         if running:
             self.progressBar.setValue(0)
 
@@ -252,12 +308,25 @@ def _output_path(text: str, default_suffix: str, missing: str) -> Path:
     return path
 
 
-def _add_to_project(output: Path) -> None:
+def _add_to_project(output: Path) -> bool:
+    """Adds the written file as a layer (a mask with 0 transparent); returns whether it could."""
     if output.suffix.lower() in (".tif", ".tiff"):
         layer = QgsRasterLayer(str(output), output.stem)
+        if layer.isValid():
+            style_mask(layer)
     else:
         layer = QgsVectorLayer(str(output), output.stem, "ogr")
     if layer.isValid():
         QgsProject.instance().addMapLayer(layer)
-    else:
-        log.warning("Could not load %s into the project", output)
+        return True
+    log.warning("Could not load %s into the project", output)
+    return False
+
+
+def _iface_message_bar() -> QgsMessageBar | None:
+    """QGIS's message bar when the dialog was opened without one (None in a script)."""
+    try:
+        from qgis.utils import iface
+    except ImportError:
+        return None
+    return iface.messageBar() if iface is not None else None

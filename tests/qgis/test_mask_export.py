@@ -15,6 +15,7 @@ import pytest
 from osgeo import gdal, ogr, osr
 from qgis import processing
 from qgis.core import (
+    Qgis,
     QgsApplication,
     QgsCoordinateReferenceSystem,
     QgsCoordinateTransform,
@@ -32,6 +33,7 @@ from qgis.core import (
 )
 
 from qgis.PyQt.QtCore import Qt
+from qgis.PyQt.QtGui import QColor
 from qgis.PyQt.QtWidgets import QDialogButtonBox
 
 from rs_assistant.processing.mask_export import (
@@ -492,16 +494,30 @@ def test_mask_to_polygons_algorithm_rejects_a_float_raster(provider, inputs, out
 
 
 # --- the dialog ----------------------------------------------------------------------------------
+class MessageBarRecorder:
+    """Stands in for QGIS's message bar: keeps what the dialog pushes."""
+
+    def __init__(self):
+        self.messages: list[tuple[str, str, object]] = []
+
+    def pushMessage(self, title, text, level, duration):  # noqa: N802 (QGIS's name)
+        self.messages.append((title, text, level))
+
+
 @pytest.fixture
 def dialog(qtbot, qgis_iface, qgis_new_project):
     from rs_assistant.ui.mask_export_dialog import MaskExportDialog
 
     asked: list[Path] = []
+    bar = MessageBarRecorder()
     widget = MaskExportDialog(qgis_iface.mainWindow(), qgis_iface.mapCanvas(),
-                              confirm_overwrite=lambda path: asked.append(path) or widget.answer)
+                              confirm_overwrite=lambda path: asked.append(path) or widget.answer, message_bar=bar)
     widget.answer = True
     widget.asked = asked
+    widget.bar = bar
     qtbot.addWidget(widget)
+    widget.show()
+    qtbot.waitExposed(widget)
     return widget
 
 
@@ -529,8 +545,83 @@ def test_dialog_exports_a_class_mask_on_the_reference_grid(qtbot, dialog, polygo
     assert_reference_grid(dataset)
     assert dataset.GetMetadata("IMAGE_STRUCTURE")["COMPRESSION"] == "LZW"
     np.testing.assert_array_equal(array, expected(BLOCKS, background=255))
-    assert dialog.progressBar.value() == 100 and dialog.asked == []
+    assert dialog.asked == []
     assert [layer.source() for layer in QgsProject.instance().mapLayersByName("dialog")] == [str(target)]
+    # done: the dialog has closed and QGIS's message bar says what was written
+    assert not dialog.isVisible() and not dialog.progressBar.isVisible()
+    assert [(title, str(target) in text, level) for title, text, level in dialog.bar.messages] == [
+        ("Export done", True, Qgis.MessageLevel.Success)]
+
+
+def test_dialog_before_a_run_shows_no_progress_a_readable_extent_and_a_pixel_size_with_its_unit(
+        qtbot, dialog, qgis_iface, polygons, reference):
+    from qgis.PyQt.QtWidgets import QLineEdit
+
+    assert not dialog.progressBar.isVisible()  # no "0%" before anything runs
+    dialog.extentRadio.setChecked(True)
+    dialog.crsWidget.setCrs(UTM)
+    assert dialog.resolutionSpin.text() == "10.00 m"
+    dialog.crsWidget.setCrs(WGS84)
+    assert dialog.resolutionSpin.text() == "0.000100 °"  # about 10 m, not 10 degrees
+    dialog.crsWidget.setCrs(UTM)
+    assert dialog.resolutionSpin.text() == "10.00 m"
+
+    dialog.extentWidget.setOutputExtentFromUser(block_rect(0, 0, 37, 23), UTM)
+    assert not dialog.extentWidget.outputExtent().isEmpty()
+    edits = [e for e in dialog.extentWidget.findChildren(QLineEdit) if e.isVisible()]
+    assert len(edits) == 4  # north, south, east, west
+    for edit in edits:
+        assert edit.width() >= edit.fontMetrics().horizontalAdvance(edit.text()), f"the extent is clipped: {edit.text()}"
+
+
+def test_a_mask_added_to_the_project_draws_zero_transparent(qtbot, dialog, polygons, reference, out):
+    from qgis.core import QgsPalettedRasterRenderer
+
+    target = out / "zeros_and_ones.tif"
+    dialog.inputLayerCombo.setLayer(polygons)
+    dialog.referenceLayerCombo.setLayer(reference)
+    dialog.maskFileWidget.setFilePath(str(target))
+    assert click_ok_and_wait(qtbot, dialog) == [True, str(target)]
+
+    mask = QgsProject.instance().mapLayersByName("zeros_and_ones")[0]
+    renderer = mask.renderer()
+    assert isinstance(renderer, QgsPalettedRasterRenderer)  # not a grey stretch that paints 0 black
+    assert [int(c.value) for c in renderer.classes()] == [1]
+    image = render(mask)
+    col, row = 25, 15  # a 0 pixel, outside every block
+    assert QColor.fromRgba(image.pixel(col, row)).alpha() == 0
+    col, row = BLOCKS[1][0] + 1, BLOCKS[1][1] + 1
+    assert QColor.fromRgba(image.pixel(col, row)).alpha() > 0
+
+
+def test_processing_styles_the_mask_it_adds_to_the_project(provider, polygons, reference, out):
+    from qgis.core import QgsPalettedRasterRenderer
+
+    target = out / "classes.tif"
+    processing.runAndLoadResults("rs_assistant:layertomask", {
+        "INPUT": polygons, "REFERENCE": reference, "BURN_FIELD": "class", "OUTPUT": str(target)})
+    loaded = [layer for layer in QgsProject.instance().mapLayers().values() if layer.source() == str(target)]
+    assert len(loaded) == 1
+    renderer = loaded[0].renderer()
+    assert isinstance(renderer, QgsPalettedRasterRenderer)
+    assert [int(c.value) for c in renderer.classes()] == sorted(BLOCKS)
+
+
+def render(layer: QgsRasterLayer):
+    """The layer drawn at one screen pixel per raster pixel, as a QImage."""
+    from qgis.core import QgsMapRendererSequentialJob, QgsMapSettings
+    from qgis.PyQt.QtCore import QSize
+
+    settings = QgsMapSettings()
+    settings.setLayers([layer])
+    settings.setDestinationCrs(layer.crs())
+    settings.setExtent(layer.extent())
+    settings.setOutputSize(QSize(layer.width(), layer.height()))
+    settings.setBackgroundColor(QColor(0, 0, 0, 0))
+    job = QgsMapRendererSequentialJob(settings)
+    job.start()
+    job.waitForFinished()
+    return job.renderedImage()
 
 
 def test_dialog_asks_before_replacing_and_keeps_the_file_when_told_no(qtbot, dialog, polygons, reference, out):

@@ -422,3 +422,45 @@ def test_processing_lists_the_large_area_algorithms(provider):
         assert algorithm.group() == "Large areas"
         assert algorithm.parameterDefinition("OUTPUT") is not None and algorithm.shortHelpString()
     assert "rs_assistant:layertomask" in names
+
+
+def test_a_temporary_output_is_added_without_a_not_generated_error(connect, raster):
+    """The Processing dialog's default output (a temporary layer), run and loaded as the dialog does."""
+    errors: list[str] = []
+
+    class Errors(Recorder):
+        def reportError(self, error: str, fatalError: bool = False) -> None:  # noqa: N802, N803 (QGIS's names)
+            errors.append(error)
+            super().reportError(error, fatalError)
+
+    before = set(QgsProject.instance().mapLayers())
+    result = processing.runAndLoadResults("rs_assistant:segmentlayer", {
+        **GRID, "INPUT": raster, "PROMPT": "roof", "OUTPUT": "TEMPORARY_OUTPUT"}, feedback=Errors())
+    assert errors == []  # was: "The following layers were not correctly generated. memory:Outlines"
+    added = [QgsProject.instance().mapLayer(i) for i in set(QgsProject.instance().mapLayers()) - before]
+    assert [layer.name() for layer in added] == ["Outlines"]
+    assert added[0].featureCount() == result["FEATURES"] > 0
+
+
+def test_the_dialog_offers_the_models_in_a_list_and_keeps_resume_for_file_outputs(provider, models_file, qgis_iface,
+                                                                                    monkeypatch):
+    from processing.gui.AlgorithmDialog import AlgorithmDialog
+    from qgis.gui import QgsBrowserGuiModel
+
+    browser = QgsBrowserGuiModel()
+    monkeypatch.setattr(qgis_iface, "browserModel", lambda: browser, raising=False)  # the stub iface has none
+    SettingsStore().save(Settings(models_file=str(models_file)))
+    try:
+        algorithm = QgsApplication.processingRegistry().createAlgorithmById("rs_assistant:segmentlayer")
+        dialog = AlgorithmDialog(algorithm, parent=qgis_iface.mainWindow())
+        combo = dialog.mainWidget().wrappers["MODEL"].widget
+        assert [combo.itemText(i) for i in range(combo.count())] == ["auto", "default", "slow"]
+        assert combo.isEditable() and combo.currentText() == "auto"  # the engine picks the task's model
+        combo.setEditText("a-model-on-a-remote-engine")  # a name the file does not know may still be typed
+        assert dialog.mainWidget().wrappers["MODEL"].parameterValue() == "a-model-on-a-remote-engine"
+        dialog.close()
+    finally:
+        SettingsStore().clear()
+    resume = algorithm.parameterDefinition("RESUME")
+    assert resume.flags() & resume.Flag.FlagAdvanced  # not beside a temporary output, where it cannot apply
+    assert "file outputs only" in resume.description()
