@@ -2,6 +2,7 @@
 
     client = EngineClient("http://127.0.0.1:8765", token="...", timeout=60)
     client.health(); client.models(); client.analyze(request)
+    client.route("how many cars are there?", history, images=1)  # -> RouteResult(intent=count, prompt="cars", ...)
     done = client.batch(batch_request, on_event=print)    # a whole-layer job, event by event
 
 Every failure is a :class:`ProtocolError`: the engine's error JSON keeps its code, a refused
@@ -17,7 +18,7 @@ import logging
 import socket
 import threading
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -29,8 +30,11 @@ from rs_assistant.core.protocol import (
     BatchRequest,
     ErrorCode,
     Health,
+    Message,
     ModelInfo,
     ProtocolError,
+    RouteRequest,
+    RouteResult,
     model_list_from_dict,
 )
 
@@ -74,6 +78,13 @@ class EngineClient:
 
     def analyze(self, request: AnalyzeRequest) -> AnalyzeResponse:
         return AnalyzeResponse.from_dict(self._call("POST", "/v1/analyze", body=request.to_json()))
+
+    def route(self, prompt: str, history: Sequence[Message] = (), images: int = 1, model: str = "auto") -> RouteResult:
+        """Which task a free-text turn asks for (``POST /v1/route``); ``images`` 2 when a before and an after are
+        chosen, ``model`` the model the person chose (its class list is checked). An engine older than the
+        route answers NOT_FOUND."""
+        request = RouteRequest(prompt, tuple(history), images, model)
+        return RouteResult.from_dict(self._call("POST", "/v1/route", body=request.to_json()))
 
     def batch(self, request: BatchRequest, on_event: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
         """Run a whole-layer job: ``on_event`` gets each streamed event (start, tile..., merged, ranked); returns ``done``.

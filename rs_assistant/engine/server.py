@@ -3,6 +3,7 @@
     python -m rs_assistant.engine serve --port 0 --token-file ~/.config/rs_assistant/engine.token
 
 Routes (docs/architecture.md): ``GET /v1/health`` (no token), ``GET /v1/models``, ``POST /v1/analyze``,
+``POST /v1/route`` (which task a free-text turn asks for: rs_assistant.engine.router),
 ``POST /v1/batch`` (a whole-layer job streamed back as NDJSON events), ``GET /openapi.json`` and the
 OpenAI-compatible ``POST /v1/chat/completions``. Every route but
 health needs ``Authorization: Bearer <token>``. Every error is ``{"error": {"code", "message"}}``
@@ -56,6 +57,8 @@ from rs_assistant.core.paths import user_config_dir
 from rs_assistant.core.protocol import (
     AnalyzeRequest,
     AnalyzeResponse,
+    RouteRequest,
+    RouteResult,
     BatchRequest,
     ErrorCode,
     Health,
@@ -67,6 +70,7 @@ from rs_assistant.core.protocol import (
 )
 from rs_assistant.engine.batch import JobPlan, plan_job, stream_job
 from rs_assistant.engine.imagery import decode_image_bytes
+from rs_assistant.engine.router import classes_for, route
 from rs_assistant.engine.service import ChatReply, Engine
 
 log = logging.getLogger(__name__)
@@ -175,6 +179,8 @@ _SCHEMAS: dict[str, Any] = {
     "Error": Error,
     "ChatCompletionRequest": ChatCompletionRequest,
     "ChatCompletion": ChatCompletion,
+    "RouteRequest": RouteRequest,
+    "RouteResult": RouteResult,
 }
 
 
@@ -272,6 +278,17 @@ def create_app(
         if stream:
             return StreamingResponse(_chat_stream(reply), media_type="text/event-stream")
         return JSONResponse(_chat_completion(reply))
+
+    @app.post(
+        "/v1/route",
+        summary="Which task a free-text turn asks for (caption, ground, segment, change, count, retrieve, chat) and its prompt",
+        openapi_extra=_request_body("RouteRequest"),
+        responses=_responses("RouteResult"),
+    )
+    async def route_turn(request: Request) -> Response:
+        route_request = RouteRequest.from_dict(await _read_json(request, max_body_bytes))
+        classes = classes_for(engine.registry, route_request.model)  # reads a config.json at most once per model
+        return JSONResponse(route(route_request, classes).to_dict())
 
     return app
 
