@@ -458,6 +458,10 @@
     <context>
         <name>ChatDock</name>
         <message>
+            <source>Drawn region (cannot be shown in the project&apos;s CRS)</source>
+            <translation>Région dessinée (impossible à afficher dans le SCR du projet)</translation>
+        </message>
+        <message>
             <source>Stop</source>
             <translation>Arrêter</translation>
         </message>
@@ -596,6 +600,22 @@
     </context>
     <context>
         <name>Messages</name>
+        <message>
+            <source>The layer was removed from the project, so its request was stopped. Choose a layer and ask again.</source>
+            <translation>La couche a été retirée du projet, sa requête a donc été arrêtée. Choisissez une couche et reposez la question.</translation>
+        </message>
+        <message>
+            <source>The region cannot be converted to the layer&apos;s or the project&apos;s CRS. Draw the region again or use the current view.</source>
+            <translation>La région ne peut pas être convertie dans le SCR de la couche ou du projet. Dessinez-la de nouveau ou utilisez la vue actuelle.</translation>
+        </message>
+        <message>
+            <source>The region is smaller than one pixel of the layer. Draw a larger region.</source>
+            <translation>La région est plus petite qu’un pixel de la couche. Dessinez une région plus grande.</translation>
+        </message>
+        <message>
+            <source>your question will run when it is ready</source>
+            <translation>votre question partira dès qu’il sera prêt</translation>
+        </message>
         <message>
             <source>CPU, {dtype}</source>
             <translation>CPU, {dtype}</translation>
@@ -997,6 +1017,10 @@
     </context>
     <context>
         <name>TranscriptRenderer</name>
+        <message>
+            <source>Waiting for the engine to start…</source>
+            <translation>En attente du démarrage du moteur…</translation>
+        </message>
         <message>
             <source>Assistant</source>
             <translation>Assistant</translation>
@@ -1654,6 +1678,13 @@
         <message>
             <source>Backend: {backend}</source>
             <translation>Moteur : {backend}</translation>
+        </message>
+    </context>
+    <context>
+        <name>Ground</name>
+        <message>
+            <source>{w} × {h} {unit}</source>
+            <translation>{w} × {h} {unit}</translation>
         </message>
     </context>
 </TS>

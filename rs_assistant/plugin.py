@@ -195,10 +195,18 @@ class RSAssistantPlugin:
 
     # --- tear-down ------------------------------------------------------------------------------
     def unload(self) -> None:
+        # first what follows the project and the canvas: whatever fails below, nothing is left listening
+        if self.controller is not None:
+            self.controller.shutdown()  # the project keeps its layers, region and transcript; a request stops
+        if self.dock is not None:
+            self.dock.shutdown()
         if self.processing_provider is not None:
             from rs_assistant.processing.engine_connection import ENGINE
 
-            QgsApplication.processingRegistry().removeProvider(self.processing_provider)
+            try:
+                QgsApplication.processingRegistry().removeProvider(self.processing_provider)
+            except RuntimeError:  # the registry refused it (another window's plugin in this process has the id) and deleted it
+                log.debug("the Processing provider was already gone")
             self.processing_provider = None
             ENGINE.detach(self.engine)
             ENGINE.shutdown()  # the engine Processing started for itself, if any
@@ -213,10 +221,6 @@ class RSAssistantPlugin:
             self.mask_dialog.shutdown()
             self.mask_dialog.deleteLater()
             self.mask_dialog = None
-        if self.controller is not None:
-            self.controller.shutdown()  # the project keeps its layers, region and transcript; a request stops
-        if self.dock is not None:
-            self.dock.shutdown()
         if self.engine is not None:
             QgsApplication.instance().aboutToQuit.disconnect(self.engine.stop)
             self.engine.stop()

@@ -290,8 +290,12 @@ class AssistantController(QObject):
             return self.region
         if self.canvas is None:
             return None
-        extent = self.canvas.extent()
-        canvas_crs = self.canvas.mapSettings().destinationCrs()
+        try:
+            extent = self.canvas.extent()
+            canvas_crs = self.canvas.mapSettings().destinationCrs()
+        except RuntimeError:  # the canvas was deleted (its window closed): no view to ask about
+            self.canvas = None
+            return None
         if canvas_crs.isValid() and canvas_crs != self.project.crs():
             return self._transformed(extent, canvas_crs, self.project.crs())
         return extent

@@ -94,6 +94,7 @@ class ChatDock(QDockWidget, _FORM):
         self.set_engine_status(self._engine_status)
         self._on_busy(controller.busy)
         self._on_layers_changed()
+        self._render()  # a reloaded plugin: the project's transcript
 
     def shutdown(self) -> None:
         """Stops following the canvas (plugin unload): a canvas deleted later calls nothing of ours."""

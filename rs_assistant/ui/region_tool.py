@@ -124,7 +124,11 @@ class RegionPicker:
         """Draws the region where it was drawn (the band follows a change of the project's CRS)."""
         if self._band is None:
             return
-        self._band.reset(QgsWkbTypes.GeometryType.PolygonGeometry)
+        try:
+            self._band.reset(QgsWkbTypes.GeometryType.PolygonGeometry)
+        except RuntimeError:  # the canvas and its band were deleted first
+            self._band = None
+            return
         region = self.controller.region
         if region is not None:
             self._band.addGeometry(QgsGeometry.fromRect(region), self.controller.project.crs())

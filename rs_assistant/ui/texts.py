@@ -109,11 +109,6 @@ def queued_text() -> str:
     return QCoreApplication.translate("Messages", "your question will run when it is ready")
 
 
-def waiting_text() -> str:
-    """A question's answer while it waits for the engine to start."""
-    return QCoreApplication.translate("Messages", "Waiting for the engine to start…")
-
-
 def help_lines() -> list[tuple[str, str]]:
     translate = QCoreApplication.translate
     return [
