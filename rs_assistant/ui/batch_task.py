@@ -1,8 +1,10 @@
 """One batch job (``/search``) as a QgsTask: listed in QGIS's task manager, cancelable, with progress.
 
 The job's final features (tile events' ``features``, ``merged``, ``ranked``) are collected as
-they stream in; ``on_done(result, error)`` runs on the UI thread when the task ends, where
-``result`` is a :class:`BatchResult`.
+they stream in, and so is every tile's search score (the tile events' ``pending`` candidates), so
+that a search's similarities are relative to all the tiles searched
+(:mod:`rs_assistant.core.search_ranking`); ``on_done(result, error)`` runs on the UI thread when
+the task ends, where ``result`` is a :class:`BatchResult`.
 """
 
 from __future__ import annotations
@@ -28,18 +30,21 @@ class BatchResult:
     features: list[dict[str, Any]] = field(default_factory=list)  # final: tile features, merged
     ranked: list[dict[str, Any]] = field(default_factory=list)  # retrieve: best first
     texts: dict[int, str] = field(default_factory=dict)  # tile id -> caption
+    scores: dict[int, float] = field(default_factory=dict)  # retrieve: tile id -> the engine's raw score
+    area: tuple[float, float, float, float] | None = None  # the searched extent, in the output CRS
 
 
 DoneCallback = Callable[[BatchResult | None, ProtocolError | None], None]
 
 
 class BatchTask(QgsTask):
-    def __init__(self, description: str, client: EngineClient, request: BatchRequest, on_done: DoneCallback):
+    def __init__(self, description: str, client: EngineClient, request: BatchRequest, on_done: DoneCallback,
+                 area: tuple[float, float, float, float] | None = None):
         super().__init__(description, QgsTask.Flag.CanCancel)
         self._client = client
         self._request = request
         self._on_done = on_done
-        self.result = BatchResult()
+        self.result = BatchResult(area=area)
         self.error: ProtocolError | None = None
 
     def run(self) -> bool:  # worker thread
@@ -68,6 +73,10 @@ class BatchTask(QgsTask):
             result.features.extend(event.get("features") or [])
             if event.get("text"):
                 result.texts[int(event["tile"])] = str(event["text"])
+            for candidate in event.get("pending") or []:
+                props = candidate.get("properties") or {}
+                if props.get("kind") == "tile" and props.get("score") is not None:
+                    result.scores[int(props.get("tile", event.get("tile", -1)))] = float(props["score"])
             todo = int(event.get("todo") or 0)
             if todo:
                 self.setProgress(min(99.0, 100.0 * int(event.get("done", 0)) / todo))
