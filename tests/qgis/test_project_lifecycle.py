@@ -300,7 +300,7 @@ def test_a_question_asked_while_the_engine_starts_waits_and_then_runs(plugin_fac
     plugin.controller.set_region(raster.extent(), raster.crs())
     plugin.engine.statusChanged.emit(EngineStatus(EngineState.STARTING))
 
-    ask(qtbot, dock, "what is in this image?")
+    ask(qtbot, dock, "/ask what is in this image?")  # a slash command: no router in between
 
     assert dock.promptEdit.toPlainText() == ""  # taken, not thrown away
     turn = plugin.controller.conversation.turns[-1]
