@@ -454,6 +454,46 @@
             <source>RS Assistant: {question}</source>
             <translation>RS Assistant : {question}</translation>
         </message>
+        <message>
+            <source>Type /find {what} to try anyway.</source>
+            <translation>Tapez /find {what} pour essayer quand même.</translation>
+        </message>
+        <message>
+            <source>Looked for {what}: {count} found</source>
+            <translation>Recherché {what} : {count} trouvé(s)</translation>
+        </message>
+        <message>
+            <source>Counted {count} {what}</source>
+            <translation>{count} {what} compté(s)</translation>
+        </message>
+        <message>
+            <source>Found {count} {what}</source>
+            <translation>{count} {what} trouvé(s)</translation>
+        </message>
+        <message>
+            <source>Found no {what}</source>
+            <translation>Aucun {what} trouvé</translation>
+        </message>
+        <message>
+            <source>Outlined {count} {what}</source>
+            <translation>{count} {what} délimité(s)</translation>
+        </message>
+        <message>
+            <source>Found no {what} to outline</source>
+            <translation>Aucun {what} à délimiter</translation>
+        </message>
+        <message>
+            <source>Described the region</source>
+            <translation>Région décrite</translation>
+        </message>
+        <message>
+            <source>Compared {before} with {after}</source>
+            <translation>{before} comparée à {after}</translation>
+        </message>
+        <message>
+            <source>Searched the layer for {what}</source>
+            <translation>Couche parcourue à la recherche de {what}</translation>
+        </message>
     </context>
     <context>
         <name>ChatDock</name>

@@ -7,7 +7,7 @@
     /search <what>       rank the layer's tiles by a description (a tiled job over the region or the layer)
     /ask <question>      chat about the region, with the conversation's history
     /help                the list of commands
-    anything else        chat (free text)
+    anything else        free text: the engine's router (POST /v1/route) picks the task, see routed_command
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from rs_assistant.core.protocol import Task
+from rs_assistant.core.protocol import Intent, RouteResult, Task
 
 
 class CommandKind(str, enum.Enum):
@@ -102,4 +102,32 @@ def parse_command(text: str) -> Command:
         raise CommandError(CommandErrorCode.UNKNOWN_COMMAND, stripped)
     if kind in NEEDS_ARGUMENT and not argument:
         raise CommandError(CommandErrorCode.MISSING_ARGUMENT, stripped, kind)
+    return Command(kind, argument, stripped)
+
+
+#: The command a routed free-text turn runs (count runs /find; its answer counts what was drawn).
+INTENT_COMMANDS: dict[Intent, CommandKind] = {
+    Intent.CAPTION: CommandKind.DESCRIBE,
+    Intent.GROUND: CommandKind.FIND,
+    Intent.COUNT: CommandKind.FIND,
+    Intent.SEGMENT: CommandKind.SEGMENT,
+    Intent.CHANGE: CommandKind.CHANGE,
+    Intent.RETRIEVE: CommandKind.SEARCH,
+    Intent.CHAT: CommandKind.CHAT,
+}
+
+
+def routed_command(route: RouteResult, text: str) -> Command:
+    """The command a free-text turn runs, exactly as its slash command would: the router's prompt as the
+    argument (the object for find/segment/count/search, the question itself for change and chat)."""
+    stripped = text.strip()
+    kind = INTENT_COMMANDS[route.intent]
+    if kind in (CommandKind.CHAT, CommandKind.CHANGE):
+        argument = route.prompt or stripped
+    elif kind is CommandKind.DESCRIBE:
+        argument = ""
+    else:
+        argument = route.prompt
+    if kind in NEEDS_ARGUMENT and not argument:
+        kind, argument = CommandKind.CHAT, stripped  # nothing to find: ask it as a question
     return Command(kind, argument, stripped)

@@ -42,7 +42,7 @@ from qgis.PyQt.QtCore import QObject, QTimer, pyqtSignal
 from qgis.PyQt.QtGui import QImage
 
 from rs_assistant.core.client import EngineClient
-from rs_assistant.core.commands import Command, CommandError, CommandErrorCode, CommandKind, parse_command
+from rs_assistant.core.commands import Command, CommandError, CommandErrorCode, CommandKind, parse_command, routed_command
 from rs_assistant.core.conversation import Conversation, Problem, Region, Turn, TurnState
 from rs_assistant.core.engine_state import EngineState, EngineStatus
 from rs_assistant.core.layer_defaults import pick_before_after
@@ -51,11 +51,16 @@ from rs_assistant.core.protocol import (
     AnalyzeResponse,
     BatchRequest,
     ErrorCode,
+    Intent,
+    Message,
     ModelInfo,
     Options,
     ProtocolError,
+    Role,
+    RouteResult,
     Task,
 )
+from rs_assistant.core.search_ranking import features_bounds, rank_search
 from rs_assistant.core.settings import Settings
 from rs_assistant.ui import texts
 from rs_assistant.ui.analyze_task import AnalyzeTask
@@ -110,6 +115,8 @@ class AssistantController(QObject):
         self._images: RegionImages | None = None
         self._task: AnalyzeTask | BatchTask | None = None
         self._turn_id: int | None = None
+        self._routing: int | None = None  # the turn whose free text the engine's router is reading
+        self._routes: dict[int, RouteResult] = {}  # how each free-text turn was routed (what its answer says it did)
         self.answers = AnswerFeatures(self)  # answers <-> their features (links, selection, held-back detections)
         self._request_layer_ids: tuple[str, ...] = ()  # the layers the request in flight is about
         self._engine_state = EngineState.STOPPED
@@ -183,6 +190,9 @@ class AssistantController(QObject):
         self._queued = None
         turn = self.conversation.update(turn_id, state=TurnState.PENDING)
         self.turnChanged.emit(turn_id)
+        if turn.command.kind is CommandKind.CHAT and callable(getattr(self._client, "route", None)):
+            self._route(turn)  # free text asked while the engine started: routed now that it can be
+            return
         layers = [self.project.mapLayer(i) for i in layer_ids]
         problem = (Problem.LAYER_REMOVED, "") if any(layer is None for layer in layers) else None
         problem = problem or self._problem(turn.command, layers, region)
@@ -331,6 +341,8 @@ class AssistantController(QObject):
             turn = self.conversation.ask(command.text, command, state=TurnState.ANSWERED)
             self.turnChanged.emit(turn.id)
             return turn
+        if command.kind is CommandKind.CHAT and callable(getattr(self._client, "route", None)):
+            return self._ask_routed(command)  # free text: the engine's router picks the task
         layers = self._layers_for(command)
         region = self._batch_region(layers[0]) if command.is_batch else self.effective_region()
         turn = self.conversation.ask(
@@ -358,7 +370,10 @@ class AssistantController(QObject):
         return self.conversation.get(turn.id)
 
     def cancel(self) -> None:
-        if self._queued is not None:
+        if self._routing is not None and self._routing == self._turn_id:
+            turn_id, self._routing = self._routing, None
+            self._finish(turn_id, error=ProtocolError(ErrorCode.CANCELLED, "cancelled"))
+        elif self._queued is not None:
             turn_id, self._queued = self._queued[0], None
             self._finish(turn_id, error=ProtocolError(ErrorCode.CANCELLED, "cancelled"))
         elif self._task is not None:
@@ -374,6 +389,7 @@ class AssistantController(QObject):
         if turn_id is None:
             return
         task, images, self._task, self._images, self._queued = self._task, self._images, None, None, None
+        self._routing = None
         if images is not None:
             images.cancel()
         if task is not None:
@@ -385,6 +401,108 @@ class AssistantController(QObject):
             self._fail(turn_id, *error)
         self._request_layer_ids = ()
         self._set_busy(None)
+
+    # --- free text: routed by the engine, then run as its slash command would ------------------
+    def _ask_routed(self, command: Command) -> Turn:
+        region = self.effective_region()
+        image = self.layer("image")
+        turn = self.conversation.ask(
+            command.text, command,
+            region=Region(rect_tuple(region), crs_id(self.project.crs())) if region is not None else None,
+            layer_names=(image.name(),) if image is not None else (),
+        )
+        self._next_turn_id = max(self._next_turn_id, turn.id + 1)
+        self.turnChanged.emit(turn.id)
+        self._route(turn)
+        return turn
+
+    def _route(self, turn: Turn) -> None:
+        client, model = self._client, self._model
+        before, after = self.layer("before"), self.layer("after")
+        images = 2 if before is not None and after is not None and before.id() != after.id() else 1
+        history = self._typed_history(turn.id)
+        self._routing = turn.id
+        self._set_busy(turn.id)
+        BackgroundCall(lambda: client.route(turn.question, history, images, model),
+                       lambda result, error: self._on_route(turn.id, result, error), self).start()
+
+    def _typed_history(self, before: int, turns: int = 4) -> tuple[Message, ...]:
+        """The last answered turns as typed (slash commands included): the router's context."""
+        answered = [t for t in self.conversation.turns
+                    if t.id < before and t.state is TurnState.ANSWERED and not t.is_help][-turns:]
+        messages: list[Message] = []
+        for turn in answered:
+            messages += [Message(Role.USER, turn.question), Message(Role.ASSISTANT, turn.answer)]
+        return tuple(messages)
+
+    def _on_route(self, turn_id: int, result: RouteResult | None, error: BaseException | None) -> None:
+        if self._routing != turn_id or self._turn_id != turn_id or self._closed:
+            return
+        self._routing = None
+        turn = self.conversation.get(turn_id)
+        if error is not None or result is None:  # an engine without /v1/route, or a failure: ask it as before
+            log.warning("could not route %r (%s); asking it as a question", turn.question, getattr(error, "message", error))
+            result = RouteResult(Intent.CHAT, turn.question, "", 0.0)
+        log.info("routed %r -> %s %r (confidence %.2f)", turn.question, result.intent.value, result.prompt, result.confidence)
+        self._routes[turn_id] = result
+        command = routed_command(result, turn.question)
+        if result.known_classes:  # the model has a fixed class list without this object: say so, run nothing
+            self.conversation.update(turn_id, command=command)
+            self._set_busy(None)
+            text = "\n".join([result.assumed, self.tr("Type /find {what} to try anyway.").format(what=result.prompt)])
+            self._show_answer(turn_id, [], text)
+            self._remember_transcript()
+            return
+        layers = self._layers_for(command)
+        try:
+            region = self._batch_region(layers[0]) if command.is_batch else self.effective_region()
+        except QgsCsException as exc:
+            region = None
+            log.warning("cannot transform the layer's extent: %s", exc)
+        self.conversation.update(
+            turn_id, command=command,
+            region=Region(rect_tuple(region), crs_id(self.project.crs())) if region is not None else None,
+            layer_names=tuple(layer.name() for layer in layers if layer is not None),
+        )
+        self.turnChanged.emit(turn_id)
+        problem = self._problem(command, layers, region)
+        if problem is not None:
+            self._set_busy(None)
+            self._fail(turn_id, *problem)
+        elif command.is_batch:
+            self._start_batch(turn_id, layers[0])
+        else:
+            self._start(turn_id, layers, region)
+
+    def _said(self, turn_id: int, text: str, drawn: int) -> str:
+        """A routed turn's answer says what was done ("Found 12 buildings") and what the router assumed;
+        a slash command's answer is the model's text."""
+        route = self._routes.get(turn_id)
+        if route is None:
+            return text
+        turn = self.conversation.get(turn_id)
+        what = _singular(route.prompt) if drawn == 1 else route.prompt
+        if route.intent in (Intent.COUNT, Intent.GROUND, Intent.SEGMENT) and route.prompt.startswith("the "):
+            did, keep = self.tr("Looked for {what}: {count} found").format(what=route.prompt, count=drawn), False
+        elif route.intent is Intent.COUNT:
+            did, keep = self.tr("Counted {count} {what}").format(count=drawn, what=what), False
+        elif route.intent is Intent.GROUND:
+            did = (self.tr("Found {count} {what}").format(count=drawn, what=what) if drawn
+                   else self.tr("Found no {what}").format(what=route.prompt))
+            keep = False
+        elif route.intent is Intent.SEGMENT:
+            did = (self.tr("Outlined {count} {what}").format(count=drawn, what=what) if drawn
+                   else self.tr("Found no {what} to outline").format(what=route.prompt))
+            keep = False
+        elif route.intent is Intent.CAPTION:
+            did, keep = self.tr("Described the region"), True
+        elif route.intent is Intent.CHANGE and len(turn.layer_names) == 2:
+            did, keep = self.tr("Compared {before} with {after}").format(before=turn.layer_names[0], after=turn.layer_names[1]), True
+        elif route.intent is Intent.RETRIEVE:
+            did, keep = self.tr("Searched the layer for {what}").format(what=route.prompt), True
+        else:
+            did, keep = "", True
+        return "\n".join(line for line in (did, route.assumed, text if keep else "") if line)
 
     # --- the request ----------------------------------------------------------------------------
     def _layers_for(self, command: Command) -> list[QgsRasterLayer | None]:
@@ -456,8 +574,10 @@ class AssistantController(QObject):
         except ProtocolError as exc:
             self._finish(turn_id, error=exc)
             return
+        searched = self.region if self._region is not None else self._batch_region(layer)
         task = BatchTask(self.tr("RS Assistant: {question}").format(question=turn.question), self._client, request,
-                         lambda result, error: self._finish(turn_id, result, error))
+                         lambda result, error: self._finish(turn_id, result, error),
+                         area=rect_tuple(searched) if searched is not None and not searched.isEmpty() else None)
         task.progressChanged.connect(self.progressChanged)
         self._task = task
         QgsApplication.taskManager().addTask(task)
@@ -512,17 +632,18 @@ class AssistantController(QObject):
 
     def _answer(self, turn_id: int, response: AnalyzeResponse) -> None:
         layers, details = self.answers.write(turn_id, response)
-        self._show_answer(turn_id, layers, response.text, model=response.model, request_id=response.request_id, **details)
+        text = self._said(turn_id, response.text, details.get("feature_count", len(response.feature_list)))
+        self._show_answer(turn_id, layers, text, model=response.model, request_id=response.request_id, **details)
 
     def _answer_search(self, turn_id: int, result: BatchResult) -> None:
+        """Only the relevant tiles, each with its rank, similarity (%) and place (core.search_ranking)."""
         turn = self.conversation.get(turn_id)
-        ranked = []
-        for feature in result.ranked:
-            props = feature.get("properties") or {}
-            ranked.append((int(props.get("rank", len(ranked) + 1)), props.get("tile"), float(props.get("score", 0.0))))
-        text = texts.search_answer(turn.command.argument, ranked)
+        area = result.area or features_bounds(result.ranked)
+        ranking = rank_search(result.ranked, result.scores, area, top_k=SEARCH_TOP_K, searched=result.tiles)
+        text = texts.search_answer(turn.command.argument, ranking, whole_layer=turn.region is None)
         provenance = self.answers.provenance(turn, result.model or self._model, text)
-        layers, details = self.answers.write_features(turn, result.ranked, provenance)
+        layers, details = self.answers.write_features(turn, ranking.features(), provenance)
+        text = self._said(turn_id, text, details.get("feature_count", len(result.ranked)))
         self._show_answer(turn_id, layers, text, model=result.model or self._model, request_id=result.job_id, **details)
 
     def _show_answer(self, turn_id: int, layers: list[QgsVectorLayer], text: str, **details) -> None:
@@ -664,3 +785,12 @@ class AssistantController(QObject):
     def _remember(self) -> None:
         self._remember_choices()
         self._remember_transcript()
+
+
+def _singular(noun: str) -> str:
+    """"building" for "buildings" in "Found 1 building" (the router's prompts are English)."""
+    if noun.endswith("ies") and len(noun) > 4:
+        return noun[:-3] + "y"
+    if noun.endswith("s") and not noun.endswith("ss") and len(noun) > 3:
+        return noun[:-1]
+    return noun

@@ -22,6 +22,8 @@ from rs_assistant.core.protocol import (
     ProtocolError,
     Task,
     feature_collection,
+    RouteRequest,
+    RouteResult,
 )
 
 
@@ -54,12 +56,23 @@ class FakeEngineClient:
     def cancel(self) -> None:
         self._cancel.set()
 
+        self.routed: list[RouteRequest] = []  # what ``route`` was asked (the engine's own router answers)
+        self.classes = None  # a router.ClassList: answer like an engine whose grounding model has a fixed class list
     def analyze(self, request: AnalyzeRequest) -> AnalyzeResponse:
         self.requests.append(request)
         self._cancel.clear()
         self.started.set()
         if self.wait_for_cancel:
             if self._cancel.wait(30):
+    def route(self, prompt: str, history=(), images: int = 1, model: str = "auto") -> RouteResult:
+        """``POST /v1/route`` answered by the engine's real router (rs_assistant.engine.router, pure Python),
+        with an open vocabulary unless ``classes`` is set."""
+        from rs_assistant.engine.router import route
+
+        request = RouteRequest(prompt, tuple(history), images, model)
+        self.routed.append(request)
+        return route(request, self.classes)
+
                 raise ProtocolError(ErrorCode.CANCELLED, "cancelled")
         if self.error is not None:
             raise self.error
