@@ -500,11 +500,14 @@ def _object(text: str, lang: str) -> tuple[str, re.Match | None]:
 
 
 def _looks_like_object(phrase: str) -> bool:
-    norm = normalise(phrase)
-    if any(k in norm for k in FR_OBJECTS) or any(k in norm for k in SYNONYMS):
-        return True
-    return bool(re.fullmatch(r"[a-z' -]+", norm)) and len(norm.split()) <= 4 and not re.search(
-        r"\b(yes|no|oui|non|ok|okay|thanks|merci|hello|bonjour|help|aide|why|pourquoi)\b", norm)
+    """Whether a phrase with no request words around it names things on a map ("storage tanks", "les routes")."""
+    words = set(normalise(phrase).replace("'", " ").split())
+    return bool(words & _OBJECT_WORDS)
+
+
+_OBJECT_WORDS = {w for name in (*FR_OBJECTS, *FR_OBJECTS.values(), *SYNONYMS, *SYNONYMS.values()) for w in name.split()
+                 if len(w) > 3} | {"cars", "ships", "boats", "planes", "airplanes", "aircraft", "bridges", "solar", "panels",
+                                   "turbines", "greenhouses", "stadiums", "runways", "railways", "courts", "pools"}
 
 
 def object_phrase(text: str) -> str:
