@@ -5,6 +5,7 @@ python -m rs_assistant.engine batch --task TASK --image PATH [--image PATH] [--e
     [--prompt TEXT] [--tile-size N] [--overlap N] [--batch-size N] [--top-k N] [--model NAME] [--models FILE]
     [--output FILE.geojsonl] [--ray-address ADDRESS [--workers N]] [--device auto|cpu|cuda|mps]
 python -m rs_assistant.engine selftest [--device auto|cpu|cuda|mps]
+python -m rs_assistant.engine route "TEXT" [--images 1|2] [--history JSON] [--model NAME] [--models FILE]
 python -m rs_assistant.engine models list|pull|import|export|use ...   (rs_assistant.engine.models_cli)
 
 ``serve`` binds its socket first (port 0: a free one), then prints exactly one line,
@@ -76,6 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _batch(args)
     if args.command == "selftest":
         return _selftest(args)
+    if args.command == "route":
+        return _route(args)
     if args.command == "models":
         from rs_assistant.engine.models_cli import run as run_models
 
@@ -109,10 +112,38 @@ def _parser() -> argparse.ArgumentParser:
         "selftest", help="check the engine's packages; print its device, torch and CUDA as one JSON line"
     )
     selftest.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    route = commands.add_parser("route", help="which task a free-text request asks for; prints the /v1/route answer as JSON")
+    route.add_argument("text", help="the request as a person would type it")
+    route.add_argument("--images", type=int, default=1, help="2 when a before and an after are chosen (default 1)")
+    route.add_argument("--history", default="[]", help='the conversation so far, JSON: [{"role": "user", "content": "/find cars"}, ...]')
+    route.add_argument("--model", default="auto", help="the model chosen (default auto); its class list is checked")
+    route.add_argument("--models", type=Path, default=None, help="models file (TOML); without it only 'default' exists")
     from rs_assistant.engine.models_cli import add_parser as add_models_parser
 
     add_models_parser(commands)
     return parser
+
+
+def _route(args: argparse.Namespace) -> int:
+    """Prints the /v1/route answer; bad input prints the error JSON and exits 2. Loads no model."""
+    from rs_assistant.core.protocol import RouteRequest
+    from rs_assistant.engine.registry import Registry
+    from rs_assistant.engine.router import classes_for, route
+
+    try:
+        history = json.loads(args.history)
+        if not isinstance(history, list):
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "--history must be a JSON list of {role, content} objects")
+        request = RouteRequest.from_dict({"prompt": args.text, "history": history, "images": args.images, "model": args.model})
+        result = route(request, classes_for(Registry.from_file(args.models), request.model))
+    except ValueError as exc:
+        print(ProtocolError(ErrorCode.BAD_REQUEST, f"--history is not JSON: {exc}").to_json())
+        return EXIT_BAD_INPUT
+    except ProtocolError as exc:
+        print(exc.to_json())
+        return EXIT_BAD_INPUT
+    print(result.to_json())
+    return 0
 
 
 def _engine(args: argparse.Namespace):  # -> Engine; imported here so that --help needs no torch

@@ -74,3 +74,14 @@ def test_bad_route_requests_are_the_callers_mistakes(client, url):
     assert operation["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/RouteRequest"}
     assert {"RouteRequest", "RouteResult"} <= set(document["components"]["schemas"])
     assert "prompt" in document["components"]["schemas"]["RouteRequest"]["properties"]
+
+
+def test_the_route_verb_prints_the_answer_and_refuses_an_empty_prompt(capsys):
+    from rs_assistant.engine.__main__ import main
+
+    assert main(["route", "outline the water"]) == 0
+    assert '"intent": "segment", "prompt": "water bodies"' in capsys.readouterr().out  # the built-in model's name for it
+    assert main(["route", " "]) == 2
+    assert "type a request" in capsys.readouterr().out
+    assert main(["route", "how many?", "--history", "not json"]) == 2
+    assert "--history is not JSON" in capsys.readouterr().out
