@@ -475,8 +475,8 @@
             <translation>Aucun {what} trouvé</translation>
         </message>
         <message>
-            <source>Outlined {count} {what}</source>
-            <translation>{count} {what} délimité(s)</translation>
+            <source>Outlined {what}: {count} polygon(s)</source>
+            <translation>{what} délimité(s) : {count} polygone(s)</translation>
         </message>
         <message>
             <source>Found no {what} to outline</source>

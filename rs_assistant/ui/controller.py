@@ -491,7 +491,7 @@ class AssistantController(QObject):
                    else self.tr("Found no {what}").format(what=route.prompt))
             keep = False
         elif route.intent is Intent.SEGMENT:
-            did = (self.tr("Outlined {count} {what}").format(count=drawn, what=what) if drawn
+            did = (self.tr("Outlined {what}: {count} polygon(s)").format(count=drawn, what=route.prompt) if drawn
                    else self.tr("Found no {what} to outline").format(what=route.prompt))
             keep = False
         elif route.intent is Intent.CAPTION:

@@ -41,7 +41,7 @@ def test_outline_the_water_segments_and_draws(make_assistant, qtbot):
     assert request.task is Task.SEGMENT and request.prompt == "water"
     assert turn.state is TurnState.ANSWERED and turn.command.kind is CommandKind.SEGMENT
     assert drawn(assistant) == 2 and {f["kind"] for f in assistant.controller.last_layers[0].getFeatures()} == {"mask"}
-    assert "Outlined 2 water" in transcript(assistant)
+    assert "Outlined water: 2 polygon(s)" in transcript(assistant)
     assert "outline the water" in transcript(assistant)  # the question as typed
 
 
