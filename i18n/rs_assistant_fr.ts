@@ -637,6 +637,62 @@
             <source>Download, import and export models; choose the default model of each task</source>
             <translation>Télécharger, importer et exporter des modèles ; choisir le modèle par défaut de chaque tâche</translation>
         </message>
+        <message>
+            <source>Start a new conversation (the result layers stay in the project)</source>
+            <translation>Commencer une nouvelle conversation (les couches de résultats restent dans le projet)</translation>
+        </message>
+        <message>
+            <source>Settings: the engine, its device and where results are saved</source>
+            <translation>Paramètres : le moteur, son processeur et l’endroit où les résultats sont enregistrés</translation>
+        </message>
+        <message>
+            <source>The raster layer to ask about (a local file)</source>
+            <translation>La couche raster sur laquelle poser la question (un fichier local)</translation>
+        </message>
+        <message>
+            <source>The earlier image, for Compare (/change)</source>
+            <translation>L’image la plus ancienne, pour Comparer (/change)</translation>
+        </message>
+        <message>
+            <source>The later image, for Compare (/change)</source>
+            <translation>L’image la plus récente, pour Comparer (/change)</translation>
+        </message>
+        <message>
+            <source>Forget the drawn region: ask about what the map shows</source>
+            <translation>Oublier la région dessinée : poser la question sur ce que montre la carte</translation>
+        </message>
+        <message>
+            <source>Describe the region in a few sentences (/describe)</source>
+            <translation>Décrire la région en quelques phrases (/describe)</translation>
+        </message>
+        <message>
+            <source>Draw boxes around the objects typed below, e.g. cars (/find)</source>
+            <translation>Encadrer les objets saisis ci-dessous, p. ex. voitures (/find)</translation>
+        </message>
+        <message>
+            <source>Outline the objects typed below as polygons, e.g. buildings (/segment)</source>
+            <translation>Détourer en polygones les objets saisis ci-dessous, p. ex. bâtiments (/segment)</translation>
+        </message>
+        <message>
+            <source>Compare the before and the after image (/change)</source>
+            <translation>Comparer l’image avant et l’image après (/change)</translation>
+        </message>
+        <message>
+            <source>A question in plain language, or a /command (/help lists them); Enter sends, Shift+Enter starts a new line</source>
+            <translation>Une question en langage courant, ou une /commande (/help les liste) ; Entrée envoie, Maj+Entrée passe à la ligne</translation>
+        </message>
+        <message>
+            <source>Conversation</source>
+            <translation>Conversation</translation>
+        </message>
+        <message>
+            <source>Models…</source>
+            <translation>Modèles…</translation>
+        </message>
+        <message>
+            <source>Manage models: download, import and export models; choose the default model of each task</source>
+            <translation>Gérer les modèles : télécharger, importer et exporter des modèles ; choisir le modèle par défaut de chaque tâche</translation>
+        </message>
     </context>
     <context>
         <name>Messages</name>
@@ -861,12 +917,64 @@
             <translation>Aucune tuile ne correspond à « {description} ».</translation>
         </message>
         <message>
-            <source>{rank}. tile {tile} ({score})</source>
-            <translation>{rank}. tuile {tile} ({score})</translation>
+            <source>north-west</source>
+            <translation>nord-ouest</translation>
         </message>
         <message>
-            <source>Best matches for “{description}”: {matches}</source>
-            <translation>Meilleures correspondances pour « {description} » : {matches}</translation>
+            <source>north</source>
+            <translation>nord</translation>
+        </message>
+        <message>
+            <source>north-east</source>
+            <translation>nord-est</translation>
+        </message>
+        <message>
+            <source>west</source>
+            <translation>ouest</translation>
+        </message>
+        <message>
+            <source>centre</source>
+            <translation>centre</translation>
+        </message>
+        <message>
+            <source>east</source>
+            <translation>est</translation>
+        </message>
+        <message>
+            <source>south-west</source>
+            <translation>sud-ouest</translation>
+        </message>
+        <message>
+            <source>south</source>
+            <translation>sud</translation>
+        </message>
+        <message>
+            <source>south-east</source>
+            <translation>sud-est</translation>
+        </message>
+        <message>
+            <source>of the layer</source>
+            <translation>de la couche</translation>
+        </message>
+        <message>
+            <source>of the region</source>
+            <translation>de la région</translation>
+        </message>
+        <message>
+            <source>#{rank} {place} ({percent}%)</source>
+            <translation>n° {rank} {place} ({percent} %)</translation>
+        </message>
+        <message>
+            <source>Best matches for “{description}” ({count} of {searched} tiles {area}): {matches}.</source>
+            <translation>Meilleures correspondances pour « {description} » ({count} tuiles sur {searched} {area}) : {matches}.</translation>
+        </message>
+        <message>
+            <source>The region is a single tile: draw a larger region, or clear it to search the whole layer, to compare tiles.</source>
+            <translation>La région tient en une seule tuile : dessinez une région plus grande, ou effacez-la pour chercher dans toute la couche, afin de comparer des tuiles.</translation>
+        </message>
+        <message>
+            <source>Similarity is relative to the tiles searched (100% = the best); tiles under {floor}% are not shown.</source>
+            <translation>La similarité est relative aux tuiles examinées (100 % = la meilleure) ; les tuiles sous {floor} % ne sont pas montrées.</translation>
         </message>
     </context>
     <context>

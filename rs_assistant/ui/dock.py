@@ -11,10 +11,10 @@ from __future__ import annotations
 import html
 import logging
 
-from qgis.core import QgsCsException, QgsMapLayerProxyModel
+from qgis.core import QgsApplication, QgsCsException, QgsMapLayerProxyModel
 from qgis.PyQt import uic
 from qgis.PyQt.QtCore import QEvent, QObject, Qt, pyqtSignal
-from qgis.PyQt.QtGui import QTextCursor
+from qgis.PyQt.QtGui import QIcon, QTextCursor
 from qgis.PyQt.QtWidgets import QAction, QDockWidget, QWidget
 
 from rs_assistant.core.engine_state import EngineFault, EngineState, EngineStatus
@@ -62,8 +62,14 @@ class ChatDock(QDockWidget, _FORM):
             combo.setAllowEmptyLayer(True)
             combo.setLayer(None)
             combo.layerChanged.connect(lambda layer, role=role: self.controller.set_layers(**{role: layer}))
+        self.selectRegionButton.setIcon(QIcon(str(resource("icons", "select_region.svg"))))  # the action's, when given
         if region_action is not None:
             self.selectRegionButton.setDefaultAction(region_action)
+        self.settingsButton.setIcon(QgsApplication.getThemeIcon("/mActionOptions.svg"))  # QGIS's own, not a ⚙ glyph
+        self.settingsButton.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonIconOnly)
+        for button in (self.describeButton, self.findButton, self.segmentButton, self.compareButton):
+            # a narrow dock (300 px beside the Processing toolbox) squeezes the padding, never the text
+            button.setMinimumWidth(button.fontMetrics().horizontalAdvance(button.text()) + 8)
         self.promptEdit.installEventFilter(self)
         self.sendButton.clicked.connect(self._on_send_clicked)
         self.describeButton.clicked.connect(lambda: self._quick("/describe", needs_text=False))

@@ -12,6 +12,7 @@ from rs_assistant.core.commands import CommandErrorCode
 from rs_assistant.core.conversation import Problem, TurnError
 from rs_assistant.core.engine_state import EngineFault, EngineState, EngineStatus
 from rs_assistant.core.protocol import DeviceInfo, DeviceType, ErrorCode
+from rs_assistant.core.search_ranking import Place, SearchRanking
 
 
 def error_text(error: TurnError) -> str:
@@ -122,12 +123,30 @@ def help_lines() -> list[tuple[str, str]]:
     ]
 
 
-def search_answer(description: str, ranked: list[tuple[int, int | None, float]]) -> str:
-    """The transcript line of a search: ``ranked`` holds (rank, tile, score), best first."""
+def place_text(place: Place) -> str:
+    """Where a tile lies in the searched area, for the transcript."""
     translate = QCoreApplication.translate
-    if not ranked:
+    return {
+        Place.NORTH_WEST: translate("Messages", "north-west"), Place.NORTH: translate("Messages", "north"),
+        Place.NORTH_EAST: translate("Messages", "north-east"), Place.WEST: translate("Messages", "west"),
+        Place.CENTRE: translate("Messages", "centre"), Place.EAST: translate("Messages", "east"),
+        Place.SOUTH_WEST: translate("Messages", "south-west"), Place.SOUTH: translate("Messages", "south"),
+        Place.SOUTH_EAST: translate("Messages", "south-east"),
+    }[place]
+
+
+def search_answer(description: str, ranking: SearchRanking, whole_layer: bool = False) -> str:
+    """The transcript text of a search: the kept tiles by rank, place and similarity, and what was left out."""
+    translate = QCoreApplication.translate
+    if not ranking.hits:
         return translate("Messages", "No tile matches “{description}”.").format(description=description)
-    items = [translate("Messages", "{rank}. tile {tile} ({score})").format(
-        rank=rank, tile="?" if tile is None else tile, score=f"{score:.2f}") for rank, tile, score in ranked]
-    return translate("Messages", "Best matches for “{description}”: {matches}").format(
-        description=description, matches=", ".join(items))
+    area = translate("Messages", "of the layer") if whole_layer else translate("Messages", "of the region")
+    items = [translate("Messages", "#{rank} {place} ({percent}%)").format(
+        rank=hit.rank, place=place_text(hit.place), percent=hit.percent) for hit in ranking.hits]
+    head = translate("Messages", "Best matches for “{description}” ({count} of {searched} tiles {area}): {matches}.").format(
+        description=description, count=len(ranking.hits), searched=ranking.searched, area=area, matches=", ".join(items))
+    if ranking.searched <= 1:
+        return head + " " + translate("Messages", "The region is a single tile: draw a larger region, or clear it to "
+                                                   "search the whole layer, to compare tiles.")
+    return head + " " + translate("Messages", "Similarity is relative to the tiles searched (100% = the best); tiles "
+                                               "under {floor}% are not shown.").format(floor=round(100 * ranking.floor))
