@@ -32,15 +32,8 @@ from qgis.core import (  # noqa: E402
     QgsRasterLayer,
     QgsRectangle,
     QgsVectorLayer,
-    QgsVectorLayerCache,
 )
-from qgis.gui import (  # noqa: E402
-    QgsAttributeTableFilterModel,
-    QgsAttributeTableModel,
-    QgsAttributeTableView,
-    QgsMapCanvas,
-    QgsMessageBar,
-)
+from qgis.gui import QgsDualView, QgsMapCanvas, QgsMessageBar  # noqa: E402
 from qgis.PyQt.QtCore import Qt  # noqa: E402
 from qgis.PyQt.QtGui import QIcon  # noqa: E402
 from qgis.PyQt.QtWidgets import QAction, QDockWidget, QMainWindow, QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget  # noqa: E402
@@ -179,14 +172,13 @@ def search_screens(app, out: Path, work: Path) -> None:
     settle_canvas(app, canvas)
     save(window, out / "search-answer.png")
 
-    cache = QgsVectorLayerCache(layer, 100)
-    model = QgsAttributeTableModel(cache)
-    model.loadLayer()
-    table = QgsAttributeTableView()
-    table.setModel(QgsAttributeTableFilterModel(canvas, model))
-    table.resize(1100, 180)
-    table.resizeColumnsToContents()
+    table = QgsDualView()
+    table.init(layer, canvas)
+    table.setView(QgsDualView.ViewMode.AttributeTable)
+    table.resize(1100, 160)
     table.show()
+    wait_until(app, lambda: table.tableView().model() is not None and table.tableView().model().rowCount() > 0)
+    table.tableView().resizeColumnsToContents()
     wait_until(app, table.isVisible)
     save(table, out / "search-table.png")
     table.close()
