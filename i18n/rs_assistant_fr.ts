@@ -1166,6 +1166,26 @@
     <context>
         <name>TranscriptRenderer</name>
         <message>
+            <source>Show {count} more below {threshold}</source>
+            <translation>Afficher {count} de plus sous {threshold}</translation>
+        </message>
+        <message>
+            <source>Zoom to it on the map</source>
+            <translation>Zoomer dessus sur la carte</translation>
+        </message>
+        <message>
+            <source>{area} in all</source>
+            <translation>{area} au total</translation>
+        </message>
+        <message>
+            <source>{count} feature(s): {classes}</source>
+            <translation>{count} entité(s) : {classes}</translation>
+        </message>
+        <message>
+            <source>… and {count} more in the layer’s attribute table</source>
+            <translation>… et {count} de plus dans la table attributaire de la couche</translation>
+        </message>
+        <message>
             <source>Waiting for the engine to start…</source>
             <translation>En attente du démarrage du moteur…</translation>
         </message>
@@ -1833,6 +1853,29 @@
         <message>
             <source>{w} × {h} {unit}</source>
             <translation>{w} × {h} {unit}</translation>
+        </message>
+    </context>
+    <context>
+        <name>ResultLayerWriter</name>
+        <message>
+            <source>RS Assistant</source>
+            <translation>RS Assistant</translation>
+        </message>
+        <message>
+            <source>RS Assistant: where should this project's results go?</source>
+            <translation>RS Assistant : où enregistrer les résultats de ce projet ?</translation>
+        </message>
+        <message>
+            <source>Use this folder</source>
+            <translation>Utiliser ce dossier</translation>
+        </message>
+        <message>
+            <source>no folder was chosen for this project's results, so the features were not saved; ask again to choose one</source>
+            <translation>aucun dossier n’a été choisi pour les résultats de ce projet, les entités n’ont donc pas été enregistrées ; reposez la question pour en choisir un</translation>
+        </message>
+        <message>
+            <source>{folder} holds the data of {layers}. Choose another folder, so that results never mix with the data (a new folder beside it will do).</source>
+            <translation>{folder} contient les données de {layers}. Choisissez un autre dossier, pour que les résultats ne se mêlent jamais aux données (un nouveau dossier à côté convient).</translation>
         </message>
     </context>
 </TS>

@@ -48,7 +48,7 @@ def test_search_in_a_drawn_region_adds_a_ranked_tile_layer(make_assistant, qtbot
     assert [f["rank"] for f in features] == [1, 2, 3, 4]
     assert [f["kind"] for f in features] == ["tile"] * 4
     assert [round(f["score"], 2) for f in features] == [0.8, 0.7, 0.6, 0.5]
-    assert {f["request_id"] for f in features} == {"job-1"}
+    assert "request_id" not in layer.fields().names() and {f["prompt"] for f in features} == {"a harbour with many boats"}
     inside = QgsGeometry.fromRect(region).buffer(1, 1)
     assert all(inside.contains(f.geometry()) for f in features)
     assert layer.labelsEnabled() and "rank" in layer.labeling().settings().fieldName  # resources/styles/result_tile.qml
