@@ -93,7 +93,7 @@ def test_find_in_a_drawn_region_with_a_real_engine(ready, qtbot):
     assert len(features) == turn.feature_count >= 1
     best = max(features, key=lambda f: f["score"])
     assert best["label"] == "bright roof" and best["kind"] == "box" and best["model"] == "default"
-    assert best["request_id"] == turn.request_id and best["prompt"] == "/find bright roof"
+    assert best["prompt"] == "bright roof" and best["turn"] == turn.id and "request_id" not in layer.fields().names()
     region_geom = QgsGeometry.fromRect(region.buffered(region.width() * 0.01))
     assert all(region_geom.contains(f.geometry()) for f in features)
     # the box found lies on the bright square, reprojected from UTM to Web Mercator
