@@ -41,7 +41,7 @@ from qgis.core import (
     QgsVectorLayer,
     QgsWkbTypes,
 )
-from qgis.PyQt.QtCore import QCoreApplication, QDateTime
+from qgis.PyQt.QtCore import QCoreApplication, QDateTime, Qt
 from qgis.PyQt.QtWidgets import QFileDialog, QMessageBox, QWidget
 
 from rs_assistant.core.conversation import FeatureRef
@@ -69,6 +69,11 @@ TILE_FIELDS = "&field=rank:integer&field=similarity:integer&field=place:string" 
 
 class ResultWriteError(Exception):
     pass
+
+
+def _now() -> QDateTime:
+    """Now in UTC, to the second (what a person reads in the attribute table)."""
+    return QDateTime.fromSecsSinceEpoch(QDateTime.currentSecsSinceEpoch(), Qt.TimeSpec.UTC)
 
 
 def tr(text: str) -> str:
@@ -311,7 +316,7 @@ class ResultLayerWriter:
         by_kind: dict[FeatureKind, list[dict]] = {}
         for feature in features:
             by_kind.setdefault(FeatureKind(feature["properties"]["kind"]), []).append(feature)
-        created = QDateTime.currentDateTimeUtc()
+        created = _now()
         layers = []
         for kind, kind_features in by_kind.items():
             name = title if len(by_kind) == 1 else f"{title} ({kind.value})"
@@ -337,7 +342,7 @@ class ResultLayerWriter:
     def append_features(self, layer: QgsVectorLayer, features: list[dict], provenance: Provenance) -> list[int]:
         """Adds GeoJSON features (of the layer's kind, in the project CRS) to a result layer; returns their ids."""
         kind = FeatureKind(features[0]["properties"]["kind"])
-        new = self._features(layer, kind, features, provenance, QDateTime.currentDateTimeUtc())
+        new = self._features(layer, kind, features, provenance, _now())
         ok, added = layer.dataProvider().addFeatures(new)
         if not ok:
             raise ResultWriteError(f"{layer.source()}: {layer.dataProvider().lastError() or 'cannot add features'}")
