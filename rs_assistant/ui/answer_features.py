@@ -17,7 +17,7 @@ from qgis.core import QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsC
 from qgis.PyQt.QtCore import QObject, pyqtSignal
 
 from rs_assistant.core.conversation import FeatureRef, Turn
-from rs_assistant.core.protocol import AnalyzeResponse, FeatureKind, Options
+from rs_assistant.core.protocol import AnalyzeResponse, Options
 from rs_assistant.ui.results import (
     FolderQuestion,
     Provenance,
