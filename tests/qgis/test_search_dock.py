@@ -7,7 +7,7 @@ layer), progress in the dock, the ranked tiles as a styled layer and a transcrip
 from __future__ import annotations
 
 from osgeo import gdal
-from qgis.core import QgsGeometry, QgsRasterLayer, QgsRectangle, QgsWkbTypes
+from qgis.core import QgsGeometry, QgsRasterLayer, QgsRectangle, QgsRenderContext, QgsWkbTypes
 
 from rs_assistant.core.conversation import TurnState
 from rs_assistant.core.protocol import ErrorCode, ProtocolError, Task
@@ -34,10 +34,14 @@ def test_search_in_a_drawn_region_adds_a_ranked_tile_layer(make_assistant, qtbot
     assert request.options.top_k == 5
     assert progress and max(progress) >= 75  # the dock's bar followed the tiles
 
-    assert turn.state is TurnState.ANSWERED and turn.feature_count == 4
+    # only the relevant tiles (not all 4 of the region), by rank, place and similarity: no tile ids, no raw scores
+    assert turn.state is TurnState.ANSWERED and turn.feature_count == 2
     transcript = assistant.dock.transcriptView.toPlainText()
     assert "/search a harbour with many boats" in transcript
-    assert "Best matches for “a harbour with many boats”: 1. tile 3 (0.80), 2. tile 1 (0.70)" in transcript
+    assert ("Best matches for “a harbour with many boats” (2 of 4 tiles of the region): #1 south-east (100%), "
+            "#2 north-east (67%). Similarity is relative to the tiles searched (100% = the best); tiles under 50% "
+            "are not shown.") in " ".join(transcript.split())
+    assert "tile 3" not in transcript and "0.80" not in transcript
 
     [layer] = assistant.controller.last_layers
     assert layer.name() == "search a harbour with many boats"
@@ -45,13 +49,20 @@ def test_search_in_a_drawn_region_adds_a_ranked_tile_layer(make_assistant, qtbot
     assert layer.crs().authid() == "EPSG:3857"
     assert layer.geometryType() == QgsWkbTypes.GeometryType.PolygonGeometry
     features = sorted(layer.getFeatures(), key=lambda f: f["rank"])
-    assert [f["rank"] for f in features] == [1, 2, 3, 4]
-    assert [f["kind"] for f in features] == ["tile"] * 4
-    assert [round(f["score"], 2) for f in features] == [0.8, 0.7, 0.6, 0.5]
+    assert [(f["rank"], f["similarity"], f["place"], f["score"]) for f in features] == [
+        (1, 100, "south-east", 1.0), (2, 67, "north-east", 0.67)]
+    assert [f["kind"] for f in features] == ["tile"] * 2
+    assert "text" not in layer.fields().names() and "tile" not in layer.fields().names()  # no all-NULL column
     assert "request_id" not in layer.fields().names() and {f["prompt"] for f in features} == {"a harbour with many boats"}
     inside = QgsGeometry.fromRect(region).buffer(1, 1)
     assert all(inside.contains(f.geometry()) for f in features)
     assert layer.labelsEnabled() and "rank" in layer.labeling().settings().fieldName  # resources/styles/result_tile.qml
+    renderer = layer.renderer()  # heat-styled on the similarity
+    assert renderer.type() == "graduatedSymbol" and renderer.classAttribute() == "similarity"
+    context = QgsRenderContext()
+    renderer.startRender(context, layer.fields())
+    assert [renderer.symbolForFeature(f, context).color().name() for f in features] == ["#e31a1c", "#fecc5c"]  # 85-100%: red, 50-70%: yellow-orange
+    renderer.stopRender(context)
     group = assistant.project.layerTreeRoot().findGroup(GROUP_NAME)
     assert [node.layer() for node in group.findLayers()] == [layer]
 
