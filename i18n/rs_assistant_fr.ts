@@ -1166,6 +1166,10 @@
     <context>
         <name>TranscriptRenderer</name>
         <message>
+            <source>{count} tile(s), best first</source>
+            <translation>{count} tuile(s), la meilleure d’abord</translation>
+        </message>
+        <message>
             <source>Show {count} more below {threshold}</source>
             <translation>Afficher {count} de plus sous {threshold}</translation>
         </message>

@@ -97,7 +97,8 @@ class TranscriptRenderer(QObject):
             self._view.scrollToAnchor(f"turn-{scroll_to}")
         else:
             self._view.moveCursor(QTextCursor.MoveOperation.End)
-            self._view.ensureCursorVisible()
+            bar = self._view.verticalScrollBar()
+            bar.setValue(bar.maximum())
 
     def _question(self, turn: Turn, images: list[str]) -> str:
         about = ""
@@ -140,7 +141,13 @@ class TranscriptRenderer(QObject):
         """The answer's features, one link each, and the offer of those held back under the threshold."""
         lines = []
         refs = turn.features
-        if refs:
+        if refs and all(ref.kind == "tile" for ref in refs):  # /search: ranked tiles, by similarity (not area)
+            lines.append(f"<b>{_text(self.tr('{count} tile(s), best first').format(count=len(refs)))}</b>")
+            tip = self.tr("Zoom to it on the map")
+            for number, ref in enumerate(refs[:MAX_LISTED], start=1):
+                what = f"#{number} · {ref.score:.0%}"
+                lines.append(f'<a href="{feature_link(ref)}" title="{_text(tip)}">{_text(what)}</a>')
+        elif refs:
             classes = Counter(ref.label or ref.kind for ref in refs)
             summary = ", ".join(f"{label} × {count}" for label, count in classes.most_common())
             total = sum(ref.area_m2 for ref in refs if ref.area_m2 is not None)

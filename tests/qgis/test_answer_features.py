@@ -132,7 +132,8 @@ def test_selecting_a_feature_on_the_map_highlights_its_turn(make_assistant, qtbo
         wait_answer(qtbot, assistant)
     view = assistant.dock.transcriptView
     assert HIGHLIGHT_COLOUR not in view.toHtml()
-    assert view.verticalScrollBar().value() == view.verticalScrollBar().maximum()  # the last answer in view
+    bar = view.verticalScrollBar()
+    assert bar.maximum() - bar.value() <= 8  # the last answer in view (to the document's bottom margin)
 
     tanks.selectByIds([first.features[0].fid])
     html = view.toHtml()

@@ -42,6 +42,8 @@ def test_search_in_a_drawn_region_adds_a_ranked_tile_layer(make_assistant, qtbot
             "#2 north-east (67%). Similarity is relative to the tiles searched (100% = the best); tiles under 50% "
             "are not shown.") in " ".join(transcript.split())
     assert "tile 3" not in transcript and "0.80" not in transcript
+    assert "2 tile(s), best first" in transcript and "#1 · 100%" in transcript and "#2 · 67%" in transcript
+    assert "m²" not in transcript  # a tile's area says nothing about the match
 
     [layer] = assistant.controller.last_layers
     assert layer.name() == "search a harbour with many boats"
