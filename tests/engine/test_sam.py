@@ -210,16 +210,6 @@ def test_corrupt_weights_name_the_folder(tiny_sam_path: Path, tmp_path: Path) ->
     assert str(folder) in err.value.message
 
 
-def objects(mask: np.ndarray) -> int:
-    """How many polygons the engine draws for a mask (its parts of 4 pixels or more)."""
-    from affine import Affine
-
-    from rs_assistant.engine.geo import polygonize_mask
-
-    outline = polygonize_mask(mask, Affine.identity())
-    return 0 if outline.is_empty else len(getattr(outline, "geoms", [outline]))
-
-
 def test_engine_chains_a_grounding_model_into_sam(tiny_sam_path: Path, tmp_path: Path) -> None:
     """``segment`` on a model that only grounds: its boxes go through SamBackend.segment_boxes."""
     from rs_assistant.engine.registry import Registry
@@ -246,6 +236,6 @@ def test_engine_chains_a_grounding_model_into_sam(tiny_sam_path: Path, tmp_path:
     assert isinstance(sam, SamBackend)
     by_hand = sam.segment_boxes(image, [bright_box(image), (0, 0, 64, 40)])
     # one feature per object: each mask's separate parts (the tiny random SAM's masks are speckled); empty masks dropped
-    assert len(chained.feature_list) == sum(objects(mask) for mask in by_hand)
-    assert len(direct.feature_list) == objects(sam.segment_boxes(image, [(10, 8, 40, 30)])[0])
+    assert len(chained.feature_list) == sum(rasters.mask_objects(mask) for mask in by_hand)
+    assert len(direct.feature_list) == rasters.mask_objects(sam.segment_boxes(image, [(10, 8, 40, 30)])[0])
     assert {f["properties"]["kind"] for f in chained.feature_list + direct.feature_list} == {"mask"}
