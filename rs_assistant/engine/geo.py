@@ -79,7 +79,8 @@ def detections_to_features(
     Boxes are clipped to the window; a detection whose geometry is empty (a box outside the
     window, a mask of specks only) is left out. A mask or change detection of several separate
     parts gives one feature per part (one polygon per object, each with its own area), in the
-    order the mask is scanned (top row first). ``properties`` are added to every feature.
+    order the mask is scanned (top row first), unless it is ``one_object`` (a box-prompted mask:
+    SAM's, split by an occluding tree, is still one building). ``properties`` are added to every feature.
     """
     parse_crs(output_crs)
     transformer = _transformer(window.crs, output_crs)
@@ -92,7 +93,7 @@ def detections_to_features(
             continue
         if transformer is not None:
             geom = _reproject(geom, transformer, output_crs)
-        for part in _objects(det.kind, geom):
+        for part in [geom] if det.one_object else _objects(det.kind, geom):
             features.append(_feature(det, part, properties or {}))
     return features
 

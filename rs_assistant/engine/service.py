@@ -296,7 +296,8 @@ class Engine:
             masks = segment_boxes(call.images[0], [d.box for d in found], cancel=call.cancel)
         _raise_if_cancelled(call.cancel)
         detections = [
-            Detection(FeatureKind.MASK, d.label, d.score, box=d.box, mask=mask, properties=dict(d.properties))
+            Detection(FeatureKind.MASK, d.label, d.score, box=d.box, mask=mask, properties=dict(d.properties),
+                      one_object=True)  # one mask per box: one object, whatever its parts
             for d, mask in zip(found, masks)
             if mask.any()
         ]

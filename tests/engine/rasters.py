@@ -210,12 +210,3 @@ def png_bytes(array: np.ndarray, fmt: str = "PNG") -> bytes:
     Image.fromarray(array).save(buffer, format=fmt)
     return buffer.getvalue()
 
-
-def mask_objects(mask: np.ndarray) -> int:
-    """How many polygons (features) the engine draws for a mask: its separate parts (rs_assistant.engine.geo)."""
-    from affine import Affine
-
-    from rs_assistant.engine.geo import polygonize_mask
-
-    outline = polygonize_mask(mask, Affine.identity())
-    return 0 if outline.is_empty else len(getattr(outline, "geoms", [outline]))

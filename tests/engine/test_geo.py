@@ -204,6 +204,16 @@ def test_a_mask_of_separate_objects_gives_one_feature_per_object(kind):
     assert len(shape(in_utm[2]["geometry"]).interiors) == 1
 
 
+def test_a_box_prompted_mask_in_pieces_stays_one_object():
+    """SAM's mask for one building's box, cut in two by a tree's shadow, is still one building."""
+    mask = np.zeros((64, 64), bool)
+    mask[10:20, 10:20] = True
+    mask[10:20, 24:34] = True
+    detection = Detection(kind=FeatureKind.MASK, label="building", score=0.9, box=(10, 10, 34, 20), mask=mask, one_object=True)
+    [feature] = detections_to_features([detection], UTM_WINDOW, rasters.UTM)
+    assert shape(feature["geometry"]).geom_type == "MultiPolygon" and round(shape(feature["geometry"]).area) == 20000
+
+
 def test_boxes_stay_whole():
     features = detections_to_features([box_detection((1, 1, 10, 10)), box_detection((30, 30, 40, 40))], UTM_WINDOW, rasters.UTM)
     assert [shape(f["geometry"]).geom_type for f in features] == ["Polygon", "Polygon"]

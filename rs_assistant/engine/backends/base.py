@@ -30,6 +30,7 @@ class Detection:
     mask: np.ndarray | None = None  # H x W bool, same size as the window
     point: tuple[float, float] | None = None  # x, y in window pixels
     properties: dict[str, Any] = field(default_factory=dict)  # extra attributes (e.g. rank)
+    one_object: bool = False  # a mask of one object (prompted by its box): its separate parts stay one feature
 
     def __post_init__(self) -> None:
         self.kind = FeatureKind(self.kind)

@@ -140,6 +140,7 @@ class SamBackend(Backend):
         image = call.images[0]
         height, width = image.shape[:2]
         prompt_boxes, label = parse_box_prompt(call.prompt)
+        prompt_boxes_given = bool(prompt_boxes)  # a mask per given box is one object; the whole window's, not
         if not prompt_boxes:
             prompt_boxes = [(0.0, 0.0, float(width), float(height))]
         boxes = []
@@ -153,7 +154,8 @@ class SamBackend(Backend):
             boxes.append(clipped)
         masks, scores = self._segment(image, boxes, call.cancel)
         detections = [
-            Detection(kind=FeatureKind.MASK, label=label or "object", score=score, box=box, mask=mask)
+            Detection(kind=FeatureKind.MASK, label=label or "object", score=score, box=box, mask=mask,
+                      one_object=prompt_boxes_given)
             for box, mask, score in zip(boxes, masks, scores)
         ]
         return BackendResult(text=f"{len(detections)} mask(s)", detections=detections)
