@@ -32,6 +32,7 @@ class BatchResult:
     texts: dict[int, str] = field(default_factory=dict)  # tile id -> caption
     scores: dict[int, float] = field(default_factory=dict)  # retrieve: tile id -> the engine's raw score
     area: tuple[float, float, float, float] | None = None  # the searched extent, in the output CRS
+    whole_layer: bool = False  # the job ran over the whole layer (no region was drawn)
 
 
 DoneCallback = Callable[[BatchResult | None, ProtocolError | None], None]
@@ -44,7 +45,7 @@ class BatchTask(QgsTask):
         self._client = client
         self._request = request
         self._on_done = on_done
-        self.result = BatchResult(area=area)
+        self.result = BatchResult(area=area, whole_layer=request.extent is None)
         self.error: ProtocolError | None = None
 
     def run(self) -> bool:  # worker thread

@@ -640,7 +640,7 @@ class AssistantController(QObject):
         turn = self.conversation.get(turn_id)
         area = result.area or features_bounds(result.ranked)
         ranking = rank_search(result.ranked, result.scores, area, top_k=SEARCH_TOP_K, searched=result.tiles)
-        text = texts.search_answer(turn.command.argument, ranking, whole_layer=turn.region is None)
+        text = texts.search_answer(turn.command.argument, ranking, whole_layer=result.whole_layer)
         provenance = self.answers.provenance(turn, result.model or self._model, text)
         layers, details = self.answers.write_features(turn, ranking.features(), provenance)
         text = self._said(turn_id, text, details.get("feature_count", len(result.ranked)))

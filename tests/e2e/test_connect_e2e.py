@@ -10,7 +10,7 @@ import sys
 from qgis.core import QgsCoordinateReferenceSystem, QgsProject
 
 from rs_assistant.core.conversation import TurnState
-from rs_assistant.core.engine_state import EngineState
+from rs_assistant.core.engine_state import EngineFault, EngineState
 from rs_assistant.core.protocol import ErrorCode
 from rs_assistant.core.settings import Settings
 from tests.e2e.test_chat_e2e import ask, select_model, start_plugin, stop_plugin, wait_answer
@@ -56,9 +56,11 @@ def test_connect_mode_without_an_engine_says_so(qgis_new_project, qtbot, tmp_pat
         stop_plugin(plugin)
 
 
-def test_an_engine_that_exits_at_start_is_restarted_a_bounded_number_of_times(qgis_new_project, qtbot, tmp_path):
-    plugin = start_plugin(Settings(engine_python=sys.executable, models_file=str(tmp_path / "missing.toml"),
-                                   max_restarts=1, output_folder=str(tmp_path)))
+def test_an_engine_that_crashes_at_start_is_restarted_a_bounded_number_of_times(qgis_new_project, qtbot, tmp_path):
+    crashing = tmp_path / "python"  # an interpreter that dies at once, whatever it is asked to run
+    crashing.write_text(f"#!{sys.executable}\nimport sys\nprint('Fatal Python error: Aborted', file=sys.stderr)\nsys.exit(1)\n")
+    crashing.chmod(0o755)
+    plugin = start_plugin(Settings(engine_python=str(crashing), max_restarts=1, output_folder=str(tmp_path)))
     try:
         starts = []
         plugin.engine.statusChanged.connect(lambda status: starts.append(status) if status.state is EngineState.STARTING else None)
@@ -67,6 +69,20 @@ def test_an_engine_that_exits_at_start_is_restarted_a_bounded_number_of_times(qg
         qtbot.wait(1500)  # no further restart comes
         assert len(starts) == 1 and plugin.engine.status.state is EngineState.ERROR
         label = plugin.dock.engineStatusLabel.text()
-        assert "exited with code 2" in label and "missing.toml does not exist" in label and "Restarting" not in label
+        assert "exited with code 1" in label and "Fatal Python error" in label and "Restarting" not in label
+    finally:
+        stop_plugin(plugin)
+
+
+def test_an_engine_refusing_its_models_file_says_so_and_is_not_restarted(qgis_new_project, qtbot, tmp_path):
+    plugin = start_plugin(Settings(engine_python=sys.executable, models_file=str(tmp_path / "missing.toml"),
+                                   max_restarts=3, output_folder=str(tmp_path)))
+    try:
+        qtbot.waitUntil(lambda: plugin.engine.status.state is EngineState.ERROR, timeout=60_000)
+        qtbot.wait(1500)  # a restart cannot fix the file: none comes
+        assert plugin.engine.status.state is EngineState.ERROR and plugin.engine.status.fault is EngineFault.BAD_CONFIG
+        label = plugin.dock.engineStatusLabel.text()
+        assert "configuration has an error" in label and "missing.toml does not exist" in label and "Restart" in label
+        assert "Restarting" not in label and "ERROR rs_assistant" not in label
     finally:
         stop_plugin(plugin)

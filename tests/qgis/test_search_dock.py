@@ -78,6 +78,7 @@ def test_search_without_a_region_covers_the_whole_layer(make_assistant, qtbot):
     assert request.extent is None and request.extent_crs is None  # the engine tiles the whole raster
     assert turn.state is TurnState.ANSWERED
     assert turn.region is not None  # the layer's extent is shown as the turn's region
+    assert "tiles of the layer)" in turn.answer and "of the region" not in turn.answer  # and the answer says so
 
 
 def test_search_needs_a_description_a_file_and_an_engine(make_assistant, qtbot):
