@@ -29,6 +29,7 @@ from qgis.core import (
     QgsApplication,
     QgsCoordinateReferenceSystem,
     QgsDistanceArea,
+    QgsEditorWidgetSetup,
     QgsFeature,
     QgsFields,
     QgsGeometry,
@@ -65,6 +66,15 @@ FIELDS = "&".join(f"field={spec}" for spec in (
     f"length_m:double(20,{MEASURE_DECIMALS})", "model:string", "prompt:string", "source:string", "created:datetime",
     "extent:string", "crs:string", "turn:integer"))
 TILE_FIELDS = "&field=rank:integer&field=similarity:integer&field=place:string"  # /search: 1 = best, %, "north-west"
+
+
+def _show_seconds(layer: QgsVectorLayer, field: str) -> None:
+    """The attribute table shows ``field`` (a datetime) to the second ("2026-12-07 06:31:05", not ".000")."""
+    index = layer.fields().indexOf(field)
+    if index >= 0:
+        shown = "yyyy-MM-dd HH:mm:ss"
+        layer.setEditorWidgetSetup(index, QgsEditorWidgetSetup(
+            "DateTime", {"display_format": shown, "field_format": shown, "calendar_popup": False, "allow_null": True}))
 
 
 class ResultWriteError(Exception):
@@ -328,6 +338,7 @@ class ResultLayerWriter:
             message, styled = layer.loadNamedStyle(str(style_file(kind)))
             if not styled:
                 log.warning("no style for %s results: %s", kind.value, message)
+            _show_seconds(layer, "created")
             metadata = layer.metadata()
             metadata.setAbstract(provenance.text)
             layer.setMetadata(metadata)

@@ -5,9 +5,10 @@ project's GeoPackage in a folder asked for once and never among the data."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from qgis.core import QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsProject
+from qgis.core import QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsDateTimeFieldFormatter, QgsProject
 from qgis.gui import QgsRubberBand
 from qgis.PyQt.QtCore import Qt, QTimer
 from qgis.PyQt.QtGui import QTextCursor
@@ -81,6 +82,10 @@ def test_segment_gives_one_polygon_per_object_with_ground_areas_and_provenance(m
         assert feature["prompt"] == "buildings" and feature["model"] == "default"
         assert feature["source"] == "utm image" and feature["crs"] == "EPSG:3857" and feature["turn"] == turn.id
         assert feature["created"].isValid()
+        index = layer.fields().indexOf("created")  # the attribute table shows it to the second, no ".000"
+        setup = layer.editorWidgetSetup(index)
+        shown = QgsDateTimeFieldFormatter().representValue(layer, index, setup.config(), None, feature["created"])
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d( \(UTC\))?", shown), shown
         extent = [float(v) for v in feature["extent"].split(",")]
         assert feature["extent"] == ",".join(f"{v:.2f}" for v in (region.xMinimum(), region.yMinimum(), region.xMaximum(), region.yMaximum()))
         assert len(extent) == 4
