@@ -115,6 +115,23 @@ def test_unknown_recipe_and_bad_overrides_are_named(capsys):
     assert training_main(["default", "--config", str(TINY), "--set", "bogus=1"]) == 2
 
 
+@pytest.mark.parametrize("recipe", ["default_v13.toml", "default_v13_gpu.toml"])
+def test_the_shipped_recipes_build_the_shipped_models_architecture(recipe):
+    """The CPU and GPU recipes name a kept config whose every field is what the shipped model's config.json holds."""
+    from rs_assistant.engine.models.rsa import CONFIGS_DIR
+
+    values = tomllib.loads((TINY.parent / recipe).read_text(encoding="utf-8"))
+    config = TrainConfig.from_dict(values).model_config().to_dict()
+    shipped = json.loads((Path(__file__).parents[2] / "resources/models/rsa-default/config.json").read_text())
+    named = json.loads((CONFIGS_DIR / f"{values['model']}.json").read_text())
+    for key in [*named, *values.get("model_settings", {})]:
+        if key.endswith("_config"):  # a sub-config: the fields the named config sets
+            built, kept = config[key], shipped[key]
+            assert {k: built[k] for k in named[key]} == {k: kept[k] for k in named[key]}, key
+        else:
+            assert config[key] == shipped[key], key
+
+
 def test_the_exported_model_is_served_by_the_engine(trained, tmp_path):
     (tmp_path / "models.toml").write_text(f'[models.m]\nbackend = "rsa"\npath = "{trained.out}"\n')
     engine = Engine(Registry.from_file(tmp_path / "models.toml"))

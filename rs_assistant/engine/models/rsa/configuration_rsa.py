@@ -4,18 +4,19 @@ One class serves every size; the sizes are data in ``configs/*.json``:
 
 - ``tiny.json``: the unit tests' model (random weights, seconds on a CPU);
 - ``default.json``: the model shipped in resources/models/rsa-default (trained from scratch by
-  training/recipes/default; at most 25 MB of fp16 weights, a caption in well under 500 ms on two
-  CPU cores);
-- ``default_v2.json``: ``default.json`` with the image-dependence fixes on (``projector_norm``,
-  attention ``change_pooling``, the auxiliary per-patch class loss); trained by default_v2.toml;
-- ``default_v3.json``: ``default_v2.json`` with a convolutional stem for the from-scratch ViT
-  (``vision_stem``) and its 1/4-resolution features in the mask decoder (``mask_detail``);
-- ``default_v9.json``: ``default_v3.json`` with the per-pixel class head on the mask decoder's
-  pixel features (``pixel_class_loss_weight``); ``default_v10.json`` also scores change per pixel
-  there (``change_pooling`` "pixel"); ``default_v11.json`` balances the classes of that head's
-  loss (``pixel_class_balance``), so small objects (vehicles, tanks, single trees) count;
+  training/recipes/default/default_v13.toml on a CPU, default_v13_gpu.toml on a GPU; at most 25 MB of
+  fp16 weights, a caption in well under 500 ms on two CPU cores): a ViT with a convolutional stem
+  (``vision_stem``) and its 1/4-resolution features in the mask decoder (``mask_detail``), a
+  per-pixel class head on the decoder's pixel features with class-balanced loss
+  (``pixel_class_loss_weight``, ``pixel_class_balance``) and change scored per pixel there
+  (``change_pooling`` "pixel");
 - ``large.json``: CLIP ViT-L/14-336 and Qwen2.5-1.5B-Instruct read from local checkpoint folders
-  (``vision_pretrained_path``, ``text_pretrained_path``), both frozen, on a GPU.
+  (``vision_pretrained_path``, ``text_pretrained_path``), both frozen, on a GPU (the seeds' paper.toml
+  recipes).
+
+The model's earlier configs (default_v2 .. default_v10, and the first ``default.json``; today's
+``default.json`` was ``default_v11.json``) and their recipes are in git at commit afca315:
+``git show afca315:rs_assistant/engine/models/rsa/configs/default_v10.json``.
 
 The parts, and the paper each follows (modeling_rsa.py has the details):
 
