@@ -12,8 +12,8 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import rasterio
@@ -91,7 +91,10 @@ def big_raster(cache: Path) -> Path:
         "interleave": "pixel",
     }
     rng = np.random.default_rng(0)
-    with rasterio.Env(COMPRESS_OVERVIEW="DEFLATE", PREDICTOR_OVERVIEW="2"), rasterio.open(partial, "w", **profile) as dst:
+    with (
+        rasterio.Env(COMPRESS_OVERVIEW="DEFLATE", PREDICTOR_OVERVIEW="2"),
+        rasterio.open(partial, "w", **profile) as dst,
+    ):
         for row in range(0, BIG_SIDE, 1024):
             dst.write(_fields(row, 1024, rng), window=RioWindow(0, row, BIG_SIDE, 1024))
         dst.build_overviews(list(OVERVIEWS), Resampling.average)
@@ -155,7 +158,10 @@ def section_polygonize(repeat: int) -> None:
     parts = len(getattr(polygonize_mask(mask, transform), "geoms", [None]))
     print(f"geo: 1024 x 1024 mask, 300 disks -> {parts} polygons")
     report("polygonize_mask (same CRS)", time_ms(lambda: polygonize_mask(mask, transform), repeat))
-    report("mask detection -> GeoJSON feature in EPSG:4326", time_ms(lambda: detections_to_features([detection], window, "EPSG:4326"), repeat))
+    report(
+        "mask detection -> GeoJSON feature in EPSG:4326",
+        time_ms(lambda: detections_to_features([detection], window, "EPSG:4326"), repeat),
+    )
 
 
 def _blobs(side: int, count: int, rng: np.random.Generator) -> np.ndarray:
@@ -172,21 +178,30 @@ def _to_crs(extent: tuple[float, float, float, float], crs: str) -> tuple[float,
 
 # --- whole requests through the engine service ---------------------------------------------------
 
-TASK_PROMPTS = {"caption": "", "ground": "find the buildings", "segment": "segment the buildings",
-                "chat": "what is in this image?", "change": "what changed?", "classify": "forest, city, water, farmland"}
+TASK_PROMPTS = {
+    "caption": "",
+    "ground": "find the buildings",
+    "segment": "segment the buildings",
+    "chat": "what is in this image?",
+    "change": "what changed?",
+    "classify": "forest, city, water, farmland",
+}
 
 
 def section_tasks(cache: Path, repeat: int, models_file: Path | None, model: str, device: str = "cpu") -> None:
     """read / infer / post p50 and p95 per task on a 512 x 512 region, and the non-model share."""
     from rs_assistant.core.protocol import AnalyzeRequest, ProtocolError
-    from rs_assistant.engine.registry import Registry
     from rs_assistant.engine.device import choose_device
+    from rs_assistant.engine.registry import Registry
     from rs_assistant.engine.service import Engine
 
     device = choose_device(device)
     engine = Engine(Registry.from_file(models_file, device=device))
     info = next((m for m in engine.models() if m.name == model), None)
-    print(f"\nWhole requests, model '{model}' ({info.backend if info else '?'}) on {device}, 512 x 512 region of the 16k raster:")
+    print(
+        f"\nWhole requests, model '{model}' ({info.backend if info else '?'}) on {device}, 512 x 512 region of the "
+        f"16k raster:"
+    )
     if info is None:
         print(f"  skipped: no model named '{model}' (give --models FILE --model NAME)")
         return
@@ -197,8 +212,16 @@ def section_tasks(cache: Path, repeat: int, models_file: Path | None, model: str
         if task not in TASK_PROMPTS:
             continue
         images = [ref, ref] if task == "change" else [ref]
-        request = AnalyzeRequest.from_dict({"task": task, "model": model, "prompt": TASK_PROMPTS[task], "images": images,
-                                            "output_crs": "EPSG:3857", "options": {"max_side": REGION, "max_new_tokens": 32}})
+        request = AnalyzeRequest.from_dict(
+            {
+                "task": task,
+                "model": model,
+                "prompt": TASK_PROMPTS[task],
+                "images": images,
+                "output_crs": "EPSG:3857",
+                "options": {"max_side": REGION, "max_new_tokens": 32},
+            }
+        )
         timings: list = []
         try:
             engine.analyze(request)  # warm-up: loads the model
@@ -212,7 +235,10 @@ def section_tasks(cache: Path, repeat: int, models_file: Path | None, model: str
         share = (sum(parts["read"]) + sum(parts["post"])) / total if total else 0.0
         for name, samples in parts.items():
             report(f"{task} {name}", samples)
-        print(f"  {task:<8} read+post share of the request: {share:6.1%}   goal < 15%: {'met' if share < 0.15 else 'NOT MET'}")
+        print(
+            f"  {task:<8} read+post share of the request: {share:6.1%}   goal < 15%: "
+            f"{'met' if share < 0.15 else 'NOT MET'}"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -221,8 +247,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=30, help="timed calls per figure")
     parser.add_argument("--models", type=Path, default=None, help="models file for the per-task section")
     parser.add_argument("--model", default="default", help="model for the per-task section (default: default)")
-    parser.add_argument("--device", default="cpu", help="the engine's device for the per-task section: cpu (the goals' "
-                        "machine), cuda or auto (default: cpu)")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="the engine's device for the per-task section: cpu (the goals' machine), cuda or auto (default: cpu)",
+    )
     args = parser.parse_args(argv)
     section_region_read(args.cache, args.repeat)
     section_polygonize(args.repeat)

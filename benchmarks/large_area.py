@@ -43,10 +43,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -86,7 +87,9 @@ def raster_path(cache: Path, side: int, date: str = "before") -> Path:
 
 def ensure_rasters(cache: Path, sides: Sequence[int]) -> None:
     """Writes the missing rasters (before and after for every side) into ``cache``."""
-    todo = [(side, date) for side in sides for date in ("before", "after") if not raster_path(cache, side, date).exists()]
+    todo = [
+        (side, date) for side in sides for date in ("before", "after") if not raster_path(cache, side, date).exists()
+    ]
     if not todo:
         return
     cache.mkdir(parents=True, exist_ok=True)
@@ -256,7 +259,7 @@ def section_throughput(args: argparse.Namespace) -> None:
     side = SIDES_THROUGHPUT
     engine = make_engine(args.models, args.model)
     in_force = engine.check_batch(request_for(args.tasks[0], args.cache, side, args.model, args.tiles, args.batch_size))
-    print(f"\nThroughput: {args.tiles} tiles of {TILE} x {TILE} (overlap {OVERLAP}) spread over the {side} x {side} raster, "
+    print(f"\nThroughput: {args.tiles} tiles of {TILE} x {TILE} (overlap {OVERLAP}) spread over the {side} x {side} " f"raster, "
           f"model '{args.model}', batch size {in_force}{OWN if not args.batch_size else ''}, 2 rasters for change")  # fmt: skip
     print(f"  {'task':<9}{'batch tiles/s':>14}{'batch MP/s':>12}{'naive tiles/s':>15}{'naive MP/s':>12}{'naive read':>12}"
           f"{'ratio':>8}   goal >= {THROUGHPUT_GOAL:g}x")  # fmt: skip
@@ -283,8 +286,12 @@ SIDES_THROUGHPUT = 5000
 
 
 def section_memory(args: argparse.Namespace) -> None:
-    print(f"\nPeak RSS of one segment job per process, model '{args.model}' loaded first (batch size {args.batch_size or OWN.strip(' ()')}; "
-          f"batch: {args.rss_tiles or 'all'} tiles spread over the raster, naive: the whole raster read, then {args.naive_rss_tiles} tiles):")
+    print(
+        f"\nPeak RSS of one segment job per process, model '{args.model}' loaded first (batch size "
+        f"{args.batch_size or OWN.strip(' ()')}; "
+        f"batch: {args.rss_tiles or 'all'} tiles spread over the raster, naive: the whole raster read, then "
+        f"{args.naive_rss_tiles} tiles):"
+    )
     print(f"  {'run':<34}{'tiles':>7}{'seconds':>9}{'peak RSS':>11}{'before job':>12}{'job adds':>10}")
     peaks = {}
     for side in SIZES:
@@ -301,7 +308,10 @@ def section_memory(args: argparse.Namespace) -> None:
     small, large = peaks.get((SIZES[0], False)), peaks.get((SIZES[1], False))
     if small and large:
         ratio = large / small
-        print(f"  batch peak RSS {SIZES[1]} / {SIZES[0]}: {ratio:.2f}x   goal <= {RSS_GOAL:g}x: {'met' if ratio <= RSS_GOAL else 'NOT MET'}")
+        print(
+            f"  batch peak RSS {SIZES[1]} / {SIZES[0]}: {ratio:.2f}x   goal <= {RSS_GOAL:g}x: "
+            f"{'met' if ratio <= RSS_GOAL else 'NOT MET'}"
+        )
 
 
 def _child_rss(args: argparse.Namespace, side: int, tiles: int, naive: bool) -> dict[str, Any]:
@@ -335,7 +345,8 @@ def _peak_mb() -> float:
 
 
 def _reset_peak() -> float:
-    """The current RSS (MB), after resetting the peak to it (Linux: /proc/self/clear_refs); the peak so far elsewhere."""
+    """The current RSS (MB), after resetting the peak to it (Linux: /proc/self/clear_refs); the peak so far
+    elsewhere."""
     try:
         with open("/proc/self/clear_refs", "w") as clear:
             clear.write("5")
@@ -346,15 +357,25 @@ def _reset_peak() -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Batch jobs over large rasters: throughput against a naive run, and peak memory.")
-    parser.add_argument("--cache", type=Path, default=ROOT / "out" / "bench", help="where the synthetic rasters are kept")
+    parser = argparse.ArgumentParser(
+        description="Batch jobs over large rasters: throughput against a naive run, and peak memory."
+    )
+    parser.add_argument(
+        "--cache", type=Path, default=ROOT / "out" / "bench", help="where the synthetic rasters are kept"
+    )
     parser.add_argument("--models", type=Path, default=None, help="models file (default: only the built-in 'default')")
     parser.add_argument("--model", default="default", help="the model to run (default: default)")
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated tasks (default: {','.join(TASKS)})")
     parser.add_argument("--tiles", type=int, default=48, help="tiles per task for the throughput (default 48)")
-    parser.add_argument("--batch-size", type=int, default=0,
-                        help="tiles per model call in the batch runs (default 0: the model's own, as a job that does not set it)")
-    parser.add_argument("--rss-tiles", type=int, default=0, help="tiles per memory job, spread over the raster (default 0: every tile)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=0,
+        help="tiles per model call in the batch runs (default 0: the model's own, as a job that does not set it)",
+    )
+    parser.add_argument(
+        "--rss-tiles", type=int, default=0, help="tiles per memory job, spread over the raster (default 0: every tile)"
+    )
     parser.add_argument("--naive-rss-tiles", type=int, default=4, help="tiles of the naive memory runs (default 4)")
     parser.add_argument("--quick", action="store_true", help="16 tiles per task, 400 per memory job")
     parser.add_argument("--skip", default="", help="sections to leave out: throughput, memory")
@@ -369,7 +390,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     ensure_rasters(args.cache, SIZES)
     started = time.perf_counter()
-    print(f"large-area benchmark: {os.cpu_count()} CPU core(s), torch threads {_torch_threads()}, rasters in {args.cache}, "
+    print(f"large-area benchmark: {os.cpu_count()} CPU core(s), torch threads {_torch_threads()}, rasters in " f"{args.cache}, "
           f"GDAL block cache {_gdal_cache_mb():.0f} MB (GDAL_CACHEMAX={os.environ.get('GDAL_CACHEMAX', 'unset')})")  # fmt: skip
     if "throughput" not in args.skip:
         section_throughput(args)

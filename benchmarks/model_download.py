@@ -40,7 +40,9 @@ def main() -> int:
     stub.add_repo("facebook/sam-vit-base", repo)
     stub.start()
     # huggingface_hub reads these when it is first imported, so set them before importing the engine's hub module.
-    os.environ.update({"HF_ENDPOINT": stub.url, "HF_HOME": str(work / "hf"), "HF_HUB_DISABLE_XET": "1", "NO_PROXY": "127.0.0.1"})
+    os.environ.update(
+        {"HF_ENDPOINT": stub.url, "HF_HOME": str(work / "hf"), "HF_HUB_DISABLE_XET": "1", "NO_PROXY": "127.0.0.1"}
+    )
     from rs_assistant.core.catalog import catalog_entry
     from rs_assistant.engine import hub
 
@@ -49,7 +51,10 @@ def main() -> int:
     seconds = time.perf_counter() - started
     size = sum(p.stat().st_size for p in folder.iterdir())
     stub.stop()
-    print(f"pulled {size / 1e6:.0f} MB in {seconds:.2f} s: {size / 1e6 / seconds:.0f} MB/s (stand-in Hub on 127.0.0.1, sha256 checked)")
+    print(
+        f"pulled {size / 1e6:.0f} MB in {seconds:.2f} s: {size / 1e6 / seconds:.0f} MB/s (stand-in Hub on "
+        f"127.0.0.1, sha256 checked)"
+    )
     return 0
 
 

@@ -65,8 +65,11 @@ def main(argv: list[str] | None = None) -> int:
             cells.append(f"{accuracy(rows):8.3f} ({len(rows):3d})" if rows else f"{'-':>14}")
         rows = [r for r in results if r["intent"] == intent.value]
         print(f"{intent.value:10}" + "".join(cells) + f"{accuracy(rows):8.3f} ({len(rows):3d})")
-    print(f"{'intent':10}" + "".join(f"{accuracy(by_lang[lang]):8.3f} ({len(by_lang[lang]):3d})" for lang in sorted(by_lang))
-          + f"{accuracy(results):8.3f} ({len(results):3d})")
+    print(
+        f"{'intent':10}"
+        + "".join(f"{accuracy(by_lang[lang]):8.3f} ({len(by_lang[lang]):3d})" for lang in sorted(by_lang))
+        + f"{accuracy(results):8.3f} ({len(results):3d})"
+    )
     context = [r for r in results if r.get("history")]
     print(f"with context (history): {accuracy(context):.3f} of {len(context)}")
     for lang in sorted(by_lang):
@@ -80,8 +83,11 @@ def main(argv: list[str] | None = None) -> int:
         print("misses:")
         for r in results:
             if r["got"] != r["intent"] or ("prompt" in r and r["got_prompt"].lower() != r["prompt"].lower()):
-                print(f"  [{r['lang']}] {r['text']!r} (images {r.get('images', 1)}): expected {r['intent']} {r.get('prompt', '')!r}, "
-                      f"got {r['got']} {r['got_prompt']!r}")
+                print(
+                    f"  [{r['lang']}] {r['text']!r} (images {r.get('images', 1)}): expected {r['intent']} "
+                    f"{r.get('prompt', '')!r}, "
+                    f"got {r['got']} {r['got_prompt']!r}"
+                )
     return 0
 
 

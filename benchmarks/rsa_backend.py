@@ -22,14 +22,21 @@ from rs_assistant.engine.backends.rsa import RSABackend  # noqa: E402
 from training.data.synthetic import generate_pair, generate_scene  # noqa: E402
 
 device = sys.argv[1] if len(sys.argv) > 1 else "cpu"
-backend = RSABackend("default", {"path": str(Path(__file__).resolve().parents[1] / "resources/models/rsa-default")}, device)
+backend = RSABackend(
+    "default", {"path": str(Path(__file__).resolve().parents[1] / "resources/models/rsa-default")}, device
+)
 backend.ensure_loaded()
 print("device", device, backend.model.dtype, torch.cuda.get_device_name() if device == "cuda" else "")
 for seed in range(900000, 900008):
     pair = generate_pair(seed, size=512, changed=seed % 2 == 1)
-    call = BackendCall(task=Task.CHANGE, images=[pair.before.image, pair.after.image], prompt="", options=Options(max_new_tokens=40))
+    call = BackendCall(
+        task=Task.CHANGE, images=[pair.before.image, pair.after.image], prompt="", options=Options(max_new_tokens=40)
+    )
     result = backend.run(call)
-    print(f"pair {seed} truth={'changed' if pair.changed else 'unchanged'}: {result.text!r} masks={len(result.detections)}")
+    print(
+        f"pair {seed} truth={'changed' if pair.changed else 'unchanged'}: {result.text!r} "
+        f"masks={len(result.detections)}"
+    )
 scene = generate_scene(900100, size=512)
 
 
@@ -47,8 +54,12 @@ def p50(task: Task, prompt: str) -> tuple[float, str]:
     return statistics.median(times), result.text
 
 
-for task, prompt in ((Task.CAPTION, ""), (Task.GROUND, "find the buildings"), (Task.SEGMENT, "segment the water bodies"),
-                     (Task.CHAT, "how many buildings are there?")):
+for task, prompt in (
+    (Task.CAPTION, ""),
+    (Task.GROUND, "find the buildings"),
+    (Task.SEGMENT, "segment the water bodies"),
+    (Task.CHAT, "how many buildings are there?"),
+):
     median, text = p50(task, prompt)
     print(f"{task.value:<8} p50 {median:7.1f} ms  {text[:70]!r}")
 refiner = backend.model.class_refiner
@@ -57,5 +68,7 @@ if refiner is not None:  # what the class refiner costs a class-name mask, side 
     backend.model.class_refiner = None
     without, _ = p50(Task.SEGMENT, "segment the trees")
     backend.model.class_refiner = refiner
-    print(f"segment trees p50 {with_refiner:7.1f} ms with the class refiner, {without:7.1f} ms without "
-          f"({with_refiner / without:.2f}x)")
+    print(
+        f"segment trees p50 {with_refiner:7.1f} ms with the class refiner, {without:7.1f} ms without "
+        f"({with_refiner / without:.2f}x)"
+    )

@@ -49,8 +49,9 @@ class RSAssistantPlugin:
                 QCoreApplication.installTranslator(translator)
                 self.translator = translator
 
-    def _add_action(self, name: str, icon: str, text: str, callback, checkable: bool = False,
-                    toolbar: bool = True) -> QAction:
+    def _add_action(
+        self, name: str, icon: str, text: str, callback, checkable: bool = False, toolbar: bool = True
+    ) -> QAction:
         action = QAction(QIcon(str(resource("icons", icon))), text, self.iface.mainWindow())
         action.setObjectName(name)
         action.setCheckable(checkable)
@@ -84,30 +85,47 @@ class RSAssistantPlugin:
         self.toolbar = self.iface.addToolBar(translate("RSAssistantPlugin", "RS Assistant"))
         self.toolbar.setObjectName("RSAssistantToolbar")
         self.toggle_action = self._add_action(
-            "actionRSAssistantDock", "rs_assistant.svg", translate("RSAssistantPlugin", "RS Assistant chat"),
-            self._toggle_dock, checkable=True,
+            "actionRSAssistantDock",
+            "rs_assistant.svg",
+            translate("RSAssistantPlugin", "RS Assistant chat"),
+            self._toggle_dock,
+            checkable=True,
         )
         self.select_region_action = self._add_action(
-            "actionSelectRegion", "select_region.svg", translate("RSAssistantPlugin", "Select a region"),
-            self._select_region, checkable=True,
+            "actionSelectRegion",
+            "select_region.svg",
+            translate("RSAssistantPlugin", "Select a region"),
+            self._select_region,
+            checkable=True,
         )
         self.settings_action = self._add_action(
-            "actionRSAssistantSettings", "rs_assistant.svg", translate("RSAssistantPlugin", "RS Assistant settings…"),
-            self._open_settings, toolbar=False,
+            "actionRSAssistantSettings",
+            "rs_assistant.svg",
+            translate("RSAssistantPlugin", "RS Assistant settings…"),
+            self._open_settings,
+            toolbar=False,
         )
         self.setup_action = self._add_action(
-            "actionRSAssistantSetup", "rs_assistant.svg", translate("RSAssistantPlugin", "Set up the engine…"),
-            self._show_setup, toolbar=False,
+            "actionRSAssistantSetup",
+            "rs_assistant.svg",
+            translate("RSAssistantPlugin", "Set up the engine…"),
+            self._show_setup,
+            toolbar=False,
         )
         self.models_action = self._add_action(
-            "actionRSAssistantModels", "rs_assistant.svg", translate("RSAssistantPlugin", "Manage models…"),
-            self._open_model_manager, toolbar=False,
+            "actionRSAssistantModels",
+            "rs_assistant.svg",
+            translate("RSAssistantPlugin", "Manage models…"),
+            self._open_model_manager,
+            toolbar=False,
         )
         canvas.mapToolSet.connect(self._on_map_tool_set)
 
         self.setup_panel = SetupPanel(self.settings_store, self.engine)
         self.setup_panel.settingsSaved.connect(self.controller.apply_settings)
-        self.dock = ChatDock(self.controller, self.select_region_action, self.iface.mainWindow(), setup_panel=self.setup_panel)
+        self.dock = ChatDock(
+            self.controller, self.select_region_action, self.iface.mainWindow(), setup_panel=self.setup_panel
+        )
         self.iface.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.dock)
         self.dock.hide()
         self.dock.visibilityChanged.connect(self._on_dock_visible)
@@ -205,7 +223,9 @@ class RSAssistantPlugin:
 
             try:
                 QgsApplication.processingRegistry().removeProvider(self.processing_provider)
-            except RuntimeError:  # the registry refused it (another window's plugin in this process has the id) and deleted it
+            except (
+                RuntimeError
+            ):  # the registry refused it (another window's plugin in this process has the id) and deleted it
                 log.debug("the Processing provider was already gone")
             self.processing_provider = None
             ENGINE.detach(self.engine)

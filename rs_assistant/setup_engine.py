@@ -63,11 +63,26 @@ PYPI_SIMPLE = "https://pypi.org/simple/"
 PYPI_TORCH_CPU = "https://download.pytorch.org/whl/cpu"
 PYPI_TORCH_CU126 = "https://download.pytorch.org/whl/cu126"
 VERIFY_MODULES = (
-    "torch", "transformers", "fastapi", "uvicorn", "rasterio", "shapely", "pyproj",
-    "huggingface_hub", "safetensors", "numpy", "PIL",
+    "torch",
+    "transformers",
+    "fastapi",
+    "uvicorn",
+    "rasterio",
+    "shapely",
+    "pyproj",
+    "huggingface_hub",
+    "safetensors",
+    "numpy",
+    "PIL",
 )
-STEPS = ("check the Python", "check the free disk space", "create the environment",
-         "install torch", "install the engine's packages", "check that everything imports")
+STEPS = (
+    "check the Python",
+    "check the free disk space",
+    "create the environment",
+    "install torch",
+    "install the engine's packages",
+    "check that everything imports",
+)
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 # The environment's size once installed (Linux x86_64: the CPU environment measured 1.4 GB; PyPI's
@@ -316,8 +331,16 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
 def _child_env(opts_proxy: str = "", extra: dict | None = None) -> dict:
     """The environment for pip and the new interpreter: nothing of QGIS's Python leaks in."""
     env = dict(os.environ)
-    for name in ("PYTHONHOME", "PYTHONPATH", "PYTHONSTARTUP", "PYTHONEXECUTABLE", "__PYVENV_LAUNCHER__",
-                 "VIRTUAL_ENV", "PYTHONNOUSERSITE", "PYTHONSAFEPATH"):
+    for name in (
+        "PYTHONHOME",
+        "PYTHONPATH",
+        "PYTHONSTARTUP",
+        "PYTHONEXECUTABLE",
+        "__PYVENV_LAUNCHER__",
+        "VIRTUAL_ENV",
+        "PYTHONNOUSERSITE",
+        "PYTHONSAFEPATH",
+    ):
         env.pop(name, None)
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONIOENCODING"] = "utf-8"
@@ -337,8 +360,15 @@ def _run_streamed(cmd: Sequence[str], env: dict) -> tuple[int, list[str]]:
         kwargs["preexec_fn"] = _die_with_parent
     tail: list[str] = []
     _CHILD = subprocess.Popen(
-        list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-        encoding="utf-8", errors="replace", bufsize=1, **kwargs,
+        list(cmd),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        encoding="utf-8",
+        errors="replace",
+        bufsize=1,
+        **kwargs,
     )
     try:
         assert _CHILD.stdout is not None
@@ -366,18 +396,35 @@ def _on_signal(signum, frame) -> None:
 
 def _query(python: str, code: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [python, "-c", code], capture_output=True, text=True, encoding="utf-8", errors="replace",
-        env=env or _child_env(), stdin=subprocess.DEVNULL, timeout=timeout,
+        [python, "-c", code],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        env=env or _child_env(),
+        stdin=subprocess.DEVNULL,
+        timeout=timeout,
     )
 
 
 # --- pip --------------------------------------------------------------------------------------------
 
 NETWORK_MARKERS = (
-    "NewConnectionError", "Connection refused", "ConnectionError", "Max retries exceeded", "ProxyError",
-    "Temporary failure in name resolution", "Name or service not known", "getaddrinfo failed",
-    "No route to host", "Network is unreachable", "ConnectTimeout", "Read timed out", "SSLError",
-    "Could not fetch URL", "timed out",
+    "NewConnectionError",
+    "Connection refused",
+    "ConnectionError",
+    "Max retries exceeded",
+    "ProxyError",
+    "Temporary failure in name resolution",
+    "Name or service not known",
+    "getaddrinfo failed",
+    "No route to host",
+    "Network is unreachable",
+    "ConnectTimeout",
+    "Read timed out",
+    "SSLError",
+    "Could not fetch URL",
+    "timed out",
 )
 NOT_FOUND_MARKERS = ("No matching distribution found", "Could not find a version that satisfies")
 
@@ -428,8 +475,10 @@ def _pip_failure(rc: int, tail: list[str], opts: SetupOptions, what: str, index_
     text = "\n".join(tail)
     last = next((line.strip() for line in reversed(tail) if line.strip().startswith("ERROR")), "")
     if "No space left on device" in text or "[Errno 28]" in text:
-        return SetupError(f"the disk is full while installing {what}: free some space (or choose another "
-                          "folder for the engine's environment), then run the set-up again")
+        return SetupError(
+            f"the disk is full while installing {what}: free some space (or choose another "
+            "folder for the engine's environment), then run the set-up again"
+        )
     unresolved = any(m in text for m in (*NOT_FOUND_MARKERS, "ResolutionImpossible"))
     if opts.offline and unresolved:
         missing = re.search(r"(?:satisfies the requirement|Cannot install) ([A-Za-z0-9_.\-]+)", text)
@@ -437,14 +486,17 @@ def _pip_failure(rc: int, tail: list[str], opts: SetupOptions, what: str, index_
         return SetupError(
             f"the wheelhouse {opts.find_links} has no wheel for {name} that fits this Python and system: "
             "rebuild it with `python -m rs_assistant.setup_engine --download-wheelhouse DIR`, run by a Python of "
-            "the same version on the same kind of system")
+            "the same version on the same kind of system"
+        )
     if any(m in text for m in NETWORK_MARKERS) or (
-            not opts.offline and unresolved and not _reachable(index_url or PYPI_SIMPLE, opts.proxy)):
+        not opts.offline and unresolved and not _reachable(index_url or PYPI_SIMPLE, opts.proxy)
+    ):
         via = f" through the proxy {opts.proxy}" if opts.proxy else ""
         return SetupError(
             f"pip could not reach the package index {index_url or PYPI_SIMPLE}{via} while installing {what} "
             "(no network, or a proxy or firewall refusing): pass --proxy URL for a proxy, --index-url URL for a "
-            "local mirror, or --find-links DIR to install offline from a wheelhouse made with --download-wheelhouse")
+            "local mirror, or --find-links DIR to install offline from a wheelhouse made with --download-wheelhouse"
+        )
     detail = f" ({last})" if last else ""
     return SetupError(f"pip failed (exit {rc}) while installing {what}{detail}: see the log above")
 
@@ -469,7 +521,8 @@ def resolve_variant(choice: TorchChoice, system: str | None = None) -> str:
         if not _has_nvidia_driver(system, shutil.which, os.path.exists):
             raise SetupError(
                 "--torch cuda was asked for but this machine has no NVIDIA driver (no nvidia-smi): install the "
-                "NVIDIA driver first, or use --torch cpu (or auto)")
+                "NVIDIA driver first, or use --torch cpu (or auto)"
+            )
     return choice.value
 
 
@@ -484,8 +537,10 @@ def _check_base_python(opts: SetupOptions) -> tuple[str, str]:
             base = find_base_python()
         except LookupError as exc:
             raise SetupError(str(exc)) from None
-    code = ("import sys\nv = sys.version_info\nprint('%d.%d.%d' % v[:3])\n"
-            "try:\n import venv, ensurepip\nexcept ImportError:\n print('NOVENV')\n")
+    code = (
+        "import sys\nv = sys.version_info\nprint('%d.%d.%d' % v[:3])\n"
+        "try:\n import venv, ensurepip\nexcept ImportError:\n print('NOVENV')\n"
+    )
     try:
         out = _query(base, code, timeout=60)
     except (OSError, subprocess.SubprocessError) as exc:
@@ -498,11 +553,14 @@ def _check_base_python(opts: SetupOptions) -> tuple[str, str]:
         raise SetupError(
             f"the engine needs Python 3.11 or newer but {base} is Python {version} (QGIS's own Python may be "
             "older): install Python 3.11 or 3.12 (python.org, or your system's packages) and pass "
-            "--python PATH_TO_IT (in the plugin: the set-up panel's Python field)")
+            "--python PATH_TO_IT (in the plugin: the set-up panel's Python field)"
+        )
     if "NOVENV" in lines:
         hint = " (on Debian/Ubuntu: sudo apt install python3-venv)" if platform.system() == "Linux" else ""
-        raise SetupError(f"{base} has no venv/ensurepip module to make a virtual environment with: install it"
-                         f"{hint}, or pass --python PATH to another Python 3.11+")
+        raise SetupError(
+            f"{base} has no venv/ensurepip module to make a virtual environment with: install it"
+            f"{hint}, or pass --python PATH to another Python 3.11+"
+        )
     return base, version
 
 
@@ -516,7 +574,8 @@ def _check_disk(target: Path, variant: str) -> None:
     if free_gb < needed:
         raise SetupError(
             f"only {free_gb:.1f} GB free on the disk of {target}, and the engine's environment (torch {variant}) "
-            f"needs about {needed:g} GB: free some space or choose another folder for it")
+            f"needs about {needed:g} GB: free some space or choose another folder for it"
+        )
 
 
 def _python_works(python: Path) -> bool:
@@ -534,11 +593,13 @@ def _make_venv(target: Path, base: str, base_version: str) -> None:
     exists = target.is_dir() and any(target.iterdir())
     if exists and not (target / OWNER_MARK).is_file():
         if (target / "pyvenv.cfg").is_file():
-            raise SetupError(f"{target} is a virtual environment that this set-up did not make: choose another "
-                             "(empty or new) folder for the engine's environment")
+            raise SetupError(
+                f"{target} is a virtual environment that this set-up did not make: choose another "
+                "(empty or new) folder for the engine's environment"
+            )
         raise SetupError(f"{target} is not empty and is not an engine environment: choose an empty or new folder")
     same_minor = (_venv_version(target) or "").split(".")[:2] == base_version.split(".")[:2]
-    if exists and same_minor and _python_works(python):
+    if exists and same_minor and _python_works(python):  # noqa: SIM102
         if _pyvenv_cfg(target).get("include-system-site-packages", "false").lower() == "false":
             _say(f"the environment {target} exists")
             return
@@ -560,8 +621,10 @@ def _make_venv(target: Path, base: str, base_version: str) -> None:
         text = "\n".join(tail)
         if "No space left" in text or "[Errno 28]" in text:
             raise SetupError(f"the disk is full: free some space where {target} is, then run the set-up again")
-        raise SetupError(f"could not create the virtual environment in {target} with {base} (exit {rc}): "
-                         "check the log above; on Debian/Ubuntu install python3-venv, elsewhere pass --python PATH")
+        raise SetupError(
+            f"could not create the virtual environment in {target} with {base} (exit {rc}): "
+            "check the log above; on Debian/Ubuntu install python3-venv, elsewhere pass --python PATH"
+        )
     (target / OWNER_MARK).write_text("made by python -m rs_assistant.setup_engine\n", encoding="utf-8")
     if _query(str(python), "import pip").returncode != 0:
         rc, _ = _run_streamed([str(python), "-m", "ensurepip", "--default-pip"], _child_env())
@@ -601,25 +664,39 @@ def _verify(python: Path, variant: str) -> dict:
     line = next((ln for ln in out.stdout.splitlines() if ln.startswith("VERIFY ")), "")
     if not line:
         raise SetupError(f"{python} failed to check its packages ({out.stderr.strip()[-300:]}): run the set-up again")
-    info = json.loads(line[len("VERIFY "):])
+    info = json.loads(line[len("VERIFY ") :])
     if info["bad"]:
         names = ", ".join(f"{k} ({v})" for k, v in sorted(info["bad"].items()))
         raise SetupError(f"these packages do not import in the engine's environment: {names}: run the set-up again")
     if variant == "cuda" and not info.get("cuda") and platform.system() != "Darwin":
-        raise SetupError(f"torch {info.get('torch')} in the environment is a CPU build although --torch cuda was "
-                         "asked for: pass --torch-index-url with a CUDA wheel index (e.g. "
-                         f"{PYPI_TORCH_CU126}) and run the set-up again")
+        raise SetupError(
+            f"torch {info.get('torch')} in the environment is a CPU build although --torch cuda was "
+            "asked for: pass --torch-index-url with a CUDA wheel index (e.g. "
+            f"{PYPI_TORCH_CU126}) and run the set-up again"
+        )
     try:
-        cli = subprocess.run([str(python), "-m", "rs_assistant.engine", "--help"], capture_output=True, text=True,
-                             encoding="utf-8", errors="replace", env=env, stdin=subprocess.DEVNULL, timeout=600)
+        cli = subprocess.run(
+            [str(python), "-m", "rs_assistant.engine", "--help"],
+            capture_output=True,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            env=env,
+            stdin=subprocess.DEVNULL,
+            timeout=600,
+        )
     except (OSError, subprocess.SubprocessError) as exc:
         raise SetupError(f"the engine's command line does not start ({exc}): run the set-up again")
     if cli.returncode != 0:
-        raise SetupError(f"`python -m rs_assistant.engine --help` fails in the new environment "
-                         f"({cli.stderr.strip().splitlines()[-1:] or cli.returncode}): run the set-up again")
+        raise SetupError(
+            f"`python -m rs_assistant.engine --help` fails in the new environment "
+            f"({cli.stderr.strip().splitlines()[-1:] or cli.returncode}): run the set-up again"
+        )
     cuda = f"CUDA {info['cuda']}" if info.get("cuda") else "no CUDA"
-    _say(f"verified: Python {info['python']}, torch {info['torch']} ({cuda}), {', '.join(VERIFY_MODULES)} import; "
-         "the engine's command line starts")
+    _say(
+        f"verified: Python {info['python']}, torch {info['torch']} ({cuda}), {', '.join(VERIFY_MODULES)} import; "
+        "the engine's command line starts"
+    )
     return info
 
 
@@ -637,8 +714,9 @@ def _install(python: Path, opts: SetupOptions, variant: str, engine_in: Path, co
     _pip_install(str(python), opts, torch_args, torch_index or opts.index_url, "torch")
     (target / TORCH_VARIANT_FILE).write_text(variant + "\n", encoding="utf-8")
     _step(5, "install the engine's packages")
-    _pip_install(str(python), opts, ["-r", str(engine_in), "-c", str(constraints)], opts.index_url,
-                 "the engine's packages")
+    _pip_install(
+        str(python), opts, ["-r", str(engine_in), "-c", str(constraints)], opts.index_url, "the engine's packages"
+    )
 
 
 def run_setup(opts: SetupOptions) -> Path:
@@ -676,11 +754,18 @@ def run_setup(opts: SetupOptions) -> Path:
     _install(python, opts, variant, engine_in, constraints)
     _step(6, STEPS[5])
     info = _verify(python, variant)
-    _write_stamp(target, {
-        "key": _stamp_key((engine_in, constraints), variant, _venv_version(target) or base_version),
-        "variant": variant, "python": info["python"], "torch": info.get("torch"), "cuda": info.get("cuda"),
-        "base_python": base, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    })
+    _write_stamp(
+        target,
+        {
+            "key": _stamp_key((engine_in, constraints), variant, _venv_version(target) or base_version),
+            "variant": variant,
+            "python": info["python"],
+            "torch": info.get("torch"),
+            "cuda": info.get("cuda"),
+            "base_python": base,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+    )
     return python
 
 
@@ -692,19 +777,34 @@ def download_wheelhouse(dest: Path, opts: SetupOptions) -> Path:
     variant = opts.torch.value if opts.torch != TorchChoice.AUTO else detect_torch_variant()
     torch_index = opts.torch_index_url if opts.torch_index_url is not None else torch_index_for(variant)
     if _query(sys.executable, "import pip").returncode != 0:
-        raise SetupError(f"{sys.executable} has no pip: run this command with a Python that has pip "
-                         "(for example the engine environment's python)")
+        raise SetupError(
+            f"{sys.executable} has no pip: run this command with a Python that has pip "
+            "(for example the engine environment's python)"
+        )
     dest.mkdir(parents=True, exist_ok=True)
     base = [sys.executable, "-m", "pip", "download", "--dest", str(dest)]
     plain = replace(opts, find_links=None)
     _step(1, f"download torch ({variant}) from {torch_index or opts.index_url or 'PyPI'}")
-    rc, tail = _run_streamed([*base, *_pip_common(plain, torch_index or opts.index_url), "--no-deps", "torch",
-                              "-c", str(constraints)], _child_env(opts.proxy))
+    rc, tail = _run_streamed(
+        [*base, *_pip_common(plain, torch_index or opts.index_url), "--no-deps", "torch", "-c", str(constraints)],
+        _child_env(opts.proxy),
+    )
     if rc != 0:
         raise _pip_failure(rc, tail, plain, "torch", torch_index or opts.index_url)
     _step(2, "download the engine's packages")
-    rc, tail = _run_streamed([*base, *_pip_common(plain, opts.index_url), "--find-links", str(dest),
-                              "-r", str(engine_in), "-c", str(constraints)], _child_env(opts.proxy))
+    rc, tail = _run_streamed(
+        [
+            *base,
+            *_pip_common(plain, opts.index_url),
+            "--find-links",
+            str(dest),
+            "-r",
+            str(engine_in),
+            "-c",
+            str(constraints),
+        ],
+        _child_env(opts.proxy),
+    )
     if rc != 0:
         raise _pip_failure(rc, tail, plain, "the engine's packages", opts.index_url)
     return dest
@@ -713,18 +813,30 @@ def download_wheelhouse(dest: Path, opts: SetupOptions) -> Path:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m rs_assistant.setup_engine",
-        description="Make (or repair) the engine's Python environment; or build an offline wheelhouse.")
+        description="Make (or repair) the engine's Python environment; or build an offline wheelhouse.",
+    )
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--target", type=Path, help="folder of the engine's virtual environment")
-    where.add_argument("--download-wheelhouse", type=Path, metavar="DIR",
-                       help="download the wheels for an offline set-up (--find-links DIR) into DIR")
-    parser.add_argument("--torch", default="auto", choices=[c.value for c in TorchChoice],
-                        help="torch build: auto (cuda with an NVIDIA driver, else cpu), cpu or cuda")
+    where.add_argument(
+        "--download-wheelhouse",
+        type=Path,
+        metavar="DIR",
+        help="download the wheels for an offline set-up (--find-links DIR) into DIR",
+    )
+    parser.add_argument(
+        "--torch",
+        default="auto",
+        choices=[c.value for c in TorchChoice],
+        help="torch build: auto (cuda with an NVIDIA driver, else cpu), cpu or cuda",
+    )
     parser.add_argument("--find-links", type=Path, help="install offline from this wheelhouse folder")
     parser.add_argument("--index-url", default="", help="package index (a mirror) instead of PyPI")
     parser.add_argument("--proxy", default="", help="HTTP(S) proxy for pip, e.g. http://proxy:3128")
-    parser.add_argument("--torch-index-url", default=None,
-                        help='index for torch (default: the PyTorch index for the variant; "" = the normal index)')
+    parser.add_argument(
+        "--torch-index-url",
+        default=None,
+        help='index for torch (default: the PyTorch index for the variant; "" = the normal index)',
+    )
     parser.add_argument("--python", default="", help="the Python 3.11+ to make the environment with")
     parser.add_argument("--timeout", type=float, default=None, help="pip's socket timeout in seconds")
     parser.add_argument("--retries", type=int, default=None, help="pip's retries per connection")
@@ -740,9 +852,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         opts = SetupOptions(
-            target=args.target or Path("."), torch=TorchChoice(args.torch), find_links=args.find_links,
-            index_url=args.index_url, proxy=args.proxy, torch_index_url=args.torch_index_url, python=args.python,
-            timeout=args.timeout, retries=args.retries)
+            target=args.target or Path("."),
+            torch=TorchChoice(args.torch),
+            find_links=args.find_links,
+            index_url=args.index_url,
+            proxy=args.proxy,
+            torch_index_url=args.torch_index_url,
+            python=args.python,
+            timeout=args.timeout,
+            retries=args.retries,
+        )
     except ValueError as exc:
         _say(f"ERROR {exc}")
         return EXIT_USAGE

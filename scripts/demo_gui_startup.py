@@ -1,6 +1,7 @@
 """Run by QGIS at start-up in `make demo`'s windowed mode (qgis --code): opens the RS Assistant dock.
 
-    qgis --profiles-path out/demo-profile --profile default --project resources/demo/demo.qgs --code scripts/demo_gui_startup.py
+    qgis --profiles-path out/demo-profile --profile default --project resources/demo/demo.qgs --code
+scripts/demo_gui_startup.py
 
 Opening the dock starts the engine on the built-in model; the after image is chosen as the layer to ask about.
 """

@@ -28,7 +28,9 @@ def wait(app, condition, timeout_s: float, what) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() > deadline:
-            raise SystemExit(f"demo: timed out after {timeout_s:.0f} s waiting for {what() if callable(what) else what}")
+            raise SystemExit(
+                f"demo: timed out after {timeout_s:.0f} s waiting for {what() if callable(what) else what}"
+            )
         app.processEvents()
         time.sleep(0.02)
 
@@ -67,7 +69,9 @@ def render_png(path: Path, project, layers, region, dock) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="RS Assistant headless demo")
-    parser.add_argument("--profile", type=Path, required=True, help="QGIS profile folder holding python/plugins/rs_assistant")
+    parser.add_argument(
+        "--profile", type=Path, required=True, help="QGIS profile folder holding python/plugins/rs_assistant"
+    )
     parser.add_argument("--data", type=Path, default=ROOT / "resources" / "demo")
     parser.add_argument("--models", default="", help="models file for the engine (default: the built-in model)")
     parser.add_argument("--out", type=Path, default=ROOT / "out")
@@ -93,10 +97,14 @@ def main(argv: list[str] | None = None) -> int:
     from rs_assistant.core.settings import Settings
     from rs_assistant.ui.settings_store import SettingsStore
 
-    SettingsStore(QgsSettings()).save(Settings(
-        engine_python=str(ROOT / ".venv" / "bin" / "python"), models_file=args.models,
-        output_folder=str(args.out.resolve()), timeout_s=args.timeout,
-    ))
+    SettingsStore(QgsSettings()).save(
+        Settings(
+            engine_python=str(ROOT / ".venv" / "bin" / "python"),
+            models_file=args.models,
+            output_folder=str(args.out.resolve()),
+            timeout_s=args.timeout,
+        )
+    )
     for old in ("rs_assistant_results.gpkg", "demo.gpkg"):  # each demo starts from an empty results file
         (args.out / old).unlink(missing_ok=True)
     iface = RecordingIface()
@@ -130,8 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     dock.beforeLayerCombo.setLayer(before)
     dock.afterLayerCombo.setLayer(after)
     print("demo: waiting for the engine to start ...", flush=True)
-    wait(app, lambda: plugin.controller.client is not None, args.timeout,
-         lambda: f"the engine (its status: {dock.engineStatusLabel.text()!r})")
+    wait(
+        app,
+        lambda: plugin.controller.client is not None,
+        args.timeout,
+        lambda: f"the engine (its status: {dock.engineStatusLabel.text()!r})",
+    )
 
     ext = after.extent()
     side = min(ext.width(), ext.height()) / 4  # a region of about 512 x 512 pixels of the 2048 raster
@@ -164,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     project.clear()
     if gpkg.exists():
         shutil.copyfile(gpkg, args.out / "demo.gpkg")
-    print(f"demo: wrote {args.out / 'demo.gpkg'}, {args.out / 'demo_transcript.md'}, {args.out / 'demo.png'}", flush=True)
+    print(
+        f"demo: wrote {args.out / 'demo.gpkg'}, {args.out / 'demo_transcript.md'}, {args.out / 'demo.png'}", flush=True
+    )
     app.exitQgis()
     # Python's own teardown of PyQGIS objects can crash after exitQgis(); everything is written.
     os._exit(1 if failed else 0)

@@ -31,9 +31,19 @@ PROJECT_CRS = "EPSG:3857"
 def write_rgb(path: Path, scene) -> None:
     height, width = scene.image.shape[:2]
     profile = {
-        "driver": "GTiff", "width": width, "height": height, "count": 3, "dtype": "uint8",
-        "crs": scene.crs, "transform": scene.transform, "tiled": True, "blockxsize": 256, "blockysize": 256,
-        "compress": "JPEG", "photometric": "YCBCR", "jpeg_quality": 88,
+        "driver": "GTiff",
+        "width": width,
+        "height": height,
+        "count": 3,
+        "dtype": "uint8",
+        "crs": scene.crs,
+        "transform": scene.transform,
+        "tiled": True,
+        "blockxsize": 256,
+        "blockysize": 256,
+        "compress": "JPEG",
+        "photometric": "YCBCR",
+        "jpeg_quality": 88,
     }
     tmp = path.with_suffix(".tmp.tif")
     with rasterio.open(tmp, "w", **profile) as dst:
@@ -44,7 +54,11 @@ def write_rgb(path: Path, scene) -> None:
 
 def write_project(out: Path) -> None:
     from qgis.core import (
-        QgsApplication, QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsProject, QgsRasterLayer,
+        QgsApplication,
+        QgsCoordinateReferenceSystem,
+        QgsCoordinateTransform,
+        QgsProject,
+        QgsRasterLayer,
         QgsReferencedRectangle,
     )
 

@@ -116,9 +116,17 @@ class Shots:
             from PIL import Image  # Pillow: Debian's, seen by .venv
 
             image = image.convertToFormat(QImage.Format.Format_RGB888)
-            pixels = Image.frombytes("RGB", (image.width(), image.height()),
-                                     image.constBits().asstring(image.sizeInBytes()), "raw", "RGB", image.bytesPerLine())
-            pixels.quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE).save(path, "PNG", optimize=True)
+            pixels = Image.frombytes(
+                "RGB",
+                (image.width(), image.height()),
+                image.constBits().asstring(image.sizeInBytes()),
+                "raw",
+                "RGB",
+                image.bytesPerLine(),
+            )
+            pixels.quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE).save(
+                path, "PNG", optimize=True
+            )
         elif not image.save(str(path), "PNG", 0):
             raise OSError(f"could not write {path}")
         self.saved.append(path)
@@ -199,11 +207,17 @@ def stand_in_setup(target: Path, stop_at_step: int | None) -> list[str]:
         1: ["Python 3.11.2 at /usr/bin/python3.11"],
         2: [f"free space in the target's disk: 212.4 GB (needs {setup_engine.disk_needed_gb('cpu'):.1f} GB)"],
         3: [f"created the virtual environment {target}"],
-        4: ["  Looking in links: /data/wheelhouse", "  Processing /data/wheelhouse/torch-2.13.0+cpu-cp311-cp311-linux_x86_64.whl",
-            "  Processing /data/wheelhouse/filelock-3.16.1-py3-none-any.whl", "  Installing collected packages: filelock, torch"],
-        5: ["  Processing /data/wheelhouse/transformers-4.57.1-py3-none-any.whl",
+        4: [
+            "  Looking in links: /data/wheelhouse",
+            "  Processing /data/wheelhouse/torch-2.13.0+cpu-cp311-cp311-linux_x86_64.whl",
+            "  Processing /data/wheelhouse/filelock-3.16.1-py3-none-any.whl",
+            "  Installing collected packages: filelock, torch",
+        ],
+        5: [
+            "  Processing /data/wheelhouse/transformers-4.57.1-py3-none-any.whl",
             "  Processing /data/wheelhouse/rasterio-1.4.3-cp311-cp311-manylinux_2_17_x86_64.whl",
-            "  Successfully installed fastapi-0.115.6 rasterio-1.4.3 transformers-4.57.1 uvicorn-0.32.1"],
+            "  Successfully installed fastapi-0.115.6 rasterio-1.4.3 transformers-4.57.1 uvicorn-0.32.1",
+        ],
         6: ["torch 2.13.0+cpu, transformers 4.57.1, rasterio 1.4.3: all import"],
     }
     steps = setup_engine.STEPS
@@ -245,8 +259,9 @@ def first_run_screens(shots: Shots, work: Path, keep: list) -> None:
     shots.save(dock, "setup-before.png")
 
     panel.setupEngineButton.click()
-    shots.wait_until(lambda: "STEP 4/" in panel.logView.toPlainText() and panel.progressBar.value() >= 50,
-                     what="the set-up's step 4")
+    shots.wait_until(
+        lambda: "STEP 4/" in panel.logView.toPlainText() and panel.progressBar.value() >= 50, what="the set-up's step 4"
+    )
     shots.save(dock, "setup-during.png")
 
     panel.cancelButton.click()
@@ -261,10 +276,18 @@ def first_run_screens(shots: Shots, work: Path, keep: list) -> None:
     # the chat once the engine is ready: the Model row and an answer that names its model
     dock.set_engine_status(EngineStatus(EngineState.READY))
     dock.hide_setup()
-    controller.modelsChanged.emit([ModelInfo("default", "rsa", (Task.CAPTION, Task.GROUND, Task.SEGMENT, Task.CHANGE), True),
-                                   ModelInfo("florence2-base", "florence2", (Task.CAPTION, Task.GROUND, Task.SEGMENT), False)])
-    turn = controller.conversation.ask("/find storage tanks", parse_command("/find storage tanks"), layer_names=("after",))
-    controller.conversation.answer(turn.id, "found 3", model="florence2-base", feature_count=3, result_layers=("find storage tanks",))
+    controller.modelsChanged.emit(
+        [
+            ModelInfo("default", "rsa", (Task.CAPTION, Task.GROUND, Task.SEGMENT, Task.CHANGE), True),
+            ModelInfo("florence2-base", "florence2", (Task.CAPTION, Task.GROUND, Task.SEGMENT), False),
+        ]
+    )
+    turn = controller.conversation.ask(
+        "/find storage tanks", parse_command("/find storage tanks"), layer_names=("after",)
+    )
+    controller.conversation.answer(
+        turn.id, "found 3", model="florence2-base", feature_count=3, result_layers=("find storage tanks",)
+    )
     controller.turnChanged.emit(turn.id)
     shots.wait_until(lambda: True)
     shots.save(dock, "dock-models.png")
@@ -275,14 +298,17 @@ def first_run_screens(shots: Shots, work: Path, keep: list) -> None:
 
     # the model manager, listed by the real engine CLI with this Python
     models_file = work / "models.toml"
-    models_file.write_text(textwrap.dedent(f"""\
+    models_file.write_text(
+        textwrap.dedent(f"""\
         [models.rsa-large]
         backend = "rsa"
-        path = "{resource('models', 'rsa-default').as_posix()}"
+        path = "{resource("models", "rsa-default").as_posix()}"
 
         [tasks]
         ground = "rsa-large"
-        """), encoding="utf-8")
+        """),
+        encoding="utf-8",
+    )
     store.save(Settings(engine_python=sys.executable, models_file=str(models_file)))
     dialog = ModelManagerDialog(store)
     keep.append(dialog)
@@ -357,7 +383,10 @@ class Assistant:
         turn = self.controller.conversation.turns[-1]
         if turn.state is not TurnState.ANSWERED:
             raise RuntimeError(f"{text!r} was not answered: {turn.state.value} {turn.error} {turn.error_detail}")
-        print(f"  {text!r}: {turn.answer.splitlines()[0] if turn.answer else ''} ({turn.feature_count} features)", flush=True)
+        print(
+            f"  {text!r}: {turn.answer.splitlines()[0] if turn.answer else ''} ({turn.feature_count} features)",
+            flush=True,
+        )
 
     def show(self, layers: list, extent: QgsRectangle | None = None) -> None:
         self.canvas.setLayers([*layers, self.after])
@@ -404,7 +433,9 @@ def assistant_screens(shots: Shots, work: Path, keep: list) -> None:
     shots.save(dock, "answer-held-back.png")
     if find_turn.held_back:
         dock._on_link(f"heldback:{find_turn.id}")  # what clicking "Show N more below 0.3" does
-        shots.wait_until(lambda: controller.conversation.get(find_turn.id).held_back == 0, what="the held-back detections")
+        shots.wait_until(
+            lambda: controller.conversation.get(find_turn.id).held_back == 0, what="the held-back detections"
+        )
     else:
         print("  (the find held nothing back: answer-held-back-shown.png shows the answer as it is)", flush=True)
     shots.save(dock, "answer-held-back-shown.png")
@@ -477,7 +508,9 @@ def mask_export_screens(shots: Shots, a: Assistant, buildings: QgsVectorLayer, w
     dialog.start_export()
     shots.wait_until(lambda: done, timeout_s=120, what="the mask export")
     if not done[0]:
-        raise RuntimeError(f"the mask export failed: {dialog.statusLabel.text() if hasattr(dialog, 'statusLabel') else ''}")
+        raise RuntimeError(
+            f"the mask export failed: {dialog.statusLabel.text() if hasattr(dialog, 'statusLabel') else ''}"
+        )
     mask = a.project.mapLayersByName("buildings_mask")[0]
     a.show([mask])
     shots.save(a.window, "mask-export-done.png", palette=True)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -18,8 +18,9 @@ import pytest
 def small_disk(folder: Path, size_bytes: int) -> Iterator[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     size_kb = max(4, size_bytes // 1024)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(folder)],
-                             capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(folder)], capture_output=True, text=True
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a {size_kb} kB tmpfs for a full-disk case: {mounted.stderr.strip()}")
     try:

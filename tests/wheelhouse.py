@@ -51,8 +51,17 @@ def engine_wheelhouse(timeout: float = 1800) -> Path:
             return folder
         partial = folder.parent / f"{folder.name}.part"
         shutil.rmtree(partial, ignore_errors=True)
-        cmd = [sys.executable, "-m", "rs_assistant.setup_engine", "--download-wheelhouse", str(partial),
-               "--torch", "cpu", "--torch-index-url", ""]  # "": torch from pip's configured indexes/find-links
+        cmd = [
+            sys.executable,
+            "-m",
+            "rs_assistant.setup_engine",
+            "--download-wheelhouse",
+            str(partial),
+            "--torch",
+            "cpu",
+            "--torch-index-url",
+            "",
+        ]  # "": torch from pip's configured indexes/find-links
         out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
         if out.returncode != 0:
             raise RuntimeError(f"could not build the test wheelhouse ({' '.join(cmd)}):\n{out.stdout[-3000:]}")

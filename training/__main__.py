@@ -32,8 +32,9 @@ import logging
 import os
 import sys
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 # Before torch starts OpenMP: idle threads sleep instead of spinning, so a busy neighbour on the
 # same cores does not slow every parallel region down many times.
@@ -108,8 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.recipe in NOT_IMPLEMENTED:
-        log.error("recipe %r (%s) is not implemented yet; implemented recipes: %s (see training/README.md)",
-                  args.recipe, NOT_IMPLEMENTED[args.recipe], ", ".join(RECIPES))
+        log.error(
+            "recipe %r (%s) is not implemented yet; implemented recipes: %s (see training/README.md)",
+            args.recipe,
+            NOT_IMPLEMENTED[args.recipe],
+            ", ".join(RECIPES),
+        )
         return 2
     if args.recipe not in RECIPES:
         parser.error(f"unknown recipe {args.recipe!r}; known recipes: {', '.join(RECIPES)}")

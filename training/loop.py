@@ -43,11 +43,12 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator, Mapping, Self, Sequence
+from typing import Any, ClassVar, Self
 
 import numpy as np
 import torch
@@ -114,13 +115,19 @@ class LoopConfig(ConfigFromDict):
         if self.batch_size < 1 or self.max_steps < 1 or self.checkpoint_every < 1 or self.log_every < 1:
             raise ValueError("batch_size, max_steps, checkpoint_every and log_every must be positive")
         if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1 or self.warmup_steps < 0:
-            raise ValueError(f"lr must be positive and min_lr_ratio in [0, 1]; got lr={self.lr}, min_lr_ratio={self.min_lr_ratio}")
+            raise ValueError(
+                f"lr must be positive and min_lr_ratio in [0, 1]; got lr={self.lr}, min_lr_ratio={self.min_lr_ratio}"
+            )
         if self.device not in DEVICES or self.precision not in PRECISIONS:
-            raise ValueError(f"device must be one of {', '.join(DEVICES)} and precision one of {', '.join(PRECISIONS)}; "
-                             f"got device={self.device!r}, precision={self.precision!r}")
+            raise ValueError(
+                f"device must be one of {', '.join(DEVICES)} and precision one of {', '.join(PRECISIONS)}; "
+                f"got device={self.device!r}, precision={self.precision!r}"
+            )
         out, work = Path(self.out).resolve(), Path(self.work_dir).resolve()
         if work == out or out in work.parents:
-            raise ValueError(f"work_dir {self.work_dir} must lie outside out {self.out}: only the final model is exported")
+            raise ValueError(
+                f"work_dir {self.work_dir} must lie outside out {self.out}: only the final model is exported"
+            )
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
 
 
@@ -185,8 +192,10 @@ class Recipe(abc.ABC):
     def enable_gradient_checkpointing(self, model: nn.Module) -> None:
         """Turn on activation checkpointing in every transformers sub-model that supports it."""
         for module in model.modules():
-            if module is not model and hasattr(module, "gradient_checkpointing_enable") and getattr(
-                module, "supports_gradient_checkpointing", False
+            if (
+                module is not model
+                and hasattr(module, "gradient_checkpointing_enable")
+                and getattr(module, "supports_gradient_checkpointing", False)
             ):
                 module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
@@ -205,8 +214,9 @@ class Recipe(abc.ABC):
 
 def local_batch_size(config: LoopConfig, world: int) -> int:
     if config.batch_size % world:
-        raise ValueError(f"batch_size {config.batch_size} does not split over {world} processes; "
-                         f"use a multiple of {world}")
+        raise ValueError(
+            f"batch_size {config.batch_size} does not split over {world} processes; use a multiple of {world}"
+        )
     return config.batch_size // world
 
 
@@ -239,8 +249,15 @@ def _permutation(seed: int, epoch: int, n: int) -> np.ndarray:
 class _StepBatches(torch.utils.data.Dataset):
     """Item ``i`` = the collated batch of step ``start + i`` (so DataLoader workers build whole batches)."""
 
-    def __init__(self, config: LoopConfig, start: int, num_samples: int, collate: Callable[[list[int], int], dict],
-                 rank: int, world: int) -> None:
+    def __init__(
+        self,
+        config: LoopConfig,
+        start: int,
+        num_samples: int,
+        collate: Callable[[list[int], int], dict],
+        rank: int,
+        world: int,
+    ) -> None:
         self.config, self.start, self.num_samples, self.collate = config, start, num_samples, collate
         self.rank, self.world = rank, world
 
@@ -252,24 +269,40 @@ class _StepBatches(torch.utils.data.Dataset):
         return self.collate(step_indices(self.config, step, self.num_samples, self.rank, self.world), step)
 
 
-def map_batches(config: LoopConfig, start_step: int, runtime: Runtime, num_samples: int,
-                collate: Callable[[list[int], int], dict]) -> Iterator[dict]:
+def map_batches(
+    config: LoopConfig, start_step: int, runtime: Runtime, num_samples: int, collate: Callable[[list[int], int], dict]
+) -> Iterator[dict]:
     """Batches of a map-style data set: ``collate(indices, step)`` builds one from data set indices."""
     data = _StepBatches(config, start_step, num_samples, collate, runtime.rank, runtime.world)
-    loader = torch.utils.data.DataLoader(data, batch_size=None, shuffle=False, num_workers=config.num_workers,
-                                         persistent_workers=False, pin_memory=runtime.device.type == "cuda")
+    loader = torch.utils.data.DataLoader(
+        data,
+        batch_size=None,
+        shuffle=False,
+        num_workers=config.num_workers,
+        persistent_workers=False,
+        pin_memory=runtime.device.type == "cuda",
+    )
     return iter(loader)
 
 
-def stream_batches(config: LoopConfig, start_step: int, runtime: Runtime, stream: Callable[[int], Iterator[Any]],
-                   collate: Callable[[list[Any], int], dict]) -> Iterator[dict]:
+def stream_batches(
+    config: LoopConfig,
+    start_step: int,
+    runtime: Runtime,
+    stream: Callable[[int], Iterator[Any]],
+    collate: Callable[[list[Any], int], dict],
+) -> Iterator[dict]:
     """Batches of a stream (WebDataset shards): ``stream(epoch)`` yields this process's samples.
 
     Resuming at step ``n`` skips the ``n * local batch`` samples read before (read, not decoded);
     ``fixed_batches`` replays the first batches.
     """
     local = local_batch_size(config, runtime.world)
-    step, epoch, skip = start_step, 0, (start_step % config.fixed_batches if config.fixed_batches else start_step) * local
+    step, epoch, skip = (
+        start_step,
+        0,
+        (start_step % config.fixed_batches if config.fixed_batches else start_step) * local,
+    )
     kept: list[dict] = []
     while step < config.max_steps:
         batch: list[Any] = []
@@ -319,7 +352,9 @@ def setup_runtime(config: LoopConfig) -> tuple[Runtime, bool]:
         torch.set_num_threads(config.threads)
     started = False
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world, timeout=timedelta(minutes=30))
+        dist.init_process_group(
+            "nccl" if use_cuda else "gloo", rank=rank, world_size=world, timeout=timedelta(minutes=30)
+        )
         started = True
     if dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
@@ -383,9 +418,12 @@ def read_checkpoint(recipe: Recipe) -> dict[str, Any] | None:
         return None
     if not isinstance(checkpoint, dict) or checkpoint.get("recipe") != recipe.name:
         found = checkpoint.get("recipe") if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        raise ValueError(f"{path} was written by recipe {found!r}, not {recipe.name!r}; use another work_dir or --fresh")
-    check_settings(path, checkpoint["config"], recipe.config.as_json(), ("seed", "batch_size", "fixed_batches",
-                                                                          *recipe.run_keys))
+        raise ValueError(
+            f"{path} was written by recipe {found!r}, not {recipe.name!r}; use another work_dir or --fresh"
+        )
+    check_settings(
+        path, checkpoint["config"], recipe.config.as_json(), ("seed", "batch_size", "fixed_batches", *recipe.run_keys)
+    )
     return checkpoint
 
 
@@ -396,17 +434,20 @@ def load_checkpoint(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 - a torn or foreign file: say which and what to do
-        raise ValueError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {exc}); "
-                         "delete it or run with --fresh") from exc
+        raise ValueError(
+            f"{path} is not a readable checkpoint ({type(exc).__name__}: {exc}); delete it or run with --fresh"
+        ) from exc
 
 
 def check_settings(path: Path, saved: Mapping[str, Any], now: Mapping[str, Any], keys: Sequence[str]) -> None:
     """A checkpoint's config (``saved``) agrees with this run's on ``keys``; ValueError naming the ones that differ."""
     changed = [k for k in keys if saved.get(k) != now.get(k)]
     if changed:
-        raise ValueError(f"{path} was written with other settings ({', '.join(f'{k}: {saved.get(k)!r}' for k in changed)}, "
-                         f"now {', '.join(f'{k}: {now.get(k)!r}' for k in changed)}); use the same config to resume, "
-                         "or --fresh to start over")
+        raise ValueError(
+            f"{path} was written with other settings ({', '.join(f'{k}: {saved.get(k)!r}' for k in changed)}, "
+            f"now {', '.join(f'{k}: {now.get(k)!r}' for k in changed)}); use the same config to resume, "
+            "or --fresh to start over"
+        )
 
 
 def write_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -460,8 +501,10 @@ def _train(recipe: Recipe, runtime: Runtime, fresh: bool, stop: Callable[[int], 
     if checkpoint is not None:
         missing = set(trainable_state(model)) ^ set(checkpoint["trainable"])
         if missing:
-            raise ValueError(f"{work_dir / CHECKPOINT} holds other trainable parameters than this model "
-                             f"(differing: {', '.join(sorted(missing)[:5])}); use the same config, or --fresh")
+            raise ValueError(
+                f"{work_dir / CHECKPOINT} holds other trainable parameters than this model "
+                f"(differing: {', '.join(sorted(missing)[:5])}); use the same config, or --fresh"
+            )
         model.load_state_dict(checkpoint["trainable"], strict=False)
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
@@ -470,8 +513,11 @@ def _train(recipe: Recipe, runtime: Runtime, fresh: bool, stop: Callable[[int], 
         if len(states) == runtime.world:
             set_rng_state(states[runtime.rank])
         else:
-            log.warning("checkpoint from %d process(es), now %d: random states restarted from the seed",
-                        len(states), runtime.world)
+            log.warning(
+                "checkpoint from %d process(es), now %d: random states restarted from the seed",
+                len(states),
+                runtime.world,
+            )
             set_seed(config.seed + 1000 * step + runtime.rank)
         if runtime.main:
             log.info("resumed from %s at step %d (%.0f s trained)", work_dir / CHECKPOINT, step, elapsed)
@@ -480,9 +526,16 @@ def _train(recipe: Recipe, runtime: Runtime, fresh: bool, stop: Callable[[int], 
         model = nn.parallel.DistributedDataParallel(model, **ddp_args)
     if runtime.main:
         total = sum(p.numel() for p in unwrap(model).parameters())
-        log.info("recipe %s: %.2fM parameters, %.2fM trainable, on %s x%d (%s), global batch %d",
-                 recipe.name, total / 1e6, sum(p.numel() for p in trainable) / 1e6, runtime.device, runtime.world,
-                 runtime.autocast_dtype or torch.float32, config.batch_size)
+        log.info(
+            "recipe %s: %.2fM parameters, %.2fM trainable, on %s x%d (%s), global batch %d",
+            recipe.name,
+            total / 1e6,
+            sum(p.numel() for p in trainable) / 1e6,
+            runtime.device,
+            runtime.world,
+            runtime.autocast_dtype or torch.float32,
+            config.batch_size,
+        )
 
     def save() -> None:
         states = [None] * runtime.world
@@ -491,17 +544,31 @@ def _train(recipe: Recipe, runtime: Runtime, fresh: bool, stop: Callable[[int], 
         else:
             states = [rng_state()]
         if runtime.main:
-            write_checkpoint(work_dir / CHECKPOINT, {
-                "recipe": recipe.name, "trainable": trainable_state(model), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "step": step, "elapsed": elapsed, "rng": states,
-                "config": config.as_json(),
-            })
+            write_checkpoint(
+                work_dir / CHECKPOINT,
+                {
+                    "recipe": recipe.name,
+                    "trainable": trainable_state(model),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "step": step,
+                    "elapsed": elapsed,
+                    "rng": states,
+                    "config": config.as_json(),
+                },
+            )
         _barrier(runtime)
 
     model.train()
     smoothed: dict[str, float] = {}
-    bar = tqdm(total=config.max_steps, initial=step, desc=f"train {recipe.name}", unit="step", dynamic_ncols=True,
-               disable=not runtime.main)
+    bar = tqdm(
+        total=config.max_steps,
+        initial=step,
+        desc=f"train {recipe.name}",
+        unit="step",
+        dynamic_ncols=True,
+        disable=not runtime.main,
+    )
     session_start = time.perf_counter() - elapsed
     log_file = (work_dir / LOG_FILE).open("a", encoding="utf-8") if runtime.main else None
     try:
@@ -516,9 +583,13 @@ def _train(recipe: Recipe, runtime: Runtime, fresh: bool, stop: Callable[[int], 
             bar.update(1)
             bar.set_postfix({k: f"{v:.3f}" for k, v in smoothed.items()}, refresh=False)
             if log_file is not None and (step % config.log_every == 0 or step == config.max_steps):
-                record = {"step": step, **{k: round(v, 6) for k, v in terms.items()},
-                          "lr": scheduler.get_last_lr()[0], "elapsed": round(elapsed, 2),
-                          "samples": step * config.batch_size}
+                record = {
+                    "step": step,
+                    **{k: round(v, 6) for k, v in terms.items()},
+                    "lr": scheduler.get_last_lr()[0],
+                    "elapsed": round(elapsed, 2),
+                    "samples": step * config.batch_size,
+                }
                 log_file.write(json.dumps(record) + "\n")
                 log_file.flush()
             stopping = _agree(stop is not None and stop(step), runtime)
@@ -578,15 +649,25 @@ def _to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-def _step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, batch: dict[str, Any], runtime: Runtime,
-          config: LoopConfig, step: int, recipe: Recipe) -> dict[str, float]:
+def _step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    batch: dict[str, Any],
+    runtime: Runtime,
+    config: LoopConfig,
+    step: int,
+    recipe: Recipe,
+) -> dict[str, float]:
     try:
         with runtime.autocast():
             out = model(**batch)
         loss = out["loss"]
         if not torch.isfinite(loss):
-            raise TrainingError(f"recipe {recipe.name}: the loss is {loss.item()} at step {step + 1}; lower lr "
-                                f"(now {config.lr}) or raise warmup_steps (now {config.warmup_steps})")
+            raise TrainingError(
+                f"recipe {recipe.name}: the loss is {loss.item()} at step {step + 1}; lower lr "
+                f"(now {config.lr}) or raise warmup_steps (now {config.warmup_steps})"
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip > 0:
@@ -595,8 +676,12 @@ def _step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, ba
         scheduler.step()
     except torch.cuda.OutOfMemoryError as exc:
         on_gpu = runtime.device.type == "cuda"
-        where = (f"{torch.cuda.get_device_name(runtime.device)}, {torch.cuda.get_device_properties(runtime.device).total_memory / 2**30:.1f} GiB"
-                 if on_gpu else str(runtime.device))
+        where = (
+            f"{torch.cuda.get_device_name(runtime.device)}, "
+            f"{torch.cuda.get_device_properties(runtime.device).total_memory / 2**30:.1f} GiB"
+            if on_gpu
+            else str(runtime.device)
+        )
         raise TrainingError(
             f"CUDA out of memory at step {step + 1} of recipe {recipe.name}: {local_batch_size(config, runtime.world)} "
             f"sample(s) per process (batch_size {config.batch_size} over {runtime.world} process(es)) on "

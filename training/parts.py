@@ -8,14 +8,17 @@ expected, so a wrong path fails at once with a message that says how to fix it.
 from __future__ import annotations
 
 import json
+from collections.abc import Collection, Mapping
 from pathlib import Path
-from typing import Any, Collection, Mapping
+from typing import Any
 
 from training.loop import describe_found
 
 CLIP_TYPES = ("clip", "clip_vision_model")
-CAUSAL_LM_EXPECTED = ("a causal language model folder (config.json whose model_type has a causal-LM class in transformers, "
-                      "e.g. llama or qwen2; weights; tokenizer)")
+CAUSAL_LM_EXPECTED = (
+    "a causal language model folder (config.json whose model_type has a causal-LM class in transformers, "
+    "e.g. llama or qwen2; weights; tokenizer)"
+)
 
 
 def config_json(folder: Path, what: str, expected: str) -> dict:
@@ -34,14 +37,20 @@ def check_model_type(folder: Path, what: str, types: Collection[str], expected: 
     """The model_type of ``folder``'s config.json, one of ``types``; ``wrong`` is added to the error otherwise."""
     model_type = config_json(folder, what, expected).get("model_type")
     if model_type not in types:
-        raise ValueError(f"{what} {folder} holds a {model_type!r} model (config.json model_type){wrong}; expected {expected}")
+        raise ValueError(
+            f"{what} {folder} holds a {model_type!r} model (config.json model_type){wrong}; expected {expected}"
+        )
     return model_type
 
 
 def check_clip(folder: Path, what: str, files: str = "weights") -> None:
     """A transformers CLIP or CLIP-vision folder (``files``: what else it must hold, for the message)."""
-    check_model_type(folder, what, CLIP_TYPES,
-                     f"a CLIP checkpoint folder (config.json model_type 'clip' or 'clip_vision_model', {files})")
+    check_model_type(
+        folder,
+        what,
+        CLIP_TYPES,
+        f"a CLIP checkpoint folder (config.json model_type 'clip' or 'clip_vision_model', {files})",
+    )
 
 
 def check_causal_lm(folder: Path, what: str) -> None:
@@ -55,8 +64,10 @@ def check_loading_info(folder: Path, info: Mapping[str, Any]) -> None:
     """``from_pretrained(..., output_loading_info=True)``'s report: every weight found, none left over."""
     wrong = [k for k in ("missing_keys", "unexpected_keys", "mismatched_keys") if info.get(k)]
     if wrong:
-        raise ValueError(f"init_from {folder}: config.json does not match the weights "
-                         f"({'; '.join(f'{k}: {sorted(map(str, info[k]))[:3]}' for k in wrong)})")
+        raise ValueError(
+            f"init_from {folder}: config.json does not match the weights "
+            f"({'; '.join(f'{k}: {sorted(map(str, info[k]))[:3]}' for k in wrong)})"
+        )
 
 
 def vision_and_lm(work_dir: str | Path, vision_path: str, lm_path: str) -> tuple[Path, Path]:
@@ -73,5 +84,10 @@ def lora_config(c: Any) -> Any:
     """peft's LoraConfig from a recipe config's ``lora_r``, ``lora_alpha``, ``lora_dropout``, ``lora_targets``."""
     from peft import LoraConfig
 
-    return LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
-                      target_modules=list(c.lora_targets), bias="none")
+    return LoraConfig(
+        r=c.lora_r,
+        lora_alpha=c.lora_alpha,
+        lora_dropout=c.lora_dropout,
+        target_modules=list(c.lora_targets),
+        bias="none",
+    )

@@ -18,13 +18,21 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import regex
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
-from transformers import CLIPConfig, CLIPModel, CLIPProcessor, CLIPTokenizer, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers import (
+    CLIPConfig,
+    CLIPModel,
+    CLIPProcessor,
+    CLIPTokenizer,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
 from rs_assistant.engine.backends.clip import bytes_to_unicode, vocab_from_merges
@@ -39,14 +47,26 @@ CORPUS = (
 #: Scene classes (RSICD's, a few) whose captions the tiny LM is pre-trained on, so that it is a
 #: language model (as RS-CapRet's frozen LLM is) and an image bridge has something to steer.
 LABELS = ("forest", "harbor", "airport", "farmland", "river", "beach", "desert", "meadow", "parking lot", "stadium")
-CAPTION_TEMPLATES = ("a satellite image of {label}.", "an aerial view of the {label}.", "there is a {label} in the image.")
+CAPTION_TEMPLATES = (
+    "a satellite image of {label}.",
+    "an aerial view of the {label}.",
+    "there is a {label} in the image.",
+)
 PRETRAIN_STEPS = 150
 #: The pre-tokenizer split of the original CLIP tokenizer.
 _CLIP_SPLIT = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 #: The pre-tokenizer split of the Qwen2 tokenizer.
 _QWEN_SPLIT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-CLIP_SIZES = {"image_size": 32, "patch_size": 8, "context_length": 24, "embed_dim": 32,
-              "vision_width": 32, "text_width": 32, "layers": 2, "heads": 2}
+CLIP_SIZES = {
+    "image_size": 32,
+    "patch_size": 8,
+    "context_length": 24,
+    "embed_dim": 32,
+    "vision_width": 32,
+    "text_width": 32,
+    "layers": 2,
+    "heads": 2,
+}
 LM_SIZES = {"hidden_size": 64, "intermediate_size": 128, "layers": 2, "heads": 4, "kv_heads": 2}
 
 
@@ -104,18 +124,32 @@ def tiny_clip(path: Path, seed: int = 0) -> Path:
     def write(folder: Path) -> None:
         merges = clip_merges()
         tokenizer = CLIPTokenizer(vocab=vocab_from_merges(merges), merges=merges, model_max_length=s["context_length"])
-        processor = CLIPImageProcessorPil(size={"shortest_edge": s["image_size"]},
-                                          crop_size={"height": s["image_size"], "width": s["image_size"]})
+        processor = CLIPImageProcessorPil(
+            size={"shortest_edge": s["image_size"]}, crop_size={"height": s["image_size"], "width": s["image_size"]}
+        )
         config = CLIPConfig(
             projection_dim=s["embed_dim"],
-            vision_config={"hidden_size": s["vision_width"], "intermediate_size": 4 * s["vision_width"],
-                           "num_hidden_layers": s["layers"], "num_attention_heads": s["heads"],
-                           "image_size": s["image_size"], "patch_size": s["patch_size"], "hidden_act": "quick_gelu"},
-            text_config={"vocab_size": len(tokenizer), "hidden_size": s["text_width"],
-                         "intermediate_size": 4 * s["text_width"], "num_hidden_layers": s["layers"],
-                         "num_attention_heads": s["heads"], "max_position_embeddings": s["context_length"],
-                         "hidden_act": "quick_gelu", "bos_token_id": tokenizer.bos_token_id,
-                         "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id},
+            vision_config={
+                "hidden_size": s["vision_width"],
+                "intermediate_size": 4 * s["vision_width"],
+                "num_hidden_layers": s["layers"],
+                "num_attention_heads": s["heads"],
+                "image_size": s["image_size"],
+                "patch_size": s["patch_size"],
+                "hidden_act": "quick_gelu",
+            },
+            text_config={
+                "vocab_size": len(tokenizer),
+                "hidden_size": s["text_width"],
+                "intermediate_size": 4 * s["text_width"],
+                "num_hidden_layers": s["layers"],
+                "num_attention_heads": s["heads"],
+                "max_position_embeddings": s["context_length"],
+                "hidden_act": "quick_gelu",
+                "bos_token_id": tokenizer.bos_token_id,
+                "eos_token_id": tokenizer.eos_token_id,
+                "pad_token_id": tokenizer.pad_token_id,
+            },
         )
         torch.manual_seed(seed)
         CLIPModel(config).save_pretrained(folder)
@@ -132,12 +166,17 @@ def lm_tokenizer(corpus: Iterable[str] = CORPUS) -> PreTrainedTokenizerFast:
         vocab.setdefault(left + right, len(vocab))
     bpe = Tokenizer(models.BPE(vocab=vocab, merges=merges))
     bpe.normalizer = normalizers.NFC()
-    bpe.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(_QWEN_SPLIT), behavior="isolated"),
-                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    bpe.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(_QWEN_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     bpe.decoder = decoders.ByteLevel()
     bpe.add_special_tokens(["<|endoftext|>"])
-    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
-                                   bos_token=None, model_max_length=512)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|endoftext|>", bos_token=None, model_max_length=512
+    )
 
 
 def lm_corpus() -> list[str]:
@@ -172,11 +211,19 @@ def tiny_causal_lm(path: Path, seed: int = 0) -> Path:
 
     def write(folder: Path) -> None:
         tokenizer = lm_tokenizer(lm_corpus())
-        config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=s["hidden_size"], intermediate_size=s["intermediate_size"],
-                             num_hidden_layers=s["layers"], num_attention_heads=s["heads"],
-                             num_key_value_heads=s["kv_heads"], max_position_embeddings=256, tie_word_embeddings=True,
-                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                             bos_token_id=tokenizer.eos_token_id)
+        config = Qwen2Config(
+            vocab_size=len(tokenizer),
+            hidden_size=s["hidden_size"],
+            intermediate_size=s["intermediate_size"],
+            num_hidden_layers=s["layers"],
+            num_attention_heads=s["heads"],
+            num_key_value_heads=s["kv_heads"],
+            max_position_embeddings=256,
+            tie_word_embeddings=True,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.eos_token_id,
+        )
         torch.manual_seed(seed)
         model = Qwen2ForCausalLM(config)
         _pretrain(model, tokenizer)

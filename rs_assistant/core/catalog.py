@@ -88,13 +88,17 @@ class CatalogEntry:
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name) or self.name in ("auto", "default"):
-            raise ValueError(f"catalogue name {self.name!r} must be lower-case letters, digits, '.', '_' or '-', not auto/default")
+            raise ValueError(
+                f"catalogue name {self.name!r} must be lower-case letters, digits, '.', '_' or '-', not auto/default"
+            )
         if not _REPO.match(self.repo_id):
             raise ValueError(f"catalogue entry {self.name}: repo_id {self.repo_id!r} must be owner/name")
         if not self.revision:
             raise ValueError(f"catalogue entry {self.name}: revision must not be empty")
         if self.backend not in CATALOG_BACKENDS:
-            raise ValueError(f"catalogue entry {self.name}: backend {self.backend!r} is not one of {sorted(CATALOG_BACKENDS)}")
+            raise ValueError(
+                f"catalogue entry {self.name}: backend {self.backend!r} is not one of {sorted(CATALOG_BACKENDS)}"
+            )
         object.__setattr__(self, "tasks", tuple(Task(t) for t in self.tasks))
         if not self.tasks:
             raise ValueError(f"catalogue entry {self.name}: tasks must not be empty")
@@ -111,7 +115,9 @@ class CatalogEntry:
             raise ValueError(f"catalogue entry {self.name}: companions must be Companion records")
         for file_name, _ in self.generated_files:
             if not file_name or "/" in file_name or "\\" in file_name or file_name.startswith("."):
-                raise ValueError(f"catalogue entry {self.name}: generated file name {file_name!r} must be a plain file name")
+                raise ValueError(
+                    f"catalogue entry {self.name}: generated file name {file_name!r} must be a plain file name"
+                )
 
     def to_dict(self) -> dict:
         return {

@@ -87,7 +87,8 @@ class EngineClient:
         return RouteResult.from_dict(self._call("POST", "/v1/route", body=request.to_json()))
 
     def batch(self, request: BatchRequest, on_event: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-        """Run a whole-layer job: ``on_event`` gets each streamed event (start, tile..., merged, ranked); returns ``done``.
+        """Run a whole-layer job: ``on_event`` gets each streamed event (start, tile..., merged, ranked); returns
+        ``done``.
 
         The timeout applies to each line, not to the whole job: a job may run for hours as long as
         the engine finishes a batch of tiles within the timeout. An ``error`` event raises its
@@ -95,7 +96,9 @@ class EngineClient:
         """
         with self._connection() as call:
             with self._mapped_errors(call):
-                response = self._send(call, "POST", self._prefix + "/v1/batch", request.to_json(), True, "application/x-ndjson")
+                response = self._send(
+                    call, "POST", self._prefix + "/v1/batch", request.to_json(), True, "application/x-ndjson"
+                )
                 payload = response.read() if response.status >= 400 else b""
             if response.status >= 400:
                 return self._decode(response.status, payload)
@@ -105,7 +108,10 @@ class EngineClient:
                 if call.cancelled:
                     raise ProtocolError(ErrorCode.CANCELLED, "request cancelled")
                 if not line:
-                    raise ProtocolError(ErrorCode.ENGINE_UNREACHABLE, f"the engine at {self.url} ended the job's stream before it was done")
+                    raise ProtocolError(
+                        ErrorCode.ENGINE_UNREACHABLE,
+                        f"the engine at {self.url} ended the job's stream before it was done",
+                    )
                 event = self._event(line)
                 if event is None:
                     continue
@@ -131,7 +137,9 @@ class EngineClient:
             log.info("cancelled %d engine call(s)", len(calls))
 
     # --- plumbing -------------------------------------------------------------------------------
-    def _call(self, method: str, path: str, body: str | None = None, auth: bool = True, timeout: float | None = None) -> Any:
+    def _call(
+        self, method: str, path: str, body: str | None = None, auth: bool = True, timeout: float | None = None
+    ) -> Any:
         with self._connection(timeout) as call:
             with self._mapped_errors(call):
                 response = self._send(call, method, self._prefix + path, body, auth)
@@ -169,21 +177,26 @@ class EngineClient:
 
     @contextmanager
     def _mapped_errors(self, call: _Call) -> Iterator[None]:
-        """Socket and HTTP failures as ProtocolErrors: TIMEOUT, ENGINE_UNREACHABLE, or CANCELLED after :meth:`cancel`."""
+        """Socket and HTTP failures as ProtocolErrors: TIMEOUT, ENGINE_UNREACHABLE, or CANCELLED after
+        :meth:`cancel`."""
         try:
             yield
         except ProtocolError:
             raise
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             if call.cancelled:
                 raise ProtocolError(ErrorCode.CANCELLED, "request cancelled") from None
-            raise ProtocolError(ErrorCode.TIMEOUT, f"the engine did not answer within {call.connection.timeout:g} s") from None
+            raise ProtocolError(
+                ErrorCode.TIMEOUT, f"the engine did not answer within {call.connection.timeout:g} s"
+            ) from None
         except ConnectionRefusedError:
             raise ProtocolError(ErrorCode.ENGINE_UNREACHABLE, f"no engine is listening at {self.url}") from None
         except (OSError, http.client.HTTPException, ValueError) as exc:
             if call.cancelled:
                 raise ProtocolError(ErrorCode.CANCELLED, "request cancelled") from None
-            raise ProtocolError(ErrorCode.ENGINE_UNREACHABLE, f"lost the connection to the engine at {self.url}: {exc}") from None
+            raise ProtocolError(
+                ErrorCode.ENGINE_UNREACHABLE, f"lost the connection to the engine at {self.url}: {exc}"
+            ) from None
 
     def _event(self, line: bytes) -> dict[str, Any] | None:
         """One NDJSON line of a job's stream; None for a blank line."""
@@ -194,7 +207,9 @@ class EngineClient:
         except (ValueError, UnicodeDecodeError):
             event = None
         if not isinstance(event, dict) or "event" not in event:
-            raise ProtocolError(ErrorCode.ENGINE_UNREACHABLE, f"{self.url} streamed a line that is not a job event: {line[:200]!r}")
+            raise ProtocolError(
+                ErrorCode.ENGINE_UNREACHABLE, f"{self.url} streamed a line that is not a job event: {line[:200]!r}"
+            )
         return event
 
     def _decode(self, status: int, payload: bytes) -> Any:

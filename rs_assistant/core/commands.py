@@ -1,13 +1,13 @@
 """Slash commands typed in the chat box, parsed into typed commands (no translated text here).
 
-    /describe            caption of the region
-    /find <what>         grounding: boxes around <what>
-    /segment <what>      masks of <what>
-    /change [question]   compare the before and the after image
-    /search <what>       rank the layer's tiles by a description (a tiled job over the region or the layer)
-    /ask <question>      chat about the region, with the conversation's history
-    /help                the list of commands
-    anything else        free text: the engine's router (POST /v1/route) picks the task, see routed_command
+/describe            caption of the region
+/find <what>         grounding: boxes around <what>
+/segment <what>      masks of <what>
+/change [question]   compare the before and the after image
+/search <what>       rank the layer's tiles by a description (a tiled job over the region or the layer)
+/ask <question>      chat about the region, with the conversation's history
+/help                the list of commands
+anything else        free text: the engine's router (POST /v1/route) picks the task, see routed_command
 """
 
 from __future__ import annotations
@@ -49,8 +49,15 @@ TASKS: dict[CommandKind, Task | None] = {
 #: Commands that cannot run without an argument.
 NEEDS_ARGUMENT = frozenset({CommandKind.FIND, CommandKind.SEGMENT, CommandKind.ASK, CommandKind.SEARCH})
 #: The commands a person types, in the order /help lists them.
-SLASH_COMMANDS = (CommandKind.DESCRIBE, CommandKind.FIND, CommandKind.SEGMENT, CommandKind.CHANGE, CommandKind.ASK,
-                  CommandKind.SEARCH, CommandKind.HELP)
+SLASH_COMMANDS = (
+    CommandKind.DESCRIBE,
+    CommandKind.FIND,
+    CommandKind.SEGMENT,
+    CommandKind.CHANGE,
+    CommandKind.ASK,
+    CommandKind.SEARCH,
+    CommandKind.HELP,
+)
 
 
 class CommandError(Exception):

@@ -125,12 +125,15 @@ class Conversation:
     def history(self, before: int | None = None) -> tuple[Message, ...]:
         """User/assistant messages of the answered model turns (before turn ``before``), newest last."""
         answered = [
-            t for t in self.turns
+            t
+            for t in self.turns
             if t.state is TurnState.ANSWERED and not t.is_help and (before is None or t.id < before)
-        ][-self.max_history_turns:]
+        ][-self.max_history_turns :]
         messages: list[Message] = []
         for turn in answered:
-            messages.append(Message(Role.USER, turn.command.argument or turn.question if turn.command else turn.question))
+            messages.append(
+                Message(Role.USER, turn.command.argument or turn.question if turn.command else turn.question)
+            )
             messages.append(Message(Role.ASSISTANT, turn.answer))
         return tuple(messages)
 
@@ -142,11 +145,14 @@ class Conversation:
         """The transcript as JSON (what a project file keeps): every turn's words, state, region and
         answer details; not the images sent (they can be large) nor anything not plain data. A turn
         still waiting or running is saved as cancelled: it will not resume in another session."""
-        return json.dumps({"version": TRANSCRIPT_VERSION, "turns": [_turn_to_dict(t) for t in self.turns]},
-                          ensure_ascii=False, separators=(",", ":"))
+        return json.dumps(
+            {"version": TRANSCRIPT_VERSION, "turns": [_turn_to_dict(t) for t in self.turns]},
+            ensure_ascii=False,
+            separators=(",", ":"),
+        )
 
     @classmethod
-    def from_json(cls, text: str, max_history_turns: int = 8) -> "Conversation":
+    def from_json(cls, text: str, max_history_turns: int = 8) -> Conversation:
         """The conversation :meth:`to_json` saved; raises ValueError (saying what is wrong) for text
         that is not one. Turns keep their numbers and new turns continue after the last one."""
         try:

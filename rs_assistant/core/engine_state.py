@@ -84,7 +84,7 @@ def parse_ready_line(line: str) -> str | None:
     line = line.strip()
     if not line.startswith(READY_PREFIX):
         return None
-    url = line[len(READY_PREFIX):].strip()
+    url = line[len(READY_PREFIX) :].strip()
     return url if url.startswith("http://") else None
 
 

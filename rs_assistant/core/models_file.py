@@ -29,10 +29,11 @@ import os
 import re
 import tempfile
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from rs_assistant.core.protocol import Task
 
@@ -66,13 +67,13 @@ class ModelsFile:
         object.__setattr__(self, "tasks", MappingProxyType(dict(self.tasks)))
         validate(self)
 
-    def with_model(self, name: str, table: Mapping[str, Any]) -> "ModelsFile":
+    def with_model(self, name: str, table: Mapping[str, Any]) -> ModelsFile:
         """A copy with ``[models.NAME]`` added, or replaced in place (its position kept)."""
         models = dict(self.models)
         models[name] = dict(table)
         return ModelsFile(self.path, models, self.tasks)
 
-    def without_model(self, name: str) -> "ModelsFile":
+    def without_model(self, name: str) -> ModelsFile:
         """A copy without ``[models.NAME]`` and without the [tasks] routes to it."""
         if name not in self.models:
             raise ModelsFileError(self.path, f"has no [models.{name}] to remove", key=f"models.{name}")
@@ -80,7 +81,7 @@ class ModelsFile:
         tasks = {t: m for t, m in self.tasks.items() if m != name}
         return ModelsFile(self.path, models, tasks)
 
-    def with_route(self, task: str | Task, model: str) -> "ModelsFile":
+    def with_route(self, task: str | Task, model: str) -> ModelsFile:
         """A copy whose [tasks] sends ``task`` to ``model``."""
         tasks = dict(self.tasks)
         tasks[Task(task).value if _is_task(task) else str(task)] = model
@@ -113,23 +114,36 @@ def validate(models_file: ModelsFile, known_models: frozenset[str] = frozenset({
             raise ModelsFileError(path, "a model name must not be empty", key="models")
         if name == AUTO_MODEL:
             raise ModelsFileError(
-                path, "[models.auto]: 'auto' is reserved (it means: the model [tasks] names for the task); rename the model",
+                path,
+                "[models.auto]: 'auto' is reserved (it means: the model [tasks] names for the task); rename the model",
                 key="models.auto",
             )
         if not isinstance(table, Mapping):
-            raise ModelsFileError(path, f"[models.{name}] must be a table (backend = ..., path = ...), got {table!r}", key=f"models.{name}")
+            raise ModelsFileError(
+                path,
+                f"[models.{name}] must be a table (backend = ..., path = ...), got {table!r}",
+                key=f"models.{name}",
+            )
     names = set(models_file.models) | set(known_models)
     tasks = [t.value for t in Task]
     for task, model in models_file.tasks.items():
         if task not in tasks:
-            raise ModelsFileError(path, f"[tasks] {task} is not a task; use one of {', '.join(tasks)}", key=f"tasks.{task}")
+            raise ModelsFileError(
+                path, f"[tasks] {task} is not a task; use one of {', '.join(tasks)}", key=f"tasks.{task}"
+            )
         if not isinstance(model, str) or not model:
-            raise ModelsFileError(path, f"[tasks] {task} must be a model name (a string), got {model!r}", key=f"tasks.{task}")
+            raise ModelsFileError(
+                path, f"[tasks] {task} must be a model name (a string), got {model!r}", key=f"tasks.{task}"
+            )
         if model == AUTO_MODEL:
-            raise ModelsFileError(path, f"[tasks] {task} = 'auto' would route to itself; name a model", key=f"tasks.{task}")
+            raise ModelsFileError(
+                path, f"[tasks] {task} = 'auto' would route to itself; name a model", key=f"tasks.{task}"
+            )
         if model not in names:
             raise ModelsFileError(
-                path, f"[tasks] {task} = {model!r} names no model; known: {', '.join(sorted(names))}", key=f"tasks.{task}"
+                path,
+                f"[tasks] {task} = {model!r} names no model; known: {', '.join(sorted(names))}",
+                key=f"tasks.{task}",
             )
 
 
@@ -139,18 +153,26 @@ def parse_models_text(text: str, path: Path | str) -> ModelsFile:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ModelsFileError(path, f"is not valid TOML: {exc}. Fix the line it names, or delete the file to start again") from None
+        raise ModelsFileError(
+            path, f"is not valid TOML: {exc}. Fix the line it names, or delete the file to start again"
+        ) from None
     unknown = sorted(set(data) - set(TOP_LEVEL_KEYS))
     if unknown:
         raise ModelsFileError(
-            path, f"unknown top-level key(s) {', '.join(unknown)}; models go in [models.NAME] tables, routes in [tasks]", key=unknown[0]
+            path,
+            f"unknown top-level key(s) {', '.join(unknown)}; models go in [models.NAME] tables, routes in [tasks]",
+            key=unknown[0],
         )
     models = data.get("models", {})
     if not isinstance(models, dict):
         raise ModelsFileError(path, "'models' must be a table of [models.NAME] tables", key="models")
     for name, table in models.items():
         if not isinstance(table, dict):
-            raise ModelsFileError(path, f"[models.{name}] must be a table (backend = ..., path = ...), got {table!r}", key=f"models.{name}")
+            raise ModelsFileError(
+                path,
+                f"[models.{name}] must be a table (backend = ..., path = ...), got {table!r}",
+                key=f"models.{name}",
+            )
     tasks = data.get("tasks", {})
     if not isinstance(tasks, dict):
         raise ModelsFileError(path, "'tasks' must be a table: task = \"model name\"", key="tasks")

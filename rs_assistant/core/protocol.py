@@ -15,8 +15,9 @@ import enum
 import json
 import math
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 PROTOCOL_VERSION = "1"
 
@@ -117,7 +118,7 @@ class ProtocolError(Exception):
         return json.dumps(self.to_dict())
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ProtocolError":
+    def from_dict(cls, data: Mapping[str, Any]) -> ProtocolError:
         err = data.get("error") if isinstance(data, Mapping) else None
         if not isinstance(err, Mapping):
             return cls(ErrorCode.INTERNAL, f"malformed error body: {data!r}"[:500])
@@ -148,11 +149,15 @@ def validate_crs(crs: Any) -> str:
     if _CRS_RE.match(crs):
         return crs
     upper = crs.upper()
-    if upper.startswith(("PROJCS[", "GEOGCS[", "PROJCRS[", "GEOGCRS[", "GEODCRS[", "COMPD_CS[", "COMPOUNDCRS[", "BOUNDCRS[")):
+    if upper.startswith(
+        ("PROJCS[", "GEOGCS[", "PROJCRS[", "GEOGCRS[", "GEODCRS[", "COMPD_CS[", "COMPOUNDCRS[", "BOUNDCRS[")
+    ):
         return crs
     if crs.startswith("+proj="):
         return crs
-    raise ProtocolError(ErrorCode.BAD_CRS, f"unknown CRS {crs!r}: use an authority code such as 'EPSG:3857', WKT or a PROJ string")
+    raise ProtocolError(
+        ErrorCode.BAD_CRS, f"unknown CRS {crs!r}: use an authority code such as 'EPSG:3857', WKT or a PROJ string"
+    )
 
 
 def validate_extent(extent: Any) -> tuple[float, float, float, float]:
@@ -212,9 +217,13 @@ class ImageRef:
             try:
                 bands = tuple(int(b) for b in self.bands)
             except (TypeError, ValueError):
-                raise ProtocolError(ErrorCode.BAD_REQUEST, f"'bands' must be band numbers, got {self.bands!r}") from None
+                raise ProtocolError(
+                    ErrorCode.BAD_REQUEST, f"'bands' must be band numbers, got {self.bands!r}"
+                ) from None
             if len(bands) not in (1, 3) or any(b < 1 for b in bands):
-                raise ProtocolError(ErrorCode.BAD_REQUEST, f"'bands' must list 1 or 3 band numbers starting at 1, got {self.bands!r}")
+                raise ProtocolError(
+                    ErrorCode.BAD_REQUEST, f"'bands' must list 1 or 3 band numbers starting at 1, got {self.bands!r}"
+                )
             object.__setattr__(self, "bands", bands)
 
     def png_bytes(self) -> bytes:
@@ -226,7 +235,7 @@ class ImageRef:
             raise ProtocolError(ErrorCode.UNREADABLE_SOURCE, "png_base64 is not valid base64") from None
 
     @classmethod
-    def from_png(cls, data: bytes, extent: Sequence[float], crs: str) -> "ImageRef":
+    def from_png(cls, data: bytes, extent: Sequence[float], crs: str) -> ImageRef:
         return cls(extent=tuple(extent), crs=crs, png_base64=base64.b64encode(data).decode("ascii"))
 
     def to_dict(self) -> dict[str, Any]:
@@ -240,7 +249,7 @@ class ImageRef:
         return out
 
     @classmethod
-    def from_dict(cls, data: Any) -> "ImageRef":
+    def from_dict(cls, data: Any) -> ImageRef:
         if not isinstance(data, Mapping):
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"each image must be an object, got {type(data).__name__}")
         if "extent" not in data:
@@ -274,7 +283,7 @@ class Message:
         return {"role": self.role.value, "content": self.content}
 
     @classmethod
-    def from_dict(cls, data: Any) -> "Message":
+    def from_dict(cls, data: Any) -> Message:
         if not isinstance(data, Mapping):
             raise ProtocolError(ErrorCode.BAD_REQUEST, "history entries must be objects with role and content")
         return cls(role=data.get("role"), content=data.get("content"))
@@ -325,7 +334,7 @@ class Options:
         return out
 
     @classmethod
-    def from_dict(cls, data: Any) -> "Options":
+    def from_dict(cls, data: Any) -> Options:
         if data is None:
             return cls()
         if not isinstance(data, Mapping):
@@ -358,7 +367,8 @@ class AnalyzeRequest:
             raise ProtocolError(ErrorCode.BAD_REQUEST, "'prompt' must be a string")
         if len(self.prompt) > self.MAX_PROMPT_CHARS:
             raise ProtocolError(
-                ErrorCode.PROMPT_TOO_LONG, f"prompt has {len(self.prompt)} characters; the limit is {self.MAX_PROMPT_CHARS}"
+                ErrorCode.PROMPT_TOO_LONG,
+                f"prompt has {len(self.prompt)} characters; the limit is {self.MAX_PROMPT_CHARS}",
             )
         object.__setattr__(self, "output_crs", validate_crs(self.output_crs))
         images = tuple(self.images)
@@ -377,7 +387,9 @@ class AnalyzeRequest:
         if not isinstance(self.options, Options):
             raise ProtocolError(ErrorCode.BAD_REQUEST, "options must be an Options object")
         if self.task is Task.CLASSIFY and not self.options.labels and not self.prompt.strip():
-            raise ProtocolError(ErrorCode.BAD_REQUEST, "classify needs candidate labels (options.labels or a comma-separated prompt)")
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST, "classify needs candidate labels (options.labels or a comma-separated prompt)"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -394,7 +406,7 @@ class AnalyzeRequest:
         return json.dumps(self.to_dict())
 
     @classmethod
-    def from_dict(cls, data: Any) -> "AnalyzeRequest":
+    def from_dict(cls, data: Any) -> AnalyzeRequest:
         if not isinstance(data, Mapping):
             raise ProtocolError(ErrorCode.BAD_REQUEST, "request body must be a JSON object")
         _reject_unknown(data, {"task", "model", "prompt", "images", "history", "output_crs", "options"}, "request")
@@ -421,7 +433,7 @@ class AnalyzeRequest:
         )
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> "AnalyzeRequest":
+    def from_json(cls, text: str | bytes) -> AnalyzeRequest:
         return cls.from_dict(_loads(text))
 
 
@@ -485,7 +497,7 @@ class AnalyzeResponse:
         return json.dumps(self.to_dict())
 
     @classmethod
-    def from_dict(cls, data: Any) -> "AnalyzeResponse":
+    def from_dict(cls, data: Any) -> AnalyzeResponse:
         if not isinstance(data, Mapping):
             raise ProtocolError(ErrorCode.INTERNAL, "response must be a JSON object")
         if "error" in data:
@@ -505,7 +517,7 @@ class AnalyzeResponse:
             raise ProtocolError(ErrorCode.INTERNAL, f"response is missing {exc}") from None
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> "AnalyzeResponse":
+    def from_json(cls, text: str | bytes) -> AnalyzeResponse:
         return cls.from_dict(_loads(text))
 
 
@@ -518,7 +530,9 @@ def _check_features(name: str, collection: Any) -> None:
         try:
             FeatureKind(props.get("kind"))
         except ValueError:
-            raise ProtocolError(ErrorCode.INTERNAL, f"feature kind {props.get('kind')!r} is not one of box|mask|change|point|tile") from None
+            raise ProtocolError(
+                ErrorCode.INTERNAL, f"feature kind {props.get('kind')!r} is not one of box|mask|change|point|tile"
+            ) from None
         if "label" not in props or "score" not in props:
             raise ProtocolError(ErrorCode.INTERNAL, f"every feature of {name} needs properties 'label' and 'score'")
 
@@ -535,10 +549,15 @@ class ModelInfo:
     loaded: bool
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "backend": self.backend, "tasks": [t.value for t in self.tasks], "loaded": self.loaded}
+        return {
+            "name": self.name,
+            "backend": self.backend,
+            "tasks": [t.value for t in self.tasks],
+            "loaded": self.loaded,
+        }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ModelInfo":
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelInfo:
         return cls(
             name=str(data["name"]),
             backend=str(data["backend"]),
@@ -705,13 +724,19 @@ class RouteRequest:
         if not isinstance(self.prompt, str):
             raise ProtocolError(ErrorCode.BAD_REQUEST, "'prompt' must be a string")
         if not self.prompt.strip():
-            raise ProtocolError(ErrorCode.BAD_REQUEST, "the prompt is empty: type a request such as 'find the buildings'")
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST, "the prompt is empty: type a request such as 'find the buildings'"
+            )
         if len(self.prompt) > AnalyzeRequest.MAX_PROMPT_CHARS:
             raise ProtocolError(
-                ErrorCode.PROMPT_TOO_LONG, f"prompt has {len(self.prompt)} characters; the limit is {AnalyzeRequest.MAX_PROMPT_CHARS}"
+                ErrorCode.PROMPT_TOO_LONG,
+                f"prompt has {len(self.prompt)} characters; the limit is {AnalyzeRequest.MAX_PROMPT_CHARS}",
             )
         if isinstance(self.images, bool) or not isinstance(self.images, int) or self.images not in (1, 2):
-            raise ProtocolError(ErrorCode.BAD_REQUEST, f"'images' must be 1 or 2 (2: a before and an after are chosen), got {self.images!r}")
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST,
+                f"'images' must be 1 or 2 (2: a before and an after are chosen), got {self.images!r}",
+            )
         if not isinstance(self.model, str) or not self.model:
             raise ProtocolError(ErrorCode.BAD_REQUEST, "'model' must be a non-empty string")
         history = tuple(self.history)
@@ -720,13 +745,18 @@ class RouteRequest:
         object.__setattr__(self, "history", history)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"prompt": self.prompt, "history": [m.to_dict() for m in self.history], "images": self.images, "model": self.model}
+        return {
+            "prompt": self.prompt,
+            "history": [m.to_dict() for m in self.history],
+            "images": self.images,
+            "model": self.model,
+        }
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
 
     @classmethod
-    def from_dict(cls, data: Any) -> "RouteRequest":
+    def from_dict(cls, data: Any) -> RouteRequest:
         if not isinstance(data, Mapping):
             raise ProtocolError(ErrorCode.BAD_REQUEST, "request body must be a JSON object")
         _reject_unknown(data, {"prompt", "history", "images", "model"}, "route request")
@@ -774,8 +804,12 @@ class RouteResult:
         object.__setattr__(self, "known_classes", tuple(self.known_classes))
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"intent": self.intent.value, "prompt": self.prompt, "assumed": self.assumed,
-                               "confidence": round(self.confidence, 3)}
+        out: dict[str, Any] = {
+            "intent": self.intent.value,
+            "prompt": self.prompt,
+            "assumed": self.assumed,
+            "confidence": round(self.confidence, 3),
+        }
         if self.known_classes:
             out["known_classes"] = list(self.known_classes)
         return out
@@ -784,7 +818,7 @@ class RouteResult:
         return json.dumps(self.to_dict())
 
     @classmethod
-    def from_dict(cls, data: Any) -> "RouteResult":
+    def from_dict(cls, data: Any) -> RouteResult:
         if not isinstance(data, Mapping):
             raise ProtocolError(ErrorCode.INTERNAL, "route response must be a JSON object")
         if "error" in data:
@@ -820,7 +854,8 @@ class BatchEvent(str, enum.Enum):
     """The ``event`` field of each NDJSON line that ``POST /v1/batch`` streams back.
 
     - ``start``: ``job_id``, ``model`` (the model that answers: ``auto`` resolved), ``tiles`` (tiles in the
-      grid), ``todo`` (tiles this run will do, after ``skip_tiles``), ``crs`` (of every feature), ``tile_size``, ``overlap``, ``batch_size`` (in force).
+      grid), ``todo`` (tiles this run will do, after ``skip_tiles``), ``crs`` (of every feature), ``tile_size``,
+    ``overlap``, ``batch_size`` (in force).
     - ``tile``: ``tile`` (its id), ``done`` / ``todo`` (progress of this run), ``text`` (caption, may be
       empty), ``features`` (final GeoJSON features for the output layer, each with ``properties.tile``),
       ``pending`` (pieces that touch the tile's seam: not final; keep them to resume, wait for ``merged``).
@@ -881,7 +916,9 @@ class BatchRequest:
             raise ProtocolError(ErrorCode.UNKNOWN_TASK, f"unknown task {self.task!r}") from None
         if task not in BATCH_SOURCES:
             known = ", ".join(t.value for t in BATCH_SOURCES)
-            raise ProtocolError(ErrorCode.UNSUPPORTED_TASK, f"a batch job does not run '{task.value}'; it runs: {known}")
+            raise ProtocolError(
+                ErrorCode.UNSUPPORTED_TASK, f"a batch job does not run '{task.value}'; it runs: {known}"
+            )
         object.__setattr__(self, "task", task)
         sources = (self.sources,) if isinstance(self.sources, str) else tuple(self.sources)
         if len(sources) != BATCH_SOURCES[task] or not all(isinstance(s, str) and s for s in sources):
@@ -896,7 +933,10 @@ class BatchRequest:
         if not isinstance(self.model, str) or not self.model:
             raise ProtocolError(ErrorCode.BAD_REQUEST, "'model' must be a non-empty string")
         if not isinstance(self.prompt, str) or len(self.prompt) > AnalyzeRequest.MAX_PROMPT_CHARS:
-            raise ProtocolError(ErrorCode.PROMPT_TOO_LONG, f"'prompt' must be a string of at most {AnalyzeRequest.MAX_PROMPT_CHARS} characters")
+            raise ProtocolError(
+                ErrorCode.PROMPT_TOO_LONG,
+                f"'prompt' must be a string of at most {AnalyzeRequest.MAX_PROMPT_CHARS} characters",
+            )
         if task is Task.RETRIEVE and not self.prompt.strip():
             raise ProtocolError(ErrorCode.BAD_REQUEST, "a search needs a description to rank the tiles by (the prompt)")
         if self.extent is not None:
@@ -907,16 +947,21 @@ class BatchRequest:
             tile, overlap, batch = int(self.tile_size), int(self.overlap), int(self.batch_size)
             skip = tuple(sorted({int(t) for t in self.skip_tiles}))
         except (TypeError, ValueError):
-            raise ProtocolError(ErrorCode.BAD_REQUEST, "tile_size, overlap, batch_size and skip_tiles must be integers") from None
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST, "tile_size, overlap, batch_size and skip_tiles must be integers"
+            ) from None
         if not 32 <= tile <= self.MAX_TILE_SIZE:
             raise ProtocolError(
                 ErrorCode.REGION_TOO_LARGE, f"tile_size must be between 32 and {self.MAX_TILE_SIZE} pixels, got {tile}"
             )
         if not 0 <= overlap <= tile // 2:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, f"overlap must be between 0 and half the tile size ({tile // 2}), got {overlap}")
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST, f"overlap must be between 0 and half the tile size ({tile // 2}), got {overlap}"
+            )
         if not 0 <= batch <= self.MAX_BATCH_SIZE:
             raise ProtocolError(
-                ErrorCode.BAD_REQUEST, f"batch_size must be between 1 and {self.MAX_BATCH_SIZE} (or 0: the model's own), got {batch}"
+                ErrorCode.BAD_REQUEST,
+                f"batch_size must be between 1 and {self.MAX_BATCH_SIZE} (or 0: the model's own), got {batch}",
             )
         if any(t < 0 for t in skip):
             raise ProtocolError(ErrorCode.BAD_REQUEST, "skip_tiles must be tile ids (0 or more)")
@@ -926,17 +971,33 @@ class BatchRequest:
         object.__setattr__(self, "skip_tiles", skip)
         pending = tuple(self.pending)
         if not all(isinstance(f, Mapping) and f.get("type") == "Feature" for f in pending):
-            raise ProtocolError(ErrorCode.BAD_REQUEST, "'pending' must be GeoJSON features from an earlier run of the job")
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST, "'pending' must be GeoJSON features from an earlier run of the job"
+            )
         object.__setattr__(self, "pending", tuple(dict(f) for f in pending))
         if self.bands is not None:
             # the same rule as a single image's bands
-            object.__setattr__(self, "bands", ImageRef(extent=(0, 0, 1, 1), crs="EPSG:3857", source="x", bands=self.bands).bands)
+            object.__setattr__(
+                self, "bands", ImageRef(extent=(0, 0, 1, 1), crs="EPSG:3857", source="x", bands=self.bands).bands
+            )
         if not isinstance(self.options, Options):
             raise ProtocolError(ErrorCode.BAD_REQUEST, "options must be an Options object")
 
     _FIELDS = {
-        "task", "model", "prompt", "sources", "output_crs", "extent", "extent_crs", "tile_size",
-        "overlap", "batch_size", "bands", "skip_tiles", "pending", "options",
+        "task",
+        "model",
+        "prompt",
+        "sources",
+        "output_crs",
+        "extent",
+        "extent_crs",
+        "tile_size",
+        "overlap",
+        "batch_size",
+        "bands",
+        "skip_tiles",
+        "pending",
+        "options",
     }
 
     def to_dict(self) -> dict[str, Any]:
@@ -965,7 +1026,7 @@ class BatchRequest:
         return json.dumps(self.to_dict())
 
     @classmethod
-    def from_dict(cls, data: Any) -> "BatchRequest":
+    def from_dict(cls, data: Any) -> BatchRequest:
         if not isinstance(data, Mapping):
             raise ProtocolError(ErrorCode.BAD_REQUEST, "request body must be a JSON object")
         _reject_unknown(data, cls._FIELDS, "batch request")
@@ -990,7 +1051,7 @@ class BatchRequest:
         )
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> "BatchRequest":
+    def from_json(cls, text: str | bytes) -> BatchRequest:
         return cls.from_dict(_loads(text))
 
 

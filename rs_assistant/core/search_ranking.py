@@ -21,9 +21,10 @@ north, ..., centre. Pure standard library (the plugin translates the texts).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 SIMILARITY_FLOOR = 0.5
 MAX_SHARE = 0.5  # of the searched tiles
@@ -41,9 +42,11 @@ class Place(Enum):
     SOUTH_EAST = "south-east"
 
 
-_PLACES = ((Place.SOUTH_WEST, Place.SOUTH, Place.SOUTH_EAST),
-           (Place.WEST, Place.CENTRE, Place.EAST),
-           (Place.NORTH_WEST, Place.NORTH, Place.NORTH_EAST))  # [row from the south][column from the west]
+_PLACES = (
+    (Place.SOUTH_WEST, Place.SOUTH, Place.SOUTH_EAST),
+    (Place.WEST, Place.CENTRE, Place.EAST),
+    (Place.NORTH_WEST, Place.NORTH, Place.NORTH_EAST),
+)  # [row from the south][column from the west]
 
 
 def place_in(area: tuple[float, float, float, float], x: float, y: float) -> Place:
@@ -78,8 +81,13 @@ class SearchHit:
     def properties(self) -> dict[str, Any]:
         """The feature's properties for its layer: ``score`` is the similarity (0-1, 2 decimals)."""
         props = {k: v for k, v in (self.feature.get("properties") or {}).items() if k not in ("tile", "text")}
-        return {**props, "rank": self.rank, "score": round(self.similarity, 2), "similarity": self.percent,
-                "place": self.place.value}
+        return {
+            **props,
+            "rank": self.rank,
+            "score": round(self.similarity, 2),
+            "similarity": self.percent,
+            "place": self.place.value,
+        }
 
 
 @dataclass(frozen=True)
@@ -130,8 +138,14 @@ def features_bounds(features: Sequence[Mapping[str, Any]]) -> tuple[float, float
     return box
 
 
-def rank_search(ranked: Sequence[Mapping[str, Any]], scores: Mapping[int, float], area: tuple[float, float, float, float],
-                top_k: int, searched: int = 0, floor: float = SIMILARITY_FLOOR) -> SearchRanking:
+def rank_search(
+    ranked: Sequence[Mapping[str, Any]],
+    scores: Mapping[int, float],
+    area: tuple[float, float, float, float],
+    top_k: int,
+    searched: int = 0,
+    floor: float = SIMILARITY_FLOOR,
+) -> SearchRanking:
     """The relevant tiles among the engine's ``ranked`` ones (best first).
 
     ``scores`` maps every scored tile id to its raw score (the ranked ones are added to it);

@@ -52,7 +52,9 @@ class Settings:
             try:
                 object.__setattr__(self, f.name, wanted(value).strip() if wanted is str else wanted(value))
             except (TypeError, ValueError):
-                raise ProtocolError(ErrorCode.BAD_REQUEST, f"setting {f.name} must be a {f.type}, got {value!r}") from None
+                raise ProtocolError(
+                    ErrorCode.BAD_REQUEST, f"setting {f.name} must be a {f.type}, got {value!r}"
+                ) from None
         if self.timeout_s <= 0 or self.start_timeout_s <= 0:
             raise ProtocolError(ErrorCode.BAD_REQUEST, "timeouts must be positive")
         if self.max_restarts < 0:

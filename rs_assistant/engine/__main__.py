@@ -1,7 +1,8 @@
 """python -m rs_assistant.engine serve [--host 127.0.0.1] [--port 0] [--models FILE] [--token-file F] [--device auto|cpu|cuda|mps]
 python -m rs_assistant.engine run --task TASK --image PATH [--image PATH] [--extent XMIN,YMIN,XMAX,YMAX]
     [--crs EPSG:N] [--prompt TEXT] [--model NAME] [--models FILE] [--device auto|cpu|cuda|mps]
-python -m rs_assistant.engine batch --task TASK --image PATH [--image PATH] [--extent XMIN,YMIN,XMAX,YMAX] [--crs EPSG:N]
+python -m rs_assistant.engine batch --task TASK --image PATH [--image PATH] [--extent XMIN,YMIN,XMAX,YMAX] [--crs
+EPSG:N]
     [--prompt TEXT] [--tile-size N] [--overlap N] [--batch-size N] [--top-k N] [--model NAME] [--models FILE]
     [--output FILE.geojsonl] [--ray-address ADDRESS [--workers N]] [--device auto|cpu|cuda|mps]
 python -m rs_assistant.engine selftest [--device auto|cpu|cuda|mps]
@@ -40,8 +41,8 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 # The engine shares the CPU with QGIS: OpenMP threads that spin while waiting make torch tens of
 # times slower when another process holds a core, so they sleep instead (set before torch loads).
@@ -89,7 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m rs_assistant.engine", description="The RS Assistant model engine.")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="serve the HTTP API; prints READY http://HOST:PORT when it accepts requests")
+    serve = commands.add_parser(
+        "serve", help="serve the HTTP API; prints READY http://HOST:PORT when it accepts requests"
+    )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this computer only)")
     serve.add_argument("--port", type=int, default=0, help="port to bind (default 0: a free port)")
     serve.add_argument("--token-file", type=Path, default=None, help="bearer token file, created (mode 0600) if absent")
@@ -97,25 +100,46 @@ def _parser() -> argparse.ArgumentParser:
     _request_arguments(run, "caption, ground, segment, change, chat, classify or retrieve", "what to ask or find")
     batch = commands.add_parser("batch", help="run a task over a whole raster, tile by tile; prints NDJSON events")
     _request_arguments(batch, "caption, ground, segment, change or retrieve", "what to find, segment or search for")
-    batch.add_argument("--tile-size", type=int, default=512, help="tile side in pixels of the first raster (default 512)")
-    batch.add_argument("--overlap", type=int, default=None, help="pixels shared by neighbouring tiles (default 64, at most a quarter tile)")
-    batch.add_argument("--batch-size", type=int, default=0,
-                       help="tiles per model call (default 0: the model's own; 16 for the built-in model)")
+    batch.add_argument(
+        "--tile-size", type=int, default=512, help="tile side in pixels of the first raster (default 512)"
+    )
+    batch.add_argument(
+        "--overlap",
+        type=int,
+        default=None,
+        help="pixels shared by neighbouring tiles (default 64, at most a quarter tile)",
+    )
+    batch.add_argument(
+        "--batch-size",
+        type=int,
+        default=0,
+        help="tiles per model call (default 0: the model's own; 16 for the built-in model)",
+    )
     batch.add_argument("--top-k", type=int, default=5, help="retrieve: how many tiles to rank (default 5)")
-    batch.add_argument("--output", type=Path, help="write the features to this GeoJSON-lines file instead of events to stdout")
+    batch.add_argument(
+        "--output", type=Path, help="write the features to this GeoJSON-lines file instead of events to stdout"
+    )
     batch.add_argument("--ray-address", help="run the tiles on this Ray cluster ('auto', 'ray://HOST:PORT')")
     batch.add_argument("--workers", type=int, default=None, help="with --ray-address: how many model workers")
     for sub in (serve, run, batch):
-        sub.add_argument("--models", type=Path, default=None, help="models file (TOML); without it only 'default' exists")
+        sub.add_argument(
+            "--models", type=Path, default=None, help="models file (TOML); without it only 'default' exists"
+        )
         sub.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     selftest = commands.add_parser(
         "selftest", help="check the engine's packages; print its device, torch and CUDA as one JSON line"
     )
     selftest.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
-    route = commands.add_parser("route", help="which task a free-text request asks for; prints the /v1/route answer as JSON")
+    route = commands.add_parser(
+        "route", help="which task a free-text request asks for; prints the /v1/route answer as JSON"
+    )
     route.add_argument("text", help="the request as a person would type it")
     route.add_argument("--images", type=int, default=1, help="2 when a before and an after are chosen (default 1)")
-    route.add_argument("--history", default="[]", help='the conversation so far, JSON: [{"role": "user", "content": "/find cars"}, ...]')
+    route.add_argument(
+        "--history",
+        default="[]",
+        help='the conversation so far, JSON: [{"role": "user", "content": "/find cars"}, ...]',
+    )
     route.add_argument("--model", default="auto", help="the model chosen (default auto); its class list is checked")
     route.add_argument("--models", type=Path, default=None, help="models file (TOML); without it only 'default' exists")
     from rs_assistant.engine.models_cli import add_parser as add_models_parser
@@ -134,7 +158,9 @@ def _route(args: argparse.Namespace) -> int:
         history = json.loads(args.history)
         if not isinstance(history, list):
             raise ProtocolError(ErrorCode.BAD_REQUEST, "--history must be a JSON list of {role, content} objects")
-        request = RouteRequest.from_dict({"prompt": args.text, "history": history, "images": args.images, "model": args.model})
+        request = RouteRequest.from_dict(
+            {"prompt": args.text, "history": history, "images": args.images, "model": args.model}
+        )
         result = route(request, classes_for(Registry.from_file(args.models), request.model))
     except ValueError as exc:
         print(ProtocolError(ErrorCode.BAD_REQUEST, f"--history is not JSON: {exc}").to_json())
@@ -156,7 +182,14 @@ def _engine(args: argparse.Namespace):  # -> Engine; imported here so that --hel
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from rs_assistant.engine.server import Server, bind_socket, create_app, default_token_file, load_or_create_token, socket_url
+    from rs_assistant.engine.server import (
+        Server,
+        bind_socket,
+        create_app,
+        default_token_file,
+        load_or_create_token,
+        socket_url,
+    )
 
     try:
         engine = _engine(args)
@@ -260,7 +293,9 @@ def _batch_request(args: argparse.Namespace) -> BatchRequest:
 def _request_arguments(parser: argparse.ArgumentParser, tasks: str, prompt: str) -> None:
     """What ``run`` and ``batch`` both ask: the task, the raster(s), the region, the prompt and the model."""
     parser.add_argument("--task", required=True, help=tasks)
-    parser.add_argument("--image", action="append", required=True, help="a raster path; twice for change (before, after)")
+    parser.add_argument(
+        "--image", action="append", required=True, help="a raster path; twice for change (before, after)"
+    )
     parser.add_argument("--extent", help="XMIN,YMIN,XMAX,YMAX in --crs (default: the whole first raster)")
     parser.add_argument("--crs", help="CRS of --extent and of the output, e.g. EPSG:3857 (default: the first raster's)")
     parser.add_argument("--prompt", default="", help=prompt)
@@ -316,7 +351,9 @@ def _parse_extent(text: str) -> tuple[float, float, float, float]:
     try:
         values = [float(p) for p in parts]
     except ValueError:
-        raise ProtocolError(ErrorCode.BAD_EXTENT, f"--extent must be XMIN,YMIN,XMAX,YMAX numbers, got {text!r}") from None
+        raise ProtocolError(
+            ErrorCode.BAD_EXTENT, f"--extent must be XMIN,YMIN,XMAX,YMAX numbers, got {text!r}"
+        ) from None
     return validate_extent(values)
 
 

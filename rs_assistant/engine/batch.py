@@ -1,4 +1,5 @@
-"""Batch jobs over whole layers: tile the raster, read each tile by window, run tiles through the model in batches, stream events.
+"""Batch jobs over whole layers: tile the raster, read each tile by window, run tiles through the model in batches,
+stream events.
 
     for event in run_job(engine, BatchRequest(task=Task.SEGMENT, sources=("/data/city.tif",), output_crs="EPSG:3857")):
         print(event)        # start, tile ..., merged, (ranked,) done -- or error
@@ -146,9 +147,14 @@ def read_tiles(request: BatchRequest, works: Sequence[TileWork], datasets: Datas
 
 
 def answer_tiles(
-    engine: Engine, request: BatchRequest, works: Sequence[TileWork], reads: TileReads, cancel: threading.Event | None = None
+    engine: Engine,
+    request: BatchRequest,
+    works: Sequence[TileWork],
+    reads: TileReads,
+    cancel: threading.Event | None = None,
 ) -> list[TileOutput]:
-    """The model's answers for a batch whose pixels :func:`read_tiles` read, as final features and pending seam pieces."""
+    """The model's answers for a batch whose pixels :func:`read_tiles` read, as final features and pending seam
+    pieces."""
     cancel = cancel or threading.Event()
     if not works:
         return []
@@ -175,7 +181,10 @@ def answer_tiles(
 
 def _read(request: BatchRequest, work: TileWork, datasets: DatasetCache) -> list[Window] | None:
     """The tile's window(s): one, or before and after on the before grid (None where the after raster has no pixels)."""
-    refs = [ImageRef(extent=work.bounds, crs=work.grid.crs, source=source, bands=request.bands) for source in request.sources]
+    refs = [
+        ImageRef(extent=work.bounds, crs=work.grid.crs, source=source, bands=request.bands)
+        for source in request.sources
+    ]
     if request.task is not Task.CHANGE:
         return [read_image(refs[0], request.tile_size, datasets)]
     try:
@@ -224,7 +233,8 @@ def _tile_piece(work: TileWork, label: str, score: float, properties: dict[str, 
 def _retrieve_tiles(
     engine: Engine, request: BatchRequest, works: Sequence[TileWork], reads: TileReads, cancel: threading.Event
 ) -> list[TileOutput]:
-    """Embeddings from the cache (or the model, then cached), scored against the prompt; each tile a pending ranked candidate."""
+    """Embeddings from the cache (or the model, then cached), scored against the prompt; each tile a pending ranked
+    candidate."""
     cache = EmbeddingCache(embedding_cache_dir())
     embeddings: list[np.ndarray | None] = list(reads.embeddings or [None] * len(works))
     missing = [i for i, e in enumerate(embeddings) if e is None]
@@ -259,7 +269,8 @@ def embedding_cache_dir() -> Path:
 
 
 class EmbeddingCache:
-    """One ``.npy`` per tile under a folder per job key; written atomically, so a cancelled job leaves only whole files."""
+    """One ``.npy`` per tile under a folder per job key; written atomically, so a cancelled job leaves only whole
+    files."""
 
     def __init__(self, root: Path):
         self.root = Path(root)
@@ -320,10 +331,12 @@ class TileExecutor(abc.ABC):
         return request.batch_size or Backend.TILE_BATCH_SIZE
 
     @abc.abstractmethod
-    def map(self, request: BatchRequest, batches: Iterable[list[TileWork]], cancel: threading.Event) -> Iterator[list[TileOutput]]:
+    def map(
+        self, request: BatchRequest, batches: Iterable[list[TileWork]], cancel: threading.Event
+    ) -> Iterator[list[TileOutput]]:
         """One list of outputs per batch, as batches finish; stops early once ``cancel`` is set."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional hook: executors without resources keep it)
         """Release what the executor holds (workers, open files)."""
 
 
@@ -350,7 +363,9 @@ class LocalExecutor(TileExecutor):
     def check(self, request: BatchRequest) -> int:
         return self.engine.check_batch(request)
 
-    def map(self, request: BatchRequest, batches: Iterable[list[TileWork]], cancel: threading.Event) -> Iterator[list[TileOutput]]:
+    def map(
+        self, request: BatchRequest, batches: Iterable[list[TileWork]], cancel: threading.Event
+    ) -> Iterator[list[TileOutput]]:
         if self.read_ahead == 0:
             for works in batches:
                 if cancel.is_set():
@@ -420,11 +435,12 @@ class JobPlan:
             yield batch
 
 
-Runner = Union[Engine, TileExecutor]
+Runner = Union[Engine, TileExecutor]  # noqa: UP007 (a runtime alias: Union reads as one)
 
 
 def plan_job(runner: Runner, request: BatchRequest) -> JobPlan:
-    """Check the job (model, task, CRSs, sources, extent, pending pieces) before anything is streamed; ProtocolError if it cannot run."""
+    """Check the job (model, task, CRSs, sources, extent, pending pieces) before anything is streamed; ProtocolError
+    if it cannot run."""
     executor = _executor(runner)
     batch_size = executor.check(request)
     if batch_size != request.batch_size:
@@ -432,7 +448,11 @@ def plan_job(runner: Runner, request: BatchRequest) -> JobPlan:
     grid = make_grid(request)
     skipped = sum(1 for t in request.skip_tiles if t < grid.count)
     pending = [from_pending(f, grid) for f in request.pending]
-    key = EmbeddingCache.key(request, grid, _model_files(runner, request.model)) if request.task is Task.RETRIEVE else None
+    key = (
+        EmbeddingCache.key(request, grid, _model_files(runner, request.model))
+        if request.task is Task.RETRIEVE
+        else None
+    )
     engine = _engine(runner)  # who answers (model "auto" resolved); a Ray driver leaves that to its workers
     answered_by = engine.answered_by(request.task, request.model) if engine is not None else request.model
     return JobPlan(request, grid, uuid.uuid4().hex, grid.count - skipped, pending, key, answered_by)
@@ -463,7 +483,8 @@ def _model_files(runner: Runner, model: str, task: Task = Task.RETRIEVE) -> list
 
 
 def run_job(runner: Runner, request: BatchRequest, cancel: threading.Event | None = None) -> Iterator[dict[str, Any]]:
-    """The job's BatchEvent dicts (protocol.BatchEvent): start, tile..., merged, ranked (retrieve), done; or an error event."""
+    """The job's BatchEvent dicts (protocol.BatchEvent): start, tile..., merged, ranked (retrieve), done; or an error
+    event."""
     try:
         plan = plan_job(runner, request)
     except ProtocolError as exc:
@@ -484,7 +505,10 @@ def stream_job(runner: Runner, plan: JobPlan, cancel: threading.Event | None = N
     except Exception as exc:  # an engine bug: logged with its traceback, reported without details
         log.exception("batch job %s failed", plan.job_id)
         yield _error_event(
-            ProtocolError(ErrorCode.INTERNAL, f"the engine failed on batch job {plan.job_id} ({type(exc).__name__}); its log has the details")
+            ProtocolError(
+                ErrorCode.INTERNAL,
+                f"the engine failed on batch job {plan.job_id} ({type(exc).__name__}); its log has the details",
+            )
         )
     finally:
         if executor is not runner:
@@ -556,7 +580,9 @@ class _Ranking:
         best = sorted(self._heap, key=lambda e: (-e[0], -e[1]))
         out = []
         for rank, (_, _, piece) in enumerate(best, start=1):
-            piece = Piece(piece.kind, piece.label, piece.score, piece.tile, piece.geometry, {**piece.properties, "rank": rank})
+            piece = Piece(
+                piece.kind, piece.label, piece.score, piece.tile, piece.geometry, {**piece.properties, "rank": rank}
+            )
             out.append(to_feature(piece, reproject))
         return out
 

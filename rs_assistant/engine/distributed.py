@@ -152,7 +152,9 @@ class TileWorker:
             return "error", exc.to_dict()["error"]
         except Exception as exc:  # an engine bug: the details stay in this worker's log
             log.exception("a Ray worker failed on %s", what)
-            error = ProtocolError(ErrorCode.INTERNAL, f"a Ray worker failed on {what} ({type(exc).__name__}); its log has the details")
+            error = ProtocolError(
+                ErrorCode.INTERNAL, f"a Ray worker failed on {what} ({type(exc).__name__}); its log has the details"
+            )
             return "error", error.to_dict()["error"]
 
 
@@ -226,7 +228,8 @@ class RayExecutor(TileExecutor):
             raise
 
     def _wait_started(self, timeout_s: float, need: dict[str, float], cpus: float, gpus: float) -> None:
-        """Wait until every worker answers; TIMEOUT when the cluster cannot place them all, INTERNAL when one fails to start."""
+        """Wait until every worker answers; TIMEOUT when the cluster cannot place them all, INTERNAL when one fails
+        to start."""
         ray = self._ray
         refs = [actor.info.remote() for actor in self._actors]
         ready, waiting = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
@@ -234,8 +237,10 @@ class RayExecutor(TileExecutor):
             asked = f"{need['CPU']:g} CPU" + (f" and {need['GPU']:g} GPU" if need["GPU"] else "")
             raise ProtocolError(
                 ErrorCode.TIMEOUT,
-                f"only {len(ready)} of {len(refs)} Ray worker(s) started within {timeout_s:g} s: each asks for {asked} and "
-                f"the cluster has {cpus:g} CPU and {gpus:g} GPU in all (other jobs may hold some); ask for fewer workers",
+                f"only {len(ready)} of {len(refs)} Ray worker(s) started within {timeout_s:g} s: each asks for "
+                f"{asked} and "
+                f"the cluster has {cpus:g} CPU and {gpus:g} GPU in all (other jobs may hold some); ask for fewer "
+                f"workers",
             )
         for ref in ready:
             try:
@@ -244,15 +249,21 @@ class RayExecutor(TileExecutor):
                 log.error("a Ray worker failed to start: %s", exc)
                 raise ProtocolError(
                     ErrorCode.INTERNAL,
-                    f"a Ray worker failed to start ({type(exc).__name__}): every node needs this repository at {PACKAGE_ROOT} "
+                    f"a Ray worker failed to start ({type(exc).__name__}): every node needs this repository at "
+                    f"{PACKAGE_ROOT} "
                     "and a Python with the engine's packages; the Ray worker logs have the details",
                 ) from None
 
     def check(self, request: BatchRequest) -> int:
-        """UNKNOWN_MODEL / UNSUPPORTED_TASK before the job starts, as the first worker sees its models; the job's batch size."""
-        return int(self._get(self._actors[0].check.remote(request), "checking the job (starting: see the Ray worker logs)"))
+        """UNKNOWN_MODEL / UNSUPPORTED_TASK before the job starts, as the first worker sees its models; the job's
+        batch size."""
+        return int(
+            self._get(self._actors[0].check.remote(request), "checking the job (starting: see the Ray worker logs)")
+        )
 
-    def map(self, request: BatchRequest, batches: Iterable[list[TileWork]], cancel: threading.Event) -> Iterator[list[TileOutput]]:
+    def map(
+        self, request: BatchRequest, batches: Iterable[list[TileWork]], cancel: threading.Event
+    ) -> Iterator[list[TileOutput]]:
         """Each batch's outputs as a worker finishes it (in any order); CANCELLED once ``cancel`` is set."""
         ray = self._ray
         job = uuid.uuid4().hex[:12]

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import affine
 import numpy as np
@@ -70,7 +71,7 @@ def _transformer(src_crs: str, dst_crs: str) -> pyproj.Transformer | None:
 
 def detections_to_features(
     detections: Sequence[Detection],
-    window: "Window",
+    window: Window,
     output_crs: str,
     properties: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
@@ -119,7 +120,7 @@ def polygonize_mask(
 # --- pixel geometries --------------------------------------------------------------------------
 
 
-def _pixel_geometry(det: Detection, window: "Window", densify: bool) -> BaseGeometry | None:
+def _pixel_geometry(det: Detection, window: Window, densify: bool) -> BaseGeometry | None:
     """The detection's geometry in the window's CRS (densified when it will be reprojected)."""
     for name in _GEOMETRY_PREFERENCE[det.kind]:
         value = getattr(det, name)
@@ -133,7 +134,7 @@ def _pixel_geometry(det: Detection, window: "Window", densify: bool) -> BaseGeom
     return None
 
 
-def _box_polygon(box: Sequence[float], window: "Window", densify: bool) -> Polygon | None:
+def _box_polygon(box: Sequence[float], window: Window, densify: bool) -> Polygon | None:
     """The box (pixels, clipped to the window) as a map polygon, BOX_EDGE_POINTS per edge when densified."""
     x0, y0, x1, y1 = (float(v) for v in box)
     x0, x1 = np.clip(sorted((x0, x1)), 0, window.width)
@@ -148,7 +149,7 @@ def _box_polygon(box: Sequence[float], window: "Window", densify: bool) -> Polyg
     return Polygon(np.column_stack([xs, ys]))
 
 
-def _mask_geometry(mask: np.ndarray, window: "Window", densify: bool) -> BaseGeometry:
+def _mask_geometry(mask: np.ndarray, window: Window, densify: bool) -> BaseGeometry:
     if mask.shape != (window.height, window.width):
         raise ValueError(f"mask shape {mask.shape} does not match the window ({window.height}, {window.width})")
     outline = _mask_outline_px(mask)

@@ -10,7 +10,8 @@ How a pull works, with huggingface_hub (2.4) doing the HTTP:
 1. ``HfApi.model_info(repo_id, revision, files_metadata=True)`` (``GET /api/models/{repo}/revision/{rev}?blobs=true``)
    gives the commit and, per file, its size, git blob id and, for LFS files, the sha256. Only the
    files the catalogue entry's ``allow_patterns`` select are fetched.
-2. Each file is fetched with huggingface_hub's HTTP session (``http_stream_backoff``) from ``{endpoint}/{repo}/resolve/{commit}/{path}``
+2. Each file is fetched with huggingface_hub's HTTP session (``http_stream_backoff``) from
+``{endpoint}/{repo}/resolve/{commit}/{path}``
    into the Hugging Face cache's own layout (``$HF_HOME/hub/models--owner--name/blobs/<etag>``,
    linked from ``snapshots/<commit>/<path>``, ``refs/<revision>``), so other tools find it and it
    finds theirs. The partial file is ``blobs/<etag>.incomplete``, written as the bytes arrive; a pull
@@ -44,11 +45,12 @@ import shutil
 import tempfile
 import time
 import zipfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from enum import Enum
 from fnmatch import fnmatch
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from rs_assistant.core.catalog import CatalogEntry
 
@@ -157,9 +159,10 @@ def checkpoint_problems(folder: Path, backend: str) -> list[str]:
         problems = []
         if not any((folder / n).is_file() for n in OPEN_CLIP_WEIGHTS) and not list(folder.glob("*.pt")):
             problems.append(f"weights ({' or '.join(OPEN_CLIP_WEIGHTS)} or one *.pt file)")
-        if not ((folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()) and not (
-            folder / "bpe_simple_vocab_16e6.txt.gz"
-        ).is_file():
+        if (
+            not ((folder / "vocab.json").is_file() and (folder / "merges.txt").is_file())
+            and not (folder / "bpe_simple_vocab_16e6.txt.gz").is_file()
+        ):
             problems.append("the BPE vocabulary (vocab.json + merges.txt, or bpe_simple_vocab_16e6.txt.gz)")
         return problems
     config = _read_config(folder)
@@ -170,9 +173,13 @@ def checkpoint_problems(folder: Path, backend: str) -> list[str]:
     model_type = config.get("model_type")
     expected = [t for t, b in MODEL_TYPE_BACKENDS.items() if b == backend]
     if expected and model_type not in expected:
-        problems.append(f"a config.json for backend {backend} (model_type {' or '.join(expected)}; this one is {model_type!r})")
+        problems.append(
+            f"a config.json for backend {backend} (model_type {' or '.join(expected)}; this one is {model_type!r})"
+        )
     if backend == "florence2" and "auto_map" in config:
-        problems.append("the transformers-native Florence-2 conversion (this is an original release that needs remote code)")
+        problems.append(
+            "the transformers-native Florence-2 conversion (this is an original release that needs remote code)"
+        )
     weights = [p for pattern in ("*.safetensors", "*.bin") for p in folder.glob(pattern)]
     if not weights:
         problems.append("weights (*.safetensors or *.bin)")
@@ -198,7 +205,8 @@ def check_checkpoint(folder: Path, backend: str) -> None:
     problems = checkpoint_problems(folder, backend)
     if problems:
         raise HubError(
-            Failure.NOT_A_CHECKPOINT, f"{folder} is not a complete {backend} checkpoint: it has no {'; no '.join(problems)}"
+            Failure.NOT_A_CHECKPOINT,
+            f"{folder} is not a complete {backend} checkpoint: it has no {'; no '.join(problems)}",
         )
 
 
@@ -275,7 +283,9 @@ def sources(entry: CatalogEntry) -> list[CatalogEntry]:
     """
     found = [entry]
     for companion in entry.companions:
-        found.append(replace(entry, repo_id=companion.repo_id, revision=companion.revision, allow_patterns=companion.files))
+        found.append(
+            replace(entry, repo_id=companion.repo_id, revision=companion.revision, allow_patterns=companion.files)
+        )
     return found
 
 
@@ -328,7 +338,9 @@ def remote_files(entry: CatalogEntry, token: str | None = None) -> tuple[str, li
         size = int(getattr(lfs, "size", None) or sibling.size or 0) if lfs is not None else int(sibling.size or 0)
         etag = sha256 or sibling.blob_id
         if etag is None:
-            raise HubError(Failure.NOT_FOUND, f"the Hub sent no checksum for {entry.repo_id}/{sibling.rfilename}; cannot verify it")
+            raise HubError(
+                Failure.NOT_FOUND, f"the Hub sent no checksum for {entry.repo_id}/{sibling.rfilename}; cannot verify it"
+            )
         files.append(RemoteFile(sibling.rfilename, size, etag, sha256, sibling.blob_id))
     if not files:
         raise HubError(
@@ -440,7 +452,9 @@ def _assemble(entry: CatalogEntry, cache: Path | None) -> Path:
     for source in sources(entry):
         snapshot = _find_snapshot(source, cache)
         if snapshot is None:
-            raise HubError(Failure.INTERRUPTED, f"{source.repo_id} is not complete in the cache; pull {entry.name} again")
+            raise HubError(
+                Failure.INTERRUPTED, f"{source.repo_id} is not complete in the cache; pull {entry.name} again"
+            )
         commits[source.repo_id] = snapshot.name
         for repo_path in _stamp_files(source, snapshot, cache):
             name = PurePosixPath(repo_path).name
@@ -501,12 +515,15 @@ def _check_free_space(folder: Path, needed: int, entry: CatalogEntry) -> None:
     if needed > free:
         raise HubError(
             Failure.DISK_FULL,
-            f"not enough disk space for {entry.name}: {needed / 1e9:.2f} GB still to download, {free / 1e9:.2f} GB free "
+            f"not enough disk space for {entry.name}: {needed / 1e9:.2f} GB still to download, {free / 1e9:.2f} GB "
+            f"free "
             f"in {folder}. Free some space, or set HF_HOME to a folder on a larger disk, then pull again",
         )
 
 
-def _fetch(entry: CatalogEntry, commit: str, file: RemoteFile, blobs: Path, token: str | None, report: Callable[[int], None]) -> None:
+def _fetch(
+    entry: CatalogEntry, commit: str, file: RemoteFile, blobs: Path, token: str | None, report: Callable[[int], None]
+) -> None:
     """Fetch one file into ``blobs/<etag>``, continuing ``<etag>.incomplete``, and verify it."""
     from huggingface_hub import hf_hub_url
     from huggingface_hub.utils import build_hf_headers
@@ -540,7 +557,8 @@ def _fetch(entry: CatalogEntry, commit: str, file: RemoteFile, blobs: Path, toke
 
 
 def _stream(url: str, headers: Mapping[str, str], partial: Path, size: int, report: Callable[[int], None]) -> None:
-    """GET ``url`` into ``partial``, continuing it with a Range request; every chunk is on disk when the next is asked for."""
+    """GET ``url`` into ``partial``, continuing it with a Range request; every chunk is on disk when the next is
+    asked for."""
     from huggingface_hub import constants
     from huggingface_hub.utils import hf_raise_for_status, http_stream_backoff
 
@@ -660,8 +678,10 @@ def translate(exc: BaseException, entry: CatalogEntry, partial: Path | None = No
     ):
         return HubError(
             Failure.GATED,
-            f"{entry.repo_id} is gated: accept its licence at {hub}/{entry.repo_id} while logged in, create a read token at "
-            f"{hub}/settings/tokens, and set it in the environment variable HF_TOKEN (or run `hf auth login`); then pull again",
+            f"{entry.repo_id} is gated: accept its licence at {hub}/{entry.repo_id} while logged in, create a read "
+            f"token at "
+            f"{hub}/settings/tokens, and set it in the environment variable HF_TOKEN (or run `hf auth login`); then "
+            f"pull again",
         )
     if isinstance(exc, RevisionNotFoundError):
         return HubError(Failure.NOT_FOUND, f"{entry.repo_id} has no revision {entry.revision!r} on {hub}")
@@ -671,7 +691,9 @@ def translate(exc: BaseException, entry: CatalogEntry, partial: Path | None = No
             f"{entry.repo_id} was not found on {hub} (or it is private: set HF_TOKEN to a token that can read it)",
         )
     if isinstance(exc, httpx2.ProxyError):
-        proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy") or os.environ.get("ALL_PROXY") or "the proxy"
+        proxy = (
+            os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy") or os.environ.get("ALL_PROXY") or "the proxy"
+        )
         return HubError(
             Failure.PROXY,
             f"the proxy {proxy} refused the connection to {hub} ({exc}). Check HTTPS_PROXY (and the proxy's login), "
@@ -680,7 +702,8 @@ def translate(exc: BaseException, entry: CatalogEntry, partial: Path | None = No
     if isinstance(exc, (httpx2.ConnectError, httpx2.TimeoutException, httpx2.RemoteProtocolError, httpx2.NetworkError)):
         return HubError(
             Failure.NO_NETWORK,
-            f"cannot reach {hub} ({type(exc).__name__}: {exc}). Check the network connection, set HTTPS_PROXY if you are behind "
+            f"cannot reach {hub} ({type(exc).__name__}: {exc}). Check the network connection, set HTTPS_PROXY if "
+            f"you are behind "
             f"a proxy or HF_ENDPOINT for a mirror, or copy the model from another computer with `models export` / "
             f"`models import`.{kept}",
         )
@@ -690,7 +713,8 @@ def translate(exc: BaseException, entry: CatalogEntry, partial: Path | None = No
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return HubError(
             Failure.DISK_FULL,
-            f"the disk filled up while writing {exc.filename or partial or 'the download'}. Free some space (or set HF_HOME to a "
+            f"the disk filled up while writing {exc.filename or partial or 'the download'}. Free some space (or set "
+            f"HF_HOME to a "
             f"larger disk) and pull again.{kept}",
         )
     if isinstance(exc, OSError) and "Consistency check failed" in str(exc):
@@ -703,7 +727,9 @@ def translate(exc: BaseException, entry: CatalogEntry, partial: Path | None = No
 # --- offline bundles ----------------------------------------------------------------------------
 
 
-def export_bundle(name: str, folder: Path, table: Mapping[str, Any], zip_path: Path, catalog_name: str | None = None) -> Path:
+def export_bundle(
+    name: str, folder: Path, table: Mapping[str, Any], zip_path: Path, catalog_name: str | None = None
+) -> Path:
     """Write ``folder``'s files and a manifest (the models entry, the catalogue name) into ``zip_path`` atomically."""
     folder = Path(folder)
     files = sorted(p for p in folder.rglob("*") if p.is_file())
@@ -713,7 +739,9 @@ def export_bundle(name: str, folder: Path, table: Mapping[str, Any], zip_path: P
         "name": name,
         "catalog_name": catalog_name,
         "models_entry": entry,
-        "files": [{"path": p.relative_to(folder).as_posix(), "size": p.stat().st_size, "sha256": _sha256(p)} for p in files],
+        "files": [
+            {"path": p.relative_to(folder).as_posix(), "size": p.stat().st_size, "sha256": _sha256(p)} for p in files
+        ],
     }
     zip_path = Path(zip_path)
     zip_path.parent.mkdir(parents=True, exist_ok=True)
@@ -728,7 +756,9 @@ def export_bundle(name: str, folder: Path, table: Mapping[str, Any], zip_path: P
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
         if exc.errno == errno.ENOSPC:
-            raise HubError(Failure.DISK_FULL, f"the disk filled up while writing {zip_path}; free some space and export again") from exc
+            raise HubError(
+                Failure.DISK_FULL, f"the disk filled up while writing {zip_path}; free some space and export again"
+            ) from exc
         raise
     return zip_path
 
@@ -739,10 +769,17 @@ def read_manifest(zip_path: Path) -> dict[str, Any]:
             manifest = json.loads(bundle.read(BUNDLE_MANIFEST))
     except (OSError, zipfile.BadZipFile, KeyError, ValueError) as exc:
         raise HubError(
-            Failure.BAD_BUNDLE, f"{zip_path} is not a model bundle written by `models export` ({type(exc).__name__}: {exc})"
+            Failure.BAD_BUNDLE,
+            f"{zip_path} is not a model bundle written by `models export` ({type(exc).__name__}: {exc})",
         ) from None
-    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT or not isinstance(manifest.get("models_entry"), dict):
-        raise HubError(Failure.BAD_BUNDLE, f"{zip_path}: its {BUNDLE_MANIFEST} is not a bundle manifest of format {BUNDLE_FORMAT}")
+    if (
+        not isinstance(manifest, dict)
+        or manifest.get("format") != BUNDLE_FORMAT
+        or not isinstance(manifest.get("models_entry"), dict)
+    ):
+        raise HubError(
+            Failure.BAD_BUNDLE, f"{zip_path}: its {BUNDLE_MANIFEST} is not a bundle manifest of format {BUNDLE_FORMAT}"
+        )
     return manifest
 
 
@@ -769,11 +806,16 @@ def import_bundle(zip_path: Path, target: Path, name: str) -> Path:
                         digest.update(chunk)
                         dst.write(chunk)
                 if digest.hexdigest() != item["sha256"]:
-                    raise HubError(Failure.CORRUPT, f"{zip_path}: {rel} is corrupt (sha256 differs from the manifest); copy the bundle again")
+                    raise HubError(
+                        Failure.CORRUPT,
+                        f"{zip_path}: {rel} is corrupt (sha256 differs from the manifest); copy the bundle again",
+                    )
         os.replace(work, target)
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
-            raise HubError(Failure.DISK_FULL, f"the disk filled up while unpacking into {target.parent}; free some space") from exc
+            raise HubError(
+                Failure.DISK_FULL, f"the disk filled up while unpacking into {target.parent}; free some space"
+            ) from exc
         raise
     except KeyError as exc:
         raise HubError(Failure.BAD_BUNDLE, f"{zip_path} lacks a file its manifest lists: {exc}") from None
@@ -793,4 +835,3 @@ def _sha256(path: Path) -> str:
 
 def folder_size(folder: Path) -> int:
     return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
-

@@ -14,9 +14,9 @@ import math
 import os
 import re
 import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
 
 import affine
 import numpy as np
@@ -92,7 +92,7 @@ class _Grid:
 _Block = tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]]
 
 
-def read_image(ref: ImageRef, max_side: int = 1024, datasets: "DatasetCache | None" = None) -> Window:
+def read_image(ref: ImageRef, max_side: int = 1024, datasets: DatasetCache | None = None) -> Window:
     """The window ``ref.extent`` (in ``ref.crs``), at the source's resolution but at most ``max_side`` pixels a side.
 
     ``datasets`` keeps the source open between reads (tiled batch jobs read hundreds of windows of one file).
@@ -105,7 +105,7 @@ def read_image(ref: ImageRef, max_side: int = 1024, datasets: "DatasetCache | No
 
 
 def read_pair(
-    before: ImageRef, after: ImageRef, max_side: int = 1024, datasets: "DatasetCache | None" = None
+    before: ImageRef, after: ImageRef, max_side: int = 1024, datasets: DatasetCache | None = None
 ) -> tuple[Window, Window]:
     """Before and after on the before window's grid (same transform, size and CRS), so they are pixel-aligned.
 
@@ -207,11 +207,15 @@ def _opened(ref: ImageRef, datasets: DatasetCache | None = None) -> Iterator[Dat
             opener = _open_source(ref.source or "")
         with opener as src:
             if src.crs is None:
-                raise ProtocolError(ErrorCode.UNREADABLE_SOURCE, f"{name} has no coordinate reference system; georeference it first")
+                raise ProtocolError(
+                    ErrorCode.UNREADABLE_SOURCE, f"{name} has no coordinate reference system; georeference it first"
+                )
             yield src
     except (RasterioError, CPLE_BaseError) as exc:
         log.debug("reading %s failed", name, exc_info=True)
-        raise ProtocolError(ErrorCode.UNREADABLE_SOURCE, f"cannot read {name} as a raster: {_gdal_message(exc)}") from None
+        raise ProtocolError(
+            ErrorCode.UNREADABLE_SOURCE, f"cannot read {name} as a raster: {_gdal_message(exc)}"
+        ) from None
 
 
 @contextmanager
@@ -284,7 +288,8 @@ def _describe(ref: ImageRef) -> str:
 
 
 def _grid_for(src: DatasetReader, ref: ImageRef, max_side: int) -> _Grid:
-    """The grid over ``ref.extent`` at the source's resolution there, shrunk so its longer side is at most ``max_side``."""
+    """The grid over ``ref.extent`` at the source's resolution there, shrunk so its longer side is at most
+    ``max_side``."""
     under = _pixel_bbox(src, ref.extent, ref.crs, _describe(ref))
     width, height = max(1, round(under.width)), max(1, round(under.height))
     scale = max(width, height) / max_side
@@ -302,11 +307,14 @@ def _pixel_bbox(src: DatasetReader, bounds: Sequence[float], crs: str, name: str
         try:
             bounds = transform_bounds(_rio_crs(crs), src.crs, *bounds, densify_pts=21)
         except (RasterioError, CPLE_BaseError) as exc:
-            raise ProtocolError(ErrorCode.BAD_CRS, f"cannot transform the extent from {crs} to the CRS of {name}: {exc}") from None
+            raise ProtocolError(
+                ErrorCode.BAD_CRS, f"cannot transform the extent from {crs} to the CRS of {name}: {exc}"
+            ) from None
         if not all(math.isfinite(v) for v in bounds):
             raise ProtocolError(
                 ErrorCode.BAD_EXTENT,
-                f"the extent {_fmt(original)} ({crs}) lies outside the area that the CRS of {name} ({_crs_name(src.crs)}) can represent",
+                f"the extent {_fmt(original)} ({crs}) lies outside the area that the CRS of {name} "
+                f"({_crs_name(src.crs)}) can represent",
             )
     xmin, ymin, xmax, ymax = bounds
     inverse = ~src.transform
@@ -346,7 +354,8 @@ def _read(src: DatasetReader, grid: _Grid, ref: ImageRef) -> Window:
     mask[r0:r1, c0:c1] = valid
     log.debug(
         "read %s %s -> %dx%d %s (bands %s) in %.1f ms",
-        name, "window" if direct else "warped", grid.width, grid.height, grid.crs, bands, (time.perf_counter() - started) * 1000,
+        name, "window" if direct else "warped", grid.width, grid.height, grid.crs, bands,
+        (time.perf_counter() - started) * 1000,
     )  # fmt: skip
     return Window(array=array, transform=grid.transform, crs=grid.crs, valid=mask)
 
@@ -363,7 +372,12 @@ def _read_direct(src: DatasetReader, grid: _Grid, bands: list[int], resampling: 
     level = _overview(src, bands[0], decimation)[0]
     _check_budget(window.width * window.height / level**2, name)
     data = src.read(bands, window=window, out_shape=(len(bands), *shape), resampling=resampling)
-    valid = _valid(src, bands, data, lambda: src.read_masks(bands[0], window=window, out_shape=shape, resampling=Resampling.nearest))
+    valid = _valid(
+        src,
+        bands,
+        data,
+        lambda: src.read_masks(bands[0], window=window, out_shape=shape, resampling=Resampling.nearest),
+    )
     return data, valid, span
 
 
@@ -385,7 +399,9 @@ def _read_warped(src: DatasetReader, grid: _Grid, bands: list[int], resampling: 
                 resampling=resampling, add_alpha=not has_alpha,
             )  # fmt: skip
         except (RasterioError, CPLE_BaseError) as exc:
-            raise ProtocolError(ErrorCode.BAD_CRS, f"cannot reproject {name} from {src.crs} to {grid.crs}: {exc}") from None
+            raise ProtocolError(
+                ErrorCode.BAD_CRS, f"cannot reproject {name} from {src.crs} to {grid.crs}: {exc}"
+            ) from None
         with vrt:
             data = vrt.read(bands)
             valid = _valid(vrt, bands, data, lambda: vrt.read_masks(bands[0]))
@@ -465,7 +481,8 @@ def _clip(window: rasterio.windows.Window, src: DatasetReader) -> rasterio.windo
 
 
 def _overview(src: DatasetReader, band: int, decimation: float) -> tuple[int, int | None]:
-    """The overview factor (1: full resolution) and its index for reading ``decimation`` source pixels per output pixel."""
+    """The overview factor (1: full resolution) and its index for reading ``decimation`` source pixels per output
+    pixel."""
     factors = src.overviews(band)
     usable = [i for i, f in enumerate(factors) if f <= decimation]
     if not usable:
@@ -561,7 +578,8 @@ def _decode(data: bytes) -> tuple[np.ndarray, np.ndarray | None]:
             if image.width * image.height > MAX_SOURCE_PIXELS:
                 raise ProtocolError(
                     ErrorCode.REGION_TOO_LARGE,
-                    f"the image is {image.width}x{image.height} pixels; the limit is {MAX_SOURCE_PIXELS / 1e6:.0f} megapixels",
+                    f"the image is {image.width}x{image.height} pixels; the limit is {MAX_SOURCE_PIXELS / 1e6:.0f} "
+                    f"megapixels",
                 )
             has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
             rgba = np.asarray(image.convert("RGBA"))

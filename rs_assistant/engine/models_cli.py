@@ -94,7 +94,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     use.add_argument("task", help=", ".join(t.value for t in Task))
     use.add_argument("name")
     for verb in (listing, pull, imp, exp, use):
-        verb.add_argument("--models", type=Path, default=None, help="models file (default: the user's rs_assistant/models.toml)")
+        verb.add_argument(
+            "--models", type=Path, default=None, help="models file (default: the user's rs_assistant/models.toml)"
+        )
     return models
 
 
@@ -157,7 +159,9 @@ def list_models(path: Path) -> dict[str, Any]:
             continue
         backend = str(table.get("backend", ""))
         folder = _registered_folder(content, table)
-        on_disk = folder is not None and (backend not in hub.MODEL_TYPE_BACKENDS or not hub.checkpoint_problems(folder, backend))
+        on_disk = folder is not None and (
+            backend not in hub.MODEL_TYPE_BACKENDS or not hub.checkpoint_problems(folder, backend)
+        )
         rows.append(
             {
                 "name": name,
@@ -207,7 +211,9 @@ def _list(args: argparse.Namespace, path: Path) -> int:
     print(f"models file: {listing['models_file']}")
     for line in lines:
         print("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip())
-    routes = ", ".join(f"{t} -> {m}" for t, m in listing["tasks"].items()) or f"none (model 'auto' means '{DEFAULT_MODEL}')"
+    routes = (
+        ", ".join(f"{t} -> {m}" for t, m in listing["tasks"].items()) or f"none (model 'auto' means '{DEFAULT_MODEL}')"
+    )
     print(f"task routes: {routes}", flush=True)
     return 0
 
@@ -262,8 +268,14 @@ def _import(args: argparse.Namespace, path: Path) -> int:
         backend = args.backend or hub.detect_backend(source)
         if backend is None:
             config = source / "config.json"
-            what = "no config.json" if not config.exists() else f"a config.json whose model_type is not one of {', '.join(hub.MODEL_TYPE_BACKENDS)}"
-            raise CliError(f"{source} is not a checkpoint folder the engine knows: it has {what}; give --backend if it is one")
+            what = (
+                "no config.json"
+                if not config.exists()
+                else f"a config.json whose model_type is not one of {', '.join(hub.MODEL_TYPE_BACKENDS)}"
+            )
+            raise CliError(
+                f"{source} is not a checkpoint folder the engine knows: it has {what}; give --backend if it is one"
+            )
         hub.check_checkpoint(source, backend)
         name = _model_name(args.name or source.name)
         folder = source.resolve()
@@ -296,8 +308,12 @@ def _export(args: argparse.Namespace, path: Path) -> int:
         raise CliError(f"model {args.name!r} is neither in {path} nor pulled; registered: {known}")
     folder = _registered_folder(content, table)
     if folder is None or not folder.is_dir():
-        raise CliError(f"model {args.name!r} has no checkpoint folder on disk ({table.get('path')!r}); pull or import it first")
-    zip_path = hub.export_bundle(args.name, folder, table, args.zip.expanduser(), catalog_name=entry.name if entry else None)
+        raise CliError(
+            f"model {args.name!r} has no checkpoint folder on disk ({table.get('path')!r}); pull or import it first"
+        )
+    zip_path = hub.export_bundle(
+        args.name, folder, table, args.zip.expanduser(), catalog_name=entry.name if entry else None
+    )
     print(f"EXPORTED {args.name} {zip_path}", flush=True)
     return 0
 
@@ -309,13 +325,19 @@ def _use(args: argparse.Namespace, path: Path) -> int:
         raise CliError(f"{args.task!r} is not a task; use one of {', '.join(t.value for t in Task)}") from None
     content = read_models_file(path)
     if args.name != DEFAULT_MODEL and args.name not in content.models:
-        raise CliError(f"model {args.name!r} is not in {path}; pull or import it first (registered: {', '.join(content.models) or 'none'})")
+        raise CliError(
+            f"model {args.name!r} is not in {path}; pull or import it first (registered: "
+            f"{', '.join(content.models) or 'none'})"
+        )
     backend = str(content.models[args.name].get("backend", "")) if args.name in content.models else "rsa"
-    if backend in BACKEND_TASKS and task not in BACKEND_TASKS[backend] and not (
-        task is Task.SEGMENT and "segmenter" in content.models.get(args.name, {})
+    if (
+        backend in BACKEND_TASKS
+        and task not in BACKEND_TASKS[backend]
+        and not (task is Task.SEGMENT and "segmenter" in content.models.get(args.name, {}))
     ):
         raise CliError(
-            f"model {args.name!r} (backend {backend}) does not do {task.value}; it does: {', '.join(t.value for t in BACKEND_TASKS[backend])}"
+            f"model {args.name!r} (backend {backend}) does not do {task.value}; it does: "
+            f"{', '.join(t.value for t in BACKEND_TASKS[backend])}"
         )
     write_models_file(content.with_route(task, args.name))
     print(f"ROUTE {task.value} {args.name}", flush=True)

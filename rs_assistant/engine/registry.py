@@ -29,11 +29,11 @@ import importlib.util
 import logging
 import re
 import threading
-import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from rs_assistant.core.models_file import AUTO_MODEL, ModelsFileError, parse_models_text
 from rs_assistant.core.paths import resource
@@ -117,7 +117,9 @@ def read_models(path: str | Path) -> tuple[dict[str, ModelSpec], dict[str, str]]
     for spec in specs.values():
         if spec.segmenter is not None and spec.segmenter not in known:
             raise _file_error(
-                path, f"[models.{spec.name}] segmenter = {spec.segmenter!r} names no model; known: {', '.join(sorted(known))}"
+                path,
+                f"[models.{spec.name}] segmenter = {spec.segmenter!r} names no model; known: "
+                f"{', '.join(sorted(known))}",
             )
         if spec.segmenter == spec.name:
             raise _file_error(path, f"[models.{spec.name}] names itself as its segmenter")
@@ -132,10 +134,13 @@ def _parse_model(path: Path, name: str, table: Any) -> ModelSpec:
         raise _file_error(path, f"{where} must be a table (backend = ..., path = ...), got {table!r}")
     backend = table.get("backend")
     if backend is None:
-        raise _file_error(path, f"{where} has no 'backend' key; use one of {', '.join(BACKENDS)} or 'package.module:ClassName'")
+        raise _file_error(
+            path, f"{where} has no 'backend' key; use one of {', '.join(BACKENDS)} or 'package.module:ClassName'"
+        )
     if not isinstance(backend, str) or (backend not in BACKENDS and not _CLASS_REF.match(backend)):
         raise _file_error(
-            path, f"{where} backend = {backend!r} is unknown; use one of {', '.join(BACKENDS)} or 'package.module:ClassName'"
+            path,
+            f"{where} backend = {backend!r} is unknown; use one of {', '.join(BACKENDS)} or 'package.module:ClassName'",
         )
     segmenter = table.get("segmenter")
     if segmenter is not None and (not isinstance(segmenter, str) or not segmenter):
@@ -179,7 +184,8 @@ def backend_class(spec: ModelSpec) -> type[Backend]:
                 f"(no module {module_name}){weights}. Name another model from a models file (--models).",
             )
         raise ProtocolError(
-            ErrorCode.MODEL_LOAD_FAILED, f"model '{spec.name}' ({spec.origin}): cannot import module {module_name!r} of backend {target!r}"
+            ErrorCode.MODEL_LOAD_FAILED,
+            f"model '{spec.name}' ({spec.origin}): cannot import module {module_name!r} of backend {target!r}",
         )
     try:
         module = importlib.import_module(module_name)
@@ -192,7 +198,8 @@ def backend_class(spec: ModelSpec) -> type[Backend]:
     cls = getattr(module, class_name, None)
     if not (isinstance(cls, type) and issubclass(cls, Backend)):
         raise ProtocolError(
-            ErrorCode.MODEL_LOAD_FAILED, f"model '{spec.name}': {target!r} is not a Backend class (module {module_name} has no such class)"
+            ErrorCode.MODEL_LOAD_FAILED,
+            f"model '{spec.name}': {target!r} is not a Backend class (module {module_name} has no such class)",
         )
     return cls
 
@@ -210,12 +217,14 @@ class Registry:
         self.routes: Mapping[str, str] = MappingProxyType(dict(routes or {}))  # task name -> model name ([tasks])
         for task, model in self.routes.items():
             if model not in self._specs:
-                raise ProtocolError(ErrorCode.BAD_REQUEST, f"[tasks] {task} = {model!r} names no model; known: {', '.join(self._specs)}")
+                raise ProtocolError(
+                    ErrorCode.BAD_REQUEST, f"[tasks] {task} = {model!r} names no model; known: {', '.join(self._specs)}"
+                )
         self._backends: dict[str, Backend] = {}
         self._lock = threading.Lock()
 
     @classmethod
-    def from_file(cls, models_file: str | Path | None = None, device: str = "cpu") -> "Registry":
+    def from_file(cls, models_file: str | Path | None = None, device: str = "cpu") -> Registry:
         """The models of ``models_file`` (in its order), then the built-in ones it does not redefine."""
         specs, routes = read_models(models_file) if models_file is not None else ({}, {})
         for name, spec in builtin_specs().items():
@@ -281,7 +290,9 @@ class Registry:
 def _check_rsa_weights(spec: ModelSpec) -> None:
     """The project's own models ship their weights in a folder; name it when it is missing."""
     if not spec.config.get("path"):
-        raise ProtocolError(ErrorCode.MODEL_LOAD_FAILED, f"model '{spec.name}' ({spec.origin}) gives no 'path' to its weights folder")
+        raise ProtocolError(
+            ErrorCode.MODEL_LOAD_FAILED, f"model '{spec.name}' ({spec.origin}) gives no 'path' to its weights folder"
+        )
     folder = Path(str(spec.config["path"]))
     if not folder.is_dir():
         raise ProtocolError(

@@ -107,14 +107,21 @@ class Reprojector:
         out = shapely.transform(shapely.segmentize(geom, self.segment), apply)
         if not np.isfinite(shapely.get_coordinates(out)).all():
             raise ProtocolError(
-                ErrorCode.BAD_CRS, f"output_crs {self.output_crs!r} cannot represent this region (coordinates fall outside its area of use)"
+                ErrorCode.BAD_CRS,
+                f"output_crs {self.output_crs!r} cannot represent this region (coordinates fall outside its area of "
+                f"use)",
             )
         return out
 
 
 def to_feature(piece: Piece, reproject: Reprojector, pending: bool = False) -> dict[str, Any]:
     """A GeoJSON feature in the output CRS; a pending one also carries its exact grid geometry (GRID_GEOMETRY)."""
-    props: dict[str, Any] = {"kind": piece.kind.value, "label": piece.label, "score": float(piece.score), "tile": piece.tile}
+    props: dict[str, Any] = {
+        "kind": piece.kind.value,
+        "label": piece.label,
+        "score": float(piece.score),
+        "tile": piece.tile,
+    }
     props.update(piece.properties)
     if pending:
         props[GRID_GEOMETRY] = shapely.geometry.mapping(piece.geometry)
@@ -239,12 +246,17 @@ def _same_object(a: _Box, b: _Box, eps: float) -> bool:
         return False
     inter = max(ox, 0.0) * max(oy, 0.0)
     area_a, area_b = _area(a.bounds), _area(b.bounds)
-    if inter > 0 and (inter / (area_a + area_b - inter) >= DUPLICATE_IOU or inter / min(area_a, area_b) >= DUPLICATE_IOS):
+    if inter > 0 and (
+        inter / (area_a + area_b - inter) >= DUPLICATE_IOU or inter / min(area_a, area_b) >= DUPLICATE_IOS
+    ):
         return True
     width, height = min(_width(a), _width(b)), min(_height(a), _height(b))
     across_x = (a.cut[2] and b.cut[0]) or (a.cut[0] and b.cut[2])
     across_y = (a.cut[1] and b.cut[3]) or (a.cut[3] and b.cut[1])
-    return bool((across_x and height > 0 and oy / height >= CUT_OVERLAP) or (across_y and width > 0 and ox / width >= CUT_OVERLAP))
+    return bool(
+        (across_x and height > 0 and oy / height >= CUT_OVERLAP)
+        or (across_y and width > 0 and ox / width >= CUT_OVERLAP)
+    )
 
 
 def _joined(members: Sequence[_Box]) -> Piece:
@@ -255,7 +267,9 @@ def _joined(members: Sequence[_Box]) -> Piece:
     if len(members) > 1 and any(any(b.cut) for b in members):
         xs0, ys0, xs1, ys1 = zip(*(b.bounds for b in members))
         geometry = shapely.geometry.box(min(xs0), min(ys0), max(xs1), max(ys1))
-    return Piece(best.kind, best.label, best.score, best.tile, geometry, {**best.properties, "tiles": ",".join(map(str, tiles))})
+    return Piece(
+        best.kind, best.label, best.score, best.tile, geometry, {**best.properties, "tiles": ",".join(map(str, tiles))}
+    )
 
 
 def _area(bounds: Bounds) -> float:

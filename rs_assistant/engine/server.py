@@ -26,7 +26,6 @@ import asyncio
 import base64
 import binascii
 import hmac
-import io
 import json
 import logging
 import os
@@ -57,8 +56,6 @@ from rs_assistant.core.paths import user_config_dir
 from rs_assistant.core.protocol import (
     AnalyzeRequest,
     AnalyzeResponse,
-    RouteRequest,
-    RouteResult,
     BatchRequest,
     ErrorCode,
     Health,
@@ -66,6 +63,8 @@ from rs_assistant.core.protocol import (
     Options,
     ProtocolError,
     Role,
+    RouteRequest,
+    RouteResult,
     model_list_to_dict,
 )
 from rs_assistant.engine.batch import JobPlan, plan_job, stream_job
@@ -232,7 +231,9 @@ def create_app(
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
         log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-        return _error_response(ProtocolError(ErrorCode.INTERNAL, "the engine failed on this request; its log has the details"))
+        return _error_response(
+            ProtocolError(ErrorCode.INTERNAL, "the engine failed on this request; its log has the details")
+        )
 
     @app.get(HEALTH_PATH, summary="Status, version and device (no token needed)", responses=_responses("Health"))
     async def health() -> Response:
@@ -256,7 +257,8 @@ def create_app(
 
     @app.post(
         "/v1/batch",
-        summary="Run a task over a whole raster, tile by tile; streams NDJSON events (start, tile..., merged, ranked, done)",
+        summary="Run a task over a whole raster, tile by tile; streams NDJSON events (start, tile..., merged, "
+        "ranked, done)",
         openapi_extra=_request_body("BatchRequest"),
         responses=_responses("BatchEventLine", media_type="application/x-ndjson"),
     )
@@ -281,7 +283,8 @@ def create_app(
 
     @app.post(
         "/v1/route",
-        summary="Which task a free-text turn asks for (caption, ground, segment, change, count, retrieve, chat) and its prompt",
+        summary="Which task a free-text turn asks for (caption, ground, segment, change, count, retrieve, chat) and "
+        "its prompt",
         openapi_extra=_request_body("RouteRequest"),
         responses=_responses("RouteResult"),
     )
@@ -303,7 +306,11 @@ class _BearerToken:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] != HEALTH_PATH and not self._authorized(scope):
             headers = dict(scope["headers"])
-            reason = "wrong bearer token" if b"authorization" in headers else "missing 'Authorization: Bearer <token>' header"
+            reason = (
+                "wrong bearer token"
+                if b"authorization" in headers
+                else "missing 'Authorization: Bearer <token>' header"
+            )
             error = ProtocolError(ErrorCode.UNAUTHORIZED, f"{reason}; the token is in the engine's token file")
             response = _error_response(error)
             response.headers["WWW-Authenticate"] = "Bearer"
@@ -380,7 +387,9 @@ async def _run_cancellable(
 # --- /v1/batch ---------------------------------------------------------------------------------
 
 
-async def _batch_stream(request: Request, pool: ThreadPoolExecutor, engine: Engine, plan: JobPlan) -> AsyncIterator[bytes]:
+async def _batch_stream(
+    request: Request, pool: ThreadPoolExecutor, engine: Engine, plan: JobPlan
+) -> AsyncIterator[bytes]:
     """The job's events as NDJSON lines, each sent as soon as it exists; a client that leaves cancels the job."""
     cancel = threading.Event()
     events = stream_job(engine, plan, cancel)
@@ -454,7 +463,8 @@ def _message_parts(content: Any, number: int) -> tuple[str, list[np.ndarray]]:
         else:
             raise ProtocolError(
                 ErrorCode.BAD_REQUEST,
-                f"messages[{number}]: content parts must be {{type: text, text}} or {{type: image_url, image_url: {{url}}}}",
+                f"messages[{number}]: content parts must be {{type: text, text}} or "
+                "{type: image_url, image_url: {url}}",
             )
     return "\n\n".join(texts), images
 
@@ -465,12 +475,15 @@ def _decode_data_url(url: Any, number: int) -> np.ndarray:
         shown = url[:40] + "..." if isinstance(url, str) and len(url) > 40 else url
         raise ProtocolError(
             ErrorCode.BAD_REQUEST,
-            f"messages[{number}]: image_url must be a data URL (data:image/png;base64,...), got {shown!r}; the engine fetches nothing",
+            f"messages[{number}]: image_url must be a data URL (data:image/png;base64,...), got {shown!r}; the "
+            f"engine fetches nothing",
         )
     try:
         data = base64.b64decode(match["data"], validate=True)
     except (binascii.Error, ValueError):
-        raise ProtocolError(ErrorCode.UNREADABLE_SOURCE, f"messages[{number}]: the image data URL is not valid base64") from None
+        raise ProtocolError(
+            ErrorCode.UNREADABLE_SOURCE, f"messages[{number}]: the image data URL is not valid base64"
+        ) from None
     return _fit(decode_image_bytes(data), Options().max_side)
 
 
@@ -497,7 +510,12 @@ def _chat_completion(reply: ChatReply) -> ChatCompletion:
 
 async def _chat_stream(reply: ChatReply) -> AsyncIterator[bytes]:
     """The finished reply as OpenAI server-sent events: one content chunk, a stop chunk, [DONE]."""
-    head = {"id": f"chatcmpl-{reply.request_id}", "object": "chat.completion.chunk", "created": int(time.time()), "model": reply.model}
+    head = {
+        "id": f"chatcmpl-{reply.request_id}",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": reply.model,
+    }
     deltas = [({"role": "assistant", "content": reply.text}, None), ({}, "stop")]
     for delta, finish in deltas:
         chunk = {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
@@ -547,7 +565,9 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
 
 def bind_socket(host: str, port: int) -> socket.socket:
     """A listening TCP socket on ``host``:``port`` (port 0: a free one), bound before the server starts."""
-    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[
+        0
+    ]
     sock = socket.socket(family, kind, proto)
     if os.name != "nt":
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -570,7 +590,9 @@ class Server(uvicorn.Server):
     """uvicorn serving ``app`` on an already bound socket; ``on_ready()`` once it accepts requests."""
 
     def __init__(self, app: ASGIApp, sock: socket.socket, on_ready: Callable[[], None] | None = None):
-        super().__init__(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=5))
+        super().__init__(
+            uvicorn.Config(app, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=5)
+        )
         self.sock = sock
         self.on_ready = on_ready
 
@@ -602,7 +624,7 @@ def load_or_create_token(path: str | Path) -> str:
     token = secrets.token_urlsafe(32)
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0)
     fd = os.open(path, flags, 0o600)
-    with io.open(fd, "w", encoding="utf-8") as out:
+    with open(fd, "w", encoding="utf-8") as out:
         out.write(token + "\n")
     if os.name != "nt":
         os.chmod(path, 0o600)  # an existing empty file keeps its old mode through os.open

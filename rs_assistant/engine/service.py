@@ -114,7 +114,9 @@ class Engine:
         """A ``chat`` turn on images that have no place on the map (already decoded RGB arrays)."""
         request_id = uuid.uuid4().hex
         what = f"chat request {request_id} (model '{model}')"
-        call = BackendCall(Task.CHAT, list(images), prompt, tuple(history), options or Options(), cancel or threading.Event())
+        call = BackendCall(
+            Task.CHAT, list(images), prompt, tuple(history), options or Options(), cancel or threading.Event()
+        )
 
         def answer() -> ChatReply:
             name = self.registry.route(Task.CHAT, model)
@@ -142,11 +144,14 @@ class Engine:
         return request.batch_size or backend.tile_batch_size
 
     def run_batch(self, model: str, calls: Sequence[BackendCall]) -> list[BackendResult]:
-        """One batch of a job's tiles through the model, holding its lock for this batch only (so other requests interleave)."""
+        """One batch of a job's tiles through the model, holding its lock for this batch only (so other requests
+        interleave)."""
         if not calls:
             return []
         task, cancel = calls[0].task, calls[0].cancel
-        name, segmenter = self.chain(task, model) if task is not Task.RETRIEVE else (self.registry.route(task, model), None)
+        name, segmenter = (
+            self.chain(task, model) if task is not Task.RETRIEVE else (self.registry.route(task, model), None)
+        )
         if segmenter is not None:
             return [self._ground_then_segment(name, segmenter, call) for call in calls]
         backend = self.registry.backend(name)
@@ -186,8 +191,12 @@ class Engine:
         own = type(backend).tasks
         if task is Task.SEGMENT and Task.SEGMENT not in own and self.registry.spec(name).segmenter is not None:
             return name, self.registry.spec(name).segmenter
-        if (task is Task.SEGMENT and requested == AUTO_MODEL and Task.GROUND not in own
-                and callable(getattr(backend, "segment_boxes", None))):
+        if (
+            task is Task.SEGMENT
+            and requested == AUTO_MODEL
+            and Task.GROUND not in own
+            and callable(getattr(backend, "segment_boxes", None))
+        ):
             grounder = self.registry.routes.get(Task.GROUND.value)  # only a grounding model the person chose
             if grounder is not None and grounder != name and Task.GROUND in self.registry.tasks(grounder):
                 return grounder, name
@@ -234,7 +243,9 @@ class Engine:
         if request.task in THRESHOLDED_TASKS:  # under the threshold: not drawn, but sent for the person to ask for
             threshold = request.options.score_threshold
             detections = [d for d in result.detections if d.score >= threshold]
-            held_back = feature_collection(_features([d for d in result.detections if d.score < threshold], windows, request.output_crs))
+            held_back = feature_collection(
+                _features([d for d in result.detections if d.score < threshold], windows, request.output_crs)
+            )
         features = _features(detections, windows, request.output_crs)
         post_ms = _ms_since(started)
         log.info(
@@ -257,7 +268,8 @@ class Engine:
             backend = self.registry.spec(model).backend
             supported = ", ".join(t.value for t in Task if t in tasks) or "nothing"
             raise ProtocolError(
-                ErrorCode.UNSUPPORTED_TASK, f"model '{model}' (backend {backend}) does not do '{task.value}'; it does: {supported}"
+                ErrorCode.UNSUPPORTED_TASK,
+                f"model '{model}' (backend {backend}) does not do '{task.value}'; it does: {supported}",
             )
 
     @staticmethod
@@ -296,8 +308,9 @@ class Engine:
             masks = segment_boxes(call.images[0], [d.box for d in found], cancel=call.cancel)
         _raise_if_cancelled(call.cancel)
         detections = [
-            Detection(FeatureKind.MASK, d.label, d.score, box=d.box, mask=mask, properties=dict(d.properties),
-                      one_object=True)  # one mask per box: one object, whatever its parts
+            Detection(
+                FeatureKind.MASK, d.label, d.score, box=d.box, mask=mask, properties=dict(d.properties), one_object=True
+            )  # one mask per box: one object, whatever its parts
             for d, mask in zip(found, masks)
             if mask.any()
         ]
@@ -343,7 +356,8 @@ class Engine:
         except Exception as exc:
             log.exception("%s failed", what)
             raise ProtocolError(
-                ErrorCode.INTERNAL, f"the engine failed on {what} ({type(exc).__name__}); the engine's log has the details"
+                ErrorCode.INTERNAL,
+                f"the engine failed on {what} ({type(exc).__name__}); the engine's log has the details",
             ) from None
 
 

@@ -1,4 +1,5 @@
-"""The tile grid of a batch job: windows of ``tile_size`` pixels over the first source, stepping by ``tile_size - overlap``.
+"""The tile grid of a batch job: windows of ``tile_size`` pixels over the first source, stepping by ``tile_size -
+overlap``.
 
 Each tile also owns a *core* (its window with the overlaps split at their middle), so that the
 cores of a grid partition the job's extent exactly: every map point belongs to one tile.
@@ -89,7 +90,9 @@ class TileGrid:
 
     def tile(self, tile_id: int) -> Tile:
         if not 0 <= tile_id < self.count:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, f"tile {tile_id} is not in the grid, which has tiles 0 to {self.count - 1}")
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST, f"tile {tile_id} is not in the grid, which has tiles 0 to {self.count - 1}"
+            )
         row, col = divmod(tile_id, self.cols)
         (c0, c1), (k0, k1), (i0, i1) = _span(self.col_starts, col, self.width, self.tile_size)
         (r0, r1), (l0, l1), (j0, j1) = _span(self.row_starts, row, self.height, self.tile_size)
@@ -103,7 +106,8 @@ class TileGrid:
 
 
 def make_grid(request: BatchRequest) -> TileGrid:
-    """The grid of ``request``: SOURCE_NOT_FOUND / UNREADABLE_SOURCE for a bad source, EXTENT_OUTSIDE for an extent off the raster."""
+    """The grid of ``request``: SOURCE_NOT_FOUND / UNREADABLE_SOURCE for a bad source, EXTENT_OUTSIDE for an extent
+    off the raster."""
     info = describe_raster(request.sources[0])
     for other in request.sources[1:]:
         describe_raster(other)
@@ -126,7 +130,8 @@ def make_grid(request: BatchRequest) -> TileGrid:
 
 
 def tile_starts(length: int, tile_size: int, overlap: int) -> tuple[int, ...]:
-    """Where the windows along one axis start: every ``tile_size - overlap`` pixels, the last shifted to end at ``length``."""
+    """Where the windows along one axis start: every ``tile_size - overlap`` pixels, the last shifted to end at
+    ``length``."""
     if length <= tile_size:
         return (0,)
     step = tile_size - overlap
@@ -153,10 +158,16 @@ def _full_grid(info: RasterInfo) -> tuple[affine.Affine, int, int]:
         return t, info.width, info.height
     size = math.sqrt(abs(t.determinant))
     xmin, ymin, xmax, ymax = info.bounds
-    return affine.Affine(size, 0, xmin, 0, -size, ymax), max(1, math.ceil((xmax - xmin) / size)), max(1, math.ceil((ymax - ymin) / size))
+    return (
+        affine.Affine(size, 0, xmin, 0, -size, ymax),
+        max(1, math.ceil((xmax - xmin) / size)),
+        max(1, math.ceil((ymax - ymin) / size)),
+    )
 
 
-def _extent_pixels(request: BatchRequest, info: RasterInfo, transform: affine.Affine, width: int, height: int) -> PixelBox:
+def _extent_pixels(
+    request: BatchRequest, info: RasterInfo, transform: affine.Affine, width: int, height: int
+) -> PixelBox:
     """The whole grid pixels under ``request.extent``, clipped to the raster; EXTENT_OUTSIDE when none are."""
     assert request.extent is not None
     extent_crs = request.extent_crs or info.crs
@@ -170,7 +181,8 @@ def _extent_pixels(request: BatchRequest, info: RasterInfo, transform: affine.Af
         wanted = ", ".join(f"{v:.10g}" for v in request.extent)
         raise ProtocolError(
             ErrorCode.EXTENT_OUTSIDE,
-            f"the job's extent [{wanted}] ({extent_crs}) does not overlap {info.source!r}, whose extent is [{raster}] ({_short(info.crs)})",
+            f"the job's extent [{wanted}] ({extent_crs}) does not overlap {info.source!r}, whose extent is "
+            f"[{raster}] ({_short(info.crs)})",
         )
     return col0, row0, col1, row1
 
@@ -182,9 +194,13 @@ def _to_crs(bounds: Bounds, src: str, dst: str, name: str) -> Bounds:
     try:
         out = pyproj.Transformer.from_crs(source, target, always_xy=True).transform_bounds(*bounds, densify_pts=21)
     except pyproj.exceptions.ProjError as exc:
-        raise ProtocolError(ErrorCode.BAD_CRS, f"cannot transform the extent from {src} to the CRS of {name!r}: {exc}") from None
+        raise ProtocolError(
+            ErrorCode.BAD_CRS, f"cannot transform the extent from {src} to the CRS of {name!r}: {exc}"
+        ) from None
     if not all(math.isfinite(v) for v in out):
-        raise ProtocolError(ErrorCode.BAD_EXTENT, f"the extent ({src}) lies outside the area that the CRS of {name!r} can represent")
+        raise ProtocolError(
+            ErrorCode.BAD_EXTENT, f"the extent ({src}) lies outside the area that the CRS of {name!r} can represent"
+        )
     return tuple(out)  # type: ignore[return-value]
 
 

@@ -1,7 +1,7 @@
 """Processing algorithm ``rs_assistant:changeoverarea``: what changed between two rasters, tile by tile.
 
-    processing.run("rs_assistant:changeoverarea", {"BEFORE": "/data/2019.tif", "AFTER": "/data/2024.tif",
-                   "OUTPUT": "/data/changes.gpkg"})
+processing.run("rs_assistant:changeoverarea", {"BEFORE": "/data/2019.tif", "AFTER": "/data/2024.tif",
+               "OUTPUT": "/data/changes.gpkg"})
 """
 
 from __future__ import annotations

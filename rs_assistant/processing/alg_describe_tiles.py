@@ -1,7 +1,7 @@
 """Processing algorithm ``rs_assistant:describetiles``: a grid over a raster, one caption per tile.
 
-    processing.run("rs_assistant:describetiles", {"INPUT": "/data/scene.tif", "TILE_SIZE": 512,
-                   "OUTPUT": "/data/captions.gpkg"})
+processing.run("rs_assistant:describetiles", {"INPUT": "/data/scene.tif", "TILE_SIZE": 512,
+               "OUTPUT": "/data/captions.gpkg"})
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Processing algorithm ``rs_assistant:findobjects``: boxes around objects over a whole raster.
 
-    processing.run("rs_assistant:findobjects", {"INPUT": "/data/port.tif", "PROMPT": "ships",
-                   "OUTPUT": "/data/ships.gpkg"})
+processing.run("rs_assistant:findobjects", {"INPUT": "/data/port.tif", "PROMPT": "ships",
+               "OUTPUT": "/data/ships.gpkg"})
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Processing algorithm ``rs_assistant:layertomask``: polygons burned into a GeoTIFF mask.
 
-    processing.run("rs_assistant:layertomask", {"INPUT": layer, "REFERENCE": raster,
-                   "BURN_FIELD": "class", "OUTPUT": "/data/mask.tif"})
+processing.run("rs_assistant:layertomask", {"INPUT": layer, "REFERENCE": raster,
+               "BURN_FIELD": "class", "OUTPUT": "/data/mask.tif"})
 """
 
 from __future__ import annotations
@@ -78,26 +78,54 @@ class LayerToMaskAlgorithm(QgsProcessingAlgorithm):
         return LayerToMaskAlgorithm()
 
     def initAlgorithm(self, config: dict | None = None) -> None:  # noqa: N802
-        self.addParameter(QgsProcessingParameterFeatureSource(
-            self.INPUT, tr("Polygon layer"), [QgsProcessing.SourceType.TypeVectorPolygon]))
-        self.addParameter(QgsProcessingParameterField(
-            self.BURN_FIELD, tr("Class id field (empty: burn 1)"), parentLayerParameterName=self.INPUT,
-            type=QgsProcessingParameterField.DataType.Numeric, optional=True))
-        self.addParameter(QgsProcessingParameterRasterLayer(
-            self.REFERENCE, tr("Reference raster (its grid is used)"), optional=True))
-        self.addParameter(QgsProcessingParameterExtent(
-            self.EXTENT, tr("Extent (without a reference raster)"), optional=True))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.RESOLUTION, tr("Resolution in CRS units (without a reference raster)"),
-            type=QgsProcessingParameterNumber.Type.Double, optional=True))
-        self.addParameter(QgsProcessingParameterCrs(
-            self.TARGET_CRS, tr("CRS (without a reference raster; default: the extent's)"), optional=True))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.NODATA, tr("Nodata value"), type=QgsProcessingParameterNumber.Type.Integer, optional=True))
-        self.addParameter(QgsProcessingParameterEnum(
-            self.COMPRESSION, tr("Compression"), options=[c.value for c in COMPRESSIONS], defaultValue=0))
-        self.addParameter(QgsProcessingParameterBoolean(
-            self.ALL_TOUCHED, tr("Burn every pixel a polygon touches"), defaultValue=False))
+        self.addParameter(
+            QgsProcessingParameterFeatureSource(
+                self.INPUT, tr("Polygon layer"), [QgsProcessing.SourceType.TypeVectorPolygon]
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterField(
+                self.BURN_FIELD,
+                tr("Class id field (empty: burn 1)"),
+                parentLayerParameterName=self.INPUT,
+                type=QgsProcessingParameterField.DataType.Numeric,
+                optional=True,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterRasterLayer(self.REFERENCE, tr("Reference raster (its grid is used)"), optional=True)
+        )
+        self.addParameter(
+            QgsProcessingParameterExtent(self.EXTENT, tr("Extent (without a reference raster)"), optional=True)
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.RESOLUTION,
+                tr("Resolution in CRS units (without a reference raster)"),
+                type=QgsProcessingParameterNumber.Type.Double,
+                optional=True,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterCrs(
+                self.TARGET_CRS, tr("CRS (without a reference raster; default: the extent's)"), optional=True
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.NODATA, tr("Nodata value"), type=QgsProcessingParameterNumber.Type.Integer, optional=True
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterEnum(
+                self.COMPRESSION, tr("Compression"), options=[c.value for c in COMPRESSIONS], defaultValue=0
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterBoolean(
+                self.ALL_TOUCHED, tr("Burn every pixel a polygon touches"), defaultValue=False
+            )
+        )
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, tr("Mask")))
 
     def processAlgorithm(  # noqa: N802
@@ -107,8 +135,11 @@ class LayerToMaskAlgorithm(QgsProcessingAlgorithm):
         if source is None:
             raise QgsProcessingException(self.invalidSourceError(parameters, self.INPUT))
         definition = parameters.get(self.INPUT)
-        if (isinstance(definition, QgsProcessingFeatureSourceDefinition) and definition.selectedFeaturesOnly
-                and source.featureCount() == 0):
+        if (
+            isinstance(definition, QgsProcessingFeatureSourceDefinition)
+            and definition.selectedFeaturesOnly
+            and source.featureCount() == 0
+        ):
             raise QgsProcessingException(tr("The layer has no selected features."))
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         fields = self.parameterAsFields(parameters, self.BURN_FIELD, context)
@@ -121,8 +152,15 @@ class LayerToMaskAlgorithm(QgsProcessingAlgorithm):
                 compression=COMPRESSIONS[self.parameterAsEnum(parameters, self.COMPRESSION, context)],
                 all_touched=self.parameterAsBoolean(parameters, self.ALL_TOUCHED, context),
             )
-            layer_to_mask(source, grid, output, options, overwrite=True, feedback=feedback,
-                          transform_context=context.transformContext())
+            layer_to_mask(
+                source,
+                grid,
+                output,
+                options,
+                overwrite=True,
+                feedback=feedback,
+                transform_context=context.transformContext(),
+            )
         except MaskExportError as error:
             raise QgsProcessingException(str(error)) from error
         if context.willLoadLayerOnCompletion(output):  # added to the project: 0 transparent, not a grey stretch

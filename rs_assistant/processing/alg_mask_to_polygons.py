@@ -1,6 +1,6 @@
 """Processing algorithm ``rs_assistant:masktopolygons``: a mask raster turned into polygons.
 
-    processing.run("rs_assistant:masktopolygons", {"INPUT": "/data/mask.tif", "OUTPUT": "/data/mask.gpkg"})
+processing.run("rs_assistant:masktopolygons", {"INPUT": "/data/mask.tif", "OUTPUT": "/data/mask.gpkg"})
 """
 
 from __future__ import annotations
@@ -62,14 +62,20 @@ class MaskToPolygonsAlgorithm(QgsProcessingAlgorithm):
     def initAlgorithm(self, config: dict | None = None) -> None:  # noqa: N802
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, tr("Mask raster")))
         self.addParameter(QgsProcessingParameterString(self.FIELD_NAME, tr("Value field name"), defaultValue="value"))
-        self.addParameter(QgsProcessingParameterBoolean(
-            self.NODATA_BACKGROUND, tr("Nodata pixels are background"), defaultValue=True))
-        self.addParameter(QgsProcessingParameterBoolean(
-            self.ZERO_BACKGROUND, tr("Zero pixels are background"), defaultValue=True))
-        self.addParameter(QgsProcessingParameterBoolean(
-            self.EIGHT_CONNECTED, tr("Join diagonal neighbours (8-connectivity)"), defaultValue=False))
-        self.addParameter(QgsProcessingParameterFeatureSink(
-            self.OUTPUT, tr("Polygons"), QgsProcessing.SourceType.TypeVectorPolygon))
+        self.addParameter(
+            QgsProcessingParameterBoolean(self.NODATA_BACKGROUND, tr("Nodata pixels are background"), defaultValue=True)
+        )
+        self.addParameter(
+            QgsProcessingParameterBoolean(self.ZERO_BACKGROUND, tr("Zero pixels are background"), defaultValue=True)
+        )
+        self.addParameter(
+            QgsProcessingParameterBoolean(
+                self.EIGHT_CONNECTED, tr("Join diagonal neighbours (8-connectivity)"), defaultValue=False
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterFeatureSink(self.OUTPUT, tr("Polygons"), QgsProcessing.SourceType.TypeVectorPolygon)
+        )
 
     def processAlgorithm(  # noqa: N802
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
@@ -91,7 +97,8 @@ class MaskToPolygonsAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(tr("Canceled: nothing was written."))
         # From here on the copy runs to its end: it is quick (from memory) and never leaves half a layer.
         sink, destination = self.parameterAsSink(
-            parameters, self.OUTPUT, context, polygons.fields(), QgsWkbTypes.Type.Polygon, polygons.crs)
+            parameters, self.OUTPUT, context, polygons.fields(), QgsWkbTypes.Type.Polygon, polygons.crs
+        )
         if sink is None:
             raise QgsProcessingException(self.invalidSinkError(parameters, self.OUTPUT))
         total = max(polygons.layer.GetFeatureCount(), 1)

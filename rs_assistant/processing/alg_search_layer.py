@@ -1,7 +1,7 @@
 """Processing algorithm ``rs_assistant:searchlayer``: the tiles of a raster that best match a description.
 
-    processing.run("rs_assistant:searchlayer", {"INPUT": "/data/coast.tif",
-                   "PROMPT": "a harbour with many boats", "TOP_K": 10, "OUTPUT": "/data/harbours.gpkg"})
+processing.run("rs_assistant:searchlayer", {"INPUT": "/data/coast.tif",
+               "PROMPT": "a harbour with many boats", "TOP_K": 10, "OUTPUT": "/data/harbours.gpkg"})
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Processing algorithm ``rs_assistant:segmentlayer``: object outlines over a whole raster.
 
-    processing.run("rs_assistant:segmentlayer", {"INPUT": "/data/city.tif", "PROMPT": "buildings",
-                   "OUTPUT": "/data/buildings.gpkg"})
+processing.run("rs_assistant:segmentlayer", {"INPUT": "/data/city.tif", "PROMPT": "buildings",
+               "OUTPUT": "/data/buildings.gpkg"})
 """
 
 from __future__ import annotations

@@ -37,7 +37,6 @@ from typing import Any
 from osgeo import ogr
 from qgis.core import (
     NULL,
-    QgsProcessingParameterDefinition,
     QgsCoordinateReferenceSystem,
     QgsFeature,
     QgsFeatureSink,
@@ -51,6 +50,7 @@ from qgis.core import (
     QgsProcessingException,
     QgsProcessingFeedback,
     QgsProcessingParameterBoolean,
+    QgsProcessingParameterDefinition,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFeatureSink,
     QgsProcessingParameterNumber,
@@ -75,8 +75,14 @@ log = logging.getLogger(__name__)
 
 GROUP = "largeareas"
 CANCEL_POLL_S = 0.1
-FIELD_TYPES = (("label", QVariant.String), ("score", QVariant.Double), ("kind", QVariant.String),
-               ("tile", QVariant.Int), ("text", QVariant.String), ("rank", QVariant.Int))
+FIELD_TYPES = (
+    ("label", QVariant.String),
+    ("score", QVariant.Double),
+    ("kind", QVariant.String),
+    ("tile", QVariant.Int),
+    ("text", QVariant.String),
+    ("rank", QVariant.Int),
+)
 
 
 def tr(text: str) -> str:
@@ -139,7 +145,9 @@ class OutputWriter:
 
     def add_features(self, features: list[QgsFeature]) -> None:
         if features and not self._sink.addFeatures(features, QgsFeatureSink.Flag.FastInsert):
-            raise QgsProcessingException(tr("Could not write to the output: {error}").format(error=self._sink.lastError()))
+            raise QgsProcessingException(
+                tr("Could not write to the output: {error}").format(error=self._sink.lastError())
+            )
         self.written += len(features)
 
     def add_geojson(self, features: list[dict], tile_text: str = "") -> int:
@@ -157,10 +165,16 @@ class OutputWriter:
                 text = tile_text
             feature = QgsFeature(self.fields)
             feature.setGeometry(geometry)
-            feature.setAttributes([
-                _value(props.get("label")), _value(props.get("score"), float), kind,
-                _value(props.get("tile"), int), _value(text), _value(props.get("rank"), int),
-            ])
+            feature.setAttributes(
+                [
+                    _value(props.get("label")),
+                    _value(props.get("score"), float),
+                    kind,
+                    _value(props.get("tile"), int),
+                    _value(text),
+                    _value(props.get("rank"), int),
+                ]
+            )
             out.append(feature)
         self.add_features(out)
         self.flush()
@@ -190,7 +204,7 @@ class _CancelWatch:
                 client.cancel()
                 return
 
-    def __enter__(self) -> "_CancelWatch":
+    def __enter__(self) -> _CancelWatch:
         self._thread.start()
         return self
 
@@ -244,38 +258,85 @@ class BatchAlgorithm(QgsProcessingAlgorithm):
     def initAlgorithm(self, config: dict | None = None) -> None:  # noqa: N802
         for name in self.RASTERS:
             self.addParameter(QgsProcessingParameterRasterLayer(name, self.raster_description(name)))
-        self.addParameter(QgsProcessingParameterExtent(
-            self.EXTENT, tr("Extent (empty: the whole raster)"), optional=True))
+        self.addParameter(
+            QgsProcessingParameterExtent(self.EXTENT, tr("Extent (empty: the whole raster)"), optional=True)
+        )
         if self.HAS_PROMPT:
-            self.addParameter(QgsProcessingParameterString(
-                self.PROMPT, self.prompt_description(), optional=not self.PROMPT_REQUIRED))
+            self.addParameter(
+                QgsProcessingParameterString(self.PROMPT, self.prompt_description(), optional=not self.PROMPT_REQUIRED)
+            )
         model = QgsProcessingParameterString(self.MODEL, tr("Model"), defaultValue=AUTO_MODEL)
-        model.setHelp(tr("The engine's model that runs the job: “auto” lets the engine choose the model set for "
-                         "this task (Manage models…), “default” is the built-in model, or a model's name."))
+        model.setHelp(
+            tr(
+                "The engine's model that runs the job: “auto” lets the engine choose the model set for "
+                "this task (Manage models…), “default” is the built-in model, or a model's name."
+            )
+        )
         model.setMetadata({"widget_wrapper": {"class": "rs_assistant.processing.model_widget.ModelWidgetWrapper"}})
         self.addParameter(model)
-        self.addParameter(QgsProcessingParameterNumber(
-            self.TILE_SIZE, tr("Tile size (pixels)"), QgsProcessingParameterNumber.Type.Integer, 512, minValue=1))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.OVERLAP, tr("Overlap between tiles (pixels)"), QgsProcessingParameterNumber.Type.Integer, 64, minValue=0))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.BATCH_SIZE, tr("Tiles per model batch (0: the model's own)"), QgsProcessingParameterNumber.Type.Integer, 0,
-            minValue=0, maxValue=BatchRequest.MAX_BATCH_SIZE))
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.TILE_SIZE, tr("Tile size (pixels)"), QgsProcessingParameterNumber.Type.Integer, 512, minValue=1
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.OVERLAP,
+                tr("Overlap between tiles (pixels)"),
+                QgsProcessingParameterNumber.Type.Integer,
+                64,
+                minValue=0,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.BATCH_SIZE,
+                tr("Tiles per model batch (0: the model's own)"),
+                QgsProcessingParameterNumber.Type.Integer,
+                0,
+                minValue=0,
+                maxValue=BatchRequest.MAX_BATCH_SIZE,
+            )
+        )
         if self.HAS_THRESHOLD:
-            self.addParameter(QgsProcessingParameterNumber(
-                self.SCORE_THRESHOLD, tr("Score threshold"), QgsProcessingParameterNumber.Type.Double, 0.3,
-                minValue=0.0, maxValue=1.0))
+            self.addParameter(
+                QgsProcessingParameterNumber(
+                    self.SCORE_THRESHOLD,
+                    tr("Score threshold"),
+                    QgsProcessingParameterNumber.Type.Double,
+                    0.3,
+                    minValue=0.0,
+                    maxValue=1.0,
+                )
+            )
         if self.HAS_TOP_K:
-            self.addParameter(QgsProcessingParameterNumber(
-                self.TOP_K, tr("Number of best tiles to return"), QgsProcessingParameterNumber.Type.Integer, 10, minValue=1))
+            self.addParameter(
+                QgsProcessingParameterNumber(
+                    self.TOP_K,
+                    tr("Number of best tiles to return"),
+                    QgsProcessingParameterNumber.Type.Integer,
+                    10,
+                    minValue=1,
+                )
+            )
         resume = QgsProcessingParameterBoolean(
-            self.RESUME, tr("Resume an interrupted run into the same output file (file outputs only)"), defaultValue=True)
-        resume.setHelp(tr("A run that stopped early keeps its features in the output file; run again with the same "
-                          "parameters to do only the remaining tiles. A temporary layer cannot be resumed."))
+            self.RESUME,
+            tr("Resume an interrupted run into the same output file (file outputs only)"),
+            defaultValue=True,
+        )
+        resume.setHelp(
+            tr(
+                "A run that stopped early keeps its features in the output file; run again with the same "
+                "parameters to do only the remaining tiles. A temporary layer cannot be resumed."
+            )
+        )
         resume.setFlags(resume.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
         self.addParameter(resume)
-        self.addParameter(QgsProcessingParameterFeatureSink(
-            self.OUTPUT, self.output_description(), QgsProcessing.SourceType.TypeVectorPolygon))
+        self.addParameter(
+            QgsProcessingParameterFeatureSink(
+                self.OUTPUT, self.output_description(), QgsProcessing.SourceType.TypeVectorPolygon
+            )
+        )
 
     def checkParameterValues(self, parameters: dict[str, Any], context: QgsProcessingContext) -> tuple[bool, str]:  # noqa: N802
         for name in self.RASTERS:
@@ -295,12 +356,16 @@ class BatchAlgorithm(QgsProcessingAlgorithm):
         if not isinstance(layer, QgsRasterLayer):
             return tr("“{name}” is not a raster layer: choose a raster layer.").format(name=layer.name())
         if local_file(layer) is None:
-            return tr("“{name}” is not a raster file on this computer (a web, virtual or in-memory layer); the "
-                      "engine reads rasters itself. Save it as a GeoTIFF first and use that.").format(name=layer.name())
+            return tr(
+                "“{name}” is not a raster file on this computer (a web, virtual or in-memory layer); the "
+                "engine reads rasters itself. Save it as a GeoTIFF first and use that."
+            ).format(name=layer.name())
         return ""
 
     # --- running -------------------------------------------------------------------------------
-    def _request(self, parameters: dict[str, Any], context: QgsProcessingContext) -> tuple[BatchRequest, QgsCoordinateReferenceSystem]:
+    def _request(
+        self, parameters: dict[str, Any], context: QgsProcessingContext
+    ) -> tuple[BatchRequest, QgsCoordinateReferenceSystem]:
         rasters = []
         for name in self.RASTERS:
             layer = self.parameterAsRasterLayer(parameters, name, context)
@@ -355,12 +420,16 @@ class BatchAlgorithm(QgsProcessingAlgorithm):
                 journal = Journal.open(journal_path, request.to_dict())
                 if journal is not None:
                     kept = _kept_features(destination, journal)
-                    feedback.pushInfo(tr("Resuming: {tiles} tile(s) and {features} feature(s) kept from the earlier run.")
-                                      .format(tiles=len(journal.tiles), features=len(kept)))
+                    feedback.pushInfo(
+                        tr("Resuming: {tiles} tile(s) and {features} feature(s) kept from the earlier run.").format(
+                            tiles=len(journal.tiles), features=len(kept)
+                        )
+                    )
             if journal is None:
                 journal_path.unlink(missing_ok=True)
         sink, destination = self.parameterAsSink(
-            parameters, self.OUTPUT, context, output_fields(), QgsWkbTypes.Type.MultiPolygon, crs)
+            parameters, self.OUTPUT, context, output_fields(), QgsWkbTypes.Type.MultiPolygon, crs
+        )
         if sink is None:
             raise QgsProcessingException(self.invalidSinkError(parameters, self.OUTPUT))
         writer = OutputWriter(sink)
@@ -378,9 +447,10 @@ class BatchAlgorithm(QgsProcessingAlgorithm):
         if journal is not None:
             journal.remove()
         if writer.skipped:
-            feedback.pushWarning(tr("{count} feature(s) that were not polygons were left out.").format(count=writer.skipped))
+            feedback.pushWarning(
+                tr("{count} feature(s) that were not polygons were left out.").format(count=writer.skipped)
+            )
         return {self.OUTPUT: destination, "TILES": job.tiles, "FEATURES": writer.written}
-
 
     def _destination(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str:
         """Where the output goes, without the side effect of ``parameterAsOutputLayer`` on a temporary one.
@@ -400,7 +470,9 @@ class BatchAlgorithm(QgsProcessingAlgorithm):
 class _Job:
     """One run of a batch request against the engine; returns a failure message or None."""
 
-    def __init__(self, request: BatchRequest, writer: OutputWriter, journal: Journal | None, feedback: QgsProcessingFeedback):
+    def __init__(
+        self, request: BatchRequest, writer: OutputWriter, journal: Journal | None, feedback: QgsProcessingFeedback
+    ):
         self.request = request
         self.writer = writer
         self.journal = journal
@@ -433,8 +505,11 @@ class _Job:
         kind = event.get("event")
         if kind == BatchEvent.START.value:
             self.tiles = int(event.get("tiles") or 0)
-            self.feedback.pushInfo(tr("{tiles} tile(s) in the grid, {todo} to do.").format(
-                tiles=self.tiles, todo=event.get("todo", self.tiles)))
+            self.feedback.pushInfo(
+                tr("{tiles} tile(s) in the grid, {todo} to do.").format(
+                    tiles=self.tiles, todo=event.get("todo", self.tiles)
+                )
+            )
         elif kind == BatchEvent.TILE.value:
             written = 0
             if self.request.task is not Task.RETRIEVE:  # a search writes only its ranked tiles
@@ -455,18 +530,27 @@ class _Job:
             head = tr("Cancelled after {done} of {tiles} tile(s).").format(done=done, tiles=self.tiles or "?")
         elif error.code is ErrorCode.ENGINE_UNREACHABLE and self.tiles:
             head = tr("The engine stopped answering after {done} of {tiles} tile(s) ({detail}).").format(
-                done=done, tiles=self.tiles, detail=error.message)
+                done=done, tiles=self.tiles, detail=error.message
+            )
         else:
             head = error_message(error)
         if self.journal is None:
             return head
-        return head + " " + tr("The {count} feature(s) written so far are kept; run the algorithm again with the "
-                               "same parameters to resume.").format(count=self.writer.written)
+        return (
+            head
+            + " "
+            + tr(
+                "The {count} feature(s) written so far are kept; run the algorithm again with the "
+                "same parameters to resume."
+            ).format(count=self.writer.written)
+        )
 
 
 def _output_file(destination: str) -> Path | None:
     """The file behind a file-based output (a journal can sit beside it); None for memory and database outputs."""
-    if not destination or destination.startswith(("memory:", "TEMPORARY_OUTPUT", "postgres:", "postgis:", "mssql:", "oracle:")):
+    if not destination or destination.startswith(
+        ("memory:", "TEMPORARY_OUTPUT", "postgres:", "postgis:", "mssql:", "oracle:")
+    ):
         return None
     path = QgsProviderRegistry.instance().decodeUri("ogr", destination).get("path") or destination
     if path.startswith("ogr:"):

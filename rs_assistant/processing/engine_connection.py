@@ -27,8 +27,8 @@ import tempfile
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from qgis.core import QgsFeedback
 from qgis.PyQt.QtCore import QCoreApplication
@@ -62,7 +62,9 @@ def _load_settings() -> Settings:
     from rs_assistant.ui.settings_store import SettingsStore
 
     settings = SettingsStore().load()
-    return replace(settings, engine_python=profile.engine_python(settings) or "", models_file=profile.models_file(settings))
+    return replace(
+        settings, engine_python=profile.engine_python(settings) or "", models_file=profile.models_file(settings)
+    )
 
 
 def _command_key(settings: Settings) -> tuple[str, str, str]:
@@ -77,8 +79,18 @@ class _EngineProcess:
         self.command_key = _command_key(settings)
         self._token_dir = Path(tempfile.mkdtemp(prefix="rs_assistant_processing_"))  # mode 0700
         self.token_file = self._token_dir / "engine.token"
-        self.command = [settings.engine_python, "-m", "rs_assistant.engine", "serve", "--host", "127.0.0.1",
-                        "--port", "0", "--token-file", str(self.token_file)]
+        self.command = [
+            settings.engine_python,
+            "-m",
+            "rs_assistant.engine",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--token-file",
+            str(self.token_file),
+        ]
         if settings.models_file:
             self.command += ["--models", settings.models_file]
         if settings.device:
@@ -91,8 +103,16 @@ class _EngineProcess:
         env = engine_environment(os.environ)
         log.info("starting an engine for Processing: %s", " ".join(self.command))
         self.process = subprocess.Popen(  # noqa: S603 (the interpreter the person configured)
-            self.command, cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, encoding="utf-8", errors="replace", bufsize=1,
+            self.command,
+            cwd=root,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            bufsize=1,
             creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0),
         )
         threading.Thread(target=self._read_stdout, name="rs-engine-stdout", daemon=True).start()
@@ -130,15 +150,19 @@ class _EngineProcess:
             if not self.alive():
                 time.sleep(0.2)  # let the stderr reader catch the last words
                 last = self.stderr_tail[-1] if self.stderr_tail else ""
-                raise EngineUnavailable(tr("The engine exited while starting (code {code}): {detail}").format(
-                    code=self.process.returncode, detail=last or " ".join(self.command)))
+                raise EngineUnavailable(
+                    tr("The engine exited while starting (code {code}): {detail}").format(
+                        code=self.process.returncode, detail=last or " ".join(self.command)
+                    )
+                )
             if feedback is not None and feedback.isCanceled():
                 self.stop()
                 raise ProtocolError(ErrorCode.CANCELLED, "cancelled while the engine was starting")
             if time.monotonic() > deadline:
                 self.stop()
-                raise EngineUnavailable(tr("The engine did not start within {seconds:g} s.").format(
-                    seconds=self.settings.start_timeout_s))
+                raise EngineUnavailable(
+                    tr("The engine did not start within {seconds:g} s.").format(seconds=self.settings.start_timeout_s)
+                )
         try:
             token = self.token_file.read_text(encoding="utf-8").strip()
         except OSError:
@@ -194,18 +218,27 @@ class ProcessingEngine:
             return EngineClient(settings.engine_url, settings.engine_token, settings.timeout_s)
         with self._lock:
             process = self._process
-            if process is not None and (not process.alive() or process.command_key != _command_key(settings) or not self._healthy(process)):
+            if process is not None and (
+                not process.alive() or process.command_key != _command_key(settings) or not self._healthy(process)
+            ):
                 process.stop()
                 process = self._process = None
             if process is None:
                 if not settings.engine_python:
-                    raise EngineUnavailable(tr("The engine is not set up yet: click “Set up the engine” in the RS Assistant "
-                                               "panel, or choose the engine's Python in the settings."))
+                    raise EngineUnavailable(
+                        tr(
+                            "The engine is not set up yet: click “Set up the engine” in the RS Assistant "
+                            "panel, or choose the engine's Python in the settings."
+                        )
+                    )
                 try:
                     process = _EngineProcess(settings)
                 except OSError as exc:
-                    raise EngineUnavailable(tr("Cannot start the engine with {python}: {error}").format(
-                        python=settings.engine_python, error=exc)) from None
+                    raise EngineUnavailable(
+                        tr("Cannot start the engine with {python}: {error}").format(
+                            python=settings.engine_python, error=exc
+                        )
+                    ) from None
                 try:
                     process.wait_ready(feedback)
                 except BaseException:

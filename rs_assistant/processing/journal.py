@@ -21,9 +21,10 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ class Journal:
         return Path(f"{os.fspath(output_file)}{SUFFIX}")
 
     @classmethod
-    def open(cls, path: Path, job: Mapping[str, Any]) -> "Journal | None":
+    def open(cls, path: Path, job: Mapping[str, Any]) -> Journal | None:
         """The journal at ``path`` if it records this very job; None when absent, unreadable or for another job."""
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -68,15 +69,17 @@ class Journal:
             log.info("the journal %s records another job: starting afresh", path)
             return None
         try:
-            tiles = {int(tile): TileRecord(int(rec["features"]), list(rec.get("pending") or []))
-                     for tile, rec in (data.get("tiles") or {}).items()}
+            tiles = {
+                int(tile): TileRecord(int(rec["features"]), list(rec.get("pending") or []))
+                for tile, rec in (data.get("tiles") or {}).items()
+            }
         except (KeyError, TypeError, ValueError) as exc:
             log.warning("ignoring the malformed journal %s: %s", path, exc)
             return None
         return cls(path, fingerprint(job), tiles)
 
     @classmethod
-    def create(cls, path: Path, job: Mapping[str, Any]) -> "Journal":
+    def create(cls, path: Path, job: Mapping[str, Any]) -> Journal:
         journal = cls(path, fingerprint(job))
         journal.save()
         return journal

@@ -62,15 +62,19 @@ def style_mask(layer: QgsRasterLayer) -> bool:
 class MaskStylePostProcessor(QgsProcessingLayerPostProcessorInterface):
     """Styles a mask that Processing adds to the project once the algorithm has finished."""
 
-    _instances: list["MaskStylePostProcessor"] = []  # Processing holds a bare pointer: keep them alive
+    _instances: list[MaskStylePostProcessor] = []  # Processing holds a bare pointer: keep them alive
 
-    def postProcessLayer(self, layer: QgsMapLayer, context: QgsProcessingContext,  # noqa: N802 (QGIS's name)
-                         feedback: QgsProcessingFeedback) -> None:
+    def postProcessLayer(
+        self,
+        layer: QgsMapLayer,
+        context: QgsProcessingContext,  # noqa: N802 (QGIS's name)
+        feedback: QgsProcessingFeedback,
+    ) -> None:
         if isinstance(layer, QgsRasterLayer):
             style_mask(layer)
 
     @classmethod
-    def create(cls) -> "MaskStylePostProcessor":
+    def create(cls) -> MaskStylePostProcessor:
         instance = cls()
         cls._instances[:] = cls._instances[-15:] + [instance]
         return instance

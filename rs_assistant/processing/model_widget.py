@@ -30,8 +30,10 @@ def tr(text: str) -> str:
 
 def known_models() -> list[tuple[str, str]]:
     """(name, tooltip) for ``auto``, ``default`` and the models file's models, in the file's order."""
-    out = [(AUTO_MODEL, tr("The engine chooses the model set for this task (Manage models…)")),
-           (DEFAULT_MODEL, tr("The engine's built-in model"))]
+    out = [
+        (AUTO_MODEL, tr("The engine chooses the model set for this task (Manage models…)")),
+        (DEFAULT_MODEL, tr("The engine's built-in model")),
+    ]
     try:
         from rs_assistant.ui import profile
         from rs_assistant.ui.settings_store import SettingsStore

@@ -21,8 +21,13 @@ from rs_assistant.processing.alg_segment_layer import SegmentLayerAlgorithm
 
 PROVIDER_ID = "rs_assistant"
 ALGORITHMS: tuple[type[QgsProcessingAlgorithm], ...] = (
-    LayerToMaskAlgorithm, MaskToPolygonsAlgorithm,
-    DescribeTilesAlgorithm, FindObjectsAlgorithm, SegmentLayerAlgorithm, ChangeOverAreaAlgorithm, SearchLayerAlgorithm,
+    LayerToMaskAlgorithm,
+    MaskToPolygonsAlgorithm,
+    DescribeTilesAlgorithm,
+    FindObjectsAlgorithm,
+    SegmentLayerAlgorithm,
+    ChangeOverAreaAlgorithm,
+    SearchLayerAlgorithm,
 )
 
 

@@ -7,7 +7,7 @@ the client's. ``on_done(response, error)`` runs on the UI thread when the task e
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 from qgis.core import QgsTask
 

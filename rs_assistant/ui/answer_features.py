@@ -13,7 +13,14 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from qgis.core import QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsCsException, QgsMapLayer, QgsRectangle, QgsVectorLayer
+from qgis.core import (
+    QgsCoordinateReferenceSystem,
+    QgsCoordinateTransform,
+    QgsCsException,
+    QgsMapLayer,
+    QgsRectangle,
+    QgsVectorLayer,
+)
 from qgis.PyQt.QtCore import QObject, pyqtSignal
 
 from rs_assistant.core.conversation import FeatureRef, Turn
@@ -48,12 +55,14 @@ class _HeldBack:
 class AnswerFeatures(QObject):
     turnHighlighted = pyqtSignal(int)  # the turn whose feature is selected on the map; 0: none
 
-    def __init__(self, controller: "AssistantController"):
+    def __init__(self, controller: AssistantController):
         super().__init__(controller)
         self._controller = controller
         self._held_back: dict[int, _HeldBack] = {}
         self._watched: set[str] = set()
-        self.ask_folder: FolderQuestion | None = ask_for_folder(controller.canvas.window() if controller.canvas else None)
+        self.ask_folder: FolderQuestion | None = ask_for_folder(
+            controller.canvas.window() if controller.canvas else None
+        )
         controller.project.layersAdded.connect(self._on_layers_added)  # result layers of a project read again
         self._on_layers_added(list(controller.project.mapLayers().values()))
 
@@ -71,21 +80,35 @@ class AnswerFeatures(QObject):
         crs = QgsCoordinateReferenceSystem(region.crs) if region is not None else self._controller.project.crs()
         if region is not None and not crs.isValid():
             crs = QgsCoordinateReferenceSystem.fromWkt(region.crs)
-        return Provenance(turn=turn.id, model=model, prompt=prompt, source=", ".join(turn.layer_names),
-                          extent=region.extent if region is not None else None, crs=crs, text=text)
+        return Provenance(
+            turn=turn.id,
+            model=model,
+            prompt=prompt,
+            source=", ".join(turn.layer_names),
+            extent=region.extent if region is not None else None,
+            crs=crs,
+            text=text,
+        )
 
-    def write(self, turn_id: int, response: AnalyzeResponse, threshold: float | None = None) -> tuple[list[QgsVectorLayer], dict]:
-        """The answer's result layers and the turn's details (features listed, held back) for ``conversation.answer``."""
+    def write(
+        self, turn_id: int, response: AnalyzeResponse, threshold: float | None = None
+    ) -> tuple[list[QgsVectorLayer], dict]:
+        """The answer's result layers and the turn's details (features listed, held back) for
+        ``conversation.answer``."""
         turn = self._controller.conversation.get(turn_id)
         provenance = self.provenance(turn, response.model, response.text)
         layers, details = self.write_features(turn, response.feature_list, provenance)
         held = response.held_back_list
         if held:
             self._held_back[turn_id] = _HeldBack(held, provenance, turn.command.title, [l.id() for l in layers])
-        details.update(held_back=len(held), score_threshold=Options().score_threshold if threshold is None else threshold)
+        details.update(
+            held_back=len(held), score_threshold=Options().score_threshold if threshold is None else threshold
+        )
         return layers, details
 
-    def write_features(self, turn: Turn, features: list[dict], provenance: Provenance) -> tuple[list[QgsVectorLayer], dict]:
+    def write_features(
+        self, turn: Turn, features: list[dict], provenance: Provenance
+    ) -> tuple[list[QgsVectorLayer], dict]:
         layers = self.writer().write_features(features, turn.command.title, provenance) if features else []
         refs = [ref for layer in layers for ref in written_features(layer)]
         refs.sort(key=lambda ref: -ref.score)
@@ -93,7 +116,8 @@ class AnswerFeatures(QObject):
         return layers, {"features": tuple(refs), "feature_count": len(refs)}
 
     def show_held_back(self, turn_id: int) -> list[QgsVectorLayer]:
-        """Adds the turn's held-back detections to its layers (a new layer when it drew none); returns the layers changed."""
+        """Adds the turn's held-back detections to its layers (a new layer when it drew none); returns the layers
+        changed."""
         controller = self._controller
         held = self._held_back.pop(turn_id, None)
         turn = controller.conversation.get(turn_id)
@@ -109,8 +133,14 @@ class AnswerFeatures(QObject):
         new_refs: list[FeatureRef] = []
         names = list(turn.result_layers)
         for kind, features in by_kind.items():
-            layer = next((l for l in (controller.project.mapLayer(i) for i in held.layer_ids)
-                          if isinstance(l, QgsVectorLayer) and self._kind_of(l) == kind), None)
+            layer = next(
+                (
+                    l
+                    for l in (controller.project.mapLayer(i) for i in held.layer_ids)
+                    if isinstance(l, QgsVectorLayer) and self._kind_of(l) == kind
+                ),
+                None,
+            )
             if layer is None:
                 made = writer.write_features(features, held.title, held.provenance)
                 self.watch(made)
@@ -122,7 +152,9 @@ class AnswerFeatures(QObject):
                 changed.append(layer)
                 new_refs.extend(written_features(layer, fids))
         refs = tuple(turn.features) + tuple(sorted(new_refs, key=lambda r: -r.score))
-        controller.conversation.update(turn_id, features=refs, feature_count=len(refs), held_back=0, result_layers=tuple(names))
+        controller.conversation.update(
+            turn_id, features=refs, feature_count=len(refs), held_back=0, result_layers=tuple(names)
+        )
         controller.turnChanged.emit(turn_id)
         if controller.canvas is not None:
             for layer in changed:
@@ -136,7 +168,8 @@ class AnswerFeatures(QObject):
 
     # --- links -----------------------------------------------------------------------------------
     def open_link(self, url) -> bool:
-        """Follows a transcript link (QUrl or text); False for a link that is not the transcript's own or leads nowhere."""
+        """Follows a transcript link (QUrl or text); False for a link that is not the transcript's own or leads
+        nowhere."""
         link = parse_link(url)
         if link is None:
             return False
@@ -184,8 +217,10 @@ class AnswerFeatures(QObject):
             if layer.id() in self._watched:
                 continue
             self._watched.add(layer.id())
-            layer.selectionChanged.connect(lambda selected, _deselected, _clear, layer=layer: self._on_selection(layer, selected))
-            layer.willBeDeleted.connect(lambda layer_id=layer.id(): self._watched.discard(layer_id))
+            layer.selectionChanged.connect(
+                lambda selected, _deselected, _clear, layer=layer: self._on_selection(layer, selected)
+            )
+            layer.willBeDeleted.connect(lambda layer_id=layer.id(): self._watched.discard(layer_id))  # noqa: B008
 
     def _on_layers_added(self, layers: list[QgsMapLayer]) -> None:
         self.watch([l for l in layers if isinstance(l, QgsVectorLayer) and layer_turn(l) is not None])

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from qgis.PyQt.QtCore import QObject, pyqtSignal
 
@@ -27,7 +28,7 @@ class BackgroundCall(QObject):
         self.done.connect(self.deleteLater)
         self._thread = threading.Thread(target=self._run, name="rs-assistant-call", daemon=True)
 
-    def start(self) -> "BackgroundCall":
+    def start(self) -> BackgroundCall:
         self._thread.start()
         return self
 

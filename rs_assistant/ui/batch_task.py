@@ -10,8 +10,9 @@ the task ends, where ``result`` is a :class:`BatchResult`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from qgis.core import QgsTask
 
@@ -39,8 +40,14 @@ DoneCallback = Callable[[BatchResult | None, ProtocolError | None], None]
 
 
 class BatchTask(QgsTask):
-    def __init__(self, description: str, client: EngineClient, request: BatchRequest, on_done: DoneCallback,
-                 area: tuple[float, float, float, float] | None = None):
+    def __init__(
+        self,
+        description: str,
+        client: EngineClient,
+        request: BatchRequest,
+        on_done: DoneCallback,
+        area: tuple[float, float, float, float] | None = None,
+    ):
         super().__init__(description, QgsTask.Flag.CanCancel)
         self._client = client
         self._request = request
@@ -84,7 +91,9 @@ class BatchTask(QgsTask):
         elif kind == BatchEvent.MERGED.value:
             result.features.extend(event.get("features") or [])
         elif kind == BatchEvent.RANKED.value:
-            result.ranked = sorted(event.get("features") or [], key=lambda f: (f.get("properties") or {}).get("rank", 0))
+            result.ranked = sorted(
+                event.get("features") or [], key=lambda f: (f.get("properties") or {}).get("rank", 0)
+            )
 
     def cancel(self) -> None:
         self._client.cancel()

@@ -42,7 +42,14 @@ from qgis.PyQt.QtCore import QObject, QTimer, pyqtSignal
 from qgis.PyQt.QtGui import QImage
 
 from rs_assistant.core.client import EngineClient
-from rs_assistant.core.commands import Command, CommandError, CommandErrorCode, CommandKind, parse_command, routed_command
+from rs_assistant.core.commands import (
+    Command,
+    CommandError,
+    CommandErrorCode,
+    CommandKind,
+    parse_command,
+    routed_command,
+)
 from rs_assistant.core.conversation import Conversation, Problem, Region, Turn, TurnState
 from rs_assistant.core.engine_state import EngineState, EngineStatus
 from rs_assistant.core.layer_defaults import pick_before_after
@@ -64,10 +71,18 @@ from rs_assistant.core.search_ranking import features_bounds, rank_search
 from rs_assistant.core.settings import Settings
 from rs_assistant.ui import texts
 from rs_assistant.ui.analyze_task import AnalyzeTask
+from rs_assistant.ui.answer_features import AnswerFeatures
 from rs_assistant.ui.background import BackgroundCall
 from rs_assistant.ui.batch_task import BatchResult, BatchTask
-from rs_assistant.ui.imagery import PreparedImage, RegionImages, crs_id, layer_extent_in, local_file, pixel_size, rect_tuple
-from rs_assistant.ui.answer_features import AnswerFeatures
+from rs_assistant.ui.imagery import (
+    PreparedImage,
+    RegionImages,
+    crs_id,
+    layer_extent_in,
+    local_file,
+    pixel_size,
+    rect_tuple,
+)
 from rs_assistant.ui.results import ResultWriteError
 
 log = logging.getLogger(__name__)
@@ -97,8 +112,9 @@ class AssistantController(QObject):
     resultsAdded = pyqtSignal(list)  # list[QgsVectorLayer]
     progressChanged = pyqtSignal(float)  # 0-100, batch jobs only
 
-    def __init__(self, project: QgsProject, settings: Settings, canvas: QgsMapCanvas | None = None,
-                 parent: QObject | None = None):
+    def __init__(
+        self, project: QgsProject, settings: Settings, canvas: QgsMapCanvas | None = None, parent: QObject | None = None
+    ):
         super().__init__(parent)
         self.project = project
         self.canvas = canvas
@@ -270,7 +286,9 @@ class AssistantController(QObject):
     def set_region(self, rect: QgsRectangle, crs: QgsCoordinateReferenceSystem | None = None) -> None:
         """The region to ask about, in ``crs`` (default: the project CRS)."""
         self._region = QgsRectangle(rect)
-        self._region_crs = QgsCoordinateReferenceSystem(crs if crs is not None and crs.isValid() else self.project.crs())
+        self._region_crs = QgsCoordinateReferenceSystem(
+            crs if crs is not None and crs.isValid() else self.project.crs()
+        )
         self.regionChanged.emit()
         self._remember_choices()
 
@@ -280,8 +298,9 @@ class AssistantController(QObject):
         self.regionChanged.emit()
         self._remember_choices()
 
-    def _transformed(self, rect: QgsRectangle, source: QgsCoordinateReferenceSystem,
-                     target: QgsCoordinateReferenceSystem) -> QgsRectangle | None:
+    def _transformed(
+        self, rect: QgsRectangle, source: QgsCoordinateReferenceSystem, target: QgsCoordinateReferenceSystem
+    ) -> QgsRectangle | None:
         """``rect`` in ``target``; None when there is no transform (an invalid CRS, a region off the CRS's area)."""
         if source == target:
             return QgsRectangle(rect)
@@ -346,7 +365,8 @@ class AssistantController(QObject):
         layers = self._layers_for(command)
         region = self._batch_region(layers[0]) if command.is_batch else self.effective_region()
         turn = self.conversation.ask(
-            command.text, command,
+            command.text,
+            command,
             region=Region(rect_tuple(region), crs_id(self.project.crs())) if region is not None else None,
             layer_names=tuple(layer.name() for layer in layers if layer is not None),
         )
@@ -407,7 +427,8 @@ class AssistantController(QObject):
         region = self.effective_region()
         image = self.layer("image")
         turn = self.conversation.ask(
-            command.text, command,
+            command.text,
+            command,
             region=Region(rect_tuple(region), crs_id(self.project.crs())) if region is not None else None,
             layer_names=(image.name(),) if image is not None else (),
         )
@@ -423,13 +444,17 @@ class AssistantController(QObject):
         history = self._typed_history(turn.id)
         self._routing = turn.id
         self._set_busy(turn.id)
-        BackgroundCall(lambda: client.route(turn.question, history, images, model),
-                       lambda result, error: self._on_route(turn.id, result, error), self).start()
+        BackgroundCall(
+            lambda: client.route(turn.question, history, images, model),
+            lambda result, error: self._on_route(turn.id, result, error),
+            self,
+        ).start()
 
     def _typed_history(self, before: int, turns: int = 4) -> tuple[Message, ...]:
         """The last answered turns as typed (slash commands included): the router's context."""
-        answered = [t for t in self.conversation.turns
-                    if t.id < before and t.state is TurnState.ANSWERED and not t.is_help][-turns:]
+        answered = [
+            t for t in self.conversation.turns if t.id < before and t.state is TurnState.ANSWERED and not t.is_help
+        ][-turns:]
         messages: list[Message] = []
         for turn in answered:
             messages += [Message(Role.USER, turn.question), Message(Role.ASSISTANT, turn.answer)]
@@ -441,9 +466,13 @@ class AssistantController(QObject):
         self._routing = None
         turn = self.conversation.get(turn_id)
         if error is not None or result is None:  # an engine without /v1/route, or a failure: ask it as before
-            log.warning("could not route %r (%s); asking it as a question", turn.question, getattr(error, "message", error))
+            log.warning(
+                "could not route %r (%s); asking it as a question", turn.question, getattr(error, "message", error)
+            )
             result = RouteResult(Intent.CHAT, turn.question, "", 0.0)
-        log.info("routed %r -> %s %r (confidence %.2f)", turn.question, result.intent.value, result.prompt, result.confidence)
+        log.info(
+            "routed %r -> %s %r (confidence %.2f)", turn.question, result.intent.value, result.prompt, result.confidence
+        )
         self._routes[turn_id] = result
         command = routed_command(result, turn.question)
         if result.known_classes:  # the model has a fixed class list without this object: say so, run nothing
@@ -460,7 +489,8 @@ class AssistantController(QObject):
             region = None
             log.warning("cannot transform the layer's extent: %s", exc)
         self.conversation.update(
-            turn_id, command=command,
+            turn_id,
+            command=command,
             region=Region(rect_tuple(region), crs_id(self.project.crs())) if region is not None else None,
             layer_names=tuple(layer.name() for layer in layers if layer is not None),
         )
@@ -487,17 +517,26 @@ class AssistantController(QObject):
         elif route.intent is Intent.COUNT:
             did, keep = self.tr("Counted {count} {what}").format(count=drawn, what=what), False
         elif route.intent is Intent.GROUND:
-            did = (self.tr("Found {count} {what}").format(count=drawn, what=what) if drawn
-                   else self.tr("Found no {what}").format(what=route.prompt))
+            did = (
+                self.tr("Found {count} {what}").format(count=drawn, what=what)
+                if drawn
+                else self.tr("Found no {what}").format(what=route.prompt)
+            )
             keep = False
         elif route.intent is Intent.SEGMENT:
-            did = (self.tr("Outlined {what}: {count} polygon(s)").format(count=drawn, what=route.prompt) if drawn
-                   else self.tr("Found no {what} to outline").format(what=route.prompt))
+            did = (
+                self.tr("Outlined {what}: {count} polygon(s)").format(count=drawn, what=route.prompt)
+                if drawn
+                else self.tr("Found no {what} to outline").format(what=route.prompt)
+            )
             keep = False
         elif route.intent is Intent.CAPTION:
             did, keep = self.tr("Described the region"), True
         elif route.intent is Intent.CHANGE and len(turn.layer_names) == 2:
-            did, keep = self.tr("Compared {before} with {after}").format(before=turn.layer_names[0], after=turn.layer_names[1]), True
+            did, keep = (
+                self.tr("Compared {before} with {after}").format(before=turn.layer_names[0], after=turn.layer_names[1]),
+                True,
+            )
         elif route.intent is Intent.RETRIEVE:
             did, keep = self.tr("Searched the layer for {what}").format(what=route.prompt), True
         else:
@@ -510,8 +549,9 @@ class AssistantController(QObject):
             return [self.layer("before"), self.layer("after")]
         return [self.layer("image")]
 
-    def _problem(self, command: Command, layers: list[QgsRasterLayer | None],
-                 region: QgsRectangle | None) -> tuple[Problem, str] | None:
+    def _problem(
+        self, command: Command, layers: list[QgsRasterLayer | None], region: QgsRectangle | None
+    ) -> tuple[Problem, str] | None:
         if command.needs_two_images:
             if None in layers:
                 return Problem.NO_BEFORE_AFTER, ""
@@ -522,7 +562,10 @@ class AssistantController(QObject):
         elif command.is_batch and local_file(layers[0]) is None:
             return Problem.NOT_A_LOCAL_FILE, layers[0].name()
         if region is None and self._region is not None:  # drawn in a CRS the project's cannot be had from
-            return Problem.REGION_NOT_TRANSFORMABLE, f"{self._region_crs.authid() or '?'} → {self.project.crs().authid() or '?'}"
+            return (
+                Problem.REGION_NOT_TRANSFORMABLE,
+                f"{self._region_crs.authid() or '?'} → {self.project.crs().authid() or '?'}",
+            )
         if region is None or region.isEmpty():
             return Problem.REGION_OUTSIDE_LAYER, ""
         context = self.project.transformContext()
@@ -541,7 +584,9 @@ class AssistantController(QObject):
     def _start(self, turn_id: int, layers: list[QgsRasterLayer], region: QgsRectangle) -> None:
         self._set_busy(turn_id)
         self._request_layer_ids = tuple(layer.id() for layer in layers)
-        images = RegionImages(layers, region, self.project.crs(), self.project.transformContext(), self.settings.max_side, self)
+        images = RegionImages(
+            layers, region, self.project.crs(), self.project.transformContext(), self.settings.max_side, self
+        )
         images.ready.connect(lambda prepared: self._on_images(turn_id, prepared))
         images.failed.connect(lambda message: self._finish(turn_id, error=(Problem.RENDER_FAILED, message)))
         self._images = images
@@ -575,9 +620,13 @@ class AssistantController(QObject):
             self._finish(turn_id, error=exc)
             return
         searched = self.region if self._region is not None else self._batch_region(layer)
-        task = BatchTask(self.tr("RS Assistant: {question}").format(question=turn.question), self._client, request,
-                         lambda result, error: self._finish(turn_id, result, error),
-                         area=rect_tuple(searched) if searched is not None and not searched.isEmpty() else None)
+        task = BatchTask(
+            self.tr("RS Assistant: {question}").format(question=turn.question),
+            self._client,
+            request,
+            lambda result, error: self._finish(turn_id, result, error),
+            area=rect_tuple(searched) if searched is not None and not searched.isEmpty() else None,
+        )
         task.progressChanged.connect(self.progressChanged)
         self._task = task
         QgsApplication.taskManager().addTask(task)
@@ -602,13 +651,21 @@ class AssistantController(QObject):
         except ProtocolError as exc:
             self._finish(turn_id, error=exc)
             return
-        task = AnalyzeTask(self.tr("RS Assistant: {question}").format(question=turn.question), self._client, request,
-                           lambda response, error: self._finish(turn_id, response, error))
+        task = AnalyzeTask(
+            self.tr("RS Assistant: {question}").format(question=turn.question),
+            self._client,
+            request,
+            lambda response, error: self._finish(turn_id, response, error),
+        )
         self._task = task
         QgsApplication.taskManager().addTask(task)
 
-    def _finish(self, turn_id: int, response: AnalyzeResponse | BatchResult | None = None,
-                error: ProtocolError | tuple[Problem, str] | None = None) -> None:
+    def _finish(
+        self,
+        turn_id: int,
+        response: AnalyzeResponse | BatchResult | None = None,
+        error: ProtocolError | tuple[Problem, str] | None = None,
+    ) -> None:
         if self._turn_id != turn_id or self._closed:
             return
         self._task = None
@@ -716,7 +773,9 @@ class AssistantController(QObject):
         try:
             stored = {role: project.readEntry(SCOPE, role, "")[0] for role in ROLES}
             if any(stored.values()):
-                self._layer_ids = {role: i if isinstance(project.mapLayer(i), QgsRasterLayer) else "" for role, i in stored.items()}
+                self._layer_ids = {
+                    role: i if isinstance(project.mapLayer(i), QgsRasterLayer) else "" for role, i in stored.items()
+                }
             elif defaults:
                 self._layer_ids = self._default_layers()
             region_text, has_region = project.readEntry(SCOPE, "region", "")
@@ -728,7 +787,9 @@ class AssistantController(QObject):
                     crs = crs_from_id(project.readEntry(SCOPE, "region_crs", "")[0])
                     self._region_crs = crs if crs.isValid() else project.crs()
                 except ValueError:
-                    log.warning("the project's saved region %r is not xmin,ymin,xmax,ymax; the view is used", region_text)
+                    log.warning(
+                        "the project's saved region %r is not xmin,ymin,xmax,ymax; the view is used", region_text
+                    )
             transcript, has_transcript = project.readEntry(SCOPE, "transcript", "")
             if has_transcript and transcript:
                 try:
@@ -751,8 +812,11 @@ class AssistantController(QObject):
         conversation._ids = itertools.count(max(last + 1, self._next_turn_id))
 
     def _default_layers(self) -> dict[str, str]:
-        rasters = [node.layer() for node in self.project.layerTreeRoot().findLayers()
-                   if isinstance(node.layer(), QgsRasterLayer)]
+        rasters = [
+            node.layer()
+            for node in self.project.layerTreeRoot().findLayers()
+            if isinstance(node.layer(), QgsRasterLayer)
+        ]
         chosen = {role: "" for role in ROLES}
         if rasters:
             chosen["image"] = rasters[0].id()
@@ -788,7 +852,7 @@ class AssistantController(QObject):
 
 
 def _singular(noun: str) -> str:
-    """"building" for "buildings" in "Found 1 building" (the router's prompts are English)."""
+    """ "building" for "buildings" in "Found 1 building" (the router's prompts are English)."""
     if noun.endswith("ies") and len(noun) > 4:
         return noun[:-3] + "y"
     if noun.endswith("s") and not noun.endswith("ss") and len(noun) > 3:

@@ -36,8 +36,13 @@ class ChatDock(QDockWidget, _FORM):
     settingsRequested = pyqtSignal()
     manageModelsRequested = pyqtSignal()  # the person clicked "Manage models…"
 
-    def __init__(self, controller: AssistantController, region_action: QAction | None = None, parent=None,
-                 setup_panel: QWidget | None = None):
+    def __init__(
+        self,
+        controller: AssistantController,
+        region_action: QAction | None = None,
+        parent=None,
+        setup_panel: QWidget | None = None,
+    ):
         super().__init__(parent)
         self.setupUi(self)
         self.setObjectName("RSAssistantDock")
@@ -117,9 +122,12 @@ class ChatDock(QDockWidget, _FORM):
 
     # --- sending --------------------------------------------------------------------------------
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802
-        if (watched is self.promptEdit and event.type() == QEvent.Type.KeyPress
-                and event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter)
-                and not event.modifiers() & Qt.KeyboardModifier.ShiftModifier):
+        if (
+            watched is self.promptEdit
+            and event.type() == QEvent.Type.KeyPress
+            and event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter)
+            and not event.modifiers() & Qt.KeyboardModifier.ShiftModifier
+        ):
             if not self.controller.busy:
                 self.send()
             return True
@@ -156,7 +164,9 @@ class ChatDock(QDockWidget, _FORM):
         if last != self._last_turn:  # a new question (or a new chat): it is what to show
             self._last_turn, self._highlighted, self._scroll_to = last, None, None
         scroll_to, self._scroll_to = self._scroll_to or self._highlighted, None
-        self._transcript.render(turns, {t.id: self.controller.thumbnails(t.id) for t in turns}, self._highlighted, scroll_to)
+        self._transcript.render(
+            turns, {t.id: self.controller.thumbnails(t.id) for t in turns}, self._highlighted, scroll_to
+        )
 
     def _on_link(self, url) -> None:
         """A feature of an answer: zoom to it and flash it; "Show N more": add the held-back detections."""
@@ -199,11 +209,19 @@ class ChatDock(QDockWidget, _FORM):
         self.deviceWarningLabel.setVisible(bool(warning))
         if self.setup_panel is not None and needs_setup(status):
             self.show_setup(status)
-            text = texts.engine_status_text(status) if status.fault is EngineFault.NOT_SET_UP else self.tr("Engine: to be set up again")
+            text = (
+                texts.engine_status_text(status)
+                if status.fault is EngineFault.NOT_SET_UP
+                else self.tr("Engine: to be set up again")
+            )
             self.engineStatusLabel.setText(f'<span style="color:#777777">●</span> {text}')
             self.engineStatusLabel.setToolTip(status.detail)
             return
-        if self._setup_required and status.state in (EngineState.STARTING, EngineState.READY) and not self.setup_panel.running:
+        if (
+            self._setup_required
+            and status.state in (EngineState.STARTING, EngineState.READY)
+            and not self.setup_panel.running
+        ):
             self.hide_setup()
         if status.state is EngineState.READY and self.controller.busy:
             text = texts.busy_text()
@@ -211,7 +229,9 @@ class ChatDock(QDockWidget, _FORM):
             text = texts.engine_status_text(status)
         if self.controller.queued:
             text = f"{text} · {texts.queued_text()}"
-        colour = {EngineState.READY: "#2e7d32", EngineState.STARTING: "#f9a825", EngineState.ERROR: "#b00020"}.get(status.state, "#777777")
+        colour = {EngineState.READY: "#2e7d32", EngineState.STARTING: "#f9a825", EngineState.ERROR: "#b00020"}.get(
+            status.state, "#777777"
+        )
         if self._device_info(status) is not None:
             text = f"{text} · {html.escape(texts.device_text(self._device_info(status)))}"
         restart = self.tr("Restart")
@@ -221,9 +241,19 @@ class ChatDock(QDockWidget, _FORM):
 
     # --- the set-up panel -----------------------------------------------------------------------
     def _chat_widgets(self) -> list[QWidget]:
-        return [self.modelLabel, self.modelCombo, self.manageModelsButton, self.layersGroup, self.transcriptView,
-                self.describeButton, self.findButton, self.segmentButton, self.compareButton, self.promptEdit,
-                self.sendButton]
+        return [
+            self.modelLabel,
+            self.modelCombo,
+            self.manageModelsButton,
+            self.layersGroup,
+            self.transcriptView,
+            self.describeButton,
+            self.findButton,
+            self.segmentButton,
+            self.compareButton,
+            self.promptEdit,
+            self.sendButton,
+        ]
 
     def show_setup(self, status: EngineStatus | None = None) -> None:
         """Shows the set-up panel in place of the chat: because of ``status``'s fault, or (None) on request."""
@@ -251,12 +281,14 @@ class ChatDock(QDockWidget, _FORM):
     def _on_models(self, models: list) -> None:
         self.modelCombo.clear()
         self.modelCombo.addItem(self.tr("Auto (per task)"), AUTO_MODEL)
-        self.modelCombo.setItemData(0, self.tr("Each task goes to its default model (Manage models…)"),
-                                    Qt.ItemDataRole.ToolTipRole)
+        self.modelCombo.setItemData(
+            0, self.tr("Each task goes to its default model (Manage models…)"), Qt.ItemDataRole.ToolTipRole
+        )
         for model in models:
             self.modelCombo.addItem(model.name, model.name)
-            self.modelCombo.setItemData(self.modelCombo.count() - 1, ", ".join(t.value for t in model.tasks),
-                                        Qt.ItemDataRole.ToolTipRole)
+            self.modelCombo.setItemData(
+                self.modelCombo.count() - 1, ", ".join(t.value for t in model.tasks), Qt.ItemDataRole.ToolTipRole
+            )
         self.modelCombo.setCurrentIndex(max(0, self.modelCombo.findData(self.controller.model)))
 
     def _on_layers_changed(self) -> None:

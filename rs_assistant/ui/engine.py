@@ -180,8 +180,17 @@ class EngineSupervisor(QObject):
 
     def _command(self) -> list[str]:
         settings = self._settings
-        args = ["-m", "rs_assistant.engine", "serve", "--host", "127.0.0.1", "--port", "0",
-                "--token-file", str(self._token_file())]
+        args = [
+            "-m",
+            "rs_assistant.engine",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--token-file",
+            str(self._token_file()),
+        ]
         models_file = self._resolve_models(settings)
         if models_file:
             args += ["--models", models_file]
@@ -217,7 +226,12 @@ class EngineSupervisor(QObject):
         process, self._process = self._process, None
         if process is None:
             return
-        for signal in (process.readyReadStandardOutput, process.readyReadStandardError, process.errorOccurred, process.finished):
+        for signal in (
+            process.readyReadStandardOutput,
+            process.readyReadStandardError,
+            process.errorOccurred,
+            process.finished,
+        ):
             signal.disconnect()
         if process.state() != QProcess.ProcessState.NotRunning:
             process.terminate()
@@ -297,7 +311,9 @@ class EngineSupervisor(QObject):
             self._set_status(EngineStatus(EngineState.ERROR, EngineFault.BAD_CONFIG, mistake or how))
             return
         restart = self._budget.take(uptime)
-        self._set_status(EngineStatus(EngineState.ERROR, EngineFault.EXITED, detail, self._budget.left if restart else 0))
+        self._set_status(
+            EngineStatus(EngineState.ERROR, EngineFault.EXITED, detail, self._budget.left if restart else 0)
+        )
         if restart:
             self._restart_timer.start(self.RESTART_DELAY_MS)
 
@@ -307,7 +323,9 @@ class EngineSupervisor(QObject):
 
     # --- health ---------------------------------------------------------------------------------
     def _verify(self, client: EngineClient) -> None:
-        BackgroundCall(lambda: client.health(timeout=self.HEALTH_TIMEOUT_S), lambda h, err: self._on_verified(client, h, err), self).start()
+        BackgroundCall(
+            lambda: client.health(timeout=self.HEALTH_TIMEOUT_S), lambda h, err: self._on_verified(client, h, err), self
+        ).start()
 
     def _on_verified(self, client: EngineClient, health: Health | None, error: BaseException | None) -> None:
         if self._status.state is not EngineState.STARTING or client is not self._probe:
@@ -325,7 +343,9 @@ class EngineSupervisor(QObject):
         client = self._probe
         if client is None:
             return
-        BackgroundCall(lambda: client.health(timeout=self.HEALTH_TIMEOUT_S), lambda h, err: self._on_health(client, h, err), self).start()
+        BackgroundCall(
+            lambda: client.health(timeout=self.HEALTH_TIMEOUT_S), lambda h, err: self._on_health(client, h, err), self
+        ).start()
 
     def _on_health(self, client: EngineClient, health: Health | None, error: BaseException | None) -> None:
         if self._status.state in (EngineState.STOPPED, EngineState.STARTING) or client is not self._probe:
@@ -339,7 +359,9 @@ class EngineSupervisor(QObject):
         self._health_failures += 1
         if self._health_failures > self.HEALTH_FAILURES_TOLERATED and self._status.state is EngineState.READY:
             self._set_client(None)
-            self._set_status(EngineStatus(EngineState.ERROR, EngineFault.UNREACHABLE, getattr(error, "message", str(error))))
+            self._set_status(
+                EngineStatus(EngineState.ERROR, EngineFault.UNREACHABLE, getattr(error, "message", str(error)))
+            )
 
     # --- state ----------------------------------------------------------------------------------
     def _fail(self, fault: EngineFault, detail: str) -> None:

@@ -6,7 +6,15 @@ from __future__ import annotations
 
 import logging
 
-from qgis.core import QgsCoordinateReferenceSystem, QgsCsException, QgsDistanceArea, QgsPointXY, QgsProject, QgsRectangle, QgsUnitTypes
+from qgis.core import (
+    QgsCoordinateReferenceSystem,
+    QgsCsException,
+    QgsDistanceArea,
+    QgsPointXY,
+    QgsProject,
+    QgsRectangle,
+    QgsUnitTypes,
+)
 from qgis.PyQt.QtCore import QCoreApplication, QLocale
 
 log = logging.getLogger(__name__)
@@ -14,7 +22,9 @@ log = logging.getLogger(__name__)
 WGS84_ELLIPSOID = "EPSG:7030"
 
 
-def ground_size(rect: QgsRectangle, crs: QgsCoordinateReferenceSystem, project: QgsProject) -> tuple[float, float] | None:
+def ground_size(
+    rect: QgsRectangle, crs: QgsCoordinateReferenceSystem, project: QgsProject
+) -> tuple[float, float] | None:
     """(width, height) in metres across the middle of ``rect``; None when it cannot be measured
     (an invalid CRS, a rectangle off the CRS's area)."""
     if not crs.isValid() or rect.isNull() or not rect.isFinite():
@@ -41,7 +51,7 @@ def ground_size(rect: QgsRectangle, crs: QgsCoordinateReferenceSystem, project: 
 
 
 def format_ground_size(width_m: float, height_m: float, locale: QLocale | None = None) -> str:
-    """"437 × 437 m", "1.2 × 0.9 km", "35 × 28 km", "0.4 × 0.3 m": one unit, two or three figures."""
+    """ "437 × 437 m", "1.2 × 0.9 km", "35 × 28 km", "0.4 × 0.3 m": one unit, two or three figures."""
     locale = locale or QLocale()
     largest = max(width_m, height_m)
     if largest >= 1000:

@@ -45,16 +45,24 @@ def local_file(layer: QgsRasterLayer) -> str | None:
     return path if os.path.isfile(path) else None
 
 
-def layer_extent_in(layer: QgsRasterLayer, crs: QgsCoordinateReferenceSystem, context: QgsCoordinateTransformContext) -> QgsRectangle:
+def layer_extent_in(
+    layer: QgsRasterLayer, crs: QgsCoordinateReferenceSystem, context: QgsCoordinateTransformContext
+) -> QgsRectangle:
     if layer.crs() == crs:
         return layer.extent()
     return QgsCoordinateTransform(layer.crs(), crs, context).transformBoundingBox(layer.extent())
 
 
-def pixel_size(layer: QgsRasterLayer, region: QgsRectangle, crs: QgsCoordinateReferenceSystem,
-               context: QgsCoordinateTransformContext) -> tuple[int, int]:
+def pixel_size(
+    layer: QgsRasterLayer,
+    region: QgsRectangle,
+    crs: QgsCoordinateReferenceSystem,
+    context: QgsCoordinateTransformContext,
+) -> tuple[int, int]:
     """How many of the layer's pixels the region spans (width, height)."""
-    rect = region if layer.crs() == crs else QgsCoordinateTransform(crs, layer.crs(), context).transformBoundingBox(region)
+    rect = (
+        region if layer.crs() == crs else QgsCoordinateTransform(crs, layer.crs(), context).transformBoundingBox(region)
+    )
     return (round(rect.width() / layer.rasterUnitsPerPixelX()), round(rect.height() / layer.rasterUnitsPerPixelY()))
 
 
@@ -85,8 +93,15 @@ class RegionImages(QObject):
     ready = pyqtSignal(list)
     failed = pyqtSignal(str)
 
-    def __init__(self, layers: list[QgsRasterLayer], region: QgsRectangle, crs: QgsCoordinateReferenceSystem,
-                 context: QgsCoordinateTransformContext, max_side: int, parent: QObject | None = None):
+    def __init__(
+        self,
+        layers: list[QgsRasterLayer],
+        region: QgsRectangle,
+        crs: QgsCoordinateReferenceSystem,
+        context: QgsCoordinateTransformContext,
+        max_side: int,
+        parent: QObject | None = None,
+    ):
         super().__init__(parent)
         self._layers = layers
         self._region = QgsRectangle(region)
@@ -106,7 +121,9 @@ class RegionImages(QObject):
             name, path = layer.name(), local_file(layer)
             side = THUMBNAIL_SIDE if path else self._max_side
             job = QgsMapRendererParallelJob(self._map_settings(layer, side))
-            job.finished.connect(lambda index=index, name=name, path=path, job=job: self._on_rendered(index, name, path, job))
+            job.finished.connect(
+                lambda index=index, name=name, path=path, job=job: self._on_rendered(index, name, path, job)
+            )
             self._jobs.append(job)
             job.start()
         self._layers = []  # no reference to a layer outlives the start
@@ -150,8 +167,11 @@ class RegionImages(QObject):
             self._cancelled = True
             self.failed.emit(f"{name}: {exc.message}")
             return
-        thumbnail = image.scaled(fitted_size(extent, THUMBNAIL_SIDE), Qt.AspectRatioMode.KeepAspectRatio,
-                                 Qt.TransformationMode.SmoothTransformation)
+        thumbnail = image.scaled(
+            fitted_size(extent, THUMBNAIL_SIDE),
+            Qt.AspectRatioMode.KeepAspectRatio,
+            Qt.TransformationMode.SmoothTransformation,
+        )
         self._results[index] = PreparedImage(ref, thumbnail, name)
         self._pending -= 1
         if self._pending == 0:

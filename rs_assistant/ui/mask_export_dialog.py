@@ -291,8 +291,11 @@ class MaskExportDialog(QDialog, _FORM):
 
     def _ask_overwrite(self, path: Path) -> bool:
         answer = QMessageBox.question(
-            self, tr("Replace file?"), tr("{0} already exists. Replace it?").format(path),
-            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, QMessageBox.StandardButton.No,
+            self,
+            tr("Replace file?"),
+            tr("{0} already exists. Replace it?").format(path),
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+            QMessageBox.StandardButton.No,
         )
         return answer == QMessageBox.StandardButton.Yes
 

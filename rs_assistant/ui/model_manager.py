@@ -33,7 +33,13 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from rs_assistant.core.catalog import find_entry
-from rs_assistant.core.models_file import DEFAULT_MODEL, ModelsFile, ModelsFileError, read_models_file, write_models_file
+from rs_assistant.core.models_file import (
+    DEFAULT_MODEL,
+    ModelsFile,
+    ModelsFileError,
+    read_models_file,
+    write_models_file,
+)
 from rs_assistant.core.paths import PACKAGE_DIR, engine_environment, resource
 from rs_assistant.core.protocol import Task
 from rs_assistant.ui import profile
@@ -72,13 +78,19 @@ class ListedModel:
         object.__setattr__(self, "tasks", tuple(str(t) for t in self.tasks))
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ListedModel":
+    def from_dict(cls, data: dict[str, Any]) -> ListedModel:
         return cls(
-            name=str(data["name"]), backend=str(data.get("backend") or ""), tasks=tuple(data.get("tasks") or ()),
-            in_catalog=bool(data.get("in_catalog")), on_disk=bool(data.get("on_disk")),
-            registered=bool(data.get("registered")), path=data.get("path"),
+            name=str(data["name"]),
+            backend=str(data.get("backend") or ""),
+            tasks=tuple(data.get("tasks") or ()),
+            in_catalog=bool(data.get("in_catalog")),
+            on_disk=bool(data.get("on_disk")),
+            registered=bool(data.get("registered")),
+            path=data.get("path"),
             size_gb=float(data["size_gb"]) if data.get("size_gb") is not None else None,
-            licence=str(data.get("licence") or ""), gated=bool(data.get("gated")), repo_id=data.get("repo_id"),
+            licence=str(data.get("licence") or ""),
+            gated=bool(data.get("gated")),
+            repo_id=data.get("repo_id"),
         )
 
     @property
@@ -94,15 +106,17 @@ class Listing:
     tasks: dict[str, str]
 
     @classmethod
-    def parse(cls, stdout: str) -> "Listing":
+    def parse(cls, stdout: str) -> Listing:
         """The JSON object ``models list --json`` printed (its last line that is one)."""
         for line in reversed(stdout.strip().splitlines()):
             line = line.strip()
             if line.startswith("{"):
                 data = json.loads(line)
-                return cls(str(data.get("models_file", "")),
-                           tuple(ListedModel.from_dict(m) for m in data.get("models", [])),
-                           {str(k): str(v) for k, v in (data.get("tasks") or {}).items()})
+                return cls(
+                    str(data.get("models_file", "")),
+                    tuple(ListedModel.from_dict(m) for m in data.get("models", [])),
+                    {str(k): str(v) for k, v in (data.get("tasks") or {}).items()},
+                )
         raise ValueError("the model list printed no JSON object")
 
 
@@ -149,8 +163,12 @@ class ModelManagerDialog(QDialog, _FORM):
         self.buttonBox.button(QDialogButtonBox.StandardButton.Close).clicked.connect(self.close)
         for task, combo in self.task_combos.items():
             combo.activated.connect(lambda _index, task=task: self._on_route_chosen(task))
-        self.segmentCombo.setToolTip(self.tr(
-            "A model that only turns boxes into masks (SAM, SAM 2.1) segments the boxes of the model chosen for Find."))
+        self.segmentCombo.setToolTip(
+            self.tr(
+                "A model that only turns boxes into masks (SAM, SAM 2.1) segments the boxes of the model chosen for "
+                "Find."
+            )
+        )
         self._show_progress(False)
         self._set_message("")
         self._on_selection()
@@ -197,7 +215,10 @@ class ModelManagerDialog(QDialog, _FORM):
     def _on_list_error(self, process: QProcess, error: QProcess.ProcessError) -> None:
         if error == QProcess.ProcessError.FailedToStart and process is self._list_process:
             self._list_process = None
-            self._set_message(self.tr("The engine's Python could not start ({python}).").format(python=self.engine_python()), ERROR_COLOUR)
+            self._set_message(
+                self.tr("The engine's Python could not start ({python}).").format(python=self.engine_python()),
+                ERROR_COLOUR,
+            )
             self.listed.emit()
 
     def _on_listed(self, process: QProcess, code: int) -> None:
@@ -208,7 +229,9 @@ class ModelManagerDialog(QDialog, _FORM):
         stderr = bytes(process.readAllStandardError()).decode("utf-8", "replace")
         process.deleteLater()
         if code != 0:
-            self._set_message(self.tr("The model list failed: {error}").format(error=_last_error(stdout, stderr)), ERROR_COLOUR)
+            self._set_message(
+                self.tr("The model list failed: {error}").format(error=_last_error(stdout, stderr)), ERROR_COLOUR
+            )
             log.warning("models list failed (%s): %s %s", code, stdout[-500:], stderr[-500:])
             self.listed.emit()
             return
@@ -226,8 +249,22 @@ class ModelManagerDialog(QDialog, _FORM):
         """What the dialog shows before the engine is set up: the catalogue (pure, read here)."""
         from rs_assistant.core.catalog import CATALOG
 
-        models = [ListedModel(e.name, e.backend, tuple(t.value for t in e.tasks), True, False, False, None, e.size_gb,
-                               e.licence, e.gated, e.repo_id) for e in CATALOG]
+        models = [
+            ListedModel(
+                e.name,
+                e.backend,
+                tuple(t.value for t in e.tasks),
+                True,
+                False,
+                False,
+                None,
+                e.size_gb,
+                e.licence,
+                e.gated,
+                e.repo_id,
+            )
+            for e in CATALOG
+        ]
         return Listing(str(self.models_file()), tuple(models), {})
 
     @property
@@ -326,7 +363,11 @@ class ModelManagerDialog(QDialog, _FORM):
 
     # --- downloads, imports, exports ------------------------------------------------------------
     def selected_model(self) -> ListedModel | None:
-        rows = {index.row() for index in self.modelsTable.selectionModel().selectedRows()} if self.modelsTable.selectionModel() else set()
+        rows = (
+            {index.row() for index in self.modelsTable.selectionModel().selectedRows()}
+            if self.modelsTable.selectionModel()
+            else set()
+        )
         if not rows or self._listing is None:
             return None
         item = self.modelsTable.item(min(rows), 0)
@@ -344,10 +385,14 @@ class ModelManagerDialog(QDialog, _FORM):
         model = self.selected_model()
         idle = self._task is None and self.is_set_up()
         self.downloadButton.setEnabled(idle and model is not None and model.in_catalog)
-        self.downloadButton.setText(self.tr("Download again") if model is not None and model.in_catalog and model.on_disk
-                                    else self.tr("Download"))
-        self.exportBundleButton.setEnabled(idle and model is not None and model.registered and model.on_disk
-                                           and model.name != DEFAULT_MODEL)
+        self.downloadButton.setText(
+            self.tr("Download again")
+            if model is not None and model.in_catalog and model.on_disk
+            else self.tr("Download")
+        )
+        self.exportBundleButton.setEnabled(
+            idle and model is not None and model.registered and model.on_disk and model.name != DEFAULT_MODEL
+        )
         entry = find_entry(model.name) if model is not None and model.in_catalog else None
         if entry is not None:
             link = f'<a href="https://huggingface.co/{entry.repo_id}">{entry.repo_id}</a>'
@@ -364,11 +409,15 @@ class ModelManagerDialog(QDialog, _FORM):
         env = {}
         if model.gated and not os.environ.get("HF_TOKEN"):
             token, ok = QInputDialog.getText(
-                self, self.tr("Hugging Face token"),
-                self.tr("{name} is gated: accept its licence on https://huggingface.co/{repo} with your account, then paste a "
-                        "read token from https://huggingface.co/settings/tokens (used for this download only).").format(
-                    name=model.name, repo=model.repo_id or ""),
-                QLineEdit.EchoMode.Password)
+                self,
+                self.tr("Hugging Face token"),
+                self.tr(
+                    "{name} is gated: accept its licence on https://huggingface.co/{repo} with your account, then "
+                    "paste a "
+                    "read token from https://huggingface.co/settings/tokens (used for this download only)."
+                ).format(name=model.name, repo=model.repo_id or ""),
+                QLineEdit.EchoMode.Password,
+            )
             if not ok or not token.strip():
                 return
             env["HF_TOKEN"] = token.strip()
@@ -380,7 +429,9 @@ class ModelManagerDialog(QDialog, _FORM):
             self.run_verb("import", [folder], self.tr("Importing {path}").format(path=folder))
 
     def _import_bundle(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, self.tr("Model bundle to import"), str(Path.home()), self.tr("Zip bundles (*.zip)"))
+        path, _ = QFileDialog.getOpenFileName(
+            self, self.tr("Model bundle to import"), str(Path.home()), self.tr("Zip bundles (*.zip)")
+        )
         if path:
             self.run_verb("import", [path], self.tr("Importing {path}").format(path=path))
 
@@ -388,8 +439,12 @@ class ModelManagerDialog(QDialog, _FORM):
         model = self.selected_model()
         if model is None:
             return
-        path, _ = QFileDialog.getSaveFileName(self, self.tr("Export {name} as a bundle").format(name=model.name),
-                                              str(Path.home() / f"{model.name}.zip"), self.tr("Zip bundles (*.zip)"))
+        path, _ = QFileDialog.getSaveFileName(
+            self,
+            self.tr("Export {name} as a bundle").format(name=model.name),
+            str(Path.home() / f"{model.name}.zip"),
+            self.tr("Zip bundles (*.zip)"),
+        )
         if path:
             self.run_verb("export", [model.name, path], self.tr("Exporting {name}").format(name=model.name))
 
@@ -421,7 +476,9 @@ class ModelManagerDialog(QDialog, _FORM):
         parts = line.split()
         if len(parts) >= 3 and parts[0] == "PROGRESS" and parts[1].isdigit() and parts[2].isdigit():
             done, total = int(parts[1]), int(parts[2])
-            self._set_message(self.tr("Downloaded {done} of {total}").format(done=format_gb(done / 1e9), total=format_gb(total / 1e9)))
+            self._set_message(
+                self.tr("Downloaded {done} of {total}").format(done=format_gb(done / 1e9), total=format_gb(total / 1e9))
+            )
         elif line.strip():
             log.info("models: %s", line.rstrip())
 
@@ -430,14 +487,22 @@ class ModelManagerDialog(QDialog, _FORM):
         self._show_progress(False)
         self._set_idle(True)
         if outcome.ending is Ending.DONE:
-            done = {"pull": self.tr("Downloaded and registered."), "import": self.tr("Imported and registered."),
-                    "export": self.tr("Bundle written: {path}").format(path=(outcome.result("EXPORTED") or "").partition(" ")[2])}[verb]
+            done = {
+                "pull": self.tr("Downloaded and registered."),
+                "import": self.tr("Imported and registered."),
+                "export": self.tr("Bundle written: {path}").format(
+                    path=(outcome.result("EXPORTED") or "").partition(" ")[2]
+                ),
+            }[verb]
             self._set_message(done)
             if verb in ("pull", "import"):
                 self.modelsFileChanged.emit()
         elif outcome.ending is Ending.CANCELLED:
-            self._set_message(self.tr("Cancelled. Download again to resume where it stopped.") if verb == "pull"
-                              else self.tr("Cancelled."))
+            self._set_message(
+                self.tr("Cancelled. Download again to resume where it stopped.")
+                if verb == "pull"
+                else self.tr("Cancelled.")
+            )
         else:
             self._set_message(self.tr("It failed: {error}").format(error=outcome.error), ERROR_COLOUR)
         self.refresh()
@@ -473,6 +538,6 @@ class ModelManagerDialog(QDialog, _FORM):
 def _last_error(stdout: str, stderr: str) -> str:
     for line in reversed(stdout.strip().splitlines()):
         if line.startswith("ERROR "):
-            return line[len("ERROR "):].strip()
+            return line[len("ERROR ") :].strip()
     lines = [line for line in stderr.strip().splitlines() if line.strip()]
     return lines[-1] if lines else "no output"

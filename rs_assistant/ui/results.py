@@ -7,7 +7,8 @@ CRS; null for points and lines), ``length_m`` (lines), and where it came from: `
 ``prompt`` (as typed, without a slash command), ``source`` (the raster layer's name), ``created``,
 ``extent`` ("xmin,ymin,xmax,ymax" of the region asked about, in ``crs``), ``crs`` and ``turn`` (the
 transcript's turn number). Each layer also carries the custom property ``rs_assistant/turn``, and
-the answer's text as its abstract. Tile layers (``/search``) also carry ``rank`` (1 = best), ``similarity`` (%) and ``place``.
+the answer's text as its abstract. Tile layers (``/search``) also carry ``rank`` (1 = best), ``similarity`` (%) and
+``place``.
 
 Where: one GeoPackage per project (``<project name>_rs_assistant.gpkg``; ``rs_assistant_results.gpkg``
 for a project never saved), in a folder the person chose once for the project (remembered in the
@@ -61,10 +62,23 @@ RESULTS_SUBFOLDER = "rs_assistant_results"  # proposed when the project's own fo
 SCORE_DECIMALS = 2
 MEASURE_DECIMALS = 1
 DEFAULT_ELLIPSOID = "EPSG:7030"  # WGS 84, when neither the project nor the CRS names one
-FIELDS = "&".join(f"field={spec}" for spec in (
-    "label:string", f"score:double(6,{SCORE_DECIMALS})", "kind:string", f"area_m2:double(20,{MEASURE_DECIMALS})",
-    f"length_m:double(20,{MEASURE_DECIMALS})", "model:string", "prompt:string", "source:string", "created:datetime",
-    "extent:string", "crs:string", "turn:integer"))
+FIELDS = "&".join(
+    f"field={spec}"
+    for spec in (
+        "label:string",
+        f"score:double(6,{SCORE_DECIMALS})",
+        "kind:string",
+        f"area_m2:double(20,{MEASURE_DECIMALS})",
+        f"length_m:double(20,{MEASURE_DECIMALS})",
+        "model:string",
+        "prompt:string",
+        "source:string",
+        "created:datetime",
+        "extent:string",
+        "crs:string",
+        "turn:integer",
+    )
+)
 TILE_FIELDS = "&field=rank:integer&field=similarity:integer&field=place:string"  # /search: 1 = best, %, "north-west"
 
 
@@ -73,8 +87,13 @@ def _show_seconds(layer: QgsVectorLayer, field: str) -> None:
     index = layer.fields().indexOf(field)
     if index >= 0:
         shown = "yyyy-MM-dd HH:mm:ss"
-        layer.setEditorWidgetSetup(index, QgsEditorWidgetSetup(
-            "DateTime", {"display_format": shown, "field_format": shown, "calendar_popup": False, "allow_null": True}))
+        layer.setEditorWidgetSetup(
+            index,
+            QgsEditorWidgetSetup(
+                "DateTime",
+                {"display_format": shown, "field_format": shown, "calendar_popup": False, "allow_null": True},
+            ),
+        )
 
 
 class ResultWriteError(Exception):
@@ -110,7 +129,7 @@ class Provenance:
 
     @property
     def extent_text(self) -> str:
-        """"xmin,ymin,xmax,ymax" to the precision the CRS warrants (6 decimals in degrees, 2 in metres)."""
+        """ "xmin,ymin,xmax,ymax" to the precision the CRS warrants (6 decimals in degrees, 2 in metres)."""
         if self.extent is None:
             return ""
         decimals = 6 if self.crs.isGeographic() else 2
@@ -141,13 +160,23 @@ def written_features(layer: QgsVectorLayer, fids: Iterable[int] | None = None) -
     names = layer.fields().names()
     out = []
     for feature in request:
+
         def value(name: str):
-            raw = feature[name] if name in names else None
+            raw = feature[name] if name in names else None  # noqa: B023
             return None if raw is None or (hasattr(raw, "isNull") and raw.isNull()) else raw
+
         area, length = value("area_m2"), value("length_m")
-        out.append(FeatureRef(layer.id(), feature.id(), str(value("label") or ""), str(value("kind") or ""),
-                                  float(value("score") or 0.0), None if area is None else float(area),
-                                  None if length is None else float(length)))
+        out.append(
+            FeatureRef(
+                layer.id(),
+                feature.id(),
+                str(value("label") or ""),
+                str(value("kind") or ""),
+                float(value("score") or 0.0),
+                None if area is None else float(area),
+                None if length is None else float(length),
+            )
+        )
     return out
 
 
@@ -186,12 +215,15 @@ def refusal(folder: Path, rasters: Sequence[QgsRasterLayer | None]) -> str:
     held = data_files_in(folder, rasters)
     if not held:
         return ""
-    return tr("{folder} holds the data of {layers}. Choose another folder, so that results never mix with "
-              "the data (a new folder beside it will do).").format(folder=str(folder), layers=", ".join(held))
+    return tr(
+        "{folder} holds the data of {layers}. Choose another folder, so that results never mix with "
+        "the data (a new folder beside it will do)."
+    ).format(folder=str(folder), layers=", ".join(held))
 
 
 def proposed_folder(project: QgsProject, rasters: Sequence[QgsRasterLayer | None]) -> Path:
-    """The folder the question proposes: beside the project, or a subfolder of it when the project lives among its data."""
+    """The folder the question proposes: beside the project, or a subfolder of it when the project lives among its
+    data."""
     folder = default_folder(project)
     return folder / RESULTS_SUBFOLDER if data_files_in(folder, rasters) else folder
 
@@ -244,8 +276,9 @@ def _ask_until_allowed(parent: QWidget | None, proposed: Path, why_not: Callable
         start = chosen
 
 
-def results_geopackage(project: QgsProject, rasters: Sequence[QgsRasterLayer | None], settings_folder: str,
-                       ask: FolderQuestion | None) -> Path:
+def results_geopackage(
+    project: QgsProject, rasters: Sequence[QgsRasterLayer | None], settings_folder: str, ask: FolderQuestion | None
+) -> Path:
     """The project's GeoPackage: the one remembered in the project, else in the settings' folder, else in
     the folder ``ask`` gets from the person (then remembered). ResultWriteError when none may be used."""
     why_not = lambda folder: refusal(folder, rasters)  # noqa: E731
@@ -260,8 +293,12 @@ def results_geopackage(project: QgsProject, rasters: Sequence[QgsRasterLayer | N
     else:
         folder = ask(proposed_folder(project, rasters), why_not) if ask is not None else None
         if folder is None:
-            raise ResultWriteError(tr("no folder was chosen for this project's results, so the features were not "
-                                      "saved; ask again to choose one"))
+            raise ResultWriteError(
+                tr(
+                    "no folder was chosen for this project's results, so the features were not "
+                    "saved; ask again to choose one"
+                )
+            )
     path = folder / geopackage_name(project)
     project.writeEntry(SCOPE, GEOPACKAGE_KEY, project.writePath(str(path)))
     return path
@@ -289,7 +326,9 @@ def measures(measurer: QgsDistanceArea, geometry: QgsGeometry) -> tuple[float | 
         area = measurer.convertAreaMeasurement(measurer.measureArea(geometry), QgsUnitTypes.AreaUnit.AreaSquareMeters)
         return round(area, MEASURE_DECIMALS), None
     if kind == QgsWkbTypes.GeometryType.LineGeometry:
-        length = measurer.convertLengthMeasurement(measurer.measureLength(geometry), QgsUnitTypes.DistanceUnit.DistanceMeters)
+        length = measurer.convertLengthMeasurement(
+            measurer.measureLength(geometry), QgsUnitTypes.DistanceUnit.DistanceMeters
+        )
         return None, round(length, MEASURE_DECIMALS)
     return None, None
 
@@ -298,15 +337,21 @@ def measures(measurer: QgsDistanceArea, geometry: QgsGeometry) -> tuple[float | 
 
 
 def _objects(kind: FeatureKind, geometry: QgsGeometry) -> list[QgsGeometry]:
-    """One geometry per object: a mask or change MultiPolygon (from an engine that does not split them) gives its parts."""
+    """One geometry per object: a mask or change MultiPolygon (from an engine that does not split them) gives its
+    parts."""
     if kind in (FeatureKind.MASK, FeatureKind.CHANGE) and geometry.isMultipart():
         return [part for part in geometry.asGeometryCollection() if not part.isEmpty()]
     return [geometry]
 
 
 class ResultLayerWriter:
-    def __init__(self, project: QgsProject, output_folder: str = "", rasters: Sequence[QgsRasterLayer | None] = (),
-                 ask: FolderQuestion | None = None):
+    def __init__(
+        self,
+        project: QgsProject,
+        output_folder: str = "",
+        rasters: Sequence[QgsRasterLayer | None] = (),
+        ask: FolderQuestion | None = None,
+    ):
         self._project = project
         self._output_folder = output_folder
         self._rasters = list(rasters)
@@ -330,8 +375,9 @@ class ResultLayerWriter:
         layers = []
         for kind, kind_features in by_kind.items():
             name = title if len(by_kind) == 1 else f"{title} ({kind.value})"
-            memory = QgsVectorLayer(f"{self._geometry(kind)}?{FIELDS}{TILE_FIELDS if kind is FeatureKind.TILE else ''}",
-                                    "result", "memory")
+            memory = QgsVectorLayer(
+                f"{self._geometry(kind)}?{FIELDS}{TILE_FIELDS if kind is FeatureKind.TILE else ''}", "result", "memory"
+            )
             memory.setCrs(self._project.crs())  # the request asked the engine for the project CRS
             memory.dataProvider().addFeatures(self._features(memory, kind, kind_features, provenance, created))
             layer = self._save(memory, name)
@@ -365,13 +411,22 @@ class ResultLayerWriter:
     def _geometry(kind: FeatureKind) -> str:
         return "Point" if kind is FeatureKind.POINT else "MultiPolygon"
 
-    def _features(self, layer: QgsVectorLayer, kind: FeatureKind, features: list[dict], provenance: Provenance,
-                  created: QDateTime) -> list[QgsFeature]:
-        parsed = QgsJsonUtils.stringToFeatureList(json.dumps({"type": "FeatureCollection", "features": features}), QgsFields())
+    def _features(
+        self, layer: QgsVectorLayer, kind: FeatureKind, features: list[dict], provenance: Provenance, created: QDateTime
+    ) -> list[QgsFeature]:
+        parsed = QgsJsonUtils.stringToFeatureList(
+            json.dumps({"type": "FeatureCollection", "features": features}), QgsFields()
+        )
         measurer = ground_measurer(self._project, layer.crs())
-        origin = {"model": provenance.model, "prompt": provenance.prompt, "source": provenance.source, "created": created,
-                  "extent": provenance.extent_text, "crs": provenance.crs.authid() or provenance.crs.description(),
-                  "turn": provenance.turn}
+        origin = {
+            "model": provenance.model,
+            "prompt": provenance.prompt,
+            "source": provenance.source,
+            "created": created,
+            "extent": provenance.extent_text,
+            "crs": provenance.crs.authid() or provenance.crs.description(),
+            "turn": provenance.turn,
+        }
         names = set(layer.fields().names())
         out = []
         for source, geojson in zip(parsed, features):
@@ -382,8 +437,14 @@ class ResultLayerWriter:
                     geom.convertToMultiType()
                 feature.setGeometry(geom)
                 area, length = measures(measurer, geom)
-                values = {"label": str(props["label"]), "score": round(float(props["score"]), SCORE_DECIMALS),
-                          "kind": kind.value, "area_m2": area, "length_m": length, **origin}
+                values = {
+                    "label": str(props["label"]),
+                    "score": round(float(props["score"]), SCORE_DECIMALS),
+                    "kind": kind.value,
+                    "area_m2": area,
+                    "length_m": length,
+                    **origin,
+                }
                 if kind is FeatureKind.TILE:
                     values.update(rank=props.get("rank"), similarity=props.get("similarity"), place=props.get("place"))
                 for name, value in values.items():  # by name: a GeoPackage layer has its fid first
@@ -398,9 +459,14 @@ class ResultLayerWriter:
         options = QgsVectorFileWriter.SaveVectorOptions()
         options.driverName = "GPKG"
         options.layerName = table
-        options.actionOnExistingFile = (QgsVectorFileWriter.ActionOnExistingFile.CreateOrOverwriteLayer if path.exists()
-                                        else QgsVectorFileWriter.ActionOnExistingFile.CreateOrOverwriteFile)
-        error, message, *_ = QgsVectorFileWriter.writeAsVectorFormatV3(memory, str(path), self._project.transformContext(), options)
+        options.actionOnExistingFile = (
+            QgsVectorFileWriter.ActionOnExistingFile.CreateOrOverwriteLayer
+            if path.exists()
+            else QgsVectorFileWriter.ActionOnExistingFile.CreateOrOverwriteFile
+        )
+        error, message, *_ = QgsVectorFileWriter.writeAsVectorFormatV3(
+            memory, str(path), self._project.transformContext(), options
+        )
         if error != QgsVectorFileWriter.WriterError.NoError:
             raise ResultWriteError(f"{path}: {message}")
         layer = QgsVectorLayer(f"{path}|layername={table}", name, "ogr")

@@ -97,7 +97,9 @@ class SettingsDialog(QDialog, _FORM):
         managed = self.managedRadio.isChecked()
         url = self.urlEdit.text().strip()
         if not managed and not url.startswith("http://"):
-            raise ProtocolError("bad_request", self.tr("Give the URL of the running engine, e.g. http://127.0.0.1:8765."))
+            raise ProtocolError(
+                "bad_request", self.tr("Give the URL of the running engine, e.g. http://127.0.0.1:8765.")
+            )
         return replace(
             self._base,
             engine_python=self.pythonWidget.filePath(),
@@ -206,18 +208,21 @@ class SettingsDialog(QDialog, _FORM):
 
     def _missing_report(self, module: str) -> str:
         if module:
-            return self.tr("The engine's environment lacks the package “{module}”. Set up the engine again "
-                           "(button in the dock).").format(module=module)
+            return self.tr(
+                "The engine's environment lacks the package “{module}”. Set up the engine again (button in the dock)."
+            ).format(module=module)
         return self.tr("The engine's environment lacks a package. Set up the engine again (button in the dock).")
 
     def _device_report(self, info: DeviceInfo) -> tuple[str, str]:
-        cuda = (self.tr("CUDA {version}").format(version=info.cuda) if info.cuda
-                else self.tr("no CUDA (a CPU-only build)"))
+        cuda = (
+            self.tr("CUDA {version}").format(version=info.cuda) if info.cuda else self.tr("no CUDA (a CPU-only build)")
+        )
         device = texts.device_text(info)
         if info.type is DeviceType.CPU and info.name:
             device = f"{device} ({info.name})"
         text = self.tr("The engine works: {device} · PyTorch {torch} · {cuda}").format(
-            device=device, torch=info.torch, cuda=cuda)
+            device=device, torch=info.torch, cuda=cuda
+        )
         warning = texts.device_warning_text(info)
         return (f"{text}\n{warning}", WARNING_COLOUR) if warning else (text, OK_COLOUR)
 

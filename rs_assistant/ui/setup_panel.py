@@ -73,8 +73,12 @@ class SetupPanel(QWidget, _FORM):
         self.torchCombo.addItem(names["cuda"], "cuda")
 
         self.advancedButton.toggled.connect(self._on_advanced)
-        self.wheelhouseButton.clicked.connect(lambda: self._choose_folder(self.wheelhouseEdit, self.tr("Folder of wheels")))
-        self.envDirButton.clicked.connect(lambda: self._choose_folder(self.envDirEdit, self.tr("Folder of the engine's environment")))
+        self.wheelhouseButton.clicked.connect(
+            lambda: self._choose_folder(self.wheelhouseEdit, self.tr("Folder of wheels"))
+        )
+        self.envDirButton.clicked.connect(
+            lambda: self._choose_folder(self.envDirEdit, self.tr("Folder of the engine's environment"))
+        )
         self.torchCombo.currentIndexChanged.connect(self._explain)
         self.envDirEdit.textChanged.connect(self._explain)
         self.envDirEdit.textChanged.connect(self.envDirEdit.setToolTip)  # a long path shows whole on hover
@@ -103,9 +107,14 @@ class SetupPanel(QWidget, _FORM):
         """Says why the panel is shown (``status``: the engine's fault; None: the person asked for it)."""
         reason = ""
         if status is not None and status.fault is EngineFault.INTERPRETER_NOT_FOUND:
-            reason = self.tr("The engine's Python was not found ({path}). Set up the engine again, or choose another Python in the settings.").format(path=status.detail)
+            reason = self.tr(
+                "The engine's Python was not found ({path}). Set up the engine again, or choose another Python in "
+                "the settings."
+            ).format(path=status.detail)
         elif status is not None and status.fault is EngineFault.MISSING_PACKAGES:
-            reason = self.tr("The engine's environment lacks packages it needs ({detail}). Setting it up again repairs it.").format(detail=status.detail)
+            reason = self.tr(
+                "The engine's environment lacks packages it needs ({detail}). Setting it up again repairs it."
+            ).format(detail=status.detail)
         self.reasonLabel.setText(reason)
         self.reasonLabel.setVisible(bool(reason))
         self.closeButton.setVisible(not required)
@@ -121,13 +130,21 @@ class SetupPanel(QWidget, _FORM):
 
     def _explain(self, *_args) -> None:
         variant = self.torch_variant()
-        what = {"cpu": self.tr("PyTorch for the CPU, transformers, GDAL's rasterio…"),
-                "cuda": self.tr("PyTorch for NVIDIA GPUs (CUDA), transformers, GDAL's rasterio…")}[variant]
-        self.explainLabel.setText(self.tr(
-            "RS Assistant runs its models in a Python environment of its own: about {size} GB ({what}) will be "
-            "installed in {folder}, which needs {free} GB free while it installs."
-        ).format(size=f"{setup_engine.installed_gb(variant):g}", what=what, folder=str(self.target()),
-                 free=f"{setup_engine.disk_needed_gb(variant):g}"))
+        what = {
+            "cpu": self.tr("PyTorch for the CPU, transformers, GDAL's rasterio…"),
+            "cuda": self.tr("PyTorch for NVIDIA GPUs (CUDA), transformers, GDAL's rasterio…"),
+        }[variant]
+        self.explainLabel.setText(
+            self.tr(
+                "RS Assistant runs its models in a Python environment of its own: about {size} GB ({what}) will be "
+                "installed in {folder}, which needs {free} GB free while it installs."
+            ).format(
+                size=f"{setup_engine.installed_gb(variant):g}",
+                what=what,
+                folder=str(self.target()),
+                free=f"{setup_engine.disk_needed_gb(variant):g}",
+            )
+        )
         if not self.running:
             self._show_idle()
 
@@ -178,9 +195,20 @@ class SetupPanel(QWidget, _FORM):
 
     def command(self) -> list[str]:
         """``<base python> -m rs_assistant.setup_engine --target DIR --torch V [options]``."""
-        command = [setup_engine.find_base_python(), "-m", "rs_assistant.setup_engine",
-                   "--target", str(self.target()), "--torch", self.torchCombo.currentData()]
-        for flag, edit in (("--find-links", self.wheelhouseEdit), ("--index-url", self.indexUrlEdit), ("--proxy", self.proxyEdit)):
+        command = [
+            setup_engine.find_base_python(),
+            "-m",
+            "rs_assistant.setup_engine",
+            "--target",
+            str(self.target()),
+            "--torch",
+            self.torchCombo.currentData(),
+        ]
+        for flag, edit in (
+            ("--find-links", self.wheelhouseEdit),
+            ("--index-url", self.indexUrlEdit),
+            ("--proxy", self.proxyEdit),
+        ):
             value = edit.text().strip()
             if value:
                 command += [flag, value]
@@ -212,7 +240,9 @@ class SetupPanel(QWidget, _FORM):
         for widget in (self.torchCombo, self.advancedWidget):
             widget.setEnabled(False)
         self.advancedButton.setChecked(False)  # the log gets the room while it runs
-        task = SetupTask(self.tr("RS Assistant: setting up the engine"), command, self.environment(), str(PACKAGE_DIR.parent))
+        task = SetupTask(
+            self.tr("RS Assistant: setting up the engine"), command, self.environment(), str(PACKAGE_DIR.parent)
+        )
         task.lineReceived.connect(self._on_line)
         task.progressChanged.connect(self._on_progress)
         task.ended.connect(self._on_ended)

@@ -23,8 +23,8 @@ import re
 import signal
 import subprocess
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from qgis.core import QgsApplication, QgsTask
 from qgis.PyQt.QtCore import pyqtSignal
@@ -97,8 +97,9 @@ class ProcessTask(QgsTask):
     RESULT_KEYWORDS: tuple[str, ...] = ()
     KILL_WAIT_S = 10.0
 
-    def __init__(self, description: str, command: Sequence[str], env: dict[str, str] | None = None,
-                 cwd: str | None = None):
+    def __init__(
+        self, description: str, command: Sequence[str], env: dict[str, str] | None = None, cwd: str | None = None
+    ):
         super().__init__(description, QgsTask.Flag.CanCancel)
         if not command:
             raise ValueError("a process task needs a command")
@@ -127,8 +128,16 @@ class ProcessTask(QgsTask):
         log.info("running %s", " ".join(self.command))
         try:
             process = subprocess.Popen(
-                self.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=self._env, cwd=self._cwd, text=True, encoding="utf-8", errors="replace", bufsize=1,
+                self.command,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self._env,
+                cwd=self._cwd,
+                text=True,
+                encoding="utf-8",
+                errors="replace",
+                bufsize=1,
                 **_own_process_group(),
             )
         except OSError as exc:
@@ -155,7 +164,7 @@ class ProcessTask(QgsTask):
             self.setProgress(progress)
         stripped = line.strip()
         if stripped.startswith(ERROR_PREFIX):
-            self._error = stripped[len(ERROR_PREFIX):].strip()
+            self._error = stripped[len(ERROR_PREFIX) :].strip()
         keyword, _, value = stripped.partition(" ")
         if keyword in self.RESULT_KEYWORDS and value:
             self._results.append((keyword, value.strip()))
@@ -173,8 +182,12 @@ class ProcessTask(QgsTask):
         log.info("stopping %s (pid %s)", self.command[0], process.pid)
         try:
             if os.name == "nt":
-                subprocess.run(["taskkill", "/F", "/T", "/PID", str(process.pid)], capture_output=True,
-                               creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0), check=False)
+                subprocess.run(
+                    ["taskkill", "/F", "/T", "/PID", str(process.pid)],
+                    capture_output=True,
+                    creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0),
+                    check=False,
+                )
             else:
                 os.killpg(process.pid, signal.SIGKILL)  # the process and its children (pip)
         except OSError as exc:
@@ -191,7 +204,9 @@ class ProcessTask(QgsTask):
         error = self._error
         if ending is Ending.FAILED and not error:
             error = f"exit code {self._returncode}" if self._returncode is not None else "the process did not start"
-        outcome = ProcessOutcome(ending, self._returncode, error if ending is Ending.FAILED else "", tuple(self._results))
+        outcome = ProcessOutcome(
+            ending, self._returncode, error if ending is Ending.FAILED else "", tuple(self._results)
+        )
         try:
             self.ended.emit(outcome)
         except RuntimeError:

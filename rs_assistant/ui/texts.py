@@ -19,20 +19,41 @@ def error_text(error: TurnError) -> str:
     translate = QCoreApplication.translate
     texts = {
         CommandErrorCode.UNKNOWN_COMMAND: translate("Messages", "Unknown command. Type /help for the list."),
-        CommandErrorCode.MISSING_ARGUMENT: translate("Messages", "This command needs to know what to look for, e.g. /find storage tanks."),
+        CommandErrorCode.MISSING_ARGUMENT: translate(
+            "Messages", "This command needs to know what to look for, e.g. /find storage tanks."
+        ),
         Problem.NO_IMAGE_LAYER: translate("Messages", "Choose an image layer first."),
         Problem.NO_BEFORE_AFTER: translate("Messages", "Choose a before and an after layer to compare."),
         Problem.SAME_BEFORE_AFTER: translate("Messages", "The before and the after layer are the same layer."),
-        Problem.REGION_OUTSIDE_LAYER: translate("Messages", "The region does not overlap the chosen layer. Draw a region over it or use the current view."),
-        Problem.ENGINE_NOT_READY: translate("Messages", "The engine is not ready yet. Wait until its status says ready, or check the settings."),
+        Problem.REGION_OUTSIDE_LAYER: translate(
+            "Messages", "The region does not overlap the chosen layer. Draw a region over it or use the current view."
+        ),
+        Problem.ENGINE_NOT_READY: translate(
+            "Messages", "The engine is not ready yet. Wait until its status says ready, or check the settings."
+        ),
         Problem.RENDER_FAILED: translate("Messages", "The layer could not be rendered for the region."),
         Problem.LAYER_WRITE_FAILED: translate("Messages", "The answer arrived but its layer could not be written."),
-        Problem.NOT_A_LOCAL_FILE: translate("Messages", "A search runs over a raster file on this computer; this layer is not one (web, virtual or in-memory). Save it as a GeoTIFF first."),
-        Problem.REGION_NO_PIXELS: translate("Messages", "The region is smaller than one pixel of the layer. Draw a larger region."),
-        Problem.REGION_NOT_TRANSFORMABLE: translate("Messages", "The region cannot be converted to the layer's or the project's CRS. Draw the region again or use the current view."),
-        Problem.LAYER_REMOVED: translate("Messages", "The layer was removed from the project, so its request was stopped. Choose a layer and ask again."),
+        Problem.NOT_A_LOCAL_FILE: translate(
+            "Messages",
+            "A search runs over a raster file on this computer; this layer is not one (web, virtual or in-memory). "
+            "Save it as a GeoTIFF first.",
+        ),
+        Problem.REGION_NO_PIXELS: translate(
+            "Messages", "The region is smaller than one pixel of the layer. Draw a larger region."
+        ),
+        Problem.REGION_NOT_TRANSFORMABLE: translate(
+            "Messages",
+            "The region cannot be converted to the layer's or the project's CRS. Draw the region again or use the "
+            "current view.",
+        ),
+        Problem.LAYER_REMOVED: translate(
+            "Messages",
+            "The layer was removed from the project, so its request was stopped. Choose a layer and ask again.",
+        ),
         ErrorCode.ENGINE_UNREACHABLE: translate("Messages", "The engine cannot be reached."),
-        ErrorCode.TIMEOUT: translate("Messages", "The engine did not answer in time. Try a smaller region or a longer timeout."),
+        ErrorCode.TIMEOUT: translate(
+            "Messages", "The engine did not answer in time. Try a smaller region or a longer timeout."
+        ),
         ErrorCode.CANCELLED: translate("Messages", "Cancelled."),
         ErrorCode.UNAUTHORIZED: translate("Messages", "The engine refused the token. Check the token in the settings."),
         ErrorCode.EXTENT_OUTSIDE: translate("Messages", "The region lies outside the raster."),
@@ -62,13 +83,19 @@ def engine_status_text(status: EngineStatus) -> str:
     if status.fault is EngineFault.MISSING_PACKAGES:
         if status.detail:
             return translate("Messages", "Engine: a package is missing ({detail}); set up the engine again").format(
-                detail=status.detail)
+                detail=status.detail
+            )
         return translate("Messages", "Engine: packages are missing; set up the engine again")
     if status.fault is EngineFault.BAD_CONFIG:
-        return translate("Messages", "Engine: its configuration has an error: {detail}. Correct it (Manage models…, or the "
-                         "settings), then Restart").format(detail=status.detail)
+        return translate(
+            "Messages",
+            "Engine: its configuration has an error: {detail}. Correct it (Manage models…, or the "
+            "settings), then Restart",
+        ).format(detail=status.detail)
     faults = {
-        EngineFault.INTERPRETER_NOT_FOUND: translate("Messages", "the engine's Python interpreter was not found ({detail})"),
+        EngineFault.INTERPRETER_NOT_FOUND: translate(
+            "Messages", "the engine's Python interpreter was not found ({detail})"
+        ),
         EngineFault.EXITED: translate("Messages", "the engine stopped: {detail}"),
         EngineFault.START_TIMEOUT: translate("Messages", "the engine did not start within {detail}"),
         EngineFault.NO_TOKEN: translate("Messages", "the engine wrote no token to {detail}"),
@@ -118,7 +145,14 @@ def help_lines() -> list[tuple[str, str]]:
         ("/segment <what>", translate("Messages", "outline objects as polygons, e.g. /segment buildings")),
         ("/change", translate("Messages", "compare the before and the after layer")),
         ("/ask <question>", translate("Messages", "ask about the region (plain text does the same)")),
-        ("/search <description>", translate("Messages", "rank the layer's tiles (in the region, else the whole layer) by a description, e.g. /search a harbour with many boats")),
+        (
+            "/search <description>",
+            translate(
+                "Messages",
+                "rank the layer's tiles (in the region, else the whole layer) by a description, e.g. /search a "
+                "harbour with many boats",
+            ),
+        ),
         ("/help", translate("Messages", "this list")),
     ]
 
@@ -127,10 +161,14 @@ def place_text(place: Place) -> str:
     """Where a tile lies in the searched area, for the transcript."""
     translate = QCoreApplication.translate
     return {
-        Place.NORTH_WEST: translate("Messages", "north-west"), Place.NORTH: translate("Messages", "north"),
-        Place.NORTH_EAST: translate("Messages", "north-east"), Place.WEST: translate("Messages", "west"),
-        Place.CENTRE: translate("Messages", "centre"), Place.EAST: translate("Messages", "east"),
-        Place.SOUTH_WEST: translate("Messages", "south-west"), Place.SOUTH: translate("Messages", "south"),
+        Place.NORTH_WEST: translate("Messages", "north-west"),
+        Place.NORTH: translate("Messages", "north"),
+        Place.NORTH_EAST: translate("Messages", "north-east"),
+        Place.WEST: translate("Messages", "west"),
+        Place.CENTRE: translate("Messages", "centre"),
+        Place.EAST: translate("Messages", "east"),
+        Place.SOUTH_WEST: translate("Messages", "south-west"),
+        Place.SOUTH: translate("Messages", "south"),
         Place.SOUTH_EAST: translate("Messages", "south-east"),
     }[place]
 
@@ -141,12 +179,32 @@ def search_answer(description: str, ranking: SearchRanking, whole_layer: bool = 
     if not ranking.hits:
         return translate("Messages", "No tile matches “{description}”.").format(description=description)
     area = translate("Messages", "of the layer") if whole_layer else translate("Messages", "of the region")
-    items = [translate("Messages", "#{rank} {place} ({percent}%)").format(
-        rank=hit.rank, place=place_text(hit.place), percent=hit.percent) for hit in ranking.hits]
-    head = translate("Messages", "Best matches for “{description}” ({count} of {searched} tiles {area}): {matches}.").format(
-        description=description, count=len(ranking.hits), searched=ranking.searched, area=area, matches=", ".join(items))
+    items = [
+        translate("Messages", "#{rank} {place} ({percent}%)").format(
+            rank=hit.rank, place=place_text(hit.place), percent=hit.percent
+        )
+        for hit in ranking.hits
+    ]
+    head = translate(
+        "Messages", "Best matches for “{description}” ({count} of {searched} tiles {area}): {matches}."
+    ).format(
+        description=description, count=len(ranking.hits), searched=ranking.searched, area=area, matches=", ".join(items)
+    )
     if ranking.searched <= 1:
-        return head + " " + translate("Messages", "The region is a single tile: draw a larger region, or clear it to "
-                                                   "search the whole layer, to compare tiles.")
-    return head + " " + translate("Messages", "Similarity is relative to the tiles searched (100% = the best); tiles "
-                                               "under {floor}% are not shown.").format(floor=round(100 * ranking.floor))
+        return (
+            head
+            + " "
+            + translate(
+                "Messages",
+                "The region is a single tile: draw a larger region, or clear it to "
+                "search the whole layer, to compare tiles.",
+            )
+        )
+    return (
+        head
+        + " "
+        + translate(
+            "Messages",
+            "Similarity is relative to the tiles searched (100% = the best); tiles under {floor}% are not shown.",
+        ).format(floor=round(100 * ranking.floor))
+    )

@@ -76,9 +76,15 @@ class TranscriptRenderer(QObject):
         super().__init__(view)
         self._view = view
 
-    def render(self, turns: list[Turn], thumbnails: dict[int, list[QImage]], highlighted: int | None = None,
-               scroll_to: int | None = None) -> None:
-        """Shows ``turns``: ``highlighted`` (a turn id) shaded; the view scrolled to ``scroll_to``, else to the last turn."""
+    def render(
+        self,
+        turns: list[Turn],
+        thumbnails: dict[int, list[QImage]],
+        highlighted: int | None = None,
+        scroll_to: int | None = None,
+    ) -> None:
+        """Shows ``turns``: ``highlighted`` (a turn id) shaded; the view scrolled to ``scroll_to``, else to the last
+        turn."""
         document = self._view.document()
         parts = []
         for turn in turns:
@@ -89,8 +95,10 @@ class TranscriptRenderer(QObject):
                 images.append(f'<img src="{url}" width="{image.width()}" height="{image.height()}"> ')
             body = self._question(turn, images) + self._answer(turn)
             if turn.id == highlighted:
-                body = (f'<table width="100%" cellpadding="4" cellspacing="0" bgcolor="{HIGHLIGHT_COLOUR}">'
-                        f"<tr><td>{body}</td></tr></table>")
+                body = (
+                    f'<table width="100%" cellpadding="4" cellspacing="0" bgcolor="{HIGHLIGHT_COLOUR}">'
+                    f"<tr><td>{body}</td></tr></table>"
+                )
             parts.append(f'<a name="turn-{turn.id}"></a>{body}<hr>')
         self._view.setHtml("".join(parts))
         if scroll_to is not None and any(t.id == scroll_to for t in turns):
@@ -156,7 +164,9 @@ class TranscriptRenderer(QObject):
                 heading += " · " + self.tr("{area} in all").format(area=area_text(total))
             lines.append(f"<b>{_text(heading)}</b>")
             for number, ref in enumerate(refs[:MAX_LISTED], start=1):
-                what = " · ".join(part for part in (ref.label or ref.kind, measure_text(ref), f"{ref.score:.2f}") if part)
+                what = " · ".join(
+                    part for part in (ref.label or ref.kind, measure_text(ref), f"{ref.score:.2f}") if part
+                )
                 tip = self.tr("Zoom to it on the map")
                 lines.append(f'{number}. <a href="{feature_link(ref)}" title="{_text(tip)}">{_text(what)}</a>')
             if len(refs) > MAX_LISTED:
@@ -164,10 +174,12 @@ class TranscriptRenderer(QObject):
                 lines.append(f'<span style="color:{MUTED_COLOUR}">{_text(more)}</span>')
         elif turn.result_layers:  # an answer saved before features were listed
             found = self.tr("{count} feature(s) added as layer(s): {names}").format(
-                count=turn.feature_count, names=", ".join(turn.result_layers))
+                count=turn.feature_count, names=", ".join(turn.result_layers)
+            )
             lines.append(f'<span style="color:{MUTED_COLOUR}">{_text(found)}</span>')
         if turn.held_back:
             show = self.tr("Show {count} more below {threshold}").format(
-                count=turn.held_back, threshold=f"{turn.score_threshold:g}")
+                count=turn.held_back, threshold=f"{turn.score_threshold:g}"
+            )
             lines.append(f'<a href="{HELD_BACK_SCHEME}:{turn.id}">{_text(show)}</a>')
         return "<br>".join(lines)

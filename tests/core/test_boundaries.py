@@ -32,8 +32,7 @@ def python_files(folder: Path, exclude: Path | None = None) -> list[Path]:
 
 def test_core_imports_neither_qgis_nor_qt_nor_torch():
     offenders = {
-        str(p.relative_to(ROOT)): sorted(imported_top_modules(p) & (QT | HEAVY))
-        for p in python_files(PACKAGE / "core")
+        str(p.relative_to(ROOT)): sorted(imported_top_modules(p) & (QT | HEAVY)) for p in python_files(PACKAGE / "core")
     }
     assert {k: v for k, v in offenders.items() if v} == {}
 
@@ -48,14 +47,15 @@ def test_plugin_side_never_imports_the_engine_stack():
 
 def test_qt_is_imported_only_through_qgis_pyqt():
     offenders = {
-        str(p.relative_to(ROOT)): sorted(imported_top_modules(p) & (QT - {"qgis"}))
-        for p in python_files(PACKAGE)
+        str(p.relative_to(ROOT)): sorted(imported_top_modules(p) & (QT - {"qgis"})) for p in python_files(PACKAGE)
     }
     assert {k: v for k, v in offenders.items() if v} == {}
 
 
 def test_engine_never_imports_training():
-    offenders = [str(p.relative_to(ROOT)) for p in python_files(PACKAGE / "engine") if "training" in imported_top_modules(p)]
+    offenders = [
+        str(p.relative_to(ROOT)) for p in python_files(PACKAGE / "engine") if "training" in imported_top_modules(p)
+    ]
     assert offenders == []
 
 

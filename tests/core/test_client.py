@@ -11,7 +11,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from rs_assistant.core.client import EngineClient
-from rs_assistant.core.protocol import AnalyzeRequest, DeviceType, ErrorCode, ImageRef, ProtocolError, Task, feature_collection
+from rs_assistant.core.protocol import (
+    AnalyzeRequest,
+    DeviceType,
+    ErrorCode,
+    ImageRef,
+    ProtocolError,
+    Task,
+    feature_collection,
+)
 
 TOKEN = "s3cret"
 BOX = {
@@ -45,11 +53,28 @@ class PlayEngine(BaseHTTPRequestHandler):
 
     def do_GET(self):  # noqa: N802
         if self.path == "/v1/health":
-            self._send(200, {"status": "ok", "version": "0.1.0", "device": "cuda (NVIDIA H100, bfloat16)", "device_info": {
-                "type": "cuda", "name": "NVIDIA H100", "memory_gb": 79.1, "dtype": "bfloat16", "torch": "2.5.1",
-                "cuda": "12.4", "warning": ""}})
+            self._send(
+                200,
+                {
+                    "status": "ok",
+                    "version": "0.1.0",
+                    "device": "cuda (NVIDIA H100, bfloat16)",
+                    "device_info": {
+                        "type": "cuda",
+                        "name": "NVIDIA H100",
+                        "memory_gb": 79.1,
+                        "dtype": "bfloat16",
+                        "torch": "2.5.1",
+                        "cuda": "12.4",
+                        "warning": "",
+                    },
+                },
+            )
         elif self.path == "/v1/models" and self._authorised():
-            self._send(200, {"models": [{"name": "default", "backend": "echo", "tasks": ["caption", "ground"], "loaded": True}]})
+            self._send(
+                200,
+                {"models": [{"name": "default", "backend": "echo", "tasks": ["caption", "ground"], "loaded": True}]},
+            )
 
     def do_POST(self):  # noqa: N802
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -64,8 +89,17 @@ class PlayEngine(BaseHTTPRequestHandler):
         elif prompt == "garbage":
             self._send(502, b"<html>bad gateway</html>")
         else:
-            self._send(200, {"text": "one tank", "features": feature_collection([BOX]), "crs": body["output_crs"],
-                             "model": body["model"], "request_id": "r1", "timing_ms": {"read": 1, "infer": 2, "post": 3}})
+            self._send(
+                200,
+                {
+                    "text": "one tank",
+                    "features": feature_collection([BOX]),
+                    "crs": body["output_crs"],
+                    "model": body["model"],
+                    "request_id": "r1",
+                    "timing_ms": {"read": 1, "infer": 2, "post": 3},
+                },
+            )
 
 
 @pytest.fixture(scope="module")

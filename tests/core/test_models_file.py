@@ -32,7 +32,9 @@ def test_adding_a_model_and_a_route_keeps_every_other_entry(tmp_path):
     path.write_text(HAND_WRITTEN, encoding="utf-8")
     before = tomllib.loads(HAND_WRITTEN)["models"]
 
-    changed = read_models_file(path).with_model("sam", {"backend": "sam", "path": "models/sam"}).with_route("segment", "sam")
+    changed = (
+        read_models_file(path).with_model("sam", {"backend": "sam", "path": "models/sam"}).with_route("segment", "sam")
+    )
     write_models_file(changed)
 
     data = tomllib.loads(path.read_text(encoding="utf-8"))

@@ -21,7 +21,12 @@ def test_the_transcript_round_trips_and_running_turns_come_back_cancelled():
 
     back = Conversation.from_json(conversation.to_json())
 
-    assert [t.state for t in back.turns] == [TurnState.ANSWERED, TurnState.FAILED, TurnState.FAILED, TurnState.CANCELLED]
+    assert [t.state for t in back.turns] == [
+        TurnState.ANSWERED,
+        TurnState.FAILED,
+        TurnState.FAILED,
+        TurnState.CANCELLED,
+    ]
     assert back.turns[0].command == found.command and back.turns[0].region == found.region
     assert back.turns[1].command is None and back.turns[1].error is CommandErrorCode.UNKNOWN_COMMAND
     assert back.turns[2].error is Problem.LAYER_REMOVED and back.turns[2].error_detail == "site 2019"
@@ -36,13 +41,16 @@ def test_a_transcript_that_is_not_one_is_refused_with_a_reason():
         Conversation.from_json('{"turns": 3}')
 
 
-@pytest.mark.parametrize("names, expected", [
-    (["site 2023", "site 2019"], (1, 0)),
-    (["S2_20210603", "S2_20200101", "other"], (1, 0)),
-    (["after", "before"], (1, 0)),
-    (["pre_fire", "post_fire"], (0, 1)),
-    (["b", "a"], (1, 0)),
-    (["only one"], None),
-])
+@pytest.mark.parametrize(
+    "names, expected",
+    [
+        (["site 2023", "site 2019"], (1, 0)),
+        (["S2_20210603", "S2_20200101", "other"], (1, 0)),
+        (["after", "before"], (1, 0)),
+        (["pre_fire", "post_fire"], (0, 1)),
+        (["b", "a"], (1, 0)),
+        (["only one"], None),
+    ],
+)
 def test_before_and_after_are_picked_in_time_order(names, expected):
     assert pick_before_after(names) == expected

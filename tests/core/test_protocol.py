@@ -103,10 +103,14 @@ def test_output_crs_defaults_to_first_image_crs():
 
 
 def test_response_round_trip_and_feature_checks():
-    feat = {"type": "Feature", "geometry": {"type": "Point", "coordinates": [1, 2]},
-            "properties": {"kind": "point", "label": "tank", "score": 0.9}}
-    resp = AnalyzeResponse(text="a tank", features=feature_collection([feat]), crs="EPSG:3857",
-                           model="default", request_id="r1")
+    feat = {
+        "type": "Feature",
+        "geometry": {"type": "Point", "coordinates": [1, 2]},
+        "properties": {"kind": "point", "label": "tank", "score": 0.9},
+    }
+    resp = AnalyzeResponse(
+        text="a tank", features=feature_collection([feat]), crs="EPSG:3857", model="default", request_id="r1"
+    )
     assert AnalyzeResponse.from_json(resp.to_json()) == resp
     bad = dict(feat, properties={"kind": "blob", "label": "x", "score": 1})
     with pytest.raises(ProtocolError):
@@ -114,10 +118,19 @@ def test_response_round_trip_and_feature_checks():
 
 
 def test_held_back_detections_travel_and_old_engines_may_omit_them():
-    feat = {"type": "Feature", "geometry": {"type": "Point", "coordinates": [1, 2]},
-            "properties": {"kind": "box", "label": "car", "score": 0.12}}
-    resp = AnalyzeResponse(text="1 x car", features=feature_collection(), crs="EPSG:3857", model="default",
-                           request_id="r1", held_back=feature_collection([feat]))
+    feat = {
+        "type": "Feature",
+        "geometry": {"type": "Point", "coordinates": [1, 2]},
+        "properties": {"kind": "box", "label": "car", "score": 0.12},
+    }
+    resp = AnalyzeResponse(
+        text="1 x car",
+        features=feature_collection(),
+        crs="EPSG:3857",
+        model="default",
+        request_id="r1",
+        held_back=feature_collection([feat]),
+    )
     again = AnalyzeResponse.from_json(resp.to_json())
     assert again == resp and again.held_back_list == [feat]
     old = resp.to_dict()
@@ -144,14 +157,24 @@ def test_options_validate_ranges():
 
 
 CPU_WITH_GPU_UNUSED = {
-    "type": "cpu", "name": "AMD EPYC 7763", "memory_gb": 31.3, "dtype": "float32", "torch": "2.5.1+cpu",
-    "cuda": None, "warning": "An NVIDIA GPU is present but this engine's torch is a CPU-only build.",
+    "type": "cpu",
+    "name": "AMD EPYC 7763",
+    "memory_gb": 31.3,
+    "dtype": "float32",
+    "torch": "2.5.1+cpu",
+    "cuda": None,
+    "warning": "An NVIDIA GPU is present but this engine's torch is a CPU-only build.",
 }
 
 
 def test_health_with_device_info_round_trips_through_json():
-    health = Health.from_dict(json.loads(json.dumps(
-        {"status": "ok", "version": "0.2.0", "device": "cpu (float32)", "device_info": CPU_WITH_GPU_UNUSED})))
+    health = Health.from_dict(
+        json.loads(
+            json.dumps(
+                {"status": "ok", "version": "0.2.0", "device": "cpu (float32)", "device_info": CPU_WITH_GPU_UNUSED}
+            )
+        )
+    )
     assert health.device_info.type is DeviceType.CPU and health.device_info.cuda is None
     assert health.device_info.warning.startswith("An NVIDIA GPU is present")
     assert health.to_dict()["device_info"] == CPU_WITH_GPU_UNUSED

@@ -25,8 +25,13 @@ def test_defaults_start_the_engine_the_set_up_made():
 
 
 def test_set_up_options_are_kept_and_checked():
-    settings = Settings(setup_torch="cuda", setup_index_url=" https://pypi.example/simple ",
-                        setup_find_links="/wheels", setup_proxy="http://proxy:3128", engine_env_dir="/opt/env")
+    settings = Settings(
+        setup_torch="cuda",
+        setup_index_url=" https://pypi.example/simple ",
+        setup_find_links="/wheels",
+        setup_proxy="http://proxy:3128",
+        engine_env_dir="/opt/env",
+    )
     assert settings.setup_torch == "cuda" and settings.setup_index_url == "https://pypi.example/simple"
     assert settings.setup_find_links == "/wheels" and settings.setup_proxy == "http://proxy:3128"
     with pytest.raises(ProtocolError, match="auto, cpu, cuda"):
@@ -44,8 +49,7 @@ def test_values_are_coerced_and_url_selects_connect_mode():
 
 @pytest.mark.parametrize(
     "kw",
-    [{"timeout_s": 0}, {"timeout_s": "soon"}, {"max_restarts": -1}, {"engine_url": "ftp://x"},
-     {"max_side": 5}],
+    [{"timeout_s": 0}, {"timeout_s": "soon"}, {"max_restarts": -1}, {"engine_url": "ftp://x"}, {"max_side": 5}],
 )
 def test_bad_settings_are_refused(kw):
     with pytest.raises(ProtocolError):
@@ -81,10 +85,17 @@ def test_status_needs_a_fault_exactly_when_in_error():
 
 
 def test_the_module_an_engine_could_not_import_is_read_from_its_stderr():
-    tail = ["Traceback (most recent call last):", '  File "server.py", line 44, in <module>', "    import uvicorn",
-            "ModuleNotFoundError: No module named 'uvicorn'"]
+    tail = [
+        "Traceback (most recent call last):",
+        '  File "server.py", line 44, in <module>',
+        "    import uvicorn",
+        "ModuleNotFoundError: No module named 'uvicorn'",
+    ]
     assert missing_module(tail) == "uvicorn"
-    assert missing_module(["ImportError: DLL load failed while importing _C: The specified module could not be found."]) == ""
+    assert (
+        missing_module(["ImportError: DLL load failed while importing _C: The specified module could not be found."])
+        == ""
+    )
     assert missing_module(["RuntimeError: CUDA out of memory", "engine stopped"]) is None
     # an import error it logged and survived is not what it died of
     assert missing_module(["WARNING ImportError: No module named 'flash_attn'", "RuntimeError: boom"]) is None
@@ -92,4 +103,6 @@ def test_the_module_an_engine_could_not_import_is_read_from_its_stderr():
 
 def test_only_set_up_faults_ask_for_the_set_up():
     assert EngineFault.NOT_SET_UP.needs_setup and EngineFault.MISSING_PACKAGES.needs_setup
-    assert not any(f.needs_setup for f in EngineFault if f not in (EngineFault.NOT_SET_UP, EngineFault.MISSING_PACKAGES))
+    assert not any(
+        f.needs_setup for f in EngineFault if f not in (EngineFault.NOT_SET_UP, EngineFault.MISSING_PACKAGES)
+    )

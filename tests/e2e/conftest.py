@@ -35,9 +35,22 @@ def running_engine(models_file, tmp_path_factory):
     """``serve`` started outside the plugin (for connect mode): yields (url, token)."""
     token_file = tmp_path_factory.mktemp("token") / "token"
     process = subprocess.Popen(
-        [sys.executable, "-m", "rs_assistant.engine", "serve", "--port", "0", "--models", str(models_file),
-         "--token-file", str(token_file)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        [
+            sys.executable,
+            "-m",
+            "rs_assistant.engine",
+            "serve",
+            "--port",
+            "0",
+            "--models",
+            str(models_file),
+            "--token-file",
+            str(token_file),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     line = process.stdout.readline()

@@ -30,12 +30,21 @@ from tests.e2e.driver import START_TIMEOUT_MS, ask, select_model, start_plugin, 
 from tests.qgis.conftest import UTM, UTM_ORIGIN, add_raster, drag, extent_in_project, map_point
 from tests.qgis.rasters import write_geotiff
 
+
 @pytest.fixture(scope="module")
 def plugin(models_file, tmp_path_factory):
     """One plugin and its engine for the module (the engine takes seconds to start)."""
     out = tmp_path_factory.mktemp("results")
-    plugin = start_plugin(Settings(engine_python=sys.executable, models_file=str(models_file), max_restarts=2,
-                                   start_timeout_s=120, timeout_s=60, output_folder=str(out)))
+    plugin = start_plugin(
+        Settings(
+            engine_python=sys.executable,
+            models_file=str(models_file),
+            max_restarts=2,
+            start_timeout_s=120,
+            timeout_s=60,
+            output_folder=str(out),
+        )
+    )
     yield plugin
     stop_plugin(plugin)
 
@@ -74,8 +83,18 @@ def test_find_in_a_drawn_region_with_a_real_engine(ready, qtbot):
     project = QgsProject.instance()
     canvas = plugin.iface.mapCanvas()
     bright = bright_square_in_project(project, raster).boundingBox()
-    start = canvas.getCoordinateTransform().transform(bright.xMinimum() - 300, bright.yMaximum() + 300).toQPointF().toPoint()
-    end = canvas.getCoordinateTransform().transform(bright.xMaximum() + 300, bright.yMinimum() - 300).toQPointF().toPoint()
+    start = (
+        canvas.getCoordinateTransform()
+        .transform(bright.xMinimum() - 300, bright.yMaximum() + 300)
+        .toQPointF()
+        .toPoint()
+    )
+    end = (
+        canvas.getCoordinateTransform()
+        .transform(bright.xMaximum() + 300, bright.yMinimum() - 300)
+        .toQPointF()
+        .toPoint()
+    )
     region = QgsRectangle(map_point(canvas, start), map_point(canvas, end))
     region.normalize()
     plugin.select_region_action.trigger()
@@ -106,9 +125,20 @@ def test_compare_two_layers_in_different_crs(ready, qtbot, tmp_path):
     plugin, before = ready
     project = QgsProject.instance()
     # the same place, in WGS 84, with the bright square moved: something changed
-    extent = QgsCoordinateTransform(before.crs(), QgsCoordinateReferenceSystem("EPSG:4326"), project).transformBoundingBox(before.extent())
-    after = add_raster(project, write_geotiff(tmp_path / "after.tif", 4326, (extent.xMinimum(), extent.yMaximum()),
-                                              extent.width() / 200, bright=(20, 20, 60, 60)), "after wgs84")
+    extent = QgsCoordinateTransform(
+        before.crs(), QgsCoordinateReferenceSystem("EPSG:4326"), project
+    ).transformBoundingBox(before.extent())
+    after = add_raster(
+        project,
+        write_geotiff(
+            tmp_path / "after.tif",
+            4326,
+            (extent.xMinimum(), extent.yMaximum()),
+            extent.width() / 200,
+            bright=(20, 20, 60, 60),
+        ),
+        "after wgs84",
+    )
     plugin.dock.beforeLayerCombo.setLayer(before)
     plugin.dock.afterLayerCombo.setLayer(after)
     qtbot.mouseClick(plugin.dock.compareButton, Qt.MouseButton.LeftButton)
@@ -158,8 +188,13 @@ def test_killed_engine_shows_the_error_and_restarts(ready, qtbot):
     turn = wait_answer(qtbot, plugin, timeout=15_000)
     assert turn.state is TurnState.FAILED and turn.error is ErrorCode.ENGINE_UNREACHABLE
     assert "The engine cannot be reached." in plugin.dock.transcriptView.toPlainText()
-    qtbot.waitUntil(lambda: plugin.engine.status.fault is EngineFault.EXITED
-                    or "restarting" in plugin.dock.engineStatusLabel.text().lower(), timeout=10_000)
+    qtbot.waitUntil(
+        lambda: (
+            plugin.engine.status.fault is EngineFault.EXITED
+            or "restarting" in plugin.dock.engineStatusLabel.text().lower()
+        ),
+        timeout=10_000,
+    )
     assert "crashed" in plugin.dock.engineStatusLabel.text()
     qtbot.waitUntil(lambda: plugin.engine.status.state is EngineState.READY, timeout=START_TIMEOUT_MS)
     qtbot.waitUntil(lambda: plugin.controller.client is not None, timeout=10_000)

@@ -1,6 +1,6 @@
 """Connecting to an engine that is already running (a URL and a token): timeouts and an absent engine.
 
-    QT_QPA_PLATFORM=offscreen .venv/bin/python -m pytest tests/e2e/test_connect_e2e.py -q
+QT_QPA_PLATFORM=offscreen .venv/bin/python -m pytest tests/e2e/test_connect_e2e.py -q
 """
 
 from __future__ import annotations
@@ -58,14 +58,24 @@ def test_connect_mode_without_an_engine_says_so(qgis_new_project, qtbot, tmp_pat
 
 def test_an_engine_that_crashes_at_start_is_restarted_a_bounded_number_of_times(qgis_new_project, qtbot, tmp_path):
     crashing = tmp_path / "python"  # an interpreter that dies at once, whatever it is asked to run
-    crashing.write_text(f"#!{sys.executable}\nimport sys\nprint('Fatal Python error: Aborted', file=sys.stderr)\nsys.exit(1)\n")
+    crashing.write_text(
+        f"#!{sys.executable}\nimport sys\nprint('Fatal Python error: Aborted', file=sys.stderr)\nsys.exit(1)\n"
+    )
     crashing.chmod(0o755)
     plugin = start_plugin(Settings(engine_python=str(crashing), max_restarts=1, output_folder=str(tmp_path)))
     try:
         starts = []
-        plugin.engine.statusChanged.connect(lambda status: starts.append(status) if status.state is EngineState.STARTING else None)
-        qtbot.waitUntil(lambda: plugin.engine.status.state is EngineState.ERROR and plugin.engine.status.restarts_left == 0
-                        and len(starts) == 1, timeout=60_000)
+        plugin.engine.statusChanged.connect(
+            lambda status: starts.append(status) if status.state is EngineState.STARTING else None
+        )
+        qtbot.waitUntil(
+            lambda: (
+                plugin.engine.status.state is EngineState.ERROR
+                and plugin.engine.status.restarts_left == 0
+                and len(starts) == 1
+            ),
+            timeout=60_000,
+        )
         qtbot.wait(1500)  # no further restart comes
         assert len(starts) == 1 and plugin.engine.status.state is EngineState.ERROR
         label = plugin.dock.engineStatusLabel.text()
@@ -75,8 +85,14 @@ def test_an_engine_that_crashes_at_start_is_restarted_a_bounded_number_of_times(
 
 
 def test_an_engine_refusing_its_models_file_says_so_and_is_not_restarted(qgis_new_project, qtbot, tmp_path):
-    plugin = start_plugin(Settings(engine_python=sys.executable, models_file=str(tmp_path / "missing.toml"),
-                                   max_restarts=3, output_folder=str(tmp_path)))
+    plugin = start_plugin(
+        Settings(
+            engine_python=sys.executable,
+            models_file=str(tmp_path / "missing.toml"),
+            max_restarts=3,
+            output_folder=str(tmp_path),
+        )
+    )
     try:
         qtbot.waitUntil(lambda: plugin.engine.status.state is EngineState.ERROR, timeout=60_000)
         qtbot.wait(1500)  # a restart cannot fix the file: none comes

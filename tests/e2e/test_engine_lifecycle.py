@@ -30,14 +30,23 @@ def alive(pid: int) -> bool:
 
 
 def start_managed(models_file, tmp_path):
-    return start_plugin(Settings(engine_python=sys.executable, models_file=str(models_file), max_restarts=2,
-                                 start_timeout_s=120, timeout_s=60, output_folder=str(tmp_path)))
+    return start_plugin(
+        Settings(
+            engine_python=sys.executable,
+            models_file=str(models_file),
+            max_restarts=2,
+            start_timeout_s=120,
+            timeout_s=60,
+            output_folder=str(tmp_path),
+        )
+    )
 
 
 def engine_pid(qtbot, plugin, state: EngineState) -> int:
     """The id of the engine process the plugin started, once the engine is in ``state``."""
-    qtbot.waitUntil(lambda: plugin.engine.status.state is state and bool(plugin.engine.process_id),
-                    timeout=START_TIMEOUT_MS)
+    qtbot.waitUntil(
+        lambda: plugin.engine.status.state is state and bool(plugin.engine.process_id), timeout=START_TIMEOUT_MS
+    )
     pid = plugin.engine.process_id
     assert alive(pid)
     return pid

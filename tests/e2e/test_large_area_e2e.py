@@ -26,8 +26,15 @@ BIG_RED = (1000, 1000, 1100, 1100)  # in a 1200-pixel scene: 3 x 3 tiles of the 
 @pytest.fixture(scope="module")
 def plugin(models_file, tmp_path_factory, qgis_processing):
     out = tmp_path_factory.mktemp("results")
-    plugin = start_plugin(Settings(engine_python=sys.executable, models_file=str(models_file), start_timeout_s=120,
-                                   timeout_s=60, output_folder=str(out)))
+    plugin = start_plugin(
+        Settings(
+            engine_python=sys.executable,
+            models_file=str(models_file),
+            start_timeout_s=120,
+            timeout_s=60,
+            output_folder=str(out),
+        )
+    )
     yield plugin
     stop_plugin(plugin)
 
@@ -70,8 +77,10 @@ def test_search_in_the_dock_ranks_the_tiles_of_the_whole_layer(ready, qtbot):
 
 def test_processing_uses_the_plugins_engine_while_it_runs(ready, tmp_path):
     plugin, raster = ready
-    result = processing.run("rs_assistant:describetiles", {"INPUT": raster, "MODEL": "tiles", "TILE_SIZE": 256,
-                                                           "OVERLAP": 16, "OUTPUT": str(tmp_path / "captions.gpkg")})
+    result = processing.run(
+        "rs_assistant:describetiles",
+        {"INPUT": raster, "MODEL": "tiles", "TILE_SIZE": 256, "OVERLAP": 16, "OUTPUT": str(tmp_path / "captions.gpkg")},
+    )
     assert result["FEATURES"] == result["TILES"] == TILES  # 1200 pixels in steps of 240: 5 x 5
     assert ENGINE.process_id is None  # no second engine was started
     layer = QgsVectorLayer(str(tmp_path / "captions.gpkg"), "captions", "ogr")

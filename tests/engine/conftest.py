@@ -77,7 +77,12 @@ def tiny_rsa_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A complete RSA checkpoint folder: config.json, model.safetensors, tokenizer, processor_config.json."""
     import torch
 
-    from rs_assistant.engine.models.rsa import RSAForConditionalGeneration, RSAProcessor, build_tokenizer, load_named_config
+    from rs_assistant.engine.models.rsa import (
+        RSAForConditionalGeneration,
+        RSAProcessor,
+        build_tokenizer,
+        load_named_config,
+    )
 
     folder = tmp_path_factory.mktemp("tiny-models") / "rsa"
     tokenizer = build_tokenizer(RSA_CORPUS, vocab_size=512)

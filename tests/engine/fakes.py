@@ -112,7 +112,9 @@ class EchoBackend(Backend):
         image = call.images[0]
         height, width = image.shape[:2]
         if call.task is Task.GROUND:
-            detections = [Detection(FeatureKind.BOX, "background", BACKGROUND_SCORE, box=(0.0, 0.0, float(width), float(height)))]
+            detections = [
+                Detection(FeatureKind.BOX, "background", BACKGROUND_SCORE, box=(0.0, 0.0, float(width), float(height)))
+            ]
             box = bright_box(image)
             if box is not None:
                 detections.insert(0, Detection(FeatureKind.BOX, call.prompt or "bright", BRIGHT_SCORE, box=box))
@@ -186,7 +188,11 @@ class RankingBackend(Backend):
         for rank, index in enumerate(order, start=1):
             height, width = call.images[index].shape[:2]
             box = (0.0, 0.0, float(width), float(height))
-            detections.append(Detection(FeatureKind.BOX, call.prompt, means[index], box=box, properties={"image": index, "rank": rank}))
+            detections.append(
+                Detection(
+                    FeatureKind.BOX, call.prompt, means[index], box=box, properties={"image": index, "rank": rank}
+                )
+            )
         return BackendResult(detections=detections)
 
 
@@ -329,5 +335,7 @@ def blob_boxes(mask: np.ndarray) -> list[tuple[float, float, float, float]]:
     import shapely.geometry
 
     pixels = mask.astype(np.uint8)
-    boxes = [shapely.geometry.shape(shape).bounds for shape, _ in rasterio.features.shapes(pixels, mask=mask, connectivity=4)]
+    boxes = [
+        shapely.geometry.shape(shape).bounds for shape, _ in rasterio.features.shapes(pixels, mask=mask, connectivity=4)
+    ]
     return sorted((float(x0), float(y0), float(x1), float(y1)) for x0, y0, x1, y1 in boxes)

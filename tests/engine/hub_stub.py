@@ -79,7 +79,7 @@ class HubStub:
         repo = self.repos[repo_id] = Repo(repo_id, files, gated)
         return repo
 
-    def start(self) -> "HubStub":
+    def start(self) -> HubStub:
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self._thread.start()
         return self
@@ -144,7 +144,11 @@ class HubStub:
                 if repo is None:
                     self._send_error(404, "RepoNotFound", "Repository not found")
                 elif not self._authorised(repo):
-                    self._send_error(401, "GatedRepo", "Access to model is restricted. You must have access to it and be authenticated.")
+                    self._send_error(
+                        401,
+                        "GatedRepo",
+                        "Access to model is restricted. You must have access to it and be authenticated.",
+                    )
                     return None
                 return repo
 

@@ -16,8 +16,8 @@ in EPSG:3857 over the same ground.
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pyproj
@@ -51,7 +51,9 @@ def mercator_transform(res: float = 12.0) -> Affine:
     return Affine(res, 0, x, 0, -res, y)
 
 
-def pixel_extent(transform: Affine, col0: float, row0: float, col1: float, row1: float) -> tuple[float, float, float, float]:
+def pixel_extent(
+    transform: Affine, col0: float, row0: float, col1: float, row1: float
+) -> tuple[float, float, float, float]:
     """[xmin, ymin, xmax, ymax] of the pixel block [col0, col1) x [row0, row1) of a north-up grid."""
     x0, y0 = transform * (col0, row0)
     x1, y1 = transform * (col1, row1)
@@ -149,7 +151,9 @@ def with_overview_marker(path: Path, size: int = 256, factor: int = 4, base: int
     """
     write_raster(path, np.full((1, size, size), base, np.uint8))
     small = size // factor
-    write_raster(Path(f"{path}.ovr"), np.full((1, small, small), overview, np.uint8), transform=utm_transform(UTM_RES * factor))
+    write_raster(
+        Path(f"{path}.ovr"), np.full((1, small, small), overview, np.uint8), transform=utm_transform(UTM_RES * factor)
+    )
     return Path(path)
 
 
@@ -165,7 +169,9 @@ def burn(
 ) -> Path:
     """uint8 raster, INSIDE within ``shape`` (given in ``crs``, pixel centres inside) and OUTSIDE elsewhere."""
     transform = transform or utm_transform()
-    burnt = rasterio.features.rasterize([(shape, INSIDE)], out_shape=(height, width), transform=transform, fill=OUTSIDE, dtype="uint8")
+    burnt = rasterio.features.rasterize(
+        [(shape, INSIDE)], out_shape=(height, width), transform=transform, fill=OUTSIDE, dtype="uint8"
+    )
     return write_raster(path, np.repeat(burnt[None], bands, axis=0), crs=crs, transform=transform)
 
 
@@ -209,4 +215,3 @@ def png_bytes(array: np.ndarray, fmt: str = "PNG") -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format=fmt)
     return buffer.getvalue()
-

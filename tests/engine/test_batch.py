@@ -72,7 +72,9 @@ def layer(events: list[dict]) -> list[dict]:
 
 
 def canonical(features: list[dict]) -> list[str]:
-    return sorted(json.dumps({"g": shape(f["geometry"]).normalize().wkt, "p": f["properties"]}, sort_keys=True) for f in features)
+    return sorted(
+        json.dumps({"g": shape(f["geometry"]).normalize().wkt, "p": f["properties"]}, sort_keys=True) for f in features
+    )
 
 
 def test_a_job_for_model_auto_names_the_model_its_tasks_table_routes_it_to(data, tmp_path):
@@ -110,8 +112,13 @@ def test_batch_size_0_leaves_it_to_the_model(engine, data, tmp_path):
     events = list(run_job(engine, request(data, batch_size=0)))  # TileBackend keeps the backends' default, 4
     assert events[0]["batch_size"] == 4 and engine.registry.backend("tiles").batch_sizes == [4, 4, 4]
     models = tmp_path / "models.toml"
-    write_models_file(models, extra=TILES_TOML.replace('backend = "tests.engine.fakes:TileBackend"',
-                                                       'backend = "tests.engine.fakes:TileBackend"\ntile_batch_size = 5'))
+    write_models_file(
+        models,
+        extra=TILES_TOML.replace(
+            'backend = "tests.engine.fakes:TileBackend"',
+            'backend = "tests.engine.fakes:TileBackend"\ntile_batch_size = 5',
+        ),
+    )
     own = Engine(Registry.from_file(models))
     events = list(run_job(own, request(data, batch_size=0)))
     assert events[0]["batch_size"] == 5 and own.registry.backend("tiles").batch_sizes == [5, 5, 2]
@@ -121,8 +128,13 @@ def test_batch_size_0_leaves_it_to_the_model(engine, data, tmp_path):
 
 def test_a_bad_tile_batch_size_in_the_models_file_is_a_clear_error(data, tmp_path):
     models = tmp_path / "models.toml"
-    write_models_file(models, extra=TILES_TOML.replace('backend = "tests.engine.fakes:TileBackend"',
-                                                       'backend = "tests.engine.fakes:TileBackend"\ntile_batch_size = "many"'))
+    write_models_file(
+        models,
+        extra=TILES_TOML.replace(
+            'backend = "tests.engine.fakes:TileBackend"',
+            'backend = "tests.engine.fakes:TileBackend"\ntile_batch_size = "many"',
+        ),
+    )
     events = list(run_job(Engine(Registry.from_file(models)), request(data, batch_size=0)))
     assert [e["event"] for e in events] == ["error"] and "tile_batch_size" in events[0]["error"]["message"]
     assert list(run_job(Engine(Registry.from_file(models)), request(data, batch_size=2)))[-1]["event"] == "done"
@@ -150,7 +162,9 @@ def test_change_merges_change_polygons_and_captions_every_tile(engine, data):
     assert "0 changed pixel(s)" in texts  # tiles away from the change say so
 
 
-def test_search_ranks_the_tile_with_the_described_content_first_and_reuses_embeddings(engine, data, tmp_path, monkeypatch):
+def test_search_ranks_the_tile_with_the_described_content_first_and_reuses_embeddings(
+    engine, data, tmp_path, monkeypatch
+):
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     backend = engine.registry.backend("tiles")
     search = request(data, Task.RETRIEVE, "colours.tif", prompt="a red roof", options=Options(top_k=3))
@@ -174,7 +188,9 @@ def test_new_weights_under_the_same_model_name_are_not_served_old_embeddings(dat
     weights.mkdir()
     (weights / "model.safetensors").write_bytes(b"first")
     models = tmp_path / "models.toml"
-    models.write_text(f'[models.tiles]\nbackend = "tests.engine.fakes:TileBackend"\npath = "{weights}"\n', encoding="utf-8")
+    models.write_text(
+        f'[models.tiles]\nbackend = "tests.engine.fakes:TileBackend"\npath = "{weights}"\n', encoding="utf-8"
+    )
     engine = Engine(Registry.from_file(models))
     backend = engine.registry.backend("tiles")
     search = request(data, Task.RETRIEVE, "colours.tif", prompt="a red roof")
@@ -198,8 +214,16 @@ def test_a_resumed_job_gives_the_same_layer_as_an_uninterrupted_one(engine, data
     streamed = events_of("tile", first)
     assert 5 <= len(streamed) < 12
     resumed = list(
-        run_job(engine, request(data, Task.GROUND, batch_size=2, skip_tiles=tuple(e["tile"] for e in streamed),
-                                pending=tuple(p for e in streamed for p in e["pending"])))  # fmt: skip
+        run_job(
+            engine,
+            request(
+                data,
+                Task.GROUND,
+                batch_size=2,
+                skip_tiles=tuple(e["tile"] for e in streamed),
+                pending=tuple(p for e in streamed for p in e["pending"]),
+            ),
+        )  # fmt: skip
     )
     assert resumed[0]["todo"] == 12 - len(streamed)
     assert canonical(layer(first[:-1]) + layer(resumed)) == canonical(layer(whole))
@@ -287,12 +311,13 @@ def test_peak_memory_does_not_grow_with_the_raster(data, tmp_path):
     assert peaks[20000]["peak"] < 200e6  # two 2048 x 2048 windows at a time, not the 1.2 GB raster
 
 
-
 @pytest.mark.parametrize(
     ("task", "source", "prompt"),
     [(Task.SEGMENT, "objects.tif", ""), (Task.CHANGE, "before.tif", ""), (Task.RETRIEVE, "colours.tif", "a red roof")],
 )
-def test_reading_ahead_gives_what_reading_batch_by_batch_gives(engine, data, tmp_path, monkeypatch, task, source, prompt):
+def test_reading_ahead_gives_what_reading_batch_by_batch_gives(
+    engine, data, tmp_path, monkeypatch, task, source, prompt
+):
     """LocalExecutor(read_ahead=N) reads the next batches on its reader thread while the model works: same events."""
     sources = (str(data / source),) + ((str(data / "after.tif"),) if task is Task.CHANGE else ())
     job = request(data, task, source, sources=sources, prompt=prompt, batch_size=2)

@@ -10,7 +10,6 @@ import threading
 
 import numpy as np
 import pytest
-import torch
 from transformers import LogitsProcessorList
 
 from rs_assistant.core.protocol import BatchRequest, Options, Task
@@ -88,10 +87,15 @@ def test_mixed_tasks_in_one_batch_keep_their_order(backend):
 def test_search_scores_a_description_against_cached_visual_tokens(backend):
     embeddings = backend.embed_images(WINDOWS)
     config = backend.model.config
-    assert embeddings.shape == (3, config.num_image_tokens, config.text_config.hidden_size) and embeddings.dtype == np.float32
+    assert (
+        embeddings.shape == (3, config.num_image_tokens, config.text_config.hidden_size)
+        and embeddings.dtype == np.float32
+    )
     scores = backend.score_text(embeddings, "two storage tanks next to a parking lot")
     assert scores.shape == (3,) and np.isfinite(scores).all() and (scores < 0).all()  # mean log-probabilities
-    one_by_one = [backend.score_text(backend.embed_images([w]), "two storage tanks next to a parking lot")[0] for w in WINDOWS]
+    one_by_one = [
+        backend.score_text(backend.embed_images([w]), "two storage tanks next to a parking lot")[0] for w in WINDOWS
+    ]
     assert scores == pytest.approx(one_by_one, abs=1e-4)
     other = backend.score_text(embeddings, "a river crosses fields")
     assert not np.allclose(scores, other)  # the prompt matters

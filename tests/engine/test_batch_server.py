@@ -1,4 +1,5 @@
-"""POST /v1/batch through the real client (rs_assistant.core.client) against a server in a thread, and the ``batch`` command.
+"""POST /v1/batch through the real client (rs_assistant.core.client) against a server in a thread, and the ``batch``
+command.
 
 The job streams NDJSON events as it runs; mistakes are ordinary 4xx JSON errors before the stream
 starts; a failure mid-job is an error event; a client that goes away cancels the job.
@@ -9,8 +10,8 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest
@@ -38,7 +39,12 @@ EXTRA = (
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("batch-server")
-    rasters.burn(folder / "objects.tif", unary_union([box(*rasters.pixel_extent(GRID, *o)) for o in OBJECTS]), width=200, height=160)
+    rasters.burn(
+        folder / "objects.tif",
+        unary_union([box(*rasters.pixel_extent(GRID, *o)) for o in OBJECTS]),
+        width=200,
+        height=160,
+    )
     rasters.not_a_raster(folder / "text.tif")
     write_models_file(folder / "models.toml", extra=TILES_TOML + EXTRA)
     return folder
@@ -101,7 +107,9 @@ def test_mistakes_are_refused_before_the_stream_starts(client, url, data, change
     with pytest.raises(ProtocolError) as err:
         client.batch(job(data, **changes), events.append)
     assert err.value.code is code and events == []
-    response = httpx.post(f"{url}/v1/batch", json=job(data, **changes).to_dict(), headers={"Authorization": f"Bearer {TOKEN}"})
+    response = httpx.post(
+        f"{url}/v1/batch", json=job(data, **changes).to_dict(), headers={"Authorization": f"Bearer {TOKEN}"}
+    )
     assert response.status_code == err.value.http_status and 400 <= response.status_code < 500
     assert response.headers["content-type"].startswith("application/json")
 
@@ -161,7 +169,9 @@ def test_a_job_right_after_a_cancelled_one_reads_its_raster(url, data):
 
 def test_analyze_is_not_blocked_for_the_whole_job(client, url, data):
     result: dict = {}
-    runner = threading.Thread(target=lambda: result.update(done=client.batch(job(data, model="slowtiles", batch_size=2), lambda e: None)))
+    runner = threading.Thread(
+        target=lambda: result.update(done=client.batch(job(data, model="slowtiles", batch_size=2), lambda e: None))
+    )
     runner.start()
     time.sleep(0.4)
     other = EngineClient(url, token=TOKEN, timeout=10)

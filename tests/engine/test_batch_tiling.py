@@ -71,7 +71,11 @@ def test_bad_sources_and_extents_are_refused_clearly(tmp_path):
     path = rasters.empty_raster(tmp_path / "r.tif", 100, 100)
     with pytest.raises(ProtocolError) as err:
         make_grid(request(path, extent=rasters.pixel_extent(GRID, 200, 200, 300, 300)))
-    assert err.value.code is ErrorCode.EXTENT_OUTSIDE and "does not overlap" in err.value.message and "r.tif" in err.value.message
+    assert (
+        err.value.code is ErrorCode.EXTENT_OUTSIDE
+        and "does not overlap" in err.value.message
+        and "r.tif" in err.value.message
+    )
     with pytest.raises(ProtocolError) as err:
         make_grid(request(rasters.not_a_raster(tmp_path / "text.tif")))
     assert err.value.code is ErrorCode.UNREADABLE_SOURCE

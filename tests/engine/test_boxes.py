@@ -131,7 +131,9 @@ def test_qwen2_boxes_take_the_object_ref_before_them():
     ]
 
 
-@pytest.mark.parametrize("text", ["", "<|box_start|>(1,2)<|box_end|>", "<|box_start|>(5,5),(5,9)<|box_end|>", "(1,2),(3,4)"])
+@pytest.mark.parametrize(
+    "text", ["", "<|box_start|>(1,2)<|box_end|>", "<|box_start|>(5,5),(5,9)<|box_end|>", "(1,2),(3,4)"]
+)
 def test_qwen2_garbage_gives_nothing(text):
     assert parse_qwen2_boxes(text, WINDOW) == []
 
@@ -153,10 +155,15 @@ def test_florence2_unlabelled_leftover_and_out_of_range_bins():
     # no phrase (region proposals); the 5th-7th bins are not a whole box; bin 1500 reads as bin 999
     text = "<s><loc_100><loc_200><loc_500><loc_600><loc_1><loc_2><loc_3></s>"
     assert approx_boxes(parse_florence2_boxes(text, WINDOW)) == [((20.1, 20.05, 100.1, 60.05), "")]
-    assert parse_florence2_boxes("<loc_500><loc_500><loc_1500><loc_1500>", WINDOW)[0].box == pytest.approx((100.1, 50.05, 199.9, 99.95))
+    assert parse_florence2_boxes("<loc_500><loc_500><loc_1500><loc_1500>", WINDOW)[0].box == pytest.approx(
+        (100.1, 50.05, 199.9, 99.95)
+    )
 
 
-@pytest.mark.parametrize("text", ["", "</s><s>a caption with no boxes</s>", "<loc_1><loc_2>", "<loc_5><loc_5><loc_5><loc_9>", "<loc_<loc_>>", "<"])
+@pytest.mark.parametrize(
+    "text",
+    ["", "</s><s>a caption with no boxes</s>", "<loc_1><loc_2>", "<loc_5><loc_5><loc_5><loc_9>", "<loc_<loc_>>", "<"],
+)
 def test_florence2_garbage_gives_no_boxes(text):
     assert parse_florence2_boxes(text, WINDOW) == []
 

@@ -214,7 +214,7 @@ def test_the_catalogued_georsclip_config_is_clip_vit_b_32() -> None:
 
     from rs_assistant.engine.backends.clip import clip_config_from_open_clip, image_processor_from_open_clip
 
-    (name, text), = GEORSCLIP.generated_files
+    ((name, text),) = GEORSCLIP.generated_files
     raw = json.loads(text)
     tokenizer = CLIPTokenizer(vocab={"<|startoftext|>": 0, "<|endoftext|>": 1, "!": 2}, merges=[])
     config = clip_config_from_open_clip(raw["model_cfg"], tokenizer)

@@ -11,16 +11,15 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest
-
-from rs_assistant.engine.registry import default_model_path
 from shapely.geometry import box, shape
 
 from rs_assistant.engine.__main__ import main
+from rs_assistant.engine.registry import default_model_path
 from rs_assistant.engine.server import load_or_create_token
 from tests.engine import rasters
 from tests.engine.fakes import write_models_file
@@ -53,14 +52,26 @@ def read_line(process: subprocess.Popen, timeout: float) -> str:
             return process.stdout.readline()
         if process.poll() is not None:
             break
-    raise AssertionError(f"no line within {timeout} s; stderr: {process.stderr.read() if process.poll() is not None else '(running)'}")
+    raise AssertionError(
+        f"no line within {timeout} s; stderr: {process.stderr.read() if process.poll() is not None else '(running)'}"
+    )
 
 
 @pytest.fixture(scope="module")
 def served(data) -> Iterator[tuple[str, Path, subprocess.Popen]]:
     token_file = data / "secrets" / "engine.token"
     process = subprocess.Popen(
-        engine_command("serve", "--port", "0", "--models", str(data / "models.toml"), "--token-file", str(token_file), "--device", "cpu"),
+        engine_command(
+            "serve",
+            "--port",
+            "0",
+            "--models",
+            str(data / "models.toml"),
+            "--token-file",
+            str(token_file),
+            "--device",
+            "cpu",
+        ),
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -89,7 +100,13 @@ def test_serve_prints_ready_on_a_free_port_and_serves(served, data):
         "task": "ground",
         "model": "echo",
         "prompt": "tank",
-        "images": [{"source": str(data / "burn.tif"), "extent": list(rasters.pixel_extent(GRID, 0, 0, 64, 64)), "crs": rasters.UTM}],
+        "images": [
+            {
+                "source": str(data / "burn.tif"),
+                "extent": list(rasters.pixel_extent(GRID, 0, 0, 64, 64)),
+                "crs": rasters.UTM,
+            }
+        ],
     }
     bad = httpx.post(f"{url}/v1/analyze", headers=headers, json={**request, "model": "gpt-7"}, timeout=30)
     assert bad.status_code == 404 and bad.json()["error"]["code"] == "unknown_model"
@@ -166,7 +183,9 @@ def test_run_with_extent_and_crs(capsys, data):
 
 
 def test_run_with_only_a_crs_uses_the_rasters_bounds_in_it(capsys, data):
-    code, answer = run_main(capsys, "--task", "ground", "--image", str(data / "burn.tif"), "--crs", rasters.MERCATOR, *echo(data))
+    code, answer = run_main(
+        capsys, "--task", "ground", "--image", str(data / "burn.tif"), "--crs", rasters.MERCATOR, *echo(data)
+    )
     assert code == 0 and answer["crs"] == rasters.MERCATOR
     assert len(answer["features"]["features"]) == 1
 
@@ -182,7 +201,10 @@ def test_run_change_takes_two_images(capsys, data):
     [
         (("--task", "caption", "--image", "{d}/missing.tif"), "source_not_found"),
         (("--task", "dance", "--image", "{d}/burn.tif"), "unknown_task"),
-        (("--task", "caption", "--image", "{d}/burn.tif", "--model", "gpt-7", "--models", "{d}/models.toml"), "unknown_model"),
+        (
+            ("--task", "caption", "--image", "{d}/burn.tif", "--model", "gpt-7", "--models", "{d}/models.toml"),
+            "unknown_model",
+        ),
         (("--task", "change", "--image", "{d}/burn.tif"), "bad_image_count"),
         (("--task", "caption", "--image", "{d}/burn.tif", "--extent", "1,2,3"), "bad_extent"),
         (("--task", "caption", "--image", "{d}/burn.tif", "--extent", "0,0,10,10"), "extent_outside"),
@@ -200,7 +222,9 @@ def test_run_exits_2_with_the_error_json_on_bad_input(capsys, data, args, code):
 def test_run_exits_2_on_a_bad_models_file(capsys, tmp_path, data):
     models = tmp_path / "bad.toml"
     models.write_text("[models.x\n")
-    exit_code, answer = run_main(capsys, "--task", "caption", "--image", str(data / "burn.tif"), "--models", str(models))
+    exit_code, answer = run_main(
+        capsys, "--task", "caption", "--image", str(data / "burn.tif"), "--models", str(models)
+    )
     assert exit_code == 2 and str(models) in answer["error"]["message"]
 
 

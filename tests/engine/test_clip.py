@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -70,7 +70,9 @@ def test_classify_is_a_distribution_over_the_given_labels(hf_backend: ClipBacken
     result = hf_backend.run(BackendCall(Task.CLASSIFY, [image], options=Options(labels=LABELS)))
     best, probs = probabilities(result.text)
 
-    texts = processor(text=[DEFAULT_TEMPLATE.format(label=label) for label in LABELS], padding=True, return_tensors="pt")
+    texts = processor(
+        text=[DEFAULT_TEMPLATE.format(label=label) for label in LABELS], padding=True, return_tensors="pt"
+    )
     pixels = processor(images=image, return_tensors="pt")
     with torch.no_grad():
         expected = model(**texts, **pixels).logits_per_image.softmax(dim=-1)[0].numpy()
@@ -88,7 +90,9 @@ def test_classify_is_a_distribution_over_the_given_labels(hf_backend: ClipBacken
 def test_classify_takes_comma_separated_labels_from_the_prompt(hf_backend: ClipBackend) -> None:
     image = windows()[1]
     from_prompt = hf_backend.run(BackendCall(Task.CLASSIFY, [image], prompt=" harbor, forest,,airport , harbor"))
-    from_labels = hf_backend.run(BackendCall(Task.CLASSIFY, [image], options=Options(labels=("harbor", "forest", "airport"))))
+    from_labels = hf_backend.run(
+        BackendCall(Task.CLASSIFY, [image], options=Options(labels=("harbor", "forest", "airport")))
+    )
     assert from_prompt.text == from_labels.text
     assert set(probabilities(from_prompt.text)[1]) == {"harbor", "forest", "airport"}
 
@@ -117,7 +121,9 @@ def test_embeddings_are_clipmodel_features_normalised(hf_backend: ClipBackend, r
     images = windows()
     with torch.no_grad():
         image_features = model.get_image_features(**processor(images=images, return_tensors="pt")).pooler_output
-        tokens = processor(text=TEXTS, padding=True, truncation=True, max_length=tiny_clip.CONTEXT_LENGTH, return_tensors="pt")
+        tokens = processor(
+            text=TEXTS, padding=True, truncation=True, max_length=tiny_clip.CONTEXT_LENGTH, return_tensors="pt"
+        )
         text_features = model.get_text_features(**tokens).pooler_output
     image_embeds, text_embeds = hf_backend.embed_images(images), hf_backend.embed_texts(TEXTS)
     assert image_embeds.shape == (len(images), tiny_clip.EMBED_DIM) and image_embeds.dtype == np.float32
@@ -170,6 +176,7 @@ def test_open_clip_folder_gives_the_embeddings_of_the_model_it_came_from(
     hf_backend: ClipBackend, open_clip_backend: ClipBackend
 ) -> None:
     images = windows()
+
     def ids(backend: ClipBackend) -> list[list[int]]:
         return backend.tokenizer(TEXTS, truncation=True, max_length=tiny_clip.CONTEXT_LENGTH)["input_ids"]
 
@@ -312,14 +319,18 @@ def test_engine_serves_classify_and_retrieve_from_a_models_file(tiny_open_clip_p
         extents.append((1000.0 + 500 * i, 2000.0, 1000.0 + 500 * i + 2 * width, 2000.0 + 2 * height))
     refs = tuple(ImageRef.from_png(rasters.png_bytes(a), e, rasters.MERCATOR) for a, e in zip(images, extents))
 
-    request = AnalyzeRequest(Task.CLASSIFY, refs[:1], rasters.MERCATOR, model="georsclip", options=Options(labels=LABELS))
+    request = AnalyzeRequest(
+        Task.CLASSIFY, refs[:1], rasters.MERCATOR, model="georsclip", options=Options(labels=LABELS)
+    )
     response = engine.analyze(request)
     (feature,) = response.feature_list
     assert response.text.splitlines()[0] == feature["properties"]["label"]
     assert feature["properties"]["kind"] == "box"
     assert shapely.geometry.shape(feature["geometry"]).bounds == pytest.approx(extents[0])
 
-    request = AnalyzeRequest(Task.RETRIEVE, refs, rasters.MERCATOR, model="georsclip", prompt="airport", options=Options(top_k=3))
+    request = AnalyzeRequest(
+        Task.RETRIEVE, refs, rasters.MERCATOR, model="georsclip", prompt="airport", options=Options(top_k=3)
+    )
     response = engine.analyze(request)
     assert [f["properties"]["rank"] for f in response.feature_list] == [1, 2, 3]
     for feature in response.feature_list:

@@ -13,8 +13,31 @@ from rs_assistant.engine.registry import Registry, default_model_path
 from rs_assistant.engine.service import Engine
 
 DEMO = Path(__file__).resolve().parents[2] / "resources" / "demo"
-WORDS = {"building", "buildings", "house", "houses", "road", "roads", "tree", "trees", "grass", "water", "parking",
-         "car", "cars", "vehicle", "vehicles", "field", "fields", "roofs", "lot", "lots", "pond", "tank", "tanks"}
+WORDS = {
+    "building",
+    "buildings",
+    "house",
+    "houses",
+    "road",
+    "roads",
+    "tree",
+    "trees",
+    "grass",
+    "water",
+    "parking",
+    "car",
+    "cars",
+    "vehicle",
+    "vehicles",
+    "field",
+    "fields",
+    "roofs",
+    "lot",
+    "lots",
+    "pond",
+    "tank",
+    "tanks",
+}
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +56,15 @@ def region() -> dict:
 
 def ask(engine: Engine, region: dict, task: str, prompt: str = "", images: tuple[str, ...] = ("after",)):
     refs = [{"source": str(DEMO / f"{name}.tif"), **region} for name in images]
-    request = AnalyzeRequest.from_dict({"task": task, "prompt": prompt, "images": refs, "output_crs": "EPSG:3857",
-                                        "options": {"max_side": 512, "score_threshold": 0.0}})
+    request = AnalyzeRequest.from_dict(
+        {
+            "task": task,
+            "prompt": prompt,
+            "images": refs,
+            "output_crs": "EPSG:3857",
+            "options": {"max_side": 512, "score_threshold": 0.0},
+        }
+    )
     return engine.analyze(request)
 
 

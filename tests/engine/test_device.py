@@ -122,8 +122,10 @@ def test_selftest_with_cuda_forced_on_a_machine_without_it_says_why(capsys):
 
 def test_selftest_names_a_missing_package_in_a_real_process():
     """As the settings dialog runs it: a separate Python; here one where uvicorn cannot be imported."""
-    code = ("import sys; sys.modules['uvicorn'] = None; from rs_assistant.engine.__main__ import main; "
-            "sys.exit(main(['selftest']))")
+    code = (
+        "import sys; sys.modules['uvicorn'] = None; from rs_assistant.engine.__main__ import main; "
+        "sys.exit(main(['selftest']))"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1, done.stderr
     answer = json.loads(done.stdout.strip().splitlines()[-1])
@@ -132,7 +134,8 @@ def test_selftest_names_a_missing_package_in_a_real_process():
 
 
 def test_selftest_in_a_real_process_exits_0():
-    done = subprocess.run([sys.executable, "-m", "rs_assistant.engine", "selftest"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "rs_assistant.engine", "selftest"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["ok"] is True

@@ -15,8 +15,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import shapely.geometry as sg
@@ -72,7 +73,9 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Before/after rasters whose bright blocks cross tile seams, a models file, and one embedding cache per run."""
     folder = tmp_path_factory.mktemp("distributed")
     t = rasters.utm_transform()
-    before = sg.MultiPolygon([sg.box(*rasters.pixel_extent(t, *box)) for box in ((30, 30, 80, 60), (100, 120, 150, 190), (5, 150, 40, 170))])
+    before = sg.MultiPolygon(
+        [sg.box(*rasters.pixel_extent(t, *box)) for box in ((30, 30, 80, 60), (100, 120, 150, 190), (5, 150, 40, 170))]
+    )
     after = before.union(sg.box(*rasters.pixel_extent(t, 120, 20, 190, 70)))  # a new block across a seam
     return {
         "before": rasters.burn(folder / "before.tif", before, width=SIDE, height=SIDE),
@@ -116,14 +119,27 @@ def _request(task: str, data: dict[str, Path], model: str = "counted", **kwargs:
 
 
 def _outcome(events: list[dict[str, Any]]) -> dict[str, Any]:
-    """What a job produced, independent of the order tiles finished in: per tile text/features/pending, merged, ranked, counts."""
+    """What a job produced, independent of the order tiles finished in: per tile text/features/pending, merged,
+    ranked, counts."""
     kinds = [e["event"] for e in events]
     assert kinds[0] == "start" and kinds[-1] == "done", kinds
-    tiles = {e["tile"]: json.dumps([e["text"], e["features"], e["pending"]], sort_keys=True) for e in events if e["event"] == "tile"}
+    tiles = {
+        e["tile"]: json.dumps([e["text"], e["features"], e["pending"]], sort_keys=True)
+        for e in events
+        if e["event"] == "tile"
+    }
     assert len(tiles) == kinds.count("tile"), "every tile once"
-    final = {e["event"]: json.dumps(e["features"], sort_keys=True) for e in events if e["event"] in ("merged", "ranked")}
+    final = {
+        e["event"]: json.dumps(e["features"], sort_keys=True) for e in events if e["event"] in ("merged", "ranked")
+    }
     done = events[-1]
-    return {"tiles": tiles, **final, "tiles_done": done["tiles_done"], "features": done["features"], "start": events[0]["tiles"]}
+    return {
+        "tiles": tiles,
+        **final,
+        "tiles_done": done["tiles_done"],
+        "features": done["features"],
+        "start": events[0]["tiles"],
+    }
 
 
 @pytest.mark.parametrize("task", ["segment", "ground", "caption", "change", "retrieve"])
@@ -151,7 +167,9 @@ def test_each_worker_loads_the_model_once(data: dict[str, Path], executor: RayEx
     infos = executor.infos()
     assert len(infos) == 2 and len({i["pid"] for i in infos}) == 2
     assert all("counted" in i["loaded"] and i["tiles"] > 0 for i in infos), infos
-    in_workers = [pid for pid in data["loads"].read_text().split() if pid != str(os.getpid())]  # the driver's own runs aside
+    in_workers = [
+        pid for pid in data["loads"].read_text().split() if pid != str(os.getpid())
+    ]  # the driver's own runs aside
     assert sorted(in_workers) == sorted(str(i["pid"]) for i in infos), "each worker loaded the model exactly once"
 
 

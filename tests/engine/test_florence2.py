@@ -31,7 +31,11 @@ def backend(tiny_florence2_path: Path) -> Florence2Backend:
 
 def call(task: Task, prompt: str = "", max_new_tokens: int = 24, cancel=None) -> BackendCall:
     return BackendCall(
-        task=task, images=[WINDOW], prompt=prompt, options=Options(max_new_tokens=max_new_tokens), cancel=cancel or threading.Event()
+        task=task,
+        images=[WINDOW],
+        prompt=prompt,
+        options=Options(max_new_tokens=max_new_tokens),
+        cancel=cancel or threading.Event(),
     )
 
 
@@ -250,7 +254,12 @@ def test_served_through_a_models_file(tiny_florence2_path, tmp_path):
 
     def analyze(model: str, task: Task, prompt: str):
         request = AnalyzeRequest(
-            task=task, model=model, prompt=prompt, images=(image,), output_crs=rasters.UTM, options=Options(max_new_tokens=40)
+            task=task,
+            model=model,
+            prompt=prompt,
+            images=(image,),
+            output_crs=rasters.UTM,
+            options=Options(max_new_tokens=40),
         )
         response = engine.analyze(request)
         assert response.model == model and response.crs == rasters.UTM and isinstance(response.text, str)

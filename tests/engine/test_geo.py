@@ -90,13 +90,21 @@ def test_box_reprojected_has_the_hand_computed_corners(crs, tol):
     assert len(geom.exterior.coords) == 4 * geo.BOX_EDGE_POINTS + 1
     x0, y0, x1, y1 = geom.bounds
     assert (x0, y0, x1, y1) == pytest.approx(
-        (min(p[0] for p in corners), min(p[1] for p in corners), max(p[0] for p in corners), max(p[1] for p in corners)), abs=tol
+        (
+            min(p[0] for p in corners),
+            min(p[1] for p in corners),
+            max(p[0] for p in corners),
+            max(p[1] for p in corners),
+        ),
+        abs=tol,
     )
 
 
 def test_box_edges_follow_the_curve_of_the_projection():
     # 100 km pixels: a box of 1 x 1 pixels whose straight UTM edges are curves in lon/lat.
-    window = Window(array=np.zeros((2, 2, 3), np.uint8), transform=rasters.utm_transform(res=100_000.0), crs=rasters.UTM)
+    window = Window(
+        array=np.zeros((2, 2, 3), np.uint8), transform=rasters.utm_transform(res=100_000.0), crs=rasters.UTM
+    )
     geom = only_geometry(detections_to_features([box_detection((0.5, 0.5, 1.5, 1.5))], window, rasters.WGS84))
     (left, top), (right, _) = window.transform * (0.5, 0.5), window.transform * (1.5, 0.5)
     middle = Point(to(rasters.WGS84, (left + right) / 2, top))
@@ -107,7 +115,9 @@ def test_box_edges_follow_the_curve_of_the_projection():
 
 def test_boxes_are_ordered_clipped_or_dropped():
     features = detections_to_features(
-        [box_detection((30, 50, 10, 20)), box_detection((-10, -10, 5, 5)), box_detection((70, 70, 80, 80))], UTM_WINDOW, rasters.UTM
+        [box_detection((30, 50, 10, 20)), box_detection((-10, -10, 5, 5)), box_detection((70, 70, 80, 80))],
+        UTM_WINDOW,
+        rasters.UTM,
     )
     assert len(features) == 2
     assert shape(features[0]["geometry"]).equals(Polygon([utm(10, 20), utm(30, 20), utm(30, 50), utm(10, 50)]))
@@ -120,7 +130,9 @@ def test_rotated_window_transform_is_applied_to_boxes_and_masks():
     mask = np.zeros((8, 8), bool)
     mask[2:6, 1:7] = True
     features = detections_to_features(
-        [box_detection((1, 2, 7, 6)), Detection(kind=FeatureKind.MASK, label="m", score=1.0, mask=mask)], window, rasters.UTM
+        [box_detection((1, 2, 7, 6)), Detection(kind=FeatureKind.MASK, label="m", score=1.0, mask=mask)],
+        window,
+        rasters.UTM,
     )
     expected = Polygon([transform * (1, 2), transform * (7, 2), transform * (7, 6), transform * (1, 6)])
     for feature in features:
@@ -178,12 +190,19 @@ def test_empty_mask_gives_no_feature():
     assert polygonize_mask(np.zeros((8, 8), bool), Affine.identity()).is_empty
     speck = np.zeros((64, 64), bool)
     speck[3, 3] = True
-    assert detections_to_features([Detection(kind=FeatureKind.MASK, label="x", score=1, mask=speck)], UTM_WINDOW, rasters.UTM) == []
+    assert (
+        detections_to_features(
+            [Detection(kind=FeatureKind.MASK, label="x", score=1, mask=speck)], UTM_WINDOW, rasters.UTM
+        )
+        == []
+    )
 
 
 def test_mask_of_the_wrong_size_is_an_engine_error():
     with pytest.raises(ValueError, match="does not match"):
-        detections_to_features([Detection(kind=FeatureKind.MASK, label="x", score=1, mask=np.ones((8, 8), bool))], UTM_WINDOW, rasters.UTM)
+        detections_to_features(
+            [Detection(kind=FeatureKind.MASK, label="x", score=1, mask=np.ones((8, 8), bool))], UTM_WINDOW, rasters.UTM
+        )
 
 
 @pytest.mark.parametrize("kind", [FeatureKind.MASK, FeatureKind.CHANGE])
@@ -198,7 +217,9 @@ def test_a_mask_of_separate_objects_gives_one_feature_per_object(kind):
     features = detections_to_features([detection], UTM_WINDOW, rasters.MERCATOR, {"source": "a"})
     geoms = [shape(f["geometry"]) for f in features]
     assert [g.geom_type for g in geoms] == ["Polygon"] * 3
-    assert [f["properties"] for f in features] == [{"kind": kind.value, "label": "building", "score": 0.8, "source": "a"}] * 3
+    assert [f["properties"] for f in features] == [
+        {"kind": kind.value, "label": "building", "score": 0.8, "source": "a"}
+    ] * 3
     in_utm = detections_to_features([detection], UTM_WINDOW, rasters.UTM)
     assert sorted(round(shape(f["geometry"]).area) for f in in_utm) == [8000, 10000, 19200]  # 10 m pixels
     assert len(shape(in_utm[2]["geometry"]).interiors) == 1
@@ -209,13 +230,17 @@ def test_a_box_prompted_mask_in_pieces_stays_one_object():
     mask = np.zeros((64, 64), bool)
     mask[10:20, 10:20] = True
     mask[10:20, 24:34] = True
-    detection = Detection(kind=FeatureKind.MASK, label="building", score=0.9, box=(10, 10, 34, 20), mask=mask, one_object=True)
+    detection = Detection(
+        kind=FeatureKind.MASK, label="building", score=0.9, box=(10, 10, 34, 20), mask=mask, one_object=True
+    )
     [feature] = detections_to_features([detection], UTM_WINDOW, rasters.UTM)
     assert shape(feature["geometry"]).geom_type == "MultiPolygon" and round(shape(feature["geometry"]).area) == 20000
 
 
 def test_boxes_stay_whole():
-    features = detections_to_features([box_detection((1, 1, 10, 10)), box_detection((30, 30, 40, 40))], UTM_WINDOW, rasters.UTM)
+    features = detections_to_features(
+        [box_detection((1, 1, 10, 10)), box_detection((30, 30, 40, 40))], UTM_WINDOW, rasters.UTM
+    )
     assert [shape(f["geometry"]).geom_type for f in features] == ["Polygon", "Polygon"]
 
 
@@ -231,8 +256,12 @@ def test_a_mask_detection_with_a_box_uses_the_mask():
 
 
 def test_point_and_feature_properties():
-    detection = Detection(kind=FeatureKind.POINT, label="car", score=np.float32(0.75), point=(5.5, 7.5), properties={"rank": np.int64(2)})
-    features = detections_to_features([detection], UTM_WINDOW, rasters.MERCATOR, properties={"task": "ground", "rank": 1})
+    detection = Detection(
+        kind=FeatureKind.POINT, label="car", score=np.float32(0.75), point=(5.5, 7.5), properties={"rank": np.int64(2)}
+    )
+    features = detections_to_features(
+        [detection], UTM_WINDOW, rasters.MERCATOR, properties={"task": "ground", "rank": 1}
+    )
     geom = only_geometry(features)
     assert geom.coords[0] == pytest.approx(to(rasters.MERCATOR, *utm(5.5, 7.5)), abs=1e-6)
     assert features[0]["type"] == "Feature"
@@ -247,7 +276,9 @@ def test_unknown_output_crs():
 
 
 def test_region_the_output_crs_cannot_represent():
-    far_side = Window(array=np.zeros((10, 10, 3), np.uint8), transform=Affine(0.01, 0, 170, 0, -0.01, 10), crs=rasters.WGS84)
+    far_side = Window(
+        array=np.zeros((10, 10, 3), np.uint8), transform=Affine(0.01, 0, 170, 0, -0.01, 10), crs=rasters.WGS84
+    )
     orthographic = "+proj=ortho +lat_0=0 +lon_0=0 +datum=WGS84"  # sees one hemisphere only
     with pytest.raises(ProtocolError) as info:
         detections_to_features([box_detection((0, 0, 5, 5))], far_side, orthographic)

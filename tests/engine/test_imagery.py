@@ -25,7 +25,9 @@ UTM_T = rasters.utm_transform()
 
 def ref_for(path: Path, col0: float, row0: float, col1: float, row1: float, **kwargs) -> ImageRef:
     """An ImageRef for the pixel block [col0, col1) x [row0, row1) of the default UTM grid."""
-    return ImageRef(extent=rasters.pixel_extent(UTM_T, col0, row0, col1, row1), crs=rasters.UTM, source=str(path), **kwargs)
+    return ImageRef(
+        extent=rasters.pixel_extent(UTM_T, col0, row0, col1, row1), crs=rasters.UTM, source=str(path), **kwargs
+    )
 
 
 def bright_rows(channel: np.ndarray) -> tuple[int, int]:
@@ -126,7 +128,9 @@ def test_read_in_another_crs_lands_the_feature_in_the_right_place(tmp_path):
     expected_x, expected_y = to_mercator.transform(*square.centroid.coords[0])
     pixel = window.transform.a
     assert abs(centre_x - expected_x) < pixel and abs(centre_y - expected_y) < pixel
-    expected_area = shapely.transform(shapely.segmentize(square, 10), lambda xy: np.column_stack(to_mercator.transform(*xy.T))).area
+    expected_area = shapely.transform(
+        shapely.segmentize(square, 10), lambda xy: np.column_stack(to_mercator.transform(*xy.T))
+    ).area
     assert inside.sum() * pixel * abs(window.transform.e) == pytest.approx(expected_area, rel=0.15)
     # Outside the warped source footprint the window is invalid and black, inside it is valid.
     border = np.ones(window.valid.shape, bool)
@@ -142,9 +146,16 @@ def test_read_pair_puts_the_after_image_on_the_before_grid(tmp_path):
     square = box(500_200, 4_649_400, 500_360, 4_649_560)
     before = rasters.burn(tmp_path / "before.tif", square)
     to_mercator = pyproj.Transformer.from_crs(rasters.UTM, rasters.MERCATOR, always_xy=True)
-    square_mercator = shapely.transform(shapely.segmentize(square, 5), lambda xy: np.column_stack(to_mercator.transform(*xy.T)))
+    square_mercator = shapely.transform(
+        shapely.segmentize(square, 5), lambda xy: np.column_stack(to_mercator.transform(*xy.T))
+    )
     after = rasters.burn(
-        tmp_path / "after.tif", square_mercator, crs=rasters.MERCATOR, transform=rasters.mercator_transform(res=9.0), width=100, height=100
+        tmp_path / "after.tif",
+        square_mercator,
+        crs=rasters.MERCATOR,
+        transform=rasters.mercator_transform(res=9.0),
+        width=100,
+        height=100,
     )
     after_ref = ImageRef(extent=(0, 0, 1, 1), crs=rasters.MERCATOR, source=str(after))
     for max_side in (1024, 32):
@@ -163,7 +174,8 @@ def test_read_pair_of_pngs_resamples_the_after_image(tmp_path):
     small[10:20, 10:20] = 200
     large = np.repeat(np.repeat(small, 2, axis=0), 2, axis=1)
     first, second = read_pair(
-        ImageRef.from_png(rasters.png_bytes(small), extent, crs), ImageRef.from_png(rasters.png_bytes(large), extent, crs)
+        ImageRef.from_png(rasters.png_bytes(small), extent, crs),
+        ImageRef.from_png(rasters.png_bytes(large), extent, crs),
     )
     assert second.array.shape == first.array.shape == (30, 40, 3)
     np.testing.assert_allclose(second.array[..., 0], first.array[..., 0], atol=100)
@@ -262,7 +274,15 @@ def test_colour_interpretation_picks_rgb_and_alpha_masks(tmp_path):
 
 @pytest.mark.parametrize(
     "name, value",
-    [("B04 (665 nm)", "red"), ("Red", "red"), ("green", "green"), ("B2", "blue"), ("Red Edge 1", None), ("B8A", None), (None, None)],
+    [
+        ("B04 (665 nm)", "red"),
+        ("Red", "red"),
+        ("green", "green"),
+        ("B2", "blue"),
+        ("Red Edge 1", None),
+        ("B8A", None),
+        (None, None),
+    ],
 )
 def test_band_description_colours(name, value):
     assert imagery._colour_of(name) == value
@@ -327,7 +347,9 @@ def test_region_too_large_is_refused_with_the_limit_named(tmp_path):
     expect_error(ErrorCode.REGION_TOO_LARGE, ref_for(path, 0, 0, 16384, 8192), "64 megapixels", "overviews")
     mercator = pyproj.Transformer.from_crs(rasters.UTM, rasters.MERCATOR, always_xy=True)
     extent = mercator.transform_bounds(*rasters.pixel_extent(UTM_T, 0, 0, 16384, 8192))
-    expect_error(ErrorCode.REGION_TOO_LARGE, ImageRef(extent=extent, crs=rasters.MERCATOR, source=str(path)), "64 megapixels")
+    expect_error(
+        ErrorCode.REGION_TOO_LARGE, ImageRef(extent=extent, crs=rasters.MERCATOR, source=str(path)), "64 megapixels"
+    )
     assert read_image(ref_for(path, 4000, 4000, 4512, 4512)).array.shape == (512, 512, 3)
 
 

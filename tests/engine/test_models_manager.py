@@ -66,7 +66,12 @@ class Machine:
 
     def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "rs_assistant.engine", *args], cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout
+            [sys.executable, "-m", "rs_assistant.engine", *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
 
     def models_cmd(self, *args: str, **kw) -> subprocess.CompletedProcess:
@@ -87,7 +92,18 @@ def last_line(out: subprocess.CompletedProcess) -> str:
 
 def segment(machine: Machine, tmp_path: Path, model: str) -> dict:
     image = rasters.rgb_uint8(tmp_path / "scene.tif", width=64, height=48)
-    out = machine.run("run", "--models", str(machine.models), "--model", model, "--task", "segment", "--image", str(image), timeout=300)
+    out = machine.run(
+        "run",
+        "--models",
+        str(machine.models),
+        "--model",
+        model,
+        "--task",
+        "segment",
+        "--image",
+        str(image),
+        timeout=300,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     return json.loads(out.stdout)
 

@@ -1,10 +1,11 @@
-"""The ``openai`` backend: box conventions on known strings, and end to end against this engine's own /v1/chat/completions."""
+"""The ``openai`` backend: box conventions on known strings, and end to end against this engine's own
+/v1/chat/completions."""
 
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from shapely.geometry import box, shape
@@ -29,7 +30,11 @@ SQUARE = box(*rasters.pixel_extent(GRID, 20, 10, 36, 26))
         ('[{"label": "tank", "bbox_2d": [100, 200, 300, 400]}]', "0-1000", [("tank", (20.0, 10.0, 60.0, 20.0))]),
         ('```json\n[{"bbox_2d": [10, 20, 30, 40]}]\n```', "0-100", [("thing", (20.0, 10.0, 60.0, 20.0))]),
         ('{"label": "a", "bbox_2d": [0.1, 0.2, 0.3, 0.4]}', "0-1", [("a", (20.0, 10.0, 60.0, 20.0))]),
-        ("[10, 5, 50, 25] and [0, 0, 300, 300]", "pixels", [("thing", (10.0, 5.0, 50.0, 25.0)), ("thing", (0.0, 0.0, 200.0, 50.0))]),
+        (
+            "[10, 5, 50, 25] and [0, 0, 300, 300]",
+            "pixels",
+            [("thing", (10.0, 5.0, 50.0, 25.0)), ("thing", (0.0, 0.0, 200.0, 50.0))],
+        ),
         (
             "<|object_ref_start|>ship<|object_ref_end|><|box_start|>(500,0),(1000,1000)<|box_end|>",
             "0-1000",
@@ -70,14 +75,19 @@ def engine_for(config: dict) -> Engine:
 
 def analyze(engine: Engine, folder: Path, task: str, prompt: str = "", **kwargs) -> object:
     image = ImageRef(extent=FULL, crs=rasters.UTM, source=str(folder / "burn.tif"))
-    return engine.analyze(AnalyzeRequest(task=task, model="remote", prompt=prompt, images=(image,), output_crs=rasters.UTM, **kwargs))
+    return engine.analyze(
+        AnalyzeRequest(task=task, model="remote", prompt=prompt, images=(image,), output_crs=rasters.UTM, **kwargs)
+    )
 
 
 def test_caption_and_chat_through_our_own_chat_completions(remote):
     url, token_file, folder = remote
     engine = engine_for({"url": url, "model": "echo", "api_key_file": str(token_file)})
     mean = round((256 * rasters.INSIDE + (4096 - 256) * rasters.OUTSIDE) / 4096)
-    assert analyze(engine, folder, "caption").text == f"64x64 image, mean colour ({mean}, {mean}, {mean}), 0 earlier message(s)"
+    assert (
+        analyze(engine, folder, "caption").text
+        == f"64x64 image, mean colour ({mean}, {mean}, {mean}), 0 earlier message(s)"
+    )
     history = (Message("user", "hello"), Message("assistant", "hi"))
     assert analyze(engine, folder, "chat", "and now?", history=history).text.endswith(", 2 earlier message(s)")
 

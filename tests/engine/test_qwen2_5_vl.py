@@ -32,7 +32,9 @@ def backend(tiny_qwen_path: Path) -> Qwen25VLBackend:
     return loaded
 
 
-def call(task: Task, prompt: str = "", images=(WINDOW,), history=(), max_new_tokens: int = 12, cancel=None) -> BackendCall:
+def call(
+    task: Task, prompt: str = "", images=(WINDOW,), history=(), max_new_tokens: int = 12, cancel=None
+) -> BackendCall:
     return BackendCall(
         task=task,
         images=list(images),
@@ -50,7 +52,9 @@ def test_loads_fp32_sdpa_on_cpu(backend):
     assert backend.tasks == {Task.CAPTION, Task.GROUND, Task.CHAT, Task.CHANGE}
 
 
-@pytest.mark.parametrize("task, images", [(Task.CAPTION, (WINDOW,)), (Task.CHAT, (WINDOW,)), (Task.CHANGE, (WINDOW, WINDOW))])
+@pytest.mark.parametrize(
+    "task, images", [(Task.CAPTION, (WINDOW,)), (Task.CHAT, (WINDOW,)), (Task.CHANGE, (WINDOW, WINDOW))]
+)
 def test_text_tasks_answer_text_only(backend, task, images):
     result = backend.run(call(task, "what is here?" if task is Task.CHAT else "", images))
     assert isinstance(result, BackendResult)
@@ -101,7 +105,7 @@ def test_change_puts_both_images_in_one_message(backend):
 def test_grounding_prompt_asks_for_json_boxes(backend):
     prepared = backend._prepare(call(Task.GROUND, "Find all the storage tanks."))
     text = backend.tokenizer.decode(prepared.inputs["input_ids"][0])
-    assert 'Locate every storage tanks in the image and output their bbox coordinates in JSON format' in text
+    assert "Locate every storage tanks in the image and output their bbox coordinates in JSON format" in text
     assert '"bbox_2d": [x1, y1, x2, y2]' in text
 
 
@@ -143,7 +147,7 @@ def test_known_qwen2_style_answer_is_read_as_thousandths(backend):
 
 
 def test_garbage_answer_gives_no_boxes(backend):
-    assert backend._parse_boxes("```json\n[{\"bbox_2d\": [1, 2", (64, 48), (56, 56), "x") == []
+    assert backend._parse_boxes('```json\n[{"bbox_2d": [1, 2', (64, 48), (56, 56), "x") == []
 
 
 # --- limits and cancel ---------------------------------------------------------------------------
@@ -262,7 +266,12 @@ def test_served_through_a_models_file(tiny_qwen_path, tmp_path):
 
     def analyze(model: str, task: Task, images=(image,)):
         request = AnalyzeRequest(
-            task=task, model=model, prompt="storage tanks", images=images, output_crs=rasters.UTM, options=Options(max_new_tokens=16)
+            task=task,
+            model=model,
+            prompt="storage tanks",
+            images=images,
+            output_crs=rasters.UTM,
+            options=Options(max_new_tokens=16),
         )
         response = engine.analyze(request)
         assert response.model == model and response.crs == rasters.UTM and isinstance(response.text, str)

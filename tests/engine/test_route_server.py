@@ -8,7 +8,7 @@ list) and an open-vocabulary echo model from a models file.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -71,7 +71,9 @@ def test_bad_route_requests_are_the_callers_mistakes(client, url):
         assert response.status_code == 404 and response.json()["error"]["code"] == "unknown_model"
         document = raw.get("/openapi.json", headers=auth).json()
     operation = document["paths"]["/v1/route"]["post"]
-    assert operation["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/RouteRequest"}
+    assert operation["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/RouteRequest"
+    }
     assert {"RouteRequest", "RouteResult"} <= set(document["components"]["schemas"])
     assert "prompt" in document["components"]["schemas"]["RouteRequest"]["properties"]
 
@@ -80,7 +82,9 @@ def test_the_route_verb_prints_the_answer_and_refuses_an_empty_prompt(capsys):
     from rs_assistant.engine.__main__ import main
 
     assert main(["route", "outline the water"]) == 0
-    assert '"intent": "segment", "prompt": "water bodies"' in capsys.readouterr().out  # the built-in model's name for it
+    assert (
+        '"intent": "segment", "prompt": "water bodies"' in capsys.readouterr().out
+    )  # the built-in model's name for it
     assert main(["route", " "]) == 2
     assert "type a request" in capsys.readouterr().out
     assert main(["route", "how many?", "--history", "not json"]) == 2

@@ -18,9 +18,23 @@ from rs_assistant.core.protocol import Intent, Message, ProtocolError, Role, Rou
 from rs_assistant.engine.router import ClassList, route, route_text
 
 HERE = Path(__file__).parent
-BUILT_IN = ClassList("default", ("buildings", "roads", "parking lots", "vehicles", "storage tanks", "trees", "forests",
-                                 "grass areas", "fields", "water bodies", "bare soil areas"),
-                     frozenset({"building", "house", "vehicle", "truck", "lake", "pond", "river", "storage tank", "tree"}))
+BUILT_IN = ClassList(
+    "default",
+    (
+        "buildings",
+        "roads",
+        "parking lots",
+        "vehicles",
+        "storage tanks",
+        "trees",
+        "forests",
+        "grass areas",
+        "fields",
+        "water bodies",
+        "bare soil areas",
+    ),
+    frozenset({"building", "house", "vehicle", "truck", "lake", "pond", "river", "storage tank", "tree"}),
+)
 
 
 def by_language(path: Path) -> dict[str, float]:
@@ -31,7 +45,9 @@ def by_language(path: Path) -> dict[str, float]:
 def test_the_test_set_has_300_phrasings_in_english_and_french_with_context():
     rows = load(HERE / "router_phrasings.jsonl")
     assert len(rows) >= 300
-    assert {r["lang"] for r in rows} == {"en", "fr"} and min(sum(r["lang"] == l for r in rows) for l in ("en", "fr")) >= 120
+    assert {r["lang"] for r in rows} == {"en", "fr"} and min(
+        sum(r["lang"] == l for r in rows) for l in ("en", "fr")
+    ) >= 120
     assert {r["intent"] for r in rows} == {i.value for i in Intent}
     assert sum(bool(r.get("history")) for r in rows) >= 20
 
@@ -48,13 +64,16 @@ def test_held_out_phrasings_are_mostly_routed_right():
     assert all(score >= 0.85 for score in scores.values()), scores
 
 
-@pytest.mark.parametrize(("text", "intent", "prompt"), [
-    ("how many cars are there?", Intent.COUNT, "cars"),
-    ("outline the water", Intent.SEGMENT, "water"),
-    ("combien de bâtiments dans cette zone ?", Intent.COUNT, "buildings"),
-    ("délimite l'eau", Intent.SEGMENT, "water"),
-    ("/find storage tanks", Intent.GROUND, "storage tanks"),
-])
+@pytest.mark.parametrize(
+    ("text", "intent", "prompt"),
+    [
+        ("how many cars are there?", Intent.COUNT, "cars"),
+        ("outline the water", Intent.SEGMENT, "water"),
+        ("combien de bâtiments dans cette zone ?", Intent.COUNT, "buildings"),
+        ("délimite l'eau", Intent.SEGMENT, "water"),
+        ("/find storage tanks", Intent.GROUND, "storage tanks"),
+    ],
+)
 def test_the_issue_examples(text, intent, prompt):
     result = route_text(text)
     assert (result.intent, result.prompt) == (intent, prompt)
@@ -72,7 +91,10 @@ def test_follow_ups_take_the_object_and_task_from_the_last_request():
     largest = route_text("and the largest one?", history)
     assert (largest.intent, largest.prompt) == (Intent.GROUND, "the largest building")
     assert "largest building" in largest.assumed
-    assert (route_text("how many?", history).intent, route_text("how many?", history).prompt) == (Intent.COUNT, "buildings")
+    assert (route_text("how many?", history).intent, route_text("how many?", history).prompt) == (
+        Intent.COUNT,
+        "buildings",
+    )
     assert route_text("outline them", history).prompt == "buildings"
     assert route_text("how many?").intent is Intent.CHAT  # nothing to count without context: asked as a question
     assert route_text("how many?").assumed

@@ -63,7 +63,9 @@ def samples(processor: RSAProcessor) -> dict[str, torch.Tensor]:
     texts = [
         processor.format_prompt(Task.CAPTION, answer="a residential area with twelve buildings along a road."),
         processor.format_prompt(
-            Task.GROUND, "find the storage tanks", answer=processor.ground_answer([("storage tank", (8, 4, 30, 20))], window)
+            Task.GROUND,
+            "find the storage tanks",
+            answer=processor.ground_answer([("storage tank", (8, 4, 30, 20))], window),
         ),
         processor.format_prompt(Task.SEGMENT, "segment water bodies", answer="water bodies [SEG]"),
     ]
@@ -140,7 +142,11 @@ def test_a_checkpoint_without_the_new_switches_loads_and_answers_as_before(tiny_
     reference = RSAForConditionalGeneration.from_pretrained(tiny_rsa_path).eval()
     loaded, info = RSAForConditionalGeneration.from_pretrained(old, output_loading_info=True)
     assert not any(info.values()), info  # no missing, unexpected or mismatched weights
-    assert (loaded.config.projector_norm, loaded.config.change_pooling, loaded.config.num_aux_classes) == (False, "mean", 0)
+    assert (loaded.config.projector_norm, loaded.config.change_pooling, loaded.config.num_aux_classes) == (
+        False,
+        "mean",
+        0,
+    )
     assert set(loaded.state_dict()) == set(reference.state_dict())
     loaded.eval()
     for batch in (samples(processor), pair_batch(processor)):
@@ -168,12 +174,16 @@ def test_soft_location_labels_charge_a_near_bin_less_than_a_far_one(model, proce
 
     near, far = loss_when_the_model_says(41, 1.5), loss_when_the_model_says(90, 1.5)
     assert near < far and loss_when_the_model_says(40, 1.5) < near
-    plain = F.cross_entropy(torch.full((1, vocab), -10.0).index_fill_(1, torch.tensor([first + 41]), 10.0), torch.tensor([first + 40]))
+    plain = F.cross_entropy(
+        torch.full((1, vocab), -10.0).index_fill_(1, torch.tensor([first + 41]), 10.0), torch.tensor([first + 40])
+    )
     assert loss_when_the_model_says(41, 1e-3) == pytest.approx(float(plain) / 2, rel=1e-3)  # sigma -> 0: one-hot again
     soft = switched_model_from(model, location_label_sigma=1.5)
     batch = samples(processor)
     with torch.no_grad():
-        assert not torch.isclose(soft(**batch).lm_loss, model(**batch).lm_loss)  # the ground sample's boxes count softly
+        assert not torch.isclose(
+            soft(**batch).lm_loss, model(**batch).lm_loss
+        )  # the ground sample's boxes count softly
     with pytest.raises(StrictDataclassClassValidationError, match="location_label_sigma"):
         RSAConfig.from_dict({**model.config.to_dict(), "location_label_sigma": -1.0})
 
@@ -184,7 +194,9 @@ def test_visual_position_encoding_tells_the_lm_where_each_visual_token_is(tiny_r
     model = switched_model(tiny_rsa_path, visual_position_encoding=True)
     config = model.config
     side = config.grid_size // config.token_merge
-    same = RSAVisualFeatures(tokens=torch.zeros(1, side * side, config.text_config.hidden_size))  # one content everywhere
+    same = RSAVisualFeatures(
+        tokens=torch.zeros(1, side * side, config.text_config.hidden_size)
+    )  # one content everywhere
     ids = processor([processor.format_prompt(Task.CAPTION)], [WINDOW])["input_ids"]
     slots = (ids[0] == config.image_token_id).nonzero()[:, 0]
     with torch.no_grad():
@@ -231,7 +243,9 @@ def test_projector_norm_puts_visual_tokens_at_unit_scale(tiny_rsa_path, processo
         single = model.encode_images(samples(processor)["pixel_values"]).tokens
         pair = model.encode_images(pair_batch(processor)["pixel_values"]).tokens
     for tokens in (single, pair):  # pair: before, after and the difference tokens (delta projector)
-        assert torch.allclose(tokens.std(dim=-1, unbiased=False), torch.ones(tokens.shape[:2]), atol=0.1)  # LayerNorm eps
+        assert torch.allclose(
+            tokens.std(dim=-1, unbiased=False), torch.ones(tokens.shape[:2]), atol=0.1
+        )  # LayerNorm eps
         assert tokens.mean(dim=-1).abs().max() < 1e-4
 
 
@@ -348,7 +362,9 @@ def test_pixel_class_balance_weighs_a_rare_class_by_the_inverse_square_root_of_i
     assert weight[0] == weight[1] == 0 and float(weight[targets].mean()) == pytest.approx(1.0)
     assert _class_balance(targets, 12, 0.0) is None
 
-    model = switched_model(tiny_rsa_path, num_aux_classes=12, pixel_class_loss_weight=1.0, pixel_class_balance=0.5).eval()
+    model = switched_model(
+        tiny_rsa_path, num_aux_classes=12, pixel_class_loss_weight=1.0, pixel_class_balance=0.5
+    ).eval()
     with torch.no_grad():  # a head that favours the common class: the rare pixels' errors are the large ones
         model.mask_decoder.class_pixels[1].bias[8] += 4.0
     plain = switched_model(tiny_rsa_path, num_aux_classes=12, pixel_class_loss_weight=1.0).eval()
@@ -366,7 +382,9 @@ def test_pixel_class_balance_weighs_a_rare_class_by_the_inverse_square_root_of_i
     rare = class_map == 4
     share = rare.float().mean()
     w_rare, w_common = share**-0.5, (1 - share) ** -0.5
-    expected = (w_rare * per_pixel[rare].sum() + w_common * per_pixel[~rare].sum()) / (w_rare * rare.sum() + w_common * (~rare).sum())
+    expected = (w_rare * per_pixel[rare].sum() + w_common * per_pixel[~rare].sum()) / (
+        w_rare * rare.sum() + w_common * (~rare).sum()
+    )
     assert balanced == pytest.approx(float(expected), rel=1e-4)
     assert unweighted == pytest.approx(float(per_pixel.mean()), rel=1e-4) and balanced > 2 * unweighted
     with pytest.raises(StrictDataclassClassValidationError, match="pixel_class_balance must lie in 0..1"):
@@ -477,7 +495,9 @@ def test_prompt_formats_and_labels_cover_only_answers(processor):
     assert processor.format_prompt(Task.GROUND, "Find all the storage tanks.") == (
         "<s><image><|user|><ground> find storage tanks<|assistant|>"
     )
-    assert processor.format_prompt(Task.CHANGE, pair=True).startswith("<s><image><image><delta><|user|><change> what changed")
+    assert processor.format_prompt(Task.CHANGE, pair=True).startswith(
+        "<s><image><image><delta><|user|><change> what changed"
+    )
     batch = processor([text], [WINDOW], return_labels=True)
     assert (batch["input_ids"] == processor.token_ids["<image>"]).sum() == processor.num_image_tokens
     kept = batch["labels"][batch["labels"] != -100].tolist()
@@ -499,7 +519,10 @@ def test_location_bins_round_trip_within_half_a_bin(processor, window):
     values = np.random.default_rng(1).uniform(0, 1, 200)
     for size in (width, height):
         for v in values * size:
-            assert abs(processor.dequantize(processor.quantize(v, size), size) - v) <= size / processor.num_location_bins / 2 + 1e-9
+            assert (
+                abs(processor.dequantize(processor.quantize(v, size), size) - v)
+                <= size / processor.num_location_bins / 2 + 1e-9
+            )
     box = (0.21 * width, 0.05 * height, 0.9 * width, 0.77 * height)
     answer = processor.parse_text(processor.ground_answer([("pond", box)], window), window)
     (found,) = answer.boxes
@@ -511,7 +534,11 @@ def test_location_bins_round_trip_within_half_a_bin(processor, window):
 
 def test_parsing_known_answers(processor):
     window = (200, 100)
-    answer = processor.parse_text("storage tank<loc_5><loc_20><loc_25><loc_60>; car<loc_50><loc_5><loc_60><loc_30><loc_70><loc_5><loc_80><loc_30></s> tail", window)
+    answer = processor.parse_text(
+        "storage tank<loc_5><loc_20><loc_25><loc_60>; "
+        "car<loc_50><loc_5><loc_60><loc_30><loc_70><loc_5><loc_80><loc_30></s> tail",
+        window,
+    )
     assert [b.label for b in answer.boxes] == ["storage tank", "car", "car"]
     assert answer.boxes[0].box == (11.0, 20.5, 51.0, 60.5)
     assert answer.text == "storage tank; car"
@@ -535,7 +562,9 @@ def test_tokenizer_save_and_load_round_trip(processor, tmp_path):
 
 
 def run(backend: RSABackend, task: Task, prompt: str = "", images=(WINDOW,), **options) -> BackendResult:
-    call = BackendCall(task=task, images=list(images), prompt=prompt, options=Options(**{"max_new_tokens": 40, **options}))
+    call = BackendCall(
+        task=task, images=list(images), prompt=prompt, options=Options(**{"max_new_tokens": 40, **options})
+    )
     return backend.run(call)
 
 
@@ -588,7 +617,9 @@ def scripted(tiny_rsa_path, monkeypatch):
         ids = own.processor.tokenizer(answer, add_special_tokens=False)["input_ids"]
 
         def forced(*args, **kwargs):
-            return generate(*args, logits_processor=LogitsProcessorList([Script(ids, own.processor.token_ids["</s>"])]), **kwargs)
+            return generate(
+                *args, logits_processor=LogitsProcessorList([Script(ids, own.processor.token_ids["</s>"])]), **kwargs
+            )
 
         monkeypatch.setattr(own.model, "generate", forced)
         return own
@@ -623,7 +654,9 @@ def test_masks_are_cut_at_the_checkpoints_mask_threshold(scripted):
     decoder = backend.model.mask_decoder
     channels = decoder.hyper[-1].out_features
     with torch.no_grad():  # each upsampled pixel is GELU(1) in every channel; the query's weights set the logit
-        decoder.hyper[-1].bias.fill_(math.log(0.3 / 0.7) / (channels * torch.nn.functional.gelu(torch.tensor(1.0)).item()))
+        decoder.hyper[-1].bias.fill_(
+            math.log(0.3 / 0.7) / (channels * torch.nn.functional.gelu(torch.tensor(1.0)).item())
+        )
     assert backend.model.config.mask_threshold == 0.5
     assert run(backend, Task.SEGMENT, "segment the water").text == "nothing found"
     backend.model.config.mask_threshold = 0.2
@@ -641,7 +674,10 @@ def test_class_aware_masks_follow_the_class_heads_map(scripted, monkeypatch):
     model = backend.model
     names = ["ground", "buildings", *(f"class {i}" for i in range(2, 10)), "water bodies", "class 11"]
     model.config.pixel_class_loss_weight, model.config.num_aux_classes = 1.0, 12
-    model.config.class_names, model.config.class_nouns = names, {"buildings": 1, "water bodies": 10, "pond": 10, "house": 1}
+    model.config.class_names, model.config.class_nouns = (
+        names,
+        {"buildings": 1, "water bodies": 10, "pond": 10, "house": 1},
+    )
     side = model.config.mask_size
 
     def class_logits(features, detail=None):
@@ -671,7 +707,14 @@ def test_a_class_mask_bar_takes_the_pixels_where_a_small_class_is_likely_but_not
     names a class the model has, with a probability."""
     backend = scripted("trees [SEG]")
     model = backend.model
-    names = ["ground", *(f"class {i}" for i in range(1, 6)), "trees", "class 7", "grass areas", *(f"class {i}" for i in range(9, 12))]
+    names = [
+        "ground",
+        *(f"class {i}" for i in range(1, 6)),
+        "trees",
+        "class 7",
+        "grass areas",
+        *(f"class {i}" for i in range(9, 12)),
+    ]
     model.config.pixel_class_loss_weight, model.config.num_aux_classes = 1.0, 12
     model.config.class_names, model.config.class_nouns = names, {"trees": 6, "tree": 6, "grass areas": 8}
     model.config.class_aware_masks = True
@@ -722,7 +765,9 @@ def test_a_class_refiner_finds_an_object_smaller_than_a_cell_of_the_class_heads_
     assert run(backend, Task.SEGMENT, "segment the water", images=(window,)).detections == []  # the head alone
     model.config.class_refine_channels, model.config.class_refine_size = 2, 128
     model.class_refiner = RSAClassRefiner(model.config)
-    assert run(backend, Task.SEGMENT, "segment the water", images=(window,)).detections == []  # untrained: the head's map
+    assert (
+        run(backend, Task.SEGMENT, "segment the water", images=(window,)).detections == []
+    )  # untrained: the head's map
     (det,) = run(scripted("buildings [SEG]"), Task.SEGMENT, "segment the buildings", images=(window,)).detections
     assert det.mask.all()
     refiner = model.class_refiner
@@ -743,8 +788,14 @@ def test_a_class_refiner_finds_an_object_smaller_than_a_cell_of_the_class_heads_
     with pytest.raises(StrictDataclassClassValidationError, match="class_refine_channels"):
         RSAConfig.from_dict({**model.config.to_dict(), "class_refine_channels": -1})
     with pytest.raises(StrictDataclassClassValidationError, match="class_refine_channels"):
-        RSAConfig.from_dict({**model.config.to_dict(), "class_refine_channels": 8, "pixel_class_loss_weight": 0.0,
-                             "class_aware_masks": False})
+        RSAConfig.from_dict(
+            {
+                **model.config.to_dict(),
+                "class_refine_channels": 8,
+                "pixel_class_loss_weight": 0.0,
+                "class_aware_masks": False,
+            }
+        )
 
 
 def test_class_region_masks_take_the_whole_class_region_the_decoded_mask_lands_on(scripted, monkeypatch):
@@ -789,7 +840,9 @@ def test_class_region_masks_take_the_whole_class_region_the_decoded_mask_lands_o
     blob["at"] = (half // 2, half + half // 2)  # top right: no building there
     assert run(backend, Task.SEGMENT, "segment the largest house").text == "nothing found"
     everything = run(scripted("buildings [SEG]"), Task.SEGMENT, "segment the buildings").detections[0].mask
-    assert everything[: height // 2 - 2, : width // 2 - 2].all() and everything[height // 2 + 2 :, width // 2 + 2 :].all()
+    assert (
+        everything[: height // 2 - 2, : width // 2 - 2].all() and everything[height // 2 + 2 :, width // 2 + 2 :].all()
+    )
     with pytest.raises(StrictDataclassClassValidationError, match="class_region_masks refines class-aware masks"):
         RSAConfig.from_dict({**model.config.to_dict(), "class_aware_masks": False})
 
@@ -799,12 +852,21 @@ def test_class_aware_boxes_snap_to_the_class_region_under_them(scripted, process
     overlaps the top-left one becomes its extent; a box of a class with no region, or of a noun naming
     no class, stays where the model put it."""
     window = (80, 48)
-    answer = processor.ground_answer([("house", (4, 4, 16, 20)), ("car", (40, 10, 60, 30)), ("thing", (30, 5, 50, 25)),
-                                      ("house", (10, 8, 30, 18))], window)  # the last house lands on the first's region
+    answer = processor.ground_answer(
+        [("house", (4, 4, 16, 20)), ("car", (40, 10, 60, 30)), ("thing", (30, 5, 50, 25)), ("house", (10, 8, 30, 18))],
+        window,
+    )  # the last house lands on the first's region
     backend = scripted(answer)
     model = backend.model
     model.config.pixel_class_loss_weight, model.config.num_aux_classes = 1.0, 12
-    model.config.class_names = ["ground", "buildings", "roads", "parking lots", "vehicles", *(f"class {i}" for i in range(5, 12))]
+    model.config.class_names = [
+        "ground",
+        "buildings",
+        "roads",
+        "parking lots",
+        "vehicles",
+        *(f"class {i}" for i in range(5, 12)),
+    ]
     model.config.class_nouns = {"house": 1, "buildings": 1, "car": 4}
     side = model.config.mask_size
 
@@ -819,7 +881,9 @@ def test_class_aware_boxes_snap_to_the_class_region_under_them(scripted, process
     unsnapped = [d.box for d in run(backend, Task.GROUND, "find the largest house").detections]
     assert len(unsnapped) == 4
     model.config.class_aware_boxes = True
-    house, car, thing = [d.box for d in run(backend, Task.GROUND, "find the largest house").detections]  # one box per region
+    house, car, thing = [
+        d.box for d in run(backend, Task.GROUND, "find the largest house").detections
+    ]  # one box per region
     assert house == pytest.approx((0.0, 0.0, 40.0, 24.0), abs=1.0)
     assert car == unsnapped[1] and thing == unsnapped[2]
 
@@ -840,20 +904,36 @@ def test_region_features_describe_place_size_colour_and_surroundings():
     rgb[0, :4, :4] = 1.0
     rgb[2, 6:, 6:] = 1.0
     pixels = torch.randn(4, 8, 8)
-    rows = region_features(torch.stack([regions == 1, regions == 2]), torch.tensor([0, 1]), classes, torch.full((8, 8), 0.9),
-                           pixels, rgb, num_classes=3)
+    rows = region_features(
+        torch.stack([regions == 1, regions == 2]),
+        torch.tensor([0, 1]),
+        classes,
+        torch.full((8, 8), 0.9),
+        pixels,
+        rgb,
+        num_classes=3,
+    )
     assert rows.shape == (2, num_region_features(4, 3))
     (cx, cy, x0, y0, x1, y1, w, h, log_area), (ex, ey, *_rest) = rows[0, :9].tolist(), rows[1, :9].tolist()
     assert (cx, cy, x0, y0, x1, y1, w, h) == pytest.approx((0.25, 0.25, 0.0, 0.0, 0.5, 0.5, 0.5, 0.5))
     assert log_area == pytest.approx(math.log(16 / 64)) and ex > cx and ey > cy
     assert rows[:, 9].tolist() == [0.5, 0.5]  # each is alone at its level: no rank
     assert rows[:, BASE_FEATURES - len(LEVELS) : BASE_FEATURES].tolist() == [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
-    same_level = region_features(torch.stack([regions == 1, regions == 2]), torch.tensor([0, 0]), classes,
-                                 torch.full((8, 8), 0.9), pixels, rgb, num_classes=3)
+    same_level = region_features(
+        torch.stack([regions == 1, regions == 2]),
+        torch.tensor([0, 0]),
+        classes,
+        torch.full((8, 8), 0.9),
+        pixels,
+        rgb,
+        num_classes=3,
+    )
     assert same_level[:, 9].tolist() == [1.0, 0.0] and same_level[:, 10].tolist() == [0.0, 1.0]  # area rank, x rank
     assert rows[0, 13:16].tolist() == [1.0, 0.0, 0.0] and rows[1, 13:16].tolist() == [0.0, 0.0, 1.0]  # mean colour
     assert rows[:, 19].tolist() == pytest.approx([0.9, 0.9])  # the class head's probability
-    assert rows[0, BASE_FEATURES : BASE_FEATURES + 4].tolist() == pytest.approx(pixels[:, :4, :4].mean(dim=(1, 2)).tolist(), abs=1e-5)
+    assert rows[0, BASE_FEATURES : BASE_FEATURES + 4].tolist() == pytest.approx(
+        pixels[:, :4, :4].mean(dim=(1, 2)).tolist(), abs=1e-5
+    )
     around = rows[:, BASE_FEATURES + 4 :].view(2, 4, 3)  # [region, side (left, right, above, below), class]
     assert around[1, 0, 2] == 1.0 and around[0, 1, 2] == 1.0  # the road: left of the small one, right of the big one
     assert around[1, 2, 2] == 0.0 and around[0, 3, 1] == 0.0  # nothing is of the road class above the small one
@@ -912,14 +992,18 @@ def test_region_selector_picks_the_box_and_the_mask_of_a_referring_answer(two_bu
     (mask,) = run(backend, Task.SEGMENT, "segment the easternmost house").detections
     quarter = np.zeros(WINDOW.shape[:2], bool)
     quarter[24:, 40:] = True
-    assert (mask.mask & quarter).sum() >= 0.9 * quarter.sum() and not mask.mask[:22].any() and not mask.mask[:, :38].any()
+    assert (
+        (mask.mask & quarter).sum() >= 0.9 * quarter.sum() and not mask.mask[:22].any() and not mask.mask[:, :38].any()
+    )
 
 
 def test_region_selector_leaves_answers_of_several_objects_and_class_names_alone(two_buildings, processor):
     """Two house boxes still snap each to the region under it, and "buildings [SEG]" is still every
     building pixel: the selector only chooses for an answer that names one object."""
     window = (80, 48)
-    backend, asked = two_buildings(processor.ground_answer([("house", (4, 4, 16, 20)), ("house", (50, 30, 70, 44))], window))
+    backend, asked = two_buildings(
+        processor.ground_answer([("house", (4, 4, 16, 20)), ("house", (50, 30, 70, 44))], window)
+    )
     boxes = sorted(d.box for d in run(backend, Task.GROUND, "find the houses").detections)
     assert boxes == [pytest.approx((0.0, 0.0, 40.0, 24.0), abs=1.0), pytest.approx((40.0, 24.0, 80.0, 48.0), abs=1.0)]
     backend, _ = two_buildings("buildings [SEG]")
@@ -1005,7 +1089,8 @@ def test_the_change_verdict_follows_the_checkpoints_change_threshold(scripted):
 
 def test_a_change_caption_that_contradicts_the_verdict_gives_way_to_one_that_agrees(scripted, monkeypatch):
     """For a model trained to end a change caption with [SEG] exactly when the pair changed
-    (``change_seg_marks_changed``), the language model's first choice says "unchanged" (no [SEG]) where the head says changed:
+    (``change_seg_marks_changed``), the language model's first choice says "unchanged" (no [SEG]) where the head says
+    changed:
     the pair is decoded again by beam search and the best candidate that ends with [SEG] is given,
     with its change mask. With no such candidate only the verdict is given, and the mask comes from
     the per-pixel change head when the model has one."""
@@ -1036,7 +1121,9 @@ def test_a_change_caption_that_contradicts_the_verdict_gives_way_to_one_that_agr
     result = run(backend, Task.CHANGE, "", (WINDOW, AFTER))
     assert result.text == "changed (100%): a road was built."
     (det,) = result.detections
-    assert det.kind is FeatureKind.CHANGE and det.mask.shape == WINDOW.shape[:2] and det.mask.all()  # the decoder fills all
+    assert (
+        det.kind is FeatureKind.CHANGE and det.mask.shape == WINDOW.shape[:2] and det.mask.all()
+    )  # the decoder fills all
     assert calls == [1, max(4, model.config.caption_num_beams)]  # greedy, then beams for the one that disagreed
 
     answers("the scene is unchanged.", "nothing changed.")
@@ -1056,7 +1143,11 @@ def test_a_change_caption_that_contradicts_the_verdict_gives_way_to_one_that_agr
     assert result.text == "changed (100%)"
     (det,) = result.detections
     width = WINDOW.shape[1]
-    assert det.kind is FeatureKind.CHANGE and det.mask[:, : width // 2 - 2].all() and not det.mask[:, width // 2 + 2 :].any()
+    assert (
+        det.kind is FeatureKind.CHANGE
+        and det.mask[:, : width // 2 - 2].all()
+        and not det.mask[:, width // 2 + 2 :].any()
+    )
 
     calls.clear()
     answers("a road was built. [SEG]", "the scene is unchanged.")  # agrees with the head: decoded once
@@ -1124,8 +1215,12 @@ def test_captions_use_the_checkpoints_beam_search(scripted, monkeypatch):
     monkeypatch.setattr(backend.model, "generate", spy)
     assert run(backend, Task.CAPTION).text == "two storage tanks beside a road."
     backend.model.config.caption_num_beams, backend.model.config.caption_length_penalty = 3, 0.0
-    results = backend.run_batch([BackendCall(task=Task.CAPTION, images=[image], options=Options()) for image in (WINDOW, AFTER)])
-    assert [r.text for r in results] == ["two storage tanks beside a road."] * 2 and all(not r.detections for r in results)
+    results = backend.run_batch(
+        [BackendCall(task=Task.CAPTION, images=[image], options=Options()) for image in (WINDOW, AFTER)]
+    )
+    assert [r.text for r in results] == ["two storage tanks beside a road."] * 2 and all(
+        not r.detections for r in results
+    )
     assert seen == [(1, None), (3, 0.0)]  # greedy by default; one beam search for the batch
     with pytest.raises(StrictDataclassClassValidationError, match="caption_num_beams"):
         RSAConfig.from_dict({**backend.model.config.to_dict(), "caption_num_beams": 0})
@@ -1184,7 +1279,16 @@ def broken_copy(source: Path, target: Path, how: str) -> Path:
 
 @pytest.mark.parametrize(
     "how",
-    ["missing", "no weights", "corrupt weights", "wider model", "fewer layers", "processor mismatch", "no tokenizer", "not rsa"],
+    [
+        "missing",
+        "no weights",
+        "corrupt weights",
+        "wider model",
+        "fewer layers",
+        "processor mismatch",
+        "no tokenizer",
+        "not rsa",
+    ],
 )
 def test_bad_folders_fail_to_load_naming_the_folder(tiny_rsa_path, tmp_path, how):
     folder = tmp_path / "missing" if how == "missing" else broken_copy(tiny_rsa_path, tmp_path / "rsa", how)
@@ -1241,7 +1345,9 @@ def test_pretrained_parts_and_an_extended_llm_tokenizer(tmp_path):
     raw = Tokenizer(models.BPE())
     raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     raw.decoder = decoders.ByteLevel()
-    raw.train_from_iterator(RSA_CORPUS, trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"], show_progress=False))
+    raw.train_from_iterator(
+        RSA_CORPUS, trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"], show_progress=False)
+    )
     llm_tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<|endoftext|>")
     config = load_named_config("tiny")
     config.freeze_vision = config.freeze_llm = True
@@ -1266,7 +1372,11 @@ def test_pretrained_parts_and_an_extended_llm_tokenizer(tmp_path):
     assert torch.equal(embeddings[: llm.config.vocab_size], llm.get_input_embeddings().weight)
     assert embeddings.requires_grad and not any(p.requires_grad for p in model.vision_tower.parameters())
     processor = RSAProcessor.for_model(tokenizer, config)
-    batch = processor([processor.format_prompt(Task.GROUND, "find tanks", answer="tank<loc_1><loc_2><loc_3><loc_4>")], [WINDOW], return_labels=True)
+    batch = processor(
+        [processor.format_prompt(Task.GROUND, "find tanks", answer="tank<loc_1><loc_2><loc_3><loc_4>")],
+        [WINDOW],
+        return_labels=True,
+    )
     assert torch.isfinite(model(**batch).loss)
 
 

@@ -59,8 +59,12 @@ def test_masks_are_those_of_the_transformers_pipeline(backend: SamBackend, tiny_
     for box, mask in zip(boxes, masks):
         inputs = processor(images=image, input_boxes=[[box]], return_tensors="pt")
         with torch.no_grad():
-            out = model(pixel_values=inputs["pixel_values"], input_boxes=inputs["input_boxes"].float(), multimask_output=False)
-        expected = processor.post_process_masks(out.pred_masks, inputs["original_sizes"], inputs["reshaped_input_sizes"])[0]
+            out = model(
+                pixel_values=inputs["pixel_values"], input_boxes=inputs["input_boxes"].float(), multimask_output=False
+            )
+        expected = processor.post_process_masks(
+            out.pred_masks, inputs["original_sizes"], inputs["reshaped_input_sizes"]
+        )[0]
         assert np.array_equal(mask, expected[0, 0].numpy())
 
 
@@ -80,7 +84,9 @@ class FakeSam:
         assert pixel_values.shape == (1, 3, IMAGE_SIZE, IMAGE_SIZE)
         return torch.zeros(1, 1, 1, 1)
 
-    def __call__(self, image_embeddings: torch.Tensor, input_boxes: torch.Tensor, multimask_output: bool) -> SimpleNamespace:
+    def __call__(
+        self, image_embeddings: torch.Tensor, input_boxes: torch.Tensor, multimask_output: bool
+    ) -> SimpleNamespace:
         assert multimask_output is False
         self.boxes.append(input_boxes.clone())
         if self.cancel is not None and len(self.boxes) == self.cancel_after:
@@ -133,7 +139,10 @@ def test_cancel_stops_between_chunks(tiny_sam_path: Path) -> None:
 def test_segment_task_with_box_prompts(backend: SamBackend) -> None:
     image = window(50, 90)
     result = backend.run(BackendCall(Task.SEGMENT, [image], prompt="roofs [10, 5, 40, 30] and [50.5,0,200,49]"))
-    assert [d.box for d in result.detections] == [(10.0, 5.0, 40.0, 30.0), (50.5, 0.0, 90.0, 49.0)]  # clipped to the window
+    assert [d.box for d in result.detections] == [
+        (10.0, 5.0, 40.0, 30.0),
+        (50.5, 0.0, 90.0, 49.0),
+    ]  # clipped to the window
     for det in result.detections:
         assert det.kind is FeatureKind.MASK
         assert det.label == "roofs and"
@@ -164,7 +173,10 @@ def test_segment_boxes_gives_an_empty_mask_for_a_box_outside_the_window(backend:
 
 
 def test_parse_box_prompt() -> None:
-    assert parse_box_prompt("tank [1,2,3,4]; [ 5.5 , -6 , 7 , 8 ].") == ([(1.0, 2.0, 3.0, 4.0), (5.5, -6.0, 7.0, 8.0)], "tank")
+    assert parse_box_prompt("tank [1,2,3,4]; [ 5.5 , -6 , 7 , 8 ].") == (
+        [(1.0, 2.0, 3.0, 4.0), (5.5, -6.0, 7.0, 8.0)],
+        "tank",
+    )
     assert parse_box_prompt("the buildings") == ([], "the buildings")
 
 
@@ -179,7 +191,10 @@ def _copy(source: Path, target: Path, drop: tuple[str, ...] = ()) -> Path:
         (lambda src, dst: dst, "does not exist"),
         (lambda src, dst: _copy(src, dst, ("config.json",)), "missing config.json"),
         (lambda src, dst: _copy(src, dst, ("model.safetensors",)), "has no weights"),
-        (lambda src, dst: _copy(src, dst, ("processor_config.json", "preprocessor_config.json")), "has no processor config"),
+        (
+            lambda src, dst: _copy(src, dst, ("processor_config.json", "preprocessor_config.json")),
+            "has no processor config",
+        ),
     ],
     ids=["missing", "no-config", "no-weights", "no-processor"],
 )
@@ -227,7 +242,9 @@ def test_engine_chains_a_grounding_model_into_sam(tiny_sam_path: Path, tmp_path:
     options = Options(score_threshold=0.0)
 
     def segment(model: str, prompt: str):
-        return engine.analyze(AnalyzeRequest(Task.SEGMENT, (ref,), rasters.MERCATOR, model=model, prompt=prompt, options=options))
+        return engine.analyze(
+            AnalyzeRequest(Task.SEGMENT, (ref,), rasters.MERCATOR, model=model, prompt=prompt, options=options)
+        )
 
     chained = segment("echo", "roof")
     direct = segment("sam", "[10, 8, 40, 30]")
@@ -235,7 +252,8 @@ def test_engine_chains_a_grounding_model_into_sam(tiny_sam_path: Path, tmp_path:
     sam = engine.registry.backend("sam")
     assert isinstance(sam, SamBackend)
     by_hand = sam.segment_boxes(image, [bright_box(image), (0, 0, 64, 40)])
-    # one feature per box (a box-prompted mask is one object, however speckled the tiny random SAM's masks); empty ones dropped
+    # one feature per box (a box-prompted mask is one object, however speckled the tiny random SAM's masks); empty
+    # ones dropped
     assert len(chained.feature_list) == sum(mask.any() for mask in by_hand)
     assert len(direct.feature_list) == int(sam.segment_boxes(image, [(10, 8, 40, 30)])[0].any())
     assert {f["properties"]["kind"] for f in chained.feature_list + direct.feature_list} == {"mask"}

@@ -1,4 +1,5 @@
-"""Objects that cross tile seams (rs_assistant.engine.seams) come out of a batch job as one feature each, of the right size.
+"""Objects that cross tile seams (rs_assistant.engine.seams) come out of a batch job as one feature each, of the
+right size.
 
 The rasters are burnt with rectangles and a disc placed across tile borders; TileBackend segments
 the bright pixels and boxes each bright blob of the window it is given.
@@ -85,7 +86,9 @@ def test_masks_across_seams_come_out_as_one_polygon_of_the_right_area(engine, da
     assert all(shape(f["geometry"]).geom_type == "Polygon" for f in features)
     for (bounds, area), (want_bounds, pixels, outline) in zip(got, want):
         assert bounds == pytest.approx(want_bounds, abs=1e-6)
-        assert area == pytest.approx(outline, abs=8 * PIXEL_AREA)  # as if the whole raster were one window (each piece is simplified on its own)
+        assert area == pytest.approx(
+            outline, abs=8 * PIXEL_AREA
+        )  # as if the whole raster were one window (each piece is simplified on its own)
         assert area == pytest.approx(pixels, rel=0.02)  # outlines are simplified by 1 px (the disc)
     rectangles = [a for b, a in got if (b[2] - b[0]) * (b[3] - b[1]) == pytest.approx(a)]
     assert len(rectangles) == 4  # pixel-exact rectangles keep their exact area across every seam
@@ -111,7 +114,14 @@ def test_merged_pieces_name_every_tile_they_came_from(engine, data):
 
 
 def test_merging_does_not_depend_on_the_order_tiles_finish(engine, data):
-    request = BatchRequest(task=Task.SEGMENT, sources=(str(data / "objects.tif"),), output_crs=rasters.UTM, model="tiles", tile_size=48, overlap=8)
+    request = BatchRequest(
+        task=Task.SEGMENT,
+        sources=(str(data / "objects.tif"),),
+        output_crs=rasters.UTM,
+        model="tiles",
+        tile_size=48,
+        overlap=8,
+    )
     plan = plan_job(engine, request)
     outputs = run_tiles(engine, request, list(plan.works()))
     pieces = [from_pending(p, plan.grid) for o in outputs for p in o.pending]

@@ -11,8 +11,9 @@ import dataclasses
 import json
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import numpy as np
@@ -34,7 +35,7 @@ MAX_BODY = 256 * 1024
 GRID = rasters.utm_transform()
 FULL = rasters.pixel_extent(GRID, 0, 0, 64, 64)
 SQUARE = box(*rasters.pixel_extent(GRID, 20, 10, 36, 26))
-GLACIAL = "\n[models.glacial]\nbackend = \"tests.engine.fakes:EchoBackend\"\ndelay_s = 60\n"
+GLACIAL = '\n[models.glacial]\nbackend = "tests.engine.fakes:EchoBackend"\ndelay_s = 60\n'
 
 
 @pytest.fixture(scope="module")
@@ -122,15 +123,27 @@ def test_analyze_ground_answers_geojson_in_the_output_crs(client, data):
 BAD_INPUTS = [
     pytest.param(lambda d: body(d, task="dance"), 400, "unknown_task", id="unknown task"),
     pytest.param(lambda d: body(d, model="gpt-7"), 404, "unknown_model", id="unknown model"),
-    pytest.param(lambda d: body(d, task="classify", prompt="a, b"), 400, "unsupported_task", id="task the model does not do"),
-    pytest.param(lambda d: body(d, image={"source": str(d / "missing.tif")}), 404, "source_not_found", id="source missing"),
-    pytest.param(lambda d: body(d, image={"source": str(d / "text.tif")}), 422, "unreadable_source", id="not a raster"),
-    pytest.param(lambda d: body(d, image={"source": str(d / "truncated.tif")}), 422, "unreadable_source", id="corrupt raster"),
-    pytest.param(lambda d: body(d, image={"extent": [0, 0, 100, 100]}), 422, "extent_outside", id="extent outside"),
-    pytest.param(lambda d: body(d, image={"extent": [FULL[0], FULL[1], FULL[0], FULL[3]]}), 400, "bad_extent", id="zero area"),
-    pytest.param(lambda d: body(d, options={"max_side": 100_000}), 413, "region_too_large", id="max_side over the limit"),
     pytest.param(
-        lambda d: body(d, image={"source": str(d / "huge.tif"), "extent": list(rasters.pixel_extent(GRID, 0, 0, 12000, 12000))}),
+        lambda d: body(d, task="classify", prompt="a, b"), 400, "unsupported_task", id="task the model does not do"
+    ),
+    pytest.param(
+        lambda d: body(d, image={"source": str(d / "missing.tif")}), 404, "source_not_found", id="source missing"
+    ),
+    pytest.param(lambda d: body(d, image={"source": str(d / "text.tif")}), 422, "unreadable_source", id="not a raster"),
+    pytest.param(
+        lambda d: body(d, image={"source": str(d / "truncated.tif")}), 422, "unreadable_source", id="corrupt raster"
+    ),
+    pytest.param(lambda d: body(d, image={"extent": [0, 0, 100, 100]}), 422, "extent_outside", id="extent outside"),
+    pytest.param(
+        lambda d: body(d, image={"extent": [FULL[0], FULL[1], FULL[0], FULL[3]]}), 400, "bad_extent", id="zero area"
+    ),
+    pytest.param(
+        lambda d: body(d, options={"max_side": 100_000}), 413, "region_too_large", id="max_side over the limit"
+    ),
+    pytest.param(
+        lambda d: body(
+            d, image={"source": str(d / "huge.tif"), "extent": list(rasters.pixel_extent(GRID, 0, 0, 12000, 12000))}
+        ),
         413,
         "region_too_large",
         id="region too large to read",
@@ -157,7 +170,9 @@ def test_the_region_limit_is_named(client, data):
     response = client.post("/v1/analyze", json=body(data, options={"max_side": 100_000}))
     assert "4096" in response.json()["error"]["message"]
     huge = rasters.pixel_extent(GRID, 0, 0, 12000, 12000)
-    response = client.post("/v1/analyze", json=body(data, image={"source": str(data / "huge.tif"), "extent": list(huge)}))
+    response = client.post(
+        "/v1/analyze", json=body(data, image={"source": str(data / "huge.tif"), "extent": list(huge)})
+    )
     assert "megapixels" in response.json()["error"]["message"]
 
 
@@ -168,10 +183,20 @@ def test_non_json_body_is_a_400(client, data):
     assert_good_request_succeeds(client, data)
 
 
-ROUTES = [("GET", "/v1/models"), ("POST", "/v1/analyze"), ("GET", "/openapi.json"), ("POST", "/v1/chat/completions"), ("GET", "/nowhere")]
+ROUTES = [
+    ("GET", "/v1/models"),
+    ("POST", "/v1/analyze"),
+    ("GET", "/openapi.json"),
+    ("POST", "/v1/chat/completions"),
+    ("GET", "/nowhere"),
+]
 
 
-@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}], ids=["missing", "wrong", "basic"])
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}],
+    ids=["missing", "wrong", "basic"],
+)
 @pytest.mark.parametrize(("method", "path"), ROUTES)
 def test_every_route_but_health_needs_the_token(url, client, data, headers, method, path):
     response = httpx.request(method, f"{url}{path}", headers=headers, json=body(data))
@@ -208,8 +233,12 @@ def test_openapi_describes_the_protocol_dataclasses(client):
     assert set(schemas["ImageRef"]["properties"]) == {f.name for f in dataclasses.fields(ImageRef)}
     assert set(schemas["AnalyzeResponse"]["properties"]) == {f.name for f in dataclasses.fields(AnalyzeResponse)}
     analyze = document["paths"]["/v1/analyze"]["post"]
-    assert analyze["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/AnalyzeRequest"}
-    assert analyze["responses"]["200"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/AnalyzeResponse"}
+    assert analyze["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/AnalyzeRequest"
+    }
+    assert analyze["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/AnalyzeResponse"
+    }
     assert document["paths"]["/v1/health"]["get"]["security"] == []
     refs = {m for m in json.dumps(document).split('"') if m.startswith("#/components/schemas/")}
     assert {r.rsplit("/", 1)[1] for r in refs} <= set(schemas)  # every reference resolves
@@ -322,9 +351,7 @@ def test_the_openai_client_sees_our_errors(oai, client, data):
     assert error.value.body["code"] == "bad_image_count"
     assert "one or two images" in error.value.message
     with pytest.raises(openai.BadRequestError, match="data URL"):
-        oai.chat.completions.create(
-            model="echo", messages=user(image_part(url="https://example.com/a.png"))
-        )
+        oai.chat.completions.create(model="echo", messages=user(image_part(url="https://example.com/a.png")))
     with pytest.raises(openai.NotFoundError, match="unknown model 'gpt-7'"):
         oai.chat.completions.create(model="gpt-7", messages=user(image_part(np.zeros((4, 4, 3), np.uint8))))
     with pytest.raises(openai.AuthenticationError):

@@ -13,7 +13,15 @@ import shapely
 from shapely.geometry import box, shape
 from shapely.ops import transform as shapely_transform
 
-from rs_assistant.core.protocol import AnalyzeRequest, AnalyzeResponse, ErrorCode, ImageRef, Message, Options, ProtocolError
+from rs_assistant.core.protocol import (
+    AnalyzeRequest,
+    AnalyzeResponse,
+    ErrorCode,
+    ImageRef,
+    Message,
+    Options,
+    ProtocolError,
+)
 from rs_assistant.engine.registry import Registry
 from rs_assistant.engine.service import Engine
 from tests.engine import rasters
@@ -40,8 +48,12 @@ def engine(data) -> Engine:
 
 
 def request(data: Path, task: str = "caption", model: str = "echo", **kwargs) -> AnalyzeRequest:
-    images = kwargs.pop("images", None) or (ImageRef(extent=kwargs.pop("extent", FULL), crs=rasters.UTM, source=str(data / "before.tif")),)
-    return AnalyzeRequest(task=task, model=model, images=images, output_crs=kwargs.pop("output_crs", rasters.UTM), **kwargs)
+    images = kwargs.pop("images", None) or (
+        ImageRef(extent=kwargs.pop("extent", FULL), crs=rasters.UTM, source=str(data / "before.tif")),
+    )
+    return AnalyzeRequest(
+        task=task, model=model, images=images, output_crs=kwargs.pop("output_crs", rasters.UTM), **kwargs
+    )
 
 
 def test_caption_describes_the_window_that_was_read(engine, data):
@@ -73,7 +85,9 @@ def test_score_threshold_filters_detections(engine, data):
     default = engine.analyze(request(data, "ground"))
     assert [f["properties"]["label"] for f in default.feature_list] == ["bright"]
     # the one under the threshold is not drawn but sent back, for the dock's "show 1 more below 0.3"
-    assert [(f["properties"]["label"], f["properties"]["score"]) for f in default.held_back_list] == [("background", BACKGROUND_SCORE)]
+    assert [(f["properties"]["label"], f["properties"]["score"]) for f in default.held_back_list] == [
+        ("background", BACKGROUND_SCORE)
+    ]
     assert "not drawn" not in default.text
     low = engine.analyze(request(data, "ground", options=Options(score_threshold=0.05)))
     assert [f["properties"]["score"] for f in low.feature_list] == [BRIGHT_SCORE, BACKGROUND_SCORE]
@@ -81,7 +95,9 @@ def test_score_threshold_filters_detections(engine, data):
     high = engine.analyze(request(data, "ground", options=Options(score_threshold=0.95)))
     assert high.feature_list == [] and len(high.held_back_list) == 2
     wire = AnalyzeResponse.from_json(high.to_json())  # survives the wire
-    assert [shape(f["geometry"]).equals(shape(g["geometry"])) for f, g in zip(wire.held_back_list, high.held_back_list)] == [True, True]
+    assert [
+        shape(f["geometry"]).equals(shape(g["geometry"])) for f, g in zip(wire.held_back_list, high.held_back_list)
+    ] == [True, True]
 
 
 def test_segment_chains_a_grounding_model_into_its_segmenter(engine, data):
@@ -99,7 +115,9 @@ def test_auto_segment_chains_the_ground_model_into_a_box_segmenter_chosen_for_se
     """[tasks] ground = a grounding model, segment = SAM-like: "auto" finds the boxes, then masks them."""
     models = write_models_file(tmp_path / "models.toml", extra='\n[tasks]\nground = "slow"\nsegment = "seg"\n')
     engine = Engine(Registry.from_file(models))
-    response = engine.analyze(request(data, "segment", model="auto", prompt="roof", options=Options(score_threshold=0.05)))
+    response = engine.analyze(
+        request(data, "segment", model="auto", prompt="roof", options=Options(score_threshold=0.05))
+    )
     assert response.model == "slow + seg"  # the answer names both models
     assert engine.registry.backend("seg").boxes_seen == [(20.0, 10.0, 36.0, 26.0), (0.0, 0.0, 64.0, 64.0)]
     assert [f["properties"]["label"] for f in response.feature_list] == ["roof", "background"]
@@ -123,7 +141,9 @@ def test_change_reads_the_pair_and_maps_the_changed_pixels(engine, data):
 def test_chat_without_geometry(engine):
     image = np.zeros((20, 30, 3), np.uint8)
     image[..., 0] = 90
-    reply = engine.chat("echo", [image], "what is this?", history=(Message("user", "hi"), Message("assistant", "hello")))
+    reply = engine.chat(
+        "echo", [image], "what is this?", history=(Message("user", "hi"), Message("assistant", "hello"))
+    )
     assert reply.text == "30x20 image, mean colour (90, 0, 0), 2 earlier message(s)"
     assert reply.model == "echo" and reply.timing_ms.infer >= 0
 
@@ -134,8 +154,14 @@ def test_chat_without_geometry(engine):
         (lambda d: request(d, model="gpt-7"), ErrorCode.UNKNOWN_MODEL),
         (lambda d: request(d, "classify", prompt="a, b"), ErrorCode.UNSUPPORTED_TASK),
         (lambda d: request(d, output_crs="EPSG:999999"), ErrorCode.BAD_CRS),
-        (lambda d: request(d, images=(ImageRef(extent=FULL, crs="EPSG:999999", source=str(d / "before.tif")),)), ErrorCode.BAD_CRS),
-        (lambda d: request(d, images=(ImageRef(extent=FULL, crs=rasters.UTM, source=str(d / "nope.tif")),)), ErrorCode.SOURCE_NOT_FOUND),
+        (
+            lambda d: request(d, images=(ImageRef(extent=FULL, crs="EPSG:999999", source=str(d / "before.tif")),)),
+            ErrorCode.BAD_CRS,
+        ),
+        (
+            lambda d: request(d, images=(ImageRef(extent=FULL, crs=rasters.UTM, source=str(d / "nope.tif")),)),
+            ErrorCode.SOURCE_NOT_FOUND,
+        ),
         (lambda d: request(d, extent=(0, 0, 10, 10)), ErrorCode.EXTENT_OUTSIDE),
         (lambda d: request(d, model="broken"), ErrorCode.MODEL_LOAD_FAILED),
     ],
@@ -173,7 +199,10 @@ def test_a_failed_load_is_retried_on_the_next_request(engine, data):
 
 def test_requests_to_one_model_are_queued(engine, data):
     results: list[str] = []
-    threads = [threading.Thread(target=lambda: results.append(engine.analyze(request(data, model="slow")).text)) for _ in range(2)]
+    threads = [
+        threading.Thread(target=lambda: results.append(engine.analyze(request(data, model="slow")).text))
+        for _ in range(2)
+    ]
     started = time.monotonic()
     for thread in threads:
         thread.start()
@@ -234,7 +263,9 @@ def test_detections_on_other_images_use_their_own_window_and_keep_their_order(en
     dark, bright = rasters.pixel_extent(GRID, 0, 32, 32, 64), rasters.pixel_extent(GRID, 16, 4, 40, 28)
     images = tuple(ImageRef(extent=e, crs=rasters.UTM, source=str(data / "before.tif")) for e in (dark, bright))
     response = engine.analyze(request(data, "retrieve", model="ranking", prompt="roofs", images=images))
-    got = [(f["properties"]["image"], f["properties"]["rank"], shape(f["geometry"]).bounds) for f in response.feature_list]
+    got = [
+        (f["properties"]["image"], f["properties"]["rank"], shape(f["geometry"]).bounds) for f in response.feature_list
+    ]
     assert got == [(1, 1, box(*bright).bounds), (0, 2, box(*dark).bounds)]
     # ranked, not thresholded: the dark tile's score is far under the default threshold
     assert response.feature_list[1]["properties"]["score"] < Options().score_threshold

@@ -8,8 +8,14 @@ import numpy as np
 from osgeo import gdal, osr
 
 
-def write_geotiff(path: Path, epsg: int, origin: tuple[float, float], pixel: float, size: int = 200,
-                  bright: tuple[int, int, int, int] | None = (80, 80, 120, 120)) -> Path:
+def write_geotiff(
+    path: Path,
+    epsg: int,
+    origin: tuple[float, float],
+    pixel: float,
+    size: int = 200,
+    bright: tuple[int, int, int, int] | None = (80, 80, 120, 120),
+) -> Path:
     """An RGB GeoTIFF, north-up: ``origin`` is the top-left corner; ``bright`` = (col0, row0, col1, row1)."""
     data = np.full((3, size, size), 30, np.uint8)
     if bright is not None:

@@ -21,8 +21,20 @@ from rs_assistant.ui.transcript import HIGHLIGHT_COLOUR
 from tests.qgis.fake_engine import FakeEngineClient
 from tests.qgis.test_chat_dock import ask, select_region, wait_answer
 
-EXPECTED_FIELDS = ["label", "score", "kind", "area_m2", "length_m", "model", "prompt", "source", "created", "extent",
-                   "crs", "turn"]
+EXPECTED_FIELDS = [
+    "label",
+    "score",
+    "kind",
+    "area_m2",
+    "length_m",
+    "model",
+    "prompt",
+    "source",
+    "created",
+    "extent",
+    "crs",
+    "turn",
+]
 
 
 def link_positions(view) -> dict[str, int]:
@@ -77,7 +89,11 @@ def test_segment_gives_one_polygon_per_object_with_ground_areas_and_provenance(m
         ground = utm_area(assistant.project, feature)
         assert abs(feature["area_m2"] - ground) / ground < 0.002  # on the ground ...
         assert feature["area_m2"] < 0.7 * feature.geometry().area()  # ... not in Web-Mercator square metres
-        assert feature["length_m"] is None or feature["length_m"] != feature["length_m"] or str(feature["length_m"]) == "NULL"
+        assert (
+            feature["length_m"] is None
+            or feature["length_m"] != feature["length_m"]
+            or str(feature["length_m"]) == "NULL"
+        )
         assert feature["score"] == 0.8 and feature["label"] == "buildings" and feature["kind"] == "mask"
         assert feature["prompt"] == "buildings" and feature["model"] == "default"
         assert feature["source"] == "utm image" and feature["crs"] == "EPSG:3857" and feature["turn"] == turn.id
@@ -87,7 +103,9 @@ def test_segment_gives_one_polygon_per_object_with_ground_areas_and_provenance(m
         shown = QgsDateTimeFieldFormatter().representValue(layer, index, setup.config(), None, feature["created"])
         assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d( \(UTC\))?", shown), shown
         extent = [float(v) for v in feature["extent"].split(",")]
-        assert feature["extent"] == ",".join(f"{v:.2f}" for v in (region.xMinimum(), region.yMinimum(), region.xMaximum(), region.yMaximum()))
+        assert feature["extent"] == ",".join(
+            f"{v:.2f}" for v in (region.xMinimum(), region.yMinimum(), region.xMaximum(), region.yMaximum())
+        )
         assert len(extent) == 4
 
     transcript = assistant.dock.transcriptView.toPlainText()
@@ -102,7 +120,9 @@ def test_a_multipolygon_of_an_old_engine_is_split_on_the_plugin_side_too(make_as
     ask(qtbot, assistant, "/segment roofs")
     turn = wait_answer(qtbot, assistant)
     assert turn.feature_count == 3 and len(turn.features) == 3
-    assert sorted({ref.fid for ref in turn.features}) == sorted(f.id() for f in assistant.controller.last_layers[0].getFeatures())
+    assert sorted({ref.fid for ref in turn.features}) == sorted(
+        f.id() for f in assistant.controller.last_layers[0].getFeatures()
+    )
 
 
 def test_clicking_a_feature_in_the_answer_zooms_to_it_and_flashes_it(make_assistant, qtbot):
@@ -175,7 +195,10 @@ def test_held_back_detections_of_an_answer_that_drew_nothing_make_a_layer(make_a
     assistant.dock.imageLayerCombo.setLayer(assistant.raster)
     ask(qtbot, assistant, "/find cars")
     turn = wait_answer(qtbot, assistant)
-    assert assistant.controller.last_layers == [] and "Show 3 more below 0.3" in assistant.dock.transcriptView.toPlainText()
+    assert (
+        assistant.controller.last_layers == []
+        and "Show 3 more below 0.3" in assistant.dock.transcriptView.toPlainText()
+    )
     click_link(qtbot, assistant.dock.transcriptView, f"heldback:{turn.id}")
     turn = assistant.controller.conversation.get(turn.id)
     assert turn.feature_count == 3 and turn.result_layers == ("find cars",)
@@ -190,7 +213,9 @@ def _answer_modal(qtbot, steps: list) -> list[str]:
     def poll():
         widget = QApplication.activeModalWidget()
         if widget is not None and steps:
-            seen.append(f"{type(widget).__name__}: {widget.windowTitle() if isinstance(widget, QFileDialog) else widget.text()}")
+            seen.append(
+                f"{type(widget).__name__}: {widget.windowTitle() if isinstance(widget, QFileDialog) else widget.text()}"
+            )
             steps.pop(0)(widget)
         if steps:
             QTimer.singleShot(50, poll)

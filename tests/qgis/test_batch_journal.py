@@ -1,6 +1,6 @@
 """The resume journal of a batch job (pure Python: runs without QGIS too).
 
-    .venv/bin/python -m pytest -p no:pytest_qgis -p no:pytest-qt tests/qgis/test_batch_journal.py -q
+.venv/bin/python -m pytest -p no:pytest_qgis -p no:pytest-qt tests/qgis/test_batch_journal.py -q
 """
 
 from __future__ import annotations

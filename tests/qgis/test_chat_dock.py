@@ -23,7 +23,7 @@ def wait_answer(qtbot, assistant, timeout: int = 15000):
     return assistant.controller.conversation.turns[-1]
 
 
-def select_region(qtbot, assistant, start=QPoint(200, 250), end=QPoint(400, 420)) -> QgsRectangle:
+def select_region(qtbot, assistant, start=QPoint(200, 250), end=QPoint(400, 420)) -> QgsRectangle:  # noqa: B008 (QPoint is immutable here: never modified)
     canvas = assistant.canvas
     qtbot.waitUntil(lambda: canvas.mapSettings().outputSize() == canvas.viewport().size() and not canvas.isDrawing())
     assert canvas.viewport().rect().contains(end)
@@ -221,15 +221,19 @@ def test_compare_sends_before_and_after_in_different_crs(make_assistant, qtbot, 
     from tests.qgis.rasters import write_geotiff
 
     assistant = make_assistant()
-    after = add_raster(assistant.project, write_geotiff(tmp_path / "after.tif", 4326, (15.0, 42.0), 0.0001,
-                                                        bright=(50, 50, 90, 90)), "after wgs84")
+    after = add_raster(
+        assistant.project,
+        write_geotiff(tmp_path / "after.tif", 4326, (15.0, 42.0), 0.0001, bright=(50, 50, 90, 90)),
+        "after wgs84",
+    )
     assistant.dock.beforeLayerCombo.setLayer(assistant.raster)
     assistant.dock.afterLayerCombo.setLayer(after)
     qtbot.mouseClick(assistant.dock.swapButton, Qt.MouseButton.LeftButton)
     assert assistant.dock.beforeLayerCombo.currentLayer() is after
     qtbot.mouseClick(assistant.dock.swapButton, Qt.MouseButton.LeftButton)
-    assistant.controller.set_region(QgsRectangle(1669792, 5160979, 1670500, 5161500),
-                                    QgsCoordinateReferenceSystem("EPSG:3857"))
+    assistant.controller.set_region(
+        QgsRectangle(1669792, 5160979, 1670500, 5161500), QgsCoordinateReferenceSystem("EPSG:3857")
+    )
     qtbot.mouseClick(assistant.dock.compareButton, Qt.MouseButton.LeftButton)
     turn = wait_answer(qtbot, assistant)
     request = assistant.client.requests[-1]

@@ -73,18 +73,26 @@ def test_how_many_counts_the_features_drawn(make_assistant, qtbot):
 
 def test_what_changed_with_a_before_and_an_after_compares_them(make_assistant, qtbot, tmp_path):
     assistant = make_assistant()
-    after = add_raster(assistant.project, write_geotiff(tmp_path / "after.tif", 4326, (15.0, 42.0), 0.0001,
-                                                        bright=(50, 50, 90, 90)), "after wgs84")
+    after = add_raster(
+        assistant.project,
+        write_geotiff(tmp_path / "after.tif", 4326, (15.0, 42.0), 0.0001, bright=(50, 50, 90, 90)),
+        "after wgs84",
+    )
     assistant.dock.imageLayerCombo.setLayer(after)
     assistant.dock.beforeLayerCombo.setLayer(assistant.raster)
     assistant.dock.afterLayerCombo.setLayer(after)
-    assistant.controller.set_region(QgsRectangle(1669792, 5160979, 1670500, 5161500), QgsCoordinateReferenceSystem("EPSG:3857"))
+    assistant.controller.set_region(
+        QgsRectangle(1669792, 5160979, 1670500, 5161500), QgsCoordinateReferenceSystem("EPSG:3857")
+    )
     ask(qtbot, assistant, "what changed?")
     turn = wait_answer(qtbot, assistant)
     assert assistant.client.routed[-1].images == 2
     request = assistant.client.requests[-1]
     assert request.task is Task.CHANGE and request.prompt == "what changed?"
-    assert [i.source for i in request.images] == [assistant.raster.source(), after.source()]  # the pair, not the after alone
+    assert [i.source for i in request.images] == [
+        assistant.raster.source(),
+        after.source(),
+    ]  # the pair, not the after alone
     assert turn.state is TurnState.ANSWERED and turn.answer.startswith("Compared utm image with after wgs84")
 
 

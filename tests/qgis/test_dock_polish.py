@@ -48,16 +48,23 @@ def test_the_region_icon_is_drawn_not_a_black_square():
 
 def test_every_control_has_a_label_a_tooltip_and_text_or_an_icon(make_assistant):
     dock = make_assistant().dock
-    chat = [w for w in dock.dockContents.findChildren((QAbstractButton, QComboBox, QPlainTextEdit))
-            if w.isVisibleTo(dock) and (dock.setup_panel is None or not dock.setup_panel.isAncestorOf(w))]
+    chat = [
+        w
+        for w in dock.dockContents.findChildren((QAbstractButton, QComboBox, QPlainTextEdit))
+        if w.isVisibleTo(dock) and (dock.setup_panel is None or not dock.setup_panel.isAncestorOf(w))
+    ]
     assert len(chat) >= 14
     for widget in chat:
         name = widget.objectName()
         if isinstance(widget, QAbstractButton):
             assert widget.text().strip() or not widget.icon().isNull(), f"{name} shows neither text nor icon"
             if not widget.text().strip() or len(widget.text().strip()) < 2:
-                assert widget.toolTip() and widget.accessibleName(), f"{name}: an icon or a glyph needs a tooltip and a name"
-        assert widget.toolTip() or (isinstance(widget, QAbstractButton) and widget is dock.sendButton), f"{name} has no tooltip"
+                assert widget.toolTip() and widget.accessibleName(), (
+                    f"{name}: an icon or a glyph needs a tooltip and a name"
+                )
+        assert widget.toolTip() or (isinstance(widget, QAbstractButton) and widget is dock.sendButton), (
+            f"{name} has no tooltip"
+        )
     assert dock.modelLabel.text() == "Model" and dock.modelLabel.buddy() is dock.modelCombo
     assert not dock.settingsButton.icon().isNull() and dock.settingsButton.text() == "Settings"
     assert dock.settingsButton.toolButtonStyle() == Qt.ToolButtonStyle.ToolButtonIconOnly  # not a ⚙ glyph
@@ -71,6 +78,16 @@ def test_the_dock_holds_in_a_narrow_dock_area(usual_font, make_assistant, qtbot)
     window = assistant.iface.mainWindow()
     window.resizeDocks([dock], [NARROW], Qt.Orientation.Horizontal)
     qtbot.waitUntil(lambda: dock.width() <= NARROW + 2)
-    for button in (dock.describeButton, dock.findButton, dock.segmentButton, dock.compareButton, dock.newChatButton,
-                   dock.manageModelsButton, dock.useViewButton, dock.sendButton):
-        assert button.width() >= button.fontMetrics().horizontalAdvance(button.text()), f"{button.objectName()} is clipped"
+    for button in (
+        dock.describeButton,
+        dock.findButton,
+        dock.segmentButton,
+        dock.compareButton,
+        dock.newChatButton,
+        dock.manageModelsButton,
+        dock.useViewButton,
+        dock.sendButton,
+    ):
+        assert button.width() >= button.fontMetrics().horizontalAdvance(button.text()), (
+            f"{button.objectName()} is clipped"
+        )

@@ -29,10 +29,18 @@ from rs_assistant.ui.engine import EngineSupervisor
 from rs_assistant.ui.settings_dialog import SettingsDialog
 
 TORCH_VERSION = importlib.metadata.version("torch")
-GPU_UNUSED = DeviceInfo(type="cpu", name="AMD EPYC", memory_gb=64.0, dtype="float32", torch="2.5.1+cpu", cuda=None,
-                        warning="This computer has an NVIDIA GPU, but the engine's torch is a CPU-only build.")
-H100 = DeviceInfo(type="cuda", name="NVIDIA H100 80GB HBM3", memory_gb=79.2, dtype="bfloat16", torch="2.5.1+cu124",
-                  cuda="12.4")
+GPU_UNUSED = DeviceInfo(
+    type="cpu",
+    name="AMD EPYC",
+    memory_gb=64.0,
+    dtype="float32",
+    torch="2.5.1+cpu",
+    cuda=None,
+    warning="This computer has an NVIDIA GPU, but the engine's torch is a CPU-only build.",
+)
+H100 = DeviceInfo(
+    type="cuda", name="NVIDIA H100 80GB HBM3", memory_gb=79.2, dtype="bfloat16", torch="2.5.1+cu124", cuda="12.4"
+)
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +97,9 @@ def test_an_engine_python_lacking_packages_is_missing_packages_without_retries(q
 def test_a_models_file_with_an_error_is_bad_config_named_without_retries(qtbot, tmp_path):
     models = tmp_path / "models.toml"
     models.write_text('[models.x]\nbackend = "nope"\n', encoding="utf-8")  # edited by hand, wrongly
-    supervisor = EngineSupervisor(Settings(max_restarts=3), resolve_python=lambda s: sys.executable,
-                                  resolve_models=lambda s: str(models))
+    supervisor = EngineSupervisor(
+        Settings(max_restarts=3), resolve_python=lambda s: sys.executable, resolve_models=lambda s: str(models)
+    )
     statuses = recorded(supervisor)
     supervisor.start()
     qtbot.waitUntil(lambda: supervisor.status.state is EngineState.ERROR, timeout=120000)
@@ -105,8 +114,11 @@ def test_a_models_file_with_an_error_is_bad_config_named_without_retries(qtbot, 
 
 
 def test_a_ready_engine_reports_its_device_through_health(qtbot, tmp_path):
-    supervisor = EngineSupervisor(Settings(device="cpu", start_timeout_s=120), resolve_python=lambda s: sys.executable,
-                                  resolve_models=lambda s: "")
+    supervisor = EngineSupervisor(
+        Settings(device="cpu", start_timeout_s=120),
+        resolve_python=lambda s: sys.executable,
+        resolve_models=lambda s: "",
+    )
     healths = []
     supervisor.healthChanged.connect(healths.append)
     supervisor.start()
@@ -140,7 +152,11 @@ def test_the_dialog_keeps_an_empty_engine_python_and_the_set_up_options(qtbot):
     dialog.timeoutSpin.setValue(42)
     edited = dialog.settings()
     assert edited.engine_python == "" and edited.timeout_s == 42
-    assert (edited.engine_env_dir, edited.setup_torch, edited.setup_proxy) == ("/opt/rsa-env", "cuda", "http://proxy:3128")
+    assert (edited.engine_env_dir, edited.setup_torch, edited.setup_proxy) == (
+        "/opt/rsa-env",
+        "cuda",
+        "http://proxy:3128",
+    )
 
 
 def click_test(qtbot, dialog: SettingsDialog) -> str:

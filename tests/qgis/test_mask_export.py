@@ -31,7 +31,6 @@ from qgis.core import (
     QgsVectorLayer,
     edit,
 )
-
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QColor
 from qgis.PyQt.QtWidgets import QDialogButtonBox
@@ -67,7 +66,7 @@ def block_rect(col: int, row: int, cols: int, rows: int) -> QgsRectangle:
 def expected(classes: dict[int, tuple[int, int, int, int]], background: int = 0, burn: int | None = None) -> np.ndarray:
     array = np.full((HEIGHT, WIDTH), background, dtype=np.int64)
     for value, (col, row, cols, rows) in classes.items():
-        array[row:row + rows, col:col + cols] = value if burn is None else burn
+        array[row : row + rows, col : col + cols] = value if burn is None else burn
     return array
 
 
@@ -202,8 +201,15 @@ def test_core_burns_class_ids_with_nodata_background_and_compression(polygons, r
 
 
 def test_processing_burns_class_ids_and_the_grid_of_a_reference_path(provider, polygons, reference_tif, out):
-    result = run_mask({"INPUT": polygons, "BURN_FIELD": "class", "REFERENCE": str(reference_tif),
-                       "COMPRESSION": 2, "OUTPUT": str(out / "classes.tif")})
+    result = run_mask(
+        {
+            "INPUT": polygons,
+            "BURN_FIELD": "class",
+            "REFERENCE": str(reference_tif),
+            "COMPRESSION": 2,
+            "OUTPUT": str(out / "classes.tif"),
+        }
+    )
 
     dataset, array = read(Path(result["OUTPUT"]))
     assert_reference_grid(dataset)
@@ -216,8 +222,14 @@ def test_selected_features_only(provider, polygons, reference, out):
     grid = GridSpec.from_raster(reference)
 
     core = layer_to_mask(polygon_source(polygons, selected_only=True), grid, out / "core.tif", MaskOptions("class"))
-    algorithm = run_mask({"INPUT": QgsProcessingFeatureSourceDefinition(polygons.id(), True), "BURN_FIELD": "class",
-                          "REFERENCE": reference, "OUTPUT": str(out / "alg.tif")})
+    algorithm = run_mask(
+        {
+            "INPUT": QgsProcessingFeatureSourceDefinition(polygons.id(), True),
+            "BURN_FIELD": "class",
+            "REFERENCE": reference,
+            "OUTPUT": str(out / "alg.tif"),
+        }
+    )
 
     only_two = expected({2: BLOCKS[2]})
     np.testing.assert_array_equal(read(core)[1], only_two)
@@ -228,8 +240,11 @@ def test_all_touched_burns_partly_covered_pixels(polygons, reference_tif, out):
     layer = memory_layer("Polygon?crs=EPSG:32633", "inner")
     feature = QgsFeature()
     inner = block_rect(5, 3, 5, 4)  # shrunk by 6 m: the centres of its outer ring of pixels fall outside
-    feature.setGeometry(QgsGeometry.fromRect(QgsRectangle(inner.xMinimum() + 6, inner.yMinimum() + 6,
-                                                          inner.xMaximum() - 6, inner.yMaximum() - 6)))
+    feature.setGeometry(
+        QgsGeometry.fromRect(
+            QgsRectangle(inner.xMinimum() + 6, inner.yMinimum() + 6, inner.xMaximum() - 6, inner.yMaximum() - 6)
+        )
+    )
     layer.dataProvider().addFeatures([feature])
     grid = GridSpec.from_raster(reference_tif)
 
@@ -242,8 +257,15 @@ def test_all_touched_burns_partly_covered_pixels(polygons, reference_tif, out):
 
 def test_processing_extent_resolution_and_crs_make_the_grid(provider, polygons, out):
     extent = block_rect(0, 0, WIDTH, HEIGHT)  # the reference's extent, at twice the pixel size
-    result = run_mask({"INPUT": polygons, "EXTENT": QgsReferencedRectangle(extent, UTM), "RESOLUTION": 20.0,
-                       "TARGET_CRS": UTM, "OUTPUT": str(out / "coarse.tif")})
+    result = run_mask(
+        {
+            "INPUT": polygons,
+            "EXTENT": QgsReferencedRectangle(extent, UTM),
+            "RESOLUTION": 20.0,
+            "TARGET_CRS": UTM,
+            "OUTPUT": str(out / "coarse.tif"),
+        }
+    )
 
     dataset, array = read(Path(result["OUTPUT"]))
     assert (dataset.RasterXSize, dataset.RasterYSize) == (19, 12)  # 370 m / 20 and 230 m / 20, rounded up
@@ -259,8 +281,14 @@ def test_grid_from_extent_rounds_partial_pixels_up():
 
 @pytest.mark.parametrize(
     ("values", "data_type"),
-    [({0, 1}, gdal.GDT_Byte), ({0, 255}, gdal.GDT_Byte), ({0, 300}, gdal.GDT_UInt16),
-     ({-1, 5}, gdal.GDT_Int16), ({0, 70_000}, gdal.GDT_UInt32), ({-1, 70_000}, gdal.GDT_Int32)],
+    [
+        ({0, 1}, gdal.GDT_Byte),
+        ({0, 255}, gdal.GDT_Byte),
+        ({0, 300}, gdal.GDT_UInt16),
+        ({-1, 5}, gdal.GDT_Int16),
+        ({0, 70_000}, gdal.GDT_UInt32),
+        ({-1, 70_000}, gdal.GDT_Int32),
+    ],
 )
 def test_the_data_type_is_the_smallest_that_fits(values, data_type):
     assert fitting_data_type(values) == data_type
@@ -341,11 +369,20 @@ def test_round_trip_layer_to_mask_to_polygons_with_the_core(polygons, reference_
 
 
 def test_round_trip_through_processing_to_geopackage_and_shapefile(provider, polygons, reference, out):
-    mask = run_mask({"INPUT": polygons, "BURN_FIELD": "class", "NODATA": 200, "REFERENCE": reference,
-                     "OUTPUT": str(out / "classes.tif")})["OUTPUT"]
+    mask = run_mask(
+        {
+            "INPUT": polygons,
+            "BURN_FIELD": "class",
+            "NODATA": 200,
+            "REFERENCE": reference,
+            "OUTPUT": str(out / "classes.tif"),
+        }
+    )["OUTPUT"]
     for name in ("classes.gpkg", "classes.shp"):
-        result = processing.run("rs_assistant:masktopolygons", {"INPUT": mask, "FIELD_NAME": "class_id",
-                                                                "ZERO_BACKGROUND": False, "OUTPUT": str(out / name)})
+        result = processing.run(
+            "rs_assistant:masktopolygons",
+            {"INPUT": mask, "FIELD_NAME": "class_id", "ZERO_BACKGROUND": False, "OUTPUT": str(out / name)},
+        )
         assert polygon_areas(Path(result["OUTPUT"]), "class_id") == BLOCK_AREAS  # nodata 200 left out
 
 
@@ -363,8 +400,9 @@ def test_zero_and_nodata_as_background_are_options(inputs, out):
 
     both = mask_to_polygons(mask, out / "both.gpkg")
     keep_zero = mask_to_polygons(mask, out / "zero.gpkg", PolygonizeOptions(zero_as_background=False))
-    everything = mask_to_polygons(mask, out / "all.gpkg",
-                                  PolygonizeOptions(nodata_as_background=False, zero_as_background=False))
+    everything = mask_to_polygons(
+        mask, out / "all.gpkg", PolygonizeOptions(nodata_as_background=False, zero_as_background=False)
+    )
 
     assert polygon_areas(both) == {1: [4.0]}
     assert polygon_areas(keep_zero) == {0: [14.0], 1: [4.0]}
@@ -510,8 +548,12 @@ def dialog(qtbot, qgis_iface, qgis_new_project):
 
     asked: list[Path] = []
     bar = MessageBarRecorder()
-    widget = MaskExportDialog(qgis_iface.mainWindow(), qgis_iface.mapCanvas(),
-                              confirm_overwrite=lambda path: asked.append(path) or widget.answer, message_bar=bar)
+    widget = MaskExportDialog(
+        qgis_iface.mainWindow(),
+        qgis_iface.mapCanvas(),
+        confirm_overwrite=lambda path: asked.append(path) or widget.answer,
+        message_bar=bar,
+    )
     widget.answer = True
     widget.asked = asked
     widget.bar = bar
@@ -550,11 +592,13 @@ def test_dialog_exports_a_class_mask_on_the_reference_grid(qtbot, dialog, polygo
     # done: the dialog has closed and QGIS's message bar says what was written
     assert not dialog.isVisible() and not dialog.progressBar.isVisible()
     assert [(title, str(target) in text, level) for title, text, level in dialog.bar.messages] == [
-        ("Export done", True, Qgis.MessageLevel.Success)]
+        ("Export done", True, Qgis.MessageLevel.Success)
+    ]
 
 
 def test_dialog_before_a_run_shows_no_progress_a_readable_extent_and_a_pixel_size_with_its_unit(
-        qtbot, dialog, qgis_iface, polygons, reference):
+    qtbot, dialog, qgis_iface, polygons, reference
+):
     from qgis.PyQt.QtWidgets import QLineEdit
 
     assert not dialog.progressBar.isVisible()  # no "0%" before anything runs
@@ -570,8 +614,10 @@ def test_dialog_before_a_run_shows_no_progress_a_readable_extent_and_a_pixel_siz
     assert not dialog.extentWidget.outputExtent().isEmpty()
     edits = [e for e in dialog.extentWidget.findChildren(QLineEdit) if e.isVisible()]
     assert len(edits) == 4  # north, south, east, west
-    for edit in edits:
-        assert edit.width() >= edit.fontMetrics().horizontalAdvance(edit.text()), f"the extent is clipped: {edit.text()}"
+    for edit in edits:  # noqa: F402
+        assert edit.width() >= edit.fontMetrics().horizontalAdvance(edit.text()), (
+            f"the extent is clipped: {edit.text()}"
+        )
 
 
 def test_a_mask_added_to_the_project_draws_zero_transparent(qtbot, dialog, polygons, reference, out):
@@ -598,8 +644,10 @@ def test_processing_styles_the_mask_it_adds_to_the_project(provider, polygons, r
     from qgis.core import QgsPalettedRasterRenderer
 
     target = out / "classes.tif"
-    processing.runAndLoadResults("rs_assistant:layertomask", {
-        "INPUT": polygons, "REFERENCE": reference, "BURN_FIELD": "class", "OUTPUT": str(target)})
+    processing.runAndLoadResults(
+        "rs_assistant:layertomask",
+        {"INPUT": polygons, "REFERENCE": reference, "BURN_FIELD": "class", "OUTPUT": str(target)},
+    )
     loaded = [layer for layer in QgsProject.instance().mapLayers().values() if layer.source() == str(target)]
     assert len(loaded) == 1
     renderer = loaded[0].renderer()

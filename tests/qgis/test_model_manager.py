@@ -33,7 +33,9 @@ def store(qgis_app):
 def models_file(tmp_path) -> Path:
     """A models file with one registered model on disk (the shipped weights under another name)."""
     path = tmp_path / "models.toml"
-    path.write_text(f'[models.second]\nbackend = "rsa"\npath = "{resource("models", "rsa-default").as_posix()}"\n', encoding="utf-8")
+    path.write_text(
+        f'[models.second]\nbackend = "rsa"\npath = "{resource("models", "rsa-default").as_posix()}"\n', encoding="utf-8"
+    )
     return path
 
 
@@ -98,7 +100,9 @@ def test_lists_the_catalogue_and_registered_models_and_sets_a_task_default(qtbot
 
 def test_a_gated_model_says_it_needs_a_token(qtbot, store, models_file):
     dialog = open_dialog(qtbot, store, Settings(engine_python=sys.executable, models_file=str(models_file)))
-    gated = ListedModel("llama-geo", "qwen2_5_vl", ("chat",), in_catalog=True, on_disk=False, registered=False, gated=True)
+    gated = ListedModel(
+        "llama-geo", "qwen2_5_vl", ("chat",), in_catalog=True, on_disk=False, registered=False, gated=True
+    )
     assert dialog.status_text(gated) == "Not downloaded: needs a Hugging Face token"
 
 

@@ -14,8 +14,17 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 REQUIRED_METADATA = (
-    "name", "qgisMinimumVersion", "description", "about", "version", "author", "email",
-    "repository", "tracker", "license", "supportsQt6",
+    "name",
+    "qgisMinimumVersion",
+    "description",
+    "about",
+    "version",
+    "author",
+    "email",
+    "repository",
+    "tracker",
+    "license",
+    "supportsQt6",
 )
 
 
@@ -35,9 +44,14 @@ def test_zip_holds_one_plugin_folder_without_dev_files(plugin_zip):
     assert plugin_zip.name == f"rs_assistant-{version['general']['version']}.zip"
     names = zipfile.ZipFile(plugin_zip).namelist()
     assert all(n.startswith("rs_assistant/") for n in names)
-    for must in ("rs_assistant/__init__.py", "rs_assistant/metadata.txt", "rs_assistant/plugin.py",
-                 "rs_assistant/engine/__init__.py", "rs_assistant/resources/ui/chat_dock.ui",
-                 "rs_assistant/LICENSE"):
+    for must in (
+        "rs_assistant/__init__.py",
+        "rs_assistant/metadata.txt",
+        "rs_assistant/plugin.py",
+        "rs_assistant/engine/__init__.py",
+        "rs_assistant/resources/ui/chat_dock.ui",
+        "rs_assistant/LICENSE",
+    ):
         assert must in names
     assert any(n.startswith("rs_assistant/i18n/") and n.endswith(".qm") for n in names)
     for banned in ("tests/", "training/", "benchmarks/", "__pycache__", ".pyc", "resources/demo/"):
@@ -64,11 +78,15 @@ def test_installed_zip_loads_starts_and_unloads_without_leftovers(plugin_zip, tm
     env.pop("PYTHONPATH", None)
     result = subprocess.run(
         [sys.executable, str(ROOT / "tests" / "qgis" / "plugin_lifecycle_probe.py"), str(profile)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     lines = [l for l in result.stdout.splitlines() if l.startswith("REPORT ")]
     assert lines, result.stdout + result.stderr
-    report = json.loads(lines[-1][len("REPORT "):])
+    report = json.loads(lines[-1][len("REPORT ") :])
     assert report["available"] and report["loaded"] and report["started"]
     assert str(plugins) in report["module_file"]  # the installed copy, not the repository's
 

@@ -69,13 +69,17 @@ def test_region_action_and_map_tool_stay_in_step_and_unload_cleans_up(started_pl
     assert canvas.mapTool() is None
     assert plugin.engine is None and plugin.dock is None
     assert plugin.iface.registered_menus() == []
-    assert not [a for a in window.findChildren(type(plugin.select_region_action)) if a.objectName().startswith("action")]
+    assert not [
+        a for a in window.findChildren(type(plugin.select_region_action)) if a.objectName().startswith("action")
+    ]
 
 
 def test_settings_round_trip_through_namespaced_keys(qsettings):
     store = SettingsStore(qsettings)
     assert store.load() == Settings()
-    chosen = Settings(engine_url="http://127.0.0.1:9999", engine_token="t", timeout_s=12, max_restarts=1, output_folder="/tmp/x")
+    chosen = Settings(
+        engine_url="http://127.0.0.1:9999", engine_token="t", timeout_s=12, max_restarts=1, output_folder="/tmp/x"
+    )
     store.save(chosen)
     assert qsettings.value("rs_assistant/engine_url") == "http://127.0.0.1:9999"
     assert SettingsStore(QgsSettings()).load() == chosen

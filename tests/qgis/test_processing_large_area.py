@@ -91,7 +91,9 @@ def rows(path) -> list[tuple]:
     """The output's features as comparable rows, in a stable order."""
     out = []
     for feature in read_layer(path).getFeatures():
-        attributes = tuple(None if feature[name] is None or str(feature[name]) == "NULL" else feature[name] for name in FIELDS)
+        attributes = tuple(
+            None if feature[name] is None or str(feature[name]) == "NULL" else feature[name] for name in FIELDS
+        )
         attributes = attributes[:1] + (round(attributes[1], 6),) + attributes[2:]
         out.append((attributes, feature.geometry()))
     return sorted(out, key=lambda row: (str(row[0]), row[1].centroid().asPoint().x(), row[1].centroid().asPoint().y()))
@@ -146,9 +148,22 @@ def models_file(tmp_path_factory) -> Path:
 def start_engine(models_file: Path, folder: Path) -> tuple[subprocess.Popen, str, str]:
     token_file = folder / "token"
     process = subprocess.Popen(
-        [sys.executable, "-m", "rs_assistant.engine", "serve", "--port", "0", "--models", str(models_file),
-         "--token-file", str(token_file)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=open(folder / "engine.log", "w"), text=True,  # noqa: SIM115
+        [
+            sys.executable,
+            "-m",
+            "rs_assistant.engine",
+            "serve",
+            "--port",
+            "0",
+            "--models",
+            str(models_file),
+            "--token-file",
+            str(token_file),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=open(folder / "engine.log", "w"),  # noqa: SIM115
+        text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT), "RS_ASSISTANT_CACHE_DIR": str(folder / "cache")},
     )
     line = process.stdout.readline()
@@ -226,7 +241,9 @@ def test_find_objects_keeps_one_box_for_an_object_seen_by_several_tiles(connect,
 
 def test_segment_layer_merges_an_object_crossing_tile_seams_into_one_polygon(connect, raster, tmp_path):
     run("segmentlayer", {"INPUT": raster, "PROMPT": "roof", "OUTPUT": str(tmp_path / "roofs.gpkg")})
-    features = [f for f in read_layer(tmp_path / "roofs.gpkg").getFeatures() if f.geometry().intersects(pixel_rect(WHITE))]
+    features = [
+        f for f in read_layer(tmp_path / "roofs.gpkg").getFeatures() if f.geometry().intersects(pixel_rect(WHITE))
+    ]
     [roof] = features  # four tiles saw parts of it: one polygon
     assert roof["kind"] == "mask" and roof["label"] == "roof"
     assert roof.geometry().area() == pytest.approx(400 * 400, rel=1e-6)
@@ -235,7 +252,9 @@ def test_segment_layer_merges_an_object_crossing_tile_seams_into_one_polygon(con
 
 def test_change_over_area_gives_change_polygons_and_a_caption_per_tile(connect, qgis_new_project, scene, tmp_path):
     after = write_scene(tmp_path / "after.tif", white=(120, 120, 160, 160))  # the square moved
-    result = run("changeoverarea", {"BEFORE": str(scene), "AFTER": str(after), "OUTPUT": str(tmp_path / "changes.gpkg")})
+    result = run(
+        "changeoverarea", {"BEFORE": str(scene), "AFTER": str(after), "OUTPUT": str(tmp_path / "changes.gpkg")}
+    )
     assert result["TILES"] == TILES
     features = list(read_layer(tmp_path / "changes.gpkg").getFeatures())
     tiles = [f for f in features if f["kind"] == "tile"]
@@ -245,12 +264,16 @@ def test_change_over_area_gives_change_polygons_and_a_caption_per_tile(connect, 
     assert any(f["text"] != "0 changed pixel(s)" for f in tiles)
     changed_area = sum(f.geometry().area() for f in changes)
     assert changed_area == pytest.approx(2 * 400 * 400, rel=1e-6)  # where it was and where it is now
-    assert all(f.geometry().intersects(pixel_rect(WHITE)) or f.geometry().intersects(pixel_rect((120, 120, 160, 160)))
-               for f in changes)
+    assert all(
+        f.geometry().intersects(pixel_rect(WHITE)) or f.geometry().intersects(pixel_rect((120, 120, 160, 160)))
+        for f in changes
+    )
 
 
 def test_search_returns_the_best_tiles_ranked(connect, raster, tmp_path):
-    result = run("searchlayer", {"INPUT": raster, "PROMPT": "a red roof", "TOP_K": 3, "OUTPUT": str(tmp_path / "red.gpkg")})
+    result = run(
+        "searchlayer", {"INPUT": raster, "PROMPT": "a red roof", "TOP_K": 3, "OUTPUT": str(tmp_path / "red.gpkg")}
+    )
     assert result["FEATURES"] == 3
     features = sorted(read_layer(tmp_path / "red.gpkg").getFeatures(), key=lambda f: f["rank"])
     assert [f["rank"] for f in features] == [1, 2, 3]
@@ -265,8 +288,14 @@ def test_search_returns_the_best_tiles_ranked(connect, raster, tmp_path):
 
 def test_an_extent_limits_the_job_and_any_ogr_format_works(connect, raster, tmp_path):
     extent = pixel_rect((0, 0, 128, 128))
-    run("describetiles", {"INPUT": raster, "EXTENT": f"{extent.xMinimum()},{extent.xMaximum()},{extent.yMinimum()},"
-                          f"{extent.yMaximum()} [EPSG:32633]", "OUTPUT": str(tmp_path / "part.shp")})
+    run(
+        "describetiles",
+        {
+            "INPUT": raster,
+            "EXTENT": f"{extent.xMinimum()},{extent.xMaximum()},{extent.yMinimum()},{extent.yMaximum()} [EPSG:32633]",
+            "OUTPUT": str(tmp_path / "part.shp"),
+        },
+    )
     layer = read_layer(tmp_path / "part.shp")
     assert 0 < layer.featureCount() < TILES
     assert extent.buffered(1).contains(layer.extent())
@@ -280,7 +309,9 @@ def reference(engine, provider, tmp_path_factory, scene):
     SettingsStore().save(Settings(engine_url=url, engine_token=token))
     path = tmp_path_factory.mktemp("reference") / "reference.gpkg"
     try:
-        processing.run("rs_assistant:segmentlayer", {**GRID, "INPUT": str(scene), "PROMPT": "roof", "OUTPUT": str(path)})
+        processing.run(
+            "rs_assistant:segmentlayer", {**GRID, "INPUT": str(scene), "PROMPT": "roof", "OUTPUT": str(path)}
+        )
     finally:
         SettingsStore().clear()
     return path
@@ -290,7 +321,9 @@ def test_cancel_keeps_valid_features_and_a_rerun_resumes_to_the_same_result(refe
     out = tmp_path / "roofs.gpkg"
     parameters = {"INPUT": str(scene), "PROMPT": "roof", "MODEL": "slow", "BATCH_SIZE": 1, "OUTPUT": str(out)}
     feedback = Recorder(percent=4 * 100 / TILES, at_tile=lambda f: f.cancel())
-    with pytest.raises(QgsProcessingException, match=r"Cancelled after \d+ of 25 tile\(s\)\. .* run the algorithm again"):
+    with pytest.raises(
+        QgsProcessingException, match=r"Cancelled after \d+ of 25 tile\(s\)\. .* run the algorithm again"
+    ):
         run("segmentlayer", parameters, feedback)
     journal = Journal.open(Journal.path_for(out), _request_of(parameters))
     assert journal is not None and 4 <= len(journal.tiles) < TILES
@@ -410,9 +443,16 @@ def _request_of(parameters: dict) -> dict:
     """The batch request a segmentlayer run with ``parameters`` sends (to open its journal)."""
     from rs_assistant.core.protocol import BatchRequest, Options, Task
 
-    return BatchRequest(task=Task.SEGMENT, sources=(parameters["INPUT"],), output_crs="EPSG:32633", model=parameters["MODEL"],
-                        prompt=parameters["PROMPT"], tile_size=GRID["TILE_SIZE"], overlap=GRID["OVERLAP"],
-                        options=Options(score_threshold=0.3)).to_dict()
+    return BatchRequest(
+        task=Task.SEGMENT,
+        sources=(parameters["INPUT"],),
+        output_crs="EPSG:32633",
+        model=parameters["MODEL"],
+        prompt=parameters["PROMPT"],
+        tile_size=GRID["TILE_SIZE"],
+        overlap=GRID["OVERLAP"],
+        options=Options(score_threshold=0.3),
+    ).to_dict()
 
 
 def test_processing_lists_the_large_area_algorithms(provider):
@@ -434,16 +474,20 @@ def test_a_temporary_output_is_added_without_a_not_generated_error(connect, rast
             super().reportError(error, fatalError)
 
     before = set(QgsProject.instance().mapLayers())
-    result = processing.runAndLoadResults("rs_assistant:segmentlayer", {
-        **GRID, "INPUT": raster, "PROMPT": "roof", "OUTPUT": "TEMPORARY_OUTPUT"}, feedback=Errors())
+    result = processing.runAndLoadResults(
+        "rs_assistant:segmentlayer",
+        {**GRID, "INPUT": raster, "PROMPT": "roof", "OUTPUT": "TEMPORARY_OUTPUT"},
+        feedback=Errors(),
+    )
     assert errors == []  # was: "The following layers were not correctly generated. memory:Outlines"
     added = [QgsProject.instance().mapLayer(i) for i in set(QgsProject.instance().mapLayers()) - before]
     assert [layer.name() for layer in added] == ["Outlines"]
     assert added[0].featureCount() == result["FEATURES"] > 0
 
 
-def test_the_dialog_offers_the_models_in_a_list_and_keeps_resume_for_file_outputs(provider, models_file, qgis_iface,
-                                                                                    monkeypatch):
+def test_the_dialog_offers_the_models_in_a_list_and_keeps_resume_for_file_outputs(
+    provider, models_file, qgis_iface, monkeypatch
+):
     from processing.gui.AlgorithmDialog import AlgorithmDialog
     from qgis.gui import QgsBrowserGuiModel
 

@@ -175,8 +175,10 @@ def ready(plugin, client: FakeEngineClient) -> None:
 def project_with_rasters(tmp_path, *names: str):
     project = QgsProject.instance()
     project.setCrs(QgsCoordinateReferenceSystem("EPSG:3857"))
-    return [add_raster(project, write_geotiff(tmp_path / f"{i}.tif", UTM, UTM_ORIGIN, 10.0), name)
-            for i, name in enumerate(names)]
+    return [
+        add_raster(project, write_geotiff(tmp_path / f"{i}.tif", UTM, UTM_ORIGIN, 10.0), name)
+        for i, name in enumerate(names)
+    ]
 
 
 def test_deleting_the_canvas_or_clearing_the_project_after_unload_calls_nothing(plugin_factory, qtbot):
@@ -250,7 +252,9 @@ def test_a_saved_project_brings_back_its_layers_region_and_transcript(plugin_fac
     plugin = plugin_factory()
     ready(plugin, FakeEngineClient())
     plugin.dock.imageLayerCombo.setLayer(before)
-    plugin.controller.set_region(QgsRectangle(500200, 4648200, 501700, 4649700), QgsCoordinateReferenceSystem(f"EPSG:{UTM}"))
+    plugin.controller.set_region(
+        QgsRectangle(500200, 4648200, 501700, 4649700), QgsCoordinateReferenceSystem(f"EPSG:{UTM}")
+    )
     ask(qtbot, plugin.dock, "/describe")
     qtbot.waitUntil(lambda: not plugin.controller.busy, timeout=15000)
     region = plugin.controller.region.toString(0)

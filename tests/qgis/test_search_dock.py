@@ -38,9 +38,11 @@ def test_search_in_a_drawn_region_adds_a_ranked_tile_layer(make_assistant, qtbot
     assert turn.state is TurnState.ANSWERED and turn.feature_count == 2
     transcript = assistant.dock.transcriptView.toPlainText()
     assert "/search a harbour with many boats" in transcript
-    assert ("Best matches for “a harbour with many boats” (2 of 4 tiles of the region): #1 south-east (100%), "
-            "#2 north-east (67%). Similarity is relative to the tiles searched (100% = the best); tiles under 50% "
-            "are not shown.") in " ".join(transcript.split())
+    assert (
+        "Best matches for “a harbour with many boats” (2 of 4 tiles of the region): #1 south-east (100%), "
+        "#2 north-east (67%). Similarity is relative to the tiles searched (100% = the best); tiles under 50% "
+        "are not shown."
+    ) in " ".join(transcript.split())
     assert "tile 3" not in transcript and "0.80" not in transcript
     assert "2 tile(s), best first" in transcript and "#1 · 100%" in transcript and "#2 · 67%" in transcript
     assert "m²" not in transcript  # a tile's area says nothing about the match
@@ -52,10 +54,14 @@ def test_search_in_a_drawn_region_adds_a_ranked_tile_layer(make_assistant, qtbot
     assert layer.geometryType() == QgsWkbTypes.GeometryType.PolygonGeometry
     features = sorted(layer.getFeatures(), key=lambda f: f["rank"])
     assert [(f["rank"], f["similarity"], f["place"], f["score"]) for f in features] == [
-        (1, 100, "south-east", 1.0), (2, 67, "north-east", 0.67)]
+        (1, 100, "south-east", 1.0),
+        (2, 67, "north-east", 0.67),
+    ]
     assert [f["kind"] for f in features] == ["tile"] * 2
     assert "text" not in layer.fields().names() and "tile" not in layer.fields().names()  # no all-NULL column
-    assert "request_id" not in layer.fields().names() and {f["prompt"] for f in features} == {"a harbour with many boats"}
+    assert "request_id" not in layer.fields().names() and {f["prompt"] for f in features} == {
+        "a harbour with many boats"
+    }
     inside = QgsGeometry.fromRect(region).buffer(1, 1)
     assert all(inside.contains(f.geometry()) for f in features)
     assert layer.labelsEnabled() and "rank" in layer.labeling().settings().fieldName  # resources/styles/result_tile.qml
@@ -63,7 +69,10 @@ def test_search_in_a_drawn_region_adds_a_ranked_tile_layer(make_assistant, qtbot
     assert renderer.type() == "graduatedSymbol" and renderer.classAttribute() == "similarity"
     context = QgsRenderContext()
     renderer.startRender(context, layer.fields())
-    assert [renderer.symbolForFeature(f, context).color().name() for f in features] == ["#e31a1c", "#fecc5c"]  # 85-100%: red, 50-70%: yellow-orange
+    assert [renderer.symbolForFeature(f, context).color().name() for f in features] == [
+        "#e31a1c",
+        "#fecc5c",
+    ]  # 85-100%: red, 50-70%: yellow-orange
     renderer.stopRender(context)
     group = assistant.project.layerTreeRoot().findGroup(GROUP_NAME)
     assert [node.layer() for node in group.findLayers()] == [layer]

@@ -105,7 +105,9 @@ def test_a_fresh_profile_shows_the_set_up_panel(open_plugin, qtbot):
     panel = plugin.dock.setup_panel
     explanation = panel.explainLabel.text()
     assert "GB" in explanation and str(profile.default_env_dir()) in explanation and "PyTorch" in explanation
-    assert "about 1.5 GB" in explanation and "3 GB free" in explanation  # the CPU build: installed, and free while installing
+    assert (
+        "about 1.5 GB" in explanation and "3 GB free" in explanation
+    )  # the CPU build: installed, and free while installing
     assert not panel.reasonLabel.isVisible() and not panel.logView.isVisible()
     status = plugin.dock.engineStatusLabel.text()
     assert "not set up" in status and "Restart" not in status and "error" not in status.lower()
@@ -137,7 +139,9 @@ def test_cancelling_the_set_up_offers_to_resume_it(open_plugin, qtbot, env_dir, 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
-def test_the_set_up_from_the_panel_completes_and_the_engine_describes_a_geotiff(open_plugin, qtbot, env_dir, wheelhouse, tmp_path):
+def test_the_set_up_from_the_panel_completes_and_the_engine_describes_a_geotiff(
+    open_plugin, qtbot, env_dir, wheelhouse, tmp_path
+):
     plugin = open_plugin()
     panel = plugin.dock.setup_panel
     qtbot.waitUntil(panel.isVisible, timeout=10_000)
@@ -150,7 +154,9 @@ def test_the_set_up_from_the_panel_completes_and_the_engine_describes_a_geotiff(
     qtbot.waitUntil(lambda: not panel.running, timeout=SETUP_TIMEOUT_MS)
 
     log_text = panel.logView.toPlainText()
-    assert panel.statusLabel.text().startswith("The engine is set up"), panel.statusLabel.text() + "\n" + log_text[-3000:]
+    assert panel.statusLabel.text().startswith("The engine is set up"), (
+        panel.statusLabel.text() + "\n" + log_text[-3000:]
+    )
     assert progress == sorted(progress) and len(set(progress)) >= 4 and progress[-1] == 100
     python = setup_engine.venv_python(env_dir)
     assert f"ENGINE_PYTHON {python}" in log_text

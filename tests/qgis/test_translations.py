@@ -78,7 +78,9 @@ def test_every_translated_string_has_a_finished_french_translation():
     assert len(wanted) > 150  # the scan finds the plugin's strings
     missing = sorted(k for k in wanted if k not in have)
     assert not missing, "\n".join(f"{c}: {s}" for c, s in missing)
-    unfinished = sorted(k for k, (text, kind) in have.items() if not text.strip() or kind in ("unfinished", "obsolete", "vanished"))
+    unfinished = sorted(
+        k for k, (text, kind) in have.items() if not text.strip() or kind in ("unfinished", "obsolete", "vanished")
+    )
     assert not unfinished, unfinished
 
 

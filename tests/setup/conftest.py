@@ -56,8 +56,14 @@ def setup_command(*args: str, python: str = sys.executable) -> list[str]:
 
 def run_setup(*args: str, python: str = sys.executable, timeout: float = 900) -> SetupRun:
     start = time.monotonic()
-    out = subprocess.run(setup_command(*args, python=python), cwd=ROOT, env=hermetic_env(), capture_output=True,
-                         text=True, timeout=timeout)
+    out = subprocess.run(
+        setup_command(*args, python=python),
+        cwd=ROOT,
+        env=hermetic_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     lines = tuple(line for line in out.stdout.splitlines() if line.strip())
     return SetupRun(out.returncode, lines, time.monotonic() - start)
 

@@ -34,36 +34,71 @@ def test_the_venv_python_is_bin_python_or_scripts_python_exe():
     ],
 )
 def test_the_torch_variant_follows_the_nvidia_driver(system, on_path, files, expected):
-    variant = se.detect_torch_variant(system, which=on_path.get, exists=files.__contains__,
-                                      environ={"SystemRoot": r"C:\Windows"})
+    variant = se.detect_torch_variant(
+        system, which=on_path.get, exists=files.__contains__, environ={"SystemRoot": r"C:\Windows"}
+    )
     assert variant == expected
 
 
 def test_inside_qgis_on_windows_the_base_python_is_found_beside_qgis_bin():
     python = QGIS_WIN + r"\apps\Python312\python.exe"
     found = se.find_base_python(
-        executable=QGIS_WIN + r"\bin\qgis-bin.exe", base_prefix=QGIS_WIN + r"\apps\Python312", system="Windows",
-        version=(3, 12), is_file={python, QGIS_WIN + r"\bin\qgis-bin.exe"}.__contains__, which=lambda name: None)
+        executable=QGIS_WIN + r"\bin\qgis-bin.exe",
+        base_prefix=QGIS_WIN + r"\apps\Python312",
+        system="Windows",
+        version=(3, 12),
+        is_file={python, QGIS_WIN + r"\bin\qgis-bin.exe"}.__contains__,
+        which=lambda name: None,
+    )
     assert PureWindowsPath(found) == PureWindowsPath(python)
 
 
 def test_inside_the_qgis_app_on_macos_the_framework_python_is_found():
     prefix = "/Applications/QGIS.app/Contents/Frameworks/Python.framework/Versions/3.11"
     found = se.find_base_python(
-        executable="/Applications/QGIS.app/Contents/MacOS/QGIS", base_prefix=prefix, system="Darwin",
-        version=(3, 11), is_file={prefix + "/bin/python3.11"}.__contains__, which=lambda name: None)
+        executable="/Applications/QGIS.app/Contents/MacOS/QGIS",
+        base_prefix=prefix,
+        system="Darwin",
+        version=(3, 11),
+        is_file={prefix + "/bin/python3.11"}.__contains__,
+        which=lambda name: None,
+    )
     assert found == prefix + "/bin/python3.11"
 
 
 def test_a_real_python_executable_is_used_as_it_is_and_path_is_the_last_resort():
-    assert se.find_base_python(executable="/usr/bin/python3", base_prefix="/usr", system="Linux", version=(3, 11),
-                               is_file=lambda p: True, which=lambda n: None) == "/usr/bin/python3"
+    assert (
+        se.find_base_python(
+            executable="/usr/bin/python3",
+            base_prefix="/usr",
+            system="Linux",
+            version=(3, 11),
+            is_file=lambda p: True,
+            which=lambda n: None,
+        )
+        == "/usr/bin/python3"
+    )
     on_path = {"python3": "/opt/py/bin/python3"}
-    assert se.find_base_python(executable="/opt/qgis/bin/qgis", base_prefix="/gone", system="Linux", version=(3, 11),
-                               is_file=lambda p: False, which=on_path.get) == "/opt/py/bin/python3"
+    assert (
+        se.find_base_python(
+            executable="/opt/qgis/bin/qgis",
+            base_prefix="/gone",
+            system="Linux",
+            version=(3, 11),
+            is_file=lambda p: False,
+            which=on_path.get,
+        )
+        == "/opt/py/bin/python3"
+    )
     with pytest.raises(LookupError, match="--python"):
-        se.find_base_python(executable="qgis-bin.exe", base_prefix="", system="Windows", version=(3, 9),
-                            is_file=lambda p: False, which=lambda n: None)
+        se.find_base_python(
+            executable="qgis-bin.exe",
+            base_prefix="",
+            system="Windows",
+            version=(3, 9),
+            is_file=lambda p: False,
+            which=lambda n: None,
+        )
 
 
 def test_disk_needs_and_torch_indexes_per_variant():
@@ -93,12 +128,17 @@ def test_nothing_is_complete_without_a_matching_stamp(tmp_path):
 
 def test_pip_failures_become_one_line_that_says_what_to_do(tmp_path):
     offline = se.SetupOptions(target=tmp_path, find_links=tmp_path)
-    full = se._pip_failure(1, ["ERROR: Could not install packages due to an OSError: [Errno 28] No space left on "
-                               "device"], offline, "torch")
+    full = se._pip_failure(
+        1, ["ERROR: Could not install packages due to an OSError: [Errno 28] No space left on device"], offline, "torch"
+    )
     assert "disk is full" in str(full) and "free some space" in str(full)
-    refused = se._pip_failure(1, ["WARNING: Retrying (Retry(total=0)) after connection broken by "
-                                  "'ProxyError('Cannot connect to proxy.')'"], se.SetupOptions(target=tmp_path,
-                                  proxy="http://proxy:3128"), "torch", "https://pypi.org/simple/")
+    refused = se._pip_failure(
+        1,
+        ["WARNING: Retrying (Retry(total=0)) after connection broken by 'ProxyError('Cannot connect to proxy.')'"],
+        se.SetupOptions(target=tmp_path, proxy="http://proxy:3128"),
+        "torch",
+        "https://pypi.org/simple/",
+    )
     assert "through the proxy http://proxy:3128" in str(refused) and "--find-links" in str(refused)
 
 
@@ -111,17 +151,28 @@ def test_pip_failures_become_one_line_that_says_what_to_do(tmp_path):
     ],
 )
 def test_a_bad_command_line_says_what_is_wrong(args, message):
-    out = subprocess.run([sys.executable, "-m", "rs_assistant.setup_engine", *args], cwd=ROOT, env=hermetic_env(),
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "rs_assistant.setup_engine", *args],
+        cwd=ROOT,
+        env=hermetic_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 2
     assert out.stdout.splitlines()[-1].startswith("ERROR ") and message in out.stdout.splitlines()[-1]
 
 
 def test_the_set_up_module_uses_only_the_standard_library():
     tree = ast.parse(Path(se.__file__).read_text(encoding="utf-8"))
-    names = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
-    names |= {node.module.split(".")[0] for node in ast.walk(tree)
-              if isinstance(node, ast.ImportFrom) and node.module and node.level == 0}
+    names = {
+        alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+    }
+    names |= {
+        node.module.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0
+    }
     assert names - set(sys.stdlib_module_names) - {"__future__"} == set()
 
 

@@ -38,14 +38,24 @@ def fresh(tmp_path_factory, wheelhouse) -> tuple[Path, SetupRun]:
 
 def engine_run(python: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = hermetic_env()  # the plugin folder's parent on PYTHONPATH, as the plugin starts the engine
-    return subprocess.run([str(python), "-m", "rs_assistant.engine", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [str(python), "-m", "rs_assistant.engine", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 def write_scene(image: Path) -> Path:
     pixels = np.random.default_rng(0).integers(0, 255, (3, 64, 64), dtype=np.uint8)
-    with rasterio.open(image, "w", driver="GTiff", width=64, height=64, count=3, dtype="uint8",
-                       crs="EPSG:32633", transform=from_origin(500_000, 4_650_000, 10, 10)) as dst:
+    with rasterio.open(
+        image,
+        "w",
+        driver="GTiff",
+        width=64,
+        height=64,
+        count=3,
+        dtype="uint8",
+        crs="EPSG:32633",
+        transform=from_origin(500_000, 4_650_000, 10, 10),
+    ) as dst:
         dst.write(pixels)
     return image
 
@@ -66,8 +76,12 @@ def test_the_engine_python_answers_a_caption_request(fresh, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     answer = json.loads(out.stdout)
     assert answer["model"] == "default" and answer["text"].strip()
-    torch = subprocess.run([str(venv_python(target)), "-c", "import torch, numpy; print(torch.__version__)"],
-                           capture_output=True, text=True, env=hermetic_env())
+    torch = subprocess.run(
+        [str(venv_python(target)), "-c", "import torch, numpy; print(torch.__version__)"],
+        capture_output=True,
+        text=True,
+        env=hermetic_env(),
+    )
     assert torch.returncode == 0 and torch.stdout.startswith("2.")
 
 
@@ -95,8 +109,13 @@ def test_a_venv_whose_python_was_deleted_is_repaired(fresh, wheelhouse):
 
 def test_a_set_up_killed_mid_install_is_not_complete_and_a_rerun_finishes_it(tmp_path, wheelhouse):
     target = tmp_path / "env"
-    proc = subprocess.Popen(setup_command("--target", str(target), "--torch", "cpu", "--find-links", str(wheelhouse)),
-                            cwd=ROOT, env=hermetic_env(), stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        setup_command("--target", str(target), "--torch", "cpu", "--find-links", str(wheelhouse)),
+        cwd=ROOT,
+        env=hermetic_env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     seen = []
     for line in proc.stdout:
         seen.append(line)
@@ -150,8 +169,21 @@ def test_a_disk_too_small_is_named_before_anything_is_installed(tmp_path, wheelh
 
 def test_an_unreachable_index_gives_the_no_network_error_quickly(tmp_path):
     target = tmp_path / "env"
-    run = run_setup("--target", str(target), "--torch", "cpu", "--index-url", "http://127.0.0.1:9/simple",
-                    "--torch-index-url", "", "--retries", "0", "--timeout", "5", timeout=300)
+    run = run_setup(
+        "--target",
+        str(target),
+        "--torch",
+        "cpu",
+        "--index-url",
+        "http://127.0.0.1:9/simple",
+        "--torch-index-url",
+        "",
+        "--retries",
+        "0",
+        "--timeout",
+        "5",
+        timeout=300,
+    )
     assert run.returncode == 1
     assert run.last.startswith("ERROR pip could not reach the package index")
     assert all(option in run.last for option in ("--proxy", "--index-url", "--find-links"))
@@ -182,7 +214,8 @@ def test_a_folder_that_is_not_an_engine_environment_is_left_alone(tmp_path, whee
 
 def _older_python() -> str | None:
     pyenv = sorted(Path.home().glob(".pyenv/versions/3.[89]*/bin/python3")) + sorted(
-        Path.home().glob(".pyenv/versions/3.10*/bin/python3"))
+        Path.home().glob(".pyenv/versions/3.10*/bin/python3")
+    )
     for found in [shutil.which(name) for name in ("python3.10", "python3.9", "python3.8")] + [str(p) for p in pyenv]:
         if found and subprocess.run([found, "-c", "import venv"], capture_output=True).returncode == 0:
             return found
@@ -204,19 +237,45 @@ def test_pip_install_of_the_engine_extra_gives_a_working_console_script(fresh, w
     target, _ = fresh
     python = venv_python(target)
     env = {k: v for k, v in hermetic_env().items() if k != "PYTHONPATH"}
-    out = subprocess.run([str(python), "-m", "pip", "install", "--no-index", "--find-links", str(wheelhouse),
-                          f"{ROOT}[engine]", "-c", str(ROOT / "requirements" / "constraints.txt")],
-                         capture_output=True, text=True, env=env, timeout=600)
+    out = subprocess.run(
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--no-index",
+            "--find-links",
+            str(wheelhouse),
+            f"{ROOT}[engine]",
+            "-c",
+            str(ROOT / "requirements" / "constraints.txt"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     script = python.parent / ("rs-assistant-engine.exe" if sys.platform == "win32" else "rs-assistant-engine")
     helped = subprocess.run([str(script), "--help"], capture_output=True, text=True, env=env, cwd=target)
     assert helped.returncode == 0 and "serve" in helped.stdout and "run" in helped.stdout
     # Installed, not run from the repository: the built-in model's weights came with the wheel.
     image = write_scene(tmp_path / "scene.tif")
-    out = subprocess.run([str(script), "run", "--task", "caption", "--image", str(image)],
-                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    out = subprocess.run(
+        [str(script), "run", "--task", "caption", "--image", str(image)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout)["text"].strip()
-    where = subprocess.run([str(python), "-c", "import rs_assistant; print(rs_assistant.__file__)"],
-                           capture_output=True, text=True, env=env, cwd=tmp_path)
+    where = subprocess.run(
+        [str(python), "-c", "import rs_assistant; print(rs_assistant.__file__)"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     assert str(ROOT) not in where.stdout, where.stdout

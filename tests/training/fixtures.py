@@ -41,26 +41,42 @@ def _sentence(raw: str, imgid: int, sentid: int) -> dict:
 KARPATHY_SPLITS = ("train", "train", "train", "val", "test")
 
 
-def write_karpathy(root: Path, name: str = "rsicd", image_dir: str = "RSICD_images", ext: str = ".jpg",
-                   splits: tuple[str, ...] = KARPATHY_SPLITS) -> Path:
+def write_karpathy(
+    root: Path,
+    name: str = "rsicd",
+    image_dir: str = "RSICD_images",
+    ext: str = ".jpg",
+    splits: tuple[str, ...] = KARPATHY_SPLITS,
+) -> Path:
     """``dataset_<name>.json`` with one image per entry of ``splits``, two sentences each."""
     images = []
     for i, split in enumerate(splits):
         filename = f"scene_{i + 1}{ext}"
         write_image(root / image_dir / filename, colour=(40 * i, 0, 0))
-        images.append({
-            "filename": filename, "imgid": i, "split": split, "sentids": [2 * i, 2 * i + 1],
-            "sentences": [_sentence(f"there are {i + 1} planes .", i, 2 * i),
-                          _sentence(f" Scene {i + 1} has a runway . ", i, 2 * i + 1)],
-        })
+        images.append(
+            {
+                "filename": filename,
+                "imgid": i,
+                "split": split,
+                "sentids": [2 * i, 2 * i + 1],
+                "sentences": [
+                    _sentence(f"there are {i + 1} planes .", i, 2 * i),
+                    _sentence(f" Scene {i + 1} has a runway . ", i, 2 * i + 1),
+                ],
+            }
+        )
     write_json(root / f"dataset_{name}.json", {"images": images, "dataset": name})
     return root
 
 
 # --- LEVIR-CC and SECOND-CC --------------------------------------------------------------------
 
-LEVIR_PAIRS = (("train", "train_000001.png", 1), ("train", "train_000002.png", 0),
-               ("val", "val_000001.png", 1), ("test", "test_000001.png", 0))
+LEVIR_PAIRS = (
+    ("train", "train_000001.png", 1),
+    ("train", "train_000002.png", 0),
+    ("val", "val_000001.png", 1),
+    ("test", "test_000001.png", 0),
+)
 
 
 def write_levir_cc(root: Path) -> Path:
@@ -69,11 +85,22 @@ def write_levir_cc(root: Path) -> Path:
     for i, (split, filename, flag) in enumerate(LEVIR_PAIRS):
         write_image(root / "images" / split / "A" / filename, colour=RED)
         write_image(root / "images" / split / "B" / filename, colour=BLUE)
-        raws = [" a road is built .", " many houses appear ."] if flag else [" there is no difference .",
-                                                                              " the scene is the same as before ."]
-        images.append({"filepath": split, "filename": filename, "imgid": i, "split": split, "changeflag": flag,
-                       "sentids": [2 * i, 2 * i + 1],
-                       "sentences": [_sentence(raw, i, 2 * i + j) for j, raw in enumerate(raws)]})
+        raws = (
+            [" a road is built .", " many houses appear ."]
+            if flag
+            else [" there is no difference .", " the scene is the same as before ."]
+        )
+        images.append(
+            {
+                "filepath": split,
+                "filename": filename,
+                "imgid": i,
+                "split": split,
+                "changeflag": flag,
+                "sentids": [2 * i, 2 * i + 1],
+                "sentences": [_sentence(raw, i, 2 * i + j) for j, raw in enumerate(raws)],
+            }
+        )
     write_json(root / "LevirCCcaptions.json", {"images": images})
     return root
 
@@ -87,8 +114,16 @@ def write_second_cc(root: Path) -> Path:
     for i, (split, filename, flag) in enumerate(SECOND_PAIRS):
         for folder, colour in (("rgb/A", RED), ("rgb/B", BLUE), ("sem/A", GREEN), ("sem/B", GREY)):
             write_image(root / split / folder / filename, colour=colour)
-        images.append({"filename": filename, "imgid": i, "split": split, "changeflag": flag, "sentids": [i],
-                       "sentences": [_sentence(" the low vegetation turned into buildings .", i, i)]})
+        images.append(
+            {
+                "filename": filename,
+                "imgid": i,
+                "split": split,
+                "changeflag": flag,
+                "sentids": [i],
+                "sentences": [_sentence(" the low vegetation turned into buildings .", i, i)],
+            }
+        )
     write_json(root / "SECOND-CC-AUG.json", {"images": images})
     return root
 
@@ -98,23 +133,37 @@ def write_second_cc(root: Path) -> Path:
 # (xml file, image file, [(name, (xmin, ymin, xmax, ymax), description)]); object indices run
 # 0..4 over the files in name order: 00001 (0, 1), 00002 (2), 00003 (3, 4).
 DIOR_OBJECTS = (
-    ("00001", [("golffield", (133, 237, 684, 672), "A green and brown golf field"),
-               ("vehicle", (10, 20, 30, 40), "the vehicle at the top left")]),
+    (
+        "00001",
+        [
+            ("golffield", (133, 237, 684, 672), "A green and brown golf field"),
+            ("vehicle", (10, 20, 30, 40), "the vehicle at the top left"),
+        ],
+    ),
     ("00002", [("airplane", (100, 200, 300, 400), "an airplane in the middle")]),
-    ("00003", [("storagetank", (5, 6, 7, 8), "the small storage tank"),
-               ("ship", (50, 60, 150, 160), "a ship near the harbor")]),
+    (
+        "00003",
+        [
+            ("storagetank", (5, 6, 7, 8), "the small storage tank"),
+            ("ship", (50, 60, 150, 160), "a ship near the harbor"),
+        ],
+    ),
 )
 DIOR_SPLITS = {"train": [0, 2, 4], "val": [1], "test": [3]}
 
 
 def dior_xml(filename: str, objects: list[tuple[str, tuple[int, ...], str]]) -> str:
-    parts = [f'<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n<annotation>\n  <filename>{filename}</filename>'
-             f"\n  <source>\n    <database>DIOR</database>\n  </source>\n  <size>\n    <width>800</width>\n"
-             f"    <height>800</height>\n    <depth>3</depth>\n  </size>\n  <segmented>0</segmented>"]
+    parts = [
+        f'<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n<annotation>\n  <filename>{filename}</filename>'
+        f"\n  <source>\n    <database>DIOR</database>\n  </source>\n  <size>\n    <width>800</width>\n"
+        f"    <height>800</height>\n    <depth>3</depth>\n  </size>\n  <segmented>0</segmented>"
+    ]
     for name, (x0, y0, x1, y1), text in objects:
-        parts.append(f"  <object>\n    <name>{name}</name>\n    <pose>Unspecified</pose>\n    <bndbox>\n"
-                     f"      <xmin>{x0}</xmin>\n      <ymin>{y0}</ymin>\n      <xmax>{x1}</xmax>\n"
-                     f"      <ymax>{y1}</ymax>\n    </bndbox>\n    <description>{text}</description>\n  </object>")
+        parts.append(
+            f"  <object>\n    <name>{name}</name>\n    <pose>Unspecified</pose>\n    <bndbox>\n"
+            f"      <xmin>{x0}</xmin>\n      <ymin>{y0}</ymin>\n      <xmax>{x1}</xmax>\n"
+            f"      <ymax>{y1}</ymax>\n    </bndbox>\n    <description>{text}</description>\n  </object>"
+        )
     return "\n".join(parts) + "\n</annotation>"
 
 
@@ -143,21 +192,49 @@ RSVQA_QUESTIONS = {
     4: (1, "presence", "Is there a lake?", [5], False),
     5: (2, "presence", "Is there a farm?", [6], True),
 }
-RSVQA_ANSWERS = {0: (0, "yes", True), 1: (1, "0", False), 2: (1, "between 11 and 100", True),
-                 3: (2, "no", True), 4: (3, "rural", True), 5: (4, "no", True), 6: (5, "yes", True)}
+RSVQA_ANSWERS = {
+    0: (0, "yes", True),
+    1: (1, "0", False),
+    2: (1, "between 11 and 100", True),
+    3: (2, "no", True),
+    4: (3, "rural", True),
+    5: (4, "no", True),
+    6: (5, "yes", True),
+}
 
 
 def write_rsvqa(root: Path, variant: str = "LR", split: str = "train") -> Path:
     prefix, image_dir = {"LR": ("LR", "Images_LR"), "HR": ("USGS", "Data")}[variant]
-    images = [{"id": i, "date_added": 1583000000, "original_name": f"S2_{i}.tif", "sensor": "Sentinel-2",
-               "people_id": 0, "type": "Visible", "active": active,
-               "questions_ids": [q for q, v in RSVQA_QUESTIONS.items() if v[0] == i]}
-              for i, active in RSVQA_IMAGES.items()]
-    questions = [{"id": q, "date_added": 1583000000, "img_id": img, "people_id": 0, "type": kind, "question": text,
-                  "answers_ids": answers, "active": active}
-                 for q, (img, kind, text, answers, active) in RSVQA_QUESTIONS.items()]
-    answers = [{"id": a, "date_added": 1583000000, "question_id": q, "people_id": 0, "answer": text, "active": active}
-               for a, (q, text, active) in RSVQA_ANSWERS.items()]
+    images = [
+        {
+            "id": i,
+            "date_added": 1583000000,
+            "original_name": f"S2_{i}.tif",
+            "sensor": "Sentinel-2",
+            "people_id": 0,
+            "type": "Visible",
+            "active": active,
+            "questions_ids": [q for q, v in RSVQA_QUESTIONS.items() if v[0] == i],
+        }
+        for i, active in RSVQA_IMAGES.items()
+    ]
+    questions = [
+        {
+            "id": q,
+            "date_added": 1583000000,
+            "img_id": img,
+            "people_id": 0,
+            "type": kind,
+            "question": text,
+            "answers_ids": answers,
+            "active": active,
+        }
+        for q, (img, kind, text, answers, active) in RSVQA_QUESTIONS.items()
+    ]
+    answers = [
+        {"id": a, "date_added": 1583000000, "question_id": q, "people_id": 0, "answer": text, "active": active}
+        for a, (q, text, active) in RSVQA_ANSWERS.items()
+    ]
     write_json(root / f"{prefix}_split_{split}_images.json", {"images": images})
     write_json(root / f"{prefix}_split_{split}_questions.json", {"questions": questions})
     write_json(root / f"{prefix}_split_{split}_answers.json", {"answers": answers})
@@ -170,17 +247,32 @@ def write_rsvqa(root: Path, variant: str = "LR", split: str = "train") -> Path:
 
 GEOCHAT_SIZE = (200, 100)  # width, height: x and y scale differently (x2, x1)
 GEOCHAT_RECORDS = [
-    {"id": "P0003_0004", "image": "P0003_0004.png", "conversations": [
-        {"from": "human", "value": "<image>\n[refer] Where is the white plane at the top?"},
-        {"from": "gpt", "value": "{<10><20><50><60>|<30>}"}]},
-    {"id": "P0010_0001", "image": "P0010_0001.png", "conversations": [
-        {"from": "human", "value": "<image>\n[grounding] Describe the image in detail."},
-        {"from": "gpt", "value": "Two <p>ships</p> {<0><0><25><50>|0} {<75><50><100><100>} are docked."},
-        {"from": "human", "value": "[vqa] How many ships are there?"},
-        {"from": "gpt", "value": "2"}]},
-    {"id": "P0020_0002", "image": "P0020_0002.png", "conversations": [
-        {"from": "human", "value": "<image>\nWhat is the main land use?"},
-        {"from": "gpt", "value": "The image shows farmland."}]},
+    {
+        "id": "P0003_0004",
+        "image": "P0003_0004.png",
+        "conversations": [
+            {"from": "human", "value": "<image>\n[refer] Where is the white plane at the top?"},
+            {"from": "gpt", "value": "{<10><20><50><60>|<30>}"},
+        ],
+    },
+    {
+        "id": "P0010_0001",
+        "image": "P0010_0001.png",
+        "conversations": [
+            {"from": "human", "value": "<image>\n[grounding] Describe the image in detail."},
+            {"from": "gpt", "value": "Two <p>ships</p> {<0><0><25><50>|0} {<75><50><100><100>} are docked."},
+            {"from": "human", "value": "[vqa] How many ships are there?"},
+            {"from": "gpt", "value": "2"},
+        ],
+    },
+    {
+        "id": "P0020_0002",
+        "image": "P0020_0002.png",
+        "conversations": [
+            {"from": "human", "value": "<image>\nWhat is the main land use?"},
+            {"from": "gpt", "value": "The image shows farmland."},
+        ],
+    },
 ]
 
 
@@ -192,17 +284,32 @@ def write_geochat(root: Path) -> Path:
 
 
 CHANGECHAT_RECORDS = [
-    {"id": "train_000001_caption", "image": ["train/A/train_000001.png", "train/B/train_000001.png"],
-     "conversations": [{"from": "human", "value": "<image>\nPlease briefly describe the changes in these two images."},
-                       {"from": "gpt", "value": "Some buildings are constructed along the road."}]},
-    {"id": "train_000001_multi", "image": ["train/A/train_000001.png", "train/B/train_000001.png"],
-     "conversations": [{"from": "human", "value": "<image>\nHave any changes occurred?"},
-                       {"from": "gpt", "value": "Yes."},
-                       {"from": "human", "value": "How many buildings were added?"},
-                       {"from": "gpt", "value": "3"}]},
-    {"id": "train_000002_loc", "image": ["train/A/train_000002.png", "train/B/train_000002.png"],
-     "conversations": [{"from": "human", "value": "<image>\nWhere did the changes occur?"},
-                       {"from": "gpt", "value": "In the top-left and center regions."}]},
+    {
+        "id": "train_000001_caption",
+        "image": ["train/A/train_000001.png", "train/B/train_000001.png"],
+        "conversations": [
+            {"from": "human", "value": "<image>\nPlease briefly describe the changes in these two images."},
+            {"from": "gpt", "value": "Some buildings are constructed along the road."},
+        ],
+    },
+    {
+        "id": "train_000001_multi",
+        "image": ["train/A/train_000001.png", "train/B/train_000001.png"],
+        "conversations": [
+            {"from": "human", "value": "<image>\nHave any changes occurred?"},
+            {"from": "gpt", "value": "Yes."},
+            {"from": "human", "value": "How many buildings were added?"},
+            {"from": "gpt", "value": "3"},
+        ],
+    },
+    {
+        "id": "train_000002_loc",
+        "image": ["train/A/train_000002.png", "train/B/train_000002.png"],
+        "conversations": [
+            {"from": "human", "value": "<image>\nWhere did the changes occur?"},
+            {"from": "gpt", "value": "In the top-left and center regions."},
+        ],
+    },
 ]
 
 
@@ -253,20 +360,45 @@ def write_coco_masks(root: Path) -> Path:
     compressed = mask_utils.encode(np.asfortranarray(masks["rle_string"].astype(np.uint8)))
     document = {
         "info": {"description": "GeoPixInstruct-style fixture"},
-        "images": [{"id": 1, "file_name": "P0001_0000.png", "width": COCO_WIDTH, "height": COCO_HEIGHT},
-                   {"id": 2, "file_name": "P0002_0000.png", "width": COCO_WIDTH, "height": COCO_HEIGHT},
-                   {"id": 3, "file_name": "P0003_0000.png", "width": COCO_WIDTH, "height": COCO_HEIGHT}],
-        "categories": [{"id": 1, "name": "plane", "supercategory": "vehicle"},
-                       {"id": 2, "name": "storage tank", "supercategory": "facility"}],
+        "images": [
+            {"id": 1, "file_name": "P0001_0000.png", "width": COCO_WIDTH, "height": COCO_HEIGHT},
+            {"id": 2, "file_name": "P0002_0000.png", "width": COCO_WIDTH, "height": COCO_HEIGHT},
+            {"id": 3, "file_name": "P0003_0000.png", "width": COCO_WIDTH, "height": COCO_HEIGHT},
+        ],
+        "categories": [
+            {"id": 1, "name": "plane", "supercategory": "vehicle"},
+            {"id": 2, "name": "storage tank", "supercategory": "facility"},
+        ],
         "annotations": [
-            {"id": 11, "image_id": 1, "category_id": 1, "iscrowd": 0, "area": 9, "bbox": [3, 2, 3, 3],
-             "segmentation": {"size": [COCO_HEIGHT, COCO_WIDTH], "counts": compressed["counts"].decode("ascii")},
-             "description": "the plane in the middle"},
-            {"id": 12, "image_id": 1, "category_id": 2, "iscrowd": 1, "area": 7, "bbox": [0, 0, 10, 8],
-             "segmentation": {"size": [COCO_HEIGHT, COCO_WIDTH], "counts": uncompressed_rle(masks["rle_list"])},
-             "sentences": [{"raw": "storage tanks at the corners", "sent": "storage tanks at the corners"}]},
-            {"id": 13, "image_id": 2, "category_id": 1, "iscrowd": 0, "area": 6, "bbox": [1, 1, 3, 2],
-             "segmentation": [[1, 1, 4, 1, 4, 3, 1, 3]]},
+            {
+                "id": 11,
+                "image_id": 1,
+                "category_id": 1,
+                "iscrowd": 0,
+                "area": 9,
+                "bbox": [3, 2, 3, 3],
+                "segmentation": {"size": [COCO_HEIGHT, COCO_WIDTH], "counts": compressed["counts"].decode("ascii")},
+                "description": "the plane in the middle",
+            },
+            {
+                "id": 12,
+                "image_id": 1,
+                "category_id": 2,
+                "iscrowd": 1,
+                "area": 7,
+                "bbox": [0, 0, 10, 8],
+                "segmentation": {"size": [COCO_HEIGHT, COCO_WIDTH], "counts": uncompressed_rle(masks["rle_list"])},
+                "sentences": [{"raw": "storage tanks at the corners", "sent": "storage tanks at the corners"}],
+            },
+            {
+                "id": 13,
+                "image_id": 2,
+                "category_id": 1,
+                "iscrowd": 0,
+                "area": 6,
+                "bbox": [1, 1, 3, 2],
+                "segmentation": [[1, 1, 4, 1, 4, 3, 1, 3]],
+            },
         ],
     }
     for image in document["images"]:
@@ -340,8 +472,12 @@ def write_shards(root: Path) -> Path:
 
 # --- four scene classes (the clip and capret recipes' overfitting fixture) ---------------------
 
-SCENE_CLASSES = (("forest", (20, 120, 30)), ("harbor", (30, 60, 200)), ("airport", (200, 200, 200)),
-                 ("farmland", (180, 150, 60)))
+SCENE_CLASSES = (
+    ("forest", (20, 120, 30)),
+    ("harbor", (30, 60, 200)),
+    ("airport", (200, 200, 200)),
+    ("farmland", (180, 150, 60)),
+)
 
 
 def write_scene_classes(root: Path, image_dir: str = "images", splits: tuple[str, ...] = ("train",)) -> Path:
@@ -356,9 +492,18 @@ def write_scene_classes(root: Path, image_dir: str = "images", splits: tuple[str
             (root / image_dir).mkdir(parents=True, exist_ok=True)
             Image.fromarray(pixels).save(root / image_dir / filename)
             i = len(images)
-            images.append({"filename": filename, "imgid": i, "split": split, "sentids": [2 * i, 2 * i + 1],
-                           "sentences": [_sentence(f"a satellite image of {label}.", i, 2 * i),
-                                         _sentence(f"an aerial view of the {label}.", i, 2 * i + 1)]})
+            images.append(
+                {
+                    "filename": filename,
+                    "imgid": i,
+                    "split": split,
+                    "sentids": [2 * i, 2 * i + 1],
+                    "sentences": [
+                        _sentence(f"a satellite image of {label}.", i, 2 * i),
+                        _sentence(f"an aerial view of the {label}.", i, 2 * i + 1),
+                    ],
+                }
+            )
     write_json(root / "dataset_rsitmd.json", {"images": images, "dataset": "rsitmd"})
     return root
 
@@ -370,8 +515,10 @@ def write_scene_classes(root: Path, image_dir: str = "images", splits: tuple[str
 GEOPIX_SIZE = 32
 GEOPIX_CATEGORIES = {1: ("plane", RED), 2: ("storage tank", BLUE)}
 GEOPIX_IMAGES = (
-    ("P0101_0000.png", [(1, (4, 12, 4, 12), "rle_string", "the plane at the top left"),
-                        (2, (18, 28, 16, 30), "rle_list", None)]),
+    (
+        "P0101_0000.png",
+        [(1, (4, 12, 4, 12), "rle_string", "the plane at the top left"), (2, (18, 28, 16, 30), "rle_list", None)],
+    ),
     ("P0102_0000.png", [(1, (16, 28, 2, 10), "polygon", "the plane at the bottom left")]),
     ("P0103_0000.png", [(2, (2, 10, 20, 30), "rle_string", "the storage tank at the top right")]),
 )
@@ -408,8 +555,15 @@ def write_geopix_coco(root: Path) -> Path:
                 segmentation = {"size": [GEOPIX_SIZE, GEOPIX_SIZE], "counts": uncompressed_rle(mask)}
             else:
                 segmentation = [[c0, r0, c1, r0, c1, r1, c0, r1]]
-            annotation = {"id": next_id, "image_id": image_id, "category_id": category, "iscrowd": 0,
-                          "area": int(mask.sum()), "bbox": [c0, r0, c1 - c0, r1 - r0], "segmentation": segmentation}
+            annotation = {
+                "id": next_id,
+                "image_id": image_id,
+                "category_id": category,
+                "iscrowd": 0,
+                "area": int(mask.sum()),
+                "bbox": [c0, r0, c1 - c0, r1 - r0],
+                "segmentation": segmentation,
+            }
             if text:
                 annotation["description"] = text
             annotations.append(annotation)
@@ -425,9 +579,18 @@ def write_geopix_coco(root: Path) -> Path:
 
 # (file name, changeflag, (row0, row1, col0, col1) of the building drawn on B or None, captions)
 LEVIR_CHANGE_PAIRS = (
-    ("train_000101.png", 1, (2, 14, 2, 14), (" a building appears at the top left .", " a house is built at the top left .")),
-    ("train_000102.png", 1, (18, 30, 16, 30), (" a building appears at the bottom right .",
-                                                " a house is built at the bottom right .")),
+    (
+        "train_000101.png",
+        1,
+        (2, 14, 2, 14),
+        (" a building appears at the top left .", " a house is built at the top left ."),
+    ),
+    (
+        "train_000102.png",
+        1,
+        (18, 30, 16, 30),
+        (" a building appears at the bottom right .", " a house is built at the bottom right ."),
+    ),
     ("train_000103.png", 0, None, (" there is no difference .", " the scene is the same as before .")),
     ("train_000104.png", 0, None, (" there is no difference .", " nothing has changed .")),
 )
@@ -448,8 +611,16 @@ def write_levir_cc_pairs(root: Path, split: str = "train") -> Path:
         for folder, pixels in (("A", before), ("B", after)):
             (root / "images" / split / folder).mkdir(parents=True, exist_ok=True)
             Image.fromarray(pixels).save(root / "images" / split / folder / filename)
-        images.append({"filepath": split, "filename": filename, "imgid": i, "split": split, "changeflag": flag,
-                       "sentids": [2 * i, 2 * i + 1],
-                       "sentences": [_sentence(raw, i, 2 * i + j) for j, raw in enumerate(raws)]})
+        images.append(
+            {
+                "filepath": split,
+                "filename": filename,
+                "imgid": i,
+                "split": split,
+                "changeflag": flag,
+                "sentids": [2 * i, 2 * i + 1],
+                "sentences": [_sentence(raw, i, 2 * i + j) for j, raw in enumerate(raws)],
+            }
+        )
     write_json(root / "LevirCCcaptions.json", {"images": images})
     return root

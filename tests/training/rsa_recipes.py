@@ -6,8 +6,9 @@ from __future__ import annotations
 import base64
 import json
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import torch
 
@@ -27,8 +28,15 @@ def tiny_values(recipe: str, tmp: Path, **changes: Any) -> dict[str, Any]:
 
 def cli_args(recipe: str, tmp: Path, **changes: Any) -> list[str]:
     """``python -m training RECIPE --config tiny.toml --set ...`` arguments."""
-    args = [recipe, "--config", str(RECIPES / recipe / "tiny.toml"), "--set", f"out={tmp / 'model'}",
-            "--set", f"work_dir={tmp / 'work'}"]
+    args = [
+        recipe,
+        "--config",
+        str(RECIPES / recipe / "tiny.toml"),
+        "--set",
+        f"out={tmp / 'model'}",
+        "--set",
+        f"work_dir={tmp / 'work'}",
+    ]
     for key, value in changes.items():
         args += ["--set", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
     return args
@@ -55,8 +63,9 @@ def assert_same_trainable(work_dir: str | Path, other: str | Path) -> None:
         torch.testing.assert_close(again[name], value, rtol=1e-4, atol=1e-5, msg=name)
 
 
-def assert_resumes_to_the_same_weights(recipe: Callable[[Any], Any], config: Callable[[Path], Any], tmp: Path,
-                                       stop_at: int) -> tuple[Any, Any]:
+def assert_resumes_to_the_same_weights(
+    recipe: Callable[[Any], Any], config: Callable[[Path], Any], tmp: Path, stop_at: int
+) -> tuple[Any, Any]:
     """A run stopped after step ``stop_at`` and resumed ends with the trainable parameters of an uninterrupted one;
     the two configs (straight, cut)."""
     from training.loop import train
@@ -82,7 +91,9 @@ def mean(log: list[dict], key: str, part: slice) -> float:
 def png(path: Path, size: tuple[int, int]) -> Any:
     from rs_assistant.core.protocol import ImageRef
 
-    return ImageRef(extent=(0, 0, size[0], size[1]), crs="EPSG:3857", png_base64=base64.b64encode(path.read_bytes()).decode())
+    return ImageRef(
+        extent=(0, 0, size[0], size[1]), crs="EPSG:3857", png_base64=base64.b64encode(path.read_bytes()).decode()
+    )
 
 
 def bounds(feature: dict) -> tuple[float, float, float, float]:

@@ -25,7 +25,9 @@ BACKEND = "rs_assistant.engine.backends.capret:CapRetBackend"
 
 def config(tmp: Path, clip: Path, lm: Path, data: Path, **changes: object) -> CapRetTrainConfig:
     values = tomllib.loads(TINY.read_text(encoding="utf-8"))
-    values.update(out=str(tmp / "model"), work_dir=str(tmp / "work"), clip_path=str(clip), lm_path=str(lm), data_root=str(data))
+    values.update(
+        out=str(tmp / "model"), work_dir=str(tmp / "work"), clip_path=str(clip), lm_path=str(lm), data_root=str(data)
+    )
     values.update(changes)
     return CapRetTrainConfig.from_dict(values)
 
@@ -34,9 +36,27 @@ def config(tmp: Path, clip: Path, lm: Path, data: Path, **changes: object) -> Ca
 def trained(tmp_path_factory, tiny_clip_folder, tiny_lm_folder, scene_classes) -> CapRetTrainConfig:
     """tiny.toml through the command line: 80 steps on the four image-caption pairs."""
     tmp = tmp_path_factory.mktemp("capret-recipe")
-    args = ["capret", "--config", str(TINY), "--set", f"out={tmp / 'model'}", "--set", f"work_dir={tmp / 'work'}",
-            "--set", f"clip_path={tiny_clip_folder}", "--set", f"lm_path={tiny_lm_folder}",
-            "--set", f"data_root={scene_classes}", "--set", "max_steps=80", "--set", "checkpoint_every=40", "--set", "lr=0.02"]
+    args = [
+        "capret",
+        "--config",
+        str(TINY),
+        "--set",
+        f"out={tmp / 'model'}",
+        "--set",
+        f"work_dir={tmp / 'work'}",
+        "--set",
+        f"clip_path={tiny_clip_folder}",
+        "--set",
+        f"lm_path={tiny_lm_folder}",
+        "--set",
+        f"data_root={scene_classes}",
+        "--set",
+        "max_steps=80",
+        "--set",
+        "checkpoint_every=40",
+        "--set",
+        "lr=0.02",
+    ]
     assert training_main(args) == 0
     return config(tmp, tiny_clip_folder, tiny_lm_folder, scene_classes, max_steps=80, checkpoint_every=40, lr=0.02)
 
@@ -69,9 +89,19 @@ def test_only_the_bridge_is_trained_and_checkpointed(trained, tiny_lm_folder):
     assert torch.equal(exported[f"language_model.{name}"], original[name])  # the LM stayed frozen
 
 
-def test_an_interrupted_run_resumes_to_the_same_weights(trained, tmp_path, tiny_clip_folder, tiny_lm_folder, scene_classes):
-    cfg = config(tmp_path, tiny_clip_folder, tiny_lm_folder, scene_classes, max_steps=80, checkpoint_every=40, lr=0.02,
-                 evaluate=False)
+def test_an_interrupted_run_resumes_to_the_same_weights(
+    trained, tmp_path, tiny_clip_folder, tiny_lm_folder, scene_classes
+):
+    cfg = config(
+        tmp_path,
+        tiny_clip_folder,
+        tiny_lm_folder,
+        scene_classes,
+        max_steps=80,
+        checkpoint_every=40,
+        lr=0.02,
+        evaluate=False,
+    )
     stopped = train(CapRetRecipe(cfg), stop=lambda step: step == 30)
     assert stopped.step == 30 and not stopped.finished
     assert train(CapRetRecipe(cfg)).finished
@@ -82,18 +112,46 @@ def test_the_engine_serves_the_export(trained, tmp_path, scene_classes):
     (tmp_path / "models.toml").write_text(f'[models.capret]\nbackend = "{BACKEND}"\npath = "{trained.out}"\n')
     engine = Engine(Registry.from_file(tmp_path / "models.toml"))
     labels = [label for label, _ in SCENE_CLASSES]
-    images = [ImageRef(extent=(0, 0, 32, 32), crs="EPSG:3857",
-                       png_base64=base64.b64encode((scene_classes / "images" / f"{label}_train.png").read_bytes()).decode())
-              for label in labels]
-    caption = engine.analyze(AnalyzeRequest(task=Task.CAPTION, images=(images[0],), output_crs="EPSG:3857", model="capret",
-                                            options=Options(max_new_tokens=12)))
+    images = [
+        ImageRef(
+            extent=(0, 0, 32, 32),
+            crs="EPSG:3857",
+            png_base64=base64.b64encode((scene_classes / "images" / f"{label}_train.png").read_bytes()).decode(),
+        )
+        for label in labels
+    ]
+    caption = engine.analyze(
+        AnalyzeRequest(
+            task=Task.CAPTION,
+            images=(images[0],),
+            output_crs="EPSG:3857",
+            model="capret",
+            options=Options(max_new_tokens=12),
+        )
+    )
     assert caption.text and "forest" in caption.text
-    chat = engine.analyze(AnalyzeRequest(task=Task.CHAT, images=(images[1],), output_crs="EPSG:3857", model="capret",
-                                         prompt="and this one?", history=(Message("user", "hello"), Message("assistant", "hi")),
-                                         options=Options(max_new_tokens=6)))
+    chat = engine.analyze(
+        AnalyzeRequest(
+            task=Task.CHAT,
+            images=(images[1],),
+            output_crs="EPSG:3857",
+            model="capret",
+            prompt="and this one?",
+            history=(Message("user", "hello"), Message("assistant", "hi")),
+            options=Options(max_new_tokens=6),
+        )
+    )
     assert isinstance(chat.text, str)
-    found = engine.analyze(AnalyzeRequest(task=Task.RETRIEVE, images=tuple(images), output_crs="EPSG:3857", model="capret",
-                                          prompt="an aerial view of the airport.", options=Options(top_k=2)))
+    found = engine.analyze(
+        AnalyzeRequest(
+            task=Task.RETRIEVE,
+            images=tuple(images),
+            output_crs="EPSG:3857",
+            model="capret",
+            prompt="an aerial view of the airport.",
+            options=Options(top_k=2),
+        )
+    )
     ranked = sorted(found.features["features"], key=lambda f: f["properties"]["rank"])
     assert [f["properties"]["rank"] for f in ranked] == [1, 2]
     assert {f["properties"]["image"] for f in ranked} <= set(range(4)) and found.text.startswith("1. image ")

@@ -1,4 +1,5 @@
-"""The clip recipe on its tiny config: training, overfitting, LoRA, resume, data formats, export to the engine, bad input."""
+"""The clip recipe on its tiny config: training, overfitting, LoRA, resume, data formats, export to the engine, bad
+input."""
 
 from __future__ import annotations
 
@@ -38,9 +39,25 @@ def losses(work_dir: Path) -> list[float]:
 def trained(tmp_path_factory, tiny_clip_folder, scene_classes) -> ClipConfig:
     """tiny.toml through the command line, 40 steps on the four pairs (every batch is the whole set)."""
     tmp = tmp_path_factory.mktemp("clip-recipe")
-    args = ["clip", "--config", str(TINY), "--set", f"out={tmp / 'model'}", "--set", f"work_dir={tmp / 'work'}",
-            "--set", f"model_path={tiny_clip_folder}", "--set", f"data_root={scene_classes}", "--set", "max_steps=40",
-            "--set", "checkpoint_every=20", "--set", f"zeroshot_labels={json.dumps(LABELS)}"]
+    args = [
+        "clip",
+        "--config",
+        str(TINY),
+        "--set",
+        f"out={tmp / 'model'}",
+        "--set",
+        f"work_dir={tmp / 'work'}",
+        "--set",
+        f"model_path={tiny_clip_folder}",
+        "--set",
+        f"data_root={scene_classes}",
+        "--set",
+        "max_steps=40",
+        "--set",
+        "checkpoint_every=20",
+        "--set",
+        f"zeroshot_labels={json.dumps(LABELS)}",
+    ]
     assert training_main(args) == 0
     return config(tmp, tiny_clip_folder, scene_classes, max_steps=40, checkpoint_every=20)
 
@@ -53,11 +70,20 @@ def test_loss_falls_and_four_pairs_are_overfit(trained):
     assert metrics["t2i_R@1"] == 1.0 and metrics["i2t_R@1"] == 1.0 and metrics["mR"] == 1.0
     assert metrics["zeroshot_top1"] == 1.0
     out = {p.name for p in Path(trained.out).iterdir()}
-    assert {"config.json", "model.safetensors", "tokenizer.json", "processor_config.json", LOG_FILE, METRICS_FILE} <= out
+    assert {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "processor_config.json",
+        LOG_FILE,
+        METRICS_FILE,
+    } <= out
 
 
 def test_lora_trains_adapters_only_and_exports_a_plain_clip(tmp_path, tiny_clip_folder, scene_classes):
-    cfg = config(tmp_path, tiny_clip_folder, scene_classes, finetune="lora", max_steps=30, lr=2e-2, checkpoint_every=100)
+    cfg = config(
+        tmp_path, tiny_clip_folder, scene_classes, finetune="lora", max_steps=30, lr=2e-2, checkpoint_every=100
+    )
     recipe = ClipRecipe(cfg)
     result = train(recipe)
     assert result.finished
@@ -82,28 +108,49 @@ def test_an_interrupted_run_resumes_to_the_same_weights(trained, tmp_path, tiny_
     again = torch.load(Path(cfg.work_dir) / CHECKPOINT, weights_only=False)
     for name, value in straight["trainable"].items():
         torch.testing.assert_close(again["trainable"][name], value, rtol=1e-5, atol=1e-6, msg=name)
-    assert [json.loads(line)["step"] for line in (Path(cfg.work_dir) / LOG_FILE).read_text().splitlines()] == list(range(1, 41))
+    assert [json.loads(line)["step"] for line in (Path(cfg.work_dir) / LOG_FILE).read_text().splitlines()] == list(
+        range(1, 41)
+    )
 
 
 def test_a_checkpoint_of_other_settings_is_refused(tmp_path, tiny_clip_folder, scene_classes):
     train(ClipRecipe(config(tmp_path, tiny_clip_folder, scene_classes)), stop=lambda step: step == 1)
     with pytest.raises(ValueError, match="batch_size: 4.*now batch_size: 2"):
         train(ClipRecipe(config(tmp_path, tiny_clip_folder, scene_classes, batch_size=2)))
-    assert train(ClipRecipe(config(tmp_path, tiny_clip_folder, scene_classes, batch_size=2, max_steps=2)), fresh=True).finished
+    assert train(
+        ClipRecipe(config(tmp_path, tiny_clip_folder, scene_classes, batch_size=2, max_steps=2)), fresh=True
+    ).finished
 
 
 def test_the_engine_serves_the_export(trained, tmp_path, scene_classes):
     (tmp_path / "models.toml").write_text(f'[models.rsclip]\nbackend = "clip"\npath = "{trained.out}"\n')
     engine = Engine(Registry.from_file(tmp_path / "models.toml"))
-    pngs = {label: base64.b64encode((scene_classes / "images" / f"{label}_train.png").read_bytes()).decode() for label in LABELS}
+    pngs = {
+        label: base64.b64encode((scene_classes / "images" / f"{label}_train.png").read_bytes()).decode()
+        for label in LABELS
+    }
     images = [ImageRef(extent=(0, 0, 32, 32), crs="EPSG:3857", png_base64=pngs[label]) for label in LABELS]
     for label, image in zip(LABELS, images):
-        response = engine.analyze(AnalyzeRequest(task=Task.CLASSIFY, images=(image,), output_crs="EPSG:3857",
-                                                 model="rsclip", options=Options(labels=tuple(LABELS))))
+        response = engine.analyze(
+            AnalyzeRequest(
+                task=Task.CLASSIFY,
+                images=(image,),
+                output_crs="EPSG:3857",
+                model="rsclip",
+                options=Options(labels=tuple(LABELS)),
+            )
+        )
         assert response.text.splitlines()[0] == label
-    response = engine.analyze(AnalyzeRequest(task=Task.RETRIEVE, images=tuple(images), output_crs="EPSG:3857",
-                                             model="rsclip", prompt="an aerial view of the harbor.",
-                                             options=Options(top_k=2)))
+    response = engine.analyze(
+        AnalyzeRequest(
+            task=Task.RETRIEVE,
+            images=tuple(images),
+            output_crs="EPSG:3857",
+            model="rsclip",
+            prompt="an aerial view of the harbor.",
+            options=Options(top_k=2),
+        )
+    )
     best = min(response.features["features"], key=lambda f: f["properties"]["rank"])
     assert best["properties"]["image"] == LABELS.index("harbor")
 
@@ -115,13 +162,36 @@ def test_open_clip_checkpoints_and_other_formats_train(tmp_path, tiny_clip_folde
     open_clip = engine_tiny_clip.make_open_clip(tmp_path / "open_clip", engine_tiny_clip.make(tmp_path / "hf"))
     (tmp_path / "skyscript").mkdir()
     csv = write_skyscript(tmp_path / "skyscript")
-    result = train(ClipRecipe(config(tmp_path / "a", open_clip, tmp_path / "skyscript", data_format="skyscript",
-                                     skyscript_csv=str(csv), max_steps=2, evaluate=False)))
+    result = train(
+        ClipRecipe(
+            config(
+                tmp_path / "a",
+                open_clip,
+                tmp_path / "skyscript",
+                data_format="skyscript",
+                skyscript_csv=str(csv),
+                max_steps=2,
+                evaluate=False,
+            )
+        )
+    )
     assert result.finished and (Path(result.out) / "config.json").is_file()
     write_shards(tmp_path / "shards")
-    result = train(ClipRecipe(config(tmp_path / "b", tiny_clip_folder, tmp_path, data_format="shards",
-                                     shards=str(tmp_path / "shards" / "shard-{000000..000001}.tar"),
-                                     batch_size=2, max_steps=5, checkpoint_every=2, evaluate=False)))
+    result = train(
+        ClipRecipe(
+            config(
+                tmp_path / "b",
+                tiny_clip_folder,
+                tmp_path,
+                data_format="shards",
+                shards=str(tmp_path / "shards" / "shard-{000000..000001}.tar"),
+                batch_size=2,
+                max_steps=5,
+                checkpoint_every=2,
+                evaluate=False,
+            )
+        )
+    )
     assert result.finished and len(losses(Path(result.work_dir))) == 5
 
 
@@ -135,5 +205,19 @@ def test_bad_input_says_what_was_found_and_expected(tmp_path, tiny_clip_folder, 
         train(ClipRecipe(config(tmp_path, tiny_lm_folder, scene_classes)))
     with pytest.raises(ValueError, match="unknown config key"):
         config(tmp_path, tiny_clip_folder, scene_classes, lora_rank=4)
-    assert training_main(["clip", "--config", str(TINY), "--set", f"data_root={levir}",
-                          "--set", f"work_dir={tmp_path / 'w'}", "--set", f"out={tmp_path / 'o'}"]) == 2
+    assert (
+        training_main(
+            [
+                "clip",
+                "--config",
+                str(TINY),
+                "--set",
+                f"data_root={levir}",
+                "--set",
+                f"work_dir={tmp_path / 'w'}",
+                "--set",
+                f"out={tmp_path / 'o'}",
+            ]
+        )
+        == 2
+    )

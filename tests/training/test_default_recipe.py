@@ -37,7 +37,9 @@ def log_records(work_dir: Path) -> list[dict]:
 def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainConfig:
     """tiny.toml, run to the end through the command line (8 steps, checkpoints at 4 and 8)."""
     tmp = tmp_path_factory.mktemp("tiny-recipe")
-    code = training_main(["default", "--config", str(TINY), "--set", f"out={tmp / 'model'}", "--set", f"work_dir={tmp / 'work'}"])
+    code = training_main(
+        ["default", "--config", str(TINY), "--set", f"out={tmp / 'model'}", "--set", f"work_dir={tmp / 'work'}"]
+    )
     assert code == 0
     return tiny_config(tmp)
 
@@ -47,10 +49,14 @@ def test_a_run_logs_every_step_and_exports_a_small_folder(trained):
     assert [r["step"] for r in records] == list(range(1, trained.max_steps + 1))
     assert all({"loss", "lm", "lr", "elapsed"} <= r.keys() for r in records)
     out = Path(trained.out)
-    assert {"config.json", "model.safetensors", "tokenizer.json", "processor_config.json", LOG_FILE} <= {p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "processor_config.json", LOG_FILE} <= {
+        p.name for p in out.iterdir()
+    }
     assert not (out / CHECKPOINT).exists() and (Path(trained.work_dir) / CHECKPOINT).is_file()
     assert json.loads((out / "config.json").read_text())["dtype"] == "float16"
-    assert json.loads((out / "config.json").read_text())["change_seg_marks_changed"]  # [SEG] ends changed pairs' captions
+    assert json.loads((out / "config.json").read_text())[
+        "change_seg_marks_changed"
+    ]  # [SEG] ends changed pairs' captions
 
 
 def test_loss_falls_over_a_few_steps(tmp_path):
@@ -144,8 +150,16 @@ def test_the_exported_model_is_served_by_the_engine(trained, tmp_path):
         (Task.SEGMENT, "segment water", (image,)),
         (Task.CHANGE, "", (image, image)),
     ):
-        response = engine.analyze(AnalyzeRequest(task=task, images=images, output_crs=rasters.UTM, model="m", prompt=prompt,
-                                                 options=Options(max_new_tokens=12)))
+        response = engine.analyze(
+            AnalyzeRequest(
+                task=task,
+                images=images,
+                output_crs=rasters.UTM,
+                model="m",
+                prompt=prompt,
+                options=Options(max_new_tokens=12),
+            )
+        )
         assert isinstance(response.text, str)
         assert all(f["properties"]["kind"] in {k.value for k in FeatureKind} for f in response.features["features"])
         if task is Task.CHANGE:
@@ -154,7 +168,25 @@ def test_the_exported_model_is_served_by_the_engine(trained, tmp_path):
 
 def test_the_eval_cli_prints_and_writes_every_metric(trained, tmp_path, capsys):
     out = tmp_path / "eval.json"
-    assert eval_main(["--model", trained.out, "--split", "test", "--count", "2", "--size", "64", "--threads", "1", "--out", str(out)]) == 0
+    assert (
+        eval_main(
+            [
+                "--model",
+                trained.out,
+                "--split",
+                "test",
+                "--count",
+                "2",
+                "--size",
+                "64",
+                "--threads",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     results = json.loads(out.read_text())
     for key in METRIC_KEYS:
@@ -170,9 +202,16 @@ def test_batches_carry_class_maps_and_change_maps_only_when_the_model_trains_tho
 
     class_map = np.zeros((32, 32), np.uint8)
     class_map[:16] = 10
-    scene = SceneRecord(np.zeros((32, 32, 3), np.uint8), class_map, (class_map == 10).astype(np.uint16),
-                        np.array([10], np.uint8), np.array([[0, 0, 32, 16]], np.int32), ("a pond.",) * 5,
-                        (("the pond", 1, (0, 0, 32, 16), "pond"),), (("is there water?", "yes", "presence"),))
+    scene = SceneRecord(
+        np.zeros((32, 32, 3), np.uint8),
+        class_map,
+        (class_map == 10).astype(np.uint16),
+        np.array([10], np.uint8),
+        np.array([[0, 0, 32, 16]], np.int32),
+        ("a pond.",) * 5,
+        (("the pond", 1, (0, 0, 32, 16), "pond"),),
+        (("is there water?", "yes", "presence"),),
+    )
     pair = PairRecord(scene.image, scene.image, np.zeros((32, 32), bool), ("no change.",) * 5, False)
     tokenizer = build_tokenizer(["a pond. the pond is there water? yes no change. water bodies ponds"], vocab_size=512)
     config = load_named_config("tiny")
@@ -212,7 +251,9 @@ def test_the_image_dependence_cli_prints_and_writes_its_figures(trained, tmp_pat
 def test_the_change_threshold_is_the_one_with_the_best_accuracy_when_it_beats_the_noise():
     from training.eval.calibrate import best_change_threshold
 
-    probabilities = np.array([0.1, 0.2, 0.3, 0.35, 0.6, 0.9] * 10)  # a head that is right, but low, on the changed pairs
+    probabilities = np.array(
+        [0.1, 0.2, 0.3, 0.35, 0.6, 0.9] * 10
+    )  # a head that is right, but low, on the changed pairs
     truths = np.array([False, False, True, True, True, True] * 10)
     best, accuracy = best_change_threshold(probabilities, truths)
     assert best == 0.3 and accuracy[0.25] == accuracy[0.3] == 1.0 and accuracy[0.5] == pytest.approx(4 / 6)
@@ -230,7 +271,12 @@ def test_the_calibration_cli_writes_the_best_mask_threshold_found_on_the_val_spl
 
     model = tmp_path / "model"
     shutil.copytree(trained.out, model)
-    assert calibrate_main(["--model", str(model), "--count", "2", "--pairs", "4", "--captions", "2", "--size", "64", "--write"]) == 0
+    assert (
+        calibrate_main(
+            ["--model", str(model), "--count", "2", "--pairs", "4", "--captions", "2", "--size", "64", "--write"]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert printed.count("caption_num_beams") == len(CAPTION_DECODINGS) + 1  # the candidates and what is written
     beams = json.loads((model / "config.json").read_text())
@@ -269,11 +315,16 @@ def test_the_calibration_tries_class_aware_masks_on_a_model_with_a_pixel_class_h
     assert printed.count("class-aware masks  mask_threshold") == len(THRESHOLDS) and printed.count("<- best") == 2
     assert printed.count("class-region masks  mask_threshold") == len(THRESHOLDS)
     written = json.loads((model / "config.json").read_text())
-    assert isinstance(written["class_aware_masks"], bool) and f"class_aware_masks {written['class_aware_masks']}" in printed
+    assert (
+        isinstance(written["class_aware_masks"], bool)
+        and f"class_aware_masks {written['class_aware_masks']}" in printed
+    )
     assert f"class_region_masks {written['class_region_masks']}" in printed
     assert written["class_aware_masks"] or not written["class_region_masks"]  # regions refine class-aware masks
     assert printed.count("class_aware_boxes") == 3 and isinstance(written["class_aware_boxes"], bool)
-    assert written["class_names"][1] == "buildings" and written["class_nouns"]["house"] == 1  # a kind, from train scenes
+    assert (
+        written["class_names"][1] == "buildings" and written["class_nouns"]["house"] == 1
+    )  # a kind, from train scenes
     if written["class_aware_masks"]:  # then each class present in the 2 scenes is tried with its bars
         assert "class_mask_bars buildings" in printed or "class_mask_bars grass areas" in printed
         assert set(written.get("class_mask_bars") or {}) <= set(written["class_names"])
@@ -284,9 +335,11 @@ def test_the_calibration_tries_class_aware_masks_on_a_model_with_a_pixel_class_h
 def test_a_class_keeps_the_mask_bar_that_beats_its_most_probable_pixels_by_more_than_noise():
     from training.eval.calibrate import MIN_BAR_GAIN, best_class_bars
 
-    ious = {"trees": {None: 0.10, 0.5: 0.09, 0.2: 0.14, 0.1: 0.13},  # a small class: a low bar helps
-            "fields": {None: 0.90, 0.5: 0.90 + MIN_BAR_GAIN / 2, 0.2: 0.85},  # a gain within the noise
-            "roads": {None: 0.60, 0.5: 0.62, 0.4: 0.62}}  # a tie: the higher bar
+    ious = {
+        "trees": {None: 0.10, 0.5: 0.09, 0.2: 0.14, 0.1: 0.13},  # a small class: a low bar helps
+        "fields": {None: 0.90, 0.5: 0.90 + MIN_BAR_GAIN / 2, 0.2: 0.85},  # a gain within the noise
+        "roads": {None: 0.60, 0.5: 0.62, 0.4: 0.62},
+    }  # a tie: the higher bar
     assert best_class_bars(ious) == {"trees": 0.2, "roads": 0.5}
 
 
@@ -295,10 +348,20 @@ def test_class_vocabulary_maps_every_answer_noun_to_its_class():
     from training.recipes.default.dataset import SceneRecord, referring_nouns
 
     instance_map = np.zeros((8, 8), np.uint16)
-    scene = SceneRecord(np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8), instance_map,
-                        np.array([1, 10, 6], np.uint8), np.zeros((3, 4), np.int32), ("a house.",) * 5,
-                        (("the largest house", 1, (0, 0, 2, 2), "house"), ("the pond", 2, (0, 0, 2, 2), "pond"),
-                         ("the tree", 3, (0, 0, 2, 2), "tree")), ())
+    scene = SceneRecord(
+        np.zeros((8, 8, 3), np.uint8),
+        np.zeros((8, 8), np.uint8),
+        instance_map,
+        np.array([1, 10, 6], np.uint8),
+        np.zeros((3, 4), np.int32),
+        ("a house.",) * 5,
+        (
+            ("the largest house", 1, (0, 0, 2, 2), "house"),
+            ("the pond", 2, (0, 0, 2, 2), "pond"),
+            ("the tree", 3, (0, 0, 2, 2), "tree"),
+        ),
+        (),
+    )
     assert list(referring_nouns([scene])) == [("house", 1), ("pond", 10), ("tree", 6)]
     names, nouns = class_vocabulary([*referring_nouns([scene]), ("pool", 10), ("pool", 3), ("tree", 7)])
     assert names[1] == "buildings" and names[10] == "water bodies" and len(names) == 12
@@ -308,7 +371,12 @@ def test_class_vocabulary_maps_every_answer_noun_to_its_class():
 
 
 def test_ground_samples_carry_each_boxed_objects_mask_in_answer_order_for_a_box_from_mask_model():
-    from rs_assistant.engine.models.rsa import RSAForConditionalGeneration, RSAProcessor, build_tokenizer, load_named_config
+    from rs_assistant.engine.models.rsa import (
+        RSAForConditionalGeneration,
+        RSAProcessor,
+        build_tokenizer,
+        load_named_config,
+    )
     from training.recipes.default.dataset import DataSettings, PairRecord, Sampler, SceneRecord
 
     instance_map = np.zeros((32, 32), np.uint16)
@@ -316,11 +384,20 @@ def test_ground_samples_carry_each_boxed_objects_mask_in_answer_order_for_a_box_
     instance_map[3:9, 18:30] = 2
     class_map = np.where(instance_map > 0, 1, 8).astype(np.uint8)
     boxes = np.array([[2, 20, 10, 28], [18, 3, 30, 9]], np.int32)
-    scene = SceneRecord(np.zeros((32, 32, 3), np.uint8), class_map, instance_map, np.array([1, 1], np.uint8), boxes,
-                        ("two buildings.",) * 5, (("the largest building", 2, (18, 3, 30, 9), "building"),),
-                        (("how many buildings?", "2", "count"),))
+    scene = SceneRecord(
+        np.zeros((32, 32, 3), np.uint8),
+        class_map,
+        instance_map,
+        np.array([1, 1], np.uint8),
+        boxes,
+        ("two buildings.",) * 5,
+        (("the largest building", 2, (18, 3, 30, 9), "building"),),
+        (("how many buildings?", "2", "count"),),
+    )
     pair = PairRecord(scene.image, scene.image, np.zeros((32, 32), bool), ("no change.",) * 5, False)
-    tokenizer = build_tokenizer(["two buildings. the largest building how many buildings? 2 no change. find"], vocab_size=512)
+    tokenizer = build_tokenizer(
+        ["two buildings. the largest building how many buildings? 2 no change. find"], vocab_size=512
+    )
     config = load_named_config("tiny")
     config.box_from_mask = True
     config.bind_tokenizer(tokenizer)
@@ -359,7 +436,10 @@ def test_the_breakdown_cli_prints_and_writes_grounding_by_rule_and_masks_per_cla
     config = json.loads((model / "config.json").read_text())
     (model / "config.json").write_text(json.dumps({**config, "box_from_mask": True}))
     out = tmp_path / "breakdown.json"
-    assert breakdown_main(["--model", str(model), "--count", "3", "--size", "64", "--threads", "1", "--out", str(out)]) == 0
+    assert (
+        breakdown_main(["--model", str(model), "--count", "3", "--size", "64", "--threads", "1", "--out", str(out)])
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "referring grounding by rule" in printed and "class masks" in printed
     written = json.loads(out.read_text())

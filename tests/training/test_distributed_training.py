@@ -7,8 +7,9 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -28,13 +29,34 @@ def free_port() -> int:
 
 
 def run_clip(tmp: Path, processes: int, clip: Path, data: Path) -> dict[str, torch.Tensor]:
-    args = ["--config", str(TINY), "--set", f"out={tmp / 'model'}", "--set", f"work_dir={tmp / 'work'}",
-            "--set", f"model_path={clip}", "--set", f"data_root={data}", "--set", "max_steps=6", "--set", "evaluate=false"]
+    args = [
+        "--config",
+        str(TINY),
+        "--set",
+        f"out={tmp / 'model'}",
+        "--set",
+        f"work_dir={tmp / 'work'}",
+        "--set",
+        f"model_path={clip}",
+        "--set",
+        f"data_root={data}",
+        "--set",
+        "max_steps=6",
+        "--set",
+        "evaluate=false",
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
-                f"--master_port={free_port()}", "--master_addr=127.0.0.1"]
-    done = subprocess.run([*launcher, "-m", "training", "clip", *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
+    launcher = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={processes}",
+        f"--master_port={free_port()}",
+        "--master_addr=127.0.0.1",
+    ]
+    done = subprocess.run(
+        [*launcher, "-m", "training", "clip", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return torch.load(tmp / "work" / CHECKPOINT, weights_only=False)["trainable"]
 
@@ -84,8 +106,11 @@ class _OutOfMemory(Recipe):
 
 def test_out_of_memory_names_the_batch_and_what_to_lower(tmp_path):
     config = LoopConfig(out=str(tmp_path / "out"), work_dir=str(tmp_path / "work"), batch_size=64)
-    with pytest.raises(TrainingError, match=r"out of memory at step 1 .*64 sample\(s\) per process .*Lower batch_size "
-                                            r"\(--set batch_size=32\), set gradient_checkpointing = true"):
+    with pytest.raises(
+        TrainingError,
+        match=r"out of memory at step 1 .*64 sample\(s\) per process .*Lower batch_size "
+        r"\(--set batch_size=32\), set gradient_checkpointing = true",
+    ):
         train(_OutOfMemory(config))
 
 
@@ -93,4 +118,7 @@ def test_an_unknown_recipe_is_refused_with_the_known_ones(capsys):
     with pytest.raises(SystemExit) as exited:
         training_main(["nosuch"])
     assert exited.value.code == 2
-    assert "unknown recipe 'nosuch'; known recipes: default, clip, capret, grounding, segment, change, moe, rag" in capsys.readouterr().err
+    assert (
+        "unknown recipe 'nosuch'; known recipes: default, clip, capret, grounding, segment, change, moe, rag"
+        in capsys.readouterr().err
+    )

@@ -18,8 +18,22 @@ import torch
 
 from tests.training import fixtures
 from training.data.formats import (
-    RSVQA, BoxConvention, ChangeChat, CocoMasks, Conversations, DataFormatError, DiorRSVG, GeoChatInstruct,
-    KarpathyCaptions, LevirCC, Role, SecondCC, SkyScript, WebShards, decode_segmentation, expand_braces, iter_shards,
+    RSVQA,
+    ChangeChat,
+    CocoMasks,
+    Conversations,
+    DataFormatError,
+    DiorRSVG,
+    GeoChatInstruct,
+    KarpathyCaptions,
+    LevirCC,
+    Role,
+    SecondCC,
+    SkyScript,
+    WebShards,
+    decode_segmentation,
+    expand_braces,
+    iter_shards,
 )
 
 
@@ -32,10 +46,15 @@ def _rewrite_json(path: Path, edit) -> None:
 # --- Karpathy dataset_*.json --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("name", "image_dir", "ext"), [
-    ("rsicd", "RSICD_images", ".jpg"), ("ucm", "imgs", ".tif"), ("sydney", "imgs", ".tif"),
-    ("rsitmd", "images", ".tif"),
-])
+@pytest.mark.parametrize(
+    ("name", "image_dir", "ext"),
+    [
+        ("rsicd", "RSICD_images", ".jpg"),
+        ("ucm", "imgs", ".tif"),
+        ("sydney", "imgs", ".tif"),
+        ("rsitmd", "images", ".tif"),
+    ],
+)
 def test_karpathy_splits_captions_and_lazy_images(tmp_path, name, image_dir, ext):
     root = fixtures.write_karpathy(tmp_path, name, image_dir, ext)
     train = KarpathyCaptions(root, "train")
@@ -64,13 +83,14 @@ def test_karpathy_bad_input(tmp_path):
     with pytest.raises(DataFormatError, match=r"no dataset_\*\.json \(folder holds LevirCCcaptions\.json, images/\)"):
         KarpathyCaptions(levir)
 
-    root = fixtures.write_karpathy(tmp_path / "rsitmd", "rsitmd", "images", ".tif",
-                                   splits=("train", "train", "test"))
+    root = fixtures.write_karpathy(tmp_path / "rsitmd", "rsitmd", "images", ".tif", splits=("train", "train", "test"))
     with pytest.raises(DataFormatError, match=r"no samples in split 'val'; splits found: test \(1\), train \(2\)"):
         KarpathyCaptions(root, "val")
 
     (root / "images" / "scene_2.tif").unlink()
-    with pytest.raises(DataFormatError, match=r"1 image\(s\) it lists are missing under .*images \(e\.g\. scene_2\.tif\)"):
+    with pytest.raises(
+        DataFormatError, match=r"1 image\(s\) it lists are missing under .*images \(e\.g\. scene_2\.tif\)"
+    ):
         KarpathyCaptions(root, "train")
     assert len(KarpathyCaptions(root, "test")) == 1  # the other split is still readable
 
@@ -79,7 +99,7 @@ def test_karpathy_bad_input(tmp_path):
     with pytest.raises(DataFormatError) as error:
         KarpathyCaptions(root)
     assert "dataset_rsitmd.json has no 'images' list" in str(error.value)
-    assert "expected Karpathy format {\"images\"" in str(error.value)
+    assert 'expected Karpathy format {"images"' in str(error.value)
 
     annotation.write_text('{"images": [{"filename": "scene_1.tif",', encoding="utf-8")
     with pytest.raises(DataFormatError, match=r"dataset_rsitmd\.json: not valid JSON .*line 1.*expected Karpathy"):
@@ -123,13 +143,19 @@ def test_second_cc_pairs_and_semantic_maps(tmp_path):
 
 def test_change_caption_bad_input(tmp_path):
     karpathy = fixtures.write_karpathy(tmp_path / "rsicd")
-    with pytest.raises(DataFormatError, match=r"LevirCCcaptions\.json: file not found \(folder holds RSICD_images/, "
-                                              r"dataset_rsicd\.json\); expected LEVIR-CC format"):
+    with pytest.raises(
+        DataFormatError,
+        match=r"LevirCCcaptions\.json: file not found \(folder holds RSICD_images/, "
+        r"dataset_rsicd\.json\); expected LEVIR-CC format",
+    ):
         LevirCC(karpathy)
 
     root = fixtures.write_levir_cc(tmp_path / "levir")
-    with pytest.raises(DataFormatError, match=r"no samples in split 'trainval'; splits found: test \(1\), train \(2\), "
-                                              r"val \(1\)"):
+    with pytest.raises(
+        DataFormatError,
+        match=r"no samples in split 'trainval'; splits found: test \(1\), train \(2\), "
+        r"val \(1\)",
+    ):
         LevirCC(root, "trainval")
     annotation = root / "LevirCCcaptions.json"
     _rewrite_json(annotation, lambda d: d["images"][1].pop("changeflag"))
@@ -174,20 +200,31 @@ def test_dior_rsvg_split_indices_boxes_and_expressions(tmp_path):
 
 def test_dior_rsvg_bad_input(tmp_path):
     root = fixtures.write_dior_rsvg(tmp_path)
-    with pytest.raises(DataFormatError, match=r"no split file trainval\.txt \(split files found: test\.txt, "
-                                              r"train\.txt, val\.txt\)"):
+    with pytest.raises(
+        DataFormatError,
+        match=r"no split file trainval\.txt \(split files found: test\.txt, "
+        r"train\.txt, val\.txt\)",
+    ):
         DiorRSVG(root, "trainval")
     (root / "val.txt").write_text("1\n7\n", encoding="utf-8")
-    with pytest.raises(DataFormatError, match=r"split val lists object index 7 \(1 out of range\) but Annotations/ "
-                                              r"holds 5 objects; expected indices 0\.\.4"):
+    with pytest.raises(
+        DataFormatError,
+        match=r"split val lists object index 7 \(1 out of range\) but Annotations/ "
+        r"holds 5 objects; expected indices 0\.\.4",
+    ):
         DiorRSVG(root, "val")
     xml = root / "Annotations" / "00002.xml"
     xml.write_text(xml.read_text(encoding="utf-8").replace("</object>", "", 1), encoding="utf-8")
-    with pytest.raises(DataFormatError, match=r"00002\.xml: not well-formed XML \(mismatched tag at line \d+, column "
-                                              r"\d+\); expected VOC XML"):
+    with pytest.raises(
+        DataFormatError,
+        match=r"00002\.xml: not well-formed XML \(mismatched tag at line \d+, column "
+        r"\d+\); expected VOC XML",
+    ):
         DiorRSVG(root, "train")
-    xml.write_text(fixtures.dior_xml("00002.jpg", [("airplane", (1, 2, 3, 4), "x")]).replace(
-        "<description>x</description>", ""), encoding="utf-8")
+    xml.write_text(
+        fixtures.dior_xml("00002.jpg", [("airplane", (1, 2, 3, 4), "x")]).replace("<description>x</description>", ""),
+        encoding="utf-8",
+    )
     with pytest.raises(DataFormatError, match=r"00002\.xml: object 0 has no <description> text"):
         DiorRSVG(root, "train")
     shutil.rmtree(root / "Annotations")
@@ -214,21 +251,30 @@ def test_rsvqa_active_questions_answers_and_types(tmp_path, variant, image_dir):
 
 def test_rsvqa_bad_input(tmp_path):
     root = fixtures.write_rsvqa(tmp_path, "LR")
-    with pytest.raises(DataFormatError, match=r"no LR_split_val_images\.json \(splits found: train\); expected split "
-                                              r"'val' as LR_split_val_\{images,questions,answers\}\.json"):
+    with pytest.raises(
+        DataFormatError,
+        match=r"no LR_split_val_images\.json \(splits found: train\); expected split "
+        r"'val' as LR_split_val_\{images,questions,answers\}\.json",
+    ):
         RSVQA(root, "val")
     with pytest.raises(DataFormatError, match=r"no USGS_split_train_images\.json \(splits found: none\)"):
         RSVQA(root, "train", variant="HR")
     _rewrite_json(root / "LR_split_train_questions.json", lambda d: d["questions"][0].update(answers_ids=[99]))
-    with pytest.raises(DataFormatError, match=r"LR_split_train_questions\.json question 0 lists answer 99, which "
-                                              r"LR_split_train_answers\.json does not have"):
+    with pytest.raises(
+        DataFormatError,
+        match=r"LR_split_train_questions\.json question 0 lists answer 99, which "
+        r"LR_split_train_answers\.json does not have",
+    ):
         RSVQA(root)
     (root / "LR_split_train_answers.json").write_text('{"answers": [}', encoding="utf-8")
     with pytest.raises(DataFormatError, match=r"LR_split_train_answers\.json: not valid JSON"):
         RSVQA(root)
     karpathy = fixtures.write_karpathy(tmp_path / "rsicd")
-    with pytest.raises(DataFormatError, match=r"no RSVQA split files \(folder holds RSICD_images/, "
-                                              r"dataset_rsicd\.json\); expected LR_split_<split>_\*\.json"):
+    with pytest.raises(
+        DataFormatError,
+        match=r"no RSVQA split files \(folder holds RSICD_images/, "
+        r"dataset_rsicd\.json\); expected LR_split_<split>_\*\.json",
+    ):
         RSVQA(karpathy)
 
 
@@ -266,8 +312,10 @@ def test_changechat_pairs_and_multi_turn(tmp_path):
     before, after = chat[1].image_paths
     assert before == tmp_path / "images" / "train" / "A" / "train_000001.png"
     assert after == tmp_path / "images" / "train" / "B" / "train_000001.png"
-    assert [(t.role, t.value) for t in chat[1].turns[2:]] == [(Role.HUMAN, "How many buildings were added?"),
-                                                                 (Role.GPT, "3")]
+    assert [(t.role, t.value) for t in chat[1].turns[2:]] == [
+        (Role.HUMAN, "How many buildings were added?"),
+        (Role.GPT, "3"),
+    ]
     images = chat[2].images()
     assert images[0].getpixel((0, 0)) == fixtures.RED and images[1].getpixel((0, 0)) == fixtures.BLUE
 
@@ -277,8 +325,11 @@ def test_conversation_bad_input(tmp_path):
     records = json.loads(annotation.read_text(encoding="utf-8"))
 
     annotation.write_text(json.dumps({"data": records}), encoding="utf-8")
-    with pytest.raises(DataFormatError, match=r"ChangeChat_105k\.json is an object with keys 'data', not a list of "
-                                              r"records .*expected LLaVA conversation JSON"):
+    with pytest.raises(
+        DataFormatError,
+        match=r"ChangeChat_105k\.json is an object with keys 'data', not a list of "
+        r"records .*expected LLaVA conversation JSON",
+    ):
         ChangeChat(annotation, tmp_path / "images")
 
     bad = json.loads(json.dumps(records))
@@ -365,14 +416,21 @@ def test_skyscript_rows_columns_and_quoting(tmp_path):
 
 def test_skyscript_bad_input(tmp_path):
     csv_path = fixtures.write_skyscript(tmp_path)
-    with pytest.raises(DataFormatError, match=r"header has columns \['filepath', 'title', 'title_multi_objects'\], "
-                                              r"no 'caption'; expected a SkyScript CSV with columns filepath"):
+    with pytest.raises(
+        DataFormatError,
+        match=r"header has columns \['filepath', 'title', 'title_multi_objects'\], "
+        r"no 'caption'; expected a SkyScript CSV with columns filepath",
+    ):
         SkyScript(csv_path, tmp_path, caption_column="caption")
-    csv_path.write_text(csv_path.read_text(encoding="utf-8") + "images2/x.jpg,only two,fields,too many\n",
-                        encoding="utf-8")
+    csv_path.write_text(
+        csv_path.read_text(encoding="utf-8") + "images2/x.jpg,only two,fields,too many\n", encoding="utf-8"
+    )
     data = SkyScript(csv_path, tmp_path)
-    with pytest.raises(DataFormatError, match=r"line 7 has 4 fields; expected 3 \(filepath, title, "
-                                              r"title_multi_objects\)"):
+    with pytest.raises(
+        DataFormatError,
+        match=r"line 7 has 4 fields; expected 3 \(filepath, title, "
+        r"title_multi_objects\)",
+    ):
         data[4]
     (tmp_path / "images2" / "a198234555_CH_19.jpg").unlink()
     with pytest.raises(DataFormatError, match=r"a198234555_CH_19\.jpg: image not found"):
@@ -419,8 +477,10 @@ def test_webshards_split_shards_over_dataloader_workers(tmp_path):
     root = fixtures.write_shards(tmp_path)
     data = WebShards(str(root / "shard-{000000..000001}.tar"), transform=lambda s: s.text())
     assert sorted(data) == sorted(fixtures.shard_caption(k) for keys in fixtures.SHARD_KEYS for k in keys)
-    ranks = [list(WebShards(str(root / "shard-{000000..000001}.tar"), rank=r, world_size=2,
-                            transform=lambda s: s.key)) for r in (0, 1)]
+    ranks = [
+        list(WebShards(str(root / "shard-{000000..000001}.tar"), rank=r, world_size=2, transform=lambda s: s.key))
+        for r in (0, 1)
+    ]
     assert ranks == [list(fixtures.SHARD_KEYS[0]), list(fixtures.SHARD_KEYS[1])]
     loader = torch.utils.data.DataLoader(data, batch_size=None, num_workers=2)
     assert sorted(loader) == sorted(data)  # each worker reads its own shard: nothing twice, nothing lost
@@ -433,11 +493,14 @@ def test_shards_stream_member_by_member(tmp_path):
     with tarfile.open(shard) as tar:
         offset = tar.getmember("rs5m_000002.jpg").offset  # the third sample's first header
     data = bytearray(shard.read_bytes())
-    data[offset:offset + 512] = b"\xff" * 512
+    data[offset : offset + 512] = b"\xff" * 512
     shard.write_bytes(bytes(data))
     seen = []
-    with pytest.raises(DataFormatError, match=rf"shard-000000\.tar: not a readable tar archive \(invalid member header "
-                                              rf"at byte {offset}\)"):
+    with pytest.raises(
+        DataFormatError,
+        match=rf"shard-000000\.tar: not a readable tar archive \(invalid member header "
+        rf"at byte {offset}\)",
+    ):
         for sample in iter_shards([shard]):
             seen.append(sample.key)
     # rs5m_000001 was still open (a key ends only when the next one starts), so it is not given out

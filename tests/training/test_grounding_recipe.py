@@ -14,7 +14,14 @@ from rs_assistant.engine.registry import Registry
 from rs_assistant.engine.service import Engine
 from tests.training.fixtures import DIOR_OBJECTS, write_dior_rsvg, write_geochat
 from tests.training.rsa_recipes import (
-    assert_resumes_to_the_same_weights, bounds, mean, models_file, png, records, tiny_values, train_cli,
+    assert_resumes_to_the_same_weights,
+    bounds,
+    mean,
+    models_file,
+    png,
+    records,
+    tiny_values,
+    train_cli,
 )
 from training.data.formats import DataFormatError
 from training.eval.metrics import box_iou
@@ -39,9 +46,16 @@ def parts(tiny_clip_folder: Path, tiny_lm_folder: Path) -> dict[str, str]:
 def trained(tmp_path_factory, tiny_clip_folder, tiny_lm_folder, data) -> GroundingConfig:
     """tiny.toml through the command line: DIOR-RSVG train (3 expressions) + GeoChat (3 conversations)."""
     tmp = tmp_path_factory.mktemp("grounding-recipe")
-    changes = dict(parts(tiny_clip_folder, tiny_lm_folder), rsvg_root=str(data["rsvg"]), geochat_json=str(data["geochat"]),
-                   geochat_images=str(data["images"]), max_steps=STEPS, checkpoint_every=50, batch_size=6,
-                   geochat_eval_json=str(data["geochat"]))
+    changes = dict(
+        parts(tiny_clip_folder, tiny_lm_folder),
+        rsvg_root=str(data["rsvg"]),
+        geochat_json=str(data["geochat"]),
+        geochat_images=str(data["images"]),
+        max_steps=STEPS,
+        checkpoint_every=50,
+        batch_size=6,
+        geochat_eval_json=str(data["geochat"]),
+    )
     return train_cli("grounding", tmp, GroundingConfig, **changes)
 
 
@@ -57,7 +71,9 @@ def test_loss_falls_and_the_expressions_are_overfit(trained):
 
 def test_lora_is_trained_and_merged_into_the_export(trained, tiny_lm_folder):
     trainable = torch.load(Path(trained.work_dir) / CHECKPOINT, weights_only=False)["trainable"]
-    assert any("lora_A" in name for name in trainable) and any(name.startswith("model.projector.") for name in trainable)
+    assert any("lora_A" in name for name in trainable) and any(
+        name.startswith("model.projector.") for name in trainable
+    )
     assert not any("vision_tower" in name or "mask_decoder" in name for name in trainable)
     from safetensors.torch import load_file
 
@@ -71,9 +87,17 @@ def test_lora_is_trained_and_merged_into_the_export(trained, tiny_lm_folder):
 
 def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, tiny_clip_folder, tiny_lm_folder, data):
     def config(tmp: Path) -> GroundingConfig:
-        return GroundingConfig.from_dict(tiny_values("grounding", tmp, **parts(tiny_clip_folder, tiny_lm_folder),
-                                                     rsvg_root=str(data["rsvg"]), max_steps=8, checkpoint_every=100,
-                                                     evaluate=False))
+        return GroundingConfig.from_dict(
+            tiny_values(
+                "grounding",
+                tmp,
+                **parts(tiny_clip_folder, tiny_lm_folder),
+                rsvg_root=str(data["rsvg"]),
+                max_steps=8,
+                checkpoint_every=100,
+                evaluate=False,
+            )
+        )
 
     assert_resumes_to_the_same_weights(GroundingRecipe, config, tmp_path, stop_at=3)
 
@@ -81,8 +105,16 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, tiny_clip_fold
 def test_the_engine_serves_the_export_for_ground(trained, tmp_path, data):
     engine = Engine(Registry.from_file(models_file(tmp_path, "skyeye", trained.out), device="cpu"))
     image = png(data["rsvg"] / "JPEGImages" / "00001.jpg", (16, 16))
-    response = engine.analyze(AnalyzeRequest(task=Task.GROUND, images=(image,), output_crs="EPSG:3857", model="skyeye",
-                                             prompt="A green and brown golf field", options=Options(max_new_tokens=16)))
+    response = engine.analyze(
+        AnalyzeRequest(
+            task=Task.GROUND,
+            images=(image,),
+            output_crs="EPSG:3857",
+            model="skyeye",
+            prompt="A green and brown golf field",
+            options=Options(max_new_tokens=16),
+        )
+    )
     boxes = [f for f in response.features["features"] if f["properties"]["kind"] == FeatureKind.BOX.value]
     assert len(boxes) == 1 and boxes[0]["properties"]["label"] == "golffield"
     x0, y0, x1, y1 = (v * 16 / 800 for v in DIOR_OBJECTS[0][1][0][1])  # the XML's 800-pixel box on the 16-pixel image
@@ -97,12 +129,19 @@ def test_bad_input_says_what_was_found_and_expected(tmp_path, tiny_clip_folder, 
 
     with pytest.raises(DataFormatError, match=r"no Annotations/ folder .*expected DIOR-RSVG layout"):
         GroundingRecipe(config(rsvg_root=str(data["images"].parent)))
-    with pytest.raises(DataFormatError, match=r"no split file nosuch\.txt \(split files found: test\.txt, train\.txt, "
-                                              r"val\.txt\)"):
+    with pytest.raises(
+        DataFormatError,
+        match=r"no split file nosuch\.txt \(split files found: test\.txt, train\.txt, "
+        r"val\.txt\)",
+    ):
         GroundingRecipe(config(train_split="nosuch"))
-    with pytest.raises(DataFormatError, match=r"GeoChat_Instruct\.json is an object with keys 'images'.*expected LLaVA"):
+    with pytest.raises(
+        DataFormatError, match=r"GeoChat_Instruct\.json is an object with keys 'images'.*expected LLaVA"
+    ):
         (tmp_path / "GeoChat_Instruct.json").write_text('{"images": []}')
-        GroundingRecipe(config(geochat_json=str(tmp_path / "GeoChat_Instruct.json"), geochat_images=str(data["images"])))
+        GroundingRecipe(
+            config(geochat_json=str(tmp_path / "GeoChat_Instruct.json"), geochat_images=str(data["images"]))
+        )
     with pytest.raises(ValueError, match=r"init_from .* holds a 'clip' model .*expected an RSA checkpoint folder"):
         train(GroundingRecipe(config(init_from=str(tiny_clip_folder))))
     with pytest.raises(ValueError, match=r"lm_path .* holds a 'clip' model .*not a causal LM"):

@@ -48,11 +48,13 @@ def test_recall_at_k():
 
 def test_image_text_retrieval_both_directions():
     # 3 images, 5 texts: texts 0, 1 describe image 0; 2, 3 image 1; 4 image 2.
-    sim = np.array([
-        [0.9, 0.1, 0.8, 0.0, 0.2],  # image 0: ranks texts 0, 2, 4, 1, 3 -> own text first: hit at 1
-        [0.7, 0.2, 0.1, 0.3, 0.0],  # image 1: ranks 0, 3, 1, 2, 4 -> first own (3) at rank 2
-        [0.1, 0.25, 0.3, 0.4, 0.5],  # image 2: ranks 4 first -> hit at 1
-    ])
+    sim = np.array(
+        [
+            [0.9, 0.1, 0.8, 0.0, 0.2],  # image 0: ranks texts 0, 2, 4, 1, 3 -> own text first: hit at 1
+            [0.7, 0.2, 0.1, 0.3, 0.0],  # image 1: ranks 0, 3, 1, 2, 4 -> first own (3) at rank 2
+            [0.1, 0.25, 0.3, 0.4, 0.5],  # image 2: ranks 4 first -> hit at 1
+        ]
+    )
     out = metrics.image_text_retrieval(sim, [0, 0, 1, 1, 2], ks=(1, 2))
     assert out["i2t_R@1"] == pytest.approx(2 / 3)
     assert out["i2t_R@2"] == pytest.approx(1.0)
@@ -65,12 +67,19 @@ def test_image_text_retrieval_both_directions():
         metrics.image_text_retrieval(sim, [0, 0, 1, 1])
 
 
-@pytest.mark.skipif(shutil.which("java") is None, reason="pycocoevalcap's PTB tokenizer needs Java (default-jre-headless)")
+@pytest.mark.skipif(
+    shutil.which("java") is None, reason="pycocoevalcap's PTB tokenizer needs Java (default-jre-headless)"
+)
 def test_caption_scores_perfect_and_poor():
-    refs = {"1": ["a red roof next to a road", "a house with a red roof by the road"],
-            "2": ["two storage tanks near the water", "a pair of tanks by a pond"]}
-    perfect = metrics.caption_scores(refs, {"1": "a red roof next to a road", "2": "two storage tanks near the water"},
-                                     metrics=("BLEU", "CIDEr", "ROUGE_L"))
+    refs = {
+        "1": ["a red roof next to a road", "a house with a red roof by the road"],
+        "2": ["two storage tanks near the water", "a pair of tanks by a pond"],
+    }
+    perfect = metrics.caption_scores(
+        refs,
+        {"1": "a red roof next to a road", "2": "two storage tanks near the water"},
+        metrics=("BLEU", "CIDEr", "ROUGE_L"),
+    )
     poor = metrics.caption_scores(refs, {"1": "green field", "2": "a car"}, metrics=("BLEU", "CIDEr", "ROUGE_L"))
     assert perfect["Bleu_4"] > 0.9 and perfect["ROUGE_L"] > 0.9
     assert perfect["CIDEr"] > poor["CIDEr"] and poor["Bleu_4"] < 0.1

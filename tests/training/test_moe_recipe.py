@@ -29,18 +29,31 @@ def vqa(tmp_path_factory) -> Path:
 
 
 def data(tiny_clip_folder: Path, tiny_lm_folder: Path, scene_classes: Path, vqa: Path) -> dict[str, str]:
-    return {"vision_path": str(tiny_clip_folder), "lm_path": str(tiny_lm_folder), "caption_root": str(scene_classes),
-            "vqa_root": str(vqa)}
+    return {
+        "vision_path": str(tiny_clip_folder),
+        "lm_path": str(tiny_lm_folder),
+        "caption_root": str(scene_classes),
+        "vqa_root": str(vqa),
+    }
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_clip_folder, tiny_lm_folder, scene_classes, vqa) -> tuple[MoETrainConfig, MoETrainConfig]:
+def trained(
+    tmp_path_factory, tiny_clip_folder, tiny_lm_folder, scene_classes, vqa
+) -> tuple[MoETrainConfig, MoETrainConfig]:
     """tiny.toml through the command line, both stages: 4 images x 2 captions + 4 active RSVQA questions."""
     tmp = tmp_path_factory.mktemp("moe-recipe")
     one = dict(data(tiny_clip_folder, tiny_lm_folder, scene_classes, vqa), max_steps=STAGE1, checkpoint_every=30)
     first = train_cli("moe", tmp / "stage1", MoETrainConfig, **one)
-    two = dict(caption_root=str(scene_classes), vqa_root=str(vqa), stage=2, init_from=first.out, max_steps=STAGE2,
-               checkpoint_every=125, caption_metrics=["BLEU", "CIDEr"])
+    two = dict(
+        caption_root=str(scene_classes),
+        vqa_root=str(vqa),
+        stage=2,
+        init_from=first.out,
+        max_steps=STAGE2,
+        checkpoint_every=125,
+        caption_metrics=["BLEU", "CIDEr"],
+    )
     return first, train_cli("moe", tmp / "stage2", MoETrainConfig, **two)
 
 
@@ -48,7 +61,9 @@ def test_both_stages_lower_the_loss_and_overfit_the_samples(trained):
     first, second = trained
     log1, log2 = records(first.work_dir), records(second.work_dir)
     assert len(log1) == STAGE1 and len(log2) == STAGE2
-    assert mean(log1, "lm", slice(-10, None)) < 0.85 * mean(log1, "lm", slice(0, 10))  # router + bridge steer frozen LMs
+    assert mean(log1, "lm", slice(-10, None)) < 0.85 * mean(
+        log1, "lm", slice(0, 10)
+    )  # router + bridge steer frozen LMs
     assert mean(log2, "lm", slice(-20, None)) < 0.3 * mean(log2, "lm", slice(0, 10))
     metrics = json.loads((Path(second.out) / METRICS_FILE).read_text())
     assert metrics["accuracy"] >= 0.75 and metrics["accuracy_presence"] == 1.0  # RSVQA accuracy per question type
@@ -64,13 +79,17 @@ def test_stage_one_trains_the_router_and_stage_two_the_experts_lora(trained, tin
     assert two and all("lora_" in name for name in two) and {name.split(".")[2] for name in two} == {"0", "1", "2"}
     from safetensors.torch import load_file
 
-    stage1, stage2 = load_file(str(Path(first.out) / "model.safetensors")), load_file(str(Path(second.out) / "model.safetensors"))
+    stage1, stage2 = (
+        load_file(str(Path(first.out) / "model.safetensors")),
+        load_file(str(Path(second.out) / "model.safetensors")),
+    )
     original = load_file(str(tiny_lm_folder / "model.safetensors"))
     name = "model.layers.0.self_attn.q_proj.weight"
     assert torch.equal(stage1[f"experts.0.{name}"], original[name])  # stage 1: the experts stayed frozen
     assert not any("lora" in key for key in stage2)
     assert not torch.allclose(stage2[f"experts.0.{name}"], original[name]) or not torch.allclose(
-        stage2[f"experts.1.{name}"], original[name])  # stage 2: LoRA merged into the experts
+        stage2[f"experts.1.{name}"], original[name]
+    )  # stage 2: LoRA merged into the experts
     for key, value in stage1.items():
         if key.startswith("router."):
             assert torch.equal(stage2[key], value), key  # stage 2: the router stayed frozen
@@ -80,41 +99,80 @@ def test_an_interrupted_run_resumes_to_the_same_weights(trained, tmp_path, scene
     first, _ = trained
 
     def config(tmp: Path) -> MoETrainConfig:
-        return MoETrainConfig.from_dict(tiny_values("moe", tmp, caption_root=str(scene_classes), vqa_root=str(vqa), stage=2,
-                                                    init_from=first.out, max_steps=8, checkpoint_every=100,
-                                                    evaluate=False))
+        return MoETrainConfig.from_dict(
+            tiny_values(
+                "moe",
+                tmp,
+                caption_root=str(scene_classes),
+                vqa_root=str(vqa),
+                stage=2,
+                init_from=first.out,
+                max_steps=8,
+                checkpoint_every=100,
+                evaluate=False,
+            )
+        )
 
     assert_resumes_to_the_same_weights(MoERecipe, config, tmp_path, stop_at=3)
 
 
 def test_the_engine_serves_the_export(trained, tmp_path, scene_classes, vqa):
     _, second = trained
-    (tmp_path / "models.toml").write_text(f'[models.rs-moe]\nbackend = "{BACKEND}"\npath = "{second.out}"\n'
-                                          f'[models.rs-moe-concat]\nbackend = "{BACKEND}"\npath = "{second.out}"\n'
-                                          'compose = "concat"\n')
+    (tmp_path / "models.toml").write_text(
+        f'[models.rs-moe]\nbackend = "{BACKEND}"\npath = "{second.out}"\n'
+        f'[models.rs-moe-concat]\nbackend = "{BACKEND}"\npath = "{second.out}"\n'
+        'compose = "concat"\n'
+    )
     engine = Engine(Registry.from_file(tmp_path / "models.toml"))
     label = SCENE_CLASSES[0][0]
     image = png(scene_classes / "images" / f"{label}_train.png", (32, 32))
-    caption = engine.analyze(AnalyzeRequest(task=Task.CAPTION, images=(image,), output_crs="EPSG:3857", model="rs-moe",
-                                            options=Options(max_new_tokens=16)))
+    caption = engine.analyze(
+        AnalyzeRequest(
+            task=Task.CAPTION,
+            images=(image,),
+            output_crs="EPSG:3857",
+            model="rs-moe",
+            options=Options(max_new_tokens=16),
+        )
+    )
     assert label in caption.text
-    answer = engine.analyze(AnalyzeRequest(task=Task.CHAT, images=(png(vqa / "Images_LR" / "0.tif", (16, 16)),),
-                                           output_crs="EPSG:3857", model="rs-moe", prompt="Is there a road?",
-                                           options=Options(max_new_tokens=8)))
+    answer = engine.analyze(
+        AnalyzeRequest(
+            task=Task.CHAT,
+            images=(png(vqa / "Images_LR" / "0.tif", (16, 16)),),
+            output_crs="EPSG:3857",
+            model="rs-moe",
+            prompt="Is there a road?",
+            options=Options(max_new_tokens=8),
+        )
+    )
     assert answer.text == "yes"
-    chat = engine.analyze(AnalyzeRequest(task=Task.CHAT, images=(image,), output_crs="EPSG:3857", model="rs-moe-concat",
-                                         prompt="Is it a rural or an urban area?", options=Options(max_new_tokens=8),
-                                         history=(Message("user", "Is there a road?"), Message("assistant", "yes"))))
+    chat = engine.analyze(
+        AnalyzeRequest(
+            task=Task.CHAT,
+            images=(image,),
+            output_crs="EPSG:3857",
+            model="rs-moe-concat",
+            prompt="Is it a rural or an urban area?",
+            options=Options(max_new_tokens=8),
+            history=(Message("user", "Is there a road?"), Message("assistant", "yes")),
+        )
+    )
     assert isinstance(chat.text, str)
 
 
-def test_bad_input_says_what_was_found_and_expected(trained, tmp_path, tiny_clip_folder, tiny_lm_folder, scene_classes, vqa):
+def test_bad_input_says_what_was_found_and_expected(
+    trained, tmp_path, tiny_clip_folder, tiny_lm_folder, scene_classes, vqa
+):
     def config(**changes) -> MoETrainConfig:
         values = data(tiny_clip_folder, tiny_lm_folder, scene_classes, vqa)
         values.update(changes)
         return MoETrainConfig.from_dict(tiny_values("moe", tmp_path, **values))
 
-    with pytest.raises(DataFormatError, match=r"no dataset_\*\.json \(folder holds Images_LR/, LR_split_train_answers\.json.*expected a Karpathy-style"):
+    with pytest.raises(
+        DataFormatError,
+        match=r"no dataset_\*\.json \(folder holds Images_LR/, LR_split_train_answers\.json.*expected a Karpathy-style",
+    ):
         MoERecipe(config(caption_root=str(vqa)))
     with pytest.raises(DataFormatError, match=r"no LR_split_test_images\.json \(splits found: train\)"):
         MoERecipe(config(caption_root="", train_split="test"))

@@ -15,12 +15,23 @@ from training.recipes.default import pipeline
 from training.recipes.default.train import TrainConfig
 
 PIXEL_HEAD = {"num_aux_classes": 12, "pixel_class_loss_weight": 1.0}
-SMALL_STAGES = {"selector_scenes": 2, "selector_epochs": 1, "refine_scenes": 2, "refine_epochs": 1, "calibrate_scenes": 2,
-                "calibrate_pairs": 4, "val_scenes": 1, "size": 64, "workers": 0}
+SMALL_STAGES = {
+    "selector_scenes": 2,
+    "selector_epochs": 1,
+    "refine_scenes": 2,
+    "refine_epochs": 1,
+    "calibrate_scenes": 2,
+    "calibrate_pairs": 4,
+    "val_scenes": 1,
+    "size": 64,
+    "workers": 0,
+}
 
 
 def _config(tmp: Path, **stages: int) -> TrainConfig:
-    return TrainConfig.from_dict(tiny_values("default", tmp, model_settings=PIXEL_HEAD, stages={**SMALL_STAGES, **stages}))
+    return TrainConfig.from_dict(
+        tiny_values("default", tmp, model_settings=PIXEL_HEAD, stages={**SMALL_STAGES, **stages})
+    )
 
 
 @pytest.fixture
@@ -35,6 +46,7 @@ def fake_stages(monkeypatch) -> list[str]:
             (out / "config.json").write_text(json.dumps(config))
             ran.append(name)
             return {"note": name}
+
         return run
 
     monkeypatch.setattr(pipeline, "STAGES", {name: stage(name) for name in pipeline.STAGES})
@@ -100,7 +112,10 @@ def test_a_deleted_model_is_exported_again_from_the_checkpoint_and_every_stage_r
     assert pipeline.run(config).finished
     shutil.rmtree(tmp_path / "model")
     assert pipeline.run(config).finished
-    assert fake_stages == ["selector", "refiner", "calibration"] * 2 and (tmp_path / "model" / "model.safetensors").is_file()
+    assert (
+        fake_stages == ["selector", "refiner", "calibration"] * 2
+        and (tmp_path / "model" / "model.safetensors").is_file()
+    )
 
 
 def test_stages_on_a_model_without_a_class_head_and_unknown_settings_are_named_before_training(tmp_path, caplog):

@@ -40,7 +40,9 @@ def _examples(config, count: int, seed: int) -> list[stage.Example]:
         logits[8] = 3.0
         pixels = torch.randn(config.mask_decoder_dim >> config.mask_upsample_steps, grid, grid, generator=generator)
         grey = torch.where(class_map == 4, 230, 60).to(torch.uint8)
-        rgb = torch.nn.functional.interpolate(grey[None, None].float(), size=(side, side), mode="area")[0].expand(3, -1, -1)
+        rgb = torch.nn.functional.interpolate(grey[None, None].float(), size=(side, side), mode="area")[0].expand(
+            3, -1, -1
+        )
         found.append(stage.Example(logits.half(), pixels.half(), rgb.round().to(torch.uint8), class_map))
     return found
 
@@ -59,7 +61,9 @@ def test_class_weights_count_a_rare_class_more_and_average_one_over_the_pixels()
     config = _config()
     examples = _examples(config, 3, seed=0)
     weights = stage.class_weights(examples, config.num_aux_classes, 0.5)
-    pixels = torch.bincount(torch.stack([e.class_map for e in examples]).flatten().long(), minlength=config.num_aux_classes)
+    pixels = torch.bincount(
+        torch.stack([e.class_map for e in examples]).flatten().long(), minlength=config.num_aux_classes
+    )
     assert weights[4] > 3 * weights[8] and weights[0] == 0.0  # vehicles are 1/16 of the pixels, class 0 absent
     assert float((weights * pixels).sum() / pixels.sum()) == pytest.approx(1.0)
     assert torch.equal(stage.class_weights(examples, config.num_aux_classes, 0.0)[[4, 8]], torch.ones(2))
@@ -77,7 +81,9 @@ def test_fit_learns_objects_smaller_than_a_cell_of_the_class_heads_map():
     losses = stage.fit(refiner, _examples(config, 64, seed=0), epochs=20, lr=1e-2)
     refined = stage.class_ious(refiner, held_out, names)
     assert losses[-1] < 0.1 * losses[0]
-    assert refined["vehicles"] > 0.4 and refined["grass areas"] > 0.95  # (a one-cell peak upsampled: not a whole square)
+    assert (
+        refined["vehicles"] > 0.4 and refined["grass areas"] > 0.95
+    )  # (a one-cell peak upsampled: not a whole square)
 
 
 def test_fit_refuses_no_examples():
@@ -90,8 +96,9 @@ def test_train_refiner_writes_a_folder_the_engine_serves(tmp_path: Path):
     config, and the rsa backend loads it and draws its class map with it."""
     source, out = tmp_path / "rsa", tmp_path / "with-refiner"
     write_tiny_rsa(source, _config(channels=0), ["find the largest house", "segment the pond", "house [SEG]"])
-    results = stage.train_refiner(source, out, scenes_count=2, val_count=1, epochs=1, channels=4, side=48, size=96,
-                                  workers=1, threads=1)
+    results = stage.train_refiner(
+        source, out, scenes_count=2, val_count=1, epochs=1, channels=4, side=48, size=96, workers=1, threads=1
+    )
     assert results["scenes"] == 2 and results["final_loss"] > 0
     assert set(results["val_refined_iou"]) == set(results["val_head_iou"]) and "mean" in results["val_head_iou"]
     backend = RSABackend("refined", {"path": str(out)}, "cpu")
@@ -101,5 +108,7 @@ def test_train_refiner_writes_a_folder_the_engine_serves(tmp_path: Path):
     assert model.class_refiner is not None and float(model.class_refiner.correction.weight.detach().abs().sum()) > 0
     assert RSAForConditionalGeneration.from_pretrained(source).class_refiner is None
     again = tmp_path / "refined-again"  # the stage replaces a refiner of another width
-    stage.train_refiner(out, again, scenes_count=1, val_count=0, epochs=1, channels=6, side=32, size=96, workers=1, threads=1)
+    stage.train_refiner(
+        out, again, scenes_count=1, val_count=0, epochs=1, channels=6, side=32, size=96, workers=1, threads=1
+    )
     assert RSAForConditionalGeneration.from_pretrained(again).class_refiner.correction.in_channels == 6

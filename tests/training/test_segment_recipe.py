@@ -14,7 +14,14 @@ from rs_assistant.engine.registry import Registry
 from rs_assistant.engine.service import Engine
 from tests.training.fixtures import GEOPIX_IMAGES, GEOPIX_SIZE, write_coco_masks, write_geopix_coco
 from tests.training.rsa_recipes import (
-    assert_resumes_to_the_same_weights, bounds, mean, models_file, png, records, tiny_values, train_cli,
+    assert_resumes_to_the_same_weights,
+    bounds,
+    mean,
+    models_file,
+    png,
+    records,
+    tiny_values,
+    train_cli,
 )
 from training.data.formats import DataFormatError
 from training.eval.metrics import box_iou
@@ -30,8 +37,12 @@ def coco(tmp_path_factory) -> Path:
 
 
 def base(tiny_clip_folder: Path, tiny_lm_folder: Path, coco: Path) -> dict[str, str]:
-    return {"vision_path": str(tiny_clip_folder), "lm_path": str(tiny_lm_folder), "coco_json": str(coco),
-            "coco_images": str(coco.parent / "images")}
+    return {
+        "vision_path": str(tiny_clip_folder),
+        "lm_path": str(tiny_lm_folder),
+        "coco_json": str(coco),
+        "coco_images": str(coco.parent / "images"),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -62,15 +73,30 @@ def test_lora_decoder_and_memory_train(trained):
 
 def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, tiny_clip_folder, tiny_lm_folder, coco):
     def config(tmp: Path) -> SegmentConfig:
-        return SegmentConfig.from_dict(tiny_values("segment", tmp, **base(tiny_clip_folder, tiny_lm_folder, coco),
-                                                   max_steps=8, checkpoint_every=100, evaluate=False))
+        return SegmentConfig.from_dict(
+            tiny_values(
+                "segment",
+                tmp,
+                **base(tiny_clip_folder, tiny_lm_folder, coco),
+                max_steps=8,
+                checkpoint_every=100,
+                evaluate=False,
+            )
+        )
 
     assert_resumes_to_the_same_weights(SegmentRecipe, config, tmp_path, stop_at=5)
 
 
 def test_a_run_continues_from_an_exported_checkpoint(trained, tmp_path, coco):
-    values = tiny_values("segment", tmp_path, init_from=trained.out, coco_json=str(coco),
-                         coco_images=str(coco.parent / "images"), max_steps=2, evaluate=False)
+    values = tiny_values(
+        "segment",
+        tmp_path,
+        init_from=trained.out,
+        coco_json=str(coco),
+        coco_images=str(coco.parent / "images"),
+        max_steps=2,
+        evaluate=False,
+    )
     assert train(SegmentRecipe(SegmentConfig.from_dict(values))).finished
     first = records(tmp_path / "work")[0]["loss"]
     assert first < 0.1 * records(trained.work_dir)[0]["loss"]  # it starts where the export left off
@@ -80,8 +106,16 @@ def test_the_engine_serves_the_export_for_segment(trained, tmp_path, coco):
     engine = Engine(Registry.from_file(models_file(tmp_path, "geopix", trained.out), device="cpu"))
     name, objects = GEOPIX_IMAGES[0]
     image = png(coco.parent / "images" / name, (GEOPIX_SIZE, GEOPIX_SIZE))
-    response = engine.analyze(AnalyzeRequest(task=Task.SEGMENT, images=(image,), output_crs="EPSG:3857", model="geopix",
-                                             prompt="segment the plane at the top left", options=Options(max_new_tokens=8)))
+    response = engine.analyze(
+        AnalyzeRequest(
+            task=Task.SEGMENT,
+            images=(image,),
+            output_crs="EPSG:3857",
+            model="geopix",
+            prompt="segment the plane at the top left",
+            options=Options(max_new_tokens=8),
+        )
+    )
     masks = [f for f in response.features["features"] if f["properties"]["kind"] == FeatureKind.MASK.value]
     assert masks and {f["properties"]["label"] for f in masks} == {"plane"}
     r0, r1, c0, c1 = objects[0][1]
@@ -96,7 +130,9 @@ def test_bad_input_says_what_was_found_and_expected(tmp_path, tiny_clip_folder, 
         return SegmentConfig.from_dict(tiny_values("segment", tmp_path, **values))
 
     (tmp_path / "captions.json").write_text('{"images": [], "annotations": {}}')
-    with pytest.raises(DataFormatError, match=r"captions\.json has no 'images' and 'annotations' lists .*expected COCO"):
+    with pytest.raises(
+        DataFormatError, match=r"captions\.json has no 'images' and 'annotations' lists .*expected COCO"
+    ):
         SegmentRecipe(config(coco_json=str(tmp_path / "captions.json")))
     with pytest.raises(DataFormatError, match=r"1 image\(s\) it lists are missing"):
         fixture = write_coco_masks(tmp_path / "coco")

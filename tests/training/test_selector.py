@@ -31,8 +31,10 @@ def _examples(count: int, features: int, query: int, seed: int, said_by: str = "
     word among two fillers does (a random word embedding per meaning), and the query is the same for all."""
     generator = torch.Generator().manual_seed(seed)
     width = query // 2
-    meaning = {True: torch.randn(width, generator=torch.Generator().manual_seed(7)),
-               False: torch.randn(width, generator=torch.Generator().manual_seed(8))}
+    meaning = {
+        True: torch.randn(width, generator=torch.Generator().manual_seed(7)),
+        False: torch.randn(width, generator=torch.Generator().manual_seed(8)),
+    }
     found = []
     for i in range(count):
         rows = torch.zeros(int(torch.randint(2, 7, (1,), generator=generator)), features)
@@ -71,7 +73,9 @@ def test_fit_learns_a_choice_that_depends_on_the_query(said_by):
 
 def test_fit_refuses_examples_without_a_matching_region():
     config = _config()
-    example = stage.Example("segment", "only", torch.zeros(64), torch.zeros(3, 8), torch.tensor([0.1, 0.0, 0.2]), torch.zeros(2, 32))
+    example = stage.Example(
+        "segment", "only", torch.zeros(64), torch.zeros(3, 8), torch.tensor([0.1, 0.0, 0.2]), torch.zeros(2, 32)
+    )
     assert not example.usable
     with pytest.raises(ValueError, match="no example has a candidate region"):
         stage.fit(RSARegionSelector(config), [example])
@@ -81,7 +85,9 @@ def test_train_selector_writes_a_folder_the_engine_serves(tmp_path: Path, monkey
     """On a tiny random model (a random class head still makes regions): the examples come from real
     scenes, the folder gets the selector and its config, and the rsa backend loads and uses it."""
     source, out = tmp_path / "rsa", tmp_path / "with-selector"
-    write_tiny_rsa(source, _config(dim=0), ["find the largest house", "segment the pond left of the road", "house [SEG]"])
+    write_tiny_rsa(
+        source, _config(dim=0), ["find the largest house", "segment the pond left of the road", "house [SEG]"]
+    )
     monkeypatch.setattr(stage, "MIN_TARGET_IOU", 0.0)  # a random class head rarely matches an object
     results = stage.train_selector(source, out, scenes_count=2, val_count=1, epochs=1, dim=16, size=128, workers=1)
     assert results["examples"] > 0 and 0 <= results["val_ground_acc@0.5"] <= results["val_best_ground_acc@0.5"]
@@ -89,4 +95,4 @@ def test_train_selector_writes_a_folder_the_engine_serves(tmp_path: Path, monkey
     backend.ensure_loaded()
     assert backend.model.config.region_selector_dim == 16 and backend.model.region_selector is not None
     assert float(backend.model.region_selector.feature_std.min()) > 0
-    assert not (source / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes()
+    assert not (source / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes()  # noqa: SIM201

@@ -12,10 +12,23 @@ import pytest
 import rasterio
 
 from training.data.synthetic import (
-    CLASSES, SPLITS, ChangeKind, ObjectClass, Scene, generate_pair, generate_scene, split_seeds,
+    CLASSES,
+    SPLITS,
+    ChangeKind,
+    ObjectClass,
+    Scene,
+    generate_pair,
+    generate_scene,
+    split_seeds,
 )
 from training.data.synthetic.language import (
-    COMPASS, MIN_TARGET_FRACTION, REGIONS, candidates, mentioned_counts, region, where,
+    COMPASS,
+    MIN_TARGET_FRACTION,
+    REGIONS,
+    candidates,
+    mentioned_counts,
+    region,
+    where,
 )
 from training.data.synthetic.layout import GSD_RANGE, THEMES
 from training.data.synthetic.writer import write_pair, write_scene
@@ -32,8 +45,10 @@ def scenes() -> list[Scene]:
 
 
 def _arrays_equal(a: Scene, b: Scene) -> bool:
-    return all(np.array_equal(x, y) for x, y in ((a.image, b.image), (a.class_map, b.class_map),
-                                                 (a.instance_map, b.instance_map)))
+    return all(
+        np.array_equal(x, y)
+        for x, y in ((a.image, b.image), (a.class_map, b.class_map), (a.instance_map, b.instance_map))
+    )
 
 
 def test_same_seed_gives_the_same_scene() -> None:
@@ -96,7 +111,7 @@ def check_ground_truth(scene: Scene) -> None:
         assert mask[y0:y1, x0:x1].sum() == obj.pixels == counts[obj.id]
         ys, xs = np.nonzero(mask)
         assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == obj.box
-        assert obj.area_m2 == pytest.approx(obj.pixels * scene.gsd ** 2, abs=1e-3)
+        assert obj.area_m2 == pytest.approx(obj.pixels * scene.gsd**2, abs=1e-3)
         assert obj.polygon.area == pytest.approx(obj.pixels)
         assert obj.centroid == pytest.approx((xs.mean() + 0.5, ys.mean() + 0.5), abs=1e-3)
 
@@ -146,15 +161,29 @@ def _check_rule(scene: Scene, rule: str, text: str, noun: str, target, group, la
     elif rule == "smallest":
         assert all(target.pixels * 1.2 <= o.pixels for o in others)
     elif rule == "extreme":
-        axis, sign = {"northernmost": (1, 1), "topmost": (1, 1), "southernmost": (1, -1), "bottommost": (1, -1),
-                      "westernmost": (0, 1), "leftmost": (0, 1), "easternmost": (0, -1), "rightmost": (0, -1)}[
-            text.split()[1]]
+        axis, sign = {
+            "northernmost": (1, 1),
+            "topmost": (1, 1),
+            "southernmost": (1, -1),
+            "bottommost": (1, -1),
+            "westernmost": (0, 1),
+            "leftmost": (0, 1),
+            "easternmost": (0, -1),
+            "rightmost": (0, -1),
+        }[text.split()[1]]
         assert all(sign * target.centroid[axis] < sign * o.centroid[axis] for o in others)
     elif rule == "relation":
         landmark = scene.mask(landmark_id)
-        relation = next(r for r, words in {"left": ("left of", "west of"), "right": ("right of", "east of"),
-                                           "above": ("above", "north of"), "below": ("below", "south of")}.items()
-                        if any(f" {w} the " in text for w in words))
+        relation = next(
+            r
+            for r, words in {
+                "left": ("left of", "west of"),
+                "right": ("right of", "east of"),
+                "above": ("above", "north of"),
+                "below": ("below", "south of"),
+            }.items()
+            if any(f" {w} the " in text for w in words)
+        )
         assert _lies(relation, target.box, landmark)
         assert not any(_lies(relation, o.box, landmark) for o in others)
     elif rule == "style":
@@ -295,9 +324,30 @@ def test_a_pair_is_reproducible(tmp_path: Path) -> None:
 
 def test_cli_writes_a_split(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "training.data.synthetic", "--out", str(tmp_path), "--split", "test", "--count", "2",
-         "--size", "128", "--pairs", "1", "--seed-base", "5", "--quiet"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, check=True)
+        [
+            sys.executable,
+            "-m",
+            "training.data.synthetic",
+            "--out",
+            str(tmp_path),
+            "--split",
+            "test",
+            "--count",
+            "2",
+            "--size",
+            "128",
+            "--pairs",
+            "1",
+            "--seed-base",
+            "5",
+            "--quiet",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     index = json.loads((tmp_path / "test" / "index.json").read_text())
     assert result.stdout.strip().endswith("index.json")
     assert [s["seed"] for s in index["scenes"]] == [SPLITS["test"] + 5, SPLITS["test"] + 6]

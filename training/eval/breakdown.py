@@ -53,25 +53,40 @@ def breakdown(backend: RSABackend, split: str = "val", count: int = 40, size: in
             if ref is not None:
                 for source in sources:
                     config.box_from_mask = source == "mask"
-                    found = [d.box for d in ask(Task.GROUND, scene.image, f"find {ref.text}").detections if d.kind is FeatureKind.BOX]
+                    found = [
+                        d.box
+                        for d in ask(Task.GROUND, scene.image, f"find {ref.text}").detections
+                        if d.kind is FeatureKind.BOX
+                    ]
                     ground[ref.rule][source].append(box_iou(found[0], ref.box) if found else 0.0)
                 target = scene.mask(ref.target)
                 same = (scene.class_map == scene.class_map[target].max()) & ~target
                 predicted = mask_union(ask(Task.SEGMENT, scene.image, f"segment {ref.text}"), target)
                 held = max(int(predicted.sum()), 1)
-                shares.append((float(predicted.any()), (predicted & target).sum() / held, (predicted & same).sum() / held,
-                               (predicted & ~target & ~same).sum() / held, (predicted & target).sum() / target.sum(),
-                               (predicted & same).sum() / max(int(same.sum()), 1)))
+                shares.append(
+                    (
+                        float(predicted.any()),
+                        (predicted & target).sum() / held,
+                        (predicted & same).sum() / held,
+                        (predicted & ~target & ~same).sum() / held,
+                        (predicted & target).sum() / target.sum(),
+                        (predicted & same).sum() / max(int(same.sum()), 1),
+                    )
+                )
             for cls in sorted({int(c) for c in np.unique(scene.class_map)} - {0}):
                 target = scene.class_map == cls
                 predicted = mask_union(ask(Task.SEGMENT, scene.image, f"segment the {CLASSES[cls].plural}"), target)
-                classes[CLASSES[cls].plural].append(((predicted & target).sum() / max(int((predicted | target).sum()), 1),
-                                                     float(target.mean())))
+                classes[CLASSES[cls].plural].append(
+                    ((predicted & target).sum() / max(int((predicted | target).sum()), 1), float(target.mean()))
+                )
     finally:
         config.box_from_mask = "mask" in sources
     rules = {
-        rule: {"n": len(by["tokens"]), **{f"{s}_acc@0.5": float(np.mean(np.array(by[s]) >= 0.5)) for s in sources},
-               **{f"{s}_mean_iou": float(np.mean(by[s])) for s in sources}}
+        rule: {
+            "n": len(by["tokens"]),
+            **{f"{s}_acc@0.5": float(np.mean(np.array(by[s]) >= 0.5)) for s in sources},
+            **{f"{s}_mean_iou": float(np.mean(by[s])) for s in sources},
+        }
         for rule, by in sorted(ground.items())
     }
     table = np.array(shares, float).reshape(-1, 6)
@@ -79,13 +94,17 @@ def breakdown(backend: RSABackend, split: str = "val", count: int = 40, size: in
     referring = {
         "n": len(table),
         "nonempty": float(table[:, 0].mean()) if len(table) else float("nan"),
-        **{key: float(held[:, i].mean()) if len(held) else float("nan")
-           for i, key in ((1, "share_on_target"), (2, "share_on_same_class"), (3, "share_on_other_classes"))},
+        **{
+            key: float(held[:, i].mean()) if len(held) else float("nan")
+            for i, key in ((1, "share_on_target"), (2, "share_on_same_class"), (3, "share_on_other_classes"))
+        },
         "target_recall": float(table[:, 4].mean()) if len(table) else float("nan"),
         "same_class_recall": float(table[:, 5].mean()) if len(table) else float("nan"),
     }
-    per_class = {name: {"n": len(v), "iou": float(np.mean([x[0] for x in v])), "area": float(np.mean([x[1] for x in v]))}
-                 for name, v in sorted(classes.items(), key=lambda kv: -np.mean([x[1] for x in kv[1]]))}
+    per_class = {
+        name: {"n": len(v), "iou": float(np.mean([x[0] for x in v])), "area": float(np.mean([x[1] for x in v]))}
+        for name, v in sorted(classes.items(), key=lambda kv: -np.mean([x[1] for x in kv[1]]))
+    }
     return {"ground_by_rule": rules, "referring_masks": referring, "class_masks": per_class}
 
 
@@ -95,10 +114,14 @@ def report(results: dict[str, dict]) -> str:
         figures = "  ".join(f"{k} {v:.2f}" for k, v in row.items() if k != "n")
         lines.append(f"  {rule:<10} n={row['n']:<4} {figures}")
     r = results["referring_masks"]
-    lines += ["referring masks", f"  n={r['n']}  non-empty {r['nonempty']:.2f}; of the mask's pixels: on the target "
-              f"{r['share_on_target']:.2f}, on its class elsewhere {r['share_on_same_class']:.2f}, on other classes "
-              f"{r['share_on_other_classes']:.2f}; recall of the target {r['target_recall']:.2f}, of its class elsewhere "
-              f"{r['same_class_recall']:.2f}", "class masks (largest share of the image first)"]
+    lines += [
+        "referring masks",
+        f"  n={r['n']}  non-empty {r['nonempty']:.2f}; of the mask's pixels: on the target "
+        f"{r['share_on_target']:.2f}, on its class elsewhere {r['share_on_same_class']:.2f}, on other classes "
+        f"{r['share_on_other_classes']:.2f}; recall of the target {r['target_recall']:.2f}, of its class elsewhere "
+        f"{r['same_class_recall']:.2f}",
+        "class masks (largest share of the image first)",
+    ]
     for name, row in results["class_masks"].items():
         lines.append(f"  {name:<16} n={row['n']:<4} IoU {row['iou']:.2f}  area {row['area']:.3f}")
     return "\n".join(lines)

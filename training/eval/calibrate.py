@@ -45,8 +45,8 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -80,8 +80,9 @@ def load_backend(model: Path, split: str) -> RSABackend:
     return backend
 
 
-def calibrate(backend: RSABackend, split: str = "val", count: int = 60, size: int = 512,
-              thresholds: Sequence[float] = THRESHOLDS) -> dict[float, float]:
+def calibrate(
+    backend: RSABackend, split: str = "val", count: int = 60, size: int = 512, thresholds: Sequence[float] = THRESHOLDS
+) -> dict[float, float]:
     """mIoU of the segment prompts of ``count`` scenes of ``split`` for each threshold."""
     predicted: dict[float, list[np.ndarray]] = {t: [] for t in thresholds}
     targets: list[np.ndarray] = []
@@ -96,8 +97,9 @@ def calibrate(backend: RSABackend, split: str = "val", count: int = 60, size: in
     return {t: mask_ious(predicted[t], targets)["mIoU"] for t in thresholds}
 
 
-def class_mask_ious(backend: RSABackend, split: str = "val", count: int = 60, size: int = 512,
-                    bars: Sequence[float] = CLASS_BARS) -> dict[str, dict[float | None, float]]:
+def class_mask_ious(
+    backend: RSABackend, split: str = "val", count: int = 60, size: int = 512, bars: Sequence[float] = CLASS_BARS
+) -> dict[str, dict[float | None, float]]:
     """Per class present in ``count`` scenes of ``split``: the mean IoU of its pixels in the class head's map
     with its true pixels, for the most probable pixels (key None) and for each probability ``bars``."""
     model = backend.model
@@ -128,8 +130,14 @@ def best_class_bars(ious: dict[str, dict[float | None, float]]) -> dict[str, flo
     return chosen
 
 
-def box_accuracies(backend: RSABackend, split: str = "val", count: int = 60, size: int = 512,
-                   thresholds: Sequence = BOX_THRESHOLDS, key: str = "box_mask_threshold") -> dict:
+def box_accuracies(
+    backend: RSABackend,
+    split: str = "val",
+    count: int = 60,
+    size: int = 512,
+    thresholds: Sequence = BOX_THRESHOLDS,
+    key: str = "box_mask_threshold",
+) -> dict:
     """Acc@0.5 of the referring expressions of ``count`` scenes of ``split`` (the one training.eval
     grounds in each) for each value of the config's ``key`` (``box_mask_threshold``, or ``class_aware_boxes``)."""
     predicted: dict = {t: [] for t in thresholds}
@@ -148,8 +156,13 @@ def box_accuracies(backend: RSABackend, split: str = "val", count: int = 60, siz
     return {t: accuracy_at_iou(predicted[t], targets, 0.5) if targets else 0.0 for t in thresholds}
 
 
-def caption_cider(backend: RSABackend, split: str = "val", count: int = 100, size: int = 512,
-                  decodings: Sequence[tuple[int, float]] = CAPTION_DECODINGS) -> dict[tuple[int, float], float]:
+def caption_cider(
+    backend: RSABackend,
+    split: str = "val",
+    count: int = 100,
+    size: int = 512,
+    decodings: Sequence[tuple[int, float]] = CAPTION_DECODINGS,
+) -> dict[tuple[int, float], float]:
     """CIDEr of the captions of ``count`` scenes of ``split`` for each (beams, length penalty)."""
     refs: dict[str, list[str]] = {}
     captions: dict[tuple[int, float], dict[str, str]] = {d: {} for d in decodings}
@@ -164,8 +177,9 @@ def caption_cider(backend: RSABackend, split: str = "val", count: int = 100, siz
     return {d: caption_scores(refs, captions[d], metrics=("CIDEr",))["CIDEr"] for d in decodings}
 
 
-def change_probabilities(backend: RSABackend, split: str = "val", count: int = 200,
-                         size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+def change_probabilities(
+    backend: RSABackend, split: str = "val", count: int = 200, size: int = 512
+) -> tuple[np.ndarray, np.ndarray]:
     """The changed/unchanged head's probability for ``count`` pairs of ``split`` (odd seeds changed), and the truth."""
     probabilities, truths = [], []
     for seed in tqdm(split_seeds(split, count), desc=f"change pairs ({split})", dynamic_ncols=True):
@@ -187,8 +201,9 @@ def train_vocabulary(count: int = 100, size: int = 256) -> tuple[list[str], dict
     return class_vocabulary(named)
 
 
-def best_change_threshold(probabilities: np.ndarray, truths: np.ndarray,
-                          thresholds: Sequence[float] = CHANGE_THRESHOLDS) -> tuple[float, dict[float, float]]:
+def best_change_threshold(
+    probabilities: np.ndarray, truths: np.ndarray, thresholds: Sequence[float] = CHANGE_THRESHOLDS
+) -> tuple[float, dict[float, float]]:
     """The threshold with the best accuracy (ties: nearest 0.5), and every candidate's accuracy.
 
     0.5 stays unless the best beats it by ``1 / sqrt(n)`` (about two standard errors of an accuracy
@@ -209,7 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="val", choices=("train", "val"))
     parser.add_argument("--count", type=int, default=60)
     parser.add_argument("--pairs", type=int, default=200, help="pairs for the change threshold (0: leave it)")
-    parser.add_argument("--captions", type=int, default=0, help="scenes to choose the caption decoding on (default 0: leave it)")
+    parser.add_argument(
+        "--captions", type=int, default=0, help="scenes to choose the caption decoding on (default 0: leave it)"
+    )
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--write", action="store_true", help="write the best threshold into the folder's config.json")
     args = parser.parse_args(argv)
@@ -230,7 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     scores = {}
     for aware, region in modes:
         model_config.class_aware_masks, model_config.class_region_masks = aware, region
-        scores.update({(aware, region, t): miou for t, miou in calibrate(backend, args.split, args.count, args.size).items()})
+        scores.update(
+            {(aware, region, t): miou for t, miou in calibrate(backend, args.split, args.count, args.size).items()}
+        )
     best = max(scores, key=lambda k: (scores[k], not k[0], not k[1], k[2]))  # ties: the plainer way
     for (aware, region, threshold), miou in scores.items():
         mode = "class-region masks  " if region else "class-aware masks  " if aware else ""
@@ -245,8 +264,12 @@ def main(argv: list[str] | None = None) -> int:
         bars = best_class_bars(ious)
         for name, row in sorted(ious.items()):
             picked = bars.get(name)
-            print(f"class_mask_bars {name}: " + "  ".join(f"{'argmax' if b is None else b}: {v:.3f}{'*' if b == picked else ''}"
-                                                        for b, v in row.items()))
+            print(
+                f"class_mask_bars {name}: "
+                + "  ".join(
+                    f"{'argmax' if b is None else b}: {v:.3f}{'*' if b == picked else ''}" for b, v in row.items()
+                )
+            )
         chosen["class_mask_bars"] = model_config.class_mask_bars = bars or None
     if len(modes) > 1:  # a per-pixel class head: boxes snapped to its regions, or not
         accuracy = box_accuracies(backend, args.split, args.count, args.size, (False, True), "class_aware_boxes")

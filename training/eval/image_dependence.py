@@ -34,11 +34,14 @@ from training.data.synthetic import generate_pair, generate_scene, split_seeds
 from training.recipes.default.dataset import scene_gsd
 
 
-def answer_losses(model: RSAForConditionalGeneration, processor: RSAProcessor, texts: list[str],
-                  images: list[np.ndarray]) -> torch.Tensor:
+def answer_losses(
+    model: RSAForConditionalGeneration, processor: RSAProcessor, texts: list[str], images: list[np.ndarray]
+) -> torch.Tensor:
     """The mean answer-token cross-entropy of each sample ``[n]``."""
     batch = processor(texts, images, return_labels=True)
-    out = model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"], attention_mask=batch["attention_mask"])
+    out = model(
+        input_ids=batch["input_ids"], pixel_values=batch["pixel_values"], attention_mask=batch["attention_mask"]
+    )
     labels = batch["labels"][:, 1:]
     per_token = F.cross_entropy(out.logits[:, :-1].float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
     counted = (labels != -100).float()
@@ -46,12 +49,15 @@ def answer_losses(model: RSAForConditionalGeneration, processor: RSAProcessor, t
 
 
 @torch.no_grad()
-def measure(model_dir: Path, count: int = 32, split: str = "val", scene_size: int = 256, threads: int = 2,
-            batch_size: int = 16) -> dict[str, float]:
+def measure(
+    model_dir: Path, count: int = 32, split: str = "val", scene_size: int = 256, threads: int = 2, batch_size: int = 16
+) -> dict[str, float]:
     torch.set_num_threads(threads)
     model = RSAForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
     processor = RSAProcessor.from_pretrained(model_dir)
-    scenes = [generate_scene(s, size=scene_size, gsd=scene_gsd(s, scene_size, 384, 768)) for s in split_seeds(split, count)]
+    scenes = [
+        generate_scene(s, size=scene_size, gsd=scene_gsd(s, scene_size, 384, 768)) for s in split_seeds(split, count)
+    ]
     images = [s.image for s in scenes]
     shuffled = images[1:] + images[:1]
     results: dict[str, float] = {"count": count}
@@ -61,8 +67,8 @@ def measure(model_dir: Path, count: int = 32, split: str = "val", scene_size: in
     ):
         right, wrong = [], []
         for i in range(0, count, batch_size):
-            right.append(answer_losses(model, processor, texts[i:i + batch_size], images[i:i + batch_size]))
-            wrong.append(answer_losses(model, processor, texts[i:i + batch_size], shuffled[i:i + batch_size]))
+            right.append(answer_losses(model, processor, texts[i : i + batch_size], images[i : i + batch_size]))
+            wrong.append(answer_losses(model, processor, texts[i : i + batch_size], shuffled[i : i + batch_size]))
         right_t, wrong_t = torch.cat(right), torch.cat(wrong)
         results[f"{name}_loss_right"] = float(right_t.mean())
         results[f"{name}_loss_shuffled"] = float(wrong_t.mean())
@@ -70,20 +76,24 @@ def measure(model_dir: Path, count: int = 32, split: str = "val", scene_size: in
         results[f"{name}_right_lower_fraction"] = float((right_t < wrong_t).float().mean())
 
     pixels = processor([processor.format_prompt(Task.CAPTION)] * count, images)["pixel_values"]
-    tokens = torch.cat([model.encode_images(pixels[i:i + batch_size]).tokens for i in range(0, count, batch_size)])
+    tokens = torch.cat([model.encode_images(pixels[i : i + batch_size]).tokens for i in range(0, count, batch_size)])
     results["token_std_across_images"] = float(tokens.std(dim=0).mean())
     results["token_std_overall"] = float(tokens.std())
     results["token_spread_ratio"] = results["token_std_across_images"] / results["token_std_overall"]
     results["token_rms"] = float(tokens.pow(2).mean().sqrt())
     results["text_embedding_rms"] = float(model.get_input_embeddings().weight.pow(2).mean().sqrt())
 
-    pairs = [generate_pair(s, size=scene_size, gsd=scene_gsd(s, scene_size, 384, 768), changed=i % 2 == 1)
-             for i, s in enumerate(split_seeds(split, max(2, count // 2)))]
+    pairs = [
+        generate_pair(s, size=scene_size, gsd=scene_gsd(s, scene_size, 384, 768), changed=i % 2 == 1)
+        for i, s in enumerate(split_seeds(split, max(2, count // 2)))
+    ]
     labels, logits = [], []
     for i in range(0, len(pairs), batch_size):
-        chunk = pairs[i:i + batch_size]
-        batch = processor([processor.format_prompt(Task.CHANGE, pair=True)] * len(chunk),
-                          [(p.before.image, p.after.image) for p in chunk])
+        chunk = pairs[i : i + batch_size]
+        batch = processor(
+            [processor.format_prompt(Task.CHANGE, pair=True)] * len(chunk),
+            [(p.before.image, p.after.image) for p in chunk],
+        )
         logits.append(model.encode_images(batch["pixel_values"]).change_logits)
         labels.extend(p.changed for p in chunk)
     predicted = torch.cat(logits) > 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -89,7 +89,8 @@ def accuracy_at_iou(predictions: Sequence[Box | None], targets: Sequence[Box], t
 
 
 def mask_iou(a, b) -> float:
-    """The IoU of two bool masks (numpy arrays or torch tensors of one shape); 1 when both are empty, as in :func:`mask_ious`."""
+    """The IoU of two bool masks (numpy arrays or torch tensors of one shape); 1 when both are empty, as in
+    :func:`mask_ious`."""
     union = int((a | b).sum())
     return int((a & b).sum()) / union if union else 1.0
 
@@ -147,7 +148,9 @@ def binary_accuracy(predictions: Sequence[bool], targets: Sequence[bool]) -> flo
 # --- retrieval ---------------------------------------------------------------------------------
 
 
-def recall_at_k(similarity: np.ndarray, ground_truth: Sequence[set[int] | int], ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+def recall_at_k(
+    similarity: np.ndarray, ground_truth: Sequence[set[int] | int], ks: Sequence[int] = (1, 5, 10)
+) -> dict[str, float]:
     """R@K for queries (rows) against a gallery (columns); ``ground_truth[i]`` lists row i's matches.
 
     Returns R@1, R@5, R@10 and their mean ``mR`` (the papers' "mean recall" averages the R@K of
@@ -159,13 +162,18 @@ def recall_at_k(similarity: np.ndarray, ground_truth: Sequence[set[int] | int], 
     order = np.argsort(-sim, axis=1)
     out = {}
     for k in ks:
-        hits = [bool({int(x) for x in order[i, :k]} & (gt if isinstance(gt, set) else {int(gt)})) for i, gt in enumerate(ground_truth)]
+        hits = [
+            bool({int(x) for x in order[i, :k]} & (gt if isinstance(gt, set) else {int(gt)}))
+            for i, gt in enumerate(ground_truth)
+        ]
         out[f"R@{k}"] = float(np.mean(hits))
     out["mR"] = float(np.mean([out[f"R@{k}"] for k in ks]))
     return out
 
 
-def image_text_retrieval(similarity: np.ndarray, text_image: Sequence[int], ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+def image_text_retrieval(
+    similarity: np.ndarray, text_image: Sequence[int], ks: Sequence[int] = (1, 5, 10)
+) -> dict[str, float]:
     """Cross-modal retrieval as RSICD/RSITMD papers (and GeoRSCLIP) report it.
 
     ``similarity`` is images x texts; ``text_image[j]`` is the image that text j describes (each image

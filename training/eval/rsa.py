@@ -21,9 +21,9 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -45,13 +45,27 @@ class Goal:
 
 
 #: The issue's goals for the shipped default model on the test split.
-GOALS = (Goal("caption_CIDEr", 1.0), Goal("ground_acc@0.5", 0.6), Goal("segment_mIoU", 0.5), Goal("change_accuracy", 0.9))
-METRIC_KEYS = ("caption_BLEU-4", "caption_CIDEr", "ground_acc@0.5", "segment_mIoU", "segment_cIoU",
-               "change_BLEU-4", "change_accuracy", "vqa_accuracy")
+GOALS = (
+    Goal("caption_CIDEr", 1.0),
+    Goal("ground_acc@0.5", 0.6),
+    Goal("segment_mIoU", 0.5),
+    Goal("change_accuracy", 0.9),
+)
+METRIC_KEYS = (
+    "caption_BLEU-4",
+    "caption_CIDEr",
+    "ground_acc@0.5",
+    "segment_mIoU",
+    "segment_cIoU",
+    "change_BLEU-4",
+    "change_accuracy",
+    "vqa_accuracy",
+)
 
 
-def evaluate(model: Path, split: str = "test", count: int = 100, size: int = 512, threads: int = 2,
-             max_new_tokens: int = 64) -> dict[str, float | int | str]:
+def evaluate(
+    model: Path, split: str = "test", count: int = 100, size: int = 512, threads: int = 2, max_new_tokens: int = 64
+) -> dict[str, float | int | str]:
     """The metrics of the checkpoint folder ``model`` on ``count`` scenes and ``count`` pairs of ``split``."""
     torch.set_num_threads(threads)
     backend = RSABackend("eval", {"path": str(model)}, device="cuda" if torch.cuda.is_available() else "cpu")
@@ -166,7 +180,9 @@ def table(results: dict[str, float | int | str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.eval", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=Path("resources/models/rsa-default"), help="RSA checkpoint folder")
+    parser.add_argument(
+        "--model", type=Path, default=Path("resources/models/rsa-default"), help="RSA checkpoint folder"
+    )
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
     parser.add_argument("--count", type=int, default=100, help="scenes, and as many pairs (default 100)")
     parser.add_argument("--size", type=int, default=512, help="window side in pixels (default 512)")

@@ -30,15 +30,17 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from rs_assistant.core.protocol import Message, Role as MessageRole, Task
+from rs_assistant.core.protocol import Message, Task
+from rs_assistant.core.protocol import Role as MessageRole
 from rs_assistant.engine.models.rsa import RSAConfig, RSAForConditionalGeneration, RSAProcessor, extend_tokenizer
 from rs_assistant.engine.models.rsa.configuration_rsa import CONFIGS_DIR
 from rs_assistant.engine.models.rsa.processing_rsa import SEG
@@ -51,8 +53,10 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 FINETUNES = ("lora", "full", "frozen")
 CAPTION_METRICS = ("BLEU", "METEOR", "ROUGE_L", "CIDEr")
 TOP_LEVEL = ("projector", "delta_projector", "difference", "delta_qformer", "mask_decoder", "aux_class_head")
-RSA_EXPECTED = ("an RSA checkpoint folder (config.json with model_type 'rsa', model.safetensors, tokenizer files, "
-                "processor_config.json), e.g. a previous run's export")
+RSA_EXPECTED = (
+    "an RSA checkpoint folder (config.json with model_type 'rsa', model.safetensors, tokenizer files, "
+    "processor_config.json), e.g. a previous run's export"
+)
 
 
 @dataclass(frozen=True)
@@ -60,8 +64,12 @@ class RSARecipeConfig(LoopConfig):
     """Settings shared by the RSA recipes; each recipe's config adds its data and evaluation keys."""
 
     init_from: str = ""  # an RSA checkpoint folder; "" builds the model from pretrained parts
-    model: str = "tiny"  # configs/NAME.json: bridge, mask decoder, difference module (the parts' sizes come from their folders)
-    rsa: dict = field(default_factory=dict)  # RSAConfig overrides when building from parts, e.g. {delta_qformer_layers = 2}
+    model: str = (
+        "tiny"  # configs/NAME.json: bridge, mask decoder, difference module (the parts' sizes come from their folders)
+    )
+    rsa: dict = field(
+        default_factory=dict
+    )  # RSAConfig overrides when building from parts, e.g. {delta_qformer_layers = 2}
     vision_path: str = ""  # CLIP folder; "" builds a tiny random one in work_dir
     lm_path: str = ""  # causal LM folder (weights + tokenizer); "" builds a tiny random Qwen2
     finetune: str = "lora"  # the language model: lora | full | frozen
@@ -77,7 +85,9 @@ class RSARecipeConfig(LoopConfig):
     eval_batch_size: int = 16
     eval_max_new_tokens: int = 64
     export_dtype: str = "float32"
-    caption_metrics: tuple[str, ...] = CAPTION_METRICS  # of BLEU, METEOR, ROUGE_L, CIDEr; [] : none (METEOR takes seconds)
+    caption_metrics: tuple[str, ...] = (
+        CAPTION_METRICS  # of BLEU, METEOR, ROUGE_L, CIDEr; [] : none (METEOR takes seconds)
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -89,8 +99,10 @@ class RSARecipeConfig(LoopConfig):
         if unknown:
             raise ValueError(f"trainable_modules: unknown part(s) {', '.join(unknown)}; known: {', '.join(TOP_LEVEL)}")
         if self.init_from and self.rsa:
-            raise ValueError(f"rsa overrides {sorted(self.rsa)} change the architecture, which init_from "
-                             f"({self.init_from}) fixes; drop them or build from parts (init_from = \"\")")
+            raise ValueError(
+                f"rsa overrides {sorted(self.rsa)} change the architecture, which init_from "
+                f'({self.init_from}) fixes; drop them or build from parts (init_from = "")'
+            )
         object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
         object.__setattr__(self, "trainable_modules", tuple(self.trainable_modules))
 
@@ -111,7 +123,9 @@ def load_rsa_checkpoint(folder: Path) -> tuple[RSAForConditionalGeneration, RSAP
     """An RSA checkpoint folder; ValueError saying what was found when it is something else."""
     check_model_type(folder, "init_from", ("rsa",), RSA_EXPECTED)
     if not (folder / "processor_config.json").is_file():
-        raise ValueError(f"init_from {folder}: no processor_config.json (holds {describe_found(folder)}); expected {RSA_EXPECTED}")
+        raise ValueError(
+            f"init_from {folder}: no processor_config.json (holds {describe_found(folder)}); expected {RSA_EXPECTED}"
+        )
     processor = RSAProcessor.from_pretrained(folder)
     model, info = RSAForConditionalGeneration.from_pretrained(folder, local_files_only=True, output_loading_info=True)
     check_loading_info(folder, info)
@@ -126,16 +140,22 @@ def build_from_parts(c: RSARecipeConfig, vision: Path, lm: Path) -> tuple[RSAFor
     check_causal_lm(lm, "lm_path")
     named = CONFIGS_DIR / f"{c.model}.json"
     if not named.is_file():
-        raise ValueError(f"model {c.model!r}: no {named}; known: {', '.join(sorted(p.stem for p in CONFIGS_DIR.glob('*.json')))}")
+        raise ValueError(
+            f"model {c.model!r}: no {named}; known: {', '.join(sorted(p.stem for p in CONFIGS_DIR.glob('*.json')))}"
+        )
     values = json.loads(named.read_text(encoding="utf-8"))
     values.update(c.rsa)
-    tokenizer = extend_tokenizer(AutoTokenizer.from_pretrained(lm, local_files_only=True),
-                                 int(values.get("num_location_bins", 100)))
+    tokenizer = extend_tokenizer(
+        AutoTokenizer.from_pretrained(lm, local_files_only=True), int(values.get("num_location_bins", 100))
+    )
     values.update(
         vision_config=CLIPVisionConfig.from_pretrained(vision, local_files_only=True).to_dict(),
         text_config=AutoConfig.from_pretrained(lm, local_files_only=True).to_dict(),
-        vision_pretrained_path=str(vision), text_pretrained_path=str(lm),
-        freeze_vision=c.train_vision_layers == 0, freeze_llm=c.finetune != "full", train_new_embeddings=True,
+        vision_pretrained_path=str(vision),
+        text_pretrained_path=str(lm),
+        freeze_vision=c.train_vision_layers == 0,
+        freeze_llm=c.finetune != "full",
+        train_new_embeddings=True,
     )
     try:
         config = RSAConfig(**values)
@@ -174,8 +194,19 @@ class RSARecipe(Recipe):
     """Build, freeze/LoRA, batches in the RSA format, export; subclasses give the data and the evaluation."""
 
     config: RSARecipeConfig
-    run_keys = ("init_from", "model", "rsa", "vision_path", "lm_path", "finetune", "lora_r", "lora_targets",
-                "trainable_modules", "train_vision_layers", "new_token_rows_only")
+    run_keys = (
+        "init_from",
+        "model",
+        "rsa",
+        "vision_path",
+        "lm_path",
+        "finetune",
+        "lora_r",
+        "lora_targets",
+        "trainable_modules",
+        "train_vision_layers",
+        "new_token_rows_only",
+    )
 
     def parts(self) -> tuple[Path, Path]:
         return vision_and_lm(self.config.work_dir, self.config.vision_path, self.config.lm_path)
@@ -198,8 +229,10 @@ class RSARecipe(Recipe):
         for name in c.trainable_modules:
             part = getattr(model, name, None)
             if part is None:
-                raise ValueError(f"trainable_modules names {name!r}, which this model's config does not have "
-                                 f"(e.g. delta_qformer needs rsa.delta_qformer_layers > 0)")
+                raise ValueError(
+                    f"trainable_modules names {name!r}, which this model's config does not have "
+                    f"(e.g. delta_qformer needs rsa.delta_qformer_layers > 0)"
+                )
             part.requires_grad_(True)
         layers = getattr(model.vision_tower, "vision_model", model.vision_tower).encoder.layers
         if c.train_vision_layers:
@@ -242,8 +275,13 @@ class RSARecipe(Recipe):
         decay, rest = [], []
         for name, param in model.named_parameters():
             if param.requires_grad:
-                no_decay = (param.dim() < 2 or "embed" in name or "norm" in name or id(param) in embeddings
-                            or name.endswith(("position", "queries", "memory")))
+                no_decay = (
+                    param.dim() < 2
+                    or "embed" in name
+                    or "norm" in name
+                    or id(param) in embeddings
+                    or name.endswith(("position", "queries", "memory"))
+                )
                 (rest if no_decay else decay).append(param)
         return [{"params": decay, "weight_decay": self.config.weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
@@ -256,8 +294,9 @@ class RSARecipe(Recipe):
 
     # --- batches ------------------------------------------------------------------------------------
 
-    def encode(self, texts: Sequence[str], images: Sequence[Any], masks: Sequence[Sequence[np.ndarray]] | None = None
-               ) -> dict[str, Any]:
+    def encode(
+        self, texts: Sequence[str], images: Sequence[Any], masks: Sequence[Sequence[np.ndarray]] | None = None
+    ) -> dict[str, Any]:
         """A training batch: processor inputs with labels, cut to ``max_length``; ``masks[b]`` are sample b's
         target masks (one per ``[SEG]``, any size), resized to the model's mask grid."""
         processor = self.processor
@@ -317,19 +356,36 @@ def history_messages(turns: Sequence[tuple[str, str]]) -> tuple[Message, ...]:
 
 
 @torch.no_grad()
-def generate(rsa: RSAForConditionalGeneration, processor: RSAProcessor, texts: Sequence[str], images: Sequence[Any],
-             max_new_tokens: int, device: torch.device, hidden_states: bool = False) -> tuple[Any, Any]:
+def generate(
+    rsa: RSAForConditionalGeneration,
+    processor: RSAProcessor,
+    texts: Sequence[str],
+    images: Sequence[Any],
+    max_new_tokens: int,
+    device: torch.device,
+    hidden_states: bool = False,
+) -> tuple[Any, Any]:
     """Greedy answers for a batch of prompts (left padded), as the engine generates them: (output, visual)."""
     batch = processor(list(texts), list(images), padding_side="left")
     visual = rsa.encode_images(batch["pixel_values"].to(device))
-    output = rsa.generate(batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device), visual=visual,
-                          max_new_tokens=max_new_tokens, do_sample=False, return_dict_in_generate=True,
-                          output_hidden_states=hidden_states)
+    output = rsa.generate(
+        batch["input_ids"].to(device),
+        attention_mask=batch["attention_mask"].to(device),
+        visual=visual,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        return_dict_in_generate=True,
+        output_hidden_states=hidden_states,
+    )
     return output, visual
 
 
-def caption_metrics(references: dict[str, Sequence[str]], predictions: dict[str, str], prefix: str = "",
-                    names: Sequence[str] = CAPTION_METRICS) -> dict[str, float]:
+def caption_metrics(
+    references: dict[str, Sequence[str]],
+    predictions: dict[str, str],
+    prefix: str = "",
+    names: Sequence[str] = CAPTION_METRICS,
+) -> dict[str, float]:
     """``names`` of BLEU (1..4), METEOR, ROUGE_L, CIDEr (pycocoevalcap; needs Java), keys prefixed; {} without Java."""
     import shutil
 
@@ -343,5 +399,14 @@ def caption_metrics(references: dict[str, Sequence[str]], predictions: dict[str,
     return {prefix + k: v for k, v in caption_scores(references, predictions, names).items()}
 
 
-__all__ = ["RSARecipe", "RSARecipeConfig", "RSATraining", "Task", "caption_metrics", "generate", "history_messages",
-           "resize_mask", "rgb"]
+__all__ = [
+    "RSARecipe",
+    "RSARecipeConfig",
+    "RSATraining",
+    "Task",
+    "caption_metrics",
+    "generate",
+    "history_messages",
+    "resize_mask",
+    "rgb",
+]

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import abc
 import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -108,7 +109,8 @@ class Backend(abc.ABC):
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= BatchRequest.MAX_BATCH_SIZE:
             raise ProtocolError(
                 ErrorCode.BAD_REQUEST,
-                f"model '{self.model_name}': tile_batch_size must be an integer from 1 to {BatchRequest.MAX_BATCH_SIZE}, got {value!r}",
+                f"model '{self.model_name}': tile_batch_size must be an integer from 1 to "
+                f"{BatchRequest.MAX_BATCH_SIZE}, got {value!r}",
             )
         return value
 
@@ -129,7 +131,8 @@ class Backend(abc.ABC):
     def search_unsupported(self) -> ProtocolError:
         return ProtocolError(
             ErrorCode.UNSUPPORTED_TASK,
-            f"model '{self.model_name}' (backend {self.name}) cannot search a layer by text: it has no image embeddings",
+            f"model '{self.model_name}' (backend {self.name}) cannot search a layer by text: it has no image "
+            f"embeddings",
         )
 
     def check_task(self, task: Task) -> None:
@@ -144,10 +147,14 @@ class Backend(abc.ABC):
         """The checkpoint folder named by ``config[key]``, checked to exist and be complete."""
         raw = self.config.get(key)
         if not raw:
-            raise ProtocolError(ErrorCode.MODEL_LOAD_FAILED, f"model '{self.model_name}': the models file gives no '{key}'")
+            raise ProtocolError(
+                ErrorCode.MODEL_LOAD_FAILED, f"model '{self.model_name}': the models file gives no '{key}'"
+            )
         path = Path(str(raw)).expanduser()
         if not path.is_dir():
-            raise ProtocolError(ErrorCode.MODEL_LOAD_FAILED, f"model '{self.model_name}': checkpoint folder {path} does not exist")
+            raise ProtocolError(
+                ErrorCode.MODEL_LOAD_FAILED, f"model '{self.model_name}': checkpoint folder {path} does not exist"
+            )
         missing = [f for f in required_files if not (path / f).exists()]
         if missing:
             raise ProtocolError(

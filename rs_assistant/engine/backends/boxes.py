@@ -27,8 +27,9 @@ import json
 import logging
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,11 @@ def _walk_json(node: Any) -> Iterator[tuple[list[float], str]]:
 
 
 def _numbers(node: Any) -> list[float] | None:
-    if isinstance(node, list) and len(node) == 4 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in node):
+    if (
+        isinstance(node, list)
+        and len(node) == 4
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in node)
+    ):
         return [float(v) for v in node]
     return None
 

@@ -41,11 +41,15 @@ class CapRetBackend(Backend):
         try:
             model_type = json.loads((path / "config.json").read_text(encoding="utf-8")).get("model_type")
         except (OSError, ValueError) as exc:
-            raise ProtocolError(ErrorCode.MODEL_LOAD_FAILED, f"model '{self.model_name}': {path / 'config.json'} is unreadable: {exc}") from None
+            raise ProtocolError(
+                ErrorCode.MODEL_LOAD_FAILED, f"model '{self.model_name}': {path / 'config.json'} is unreadable: {exc}"
+            ) from None
         if model_type != "capret":
-            raise ProtocolError(ErrorCode.MODEL_LOAD_FAILED,
-                                f"model '{self.model_name}': checkpoint folder {path} holds a {model_type or 'unknown'} checkpoint "
-                                "(config.json model_type); backend 'capret' needs capret (exported by python -m training capret)")
+            raise ProtocolError(
+                ErrorCode.MODEL_LOAD_FAILED,
+                f"model '{self.model_name}': checkpoint folder {path} holds a {model_type or 'unknown'} checkpoint "
+                "(config.json model_type); backend 'capret' needs capret (exported by python -m training capret)",
+            )
         try:
             self.model = CapRetForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch_dtype(self.device))
             self.processor = CapRetProcessor.from_pretrained(path, self.model.config.num_visual_tokens)
@@ -62,8 +66,10 @@ class CapRetBackend(Backend):
         if call.task is Task.CAPTION:
             items = [call.images[0]]
         else:
-            messages = [{"role": m.role.value if hasattr(m.role, "value") else str(m.role), "content": m.content}
-                        for m in call.history]
+            messages = [
+                {"role": m.role.value if hasattr(m.role, "value") else str(m.role), "content": m.content}
+                for m in call.history
+            ]
             content = [{"type": "image"} for _ in call.images] + [{"type": "text", "text": call.prompt}]
             messages.append({"role": "user", "content": content})
             items = self.processor.dialogue(messages, list(call.images))
@@ -73,9 +79,13 @@ class CapRetBackend(Backend):
         ids, images = self.processor.encode(items)
         pixels = self.processor.pixel_values(images).to(self.device) if images else None
         stop = (self.processor.tokenizer.eos_token_id, self.processor.ret_token_id)
-        produced = self.model.generate_text(torch.tensor([ids], device=self.device), pixels,
-                                            max_new_tokens=call.options.max_new_tokens, stop_ids=stop,
-                                            should_stop=call.cancel.is_set)
+        produced = self.model.generate_text(
+            torch.tensor([ids], device=self.device),
+            pixels,
+            max_new_tokens=call.options.max_new_tokens,
+            stop_ids=stop,
+            should_stop=call.cancel.is_set,
+        )
         if call.cancel.is_set():
             raise ProtocolError(ErrorCode.CANCELLED, "the request was cancelled")
         return self.processor.tokenizer.decode(produced, skip_special_tokens=True).strip()
@@ -87,7 +97,9 @@ class CapRetBackend(Backend):
         ids, labels = self.processor.retrieval_example(query)
         batch = self.processor.pad([ids])
         with torch.inference_mode():
-            out = self.model(input_ids=batch["input_ids"].to(self.device), attention_mask=batch["attention_mask"].to(self.device))
+            out = self.model(
+                input_ids=batch["input_ids"].to(self.device), attention_mask=batch["attention_mask"].to(self.device)
+            )
             text = self.model.text_retrieval_embeddings(out.hidden_states, batch["input_ids"].to(self.device))[0]
             pixels = self.processor.pixel_values(list(call.images)).to(self.device)
             images = self.model.image_retrieval_embeddings(self.model.image_embeddings(pixels))
@@ -100,8 +112,14 @@ class CapRetBackend(Backend):
         for rank, index in enumerate(order.tolist(), start=1):
             height, width = call.images[index].shape[:2]
             sim = float(similarity[index])
-            detections.append(Detection(kind=FeatureKind.BOX, label=query, score=float(scores[index]),
-                                        box=(0.0, 0.0, float(width), float(height)),
-                                        properties={"rank": rank, "image": index, "similarity": sim}))
+            detections.append(
+                Detection(
+                    kind=FeatureKind.BOX,
+                    label=query,
+                    score=float(scores[index]),
+                    box=(0.0, 0.0, float(width), float(height)),
+                    properties={"rank": rank, "image": index, "similarity": sim},
+                )
+            )
             lines.append(f"{rank}. image {index}: similarity {sim:.3f}, score {scores[index]:.3f}")
         return BackendResult(text="\n".join(lines), detections=detections)

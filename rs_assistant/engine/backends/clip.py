@@ -66,8 +66,9 @@ import gzip
 import json
 import logging
 import threading
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -98,7 +99,14 @@ EXPECTED_LAYOUTS = (
 
 # open_clip config entries that change the architecture away from the standard CLIP ViT.
 UNSUPPORTED_CFG = {
-    "vision_cfg": ("timm_model_name", "ls_init_value", "attentional_pool", "no_ln_pre", "final_ln_after_pool", "input_patchnorm"),
+    "vision_cfg": (
+        "timm_model_name",
+        "ls_init_value",
+        "attentional_pool",
+        "no_ln_pre",
+        "final_ln_after_pool",
+        "input_patchnorm",
+    ),
     "text_cfg": ("hf_model_name", "ls_init_value", "embed_cls", "no_causal_mask", "proj_bias"),
 }
 SUPPORTED_POOLING = {"vision_cfg": "tok", "text_cfg": "argmax"}
@@ -157,7 +165,8 @@ class ClipBackend(Backend):
         if model_type != "clip":
             raise ProtocolError(
                 ErrorCode.MODEL_LOAD_FAILED,
-                f"model '{self.model_name}': {path / 'config.json'} is for model_type {model_type!r}; {EXPECTED_LAYOUTS}",
+                f"model '{self.model_name}': {path / 'config.json'} is for model_type {model_type!r}; "
+                f"{EXPECTED_LAYOUTS}",
             )
         try:
             processor = CLIPProcessor.from_pretrained(path, local_files_only=True)
@@ -187,7 +196,9 @@ class ClipBackend(Backend):
             )
         try:
             vocab, merges = read_bpe(path)
-            self.tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=_text_cfg(model_cfg)["context_length"])
+            self.tokenizer = CLIPTokenizer(
+                vocab=vocab, merges=merges, model_max_length=_text_cfg(model_cfg)["context_length"]
+            )
             config = clip_config_from_open_clip(model_cfg, self.tokenizer)
             if len(vocab) > config.text_config.vocab_size:
                 raise ValueError(
@@ -202,7 +213,8 @@ class ClipBackend(Backend):
             log.exception("model '%s': converting the open_clip checkpoint in %s failed", self.model_name, path)
             raise ProtocolError(
                 ErrorCode.MODEL_LOAD_FAILED,
-                f"model '{self.model_name}': could not convert the open_clip checkpoint in {path}: {type(exc).__name__}: {exc}",
+                f"model '{self.model_name}': could not convert the open_clip checkpoint in {path}: "
+                f"{type(exc).__name__}: {exc}",
             ) from exc
         log.info("loaded open_clip CLIP '%s' from %s (%s) on %s", self.model_name, path, weights.name, self.device)
 
@@ -220,7 +232,8 @@ class ClipBackend(Backend):
             return pt_files[0]
         if pt_files:
             raise FileNotFoundError(
-                f"several *.pt files ({', '.join(p.name for p in pt_files)}); name one with 'weights = ...' in the models file"
+                f"several *.pt files ({', '.join(p.name for p in pt_files)}); name one with 'weights = ...' in the "
+                f"models file"
             )
         raise FileNotFoundError(f"no weights: expected {' or '.join(OPEN_CLIP_WEIGHTS)} or one *.pt file")
 
@@ -249,7 +262,10 @@ class ClipBackend(Backend):
         text = "\n".join([labels[best]] + [f"{labels[i]}: {probs[i]:.3f}" for i in order])
         height, width = image.shape[:2]
         detection = Detection(
-            kind=FeatureKind.BOX, label=labels[best], score=float(probs[best]), box=(0.0, 0.0, float(width), float(height))
+            kind=FeatureKind.BOX,
+            label=labels[best],
+            score=float(probs[best]),
+            box=(0.0, 0.0, float(width), float(height)),
         )
         return BackendResult(text=text, detections=[detection])
 
@@ -291,7 +307,9 @@ class ClipBackend(Backend):
         for batch in _batches(images, self.batch_size, cancel):
             pixels = self.image_processor(images=list(batch), input_data_format="channels_last", return_tensors="pt")
             with torch.inference_mode():
-                features = self.model.get_image_features(pixel_values=pixels["pixel_values"].to(self.device, self.dtype))
+                features = self.model.get_image_features(
+                    pixel_values=pixels["pixel_values"].to(self.device, self.dtype)
+                )
             out.append(F.normalize(features.pooler_output.float(), dim=-1).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.model.config.projection_dim), np.float32)
 
@@ -309,7 +327,9 @@ class ClipBackend(Backend):
                 list(batch), padding=True, truncation=True, max_length=self.context_length, return_tensors="pt"
             ).to(self.device)
             with torch.inference_mode():
-                features = self.model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
+                features = self.model.get_text_features(
+                    input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
+                )
             out.append(F.normalize(features.pooler_output.float(), dim=-1).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.model.config.projection_dim), np.float32)
 
@@ -364,7 +384,9 @@ def clip_config_from_open_clip(model_cfg: Mapping[str, Any], tokenizer: CLIPToke
     """The transformers CLIPConfig of an open_clip ViT model config; refuses other towers."""
     vision, text = _vision_cfg(model_cfg), _text_cfg(model_cfg)
     if isinstance(vision["layers"], (list, tuple)):
-        raise ValueError(f"vision_cfg.layers {vision['layers']} describes a ResNet image tower; only ViT towers are supported")
+        raise ValueError(
+            f"vision_cfg.layers {vision['layers']} describes a ResNet image tower; only ViT towers are supported"
+        )
     found = [f"{tower}.{key}" for tower, keys in UNSUPPORTED_CFG.items() for key in keys if model_cfg[tower].get(key)]
     found += [
         f"{tower}.pool_type={model_cfg[tower]['pool_type']!r}"
@@ -403,7 +425,9 @@ def clip_config_from_open_clip(model_cfg: Mapping[str, Any], tokenizer: CLIPToke
     )
 
 
-def image_processor_from_open_clip(model_cfg: Mapping[str, Any], preprocess_cfg: Mapping[str, Any]) -> CLIPImageProcessorPil:
+def image_processor_from_open_clip(
+    model_cfg: Mapping[str, Any], preprocess_cfg: Mapping[str, Any]
+) -> CLIPImageProcessorPil:
     """open_clip's eval transform: resize (shorter side, or squash), centre crop, normalise."""
     vision = _vision_cfg(model_cfg)
     size = _square_image_size(vision)
@@ -412,7 +436,9 @@ def image_processor_from_open_clip(model_cfg: Mapping[str, Any], preprocess_cfg:
     interpolation = preprocess_cfg.get("interpolation", "bicubic")
     resize_mode = preprocess_cfg.get("resize_mode", "shortest")
     if interpolation not in RESAMPLING or resize_mode not in ("shortest", "squash"):
-        raise ValueError(f"preprocess_cfg interpolation {interpolation!r} / resize_mode {resize_mode!r} is not supported")
+        raise ValueError(
+            f"preprocess_cfg interpolation {interpolation!r} / resize_mode {resize_mode!r} is not supported"
+        )
     resize = {"shortest_edge": size} if resize_mode == "shortest" else {"height": size, "width": size}
     return CLIPImageProcessorPil(
         size=resize,

@@ -85,7 +85,8 @@ class Florence2Backend(Backend):
         if caption not in CAPTION_TASKS:
             raise ProtocolError(
                 ErrorCode.MODEL_LOAD_FAILED,
-                f"model '{self.model_name}': caption = {caption!r} in the models file; use one of {', '.join(CAPTION_TASKS)}",
+                f"model '{self.model_name}': caption = {caption!r} in the models file; use one of "
+                f"{', '.join(CAPTION_TASKS)}",
             )
         try:
             self.processor = AutoProcessor.from_pretrained(path, local_files_only=True)
@@ -131,7 +132,9 @@ class Florence2Backend(Backend):
         phrase = _TAG.sub("", boxes.target_phrase(prompt)).strip()  # a task token in it would confuse the processor
         if call.task is Task.SEGMENT:
             if not phrase:
-                raise ProtocolError(ErrorCode.BAD_REQUEST, "segment with Florence-2 needs a prompt naming what to segment")
+                raise ProtocolError(
+                    ErrorCode.BAD_REQUEST, "segment with Florence-2 needs a prompt naming what to segment"
+                )
             return SEGMENTATION, phrase
         if phrase.lower() in GENERIC_TARGETS:
             return DETECTION, ""
@@ -143,7 +146,8 @@ class Florence2Backend(Backend):
         if length > self.context:
             raise ProtocolError(
                 ErrorCode.PROMPT_TOO_LONG,
-                f"model '{self.model_name}': the prompt takes {length} tokens with the image; its context is {self.context}",
+                f"model '{self.model_name}': the prompt takes {length} tokens with the image; its context is "
+                f"{self.context}",
             )
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)

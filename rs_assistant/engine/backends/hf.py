@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import Collection, Sequence
 
 import torch
 from transformers import StoppingCriteria
@@ -65,7 +65,8 @@ def checkpoint_folder(
 
 
 def load_model(backend: Backend, model_class: type, path: Path):
-    """``model_class.from_pretrained(path)`` from local files only, in the engine's dtype and attention, on its device."""
+    """``model_class.from_pretrained(path)`` from local files only, in the engine's dtype and attention, on its
+    device."""
     try:
         model = model_class.from_pretrained(
             path,

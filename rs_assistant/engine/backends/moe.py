@@ -39,18 +39,27 @@ class MoEBackend(Backend):
         path = checkpoint_folder(self, {"rs_moe"}, processor_files=("preprocessor_config.json",))
         compose = self.config.get("compose")
         if compose is not None and compose not in COMPOSE:
-            raise ProtocolError(ErrorCode.MODEL_LOAD_FAILED, f"model '{self.model_name}': compose = {compose!r}; "
-                                f"expected one of {', '.join(COMPOSE)}")
+            raise ProtocolError(
+                ErrorCode.MODEL_LOAD_FAILED,
+                f"model '{self.model_name}': compose = {compose!r}; expected one of {', '.join(COMPOSE)}",
+            )
         try:
-            self.model = MoEForConditionalGeneration.from_pretrained(path, local_files_only=True,
-                                                                     dtype=torch_dtype(self.device))
+            self.model = MoEForConditionalGeneration.from_pretrained(
+                path, local_files_only=True, dtype=torch_dtype(self.device)
+            )
             self.processor = MoEProcessor.from_pretrained(path)
         except Exception as exc:  # transformers raises many types; all mean the same to the caller
             raise load_failed(self, path, exc) from exc
         self.compose = compose or self.model.config.compose
         self.model.to(self.device).eval()
-        log.info("loaded RS-MoE '%s' (%d experts: %s) from %s on %s", self.model_name, len(self.model.experts),
-                 ", ".join(self.model.config.expert_names), path, self.device)
+        log.info(
+            "loaded RS-MoE '%s' (%d experts: %s) from %s on %s",
+            self.model_name,
+            len(self.model.experts),
+            ", ".join(self.model.config.expert_names),
+            path,
+            self.device,
+        )
 
     def run(self, call: BackendCall) -> BackendResult:
         from rs_assistant.engine.models.moe import CAPTION_INSTRUCTION
@@ -75,12 +84,24 @@ class MoEBackend(Backend):
         pixels = self.processor.pixel_values([call.images[0]]).to(self.device, self.model.dtype)
         with torch.inference_mode():
             answers, weights, parts = self.model.answer(
-                pixels, batch["input_ids"], batch["attention_mask"], batch["router_ids"], batch["router_mask"],
-                call.options.max_new_tokens, self.processor.eos_token_id, self.processor.decode,
-                compose=self.compose, should_stop=call.cancel.is_set)
+                pixels,
+                batch["input_ids"],
+                batch["attention_mask"],
+                batch["router_ids"],
+                batch["router_mask"],
+                call.options.max_new_tokens,
+                self.processor.eos_token_id,
+                self.processor.decode,
+                compose=self.compose,
+                should_stop=call.cancel.is_set,
+            )
         if call.cancel.is_set():
             raise cancelled(self)
         names = self.model.config.expert_names
-        log.debug("model '%s': routing %s; answered by %s", self.model_name,
-                  {n: round(float(w), 3) for n, w in zip(names, weights[0])}, [names[k] for k in parts[0]])
+        log.debug(
+            "model '%s': routing %s; answered by %s",
+            self.model_name,
+            {n: round(float(w), 3) for n, w in zip(names, weights[0])},
+            [names[k] for k in parts[0]],
+        )
         return BackendResult(text=answers[0])

@@ -41,8 +41,14 @@ log = logging.getLogger(__name__)
 
 #: box_convention -> (the full-scale coordinate, how the prompt states it); None: absolute pixels.
 CONVENTIONS: dict[str, tuple[float | None, str]] = {
-    "0-1000": (1000.0, "integers from 0 to 1000 relative to the image: (0, 0) is the top-left corner, (1000, 1000) the bottom-right"),
-    "0-100": (100.0, "numbers from 0 to 100 relative to the image: (0, 0) is the top-left corner, (100, 100) the bottom-right"),
+    "0-1000": (
+        1000.0,
+        "integers from 0 to 1000 relative to the image: (0, 0) is the top-left corner, (1000, 1000) the bottom-right",
+    ),
+    "0-100": (
+        100.0,
+        "numbers from 0 to 100 relative to the image: (0, 0) is the top-left corner, (100, 100) the bottom-right",
+    ),
     "0-1": (1.0, "fractions from 0 to 1 relative to the image: (0, 0) is the top-left corner, (1, 1) the bottom-right"),
     "pixels": (None, "absolute pixel coordinates in this {width}x{height} image: (0, 0) is the top-left corner"),
 }
@@ -68,7 +74,8 @@ class OpenAIBackend(Backend):
         url = str(self.config.get("url") or self.config.get("base_url") or "")
         if not re.match(r"^https?://", url):
             raise ProtocolError(
-                ErrorCode.MODEL_LOAD_FAILED, f"model '{self.model_name}': 'url' must be the server's http(s) API root, got {url!r}"
+                ErrorCode.MODEL_LOAD_FAILED,
+                f"model '{self.model_name}': 'url' must be the server's http(s) API root, got {url!r}",
             )
         self.convention = str(self.config.get("box_convention", DEFAULT_CONVENTION))
         if self.convention not in CONVENTIONS:
@@ -79,7 +86,9 @@ class OpenAIBackend(Backend):
         headers = {"Authorization": f"Bearer {key}"} if (key := self._api_key()) else {}
         timeout = float(self.config.get("timeout_s", DEFAULT_TIMEOUT_S))
         self.url = url.rstrip("/")
-        self.client = httpx.Client(base_url=self.url + "/", headers=headers, timeout=httpx.Timeout(timeout, connect=10.0))
+        self.client = httpx.Client(
+            base_url=self.url + "/", headers=headers, timeout=httpx.Timeout(timeout, connect=10.0)
+        )
         self.remote_model = str(self.config.get("model") or self._first_model())
         log.info("model '%s': OpenAI-compatible server %s, model %s", self.model_name, self.url, self.remote_model)
 
@@ -89,12 +98,16 @@ class OpenAIBackend(Backend):
         height, width = call.images[0].shape[:2]
         if call.task is Task.GROUND:
             target = target_phrase(call.prompt) or "object"
-            prompt = GROUND_PROMPT.format(target=target, convention=CONVENTIONS[self.convention][1].format(width=width, height=height))
+            prompt = GROUND_PROMPT.format(
+                target=target, convention=CONVENTIONS[self.convention][1].format(width=width, height=height)
+            )
         elif call.task is Task.CAPTION:
             prompt = f"{CAPTION_PROMPT} {call.prompt}".strip()
         else:
             prompt = call.prompt.strip() or CAPTION_PROMPT
-        content: list[dict[str, Any]] = [{"type": "image_url", "image_url": {"url": png_data_url(image)}} for image in call.images]
+        content: list[dict[str, Any]] = [
+            {"type": "image_url", "image_url": {"url": png_data_url(image)}} for image in call.images
+        ]
         content.append({"type": "text", "text": prompt})
         messages = [{"role": m.role.value, "content": m.content} for m in call.history]
         messages.append({"role": "user", "content": content})
@@ -117,14 +130,17 @@ class OpenAIBackend(Backend):
         try:
             return path.read_text(encoding="utf-8").strip()
         except OSError as exc:
-            raise ProtocolError(ErrorCode.MODEL_LOAD_FAILED, f"model '{self.model_name}': cannot read api_key_file {path}: {exc}") from None
+            raise ProtocolError(
+                ErrorCode.MODEL_LOAD_FAILED, f"model '{self.model_name}': cannot read api_key_file {path}: {exc}"
+            ) from None
 
     def _first_model(self) -> str:
         data = self._json(self._send("GET", "models"))
         entries = data.get("data") if isinstance(data, dict) else None
         if not entries or not isinstance(entries[0], dict) or "id" not in entries[0]:
             raise ProtocolError(
-                ErrorCode.MODEL_LOAD_FAILED, f"model '{self.model_name}': {self.url}/models lists no model; set 'model' in the models file"
+                ErrorCode.MODEL_LOAD_FAILED,
+                f"model '{self.model_name}': {self.url}/models lists no model; set 'model' in the models file",
             )
         return str(entries[0]["id"])
 
@@ -174,7 +190,8 @@ class OpenAIBackend(Backend):
             return response.json()
         except ValueError:
             raise ProtocolError(
-                ErrorCode.INTERNAL, f"model '{self.model_name}': {response.request.url} answered something that is not JSON"
+                ErrorCode.INTERNAL,
+                f"model '{self.model_name}': {response.request.url} answered something that is not JSON",
             ) from None
 
     def _failure(self, response: httpx.Response) -> ProtocolError:
@@ -210,7 +227,9 @@ def _message_text(data: Any) -> str:
     try:
         return str(data["choices"][0]["message"]["content"] or "")
     except (KeyError, IndexError, TypeError):
-        raise ProtocolError(ErrorCode.INTERNAL, f"the server's answer has no choices[0].message.content: {str(data)[:300]}") from None
+        raise ProtocolError(
+            ErrorCode.INTERNAL, f"the server's answer has no choices[0].message.content: {str(data)[:300]}"
+        ) from None
 
 
 def png_data_url(image: np.ndarray) -> str:

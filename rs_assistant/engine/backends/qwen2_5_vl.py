@@ -89,7 +89,8 @@ class Qwen25VLBackend(Backend):
             self.min_pixels = int(self.config.get("min_pixels", DEFAULT_MIN_PIXELS))
         except (TypeError, ValueError):
             raise ProtocolError(
-                ErrorCode.MODEL_LOAD_FAILED, f"model '{self.model_name}': max_pixels and min_pixels must be whole numbers"
+                ErrorCode.MODEL_LOAD_FAILED,
+                f"model '{self.model_name}': max_pixels and min_pixels must be whole numbers",
             ) from None
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
@@ -140,7 +141,9 @@ class Qwen25VLBackend(Backend):
         messages: list[dict[str, Any]] = [{"role": m.role.value, "content": m.content} for m in call.history]
         messages.append({"role": Role.USER.value, "content": self._instruction(call)})
         first_user = next(m for m in messages if m["role"] == Role.USER.value)
-        first_user["content"] = [{"type": "image"} for _ in call.images] + [{"type": "text", "text": first_user["content"]}]
+        first_user["content"] = [{"type": "image"} for _ in call.images] + [
+            {"type": "text", "text": first_user["content"]}
+        ]
         return messages
 
     def _prepare(self, call: BackendCall) -> Prepared:
@@ -154,7 +157,9 @@ class Qwen25VLBackend(Backend):
                 return_tensors="pt",
             )
         except ValueError as exc:  # smart_resize refuses sides more than 200 times apart
-            raise ProtocolError(ErrorCode.BAD_EXTENT, f"model '{self.model_name}' cannot take this region: {exc}") from None
+            raise ProtocolError(
+                ErrorCode.BAD_EXTENT, f"model '{self.model_name}' cannot take this region: {exc}"
+            ) from None
         grid = vision["image_grid_thw"]
         parts = text.split(self.image_token)
         if len(parts) != len(call.images) + 1:

@@ -46,19 +46,29 @@ class RAGBackend(Backend):
             raise ProtocolError(ErrorCode.MODEL_LOAD_FAILED, f"{where}: {RAG_CONFIG} is unreadable: {exc}") from None
         if not isinstance(config, dict) or config.get("model_type") != "rs_rag":
             found = config.get("model_type") if isinstance(config, dict) else type(config).__name__
-            raise ProtocolError(ErrorCode.MODEL_LOAD_FAILED, f"{where}: {RAG_CONFIG} names a {found!r} model; backend "
-                                "'rag' needs rs_rag (exported by python -m training rag)")
+            raise ProtocolError(
+                ErrorCode.MODEL_LOAD_FAILED,
+                f"{where}: {RAG_CONFIG} names a {found!r} model; backend "
+                "'rag' needs rs_rag (exported by python -m training rag)",
+            )
         self.top_k = int(self.config.get("top_k", config.get("top_k", 3)))
         self.candidates = max(int(config.get("candidates", 16)), self.top_k)
         self.passage_chars = int(config.get("passage_chars", 300))
         try:
             self.index = KnowledgeIndex.load(path / config.get("index", "index"), self.device, torch_dtype(self.device))
         except Exception as exc:  # noqa: BLE001 - a missing or corrupt index: name it
-            raise ProtocolError(ErrorCode.MODEL_LOAD_FAILED, f"{where}: the knowledge index does not load: "
-                                f"{type(exc).__name__}: {exc}") from None
+            raise ProtocolError(
+                ErrorCode.MODEL_LOAD_FAILED, f"{where}: the knowledge index does not load: {type(exc).__name__}: {exc}"
+            ) from None
         self.vlm = RSABackend(self.model_name, {"path": str(path / config.get("vlm", "vlm"))}, self.device)
         self.vlm.ensure_loaded()
-        log.info("loaded RS-RAG '%s' from %s: %d passages, top %d", self.model_name, path, len(self.index.passages), self.top_k)
+        log.info(
+            "loaded RS-RAG '%s' from %s: %d passages, top %d",
+            self.model_name,
+            path,
+            len(self.index.passages),
+            self.top_k,
+        )
 
     def run(self, call: BackendCall) -> BackendResult:
         from rs_assistant.engine.models.rag import knowledge_prompt

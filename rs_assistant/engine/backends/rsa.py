@@ -54,8 +54,9 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Iterable, Sequence
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -69,7 +70,6 @@ from rs_assistant.engine.backends.base import Backend, BackendCall, BackendResul
 from rs_assistant.engine.backends.hf import CancelCriteria, cancelled, checkpoint_folder, load_failed
 from rs_assistant.engine.device import attn_implementation, torch_dtype
 from rs_assistant.engine.models.rsa.modeling_rsa import RSAForConditionalGeneration, RSAInstruction, RSAVisualFeatures
-from rs_assistant.engine.models.rsa.regions import candidate_regions, connected_regions, region_features
 from rs_assistant.engine.models.rsa.processing_rsa import (
     DELTA,
     EOS,
@@ -81,6 +81,7 @@ from rs_assistant.engine.models.rsa.processing_rsa import (
     RSAProcessor,
     SegRequest,
 )
+from rs_assistant.engine.models.rsa.regions import candidate_regions, connected_regions, region_features
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,10 @@ class RSABackend(Backend):
         if info.get("unexpected_keys"):
             problems.append(f"weights the config has no place for: {_names(info['unexpected_keys'])}")
         if info.get("mismatched_keys"):
-            shapes = [f"{key} {tuple(saved)} in the file, {tuple(wanted)} by the config" for key, saved, wanted in info["mismatched_keys"]]
+            shapes = [
+                f"{key} {tuple(saved)} in the file, {tuple(wanted)} by the config"
+                for key, saved, wanted in info["mismatched_keys"]
+            ]
             problems.append(f"shape mismatch: {_names(shapes)}")
         if problems:
             raise ProtocolError(
@@ -144,7 +148,8 @@ class RSABackend(Backend):
             wrong.append(f"vocabulary {len(processor.tokenizer)} (model: {config.text_config.vocab_size})")
         if wrong:
             raise ProtocolError(
-                ErrorCode.MODEL_LOAD_FAILED, f"{where}: the tokenizer/processor files do not fit the model: {', '.join(wrong)}"
+                ErrorCode.MODEL_LOAD_FAILED,
+                f"{where}: the tokenizer/processor files do not fit the model: {', '.join(wrong)}",
             )
 
     def run(self, call: BackendCall) -> BackendResult:
@@ -205,21 +210,38 @@ class RSABackend(Backend):
         with torch.inference_mode():
             answers = [self.processor.parse_answer(row, (c.images[0].shape[1], c.images[0].shape[0])) for row, c in
                        zip(output.sequences.tolist(), calls)]  # fmt: skip
-            redecoded = (self._answers_agreeing_with_verdicts(calls, batch, visual, answers)
-                         if first.task is Task.CHANGE and self.model.config.change_seg_marks_changed else {})
+            redecoded = (
+                self._answers_agreeing_with_verdicts(calls, batch, visual, answers)
+                if first.task is Task.CHANGE and self.model.config.change_seg_marks_changed
+                else {}
+            )
             for sample, (answer, _) in redecoded.items():
                 answers[sample] = answer
-            wanted = [sample for sample, a in enumerate(answers)
-                      if a.segments and sample not in redecoded and self._wants_masks(first.task, visual, sample)]
+            wanted = [
+                sample
+                for sample, a in enumerate(answers)
+                if a.segments and sample not in redecoded and self._wants_masks(first.task, visual, sample)
+            ]
             masks = self._mask_logits(output, visual, wanted).joined(
-                [(sample, logits) for sample, (_, logits) in redecoded.items() if logits is not None])
+                [(sample, logits) for sample, (_, logits) in redecoded.items() if logits is not None]
+            )
             regions = self._box_regions(output, visual, answers, [c.images[0].shape[:2] for c in calls])
-            instructions = (self.model.instructions(batch["input_ids"].to(self.device), output.hidden_states[0][-1])
-                            if self.model.region_selector is not None and first.task in (Task.GROUND, Task.SEGMENT) else None)
+            instructions = (
+                self.model.instructions(batch["input_ids"].to(self.device), output.hidden_states[0][-1])
+                if self.model.region_selector is not None and first.task in (Task.GROUND, Task.SEGMENT)
+                else None
+            )
             for sample, (call, answer) in enumerate(zip(calls, answers)):
                 height, width = call.images[0].shape[:2]
-                generated = _Generated(output, visual, sample, masks, regions, call.images[0],
-                                       None if instructions is None else instructions[sample])
+                generated = _Generated(
+                    output,
+                    visual,
+                    sample,
+                    masks,
+                    regions,
+                    call.images[0],
+                    None if instructions is None else instructions[sample],
+                )
                 results.append(self._result(call, answer, generated, (width, height)))
         return results
 
@@ -240,11 +262,14 @@ class RSABackend(Backend):
             )
         if any(call.cancel.is_set() for call in calls):
             raise cancelled(self)
-        return [BackendResult(text=self.processor.parse_answer(row, (c.images[0].shape[1], c.images[0].shape[0])).text)
-                for row, c in zip(sequences.tolist(), calls)]
+        return [
+            BackendResult(text=self.processor.parse_answer(row, (c.images[0].shape[1], c.images[0].shape[0])).text)
+            for row, c in zip(sequences.tolist(), calls)
+        ]
 
-    def _answers_agreeing_with_verdicts(self, calls: Sequence[BackendCall], batch: dict, visual: RSAVisualFeatures,
-                                        answers: Sequence[Answer]) -> dict[int, tuple[Answer, torch.Tensor | None]]:
+    def _answers_agreeing_with_verdicts(
+        self, calls: Sequence[BackendCall], batch: dict, visual: RSAVisualFeatures, answers: Sequence[Answer]
+    ) -> dict[int, tuple[Answer, torch.Tensor | None]]:
         """Change answers that contradict the change head's verdict, decoded again: ``sample -> (answer,
         its [SEG] mask logits or None)``.
 
@@ -267,9 +292,14 @@ class RSABackend(Backend):
             beams = max(4, config.caption_num_beams)
             with torch.inference_mode():
                 candidates = self.model.generate(
-                    prompt, attention_mask=torch.ones_like(prompt), pixel_values=pixels,
-                    max_new_tokens=min(call.options.max_new_tokens, self.context - prompt.shape[1]), do_sample=False,
-                    num_beams=beams, num_return_sequences=beams, length_penalty=config.caption_length_penalty,
+                    prompt,
+                    attention_mask=torch.ones_like(prompt),
+                    pixel_values=pixels,
+                    max_new_tokens=min(call.options.max_new_tokens, self.context - prompt.shape[1]),
+                    do_sample=False,
+                    num_beams=beams,
+                    num_return_sequences=beams,
+                    length_penalty=config.caption_length_penalty,
                     stopping_criteria=StoppingCriteriaList([CancelCriteria(call.cancel)]),
                 )
             if call.cancel.is_set():
@@ -278,7 +308,10 @@ class RSABackend(Backend):
             found[sample] = (Answer("", (), ()), None)  # unless a candidate agrees
             if changed and visual.change_pixel_logits is not None:  # shifted so that mask_threshold falls at 0.5
                 shift = torch.logit(torch.tensor(config.mask_threshold, dtype=torch.float32)).clamp(-20, 20)
-                found[sample] = (Answer("", (), (SegRequest("", 0),)), visual.change_pixel_logits[sample][None].float() + shift)
+                found[sample] = (
+                    Answer("", (), (SegRequest("", 0),)),
+                    visual.change_pixel_logits[sample][None].float() + shift,
+                )
             for row in candidates.tolist():
                 row = row[: row.index(eos)] if eos in row else row
                 candidate = self.processor.parse_answer(row, size)
@@ -288,13 +321,20 @@ class RSABackend(Backend):
                 if changed:
                     ids = torch.cat([prompt, torch.tensor([row], device=prompt.device)], dim=1)
                     with torch.inference_mode():
-                        logits = self.model(input_ids=ids, pixel_values=pixels, attention_mask=torch.ones_like(ids)).mask_logits
+                        logits = self.model(
+                            input_ids=ids, pixel_values=pixels, attention_mask=torch.ones_like(ids)
+                        ).mask_logits
                 found[sample] = (candidate, logits)
                 break
         return found
 
-    def _box_regions(self, output: GenerateDecoderOnlyOutput, visual: RSAVisualFeatures, answers: Sequence[Answer],
-                     shapes: Sequence[tuple[int, int]]) -> dict[tuple[int, int], tuple[tuple[float, float, float, float], float]]:
+    def _box_regions(
+        self,
+        output: GenerateDecoderOnlyOutput,
+        visual: RSAVisualFeatures,
+        answers: Sequence[Answer],
+        shapes: Sequence[tuple[int, int]],
+    ) -> dict[tuple[int, int], tuple[tuple[float, float, float, float], float]]:
         """With ``box_from_mask``: ``(sample, first loc position) -> (box, score)`` read off each box's mask,
         for the boxes whose mask has a region above ``box_mask_threshold`` (one decoder pass for the batch)."""
         if not self.model.config.box_from_mask:
@@ -325,7 +365,9 @@ class RSABackend(Backend):
     def _change_probability(visual: RSAVisualFeatures, sample: int) -> float:
         return float(torch.sigmoid(visual.change_logits[sample]))
 
-    def _mask_logits(self, output: GenerateDecoderOnlyOutput, visual: RSAVisualFeatures, samples: list[int]) -> "_MaskLogits":
+    def _mask_logits(
+        self, output: GenerateDecoderOnlyOutput, visual: RSAVisualFeatures, samples: list[int]
+    ) -> _MaskLogits:
         """The mask decoder's logits for every ``[SEG]`` the ``samples`` wrote, in one pass for the whole batch."""
         if not samples:
             return _MaskLogits(None, None, None)
@@ -365,7 +407,9 @@ class RSABackend(Backend):
         prompt = self.processor.format_prompt(Task.CAPTION, answer=sentence)
         encoded = self.processor([prompt], [np.zeros((1, 1, 3), np.uint8)], return_labels=True)
         if encoded["input_ids"].shape[1] >= self.context:
-            raise ProtocolError(ErrorCode.PROMPT_TOO_LONG, f"model '{self.model_name}': the description is too long to score")
+            raise ProtocolError(
+                ErrorCode.PROMPT_TOO_LONG, f"model '{self.model_name}': the description is too long to score"
+            )
         labels = encoded["labels"][:, 1:].to(self.device)
         labels[labels == self.processor.token_ids[EOS]] = -100  # the description, not where it ends
         counted = (labels != -100).sum().clamp(min=1)
@@ -382,7 +426,9 @@ class RSABackend(Backend):
             with torch.inference_mode():
                 visual = RSAVisualFeatures(tokens=tokens.to(self.device, self.model.dtype))
                 embeds = self.model.embed(ids, visual)
-                logits = self.model.language_model(inputs_embeds=embeds, use_cache=False, logits_to_keep=positions).logits
+                logits = self.model.language_model(
+                    inputs_embeds=embeds, use_cache=False, logits_to_keep=positions
+                ).logits
                 logprobs = torch.log_softmax(logits.float(), dim=-1)
                 wanted = labels.expand(count, -1)
                 picked = logprobs.gather(-1, wanted.clamp(min=0).unsqueeze(-1)).squeeze(-1) * (wanted != -100)
@@ -393,7 +439,7 @@ class RSABackend(Backend):
         self,
         call: BackendCall,
         answer: Answer,
-        generated: "_Generated",
+        generated: _Generated,
         window: tuple[int, int],
     ) -> BackendResult:
         phrase = boxes.target_phrase(call.prompt) if call.task in (Task.GROUND, Task.SEGMENT) else ""
@@ -402,10 +448,16 @@ class RSABackend(Backend):
         classes = generated.class_regions(self.model, (height, width)) if self.model.config.class_aware_boxes else None
         select = call.task is Task.GROUND and len(answer.boxes) == 1 and generated.instruction is not None
         for b in answer.boxes:
-            box, score = generated.regions.get((generated.sample, b.positions[0])) or (b.box, self._box_score(b, generated))
+            box, score = generated.regions.get((generated.sample, b.positions[0])) or (
+                b.box,
+                self._box_score(b, generated),
+            )
             label = b.label or phrase or "object"
-            chosen = classes.selected_box(b.label or "", generated.state(b.positions[0]), generated.instruction) \
-                if classes is not None and select else None
+            chosen = (
+                classes.selected_box(b.label or "", generated.state(b.positions[0]), generated.instruction)
+                if classes is not None and select
+                else None
+            )
             if chosen is not None:
                 box = chosen
             elif classes is not None:
@@ -420,12 +472,14 @@ class RSABackend(Backend):
             return BackendResult(text=answer.text, detections=detections)
         probability = self._change_probability(generated.visual, generated.sample)
         changed = probability >= self.model.config.change_threshold
-        text = f"{'changed' if changed else 'unchanged'} ({probability:.0%})" + (f": {answer.text}" if answer.text else "")
+        text = f"{'changed' if changed else 'unchanged'} ({probability:.0%})" + (
+            f": {answer.text}" if answer.text else ""
+        )
         if changed:
             detections += self._masks(answer, generated, window, FeatureKind.CHANGE, "change", score=probability)
         return BackendResult(text=text, detections=detections)
 
-    def _box_score(self, located: LocatedPhrase, generated: "_Generated") -> float:
+    def _box_score(self, located: LocatedPhrase, generated: _Generated) -> float:
         """Mean over the box's four loc tokens of the probability within one bin of the bin written."""
         output, sample = generated.output, generated.sample
         loc_ids = torch.tensor(self.processor.loc_ids, device=output.scores[0].device)
@@ -440,7 +494,7 @@ class RSABackend(Backend):
     def _masks(
         self,
         answer: Answer,
-        generated: "_Generated",
+        generated: _Generated,
         window: tuple[int, int],
         kind: FeatureKind,
         fallback_label: str,
@@ -459,9 +513,15 @@ class RSABackend(Backend):
         mine = found.samples == generated.sample
         logits, steps = found.logits[mine], found.steps[mine]
         width, height = window
-        probabilities = torch.sigmoid(F.interpolate(logits[:, None].float(), size=(height, width), mode="bilinear")[:, 0])
+        probabilities = torch.sigmoid(
+            F.interpolate(logits[:, None].float(), size=(height, width), mode="bilinear")[:, 0]
+        )
         labels = {s.position: s.label for s in answer.segments} if kind is not FeatureKind.CHANGE else {}
-        classes = generated.class_regions(self.model, (height, width)) if labels and self.model.config.class_aware_masks else None
+        classes = (
+            generated.class_regions(self.model, (height, width))
+            if labels and self.model.config.class_aware_masks
+            else None
+        )
         select = len(steps) == 1 and generated.instruction is not None
         detections = []
         for step, probability in zip(steps.tolist(), probabilities):
@@ -486,7 +546,7 @@ class _Generated:
     output: GenerateDecoderOnlyOutput
     visual: RSAVisualFeatures
     sample: int
-    masks: "_MaskLogits"
+    masks: _MaskLogits
     regions: dict[tuple[int, int], tuple[tuple[float, float, float, float], float]]  # _box_regions
     image: np.ndarray | None = None  # the window, for the region selector's colours
     instruction: RSAInstruction | None = None  # the user's turn, with a region selector
@@ -495,7 +555,7 @@ class _Generated:
         """The last hidden state of the generation step that wrote token ``step`` of this sample's answer."""
         return self.output.hidden_states[step][-1][self.sample, -1]
 
-    def class_regions(self, model: RSAForConditionalGeneration, shape: tuple[int, int]) -> "ClassRegions":
+    def class_regions(self, model: RSAForConditionalGeneration, shape: tuple[int, int]) -> ClassRegions:
         """This sample's class map and regions at the window ``shape`` (height, width)."""
         return ClassRegions(model, self.visual, self.sample, shape, self.image)
 
@@ -509,8 +569,14 @@ class ClassRegions:
     ``image``: the window's pixels (H x W x 3 uint8), which the selector needs for colours.
     """
 
-    def __init__(self, model: RSAForConditionalGeneration, visual: RSAVisualFeatures, sample: int,
-                 shape: tuple[int, int], image: np.ndarray | None = None):
+    def __init__(
+        self,
+        model: RSAForConditionalGeneration,
+        visual: RSAVisualFeatures,
+        sample: int,
+        shape: tuple[int, int],
+        image: np.ndarray | None = None,
+    ):
         self.model, self.visual, self.sample, self.shape, self.image = model, visual, sample, shape, image
         self._probabilities: torch.Tensor | None = None
         self._logits: torch.Tensor | None = None
@@ -526,8 +592,13 @@ class ClassRegions:
         cls = self.model.config.class_nouns.get(label.strip().lower())
         return None if cls is None else int(cls)
 
-    def refine(self, label: str, inside: torch.Tensor, probability: torch.Tensor,
-               query: tuple[torch.Tensor, RSAInstruction] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def refine(
+        self,
+        label: str,
+        inside: torch.Tensor,
+        probability: torch.Tensor,
+        query: tuple[torch.Tensor, RSAInstruction] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mask, probability)``: a class's own name -> that class's pixels (those where it is the most
         probable class, or whose probability reaches the class's ``class_mask_bars``) and probabilities; another
         noun of a class -> with ``class_region_masks`` the region of that class the selector picks for
@@ -599,15 +670,27 @@ class ClassRegions:
 
     def window_rgb(self, side: int) -> torch.Tensor:
         """``[1, 3, side, side]``: the window's colours in [0, 1], area-averaged to ``side`` pixels a side."""
-        rgb = torch.from_numpy(np.ascontiguousarray(self.image[..., :3])).to(self.logits().device).permute(2, 0, 1)[None].float() / 255
+        rgb = (
+            torch.from_numpy(np.ascontiguousarray(self.image[..., :3]))
+            .to(self.logits().device)
+            .permute(2, 0, 1)[None]
+            .float()
+            / 255
+        )
         return F.interpolate(rgb, size=(side, side), mode="area")
 
     def region_features(self, cls: int) -> torch.Tensor:
         """``[K, F]``: what the region selector reads of each candidate of class ``cls`` (regions.region_features)."""
         if cls not in self._features:
             logits = self.logits()
-            self._features[cls] = region_features(*self.candidates(cls), logits.argmax(dim=0), torch.softmax(logits, dim=0)[cls],
-                                                  self.pixel_features(), self._grid_rgb(), logits.shape[0])
+            self._features[cls] = region_features(
+                *self.candidates(cls),
+                logits.argmax(dim=0),
+                torch.softmax(logits, dim=0)[cls],
+                self.pixel_features(),
+                self._grid_rgb(),
+                logits.shape[0],
+            )
         return self._features[cls]
 
     def select(self, cls: int, state: torch.Tensor, instruction: RSAInstruction) -> int:
@@ -618,7 +701,9 @@ class ClassRegions:
             return 0
         return int(self.model.score_regions(state, instruction, features).argmax()) + 1
 
-    def selected_box(self, label: str, state: torch.Tensor, instruction: RSAInstruction) -> tuple[float, float, float, float] | None:
+    def selected_box(
+        self, label: str, state: torch.Tensor, instruction: RSAInstruction
+    ) -> tuple[float, float, float, float] | None:
         """The window-pixel extent of the region of ``label``'s class that the selector picks; None when the
         label names no class, the class has no region or the model no selector."""
         cls = self.class_of(label)
@@ -628,7 +713,8 @@ class ClassRegions:
         return self.region_box(cls, chosen) if chosen else None
 
     def region_box(self, cls: int, index: int) -> tuple[float, float, float, float]:
-        """The window-pixel extent of candidate ``index`` (1..K) of class ``cls`` (as :meth:`snap` measures a region)."""
+        """The window-pixel extent of candidate ``index`` (1..K) of class ``cls`` (as :meth:`snap` measures a
+        region)."""
         region = self.candidates(cls)[0][index - 1]
         return self._fine_extent(region, cls) or self._coarse_extent(region)
 
@@ -637,8 +723,12 @@ class ClassRegions:
         side = region.shape[0]
         rows = torch.nonzero(region.any(dim=1)).flatten()
         cols = torch.nonzero(region.any(dim=0)).flatten()
-        return (float(cols[0]) * width / side, float(rows[0]) * height / side,
-                float(cols[-1] + 1) * width / side, float(rows[-1] + 1) * height / side)
+        return (
+            float(cols[0]) * width / side,
+            float(rows[0]) * height / side,
+            float(cols[-1] + 1) * width / side,
+            float(rows[-1] + 1) * height / side,
+        )
 
     def snap(self, label: str, box: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
         """The window-pixel extent of the region of ``label``'s class whose extent overlaps ``box`` best; ``box``
@@ -728,18 +818,24 @@ class _MaskLogits:
     samples: torch.Tensor | None
     steps: torch.Tensor | None
 
-    def joined(self, more: Sequence[tuple[int, torch.Tensor]]) -> "_MaskLogits":
+    def joined(self, more: Sequence[tuple[int, torch.Tensor]]) -> _MaskLogits:
         """These and ``(sample, logits [n, M, M])`` decoded apart (their steps count from 0)."""
         if not more:
             return self
         parts = ([] if self.logits is None else [(self.logits, self.samples, self.steps)]) + [
-            (logits, torch.full((len(logits),), sample, device=logits.device), torch.arange(len(logits), device=logits.device))
+            (
+                logits,
+                torch.full((len(logits),), sample, device=logits.device),
+                torch.arange(len(logits), device=logits.device),
+            )
             for sample, logits in more
         ]
         return _MaskLogits(*(torch.cat([part[i] for part in parts]) for i in range(3)))
 
 
-def region_box(logits: torch.Tensor, shape: tuple[int, int], threshold: float) -> tuple[tuple[float, float, float, float], float] | None:
+def region_box(
+    logits: torch.Tensor, shape: tuple[int, int], threshold: float
+) -> tuple[tuple[float, float, float, float], float] | None:
     """The box (window pixels x0, y0, x1, y1) and mean probability of the connected region around the most
     probable pixel of mask ``logits [M, M]``, among pixels above ``threshold``; None when there are none.
 

@@ -48,9 +48,10 @@ import json
 import logging
 import re
 import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -72,7 +73,12 @@ SAM2_TYPES = frozenset({"sam2", "sam2_video"})
 #: folder has no preprocessor_config.json saying otherwise.
 SAM2_MEAN = (0.485, 0.456, 0.406)
 SAM2_STD = (0.229, 0.224, 0.225)
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 DEFAULT_BOX_BATCH_SIZE = 16
 
@@ -149,13 +155,20 @@ class SamBackend(Backend):
             if clipped is None:
                 raise ProtocolError(
                     ErrorCode.BAD_REQUEST,
-                    f"box prompt {list(box)} has no area inside the {width}x{height} window (x0, y0, x1, y1 in window pixels)",
+                    f"box prompt {list(box)} has no area inside the {width}x{height} window (x0, y0, x1, y1 in "
+                    f"window pixels)",
                 )
             boxes.append(clipped)
         masks, scores = self._segment(image, boxes, call.cancel)
         detections = [
-            Detection(kind=FeatureKind.MASK, label=label or "object", score=score, box=box, mask=mask,
-                      one_object=prompt_boxes_given)
+            Detection(
+                kind=FeatureKind.MASK,
+                label=label or "object",
+                score=score,
+                box=box,
+                mask=mask,
+                one_object=prompt_boxes_given,
+            )
             for box, mask, score in zip(boxes, masks, scores)
         ]
         return BackendResult(text=f"{len(detections)} mask(s)", detections=detections)
@@ -206,7 +219,6 @@ class SamBackend(Backend):
                 scores.extend(out.iou_scores[0, :, 0].float().clamp(0.0, 1.0).cpu().tolist())
         return masks, scores
 
-
     def _segment_sam2(
         self, image: np.ndarray, boxes: Sequence[Box], cancel: threading.Event | None
     ) -> tuple[list[np.ndarray], list[float]]:
@@ -214,9 +226,7 @@ class SamBackend(Backend):
         assert self.sam2 is not None
         height, width = image.shape[:2]
         pixels = self.sam2.pixels(image).to(self.device, self.dtype)
-        scale = torch.tensor(
-            [self.sam2.prompt_size / width, self.sam2.prompt_size / height] * 2, dtype=torch.float32
-        )
+        scale = torch.tensor([self.sam2.prompt_size / width, self.sam2.prompt_size / height] * 2, dtype=torch.float32)
         prompts = torch.tensor([list(b) for b in boxes], dtype=torch.float32) * scale
         masks: list[np.ndarray] = []
         scores: list[float] = []
@@ -252,7 +262,7 @@ class Sam2Input:
             raise ValueError(f"unusable SAM 2 input settings: {self}")
 
     @classmethod
-    def from_folder(cls, path: Path, config: Any) -> "Sam2Input":
+    def from_folder(cls, path: Path, config: Any) -> Sam2Input:
         """The model's input size from its config; normalisation from preprocessor_config.json, else SAM 2's."""
         size = config.vision_config.backbone_config.image_size
         size = (int(size[0]), int(size[1])) if isinstance(size, (list, tuple)) else (int(size), int(size))
@@ -307,5 +317,7 @@ def _check_folder(model_name: str, path: Path) -> str:
 def _positive_int(model_name: str, config: Mapping[str, Any], key: str, default: int) -> int:
     value = config.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ProtocolError(ErrorCode.MODEL_LOAD_FAILED, f"model '{model_name}': {key} must be a positive integer, got {value!r}")
+        raise ProtocolError(
+            ErrorCode.MODEL_LOAD_FAILED, f"model '{model_name}': {key} must be a positive integer, got {value!r}"
+        )
     return value

@@ -54,7 +54,9 @@ _CORPUS = (
 def train_merges() -> list[tuple[str, str]]:
     """CLIP-style BPE merges (words end in ``</w>``) learnt on a few sentences."""
     bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
-    bpe.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()])
+    bpe.normalizer = normalizers.Sequence(
+        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
+    )
     bpe.pre_tokenizer = pre_tokenizers.Sequence(
         [
             pre_tokenizers.Split(Regex(_SPLIT), behavior="removed", invert=True),
@@ -68,7 +70,9 @@ def train_merges() -> list[tuple[str, str]]:
         show_progress=False,
     )
     bpe.train_from_iterator(_CORPUS, trainer)
-    return [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in json.loads(bpe.to_str())["model"]["merges"]]
+    return [
+        tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in json.loads(bpe.to_str())["model"]["merges"]
+    ]
 
 
 def clip_vocab(merges: list[tuple[str, str]]) -> dict[str, int]:

@@ -68,7 +68,8 @@ _SPLIT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\
 _CORPUS = (
     "Describe this remote sensing image.",
     "There are storage tanks, buildings, roads and a river in the image.",
-    'Locate every car in the image and output the bbox coordinates in JSON format: [{"bbox_2d": [12, 30, 48, 60], "label": "car"}]',
+    'Locate every car in the image and output the bbox coordinates in JSON format: [{"bbox_2d": [12, 30, 48, 60], '
+    '"label": "car"}]',
     "The first image is before, the second image is after. What changed between them?",
     "A new building was constructed next to the road; the field is now a parking lot.",
 )

@@ -46,7 +46,9 @@ def make(path: Path) -> Path:
     """Write a complete tiny SAM checkpoint folder at ``path`` and return it."""
     path = Path(path)
     config = SamConfig(
-        vision_config=VISION_CONFIG, prompt_encoder_config=PROMPT_ENCODER_CONFIG, mask_decoder_config=MASK_DECODER_CONFIG
+        vision_config=VISION_CONFIG,
+        prompt_encoder_config=PROMPT_ENCODER_CONFIG,
+        mask_decoder_config=MASK_DECODER_CONFIG,
     )
     torch.manual_seed(0)
     model = SamModel(config).eval()

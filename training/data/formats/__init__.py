@@ -20,7 +20,13 @@ from training.data.formats._common import DataFormatError
 from training.data.formats.change_captions import ChangeCaptionSample, LevirCC, SecondCC
 from training.data.formats.coco_masks import CocoMasks, MaskInstance, SegmentationSample, decode_segmentation
 from training.data.formats.conversations import (
-    BoxConvention, ChangeChat, ConversationSample, Conversations, GeoChatInstruct, Role, Turn,
+    BoxConvention,
+    ChangeChat,
+    Conversations,
+    ConversationSample,
+    GeoChatInstruct,
+    Role,
+    Turn,
 )
 from training.data.formats.karpathy import CaptionSample, KarpathyCaptions
 from training.data.formats.rsvg import DiorRSVG, GroundingSample
@@ -29,8 +35,31 @@ from training.data.formats.shards import ShardSample, WebShards, expand_braces, 
 from training.data.formats.skyscript import ImageTextSample, SkyScript
 
 __all__ = [
-    "RSVQA", "BoxConvention", "CaptionSample", "ChangeCaptionSample", "ChangeChat", "CocoMasks", "ConversationSample",
-    "Conversations", "DataFormatError", "DiorRSVG", "GeoChatInstruct", "GroundingSample", "ImageTextSample",
-    "KarpathyCaptions", "LevirCC", "MaskInstance", "Role", "SecondCC", "SegmentationSample", "ShardSample",
-    "SkyScript", "Turn", "VQASample", "WebShards", "decode_segmentation", "expand_braces", "iter_shards",
+    "RSVQA",
+    "BoxConvention",
+    "CaptionSample",
+    "ChangeCaptionSample",
+    "ChangeChat",
+    "CocoMasks",
+    "ConversationSample",
+    "Conversations",
+    "DataFormatError",
+    "DiorRSVG",
+    "GeoChatInstruct",
+    "GroundingSample",
+    "ImageTextSample",
+    "KarpathyCaptions",
+    "LevirCC",
+    "MaskInstance",
+    "Role",
+    "SecondCC",
+    "SegmentationSample",
+    "ShardSample",
+    "SkyScript",
+    "Turn",
+    "VQASample",
+    "WebShards",
+    "decode_segmentation",
+    "expand_braces",
+    "iter_shards",
 ]

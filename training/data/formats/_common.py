@@ -12,8 +12,9 @@ import json
 import logging
 import xml.etree.ElementTree as ET
 from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Generic, Iterable, Sequence, TypeVar
+from typing import Any, Generic, TypeVar
 
 from PIL import Image
 from torch.utils.data import Dataset
@@ -88,8 +89,10 @@ def read_xml(path: Path, expected: str) -> ET.Element:
         return ET.parse(path).getroot()
     except ET.ParseError as error:
         line, column = error.position
-        raise DataFormatError(f"{path}: not well-formed XML ({error.msg.split(':')[0]} at line {line}, "
-                              f"column {column}); expected {expected}") from error
+        raise DataFormatError(
+            f"{path}: not well-formed XML ({error.msg.split(':')[0]} at line {line}, "
+            f"column {column}); expected {expected}"
+        ) from error
     except OSError as error:
         raise DataFormatError(f"{path}: cannot be read ({error.strerror}); expected {expected}") from error
 
@@ -129,8 +132,9 @@ def select_splits(split: str | Sequence[str] | None, found: Iterable[str], sourc
     missing = sorted(wanted - set(counts))
     if missing:
         have = ", ".join(f"{name} ({n})" for name, n in sorted(counts.items())) or "none"
-        raise DataFormatError(f"{source}: no samples in split {', '.join(repr(m) for m in missing)}; "
-                              f"splits found: {have}")
+        raise DataFormatError(
+            f"{source}: no samples in split {', '.join(repr(m) for m in missing)}; splits found: {have}"
+        )
     return wanted
 
 
@@ -142,8 +146,10 @@ def assert_images_exist(paths: Iterable[Path], source: Path, folder: Path) -> No
     missing = [p for p in paths if not p.is_file()]
     if missing:
         shown = ", ".join(str(p.relative_to(folder)) if p.is_relative_to(folder) else str(p) for p in missing[:3])
-        raise DataFormatError(f"{source}: {len(missing)} image(s) it lists are missing under {folder} "
-                              f"(e.g. {shown}); expected every listed image to be there")
+        raise DataFormatError(
+            f"{source}: {len(missing)} image(s) it lists are missing under {folder} "
+            f"(e.g. {shown}); expected every listed image to be there"
+        )
 
 
 def find_image_dir(root: Path, candidates: Sequence[str], probe: str | None, expected: str) -> Path:
@@ -155,8 +161,10 @@ def find_image_dir(root: Path, candidates: Sequence[str], probe: str | None, exp
                 return folder
     if existing:
         return existing[0]
-    raise DataFormatError(f"{root}: no image folder found (looked for {', '.join(c + '/' for c in candidates)}; "
-                          f"folder holds {listing(root)}); expected {expected}")
+    raise DataFormatError(
+        f"{root}: no image folder found (looked for {', '.join(c + '/' for c in candidates)}; "
+        f"folder holds {listing(root)}); expected {expected}"
+    )
 
 
 def open_image(path: Path) -> Image.Image:

@@ -30,14 +30,22 @@ this loader has not been checked against the released file. ``changeflag`` is op
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from PIL import Image
 
 from training.data.formats._common import (
-    DataFormatError, SampleDataset, assert_images_exist, describe, field, open_image, read_json, require_dir,
+    DataFormatError,
+    SampleDataset,
+    assert_images_exist,
+    describe,
+    field,
+    open_image,
+    read_json,
+    require_dir,
     select_splits,
 )
 from training.data.formats.karpathy import image_entries, parse_sentences
@@ -46,8 +54,10 @@ log = logging.getLogger(__name__)
 
 LEVIR_CC_FILE = "LevirCCcaptions.json"
 SECOND_CC_FILE = "SECOND-CC-AUG.json"
-EXPECTED = ('LEVIR-CC format {"images": [{"filepath", "filename", "imgid", "split", "changeflag", '
-            '"sentences": [{"raw", "tokens"}]}]}')
+EXPECTED = (
+    'LEVIR-CC format {"images": [{"filepath", "filename", "imgid", "split", "changeflag", '
+    '"sentences": [{"raw", "tokens"}]}]}'
+)
 
 
 @dataclass(frozen=True)
@@ -80,9 +90,15 @@ class _ChangeCaptions(SampleDataset[ChangeCaptionSample]):
     file_name: str = ""
     changeflag_required: bool = True
 
-    def __init__(self, root: str | Path, split: str | Sequence[str] | None = "train", *,
-                 annotation: str | Path | None = None, check_images: bool = True,
-                 transform: Callable[[ChangeCaptionSample], Any] | None = None) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        split: str | Sequence[str] | None = "train",
+        *,
+        annotation: str | Path | None = None,
+        check_images: bool = True,
+        transform: Callable[[ChangeCaptionSample], Any] | None = None,
+    ) -> None:
         self.root = require_dir(Path(root), f"a folder holding {self.file_name} and its images")
         self.annotation = Path(annotation) if annotation is not None else self.root / self.file_name
         entries = image_entries(read_json(self.annotation, EXPECTED), self.annotation, EXPECTED)
@@ -111,8 +127,16 @@ class _ChangeCaptions(SampleDataset[ChangeCaptionSample]):
             raise DataFormatError(f"{where}: 'changeflag' is {describe(flag)}; expected 0 or 1")
         return bool(flag)
 
-    def _sample(self, entry: dict, split: str, filename: str, image_id: int, captions: tuple[str, ...],
-                tokens: tuple[tuple[str, ...], ...], where: str) -> ChangeCaptionSample:
+    def _sample(
+        self,
+        entry: dict,
+        split: str,
+        filename: str,
+        image_id: int,
+        captions: tuple[str, ...],
+        tokens: tuple[tuple[str, ...], ...],
+        where: str,
+    ) -> ChangeCaptionSample:
         raise NotImplementedError
 
 
@@ -123,8 +147,16 @@ class LevirCC(_ChangeCaptions):
 
     def _sample(self, entry, split, filename, image_id, captions, tokens, where):
         folder = self.root / "images" / (entry["filepath"] if isinstance(entry.get("filepath"), str) else split)
-        return ChangeCaptionSample(folder / "A" / filename, folder / "B" / filename, filename, image_id, split,
-                                   self._changed(entry, where), captions, tokens)
+        return ChangeCaptionSample(
+            folder / "A" / filename,
+            folder / "B" / filename,
+            filename,
+            image_id,
+            split,
+            self._changed(entry, where),
+            captions,
+            tokens,
+        )
 
 
 class SecondCC(_ChangeCaptions):
@@ -135,6 +167,15 @@ class SecondCC(_ChangeCaptions):
 
     def _sample(self, entry, split, filename, image_id, captions, tokens, where):
         folder = self.root / split
-        return ChangeCaptionSample(folder / "rgb" / "A" / filename, folder / "rgb" / "B" / filename, filename,
-                                   image_id, split, self._changed(entry, where), captions, tokens,
-                                   folder / "sem" / "A" / filename, folder / "sem" / "B" / filename)
+        return ChangeCaptionSample(
+            folder / "rgb" / "A" / filename,
+            folder / "rgb" / "B" / filename,
+            filename,
+            image_id,
+            split,
+            self._changed(entry, where),
+            captions,
+            tokens,
+            folder / "sem" / "A" / filename,
+            folder / "sem" / "B" / filename,
+        )

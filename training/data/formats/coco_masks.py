@@ -19,21 +19,32 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from training.data.formats._common import (
-    Box, DataFormatError, SampleDataset, Size, assert_images_exist, describe, field, open_image, read_json,
+    Box,
+    DataFormatError,
+    SampleDataset,
+    Size,
+    assert_images_exist,
+    describe,
+    field,
+    open_image,
+    read_json,
 )
 
 log = logging.getLogger(__name__)
 
-EXPECTED = ('COCO instances {"images": [{"id", "file_name", "width", "height"}], "categories": [{"id", "name"}], '
-            '"annotations": [{"id", "image_id", "category_id", "segmentation": RLE or polygons}]}')
+EXPECTED = (
+    'COCO instances {"images": [{"id", "file_name", "width", "height"}], "categories": [{"id", "name"}], '
+    '"annotations": [{"id", "image_id", "category_id", "segmentation": RLE or polygons}]}'
+)
 TEXT_KEYS = ("description", "caption", "expression")
 
 
@@ -68,15 +79,20 @@ def decode_segmentation(segmentation: Any, height: int, width: int, where: str) 
     if isinstance(segmentation, dict):
         size, counts = segmentation.get("size"), segmentation.get("counts")
         if not (isinstance(size, list) and len(size) == 2 and isinstance(counts, (str, list))):
-            raise DataFormatError(f"{where}: segmentation is {describe(segmentation)}; expected RLE "
-                                  f'{{"size": [h, w], "counts": string or list}}')
+            raise DataFormatError(
+                f"{where}: segmentation is {describe(segmentation)}; expected RLE "
+                f'{{"size": [h, w], "counts": string or list}}'
+            )
         if list(size) != [height, width]:
-            raise DataFormatError(f"{where}: RLE size {size} does not match its image ({height} x {width}); "
-                                  f"expected [height, width] of the image")
+            raise DataFormatError(
+                f"{where}: RLE size {size} does not match its image ({height} x {width}); "
+                f"expected [height, width] of the image"
+            )
         if isinstance(counts, list):
             if sum(counts) != height * width:
-                raise DataFormatError(f"{where}: uncompressed RLE counts sum to {sum(counts)}; expected "
-                                      f"{height * width} (height x width)")
+                raise DataFormatError(
+                    f"{where}: uncompressed RLE counts sum to {sum(counts)}; expected {height * width} (height x width)"
+                )
             rle = mask_utils.frPyObjects(segmentation, height, width)
         else:
             rle = {"size": size, "counts": counts.encode("ascii")}
@@ -84,12 +100,17 @@ def decode_segmentation(segmentation: Any, height: int, width: int, where: str) 
             return mask_utils.decode(rle).astype(bool)
         except Exception as error:  # noqa: BLE001 - pycocotools raises bare errors on corrupt strings
             raise DataFormatError(f"{where}: RLE counts do not decode ({error}); expected COCO RLE") from error
-    if isinstance(segmentation, list) and segmentation and all(
-            isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 for p in segmentation):
+    if (
+        isinstance(segmentation, list)
+        and segmentation
+        and all(isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 for p in segmentation)
+    ):
         rles = mask_utils.frPyObjects(segmentation, height, width)
         return mask_utils.decode(mask_utils.merge(rles)).astype(bool)
-    raise DataFormatError(f"{where}: segmentation is {describe(segmentation)}; expected RLE {{'size', 'counts'}} "
-                          f"or polygons [[x1, y1, x2, y2, x3, y3, ...], ...]")
+    raise DataFormatError(
+        f"{where}: segmentation is {describe(segmentation)}; expected RLE {{'size', 'counts'}} "
+        f"or polygons [[x1, y1, x2, y2, x3, y3, ...], ...]"
+    )
 
 
 def annotation_texts(annotation: dict) -> tuple[str, ...]:
@@ -105,25 +126,39 @@ def annotation_texts(annotation: dict) -> tuple[str, ...]:
 class CocoMasks(SampleDataset):
     """Images of a COCO instances file with their decoded masks (images without annotations are kept)."""
 
-    def __init__(self, annotation: str | Path, image_dir: str | Path, *, check_images: bool = True,
-                 transform: Callable[[SegmentationSample], Any] | None = None) -> None:
+    def __init__(
+        self,
+        annotation: str | Path,
+        image_dir: str | Path,
+        *,
+        check_images: bool = True,
+        transform: Callable[[SegmentationSample], Any] | None = None,
+    ) -> None:
         self.annotation = Path(annotation)
         self.image_dir = Path(image_dir)
         document = read_json(self.annotation, EXPECTED)
         name = self.annotation.name
-        if not isinstance(document, dict) or not all(isinstance(document.get(k), list)
-                                                      for k in ("images", "annotations")):
-            raise DataFormatError(f"{name} has no 'images' and 'annotations' lists (found {describe(document)}, "
-                                  f"in {self.annotation}); expected {EXPECTED}")
-        self.categories = {field(c, "id", int, f"{name} category {i}", EXPECTED):
-                           field(c, "name", str, f"{name} category {i}", EXPECTED)
-                           for i, c in enumerate(document.get("categories", []))}
+        if not isinstance(document, dict) or not all(
+            isinstance(document.get(k), list) for k in ("images", "annotations")
+        ):
+            raise DataFormatError(
+                f"{name} has no 'images' and 'annotations' lists (found {describe(document)}, "
+                f"in {self.annotation}); expected {EXPECTED}"
+            )
+        self.categories = {
+            field(c, "id", int, f"{name} category {i}", EXPECTED): field(
+                c, "name", str, f"{name} category {i}", EXPECTED
+            )
+            for i, c in enumerate(document.get("categories", []))
+        }
         images = {}
         for i, image in enumerate(document["images"]):
             where = f"{name} image {i}"
             images[field(image, "id", int, where, EXPECTED)] = (
-                field(image, "file_name", str, where, EXPECTED), field(image, "height", int, where, EXPECTED),
-                field(image, "width", int, where, EXPECTED))
+                field(image, "file_name", str, where, EXPECTED),
+                field(image, "height", int, where, EXPECTED),
+                field(image, "width", int, where, EXPECTED),
+            )
         self._annotations: dict[int, list[dict]] = defaultdict(list)
         for i, ann in enumerate(document["annotations"]):
             where = f"{name} annotation {i}"
@@ -133,8 +168,10 @@ class CocoMasks(SampleDataset):
             if image_id not in images:
                 raise DataFormatError(f"{where}: image_id {image_id} is not in 'images'; expected an id listed there")
             if self.categories and category_id not in self.categories:
-                raise DataFormatError(f"{where}: category_id {category_id} is not in 'categories'; expected one of "
-                                      f"{sorted(self.categories)}")
+                raise DataFormatError(
+                    f"{where}: category_id {category_id} is not in 'categories'; expected one of "
+                    f"{sorted(self.categories)}"
+                )
             self._annotations[image_id].append(ann)
         self._images = images
         self._image_ids = list(images)
@@ -151,9 +188,17 @@ class CocoMasks(SampleDataset):
         for ann in self._annotations.get(image_id, []):
             where = f"{self.annotation.name} annotation {ann.get('id', '?')}"
             mask = decode_segmentation(ann["segmentation"], height, width, where)
-            instances.append(MaskInstance(int(ann.get("id", -1)), ann["category_id"],
-                                          self.categories.get(ann["category_id"], str(ann["category_id"])), mask,
-                                          _box(ann, mask), annotation_texts(ann), bool(ann.get("iscrowd", 0))))
+            instances.append(
+                MaskInstance(
+                    int(ann.get("id", -1)),
+                    ann["category_id"],
+                    self.categories.get(ann["category_id"], str(ann["category_id"])),
+                    mask,
+                    _box(ann, mask),
+                    annotation_texts(ann),
+                    bool(ann.get("iscrowd", 0)),
+                )
+            )
         return SegmentationSample(path, image_id, (width, height), tuple(instances))
 
 

@@ -25,21 +25,31 @@ from __future__ import annotations
 import enum
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from PIL import Image
 
 from rs_assistant.engine.backends.boxes import ParsedBox, parse_percent_boxes
 from training.data.formats._common import (
-    DataFormatError, SampleDataset, Size, assert_images_exist, describe, field, image_size, open_image, read_json,
+    DataFormatError,
+    SampleDataset,
+    Size,
+    assert_images_exist,
+    describe,
+    field,
+    image_size,
+    open_image,
+    read_json,
 )
 
 log = logging.getLogger(__name__)
 
-EXPECTED = ('LLaVA conversation JSON [{"id", "image" (or "images"), "conversations": '
-            '[{"from": "human" | "gpt", "value"}]}]')
+EXPECTED = (
+    'LLaVA conversation JSON [{"id", "image" (or "images"), "conversations": [{"from": "human" | "gpt", "value"}]}]'
+)
 _TASK = re.compile(r"^\s*(?:<image>\s*)?\[([A-Za-z_ ]+)\]")
 IMAGE_TOKEN = "<image>"
 
@@ -111,14 +121,19 @@ def parse_record(record: Any, where: str, image_dir: Path) -> ConversationSample
             raise DataFormatError(f"{where} turn {j}: 'from' is {speaker!r}; expected 'human' or 'gpt'") from None
         expected_role = Role.HUMAN if j % 2 == 0 else Role.GPT
         if role is not expected_role:
-            raise DataFormatError(f"{where} turn {j}: from {speaker!r}; expected turns alternating human, gpt, "
-                                  f"starting with human")
+            raise DataFormatError(
+                f"{where} turn {j}: from {speaker!r}; expected turns alternating human, gpt, starting with human"
+            )
         turns.append(Turn(role, value))
     if not turns:
         raise DataFormatError(f"{where}: 'conversations' is empty; expected at least one human and one gpt turn")
     match = _TASK.match(turns[0].value)
-    return ConversationSample(str(record_id), tuple(image_dir / p for p in _image_list(record, where)), tuple(turns),
-                              match.group(1).strip().lower() if match else None)
+    return ConversationSample(
+        str(record_id),
+        tuple(image_dir / p for p in _image_list(record, where)),
+        tuple(turns),
+        match.group(1).strip().lower() if match else None,
+    )
 
 
 def pixel_boxes(text: str, size: Size) -> tuple[ParsedBox, ...]:
@@ -129,24 +144,35 @@ def pixel_boxes(text: str, size: Size) -> tuple[ParsedBox, ...]:
 class Conversations(SampleDataset[ConversationSample]):
     """Records of a LLaVA conversation file. ``images_per_sample`` (e.g. 2 for ChangeChat) is checked if given."""
 
-    def __init__(self, annotation: str | Path, image_dir: str | Path, *,
-                 box_convention: BoxConvention = BoxConvention.NONE, images_per_sample: int | None = None,
-                 check_images: bool = True, transform: Callable[[ConversationSample], Any] | None = None) -> None:
+    def __init__(
+        self,
+        annotation: str | Path,
+        image_dir: str | Path,
+        *,
+        box_convention: BoxConvention = BoxConvention.NONE,
+        images_per_sample: int | None = None,
+        check_images: bool = True,
+        transform: Callable[[ConversationSample], Any] | None = None,
+    ) -> None:
         self.annotation = Path(annotation)
         self.image_dir = Path(image_dir)
         self.box_convention = box_convention
         document = read_json(self.annotation, EXPECTED)
         if not isinstance(document, list):
-            raise DataFormatError(f"{self.annotation.name} is {describe(document)}, not a list of records "
-                                  f"(in {self.annotation}); expected {EXPECTED}")
+            raise DataFormatError(
+                f"{self.annotation.name} is {describe(document)}, not a list of records "
+                f"(in {self.annotation}); expected {EXPECTED}"
+            )
         samples = []
         for i, record in enumerate(document):
             where = f"{self.annotation.name} record {i}"
             sample = parse_record(record, where, self.image_dir)
             if images_per_sample is not None and len(sample.image_paths) != images_per_sample:
-                raise DataFormatError(f"{where}: {len(sample.image_paths)} image(s); expected {images_per_sample} "
-                                      f"(a before/after pair)" if images_per_sample == 2 else
-                                      f"{where}: {len(sample.image_paths)} image(s); expected {images_per_sample}")
+                raise DataFormatError(
+                    f"{where}: {len(sample.image_paths)} image(s); expected {images_per_sample} (a before/after pair)"
+                    if images_per_sample == 2
+                    else f"{where}: {len(sample.image_paths)} image(s); expected {images_per_sample}"
+                )
             samples.append(sample)
         if check_images:
             assert_images_exist(sorted({p for s in samples for p in s.image_paths}), self.annotation, self.image_dir)

@@ -21,21 +21,31 @@ Image folders as published: ``RSICD_images/`` (RSICD), ``imgs/`` (UCM-Captions, 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from PIL import Image
 
 from training.data.formats._common import (
-    DataFormatError, SampleDataset, assert_images_exist, describe, field, find_image_dir, listing, open_image,
-    read_json, select_splits,
+    DataFormatError,
+    SampleDataset,
+    assert_images_exist,
+    describe,
+    field,
+    find_image_dir,
+    listing,
+    open_image,
+    read_json,
+    select_splits,
 )
 
 log = logging.getLogger(__name__)
 
-EXPECTED = ('Karpathy format {"images": [{"filename", "imgid", "split", "sentences": [{"raw", "tokens"}]}], '
-            '"dataset": NAME}')
+EXPECTED = (
+    'Karpathy format {"images": [{"filename", "imgid", "split", "sentences": [{"raw", "tokens"}]}], "dataset": NAME}'
+)
 IMAGE_DIRS = ("RSICD_images", "imgs", "images", "Images", "RSITMD_images")
 
 
@@ -57,8 +67,9 @@ class CaptionSample:
         return open_image(self.image_path)
 
 
-def parse_sentences(entry: dict, where: str,
-                    expected: str = EXPECTED) -> tuple[tuple[str, ...], tuple[tuple[str, ...], ...]]:
+def parse_sentences(
+    entry: dict, where: str, expected: str = EXPECTED
+) -> tuple[tuple[str, ...], tuple[tuple[str, ...], ...]]:
     """(raw captions, tokens) of one Karpathy image entry; tokens default to the lower-cased words of raw."""
     sentences = field(entry, "sentences", list, where, expected)
     captions, tokens = [], []
@@ -77,8 +88,11 @@ def parse_sentences(entry: dict, where: str,
 def image_entries(document: Any, source: Path, expected: str = EXPECTED) -> list[dict]:
     """The ``images`` list of a Karpathy-style document, checked to be a list of objects."""
     if not isinstance(document, dict) or not isinstance(document.get("images"), list):
-        found = (f"'images' is {describe(document['images'])}" if isinstance(document, dict) and "images" in document
-                 else f"found {describe(document)}")
+        found = (
+            f"'images' is {describe(document['images'])}"
+            if isinstance(document, dict) and "images" in document
+            else f"found {describe(document)}"
+        )
         raise DataFormatError(f"{source.name} has no 'images' list ({found}, in {source}); expected {expected}")
     return document["images"]
 
@@ -89,11 +103,14 @@ def find_annotation(root: Path) -> Path:
         raise DataFormatError(f"{root}: no such folder; expected a folder with a dataset_*.json caption file")
     found = sorted(root.glob("dataset_*.json"))
     if not found:
-        raise DataFormatError(f"{root}: no dataset_*.json (folder holds {listing(root)}); expected a "
-                              f"Karpathy-style caption file such as dataset_rsicd.json")
+        raise DataFormatError(
+            f"{root}: no dataset_*.json (folder holds {listing(root)}); expected a "
+            f"Karpathy-style caption file such as dataset_rsicd.json"
+        )
     if len(found) > 1:
-        raise DataFormatError(f"{root}: several caption files ({', '.join(p.name for p in found)}); "
-                              f"pass annotation= to choose one")
+        raise DataFormatError(
+            f"{root}: several caption files ({', '.join(p.name for p in found)}); pass annotation= to choose one"
+        )
     return found[0]
 
 
@@ -104,9 +121,16 @@ class KarpathyCaptions(SampleDataset[CaptionSample]):
     image folder. Every listed image is checked to exist unless ``check_images`` is False.
     """
 
-    def __init__(self, root: str | Path, split: str | Sequence[str] | None = "train", *,
-                 annotation: str | Path | None = None, image_dir: str | Path | None = None,
-                 check_images: bool = True, transform: Callable[[CaptionSample], Any] | None = None) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        split: str | Sequence[str] | None = "train",
+        *,
+        annotation: str | Path | None = None,
+        image_dir: str | Path | None = None,
+        check_images: bool = True,
+        transform: Callable[[CaptionSample], Any] | None = None,
+    ) -> None:
         self.root = Path(root)
         self.annotation = Path(annotation) if annotation is not None else find_annotation(self.root)
         document = read_json(self.annotation, EXPECTED)
@@ -116,8 +140,13 @@ class KarpathyCaptions(SampleDataset[CaptionSample]):
         splits = [field(e, "split", str, where(i), EXPECTED) for i, e in enumerate(entries)]
         wanted = select_splits(split, splits, self.annotation)
         probe = entries[0].get("filename") if entries and isinstance(entries[0], dict) else None
-        self.image_dir = Path(image_dir) if image_dir is not None else find_image_dir(
-            self.root, IMAGE_DIRS, probe, f"the images of {self.annotation.name} in one of {', '.join(IMAGE_DIRS)}")
+        self.image_dir = (
+            Path(image_dir)
+            if image_dir is not None
+            else find_image_dir(
+                self.root, IMAGE_DIRS, probe, f"the images of {self.annotation.name} in one of {', '.join(IMAGE_DIRS)}"
+            )
+        )
         samples = []
         for i, (entry, entry_split) in enumerate(zip(entries, splits)):
             if wanted is not None and entry_split not in wanted:

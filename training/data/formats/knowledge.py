@@ -25,10 +25,12 @@ from pathlib import Path
 
 from rs_assistant.engine.models.rag import Passage
 from training.data.formats._common import DataFormatError, describe, listing, read_json, require_dir
-from training.data.formats.conversations import ConversationSample, Conversations
+from training.data.formats.conversations import Conversations, ConversationSample
 
-EXPECTED_FOLDER = ("an RS-RAG folder: knowledge.jsonl (or knowledge.json) of passages {\"id\", \"text\", \"title\", "
-                   "\"image\"}, images/, and qa_<split>.json LLaVA conversation files with \"knowledge_ids\"")
+EXPECTED_FOLDER = (
+    'an RS-RAG folder: knowledge.jsonl (or knowledge.json) of passages {"id", "text", "title", '
+    '"image"}, images/, and qa_<split>.json LLaVA conversation files with "knowledge_ids"'
+)
 PASSAGE = 'a passage object {"id", "text", optional "title", "image" (relative to images/), metadata}'
 
 
@@ -37,8 +39,9 @@ def knowledge_file(root: Path) -> Path:
     for name in ("knowledge.jsonl", "knowledge.json"):
         if (root / name).is_file():
             return root / name
-    raise DataFormatError(f"{root}: no knowledge.jsonl or knowledge.json (folder holds {listing(root)}); "
-                          f"expected {EXPECTED_FOLDER}")
+    raise DataFormatError(
+        f"{root}: no knowledge.jsonl or knowledge.json (folder holds {listing(root)}); expected {EXPECTED_FOLDER}"
+    )
 
 
 def read_passages(root: str | Path) -> list[Passage]:
@@ -53,7 +56,9 @@ def read_passages(root: str | Path) -> list[Passage]:
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError as error:
-                raise DataFormatError(f"{path} line {n}: not JSON ({error.msg}); expected one {PASSAGE} per line") from None
+                raise DataFormatError(
+                    f"{path} line {n}: not JSON ({error.msg}); expected one {PASSAGE} per line"
+                ) from None
     else:
         records = read_json(path, f"a list of {PASSAGE}")
         if not isinstance(records, list):
@@ -61,7 +66,11 @@ def read_passages(root: str | Path) -> list[Passage]:
     passages, seen = [], set()
     for n, record in enumerate(records):
         where = f"{path.name} passage {n}"
-        if not isinstance(record, dict) or not isinstance(record.get("id"), (str, int)) or not isinstance(record.get("text"), str):
+        if (
+            not isinstance(record, dict)
+            or not isinstance(record.get("id"), (str, int))
+            or not isinstance(record.get("text"), str)
+        ):
             raise DataFormatError(f"{where}: found {describe(record)}; expected {PASSAGE}")
         pid = str(record["id"])
         if pid in seen:
@@ -71,8 +80,9 @@ def read_passages(root: str | Path) -> list[Passage]:
         if image is not None:
             image_path = root / "images" / str(image)
             if not image_path.is_file():
-                raise DataFormatError(f"{where}: image {image!r} is not in {root / 'images'}; expected every passage "
-                                      "image there")
+                raise DataFormatError(
+                    f"{where}: image {image!r} is not in {root / 'images'}; expected every passage image there"
+                )
             image = str(image_path)
         meta = {k: v for k, v in record.items() if k not in ("id", "text", "title", "image")}
         passages.append(Passage(pid, record["text"], str(record.get("title", "")), image, meta))
@@ -96,23 +106,31 @@ def read_qa(root: str | Path, split: str, passage_ids: set[str] | None = None) -
     path = root / f"qa_{split}.json"
     if not path.is_file():
         found = sorted(p.stem.removeprefix("qa_") for p in root.glob("qa_*.json"))
-        raise DataFormatError(f"{root}: no qa_{split}.json (splits found: {', '.join(found) or 'none'}); expected "
-                              f"split {split!r} as qa_{split}.json")
+        raise DataFormatError(
+            f"{root}: no qa_{split}.json (splits found: {', '.join(found) or 'none'}); expected "
+            f"split {split!r} as qa_{split}.json"
+        )
     data = Conversations(path, root / "images")
     raw = read_json(path, "LLaVA conversation JSON")
     out = []
     for n, (sample, record) in enumerate(zip(data.samples, raw)):
         ids = record.get("knowledge_ids", [])
         if not isinstance(ids, list):
-            raise DataFormatError(f"{path.name} record {n}: 'knowledge_ids' is {describe(ids)}; expected a list of passage ids")
+            raise DataFormatError(
+                f"{path.name} record {n}: 'knowledge_ids' is {describe(ids)}; expected a list of passage ids"
+            )
         ids = tuple(str(i) for i in ids)
         if passage_ids is not None and set(ids) - passage_ids:
-            raise DataFormatError(f"{path.name} record {n}: knowledge_ids {sorted(set(ids) - passage_ids)} are not in the "
-                                  "knowledge corpus; expected ids of knowledge.jsonl passages")
+            raise DataFormatError(
+                f"{path.name} record {n}: knowledge_ids {sorted(set(ids) - passage_ids)} are not in the "
+                "knowledge corpus; expected ids of knowledge.jsonl passages"
+            )
         pairs = [(q.text, a.text) for q, a in zip(sample.turns[0::2], sample.turns[1::2])]
         if not pairs or len(sample.image_paths) != 1:
-            raise DataFormatError(f"{path.name} record {n}: {len(sample.image_paths)} image(s), {len(pairs)} answered "
-                                  "question(s); expected one image and at least one human/gpt pair")
+            raise DataFormatError(
+                f"{path.name} record {n}: {len(sample.image_paths)} image(s), {len(pairs)} answered "
+                "question(s); expected one image and at least one human/gpt pair"
+            )
         out.append(KnowledgeQA(sample, pairs[-1][0], pairs[-1][1], tuple(pairs[:-1]), ids))
     return out
 

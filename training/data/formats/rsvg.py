@@ -16,28 +16,40 @@ An object in the XML::
 
 The split files index *objects*, numbered 0, 1, 2 ... over every ``<object>`` of every XML file taken
 in file-name order (the reference loader counts objects in ``os.walk`` order, which depends on the
-file system; name order is the reproducible reading, not yet checked against the released data). Boxes are VOC pixel coordinates (xmin, ymin, xmax, ymax) of
+file system; name order is the reproducible reading, not yet checked against the released data). Boxes are VOC pixel
+coordinates (xmin, ymin, xmax, ymax) of
 the original 800 x 800 image, read as given.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from PIL import Image
 
 from training.data.formats._common import (
-    Box, DataFormatError, SampleDataset, Size, assert_images_exist, listing, open_image, read_xml, require_dir,
+    Box,
+    DataFormatError,
+    SampleDataset,
+    Size,
+    assert_images_exist,
+    listing,
+    open_image,
+    read_xml,
+    require_dir,
 )
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
-EXPECTED = ("VOC XML <annotation><filename/><object><name/><bndbox><xmin/><ymin/><xmax/><ymax/></bndbox>"
-            "<description/></object></annotation>")
+EXPECTED = (
+    "VOC XML <annotation><filename/><object><name/><bndbox><xmin/><ymin/><xmax/><ymax/></bndbox>"
+    "<description/></object></annotation>"
+)
 
 
 @dataclass(frozen=True)
@@ -117,40 +129,56 @@ def read_split(path: Path) -> list[int]:
 class DiorRSVG(SampleDataset[GroundingSample]):
     """The objects a DIOR-RSVG split file lists, in the split file's order."""
 
-    def __init__(self, root: str | Path, split: str | Sequence[str] = "train", *, check_images: bool = True,
-                 transform: Callable[[GroundingSample], Any] | None = None) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        split: str | Sequence[str] = "train",
+        *,
+        check_images: bool = True,
+        transform: Callable[[GroundingSample], Any] | None = None,
+    ) -> None:
         self.root = require_dir(Path(root), "the DIOR_RSVG folder (Annotations/, JPEGImages/, train.txt, ...)")
         annotations = self.root / "Annotations"
         images = self.root / "JPEGImages"
         for folder in (annotations, images):
             if not folder.is_dir():
-                raise DataFormatError(f"{self.root}: no {folder.name}/ folder (folder holds {listing(self.root)}); "
-                                      f"expected DIOR-RSVG layout Annotations/*.xml, JPEGImages/*.jpg, "
-                                      f"{'.txt, '.join(SPLITS)}.txt")
+                raise DataFormatError(
+                    f"{self.root}: no {folder.name}/ folder (folder holds {listing(self.root)}); "
+                    f"expected DIOR-RSVG layout Annotations/*.xml, JPEGImages/*.jpg, "
+                    f"{'.txt, '.join(SPLITS)}.txt"
+                )
         wanted = [split] if isinstance(split, str) else list(split)
         indices = []
         for name in wanted:
             split_file = self.root / f"{name}.txt"
             if not split_file.is_file():
                 found = sorted(p.name for p in self.root.glob("*.txt")) or ["none"]
-                raise DataFormatError(f"{self.root}: no split file {split_file.name} (split files found: "
-                                      f"{', '.join(found)}); expected one of {', '.join(s + '.txt' for s in SPLITS)}")
+                raise DataFormatError(
+                    f"{self.root}: no split file {split_file.name} (split files found: "
+                    f"{', '.join(found)}); expected one of {', '.join(s + '.txt' for s in SPLITS)}"
+                )
             indices.extend(read_split(split_file))
         xml_files = sorted(annotations.glob("*.xml"))
         if not xml_files:
-            raise DataFormatError(f"{annotations}: no .xml files (folder holds {listing(annotations)}); "
-                                  f"expected one VOC XML file per image")
+            raise DataFormatError(
+                f"{annotations}: no .xml files (folder holds {listing(annotations)}); "
+                f"expected one VOC XML file per image"
+            )
         objects: list[tuple[Path, Size | None, str, Box, str]] = []
         for path in xml_files:
             filename, size, found = parse_annotation(path)
             objects.extend((images / filename, size, category, box, text) for category, box, text in found)
         bad = [i for i in indices if not 0 <= i < len(objects)]
         if bad:
-            raise DataFormatError(f"{self.root}: split {'+'.join(wanted)} lists object index {bad[0]} "
-                                  f"({len(bad)} out of range) but Annotations/ holds {len(objects)} objects; "
-                                  f"expected indices 0..{len(objects) - 1}")
-        samples = [GroundingSample(objects[i][0], objects[i][4], objects[i][3], objects[i][2], i, objects[i][1])
-                   for i in indices]
+            raise DataFormatError(
+                f"{self.root}: split {'+'.join(wanted)} lists object index {bad[0]} "
+                f"({len(bad)} out of range) but Annotations/ holds {len(objects)} objects; "
+                f"expected indices 0..{len(objects) - 1}"
+            )
+        samples = [
+            GroundingSample(objects[i][0], objects[i][4], objects[i][3], objects[i][2], i, objects[i][1])
+            for i in indices
+        ]
         if check_images:
             assert_images_exist(sorted({s.image_path for s in samples}), annotations, images)
         log.info("DIOR-RSVG %s: %d expressions over %d XML files", split, len(samples), len(xml_files))

@@ -20,15 +20,24 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from PIL import Image
 
 from training.data.formats._common import (
-    DataFormatError, SampleDataset, assert_images_exist, describe, field, find_image_dir, listing, open_image,
-    read_json, require_dir,
+    DataFormatError,
+    SampleDataset,
+    assert_images_exist,
+    describe,
+    field,
+    find_image_dir,
+    listing,
+    open_image,
+    read_json,
+    require_dir,
 )
 
 log = logging.getLogger(__name__)
@@ -60,8 +69,9 @@ class VQASample:
 def _records(path: Path, key: str) -> dict[int, dict]:
     document = read_json(path, f"RSVQA {EXPECTED[key]}")
     if not isinstance(document, dict) or not isinstance(document.get(key), list):
-        raise DataFormatError(f"{path.name} has no {key!r} list (found {describe(document)}, in {path}); "
-                              f"expected RSVQA {EXPECTED[key]}")
+        raise DataFormatError(
+            f"{path.name} has no {key!r} list (found {describe(document)}, in {path}); expected RSVQA {EXPECTED[key]}"
+        )
     records = {}
     for i, record in enumerate(document[key]):
         record_id = field(record, "id", int, f"{path.name} {key} {i}", f"RSVQA {EXPECTED[key]}")
@@ -76,9 +86,16 @@ def _active(record: dict) -> bool:
 class RSVQA(SampleDataset[VQASample]):
     """The active questions of one RSVQA split; ``variant`` is "LR" or "HR" (found from the files if None)."""
 
-    def __init__(self, root: str | Path, split: str = "train", *, variant: str | None = None,
-                 image_dir: str | Path | None = None, check_images: bool = True,
-                 transform: Callable[[VQASample], Any] | None = None) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        *,
+        variant: str | None = None,
+        image_dir: str | Path | None = None,
+        check_images: bool = True,
+        transform: Callable[[VQASample], Any] | None = None,
+    ) -> None:
         self.root = require_dir(Path(root), "an RSVQA folder with <P>_split_<split>_{images,questions,answers}.json")
         self.variant = variant or self._detect_variant()
         if self.variant not in PREFIXES:
@@ -86,27 +103,41 @@ class RSVQA(SampleDataset[VQASample]):
         prefix = PREFIXES[self.variant]
         files = {key: self.root / f"{prefix}_split_{split}_{key}.json" for key in EXPECTED}
         if not files["images"].is_file():
-            present = sorted({p.name.removeprefix(f"{prefix}_split_").rsplit("_", 1)[0]
-                              for p in self.root.glob(f"{prefix}_split_*_images.json")})
-            raise DataFormatError(f"{self.root}: no {files['images'].name} (splits found: "
-                                  f"{', '.join(present) or 'none'}); expected split {split!r} as "
-                                  f"{prefix}_split_{split}_{{images,questions,answers}}.json")
+            present = sorted(
+                {
+                    p.name.removeprefix(f"{prefix}_split_").rsplit("_", 1)[0]
+                    for p in self.root.glob(f"{prefix}_split_*_images.json")
+                }
+            )
+            raise DataFormatError(
+                f"{self.root}: no {files['images'].name} (splits found: "
+                f"{', '.join(present) or 'none'}); expected split {split!r} as "
+                f"{prefix}_split_{split}_{{images,questions,answers}}.json"
+            )
         images, questions, answers = (_records(files[k], k) for k in ("images", "questions", "answers"))
-        self.image_dir = Path(image_dir) if image_dir is not None else find_image_dir(
-            self.root, IMAGE_DIRS[self.variant], self._probe(images), f"RSVQA {self.variant} images <id>.tif")
+        self.image_dir = (
+            Path(image_dir)
+            if image_dir is not None
+            else find_image_dir(
+                self.root, IMAGE_DIRS[self.variant], self._probe(images), f"RSVQA {self.variant} images <id>.tif"
+            )
+        )
         samples, skipped = [], Counter()
         for image_id, image in images.items():
             if not _active(image):
                 skipped["inactive image"] += 1
                 continue
-            question_ids = field(image, "questions_ids", list, f"{files['images'].name} image {image_id}",
-                                 EXPECTED["images"])
+            question_ids = field(
+                image, "questions_ids", list, f"{files['images'].name} image {image_id}", EXPECTED["images"]
+            )
             for question_id in question_ids:
                 question = questions.get(question_id)
                 if question is None:
-                    raise DataFormatError(f"{files['images'].name}: image {image_id} lists question {question_id}, "
-                                          f"which {files['questions'].name} does not have; expected every "
-                                          f"questions_ids entry to be a question id")
+                    raise DataFormatError(
+                        f"{files['images'].name}: image {image_id} lists question {question_id}, "
+                        f"which {files['questions'].name} does not have; expected every "
+                        f"questions_ids entry to be a question id"
+                    )
                 if not _active(question):
                     skipped["inactive question"] += 1
                     continue
@@ -132,9 +163,11 @@ class RSVQA(SampleDataset[VQASample]):
     def _detect_variant(self) -> str:
         found = [v for v, prefix in PREFIXES.items() if any(self.root.glob(f"{prefix}_split_*_images.json"))]
         if len(found) != 1:
-            raise DataFormatError(f"{self.root}: {'both LR and HR' if found else 'no'} RSVQA split files "
-                                  f"(folder holds {listing(self.root)}); expected LR_split_<split>_*.json or "
-                                  f"USGS_split_<split>_*.json, or pass variant=")
+            raise DataFormatError(
+                f"{self.root}: {'both LR and HR' if found else 'no'} RSVQA split files "
+                f"(folder holds {listing(self.root)}); expected LR_split_<split>_*.json or "
+                f"USGS_split_<split>_*.json, or pass variant="
+            )
         return found[0]
 
     @staticmethod
@@ -147,9 +180,14 @@ class RSVQA(SampleDataset[VQASample]):
         for answer_id in answer_ids:
             answer = answers.get(answer_id)
             if answer is None:
-                raise DataFormatError(f"{where} lists answer {answer_id}, which {answers_name} does not have; "
-                                      f"expected every answers_ids entry to be an answer id")
+                raise DataFormatError(
+                    f"{where} lists answer {answer_id}, which {answers_name} does not have; "
+                    f"expected every answers_ids entry to be an answer id"
+                )
             if _active(answer):
-                return str(field(answer, "answer", (str, int, float), f"{answers_name} answer {answer_id}",
-                                 EXPECTED["answers"]))
+                return str(
+                    field(
+                        answer, "answer", (str, int, float), f"{answers_name} answer {answer_id}", EXPECTED["answers"]
+                    )
+                )
         return None

@@ -28,10 +28,11 @@ import logging
 import random
 import re
 import tarfile
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
@@ -63,8 +64,10 @@ class ShardSample:
         for extension in extensions:
             if extension in self.fields:
                 return extension, self.fields[extension]
-        raise DataFormatError(f"{self.shard}: sample {self.key!r} has no {what} (members: "
-                              f"{', '.join(sorted(self.fields))}); expected one of {', '.join(extensions)}")
+        raise DataFormatError(
+            f"{self.shard}: sample {self.key!r} has no {what} (members: "
+            f"{', '.join(sorted(self.fields))}); expected one of {', '.join(extensions)}"
+        )
 
     def image(self, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> Image.Image:
         """The sample's image as RGB, decoded now."""
@@ -73,24 +76,28 @@ class ShardSample:
             with Image.open(BytesIO(data)) as image:
                 return image.convert("RGB")
         except OSError as error:
-            raise DataFormatError(f"{self.shard}: {self.key}.{extension} is not a readable image ({error}); "
-                                  f"expected an encoded {extension.upper()}") from error
+            raise DataFormatError(
+                f"{self.shard}: {self.key}.{extension} is not a readable image ({error}); "
+                f"expected an encoded {extension.upper()}"
+            ) from error
 
     def text(self, extensions: Sequence[str] = TEXT_EXTENSIONS) -> str:
         extension, data = self._first(extensions, "caption")
         try:
             return data.decode("utf-8").strip()
         except UnicodeDecodeError as error:
-            raise DataFormatError(f"{self.shard}: {self.key}.{extension} is not UTF-8 text; expected a caption") \
-                from error
+            raise DataFormatError(
+                f"{self.shard}: {self.key}.{extension} is not UTF-8 text; expected a caption"
+            ) from error
 
     def json(self) -> Any:
         _, data = self._first(("json",), "json metadata")
         try:
             return json.loads(data)
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise DataFormatError(f"{self.shard}: {self.key}.json is not valid JSON ({error}); expected metadata") \
-                from error
+            raise DataFormatError(
+                f"{self.shard}: {self.key}.json is not valid JSON ({error}); expected metadata"
+            ) from error
 
 
 def expand_braces(pattern: str) -> list[str]:
@@ -98,7 +105,7 @@ def expand_braces(pattern: str) -> list[str]:
     match = _BRACE.search(pattern)
     if match is None:
         return [pattern]
-    head, body, tail = pattern[: match.start()], match.group(1), pattern[match.end():]
+    head, body, tail = pattern[: match.start()], match.group(1), pattern[match.end() :]
     numbers = _RANGE.match(body)
     if numbers:
         first, last = numbers.groups()
@@ -143,8 +150,9 @@ def _members(shard: str) -> Iterator[tuple[str, bytes]]:
                 if not block:
                     log.warning("%s: no end-of-archive marker (truncated at a member boundary?)", shard)
     except (tarfile.TarError, EOFError, OSError) as error:
-        raise DataFormatError(f"{shard}: not a readable tar archive ({error}); expected a WebDataset shard "
-                              f"(a tar of <key>.<ext> members)") from error
+        raise DataFormatError(
+            f"{shard}: not a readable tar archive ({error}); expected a WebDataset shard (a tar of <key>.<ext> members)"
+        ) from error
 
 
 def _group(shard: str, suffixes: set[str] | None) -> Iterator[ShardSample]:
@@ -160,8 +168,10 @@ def _group(shard: str, suffixes: set[str] | None) -> Iterator[ShardSample]:
                 yield ShardSample(key, shard, fields)
             key, fields = member_key, {}
         if extension in fields:
-            raise DataFormatError(f"{shard}: sample {key!r} has two '{extension}' members; expected one file per "
-                                  f"extension per key, the members of a key next to each other")
+            raise DataFormatError(
+                f"{shard}: sample {key!r} has two '{extension}' members; expected one file per "
+                f"extension per key, the members of a key next to each other"
+            )
         if suffixes is None or extension in suffixes:
             fields[extension] = data
     if fields:
@@ -181,8 +191,14 @@ def _shuffled(samples: Iterable[ShardSample], size: int, rng: random.Random) -> 
     yield from buffer
 
 
-def iter_shards(urls: str | Path | Iterable[str | Path], *, shuffle_buffer: int = 0, seed: int | None = None,
-                shuffle_shards: bool = False, suffixes: Iterable[str] | None = None) -> Iterator[ShardSample]:
+def iter_shards(
+    urls: str | Path | Iterable[str | Path],
+    *,
+    shuffle_buffer: int = 0,
+    seed: int | None = None,
+    shuffle_shards: bool = False,
+    suffixes: Iterable[str] | None = None,
+) -> Iterator[ShardSample]:
     """Samples of every shard in order (shards shuffled first if asked, samples through a shuffle buffer).
 
     ``suffixes`` keeps only those extensions (others are skipped without being kept in memory).
@@ -205,10 +221,18 @@ class WebShards(IterableDataset):
     initialised. Call ``set_epoch`` before each epoch to reshuffle shards and samples.
     """
 
-    def __init__(self, urls: str | Path | Iterable[str | Path], *, shuffle_buffer: int = 0, seed: int = 0,
-                 shuffle_shards: bool = False, suffixes: Iterable[str] | None = None,
-                 transform: Callable[[ShardSample], Any] | None = None, rank: int | None = None,
-                 world_size: int | None = None) -> None:
+    def __init__(
+        self,
+        urls: str | Path | Iterable[str | Path],
+        *,
+        shuffle_buffer: int = 0,
+        seed: int = 0,
+        shuffle_shards: bool = False,
+        suffixes: Iterable[str] | None = None,
+        transform: Callable[[ShardSample], Any] | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> None:
         self.shards = shard_list(urls)
         self.shuffle_buffer = shuffle_buffer
         self.seed = seed
@@ -244,6 +268,5 @@ class WebShards(IterableDataset):
         shards = self._my_shards()
         if not shards:
             return
-        for sample in iter_shards(shards, shuffle_buffer=self.shuffle_buffer, seed=seed,
-                                  suffixes=self.suffixes):
+        for sample in iter_shards(shards, shuffle_buffer=self.shuffle_buffer, seed=seed, suffixes=self.suffixes):
             yield self.transform(sample) if self.transform is not None else sample

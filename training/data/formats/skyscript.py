@@ -18,9 +18,10 @@ from __future__ import annotations
 import csv
 import io
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -84,22 +85,33 @@ def _parse(record: bytes, path: Path, line: int, delimiter: str) -> list[str]:
 class SkyScript(Dataset):
     """Rows of a SkyScript CSV as :class:`ImageTextSample` (image under ``root``, caption from ``caption_column``)."""
 
-    def __init__(self, csv_path: str | Path, root: str | Path, *, caption_column: str = "title",
-                 delimiter: str = ",", transform: Callable[[ImageTextSample], Any] | None = None) -> None:
+    def __init__(
+        self,
+        csv_path: str | Path,
+        root: str | Path,
+        *,
+        caption_column: str = "title",
+        delimiter: str = ",",
+        transform: Callable[[ImageTextSample], Any] | None = None,
+    ) -> None:
         self.csv_path = Path(csv_path)
         self.root = require_dir(Path(root), "the SkyScript data root holding images2/ ... images7/")
         self.delimiter = delimiter
         self.transform = transform
         if not self.csv_path.is_file():
-            raise DataFormatError(f"{self.csv_path}: file not found; expected a SkyScript CSV with columns "
-                                  f"{IMAGE_COLUMN},{','.join(CAPTION_COLUMNS)}")
+            raise DataFormatError(
+                f"{self.csv_path}: file not found; expected a SkyScript CSV with columns "
+                f"{IMAGE_COLUMN},{','.join(CAPTION_COLUMNS)}"
+            )
         header, self._offsets, self._lines = _index_rows(self.csv_path)
         self.columns = _parse(header, self.csv_path, 1, delimiter) if header else []
         missing = [c for c in (IMAGE_COLUMN, caption_column) if c not in self.columns]
         if missing:
-            raise DataFormatError(f"{self.csv_path}: header has columns {self.columns or 'none'}, no "
-                                  f"{', '.join(repr(m) for m in missing)}; expected a SkyScript CSV with columns "
-                                  f"{IMAGE_COLUMN}, {' or '.join(CAPTION_COLUMNS)} (or pass caption_column=)")
+            raise DataFormatError(
+                f"{self.csv_path}: header has columns {self.columns or 'none'}, no "
+                f"{', '.join(repr(m) for m in missing)}; expected a SkyScript CSV with columns "
+                f"{IMAGE_COLUMN}, {' or '.join(CAPTION_COLUMNS)} (or pass caption_column=)"
+            )
         self.caption_column = caption_column
         log.info("%s: %d rows", self.csv_path.name, len(self._offsets))
 
@@ -116,8 +128,10 @@ class SkyScript(Dataset):
         line = int(self._lines[index])
         values = _parse(record, self.csv_path, line, self.delimiter)
         if len(values) != len(self.columns):
-            raise DataFormatError(f"{self.csv_path}: line {line} has {len(values)} fields; expected "
-                                  f"{len(self.columns)} ({', '.join(self.columns)})")
+            raise DataFormatError(
+                f"{self.csv_path}: line {line} has {len(values)} fields; expected "
+                f"{len(self.columns)} ({', '.join(self.columns)})"
+            )
         return dict(zip(self.columns, values))
 
     def sample(self, index: int) -> ImageTextSample:

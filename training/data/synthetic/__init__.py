@@ -11,7 +11,13 @@ See README.md in this folder for what is generated and how it is laid out on dis
 """
 
 from training.data.synthetic.annotations import (
-    Change, ChangeKind, QAPair, ReferringExpression, Scene, SceneObject, ScenePair,
+    Change,
+    ChangeKind,
+    QAPair,
+    ReferringExpression,
+    Scene,
+    SceneObject,
+    ScenePair,
 )
 from training.data.synthetic.change import generate_pair
 from training.data.synthetic.classes import CLASSES, ObjectClass
@@ -19,6 +25,17 @@ from training.data.synthetic.scene import generate_scene
 from training.data.synthetic.splits import SPLITS, split_seeds
 
 __all__ = [
-    "CLASSES", "SPLITS", "Change", "ChangeKind", "ObjectClass", "QAPair", "ReferringExpression", "Scene",
-    "SceneObject", "ScenePair", "generate_pair", "generate_scene", "split_seeds",
+    "CLASSES",
+    "SPLITS",
+    "Change",
+    "ChangeKind",
+    "ObjectClass",
+    "QAPair",
+    "ReferringExpression",
+    "Scene",
+    "SceneObject",
+    "ScenePair",
+    "generate_pair",
+    "generate_scene",
+    "split_seeds",
 ]

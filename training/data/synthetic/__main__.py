@@ -29,11 +29,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="worker processes")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
-        index = write_split(args.out, args.split, args.count, args.size, args.pairs, args.seed_base, args.gsd,
-                            args.workers, progress=not args.quiet)
+        index = write_split(
+            args.out,
+            args.split,
+            args.count,
+            args.size,
+            args.pairs,
+            args.seed_base,
+            args.gsd,
+            args.workers,
+            progress=not args.quiet,
+        )
     except ValueError as error:
         parser.error(str(error))
     print(index)

@@ -11,8 +11,8 @@ construction sites, lakes and farmsteads.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import shapely
@@ -55,8 +55,7 @@ class Builder:
             probe = geometry.centroid if cls == ObjectClass.TREE else geometry
             if not self.inside.contains(probe):
                 return None
-        feature = Feature(len(self.features) + 1, cls, kind, geometry, z,
-                          tone=float(self.rng.uniform()), **look)  # type: ignore[arg-type]
+        feature = Feature(len(self.features) + 1, cls, kind, geometry, z, tone=float(self.rng.uniform()), **look)  # type: ignore[arg-type]
         self.features.append(feature)
         return feature
 
@@ -86,12 +85,20 @@ CROPS = {
     "autumn": {"stubble": 0.35, "ploughed": 0.35, "maize": 0.15, "green": 0.15},
     "winter": {"ploughed": 0.45, "winter crop": 0.35, "stubble": 0.2},
 }
-ROW_SPACING_M = {"young crop": (0.7, 1.6), "ploughed": (0.8, 1.6), "green": (0.5, 1.2), "wheat": (0.3, 0.6),
-                 "maize": (0.75, 1.0), "stubble": (0.4, 1.2), "winter crop": (0.3, 0.8)}
+ROW_SPACING_M = {
+    "young crop": (0.7, 1.6),
+    "ploughed": (0.8, 1.6),
+    "green": (0.5, 1.2),
+    "wheat": (0.3, 0.6),
+    "maize": (0.75, 1.0),
+    "stubble": (0.4, 1.2),
+    "winter crop": (0.3, 0.8),
+}
 
 
 # --------------------------------------------------------------------------------------------
 # Object builders (canonical block coordinates)
+
 
 def _tree(b: Builder, x: float, y: float, r: float) -> None:
     style = b.pick({"deciduous": 0.8, "conifer": 0.2})
@@ -100,8 +107,9 @@ def _tree(b: Builder, x: float, y: float, r: float) -> None:
     b.add(ObjectClass.TREE, "tree", crown, Z_TREE, style=style, height_m=height, discs=(Disc(x, y, r),))
 
 
-def _scatter_trees(b: Builder, region: BaseGeometry, count: int, avoid: list[BaseGeometry],
-                   r_range: tuple[float, float] = (2.0, 4.5)) -> None:
+def _scatter_trees(
+    b: Builder, region: BaseGeometry, count: int, avoid: list[BaseGeometry], r_range: tuple[float, float] = (2.0, 4.5)
+) -> None:
     """Up to ``count`` trees inside ``region``, apart from each other and off ``avoid``."""
     if count <= 0 or region.is_empty or b.m(r_range[1]) < 2.0:
         return
@@ -131,15 +139,25 @@ def vehicle(b: Builder, x: float, y: float, angle: float, kind: str) -> Feature 
     if b.m(length) < 4.0:
         return None
     rect = Rect(x, y, angle, b.m(length) / 2, b.m(width) / 2)
-    return b.add(ObjectClass.VEHICLE, kind, rect.polygon(), Z_VEHICLE, style=b.pick(colours), height_m=height,
-                 rects=(rect,))
+    return b.add(
+        ObjectClass.VEHICLE, kind, rect.polygon(), Z_VEHICLE, style=b.pick(colours), height_m=height, rects=(rect,)
+    )
 
 
 def _building(b: Builder, rects: list[Rect], kind: str, roof: str, style: str, height: float) -> Feature | None:
     geometry = rects[0].polygon() if len(rects) == 1 else shapely.union_all([r.polygon() for r in rects])
     marks = _rooftop_units(b, rects[0]) if roof == "flat" else None
-    return b.add(ObjectClass.BUILDING, kind, geometry, Z_STRUCTURE, style=style, height_m=height,
-                 rects=tuple(rects), roof=roof, marks=marks)
+    return b.add(
+        ObjectClass.BUILDING,
+        kind,
+        geometry,
+        Z_STRUCTURE,
+        style=style,
+        height_m=height,
+        rects=tuple(rects),
+        roof=roof,
+        marks=marks,
+    )
 
 
 def _rooftop_units(b: Builder, rect: Rect) -> BaseGeometry | None:
@@ -153,18 +171,28 @@ def _rooftop_units(b: Builder, rect: Rect) -> BaseGeometry | None:
     placed = []
     for unit in units:
         u, v = b.rng.uniform(-1, 1) * (inner_l - unit.half_len), b.rng.uniform(-1, 1) * (inner_w - unit.half_wid)
-        placed.append(Rect(rect.cx + c * u - s * v, rect.cy + s * u + c * v, rect.angle, unit.half_len,
-                           unit.half_wid).polygon())
+        placed.append(
+            Rect(rect.cx + c * u - s * v, rect.cy + s * u + c * v, rect.angle, unit.half_len, unit.half_wid).polygon()
+        )
     return MultiPolygon(placed) if placed else None
 
 
 def _tank(b: Builder, x: float, y: float, r: float, kind: str) -> None:
     roof = "fixed" if kind == "silo" else b.pick({"floating": 0.55, "fixed": 0.45})
     height = b.rng.uniform(10, 16) if kind == "silo" else b.rng.uniform(8, 18)
-    style = b.pick({"white": 0.6, "light grey": 0.3, "green": 0.1} if kind == "storage tank"
-                   else {"light grey": 0.6, "white": 0.4})
-    b.add(ObjectClass.STORAGE_TANK, kind, Point(x, y).buffer(r, quad_segs=16), Z_STRUCTURE, style=style,
-          height_m=height, discs=(Disc(x, y, r),), roof=roof)
+    style = b.pick(
+        {"white": 0.6, "light grey": 0.3, "green": 0.1} if kind == "storage tank" else {"light grey": 0.6, "white": 0.4}
+    )
+    b.add(
+        ObjectClass.STORAGE_TANK,
+        kind,
+        Point(x, y).buffer(r, quad_segs=16),
+        Z_STRUCTURE,
+        style=style,
+        height_m=height,
+        discs=(Disc(x, y, r),),
+        roof=roof,
+    )
 
 
 def _parking(b: Builder, x0: float, y0: float, x1: float, y1: float, trucks: bool = False) -> None:
@@ -175,14 +203,28 @@ def _parking(b: Builder, x0: float, y0: float, x1: float, y1: float, trucks: boo
     n_stalls = int((x1 - x0 - b.m(2)) // stall_w)
     sx0 = x0 + ((x1 - x0) - n_stalls * stall_w) / 2
     by0 = y0 + b.m(0.5) + ((y1 - y0 - b.m(1)) - n_bands * band) / 2
-    rows = [(by0 + i * band + offset, facing) for i in range(n_bands)
-            for offset, facing in ((0.0, 1.0), (stall_d + aisle, -1.0))]
+    rows = [
+        (by0 + i * band + offset, facing)
+        for i in range(n_bands)
+        for offset, facing in ((0.0, 1.0), (stall_d + aisle, -1.0))
+    ]
     line_w = max(b.m(0.15), 0.5)
-    lines = [box(sx0 + k * stall_w - line_w / 2, row_y + b.m(0.3), sx0 + k * stall_w + line_w / 2,
-                 row_y + stall_d - b.m(0.3)) for row_y, _ in rows for k in range(n_stalls + 1)]
+    lines = [
+        box(
+            sx0 + k * stall_w - line_w / 2, row_y + b.m(0.3), sx0 + k * stall_w + line_w / 2, row_y + stall_d - b.m(0.3)
+        )
+        for row_y, _ in rows
+        for k in range(n_stalls + 1)
+    ]
     marks = MultiPolygon(lines) if lines and b.ppm >= 1.2 else None
-    lot = b.add(ObjectClass.PARKING_LOT, "parking lot", box(x0, y0, x1, y1), Z_ROAD,
-                style=b.pick({"asphalt": 0.75, "concrete": 0.25}), marks=marks)
+    lot = b.add(
+        ObjectClass.PARKING_LOT,
+        "parking lot",
+        box(x0, y0, x1, y1),
+        Z_ROAD,
+        style=b.pick({"asphalt": 0.75, "concrete": 0.25}),
+        marks=marks,
+    )
     if lot is None:
         return
     occupancy = b.rng.uniform(0.2, 0.9)
@@ -201,6 +243,7 @@ def _parking(b: Builder, x0: float, y0: float, x1: float, y1: float, trucks: boo
 
 # --------------------------------------------------------------------------------------------
 # Land-use fillers: each fills one block given in its canonical frame
+
 
 def _fill_houses(b: Builder, block: Block) -> None:
     b.add(ObjectClass.GRASS, "lawn", block.area, Z_LAND)
@@ -249,8 +292,13 @@ def _house(b: Builder, lx: float, front: float, inward: float, lot_w: float, lot
     if house is None:
         return None
     if setback > b.m(5.5) and b.rng.uniform() < 0.35:
-        vehicle(b, cx + b.rng.uniform(-0.6, 0.6) * half_x, front + inward * setback / 2,
-                 math.pi / 2 + (math.pi if b.rng.uniform() < 0.5 else 0.0), "car")
+        vehicle(
+            b,
+            cx + b.rng.uniform(-0.6, 0.6) * half_x,
+            front + inward * setback / 2,
+            math.pi / 2 + (math.pi if b.rng.uniform() < 0.5 else 0.0),
+            "car",
+        )
     if b.season in ("spring", "summer") and b.rng.uniform() < 0.08 and b.m(3) >= 2:
         py = cy + inward * (half_y + b.m(5))
         pool = Rect(lx + b.rng.uniform(-1, 1) * b.m(2), py, 0.0, b.um(3, 5), b.um(1.8, 2.6))
@@ -301,8 +349,12 @@ def _fill_commercial(b: Builder, block: Block) -> None:
     px0, px1 = (bx + length / 2 + b.m(6), block.hl - b.m(3)) if left else (-block.hl + b.m(3), bx - length / 2 - b.m(6))
     if px1 - px0 > b.m(20):
         _parking(b, px0, -block.hd + b.m(3), px1, block.hd - b.m(3))
-    _scatter_trees(b, block.area.buffer(-b.m(1)).difference(block.area.buffer(-b.m(5))), int(block.hl / b.m(12)),
-                   [] if building is None else [building.geometry])
+    _scatter_trees(
+        b,
+        block.area.buffer(-b.m(1)).difference(block.area.buffer(-b.m(5))),
+        int(block.hl / b.m(12)),
+        [] if building is None else [building.geometry],
+    )
 
 
 def _fill_industrial(b: Builder, block: Block) -> None:
@@ -324,13 +376,24 @@ def _fill_industrial(b: Builder, block: Block) -> None:
             for i in range(nx):
                 for j in range(ny):
                     if b.rng.uniform() < 0.85:
-                        _tank(b, ox + i * (2 * r + gap), oy + j * (2 * r + gap), r * b.rng.uniform(0.9, 1.0),
-                              "storage tank")
+                        _tank(
+                            b,
+                            ox + i * (2 * r + gap),
+                            oy + j * (2 * r + gap),
+                            r * b.rng.uniform(0.9, 1.0),
+                            "storage tank",
+                        )
         elif use == "warehouse":
             half_l, half_w = (x1 - x0) / 2 * b.rng.uniform(0.6, 0.95), (y1 - y0) / 2 * b.rng.uniform(0.4, 0.85)
             rect = Rect((x0 + x1) / 2, b.rng.uniform(-1, 1) * ((y1 - y0) / 2 - half_w), 0.0, half_l, half_w)
-            _building(b, [rect], "warehouse", b.pick({"flat": 0.8, "gable": 0.2}), b.pick(ROOF_METAL),
-                      float(b.rng.uniform(7, 14)))
+            _building(
+                b,
+                [rect],
+                "warehouse",
+                b.pick({"flat": 0.8, "gable": 0.2}),
+                b.pick(ROOF_METAL),
+                float(b.rng.uniform(7, 14)),
+            )
         else:
             _parking(b, x0, y0, x1, y1, trucks=b.rng.uniform() < 0.6)
 
@@ -431,12 +494,20 @@ def _fill_farmstead(b: Builder, block: Block) -> None:
     b.add(ObjectClass.BARE_SOIL, "yard", yard, Z_LAND, style=b.pick({"dusty": 0.6, "dark": 0.4}))
     yx0, yy0, yx1, yy1 = yard.bounds
     placed: list[BaseGeometry] = []
-    specs = [("barn", (10, 20), (5, 8), "gable"), ("house", (5, 8), (4, 5.5), "gable"),
-             ("shed", (3, 6), (2.5, 4), "flat")]
+    specs = [
+        ("barn", (10, 20), (5, 8), "gable"),
+        ("house", (5, 8), (4, 5.5), "gable"),
+        ("shed", (3, 6), (2.5, 4), "flat"),
+    ]
     for kind, hl_range, hw_range, roof in specs:
         for _ in range(20):
-            rect = Rect(b.rng.uniform(yx0, yx1), b.rng.uniform(yy0, yy1), b.rng.choice([0.0, math.pi / 2]),
-                        b.um(*hl_range), b.um(*hw_range))
+            rect = Rect(
+                b.rng.uniform(yx0, yx1),
+                b.rng.uniform(yy0, yy1),
+                b.rng.choice([0.0, math.pi / 2]),
+                b.um(*hl_range),
+                b.um(*hw_range),
+            )
             poly = rect.polygon()
             if yard.buffer(-b.m(2)).contains(poly) and not any(poly.distance(p) < b.m(4) for p in placed):
                 style = b.pick(ROOF_FLAT if roof == "flat" else ROOF_PITCHED)
@@ -461,7 +532,15 @@ def _random_inside(b: Builder, block: Block, spread: float) -> tuple[float, floa
 
 
 FILLERS: dict[str, Callable[[Builder, Block], None]] = {
-    "houses": _fill_houses, "apartments": _fill_apartments, "commercial": _fill_commercial,
-    "industrial": _fill_industrial, "park": _fill_park, "field": _fill_field, "forest": _fill_forest,
-    "meadow": _fill_meadow, "bare": _fill_bare, "water": _fill_water, "farmstead": _fill_farmstead,
+    "houses": _fill_houses,
+    "apartments": _fill_apartments,
+    "commercial": _fill_commercial,
+    "industrial": _fill_industrial,
+    "park": _fill_park,
+    "field": _fill_field,
+    "forest": _fill_forest,
+    "meadow": _fill_meadow,
+    "bare": _fill_bare,
+    "water": _fill_water,
+    "farmstead": _fill_farmstead,
 }

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable
 
 import numpy as np
 import shapely
@@ -60,8 +60,9 @@ class _Edit:
     removed: frozenset[int] = frozenset()
 
 
-def generate_pair(seed: int, size: int = 512, gsd: float | None = None, theme: str | None = None,
-                  changed: bool | None = None) -> ScenePair:
+def generate_pair(
+    seed: int, size: int = 512, gsd: float | None = None, theme: str | None = None, changed: bool | None = None
+) -> ScenePair:
     """The before/after pair of ``seed``; ``changed`` forces or forbids real changes (drawn when None)."""
     rng = streams(seed, PAIR_STREAM)
     place = draw_place(rng.place, size, gsd)
@@ -69,8 +70,11 @@ def generate_pair(seed: int, size: int = 512, gsd: float | None = None, theme: s
     r = rng.change
     wants_change = bool(r.uniform() < CHANGE_CHANCE) if changed is None else changed
     before_labels = rasterise(before)
-    after, changes, change_map = _apply_changes(before, before_labels.class_map, r) if wants_change else \
-        (before, (), np.zeros((size, size), dtype=np.uint8))
+    after, changes, change_map = (
+        _apply_changes(before, before_labels.class_map, r)
+        if wants_change
+        else (before, (), np.zeros((size, size), dtype=np.uint8))
+    )
     if changed and not changes:
         raise RuntimeError(f"pair {seed}: no change could be placed in this layout")
     if r.uniform() < 0.3:
@@ -80,10 +84,12 @@ def generate_pair(seed: int, size: int = 512, gsd: float | None = None, theme: s
     dx, dy = (float(v) for v in np.round(r.uniform(-MAX_SHIFT, MAX_SHIFT, 2), 2))
     moved = after.moved(dx, dy)
     offset = (int(round(dx)), int(round(dy)))
-    before_scene = build_scene(seed, before, before_labels, first, Textures(rng.texture_seed, size), place,
-                               rng.language)
-    after_scene = build_scene(seed, moved, rasterise(moved), second, Textures(rng.texture_seed, size, offset=offset),
-                              place, rng.language)
+    before_scene = build_scene(
+        seed, before, before_labels, first, Textures(rng.texture_seed, size), place, rng.language
+    )
+    after_scene = build_scene(
+        seed, moved, rasterise(moved), second, Textures(rng.texture_seed, size, offset=offset), place, rng.language
+    )
     captions = change_captions(changes, r)
     log.debug("pair %d: %d changes, shift (%.2f, %.2f)", seed, len(changes), dx, dy)
     return ScenePair(seed, before_scene, after_scene, change_map, changes, captions, bool(changes))
@@ -92,12 +98,16 @@ def generate_pair(seed: int, size: int = 512, gsd: float | None = None, theme: s
 def _second_date(first: Conditions, rng: np.random.Generator) -> Conditions:
     """Other light and sensor noise; the sun moves a little."""
     fresh = draw_conditions(rng)
-    return replace(fresh, sun_azimuth=float((first.sun_azimuth + rng.normal(0, 12)) % 360),
-                   sun_elevation=float(np.clip(first.sun_elevation + rng.normal(0, 6), 20, 70)))
+    return replace(
+        fresh,
+        sun_azimuth=float((first.sun_azimuth + rng.normal(0, 12)) % 360),
+        sun_elevation=float(np.clip(first.sun_elevation + rng.normal(0, 6), 20, 70)),
+    )
 
 
-def _apply_changes(before: Layout, before_classes: np.ndarray, rng: np.random.Generator
-                   ) -> tuple[Layout, tuple[Change, ...], np.ndarray]:
+def _apply_changes(
+    before: Layout, before_classes: np.ndarray, rng: np.random.Generator
+) -> tuple[Layout, tuple[Change, ...], np.ndarray]:
     """One to three changes of different kinds, each away from the others (a new road at least)."""
     wanted = int(rng.choice([1, 2, 3], p=[0.6, 0.3, 0.1]))
     order = [ChangeKind(int(k)) for k in rng.permutation([1, 2, 3, 4, 5])]
@@ -147,6 +157,7 @@ def _visible_keys(layout: Layout) -> frozenset[int]:
 # --------------------------------------------------------------------------------------------
 # The edits
 
+
 def _inside(layout: Layout, margin: float) -> BaseGeometry:
     return box(margin, margin, layout.size - margin, layout.size - margin)
 
@@ -185,36 +196,65 @@ def _build(layout: Layout, rng: np.random.Generator, avoid: BaseGeometry) -> _Ed
             half_l, half_w = half_l * 2, half_w * 2
         rect = Rect(float(x), float(y), float(rng.choice([0.0, math.pi / 2]) + rng.normal(0, 0.1)), half_l, half_w)
         shape = rect.polygon()
-        if (not view.contains(shape) or not hosts_area.contains(shape) or _hits(solids, shape.buffer(2 * ppm))
-                or shape.intersects(avoid) or any(shape.distance(p) < 3 * ppm for p in placed)):
+        if (
+            not view.contains(shape)
+            or not hosts_area.contains(shape)
+            or _hits(solids, shape.buffer(2 * ppm))
+            or shape.intersects(avoid)
+            or any(shape.distance(p) < 3 * ppm for p in placed)
+        ):
             continue
-        new.append(Feature(key + len(new), C.BUILDING, "house" if half_l < 10 * ppm else "warehouse", shape,
-                           Z_STRUCTURE, style=style, height_m=float(rng.uniform(5, 10)), tone=float(rng.uniform()),
-                           rects=(rect,), roof=roof))
+        new.append(
+            Feature(
+                key + len(new),
+                C.BUILDING,
+                "house" if half_l < 10 * ppm else "warehouse",
+                shape,
+                Z_STRUCTURE,
+                style=style,
+                height_m=float(rng.uniform(5, 10)),
+                tone=float(rng.uniform()),
+                rects=(rect,),
+                roof=roof,
+            )
+        )
         placed.append(shape)
         anchor = anchor or (float(x), float(y))
     if not new:
         return None
-    return _Edit(replace(layout, features=layout.features + tuple(new)), "building",
-                 added=frozenset(f.key for f in new))
+    return _Edit(
+        replace(layout, features=layout.features + tuple(new)), "building", added=frozenset(f.key for f in new)
+    )
 
 
 def _demolish(layout: Layout, rng: np.random.Generator, avoid: BaseGeometry) -> _Edit | None:
     """One to three neighbouring buildings torn down, leaving bare soil."""
     ppm = 1.0 / layout.gsd
     view = _inside(layout, 2 * ppm)
-    buildings = [f for f in layout.features if f.cls == C.BUILDING and view.contains(f.geometry)
-                 and not f.geometry.intersects(avoid)]
+    buildings = [
+        f
+        for f in layout.features
+        if f.cls == C.BUILDING and view.contains(f.geometry) and not f.geometry.intersects(avoid)
+    ]
     if not buildings:
         return None
     first = buildings[int(rng.integers(len(buildings)))]
     near = [f for f in buildings if f.geometry.distance(first.geometry) < 30 * ppm and f is not first]
-    chosen = [first] + near[:int(rng.integers(0, 3))]
+    chosen = [first] + near[: int(rng.integers(0, 3))]
     removed = frozenset(f.key for f in chosen)
     key = layout.next_key()
-    rubble = tuple(Feature(key + i, C.BARE_SOIL, "construction site", f.geometry.buffer(1.5 * ppm, join_style="mitre"),
-                           Z_LAND, style=str(rng.choice(["dusty", "dark"])), tone=float(rng.uniform()))
-                   for i, f in enumerate(chosen))
+    rubble = tuple(
+        Feature(
+            key + i,
+            C.BARE_SOIL,
+            "construction site",
+            f.geometry.buffer(1.5 * ppm, join_style="mitre"),
+            Z_LAND,
+            style=str(rng.choice(["dusty", "dark"])),
+            tone=float(rng.uniform()),
+        )
+        for i, f in enumerate(chosen)
+    )
     kept = tuple(f for f in layout.features if f.key not in removed)
     return _Edit(replace(layout, features=kept + rubble), "building", removed=removed)
 
@@ -223,16 +263,20 @@ def _cut_trees(layout: Layout, rng: np.random.Generator, avoid: BaseGeometry) ->
     """A group of single trees cut down, or a clearing cut into a forest."""
     ppm = 1.0 / layout.gsd
     view = _inside(layout, 0)
-    trees = [f for f in layout.features if f.cls == C.TREE and view.contains(f.geometry.centroid)
-             and not f.geometry.intersects(avoid)]
+    trees = [
+        f
+        for f in layout.features
+        if f.cls == C.TREE and view.contains(f.geometry.centroid) and not f.geometry.intersects(avoid)
+    ]
     forests = [f for f in layout.features if f.cls == C.FOREST and f.geometry.intersects(view)]
     if trees and (not forests or rng.uniform() < 0.6):
         first = trees[int(rng.integers(len(trees)))]
         near = [f for f in trees if f.geometry.distance(first.geometry) < 25 * ppm]
-        chosen = near[:int(rng.integers(2, 9))]
+        chosen = near[: int(rng.integers(2, 9))]
         removed = frozenset(f.key for f in chosen)
-        return _Edit(replace(layout, features=tuple(f for f in layout.features if f.key not in removed)), "tree",
-                     removed=removed)
+        return _Edit(
+            replace(layout, features=tuple(f for f in layout.features if f.key not in removed)), "tree", removed=removed
+        )
     for forest in (forests[int(i)] for i in rng.permutation(len(forests))):
         x, y = _random_point(rng, forest.geometry.intersection(view))
         cut = blob(rng, x, y, rng.uniform(12, 40) * ppm, rng.uniform(10, 30) * ppm, rng.uniform(0, math.pi), 0.3)
@@ -262,8 +306,11 @@ def _flood(layout: Layout, rng: np.random.Generator, avoid: BaseGeometry) -> _Ed
     ppm = 1.0 / layout.gsd
     view = _inside(layout, 0)
     waters = [f for f in layout.features if f.cls == C.WATER and f.kind != "pool" and f.geometry.intersects(view)]
-    lows = [f for f in layout.features
-            if f.cls in (C.CROP, C.GRASS) and f.geometry.intersection(view).area > (20 * ppm) ** 2]
+    lows = [
+        f
+        for f in layout.features
+        if f.cls in (C.CROP, C.GRASS) and f.geometry.intersection(view).area > (20 * ppm) ** 2
+    ]
     if waters and rng.uniform() < 0.7:
         water = waters[int(rng.integers(len(waters)))]
         grown = water.geometry.buffer(rng.uniform(5, 20) * ppm)
@@ -281,8 +328,9 @@ def _flood(layout: Layout, rng: np.random.Generator, avoid: BaseGeometry) -> _Ed
     shape = largest_polygon(shape)
     if shape.area < (5 * ppm) ** 2:
         return None
-    flood = Feature(layout.next_key(), C.WATER, "flooded area", shape, Z_WATER, style="murky",
-                    tone=float(rng.uniform()))
+    flood = Feature(
+        layout.next_key(), C.WATER, "flooded area", shape, Z_WATER, style="murky", tone=float(rng.uniform())
+    )
     return _Edit(replace(layout, features=layout.features + (flood,)), subject, added=frozenset({flood.key}))
 
 
@@ -307,13 +355,23 @@ def _new_road(layout: Layout, rng: np.random.Generator, avoid: BaseGeometry) -> 
         line = wiggly_line(rng, start, end, length * 0.05, points=24)
         shape = line.buffer(width / 2, cap_style="flat").intersection(view)
         bridge_ok = attempt >= 20
-        if (shape.difference(paved).area < least or shape.intersects(avoid)
-                or (_crosses_water(layout, shape) and not bridge_ok)):
+        if (
+            shape.difference(paved).area < least
+            or shape.intersects(avoid)
+            or (_crosses_water(layout, shape) and not bridge_ok)
+        ):
             continue
         in_the_way = (C.BUILDING, C.STORAGE_TANK, C.TREE, C.VEHICLE)
         cleared = frozenset(f.key for f in layout.features if f.cls in in_the_way and f.geometry.intersects(shape))
-        road = Feature(layout.next_key(), C.ROAD, "road", shape, Z_ROAD, style=str(rng.choice(["asphalt", "concrete"])),
-                       tone=float(rng.uniform()))
+        road = Feature(
+            layout.next_key(),
+            C.ROAD,
+            "road",
+            shape,
+            Z_ROAD,
+            style=str(rng.choice(["asphalt", "concrete"])),
+            tone=float(rng.uniform()),
+        )
         kept = tuple(f for f in layout.features if f.key not in cleared)
         return _Edit(replace(layout, features=kept + (road,)), "road", added=frozenset({road.key}), removed=cleared)
     return None
@@ -324,18 +382,24 @@ def _crosses_water(layout: Layout, shape: BaseGeometry) -> bool:
 
 
 EDITS: dict[ChangeKind, Callable[[Layout, np.random.Generator, BaseGeometry], _Edit | None]] = {
-    ChangeKind.BUILT: _build, ChangeKind.DEMOLISHED: _demolish, ChangeKind.TREES_CUT: _cut_trees,
-    ChangeKind.FLOODED: _flood, ChangeKind.NEW_ROAD: _new_road,
+    ChangeKind.BUILT: _build,
+    ChangeKind.DEMOLISHED: _demolish,
+    ChangeKind.TREES_CUT: _cut_trees,
+    ChangeKind.FLOODED: _flood,
+    ChangeKind.NEW_ROAD: _new_road,
 }
 
 
 # --------------------------------------------------------------------------------------------
 # Change captions
 
-NO_CHANGE = ("No change.", "Nothing has changed between the two images.",
-             "The two images show the same scene without any changes.",
-             "No buildings, roads, trees or water have changed.",
-             "The scene is unchanged; only the light differs.")
+NO_CHANGE = (
+    "No change.",
+    "Nothing has changed between the two images.",
+    "The two images show the same scene without any changes.",
+    "No buildings, roads, trees or water have changed.",
+    "The scene is unchanged; only the light differs.",
+)
 
 
 def _things(n: int, singular: str, plural: str) -> str:
@@ -350,29 +414,53 @@ def _sentences(change: Change) -> tuple[str, ...]:
     if change.kind in (ChangeKind.BUILT, ChangeKind.DEMOLISHED):
         things = _things(n, "building", "buildings")
         if change.kind == ChangeKind.BUILT:
-            return (f"{things} {were} built {where}", f"{where}, {things} {have} been built",
-                    f"new construction {where}: {things} appeared", f"{things} {were} added {where}",
-                    f"the after image shows {things} {where} that {were} not there before")
-        return (f"{things} {were} demolished {where}", f"{where}, {things} {have} been torn down",
-                f"{things} {where} {were} removed, leaving bare ground", f"{things} disappeared {where}",
-                f"the before image shows {things} {where} that {were} demolished later")
+            return (
+                f"{things} {were} built {where}",
+                f"{where}, {things} {have} been built",
+                f"new construction {where}: {things} appeared",
+                f"{things} {were} added {where}",
+                f"the after image shows {things} {where} that {were} not there before",
+            )
+        return (
+            f"{things} {were} demolished {where}",
+            f"{where}, {things} {have} been torn down",
+            f"{things} {where} {were} removed, leaving bare ground",
+            f"{things} disappeared {where}",
+            f"the before image shows {things} {where} that {were} demolished later",
+        )
     if change.kind == ChangeKind.TREES_CUT and change.subject == "forest":
-        return (f"part of the forest {where} was cleared", f"a clearing was cut into the forest {where}",
-                f"trees were felled {where}, opening a clearing in the forest",
-                f"the forest {where} lost a patch of trees", f"{where}, part of the forest has been cut down")
+        return (
+            f"part of the forest {where} was cleared",
+            f"a clearing was cut into the forest {where}",
+            f"trees were felled {where}, opening a clearing in the forest",
+            f"the forest {where} lost a patch of trees",
+            f"{where}, part of the forest has been cut down",
+        )
     if change.kind == ChangeKind.TREES_CUT:
         things = _things(n, "tree", "trees")
-        return (f"{things} {were} cut down {where}", f"{where}, {things} {have} been felled",
-                f"{things} {where} {were} removed", f"{things} disappeared {where}",
-                f"the trees {where} were thinned: {things} {were} cut")
+        return (
+            f"{things} {were} cut down {where}",
+            f"{where}, {things} {have} been felled",
+            f"{things} {where} {were} removed",
+            f"{things} disappeared {where}",
+            f"the trees {where} were thinned: {things} {were} cut",
+        )
     if change.kind == ChangeKind.FLOODED:
         subject = {"land": "the land", "field": "a field", "meadow": "a meadow"}[change.subject]
-        return (f"{subject} {where} was flooded", f"water now covers {subject} {where}",
-                f"flooding {where}: {subject} is under water", f"{where}, {subject} has been flooded",
-                f"the water spread over {subject} {where}")
-    return (f"a new road was built {where}", f"{where}, a new road has been built",
-            f"a new road now runs through the {change.region}", f"a road was added {where}",
-            f"the after image shows a new road {where}")
+        return (
+            f"{subject} {where} was flooded",
+            f"water now covers {subject} {where}",
+            f"flooding {where}: {subject} is under water",
+            f"{where}, {subject} has been flooded",
+            f"the water spread over {subject} {where}",
+        )
+    return (
+        f"a new road was built {where}",
+        f"{where}, a new road has been built",
+        f"a new road now runs through the {change.region}",
+        f"a road was added {where}",
+        f"the after image shows a new road {where}",
+    )
 
 
 def change_captions(changes: tuple[Change, ...], rng: np.random.Generator, count: int = 5) -> tuple[str, ...]:

@@ -8,8 +8,8 @@ ids, so ``class_map == CLASS_OF[instance_map]`` holds everywhere.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 
 class ObjectClass(enum.IntEnum):

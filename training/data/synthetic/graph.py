@@ -56,9 +56,17 @@ def move_all(features: list[Feature], frame: Frame) -> list[Feature]:
     if marked:
         for i, m in zip(marked, frame.geometries(np.array([features[i].marks for i in marked], dtype=object))):
             marks[i] = m
-    return [replace(f, geometry=g, rects=tuple(r.moved(frame) for r in f.rects),
-                    discs=tuple(d.moved(frame) for d in f.discs), rows=(f.rows[0] + frame.angle, f.rows[1]), marks=m)
-            for f, g, m in zip(features, geometries, marks)]
+    return [
+        replace(
+            f,
+            geometry=g,
+            rects=tuple(r.moved(frame) for r in f.rects),
+            discs=tuple(d.moved(frame) for d in f.discs),
+            rows=(f.rows[0] + frame.angle, f.rows[1]),
+            marks=m,
+        )
+        for f, g, m in zip(features, geometries, marks)
+    ]
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import shapely
@@ -47,8 +47,9 @@ def burn(shapes: Sequence[tuple[BaseGeometry, float]], size: int, dtype: str, al
     if not shapes:
         return np.zeros((size, size), dtype=dtype)
     documents = [json.loads(text) for text in shapely.to_geojson(np.array([g for g, _ in shapes], dtype=object))]
-    return rio_features.rasterize(zip(documents, (v for _, v in shapes)), out_shape=(size, size), fill=0,
-                                  dtype=dtype, all_touched=all_touched)
+    return rio_features.rasterize(
+        zip(documents, (v for _, v in shapes)), out_shape=(size, size), fill=0, dtype=dtype, all_touched=all_touched
+    )
 
 
 def index_map(painted: tuple[Feature, ...], size: int) -> np.ndarray:
@@ -77,8 +78,7 @@ def rasterise(layout: Layout) -> Labels:
     return Labels(painted, index, class_map(painted, index), instance, objects)
 
 
-def _measure(instance: np.ndarray, features: list[Feature], counts: np.ndarray, gsd: float
-             ) -> tuple[SceneObject, ...]:
+def _measure(instance: np.ndarray, features: list[Feature], counts: np.ndarray, gsd: float) -> tuple[SceneObject, ...]:
     n = len(features)
     flat = instance.ravel()
     rows, cols = np.divmod(np.arange(flat.size, dtype=np.int64), instance.shape[1])
@@ -89,13 +89,21 @@ def _measure(instance: np.ndarray, features: list[Feature], counts: np.ndarray, 
     objects = []
     for i, (feature, count, box) in enumerate(zip(features, counts, slices), start=1):
         sy, sx = box
-        objects.append(SceneObject(
-            id=i, cls=feature.cls, kind=feature.kind, style=feature.style,
-            box=(int(sx.start), int(sy.start), int(sx.stop), int(sy.stop)),
-            polygon=outlines[i], pixels=int(count), area_m2=area_m2(int(count), gsd),
-            centroid=(round(float(sum_x[i] / count) + 0.5, 3), round(float(sum_y[i] / count) + 0.5, 3)),
-            height_m=feature.height_m, key=feature.key,
-        ))
+        objects.append(
+            SceneObject(
+                id=i,
+                cls=feature.cls,
+                kind=feature.kind,
+                style=feature.style,
+                box=(int(sx.start), int(sy.start), int(sx.stop), int(sy.stop)),
+                polygon=outlines[i],
+                pixels=int(count),
+                area_m2=area_m2(int(count), gsd),
+                centroid=(round(float(sum_x[i] / count) + 0.5, 3), round(float(sum_y[i] / count) + 0.5, 3)),
+                height_m=feature.height_m,
+                key=feature.key,
+            )
+        )
     return tuple(objects)
 
 

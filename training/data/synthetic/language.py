@@ -15,8 +15,8 @@ from __future__ import annotations
 import logging
 import re
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 import numpy as np
 
@@ -30,28 +30,58 @@ NUMBER_WORDS = ("no", "one", "two", "three", "four", "five", "six", "seven", "ei
 REGIONS = ("top left", "top", "top right", "left", "centre", "right", "bottom left", "bottom", "bottom right")
 COMPASS = ("north-west", "north", "north-east", "west", "centre", "east", "south-west", "south", "south-east")
 KIND_PLURALS = {
-    "house": "houses", "apartment block": "apartment blocks", "commercial building": "commercial buildings",
-    "warehouse": "warehouses", "barn": "barns", "shed": "sheds", "car": "cars", "truck": "trucks",
-    "storage tank": "storage tanks", "silo": "silos", "tree": "trees", "forest": "forests", "field": "fields",
-    "pond": "ponds", "lake": "lakes", "river": "rivers", "pool": "swimming pools", "flooded area": "flooded areas",
-    "road": "roads", "track": "tracks", "parking lot": "parking lots",
+    "house": "houses",
+    "apartment block": "apartment blocks",
+    "commercial building": "commercial buildings",
+    "warehouse": "warehouses",
+    "barn": "barns",
+    "shed": "sheds",
+    "car": "cars",
+    "truck": "trucks",
+    "storage tank": "storage tanks",
+    "silo": "silos",
+    "tree": "trees",
+    "forest": "forests",
+    "field": "fields",
+    "pond": "ponds",
+    "lake": "lakes",
+    "river": "rivers",
+    "pool": "swimming pools",
+    "flooded area": "flooded areas",
+    "road": "roads",
+    "track": "tracks",
+    "parking lot": "parking lots",
 }
 COUNTED = (C.BUILDING, C.STORAGE_TANK, C.WATER, C.ROAD, C.PARKING_LOT, C.VEHICLE, C.CROP, C.FOREST, C.TREE)
 """Classes whose objects are counted and referred to (grass and bare soil are land cover only)."""
-SINGULAR = {**{p: s for s, p in KIND_PLURALS.items()}, **{c.plural: c.singular for c in CLASSES[1:]},
-            **{s: s for s in KIND_PLURALS}, **{c.singular: c.singular for c in CLASSES[1:]}}
+SINGULAR = {
+    **{p: s for s, p in KIND_PLURALS.items()},
+    **{c.plural: c.singular for c in CLASSES[1:]},
+    **{s: s for s in KIND_PLURALS},
+    **{c.singular: c.singular for c in CLASSES[1:]},
+}
 """Every noun the text uses (singular or plural) mapped to its singular."""
 COVER_NAMES = {
-    C.BACKGROUND: "open ground", C.BUILDING: "buildings", C.ROAD: "roads", C.PARKING_LOT: "paved surfaces",
-    C.VEHICLE: "paved surfaces", C.STORAGE_TANK: "buildings", C.TREE: "trees", C.FOREST: "forest",
-    C.GRASS: "grass", C.CROP: "crop fields", C.WATER: "water", C.BARE_SOIL: "bare soil",
+    C.BACKGROUND: "open ground",
+    C.BUILDING: "buildings",
+    C.ROAD: "roads",
+    C.PARKING_LOT: "paved surfaces",
+    C.VEHICLE: "paved surfaces",
+    C.STORAGE_TANK: "buildings",
+    C.TREE: "trees",
+    C.FOREST: "forest",
+    C.GRASS: "grass",
+    C.CROP: "crop fields",
+    C.WATER: "water",
+    C.BARE_SOIL: "bare soil",
 }
 STYLE_PHRASES: dict[ObjectClass, Callable[[str, str], str]] = {
     C.BUILDING: lambda style, noun: f"{noun} with the {style} roof",
     C.VEHICLE: lambda style, noun: f"{style} {noun}",
     C.STORAGE_TANK: lambda style, noun: f"{style} {noun}",
-    C.CROP: lambda style, noun: f"{style} {noun}" if style in ("wheat", "maize", "ploughed", "stubble", "green")
-    else f"{noun} of {style}s",
+    C.CROP: lambda style, noun: (
+        f"{style} {noun}" if style in ("wheat", "maize", "ploughed", "stubble", "green") else f"{noun} of {style}s"
+    ),
     C.ROAD: lambda style, noun: f"{style} {noun}",
     C.FOREST: lambda style, noun: f"{style} {noun}",
     C.PARKING_LOT: lambda style, noun: f"{style} {noun}",
@@ -66,8 +96,12 @@ pixels cannot single out a smaller one (a 5 x 5 shed, a sliver of a building at 
 LANDMARKS = (C.ROAD, C.WATER, C.PARKING_LOT, C.BUILDING, C.STORAGE_TANK, C.FOREST)
 """Classes that relations are anchored on ("the pond left of the road")."""
 VERBS = {C.BUILDING: "stands", C.STORAGE_TANK: "stands", C.TREE: "stands", C.VEHICLE: "is"}
-RELATIONS = {"left": ("left of", "west of"), "right": ("right of", "east of"),
-             "above": ("above", "north of"), "below": ("below", "south of")}
+RELATIONS = {
+    "left": ("left of", "west of"),
+    "right": ("right of", "east of"),
+    "above": ("above", "north of"),
+    "below": ("below", "south of"),
+}
 
 
 @dataclass(frozen=True)
@@ -81,6 +115,7 @@ class Description:
 
 # --------------------------------------------------------------------------------------------
 # Words
+
 
 def number(n: int) -> str:
     """``n`` in words up to twelve, in digits above."""
@@ -103,7 +138,7 @@ def plural(noun: str) -> str:
 
 
 def counted(n: int, noun: str, rng: np.random.Generator | None = None) -> str:
-    """"three houses", "one road" or "a road"."""
+    """ "three houses", "one road" or "a road"."""
     if n == 1:
         return article(noun) if rng is not None and rng.uniform() < 0.5 else f"one {noun}"
     return f"{number(n)} {plural(noun)}"
@@ -115,7 +150,7 @@ def region_index(x: float, y: float, size: int) -> int:
 
 
 def region(x: float, y: float, size: int, compass: bool = False) -> str:
-    """"top left" (or "north-west" with ``compass``) for a point in the image."""
+    """ "top left" (or "north-west" with ``compass``) for a point in the image."""
     return (COMPASS if compass else REGIONS)[region_index(x, y, size)]
 
 
@@ -172,6 +207,7 @@ def mentioned_counts(text: str) -> list[tuple[int, str]]:
 # --------------------------------------------------------------------------------------------
 # Facts about a scene
 
+
 @dataclass(frozen=True, eq=False)
 class _Facts:
     objects: tuple[SceneObject, ...]
@@ -210,8 +246,14 @@ def _cover(class_map: np.ndarray) -> tuple[tuple[str, float], ...]:
     return tuple(sorted(fractions.items(), key=lambda kv: -kv[1]))
 
 
-def describe(objects: tuple[SceneObject, ...], instance_map: np.ndarray, class_map: np.ndarray, gsd: float,
-             season: str, rng: np.random.Generator) -> Description:
+def describe(
+    objects: tuple[SceneObject, ...],
+    instance_map: np.ndarray,
+    class_map: np.ndarray,
+    gsd: float,
+    season: str,
+    rng: np.random.Generator,
+) -> Description:
     """Captions, referring expressions and QA for one labelled scene."""
     facts = _Facts(objects, instance_map, int(instance_map.shape[0]), gsd, season, _cover(class_map))
     referring = _referring(facts, rng)
@@ -221,6 +263,7 @@ def describe(objects: tuple[SceneObject, ...], instance_map: np.ndarray, class_m
 
 # --------------------------------------------------------------------------------------------
 # Referring expressions
+
 
 @dataclass(frozen=True)
 class _Extents:
@@ -244,8 +287,8 @@ def extents(instance_map: np.ndarray, obj: SceneObject) -> _Extents:
         present = m.any(axis=1)
         first = np.argmax(m, axis=1) + offset
         last = m.shape[1] - 1 - np.argmax(m[:, ::-1], axis=1) + offset
-        lo[start:start + len(present)] = np.where(present, first, big)
-        hi[start:start + len(present)] = np.where(present, last, -1)
+        lo[start : start + len(present)] = np.where(present, first, big)
+        hi[start : start + len(present)] = np.where(present, last, -1)
         return lo, hi
 
     row_min, row_max = first_last(mask, x0, y0)
@@ -278,8 +321,11 @@ def _referring(facts: _Facts, rng: np.random.Generator, limit: int = 8) -> tuple
     groups = [(noun, candidates(noun, facts.objects)) for cls in COUNTED for noun in facts.nouns(cls)]
     groups = [(noun, group) for noun, group in groups if group]
     smallest = max(MIN_TARGET_PIXELS, MIN_TARGET_FRACTION * facts.size * facts.size)
-    landmarks = [(noun, group[0]) for noun, group in groups
-                 if len(group) == 1 and group[0].cls in LANDMARKS and group[0].pixels >= 4 * smallest]
+    landmarks = [
+        (noun, group[0])
+        for noun, group in groups
+        if len(group) == 1 and group[0].cls in LANDMARKS and group[0].pixels >= 4 * smallest
+    ]
     for noun, group in groups:
         for rule, text, target, landmark in _rules(facts, noun, group, landmarks, rng):
             if target.pixels >= smallest:
@@ -296,8 +342,13 @@ def _referring(facts: _Facts, rng: np.random.Generator, limit: int = 8) -> tuple
     return tuple(chosen)
 
 
-def _rules(facts: _Facts, noun: str, group: list[SceneObject], landmarks: list[tuple[str, SceneObject]],
-           rng: np.random.Generator) -> Iterable[tuple[str, str, SceneObject, int]]:
+def _rules(
+    facts: _Facts,
+    noun: str,
+    group: list[SceneObject],
+    landmarks: list[tuple[str, SceneObject]],
+    rng: np.random.Generator,
+) -> Iterable[tuple[str, str, SceneObject, int]]:
     """Every (rule, text, target, landmark id) that singles out one object of ``group``."""
     if len(group) == 1:
         yield "only", f"the {noun}", group[0], 0
@@ -308,8 +359,12 @@ def _rules(facts: _Facts, noun: str, group: list[SceneObject], landmarks: list[t
         if by_area[-1].pixels * 1.2 <= by_area[-2].pixels:
             yield "smallest", f"the smallest {noun}", by_area[-1], 0
         margin = max(3.0, 0.02 * facts.size)
-        for axis, sign, words in ((1, 1, ("northernmost", "topmost")), (1, -1, ("southernmost", "bottommost")),
-                                  (0, 1, ("westernmost", "leftmost")), (0, -1, ("easternmost", "rightmost"))):
+        for axis, sign, words in (
+            (1, 1, ("northernmost", "topmost")),
+            (1, -1, ("southernmost", "bottommost")),
+            (0, 1, ("westernmost", "leftmost")),
+            (0, -1, ("easternmost", "rightmost")),
+        ):
             ordered = sorted(group, key=lambda o: sign * o.centroid[axis])
             if sign * (ordered[1].centroid[axis] - ordered[0].centroid[axis]) >= margin:
                 yield "extreme", f"the {rng.choice(words)} {noun}", ordered[0], 0
@@ -341,8 +396,10 @@ def _rules(facts: _Facts, noun: str, group: list[SceneObject], landmarks: list[t
 # --------------------------------------------------------------------------------------------
 # Captions
 
-def _captions(facts: _Facts, referring: tuple[ReferringExpression, ...], rng: np.random.Generator,
-              count: int = 5) -> tuple[str, ...]:
+
+def _captions(
+    facts: _Facts, referring: tuple[ReferringExpression, ...], rng: np.random.Generator, count: int = 5
+) -> tuple[str, ...]:
     pool: list[str] = []
     for make in (_overview, _inventory, _land_cover, _placement, _relation, _season):
         pool.extend(make(facts, referring, rng))
@@ -382,12 +439,20 @@ def _overview(facts: _Facts, _: tuple, rng: np.random.Generator) -> list[str]:
     present = _present(facts)
     if not present:
         return []
-    shown = present[:int(rng.integers(2, 5))]
+    shown = present[: int(rng.integers(2, 5))]
     items = join([facts.count_phrase(cls, rng) for cls in shown])
     setting = _setting(facts)
-    return [str(rng.choice([f"An aerial image of {setting} with {items}.",
-                            f"Overhead view of {setting}: {items}.",
-                            f"{setting[0].upper() + setting[1:]} seen from above, with {items}."]))]
+    return [
+        str(
+            rng.choice(
+                [
+                    f"An aerial image of {setting} with {items}.",
+                    f"Overhead view of {setting}: {items}.",
+                    f"{setting[0].upper() + setting[1:]} seen from above, with {items}.",
+                ]
+            )
+        )
+    ]
 
 
 def _inventory(facts: _Facts, _: tuple, rng: np.random.Generator) -> list[str]:
@@ -401,8 +466,16 @@ def _inventory(facts: _Facts, _: tuple, rng: np.random.Generator) -> list[str]:
 def _land_cover(facts: _Facts, _: tuple, rng: np.random.Generator) -> list[str]:
     (first, share), (second, _share2) = facts.cover[0], facts.cover[1]
     if share >= 0.5:
-        return [str(rng.choice([f"Most of the image is covered by {first}, with some {second}.",
-                                f"The image is largely {first}, with {second} in parts of the rest."]))]
+        return [
+            str(
+                rng.choice(
+                    [
+                        f"Most of the image is covered by {first}, with some {second}.",
+                        f"The image is largely {first}, with {second} in parts of the rest.",
+                    ]
+                )
+            )
+        ]
     return [f"The land is shared between {first} and {second}."]
 
 
@@ -429,7 +502,7 @@ def _relation(facts: _Facts, referring: tuple[ReferringExpression, ...], rng: np
     relations = [r for r in referring if r.rule == "relation"]
     if relations:
         r = relations[int(rng.integers(len(relations)))]
-        rest = r.text[len(f"the {r.noun} "):]
+        rest = r.text[len(f"the {r.noun} ") :]
         verb = VERBS.get(facts.objects[r.target - 1].cls, "lies")
         return [f"{article(r.noun).capitalize()} {verb} {rest}."]
     singles = [r for r in referring if r.rule in ("only", "largest")]
@@ -444,19 +517,32 @@ def _relation(facts: _Facts, referring: tuple[ReferringExpression, ...], rng: np
 def _season(facts: _Facts, _: tuple, rng: np.random.Generator) -> list[str]:
     first = facts.cover[0][0]
     phrase = {"spring": "in spring", "summer": "in summer", "autumn": "in autumn", "winter": "in winter"}[facts.season]
-    return [str(rng.choice([f"An aerial photograph taken {phrase}, dominated by {first}.",
-                            f"{article(facts.season).capitalize()} scene where {first} prevails."]))]
+    return [
+        str(
+            rng.choice(
+                [
+                    f"An aerial photograph taken {phrase}, dominated by {first}.",
+                    f"{article(facts.season).capitalize()} scene where {first} prevails.",
+                ]
+            )
+        )
+    ]
 
 
 def _fallbacks(facts: _Facts) -> list[str]:
     width = facts.size * facts.gsd
-    return [f"An aerial image about {width:.0f} m across.", f"An overhead image with {facts.gsd:.2f} m pixels.",
-            f"A {facts.season} view from above.", "An aerial photograph of the ground.",
-            f"A top-down view of {facts.cover[0][0]}."]
+    return [
+        f"An aerial image about {width:.0f} m across.",
+        f"An overhead image with {facts.gsd:.2f} m pixels.",
+        f"A {facts.season} view from above.",
+        "An aerial photograph of the ground.",
+        f"A top-down view of {facts.cover[0][0]}.",
+    ]
 
 
 # --------------------------------------------------------------------------------------------
 # Questions and answers
+
 
 def _qa(facts: _Facts, referring: tuple[ReferringExpression, ...], rng: np.random.Generator) -> tuple[QAPair, ...]:
     out: list[QAPair] = []

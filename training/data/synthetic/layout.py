@@ -37,8 +37,15 @@ GSD_RANGE = (0.3, 2.0)
 
 LAND_USE: dict[str, dict[str, float]] = {
     "urban": {"apartments": 0.35, "commercial": 0.22, "houses": 0.15, "park": 0.15, "bare": 0.06, "industrial": 0.07},
-    "suburban": {"houses": 0.6, "park": 0.1, "apartments": 0.08, "commercial": 0.08, "meadow": 0.07, "water": 0.04,
-                 "bare": 0.03},
+    "suburban": {
+        "houses": 0.6,
+        "park": 0.1,
+        "apartments": 0.08,
+        "commercial": 0.08,
+        "meadow": 0.07,
+        "water": 0.04,
+        "bare": 0.03,
+    },
     "industrial": {"industrial": 0.55, "commercial": 0.15, "bare": 0.12, "meadow": 0.1, "park": 0.03, "houses": 0.05},
     "rural": {"field": 0.58, "forest": 0.1, "meadow": 0.1, "farmstead": 0.12, "water": 0.06, "bare": 0.04},
     "natural": {"forest": 0.45, "meadow": 0.25, "water": 0.15, "field": 0.1, "bare": 0.05},
@@ -58,6 +65,7 @@ RIVER_CHANCE = {"urban": 0.08, "suburban": 0.12, "industrial": 0.1, "rural": 0.2
 
 # --------------------------------------------------------------------------------------------
 # Roads, rivers and blocks (local frame)
+
 
 @dataclass(frozen=True)
 class _Road:
@@ -127,8 +135,9 @@ def _road_vehicles(b: Builder, road: _Road, junctions: shapely.STRtree, view: Ba
         vehicle(b, x, y, angle, kind)
 
 
-def generate_layout(rng: np.random.Generator, size: int, gsd: float, theme: str | None = None,
-                    season: str | None = None) -> Layout:
+def generate_layout(
+    rng: np.random.Generator, size: int, gsd: float, theme: str | None = None, season: str | None = None
+) -> Layout:
     """Draw a scene graph of ``size`` x ``size`` pixels at ``gsd`` metres per pixel."""
     theme = theme or str(rng.choice(THEMES, p=THEME_WEIGHTS))
     season = season or str(rng.choice(SEASONS))
@@ -150,8 +159,12 @@ def generate_layout(rng: np.random.Generator, size: int, gsd: float, theme: str 
     verge = b.m(2.5)
     for x0, x1 in zip(xs[:-1], xs[1:]):
         for y0, y1 in zip(ys[:-1], ys[1:]):
-            rect = box(x0 + grid_x.get(x0, -verge) + verge, y0 + grid_y.get(y0, -verge) + verge,
-                       x1 - grid_x.get(x1, -verge) - verge, y1 - grid_y.get(y1, -verge) - verge)
+            rect = box(
+                x0 + grid_x.get(x0, -verge) + verge,
+                y0 + grid_y.get(y0, -verge) + verge,
+                x1 - grid_x.get(x1, -verge) - verge,
+                y1 - grid_y.get(y1, -verge) - verge,
+            )
             if rect.is_empty or not rect.intersects(image_local):
                 continue
             area: BaseGeometry = rect

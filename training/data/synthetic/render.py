@@ -79,14 +79,26 @@ def sun_vector(conditions: Conditions) -> np.ndarray:
 # Colours (sRGB-like, 0..1): a base and a secondary colour that textures mix in
 
 VEGETATION = {
-    "spring": {"grass": ((0.37, 0.50, 0.25), (0.46, 0.52, 0.31)), "deciduous": ((0.27, 0.42, 0.17), (0.36, 0.48, 0.20)),
-               "ground": ((0.47, 0.48, 0.33), (0.55, 0.48, 0.38))},
-    "summer": {"grass": ((0.33, 0.45, 0.20), (0.50, 0.50, 0.30)), "deciduous": ((0.19, 0.31, 0.13), (0.27, 0.37, 0.15)),
-               "ground": ((0.50, 0.49, 0.35), (0.58, 0.51, 0.40))},
-    "autumn": {"grass": ((0.42, 0.45, 0.24), (0.55, 0.50, 0.33)), "deciduous": ((0.52, 0.35, 0.15), (0.42, 0.40, 0.16)),
-               "ground": ((0.52, 0.48, 0.36), (0.56, 0.47, 0.37))},
-    "winter": {"grass": ((0.45, 0.45, 0.36), (0.52, 0.49, 0.40)), "deciduous": ((0.36, 0.32, 0.28), (0.42, 0.38, 0.33)),
-               "ground": ((0.49, 0.46, 0.38), (0.55, 0.49, 0.40))},
+    "spring": {
+        "grass": ((0.37, 0.50, 0.25), (0.46, 0.52, 0.31)),
+        "deciduous": ((0.27, 0.42, 0.17), (0.36, 0.48, 0.20)),
+        "ground": ((0.47, 0.48, 0.33), (0.55, 0.48, 0.38)),
+    },
+    "summer": {
+        "grass": ((0.33, 0.45, 0.20), (0.50, 0.50, 0.30)),
+        "deciduous": ((0.19, 0.31, 0.13), (0.27, 0.37, 0.15)),
+        "ground": ((0.50, 0.49, 0.35), (0.58, 0.51, 0.40)),
+    },
+    "autumn": {
+        "grass": ((0.42, 0.45, 0.24), (0.55, 0.50, 0.33)),
+        "deciduous": ((0.52, 0.35, 0.15), (0.42, 0.40, 0.16)),
+        "ground": ((0.52, 0.48, 0.36), (0.56, 0.47, 0.37)),
+    },
+    "winter": {
+        "grass": ((0.45, 0.45, 0.36), (0.52, 0.49, 0.40)),
+        "deciduous": ((0.36, 0.32, 0.28), (0.42, 0.38, 0.33)),
+        "ground": ((0.49, 0.46, 0.38), (0.55, 0.49, 0.40)),
+    },
 }
 DUSTY = ((0.53, 0.51, 0.46), (0.60, 0.55, 0.47))
 """Bare ground between buildings in towns and industry."""
@@ -97,22 +109,36 @@ CROP_COLOURS: dict[str, dict[str, tuple[RGB, RGB, float]]] = {
     "ploughed": {s: ((0.47, 0.37, 0.28), (0.36, 0.28, 0.21), 0.6) for s in ("spring", "autumn", "winter")},
     "green": {s: ((0.30, 0.48, 0.18), (0.40, 0.45, 0.24), 0.25) for s in ("spring", "summer", "autumn")},
     "wheat": {"summer": ((0.78, 0.68, 0.42), (0.70, 0.60, 0.38), 0.15)},
-    "maize": {"summer": ((0.22, 0.40, 0.15), (0.42, 0.36, 0.26), 0.55),
-              "autumn": ((0.62, 0.56, 0.36), (0.48, 0.40, 0.30), 0.45)},
+    "maize": {
+        "summer": ((0.22, 0.40, 0.15), (0.42, 0.36, 0.26), 0.55),
+        "autumn": ((0.62, 0.56, 0.36), (0.48, 0.40, 0.30), 0.45),
+    },
     "stubble": {s: ((0.74, 0.66, 0.47), (0.60, 0.52, 0.38), 0.4) for s in ("summer", "autumn", "winter")},
     "winter crop": {"winter": ((0.38, 0.47, 0.26), (0.46, 0.39, 0.30), 0.7)},
 }
 ROOF_COLOURS: dict[str, RGB] = {
-    "red": (0.64, 0.31, 0.23), "brown": (0.46, 0.33, 0.26), "dark grey": (0.30, 0.30, 0.32),
-    "light grey": (0.68, 0.68, 0.66), "white": (0.86, 0.86, 0.84), "blue": (0.36, 0.47, 0.62),
+    "red": (0.64, 0.31, 0.23),
+    "brown": (0.46, 0.33, 0.26),
+    "dark grey": (0.30, 0.30, 0.32),
+    "light grey": (0.68, 0.68, 0.66),
+    "white": (0.86, 0.86, 0.84),
+    "blue": (0.36, 0.47, 0.62),
     "green": (0.36, 0.46, 0.38),
 }
 VEHICLE_COLOURS: dict[str, RGB] = {
-    "white": (0.90, 0.90, 0.90), "black": (0.08, 0.08, 0.09), "silver": (0.66, 0.67, 0.69),
-    "grey": (0.40, 0.40, 0.42), "red": (0.66, 0.12, 0.11), "blue": (0.15, 0.26, 0.55), "yellow": (0.85, 0.72, 0.15),
+    "white": (0.90, 0.90, 0.90),
+    "black": (0.08, 0.08, 0.09),
+    "silver": (0.66, 0.67, 0.69),
+    "grey": (0.40, 0.40, 0.42),
+    "red": (0.66, 0.12, 0.11),
+    "blue": (0.15, 0.26, 0.55),
+    "yellow": (0.85, 0.72, 0.15),
 }
-TANK_COLOURS: dict[str, RGB] = {"white": (0.88, 0.88, 0.86), "light grey": (0.68, 0.69, 0.69),
-                                "green": (0.40, 0.50, 0.40)}
+TANK_COLOURS: dict[str, RGB] = {
+    "white": (0.88, 0.88, 0.86),
+    "light grey": (0.68, 0.69, 0.69),
+    "green": (0.40, 0.50, 0.40),
+}
 SURFACES: dict[str, RGB] = {"asphalt": (0.30, 0.30, 0.31), "concrete": (0.62, 0.61, 0.58), "dirt": (0.56, 0.48, 0.38)}
 SOILS: dict[str, RGB] = {"dusty": (0.66, 0.58, 0.46), "dark": (0.45, 0.37, 0.29), "": (0.58, 0.49, 0.38)}
 WATER: dict[str, RGB] = {"clear": (0.07, 0.16, 0.21), "murky": (0.15, 0.21, 0.17), "": (0.10, 0.18, 0.22)}
@@ -120,10 +146,18 @@ POOL: RGB = (0.30, 0.68, 0.76)
 
 TEXTURE_AMPLITUDE: dict[ObjectClass, tuple[float, float, float, float]] = {
     # (fine, mid, coarse, mix of the secondary colour)
-    C.BACKGROUND: (0.07, 0.05, 0.07, 0.45), C.GRASS: (0.07, 0.05, 0.08, 0.6), C.BARE_SOIL: (0.06, 0.07, 0.09, 0.5),
-    C.CROP: (0.04, 0.03, 0.06, 0.0), C.FOREST: (0.06, 0.05, 0.07, 0.5), C.TREE: (0.08, 0.0, 0.04, 0.3),
-    C.WATER: (0.01, 0.03, 0.08, 0.0), C.ROAD: (0.05, 0.025, 0.04, 0.0), C.PARKING_LOT: (0.05, 0.02, 0.03, 0.0),
-    C.BUILDING: (0.025, 0.015, 0.02, 0.0), C.STORAGE_TANK: (0.015, 0.01, 0.02, 0.0), C.VEHICLE: (0.02, 0.0, 0.0, 0.0),
+    C.BACKGROUND: (0.07, 0.05, 0.07, 0.45),
+    C.GRASS: (0.07, 0.05, 0.08, 0.6),
+    C.BARE_SOIL: (0.06, 0.07, 0.09, 0.5),
+    C.CROP: (0.04, 0.03, 0.06, 0.0),
+    C.FOREST: (0.06, 0.05, 0.07, 0.5),
+    C.TREE: (0.08, 0.0, 0.04, 0.3),
+    C.WATER: (0.01, 0.03, 0.08, 0.0),
+    C.ROAD: (0.05, 0.025, 0.04, 0.0),
+    C.PARKING_LOT: (0.05, 0.02, 0.03, 0.0),
+    C.BUILDING: (0.025, 0.015, 0.02, 0.0),
+    C.STORAGE_TANK: (0.015, 0.01, 0.02, 0.0),
+    C.VEHICLE: (0.02, 0.0, 0.0, 0.0),
 }
 
 
@@ -161,6 +195,7 @@ def _colours(f: Feature, season: str) -> tuple[np.ndarray, np.ndarray]:
 
 # --------------------------------------------------------------------------------------------
 # The renderer
+
 
 @dataclass(frozen=True, eq=False)
 class _Canvas:
@@ -221,10 +256,23 @@ def render(layout: Layout, labels: Labels, conditions: Conditions, textures: Tex
     ppm = 1.0 / layout.gsd
     mix = np.clip(0.5 + 0.7 * textures.fractal("mix", 60 * ppm) * amp[..., 3], 0.0, 1.0)
     albedo = base[index] + (second[index] - base[index]) * mix[..., None]
-    albedo *= (1.0 + amp[..., 0] * textures.white("fine") + amp[..., 1] * textures.fractal("mid", 4 * ppm)
-               + amp[..., 2] * textures.fractal("coarse", 30 * ppm))[..., None]
-    canvas = _Canvas(layout, labels, conditions, textures, sun_vector(conditions), base, second, albedo,
-                     np.ones(index.shape, dtype=np.float32))
+    albedo *= (
+        1.0
+        + amp[..., 0] * textures.white("fine")
+        + amp[..., 1] * textures.fractal("mid", 4 * ppm)
+        + amp[..., 2] * textures.fractal("coarse", 30 * ppm)
+    )[..., None]
+    canvas = _Canvas(
+        layout,
+        labels,
+        conditions,
+        textures,
+        sun_vector(conditions),
+        base,
+        second,
+        albedo,
+        np.ones(index.shape, dtype=np.float32),
+    )
     for painter in (_crops, _water, _roofs, _tanks, _trees, _forest, _vehicles, _marks):
         painter(canvas)
     return _expose(canvas, 1.0 - _shadows(canvas))
@@ -241,7 +289,7 @@ def _crops(cv: _Canvas) -> None:
     along = x * np.cos(angle) + y * np.sin(angle)
     rows = 0.5 + 0.5 * np.cos(2 * np.pi * along / spacing)
     visible *= np.abs(np.sinc(1.0 / spacing))  # rows finer than a pixel average out, as a sensor would
-    weight = (1.0 - visible * (1.0 - rows ** 0.7))[:, None]
+    weight = (1.0 - visible * (1.0 - rows**0.7))[:, None]
     albedo = cv.albedo.reshape(-1, 3)
     albedo[flat] = albedo[flat] * weight + cv.second[idx] * (1.0 - weight)
     tram = np.abs((along / cv.ppm) % 18.0 - 9.0) < max(0.35, 0.5 / cv.ppm)
@@ -270,8 +318,9 @@ def _water(cv: _Canvas) -> None:
     gradient = 1.0 + 0.12 * np.clip(gx * x + gy * y, -1, 1)
     ripple = 1.0 + 0.02 * cv.textures.fractal("ripple", 1.5 * cv.ppm, octaves=2).ravel()[flat]
     albedo = cv.albedo.reshape(-1, 3)
-    albedo[flat] = albedo[flat] * (gradient * (1.15 - 0.35 * deep) * ripple)[:, None] + \
-        shore[:, None] * np.array([0.14, 0.13, 0.08], dtype=np.float32)
+    albedo[flat] = albedo[flat] * (gradient * (1.15 - 0.35 * deep) * ripple)[:, None] + shore[:, None] * np.array(
+        [0.14, 0.13, 0.08], dtype=np.float32
+    )
     cv.scale_direct(flat, np.full(flat.shape, 0.6, dtype=np.float32))
 
 
@@ -360,7 +409,7 @@ def _trees(cv: _Canvas) -> None:
     d = np.clip(np.hypot(dx, dy), 0.0, 1.0)
     leaves = 1.0 + 0.12 * cv.textures.fractal("leaves", 0.8 * cv.ppm, octaves=2).ravel()[flat]
     cv.scale_direct(flat, _dome(cv, dx, dy, 0.75))
-    cv.scale_albedo(flat, (1.0 - 0.35 * d ** 3) * leaves)
+    cv.scale_albedo(flat, (1.0 - 0.35 * d**3) * leaves)
 
 
 def _forest(cv: _Canvas) -> None:
@@ -453,8 +502,11 @@ def _swept(casters: list[Feature], ux: float, uy: float) -> list[tuple[BaseGeome
     for f in casters:
         shift = np.array([ux, uy]) * f.height_m
         if f.cls == C.FOREST:
-            rings = [np.asarray(ring.coords) for part in getattr(f.geometry, "geoms", [f.geometry])
-                     for ring in (part.exterior, *part.interiors)]
+            rings = [
+                np.asarray(ring.coords)
+                for part in getattr(f.geometry, "geoms", [f.geometry])
+                for ring in (part.exterior, *part.interiors)
+            ]
             quads = np.concatenate([np.stack([r[:-1], r[1:], r[1:] + shift, r[:-1] + shift], axis=1) for r in rings])
             shapes.extend((g, f.height_m) for g in [f.geometry, *shapely.polygons(quads)])
             continue
@@ -463,12 +515,19 @@ def _swept(casters: list[Feature], ux: float, uy: float) -> list[tuple[BaseGeome
             crown = np.column_stack([d.cx + d.r * np.cos(circle), d.cy + d.r * np.sin(circle)])
             outlines.append(np.vstack([crown + 0.35 * shift, crown + 0.9 * shift]))
             trunk = max(0.15 * float(np.hypot(*shift)) / max(f.height_m, 1e-6), 0.35)
-            outlines.append(_pad(np.array([[d.cx - trunk, d.cy], [d.cx + trunk, d.cy], [d.cx, d.cy - trunk],
-                                           [d.cx, d.cy + trunk]]) + np.outer([0.0, 0.4], shift)[:, None, :]))
+            outlines.append(
+                _pad(
+                    np.array([[d.cx - trunk, d.cy], [d.cx + trunk, d.cy], [d.cx, d.cy - trunk], [d.cx, d.cy + trunk]])
+                    + np.outer([0.0, 0.4], shift)[:, None, :]
+                )
+            )
             heights += [f.height_m, f.height_m]
             continue
-        parts = [r.corners() for r in f.rects] if f.rects else \
-            [np.column_stack([d.cx + d.r * np.cos(circle), d.cy + d.r * np.sin(circle)]) for d in f.discs]
+        parts = (
+            [r.corners() for r in f.rects]
+            if f.rects
+            else [np.column_stack([d.cx + d.r * np.cos(circle), d.cy + d.r * np.sin(circle)]) for d in f.discs]
+        )
         for p in parts:
             outlines.append(_pad(np.stack([p, p + shift])))
             heights.append(f.height_m)

@@ -1,9 +1,9 @@
 """One synthetic scene from one seed: layout, labels, image and text, plus its georeference.
 
-    >>> from training.data.synthetic import generate_scene
-    >>> scene = generate_scene(7, size=256)
-    >>> scene.image.shape, scene.crs.startswith("EPSG:32")
-    ((256, 256, 3), True)
+>>> from training.data.synthetic import generate_scene
+>>> scene = generate_scene(7, size=256)
+>>> scene.image.shape, scene.crs.startswith("EPSG:32")
+((256, 256, 3), True)
 """
 
 from __future__ import annotations
@@ -49,16 +49,34 @@ def streams(seed: int, stream: int) -> Streams:
     return Streams(place, layout, conditions, language, change, int(texture.integers(0, 2**62)))
 
 
-def build_scene(seed: int, layout: Layout, labels: Labels, conditions: Conditions, textures: Textures,
-                place: Place, language: np.random.Generator) -> Scene:
+def build_scene(
+    seed: int,
+    layout: Layout,
+    labels: Labels,
+    conditions: Conditions,
+    textures: Textures,
+    place: Place,
+    language: np.random.Generator,
+) -> Scene:
     """Render and describe an already rasterised layout."""
     image = render(layout, labels, conditions, textures)
     text = describe(labels.objects, labels.instance_map, labels.class_map, layout.gsd, layout.season, language)
     return Scene(
-        seed=seed, image=image, class_map=labels.class_map, instance_map=labels.instance_map,
-        objects=labels.objects, captions=text.captions, referring=text.referring, qa=text.qa,
-        transform=place.transform, crs=place.crs, gsd=layout.gsd, theme=layout.theme, season=layout.season,
-        sun_azimuth=conditions.sun_azimuth, sun_elevation=conditions.sun_elevation,
+        seed=seed,
+        image=image,
+        class_map=labels.class_map,
+        instance_map=labels.instance_map,
+        objects=labels.objects,
+        captions=text.captions,
+        referring=text.referring,
+        qa=text.qa,
+        transform=place.transform,
+        crs=place.crs,
+        gsd=layout.gsd,
+        theme=layout.theme,
+        season=layout.season,
+        sun_azimuth=conditions.sun_azimuth,
+        sun_elevation=conditions.sun_elevation,
     )
 
 
@@ -74,7 +92,8 @@ def generate_scene(seed: int, size: int = 512, gsd: float | None = None, theme: 
     place = draw_place(rng.place, size, gsd)
     layout = generate_layout(rng.layout, size, place.gsd, theme)
     labels = rasterise(layout)
-    scene = build_scene(seed, layout, labels, draw_conditions(rng.conditions), Textures(rng.texture_seed, size),
-                        place, rng.language)
+    scene = build_scene(
+        seed, layout, labels, draw_conditions(rng.conditions), Textures(rng.texture_seed, size), place, rng.language
+    )
     log.debug("scene %d: %s, %d objects", seed, layout.theme, len(scene.objects))
     return scene

@@ -77,8 +77,16 @@ class Disc:
         return Disc(cx, cy, self.r)
 
 
-def blob(rng: np.random.Generator, cx: float, cy: float, rx: float, ry: float, angle: float,
-         roughness: float = 0.15, vertices: int = 40) -> Polygon:
+def blob(
+    rng: np.random.Generator,
+    cx: float,
+    cy: float,
+    rx: float,
+    ry: float,
+    angle: float,
+    roughness: float = 0.15,
+    vertices: int = 40,
+) -> Polygon:
     """A smooth irregular closed shape around an ellipse (ponds, lakes, yards, crowns).
 
     Large shapes get more than ``vertices`` corners, so that no edge is longer than about 4 pixels.
@@ -94,8 +102,9 @@ def blob(rng: np.random.Generator, cx: float, cy: float, rx: float, ry: float, a
     return Polygon(np.column_stack([cx + c * x - s * y, cy + s * x + c * y]))
 
 
-def wiggly_line(rng: np.random.Generator, start: tuple[float, float], end: tuple[float, float],
-                amplitude: float, points: int = 48) -> LineString:
+def wiggly_line(
+    rng: np.random.Generator, start: tuple[float, float], end: tuple[float, float], amplitude: float, points: int = 48
+) -> LineString:
     """A smooth meandering line from ``start`` to ``end`` (roads, rivers)."""
     t = np.linspace(0.0, 1.0, points)
     (x0, y0), (x1, y1) = start, end
@@ -108,8 +117,9 @@ def wiggly_line(rng: np.random.Generator, start: tuple[float, float], end: tuple
     return LineString(np.column_stack([x0 + (x1 - x0) * t + nx * offset, y0 + (y1 - y0) * t + ny * offset]))
 
 
-def wavy_edges(rng: np.random.Generator, polygon: Polygon, amplitude: float, wavelength: float,
-               detail: float = 0.0) -> Polygon:
+def wavy_edges(
+    rng: np.random.Generator, polygon: Polygon, amplitude: float, wavelength: float, detail: float = 0.0
+) -> Polygon:
     """``polygon`` with its outline displaced by smooth noise (ragged forest and field margins).
 
     ``detail`` (pixels, 0 for none) adds scallops of that size, like the crowns along a forest edge.

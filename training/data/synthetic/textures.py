@@ -28,7 +28,7 @@ class Textures:
         return np.random.default_rng([self.seed, zlib.crc32(name.encode())])
 
     def _crop(self, field: np.ndarray) -> np.ndarray:
-        return field[self.y0:self.y0 + self.size, self.x0:self.x0 + self.size]
+        return field[self.y0 : self.y0 + self.size, self.x0 : self.x0 + self.size]
 
     def origin(self) -> tuple[int, int]:
         """Where scene pixel (0, 0) lies on the padded texture canvas (x, y)."""
@@ -76,7 +76,7 @@ def _value_noise(rng: np.random.Generator, full: int, cell: float) -> np.ndarray
     lattice = rng.uniform(-1.0, 1.0, (n, n)).astype(np.float32)
     image = Image.fromarray(lattice, mode="F").resize((n * step, n * step), Image.BICUBIC)
     shift = int(rng.integers(0, step)) if step > 1 else 0
-    return np.asarray(image)[step + shift:step + shift + full, step + shift:step + shift + full]
+    return np.asarray(image)[step + shift : step + shift + full, step + shift : step + shift + full]
 
 
 def _upsample(field: np.ndarray, factor: int) -> np.ndarray:

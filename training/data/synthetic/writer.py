@@ -21,9 +21,10 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -40,19 +41,37 @@ from training.data.synthetic.splits import split_seeds
 log = logging.getLogger(__name__)
 
 GENERATOR_VERSION = "1"
-CHANGE_COLOURS = {0: (0, 0, 0), 1: (230, 60, 60), 2: (250, 170, 40), 3: (40, 170, 40), 4: (40, 110, 230),
-                  5: (200, 200, 200)}
+CHANGE_COLOURS = {
+    0: (0, 0, 0),
+    1: (230, 60, 60),
+    2: (250, 170, 40),
+    3: (40, 170, 40),
+    4: (40, 110, 230),
+    5: (200, 200, 200),
+}
 
 
 def _profile(scene: Scene, count: int, dtype: str) -> dict[str, Any]:
     block = min(256, -(-scene.size // 16) * 16)
-    return {"driver": "GTiff", "width": scene.size, "height": scene.size, "count": count, "dtype": dtype,
-            "crs": scene.crs, "transform": scene.transform, "tiled": True, "blockxsize": block,
-            "blockysize": block, "compress": "deflate", "predictor": 2}
+    return {
+        "driver": "GTiff",
+        "width": scene.size,
+        "height": scene.size,
+        "count": count,
+        "dtype": dtype,
+        "crs": scene.crs,
+        "transform": scene.transform,
+        "tiled": True,
+        "blockxsize": block,
+        "blockysize": block,
+        "compress": "deflate",
+        "predictor": 2,
+    }
 
 
-def write_raster(path: Path, scene: Scene, array: np.ndarray, colours: dict[int, tuple[int, int, int]] | None = None
-                 ) -> None:
+def write_raster(
+    path: Path, scene: Scene, array: np.ndarray, colours: dict[int, tuple[int, int, int]] | None = None
+) -> None:
     """One GeoTIFF on ``scene``'s grid: (H, W, 3) uint8 as RGB, or (H, W) as a single band."""
     if array.ndim == 3:
         with rasterio.open(path, "w", photometric="RGB", **_profile(scene, 3, "uint8")) as dst:
@@ -66,10 +85,20 @@ def write_raster(path: Path, scene: Scene, array: np.ndarray, colours: dict[int,
 
 
 def _object_json(obj: SceneObject) -> dict[str, Any]:
-    return {"id": obj.id, "class": CLASSES[obj.cls].name, "class_id": int(obj.cls), "kind": obj.kind,
-            "style": obj.style, "box": list(obj.box), "polygon": _integral(mapping(obj.polygon)),
-            "pixels": obj.pixels, "area_m2": obj.area_m2, "centroid": list(obj.centroid), "height_m": obj.height_m,
-            "key": obj.key}
+    return {
+        "id": obj.id,
+        "class": CLASSES[obj.cls].name,
+        "class_id": int(obj.cls),
+        "kind": obj.kind,
+        "style": obj.style,
+        "box": list(obj.box),
+        "polygon": _integral(mapping(obj.polygon)),
+        "pixels": obj.pixels,
+        "area_m2": obj.area_m2,
+        "centroid": list(obj.centroid),
+        "height_m": obj.height_m,
+        "key": obj.key,
+    }
 
 
 def _integral(value: Any) -> Any:
@@ -86,20 +115,37 @@ def _integral(value: Any) -> Any:
 def scene_json(scene: Scene, files: dict[str, str]) -> dict[str, Any]:
     """The annotation document of one scene (``files`` names its rasters)."""
     return {
-        "generator": GENERATOR_VERSION, "seed": scene.seed, "size": scene.size, "gsd": scene.gsd, "crs": scene.crs,
-        "transform": list(scene.transform)[:6], "theme": scene.theme, "season": scene.season,
-        "sun": {"azimuth": scene.sun_azimuth, "elevation": scene.sun_elevation}, **files,
+        "generator": GENERATOR_VERSION,
+        "seed": scene.seed,
+        "size": scene.size,
+        "gsd": scene.gsd,
+        "crs": scene.crs,
+        "transform": list(scene.transform)[:6],
+        "theme": scene.theme,
+        "season": scene.season,
+        "sun": {"azimuth": scene.sun_azimuth, "elevation": scene.sun_elevation},
+        **files,
         "objects": [_object_json(o) for o in scene.objects],
         "captions": list(scene.captions),
-        "referring": [{"text": r.text, "target": r.target, "box": list(r.box), "rule": r.rule, "noun": r.noun,
-                       "landmark": r.landmark} for r in scene.referring],
+        "referring": [
+            {
+                "text": r.text,
+                "target": r.target,
+                "box": list(r.box),
+                "rule": r.rule,
+                "noun": r.noun,
+                "landmark": r.landmark,
+            }
+            for r in scene.referring
+        ],
         "qa": [{"question": q.question, "answer": q.answer, "kind": q.kind, "value": q.value} for q in scene.qa],
     }
 
 
 def _dump(path: Path, document: dict[str, Any]) -> None:
-    path.write_text(json.dumps(document, ensure_ascii=False, sort_keys=True, separators=(",", ":")) + "\n",
-                    encoding="utf-8")
+    path.write_text(
+        json.dumps(document, ensure_ascii=False, sort_keys=True, separators=(",", ":")) + "\n", encoding="utf-8"
+    )
 
 
 def write_scene(scene: Scene, directory: Path, name: str) -> dict[str, str]:
@@ -119,12 +165,30 @@ def write_pair(pair: ScenePair, directory: Path, name: str) -> dict[str, Any]:
     after = write_scene(pair.after, directory, f"{name}_after")
     change = f"{name}_change.tif"
     write_raster(directory / change, pair.before, pair.change_map, CHANGE_COLOURS)
-    _dump(directory / f"{name}.json", {
-        "generator": GENERATOR_VERSION, "seed": pair.seed, "before": before, "after": after, "change_mask": change,
-        "changed": pair.changed, "captions": list(pair.captions),
-        "changes": [{"kind": c.kind.name.lower(), "kind_id": int(c.kind), "subject": c.subject, "count": c.count,
-                     "region": c.region, "pixels": c.pixels, "area_m2": c.area_m2} for c in pair.changes],
-    })
+    _dump(
+        directory / f"{name}.json",
+        {
+            "generator": GENERATOR_VERSION,
+            "seed": pair.seed,
+            "before": before,
+            "after": after,
+            "change_mask": change,
+            "changed": pair.changed,
+            "captions": list(pair.captions),
+            "changes": [
+                {
+                    "kind": c.kind.name.lower(),
+                    "kind_id": int(c.kind),
+                    "subject": c.subject,
+                    "count": c.count,
+                    "region": c.region,
+                    "pixels": c.pixels,
+                    "area_m2": c.area_m2,
+                }
+                for c in pair.changes
+            ],
+        },
+    )
     return {"before": before, "after": after, "change_mask": change, "annotation": f"{name}.json"}
 
 
@@ -147,12 +211,26 @@ def _run(job: Job) -> dict[str, Any]:
         return {"name": name, "seed": job.seed, **{k: f"scenes/{v}" for k, v in files.items()}}
     pair = generate_pair(job.seed, job.size, job.gsd)
     files = write_pair(pair, job.directory / "pairs", name)
-    return {"name": name, "seed": job.seed, "changed": pair.changed, "annotation": f"pairs/{files['annotation']}",
-            "change_mask": f"pairs/{files['change_mask']}"}
+    return {
+        "name": name,
+        "seed": job.seed,
+        "changed": pair.changed,
+        "annotation": f"pairs/{files['annotation']}",
+        "change_mask": f"pairs/{files['change_mask']}",
+    }
 
 
-def write_split(out: Path, split: str, count: int, size: int = 512, pairs: int = 0, seed_base: int = 0,
-                gsd: float | None = None, workers: int = 1, progress: bool = True) -> Path:
+def write_split(
+    out: Path,
+    split: str,
+    count: int,
+    size: int = 512,
+    pairs: int = 0,
+    seed_base: int = 0,
+    gsd: float | None = None,
+    workers: int = 1,
+    progress: bool = True,
+) -> Path:
     """Generate and write ``count`` scenes and ``pairs`` pairs of ``split``; returns the index path."""
     directory = out / split
     directory.mkdir(parents=True, exist_ok=True)
@@ -165,12 +243,20 @@ def write_split(out: Path, split: str, count: int, size: int = 512, pairs: int =
         bar.update()
     bar.close()
     index = directory / "index.json"
-    _dump(index, {
-        "generator": GENERATOR_VERSION, "split": split, "size": size, "gsd": gsd, "seed_base": seed_base,
-        "classes": [{"id": c.id, "name": c.name, "rgb": list(c.rgb)} for c in CLASSES],
-        "change_kinds": [{"id": int(k), "name": k.name.lower()} for k in ChangeKind],
-        "scenes": entries["scene"], "pairs": entries["pair"],
-    })
+    _dump(
+        index,
+        {
+            "generator": GENERATOR_VERSION,
+            "split": split,
+            "size": size,
+            "gsd": gsd,
+            "seed_base": seed_base,
+            "classes": [{"id": c.id, "name": c.name, "rgb": list(c.rgb)} for c in CLASSES],
+            "change_kinds": [{"id": int(k), "name": k.name.lower()} for k in ChangeKind],
+            "scenes": entries["scene"],
+            "pairs": entries["pair"],
+        },
+    )
     log.info("wrote %d scenes and %d pairs to %s", len(entries["scene"]), len(entries["pair"]), directory)
     return index
 

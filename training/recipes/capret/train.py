@@ -26,9 +26,10 @@ import json
 import logging
 import math
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -73,8 +74,10 @@ class CapRetTrainConfig(LoopConfig):
         if self.export_dtype not in DTYPES:
             raise ValueError(f"export_dtype must be one of {', '.join(DTYPES)}, got {self.export_dtype!r}")
         if not self.data_root:
-            raise ValueError("data_root is empty; give a Karpathy-style data set folder (dataset_*.json and its images), "
-                             "e.g. --set data_root=/data/RSICD")
+            raise ValueError(
+                "data_root is empty; give a Karpathy-style data set folder (dataset_*.json and its images), "
+                "e.g. --set data_root=/data/RSICD"
+            )
 
 
 class CapRetTraining(nn.Module):
@@ -85,14 +88,25 @@ class CapRetTraining(nn.Module):
         self.model = model
         self.caption_weight, self.retrieval_weight = config.caption_weight, config.retrieval_weight
 
-    def forward(self, pixel_values: torch.Tensor, caption_ids: torch.Tensor, caption_mask: torch.Tensor,
-                caption_labels: torch.Tensor, ret_ids: torch.Tensor, ret_mask: torch.Tensor,
-                ret_labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        caption_ids: torch.Tensor,
+        caption_mask: torch.Tensor,
+        caption_labels: torch.Tensor,
+        ret_ids: torch.Tensor,
+        ret_mask: torch.Tensor,
+        ret_labels: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
         model = self.model
         with torch.no_grad():
             image_embeds = model.image_embeddings(pixel_values)  # frozen encoder
-        caption = model(input_ids=caption_ids, attention_mask=caption_mask, labels=caption_labels,
-                        inputs_embeds=model.embed(caption_ids, image_embeds=image_embeds))
+        caption = model(
+            input_ids=caption_ids,
+            attention_mask=caption_mask,
+            labels=caption_labels,
+            inputs_embeds=model.embed(caption_ids, image_embeds=image_embeds),
+        )
         ret = model(input_ids=ret_ids, attention_mask=ret_mask, labels=ret_labels)
         texts = gather_with_grad(model.text_retrieval_embeddings(ret.hidden_states, ret_ids))
         images = gather_with_grad(model.image_retrieval_embeddings(image_embeds))
@@ -101,13 +115,26 @@ class CapRetTraining(nn.Module):
         target = torch.arange(len(logits), device=logits.device)
         retrieval = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
         loss = self.caption_weight * caption.loss + self.retrieval_weight * (retrieval + ret.loss)
-        return {"loss": loss, "caption": caption.loss.detach(), "retrieval": retrieval.detach(),
-                "ret_token": ret.loss.detach(), "acc": (logits.argmax(1) == target).float().mean()}
+        return {
+            "loss": loss,
+            "caption": caption.loss.detach(),
+            "retrieval": retrieval.detach(),
+            "ret_token": ret.loss.detach(),
+            "acc": (logits.argmax(1) == target).float().mean(),
+        }
 
 
 class CapRetRecipe(Recipe):
     name = "capret"
-    run_keys = ("clip_path", "lm_path", "num_visual_tokens", "retrieval_dim", "data_root", "train_split", "max_text_tokens")
+    run_keys = (
+        "clip_path",
+        "lm_path",
+        "num_visual_tokens",
+        "retrieval_dim",
+        "data_root",
+        "train_split",
+        "max_text_tokens",
+    )
     config: CapRetTrainConfig
 
     def __init__(self, config: CapRetTrainConfig) -> None:
@@ -125,14 +152,20 @@ class CapRetRecipe(Recipe):
         vision_config = parts.model.config.vision_config
         vision_config.projection_dim = parts.model.config.projection_dim
         vision = CLIPVisionModelWithProjection(vision_config)
-        vision.load_state_dict({k: v for k, v in parts.model.state_dict().items()
-                                if k.startswith(("vision_model.", "visual_projection."))})
+        vision.load_state_dict(
+            {k: v for k, v in parts.model.state_dict().items() if k.startswith(("vision_model.", "visual_projection."))}
+        )
         del parts.model
         lm, tokenizer = load_causal_lm(lm_path, runtime)
         self.processor = CapRetProcessor(tokenizer, parts.image_processor, self.config.num_visual_tokens)
-        config = CapRetConfig(vision_config=vision_config.to_dict(), text_config=lm.config.to_dict(),
-                              num_visual_tokens=self.config.num_visual_tokens, retrieval_dim=self.config.retrieval_dim,
-                              image_token_id=self.processor.image_token_id, ret_token_id=self.processor.ret_token_id)
+        config = CapRetConfig(
+            vision_config=vision_config.to_dict(),
+            text_config=lm.config.to_dict(),
+            num_visual_tokens=self.config.num_visual_tokens,
+            retrieval_dim=self.config.retrieval_dim,
+            image_token_id=self.processor.image_token_id,
+            ret_token_id=self.processor.ret_token_id,
+        )
         torch.manual_seed(self.config.seed)
         model = CapRetForCausalLM.from_parts(config, vision, lm)
         model.freeze_backbones()
@@ -166,9 +199,15 @@ class CapRetRecipe(Recipe):
                 captions.append(caption)
             cap = processor.pad(cap_ids, cap_labels)
             ret = processor.pad(ret_ids, ret_labels)
-            return {"pixel_values": processor.pixel_values(images), "caption_ids": cap["input_ids"],
-                    "caption_mask": cap["attention_mask"], "caption_labels": cap["labels"], "ret_ids": ret["input_ids"],
-                    "ret_mask": ret["attention_mask"], "ret_labels": ret["labels"]}
+            return {
+                "pixel_values": processor.pixel_values(images),
+                "caption_ids": cap["input_ids"],
+                "caption_mask": cap["attention_mask"],
+                "caption_labels": cap["labels"],
+                "ret_ids": ret["input_ids"],
+                "ret_mask": ret["attention_mask"],
+                "ret_labels": ret["labels"],
+            }
 
         return map_batches(self.config, start_step, runtime, len(samples), collate)
 
@@ -187,7 +226,7 @@ class CapRetRecipe(Recipe):
         metrics: dict[str, float] = {}
         predictions = {}
         stop = (processor.tokenizer.eos_token_id, processor.ret_token_id)
-        for i, sample in enumerate(samples):
+        for i, sample in enumerate(samples):  # noqa: B007
             ids = torch.tensor([processor.prefix() + [processor.image_token_id] * processor.k], device=device)
             embeds = capret.embed(ids, image_embeds=image_embeds[i : i + 1])
             produced = _greedy(capret, embeds, c.eval_max_new_tokens, stop)

@@ -31,8 +31,9 @@ checkpoint the engine serves (``backend = "rsa"``, task ``change`` and two-image
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,7 +47,13 @@ from training.data.formats.conversations import Role
 from training.eval.metrics import binary_accuracy
 from training.loop import Runtime, map_batches, seeded, unwrap
 from training.recipes.rsa_base import (
-    RSARecipe, RSARecipeConfig, RSATraining, caption_metrics, generate, history_messages, rgb,
+    RSARecipe,
+    RSARecipeConfig,
+    RSATraining,
+    caption_metrics,
+    generate,
+    history_messages,
+    rgb,
 )
 
 log = logging.getLogger(__name__)
@@ -71,11 +78,15 @@ class ChangeConfig(RSARecipeConfig):
         if self.change_format not in FORMATS:
             raise ValueError(f"change_format must be one of {', '.join(FORMATS)}, got {self.change_format!r}")
         if not (self.change_root or self.changechat_json):
-            raise ValueError("no training data: give change_root (LEVIR-CC or SECOND-CC) and/or changechat_json "
-                             "(+ changechat_images), e.g. --set change_root=/data/LEVIR-CC")
+            raise ValueError(
+                "no training data: give change_root (LEVIR-CC or SECOND-CC) and/or changechat_json "
+                "(+ changechat_images), e.g. --set change_root=/data/LEVIR-CC"
+            )
         if bool(self.changechat_json) != bool(self.changechat_images):
-            raise ValueError("changechat_json and changechat_images go together; got "
-                             f"changechat_json={self.changechat_json!r}, changechat_images={self.changechat_images!r}")
+            raise ValueError(
+                "changechat_json and changechat_images go together; got "
+                f"changechat_json={self.changechat_json!r}, changechat_images={self.changechat_images!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -94,7 +105,9 @@ def change_mask(semantic: tuple[Any, Any]) -> np.ndarray:
     """Pixels whose label (colour) differs between the two dates' semantic maps."""
     before, after = (np.asarray(open_image(p)) for p in semantic)
     if before.shape != after.shape:
-        raise ValueError(f"semantic maps {semantic[0]} and {semantic[1]} differ in size: {before.shape} vs {after.shape}")
+        raise ValueError(
+            f"semantic maps {semantic[0]} and {semantic[1]} differ in size: {before.shape} vs {after.shape}"
+        )
     return (before != after).any(axis=-1)
 
 
@@ -109,10 +122,23 @@ def caption_examples(data) -> list[PairExample]:
 def chat_examples(data) -> list[PairExample]:
     out = []
     for s in data.samples:
-        pairs = [(q.text, a.text) for q, a in zip(s.turns[0::2], s.turns[1::2]) if q.role is Role.HUMAN and a.role is Role.GPT]
+        pairs = [
+            (q.text, a.text)
+            for q, a in zip(s.turns[0::2], s.turns[1::2])
+            if q.role is Role.HUMAN and a.role is Role.GPT
+        ]
         if pairs:
-            out.append(PairExample(s.image_paths[0], s.image_paths[1], Task.CHAT, pairs[-1][0], (pairs[-1][1],), None,
-                                   tuple(pairs[:-1])))
+            out.append(
+                PairExample(
+                    s.image_paths[0],
+                    s.image_paths[1],
+                    Task.CHAT,
+                    pairs[-1][0],
+                    (pairs[-1][1],),
+                    None,
+                    tuple(pairs[:-1]),
+                )
+            )
     return out
 
 
@@ -136,8 +162,14 @@ class ChangeTraining(RSATraining):
 
 class ChangeRecipe(RSARecipe):
     name = "change"
-    run_keys = RSARecipe.run_keys + ("change_format", "change_root", "changechat_json", "train_split", "change_masks",
-                                     "max_length")
+    run_keys = RSARecipe.run_keys + (
+        "change_format",
+        "change_root",
+        "changechat_json",
+        "train_split",
+        "change_masks",
+        "max_length",
+    )
     config: ChangeConfig
 
     def __init__(self, config: ChangeConfig) -> None:
@@ -146,7 +178,8 @@ class ChangeRecipe(RSARecipe):
         self.captions = FORMATS[c.change_format](c.change_root, split=c.train_split) if c.change_root else None
         self.chat = ChangeChat(c.changechat_json, c.changechat_images) if c.changechat_json else None
         self.train_examples = (caption_examples(self.captions) if self.captions else []) + (
-            chat_examples(self.chat) if self.chat else [])
+            chat_examples(self.chat) if self.chat else []
+        )
         if not self.train_examples:
             raise ValueError("the training data hold no pair to learn from")
 
@@ -165,9 +198,11 @@ class ChangeRecipe(RSARecipe):
                 sample_masks = []
                 if e.task is Task.CHANGE and c.change_masks and e.semantic is not None:
                     mask = change_mask(e.semantic)
-                    if (e.changed if e.changed is not None else mask.any()):
+                    if e.changed if e.changed is not None else mask.any():
                         answer, sample_masks = f"{answer.strip()} {SEG}", [mask]
-                texts.append(processor.format_prompt(e.task, e.prompt, history_messages(e.history), pair=True, answer=answer))
+                texts.append(
+                    processor.format_prompt(e.task, e.prompt, history_messages(e.history), pair=True, answer=answer)
+                )
                 images.append((rgb(open_image(e.before)), rgb(open_image(e.after))))
                 masks.append(sample_masks)
                 flags.append(-1 if e.changed is None else int(e.changed))
@@ -190,7 +225,9 @@ class ChangeRecipe(RSARecipe):
         for start in range(0, len(samples), c.eval_batch_size):
             part = samples[start : start + c.eval_batch_size]
             images = [(rgb(s.before()), rgb(s.after())) for s in part]
-            output, visual = generate(rsa, processor, [prompt] * len(part), images, c.eval_max_new_tokens, runtime.device)
+            output, visual = generate(
+                rsa, processor, [prompt] * len(part), images, c.eval_max_new_tokens, runtime.device
+            )
             for b, (row, s) in enumerate(zip(output.sequences.tolist(), part)):
                 key = s.name
                 predictions[key] = processor.parse_answer(row, (1, 1)).text
@@ -207,8 +244,9 @@ class ChangeRecipe(RSARecipe):
             metrics.update(caption_metrics(references, predictions, names=names))
             for prefix, wanted in (("changed_", True), ("unchanged_", False)):
                 keys = [k for k, v in flagged.items() if v is wanted]
-                metrics.update(caption_metrics({k: references[k] for k in keys}, {k: predictions[k] for k in keys}, prefix,
-                                               names))
+                metrics.update(
+                    caption_metrics({k: references[k] for k in keys}, {k: predictions[k] for k in keys}, prefix, names)
+                )
         return metrics
 
 

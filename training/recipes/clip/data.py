@@ -14,9 +14,10 @@ evaluation sets: retrieval on a Karpathy split, zero-shot classes from a folder 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,8 +43,9 @@ class Encoder:
         return self.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
 
     def texts(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        tokens = self.tokenizer(list(texts), padding="max_length", truncation=True, max_length=self.context_length,
-                                return_tensors="pt")
+        tokens = self.tokenizer(
+            list(texts), padding="max_length", truncation=True, max_length=self.context_length, return_tensors="pt"
+        )
         return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
 
     def pairs(self, images: Sequence[Image.Image], texts: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -78,7 +80,9 @@ def pair_source(config: Any) -> PairSource:
         return PairSource(len(samples), pair=pair)
     if config.data_format == "skyscript":
         if not config.skyscript_csv:
-            raise ValueError("data_format 'skyscript' needs skyscript_csv (a SkyScript_*.csv) and data_root (its images)")
+            raise ValueError(
+                "data_format 'skyscript' needs skyscript_csv (a SkyScript_*.csv) and data_root (its images)"
+            )
         data = SkyScript(config.skyscript_csv, config.data_root, caption_column=config.caption_column)
 
         def row(index: int, rng: np.random.Generator) -> tuple[Image.Image, str]:
@@ -87,11 +91,19 @@ def pair_source(config: Any) -> PairSource:
 
         return PairSource(len(data), pair=row)
     if not config.shards:
-        raise ValueError("data_format 'shards' needs shards (a brace pattern such as /data/rs5m/pub11-{0000..0099}.tar)")
+        raise ValueError(
+            "data_format 'shards' needs shards (a brace pattern such as /data/rs5m/pub11-{0000..0099}.tar)"
+        )
 
     def stream(epoch: int, rank: int, world: int) -> Iterator[tuple[Image.Image, str]]:
-        shards = WebShards(config.shards, shuffle_buffer=config.shuffle_buffer, seed=config.seed, shuffle_shards=True,
-                           rank=rank, world_size=world)
+        shards = WebShards(
+            config.shards,
+            shuffle_buffer=config.shuffle_buffer,
+            seed=config.seed,
+            shuffle_shards=True,
+            rank=rank,
+            world_size=world,
+        )
         shards.set_epoch(epoch)
         for sample in shards:
             yield sample.image(), sample.text()
@@ -142,7 +154,9 @@ def class_folders(root: str | Path) -> ClassSet:
             images.extend(files)
             targets.extend([len(labels) - 1] * len(files))
     if len(labels) < 2:
-        raise DataFormatError(f"{root} holds {listing(root)}; expected at least two sub-folders of images, one per class")
+        raise DataFormatError(
+            f"{root} holds {listing(root)}; expected at least two sub-folders of images, one per class"
+        )
     return ClassSet(labels, images, targets)
 
 
@@ -159,9 +173,11 @@ def labelled_by_filename(images: Sequence[Path], labels: Sequence[str]) -> Class
                 targets.append(index)
                 break
     if not kept:
-        raise DataFormatError(f"no image file name starts with any of the zero-shot labels {list(labels)} "
-                              f"(e.g. {images[0].name if images else 'no images'}); expected names such as "
-                              f"{labels[0].replace(' ', '_')}_1.jpg, or give zeroshot_root (a folder per class)")
+        raise DataFormatError(
+            f"no image file name starts with any of the zero-shot labels {list(labels)} "
+            f"(e.g. {images[0].name if images else 'no images'}); expected names such as "
+            f"{labels[0].replace(' ', '_')}_1.jpg, or give zeroshot_root (a folder per class)"
+        )
     return ClassSet(list(labels), kept, targets)
 
 

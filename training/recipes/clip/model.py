@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,8 +27,10 @@ from training.loop import describe_found, gather_with_grad
 
 log = logging.getLogger(__name__)
 
-EXPECTED = ("a CLIP checkpoint folder: transformers (config.json with model_type 'clip', model.safetensors, tokenizer, "
-            "processor_config.json or preprocessor_config.json) or open_clip (open_clip_config.json, weights, BPE vocabulary)")
+EXPECTED = (
+    "a CLIP checkpoint folder: transformers (config.json with model_type 'clip', model.safetensors, tokenizer, "
+    "processor_config.json or preprocessor_config.json) or open_clip (open_clip_config.json, weights, BPE vocabulary)"
+)
 MAX_LOGIT_SCALE = math.log(100.0)
 
 
@@ -60,8 +63,9 @@ def load_clip(path: str | Path) -> ClipParts:
     except (ValueError, AttributeError) as exc:
         raise ValueError(f"CLIP checkpoint {config_file} is not a JSON object ({exc}); expected {EXPECTED}") from exc
     if model_type != "clip":
-        raise ValueError(f"CLIP checkpoint {path} holds a {model_type!r} model (config.json model_type); "
-                         f"expected {EXPECTED}")
+        raise ValueError(
+            f"CLIP checkpoint {path} holds a {model_type!r} model (config.json model_type); expected {EXPECTED}"
+        )
     processor = CLIPProcessor.from_pretrained(path, local_files_only=True)
     model = CLIPModel.from_pretrained(path, local_files_only=True, dtype=torch.float32)
     return ClipParts(model, processor.tokenizer, processor.image_processor, "transformers")
@@ -72,8 +76,9 @@ def _load_open_clip(path: Path) -> ClipParts:
     model_cfg = raw.get("model_cfg", raw)
     try:
         vocab, merges = clip_backend.read_bpe(path)
-        tokenizer = CLIPTokenizer(vocab=vocab, merges=merges,
-                                  model_max_length=int(model_cfg["text_cfg"].get("context_length", 77)))
+        tokenizer = CLIPTokenizer(
+            vocab=vocab, merges=merges, model_max_length=int(model_cfg["text_cfg"].get("context_length", 77))
+        )
         config = clip_backend.clip_config_from_open_clip(model_cfg, tokenizer)
         image_processor = clip_backend.image_processor_from_open_clip(model_cfg, raw.get("preprocess_cfg", {}))
         weights = _open_clip_weights(path)
@@ -93,11 +98,14 @@ def _open_clip_weights(path: Path) -> Path:
     found = sorted(path.glob("*.pt"))
     if len(found) == 1:
         return found[0]
-    raise FileNotFoundError(f"no weights ({' or '.join(clip_backend.OPEN_CLIP_WEIGHTS)} or one *.pt; "
-                            f"folder holds {describe_found(path)})")
+    raise FileNotFoundError(
+        f"no weights ({' or '.join(clip_backend.OPEN_CLIP_WEIGHTS)} or one *.pt; folder holds {describe_found(path)})"
+    )
 
 
-def add_lora(model: CLIPModel, r: int, alpha: float, dropout: float, targets: Sequence[str], train_logit_scale: bool) -> nn.Module:
+def add_lora(
+    model: CLIPModel, r: int, alpha: float, dropout: float, targets: Sequence[str], train_logit_scale: bool
+) -> nn.Module:
     """``model`` with LoRA adapters (peft) on ``targets`` of both towers; everything else frozen."""
     from peft import LoraConfig, get_peft_model
 
@@ -136,7 +144,9 @@ class ContrastiveCLIP(nn.Module):
         out = self.clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
         return F.normalize(out.pooler_output.float(), dim=-1)
 
-    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         images = gather_with_grad(self.embed_images(pixel_values))
         texts = gather_with_grad(self.embed_texts(input_ids, attention_mask))
         scale = self.base.logit_scale.float().clamp(max=MAX_LOGIT_SCALE).exp()

@@ -18,9 +18,10 @@ loop (checkpoints, resume, DDP under torchrun, bf16 on GPU) is training/loop.py.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,7 +30,13 @@ from torch import nn
 from training.eval.metrics import image_text_retrieval
 from training.loop import LoopConfig, Recipe, Runtime, main_first, map_batches, seeded, stream_batches, unwrap
 from training.recipes.clip.data import (
-    ClassSet, Encoder, class_folders, labelled_by_filename, pair_source, read_images, retrieval_set,
+    ClassSet,
+    Encoder,
+    class_folders,
+    labelled_by_filename,
+    pair_source,
+    read_images,
+    retrieval_set,
 )
 from training.recipes.clip.model import ClipParts, ContrastiveCLIP, add_lora, export_clip, load_clip
 
@@ -80,8 +87,18 @@ class ClipConfig(LoopConfig):
 
 class ClipRecipe(Recipe):
     name = "clip"
-    run_keys = ("model_path", "finetune", "lora_r", "lora_alpha", "lora_targets", "data_format", "data_root",
-                "train_split", "skyscript_csv", "shards")
+    run_keys = (
+        "model_path",
+        "finetune",
+        "lora_r",
+        "lora_alpha",
+        "lora_targets",
+        "data_format",
+        "data_root",
+        "train_split",
+        "skyscript_csv",
+        "shards",
+    )
     config: ClipConfig
 
     def __init__(self, config: ClipConfig) -> None:
@@ -102,7 +119,9 @@ class ClipRecipe(Recipe):
         clip.logit_scale.requires_grad_(self.config.train_logit_scale)
         if self.config.finetune == "lora":
             c = self.config
-            clip = add_lora(self.parts.model, c.lora_r, c.lora_alpha, c.lora_dropout, c.lora_targets, c.train_logit_scale)
+            clip = add_lora(
+                self.parts.model, c.lora_r, c.lora_alpha, c.lora_dropout, c.lora_targets, c.train_logit_scale
+            )
         self.encoder = Encoder(self.parts.image_processor, self.parts.tokenizer, self.parts.context_length)
         return ContrastiveCLIP(clip).to(runtime.device)
 
@@ -117,8 +136,13 @@ class ClipRecipe(Recipe):
 
             return map_batches(self.config, start_step, runtime, self.source.size, collate)
         stream = self.source.stream
-        return stream_batches(self.config, start_step, runtime, lambda epoch: stream(epoch, runtime.rank, runtime.world),
-                              lambda pairs, step: self.encoder.pairs([p[0] for p in pairs], [p[1] for p in pairs]))
+        return stream_batches(
+            self.config,
+            start_step,
+            runtime,
+            lambda epoch: stream(epoch, runtime.rank, runtime.world),
+            lambda pairs, step: self.encoder.pairs([p[0] for p in pairs], [p[1] for p in pairs]),
+        )
 
     # --- evaluation --------------------------------------------------------------------------------
 

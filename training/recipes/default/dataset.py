@@ -40,9 +40,9 @@ import math
 import multiprocessing
 import pickle
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -64,6 +64,7 @@ CHUNK = 50  # scenes or pairs per cache file
 
 def _chunk_file(kind: str, start: int, suffix: str = "pkl") -> str:
     return f"{kind}_v{PAIR_VERSION}_{start:07d}.{suffix}" if kind == "pairs" else f"{kind}_{start:07d}.{suffix}"
+
 
 #: Other names a user may give a class, besides its singular and plural nouns (classes.py).
 CLASS_ALIASES: Mapping[int, tuple[str, ...]] = {
@@ -181,7 +182,9 @@ def _make_chunk(job: tuple[str, int, int, DataSettings]) -> list[SceneRecord] | 
     return [_pair_record(s, size, g) for s, g in zip(seeds, gsds)]
 
 
-def load_cache(settings: DataSettings, work_dir: Path, workers: int) -> tuple[list[SceneRecord], list[PairRecord], float]:
+def load_cache(
+    settings: DataSettings, work_dir: Path, workers: int
+) -> tuple[list[SceneRecord], list[PairRecord], float]:
     """The cached scenes and pairs, generating the missing chunk files first.
 
     Returns the records and the seconds spent generating them (over all runs, kept in the cache's
@@ -242,9 +245,16 @@ def corpus(scenes: Sequence[SceneRecord], pairs: Sequence[PairRecord]) -> Iterat
 class Sampler:
     """Draws the batch of each step (a pure function of the step) and builds the model's inputs."""
 
-    def __init__(self, settings: DataSettings, scenes: Sequence[SceneRecord], pairs: Sequence[PairRecord],
-                 processor: RSAProcessor, class_targets: bool = False, change_targets: bool = False,
-                 box_masks: bool = False):
+    def __init__(
+        self,
+        settings: DataSettings,
+        scenes: Sequence[SceneRecord],
+        pairs: Sequence[PairRecord],
+        processor: RSAProcessor,
+        class_targets: bool = False,
+        change_targets: bool = False,
+        box_masks: bool = False,
+    ):
         if not scenes or not pairs:
             raise ValueError("the recipe needs at least one scene and one pair (num_scenes, num_pairs)")
         self.settings = settings
@@ -253,7 +263,9 @@ class Sampler:
         self.processor = processor
         self.class_targets = class_targets  # the model config trains its aux class head: batches carry class maps
         self.change_targets = change_targets  # the model trains a dense change head: pair batches carry change masks
-        self.box_masks = box_masks  # the model reads boxes off masks (box_from_mask): ground answers carry each box's mask
+        self.box_masks = (
+            box_masks  # the model reads boxes off masks (box_from_mask): ground answers carry each box's mask
+        )
         weights = np.array([settings.mix[t.value] for t in SINGLE_TASKS], dtype=float)
         self.single_weights = weights / weights.sum()
         self.change_fraction = float(settings.mix["change"]) / float(sum(settings.mix.values()))
@@ -306,7 +318,9 @@ class Sampler:
             if task is Task.GROUND:
                 answer = self.processor.ground_answer([(noun, box)], size)
                 return Sample(task, fmt(task, f"find {text}", answer=answer), image, self._box_masks(scene, [target]))
-            return Sample(task, fmt(task, f"segment {text}", answer=f"{noun} [SEG]"), image, scene.instance_map == target)
+            return Sample(
+                task, fmt(task, f"segment {text}", answer=f"{noun} [SEG]"), image, scene.instance_map == target
+            )
         cls, name = self._pick_class(task, scene, rng)
         verbs = GROUND_VERBS if task is Task.GROUND else SEGMENT_VERBS
         prompt = f"{rng.choice(verbs)} {name}"
@@ -314,8 +328,12 @@ class Sampler:
             index = np.flatnonzero(scene.object_classes == cls)
             index = index[np.lexsort((scene.object_boxes[index, 0], scene.object_boxes[index, 1]))]
             label = CLASSES[cls].singular
-            answer = self.processor.ground_answer([(label, tuple(float(v) for v in scene.object_boxes[i])) for i in index], size)
-            return Sample(task, fmt(task, prompt, answer=answer), image, self._box_masks(scene, [int(i) + 1 for i in index]))
+            answer = self.processor.ground_answer(
+                [(label, tuple(float(v) for v in scene.object_boxes[i])) for i in index], size
+            )
+            return Sample(
+                task, fmt(task, prompt, answer=answer), image, self._box_masks(scene, [int(i) + 1 for i in index])
+            )
         mask = scene.class_map == cls
         if not mask.any():
             return Sample(task, fmt(task, prompt, answer="none"), image)
@@ -331,7 +349,11 @@ class Sampler:
     def _pick_class(self, task: Task, scene: SceneRecord, rng: np.random.Generator) -> tuple[int, str]:
         """A class to ask for and the name used: mostly present ones (countable for ground), sometimes absent."""
         counts = np.bincount(scene.object_classes, minlength=len(CLASSES))
-        present = [c for c in range(1, len(CLASSES)) if counts[c] and (task is Task.SEGMENT or counts[c] <= self.settings.max_ground_objects)]
+        present = [
+            c
+            for c in range(1, len(CLASSES))
+            if counts[c] and (task is Task.SEGMENT or counts[c] <= self.settings.max_ground_objects)
+        ]
         absent = [c for c in range(1, len(CLASSES)) if not counts[c]]
         pool = absent if (not present or (absent and rng.random() < 0.15)) else present
         if not pool:  # every class is present and too numerous to list: ask for the least numerous
@@ -347,7 +369,9 @@ class Sampler:
         images = (_jitter(pair.before, rng), _jitter(pair.after, rng))
         text = self.processor.format_prompt(Task.CHANGE, pair=True, answer=answer)
         change_map = pair.change_mask if pair.changed else np.zeros_like(pair.change_mask)
-        return Sample(Task.CHANGE, text, images, pair.change_mask if pair.changed else None, pair.changed, change_map=change_map)
+        return Sample(
+            Task.CHANGE, text, images, pair.change_mask if pair.changed else None, pair.changed, change_map=change_map
+        )
 
 
 def _jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -14,8 +14,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from training.loop import TrainResult
 from training.recipes.default.stages import StageSettings
@@ -60,8 +61,12 @@ def run(config: TrainConfig, fresh: bool = False, stop: Callable[[int], bool] | 
         done[name] = {"settings": keys, "seconds": round(time.perf_counter() - started, 1), **results}
         _write(state_path, done)
     seconds = {name: record["seconds"] for name, record in done.items()}
-    log.info("the model in %s is complete: %s (%.0f s in all)", out,
-             ", ".join(f"{name} {s:.0f} s" for name, s in seconds.items()), sum(seconds.values()))
+    log.info(
+        "the model in %s is complete: %s (%.0f s in all)",
+        out,
+        ", ".join(f"{name} {s:.0f} s" for name, s in seconds.items()),
+        sum(seconds.values()),
+    )
     _write(out / SHIPPED_STATE, done)
     return TrainResult(step, True, work_dir, out, {})
 
@@ -69,9 +74,11 @@ def run(config: TrainConfig, fresh: bool = False, stop: Callable[[int], bool] | 
 def _check_model(config: TrainConfig, settings: StageSettings) -> None:
     model = config.model_config()
     if model.pixel_class_loss_weight <= 0 or model.num_aux_classes <= 0:
-        raise ValueError(f"[stages] {', '.join(settings.names)}: model {config.model!r} has no per-pixel class head "
-                         "(pixel_class_loss_weight and num_aux_classes), which the selector, the refiner and the "
-                         "class calibration read; set their scenes to 0 or train such a model")
+        raise ValueError(
+            f"[stages] {', '.join(settings.names)}: model {config.model!r} has no per-pixel class head "
+            "(pixel_class_loss_weight and num_aux_classes), which the selector, the refiner and the "
+            "class calibration read; set their scenes to 0 or train such a model"
+        )
 
 
 def _stage_keys(settings: StageSettings, name: str) -> dict[str, Any]:
@@ -117,31 +124,63 @@ def _write(path: Path, done: dict[str, Any]) -> None:
 def _selector(out: Path, settings: StageSettings, seed: int) -> dict[str, Any]:
     from training.recipes.default.selector import train_selector
 
-    return train_selector(out, None, settings.selector_scenes, settings.val_scenes, settings.selector_epochs,
-                          size=settings.size, workers=settings.workers, seed=seed)
+    return train_selector(
+        out,
+        None,
+        settings.selector_scenes,
+        settings.val_scenes,
+        settings.selector_epochs,
+        size=settings.size,
+        workers=settings.workers,
+        seed=seed,
+    )
 
 
 def _refiner(out: Path, settings: StageSettings, seed: int) -> dict[str, Any]:
     from training.recipes.default.refine import train_refiner
 
-    return train_refiner(out, None, settings.refine_scenes, settings.val_scenes, settings.refine_epochs,
-                         size=settings.size, workers=settings.workers, seed=seed)
+    return train_refiner(
+        out,
+        None,
+        settings.refine_scenes,
+        settings.val_scenes,
+        settings.refine_epochs,
+        size=settings.size,
+        workers=settings.workers,
+        seed=seed,
+    )
 
 
 def _calibration(out: Path, settings: StageSettings, seed: int) -> dict[str, Any]:
     from training.eval.calibrate import main as calibrate
 
     before = json.loads((out / "config.json").read_text(encoding="utf-8"))
-    code = calibrate(["--model", str(out), "--count", str(settings.calibrate_scenes), "--pairs",
-                      str(settings.calibrate_pairs), "--captions", str(settings.calibrate_captions),
-                      "--size", str(settings.size), "--write"])
+    code = calibrate(
+        [
+            "--model",
+            str(out),
+            "--count",
+            str(settings.calibrate_scenes),
+            "--pairs",
+            str(settings.calibrate_pairs),
+            "--captions",
+            str(settings.calibrate_captions),
+            "--size",
+            str(settings.size),
+            "--write",
+        ]
+    )
     if code != 0:
         raise RuntimeError(f"the calibration of {out} failed (exit {code})")
     after = json.loads((out / "config.json").read_text(encoding="utf-8"))
-    return {"chosen": {k: v for k, v in after.items() if before.get(k) != v and k not in ("class_names", "class_nouns")}}
+    return {
+        "chosen": {k: v for k, v in after.items() if before.get(k) != v and k not in ("class_names", "class_nouns")}
+    }
 
 
 #: What each stage runs: ``stage(out, settings, seed)`` trains or tunes the folder ``out`` in place; its results.
 STAGES: dict[str, Callable[[Path, StageSettings, int], dict[str, Any]]] = {
-    "selector": _selector, "refiner": _refiner, "calibration": _calibration,
+    "selector": _selector,
+    "refiner": _refiner,
+    "calibration": _calibration,
 }

@@ -24,9 +24,9 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the selector stage: scene workers share the cores
 
@@ -58,26 +58,42 @@ class Example:
 
 
 @torch.inference_mode()
-def example_of_scene(model: RSAForConditionalGeneration, processor: RSAProcessor, image: np.ndarray,
-                     class_map: np.ndarray, side: int) -> Example:
+def example_of_scene(
+    model: RSAForConditionalGeneration, processor: RSAProcessor, image: np.ndarray, class_map: np.ndarray, side: int
+) -> Example:
     """What the refiner learns from one scene (the head's outputs computed as ClassRegions serves them)."""
     visual = model.encode_images(processor.pixel_values([image]).to(model.device, model.dtype))
     regions = ClassRegions(model, visual, 0, class_map.shape, image)
     rgb = (regions.window_rgb(side)[0] * 255).round().to(torch.uint8).cpu()
-    return Example(regions.logits().half().cpu(), regions.pixel_features().half().cpu(), rgb,
-                   torch.from_numpy(class_map.astype(np.uint8)))
+    return Example(
+        regions.logits().half().cpu(),
+        regions.pixel_features().half().cpu(),
+        rgb,
+        torch.from_numpy(class_map.astype(np.uint8)),
+    )
 
 
-def collect(model: RSAForConditionalGeneration, processor: RSAProcessor, seeds: Sequence[int], size: int = 512,
-            workers: int = 2, desc: str = "refiner examples") -> list[Example]:
+def collect(
+    model: RSAForConditionalGeneration,
+    processor: RSAProcessor,
+    seeds: Sequence[int],
+    size: int = 512,
+    workers: int = 2,
+    desc: str = "refiner examples",
+) -> list[Example]:
     """The examples of the scenes ``seeds``."""
     side = model.config.class_refine_size
-    return [example_of_scene(model, processor, image, class_map, side)
-            for image, class_map, _, _ in tqdm(scenes(seeds, size, workers), total=len(seeds), desc=desc, dynamic_ncols=True)]
+    return [
+        example_of_scene(model, processor, image, class_map, side)
+        for image, class_map, _, _ in tqdm(
+            scenes(seeds, size, workers), total=len(seeds), desc=desc, dynamic_ncols=True
+        )
+    ]
 
 
 def soft_targets(class_maps: torch.Tensor, classes: int, side: int) -> torch.Tensor:
-    """``class_maps [n, H, W]`` -> each class's share of every cell of a ``side`` x ``side`` grid ``[n, K, side, side]``."""
+    """``class_maps [n, H, W]`` -> each class's share of every cell of a ``side`` x ``side`` grid ``[n, K, side,
+    side]``."""
     one_hot = F.one_hot(class_maps.long(), classes).permute(0, 3, 1, 2).float()
     return F.interpolate(one_hot, size=(side, side), mode="area")
 
@@ -93,14 +109,25 @@ def class_weights(examples: Sequence[Example], classes: int, balance: float) -> 
 
 
 def _batch(examples: Sequence[Example], classes: int, side: int) -> tuple[torch.Tensor, ...]:
-    return (torch.stack([e.logits for e in examples]).float(), torch.stack([e.pixels for e in examples]).float(),
-            torch.stack([e.rgb for e in examples]).float() / 255,
-            soft_targets(torch.stack([e.class_map for e in examples]), classes, side))
+    return (
+        torch.stack([e.logits for e in examples]).float(),
+        torch.stack([e.pixels for e in examples]).float(),
+        torch.stack([e.rgb for e in examples]).float() / 255,
+        soft_targets(torch.stack([e.class_map for e in examples]), classes, side),
+    )
 
 
-def fit(refiner: RSAClassRefiner, examples: Sequence[Example], epochs: int = 6, lr: float = 1e-2, batch: int = 8,
-        balance: float = 0.5, seed: int = 0) -> list[float]:
-    """Trains ``refiner`` on ``examples`` (soft cross-entropy, class-weighted by ``balance``); the mean loss of each epoch."""
+def fit(
+    refiner: RSAClassRefiner,
+    examples: Sequence[Example],
+    epochs: int = 6,
+    lr: float = 1e-2,
+    batch: int = 8,
+    balance: float = 0.5,
+    seed: int = 0,
+) -> list[float]:
+    """Trains ``refiner`` on ``examples`` (soft cross-entropy, class-weighted by ``balance``); the mean loss of each
+    epoch."""
     if not examples:
         raise ValueError("no examples to train the class refiner on")
     classes, side = examples[0].logits.shape[0], refiner.size
@@ -115,7 +142,9 @@ def fit(refiner: RSAClassRefiner, examples: Sequence[Example], epochs: int = 6, 
 
 
 @torch.no_grad()
-def class_ious(refiner: RSAClassRefiner | None, examples: Sequence[Example], class_names: Sequence[str]) -> dict[str, float]:
+def class_ious(
+    refiner: RSAClassRefiner | None, examples: Sequence[Example], class_names: Sequence[str]
+) -> dict[str, float]:
     """Each class's mean IoU (over the examples that hold it) in the window-sized most-probable-class map,
     refined by ``refiner`` or (None) the head's own, and ``"mean"``: over every (example, class) pair."""
     found: dict[str, list[float]] = {}
@@ -132,9 +161,20 @@ def class_ious(refiner: RSAClassRefiner | None, examples: Sequence[Example], cla
     return result
 
 
-def train_refiner(folder: Path, out: Path | None = None, scenes_count: int = 1500, val_count: int = 40, epochs: int = 6,
-                  channels: int = 24, side: int = 224, size: int = 512, balance: float = 0.5, workers: int = 2,
-                  threads: int = 2, seed: int = 0) -> dict:
+def train_refiner(
+    folder: Path,
+    out: Path | None = None,
+    scenes_count: int = 1500,
+    val_count: int = 40,
+    epochs: int = 6,
+    channels: int = 24,
+    side: int = 224,
+    size: int = 512,
+    balance: float = 0.5,
+    workers: int = 2,
+    threads: int = 2,
+    seed: int = 0,
+) -> dict:
     """Adds a trained class refiner to the checkpoint ``folder`` and saves it to ``out`` (default: ``folder``)."""
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
@@ -145,7 +185,11 @@ def train_refiner(folder: Path, out: Path | None = None, scenes_count: int = 150
     model.class_refiner = None  # the examples hold the head's own map (a refiner the folder had is replaced)
     model.config.class_refine_channels, model.config.class_refine_size = channels, side
     train = collect(model, processor, split_seeds("train", scenes_count), size, workers, "refiner examples (train)")
-    val = collect(model, processor, split_seeds("val", val_count), size, workers, "refiner examples (val)") if val_count else []
+    val = (
+        collect(model, processor, split_seeds("val", val_count), size, workers, "refiner examples (val)")
+        if val_count
+        else []
+    )
     refiner = RSAClassRefiner(model.config)  # its correction starts at zero
     losses = fit(refiner, train, epochs, balance=balance, seed=seed)
     model.class_refiner = refiner.to(model.device)
@@ -161,7 +205,9 @@ def train_refiner(folder: Path, out: Path | None = None, scenes_count: int = 150
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = stage_parser("python -m training.recipes.default.refine", __doc__.splitlines()[0], scenes=1500, epochs=6, threads=2)
+    parser = stage_parser(
+        "python -m training.recipes.default.refine", __doc__.splitlines()[0], scenes=1500, epochs=6, threads=2
+    )
     parser.add_argument("--channels", type=int, default=24, help="the refiner's width (default 24)")
     parser.add_argument("--side", type=int, default=224, help="the refined map's side in pixels (default 224)")
     parser.add_argument("--balance", type=float, default=0.5, help="class weight power (default 0.5)")
@@ -169,8 +215,19 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.scenes < 1 or args.epochs < 1 or args.channels < 1 or args.side < 8 or not 0 <= args.balance <= 1:
         parser.error("--scenes, --epochs and --channels must be positive, --side at least 8 and --balance in 0..1")
-    results = train_refiner(args.model, args.out, args.scenes, args.val, args.epochs, args.channels, args.side, args.size,
-                            args.balance, args.workers, args.threads)
+    results = train_refiner(
+        args.model,
+        args.out,
+        args.scenes,
+        args.val,
+        args.epochs,
+        args.channels,
+        args.side,
+        args.size,
+        args.balance,
+        args.workers,
+        args.threads,
+    )
     print(json.dumps(results, indent=2))
     return 0
 

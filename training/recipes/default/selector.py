@@ -25,10 +25,10 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Iterator, Sequence
 
 # Before torch starts OpenMP (as training/__main__): idle threads sleep rather than spin, so the processes
 # that generate scenes on the same cores are not starved.
@@ -79,7 +79,12 @@ class Example:
 def _scene(args: tuple[int, int]):
     seed, size = args
     scene = generate_scene(seed, size=size)
-    return scene.image, scene.class_map, scene.instance_map, [(r.text, r.target, r.box, r.noun, r.rule) for r in scene.referring]
+    return (
+        scene.image,
+        scene.class_map,
+        scene.instance_map,
+        [(r.text, r.target, r.box, r.noun, r.rule) for r in scene.referring],
+    )
 
 
 def scenes(seeds: Sequence[int], size: int, workers: int) -> Iterator[tuple]:
@@ -92,8 +97,14 @@ def scenes(seeds: Sequence[int], size: int, workers: int) -> Iterator[tuple]:
 
 
 @torch.inference_mode()
-def examples_of_scene(model: RSAForConditionalGeneration, processor: RSAProcessor, image: np.ndarray,
-                      class_map: np.ndarray, instance_map: np.ndarray, referring: Sequence[tuple]) -> list[Example]:
+def examples_of_scene(
+    model: RSAForConditionalGeneration,
+    processor: RSAProcessor,
+    image: np.ndarray,
+    class_map: np.ndarray,
+    instance_map: np.ndarray,
+    referring: Sequence[tuple],
+) -> list[Example]:
     """The selector's examples for one scene's referring expressions (two each: ground and segment)."""
     if not referring:
         return []
@@ -103,13 +114,21 @@ def examples_of_scene(model: RSAForConditionalGeneration, processor: RSAProcesso
     regions = ClassRegions(model, visual, 0, (height, width), image)
     texts = []
     for text, _, box, noun, _ in referring:
-        texts.append(processor.format_prompt(Task.GROUND, f"find {text}", answer=processor.ground_answer([(noun, box)], (width, height))))
+        texts.append(
+            processor.format_prompt(
+                Task.GROUND, f"find {text}", answer=processor.ground_answer([(noun, box)], (width, height))
+            )
+        )
         texts.append(processor.format_prompt(Task.SEGMENT, f"segment {text}", answer=f"{noun} [SEG]"))
     batch = processor(texts, [image] * len(texts))
     ids = batch["input_ids"].to(model.device)
     repeated = type(visual)(tokens=visual.tokens.expand(len(texts), -1, -1))
-    hidden = model.language_model(inputs_embeds=model.embed(ids, repeated), attention_mask=batch["attention_mask"].to(model.device),
-                                  output_hidden_states=True, use_cache=False).hidden_states[-1]
+    hidden = model.language_model(
+        inputs_embeds=model.embed(ids, repeated),
+        attention_mask=batch["attention_mask"].to(model.device),
+        output_hidden_states=True,
+        use_cache=False,
+    ).hidden_states[-1]
     instructions = model.instructions(ids, hidden)
     queries = model.box_queries(ids)
     queries[:, :-1] |= ids[:, 1:] == model.config.seg_token_id
@@ -130,33 +149,62 @@ def examples_of_scene(model: RSAForConditionalGeneration, processor: RSAProcesso
                 ious = [box_iou(regions.region_box(cls, k), box) for k in range(1, count + 1)]
             else:
                 ious = [mask_iou(regions.candidate_pixels(cls, k), target_mask) for k in range(1, count + 1)]
-            found.append(Example(task, rule, query, features, torch.tensor(ious, dtype=torch.float32),
-                                 instructions[row].words.float().half().cpu()))
+            found.append(
+                Example(
+                    task,
+                    rule,
+                    query,
+                    features,
+                    torch.tensor(ious, dtype=torch.float32),
+                    instructions[row].words.float().half().cpu(),
+                )
+            )
     return found
 
 
-def collect(model: RSAForConditionalGeneration, processor: RSAProcessor, seeds: Sequence[int], size: int = 512,
-            workers: int = 2, desc: str = "selector examples") -> list[Example]:
+def collect(
+    model: RSAForConditionalGeneration,
+    processor: RSAProcessor,
+    seeds: Sequence[int],
+    size: int = 512,
+    workers: int = 2,
+    desc: str = "selector examples",
+) -> list[Example]:
     """The examples of every referring expression of the scenes ``seeds``."""
     found: list[Example] = []
-    for image, class_map, instance_map, referring in tqdm(scenes(seeds, size, workers), total=len(seeds), desc=desc,
-                                                          dynamic_ncols=True):
+    for image, class_map, instance_map, referring in tqdm(
+        scenes(seeds, size, workers), total=len(seeds), desc=desc, dynamic_ncols=True
+    ):
         found += examples_of_scene(model, processor, image, class_map, instance_map, referring)
     return found
 
 
-def fit(selector: RSARegionSelector, examples: Sequence[Example], epochs: int = 6, lr: float = 1e-3, batch: int = 32,
-        seed: int = 0) -> list[float]:
+def fit(
+    selector: RSARegionSelector,
+    examples: Sequence[Example],
+    epochs: int = 6,
+    lr: float = 1e-3,
+    batch: int = 32,
+    seed: int = 0,
+) -> list[float]:
     """Trains ``selector`` (standardised by the examples' statistics first) on the usable examples; the mean
     loss of each epoch."""
     usable = [e for e in examples if e.usable]
     if not usable:
         raise ValueError("no example has a candidate region that matches its object: is the class head trained?")
-    selector.set_statistics(torch.cat([e.features.float() for e in usable]), torch.stack([e.query.float() for e in usable]))
+    selector.set_statistics(
+        torch.cat([e.features.float() for e in usable]), torch.stack([e.query.float() for e in usable])
+    )
 
     def loss_of(chosen: list[Example]) -> torch.Tensor:
-        return torch.stack([F.cross_entropy(selector(e.query.float(), e.features.float(), e.words.float())[None], torch.tensor([e.target]))
-                            for e in chosen]).mean()
+        return torch.stack(
+            [
+                F.cross_entropy(
+                    selector(e.query.float(), e.features.float(), e.words.float())[None], torch.tensor([e.target])
+                )
+                for e in chosen
+            ]
+        ).mean()
 
     return train_epochs(selector, usable, loss_of, epochs, lr, batch, seed, "selector")
 
@@ -172,12 +220,26 @@ def accuracy(selector: RSARegionSelector, examples: Sequence[Example]) -> dict[s
         picked[e.task].append(iou >= 0.5 if e.task == "ground" else iou)
         best[e.task].append(float(e.ious.max()) >= 0.5 if e.task == "ground" else float(e.ious.max()))
     mean = lambda values: float(np.mean(values)) if values else float("nan")  # noqa: E731
-    return {"ground_acc@0.5": mean(picked["ground"]), "segment_mean_iou": mean(picked["segment"]),
-            "best_ground_acc@0.5": mean(best["ground"]), "best_segment_mean_iou": mean(best["segment"])}
+    return {
+        "ground_acc@0.5": mean(picked["ground"]),
+        "segment_mean_iou": mean(picked["segment"]),
+        "best_ground_acc@0.5": mean(best["ground"]),
+        "best_segment_mean_iou": mean(best["segment"]),
+    }
 
 
-def train_selector(folder: Path, out: Path | None = None, scenes_count: int = 2000, val_count: int = 40, epochs: int = 8,
-                   dim: int = 128, size: int = 512, workers: int = 2, threads: int = 1, seed: int = 0) -> dict[str, float]:
+def train_selector(
+    folder: Path,
+    out: Path | None = None,
+    scenes_count: int = 2000,
+    val_count: int = 40,
+    epochs: int = 8,
+    dim: int = 128,
+    size: int = 512,
+    workers: int = 2,
+    threads: int = 1,
+    seed: int = 0,
+) -> dict[str, float]:
     """Adds a trained region selector to the checkpoint ``folder`` and saves it to ``out`` (default: ``folder``)."""
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
@@ -187,25 +249,37 @@ def train_selector(folder: Path, out: Path | None = None, scenes_count: int = 20
         raise ValueError(f"{folder}: the region selector needs a model with the per-pixel class head and class_nouns")
     selector = RSARegionSelector(model.config)  # fresh, whatever the folder held
     train = collect(model, processor, split_seeds("train", scenes_count), size, workers, "selector examples (train)")
-    val = collect(model, processor, split_seeds("val", val_count), size, workers, "selector examples (val)") if val_count else []
+    val = (
+        collect(model, processor, split_seeds("val", val_count), size, workers, "selector examples (val)")
+        if val_count
+        else []
+    )
     losses = fit(selector, train, epochs, seed=seed)
     model.region_selector = selector.to(model.device)
-    results = {"examples": len(train), "usable": sum(e.usable for e in train), "final_loss": losses[-1],
-               **{f"val_{k}": v for k, v in accuracy(selector, val).items()}, "seconds": round(time.perf_counter() - started, 1)}
+    results = {
+        "examples": len(train),
+        "usable": sum(e.usable for e in train),
+        "final_loss": losses[-1],
+        **{f"val_{k}": v for k, v in accuracy(selector, val).items()},
+        "seconds": round(time.perf_counter() - started, 1),
+    }
     target = write_back(model, processor, folder, out, saved_dtype)
     log.info("region selector written to %s: %s", target, results)
     return results
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = stage_parser("python -m training.recipes.default.selector", __doc__.splitlines()[0], scenes=2000, epochs=8, threads=1)
+    parser = stage_parser(
+        "python -m training.recipes.default.selector", __doc__.splitlines()[0], scenes=2000, epochs=8, threads=1
+    )
     parser.add_argument("--dim", type=int, default=128, help="the selector's width (default 128)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.scenes < 1 or args.epochs < 1 or args.dim < 1:
         parser.error("--scenes, --epochs and --dim must be positive")
-    results = train_selector(args.model, args.out, args.scenes, args.val, args.epochs, args.dim, args.size,
-                             args.workers, args.threads)
+    results = train_selector(
+        args.model, args.out, args.scenes, args.val, args.epochs, args.dim, args.size, args.workers, args.threads
+    )
     print(json.dumps(results, indent=2))
     return 0
 

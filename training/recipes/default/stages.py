@@ -7,9 +7,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence, TypeVar
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -47,8 +48,15 @@ class StageSettings(ConfigFromDict):
     @property
     def names(self) -> list[str]:
         """The stages that run, in order."""
-        return [name for name, count in (("selector", self.selector_scenes), ("refiner", self.refine_scenes),
-                                         ("calibration", self.calibrate_scenes)) if count > 0]
+        return [
+            name
+            for name, count in (
+                ("selector", self.selector_scenes),
+                ("refiner", self.refine_scenes),
+                ("calibration", self.calibrate_scenes),
+            )
+            if count > 0
+        ]
 
 
 def load_frozen(folder: Path, **overrides) -> tuple[RSAProcessor, RSAForConditionalGeneration, torch.dtype]:
@@ -61,8 +69,13 @@ def load_frozen(folder: Path, **overrides) -> tuple[RSAProcessor, RSAForConditio
     return processor, model.to("cuda" if torch.cuda.is_available() else "cpu").eval(), saved_dtype
 
 
-def write_back(model: RSAForConditionalGeneration, processor: RSAProcessor, folder: Path, out: Path | None,
-               saved_dtype: torch.dtype) -> Path:
+def write_back(
+    model: RSAForConditionalGeneration,
+    processor: RSAProcessor,
+    folder: Path,
+    out: Path | None,
+    saved_dtype: torch.dtype,
+) -> Path:
     """Saves ``model`` (in ``saved_dtype``) to ``out``, or back to ``folder``; a new folder gets the processor too."""
     target = out or folder
     target.mkdir(parents=True, exist_ok=True)
@@ -75,26 +88,40 @@ def write_back(model: RSAForConditionalGeneration, processor: RSAProcessor, fold
 def stage_parser(prog: str, description: str, scenes: int, epochs: int, threads: int) -> argparse.ArgumentParser:
     """The options every stage takes, with its own defaults for ``--scenes``, ``--epochs`` and ``--threads``."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--model", type=Path, default=Path("resources/models/rsa-default"), help="RSA checkpoint folder")
+    parser.add_argument(
+        "--model", type=Path, default=Path("resources/models/rsa-default"), help="RSA checkpoint folder"
+    )
     parser.add_argument("--out", type=Path, default=None, help="where to write the model (default: --model)")
     parser.add_argument("--scenes", type=int, default=scenes, help=f"train scenes (default {scenes})")
     parser.add_argument("--val", type=int, default=40, help="val scenes to report on (default 40)")
     parser.add_argument("--epochs", type=int, default=epochs, help=f"passes over the examples (default {epochs})")
     parser.add_argument("--size", type=int, default=512, help="window side in pixels (default 512)")
     parser.add_argument("--workers", type=int, default=2, help="processes generating scenes (default 2)")
-    parser.add_argument("--threads", type=int, default=threads, help=f"torch threads beside the workers (default {threads})")
+    parser.add_argument(
+        "--threads", type=int, default=threads, help=f"torch threads beside the workers (default {threads})"
+    )
     return parser
 
 
-def train_epochs(module: nn.Module, items: Sequence[Item], loss_of: Callable[[list[Item]], torch.Tensor], epochs: int,
-                 lr: float, batch: int, seed: int, desc: str) -> list[float]:
+def train_epochs(
+    module: nn.Module,
+    items: Sequence[Item],
+    loss_of: Callable[[list[Item]], torch.Tensor],
+    epochs: int,
+    lr: float,
+    batch: int,
+    seed: int,
+    desc: str,
+) -> list[float]:
     """Trains ``module`` with AdamW (weight decay 0.01) and a half-cosine decay of ``lr`` to 0, over ``epochs``
     seeded shuffles of ``items`` in batches of ``batch``, with a progress bar; ``loss_of`` gives a batch's mean
     loss. Returns the mean loss of each epoch and leaves ``module`` in eval mode."""
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=0.01)
     steps = epochs * math.ceil(len(items) / batch)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step / steps, 1.0))))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step / steps, 1.0)))
+    )
     losses = []
     module.train()
     with tqdm(total=steps, desc=desc, dynamic_ncols=True) as bar:

@@ -33,9 +33,10 @@ import logging
 import math
 import shutil
 import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -44,13 +45,24 @@ from transformers import PreTrainedTokenizerFast
 
 from rs_assistant.core.protocol import Task
 from rs_assistant.engine.models.rsa import (
-    RSAConfig, RSAForConditionalGeneration, RSAProcessor, build_tokenizer, load_named_config,
-)
-from training.loop import (
-    CHECKPOINT, LOG_FILE, ConfigFromDict, TrainResult, check_settings, load_checkpoint, rng_state, set_rng_state,
-    write_checkpoint,
+    RSAConfig,
+    RSAForConditionalGeneration,
+    RSAProcessor,
+    build_tokenizer,
+    load_named_config,
 )
 from training.data.synthetic.classes import class_vocabulary
+from training.loop import (
+    CHECKPOINT,
+    LOG_FILE,
+    ConfigFromDict,
+    TrainResult,
+    check_settings,
+    load_checkpoint,
+    rng_state,
+    set_rng_state,
+    write_checkpoint,
+)
 from training.recipes.default.dataset import DataSettings, Sampler, corpus, load_cache, referring_nouns
 from training.recipes.default.stages import StageSettings
 
@@ -59,8 +71,20 @@ log = logging.getLogger(__name__)
 MAX_SHIPPED_MB = 25.0
 EXPORT_RESERVE_S = 30.0  # of the time budget kept for the export
 #: Keys whose change makes an existing checkpoint unusable (the rest may change on resume).
-RUN_KEYS = ("model", "model_settings", "seed", "scene_size", "region_min", "region_max", "num_scenes", "num_pairs",
-            "max_ground_objects", "mix", "batch_size", "fixed_batches")
+RUN_KEYS = (
+    "model",
+    "model_settings",
+    "seed",
+    "scene_size",
+    "region_min",
+    "region_max",
+    "num_scenes",
+    "num_pairs",
+    "max_ground_objects",
+    "mix",
+    "batch_size",
+    "fixed_batches",
+)
 TASK_SHORT = {Task.CAPTION: "cap", Task.GROUND: "gnd", Task.SEGMENT: "seg", Task.CHANGE: "chg", Task.CHAT: "qa"}
 
 
@@ -102,17 +126,26 @@ class TrainConfig(ConfigFromDict):
     stages: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        missing = {t.value for t in Task if t.value in ("caption", "ground", "segment", "change", "chat")} - set(self.mix)
+        missing = {t.value for t in Task if t.value in ("caption", "ground", "segment", "change", "chat")} - set(
+            self.mix
+        )
         if missing or any(v < 0 for v in self.mix.values()) or sum(self.mix.values()) <= 0:
-            raise ValueError(f"mix needs non-negative weights for caption, ground, segment, change, chat; got {dict(self.mix)}")
+            raise ValueError(
+                f"mix needs non-negative weights for caption, ground, segment, change, chat; got {dict(self.mix)}"
+            )
         if self.batch_size < 1 or self.max_steps < 1 or self.max_minutes <= 0:
             raise ValueError("batch_size, max_steps and max_minutes must be positive")
         if self.loader_workers < 0:
             raise ValueError(f"loader_workers must not be negative, got {self.loader_workers}")
         if not self.region_min <= self.region_max:
             raise ValueError(f"region_min {self.region_min} exceeds region_max {self.region_max}")
-        if Path(self.work_dir).resolve() == Path(self.out).resolve() or Path(self.out).resolve() in Path(self.work_dir).resolve().parents:
-            raise ValueError(f"work_dir {self.work_dir} must lie outside out {self.out}: only the final model is shipped")
+        if (
+            Path(self.work_dir).resolve() == Path(self.out).resolve()
+            or Path(self.out).resolve() in Path(self.work_dir).resolve().parents
+        ):
+            raise ValueError(
+                f"work_dir {self.work_dir} must lie outside out {self.out}: only the final model is shipped"
+            )
         try:  # an unknown model, model setting or stage setting is named before anything runs
             self.model_config()
         except FileNotFoundError as exc:
@@ -130,8 +163,16 @@ class TrainConfig(ConfigFromDict):
         return load_named_config(self.model, **self.model_settings)
 
     def data_settings(self) -> DataSettings:
-        return DataSettings(self.seed, self.scene_size, self.region_min, self.region_max, self.num_scenes,
-                            self.num_pairs, self.max_ground_objects, dict(self.mix))
+        return DataSettings(
+            self.seed,
+            self.scene_size,
+            self.region_min,
+            self.region_max,
+            self.num_scenes,
+            self.num_pairs,
+            self.max_ground_objects,
+            dict(self.mix),
+        )
 
 
 def learning_rate(config: TrainConfig, step: int, progress: float) -> float:
@@ -170,8 +211,15 @@ def train(config: TrainConfig, fresh: bool = False, stop: Callable[[int], bool] 
         model_config.aux_class_loss_weight > 0 or model_config.pixel_class_loss_weight > 0
     )
     dense_change = model_config.change_dense_loss_weight > 0
-    sampler = Sampler(config.data_settings(), scenes, pairs, processor, class_targets=aux_classes,
-                      change_targets=dense_change, box_masks=model_config.box_from_mask)
+    sampler = Sampler(
+        config.data_settings(),
+        scenes,
+        pairs,
+        processor,
+        class_targets=aux_classes,
+        change_targets=dense_change,
+        box_masks=model_config.box_from_mask,
+    )
 
     torch.manual_seed(config.seed)
     model = RSAForConditionalGeneration(model_config).to(device)
@@ -184,8 +232,15 @@ def train(config: TrainConfig, fresh: bool = False, stop: Callable[[int], bool] 
         set_rng_state(checkpoint["rng"])
         log.info("resumed from %s at step %d (%.0f s trained)", work_dir / CHECKPOINT, step, elapsed)
     budget = config.max_minutes * 60 - data_seconds - EXPORT_RESERVE_S
-    log.info("model %s: %.1fM parameters on %s; %d scenes, %d pairs; training budget %.0f s",
-             config.model, sum(p.numel() for p in model.parameters()) / 1e6, device, len(scenes), len(pairs), budget)
+    log.info(
+        "model %s: %.1fM parameters on %s; %d scenes, %d pairs; training budget %.0f s",
+        config.model,
+        sum(p.numel() for p in model.parameters()) / 1e6,
+        device,
+        len(scenes),
+        len(pairs),
+        budget,
+    )
 
     def save() -> None:
         _write_checkpoint(work_dir, config, model, optimizer, step, elapsed)
@@ -211,8 +266,13 @@ def train(config: TrainConfig, fresh: bool = False, stop: Callable[[int], bool] 
                 bar.update(1)
                 bar.set_postfix({k: f"{v:.2f}" for k, v in losses.items()}, refresh=False)
                 if step % config.log_every == 0 or step == config.max_steps:
-                    record = {"step": step, **{k: round(v, 5) for k, v in terms.items()}, "lr": lr,
-                              "elapsed": round(elapsed, 2), "samples": step * config.batch_size}
+                    record = {
+                        "step": step,
+                        **{k: round(v, 5) for k, v in terms.items()},
+                        "lr": lr,
+                        "elapsed": round(elapsed, 2),
+                        "samples": step * config.batch_size,
+                    }
                     log_file.write(json.dumps(record) + "\n")
                     log_file.flush()
                 if step % config.checkpoint_every == 0:
@@ -229,8 +289,13 @@ def train(config: TrainConfig, fresh: bool = False, stop: Callable[[int], bool] 
     bar.close()
     save()
     out = export(model, processor, Path(config.out), work_dir / LOG_FILE)
-    log.info("trained %d steps in %.0f s (this session %.0f s); model written to %s",
-             step, elapsed, time.perf_counter() - started, out)
+    log.info(
+        "trained %d steps in %.0f s (this session %.0f s); model written to %s",
+        step,
+        elapsed,
+        time.perf_counter() - started,
+        out,
+    )
     return TrainResult(step, True, work_dir, out, {})
 
 
@@ -245,24 +310,43 @@ class _StepBatches(torch.utils.data.Dataset):
         return [s.task for s in samples], self.sampler.batch(samples)
 
 
-def step_batches(sampler: Sampler, config: TrainConfig, first: int, device: torch.device) -> Iterator[tuple[list[Task], dict]]:
+def step_batches(
+    sampler: Sampler, config: TrainConfig, first: int, device: torch.device
+) -> Iterator[tuple[list[Task], dict]]:
     """The batches of steps ``first``, ``first + 1``, ... in order: built here, or ahead of the model by
     ``loader_workers`` processes (a DataLoader over the step numbers), which only changes when they are built."""
     dataset = _StepBatches(sampler, config)
     if config.loader_workers <= 0:
         return (dataset[step] for step in itertools.count(first))
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=None, sampler=itertools.count(first), num_workers=config.loader_workers,
-        pin_memory=device.type == "cuda", prefetch_factor=4, persistent_workers=False,
+        dataset,
+        batch_size=None,
+        sampler=itertools.count(first),
+        num_workers=config.loader_workers,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=4,
+        persistent_workers=False,
     )
     return iter(loader)
 
 
-def _train_step(model: RSAForConditionalGeneration, optimizer: torch.optim.Optimizer, tasks: list[Task],
-                batch: dict[str, Any], device: torch.device, grad_clip: float) -> dict[str, float]:
+def _train_step(
+    model: RSAForConditionalGeneration,
+    optimizer: torch.optim.Optimizer,
+    tasks: list[Task],
+    batch: dict[str, Any],
+    device: torch.device,
+    grad_clip: float,
+) -> dict[str, float]:
     """One optimizer step; returns the loss terms and the LM loss of each task in the batch."""
-    inputs = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else [t.to(device, non_blocking=True) for t in v])
-              for k, v in batch.items()}
+    inputs = {
+        k: (
+            v.to(device, non_blocking=True)
+            if isinstance(v, torch.Tensor)
+            else [t.to(device, non_blocking=True) for t in v]
+        )
+        for k, v in batch.items()
+    }
     out = model(**inputs)
     optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
@@ -281,7 +365,9 @@ def _train_step(model: RSAForConditionalGeneration, optimizer: torch.optim.Optim
         terms["clspx"] = out.pixel_class_loss.item()
     with torch.no_grad():  # per-task LM loss, for the progress bar and the log
         labels = inputs["labels"][:, 1:]
-        per_token = F.cross_entropy(out.logits[:, :-1].float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
+        per_token = F.cross_entropy(
+            out.logits[:, :-1].float().transpose(1, 2), labels, ignore_index=-100, reduction="none"
+        )
         counted = (labels != -100).float()
         per_sample = (per_token * counted).sum(1) / counted.sum(1).clamp(min=1)
         for task in set(tasks):
@@ -319,17 +405,26 @@ def _read_checkpoint(work_dir: Path, config: TrainConfig) -> dict[str, Any] | No
     return checkpoint
 
 
-def _write_checkpoint(work_dir: Path, config: TrainConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                      step: int, elapsed: float) -> None:
+def _write_checkpoint(
+    work_dir: Path,
+    config: TrainConfig,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    elapsed: float,
+) -> None:
     """Atomically (:func:`training.loop.write_checkpoint`)."""
-    write_checkpoint(work_dir / CHECKPOINT, {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "step": step,  # also the data position: the batch of step n depends on (seed, n) only
-        "elapsed": elapsed,
-        "rng": rng_state(),
-        "config": config.as_json(),
-    })
+    write_checkpoint(
+        work_dir / CHECKPOINT,
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "step": step,  # also the data position: the batch of step n depends on (seed, n) only
+            "elapsed": elapsed,
+            "rng": rng_state(),
+            "config": config.as_json(),
+        },
+    )
 
 
 def export(model: RSAForConditionalGeneration, processor: RSAProcessor, out: Path, log_path: Path) -> Path:

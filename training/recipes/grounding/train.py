@@ -30,9 +30,9 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from rs_assistant.core.protocol import Task
 from rs_assistant.engine.backends.boxes import target_phrase
@@ -46,9 +46,11 @@ from training.recipes.rsa_base import RSARecipe, RSARecipeConfig, caption_metric
 log = logging.getLogger(__name__)
 
 #: A GeoChat box and the <p>phrase</p> markers around a label (the loader parses the same boxes).
-_GEOCHAT_BOX = re.compile(r"\{\s*<-?\d+(?:\.\d+)?>\s*,?\s*<-?\d+(?:\.\d+)?>\s*,?\s*<-?\d+(?:\.\d+)?>\s*,?\s*"
-                          r"<-?\d+(?:\.\d+)?>\s*(?:\|\s*<?\s*-?\d+(?:\.\d+)?\s*>?\s*)?\}"
-                          r"|\[\s*-?\d+(?:\.\d+)?\s*,\s*-?\d+(?:\.\d+)?\s*,\s*-?\d+(?:\.\d+)?\s*,\s*-?\d+(?:\.\d+)?\s*\]")
+_GEOCHAT_BOX = re.compile(
+    r"\{\s*<-?\d+(?:\.\d+)?>\s*,?\s*<-?\d+(?:\.\d+)?>\s*,?\s*<-?\d+(?:\.\d+)?>\s*,?\s*"
+    r"<-?\d+(?:\.\d+)?>\s*(?:\|\s*<?\s*-?\d+(?:\.\d+)?\s*>?\s*)?\}"
+    r"|\[\s*-?\d+(?:\.\d+)?\s*,\s*-?\d+(?:\.\d+)?\s*,\s*-?\d+(?:\.\d+)?\s*,\s*-?\d+(?:\.\d+)?\s*\]"
+)
 _PHRASE = re.compile(r"</?p>")
 _TAG = re.compile(r"^\s*\[[A-Za-z_ ]+\]\s*")
 
@@ -68,11 +70,15 @@ class GroundingConfig(RSARecipeConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not (self.geochat_json or self.rsvg_root or self.caption_root):
-            raise ValueError("no training data: give geochat_json (+ geochat_images), rsvg_root and/or caption_root, "
-                             "e.g. --set rsvg_root=/data/DIOR_RSVG")
+            raise ValueError(
+                "no training data: give geochat_json (+ geochat_images), rsvg_root and/or caption_root, "
+                "e.g. --set rsvg_root=/data/DIOR_RSVG"
+            )
         if bool(self.geochat_json) != bool(self.geochat_images):
-            raise ValueError("geochat_json and geochat_images go together (the JSON's image paths are relative to "
-                             f"geochat_images); got geochat_json={self.geochat_json!r}, geochat_images={self.geochat_images!r}")
+            raise ValueError(
+                "geochat_json and geochat_images go together (the JSON's image paths are relative to "
+                f"geochat_images); got geochat_json={self.geochat_json!r}, geochat_images={self.geochat_images!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -134,7 +140,11 @@ def rsvg_examples(processor, data: DiorRSVG) -> list[Example]:
     out = []
     for sample in data.samples:
         size = sample.image_size or image_size(sample.image_path)
-        out.append(Example(sample, Task.GROUND, sample.expression, processor.ground_answer([(sample.category, sample.box)], size)))
+        out.append(
+            Example(
+                sample, Task.GROUND, sample.expression, processor.ground_answer([(sample.category, sample.box)], size)
+            )
+        )
     return out
 
 
@@ -181,8 +191,11 @@ class GroundingRecipe(RSARecipe):
                 if example.task is Task.CAPTION and not answer:  # a caption set: one of the references, by (seed, step)
                     captions = example.source.captions
                     answer = captions[int(seeded(seed, step, index).integers(len(captions)))]
-                texts.append(processor.format_prompt(example.task, example.prompt, history_messages(example.history),
-                                                     answer=answer))
+                texts.append(
+                    processor.format_prompt(
+                        example.task, example.prompt, history_messages(example.history), answer=answer
+                    )
+                )
                 images.append(load_image(example.source))
             return self.encode(texts, images)
 
@@ -215,8 +228,9 @@ class GroundingRecipe(RSARecipe):
             for start in range(0, len(chosen), c.eval_batch_size):
                 part = chosen[start : start + c.eval_batch_size]
                 texts = [processor.format_prompt(Task.GROUND, case[2]) for case in part]
-                output, _ = generate(rsa, processor, texts, [load_image(case[1]) for case in part],
-                                     c.eval_max_new_tokens, runtime.device)
+                output, _ = generate(
+                    rsa, processor, texts, [load_image(case[1]) for case in part], c.eval_max_new_tokens, runtime.device
+                )
                 for row, case in zip(output.sequences.tolist(), part):
                     answer = processor.parse_answer(row, case[3])  # bins -> pixels of the original image
                     predicted.append(answer.boxes[0].box if answer.boxes else None)
@@ -230,8 +244,14 @@ class GroundingRecipe(RSARecipe):
             predictions, references = {}, {}
             for start in range(0, len(samples), c.eval_batch_size):
                 part = samples[start : start + c.eval_batch_size]
-                output, _ = generate(rsa, processor, [processor.format_prompt(Task.CAPTION)] * len(part),
-                                     [rgb(s.image()) for s in part], c.eval_max_new_tokens, runtime.device)
+                output, _ = generate(
+                    rsa,
+                    processor,
+                    [processor.format_prompt(Task.CAPTION)] * len(part),
+                    [rgb(s.image()) for s in part],
+                    c.eval_max_new_tokens,
+                    runtime.device,
+                )
                 for offset, (row, s) in enumerate(zip(output.sequences.tolist(), part)):
                     key = str(start + offset)
                     predictions[key] = processor.parse_answer(row, (1, 1)).text

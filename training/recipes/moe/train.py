@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -44,8 +45,10 @@ from training.recipes.rsa_base import CAPTION_METRICS, DTYPES, caption_metrics, 
 
 log = logging.getLogger(__name__)
 
-MOE_EXPECTED = ("an RS-MoE checkpoint folder (config.json with model_type 'rs_moe', model.safetensors, tokenizer "
-                "files, preprocessor_config.json), e.g. the export of a stage-1 run")
+MOE_EXPECTED = (
+    "an RS-MoE checkpoint folder (config.json with model_type 'rs_moe', model.safetensors, tokenizer "
+    "files, preprocessor_config.json), e.g. the export of a stage-1 run"
+)
 
 
 @dataclass(frozen=True)
@@ -87,10 +90,14 @@ class MoETrainConfig(LoopConfig):
         if self.stage not in (1, 2):
             raise ValueError(f"stage must be 1 (router + bridge) or 2 (experts' LoRA), got {self.stage}")
         if self.stage == 2 and not self.init_from:
-            raise ValueError("stage = 2 fine-tunes the experts of a trained router: give init_from = the stage-1 export")
+            raise ValueError(
+                "stage = 2 fine-tunes the experts of a trained router: give init_from = the stage-1 export"
+            )
         if not (self.caption_root or self.vqa_root):
-            raise ValueError("no training data: give caption_root (a Karpathy-style caption set) and/or vqa_root "
-                             "(an RSVQA folder), e.g. --set caption_root=/data/RSICD")
+            raise ValueError(
+                "no training data: give caption_root (a Karpathy-style caption set) and/or vqa_root "
+                "(an RSVQA folder), e.g. --set caption_root=/data/RSICD"
+            )
         if self.compose not in COMPOSE:
             raise ValueError(f"compose must be one of {', '.join(COMPOSE)}, got {self.compose!r}")
         check_outputs(self.caption_metrics, self.export_dtype)
@@ -119,16 +126,31 @@ class MoETraining(nn.Module):
 def load_moe_checkpoint(folder: Path) -> tuple[MoEForConditionalGeneration, MoEProcessor]:
     """An RS-MoE export; ValueError saying what was found when it is something else."""
     check_model_type(folder, "init_from", ("rs_moe",), MOE_EXPECTED)
-    model, info = MoEForConditionalGeneration.from_pretrained(folder, local_files_only=True, output_loading_info=True,
-                                                              dtype=torch.float32)
+    model, info = MoEForConditionalGeneration.from_pretrained(
+        folder, local_files_only=True, output_loading_info=True, dtype=torch.float32
+    )
     check_loading_info(folder, info)
     return model, MoEProcessor.from_pretrained(folder)
 
 
 class MoERecipe(Recipe):
     name = "moe"
-    run_keys = ("stage", "init_from", "vision_path", "lm_path", "num_experts", "prompt_tokens", "router_layers",
-                "stage2_bridge", "lora_r", "lora_targets", "caption_root", "vqa_root", "train_split", "max_text_tokens")
+    run_keys = (
+        "stage",
+        "init_from",
+        "vision_path",
+        "lm_path",
+        "num_experts",
+        "prompt_tokens",
+        "router_layers",
+        "stage2_bridge",
+        "lora_r",
+        "lora_targets",
+        "caption_root",
+        "vqa_root",
+        "train_split",
+        "max_text_tokens",
+    )
     config: MoETrainConfig
 
     def __init__(self, config: MoETrainConfig) -> None:
@@ -161,12 +183,21 @@ class MoERecipe(Recipe):
         lm, tokenizer = load_causal_lm(lm_path, runtime)
         lm = lm.float()
         vision_config = CLIPVisionConfig.from_pretrained(vision_path, local_files_only=True)
-        vision = CLIPVisionModel.from_pretrained(vision_path, config=vision_config, local_files_only=True, dtype=torch.float32)
+        vision = CLIPVisionModel.from_pretrained(
+            vision_path, config=vision_config, local_files_only=True, dtype=torch.float32
+        )
         try:
-            config = MoEConfig(vision_config=vision_config.to_dict(), text_config=lm.config.to_dict(),
-                               num_experts=c.num_experts, expert_names=list(c.expert_names)[: c.num_experts] or None,
-                               prompt_tokens=c.prompt_tokens, router_layers=c.router_layers, router_heads=c.router_heads,
-                               compose=c.compose, top_k=c.top_k)
+            config = MoEConfig(
+                vision_config=vision_config.to_dict(),
+                text_config=lm.config.to_dict(),
+                num_experts=c.num_experts,
+                expert_names=list(c.expert_names)[: c.num_experts] or None,
+                prompt_tokens=c.prompt_tokens,
+                router_layers=c.router_layers,
+                router_heads=c.router_heads,
+                compose=c.compose,
+                top_k=c.top_k,
+            )
         except (TypeError, ValueError) as exc:
             raise ValueError(f"the RS-MoE architecture keys: {exc}") from None
         torch.manual_seed(c.seed)
@@ -194,8 +225,13 @@ class MoERecipe(Recipe):
                 raise ValueError(f"LoRA on the experts: {exc} (lora_targets {list(c.lora_targets)})") from None
             if c.stage2_bridge:
                 model.bridge.requires_grad_(True)
-        log.info("moe stage %d: %d experts (%s), %d training samples", c.stage, len(model.experts),
-                 ", ".join(model.config.expert_names), len(self.examples_train))
+        log.info(
+            "moe stage %d: %d experts (%s), %d training samples",
+            c.stage,
+            len(model.experts),
+            ", ".join(model.config.expert_names),
+            len(self.examples_train),
+        )
         # stage 2: each sample trains the experts that will answer it (the frozen router's top 1, or top_k for concat)
         routed = 0 if c.stage == 1 else (1 if model.config.compose == "top1" else model.config.top_k)
         return MoETraining(model, c.balance_weight, routed).to(runtime.device)
@@ -208,7 +244,12 @@ class MoERecipe(Recipe):
     # --- batches -----------------------------------------------------------------------------------
 
     def batches(self, start_step: int, runtime: Runtime) -> Iterator[dict[str, Any]]:
-        examples, processor, seed, limit = self.examples_train, self.processor, self.config.seed, self.config.max_text_tokens
+        examples, processor, seed, limit = (
+            self.examples_train,
+            self.processor,
+            self.config.seed,
+            self.config.max_text_tokens,
+        )
 
         def collate(indices: list[int], step: int) -> dict:
             images, instructions, answers = [], [], []
@@ -226,18 +267,25 @@ class MoERecipe(Recipe):
 
     # --- evaluation --------------------------------------------------------------------------------
 
-    def _answers(self, model: MoEForConditionalGeneration, samples: list, instructions: list[str],
-                 runtime: Runtime) -> tuple[list[str], list[int]]:
+    def _answers(
+        self, model: MoEForConditionalGeneration, samples: list, instructions: list[str], runtime: Runtime
+    ) -> tuple[list[str], list[int]]:
         c, processor = self.config, self.processor
         answers, routed = [], []
         for start in range(0, len(samples), c.eval_batch_size):
             part = samples[start : start + c.eval_batch_size]
             batch = processor.generation_batch(instructions[start : start + c.eval_batch_size])
             batch = {k: v.to(runtime.device) for k, v in batch.items()}
-            texts, weights, _ = model.answer(processor.pixel_values([s.image() for s in part]).to(runtime.device),
-                                             batch["input_ids"], batch["attention_mask"], batch["router_ids"],
-                                             batch["router_mask"], c.eval_max_new_tokens, processor.eos_token_id,
-                                             processor.decode)
+            texts, weights, _ = model.answer(
+                processor.pixel_values([s.image() for s in part]).to(runtime.device),
+                batch["input_ids"],
+                batch["attention_mask"],
+                batch["router_ids"],
+                batch["router_mask"],
+                c.eval_max_new_tokens,
+                processor.eos_token_id,
+                processor.decode,
+            )
             answers += texts
             routed += weights.argmax(1).tolist()
         return answers, routed
@@ -263,7 +311,9 @@ class MoERecipe(Recipe):
             predicted, routes = self._answers(moe, samples, [s.question for s in samples], runtime)
             routed += routes
             metrics.update(vqa_accuracy(predicted, [s.answer for s in samples], [s.question_type for s in samples]))
-            self.examples.update({f"vqa {s.question_id}: {s.question}": p for s, p in list(zip(samples, predicted))[:10]})
+            self.examples.update(
+                {f"vqa {s.question_id}: {s.question}": p for s, p in list(zip(samples, predicted))[:10]}
+            )
         for k, name in enumerate(moe.config.expert_names):
             metrics[f"route_{name}"] = routed.count(k) / max(len(routed), 1)
         return metrics

@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from rs_assistant.core.protocol import Task
 from rs_assistant.engine.models.rag import Fusion, KnowledgeIndex, knowledge_prompt
@@ -47,7 +48,9 @@ class RAGConfig(RSARecipeConfig):
     """The rag recipe's settings (tiny.toml, paper.toml); the RSA keys are rsa_base's."""
 
     data_root: str = ""  # knowledge.jsonl + images/ + qa_<split>.json
-    retriever_path: str = ""  # CLIP folder (transformers or open_clip); "" = vision_path's CLIP (tiny: built in work_dir)
+    retriever_path: str = (
+        ""  # CLIP folder (transformers or open_clip); "" = vision_path's CLIP (tiny: built in work_dir)
+    )
     train_split: str = "train"
     eval_split: str = "test"
     top_k: int = 3  # passages in the prompt
@@ -60,8 +63,10 @@ class RAGConfig(RSARecipeConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.data_root:
-            raise ValueError("data_root is empty; give an RS-RAG folder (knowledge.jsonl, images/, qa_<split>.json), "
-                             "e.g. --set data_root=/data/RSWK")
+            raise ValueError(
+                "data_root is empty; give an RS-RAG folder (knowledge.jsonl, images/, qa_<split>.json), "
+                "e.g. --set data_root=/data/RSWK"
+            )
         if self.top_k < 1 or self.candidates < self.top_k:
             raise ValueError(f"top_k ({self.top_k}) must be positive and candidates ({self.candidates}) at least top_k")
 
@@ -72,9 +77,18 @@ class RAGConfig(RSARecipeConfig):
 
 class RAGRecipe(RSARecipe):
     name = "rag"
-    run_keys = RSARecipe.run_keys + ("data_root", "retriever_path", "train_split", "top_k", "candidates",
-                                     "fusion_image_text", "fusion_image_image", "fusion_text_text", "passage_chars",
-                                     "max_length")
+    run_keys = RSARecipe.run_keys + (
+        "data_root",
+        "retriever_path",
+        "train_split",
+        "top_k",
+        "candidates",
+        "fusion_image_text",
+        "fusion_image_image",
+        "fusion_text_text",
+        "passage_chars",
+        "max_length",
+    )
     config: RAGConfig
 
     def __init__(self, config: RAGConfig) -> None:
@@ -93,7 +107,9 @@ class RAGRecipe(RSARecipe):
         path = Path(self.config.retriever_path) if self.config.retriever_path else self.parts()[0]
         clip = load_clip(path)
         processor = CLIPProcessor(image_processor=clip.image_processor, tokenizer=clip.tokenizer)
-        return KnowledgeIndex.build(clip.model, processor, self.passages, open_image, self.config.fusion, runtime.device)
+        return KnowledgeIndex.build(
+            clip.model, processor, self.passages, open_image, self.config.fusion, runtime.device
+        )
 
     def build(self, runtime: Runtime):
         module = super().build(runtime)
@@ -111,8 +127,10 @@ class RAGRecipe(RSARecipe):
         qa, prompts, processor = self.qa_train, self.prompts, self.processor
 
         def collate(indices: list[int], step: int) -> dict:
-            texts = [processor.format_prompt(Task.CHAT, prompts[i], history_messages(qa[i].history), answer=qa[i].answer)
-                     for i in indices]
+            texts = [
+                processor.format_prompt(Task.CHAT, prompts[i], history_messages(qa[i].history), answer=qa[i].answer)
+                for i in indices
+            ]
             return self.encode(texts, [rgb(qa[i].sample.images()[0]) for i in indices])
 
         return map_batches(self.config, start_step, runtime, len(qa), collate)
@@ -129,19 +147,27 @@ class RAGRecipe(RSARecipe):
         gold = [qa for qa in samples if qa.knowledge_ids]
         if gold:
             for rerank, prefix in ((True, ""), (False, "first_stage_")):
-                ranked = [[h.id for h in self.index.search(qa.sample.images()[0], qa.question, c.top_k, c.candidates, rerank)]
-                          for qa in gold]
+                ranked = [
+                    [h.id for h in self.index.search(qa.sample.images()[0], qa.question, c.top_k, c.candidates, rerank)]
+                    for qa in gold
+                ]
                 for k in sorted({1, c.top_k}):
-                    metrics[f"{prefix}R@{k}"] = sum(bool(set(r[:k]) & set(qa.knowledge_ids)) for r, qa in zip(ranked, gold)) / len(gold)
+                    metrics[f"{prefix}R@{k}"] = sum(
+                        bool(set(r[:k]) & set(qa.knowledge_ids)) for r, qa in zip(ranked, gold)
+                    ) / len(gold)
         predictions, self.examples = [], {}
         for start in range(0, len(samples), c.eval_batch_size):
             part = samples[start : start + c.eval_batch_size]
             texts, images = [], []
             for qa in part:
                 hits = self.index.search(qa.sample.images()[0], qa.question, c.top_k, c.candidates)
-                texts.append(processor.format_prompt(Task.CHAT, knowledge_prompt([by_id[h.id] for h in hits], qa.question,
-                                                                                  c.passage_chars),
-                                                     history_messages(qa.history)))
+                texts.append(
+                    processor.format_prompt(
+                        Task.CHAT,
+                        knowledge_prompt([by_id[h.id] for h in hits], qa.question, c.passage_chars),
+                        history_messages(qa.history),
+                    )
+                )
                 images.append(rgb(qa.sample.images()[0]))
             output, _ = generate(rsa, processor, texts, images, c.eval_max_new_tokens, runtime.device)
             for row, qa in zip(output.sequences.tolist(), part):
@@ -150,8 +176,13 @@ class RAGRecipe(RSARecipe):
                     self.examples[f"{qa.sample.id}: {qa.question}"] = predictions[-1]
         if samples:
             metrics["accuracy"] = vqa_accuracy(predictions, [qa.answer for qa in samples])["accuracy"]
-            metrics.update(caption_metrics({str(i): [qa.answer] for i, qa in enumerate(samples)},
-                                           {str(i): p for i, p in enumerate(predictions)}, names=c.caption_metrics))
+            metrics.update(
+                caption_metrics(
+                    {str(i): [qa.answer] for i, qa in enumerate(samples)},
+                    {str(i): p for i, p in enumerate(predictions)},
+                    names=c.caption_metrics,
+                )
+            )
         return metrics
 
     # --- export ------------------------------------------------------------------------------------
@@ -160,9 +191,21 @@ class RAGRecipe(RSARecipe):
         c = self.config
         super().export(model, out / "vlm")
         self.index.save(out / "index")
-        (out / RAG_CONFIG).write_text(json.dumps({
-            "model_type": "rs_rag", "vlm": "vlm", "index": "index", "top_k": c.top_k, "candidates": c.candidates,
-            "passage_chars": c.passage_chars}, indent=1) + "\n", encoding="utf-8")
+        (out / RAG_CONFIG).write_text(
+            json.dumps(
+                {
+                    "model_type": "rs_rag",
+                    "vlm": "vlm",
+                    "index": "index",
+                    "top_k": c.top_k,
+                    "candidates": c.candidates,
+                    "passage_chars": c.passage_chars,
+                },
+                indent=1,
+            )
+            + "\n",
+            encoding="utf-8",
+        )
         return out
 
 

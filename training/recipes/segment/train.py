@@ -26,8 +26,9 @@ engine serves (``backend = "rsa"``, task ``segment``).
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -59,9 +60,11 @@ class SegmentConfig(RSARecipeConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.coco_json or not self.coco_images:
-            raise ValueError("coco_json and coco_images are required: a COCO instances file with RLE/polygon masks and "
-                             "its image folder, e.g. --set coco_json=/data/GeoPixInstruct/train.json "
-                             "--set coco_images=/data/GeoPixInstruct/images")
+            raise ValueError(
+                "coco_json and coco_images are required: a COCO instances file with RLE/polygon masks and "
+                "its image folder, e.g. --set coco_json=/data/GeoPixInstruct/train.json "
+                "--set coco_images=/data/GeoPixInstruct/images"
+            )
         if self.samples not in SAMPLE_KINDS:
             raise ValueError(f"samples must be one of {', '.join(SAMPLE_KINDS)}, got {self.samples!r}")
 
@@ -114,9 +117,11 @@ class SegmentRecipe(RSARecipe):
         self.data = CocoMasks(config.coco_json, config.coco_images)
         self.train_examples = seg_examples(self.data, config.samples)
         if not self.train_examples:
-            raise ValueError(f"{config.coco_json}: no annotation to learn from ({len(self.data)} images, none with a "
-                             f"mask{' and a referring text' if config.samples == 'referring' else ''}); expected COCO "
-                             "annotations with segmentations")
+            raise ValueError(
+                f"{config.coco_json}: no annotation to learn from ({len(self.data)} images, none with a "
+                f"mask{' and a referring text' if config.samples == 'referring' else ''}); expected COCO "
+                "annotations with segmentations"
+            )
 
     def check_model(self, model) -> None:
         if model.mask_decoder is None:
@@ -152,8 +157,9 @@ class SegmentRecipe(RSARecipe):
             part = examples[start : start + c.eval_batch_size]
             pairs = [target_mask(data, e) for e in part]
             texts = [processor.format_prompt(Task.SEGMENT, e.prompt) for e in part]
-            output, visual = generate(rsa, processor, texts, [p[0] for p in pairs], c.eval_max_new_tokens, runtime.device,
-                                      hidden_states=True)
+            output, visual = generate(
+                rsa, processor, texts, [p[0] for p in pairs], c.eval_max_new_tokens, runtime.device, hidden_states=True
+            )
             states, samples, _steps = rsa.generated_seg_states(output)
             logits = rsa.predict_masks(states, visual, samples) if len(samples) else None
             for b, (example, (_image, mask)) in enumerate(zip(part, pairs)):

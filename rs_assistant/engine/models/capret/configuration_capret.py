@@ -44,7 +44,10 @@ class CapRetConfig(PreTrainedConfig):
     def validate_architecture(self) -> None:
         super().validate_architecture()
         if self.num_visual_tokens < 1 or self.retrieval_dim < 1:
-            raise ValueError(f"num_visual_tokens ({self.num_visual_tokens}) and retrieval_dim ({self.retrieval_dim}) must be positive")
+            raise ValueError(
+                f"num_visual_tokens ({self.num_visual_tokens}) and retrieval_dim ({self.retrieval_dim}) must be "
+                f"positive"
+            )
         if self.image_token_id == self.ret_token_id:
             raise ValueError(f"image_token_id and ret_token_id are both {self.ret_token_id}")
 

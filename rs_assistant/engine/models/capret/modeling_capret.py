@@ -93,8 +93,9 @@ class CapRetForCausalLM(CapRetPreTrainedModel):
         self.post_init()
 
     @classmethod
-    def from_parts(cls, config: CapRetConfig, vision_model: CLIPVisionModelWithProjection,
-                   language_model: PreTrainedModel) -> "CapRetForCausalLM":
+    def from_parts(
+        cls, config: CapRetConfig, vision_model: CLIPVisionModelWithProjection, language_model: PreTrainedModel
+    ) -> CapRetForCausalLM:
         """A new model around already loaded parts (the frozen LM is not allocated twice)."""
         with torch.device("meta"):
             model = cls(config)
@@ -122,10 +123,16 @@ class CapRetForCausalLM(CapRetPreTrainedModel):
     def visual_tokens(self, image_embeds: torch.Tensor) -> torch.Tensor:
         """N images -> N x k LM input vectors (the caption bridge)."""
         hidden = self.config.text_config.hidden_size
-        return self.bridge.caption(image_embeds.to(self.bridge.caption.weight.dtype)).view(len(image_embeds), self.bridge.k, hidden)
+        return self.bridge.caption(image_embeds.to(self.bridge.caption.weight.dtype)).view(
+            len(image_embeds), self.bridge.k, hidden
+        )
 
-    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
-              image_embeds: torch.Tensor | None = None) -> torch.Tensor:
+    def embed(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        image_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Token embeddings with ``<image>`` placeholders filled by visual tokens (images in order of
         appearance, k placeholders each; from ``pixel_values`` or CLIP ``image_embeds`` already
         computed) and ``[RET]`` by its trained embedding."""
@@ -142,7 +149,9 @@ class CapRetForCausalLM(CapRetPreTrainedModel):
                 image_embeds = self.image_embeddings(pixel_values)
             if image_embeds is None or placeholders != len(image_embeds) * self.bridge.k:
                 given = 0 if image_embeds is None else len(image_embeds)
-                raise ValueError(f"{placeholders} <image> placeholders for {given} image(s) of {self.bridge.k} tokens each")
+                raise ValueError(
+                    f"{placeholders} <image> placeholders for {given} image(s) of {self.bridge.k} tokens each"
+                )
             visual = self.visual_tokens(image_embeds).reshape(-1, embeds.shape[-1])
             embeds = embeds.masked_scatter(is_image[..., None], visual.to(embeds.dtype))
         return embeds
@@ -159,10 +168,17 @@ class CapRetForCausalLM(CapRetPreTrainedModel):
         logits[..., self.config.image_token_id] = torch.finfo(logits.dtype).min
         return logits
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                pixel_values: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                cache: Any = None, use_cache: bool = False, inputs_embeds: torch.Tensor | None = None,
-                **kwargs: Any) -> CapRetOutput:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        cache: Any = None,
+        use_cache: bool = False,
+        inputs_embeds: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> CapRetOutput:
         if inputs_embeds is None:
             inputs_embeds = self.embed(input_ids, pixel_values)
         decoder = self.language_model.get_decoder()
@@ -171,7 +187,9 @@ class CapRetForCausalLM(CapRetPreTrainedModel):
         logits = self.logits(hidden)
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX)
+            loss = F.cross_entropy(
+                logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX
+            )
         return CapRetOutput(loss=loss, logits=logits, hidden_states=hidden, cache=out.cache)
 
     def text_retrieval_embeddings(self, hidden: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
@@ -182,15 +200,25 @@ class CapRetForCausalLM(CapRetPreTrainedModel):
         positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
         last = torch.where(is_ret, positions, -1).max(1).values
         states = hidden[torch.arange(len(hidden), device=hidden.device), last]
-        return F.normalize(self.bridge.text_to_retrieval(states.to(self.bridge.text_to_retrieval.weight.dtype)).float(), dim=-1)
+        return F.normalize(
+            self.bridge.text_to_retrieval(states.to(self.bridge.text_to_retrieval.weight.dtype)).float(), dim=-1
+        )
 
     def image_retrieval_embeddings(self, image_embeds: torch.Tensor) -> torch.Tensor:
         """L2-normalised ``W_i`` of CLIP's image embeddings."""
-        return F.normalize(self.bridge.image_to_retrieval(image_embeds.to(self.bridge.image_to_retrieval.weight.dtype)).float(), dim=-1)
+        return F.normalize(
+            self.bridge.image_to_retrieval(image_embeds.to(self.bridge.image_to_retrieval.weight.dtype)).float(), dim=-1
+        )
 
     @torch.no_grad()
-    def generate_text(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None, max_new_tokens: int = 32,
-                      stop_ids: tuple[int, ...] = (), should_stop: Any = None) -> list[int]:
+    def generate_text(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        max_new_tokens: int = 32,
+        stop_ids: tuple[int, ...] = (),
+        should_stop: Any = None,
+    ) -> list[int]:
         """Greedy continuation of one sequence (1 x L); stops at any of ``stop_ids`` (not returned)."""
         embeds = self.embed(input_ids, pixel_values)
         cache, produced = None, []

@@ -16,8 +16,9 @@ text followed by ``[RET]``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,7 +50,7 @@ class CapRetProcessor:
             tokenizer.pad_token = tokenizer.eos_token
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, num_visual_tokens: int) -> "CapRetProcessor":
+    def from_pretrained(cls, folder: str | Path, num_visual_tokens: int) -> CapRetProcessor:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         image_processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
         return cls(tokenizer, image_processor, num_visual_tokens)
@@ -78,7 +79,9 @@ class CapRetProcessor:
                 images.append(item)
         return ids, images
 
-    def dialogue(self, messages: Sequence[Mapping[str, Any]], images: Sequence[Any], add_generation_prompt: bool = True) -> list[str | Any]:
+    def dialogue(
+        self, messages: Sequence[Mapping[str, Any]], images: Sequence[Any], add_generation_prompt: bool = True
+    ) -> list[str | Any]:
         """A dialogue as interleaved items; ``{"type": "image"}`` entries take ``images`` in order."""
         items: list[str | Any] = []
         pending = list(images)
@@ -86,7 +89,7 @@ class CapRetProcessor:
             role = ROLES.get(str(message.get("role")), str(message.get("role")).title())
             items.append(f"{role}: ")
             content = message.get("content", "")
-            for part in ([{"type": "text", "text": content}] if isinstance(content, str) else content):
+            for part in [{"type": "text", "text": content}] if isinstance(content, str) else content:
                 if part.get("type") == "image":
                     if not pending:
                         raise ValueError("the dialogue has more image entries than images")
@@ -111,8 +114,12 @@ class CapRetProcessor:
         text = self.prefix() + self.text_ids(caption.strip())
         return text + [self.ret_token_id], [IGNORE_INDEX] * len(text) + [self.ret_token_id]
 
-    def pad(self, sequences: Sequence[Sequence[int]], labels: Sequence[Sequence[int]] | None = None,
-            length: int | None = None) -> dict[str, torch.Tensor]:
+    def pad(
+        self,
+        sequences: Sequence[Sequence[int]],
+        labels: Sequence[Sequence[int]] | None = None,
+        length: int | None = None,
+    ) -> dict[str, torch.Tensor]:
         """Right-padded ``input_ids``, ``attention_mask`` (and ``labels``), to ``length`` or the longest."""
         width = length or max(len(s) for s in sequences)
         pad = self.tokenizer.pad_token_id
@@ -135,7 +142,9 @@ class CapRetProcessor:
         """CLIP preprocessing of PIL images or H x W x 3 uint8 arrays."""
         images = list(images)
         if images and isinstance(images[0], np.ndarray):
-            return self.image_processor(images=images, input_data_format="channels_last", return_tensors="pt")["pixel_values"]
+            return self.image_processor(images=images, input_data_format="channels_last", return_tensors="pt")[
+                "pixel_values"
+            ]
         return self.image_processor(images=images, return_tensors="pt")["pixel_values"]
 
 

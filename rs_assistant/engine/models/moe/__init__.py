@@ -8,5 +8,11 @@ from rs_assistant.engine.models.moe.configuration_moe import MoEConfig
 from rs_assistant.engine.models.moe.modeling_moe import InstructionRouter, MoEForConditionalGeneration, MoEOutput
 from rs_assistant.engine.models.moe.processing_moe import CAPTION_INSTRUCTION, MoEProcessor
 
-__all__ = ["CAPTION_INSTRUCTION", "InstructionRouter", "MoEConfig", "MoEForConditionalGeneration", "MoEOutput",
-           "MoEProcessor"]
+__all__ = [
+    "CAPTION_INSTRUCTION",
+    "InstructionRouter",
+    "MoEConfig",
+    "MoEForConditionalGeneration",
+    "MoEOutput",
+    "MoEProcessor",
+]

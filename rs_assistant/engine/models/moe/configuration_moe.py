@@ -59,8 +59,10 @@ class MoEConfig(PreTrainedConfig):
     def validate_architecture(self) -> None:
         super().validate_architecture()
         if self.num_experts < 1 or self.prompt_tokens < 1 or self.router_layers < 1:
-            raise ValueError(f"num_experts ({self.num_experts}), prompt_tokens ({self.prompt_tokens}) and router_layers "
-                             f"({self.router_layers}) must be positive")
+            raise ValueError(
+                f"num_experts ({self.num_experts}), prompt_tokens ({self.prompt_tokens}) and router_layers "
+                f"({self.router_layers}) must be positive"
+            )
         if len(self.expert_names) != self.num_experts:
             raise ValueError(f"{len(self.expert_names)} expert_names for {self.num_experts} experts")
         if self.compose not in COMPOSE:

@@ -26,8 +26,9 @@ own LoRA adapters.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -59,8 +60,9 @@ class InstructionRouter(nn.Module):
         self.queries = nn.Parameter(torch.zeros(self.k * self.p, hidden))
         self.route_tokens = nn.Parameter(torch.zeros(self.k, hidden))
         self.segment = nn.Parameter(torch.zeros(3, hidden))  # query / image / instruction
-        layer = nn.TransformerEncoderLayer(hidden, config.router_heads, 4 * hidden, dropout=0.0, activation="gelu",
-                                           batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            hidden, config.router_heads, 4 * hidden, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+        )
         self.encoder = nn.TransformerEncoder(layer, config.router_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(hidden)
         self.prompt_out = nn.Linear(hidden, hidden)
@@ -81,8 +83,9 @@ class InstructionRouter(nn.Module):
                     module.weight.fill_(1.0)
                     module.bias.zero_()
 
-    def forward(self, image: torch.Tensor, instruction: torch.Tensor, instruction_mask: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, image: torch.Tensor, instruction: torch.Tensor, instruction_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """image B x N x H, instruction B x T x H (mask B x T) -> prompts B x K x P x H, routing logits B x K."""
         b = image.shape[0]
         dtype = self.queries.dtype
@@ -132,20 +135,24 @@ class MoEForConditionalGeneration(MoEPreTrainedModel):
         self.vision_tower = CLIPVisionModel(config.vision_config)
         self.bridge = MoEBridge(config)
         self.router = InstructionRouter(config)
-        self.experts = nn.ModuleList([AutoModelForCausalLM.from_config(config.text_config)
-                                      for _ in range(config.num_experts)])
+        self.experts = nn.ModuleList(
+            [AutoModelForCausalLM.from_config(config.text_config) for _ in range(config.num_experts)]
+        )
         self.post_init()
         # post_init gathers tied weights from direct children only; the experts sit in a ModuleList
         self.all_tied_weights_keys.update(self.get_expanded_tied_weights_keys(all_submodels=True))
 
     @classmethod
-    def from_parts(cls, config: MoEConfig, vision: CLIPVisionModel, language_model: PreTrainedModel) -> "MoEForConditionalGeneration":
+    def from_parts(
+        cls, config: MoEConfig, vision: CLIPVisionModel, language_model: PreTrainedModel
+    ) -> MoEForConditionalGeneration:
         """A new model around a loaded vision encoder and LM (copied once per expert); router and bridge random."""
         with torch.device("meta"):
             model = cls(config)
         model.vision_tower = vision
-        model.experts = nn.ModuleList([language_model] + [copy.deepcopy(language_model)
-                                                           for _ in range(config.num_experts - 1)])
+        model.experts = nn.ModuleList(
+            [language_model] + [copy.deepcopy(language_model) for _ in range(config.num_experts - 1)]
+        )
         model.bridge = MoEBridge(config)
         model.router = InstructionRouter(config)
         for linear in (model.bridge.fc1, model.bridge.fc2):
@@ -164,27 +171,42 @@ class MoEForConditionalGeneration(MoEPreTrainedModel):
         features = self.vision_tower(pixel_values=pixel_values.to(self.vision_tower.dtype)).last_hidden_state[:, 1:]
         return self.bridge(features.to(dtype))
 
-    def route(self, image: torch.Tensor, router_ids: torch.Tensor, router_mask: torch.Tensor
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+    def route(
+        self, image: torch.Tensor, router_ids: torch.Tensor, router_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(sub-task prompts B x K x P x H, routing weights B x K)."""
         with torch.no_grad():  # the instruction's embeddings: the experts' shared input table, never trained here
             text = self.get_input_embeddings()(router_ids)
         prompts, logits = self.router(image, text, router_mask)
         return prompts, logits.float().softmax(-1)
 
-    def _expert_inputs(self, k: int, prompts: torch.Tensor, image: torch.Tensor, input_ids: torch.Tensor,
-                       attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _expert_inputs(
+        self, k: int, prompts: torch.Tensor, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         text = self.experts[k].get_input_embeddings()(input_ids)
         embeds = torch.cat([prompts[:, k].to(text.dtype), image.to(text.dtype), text], 1)
-        prefix = torch.ones(input_ids.shape[0], prompts.shape[2] + image.shape[1], dtype=attention_mask.dtype,
-                            device=attention_mask.device)
+        prefix = torch.ones(
+            input_ids.shape[0],
+            prompts.shape[2] + image.shape[1],
+            dtype=attention_mask.dtype,
+            device=attention_mask.device,
+        )
         return embeds, torch.cat([prefix, attention_mask], 1)
 
     # --- training ----------------------------------------------------------------------------------
 
-    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                router_ids: torch.Tensor, router_mask: torch.Tensor, labels: torch.Tensor | None = None,
-                balance_weight: float = 0.01, routed_top_k: int = 0, **kwargs: Any) -> MoEOutput:
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        router_ids: torch.Tensor,
+        router_mask: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        balance_weight: float = 0.01,
+        routed_top_k: int = 0,
+        **kwargs: Any,
+    ) -> MoEOutput:
         """``routed_top_k = 0``: the mixture likelihood over every expert (stage 1: the router learns which
         expert's prompt suits a sample). ``routed_top_k = n``: each sample goes to the router's n most weighted
         experts only (weights renormalised) and the loss is their weighted NLL (stage 2: a frozen router decides
@@ -219,15 +241,28 @@ class MoEForConditionalGeneration(MoEPreTrainedModel):
             per_sample = -torch.logsumexp(torch.log(weights.clamp(min=1e-9)) - nll, 1)  # -log sum_k w_k p_k
         lm_loss = (per_sample / tokens).mean()
         balance = k_all * (weights.mean(0) ** 2).sum()
-        return MoEOutput(loss=lm_loss + balance_weight * balance, lm_loss=lm_loss, balance_loss=balance,
-                         routing_weights=weights, expert_nll=nll / tokens[:, None])
+        return MoEOutput(
+            loss=lm_loss + balance_weight * balance,
+            lm_loss=lm_loss,
+            balance_loss=balance,
+            routing_weights=weights,
+            expert_nll=nll / tokens[:, None],
+        )
 
     # --- generation --------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def generate_expert(self, k: int, prompts: torch.Tensor, image: torch.Tensor, input_ids: torch.Tensor,
-                        attention_mask: torch.Tensor, max_new_tokens: int, eos_token_id: int,
-                        should_stop: Callable[[], bool] | None = None) -> list[list[int]]:
+    def generate_expert(
+        self,
+        k: int,
+        prompts: torch.Tensor,
+        image: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        max_new_tokens: int,
+        eos_token_id: int,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> list[list[int]]:
         """Greedy answers of expert k for a left-padded batch (positions counted from each row's first token)."""
         expert = self.experts[k]
         embeds, mask = self._expert_inputs(k, prompts, image, input_ids, attention_mask)
@@ -260,10 +295,20 @@ class MoEForConditionalGeneration(MoEPreTrainedModel):
         return produced
 
     @torch.no_grad()
-    def answer(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-               router_ids: torch.Tensor, router_mask: torch.Tensor, max_new_tokens: int, eos_token_id: int,
-               decode: Callable[[Sequence[int]], str], compose: str | None = None, top_k: int | None = None,
-               should_stop: Callable[[], bool] | None = None) -> tuple[list[str], torch.Tensor, list[dict[int, str]]]:
+    def answer(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        router_ids: torch.Tensor,
+        router_mask: torch.Tensor,
+        max_new_tokens: int,
+        eos_token_id: int,
+        decode: Callable[[Sequence[int]], str],
+        compose: str | None = None,
+        top_k: int | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> tuple[list[str], torch.Tensor, list[dict[int, str]]]:
         """(composed answers, routing weights B x K, each row's {expert: its answer}) for a batch."""
         compose = compose or self.config.compose
         top_k = 1 if compose == "top1" else (top_k or self.config.top_k)
@@ -274,8 +319,16 @@ class MoEForConditionalGeneration(MoEPreTrainedModel):
         for k in sorted({e for row in chosen for e in row}):
             rows = [i for i, row in enumerate(chosen) if k in row]
             index = torch.tensor(rows, device=input_ids.device)
-            outputs = self.generate_expert(k, prompts[index], image[index], input_ids[index], attention_mask[index],
-                                           max_new_tokens, eos_token_id, should_stop)
+            outputs = self.generate_expert(
+                k,
+                prompts[index],
+                image[index],
+                input_ids[index],
+                attention_mask[index],
+                max_new_tokens,
+                eos_token_id,
+                should_stop,
+            )
             for i, ids in zip(rows, outputs):
                 parts[i][k] = decode(ids)
         answers = []

@@ -9,8 +9,9 @@ the instruction :data:`CAPTION_INSTRUCTION`; a VQA question is its own instructi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,9 +31,11 @@ class MoEProcessor:
             tokenizer.pad_token = tokenizer.eos_token
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path) -> "MoEProcessor":
-        return cls(AutoTokenizer.from_pretrained(folder, local_files_only=True),
-                   AutoImageProcessor.from_pretrained(folder, local_files_only=True))
+    def from_pretrained(cls, folder: str | Path) -> MoEProcessor:
+        return cls(
+            AutoTokenizer.from_pretrained(folder, local_files_only=True),
+            AutoImageProcessor.from_pretrained(folder, local_files_only=True),
+        )
 
     def save_pretrained(self, folder: str | Path) -> None:
         self.tokenizer.save_pretrained(folder)
@@ -53,9 +56,13 @@ class MoEProcessor:
     def ids(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def training_batch(self, instructions: Sequence[str], answers: Sequence[str],
-                       histories: Sequence[Sequence[tuple[str, str]]] | None = None,
-                       max_text_tokens: int = 128) -> dict[str, torch.Tensor]:
+    def training_batch(
+        self,
+        instructions: Sequence[str],
+        answers: Sequence[str],
+        histories: Sequence[Sequence[tuple[str, str]]] | None = None,
+        max_text_tokens: int = 128,
+    ) -> dict[str, torch.Tensor]:
         """Right-padded ``input_ids``/``attention_mask``/``labels`` (answer tokens and EOS learnt) and the
         router's ``router_ids``/``router_mask`` (the instruction alone)."""
         histories = histories or [()] * len(instructions)
@@ -68,12 +75,15 @@ class MoEProcessor:
             rows.append((prompt + target)[:max_text_tokens])
             labels.append(([IGNORE_INDEX] * len(prompt) + target)[:max_text_tokens])
         batch = self.pad(rows, labels)
-        router = self.pad([self.ids(" ".join(i.split()))[:max_text_tokens] or [self.eos_token_id] for i in instructions])
+        router = self.pad(
+            [self.ids(" ".join(i.split()))[:max_text_tokens] or [self.eos_token_id] for i in instructions]
+        )
         batch["router_ids"], batch["router_mask"] = router["input_ids"], router["attention_mask"]
         return batch
 
-    def generation_batch(self, instructions: Sequence[str],
-                         histories: Sequence[Sequence[tuple[str, str]]] | None = None) -> dict[str, torch.Tensor]:
+    def generation_batch(
+        self, instructions: Sequence[str], histories: Sequence[Sequence[tuple[str, str]]] | None = None
+    ) -> dict[str, torch.Tensor]:
         """Left-padded prompts (``input_ids``/``attention_mask``) and the router's inputs, to generate."""
         histories = histories or [()] * len(instructions)
         rows = [self.ids(self.dialogue(i, h)) for i, h in zip(instructions, histories)]
@@ -82,8 +92,9 @@ class MoEProcessor:
         batch["router_ids"], batch["router_mask"] = router["input_ids"], router["attention_mask"]
         return batch
 
-    def pad(self, rows: Sequence[Sequence[int]], labels: Sequence[Sequence[int]] | None = None,
-            left: bool = False) -> dict[str, torch.Tensor]:
+    def pad(
+        self, rows: Sequence[Sequence[int]], labels: Sequence[Sequence[int]] | None = None, left: bool = False
+    ) -> dict[str, torch.Tensor]:
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -108,7 +119,9 @@ class MoEProcessor:
         """CLIP preprocessing of PIL images or H x W x 3 uint8 arrays."""
         images = list(images)
         if images and isinstance(images[0], np.ndarray):
-            return self.image_processor(images=images, input_data_format="channels_last", return_tensors="pt")["pixel_values"]
+            return self.image_processor(images=images, input_data_format="channels_last", return_tensors="pt")[
+                "pixel_values"
+            ]
         return self.image_processor(images=images, return_tensors="pt")["pixel_values"]
 
 

@@ -6,7 +6,12 @@ RSA checkpoint beside the index).
 """
 
 from rs_assistant.engine.models.rag.knowledge_index import (
-    INDEX_CONFIG, Fusion, Hit, KnowledgeIndex, Passage, knowledge_prompt,
+    INDEX_CONFIG,
+    Fusion,
+    Hit,
+    KnowledgeIndex,
+    Passage,
+    knowledge_prompt,
 )
 
 __all__ = ["INDEX_CONFIG", "Fusion", "Hit", "KnowledgeIndex", "Passage", "knowledge_prompt"]

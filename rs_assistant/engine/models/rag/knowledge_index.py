@@ -30,9 +30,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -90,13 +91,23 @@ def _usearch(dim: int):
 
 
 class KnowledgeIndex:
-    def __init__(self, clip: Any, processor: Any, passages: Sequence[Passage], text_embeddings: np.ndarray,
-                 image_embeddings: np.ndarray, image_rows: Sequence[int], fusion: Fusion = Fusion(),
-                 device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        clip: Any,
+        processor: Any,
+        passages: Sequence[Passage],
+        text_embeddings: np.ndarray,
+        image_embeddings: np.ndarray,
+        image_rows: Sequence[int],
+        fusion: Fusion = Fusion(),
+        device: str | torch.device = "cpu",
+    ) -> None:
         self.clip, self.processor, self.device = clip, processor, torch.device(device)
         self.passages = list(passages)
         self.text_embeddings = np.asarray(text_embeddings, dtype=np.float32)
-        self.image_embeddings = np.asarray(image_embeddings, dtype=np.float32).reshape(-1, self.text_embeddings.shape[1])
+        self.image_embeddings = np.asarray(image_embeddings, dtype=np.float32).reshape(
+            -1, self.text_embeddings.shape[1]
+        )
         self.image_rows = [int(r) for r in image_rows]
         self.fusion = fusion
         self._image_of = {row: i for i, row in enumerate(self.image_rows)}
@@ -128,16 +139,28 @@ class KnowledgeIndex:
         out = []
         context = int(self.clip.config.text_config.max_position_embeddings)
         for start in range(0, len(texts), batch_size):
-            batch = self.processor.tokenizer(list(texts[start : start + batch_size]), padding=True, truncation=True,
-                                             max_length=context, return_tensors="pt")
+            batch = self.processor.tokenizer(
+                list(texts[start : start + batch_size]),
+                padding=True,
+                truncation=True,
+                max_length=context,
+                return_tensors="pt",
+            )
             features = self.clip.get_text_features(**{k: v.to(self.device) for k, v in batch.items()})
             features = getattr(features, "pooler_output", features)
             out.append(torch.nn.functional.normalize(features.float(), dim=-1).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.clip.config.projection_dim), np.float32)
 
     @classmethod
-    def build(cls, clip: Any, processor: Any, passages: Sequence[Passage], open_image: Callable[[str], Any],
-              fusion: Fusion = Fusion(), device: str | torch.device = "cpu") -> "KnowledgeIndex":
+    def build(
+        cls,
+        clip: Any,
+        processor: Any,
+        passages: Sequence[Passage],
+        open_image: Callable[[str], Any],
+        fusion: Fusion = Fusion(),
+        device: str | torch.device = "cpu",
+    ) -> KnowledgeIndex:
         """Embed ``passages`` (texts, and images through ``open_image(path)``) with a loaded CLIP."""
         if not passages:
             raise ValueError("the knowledge corpus holds no passage")
@@ -145,15 +168,22 @@ class KnowledgeIndex:
         empty.clip, empty.processor, empty.device = clip.to(device).eval(), processor, torch.device(device)
         texts = empty.embed_texts([p.document() for p in passages])
         rows = [i for i, p in enumerate(passages) if p.image]
-        images = empty.embed_images([open_image(passages[i].image) for i in rows]) if rows else np.zeros((0, texts.shape[1]))
-        log.info("knowledge index: %d passages, %d with an image, %d-d CLIP embeddings", len(passages), len(rows),
-                 texts.shape[1])
+        images = (
+            empty.embed_images([open_image(passages[i].image) for i in rows]) if rows else np.zeros((0, texts.shape[1]))
+        )
+        log.info(
+            "knowledge index: %d passages, %d with an image, %d-d CLIP embeddings",
+            len(passages),
+            len(rows),
+            texts.shape[1],
+        )
         return cls(clip, processor, passages, texts, images, rows, fusion, device)
 
     # --- search ------------------------------------------------------------------------------------
 
-    def search(self, image: Any = None, text: str | None = None, top_k: int = 3, candidates: int = 16,
-               rerank: bool = True) -> list[Hit]:
+    def search(
+        self, image: Any = None, text: str | None = None, top_k: int = 3, candidates: int = 16, rerank: bool = True
+    ) -> list[Hit]:
         """The ``top_k`` passages for a query image and/or text (see the module docstring)."""
         if image is None and not text:
             raise ValueError("a knowledge search needs a query image or a query text")
@@ -211,14 +241,24 @@ class KnowledgeIndex:
         self.text_index.save(str(folder / "text.usearch"))
         self.image_index.save(str(folder / "image.usearch"))
         (folder / "image_rows.json").write_text(json.dumps(self.image_rows), encoding="utf-8")
-        (folder / INDEX_CONFIG).write_text(json.dumps({"format": INDEX_FORMAT, "passages": len(self.passages),
-                                                       "dim": int(self.text_embeddings.shape[1]),
-                                                       "fusion": asdict(self.fusion)}, indent=1), encoding="utf-8")
+        (folder / INDEX_CONFIG).write_text(
+            json.dumps(
+                {
+                    "format": INDEX_FORMAT,
+                    "passages": len(self.passages),
+                    "dim": int(self.text_embeddings.shape[1]),
+                    "fusion": asdict(self.fusion),
+                },
+                indent=1,
+            ),
+            encoding="utf-8",
+        )
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
-             ) -> "KnowledgeIndex":
+    def load(
+        cls, folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    ) -> KnowledgeIndex:
         """An index folder written by :meth:`save`; ValueError naming what is missing."""
         from transformers import CLIPModel, CLIPProcessor
         from usearch.index import Index
@@ -227,13 +267,18 @@ class KnowledgeIndex:
         config_file = folder / INDEX_CONFIG
         if not config_file.is_file():
             found = ", ".join(sorted(p.name for p in folder.iterdir())) if folder.is_dir() else "no such folder"
-            raise ValueError(f"knowledge index {folder}: no {INDEX_CONFIG} (holds {found or 'nothing'}); expected a folder "
-                             "written by KnowledgeIndex.save (clip/, passages.jsonl, text.usearch, image.usearch ...)")
+            raise ValueError(
+                f"knowledge index {folder}: no {INDEX_CONFIG} (holds {found or 'nothing'}); expected a folder "
+                "written by KnowledgeIndex.save (clip/, passages.jsonl, text.usearch, image.usearch ...)"
+            )
         config = json.loads(config_file.read_text(encoding="utf-8"))
         if config.get("format") != INDEX_FORMAT:
             raise ValueError(f"{config_file}: format {config.get('format')!r}; expected {INDEX_FORMAT!r}")
-        passages = [Passage(**json.loads(line)) for line in (folder / "passages.jsonl").read_text(encoding="utf-8").splitlines()
-                    if line.strip()]
+        passages = [
+            Passage(**json.loads(line))
+            for line in (folder / "passages.jsonl").read_text(encoding="utf-8").splitlines()
+            if line.strip()
+        ]
         clip = CLIPModel.from_pretrained(folder / "clip", local_files_only=True, dtype=dtype).to(device).eval()
         processor = CLIPProcessor.from_pretrained(folder / "clip", local_files_only=True)
         index = cls.__new__(cls)
@@ -247,8 +292,10 @@ class KnowledgeIndex:
         index.text_index = Index.restore(str(folder / "text.usearch"))
         index.image_index = Index.restore(str(folder / "image.usearch"))
         if len(index.text_index) != len(passages):
-            raise ValueError(f"knowledge index {folder}: text.usearch holds {len(index.text_index)} vectors for "
-                             f"{len(passages)} passages; rebuild it")
+            raise ValueError(
+                f"knowledge index {folder}: text.usearch holds {len(index.text_index)} vectors for "
+                f"{len(passages)} passages; rebuild it"
+            )
         return index
 
 

@@ -280,7 +280,8 @@ class RSAConfig(PreTrainedConfig):
             raise ValueError(f"aux_class_loss_weight {self.aux_class_loss_weight} needs num_aux_classes of at least 2")
         if self.pixel_class_loss_weight < 0 or (self.pixel_class_loss_weight > 0 and self.num_aux_classes < 2):
             raise ValueError(
-                f"pixel_class_loss_weight {self.pixel_class_loss_weight} must be 0, or positive with num_aux_classes of at least 2"
+                f"pixel_class_loss_weight {self.pixel_class_loss_weight} must be 0, or positive with "
+                f"num_aux_classes of at least 2"
             )
         if not 0 <= self.pixel_class_balance <= 1:
             raise ValueError(f"pixel_class_balance must lie in 0..1, got {self.pixel_class_balance}")
@@ -289,18 +290,26 @@ class RSAConfig(PreTrainedConfig):
         if (self.class_aware_masks or self.class_aware_boxes) and (
             self.pixel_class_loss_weight <= 0 or not self.class_names or not self.class_nouns
         ):
-            raise ValueError("class_aware_masks and class_aware_boxes need the per-pixel class head "
-                             "(pixel_class_loss_weight > 0), class_names and class_nouns")
+            raise ValueError(
+                "class_aware_masks and class_aware_boxes need the per-pixel class head "
+                "(pixel_class_loss_weight > 0), class_names and class_nouns"
+            )
         if self.region_selector_dim < 0 or (self.region_selector_dim > 0 and self.pixel_class_loss_weight <= 0):
-            raise ValueError(f"region_selector_dim {self.region_selector_dim} must be 0, or positive with the per-pixel "
-                             "class head (pixel_class_loss_weight > 0) whose regions it scores")
+            raise ValueError(
+                f"region_selector_dim {self.region_selector_dim} must be 0, or positive with the per-pixel "
+                "class head (pixel_class_loss_weight > 0) whose regions it scores"
+            )
         if self.class_refine_channels < 0 or (self.class_refine_channels > 0 and self.pixel_class_loss_weight <= 0):
-            raise ValueError(f"class_refine_channels {self.class_refine_channels} must be 0, or positive with the per-pixel "
-                             "class head (pixel_class_loss_weight > 0) whose map it refines")
+            raise ValueError(
+                f"class_refine_channels {self.class_refine_channels} must be 0, or positive with the per-pixel "
+                "class head (pixel_class_loss_weight > 0) whose map it refines"
+            )
         if self.class_refine_size < 8:
             raise ValueError(f"class_refine_size must be at least 8 pixels, got {self.class_refine_size}")
-        if self.class_mask_bars and (set(self.class_mask_bars) - set(self.class_names or ())
-                                     or not all(0 < float(b) <= 1 for b in self.class_mask_bars.values())):
+        if self.class_mask_bars and (
+            set(self.class_mask_bars) - set(self.class_names or ())
+            or not all(0 < float(b) <= 1 for b in self.class_mask_bars.values())
+        ):
             raise ValueError(f"class_mask_bars {self.class_mask_bars} must map class_names to probabilities in (0, 1]")
         if self.class_nouns and not all(0 <= int(c) < max(self.num_aux_classes, 1) for c in self.class_nouns.values()):
             raise ValueError(f"class_nouns name class ids outside 0..{self.num_aux_classes - 1}")
@@ -314,7 +323,9 @@ class RSAConfig(PreTrainedConfig):
         if self.delta_qformer_layers < 0:
             raise ValueError(f"delta_qformer_layers must not be negative, got {self.delta_qformer_layers}")
         if self.vision_config.hidden_size % self.delta_heads:
-            raise ValueError(f"vision hidden_size {self.vision_config.hidden_size} must divide by delta_heads {self.delta_heads}")
+            raise ValueError(
+                f"vision hidden_size {self.vision_config.hidden_size} must divide by delta_heads {self.delta_heads}"
+            )
 
     @property
     def grid_size(self) -> int:
@@ -339,19 +350,38 @@ class RSAConfig(PreTrainedConfig):
 
     def bind_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
         """Take the special token ids and the vocabulary size from ``tokenizer`` (processing_rsa's tokens)."""
-        from rs_assistant.engine.models.rsa.processing_rsa import ASSISTANT, BOS, DELTA, EOS, IMAGE, PAD, SEG, USER, loc_token
+        from rs_assistant.engine.models.rsa.processing_rsa import (
+            ASSISTANT,
+            BOS,
+            DELTA,
+            EOS,
+            IMAGE,
+            PAD,
+            SEG,
+            USER,
+            loc_token,
+        )
 
-        ids = {token: tokenizer.convert_tokens_to_ids(token) for token in (IMAGE, DELTA, SEG, PAD, BOS, EOS, USER, ASSISTANT)}
+        ids = {
+            token: tokenizer.convert_tokens_to_ids(token)
+            for token in (IMAGE, DELTA, SEG, PAD, BOS, EOS, USER, ASSISTANT)
+        }
         missing = [token for token, i in ids.items() if i is None or i == tokenizer.unk_token_id]
         if missing:
-            raise ValueError(f"the tokenizer lacks {', '.join(missing)}: build it with build_tokenizer or extend_tokenizer")
+            raise ValueError(
+                f"the tokenizer lacks {', '.join(missing)}: build it with build_tokenizer or extend_tokenizer"
+            )
         self.image_token_id, self.delta_token_id, self.seg_token_id = ids[IMAGE], ids[DELTA], ids[SEG]
         self.user_token_id, self.assistant_token_id = ids[USER], ids[ASSISTANT]
         locations = tokenizer.convert_tokens_to_ids([loc_token(i) for i in range(self.num_location_bins)])
         if locations != list(range(locations[0], locations[0] + self.num_location_bins)):
             raise ValueError(f"the tokenizer's {self.num_location_bins} location tokens must have consecutive ids")
         self.loc_token_id = locations[0]
-        self.text_config.pad_token_id, self.text_config.bos_token_id, self.text_config.eos_token_id = ids[PAD], ids[BOS], ids[EOS]
+        self.text_config.pad_token_id, self.text_config.bos_token_id, self.text_config.eos_token_id = (
+            ids[PAD],
+            ids[BOS],
+            ids[EOS],
+        )
         self.text_config.vocab_size = max(int(self.text_config.vocab_size), len(tokenizer))
 
 

@@ -52,8 +52,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -89,7 +90,9 @@ class RSAVisualFeatures(ModelOutput):
     mask_features: torch.Tensor | None = None
     change_logits: torch.Tensor | None = None
     class_logits: torch.Tensor | None = None  # [N, P, num_aux_classes] per image (pairs: 2B), with the aux head
-    mask_detail: torch.Tensor | None = None  # [B, C, M, M] stem features at 1/4 (pairs: after - before), with mask_detail
+    mask_detail: torch.Tensor | None = (
+        None  # [B, C, M, M] stem features at 1/4 (pairs: after - before), with mask_detail
+    )
     change_patch_logits: torch.Tensor | None = None  # [B, P], pairs with change_pooling "dense"
     change_pixel_logits: torch.Tensor | None = None  # [B, M, M], pairs with change_pooling "pixel"
     delta_features: torch.Tensor | None = None  # [B, P, D_vision] pairs with the Q-Former: read in embed()
@@ -239,7 +242,9 @@ class RSAQFormerLayer(nn.Module):
     ) -> torch.Tensor:
         q = self.self_norm(queries)
         both = torch.cat([q, instruction], dim=1)
-        keep = torch.cat([torch.zeros(padding.shape[0], q.shape[1], dtype=torch.bool, device=padding.device), padding], 1)
+        keep = torch.cat(
+            [torch.zeros(padding.shape[0], q.shape[1], dtype=torch.bool, device=padding.device), padding], 1
+        )
         read, _ = self.self_attention(q, both, both, key_padding_mask=keep, need_weights=False)
         queries = queries + read
         context = self.context_norm(features)
@@ -260,12 +265,15 @@ class RSAInstructionQFormer(nn.Module):
         dim = config.vision_config.hidden_size
         self.queries = nn.Parameter(torch.empty(config.num_image_tokens, dim))
         self.instruction_proj = nn.Linear(config.text_config.hidden_size, dim)
-        self.layers = nn.ModuleList(RSAQFormerLayer(dim, config.delta_heads) for _ in range(config.delta_qformer_layers))
+        self.layers = nn.ModuleList(
+            RSAQFormerLayer(dim, config.delta_heads) for _ in range(config.delta_qformer_layers)
+        )
         self.norm = nn.LayerNorm(dim)
         self.out = nn.Linear(dim, dim * config.token_merge**2)
 
     def forward(self, instruction: torch.Tensor, padding: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        """``instruction [B, L, D_text]`` (``padding [B, L]`` True where absent), ``features [B, P, D]`` -> ``[B, T, s*s*D]``."""
+        """``instruction [B, L, D_text]`` (``padding [B, L]`` True where absent), ``features [B, P, D]`` -> ``[B, T,
+        s*s*D]``."""
         instruction = self.instruction_proj(instruction.to(features.dtype))
         queries = self.queries.unsqueeze(0).expand(features.shape[0], -1, -1)
         for layer in self.layers:
@@ -343,7 +351,9 @@ class RSATwoWayLayer(nn.Module):
         self.image_norm = nn.LayerNorm(dim)
         self.image_to_query = nn.MultiheadAttention(dim, heads, batch_first=True)
 
-    def forward(self, query: torch.Tensor, image: torch.Tensor, position: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, query: torch.Tensor, image: torch.Tensor, position: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         keys = image + position
         read, _ = self.query_to_image(self.query_norm(query), keys, image, need_weights=False)
         query = query + read
@@ -366,9 +376,7 @@ class RSAMaskDecoder(nn.Module):
         super().__init__()
         dim = config.mask_decoder_dim
         self.grid = config.grid_size
-        self.query_proj = nn.Sequential(
-            nn.Linear(config.text_config.hidden_size, dim), nn.GELU(), nn.Linear(dim, dim)
-        )
+        self.query_proj = nn.Sequential(nn.Linear(config.text_config.hidden_size, dim), nn.GELU(), nn.Linear(dim, dim))
         self.feature_proj = nn.Linear(config.vision_config.hidden_size, dim)
         self.position = nn.Parameter(torch.empty(1, self.grid * self.grid, dim))
         self.memory = (
@@ -376,14 +384,18 @@ class RSAMaskDecoder(nn.Module):
             if config.class_memory_classes > 0
             else None
         )
-        self.layers = nn.ModuleList(RSATwoWayLayer(dim, config.mask_decoder_heads) for _ in range(config.mask_decoder_layers))
+        self.layers = nn.ModuleList(
+            RSATwoWayLayer(dim, config.mask_decoder_heads) for _ in range(config.mask_decoder_layers)
+        )
         upsample: list[nn.Module] = []
         channels = dim
         for _ in range(config.mask_upsample_steps):
             upsample += [nn.ConvTranspose2d(channels, channels // 2, kernel_size=2, stride=2), nn.GELU()]
             channels //= 2
         self.upsample = nn.Sequential(*upsample)
-        self.detail_proj = nn.Conv2d(config.stem_detail_channels, channels, kernel_size=1) if config.mask_detail else None
+        self.detail_proj = (
+            nn.Conv2d(config.stem_detail_channels, channels, kernel_size=1) if config.mask_detail else None
+        )
         self.hyper = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, channels))
         self.class_pixels = (
             nn.Sequential(RSAChannelNorm(channels), nn.Conv2d(channels, config.num_aux_classes, kernel_size=1))
@@ -396,7 +408,9 @@ class RSAMaskDecoder(nn.Module):
             else None
         )
 
-    def forward(self, seg_states: torch.Tensor, features: torch.Tensor, detail: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, seg_states: torch.Tensor, features: torch.Tensor, detail: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``seg_states [n, D_text]`` with each one's ``features [n, P, D_vision]`` (and ``detail [n, C, M, M]``
         with ``mask_detail``) -> logits ``[n, M, M]``."""
         query = self.query_proj(seg_states).unsqueeze(1)
@@ -411,7 +425,8 @@ class RSAMaskDecoder(nn.Module):
         return self.classify_pixels(self.pixel_features(features, detail))
 
     def pixel_features(self, features: torch.Tensor, detail: torch.Tensor | None = None) -> torch.Tensor:
-        """The query-free pixel features ``[n, C, M, M]`` that the masks, the class head and the region selector read."""
+        """The query-free pixel features ``[n, C, M, M]`` that the masks, the class head and the region selector
+        read."""
         return self._pixels(self._image(features), detail)
 
     def classify_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -465,8 +480,12 @@ class RSARegionSelector(nn.Module):
         dim = config.region_selector_dim
         features = num_region_features(config.mask_decoder_dim >> config.mask_upsample_steps, config.num_aux_classes)
         query = 2 * config.text_config.hidden_size
-        for name, size, value in (("feature_mean", features, 0.0), ("feature_std", features, 1.0),
-                                  ("query_mean", query, 0.0), ("query_std", query, 1.0)):
+        for name, size, value in (
+            ("feature_mean", features, 0.0),
+            ("feature_std", features, 1.0),
+            ("query_mean", query, 0.0),
+            ("query_std", query, 1.0),
+        ):
             self.register_buffer(name, torch.full((size,), value))
         self.features = nn.Sequential(nn.Linear(features, dim), nn.GELU(), nn.Linear(dim, dim))
         self.words = nn.Linear(config.text_config.hidden_size, dim)
@@ -481,10 +500,15 @@ class RSARegionSelector(nn.Module):
         self.query_std.copy_(queries.std(0).clamp(min=1e-3))
 
     def forward(self, query: torch.Tensor, features: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
-        """``query [Q]``, ``features [K, F]`` and ``words [L, D_text]`` -> scores ``[K]`` (softmax over the candidates)."""
+        """``query [Q]``, ``features [K, F]`` and ``words [L, D_text]`` -> scores ``[K]`` (softmax over the
+        candidates)."""
         dtype = self.feature_mean.dtype
         regions = self.features((features.to(dtype) - self.feature_mean) / self.feature_std)
-        said = self.words(words.to(dtype)).amax(dim=0) if len(words) else self.words.bias.new_zeros(self.words.out_features)
+        said = (
+            self.words(words.to(dtype)).amax(dim=0)
+            if len(words)
+            else self.words.bias.new_zeros(self.words.out_features)
+        )
         asked = self.query(torch.cat([(query.to(dtype) - self.query_mean) / self.query_std, said]))
         return self.score(torch.cat([regions * asked[None], regions], dim=-1))[:, 0]
 
@@ -505,8 +529,11 @@ class RSAClassRefiner(nn.Module):
         self.coarse = nn.Conv2d(classes + pixels, width, kernel_size=1)
         self.colour = nn.Conv2d(3, width, kernel_size=3, padding=1)
         self.body = nn.Sequential(
-            nn.GELU(), nn.Conv2d(width, width, kernel_size=3, padding=1),
-            nn.GELU(), nn.Conv2d(width, width, kernel_size=3, padding=2, dilation=2), nn.GELU(),
+            nn.GELU(),
+            nn.Conv2d(width, width, kernel_size=3, padding=1),
+            nn.GELU(),
+            nn.Conv2d(width, width, kernel_size=3, padding=2, dilation=2),
+            nn.GELU(),
         )
         self.correction = nn.Conv2d(width, classes, kernel_size=1)
         for conv in (self.coarse, self.colour, self.body[1], self.body[3]):  # He init: the signal keeps its scale
@@ -569,7 +596,9 @@ class RSAForConditionalGeneration(RSAPreTrainedModel):
             embeddings = self.vision_tower.embeddings
             embeddings.patch_embedding = RSAConvStem(config.vision_config.hidden_size, config.vision_config.patch_size)
         self.projector = RSAProjector(merged_dim, text_dim, config.projector_type, config.projector_norm)
-        self.difference = RSADifferenceModule(vision_dim, config.delta_heads, config.delta_layers, config.change_pooling)
+        self.difference = RSADifferenceModule(
+            vision_dim, config.delta_heads, config.delta_layers, config.change_pooling
+        )
         self.delta_projector = RSAProjector(merged_dim, text_dim, config.projector_type, config.projector_norm)
         self.delta_qformer = RSAInstructionQFormer(config) if config.delta_qformer_layers > 0 else None
         self.aux_class_head = nn.Linear(vision_dim, config.num_aux_classes) if config.num_aux_classes else None
@@ -616,7 +645,7 @@ class RSAForConditionalGeneration(RSAPreTrainedModel):
         return loaded
 
     @classmethod
-    def from_pretrained_parts(cls, config: RSAConfig) -> "RSAForConditionalGeneration":
+    def from_pretrained_parts(cls, config: RSAConfig) -> RSAForConditionalGeneration:
         """A new model whose vision encoder and LM come from ``config``'s local pretrained folders.
 
         The folders' architectures must match ``vision_config`` / ``text_config`` (large.json gives
@@ -673,7 +702,9 @@ class RSAForConditionalGeneration(RSAPreTrainedModel):
         tokens = self.projector(self._merge(patches))
         class_logits = self.aux_class_head(patches) if self.aux_class_head is not None else None
         if not pair:
-            return RSAVisualFeatures(tokens=tokens, mask_features=patches, class_logits=class_logits, mask_detail=detail)
+            return RSAVisualFeatures(
+                tokens=tokens, mask_features=patches, class_logits=class_logits, mask_detail=detail
+            )
         before, after = patches.unflatten(0, (-1, 2)).unbind(1)
         delta, change_logits, change_patch_logits = self.difference(before, after)
         if self.delta_qformer is None:
@@ -739,9 +770,12 @@ class RSAForConditionalGeneration(RSAPreTrainedModel):
         return spans
 
     def instruction_states(self, input_ids: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        """The mean of ``hidden [B, L, D]`` (the LM's last hidden states) over each prompt's last user turn: ``[B, D]``."""
-        rows = [hidden[b, s:e].mean(dim=0) if e > s else hidden.new_zeros(hidden.shape[-1])
-                for b, (s, e) in enumerate(self._instruction_spans(input_ids))]
+        """The mean of ``hidden [B, L, D]`` (the LM's last hidden states) over each prompt's last user turn: ``[B,
+        D]``."""
+        rows = [
+            hidden[b, s:e].mean(dim=0) if e > s else hidden.new_zeros(hidden.shape[-1])
+            for b, (s, e) in enumerate(self._instruction_spans(input_ids))
+        ]
         return torch.stack(rows)
 
     def instructions(self, input_ids: torch.Tensor, hidden: torch.Tensor) -> list[RSAInstruction]:
@@ -749,15 +783,19 @@ class RSAForConditionalGeneration(RSAPreTrainedModel):
         last hidden states over ``input_ids``)."""
         embeddings = self.language_model.get_input_embeddings()
         states = self.instruction_states(input_ids, hidden)
-        return [RSAInstruction(states[b], embeddings(input_ids[b, s:e]))
-                for b, (s, e) in enumerate(self._instruction_spans(input_ids))]
+        return [
+            RSAInstruction(states[b], embeddings(input_ids[b, s:e]))
+            for b, (s, e) in enumerate(self._instruction_spans(input_ids))
+        ]
 
     def score_regions(self, state: torch.Tensor, instruction: RSAInstruction, features: torch.Tensor) -> torch.Tensor:
         """The region selector's scores ``[K]`` of candidate ``features [K, F]`` for the answer position whose
         last hidden state is ``state [D]``, in the prompt whose :meth:`instructions` item is ``instruction``."""
         if self.region_selector is None:
             raise ValueError("this model has no region selector (region_selector_dim is 0)")
-        return self.region_selector(torch.cat([state, instruction.state]).float(), features.float(), instruction.words.float())
+        return self.region_selector(
+            torch.cat([state, instruction.state]).float(), features.float(), instruction.words.float()
+        )
 
     def refine_class_logits(self, logits: torch.Tensor, pixels: torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
         """The class refiner's logits ``[n, K, S, S]`` from the class head's ``logits [n, K, M, M]``, the decoder's
@@ -781,7 +819,9 @@ class RSAForConditionalGeneration(RSAPreTrainedModel):
 
     # --- masks ----------------------------------------------------------------------------------
 
-    def predict_masks(self, seg_states: torch.Tensor, visual: RSAVisualFeatures, sample_index: torch.Tensor) -> torch.Tensor:
+    def predict_masks(
+        self, seg_states: torch.Tensor, visual: RSAVisualFeatures, sample_index: torch.Tensor
+    ) -> torch.Tensor:
         """Step 5: ``[SEG]`` hidden states ``[n, D_text]`` of samples ``sample_index [n]`` -> ``[n, M, M]`` logits.
 
         The states are the LM's last hidden states at the positions that produced each ``[SEG]``
@@ -802,7 +842,9 @@ class RSAForConditionalGeneration(RSAPreTrainedModel):
         found[:, :-1] = is_loc[:, 1:] & ~is_loc[:, :-1]
         return found
 
-    def generated_seg_states(self, output: GenerateDecoderOnlyOutput) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def generated_seg_states(
+        self, output: GenerateDecoderOnlyOutput
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The hidden states that produced each generated ``[SEG]`` (needs ``output_hidden_states=True``).
 
         Returns ``(states [n, D_text], sample_index [n], step [n])`` in batch-major order.
@@ -869,7 +911,9 @@ class RSAForConditionalGeneration(RSAPreTrainedModel):
             if sigma > 0 and first >= 0:
                 lm_loss = _soft_location_loss(logits, labels[:, 1:], first, self.config.num_location_bins, sigma)
             else:
-                lm_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100)
+                lm_loss = F.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100
+                )
             terms.append(self.config.lm_loss_weight * lm_loss)
         if seg_targets is not None and mask_logits is not None:
             targets = _paired_targets(seg_targets, sample_index, mask_logits.shape[-2:])
@@ -899,7 +943,9 @@ class RSAForConditionalGeneration(RSAPreTrainedModel):
             size = logits.shape[-1]
             targets = _patch_classes(class_targets, size, self.config.num_aux_classes).view(-1, size, size)
             pixel_class_loss = F.cross_entropy(
-                logits.float(), targets, weight=_class_balance(targets, logits.shape[1], self.config.pixel_class_balance)
+                logits.float(),
+                targets,
+                weight=_class_balance(targets, logits.shape[1], self.config.pixel_class_balance),
             )
             terms.append(self.config.pixel_class_loss_weight * pixel_class_loss)
         return RSAOutput(
@@ -953,8 +999,10 @@ def _paired_targets(
         if not count:
             continue
         if len(per_sample[b]) != count:
-            raise ValueError(f"sample {b} has {count} mask query(ies) ([SEG], or boxes with box_from_mask) "
-                             f"but {len(per_sample[b])} target mask(s)")
+            raise ValueError(
+                f"sample {b} has {count} mask query(ies) ([SEG], or boxes with box_from_mask) "
+                f"but {len(per_sample[b])} target mask(s)"
+            )
         chosen.append(per_sample[b])
     targets = torch.cat(chosen).unsqueeze(1).float()
     return F.interpolate(targets, size=tuple(size), mode="area").squeeze(1)
@@ -981,7 +1029,9 @@ def _class_balance(targets: torch.Tensor, classes: int, power: float) -> torch.T
     return weight * counts.sum() / (weight * counts).sum().clamp(min=1e-12)
 
 
-def _soft_location_loss(logits: torch.Tensor, labels: torch.Tensor, first: int, bins: int, sigma: float) -> torch.Tensor:
+def _soft_location_loss(
+    logits: torch.Tensor, labels: torch.Tensor, first: int, bins: int, sigma: float
+) -> torch.Tensor:
     """Token cross-entropy where each ``<loc_i>`` label is a Gaussian (width ``sigma`` bins) over the
     location tokens ``first`` .. ``first + bins - 1``; other labels stay one-hot, -100 is ignored."""
     flat = labels.reshape(-1)

@@ -50,9 +50,9 @@ import json
 import logging
 import math
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -91,7 +91,9 @@ def loc_token(index: int) -> str:
     return f"<loc_{index}>"
 
 
-def build_tokenizer(corpus_texts: Iterable[str], vocab_size: int, num_location_bins: int = 100) -> PreTrainedTokenizerFast:
+def build_tokenizer(
+    corpus_texts: Iterable[str], vocab_size: int, num_location_bins: int = 100
+) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer trained on ``corpus_texts``, with every RSA special token.
 
     Ids: SPECIAL_TOKENS first (pad 0, bos 1, eos 2 ...), then ``<loc_0>`` .. ``<loc_{N-1}>``,
@@ -99,7 +101,9 @@ def build_tokenizer(corpus_texts: Iterable[str], vocab_size: int, num_location_b
     """
     specials = [*SPECIAL_TOKENS, *(loc_token(i) for i in range(num_location_bins))]
     if vocab_size < len(specials) + 256:
-        raise ValueError(f"vocab_size {vocab_size} leaves no room for the 256 bytes after {len(specials)} special tokens")
+        raise ValueError(
+            f"vocab_size {vocab_size} leaves no room for the 256 bytes after {len(specials)} special tokens"
+        )
     tokenizer = Tokenizer(models.BPE(unk_token=None))
     tokenizer.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
@@ -194,7 +198,10 @@ class RSAProcessor:
         ids = tokenizer.convert_tokens_to_ids([*SPECIAL_TOKENS, *(loc_token(i) for i in range(num_location_bins))])
         missing = [t for t, i in zip(SPECIAL_TOKENS, ids) if i is None or (i == tokenizer.unk_token_id and t != UNK)]
         if missing:
-            raise ValueError(f"the tokenizer lacks RSA tokens {', '.join(missing)}: build it with build_tokenizer or extend_tokenizer")
+            raise ValueError(
+                f"the tokenizer lacks RSA tokens {', '.join(missing)}: build it with build_tokenizer or "
+                f"extend_tokenizer"
+            )
         self.token_ids: dict[str, int] = dict(zip(SPECIAL_TOKENS, ids))
         self.loc_ids: tuple[int, ...] = tuple(ids[len(SPECIAL_TOKENS) :])  # bin -> token id
         self.loc_bins: dict[int, int] = {tid: i for i, tid in enumerate(self.loc_ids)}  # token id -> bin
@@ -202,7 +209,7 @@ class RSAProcessor:
             raise ValueError(f"the tokenizer lacks some of the {num_location_bins} location tokens")
 
     @classmethod
-    def for_model(cls, tokenizer: PreTrainedTokenizerBase, config: RSAConfig) -> "RSAProcessor":
+    def for_model(cls, tokenizer: PreTrainedTokenizerBase, config: RSAConfig) -> RSAProcessor:
         """The processor matching a model config's image size, patch grid and bins."""
         return cls(tokenizer, config.vision_config.image_size, config.num_image_tokens, config.num_location_bins)
 
@@ -224,7 +231,7 @@ class RSAProcessor:
         (folder / PROCESSOR_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path) -> "RSAProcessor":
+    def from_pretrained(cls, folder: str | Path) -> RSAProcessor:
         folder = Path(folder)
         settings = json.loads((folder / PROCESSOR_FILE).read_text(encoding="utf-8"))
         settings.pop("processor_class", None)
@@ -237,7 +244,9 @@ class RSAProcessor:
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected an H x W x 3 RGB image, got shape {image.shape}")
         pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
-        pixels = F.interpolate(pixels[None], size=(self.image_size, self.image_size), mode="bilinear", antialias=True, align_corners=False)[0]
+        pixels = F.interpolate(
+            pixels[None], size=(self.image_size, self.image_size), mode="bilinear", antialias=True, align_corners=False
+        )[0]
         mean = torch.tensor(self.image_mean).view(3, 1, 1)
         std = torch.tensor(self.image_std).view(3, 1, 1)
         return (pixels - mean) / std
@@ -245,7 +254,10 @@ class RSAProcessor:
     def pixel_values(self, images: Sequence[np.ndarray | Sequence[np.ndarray]]) -> torch.Tensor:
         """One image per sample -> ``[B, 3, S, S]``; a (before, after) pair per sample -> ``[B, 2, 3, S, S]``."""
         return torch.stack(
-            [self.preprocess(i) if isinstance(i, np.ndarray) else torch.stack([self.preprocess(x) for x in i]) for i in images]
+            [
+                self.preprocess(i) if isinstance(i, np.ndarray) else torch.stack([self.preprocess(x) for x in i])
+                for i in images
+            ]
         )
 
     # --- prompts --------------------------------------------------------------------------------
@@ -261,7 +273,9 @@ class RSAProcessor:
         elif task in (Task.GROUND, Task.SEGMENT):
             phrase = target_phrase(_SPACES.sub(" ", prompt))
             if not phrase:
-                raise ValueError(f"{task.value} needs a prompt naming what to {'find' if task is Task.GROUND else 'segment'}")
+                raise ValueError(
+                    f"{task.value} needs a prompt naming what to {'find' if task is Task.GROUND else 'segment'}"
+                )
             text = f"{'find' if task is Task.GROUND else 'segment'} {phrase}"
         elif task is Task.CHAT:
             text = _SPACES.sub(" ", prompt).strip()
@@ -357,7 +371,12 @@ class RSAProcessor:
         """A window-pixel box (x0, y0, x1, y1) as four location tokens; ``window`` is (width, height)."""
         width, height = window
         x0, y0, x1, y1 = box
-        bins = (self.quantize(x0, width), self.quantize(y0, height), self.quantize(x1, width), self.quantize(y1, height))
+        bins = (
+            self.quantize(x0, width),
+            self.quantize(y0, height),
+            self.quantize(x1, width),
+            self.quantize(y1, height),
+        )
         return "".join(loc_token(i) for i in bins)
 
     def ground_answer(self, objects: Sequence[tuple[str, Box]], window: Size) -> str:
@@ -408,7 +427,12 @@ class RSAProcessor:
             for i in range(0, len(run) - 3, 4):
                 (p0, b0), (p1, b1), (p2, b2), (p3, b3) = run[i : i + 4]
                 box = clamp_box(
-                    (self.dequantize(b0, width), self.dequantize(b1, height), self.dequantize(b2, width), self.dequantize(b3, height)),
+                    (
+                        self.dequantize(b0, width),
+                        self.dequantize(b1, height),
+                        self.dequantize(b2, width),
+                        self.dequantize(b3, height),
+                    ),
                     window,
                 )
                 if box is not None:

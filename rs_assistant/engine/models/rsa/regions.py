@@ -47,7 +47,8 @@ BASE_FEATURES = 21 + len(LEVELS)
 MAX_LINES = 8
 LINE_CELLS = 0.5
 LINE_WIDTH = 0.125
-#: ... and with cells at this share of the positions along its length at least (a road, not corners of two fields in a row).
+#: ... and with cells at this share of the positions along its length at least (a road, not corners of two fields in
+#: a row).
 LINE_COVER = 0.75
 
 
@@ -64,7 +65,9 @@ def connected_regions(inside: torch.Tensor) -> torch.Tensor:
     labels = torch.where(inside, ids, torch.zeros_like(ids))
     while True:  # every cell takes the largest id among itself and its 4 neighbours inside, until none changes
         padded = F.pad(labels, (1, 1, 1, 1))
-        spread = torch.stack([labels, padded[:-2, 1:-1], padded[2:, 1:-1], padded[1:-1, :-2], padded[1:-1, 2:]]).amax(dim=0)
+        spread = torch.stack([labels, padded[:-2, 1:-1], padded[2:, 1:-1], padded[1:-1, :-2], padded[1:-1, 2:]]).amax(
+            dim=0
+        )
         spread = torch.where(inside, spread, torch.zeros_like(spread))
         if torch.equal(spread, labels):
             break
@@ -102,8 +105,15 @@ def candidate_regions(inside: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return torch.stack(masks), torch.tensor(levels, dtype=torch.long, device=inside.device)
 
 
-def region_features(masks: torch.Tensor, levels: torch.Tensor, classes: torch.Tensor, probability: torch.Tensor,
-                    pixels: torch.Tensor, rgb: torch.Tensor, num_classes: int) -> torch.Tensor:
+def region_features(
+    masks: torch.Tensor,
+    levels: torch.Tensor,
+    classes: torch.Tensor,
+    probability: torch.Tensor,
+    pixels: torch.Tensor,
+    rgb: torch.Tensor,
+    num_classes: int,
+) -> torch.Tensor:
     """``[K, num_region_features]`` float32 for the candidate regions ``masks [K, M, M]`` (bool) of
     ``levels [K]`` (as :func:`candidate_regions` gives them).
 
@@ -133,7 +143,9 @@ def region_features(masks: torch.Tensor, levels: torch.Tensor, classes: torch.Te
     several = torch.zeros(count, 1, device=masks.device)
     for level in levels.unique().tolist():  # ranks among the candidates of the same grouping
         same = levels == level
-        ranks[same] = torch.stack([_rank(area[same]), _rank(cx[same]), _rank(cy[same]), area[same] / area[same].max()], dim=1)
+        ranks[same] = torch.stack(
+            [_rank(area[same]), _rank(cx[same]), _rank(cy[same]), area[same] / area[same].max()], dim=1
+        )
         several[same] = math.log(int(same.sum()))
     colour = rgb.flatten(1).float()
     colour_mean = mean @ colour.T
@@ -142,7 +154,9 @@ def region_features(masks: torch.Tensor, levels: torch.Tensor, classes: torch.Te
     held = mean @ probability.flatten().float()
     level = F.one_hot(levels.long().to(masks.device), len(LEVELS)).float()
     around = _surroundings(masks, classes, num_classes)
-    return torch.cat([geometry, ranks, colour_mean, colour_std, held[:, None], several, level, feature_mean, around], dim=1)
+    return torch.cat(
+        [geometry, ranks, colour_mean, colour_std, held[:, None], several, level, feature_mean, around], dim=1
+    )
 
 
 def line_bands(inside: torch.Tensor, max_lines: int = MAX_LINES, steps: int = 90) -> list[torch.Tensor]:
@@ -165,7 +179,9 @@ def line_bands(inside: torch.Tensor, max_lines: int = MAX_LINES, steps: int = 90
     remaining = torch.ones(len(cells), dtype=torch.bool, device=inside.device)
     bands: list[torch.Tensor] = []
     for _ in range(3 * max_lines):
-        votes = torch.bincount(flat[remaining].flatten(), minlength=steps * (2 * offset + 1)).view(steps, 2 * offset + 1)
+        votes = torch.bincount(flat[remaining].flatten(), minlength=steps * (2 * offset + 1)).view(
+            steps, 2 * offset + 1
+        )
         angle, at = divmod(int(votes.argmax()), 2 * offset + 1)
         if len(bands) == max_lines or 2 * int(votes[angle, at]) < LINE_CELLS * side:  # too few cells left for any band
             break
@@ -184,7 +200,11 @@ def line_bands(inside: torch.Tensor, max_lines: int = MAX_LINES, steps: int = 90
         member = across.abs() <= torch.quantile(across[member].abs(), 0.95) + 0.25
         along = ((cells[member] - centre) @ along_axis).floor().long()
         length = int(along.max() - along.min()) + 1
-        if high - low + 1 > LINE_WIDTH * side or length < LINE_CELLS * side or len(along.unique()) < LINE_COVER * length:
+        if (
+            high - low + 1 > LINE_WIDTH * side
+            or length < LINE_CELLS * side
+            or len(along.unique()) < LINE_COVER * length
+        ):
             continue
         band = torch.zeros_like(inside)
         taken = cells[member].long()
