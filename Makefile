@@ -25,7 +25,7 @@ test: setup translations
 lint: setup
 	.venv/bin/ruff format .
 	.venv/bin/ruff check --fix .
-	-.venv/bin/mypy rs_assistant/core  # reports only (10 known errors in core): not yet in make test
+	.venv/bin/mypy rs_assistant/core
 
 test-core: setup
 	$(PY) -m pytest $(PYTEST_NOQT) tests/core

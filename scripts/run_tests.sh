@@ -3,8 +3,7 @@
 #   bash scripts/run_tests.sh        (what `make test` calls after the set-up)
 # setup (tests/setup) makes real engine environments with python -m rs_assistant.setup_engine from a
 # wheelhouse cached in ~/.cache/rs_assistant-tests (built once per machine: see tests/wheelhouse.py).
-# lint runs first: ruff format --check and ruff check (make lint fixes most). mypy rs_assistant/core is not in
-# it yet: it reports 10 type errors in core/protocol.py, settings.py and conversation.py still to fix.
+# lint runs first: ruff format --check, ruff check (make lint fixes most) and mypy on rs_assistant/core.
 # core/engine/training/setup run without the Qt plugins (no QGIS in those processes);
 # qgis/e2e run against Debian's QGIS with an offscreen Qt platform.
 set -uo pipefail
@@ -18,8 +17,8 @@ run_tier() {
   local rc=$?
   if [ $rc -ne 0 ]; then echo "=== tier $name FAILED (exit $rc) ==="; status=1; fi
 }
-# Both run (and print their findings) even when the first fails.
-run_tier lint     bash -c 'rc=0; .venv/bin/ruff format --check . || rc=1; .venv/bin/ruff check . || rc=1; exit $rc'
+# All three run (and print their findings) even when one fails.
+run_tier lint     bash -c 'rc=0; .venv/bin/ruff format --check . || rc=1; .venv/bin/ruff check . || rc=1; .venv/bin/mypy rs_assistant/core || rc=1; exit $rc'
 run_tier core     $PY -m pytest -p no:pytest_qgis -p no:pytest-qt tests/core
 run_tier engine   $PY -m pytest -p no:pytest_qgis -p no:pytest-qt tests/engine
 run_tier training $PY -m pytest -p no:pytest_qgis -p no:pytest-qt tests/training

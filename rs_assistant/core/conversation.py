@@ -11,7 +11,7 @@ import itertools
 import json
 import logging
 from dataclasses import dataclass, field, fields, replace
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 from rs_assistant.core.commands import Command, CommandError, CommandErrorCode, CommandKind, parse_command
 from rs_assistant.core.protocol import ErrorCode, ImageRef, Message, Role
@@ -161,8 +161,8 @@ class Conversation:
             raise ValueError(f"the saved transcript is not JSON ({exc})") from exc
         if not isinstance(data, dict) or not isinstance(data.get("turns"), list):
             raise ValueError("the saved transcript has no list of turns")
-        turns = [_turn_from_dict(item) for item in data["turns"] if isinstance(item, dict)]
-        turns = [t for t in turns if t is not None]
+        read = [_turn_from_dict(item) for item in data["turns"] if isinstance(item, dict)]
+        turns = [t for t in read if t is not None]
         last = max((t.id for t in turns), default=0)
         return cls(max_history_turns=max_history_turns, turns=turns, _ids=itertools.count(last + 1))
 
@@ -231,7 +231,8 @@ def _turn_from_dict(data: dict) -> Turn | None:
                 values["error"] = ErrorCode.INTERNAL
         region = data.get("region")
         if isinstance(region, dict):
-            values["region"] = Region(tuple(float(v) for v in region["extent"]), str(region["crs"]))
+            extent = cast(tuple[float, float, float, float], tuple(float(v) for v in region["extent"]))
+            values["region"] = Region(extent, str(region["crs"]))
         try:
             values["command"] = parse_command(str(values.get("question", "")))
         except CommandError:

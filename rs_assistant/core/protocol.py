@@ -17,7 +17,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 PROTOCOL_VERSION = "1"
 
@@ -236,7 +236,8 @@ class ImageRef:
 
     @classmethod
     def from_png(cls, data: bytes, extent: Sequence[float], crs: str) -> ImageRef:
-        return cls(extent=tuple(extent), crs=crs, png_base64=base64.b64encode(data).decode("ascii"))
+        box = cast(tuple[float, float, float, float], tuple(extent))  # __post_init__ checks that it has four numbers
+        return cls(extent=box, crs=crs, png_base64=base64.b64encode(data).decode("ascii"))
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"extent": list(self.extent), "crs": self.crs}
@@ -286,7 +287,9 @@ class Message:
     def from_dict(cls, data: Any) -> Message:
         if not isinstance(data, Mapping):
             raise ProtocolError(ErrorCode.BAD_REQUEST, "history entries must be objects with role and content")
-        return cls(role=data.get("role"), content=data.get("content"))
+        role: Any = data.get("role")  # checked by __post_init__
+        content: Any = data.get("content")
+        return cls(role=role, content=content)
 
 
 @dataclass(frozen=True)
@@ -323,7 +326,7 @@ class Options:
             raise ProtocolError(ErrorCode.BAD_REQUEST, "top_k must be at least 1")
 
     def to_dict(self) -> dict[str, Any]:
-        out = {
+        out: dict[str, Any] = {
             "max_new_tokens": self.max_new_tokens,
             "score_threshold": self.score_threshold,
             "max_side": self.max_side,
@@ -340,7 +343,10 @@ class Options:
         if not isinstance(data, Mapping):
             raise ProtocolError(ErrorCode.BAD_REQUEST, "'options' must be an object")
         _reject_unknown(data, {"max_new_tokens", "score_threshold", "max_side", "labels", "top_k"}, "options")
-        return cls(**{k: (tuple(v) if k == "labels" and isinstance(v, list) else v) for k, v in data.items()})
+        values: dict[str, Any] = {
+            k: (tuple(v) if k == "labels" and isinstance(v, list) else v) for k, v in data.items()
+        }
+        return cls(**values)
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ class Settings:
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            wanted = {"str": str, "float": float, "int": int}[f.type]
+            wanted = {"str": str, "float": float, "int": int}[str(f.type)]
             try:
                 object.__setattr__(self, f.name, wanted(value).strip() if wanted is str else wanted(value))
             except (TypeError, ValueError):
