@@ -363,7 +363,7 @@ def _raster_region(path: str, crs: str | None) -> tuple[tuple[float, float, floa
     import rasterio.errors
     import rasterio.warp
 
-    from rs_assistant.engine.geo import parse_crs
+    from rs_assistant.engine.crs import parse_crs
 
     if not os.path.exists(path):
         raise ProtocolError(ErrorCode.SOURCE_NOT_FOUND, f"source {path!r} does not exist")

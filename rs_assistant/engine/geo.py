@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import affine
 import numpy as np
@@ -19,15 +19,13 @@ import rasterio.features
 import shapely
 import shapely.affinity
 import shapely.geometry
-from pyproj.exceptions import CRSError
 from shapely.geometry import MultiPolygon, Point, Polygon
 from shapely.geometry.base import BaseGeometry
 
 from rs_assistant.core.protocol import ErrorCode, FeatureKind, ProtocolError
 from rs_assistant.engine.backends.base import Detection
-
-if TYPE_CHECKING:
-    from rs_assistant.engine.imagery import Window
+from rs_assistant.engine.crs import parse_crs
+from rs_assistant.engine.imagery import Window
 
 log = logging.getLogger(__name__)
 
@@ -43,21 +41,6 @@ _GEOMETRY_PREFERENCE: dict[FeatureKind, tuple[str, ...]] = {
     FeatureKind.CHANGE: ("mask", "box", "point"),
     FeatureKind.POINT: ("point", "box", "mask"),
 }
-
-
-def parse_crs(crs: str) -> pyproj.CRS:
-    """The pyproj CRS for an authority code, WKT or PROJ string; ProtocolError(BAD_CRS) if PROJ does not know it."""
-    if not isinstance(crs, str) or not crs.strip():
-        raise ProtocolError(ErrorCode.BAD_CRS, f"CRS must be a non-empty string such as 'EPSG:3857', got {crs!r}")
-    return _parse_crs(crs.strip())
-
-
-@functools.lru_cache(maxsize=64)
-def _parse_crs(crs: str) -> pyproj.CRS:
-    try:
-        return pyproj.CRS.from_user_input(crs)
-    except CRSError as exc:
-        raise ProtocolError(ErrorCode.BAD_CRS, f"unknown CRS {crs!r}: PROJ cannot interpret it ({exc})") from None
 
 
 @functools.lru_cache(maxsize=64)

@@ -33,7 +33,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 
 from rs_assistant.core.protocol import ErrorCode, ImageRef, ProtocolError
-from rs_assistant.engine.geo import parse_crs
+from rs_assistant.engine.crs import parse_crs
 
 log = logging.getLogger(__name__)
 

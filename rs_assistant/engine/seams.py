@@ -24,7 +24,7 @@ from shapely.geometry import Polygon
 from shapely.geometry.base import BaseGeometry
 
 from rs_assistant.core.protocol import ErrorCode, FeatureKind, ProtocolError
-from rs_assistant.engine.geo import parse_crs
+from rs_assistant.engine.crs import parse_crs
 from rs_assistant.engine.tiling import Bounds, Tile, TileGrid
 
 #: Pending pieces carry their exact geometry in the grid's CRS under this property (the merge reads it back).

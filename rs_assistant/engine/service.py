@@ -57,8 +57,9 @@ from rs_assistant.core.protocol import (
     feature_collection,
 )
 from rs_assistant.engine.backends.base import Backend, BackendCall, BackendResult, Detection
+from rs_assistant.engine.crs import parse_crs
 from rs_assistant.engine.device import describe, device_info
-from rs_assistant.engine.geo import detections_to_features, parse_crs
+from rs_assistant.engine.geo import detections_to_features
 from rs_assistant.engine.imagery import Window, read_image, read_pair
 from rs_assistant.engine.registry import AUTO_MODEL, Registry
 

@@ -22,7 +22,7 @@ import affine
 import pyproj
 
 from rs_assistant.core.protocol import BatchRequest, ErrorCode, ProtocolError
-from rs_assistant.engine.geo import parse_crs
+from rs_assistant.engine.crs import parse_crs
 from rs_assistant.engine.imagery import RasterInfo, describe_raster
 
 #: (col0, row0, col1, row1): a block of grid pixels, end-exclusive.

@@ -75,3 +75,50 @@ def test_the_check_itself_sees_a_forbidden_import(tmp_path):
     sample = tmp_path / "sample.py"
     sample.write_text("import os\nfrom torch import nn\nimport qgis.core as q\nfrom . import x\n")
     assert imported_top_modules(sample) == {"os", "torch", "qgis"}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _runtime_imports(path: Path, modules: set[str]) -> set[str]:
+    """The project modules ``path`` imports when it runs (``if TYPE_CHECKING:`` blocks left out)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    typing_only = {
+        id(child)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and getattr(node.test, "id", getattr(node.test, "attr", "")) == "TYPE_CHECKING"
+        for child in ast.walk(node)
+    }
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name in modules)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module in modules:
+            submodules = {f"{node.module}.{alias.name}" for alias in node.names} & modules
+            found.update(submodules or {node.module})  # `from package import module` needs the module
+    return found
+
+
+def test_no_module_of_the_package_imports_itself_through_others():
+    """Each module can be explained on its own: no import cycles (type-only imports aside)."""
+    files = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph = {name: _runtime_imports(path, set(files)) - {name} for name, path in files.items()}
+    cycles = []
+
+    def visit(name: str, trail: list[str]) -> None:
+        for target in sorted(graph[name]):
+            if target in trail:
+                cycles.append(" -> ".join(trail[trail.index(target) :] + [target]))
+            elif target not in done:
+                visit(target, [*trail, target])
+        done.add(name)
+
+    done: set[str] = set()
+    for name in sorted(graph):
+        if name not in done:
+            visit(name, [name])
+    assert not cycles, "import cycles:\n" + "\n".join(sorted(set(cycles)))

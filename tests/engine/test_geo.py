@@ -14,7 +14,8 @@ from shapely.geometry import MultiPolygon, Point, Polygon, shape
 from rs_assistant.core.protocol import ErrorCode, FeatureKind, ProtocolError
 from rs_assistant.engine import geo
 from rs_assistant.engine.backends.base import Detection
-from rs_assistant.engine.geo import detections_to_features, parse_crs, polygonize_mask
+from rs_assistant.engine.crs import parse_crs
+from rs_assistant.engine.geo import detections_to_features, polygonize_mask
 from rs_assistant.engine.imagery import Window
 from tests.engine import rasters
 

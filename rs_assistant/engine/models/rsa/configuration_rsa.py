@@ -48,6 +48,8 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig, PreTrainedTokenizerBase
 from transformers.configuration_utils import SubConfigSpec
 
+from rs_assistant.engine.models.rsa.tokens import ASSISTANT, BOS, DELTA, EOS, IMAGE, PAD, SEG, USER, loc_token
+
 log = logging.getLogger(__name__)
 
 #: Where the named configs live: ``configs/NAME.json``.
@@ -350,18 +352,6 @@ class RSAConfig(PreTrainedConfig):
 
     def bind_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
         """Take the special token ids and the vocabulary size from ``tokenizer`` (processing_rsa's tokens)."""
-        from rs_assistant.engine.models.rsa.processing_rsa import (
-            ASSISTANT,
-            BOS,
-            DELTA,
-            EOS,
-            IMAGE,
-            PAD,
-            SEG,
-            USER,
-            loc_token,
-        )
-
         ids = {
             token: tokenizer.convert_tokens_to_ids(token)
             for token in (IMAGE, DELTA, SEG, PAD, BOS, EOS, USER, ASSISTANT)

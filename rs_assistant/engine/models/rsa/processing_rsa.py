@@ -50,7 +50,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,21 +63,23 @@ from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 from rs_assistant.core.protocol import Message, Role, Task
 from rs_assistant.engine.backends.boxes import Box, Size, clamp_box, target_phrase
 from rs_assistant.engine.models.rsa.configuration_rsa import RSAConfig
+from rs_assistant.engine.models.rsa.tokens import (  # noqa: F401 (the tokens are part of this module's API too)
+    ASSISTANT,
+    BOS,
+    DELTA,
+    EOS,
+    IMAGE,
+    PAD,
+    SEG,
+    SPECIAL_TOKENS,
+    TASK_TAGS,
+    UNK,
+    USER,
+    loc_token,
+)
 
 log = logging.getLogger(__name__)
 
-PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
-USER, ASSISTANT = "<|user|>", "<|assistant|>"
-IMAGE, DELTA, SEG = "<image>", "<delta>", "[SEG]"
-TASK_TAGS: Mapping[Task, str] = {
-    Task.CAPTION: "<caption>",
-    Task.GROUND: "<ground>",
-    Task.SEGMENT: "<segment>",
-    Task.CHANGE: "<change>",
-    Task.CHAT: "<chat>",
-}
-#: The special tokens in id order (build_tokenizer gives them ids 0..13; the loc tokens follow).
-SPECIAL_TOKENS: tuple[str, ...] = (PAD, BOS, EOS, UNK, USER, ASSISTANT, IMAGE, DELTA, SEG, *TASK_TAGS.values())
 CAPTION_INSTRUCTION = "describe the image"
 CHANGE_INSTRUCTION = "what changed between the two images"
 NONE_ANSWER = "none"
@@ -85,10 +87,6 @@ NONE_ANSWER = "none"
 PROCESSOR_FILE = "processor_config.json"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-def loc_token(index: int) -> str:
-    return f"<loc_{index}>"
 
 
 def build_tokenizer(
