@@ -48,7 +48,7 @@ class _Call:
 
 
 class EngineClient:
-    def __init__(self, url: str, token: str = "", timeout: float = 120.0):
+    def __init__(self, url: str, token: str = "", timeout: float = 120.0) -> None:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme != "http" or not parts.hostname:
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"engine URL must look like http://127.0.0.1:8765, got {url!r}")

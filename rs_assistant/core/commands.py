@@ -61,7 +61,7 @@ SLASH_COMMANDS = (
 
 
 class CommandError(Exception):
-    def __init__(self, code: CommandErrorCode, text: str, kind: CommandKind | None = None):
+    def __init__(self, code: CommandErrorCode, text: str, kind: CommandKind | None = None) -> None:
         super().__init__(f"{code.value}: {text!r}")
         self.code = code
         self.text = text

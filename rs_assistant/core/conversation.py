@@ -11,7 +11,7 @@ import itertools
 import json
 import logging
 from dataclasses import dataclass, field, fields, replace
-from typing import NamedTuple, cast
+from typing import Any, NamedTuple, cast
 
 from rs_assistant.core.commands import Command, CommandError, CommandErrorCode, CommandKind, parse_command
 from rs_assistant.core.protocol import ErrorCode, ImageRef, Message, Role
@@ -101,7 +101,7 @@ class Conversation:
     turns: list[Turn] = field(default_factory=list)
     _ids: itertools.count = field(default_factory=lambda: itertools.count(1), repr=False)
 
-    def ask(self, question: str, command: Command | None, **details) -> Turn:
+    def ask(self, question: str, command: Command | None, **details: Any) -> Turn:
         turn = Turn(id=next(self._ids), question=question, command=command, **details)
         self.turns.append(turn)
         return turn
@@ -109,12 +109,12 @@ class Conversation:
     def get(self, turn_id: int) -> Turn:
         return next(t for t in self.turns if t.id == turn_id)
 
-    def update(self, turn_id: int, **changes) -> Turn:
+    def update(self, turn_id: int, **changes: Any) -> Turn:
         index = next(i for i, t in enumerate(self.turns) if t.id == turn_id)
         self.turns[index] = replace(self.turns[index], **changes)
         return self.turns[index]
 
-    def answer(self, turn_id: int, text: str, **details) -> Turn:
+    def answer(self, turn_id: int, text: str, **details: Any) -> Turn:
         return self.update(turn_id, state=TurnState.ANSWERED, answer=text, **details)
 
     def fail(self, turn_id: int, error: TurnError, detail: str = "") -> Turn:
@@ -172,7 +172,7 @@ _ERROR_TYPES: dict[str, type[enum.Enum]] = {"engine": ErrorCode, "problem": Prob
 _NOT_SAVED = {"command", "images"}  # the command is parsed again from the question; images are not kept
 
 
-def _plain(value):
+def _plain(value: Any) -> Any:
     """``value`` as JSON data, or ``_SKIP`` for what is not plain data."""
     if value is None or isinstance(value, (str, int, float, bool)) and not isinstance(value, enum.Enum):
         return value
@@ -180,8 +180,8 @@ def _plain(value):
         items = [_plain(v) for v in value]
         return _SKIP if any(i is _SKIP for i in items) else items
     if isinstance(value, dict) and all(isinstance(k, str) for k in value):
-        items = {k: _plain(v) for k, v in value.items()}
-        return _SKIP if any(i is _SKIP for i in items.values()) else items
+        entries = {k: _plain(v) for k, v in value.items()}
+        return _SKIP if any(i is _SKIP for i in entries.values()) else entries
     return _SKIP
 
 

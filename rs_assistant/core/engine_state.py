@@ -91,7 +91,7 @@ def parse_ready_line(line: str) -> str | None:
 class RestartBudget:
     """Allows ``limit`` restarts after crashes; a run that stayed healthy long enough refills it."""
 
-    def __init__(self, limit: int, healthy_after_s: float = 300.0):
+    def __init__(self, limit: int, healthy_after_s: float = 300.0) -> None:
         self.limit = limit
         self.healthy_after_s = healthy_after_s
         self.used = 0

@@ -46,7 +46,7 @@ _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 class ModelsFileError(ValueError):
     """A models file that cannot be read or does not make sense; the message names the file and key."""
 
-    def __init__(self, path: Path | str, message: str, key: str | None = None):
+    def __init__(self, path: Path | str, message: str, key: str | None = None) -> None:
         self.path = Path(path)
         self.key = key
         super().__init__(f"models file {self.path}: {message}")

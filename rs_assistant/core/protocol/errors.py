@@ -68,7 +68,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
 class ProtocolError(Exception):
     """A typed error: ``code`` is stable, ``message`` is for people (English, engine side)."""
 
-    def __init__(self, code: ErrorCode, message: str):
+    def __init__(self, code: ErrorCode, message: str) -> None:
         super().__init__(message)
         self.code = ErrorCode(code)
         self.message = message
