@@ -251,7 +251,7 @@ class BatchAlgorithm(QgsProcessingAlgorithm):
     def groupId(self) -> str:  # noqa: N802 (QGIS's name)
         return GROUP
 
-    def createInstance(self):  # noqa: N802
+    def createInstance(self) -> BatchAlgorithm:  # noqa: N802
         return type(self)()
 
     # --- parameters ----------------------------------------------------------------------------

@@ -63,6 +63,22 @@ METRIC_KEYS = (
 )
 
 
+#: Ground sampling distance bands (metres per pixel) the metrics are also reported in.
+GSD_BANDS: tuple[tuple[str, float, float], ...] = (
+    ("0.1-0.3 m", 0.1, 0.3),
+    ("0.3-0.7 m", 0.3, 0.7),
+    ("0.7-2 m", 0.7, 2.0),
+)
+
+
+def gsd_band(gsd: float) -> str:
+    """The name of the GSD band ``gsd`` falls in (the last band includes its upper end and beyond)."""
+    for name, low, high in GSD_BANDS:
+        if gsd < high:
+            return name if gsd >= low else GSD_BANDS[0][0]
+    return GSD_BANDS[-1][0]
+
+
 def evaluate(
     model: Path, split: str = "test", count: int = 100, size: int = 512, threads: int = 2, max_new_tokens: int = 64
 ) -> dict[str, float | int | str]:
@@ -84,21 +100,26 @@ def evaluate(
     vqa_pred: list[str] = []
     vqa_true: list[str] = []
     vqa_kind: list[str] = []
+    bands: dict[str, list[str]] = {"caption": [], "ground": [], "segment": [], "change": []}  # each sample's GSD band
     started = time.perf_counter()
     for i, seed in enumerate(tqdm(split_seeds(split, count), desc=f"eval scenes ({split})", dynamic_ncols=True)):
         scene = generate_scene(seed, size=size)
         rng = np.random.default_rng(seed)
         window = [scene.image]
+        band = gsd_band(scene.gsd)
         refs[str(seed)] = list(scene.captions)
         caps[str(seed)] = ask(Task.CAPTION, window).text
+        bands["caption"].append(band)
         ref = grounding_case(scene, rng)
         if ref is not None:
             found = [d for d in ask(Task.GROUND, window, f"find {ref.text}").detections if d.kind is FeatureKind.BOX]
             boxes_pred.append(found[0].box if found else None)
             boxes_true.append(ref.box)
+            bands["ground"].append(band)
         prompt, target = segment_case(scene, i, rng)
         masks_pred.append(mask_union(ask(Task.SEGMENT, window, prompt), target))
         masks_true.append(target)
+        bands["segment"].append(band)
         if scene.qa:
             qa = scene.qa[int(rng.integers(len(scene.qa)))]
             vqa_pred.append(ask(Task.CHAT, window, qa.question).text)
@@ -114,6 +135,7 @@ def evaluate(
         verdict, _, caption = text.partition(": ")
         verdicts.append(verdict.startswith("changed"))
         truths.append(pair.changed)
+        bands["change"].append(gsd_band(pair.before.gsd))
         change_refs[str(seed)] = list(pair.captions)
         change_caps[str(seed)] = caption
     seconds = time.perf_counter() - started
@@ -138,7 +160,45 @@ def evaluate(
         **{f"vqa_{k}": v for k, v in vqa.items()},
         "seconds": round(seconds, 1),
     }
+    by_gsd: dict[str, dict[str, float | int]] = {}
+    seeds, nan = list(refs), float("nan")
+    for name, _, _ in GSD_BANDS:
+        mine = {task: [i for i, b in enumerate(found) if b == name] for task, found in bands.items()}
+        if not any(mine.values()):
+            continue
+
+        def pick(values: Sequence, task: str, mine: dict = mine) -> list:
+            return [values[i] for i in mine[task]]
+
+        band_seeds = pick(seeds, "caption")
+        band_caps = {s: refs[s] for s in band_seeds}, {s: caps[s] for s in band_seeds}
+        by_gsd[name] = {
+            "scenes": len(mine["caption"]),
+            "pairs": len(mine["change"]),
+            "caption_CIDEr": caption_scores(*band_caps, metrics=("CIDEr",))["CIDEr"] if band_seeds else nan,
+            "ground_acc@0.5": accuracy_at_iou(pick(boxes_pred, "ground"), pick(boxes_true, "ground"), 0.5)
+            if mine["ground"]
+            else nan,
+            "segment_mIoU": mask_ious(pick(masks_pred, "segment"), pick(masks_true, "segment"))["mIoU"]
+            if mine["segment"]
+            else nan,
+            "change_accuracy": binary_accuracy(pick(verdicts, "change"), pick(truths, "change"))
+            if mine["change"]
+            else nan,
+        }
+    results["by_gsd"] = by_gsd  # type: ignore[assignment]
     return results
+
+
+def band_table(results: dict) -> str:
+    """The main metrics per GSD band (the bands the split has samples in)."""
+    keys = ("caption_CIDEr", "ground_acc@0.5", "segment_mIoU", "change_accuracy")
+    lines = [f"{'GSD band':<11}{'scenes':>7}{'pairs':>6}" + "".join(f"{k:>17}" for k in keys), "-" * 92]
+    for name, row in results.get("by_gsd", {}).items():
+        lines.append(
+            f"{name:<11}{row['scenes']:>7}{row['pairs']:>6}" + "".join(f"{float(row[k]):>17.3f}" for k in keys)
+        )
+    return "\n".join(lines)
 
 
 def grounding_case(scene, rng: np.random.Generator):
@@ -194,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--count must be at least 1")
     results = evaluate(args.model, args.split, args.count, args.size, args.threads)
     print(table(results))
+    print(band_table(results))
     out = args.out or Path("out/eval") / f"{args.model.name}_{args.split}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")

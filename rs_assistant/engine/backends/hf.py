@@ -12,6 +12,7 @@ import logging
 import threading
 from collections.abc import Collection, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import StoppingCriteria
@@ -64,7 +65,7 @@ def checkpoint_folder(
     return path
 
 
-def load_model(backend: Backend, model_class: type, path: Path):
+def load_model(backend: Backend, model_class: type, path: Path) -> Any:
     """``model_class.from_pretrained(path)`` from local files only, in the engine's dtype and attention, on its
     device."""
     try:
