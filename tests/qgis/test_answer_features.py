@@ -6,13 +6,14 @@ project's GeoPackage in a folder asked for once and never among the data."""
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 from qgis.core import QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsDateTimeFieldFormatter, QgsProject
 from qgis.gui import QgsRubberBand
 from qgis.PyQt.QtCore import Qt, QTimer
 from qgis.PyQt.QtGui import QTextCursor
-from qgis.PyQt.QtWidgets import QApplication, QFileDialog, QLineEdit
+from qgis.PyQt.QtWidgets import QApplication, QFileDialog, QLineEdit, QListView
 
 from rs_assistant.core.conversation import TurnState
 from rs_assistant.core.settings import Settings
@@ -225,8 +226,18 @@ def _answer_modal(qtbot, steps: list) -> list[str]:
 
 
 def type_folder(dialog: QFileDialog, folder: Path) -> None:
-    """Types a folder's path in the dialog's name box and accepts it, as a person would."""
+    """Types a folder's path in the dialog's name box and accepts it, as a person would: once the dialog has
+    listed its folder and selected the proposal (a listing that lands after the typing would select the
+    proposal over what was typed, a race a person, who reads the list first, never runs)."""
+    listing = dialog.findChild(QListView, "listView")
+    deadline = time.monotonic() + 10
+    while not listing.selectionModel().hasSelection() and time.monotonic() < deadline:
+        QApplication.processEvents()
+        time.sleep(0.01)
+    listing.clearSelection()  # typing replaces the proposal, as it does for a person who selects the name box's text
     dialog.findChild(QLineEdit, "fileNameEdit").setText(str(folder))
+    QApplication.processEvents()
+    assert dialog.selectedFiles() == [str(folder)], dialog.selectedFiles()
     dialog.accept()
 
 
