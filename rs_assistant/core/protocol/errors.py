@@ -68,17 +68,34 @@ HTTP_STATUS: dict[ErrorCode, int] = {
 class ProtocolError(Exception):
     """A typed error: ``code`` is stable, ``message`` is for people (English, engine side)."""
 
-    def __init__(self, code: ErrorCode, message: str) -> None:
+    def __init__(self, code: ErrorCode, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.code = ErrorCode(code)
         self.message = message
+        self.param = param  # the request field at fault ("options.max_side"), when one is
 
     @property
     def http_status(self) -> int:
         return HTTP_STATUS[self.code]
 
+    @property
+    def error_type(self) -> str:
+        """The kind of error in OpenAI's words (its clients read ``error.type``)."""
+        status = self.http_status
+        if status == 401:
+            return "authentication_error"
+        if status == 404:
+            return "not_found_error"
+        if status == 429:
+            return "rate_limit_error"
+        return "server_error" if status >= 500 else "invalid_request_error"
+
     def to_dict(self) -> dict[str, Any]:
-        return {"error": {"code": self.code.value, "message": self.message}}
+        """``{"error": {"code", "message", "type", "param"}}``: this protocol's code and message, and the
+        fields OpenAI's error objects have."""
+        return {
+            "error": {"code": self.code.value, "message": self.message, "type": self.error_type, "param": self.param}
+        }
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
@@ -92,7 +109,8 @@ class ProtocolError(Exception):
             code = ErrorCode(err.get("code"))
         except ValueError:
             code = ErrorCode.INTERNAL
-        return cls(code, str(err.get("message", "")))
+        param = err.get("param")
+        return cls(code, str(err.get("message", "")), param=param if isinstance(param, str) else None)
 
     def __repr__(self) -> str:
         return f"ProtocolError({self.code.value!r}, {self.message!r})"
