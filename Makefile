@@ -6,7 +6,7 @@ VERSION := $(shell sed -n 's/^version=//p' metadata.txt)
 PYTEST_NOQT := -p no:pytest_qgis -p no:pytest-qt
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup lint test test-core test-engine test-training test-qgis test-e2e demo package translations lock clean help
+.PHONY: setup lint test test-core test-engine test-training test-qgis test-e2e test-api demo package translations lock clean help
 
 help:
 	@echo "make demo      set up, then run the plugin and the engine on the demo data"
@@ -37,6 +37,8 @@ test-qgis: setup translations
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest tests/qgis
 test-e2e: setup translations
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest tests/e2e
+test-api: setup
+	$(PY) -m pytest $(PYTEST_NOQT) tests/api
 
 translations:
 	@bash scripts/translations.sh

@@ -4,7 +4,8 @@
 # setup (tests/setup) makes real engine environments with python -m rs_assistant.setup_engine from a
 # wheelhouse cached in ~/.cache/rs_assistant-tests (built once per machine: see tests/wheelhouse.py).
 # lint runs first: ruff format --check, ruff check (make lint fixes most) and mypy on rs_assistant/core.
-# core/engine/training/setup run without the Qt plugins (no QGIS in those processes);
+# api runs schemathesis against a served engine (fixed seed and example count; tests/api/schemathesis.toml).
+# core/engine/training/setup/api run without the Qt plugins (no QGIS in those processes);
 # qgis/e2e run against Debian's QGIS with an offscreen Qt platform.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -23,5 +24,6 @@ run_tier core     $PY -m pytest -p no:pytest_qgis -p no:pytest-qt tests/core
 run_tier engine   $PY -m pytest -p no:pytest_qgis -p no:pytest-qt tests/engine
 run_tier training $PY -m pytest -p no:pytest_qgis -p no:pytest-qt tests/training
 run_tier setup    $PY -m pytest -p no:pytest_qgis -p no:pytest-qt tests/setup
+run_tier api      $PY -m pytest -p no:pytest_qgis -p no:pytest-qt tests/api
 run_tier qgis     env QT_QPA_PLATFORM=offscreen $PY -m pytest tests/qgis tests/e2e
 exit $status

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import hmac
 import json
 import logging
@@ -34,9 +35,10 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -47,6 +49,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from PIL import Image
 from pydantic import TypeAdapter
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 from typing_extensions import TypedDict  # pydantic reads typing.TypedDict only from Python 3.12
@@ -57,16 +60,20 @@ from rs_assistant.core.protocol import (
     AnalyzeRequest,
     AnalyzeResponse,
     BatchRequest,
+    BusyRequest,
     ErrorCode,
     Health,
     Message,
     Options,
     ProtocolError,
+    Queue,
     Role,
     RouteRequest,
     RouteResult,
     model_list_to_dict,
 )
+from rs_assistant.core.protocol.schema import MAX_DEPTH, depth
+from rs_assistant.core.protocol.schema import check as check_schema
 from rs_assistant.engine.batch import JobPlan, plan_job, stream_job
 from rs_assistant.engine.imagery import decode_image_bytes
 from rs_assistant.engine.router import classes_for, route
@@ -79,6 +86,8 @@ T = TypeVar("T")
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 DEFAULT_REQUEST_TIMEOUT_S = 600.0
 DEFAULT_WORKERS = 8
+#: Requests waiting for a model or being answered (batch jobs included); one more gets 429 busy.
+DEFAULT_MAX_QUEUE = 32
 HEALTH_PATH = "/v1/health"
 #: How often a running request checks for a disconnected client and for its deadline.
 POLL_S = 0.05
@@ -193,9 +202,11 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
     workers: int = DEFAULT_WORKERS,
+    max_queue: int = DEFAULT_MAX_QUEUE,
 ) -> FastAPI:
     """The FastAPI app serving ``engine``; ``token`` None turns the bearer check off (embedding, tests)."""
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rsa-infer")
+    queue = _Queue(engine, max_queue)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -215,8 +226,20 @@ def create_app(
     if token is not None:
         app.add_middleware(_BearerToken, token=token)
 
-    async def in_worker(request: Request, work: Callable[[threading.Event], T]) -> T:
-        return await _run_cancellable(request, executor, work, request_timeout_s)
+    async def in_worker(
+        request: Request, work: Callable[[threading.Event], T], task: str = "chat", model: str = "default"
+    ) -> T:
+        with queue.admit(request.url.path, task, model) as entry:
+            return await _run_cancellable(request, executor, entry.working(work), request_timeout_s)
+
+    def schemas() -> Mapping[str, Any]:
+        return app.openapi()["components"]["schemas"]
+
+    async def read_body(request: Request, schema: str) -> Any:
+        """The body, valid by ``schema`` in /openapi.json (400 naming the field otherwise)."""
+        body = await _read_json(request, max_body_bytes)
+        check_schema(body, schemas()[schema], schemas())
+        return body
 
     @app.exception_handler(ProtocolError)
     async def protocol_error(_: Request, exc: ProtocolError) -> Response:
@@ -226,7 +249,8 @@ def create_app(
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         code = ErrorCode.NOT_FOUND if exc.status_code == 404 else ErrorCode.BAD_REQUEST
         message = f"no route {request.method} {request.url.path}" if exc.status_code in (404, 405) else str(exc.detail)
-        return JSONResponse(ProtocolError(code, message).to_dict(), status_code=exc.status_code)
+        # a 405 keeps its Allow header (the methods the path answers), as HTTP requires
+        return JSONResponse(ProtocolError(code, message).to_dict(), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
@@ -237,7 +261,7 @@ def create_app(
 
     @app.get(HEALTH_PATH, summary="Status, version and device (no token needed)", responses=_responses("Health"))
     async def health() -> Response:
-        return JSONResponse(engine.health().to_dict())
+        return JSONResponse(dataclasses.replace(engine.health(), queue=queue.state()).to_dict())
 
     @app.get("/v1/models", summary="The models this engine can answer with", responses=_responses("ModelList"))
     async def models() -> Response:
@@ -251,8 +275,13 @@ def create_app(
         responses=_responses("AnalyzeResponse"),
     )
     async def analyze(request: Request) -> Response:
-        analyze_request = AnalyzeRequest.from_dict(await _read_json(request, max_body_bytes))
-        response = await in_worker(request, lambda cancel: engine.analyze(analyze_request, cancel))
+        analyze_request = AnalyzeRequest.from_dict(await read_body(request, "AnalyzeRequest"))
+        response = await in_worker(
+            request,
+            lambda cancel: engine.analyze(analyze_request, cancel),
+            analyze_request.task.value,
+            analyze_request.model,
+        )
         return JSONResponse(response.to_dict())
 
     @app.post(
@@ -263,9 +292,18 @@ def create_app(
         responses=_responses("BatchEventLine", media_type="application/x-ndjson"),
     )
     async def batch(request: Request) -> Response:
-        batch_request = BatchRequest.from_dict(await _read_json(request, max_body_bytes))
+        batch_request = BatchRequest.from_dict(await read_body(request, "BatchRequest"))
         plan = await asyncio.get_running_loop().run_in_executor(executor, plan_job, engine, batch_request)
-        return StreamingResponse(_batch_stream(request, executor, engine, plan), media_type="application/x-ndjson")
+        entry = queue.enter(request.url.path, batch_request.task.value, batch_request.model)  # left when the job ends
+        try:
+            stream = _batch_stream(request, executor, engine, plan, entry, queue)
+        except BaseException:
+            queue.leave(entry)
+            raise
+        # the place is also given back after the response (idempotent), should the stream never start
+        return StreamingResponse(
+            stream, media_type="application/x-ndjson", background=BackgroundTask(queue.leave, entry)
+        )
 
     @app.post(
         "/v1/chat/completions",
@@ -289,7 +327,7 @@ def create_app(
         responses=_responses("RouteResult"),
     )
     async def route_turn(request: Request) -> Response:
-        route_request = RouteRequest.from_dict(await _read_json(request, max_body_bytes))
+        route_request = RouteRequest.from_dict(await read_body(request, "RouteRequest"))
         classes = classes_for(engine.registry, route_request.model)  # reads a config.json at most once per model
         return JSONResponse(route(route_request, classes).to_dict())
 
@@ -327,7 +365,84 @@ class _BearerToken:
 
 
 def _error_response(exc: ProtocolError) -> JSONResponse:
-    return JSONResponse(exc.to_dict(), status_code=exc.http_status)
+    retry = getattr(exc, "retry_after_s", None)
+    headers = {"Retry-After": str(retry)} if retry is not None else None
+    return JSONResponse(exc.to_dict(), status_code=exc.http_status, headers=headers)
+
+
+class _Entry:
+    """One admitted request: what it asks and, while a worker thread runs it, that thread."""
+
+    def __init__(self, route: str, task: str, model: str):
+        self.route, self.task, self.model = route, task, model
+        self.started = time.monotonic()
+        self.thread: int | None = None
+
+    def working(self, work: Callable[[threading.Event], T]) -> Callable[[threading.Event], T]:
+        """``work`` noting the worker thread that runs it (so that /v1/health can tell waiting from busy)."""
+
+        def run(cancel: threading.Event) -> T:
+            self.thread = threading.get_ident()
+            try:
+                return work(cancel)
+            finally:
+                self.thread = None
+
+        return run
+
+
+class _Queue:
+    """The requests admitted to the models (analyze, chat, batch jobs). Beyond ``limit`` of them a request is
+    refused at once with 429 busy and a Retry-After estimated from the recent requests' durations."""
+
+    def __init__(self, engine: Engine, limit: int):
+        self.engine = engine
+        self.limit = max(1, limit)
+        self.entries: list[_Entry] = []
+        self.durations: deque[float] = deque(maxlen=20)
+        self.lock = threading.Lock()
+
+    def enter(self, route: str, task: str, model: str) -> _Entry:
+        with self.lock:
+            if len(self.entries) >= self.limit:
+                typical = sorted(self.durations)[len(self.durations) // 2] if self.durations else 1.0
+                retry = max(1, min(600, round(typical * (len(self.entries) - self.limit + 1) + 0.5)))
+                error = ProtocolError(
+                    ErrorCode.BUSY,
+                    f"the engine is answering or holding {len(self.entries)} requests (its limit); retry in about "
+                    f"{retry} s",
+                )
+                error.retry_after_s = retry  # type: ignore[attr-defined]
+                raise error
+            entry = _Entry(route, task, model)
+            self.entries.append(entry)
+            return entry
+
+    def leave(self, entry: _Entry) -> None:
+        with self.lock:
+            if entry in self.entries:
+                self.entries.remove(entry)
+                self.durations.append(time.monotonic() - entry.started)
+
+    @contextmanager
+    def admit(self, route: str, task: str, model: str) -> Iterator[_Entry]:
+        entry = self.enter(route, task, model)
+        try:
+            yield entry
+        finally:
+            self.leave(entry)
+
+    def state(self) -> Queue:
+        busy_threads = self.engine.busy_threads()
+        now = time.monotonic()
+        with self.lock:
+            entries = list(self.entries)
+        busy = [e for e in entries if e.thread is not None and e.thread in busy_threads]
+        return Queue(
+            waiting=len(entries) - len(busy),
+            limit=self.limit,
+            busy=tuple(BusyRequest(e.route, e.task, e.model, now - e.started) for e in busy),
+        )
 
 
 async def _read_json(request: Request, limit: int) -> Any:
@@ -342,10 +457,16 @@ async def _read_json(request: Request, limit: int) -> Any:
         if size > limit:
             raise _too_large(size, limit)
         chunks.append(chunk)
+    too_deep = ProtocolError(ErrorCode.BAD_REQUEST, f"the body nests lists or objects more than {MAX_DEPTH} deep")
     try:
-        return json.loads(b"".join(chunks))
+        body = json.loads(b"".join(chunks))
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise too_deep from None
+    if depth(body) > MAX_DEPTH:
+        raise too_deep
+    return body
 
 
 def _too_large(size: int, limit: int) -> ProtocolError:
@@ -388,15 +509,17 @@ async def _run_cancellable(
 
 
 async def _batch_stream(
-    request: Request, pool: ThreadPoolExecutor, engine: Engine, plan: JobPlan
+    request: Request, pool: ThreadPoolExecutor, engine: Engine, plan: JobPlan, entry: _Entry, queue: _Queue
 ) -> AsyncIterator[bytes]:
-    """The job's events as NDJSON lines, each sent as soon as it exists; a client that leaves cancels the job."""
+    """The job's events as NDJSON lines, each sent as soon as it exists; a client that leaves cancels the job.
+    The job holds its place in ``queue`` until it ends."""
     cancel = threading.Event()
     events = stream_job(engine, plan, cancel)
     loop = asyncio.get_running_loop()
+    step = entry.working(lambda _cancel: next(events, None))
     try:
         while True:
-            future = loop.run_in_executor(pool, next, events, None)
+            future = loop.run_in_executor(pool, step, cancel)
             while not (await asyncio.wait({future}, timeout=POLL_S))[0]:
                 if await request.is_disconnected():
                     log.info("batch job %s: the client disconnected; cancelling", plan.job_id)
@@ -408,6 +531,7 @@ async def _batch_stream(
             yield (json.dumps(event) + "\n").encode("utf-8")
     finally:
         cancel.set()  # the job's thread stops at its next check (no-op once the job has ended)
+        queue.leave(entry)
 
 
 # --- /v1/chat/completions ----------------------------------------------------------------------

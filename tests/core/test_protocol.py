@@ -68,7 +68,7 @@ def test_png_image_round_trips():
         ({"output_crs": "WGS84 please"}, ErrorCode.BAD_CRS),
         ({"task": "change"}, ErrorCode.BAD_IMAGE_COUNT),
         ({"images": []}, ErrorCode.BAD_IMAGE_COUNT),
-        ({"images": [{"extent": [0, 0, 1, 1], "crs": "EPSG:3857"}]}, ErrorCode.BAD_REQUEST),
+        ({"images": [{"extent": [0, 0, 1, 1], "crs": "EPSG:3857"}]}, ErrorCode.INVALID_VALUE),
         ({"options": {"max_side": 100000}}, ErrorCode.REGION_TOO_LARGE),
         ({"prompt": "x" * 9000}, ErrorCode.PROMPT_TOO_LONG),
         ({"surprise": 1}, ErrorCode.BAD_REQUEST),

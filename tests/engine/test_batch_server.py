@@ -114,10 +114,12 @@ def test_mistakes_are_refused_before_the_stream_starts(client, url, data, change
     assert response.headers["content-type"].startswith("application/json")
 
 
-def test_a_tile_size_over_the_limit_is_a_413(url, data):
+def test_a_tile_size_over_the_schema_limit_is_a_400_naming_it(url, data):
     body = job(data).to_dict() | {"tile_size": BatchRequest.MAX_TILE_SIZE * 2}
     response = httpx.post(f"{url}/v1/batch", json=body, headers={"Authorization": f"Bearer {TOKEN}"})
-    assert response.status_code == 413 and response.json()["error"]["code"] == "region_too_large"
+    error = response.json()["error"]
+    assert response.status_code == 400 and error["code"] == "bad_request" and error["param"] == "tile_size"
+    assert f"between 32 and {BatchRequest.MAX_TILE_SIZE}" in error["message"]
 
 
 def test_the_route_needs_the_token(url, data):

@@ -59,12 +59,12 @@ def test_a_class_the_built_in_model_does_not_know_lists_its_classes(client):
 def test_bad_route_requests_are_the_callers_mistakes(client, url):
     with pytest.raises(ProtocolError) as empty:
         client.route("   ")
-    assert empty.value.code is ErrorCode.BAD_REQUEST and "empty" in empty.value.message
+    assert empty.value.code is ErrorCode.INVALID_VALUE and "empty" in empty.value.message
     with httpx.Client(base_url=url, timeout=30) as raw:
         assert raw.post("/v1/route", json={"prompt": "find cars"}).status_code == 401  # the token is required
         auth = {"Authorization": f"Bearer {TOKEN}"}
         response = raw.post("/v1/route", json={"prompt": ""}, headers=auth)
-        assert response.status_code == 400 and "type a request" in response.json()["error"]["message"]
+        assert response.status_code == 422 and "type a request" in response.json()["error"]["message"]
         response = raw.post("/v1/route", json={"prompt": "find cars", "images": 3}, headers=auth)
         assert response.status_code == 400
         response = raw.post("/v1/route", json={"prompt": "find cars", "model": "nope"}, headers=auth)

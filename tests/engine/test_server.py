@@ -90,7 +90,7 @@ def test_health_needs_no_token(url):
     response = httpx.get(f"{url}/v1/health")
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == {"status", "version", "device", "device_info"} and body["status"] == "ok"
+    assert set(body) == {"status", "version", "device", "device_info", "queue"} and body["status"] == "ok"
     assert body["device"].startswith("cpu")
     info = body["device_info"]
     assert info["type"] == "cpu" and info["dtype"] == "float32" and info["name"]
@@ -121,10 +121,10 @@ def test_analyze_ground_answers_geojson_in_the_output_crs(client, data):
 
 
 BAD_INPUTS = [
-    pytest.param(lambda d: body(d, task="dance"), 400, "unknown_task", id="unknown task"),
+    pytest.param(lambda d: body(d, task="dance"), 400, "bad_request", id="unknown task"),
     pytest.param(lambda d: body(d, model="gpt-7"), 404, "unknown_model", id="unknown model"),
     pytest.param(
-        lambda d: body(d, task="classify", prompt="a, b"), 400, "unsupported_task", id="task the model does not do"
+        lambda d: body(d, task="classify", prompt="a, b"), 422, "unsupported_task", id="task the model does not do"
     ),
     pytest.param(
         lambda d: body(d, image={"source": str(d / "missing.tif")}), 404, "source_not_found", id="source missing"
@@ -135,10 +135,10 @@ BAD_INPUTS = [
     ),
     pytest.param(lambda d: body(d, image={"extent": [0, 0, 100, 100]}), 422, "extent_outside", id="extent outside"),
     pytest.param(
-        lambda d: body(d, image={"extent": [FULL[0], FULL[1], FULL[0], FULL[3]]}), 400, "bad_extent", id="zero area"
+        lambda d: body(d, image={"extent": [FULL[0], FULL[1], FULL[0], FULL[3]]}), 422, "bad_extent", id="zero area"
     ),
     pytest.param(
-        lambda d: body(d, options={"max_side": 100_000}), 413, "region_too_large", id="max_side over the limit"
+        lambda d: body(d, options={"max_side": 100_000}), 400, "bad_request", id="max_side over the limit"
     ),
     pytest.param(
         lambda d: body(
@@ -148,10 +148,10 @@ BAD_INPUTS = [
         "region_too_large",
         id="region too large to read",
     ),
-    pytest.param(lambda d: body(d, image={"crs": "EPSG:999999"}), 400, "bad_crs", id="unknown image CRS"),
-    pytest.param(lambda d: body(d, output_crs="not a crs"), 400, "bad_crs", id="malformed output CRS"),
-    pytest.param(lambda d: body(d, task="change"), 400, "bad_image_count", id="one image for change"),
-    pytest.param(lambda d: body(d, images="x"), 400, "bad_image_count", id="images not a list"),
+    pytest.param(lambda d: body(d, image={"crs": "EPSG:999999"}), 422, "bad_crs", id="unknown image CRS"),
+    pytest.param(lambda d: body(d, output_crs="not a crs"), 422, "bad_crs", id="malformed output CRS"),
+    pytest.param(lambda d: body(d, task="change"), 422, "bad_image_count", id="one image for change"),
+    pytest.param(lambda d: body(d, images="x"), 400, "bad_request", id="images not a list"),
     pytest.param(lambda d: body(d, colour="blue"), 400, "bad_request", id="unknown field"),
     pytest.param(lambda d: [1, 2], 400, "bad_request", id="not an object"),
 ]

@@ -22,10 +22,12 @@ from rs_assistant.core.protocol.analyze import (
 )
 from rs_assistant.core.protocol.batch import BATCH_SOURCES, BatchEvent, BatchRequest
 from rs_assistant.core.protocol.engine_info import (
+    BusyRequest,
     DeviceInfo,
     DeviceType,
     Health,
     ModelInfo,
+    Queue,
     model_list_from_dict,
     model_list_to_dict,
 )
@@ -42,6 +44,7 @@ __all__ = [
     "AnalyzeResponse",
     "BatchEvent",
     "BatchRequest",
+    "BusyRequest",
     "DeviceInfo",
     "DeviceType",
     "ErrorCode",
@@ -53,6 +56,7 @@ __all__ = [
     "ModelInfo",
     "Options",
     "ProtocolError",
+    "Queue",
     "Role",
     "RouteRequest",
     "RouteResponse",

@@ -7,9 +7,17 @@ import enum
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
-from rs_assistant.core.protocol.analyze import AnalyzeRequest, ImageRef, Options
+from rs_assistant.core.protocol.analyze import (
+    FORBID_EXTRA,
+    MAX_CRS_CHARS,
+    MAX_PATH_CHARS,
+    MAX_PROMPT_CHARS,
+    AnalyzeRequest,
+    ImageRef,
+    Options,
+)
 from rs_assistant.core.protocol.errors import (
     ErrorCode,
     ProtocolError,
@@ -18,7 +26,13 @@ from rs_assistant.core.protocol.errors import (
     validate_crs,
     validate_extent,
 )
+from rs_assistant.core.protocol.schema import Limits
 from rs_assistant.core.protocol.vocabulary import Task
+
+MAX_TILE_SIZE = 2048
+MAX_BATCH_SIZE = 64
+MAX_TILE_IDS = 1_000_000  # skip_tiles: a layer of a million tiles is far beyond any one job
+MAX_PENDING = 100_000  # seam pieces carried over from an interrupted run
 
 #: Tasks a batch job runs, and how many rasters each takes (change: before, after).
 BATCH_SOURCES: dict[Task, int] = {
@@ -72,22 +86,26 @@ class BatchRequest:
     """
 
     task: Task
-    sources: tuple[str, ...]
-    output_crs: str
-    model: str = "default"
-    prompt: str = ""
+    sources: Annotated[
+        tuple[Annotated[str, Limits(min_length=1, max_length=MAX_PATH_CHARS)], ...],
+        Limits(min_length=1, max_length=2, code="bad_image_count"),
+    ]
+    output_crs: Annotated[str, Limits(min_length=1, max_length=MAX_CRS_CHARS)]
+    model: Annotated[str, Limits(min_length=1, max_length=200)] = "default"
+    prompt: Annotated[str, Limits(max_length=MAX_PROMPT_CHARS, code="prompt_too_long")] = ""
     extent: tuple[float, float, float, float] | None = None
-    extent_crs: str | None = None
-    tile_size: int = 512
-    overlap: int = 64
-    batch_size: int = 0
-    bands: tuple[int, ...] | None = None
-    skip_tiles: tuple[int, ...] = ()
-    pending: tuple[dict[str, Any], ...] = ()
+    extent_crs: Annotated[str, Limits(min_length=1, max_length=MAX_CRS_CHARS)] | None = None
+    tile_size: Annotated[int, Limits(ge=32, le=MAX_TILE_SIZE)] = 512
+    overlap: Annotated[int, Limits(ge=0, le=MAX_TILE_SIZE // 2)] = 64
+    batch_size: Annotated[int, Limits(ge=0, le=MAX_BATCH_SIZE)] = 0
+    bands: Annotated[tuple[Annotated[int, Limits(ge=1)], ...], Limits(min_length=1, max_length=3)] | None = None
+    skip_tiles: Annotated[tuple[Annotated[int, Limits(ge=0)], ...], Limits(max_length=MAX_TILE_IDS)] = ()
+    pending: Annotated[tuple[dict[str, Any], ...], Limits(max_length=MAX_PENDING)] = ()
     options: Options = field(default_factory=Options)
 
-    MAX_TILE_SIZE = 2048
-    MAX_BATCH_SIZE = 64
+    MAX_TILE_SIZE = MAX_TILE_SIZE
+    MAX_BATCH_SIZE = MAX_BATCH_SIZE
+    __pydantic_config__ = FORBID_EXTRA
 
     def __post_init__(self) -> None:
         try:
@@ -118,7 +136,9 @@ class BatchRequest:
                 f"'prompt' must be a string of at most {AnalyzeRequest.MAX_PROMPT_CHARS} characters",
             )
         if task is Task.RETRIEVE and not self.prompt.strip():
-            raise ProtocolError(ErrorCode.BAD_REQUEST, "a search needs a description to rank the tiles by (the prompt)")
+            raise ProtocolError(
+                ErrorCode.INVALID_VALUE, "a search needs a description to rank the tiles by (the prompt)"
+            )
         if self.extent is not None:
             object.__setattr__(self, "extent", validate_extent(self.extent))
         if self.extent_crs is not None:
@@ -136,7 +156,8 @@ class BatchRequest:
             )
         if not 0 <= overlap <= tile // 2:
             raise ProtocolError(
-                ErrorCode.BAD_REQUEST, f"overlap must be between 0 and half the tile size ({tile // 2}), got {overlap}"
+                ErrorCode.INVALID_VALUE,
+                f"overlap must be between 0 and half the tile size ({tile // 2}), got {overlap}",
             )
         if not 0 <= batch <= self.MAX_BATCH_SIZE:
             raise ProtocolError(
@@ -152,7 +173,7 @@ class BatchRequest:
         pending = tuple(self.pending)
         if not all(isinstance(f, Mapping) and f.get("type") == "Feature" for f in pending):
             raise ProtocolError(
-                ErrorCode.BAD_REQUEST, "'pending' must be GeoJSON features from an earlier run of the job"
+                ErrorCode.INVALID_VALUE, "'pending' must be GeoJSON features from an earlier run of the job"
             )
         object.__setattr__(self, "pending", tuple(dict(f) for f in pending))
         if self.bands is not None:

@@ -138,19 +138,60 @@ class DeviceInfo:
 
 
 @dataclass(frozen=True)
+class BusyRequest:
+    """A request the engine is answering now: its ``route`` (/v1/analyze, /v1/chat/completions, /v1/batch),
+    ``task``, ``model`` and ``seconds`` since it arrived."""
+
+    route: str
+    task: str
+    model: str
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"route": self.route, "task": self.task, "model": self.model, "seconds": round(self.seconds, 1)}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> BusyRequest:
+        return cls(str(data["route"]), str(data["task"]), str(data["model"]), float(data["seconds"]))
+
+
+@dataclass(frozen=True)
+class Queue:
+    """The engine's queue: ``waiting`` requests wait for a model, ``busy`` are being answered; a request that
+    would make more than ``limit`` waiting and busy together is refused (429 busy, with Retry-After)."""
+
+    waiting: int
+    limit: int
+    busy: tuple[BusyRequest, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"waiting": self.waiting, "limit": self.limit, "busy": [b.to_dict() for b in self.busy]}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Queue:
+        return cls(
+            int(data["waiting"]), int(data["limit"]), tuple(BusyRequest.from_dict(b) for b in data.get("busy", ()))
+        )
+
+
+@dataclass(frozen=True)
 class Health:
     """``GET /v1/health``: ``device`` is a short description ("cuda (NVIDIA H100, bfloat16)"),
-    ``device_info`` the details (None from engines older than it)."""
+    ``device_info`` the details (None from engines older than it), ``queue`` what the engine is doing
+    (None when not served over HTTP)."""
 
     status: str
     version: str
     device: str
     device_info: DeviceInfo | None = None
+    queue: Queue | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"status": self.status, "version": self.version, "device": self.device}
         if self.device_info is not None:
             out["device_info"] = self.device_info.to_dict()
+        if self.queue is not None:
+            out["queue"] = self.queue.to_dict()
         return out
 
     @classmethod
@@ -163,4 +204,5 @@ class Health:
             version=str(data.get("version", "")),
             device=str(data.get("device", "")),
             device_info=DeviceInfo.from_dict(info) if info is not None else None,
+            queue=Queue.from_dict(data["queue"]) if isinstance(data.get("queue"), Mapping) else None,
         )

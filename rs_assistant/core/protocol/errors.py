@@ -13,7 +13,9 @@ from typing import Any
 
 
 class ErrorCode(str, enum.Enum):
-    """Stable error codes. The first group are the caller's mistakes (HTTP 4xx)."""
+    """Stable error codes. The first group are the caller's mistakes (HTTP 4xx): 400 for a request that
+    breaks the published schema (/openapi.json), 422 for one that is valid by it but cannot be answered as it
+    stands (an extent of zero area, a CRS PROJ does not know, a task given the wrong number of images)."""
 
     BAD_REQUEST = "bad_request"
     UNKNOWN_TASK = "unknown_task"
@@ -24,12 +26,16 @@ class ErrorCode(str, enum.Enum):
     BAD_CRS = "bad_crs"
     SOURCE_NOT_FOUND = "source_not_found"
     UNREADABLE_SOURCE = "unreadable_source"
+    REMOTE_SOURCE_REFUSED = "remote_source_refused"  # a URL or GDAL virtual path; the engine lacks --allow-remote
     EXTENT_OUTSIDE = "extent_outside"
+    MOSTLY_OUTSIDE = "mostly_outside"  # the raster covers less of the region than options.min_coverage
     REGION_TOO_LARGE = "region_too_large"
     PROMPT_TOO_LONG = "prompt_too_long"
     UNAUTHORIZED = "unauthorized"
     NOT_FOUND = "not_found"
     PAYLOAD_TOO_LARGE = "payload_too_large"
+    INVALID_VALUE = "invalid_value"  # well formed (valid by /openapi.json), but the values do not fit together
+    BUSY = "busy"  # the engine's queue is full: retry after the Retry-After header's seconds
     TIMEOUT = "timeout"
     CANCELLED = "cancelled"
     # The engine's own faults (HTTP 5xx).
@@ -44,18 +50,22 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.BAD_REQUEST: 400,
     ErrorCode.UNKNOWN_TASK: 400,
     ErrorCode.UNKNOWN_MODEL: 404,
-    ErrorCode.UNSUPPORTED_TASK: 400,
-    ErrorCode.BAD_IMAGE_COUNT: 400,
-    ErrorCode.BAD_EXTENT: 400,
-    ErrorCode.BAD_CRS: 400,
+    ErrorCode.UNSUPPORTED_TASK: 422,
+    ErrorCode.BAD_IMAGE_COUNT: 422,
+    ErrorCode.BAD_EXTENT: 422,
+    ErrorCode.BAD_CRS: 422,
     ErrorCode.SOURCE_NOT_FOUND: 404,
     ErrorCode.UNREADABLE_SOURCE: 422,
+    ErrorCode.REMOTE_SOURCE_REFUSED: 403,
     ErrorCode.EXTENT_OUTSIDE: 422,
+    ErrorCode.MOSTLY_OUTSIDE: 422,
     ErrorCode.REGION_TOO_LARGE: 413,
     ErrorCode.PROMPT_TOO_LONG: 422,
     ErrorCode.UNAUTHORIZED: 401,
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.PAYLOAD_TOO_LARGE: 413,
+    ErrorCode.INVALID_VALUE: 422,
+    ErrorCode.BUSY: 429,
     ErrorCode.TIMEOUT: 504,
     ErrorCode.CANCELLED: 499,
     ErrorCode.MODEL_LOAD_FAILED: 500,

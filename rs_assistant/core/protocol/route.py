@@ -7,10 +7,11 @@ import enum
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from rs_assistant.core.protocol.analyze import AnalyzeRequest, Message
+from rs_assistant.core.protocol.analyze import FORBID_EXTRA, MAX_HISTORY, MAX_PROMPT_CHARS, AnalyzeRequest, Message
 from rs_assistant.core.protocol.errors import ErrorCode, ProtocolError, reject_unknown_fields
+from rs_assistant.core.protocol.schema import Limits
 
 
 class Intent(str, enum.Enum):
@@ -31,23 +32,28 @@ class RouteRequest:
     and how many images are chosen (2: a before and an after). ``model`` is the model the person chose
     ("auto": each task's own); the router checks the object against its class list when it has one."""
 
-    prompt: str
-    history: tuple[Message, ...] = ()
-    images: int = 1
-    model: str = "auto"
+    prompt: Annotated[str, Limits(max_length=MAX_PROMPT_CHARS, code="prompt_too_long")]
+    history: Annotated[tuple[Message, ...], Limits(max_length=MAX_HISTORY)] = ()
+    images: Annotated[int, Limits(ge=1, le=2)] = 1
+    model: Annotated[str, Limits(min_length=1, max_length=200)] = "auto"
+
+    __pydantic_config__ = FORBID_EXTRA
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str):
             raise ProtocolError(ErrorCode.BAD_REQUEST, "'prompt' must be a string")
         if not self.prompt.strip():
             raise ProtocolError(
-                ErrorCode.BAD_REQUEST, "the prompt is empty: type a request such as 'find the buildings'"
+                ErrorCode.INVALID_VALUE, "the prompt is empty: type a request such as 'find the buildings'"
             )
         if len(self.prompt) > AnalyzeRequest.MAX_PROMPT_CHARS:
             raise ProtocolError(
                 ErrorCode.PROMPT_TOO_LONG,
                 f"prompt has {len(self.prompt)} characters; the limit is {AnalyzeRequest.MAX_PROMPT_CHARS}",
             )
+        images: Any = self.images
+        if isinstance(images, float) and images.is_integer():
+            object.__setattr__(self, "images", int(images))  # JSON's 1.0 is the integer 1
         if isinstance(self.images, bool) or not isinstance(self.images, int) or self.images not in (1, 2):
             raise ProtocolError(
                 ErrorCode.BAD_REQUEST,
