@@ -23,31 +23,28 @@ has no overall deadline, and a client that disconnects cancels it.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import dataclasses
+import functools
 import hmac
+import ipaddress
 import json
 import logging
 import os
-import re
 import secrets
 import socket
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-import numpy as np
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from PIL import Image
 from pydantic import TypeAdapter
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -63,19 +60,15 @@ from rs_assistant.core.protocol import (
     BusyRequest,
     ErrorCode,
     Health,
-    Message,
-    Options,
     ProtocolError,
     Queue,
-    Role,
     RouteRequest,
     RouteResult,
-    model_list_to_dict,
 )
 from rs_assistant.core.protocol.schema import MAX_DEPTH, depth
 from rs_assistant.core.protocol.schema import check as check_schema
+from rs_assistant.engine import openai_api
 from rs_assistant.engine.batch import JobPlan, plan_job, stream_job
-from rs_assistant.engine.imagery import decode_image_bytes
 from rs_assistant.engine.router import classes_for, route
 from rs_assistant.engine.service import ChatReply, Engine
 
@@ -92,69 +85,16 @@ HEALTH_PATH = "/v1/health"
 #: How often a running request checks for a disconnected client and for its deadline.
 POLL_S = 0.05
 
-_DATA_URL = re.compile(r"^data:image/[\w.+-]+;base64,(?P<data>.*)$", re.DOTALL)
-
-
-# --- the OpenAI-compatible shapes (documentation in /openapi.json and the builders' types) -------
-
-
-class ChatContentPart(TypedDict, total=False):
-    type: Literal["text", "image_url"]
-    text: str
-    image_url: dict[str, str]  # {"url": "data:image/png;base64,..."}
-
-
-class ChatMessage(TypedDict):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[ChatContentPart]
-
-
-class ChatCompletionRequest(TypedDict, total=False):
-    model: str  # an engine model name; "default" when left out
-    messages: list[ChatMessage]
-    max_tokens: int
-    max_completion_tokens: int
-    stream: bool
-
-
-class ChatChoice(TypedDict):
-    index: int
-    message: dict[str, str]
-    finish_reason: str
-
-
-class ChatCompletion(TypedDict):
-    id: str
-    object: Literal["chat.completion"]
-    created: int
-    model: str
-    choices: list[ChatChoice]
-    usage: dict[str, int]
-
 
 class ErrorDetail(TypedDict):
-    code: str
-    message: str
+    code: str  # stable (protocol.ErrorCode)
+    message: str  # for people
+    type: str  # OpenAI's kind: invalid_request_error, authentication_error, not_found_error, rate_limit_error, ...
+    param: str | None  # the request field at fault, when one is
 
 
 class Error(TypedDict):
     error: ErrorDetail
-
-
-class ModelEntry(TypedDict):
-    id: str
-    object: Literal["model"]
-    owned_by: str
-    name: str
-    backend: str
-    tasks: list[str]
-    loaded: bool
-
-
-class ModelList(TypedDict):
-    object: Literal["list"]
-    data: list[ModelEntry]  # OpenAI's key
-    models: list[ModelEntry]  # the same entries
 
 
 class BatchEventLine(TypedDict, total=False):
@@ -180,13 +120,15 @@ class BatchEventLine(TypedDict, total=False):
 _SCHEMAS: dict[str, Any] = {
     "AnalyzeRequest": AnalyzeRequest,
     "AnalyzeResponse": AnalyzeResponse,
-    "ModelList": ModelList,
+    "ModelList": openai_api.ModelList,
+    "ModelEntry": openai_api.ModelEntry,
     "BatchRequest": BatchRequest,
     "BatchEventLine": BatchEventLine,
     "Health": Health,
     "Error": Error,
-    "ChatCompletionRequest": ChatCompletionRequest,
-    "ChatCompletion": ChatCompletion,
+    "ChatCompletionRequest": openai_api.ChatCompletionRequest,
+    "ChatCompletion": openai_api.ChatCompletion,
+    "ChatCompletionChunk": openai_api.ChatCompletionChunk,
     "RouteRequest": RouteRequest,
     "RouteResult": RouteResult,
 }
@@ -263,10 +205,18 @@ def create_app(
     async def health() -> Response:
         return JSONResponse(dataclasses.replace(engine.health(), queue=queue.state()).to_dict())
 
+    started = int(time.time())  # the models' "created" when nothing better is known (openai_api)
+
     @app.get("/v1/models", summary="The models this engine can answer with", responses=_responses("ModelList"))
     async def models() -> Response:
-        infos = await asyncio.get_running_loop().run_in_executor(executor, engine.models)
-        return JSONResponse(model_list_to_dict(infos))
+        found = await asyncio.get_running_loop().run_in_executor(executor, openai_api.model_list, engine, started)
+        return JSONResponse(found)
+
+    @app.get("/v1/models/{model_id:path}", summary="One model (404 for a model the engine does not have)",
+             responses=_responses("ModelEntry"))  # fmt: skip
+    async def model(model_id: str) -> Response:
+        loop = asyncio.get_running_loop()
+        return JSONResponse(await loop.run_in_executor(executor, openai_api.model_object, engine, model_id, started))
 
     @app.post(
         "/v1/analyze",
@@ -307,17 +257,24 @@ def create_app(
 
     @app.post(
         "/v1/chat/completions",
-        summary="OpenAI-compatible chat on images sent as data URLs (task chat)",
+        summary="OpenAI-compatible chat (task chat) on images sent as data URLs, or on none; streams "
+        "server-sent ChatCompletionChunk events with stream: true (rs_assistant/engine/openai_api.py)",
         openapi_extra=_request_body("ChatCompletionRequest"),
-        responses=_responses("ChatCompletion"),
+        responses=_with_stream(_responses("ChatCompletion"), "ChatCompletionChunk"),
     )
     async def chat_completions(request: Request) -> Response:
         body = await _read_json(request, max_body_bytes)
-        model, images, prompt, history, options, stream = _parse_chat(body)
-        reply = await in_worker(request, lambda cancel: engine.chat(model, images, prompt, history, options, cancel))
-        if stream:
-            return StreamingResponse(_chat_stream(reply), media_type="text/event-stream")
-        return JSONResponse(_chat_completion(reply))
+        openai_api.refuse_unsupported(body)  # with the reason, before the schema's "not a known field"
+        check_schema(body, schemas()["ChatCompletionRequest"], schemas())
+        chat = await asyncio.get_running_loop().run_in_executor(executor, openai_api.parse_request, body)
+
+        def run(on_text: openai_api.OnText | None = None) -> Awaitable[ChatReply]:
+            work = functools.partial(openai_api.answer, engine, chat, on_text=on_text)  # work(cancel)
+            return in_worker(request, work, "chat", chat.model)
+
+        if chat.stream:
+            return await openai_api.streamed(engine, chat, run)
+        return JSONResponse(openai_api.completion(await run()))
 
     @app.post(
         "/v1/route",
@@ -534,119 +491,6 @@ async def _batch_stream(
         queue.leave(entry)
 
 
-# --- /v1/chat/completions ----------------------------------------------------------------------
-
-
-def _parse_chat(body: Any) -> tuple[str, list[np.ndarray], str, tuple[Message, ...], Options, bool]:
-    """(model, images, prompt, history, options, stream) from an OpenAI chat.completions request."""
-    if not isinstance(body, Mapping):
-        raise ProtocolError(ErrorCode.BAD_REQUEST, "the body must be a JSON object with 'messages'")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, "'messages' must be a non-empty list")
-    model = body.get("model") or "default"
-    if not isinstance(model, str):
-        raise ProtocolError(ErrorCode.BAD_REQUEST, "'model' must be a string")
-    turns: list[Message] = []
-    images: list[np.ndarray] = []
-    for number, message in enumerate(messages):
-        if not isinstance(message, Mapping):
-            raise ProtocolError(ErrorCode.BAD_REQUEST, f"messages[{number}] must be an object with role and content")
-        role = "system" if message.get("role") == "developer" else message.get("role")
-        text, found = _message_parts(message.get("content"), number)
-        turns.append(Message(role=role, content=text))
-        images.extend(found)
-    if turns[-1].role is not Role.USER:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, "the last message must be the user's")
-    if not 1 <= len(images) <= 2:
-        raise ProtocolError(
-            ErrorCode.BAD_IMAGE_COUNT,
-            f"chat takes one or two images (content parts of type image_url with data: URLs), got {len(images)}",
-        )
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    options = Options() if max_tokens is None else Options(max_new_tokens=max_tokens)
-    return model, images, turns[-1].content, tuple(turns[:-1]), options, bool(body.get("stream", False))
-
-
-def _message_parts(content: Any, number: int) -> tuple[str, list[np.ndarray]]:
-    """The text (parts joined by blank lines) and the decoded images of one message's content."""
-    if isinstance(content, str):
-        return content, []
-    if not isinstance(content, list):
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"messages[{number}].content must be a string or a list of parts")
-    texts: list[str] = []
-    images: list[np.ndarray] = []
-    for part in content:
-        kind = part.get("type") if isinstance(part, Mapping) else None
-        if kind == "text" and isinstance(part.get("text"), str):
-            texts.append(part["text"])
-        elif kind == "image_url":
-            url = part.get("image_url")
-            url = url.get("url") if isinstance(url, Mapping) else url
-            images.append(_decode_data_url(url, number))
-        else:
-            raise ProtocolError(
-                ErrorCode.BAD_REQUEST,
-                f"messages[{number}]: content parts must be {{type: text, text}} or "
-                "{type: image_url, image_url: {url}}",
-            )
-    return "\n\n".join(texts), images
-
-
-def _decode_data_url(url: Any, number: int) -> np.ndarray:
-    match = _DATA_URL.match(url) if isinstance(url, str) else None
-    if match is None:
-        shown = url[:40] + "..." if isinstance(url, str) and len(url) > 40 else url
-        raise ProtocolError(
-            ErrorCode.BAD_REQUEST,
-            f"messages[{number}]: image_url must be a data URL (data:image/png;base64,...), got {shown!r}; the "
-            f"engine fetches nothing",
-        )
-    try:
-        data = base64.b64decode(match["data"], validate=True)
-    except (binascii.Error, ValueError):
-        raise ProtocolError(
-            ErrorCode.UNREADABLE_SOURCE, f"messages[{number}]: the image data URL is not valid base64"
-        ) from None
-    return _fit(decode_image_bytes(data), Options().max_side)
-
-
-def _fit(image: np.ndarray, max_side: int) -> np.ndarray:
-    """``image`` shrunk (aspect kept) so that its longer side is at most ``max_side``, as /v1/analyze reads windows."""
-    height, width = image.shape[:2]
-    scale = max(height, width) / max_side
-    if scale <= 1:
-        return image
-    size = (max(1, round(width / scale)), max(1, round(height / scale)))
-    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
-
-
-def _chat_completion(reply: ChatReply) -> ChatCompletion:
-    return {
-        "id": f"chatcmpl-{reply.request_id}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": reply.model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.text}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
-    }
-
-
-async def _chat_stream(reply: ChatReply) -> AsyncIterator[bytes]:
-    """The finished reply as OpenAI server-sent events: one content chunk, a stop chunk, [DONE]."""
-    head = {
-        "id": f"chatcmpl-{reply.request_id}",
-        "object": "chat.completion.chunk",
-        "created": int(time.time()),
-        "model": reply.model,
-    }
-    deltas = [({"role": "assistant", "content": reply.text}, None), ({}, "stop")]
-    for delta, finish in deltas:
-        chunk = {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-        yield f"data: {json.dumps(chunk)}\n\n".encode()
-    yield b"data: [DONE]\n\n"
-
-
 # --- /openapi.json -----------------------------------------------------------------------------
 
 
@@ -666,6 +510,14 @@ def _responses(schema: str, media_type: str = "application/json") -> dict[int | 
         "4XX": {"description": "The caller's mistake (bad input, unknown model, missing token, ...)", "content": error},
         "5XX": {"description": "The engine's own fault, or a timeout", "content": error},
     }
+
+
+def _with_stream(responses: dict[int | str, dict[str, Any]], chunk: str) -> dict[int | str, dict[str, Any]]:
+    """``responses`` whose 200 may also be a ``text/event-stream`` of ``chunk`` objects (``data: <chunk>`` events)."""
+    success = dict(responses[200])
+    success["content"] = {**success["content"], "text/event-stream": {"schema": _ref(chunk)}}
+    success["description"] = f"{success['description']}; with stream: true, server-sent {chunk} events"
+    return {**responses, 200: success}
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
@@ -704,18 +556,43 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def socket_url(sock: socket.socket) -> str:
-    """``http://HOST:PORT`` of a bound socket (IPv6 hosts in brackets)."""
+def socket_url(sock: socket.socket, https: bool = False) -> str:
+    """``http://HOST:PORT`` (``https://`` with TLS) of a bound socket (IPv6 hosts in brackets)."""
     host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if sock.family == socket.AF_INET6 else f"http://{host}:{port}"
+    scheme = "https" if https else "http"
+    return f"{scheme}://[{host}]:{port}" if sock.family == socket.AF_INET6 else f"{scheme}://{host}:{port}"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is this computer only (127.0.0.0/8, ::1, localhost)."""
+    try:
+        return all(ipaddress.ip_address(info[4][0]).is_loopback for info in socket.getaddrinfo(host, None))
+    except (OSError, ValueError):
+        return False
 
 
 class Server(uvicorn.Server):
-    """uvicorn serving ``app`` on an already bound socket; ``on_ready()`` once it accepts requests."""
+    """uvicorn serving ``app`` on an already bound socket; ``on_ready()`` once it accepts requests. With
+    ``ssl_certfile`` and ``ssl_keyfile`` (PEM) it serves HTTPS."""
 
-    def __init__(self, app: ASGIApp, sock: socket.socket, on_ready: Callable[[], None] | None = None):
+    def __init__(
+        self,
+        app: ASGIApp,
+        sock: socket.socket,
+        on_ready: Callable[[], None] | None = None,
+        ssl_certfile: str | Path | None = None,
+        ssl_keyfile: str | Path | None = None,
+    ):
         super().__init__(
-            uvicorn.Config(app, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=5)
+            uvicorn.Config(
+                app,
+                log_config=None,
+                access_log=False,
+                lifespan="on",
+                timeout_graceful_shutdown=5,
+                ssl_certfile=ssl_certfile,
+                ssl_keyfile=ssl_keyfile,
+            )
         )
         self.sock = sock
         self.on_ready = on_ready
@@ -735,11 +612,21 @@ def default_token_file() -> Path:
     return user_config_dir() / "engine.token"
 
 
+#: A token shorter than this could be guessed: the engine refuses to start with it.
+MIN_TOKEN_CHARS = 16
+
+
 def load_or_create_token(path: str | Path) -> str:
-    """The token in ``path``; a new random one written there (mode 0600) if the file is absent or empty."""
+    """The token in ``path``; a new random one written there (mode 0600) if the file is absent or empty.
+    ValueError for a token shorter than MIN_TOKEN_CHARS."""
     path = Path(path).expanduser()
     if path.is_file():
         token = path.read_text(encoding="utf-8").strip()
+        if token and len(token) < MIN_TOKEN_CHARS:
+            raise ValueError(
+                f"the token in {path} has {len(token)} characters; use at least {MIN_TOKEN_CHARS} (or empty the "
+                f"file and the engine writes a random one)"
+            )
         if token:
             if os.name != "nt" and path.stat().st_mode & 0o077:
                 log.warning("token file %s can be read by other users; chmod 600 it", path)

@@ -133,12 +133,27 @@ def test_serve_prints_only_the_ready_line_and_stops_on_sigterm(served):
 
 def test_an_existing_token_file_is_read_not_replaced(tmp_path):
     path = tmp_path / "token"
-    path.write_text("my-own-token\n")
+    path.write_text("my-own-token-of-the-team\n")
     path.chmod(0o600)
-    assert load_or_create_token(path) == "my-own-token"
-    assert path.read_text() == "my-own-token\n"
+    assert load_or_create_token(path) == "my-own-token-of-the-team"
+    assert path.read_text() == "my-own-token-of-the-team\n"
     fresh = load_or_create_token(tmp_path / "new" / "token")
     assert fresh and load_or_create_token(tmp_path / "new" / "token") == fresh
+
+
+def test_serve_refuses_a_token_short_enough_to_guess(tmp_path):
+    token = tmp_path / "token"
+    token.write_text("hunter2\n")
+    token.chmod(0o600)
+    models = write_models_file(tmp_path / "models.toml")
+    result = subprocess.run(
+        engine_command("serve", "--models", str(models), "--token-file", str(token)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and "has 7 characters; use at least 16" in result.stderr
+    assert "READY" not in result.stdout and token.read_text() == "hunter2\n"  # the user's file is left as it was
 
 
 def test_serve_refuses_a_bad_models_file(tmp_path):
