@@ -29,6 +29,7 @@ unexpected as INTERNAL, logged here with its traceback and reported with a safe 
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -57,6 +58,7 @@ from rs_assistant.core.protocol import (
     feature_collection,
 )
 from rs_assistant.engine.backends.base import Backend, BackendCall, BackendResult, Detection
+from rs_assistant.engine.backends.decoding import STOP, Decoding, TextWatch
 from rs_assistant.engine.crs import parse_crs
 from rs_assistant.engine.device import describe, device_info
 from rs_assistant.engine.geo import detections_to_features
@@ -74,13 +76,27 @@ THRESHOLDED_TASKS = frozenset({Task.GROUND, Task.SEGMENT, Task.CHANGE, Task.CHAT
 
 
 @dataclass(frozen=True)
-class ChatReply:
-    """The answer to a chat without map geometry (the OpenAI-compatible route)."""
+class ChatAnswer:
+    """One answer of a chat: its text, why it ended (decoding.STOP or LENGTH) and its tokens (None: not counted)."""
 
     text: str
+    finish_reason: str = STOP
+    completion_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class ChatReply:
+    """The answers to a chat without map geometry (the OpenAI-compatible route): one per choice asked for."""
+
+    answers: tuple[ChatAnswer, ...]
     model: str
     request_id: str
     timing_ms: Timing
+    prompt_tokens: int | None = None  # the tokens the model read (images included), the same for every answer
+
+    @property
+    def text(self) -> str:
+        return self.answers[0].text
 
 
 class Engine:
@@ -111,22 +127,70 @@ class Engine:
         history: Sequence[Message] = (),
         options: Options | None = None,
         cancel: threading.Event | None = None,
+        *,
+        n: int = 1,
+        decoding: Decoding | None = None,
+        stop: Sequence[str] = (),
+        on_text: Callable[[int, str], None] | None = None,
     ) -> ChatReply:
-        """A ``chat`` turn on images that have no place on the map (already decoded RGB arrays)."""
+        """A ``chat`` turn on images that have no place on the map (already decoded RGB arrays), or on none.
+
+        ``n`` answers, one after the other under the model's lock, each decoded by ``decoding`` (greedy by
+        default; a seed gives answer i the seed + i), cut at the first of the ``stop`` strings; ``on_text(i,
+        piece)`` receives answer i's text as it is written (pieces that join to the answer's final text;
+        from the generating thread). BAD_IMAGE_COUNT for more than two images, or none when the model cannot
+        chat without one; INVALID_VALUE (param ``temperature``) for sampling a model that only decodes greedily.
+        """
         request_id = uuid.uuid4().hex
         what = f"chat request {request_id} (model '{model}')"
-        call = BackendCall(
-            Task.CHAT, list(images), prompt, tuple(history), options or Options(), cancel or threading.Event()
-        )
+        decoding = decoding or Decoding()
+        cancel = cancel or threading.Event()
 
         def answer() -> ChatReply:
             name = self.registry.route(Task.CHAT, model)
             self._check_task(name, Task.CHAT)
+            self._check_chat(name, len(images), decoding)
             started = time.perf_counter()
-            result = self._call(name, call)
-            return ChatReply(result.text, name, request_id, Timing(infer=_ms_since(started)))
+            answers, prompt_tokens, counted = [], None, True
+            for index in range(n):
+                seeded = decoding if decoding.seed is None else replace(decoding, seed=decoding.seed + index)
+                watch = TextWatch(stop, None if on_text is None else functools.partial(on_text, index))
+                call = BackendCall(
+                    Task.CHAT, list(images), prompt, tuple(history), options or Options(), cancel, seeded, watch
+                )
+                result = self._call(name, call)
+                text = watch.finish(result.text)
+                reason = STOP if watch.stopped else (result.finish_reason or STOP)
+                answers.append(ChatAnswer(text, reason, result.completion_tokens))
+                prompt_tokens = result.prompt_tokens
+                counted = counted and result.prompt_tokens is not None and result.completion_tokens is not None
+            return ChatReply(
+                tuple(answers), name, request_id, Timing(infer=_ms_since(started)), prompt_tokens if counted else None
+            )
 
         return self._guarded(what, answer)
+
+    def _check_chat(self, name: str, images: int, decoding: Decoding) -> None:
+        """What the model's backend cannot do for this chat, refused before it runs."""
+        backend = type(self.registry.backend(name))
+        where = f"model '{name}' (backend {self.registry.spec(name).backend})"
+        if images > 2:
+            raise ProtocolError(
+                ErrorCode.BAD_IMAGE_COUNT, f"a chat takes at most two images (before, after), got {images}", "messages"
+            )
+        if images == 0 and not backend.chat_without_images:
+            raise ProtocolError(
+                ErrorCode.BAD_IMAGE_COUNT,
+                f"{where} cannot chat without an image: it answers about one or two images; send one (an image_url "
+                "content part), or ask a model that chats without images (backends rsa, qwen2_5_vl, openai)",
+                "messages",
+            )
+        if not decoding.greedy and not backend.samples:
+            raise ProtocolError(
+                ErrorCode.INVALID_VALUE,
+                f"{where} only decodes greedily: send temperature 0, or leave it out",
+                "temperature",
+            )
 
     # --- batch jobs (rs_assistant.engine.batch) ------------------------------------------------
 

@@ -346,10 +346,10 @@ def test_the_openai_client_lists_models(oai):
 
 
 def test_the_openai_client_sees_our_errors(oai, client, data):
-    with pytest.raises(openai.BadRequestError) as error:
+    with pytest.raises(openai.UnprocessableEntityError) as error:  # echo answers about images only
         oai.chat.completions.create(model="echo", messages=[{"role": "user", "content": "no image here"}])
-    assert error.value.body["code"] == "bad_image_count"
-    assert "one or two images" in error.value.message
+    assert error.value.body["code"] == "bad_image_count" and error.value.body["param"] == "messages"
+    assert "cannot chat without an image" in error.value.message
     with pytest.raises(openai.BadRequestError, match="data URL"):
         oai.chat.completions.create(model="echo", messages=user(image_part(url="https://example.com/a.png")))
     with pytest.raises(openai.NotFoundError, match="unknown model 'gpt-7'"):
@@ -363,7 +363,7 @@ def test_chat_completions_refuses_bad_shapes(client):
     image = image_part(np.zeros((4, 4, 3), np.uint8))
     cases = [
         ({"messages": []}, "bad_request"),
-        ({"messages": [*user(image), {"role": "assistant", "content": "x"}]}, "bad_request"),
+        ({"messages": [*user(image), {"role": "assistant", "content": "x"}]}, "invalid_value"),
         ({"messages": [{"role": "robot", "content": [image]}]}, "bad_request"),
         ({"messages": user({"type": "audio"})}, "bad_request"),
         ({"messages": user(image, image, image)}, "bad_image_count"),

@@ -31,6 +31,7 @@ class ErrorCode(str, enum.Enum):
     MOSTLY_OUTSIDE = "mostly_outside"  # the raster covers less of the region than options.min_coverage
     REGION_TOO_LARGE = "region_too_large"
     PROMPT_TOO_LONG = "prompt_too_long"
+    CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"  # PROMPT_TOO_LONG in OpenAI's words (/v1/chat/completions)
     UNAUTHORIZED = "unauthorized"
     NOT_FOUND = "not_found"
     PAYLOAD_TOO_LARGE = "payload_too_large"
@@ -61,6 +62,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.MOSTLY_OUTSIDE: 422,
     ErrorCode.REGION_TOO_LARGE: 413,
     ErrorCode.PROMPT_TOO_LONG: 422,
+    ErrorCode.CONTEXT_LENGTH_EXCEEDED: 400,  # as OpenAI answers it
     ErrorCode.UNAUTHORIZED: 401,
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.PAYLOAD_TOO_LARGE: 413,

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from rs_assistant.core.protocol import BatchRequest, ErrorCode, FeatureKind, Message, Options, ProtocolError, Task
+from rs_assistant.engine.backends.decoding import Decoding, TextWatch
 
 
 @dataclass
@@ -43,6 +44,11 @@ class Detection:
 class BackendResult:
     text: str = ""
     detections: list[Detection] = field(default_factory=list)
+    # What a generating backend knows of its answer (None: it does not say): the tokens it read (images
+    # included) and wrote, and why it ended (decoding.STOP: the model ended it; decoding.LENGTH: the limit).
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    finish_reason: str | None = None
 
 
 @dataclass
@@ -55,6 +61,8 @@ class BackendCall:
     history: Sequence[Message] = ()
     options: Options = field(default_factory=Options)
     cancel: threading.Event = field(default_factory=threading.Event)
+    decoding: Decoding = field(default_factory=Decoding)  # chat: greedy or sampled (decoding.py)
+    watch: TextWatch = field(default_factory=TextWatch)  # chat: stop strings and streamed text (decoding.py)
 
 
 class Backend(abc.ABC):
@@ -65,6 +73,11 @@ class Backend(abc.ABC):
     #: Tiles per model call of a batch job that asks for the model's own batch size (``batch_size`` 0);
     #: a models file overrides it with ``tile_batch_size = N``.
     TILE_BATCH_SIZE: ClassVar[int] = 4
+    #: Chat: whether the backend answers a conversation with no image, and whether it honours a sampling
+    #: ``call.decoding`` (temperature > 0; otherwise the engine refuses one). A backend that streams calls
+    #: ``call.watch.update(text)`` after each step when ``call.watch.wants_updates`` (decoding.py).
+    chat_without_images: ClassVar[bool] = False
+    samples: ClassVar[bool] = False
 
     def __init__(self, model_name: str, config: Mapping[str, Any], device: str = "cpu"):
         self.model_name = model_name

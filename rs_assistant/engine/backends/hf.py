@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import StoppingCriteria
+from transformers import LogitsProcessor, StoppingCriteria
 
 from rs_assistant.core.protocol import ErrorCode, ProtocolError
 from rs_assistant.engine.backends.base import Backend
+from rs_assistant.engine.backends.decoding import LENGTH, STOP, Decoding, TextWatch
 from rs_assistant.engine.device import attn_implementation, torch_dtype
 
 log = logging.getLogger(__name__)
@@ -97,6 +99,108 @@ class CancelCriteria(StoppingCriteria):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: object) -> torch.BoolTensor:
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+#: A text longer than this many times a tokenizer's longest token per token of room cannot fit it, whatever its
+#: tokens (normalisation can join up to about 3 characters into one; 4 leaves a margin): refused untokenized.
+CHARS_PER_TOKEN_BOUND = 4
+
+
+def max_token_chars(tokenizer: Any) -> int:
+    """The most characters one token of ``tokenizer``'s vocabulary spells (special tokens included)."""
+    tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    return max((len(t) for t in tokens if t is not None), default=1)
+
+
+class WatchCriteria(StoppingCriteria):
+    """Stops ``generate`` at the next token once ``cancel`` is set, or once ``watch`` sees a stop string.
+
+    When the watch wants the text (streaming, stop strings) and one answer is generated, each step gives it
+    ``render(kept)``: ``kept`` the new tokens that ``keep(token)`` accepts, up to the first of ``eos``
+    (``start``: where the new tokens begin in ``input_ids``; 0 when generating from embeddings).
+    """
+
+    def __init__(
+        self,
+        cancel: threading.Event,
+        watch: TextWatch | None = None,
+        render: Callable[[list[int]], str] | None = None,
+        keep: Callable[[int], bool] = lambda token: True,
+        eos: Collection[int] = (),
+        start: int = 0,
+    ):
+        self.cancel = cancel
+        self.watch = watch if watch is not None and watch.wants_updates and render is not None else None
+        self.render = render
+        self.keep = keep
+        self.eos = frozenset(eos)
+        self.start = start
+        self.kept: list[int] = []
+        self.seen = 0
+        self.ended = False
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: object) -> torch.BoolTensor:
+        stop = self.cancel.is_set()
+        if not stop and self.watch is not None and input_ids.shape[0] == 1 and not self.ended:
+            new = input_ids[0, self.start + self.seen :].tolist()
+            self.seen += len(new)
+            for token in new:
+                if token in self.eos:
+                    self.ended = True
+                    break
+                if self.keep(token):
+                    self.kept.append(token)
+            assert self.render is not None
+            stop = self.watch.update(self.render(self.kept))
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+
+
+class SeededSampler(LogitsProcessor):
+    """Sampling as a logits processor for greedy ``generate``: draws each token at ``temperature`` from the
+    nucleus ``top_p`` with its own generator (seeded: the same answer for the same seed, whatever other
+    requests do meanwhile) and leaves only that token possible, so that argmax picks it."""
+
+    def __init__(self, decoding: Decoding, device: str | torch.device):
+        self.temperature = float(decoding.temperature)
+        self.top_p = float(decoding.top_p)
+        self.generator = torch.Generator(device=torch.device(device))
+        if decoding.seed is None:
+            self.generator.seed()
+        else:
+            self.generator.manual_seed(int(decoding.seed) % 2**63)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
+        if self.top_p < 1.0:
+            ordered, order = probs.sort(dim=-1, descending=True)
+            outside = ordered.cumsum(dim=-1) - ordered >= self.top_p  # the more likely tokens already reach top_p
+            outside[..., 0] = False  # the likeliest token is always kept
+            probs = torch.zeros_like(probs).scatter(-1, order, ordered.masked_fill(outside, 0.0))
+        if self.generator.device != probs.device:
+            probs = probs.to(self.generator.device)
+        chosen = torch.multinomial(probs, 1, generator=self.generator).to(scores.device)
+        return torch.full_like(scores, -math.inf).scatter(-1, chosen, 0.0)
+
+
+def sampler(decoding: Decoding, device: str | torch.device) -> list[LogitsProcessor]:
+    """The logits processors that make greedy ``generate`` follow ``decoding``: none when it is greedy."""
+    return [] if decoding.greedy else [SeededSampler(decoding, device)]
+
+
+def finish_reason(written: Sequence[int], eos: Collection[int], max_new_tokens: int, stopped: bool) -> str:
+    """Why an answer ended: STOP (end of sequence written, or a stop string) or LENGTH (``max_new_tokens`` cut it)."""
+    if stopped or any(token in eos for token in written):
+        return STOP
+    return LENGTH if len(written) >= max_new_tokens else STOP
+
+
+def written_tokens(row: Sequence[int], eos: Collection[int]) -> list[int]:
+    """A generated row up to and including its first end-of-sequence token (the padding after it dropped)."""
+    row = list(row)
+    for index, token in enumerate(row):
+        if token in eos:
+            return row[: index + 1]
+    return row
 
 
 def cancelled(backend: Backend) -> ProtocolError:

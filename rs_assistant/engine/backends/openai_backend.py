@@ -12,9 +12,13 @@ Models file::
 
 Tasks: ``chat`` and ``caption`` (the reply is the text), ``ground`` (the model is asked for a JSON
 list of ``{"label", "bbox_2d": [x0, y0, x1, y1]}`` in ``box_convention``, stated in the prompt; the
-boxes are converted to pixels of the window). Windows travel as PNG data URLs. Answers are
-streamed (server-sent events) so that a cancelled request closes the connection, which makes
-vLLM and this engine stop generating; a server that answers without streaming works too.
+boxes are converted to pixels of the window). Windows travel as PNG data URLs; a chat may have none.
+A chat's decoding (temperature, top_p, seed), stop strings and length limit are the server's to honour:
+they are sent on (without a length limit when the request set none). Answers are streamed
+(server-sent events, asking for the server's token counts with ``stream_options.include_usage``) so
+that a cancelled request, or a stop string, closes the connection, which makes vLLM and this engine
+stop generating; each piece goes on to the call's watch as it arrives. A server that answers without
+streaming works too, and one that refuses ``stream_options`` is asked again without it.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from PIL import Image
 from rs_assistant.core.protocol import ErrorCode, FeatureKind, ProtocolError, Task
 from rs_assistant.engine.backends.base import Backend, BackendCall, BackendResult, Detection
 from rs_assistant.engine.backends.boxes import parse_qwen2_boxes, parse_qwen25_boxes, target_phrase
+from rs_assistant.engine.backends.decoding import LENGTH, STOP
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +70,8 @@ GROUND_PROMPT = (
 class OpenAIBackend(Backend):
     name = "openai"
     tasks = frozenset({Task.CHAT, Task.CAPTION, Task.GROUND})
+    chat_without_images = True
+    samples = True
 
     client: httpx.Client
     remote_model: str
@@ -95,7 +102,9 @@ class OpenAIBackend(Backend):
     def run(self, call: BackendCall) -> BackendResult:
         self.check_task(call.task)
         self.ensure_loaded()
-        height, width = call.images[0].shape[:2]
+        if not call.images and call.task is not Task.CHAT:
+            raise ProtocolError(ErrorCode.BAD_IMAGE_COUNT, f"{call.task.value} needs an image")
+        height, width = call.images[0].shape[:2] if call.images else (0, 0)
         if call.task is Task.GROUND:
             target = target_phrase(call.prompt) or "object"
             prompt = GROUND_PROMPT.format(
@@ -111,10 +120,10 @@ class OpenAIBackend(Backend):
         content.append({"type": "text", "text": prompt})
         messages = [{"role": m.role.value, "content": m.content} for m in call.history]
         messages.append({"role": "user", "content": content})
-        text = self._complete(messages, call)
+        reply = self._complete(messages, call)
         if call.task is not Task.GROUND:
-            return BackendResult(text=text)
-        boxes = parse_boxes(text, self.convention, width, height, default_label=target)
+            return reply
+        boxes = parse_boxes(reply.text, self.convention, width, height, default_label=target)
         detections = [Detection(FeatureKind.BOX, label, 1.0, box=box) for label, box in boxes]
         return BackendResult(text=f"{len(detections)} found", detections=detections)
 
@@ -144,25 +153,50 @@ class OpenAIBackend(Backend):
             )
         return str(entries[0]["id"])
 
-    def _complete(self, messages: list[dict[str, Any]], call: BackendCall) -> str:
-        body = {
+    def _complete(self, messages: list[dict[str, Any]], call: BackendCall) -> BackendResult:
+        """The server's answer: its text, token counts (when it gives them) and finish reason."""
+        decoding = call.decoding
+        body: dict[str, Any] = {
             "model": self.remote_model,
             "messages": messages,
-            "max_tokens": call.options.max_new_tokens,
-            "temperature": 0.0,
+            "temperature": decoding.temperature,
             "stream": True,
+            "stream_options": {"include_usage": True},
         }
+        if not decoding.open_ended:
+            body["max_tokens"] = call.options.max_new_tokens
+        if not decoding.greedy and decoding.top_p < 1.0:
+            body["top_p"] = decoding.top_p
+        if decoding.seed is not None:
+            body["seed"] = decoding.seed
+        if call.watch.stop:
+            body["stop"] = list(call.watch.stop[:4])
+        try:
+            return self._completion(body, call)
+        except ProtocolError as exc:
+            if "stream_options" not in exc.message:
+                raise
+            del body["stream_options"]  # a server that does not know it: ask without it
+            return self._completion(body, call)
+
+    def _completion(self, body: dict[str, Any], call: BackendCall) -> BackendResult:
         with self._stream("POST", "chat/completions", body) as response:
             if not response.headers.get("content-type", "").startswith("text/event-stream"):
                 response.read()
-                return _message_text(self._json(response))
-            parts = []
+                data = self._json(response)
+                return BackendResult(_message_text(data), **_accounting(data))
+            parts: list[str] = []
+            found: dict[str, Any] = {}
             for data in _events(response.iter_lines()):
                 if call.cancel.is_set():
                     raise ProtocolError(ErrorCode.CANCELLED, "the request was cancelled")
+                found.update(_accounting(data))
                 for choice in data.get("choices") or []:
                     parts.append((choice.get("delta") or {}).get("content") or "")
-            return "".join(parts)
+                if call.watch.wants_updates and call.watch.update("".join(parts)):
+                    found["finish_reason"] = STOP
+                    break  # a stop string: leaving closes the connection, which stops the server
+            return BackendResult("".join(parts), **found)
 
     def _send(self, method: str, path: str) -> httpx.Response:
         with self._stream(method, path, None) as response:
@@ -221,6 +255,22 @@ def _events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
             yield json.loads(payload)
         except ValueError:
             log.warning("skipping a stream event that is not JSON: %.200s", payload)
+
+
+def _accounting(data: Any) -> dict[str, Any]:
+    """``prompt_tokens``, ``completion_tokens`` and ``finish_reason`` from a response or stream chunk, as far as it
+    gives them (a finish reason other than length is STOP: the engine answers no tool calls)."""
+    found: dict[str, Any] = {}
+    usage = data.get("usage") if isinstance(data, dict) else None
+    if isinstance(usage, dict):
+        for key in ("prompt_tokens", "completion_tokens"):
+            if isinstance(usage.get(key), int) and not isinstance(usage.get(key), bool):
+                found[key] = usage[key]
+    for choice in (data.get("choices") if isinstance(data, dict) else None) or []:
+        reason = choice.get("finish_reason") if isinstance(choice, dict) else None
+        if reason:
+            found["finish_reason"] = LENGTH if reason == "length" else STOP
+    return found
 
 
 def _message_text(data: Any) -> str:

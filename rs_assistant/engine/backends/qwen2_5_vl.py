@@ -14,6 +14,11 @@ grounding in absolute pixels of that resized image, so boxes are scaled back by 
 resized size, where the resized size is read from the processor's ``image_grid_thw`` (x patch
 size). Finetunes that answer in Qwen2-VL's 0-1000 ``<|box_start|>`` form are read too.
 
+A chat may have no image (the conversation alone) and may be sampled (``call.decoding``); its answer
+is watched token by token for stop strings and streaming (``call.watch``), and reports its token
+counts and whether the length limit cut it. A conversation so long that it cannot fit the context
+whatever its tokens is refused before it is tokenized.
+
 The prompt is built from the checkpoint's chat template, tokenizer and image processor directly,
 with each ``<|image_pad|>`` expanded to its image's token count exactly as ``Qwen2_5_VLProcessor``
 does. That class is not used because it also requires a video processor, and transformers' video
@@ -22,6 +27,7 @@ processors need torchvision, which the engine does not install.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import dataclass
@@ -33,6 +39,7 @@ from transformers import (
     AutoImageProcessor,
     AutoTokenizer,
     BaseImageProcessor,
+    LogitsProcessorList,
     PreTrainedTokenizerBase,
     Qwen2_5_VLForConditionalGeneration,
     StoppingCriteriaList,
@@ -41,7 +48,18 @@ from transformers import (
 from rs_assistant.core.protocol import ErrorCode, FeatureKind, ProtocolError, Role, Task
 from rs_assistant.engine.backends import boxes
 from rs_assistant.engine.backends.base import Backend, BackendCall, BackendResult, Detection
-from rs_assistant.engine.backends.hf import CancelCriteria, cancelled, checkpoint_folder, load_failed, load_model
+from rs_assistant.engine.backends.hf import (
+    CHARS_PER_TOKEN_BOUND,
+    WatchCriteria,
+    cancelled,
+    checkpoint_folder,
+    finish_reason,
+    load_failed,
+    load_model,
+    max_token_chars,
+    sampler,
+    written_tokens,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +90,8 @@ class Prepared:
 class Qwen25VLBackend(Backend):
     name: ClassVar[str] = "qwen2_5_vl"
     tasks: ClassVar[frozenset[Task]] = frozenset({Task.CAPTION, Task.GROUND, Task.CHAT, Task.CHANGE})
+    chat_without_images: ClassVar[bool] = True
+    samples: ClassVar[bool] = True
 
     # Set by load().
     tokenizer: PreTrainedTokenizerBase
@@ -114,13 +134,23 @@ class Qwen25VLBackend(Backend):
     def run(self, call: BackendCall) -> BackendResult:
         self.check_task(call.task)
         self.ensure_loaded()
+        if not call.images and call.task is not Task.CHAT:
+            raise ProtocolError(ErrorCode.BAD_IMAGE_COUNT, f"{call.task.value} needs an image")
         prepared = self._prepare(call)
         new_tokens = self._generate(prepared, call)
         if call.cancel.is_set():
             raise cancelled(self)
-        text = self.tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
+        text = self._text(new_tokens.tolist())
         if call.task is not Task.GROUND:
-            return BackendResult(text=text)
+            written = written_tokens(new_tokens.tolist(), self._eos)
+            return BackendResult(
+                text=text,
+                prompt_tokens=prepared.length,
+                completion_tokens=len(written),
+                finish_reason=finish_reason(
+                    written, self._eos, self._max_new_tokens(prepared, call), call.watch.stopped
+                ),
+            )
         raw = self.tokenizer.decode(new_tokens, skip_special_tokens=False)
         height, width = call.images[0].shape[:2]
         label = boxes.target_phrase(call.prompt) or "object"
@@ -140,16 +170,20 @@ class Qwen25VLBackend(Backend):
         """History, then the instruction; the images open the conversation's first user turn."""
         messages: list[dict[str, Any]] = [{"role": m.role.value, "content": m.content} for m in call.history]
         messages.append({"role": Role.USER.value, "content": self._instruction(call)})
-        first_user = next(m for m in messages if m["role"] == Role.USER.value)
-        first_user["content"] = [{"type": "image"} for _ in call.images] + [
-            {"type": "text", "text": first_user["content"]}
-        ]
+        if call.images:
+            first_user = next(m for m in messages if m["role"] == Role.USER.value)
+            first_user["content"] = [{"type": "image"} for _ in call.images] + [
+                {"type": "text", "text": first_user["content"]}
+            ]
         return messages
 
     def _prepare(self, call: BackendCall) -> Prepared:
+        self._check_size(call)
         text = self.tokenizer.apply_chat_template(
             self._messages(call), add_generation_prompt=True, tokenize=False, add_vision_id=len(call.images) > 1
         )
+        if not call.images:
+            return self._text_only(text)
         try:
             vision = self.image_processor(
                 images=[np.asarray(image) for image in call.images],
@@ -179,23 +213,66 @@ class Qwen25VLBackend(Backend):
         resized = [(int(w) * patch, int(h) * patch) for _, h, w in grid.tolist()]
         return Prepared(inputs={k: v.to(self.device) for k, v in inputs.items()}, resized=resized)
 
+    def _text_only(self, text: str) -> Prepared:
+        """A chat without image: the conversation's tokens alone."""
+        if self.image_token in text:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"the prompt or history may not contain {self.image_token}")
+        encoded = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")
+        inputs = {
+            "input_ids": encoded["input_ids"],
+            "attention_mask": encoded["attention_mask"],
+            "mm_token_type_ids": torch.zeros_like(encoded["input_ids"], dtype=torch.int),
+        }
+        return Prepared(inputs={k: v.to(self.device) for k, v in inputs.items()}, resized=[])
+
+    def _check_size(self, call: BackendCall) -> None:
+        """PROMPT_TOO_LONG, before anything is tokenized, for a conversation too long to fit the context whatever
+        its tokens (more characters than the context times the longest token, with a margin)."""
+        chars = len(call.prompt) + sum(len(m.content) for m in call.history)
+        if chars > self.context * CHARS_PER_TOKEN_BOUND * self._max_token_chars:
+            raise self._too_long(f"{chars} characters")
+
+    @functools.cached_property
+    def _max_token_chars(self) -> int:
+        return max_token_chars(self.tokenizer)
+
+    def _too_long(self, size: str) -> ProtocolError:
+        return ProtocolError(
+            ErrorCode.PROMPT_TOO_LONG,
+            f"model '{self.model_name}': the prompt takes {size} with the image(s); its context is "
+            f"{self.context}. Shorten the history or the prompt, or choose a smaller region.",
+        )
+
     # --- generation -----------------------------------------------------------------------------
 
+    @functools.cached_property
+    def _eos(self) -> frozenset[int]:
+        eos = self.model.generation_config.eos_token_id
+        ids = eos if isinstance(eos, list) else [eos] if eos is not None else []
+        return frozenset([*ids, self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else ids)
+
+    def _text(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+
+    def _max_new_tokens(self, prepared: Prepared, call: BackendCall) -> int:
+        return min(call.options.max_new_tokens, self.context - prepared.length)
+
     def _generate(self, prepared: Prepared, call: BackendCall) -> torch.Tensor:
-        """Greedy generation; returns the new token ids. Stops at the next token once cancelled."""
-        room = self.context - prepared.length
-        if room < 1:
-            raise ProtocolError(
-                ErrorCode.PROMPT_TOO_LONG,
-                f"model '{self.model_name}': the prompt takes {prepared.length} tokens with the image(s); "
-                f"its context is {self.context}. Shorten the history or the prompt, or choose a smaller region.",
-            )
+        """Greedy (or, for a chat, ``call.decoding``'s sampled) generation; returns the new token ids. Stops at the
+        next token once cancelled or once ``call.watch`` sees a stop string (it gets the text after every token
+        when it wants it)."""
+        if self.context - prepared.length < 1:
+            raise self._too_long(f"{prepared.length} tokens")
+        watch = WatchCriteria(call.cancel, call.watch, render=self._text, eos=self._eos, start=prepared.length)
+        processors = sampler(call.decoding, self.device)
+        extra = {"logits_processor": LogitsProcessorList(processors)} if processors else {}
         with torch.inference_mode():
             output = self.model.generate(
                 **prepared.inputs,
-                max_new_tokens=min(call.options.max_new_tokens, room),
+                max_new_tokens=self._max_new_tokens(prepared, call),
                 do_sample=False,
-                stopping_criteria=StoppingCriteriaList([CancelCriteria(call.cancel)]),
+                stopping_criteria=StoppingCriteriaList([watch]),
+                **extra,
             )
         return output[0, prepared.length :].cpu()
 

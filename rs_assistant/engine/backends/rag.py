@@ -33,6 +33,7 @@ CAPTION_QUESTION = "Describe the image."
 class RAGBackend(Backend):
     name = "rag"
     tasks = frozenset({Task.CAPTION, Task.CHAT})
+    samples = True  # the RSA VLM decodes the call as it comes (its decoding, stop strings and streamed text)
 
     def load(self) -> None:
         from rs_assistant.engine.backends.rsa import RSABackend
@@ -84,4 +85,4 @@ class RAGBackend(Backend):
         history = call.history if call.task is Task.CHAT else ()
         result = self.vlm.run(replace(call, task=Task.CHAT, prompt=prompt, history=history))
         sources = "; ".join(f"[{p.id}] {p.title}".rstrip() for p in passages)
-        return BackendResult(text=f"{result.text}\n\nSources: {sources}", detections=result.detections)
+        return replace(result, text=f"{result.text}\n\nSources: {sources}")  # its token counts and finish too

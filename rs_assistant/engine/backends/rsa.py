@@ -6,8 +6,12 @@ Models file (``default`` needs none: it reads resources/models/rsa-default)::
     backend = "rsa"
     path = "/models/rsa-large"   # config.json, model.safetensors, tokenizer.json, processor_config.json
 
-One generation per request, greedy, stopped by the request's cancel event. The answer is read
-by RSAProcessor.parse_answer (the formats are documented in processing_rsa.py):
+One generation per request, greedy (a chat may be sampled: its ``call.decoding``), stopped by the
+request's cancel event at the next token, or by a stop string of its ``call.watch``, which also
+receives the answer's text after every token when it is streamed (decoding.py). A chat without image
+is answered by the language model alone, in text. Results carry their token counts and whether the
+length limit cut them. The answer is read by RSAProcessor.parse_answer (the formats are documented
+in processing_rsa.py):
 
 - location tokens -> box detections in window pixels. The model sees the window resized to a
   square, so bins are fractions of each side of the window, whatever its aspect ratio. A box's
@@ -45,8 +49,9 @@ conversation history; the other tasks are single turns, as trained.
 
 Bad input: a missing or incomplete folder, a config.json that does not match the weights, a
 corrupt weights file, or a tokenizer/processor that does not fit the model each raise
-MODEL_LOAD_FAILED naming the folder; a prompt (with history and images) longer than the model's
-context raises PROMPT_TOO_LONG. The engine keeps serving other requests in each case.
+MODEL_LOAD_FAILED naming the folder; a prompt (with history and images) that leaves the model's
+context no room for an answer raises PROMPT_TOO_LONG, found without tokenizing more of the history
+than the context holds (RSAProcessor.prompt_ids). The engine keeps serving other requests in each case.
 
 The class map, its regions and a mask's box are read in rsa_regions.py.
 """
@@ -63,13 +68,22 @@ from typing import ClassVar
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import StoppingCriteriaList
+from transformers import LogitsProcessorList, StoppingCriteriaList
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from rs_assistant.core.protocol import ErrorCode, FeatureKind, ProtocolError, Task
 from rs_assistant.engine.backends import boxes
 from rs_assistant.engine.backends.base import Backend, BackendCall, BackendResult, Detection
-from rs_assistant.engine.backends.hf import CancelCriteria, cancelled, checkpoint_folder, load_failed
+from rs_assistant.engine.backends.hf import (
+    CancelCriteria,
+    WatchCriteria,
+    cancelled,
+    checkpoint_folder,
+    finish_reason,
+    load_failed,
+    sampler,
+    written_tokens,
+)
 from rs_assistant.engine.backends.rsa_regions import ClassRegions, region_box
 from rs_assistant.engine.device import attn_implementation, torch_dtype
 from rs_assistant.engine.models.rsa.modeling_rsa import RSAForConditionalGeneration, RSAInstruction, RSAVisualFeatures
@@ -81,6 +95,7 @@ from rs_assistant.engine.models.rsa.processing_rsa import (
     SEG,
     Answer,
     LocatedPhrase,
+    PromptTooLong,
     RSAProcessor,
     SegRequest,
 )
@@ -95,6 +110,8 @@ SEARCH_BATCH = 16
 class RSABackend(Backend):
     name: ClassVar[str] = "rsa"
     tasks: ClassVar[frozenset[Task]] = frozenset({Task.CAPTION, Task.GROUND, Task.SEGMENT, Task.CHANGE, Task.CHAT})
+    chat_without_images: ClassVar[bool] = True
+    samples: ClassVar[bool] = True
     # A small model: one generation step costs about the same for 16 tiles as for 4 (benchmarks/large_area.py).
     TILE_BATCH_SIZE: ClassVar[int] = 16
 
@@ -167,7 +184,16 @@ class RSABackend(Backend):
         for index, call in enumerate(calls):
             self.check_task(call.task)
             history = tuple(call.history) if call.task is Task.CHAT else ()
-            key = (call.task, len(call.images), call.prompt, history, call.options.max_new_tokens)
+            watched = call.watch if call.watch.wants_updates else None  # a watched answer is generated alone
+            key = (
+                call.task,
+                len(call.images),
+                call.prompt,
+                history,
+                call.options.max_new_tokens,
+                call.decoding,
+                watched,
+            )
             groups.setdefault(key, []).append(index)
         results: list[BackendResult] = [BackendResult()] * len(calls)
         for indices in groups.values():
@@ -175,23 +201,68 @@ class RSABackend(Backend):
                 results[index] = result
         return results
 
+    def _prompt_ids(self, call: BackendCall) -> list[int]:
+        """The call's prompt as ids, refused (PROMPT_TOO_LONG) when it leaves the context no room to answer; a long
+        history is tokenized newest message first and only as far as the context reaches (processing_rsa)."""
+        history = call.history if call.task is Task.CHAT else ()  # the other tasks are single turns
+        try:
+            return self.processor.prompt_ids(call.task, call.prompt, history, len(call.images), self.context - 1)
+        except PromptTooLong:
+            raise ProtocolError(
+                ErrorCode.PROMPT_TOO_LONG,
+                f"model '{self.model_name}': the prompt with the image(s) and history leaves no room for an answer; "
+                f"its context is {self.context} tokens. Shorten the conversation or the question",
+            ) from None
+        except ValueError as exc:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"model '{self.model_name}': {exc}") from None
+
+    def _generation(self, call: BackendCall, length: int, scored: bool = True) -> dict:
+        """``generate`` keywords shared by every group: the length, the decoding and the watch (cancel, stop strings,
+        streamed text; it reads the text exactly as parse_answer will). ``scored``: the output keeps scores (and,
+        sampled, the raw logits the box scores need)."""
+        max_new_tokens = min(call.options.max_new_tokens, self.context - length)
+        watch = WatchCriteria(
+            call.cancel,
+            call.watch,
+            render=self.processor.answer_text,
+            keep=self.processor.is_answer_text,
+            eos=(self.processor.token_ids[EOS],),
+        )
+        kwargs = {
+            "max_new_tokens": max_new_tokens,
+            "do_sample": False,
+            "stopping_criteria": StoppingCriteriaList([watch]),
+        }
+        processors = sampler(call.decoding, self.device)
+        if processors:  # sampled: the raw logits score the boxes, the processed scores leave one token
+            kwargs.update(logits_processor=LogitsProcessorList(processors), output_logits=scored)
+        return kwargs
+
+    def _accounted(self, result: BackendResult, row: Sequence[int], call: BackendCall, length: int) -> BackendResult:
+        """``result`` with its token counts and why it ended (``row``: the tokens generated for it)."""
+        eos = (self.processor.token_ids[EOS],)
+        written = written_tokens(row, eos)
+        result.prompt_tokens = length
+        result.completion_tokens = len(written)
+        result.finish_reason = finish_reason(
+            written, eos, min(call.options.max_new_tokens, self.context - length), call.watch.stopped
+        )
+        return result
+
     def _run_group(self, calls: Sequence[BackendCall]) -> list[BackendResult]:
         first = calls[0]
         pair = len(first.images) == 2
-        try:
-            history = first.history if first.task is Task.CHAT else ()  # the other tasks are single turns
-            text = self.processor.format_prompt(first.task, first.prompt, history, pair=pair)
-        except ValueError as exc:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, f"model '{self.model_name}': {exc}") from None
+        ids = self._prompt_ids(first)
+        length = len(ids)
+        input_ids = torch.tensor([ids] * len(calls), dtype=torch.long)
+        if not first.images:
+            return [self._chat_without_image(call, input_ids[:1]) for call in calls]
         images = [tuple(call.images) if pair else call.images[0] for call in calls]
-        batch = self.processor([text] * len(calls), images, padding_side="left")
-        length = int(batch["input_ids"].shape[1])
-        if length >= self.context:
-            raise ProtocolError(
-                ErrorCode.PROMPT_TOO_LONG,
-                f"model '{self.model_name}': the prompt takes {length} tokens with the image(s) and history; "
-                f"its context is {self.context}",
-            )
+        batch = {
+            "input_ids": input_ids,
+            "attention_mask": torch.ones_like(input_ids),
+            "pixel_values": self.processor.pixel_values(images),
+        }
         if first.task is Task.CAPTION and self.model.config.caption_num_beams > 1:
             return self._captions_by_beam_search(calls, batch, length)
         with torch.inference_mode():
@@ -200,12 +271,10 @@ class RSABackend(Backend):
                 batch["input_ids"].to(self.device),
                 attention_mask=batch["attention_mask"].to(self.device),
                 visual=visual,
-                max_new_tokens=min(first.options.max_new_tokens, self.context - length),
-                do_sample=False,
-                stopping_criteria=StoppingCriteriaList([CancelCriteria(first.cancel)]),
                 return_dict_in_generate=True,
                 output_scores=True,
                 output_hidden_states=True,
+                **self._generation(first, length),
             )
         if any(call.cancel.is_set() for call in calls):
             raise cancelled(self)
@@ -245,8 +314,25 @@ class RSABackend(Backend):
                     call.images[0],
                     None if instructions is None else instructions[sample],
                 )
-                results.append(self._result(call, answer, generated, (width, height)))
+                result = self._result(call, answer, generated, (width, height))
+                results.append(self._accounted(result, output.sequences[sample].tolist(), call, length))
         return results
+
+    def _chat_without_image(self, call: BackendCall, input_ids: torch.Tensor) -> BackendResult:
+        """A chat with no image: the language model alone, on the conversation (text only: no boxes or masks)."""
+        if call.task is not Task.CHAT:
+            raise ProtocolError(ErrorCode.BAD_IMAGE_COUNT, f"{call.task.value} needs an image")
+        with torch.inference_mode():
+            sequences = self.model.generate(
+                input_ids.to(self.device),
+                attention_mask=torch.ones_like(input_ids).to(self.device),
+                **self._generation(call, input_ids.shape[1], scored=False),
+            )
+        if call.cancel.is_set():
+            raise cancelled(self)
+        row = sequences[0].tolist()
+        answer = self.processor.parse_answer(row, (1, 1))
+        return self._accounted(BackendResult(text=answer.text), row, call, input_ids.shape[1])
 
     def _captions_by_beam_search(self, calls: Sequence[BackendCall], batch: dict, length: int) -> list[BackendResult]:
         """Captions decoded with the checkpoint's ``caption_num_beams`` and ``caption_length_penalty``
@@ -485,10 +571,11 @@ class RSABackend(Backend):
     def _box_score(self, located: LocatedPhrase, generated: _Generated) -> float:
         """Mean over the box's four loc tokens of the probability within one bin of the bin written."""
         output, sample = generated.output, generated.sample
-        loc_ids = torch.tensor(self.processor.loc_ids, device=output.scores[0].device)
+        scores = output.logits if getattr(output, "logits", None) is not None else output.scores  # sampled: raw
+        loc_ids = torch.tensor(self.processor.loc_ids, device=scores[0].device)
         masses = []
         for position in located.positions:
-            probs = torch.softmax(output.scores[position][sample].float(), dim=-1)[loc_ids]
+            probs = torch.softmax(scores[position][sample].float(), dim=-1)[loc_ids]
             chosen = int(output.sequences[sample, position])
             centre = self.processor.loc_bins[chosen]
             masses.append(float(probs[max(centre - 1, 0) : centre + 2].sum()))

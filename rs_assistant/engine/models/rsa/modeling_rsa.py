@@ -548,19 +548,23 @@ class RSAForConditionalGeneration(RSAPreTrainedModel):
         """Text after the image prefix and the prompt: the LM's ``generate`` on the merged embeddings.
 
         Give ``pixel_values``, or ``visual`` from :meth:`encode_images` to reuse it for
-        :meth:`predict_masks`. The returned sequences hold only the new tokens; every
+        :meth:`predict_masks`; neither for a prompt without ``<image>`` (a chat without image: the
+        language model alone). The returned sequences hold only the new tokens; every
         ``generate`` keyword (``max_new_tokens``, ``stopping_criteria``,
         ``return_dict_in_generate``, ``output_hidden_states`` ...) passes through.
         """
-        if visual is None:
-            if pixel_values is None:
-                raise ValueError("generate needs pixel_values or visual features")
+        if visual is None and pixel_values is not None:
             visual = self.encode_images(pixel_values)
+        if visual is None:
+            placeholders = (input_ids == self.config.image_token_id) | (input_ids == self.config.delta_token_id)
+            if placeholders.any():
+                raise ValueError("generate needs pixel_values or visual features for the prompt's <image> tokens")
+            embeds = self.get_input_embeddings()(input_ids)
+        else:
+            embeds = self.embed(input_ids, visual)
         kwargs.setdefault("eos_token_id", self.config.text_config.eos_token_id)
         kwargs.setdefault("pad_token_id", self.config.text_config.pad_token_id)
-        return self.language_model.generate(
-            inputs_embeds=self.embed(input_ids, visual), attention_mask=attention_mask, **kwargs
-        )
+        return self.language_model.generate(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
 
 
 AutoConfig.register("rsa", RSAConfig, exist_ok=True)

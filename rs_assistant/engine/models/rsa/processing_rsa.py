@@ -46,6 +46,7 @@ A batch holds single images or (before, after) pairs, not both (modeling_rsa.py)
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -62,6 +63,7 @@ from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from rs_assistant.core.protocol import Message, Role, Task
 from rs_assistant.engine.backends.boxes import Box, Size, clamp_box, target_phrase
+from rs_assistant.engine.backends.hf import CHARS_PER_TOKEN_BOUND, max_token_chars
 from rs_assistant.engine.models.rsa.configuration_rsa import RSAConfig
 from rs_assistant.engine.models.rsa.tokens import (  # noqa: F401 (the tokens are part of this module's API too)
     ASSISTANT,
@@ -169,6 +171,14 @@ class Answer:
     text: str
     boxes: tuple[LocatedPhrase, ...]
     segments: tuple[SegRequest, ...]
+
+
+class PromptTooLong(ValueError):
+    """A prompt (images, history and turn) would have more than ``limit`` tokens."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the prompt needs more than {limit} tokens")
+        self.limit = limit
 
 
 _SEPARATOR = re.compile(r"\s*;\s*")
@@ -290,14 +300,16 @@ class RSAProcessor:
         history: Sequence[Message] = (),
         pair: bool = False,
         answer: str | None = None,
+        images: int | None = None,
     ) -> str:
         """The whole string for one sample: images, chat history, this turn, and ``answer`` when training.
 
         ``history`` alternates user and assistant messages (system messages are dropped); past
         user turns are chat turns. Without ``answer`` the string ends with ``<|assistant|>``,
-        ready for generation.
+        ready for generation. ``images``: how many images open it (default: 2 with ``pair``, else 1;
+        0 for a chat without image, which has no ``<image>`` at all).
         """
-        parts = [BOS, IMAGE + IMAGE + DELTA if pair else IMAGE]
+        parts = [BOS, self._image_placeholders(2 if pair else 1 if images is None else images)]
         for message in history:
             if message.role is Role.USER:
                 parts += [USER, self.instruction(Task.CHAT, message.content)]
@@ -307,6 +319,64 @@ class RSAProcessor:
         if answer is not None:
             parts += [answer.strip(), EOS]
         return "".join(parts)
+
+    @staticmethod
+    def _image_placeholders(images: int) -> str:
+        if images not in (0, 1, 2):
+            raise ValueError(f"a prompt has 0, 1 or 2 images (before, after), not {images}")
+        return ("", IMAGE, IMAGE + IMAGE + DELTA)[images]
+
+    @functools.cached_property
+    def max_token_chars(self) -> int:
+        """The most characters one token of the vocabulary spells (special tokens included)."""
+        return max_token_chars(self.tokenizer)
+
+    def prompt_ids(
+        self, task: Task, prompt: str = "", history: Sequence[Message] = (), images: int = 1, limit: int | None = None
+    ) -> list[int]:
+        """The ``input_ids`` row that ``self([format_prompt(task, prompt, history, images=images)], ...)`` makes
+        (each placeholder expanded), built from the end: the last turn first, then the history newest message
+        first, so that no more of a long conversation is tokenized than ``limit`` tokens can hold.
+
+        :class:`PromptTooLong` when the row would have more than ``limit`` ids. A text longer than ``limit``
+        times :data:`CHARS_PER_TOKEN_BOUND` times the vocabulary's longest token is over the limit without
+        being tokenized.
+        """
+        room = math.inf if limit is None else limit
+        head = self._encode(BOS + self._image_placeholders(images), room, limit)
+        head = [t for tok in head for t in ([tok] * self.num_image_tokens if tok in self._placeholder_ids else [tok])]
+        room -= len(head)
+        self._check_chars(prompt, room, limit)
+        turn = self._encode(USER + self.instruction(task, prompt) + ASSISTANT, room, limit)
+        room -= len(turn)
+        earlier: list[list[int]] = []
+        for message in reversed(history):
+            self._check_chars(message.content, room, limit)
+            if message.role is Role.USER:
+                piece = self._encode(USER + self.instruction(Task.CHAT, message.content), room, limit)
+            elif message.role is Role.ASSISTANT:
+                piece = self._encode(ASSISTANT + message.content.strip() + EOS, room, limit)
+            else:
+                continue
+            room -= len(piece)
+            earlier.append(piece)
+        return head + [t for piece in reversed(earlier) for t in piece] + turn
+
+    @property
+    def _placeholder_ids(self) -> frozenset[int]:
+        return frozenset((self.token_ids[IMAGE], self.token_ids[DELTA]))
+
+    def _check_chars(self, text: str, room: float, limit: int | None) -> None:
+        if limit is not None and len(text) > max(room, 0) * CHARS_PER_TOKEN_BOUND * self.max_token_chars:
+            raise PromptTooLong(limit)
+
+    def _encode(self, text: str, room: float, limit: int | None) -> list[int]:
+        """``text``'s ids (special tokens written in it included); PromptTooLong if more than ``room``."""
+        self._check_chars(text, room, limit)
+        ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        if limit is not None and len(ids) > room:
+            raise PromptTooLong(limit)
+        return ids
 
     def __call__(
         self,
@@ -408,7 +478,7 @@ class RSAProcessor:
         """
         width, height = window
         seg, eos = self.token_ids[SEG], self.token_ids[EOS]
-        skip = {self.token_ids[t] for t in (PAD, BOS, UNK, USER, ASSISTANT, IMAGE, DELTA, *TASK_TAGS.values())}
+        skip = self._not_text
         boxes: list[LocatedPhrase] = []
         segments: list[SegRequest] = []
         text_ids: list[int] = []
@@ -456,14 +526,30 @@ class RSAProcessor:
                 phrase_ids.append(token)
         if run:
             close_run()
-        text = _SPACES.sub(" ", self.tokenizer.decode(text_ids)).strip()
-        text = re.sub(r"\s+([;,.])", r"\1", text).strip(" ;")
-        return Answer(text, tuple(boxes), tuple(segments))
+        return Answer(self.answer_text(text_ids), tuple(boxes), tuple(segments))
+
+    @functools.cached_property
+    def _not_text(self) -> frozenset[int]:
+        return frozenset(self.token_ids[t] for t in (PAD, BOS, UNK, USER, ASSISTANT, IMAGE, DELTA, *TASK_TAGS.values()))
+
+    def is_answer_text(self, token: int) -> bool:
+        """Whether a generated token is part of the answer's text (not a loc token, [SEG], </s> or a marker)."""
+        return token not in self._not_text and token not in self.loc_bins and token not in self._seg_eos
+
+    @functools.cached_property
+    def _seg_eos(self) -> frozenset[int]:
+        return frozenset((self.token_ids[SEG], self.token_ids[EOS]))
+
+    def answer_text(self, text_ids: Sequence[int]) -> str:
+        """The answer's text from its text tokens (:meth:`is_answer_text`), as :meth:`parse_answer` gives it."""
+        text = _SPACES.sub(" ", self.tokenizer.decode(list(text_ids))).strip()
+        return re.sub(r"\s+([;,.])", r"\1", text).strip(" ;")
 
 
 __all__ = [
     "Answer",
     "LocatedPhrase",
+    "PromptTooLong",
     "RSAProcessor",
     "SegRequest",
     "SPECIAL_TOKENS",
