@@ -29,9 +29,10 @@ backend that does not count) and ``finish_reason`` "length" when the token limit
 answer. A streamed answer is sent as it is generated (server-sent events of ``chat.completion.chunk``, one
 piece per settled token or word, then a chunk with each answer's finish_reason, with include_usage a last
 chunk with ``usage`` and no choices, then ``data: [DONE]``); a failure once streaming has begun is an event
-``{"error": {...}}``. A prompt that leaves the model's context no room for an answer is a 400
-``context_length_exceeded`` (param ``messages``), found without tokenizing more of the conversation than the
-context holds. Errors have OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``.
+``{"error": {...}}``. A prompt that leaves the model's context no room for an answer is refused with OpenAI's code
+``context_length_exceeded`` (param ``messages``; status 422, as every schema-valid request that cannot be
+answered here: 400 means the body breaks /openapi.json), found without tokenizing more of the conversation than
+the context holds. Errors have OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``.
 
 ``GET /v1/models`` lists the models (OpenAI's ``data`` and the plugin's ``models``: the same entries), each
 with ``created`` (its checkpoint folder's, else its models file's, else the engine's start time);
@@ -45,6 +46,7 @@ import base64
 import binascii
 import json
 import logging
+import re
 import threading
 import time
 import uuid
@@ -76,7 +78,7 @@ MAX_TOKENS = 4096  # the engine's ceiling on an answer (Options.max_new_tokens)
 MAX_CHOICES = 8
 MAX_STOPS = 4
 LOW_DETAIL_SIDE = 512  # image_url.detail "low": the image is read at this longer side (OpenAI: 512 x 512)
-DATA_URL_PREFIX = "data:image/"
+DATA_URL_PATTERN = r"^data:image/[\w.+-]+;base64,"  # the engine fetches nothing: images come in the request
 
 _FORBID = ConfigDict(extra="forbid")
 
@@ -91,7 +93,7 @@ class TextPart(TypedDict):
 
 @with_config(_FORBID)
 class ImageURL(TypedDict, total=False):
-    url: Required[Annotated[str, Limits(min_length=1)]]  # data:image/<type>;base64,<data>
+    url: Required[Annotated[str, Limits(pattern=DATA_URL_PATTERN)]]  # data:image/<type>;base64,<data>
     detail: Literal["auto", "low", "high"]
 
 
@@ -335,7 +337,7 @@ def refuse_unsupported(body: Any) -> None:
                 and isinstance(part.get("image_url"), Mapping)
             ):
                 url = part["image_url"].get("url")
-                if isinstance(url, str) and not url.startswith(DATA_URL_PREFIX):
+                if isinstance(url, str) and not re.match(DATA_URL_PATTERN, url):
                     shown = url[:40] + "..." if len(url) > 40 else url
                     param = f"{where}.content[{index}].image_url.url"
                     raise ProtocolError(
@@ -421,12 +423,7 @@ def _messages(messages: Sequence[Mapping[str, Any]]) -> tuple[list[Message], lis
 
 
 def _image(image_url: Mapping[str, Any], param: str) -> np.ndarray:
-    url: str = image_url["url"]
-    head, comma, data = url.partition(",")
-    if not (head.startswith(DATA_URL_PREFIX) and head.endswith(";base64") and comma):
-        raise ProtocolError(
-            ErrorCode.BAD_REQUEST, f"{param}: an image must be a data URL (data:image/png;base64,...)", param
-        )
+    data = image_url["url"].partition(",")[2]  # the schema checked the head: data:image/<type>;base64
     try:
         raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
@@ -475,6 +472,8 @@ def answer(engine: Engine, chat: ChatRequest, cancel: threading.Event, on_text: 
     except ProtocolError as exc:
         if exc.code is ErrorCode.PROMPT_TOO_LONG:
             raise ProtocolError(ErrorCode.CONTEXT_LENGTH_EXCEEDED, exc.message, "messages") from None
+        if exc.code is ErrorCode.BAD_REQUEST:  # the body is valid by the schema: its values do not fit the model
+            raise ProtocolError(ErrorCode.INVALID_VALUE, exc.message, exc.param or "messages") from None
         if exc.code is ErrorCode.UNKNOWN_MODEL and exc.param is None:
             exc.param = "model"
         raise

@@ -5,9 +5,9 @@
 Routes (docs/architecture.md): ``GET /v1/health`` (no token), ``GET /v1/models``, ``POST /v1/analyze``,
 ``POST /v1/route`` (which task a free-text turn asks for: rs_assistant.engine.router),
 ``POST /v1/batch`` (a whole-layer job streamed back as NDJSON events), ``GET /openapi.json`` and the
-OpenAI-compatible ``POST /v1/chat/completions``. Every route but
-health needs ``Authorization: Bearer <token>``. Every error is ``{"error": {"code", "message"}}``
-with the status of protocol.HTTP_STATUS.
+OpenAI-compatible ``POST /v1/chat/completions`` and ``GET /v1/models/{id}`` (their shapes, parsing and
+answers: rs_assistant.engine.openai_api). Every route but health needs ``Authorization: Bearer <token>``.
+Every error is ``{"error": {"code", "message", "type", "param"}}`` with the status of protocol.HTTP_STATUS.
 
 Inference runs on worker threads. While it runs, the route polls the client: a client that
 disconnects, or a request that outlives ``request_timeout_s`` (504), sets the request's cancel

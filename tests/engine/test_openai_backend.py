@@ -137,7 +137,7 @@ def test_the_remote_servers_own_errors_are_named(remote):
     with pytest.raises(ProtocolError) as error:
         analyze(engine, folder, "caption")
     assert error.value.code is ErrorCode.INTERNAL
-    assert "answered 400" in error.value.message and "does not do 'chat'" in error.value.message
+    assert "answered 422" in error.value.message and "does not do 'chat'" in error.value.message
 
 
 def test_tasks_the_backend_does_not_do_are_refused(remote):

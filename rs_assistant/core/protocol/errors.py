@@ -62,7 +62,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.MOSTLY_OUTSIDE: 422,
     ErrorCode.REGION_TOO_LARGE: 413,
     ErrorCode.PROMPT_TOO_LONG: 422,
-    ErrorCode.CONTEXT_LENGTH_EXCEEDED: 400,  # as OpenAI answers it
+    ErrorCode.CONTEXT_LENGTH_EXCEEDED: 422,  # valid by the schema: 422 here (OpenAI answers 400)
     ErrorCode.UNAUTHORIZED: 401,
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.PAYLOAD_TOO_LARGE: 413,
