@@ -472,8 +472,9 @@ def answer(engine: Engine, chat: ChatRequest, cancel: threading.Event, on_text: 
     except ProtocolError as exc:
         if exc.code is ErrorCode.PROMPT_TOO_LONG:
             raise ProtocolError(ErrorCode.CONTEXT_LENGTH_EXCEEDED, exc.message, "messages") from None
-        if exc.code is ErrorCode.BAD_REQUEST:  # the body is valid by the schema: its values do not fit the model
-            raise ProtocolError(ErrorCode.INVALID_VALUE, exc.message, exc.param or "messages") from None
+        if exc.code in (ErrorCode.BAD_REQUEST, ErrorCode.INVALID_VALUE):  # valid by the schema: 422
+            param = "messages" if exc.param in (None, "prompt", "history") else exc.param  # the engine's names
+            raise ProtocolError(ErrorCode.INVALID_VALUE, exc.message, param) from None
         if exc.code is ErrorCode.UNKNOWN_MODEL and exc.param is None:
             exc.param = "model"
         raise

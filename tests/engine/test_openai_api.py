@@ -339,6 +339,7 @@ def test_requests_valid_in_form_that_cannot_be_answered_are_422_naming_why(oai, 
     with pytest.raises(openai.UnprocessableEntityError) as error:  # the model needs a question
         chat(oai, messages=ask("  "))
     assert error.value.body["code"] == "invalid_value" and "needs a question" in error.value.message
+    assert error.value.body["param"] == "messages"
     with pytest.raises(openai.BadRequestError, match="data URL") as error:  # the schema's pattern: 400
         chat(
             oai,

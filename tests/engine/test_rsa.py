@@ -1237,7 +1237,7 @@ def test_too_long_prompt_is_refused(backend):
 def test_bad_prompts_and_cancel(backend):
     with pytest.raises(ProtocolError) as err:
         run(backend, Task.GROUND, "")
-    assert err.value.code is ErrorCode.BAD_REQUEST
+    assert err.value.code is ErrorCode.INVALID_VALUE and err.value.param == "prompt"
     cancel = threading.Event()
     cancel.set()
     call = BackendCall(task=Task.CAPTION, images=[WINDOW], options=Options(max_new_tokens=50), cancel=cancel)

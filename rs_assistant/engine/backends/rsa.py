@@ -213,8 +213,8 @@ class RSABackend(Backend):
                 f"model '{self.model_name}': the prompt with the image(s) and history leaves no room for an answer; "
                 f"its context is {self.context} tokens. Shorten the conversation or the question",
             ) from None
-        except ValueError as exc:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, f"model '{self.model_name}': {exc}") from None
+        except ValueError as exc:  # a request valid in form that the model cannot take (no question, no phrase)
+            raise ProtocolError(ErrorCode.INVALID_VALUE, f"model '{self.model_name}': {exc}", "prompt") from None
 
     def _generation(self, call: BackendCall, length: int, scored: bool = True) -> dict:
         """``generate`` keywords shared by every group: the length, the decoding and the watch (cancel, stop strings,
