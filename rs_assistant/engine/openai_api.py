@@ -31,8 +31,9 @@ piece per settled token or word, then a chunk with each answer's finish_reason, 
 chunk with ``usage`` and no choices, then ``data: [DONE]``); a failure once streaming has begun is an event
 ``{"error": {...}}``. A prompt that leaves the model's context no room for an answer is refused with OpenAI's code
 ``context_length_exceeded`` (param ``messages``; status 422, as every schema-valid request that cannot be
-answered here: 400 means the body breaks /openapi.json), found without tokenizing more of the conversation than
-the context holds. Errors have OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``.
+answered here: 400 means the body breaks /openapi.json), found by the rsa backend without tokenizing more of
+the conversation than the context holds (qwen2_5_vl refuses, untokenized, one too long for its context whatever
+its tokens). Errors have OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``.
 
 ``GET /v1/models`` lists the models (OpenAI's ``data`` and the plugin's ``models``: the same entries), each
 with ``created`` (its checkpoint folder's, else its models file's, else the engine's start time);
@@ -515,10 +516,10 @@ def _usage(reply: ChatReply) -> Usage | None:
 async def streamed(engine: Engine, chat: ChatRequest, run: Callable[[OnText], Awaitable[ChatReply]]) -> Response:
     """The answers as server-sent events while ``run(on_text)`` (the engine's answer in a worker) writes them.
 
-    Nothing is sent before the first piece of text (or the end): a request refused before it is answered
-    (unknown model, context exceeded, ...) gets its ordinary JSON error and status. Once streaming, a
-    client that leaves cancels ``run`` (whose worker stops at the next generation step), and an error is
-    sent as an ``{"error": ...}`` event.
+    Nothing is sent before the model begins to write (its first, empty, piece) or the end: a request refused
+    before it is answered (unknown model, context exceeded, ...) gets its ordinary JSON error and status.
+    Once streaming, a client that leaves cancels ``run`` (whose worker stops at the next generation step),
+    and an error is sent as an ``{"error": ...}`` event.
     """
     loop = asyncio.get_running_loop()
     pieces: asyncio.Queue[tuple[int, str]] = asyncio.Queue()
@@ -591,7 +592,9 @@ async def _events(
     try:
         piece = first
         while piece is not None:
-            yield event([delta(*piece)])
+            index, text = piece
+            if text or index not in begun:  # "": the answer has begun (its role chunk)
+                yield event([delta(index, text)])
             piece = await _next_piece(task, pieces)
         try:
             reply = task.result()

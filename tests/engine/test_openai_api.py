@@ -218,6 +218,15 @@ def test_a_stream_is_sent_while_it_is_generated_and_leaving_stops_the_generation
     assert again.usage.completion_tokens == 2
 
 
+def test_a_stream_opens_as_soon_as_the_model_begins_to_write(oai, slow):
+    started = time.monotonic()
+    stream = chat(oai, model="tiny-slow", max_tokens=100, stream=True)  # 4 s, and greedy: an answer with no text
+    first = next(iter(stream))
+    assert first.choices[0].delta.role == "assistant" and first.choices[0].delta.content == ""
+    assert time.monotonic() - started < 2
+    stream.close()
+
+
 # --- what requests may hold ------------------------------------------------------------------------------------------
 
 
@@ -417,7 +426,7 @@ def test_the_text_watch_sends_settled_text_and_cuts_at_a_stop_string():
     for text in ["Two", "Two roads", "Two roads E", "Two roads EN", "Two roads ENDED"]:
         stopped = watch.update(text)
     assert stopped and watch.stopped
-    assert pieces == ["Two", " roads", " "]  # "E" and "EN" could have begun the stop string: held back
+    assert pieces == ["", "Two", " roads", " "]  # "": begun; "E" and "EN" could begin the stop string: held back
     assert watch.finish("Two roads ENDED and more") == "Two roads " and "".join(pieces) == "Two roads "
     plain: list[str] = []
     watch = TextWatch(on_text=plain.append)
@@ -514,7 +523,8 @@ def test_the_openai_backend_passes_the_chat_on_and_streams_what_the_server_write
         on_text=lambda index, piece: pieces.append(piece),
     )
     direct = chat(oai, max_tokens=30, **SAMPLED)  # the same request, straight to the server
-    assert reply.text == direct.choices[0].message.content and "".join(pieces) == reply.text and len(pieces) > 1
+    assert reply.text == direct.choices[0].message.content and "".join(pieces) == reply.text
+    assert len([p for p in pieces if p]) > 1  # as the server sent them
     (answer,) = reply.answers
     assert reply.prompt_tokens == direct.usage.prompt_tokens  # the server's count
     assert answer.completion_tokens == 30 and answer.finish_reason == "length"
@@ -541,7 +551,7 @@ def test_qwen_chats_without_image_sampled_and_watched(tiny_qwen_path):
 
     result = run(decoding=Decoding(temperature=1.0, seed=4), watch=TextWatch(on_text=pieces.append))
     assert result.text and result.text == run(decoding=Decoding(temperature=1.0, seed=4)).text
-    assert "".join(pieces) == result.text[: len("".join(pieces))] and len(pieces) > 1
+    assert "".join(pieces) == result.text[: len("".join(pieces))] and len([p for p in pieces if p]) > 1
     assert result.completion_tokens == 20 and result.finish_reason == "length"
     assert result.prompt_tokens == len(backend._prepare(BackendCall(Task.CHAT, [], QUESTION)).inputs["input_ids"][0])
     assert run().text == run().text != result.text  # greedy by default

@@ -7,7 +7,8 @@ after each step (``watch.update(text)``, only when ``watch.wants_updates``) and 
 once it returns True (a stop string was written). The engine then calls ``watch.finish(text)`` on
 the backend's final text, which cuts it at the first stop string and sends whatever was not sent yet,
 so that the streamed pieces always join to the final answer. A backend that never calls ``update``
-still works: its whole answer is sent by ``finish`` as one piece.
+still works: its whole answer is sent by ``finish`` as one piece. The first ``update`` sends an empty piece,
+which tells a stream that the model has begun writing (any refusal before it is an ordinary error).
 
 Pieces are sent only once they cannot change any more: text is held back while it ends in whitespace
 (backends tidy spaces before punctuation and at the end), in an incomplete character (U+FFFD from a
@@ -52,6 +53,7 @@ class TextWatch:
         self.on_text = on_text
         self.sent = ""  # the text sent so far
         self.stopped = False  # a stop string was written
+        self.begun = False  # the backend has given a first update: the model is writing
 
     @property
     def wants_updates(self) -> bool:
@@ -59,9 +61,14 @@ class TextWatch:
         return bool(self.stop) or self.on_text is not None
 
     def update(self, text: str) -> bool:
-        """``text``: the whole answer so far. Sends what became final; True once a stop string was written."""
+        """``text``: the whole answer so far. Sends what became final (the first update sends "" at once: the model
+        has begun, so a stream can open before any text is settled); True once a stop string was written."""
         if self.stopped:
             return True
+        if not self.begun:
+            self.begun = True
+            if self.on_text is not None:
+                self.on_text("")
         cut = self._stop_at(text)
         if cut is not None:
             self.stopped = True
