@@ -829,6 +829,14 @@
             <translation>La question est trop longue.</translation>
         </message>
         <message>
+            <source>The region lies mostly outside the raster. Draw a region over it or use the current view.</source>
+            <translation>La région est presque entièrement en dehors du raster. Dessinez une région sur celui-ci ou utilisez la vue actuelle.</translation>
+        </message>
+        <message>
+            <source>The engine reads only raster files on this computer (it was not started with --allow-remote).</source>
+            <translation>Le moteur ne lit que des fichiers raster de cet ordinateur (il n’a pas été démarré avec --allow-remote).</translation>
+        </message>
+        <message>
             <source>The engine reported an error.</source>
             <translation>Le moteur a signalé une erreur.</translation>
         </message>

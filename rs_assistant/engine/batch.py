@@ -52,6 +52,7 @@ from rs_assistant.engine.geo import detections_to_features
 from rs_assistant.engine.imagery import DatasetCache, Window, read_image, read_pair
 from rs_assistant.engine.seams import Piece, Reprojector, from_pending, merge, split_tile, to_feature
 from rs_assistant.engine.service import THRESHOLDED_TASKS, Engine
+from rs_assistant.engine.sources import SourcePolicy, is_remote
 from rs_assistant.engine.tiling import Tile, TileGrid, make_grid
 
 log = logging.getLogger(__name__)
@@ -118,7 +119,7 @@ def run_tiles(
     closes its own when it ends); without it, this thread's cache (a Ray actor's single thread).
     """
     datasets = datasets if datasets is not None else _datasets()
-    return answer_tiles(engine, request, works, read_tiles(request, works, datasets), cancel)
+    return answer_tiles(engine, request, works, read_tiles(request, works, datasets, engine.sources), cancel)
 
 
 @dataclass
@@ -131,8 +132,11 @@ class TileReads:
     read_ms: float = 0.0  # per tile
 
 
-def read_tiles(request: BatchRequest, works: Sequence[TileWork], datasets: DatasetCache) -> TileReads:
-    """The batch's pixels (no model involved, so it can run ahead of the model on another thread).
+def read_tiles(
+    request: BatchRequest, works: Sequence[TileWork], datasets: DatasetCache, policy: SourcePolicy | None = None
+) -> TileReads:
+    """The batch's pixels (no model involved, so it can run ahead of the model on another thread), read from
+    sources that ``policy`` allows (default: local files only).
 
     A search first looks each tile up in the embedding cache and reads only the tiles it lacks.
     """
@@ -140,9 +144,9 @@ def read_tiles(request: BatchRequest, works: Sequence[TileWork], datasets: Datas
     if request.task is Task.RETRIEVE:
         cache = EmbeddingCache(embedding_cache_dir())
         embeddings = [cache.load(w.cache_key, w.id) for w in works]
-        windows = [None if e is not None else _read(request, w, datasets) for w, e in zip(works, embeddings)]
+        windows = [None if e is not None else _read(request, w, datasets, policy) for w, e in zip(works, embeddings)]
         return TileReads(windows, embeddings, _ms_since(started) / max(len(works), 1))
-    windows = [_read(request, work, datasets) for work in works]
+    windows = [_read(request, work, datasets, policy) for work in works]
     return TileReads(windows, None, _ms_since(started) / max(len(works), 1))
 
 
@@ -179,16 +183,18 @@ def answer_tiles(
     return outputs
 
 
-def _read(request: BatchRequest, work: TileWork, datasets: DatasetCache) -> list[Window] | None:
+def _read(
+    request: BatchRequest, work: TileWork, datasets: DatasetCache, policy: SourcePolicy | None
+) -> list[Window] | None:
     """The tile's window(s): one, or before and after on the before grid (None where the after raster has no pixels)."""
     refs = [
         ImageRef(extent=work.bounds, crs=work.grid.crs, source=source, bands=request.bands)
         for source in request.sources
     ]
     if request.task is not Task.CHANGE:
-        return [read_image(refs[0], request.tile_size, datasets)]
+        return [read_image(refs[0], request.tile_size, datasets, policy)]
     try:
-        return list(read_pair(refs[0], refs[1], request.tile_size, datasets))
+        return list(read_pair(refs[0], refs[1], request.tile_size, datasets, policy))
     except ProtocolError as exc:
         if exc.code is ErrorCode.EXTENT_OUTSIDE:
             return None
@@ -281,7 +287,10 @@ class EmbeddingCache:
         files (the same), tile grid and bands: what the embeddings depend on."""
         files = []
         for source in request.sources[:1]:
-            path = os.path.abspath(source)
+            if is_remote(source):  # allowed by --allow-remote: named as given, its changes unknown
+                files.append([source, -1, -1])
+                continue
+            path = os.path.realpath(source)
             info = os.stat(path)
             files.append([path, info.st_size, info.st_mtime_ns])
         identity = {
@@ -370,7 +379,8 @@ class LocalExecutor(TileExecutor):
             for works in batches:
                 if cancel.is_set():
                     return
-                yield answer_tiles(self.engine, request, works, read_tiles(request, works, self.datasets), cancel)
+                reads = read_tiles(request, works, self.datasets, self.engine.sources)
+                yield answer_tiles(self.engine, request, works, reads, cancel)
             return
         if self._reader is None:
             self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rsa-batch-read")
@@ -382,7 +392,7 @@ class LocalExecutor(TileExecutor):
                 works = next(todo, None)
                 if works is None:
                     return
-                reading.append((works, reader.submit(read_tiles, request, works, self.datasets)))
+                reading.append((works, reader.submit(read_tiles, request, works, self.datasets, self.engine.sources)))
 
         try:
             read_more()
@@ -445,7 +455,7 @@ def plan_job(runner: Runner, request: BatchRequest) -> JobPlan:
     batch_size = executor.check(request)
     if batch_size != request.batch_size:
         request = dataclasses.replace(request, batch_size=batch_size)
-    grid = make_grid(request)
+    grid = make_grid(request, _sources(runner))
     skipped = sum(1 for t in request.skip_tiles if t < grid.count)
     pending = [from_pending(f, grid) for f in request.pending]
     key = (
@@ -462,6 +472,15 @@ def _engine(runner: Runner) -> Engine | None:
     """The engine behind ``runner``, None where this process has none (a Ray driver: its workers hold the engines)."""
     engine = runner if isinstance(runner, Engine) else getattr(runner, "engine", None)
     return engine if isinstance(engine, Engine) else None
+
+
+def _sources(runner: Runner) -> SourcePolicy:
+    """Where the job's rasters may be: the engine's policy, or the executor's (a Ray driver: its own ``sources``)."""
+    engine = _engine(runner)
+    if engine is not None:
+        return engine.sources
+    policy = getattr(runner, "sources", None)
+    return policy if isinstance(policy, SourcePolicy) else SourcePolicy()
 
 
 def _model_files(runner: Runner, model: str, task: Task = Task.RETRIEVE) -> list[list[Any]]:

@@ -48,6 +48,7 @@ from typing import Any
 
 from rs_assistant.core.protocol import BatchRequest, ErrorCode, ProtocolError
 from rs_assistant.engine.batch import TileExecutor, TileOutput, TileWork, run_tiles
+from rs_assistant.engine.sources import SourcePolicy
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ class TileWorker:
     file that does not parse is reported the same way, by every call, instead of killing the actor.
     """
 
-    def __init__(self, models_file: str | None, device: str):
+    def __init__(self, models_file: str | None, device: str, sources: SourcePolicy | None = None):
         from rs_assistant.engine.device import choose_device
         from rs_assistant.engine.registry import Registry
         from rs_assistant.engine.service import Engine
@@ -95,7 +96,7 @@ class TileWorker:
         self.engine: Engine | None = None
         self.failure: ProtocolError | None = None
         try:
-            self.engine = Engine(Registry.from_file(models_file, device=choose_device(device)))
+            self.engine = Engine(Registry.from_file(models_file, device=choose_device(device)), sources=sources)
         except ProtocolError as exc:
             self.failure = exc
         self._cancels: dict[str, threading.Event] = {}
@@ -196,7 +197,8 @@ class RayExecutor(TileExecutor):
     """Runs batches of tiles on ``workers`` Ray actors (see the module's docstring)."""
 
     def __init__(self, models_file: str | os.PathLike[str] | None, device: str = "auto", workers: int | None = None,
-                 owns_ray: bool = False, start_timeout_s: float = START_TIMEOUT_S):  # fmt: skip
+                 owns_ray: bool = False, start_timeout_s: float = START_TIMEOUT_S,
+                 sources: SourcePolicy | None = None):  # fmt: skip
         ray = import_ray()
         if not ray.is_initialized():
             raise ProtocolError(ErrorCode.INTERNAL, "RayExecutor needs ray.init() first (make_ray_executor does it)")
@@ -204,6 +206,7 @@ class RayExecutor(TileExecutor):
         self._owns_ray = owns_ray
         self._actors: list[Any] = []
         self._closed = False
+        self.sources = sources if sources is not None else SourcePolicy()  # where the job's rasters may be
         self.models_file = None if models_file is None else str(Path(models_file).expanduser().resolve())
         resources = ray.cluster_resources()
         cpus, gpus = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
@@ -220,7 +223,7 @@ class RayExecutor(TileExecutor):
         log.info("starting %d Ray worker(s) (models %s, device %s; cluster: %g CPU, %g GPU)",
                  workers, self.models_file or "built in", device, cpus, gpus)  # fmt: skip
         actor_class = _actor_class().options(**options)
-        self._actors = [actor_class.remote(self.models_file, device) for _ in range(workers)]
+        self._actors = [actor_class.remote(self.models_file, device, self.sources) for _ in range(workers)]
         try:
             self._wait_started(start_timeout_s, need, cpus, gpus)
         except BaseException:
@@ -355,8 +358,10 @@ class RayExecutor(TileExecutor):
 
 
 def make_ray_executor(address: str | None, models_file: str | os.PathLike[str] | None = None, device: str = "auto",
-                      workers: int | None = None, start_timeout_s: float = START_TIMEOUT_S) -> RayExecutor:  # fmt: skip
-    """A RayExecutor on the cluster at ``address`` ("local", "auto", "HOST:PORT", "ray://HOST:PORT").
+                      workers: int | None = None, start_timeout_s: float = START_TIMEOUT_S,
+                      sources: SourcePolicy | None = None) -> RayExecutor:  # fmt: skip
+    """A RayExecutor on the cluster at ``address`` ("local", "auto", "HOST:PORT", "ray://HOST:PORT"), its workers
+    reading only the rasters that ``sources`` allows (default: local files).
 
     Starts Ray (``ray.init``) unless this process already did; ``close()`` stops what it started.
     """
@@ -376,7 +381,9 @@ def make_ray_executor(address: str | None, models_file: str | os.PathLike[str] |
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"cannot start or join Ray at {address!r}: {exc}") from None
         owns = True
     try:
-        return RayExecutor(models_file, device, workers, owns_ray=owns, start_timeout_s=start_timeout_s)
+        return RayExecutor(
+            models_file, device, workers, owns_ray=owns, start_timeout_s=start_timeout_s, sources=sources
+        )
     except BaseException:
         if owns:
             ray.shutdown()

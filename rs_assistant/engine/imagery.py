@@ -1,4 +1,7 @@
-"""Reads the region a request names, from any GDAL raster or a rendered PNG, into the RGB window a model sees.
+"""Reads the region a request names, from a GDAL raster or a rendered PNG, into the RGB window a model sees.
+
+Which rasters may be read is the caller's SourcePolicy (rs_assistant.engine.sources): every source
+passes its check before GDAL sees the string (default: local files only, anywhere the user can read).
 
 Only that region is read (rasterio windowed reads, a WarpedVRT when the request's CRS differs from
 the raster's, overviews when the window is decimated to ``max_side``), and every window carries
@@ -34,6 +37,7 @@ from rasterio.warp import transform_bounds
 
 from rs_assistant.core.protocol import ErrorCode, ImageRef, ProtocolError
 from rs_assistant.engine.crs import parse_crs
+from rs_assistant.engine.sources import SourcePolicy, default_policy, is_remote
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +54,8 @@ _COLOURS = ("red", "green", "blue")
 _COLOUR_INTERP = {ColorInterp.red: "red", ColorInterp.green: "green", ColorInterp.blue: "blue"}
 #: Band description codes for red/green/blue (Sentinel-2 names), besides the colour words themselves.
 _COLOUR_CODES = {"red": ("b4", "b04"), "green": ("b3", "b03"), "blue": ("b2", "b02")}
-#: Sources that are not plain local paths (GDAL virtual file systems, URLs, driver-prefixed subdatasets).
-_NOT_A_LOCAL_PATH = re.compile(r"^(/vsi|[a-z][a-z0-9+.-]*://|[A-Za-z0-9_]{2,}:)", re.IGNORECASE)
+#: At most this many characters of GDAL's message about a local file enter an error message.
+_GDAL_MESSAGE_CHARS = 300
 
 
 @dataclass
@@ -70,6 +74,11 @@ class Window:
     @property
     def height(self) -> int:
         return int(self.array.shape[0])
+
+    @property
+    def coverage(self) -> float:
+        """The share (0..1) of the window's pixels that the source covers with data."""
+        return 1.0 if self.valid is None or self.valid.size == 0 else float(self.valid.mean())
 
 
 @dataclass(frozen=True)
@@ -92,28 +101,35 @@ class _Grid:
 _Block = tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]]
 
 
-def read_image(ref: ImageRef, max_side: int = 1024, datasets: DatasetCache | None = None) -> Window:
+def read_image(
+    ref: ImageRef, max_side: int = 1024, datasets: DatasetCache | None = None, policy: SourcePolicy | None = None
+) -> Window:
     """The window ``ref.extent`` (in ``ref.crs``), at the source's resolution but at most ``max_side`` pixels a side.
 
     ``datasets`` keeps the source open between reads (tiled batch jobs read hundreds of windows of one file).
+    ``policy``: where the source may be (default: local files only).
     """
     if max_side < 1:
         raise ValueError(f"max_side must be positive, got {max_side}")
-    with _opened(ref, datasets) as src:
+    with _opened(ref, datasets, policy) as src:
         grid = _grid_for(src, ref, max_side)
         return _read(src, grid, ref)
 
 
 def read_pair(
-    before: ImageRef, after: ImageRef, max_side: int = 1024, datasets: DatasetCache | None = None
+    before: ImageRef,
+    after: ImageRef,
+    max_side: int = 1024,
+    datasets: DatasetCache | None = None,
+    policy: SourcePolicy | None = None,
 ) -> tuple[Window, Window]:
     """Before and after on the before window's grid (same transform, size and CRS), so they are pixel-aligned.
 
     The after image's own extent only matters for a PNG (it places the picture); a raster is read under the before grid.
     """
-    first = read_image(before, max_side, datasets)
+    first = read_image(before, max_side, datasets, policy)
     grid = _Grid(first.crs, first.transform, first.width, first.height)
-    with _opened(after, datasets) as src:
+    with _opened(after, datasets, policy) as src:
         second = _read(src, grid, after)
     return first, second
 
@@ -135,10 +151,10 @@ class RasterInfo:
         return (min(xs), min(ys), max(xs), max(ys))
 
 
-def describe_raster(source: str) -> RasterInfo:
-    """The grid of a local raster file; the same errors as a read (SOURCE_NOT_FOUND, UNREADABLE_SOURCE)."""
+def describe_raster(source: str, policy: SourcePolicy | None = None) -> RasterInfo:
+    """The grid of a raster; the same errors as a read (SOURCE_NOT_FOUND, UNREADABLE_SOURCE, REMOTE_SOURCE_REFUSED)."""
     ref = ImageRef(extent=(0, 0, 1, 1), crs="EPSG:4326", source=source)
-    with _opened(ref) as src:
+    with _opened(ref, None, policy) as src:
         epsg = src.crs.to_epsg()
         crs = f"EPSG:{epsg}" if epsg and _same_crs(src, f"EPSG:{epsg}") else src.crs.to_wkt()
         return RasterInfo(source, crs, src.transform, src.width, src.height, src.count)
@@ -194,17 +210,19 @@ def decode_image_bytes(data: bytes) -> np.ndarray:
 
 
 @contextmanager
-def _opened(ref: ImageRef, datasets: DatasetCache | None = None) -> Iterator[DatasetReader]:
-    """The georeferenced dataset behind ``ref``; every GDAL failure inside the block becomes UNREADABLE_SOURCE."""
+def _opened(
+    ref: ImageRef, datasets: DatasetCache | None = None, policy: SourcePolicy | None = None
+) -> Iterator[DatasetReader]:
+    """The georeferenced dataset behind ``ref``, its source checked against ``policy`` before GDAL sees it; every
+    GDAL failure inside the block becomes UNREADABLE_SOURCE."""
     parse_crs(ref.crs)
     name = _describe(ref)
     try:
         if ref.png_base64 is not None:
             opener = _open_png(ref)
-        elif datasets is not None:
-            opener = _open_cached(ref.source or "", datasets)
         else:
-            opener = _open_source(ref.source or "")
+            path = (policy or default_policy()).check(ref.source or "")
+            opener = _open_cached(path, datasets) if datasets is not None else _open_source(path)
         with opener as src:
             if src.crs is None:
                 raise ProtocolError(
@@ -212,34 +230,35 @@ def _opened(ref: ImageRef, datasets: DatasetCache | None = None) -> Iterator[Dat
                 )
             yield src
     except (RasterioError, CPLE_BaseError) as exc:
+        if ref.source is not None and is_remote(ref.source):
+            # A remote server's words (e.g. "Failed to connect to 127.0.0.1 port 9") would make the engine a port
+            # scanner: they go to the log only.
+            log.info("reading %s failed: %s", name, _gdal_message(exc))
+            raise ProtocolError(
+                ErrorCode.UNREADABLE_SOURCE,
+                f"cannot read {name} as a raster (a remote or virtual source; the engine's log says why)",
+            ) from None
         log.debug("reading %s failed", name, exc_info=True)
         raise ProtocolError(
-            ErrorCode.UNREADABLE_SOURCE, f"cannot read {name} as a raster: {_gdal_message(exc)}"
+            ErrorCode.UNREADABLE_SOURCE, f"cannot read {name} as a raster: {_gdal_message(exc)[:_GDAL_MESSAGE_CHARS]}"
         ) from None
 
 
 @contextmanager
-def _open_source(source: str) -> Iterator[DatasetReader]:
-    _check_source(source)
-    with rasterio.open(source) as src:
+def _open_source(path: str) -> Iterator[DatasetReader]:
+    """``path`` (checked by the caller's SourcePolicy) opened for the block."""
+    with rasterio.open(path) as src:
         yield src
 
 
-def _check_source(source: str) -> None:
-    if not _NOT_A_LOCAL_PATH.match(source) and not os.path.exists(source):
-        raise ProtocolError(ErrorCode.SOURCE_NOT_FOUND, f"source {source!r} does not exist")
-    if os.path.isdir(source):
-        raise ProtocolError(ErrorCode.UNREADABLE_SOURCE, f"source {source!r} is a folder, not a raster file")
-
-
 @contextmanager
-def _open_cached(source: str, datasets: DatasetCache) -> Iterator[DatasetReader]:
-    """``source`` from ``datasets``, opened (and kept there) on first use; left open after the block."""
-    src = datasets.get(source)
+def _open_cached(path: str, datasets: DatasetCache) -> Iterator[DatasetReader]:
+    """``path`` (checked by the caller's SourcePolicy) from ``datasets``, opened (and kept there) on first use; left
+    open after the block."""
+    src = datasets.get(path)
     if src is None:
-        _check_source(source)
-        src = rasterio.open(source)
-        datasets.put(source, src)
+        src = rasterio.open(path)
+        datasets.put(path, src)
     yield src
 
 

@@ -64,6 +64,7 @@ from rs_assistant.engine.device import describe, device_info
 from rs_assistant.engine.geo import detections_to_features
 from rs_assistant.engine.imagery import Window, read_image, read_pair
 from rs_assistant.engine.registry import AUTO_MODEL, Registry
+from rs_assistant.engine.sources import SourcePolicy
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +103,9 @@ class ChatReply:
 class Engine:
     """Answers requests with the models of a Registry; safe to call from many threads at once."""
 
-    def __init__(self, registry: Registry):
+    def __init__(self, registry: Registry, sources: SourcePolicy | None = None):
         self.registry = registry
+        self.sources = sources if sources is not None else SourcePolicy()  # where requests' rasters may be
         self._locks: dict[str, threading.Lock] = {name: threading.Lock() for name in registry.names}
 
     def models(self) -> list[ModelInfo]:
@@ -286,6 +288,7 @@ class Engine:
         started = time.perf_counter()
         windows = self._read(request)
         read_ms = _ms_since(started)
+        coverage = _check_coverage(request, windows)
         _raise_if_cancelled(cancel)
 
         started = time.perf_counter()
@@ -325,6 +328,7 @@ class Engine:
             request_id=request_id,
             timing_ms=Timing(read=read_ms, infer=infer_ms, post=post_ms),
             held_back=held_back,
+            coverage=coverage,
         )
 
     def _check_task(self, model: str, task: Task) -> None:
@@ -337,13 +341,13 @@ class Engine:
                 f"model '{model}' (backend {backend}) does not do '{task.value}'; it does: {supported}",
             )
 
-    @staticmethod
-    def _read(request: AnalyzeRequest) -> list[Window]:
+    def _read(self, request: AnalyzeRequest) -> list[Window]:
+        """The request's windows, its sources checked against this engine's SourcePolicy."""
         max_side = request.options.max_side
         if request.task is Task.CHANGE:
             before, after = request.images
-            return list(read_pair(before, after, max_side))
-        return [read_image(image, max_side) for image in request.images]
+            return list(read_pair(before, after, max_side, policy=self.sources))
+        return [read_image(image, max_side, policy=self.sources) for image in request.images]
 
     def _call(self, model: str, call: BackendCall) -> BackendResult:
         """Run the model's backend on ``call``, loading it first, one call at a time per model."""
@@ -437,6 +441,33 @@ def _features(detections: Sequence[Detection], windows: Sequence[Window], output
             raise ValueError(f"detection {det.label!r} names image {index!r}, but the request has {len(windows)}")
         features.extend(detections_to_features([det], windows[index], output_crs))
     return features
+
+
+def _check_coverage(request: AnalyzeRequest, windows: Sequence[Window]) -> tuple[float, ...]:
+    """The share of each window the raster covers with data; MOSTLY_OUTSIDE when one is under
+    ``options.min_coverage`` (an answer about a region the raster hardly touches would be about nothing)."""
+    coverage = tuple(w.coverage for w in windows)
+    least = request.options.min_coverage
+    for index, (image, share) in enumerate(zip(request.images, coverage)):
+        if share < least:
+            name = repr(image.source) if image.source else "the PNG image"
+            which = f"image {index + 1} ({name})" if len(windows) > 1 else name
+            raise ProtocolError(
+                ErrorCode.MOSTLY_OUTSIDE,
+                f"{which} covers only {_percent(share)} of the requested region {list(image.extent)} ({image.crs}) "
+                f"with data; the least is {_percent(least)} (options.min_coverage). Choose a region over the raster.",
+            )
+    return coverage
+
+
+def _percent(share: float) -> str:
+    """0.5 -> "50%", 0.0004 -> "0.04%", 1e-7 -> "less than 0.01%"."""
+    percent = share * 100
+    if percent == 0:
+        return "0%"
+    if percent < 0.01:
+        return "less than 0.01%"
+    return f"{percent:.2g}%" if percent < 10 else f"{percent:.0f}%"
 
 
 def _raise_if_cancelled(cancel: threading.Event) -> None:

@@ -24,6 +24,7 @@ import pyproj
 from rs_assistant.core.protocol import BatchRequest, ErrorCode, ProtocolError
 from rs_assistant.engine.crs import parse_crs
 from rs_assistant.engine.imagery import RasterInfo, describe_raster
+from rs_assistant.engine.sources import SourcePolicy
 
 #: (col0, row0, col1, row1): a block of grid pixels, end-exclusive.
 PixelBox = tuple[int, int, int, int]
@@ -105,12 +106,12 @@ class TileGrid:
             yield self.tile(tile_id)
 
 
-def make_grid(request: BatchRequest) -> TileGrid:
-    """The grid of ``request``: SOURCE_NOT_FOUND / UNREADABLE_SOURCE for a bad source, EXTENT_OUTSIDE for an extent
-    off the raster."""
-    info = describe_raster(request.sources[0])
+def make_grid(request: BatchRequest, policy: SourcePolicy | None = None) -> TileGrid:
+    """The grid of ``request``: SOURCE_NOT_FOUND / UNREADABLE_SOURCE / REMOTE_SOURCE_REFUSED for a bad source or one
+    that ``policy`` (default: local files only) does not allow, EXTENT_OUTSIDE for an extent off the raster."""
+    info = describe_raster(request.sources[0], policy)
     for other in request.sources[1:]:
-        describe_raster(other)
+        describe_raster(other, policy)
     transform, width, height = _full_grid(info)
     col0, row0, col1, row1 = 0, 0, width, height
     if request.extent is not None:

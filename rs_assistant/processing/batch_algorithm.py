@@ -16,7 +16,7 @@ the ``ranked`` tiles).
 - Model: a name the engine knows; ``auto`` (the default) lets the engine pick the model its
   models file names for the task. The Processing dialog offers the models file's names in an
   editable list (:mod:`rs_assistant.processing.model_widget`); scripts pass any name.
-- Resume: a journal beside a file output (see :mod:`rs_assistant.processing.journal`) records
+- Resume: a journal beside a file output (see :mod:`rs_assistant.core.journal`) records
   the finished tiles. When a run stops early (cancel, an engine error, an engine that died) the
   features written so far stay in the output, valid, and running the algorithm again with the
   same parameters (RESUME on, the default) keeps them and does only the remaining tiles. A
@@ -64,10 +64,10 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QCoreApplication, QVariant
 
+from rs_assistant.core.journal import Journal
 from rs_assistant.core.models_file import AUTO_MODEL
 from rs_assistant.core.protocol import BatchEvent, BatchRequest, ErrorCode, FeatureKind, Options, ProtocolError, Task
 from rs_assistant.processing.engine_connection import ENGINE, EngineUnavailable
-from rs_assistant.processing.journal import Journal
 from rs_assistant.ui import texts
 from rs_assistant.ui.imagery import crs_id, local_file
 
@@ -570,8 +570,7 @@ def _kept_features(destination: str, journal: Journal) -> list[QgsFeature]:
         return []
     features = list(layer.getFeatures())
     counts = Counter(f["tile"] for f in features if f["tile"] not in (None, NULL))
-    intact = {tile for tile, record in journal.tiles.items() if counts.get(tile, 0) == record.features}
-    journal.keep_only(intact)
+    intact = journal.keep_intact(counts)
     fields = output_fields()
     kept = []
     for source in features:

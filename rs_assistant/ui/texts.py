@@ -64,6 +64,12 @@ def error_text(error: TurnError) -> str:
         ErrorCode.UNSUPPORTED_TASK: translate("Messages", "This model cannot do that. Choose another model."),
         ErrorCode.MODEL_LOAD_FAILED: translate("Messages", "The engine could not load the model."),
         ErrorCode.PROMPT_TOO_LONG: translate("Messages", "The question is too long."),
+        ErrorCode.MOSTLY_OUTSIDE: translate(
+            "Messages", "The region lies mostly outside the raster. Draw a region over it or use the current view."
+        ),
+        ErrorCode.REMOTE_SOURCE_REFUSED: translate(
+            "Messages", "The engine reads only raster files on this computer (it was not started with --allow-remote)."
+        ),
     }
     return texts.get(error, translate("Messages", "The engine reported an error."))
 

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -263,7 +265,8 @@ class TileBackend(Backend):
       the colour the text names ("red", "green", "blue") minus the mean of the other two, or the brightness.
     - counters: ``batches`` (run_batch calls), ``batch_sizes``, ``embedded`` (images embedded).
     - config: ``delay_s`` (per batch, checking cancel), ``fail_after`` (raise ValueError once that many
-      tiles were answered: the model failing mid-job).
+      tiles were answered: the model failing mid-job), ``kill_after`` (SIGKILL this process instead: a run
+      killed mid-job), ``calls_log`` (a file that gets one line per tile answered, whichever process answers).
     """
 
     name = "tiles"
@@ -273,6 +276,8 @@ class TileBackend(Backend):
         super().__init__(model_name, config, device)
         self.delay_s = float(self.config.get("delay_s", 0.0))
         self.fail_after = self.config.get("fail_after")
+        self.kill_after = self.config.get("kill_after")
+        self.calls_log = self.config.get("calls_log")
         self.batches = 0
         self.batch_sizes: list[int] = []
         self.answered = 0
@@ -294,8 +299,14 @@ class TileBackend(Backend):
             time.sleep(0.01)
         if self.fail_after is not None and self.answered + len(calls) > int(self.fail_after):
             raise ValueError(f"the model broke after {self.answered} tiles (fail_after)")
+        if self.kill_after is not None and self.answered + len(calls) > int(self.kill_after):
+            os.kill(os.getpid(), signal.SIGKILL)
         self.answered += len(calls)
-        return [self._answer(call) for call in calls]
+        results = [self._answer(call) for call in calls]
+        if self.calls_log:
+            with open(self.calls_log, "a", encoding="utf-8") as log:
+                log.writelines(f"{describe(call.images[0])}\n" for call in calls)
+        return results
 
     def _answer(self, call: BackendCall) -> BackendResult:
         self.check_task(call.task)

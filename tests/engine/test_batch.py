@@ -342,10 +342,10 @@ def test_a_read_failing_ahead_of_the_model_ends_the_job_after_the_batches_before
 
     read = batch._read
 
-    def failing(request, work, datasets):
+    def failing(request, work, *rest):
         if work.id >= 4:
             raise ProtocolError(ErrorCode.UNREADABLE_SOURCE, "the disk went away")
-        return read(request, work, datasets)
+        return read(request, work, *rest)
 
     monkeypatch.setattr(batch, "_read", failing)
     events = list(run_job(LocalExecutor(engine, read_ahead=2), request(data, batch_size=2)))

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from affine import Affine
 from shapely.geometry import box, shape
 
 from rs_assistant.engine.__main__ import main
@@ -258,3 +259,84 @@ def test_the_module_docstring_starts_with_the_commands():
     assert cli.__doc__.startswith("python -m rs_assistant.engine serve [--host 127.0.0.1] [--port 0]")
     assert "\npython -m rs_assistant.engine run --task TASK --image PATH" in cli.__doc__
     assert os.path.basename(cli.__file__) == "__main__.py"
+
+
+# --- negative coordinates, where the engine may read (issue 23) ---------------------------------
+
+FLORIDA = Affine(0.0001, 0, -81.995, 0, -0.0001, 29.705)  # 64 x 64 pixels west of Greenwich, north of the equator
+
+
+@pytest.fixture(scope="module")
+def west(data) -> Path:
+    return rasters.burn(
+        data / "florida.tif",
+        box(-81.993, 29.7, -81.991, 29.702),
+        crs="EPSG:4326",
+        transform=FLORIDA,
+    )
+
+
+@pytest.mark.parametrize("form", ["separate", "equals"])
+def test_run_takes_a_negative_extent_as_written(capsys, data, west, form):
+    extent = "-81.9946,29.6987,-81.9888,29.7049"
+    region = ("--extent", extent) if form == "separate" else (f"--extent={extent}",)
+    code, answer = run_main(
+        capsys, "--task", "ground", "--image", str(west), *region, "--crs", "EPSG:4326", *echo(data)
+    )
+    assert code == 0, answer
+    (feature,) = answer["features"]["features"]
+    x0, y0, x1, y1 = shape(feature["geometry"]).bounds
+    assert x0 == pytest.approx(-81.993, abs=2e-4) and x1 == pytest.approx(-81.991, abs=2e-4)
+    assert y0 == pytest.approx(29.7, abs=2e-4) and y1 == pytest.approx(29.702, abs=2e-4)
+
+
+def test_batch_takes_a_negative_extent_and_says_what_is_wrong_with_a_negative_overlap(capsys, data, west):
+    args = ["batch", "--task", "caption", "--image", str(west), "--crs", "EPSG:4326", *echo(data)]
+    assert main([*args, "--extent", "-81.995,29.6986,-81.9886,29.705", "--tile-size", "32", "--overlap", "8"]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert events[0]["tiles"] == 9 and events[-1]["event"] == "done"
+    assert main([*args, "--overlap", "-8"]) == 2
+    assert "overlap must be between 0" in capsys.readouterr().out  # not argparse's "expected one argument"
+
+
+def test_serve_takes_data_roots_and_allow_remote(tmp_path, data):
+    root = tmp_path / "root"
+    root.mkdir()
+    rasters.burn(root / "burn.tif", SQUARE)
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "remote.tif").write_bytes((root / "burn.tif").read_bytes())
+    host = subprocess.Popen(
+        [sys.executable, "-m", "tests.engine.range_server", str(served)], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    token_file = tmp_path / "token"
+    command = ["serve", "--port", "0", "--models", str(data / "models.toml"), "--token-file", str(token_file),
+               "--device", "cpu", "--data-root", str(root), "--allow-remote"]  # fmt: skip
+    process = subprocess.Popen(
+        engine_command(*command), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        remote = f"http://127.0.0.1:{int(host.stdout.readline())}/remote.tif"
+        match = READY.match(read_line(process, timeout=90))
+        assert match
+        url = f"http://127.0.0.1:{match.group(1)}"
+        headers = {"Authorization": f"Bearer {token_file.read_text().strip()}"}
+
+        def ask(source: str) -> httpx.Response:
+            image = {"source": source, "extent": list(rasters.pixel_extent(GRID, 0, 0, 64, 64)), "crs": rasters.UTM}
+            body = {"task": "caption", "model": "echo", "images": [image], "output_crs": rasters.UTM}
+            return httpx.post(f"{url}/v1/analyze", headers=headers, json=body, timeout=60)
+
+        assert ask(str(root / "burn.tif")).status_code == 200
+        assert ask(remote).status_code == 200
+        outside, missing = ask(str(data / "burn.tif")), ask(str(root / "missing.tif"))
+        assert outside.status_code == missing.status_code == 404
+        assert outside.json()["error"]["message"].replace(repr(str(data / "burn.tif")), "S") == missing.json()["error"][
+            "message"
+        ].replace(repr(str(root / "missing.tif")), "S")
+        refused = ask(f"GTIFF_DIR:1:{data / 'burn.tif'}")  # a driver prefix could reach files outside the root
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "remote_source_refused"
+    finally:
+        for child in (process, host):
+            child.kill()
+            child.wait()

@@ -35,7 +35,7 @@ from qgis.core import (
 
 from rs_assistant.core.settings import Settings
 from rs_assistant.processing.engine_connection import ENGINE
-from rs_assistant.processing.journal import Journal
+from rs_assistant.core.journal import Journal
 from rs_assistant.processing.provider import RSAssistantProvider
 from rs_assistant.ui.settings_store import SettingsStore
 

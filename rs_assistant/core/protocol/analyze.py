@@ -20,6 +20,9 @@ from rs_assistant.core.protocol.errors import (
 )
 from rs_assistant.core.protocol.vocabulary import FeatureKind, Role, Task
 
+#: options.min_coverage by default: refuse a region the raster covers less than 5 % of (MOSTLY_OUTSIDE).
+DEFAULT_MIN_COVERAGE = 0.05
+
 # --- requests ----------------------------------------------------------------------------------
 
 #: How many images each task takes.
@@ -145,6 +148,8 @@ class Options:
     max_side: int = 1024
     labels: tuple[str, ...] = ()  # classify: candidate labels
     top_k: int = 5  # retrieve
+    # the least share of the region the raster must cover (with data); below it: MOSTLY_OUTSIDE
+    min_coverage: float = DEFAULT_MIN_COVERAGE
 
     MAX_SIDE_LIMIT = 4096  # engine-wide ceiling on the resampled window's longer side
 
@@ -154,6 +159,7 @@ class Options:
             object.__setattr__(self, "score_threshold", float(self.score_threshold))
             object.__setattr__(self, "max_side", int(self.max_side))
             object.__setattr__(self, "top_k", int(self.top_k))
+            object.__setattr__(self, "min_coverage", float(self.min_coverage))
         except (TypeError, ValueError) as exc:
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"bad option value: {exc}") from None
         if isinstance(self.labels, str) or not all(isinstance(x, str) for x in self.labels):
@@ -170,6 +176,8 @@ class Options:
             )
         if self.top_k < 1:
             raise ProtocolError(ErrorCode.BAD_REQUEST, "top_k must be at least 1")
+        if not 0.0 <= self.min_coverage <= 1.0:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "min_coverage must be between 0 and 1")
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -180,6 +188,8 @@ class Options:
         }
         if self.labels:
             out["labels"] = list(self.labels)
+        if self.min_coverage != DEFAULT_MIN_COVERAGE:  # only when set: engines that predate it refuse the field
+            out["min_coverage"] = self.min_coverage
         return out
 
     @classmethod
@@ -188,7 +198,9 @@ class Options:
             return cls()
         if not isinstance(data, Mapping):
             raise ProtocolError(ErrorCode.BAD_REQUEST, "'options' must be an object")
-        reject_unknown_fields(data, {"max_new_tokens", "score_threshold", "max_side", "labels", "top_k"}, "options")
+        reject_unknown_fields(
+            data, {"max_new_tokens", "score_threshold", "max_side", "labels", "top_k", "min_coverage"}, "options"
+        )
         values: dict[str, Any] = {
             k: (tuple(v) if k == "labels" and isinstance(v, list) else v) for k, v in data.items()
         }
@@ -310,6 +322,8 @@ class AnalyzeResponse:
 
     ``held_back`` (same shape, or None from engines that predate it) holds the detections under
     ``options.score_threshold``: not drawn, but the person may ask for them ("show 14 more below 0.3").
+    ``coverage`` (one number per image, in the request's order; None from engines that predate it) is the
+    share (0..1) of the window read for the image that the raster covers with data (not outside it, not nodata).
     """
 
     text: str
@@ -319,11 +333,20 @@ class AnalyzeResponse:
     request_id: str
     timing_ms: Timing = field(default_factory=Timing)
     held_back: dict[str, Any] | None = None
+    coverage: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         _check_features("features", self.features)
         if self.held_back is not None:
             _check_features("held_back", self.held_back)
+        if self.coverage is not None:
+            try:
+                coverage = tuple(float(c) for c in self.coverage)
+            except (TypeError, ValueError):
+                raise ProtocolError(ErrorCode.INTERNAL, f"coverage must be numbers, got {self.coverage!r}") from None
+            if not all(0.0 <= c <= 1.0 for c in coverage):
+                raise ProtocolError(ErrorCode.INTERNAL, f"coverage must lie between 0 and 1, got {coverage!r}")
+            object.__setattr__(self, "coverage", coverage)
 
     @property
     def feature_list(self) -> list[dict[str, Any]]:
@@ -345,6 +368,8 @@ class AnalyzeResponse:
         }
         if self.held_back is not None:
             data["held_back"] = self.held_back
+        if self.coverage is not None:
+            data["coverage"] = list(self.coverage)
         return data
 
     def to_json(self) -> str:
@@ -366,6 +391,7 @@ class AnalyzeResponse:
                 request_id=str(data["request_id"]),
                 timing_ms=Timing(**{k: float(timing.get(k, 0.0)) for k in ("read", "infer", "post")}),
                 held_back=data.get("held_back"),
+                coverage=data.get("coverage"),
             )
         except KeyError as exc:
             raise ProtocolError(ErrorCode.INTERNAL, f"response is missing {exc}") from None

@@ -1,6 +1,6 @@
 """The resume journal of a batch job (pure Python: runs without QGIS too).
 
-.venv/bin/python -m pytest -p no:pytest_qgis -p no:pytest-qt tests/qgis/test_batch_journal.py -q
+.venv/bin/python -m pytest -p no:pytest_qgis -p no:pytest-qt tests/core/test_journal.py -q
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 
 from rs_assistant.core.protocol import BatchRequest, Task
-from rs_assistant.processing.journal import Journal, fingerprint
+from rs_assistant.core.journal import Journal, fingerprint
 
 REQUEST = BatchRequest(task=Task.SEGMENT, sources=("/data/a.tif",), output_crs="EPSG:3857", prompt="roofs").to_dict()
 

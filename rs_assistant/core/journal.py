@@ -1,4 +1,5 @@
-"""What an interrupted batch job had done, kept beside its output so that a rerun resumes it.
+"""What an interrupted batch job had done, kept beside its output so that a rerun resumes it: the Processing
+algorithms' outputs (rs_assistant.processing.batch_algorithm) and the engine's ``batch --output``.
 
     journal = Journal.open(Journal.path_for("/data/boats.gpkg"), fingerprint)   # None: start afresh
     journal.record_tile(tile_id, features_written, pending_pieces)             # after each tile
@@ -10,8 +11,8 @@ many features were written to the output for it and its seam pieces (the ``pendi
 that wait for the final merge). It is rewritten atomically (a temporary file renamed over it)
 after every tile, so it never holds half a record: a crash leaves the previous tile's state.
 
-A rerun keeps the output's features of the tiles whose count still matches (the others are
-done again), and sends the tile ids as ``skip_tiles`` and their pieces as ``pending``, which the
+A rerun keeps the output's features of the tiles whose count still matches (:meth:`Journal.keep_intact`;
+the others are done again), and sends the tile ids as ``skip_tiles`` and their pieces as ``pending``, which the
 engine merges exactly as an uninterrupted run would. Pure standard library.
 """
 
@@ -98,6 +99,13 @@ class Journal:
     def record_tile(self, tile: int, features: int, pending: list[dict[str, Any]]) -> None:
         self.tiles[int(tile)] = TileRecord(int(features), list(pending))
         self.save()
+
+    def keep_intact(self, counts: Mapping[int, int]) -> set[int]:
+        """Keeps the tiles whose features the output holds in full (``counts``: the features found there per tile),
+        forgets the others (a rerun does them again) and returns the tiles kept."""
+        intact = {tile for tile, record in self.tiles.items() if counts.get(tile, 0) == record.features}
+        self.keep_only(intact)
+        return intact
 
     def keep_only(self, tiles: set[int]) -> None:
         """Forgets every tile not in ``tiles`` (their features were not found intact in the output)."""
