@@ -124,7 +124,14 @@ def caption(source: str, extent: tuple[float, ...] = FULL) -> dict[str, Any]:
 
 
 def batch_job(source: str) -> dict[str, Any]:
-    return {"task": "caption", "model": "echo", "sources": [source], "output_crs": rasters.UTM, "tile_size": 64, "overlap": 8}
+    return {
+        "task": "caption",
+        "model": "echo",
+        "sources": [source],
+        "output_crs": rasters.UTM,
+        "tile_size": 64,
+        "overlap": 8,
+    }
 
 
 REMOTE_FORMS = [

@@ -358,7 +358,7 @@ class AnalyzeResponse:
         return list((self.held_back or {}).get("features", []))
 
     def to_dict(self) -> dict[str, Any]:
-        data = {
+        data: dict[str, Any] = {
             "text": self.text,
             "features": self.features,
             "crs": self.crs,
