@@ -837,6 +837,10 @@
             <translation>Le moteur ne lit que des fichiers raster de cet ordinateur (il n’a pas été démarré avec --allow-remote).</translation>
         </message>
         <message>
+            <source>The engine is busy with other requests. Ask again in a moment.</source>
+            <translation>Le moteur est occupé par d’autres demandes. Posez la question à nouveau dans un instant.</translation>
+        </message>
+        <message>
             <source>The engine reported an error.</source>
             <translation>Le moteur a signalé une erreur.</translation>
         </message>

@@ -142,6 +142,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this computer only)")
     serve.add_argument("--port", type=int, default=0, help="port to bind (default 0: a free port)")
     serve.add_argument("--token-file", type=Path, default=None, help="bearer token file, created (mode 0600) if absent")
+    serve.add_argument(
+        "--max-queue",
+        type=int,
+        default=None,
+        help="requests waiting or being answered at once (batch jobs included); one more gets 429 (default 32)",
+    )
+    serve.add_argument("--ssl-certfile", type=Path, default=None, help="serve HTTPS with this certificate (PEM)")
+    serve.add_argument("--ssl-keyfile", type=Path, default=None, help="the certificate's private key (PEM)")
     run = commands.add_parser("run", help="answer one request and print the /v1/analyze response JSON")
     _request_arguments(run, "caption, ground, segment, change, chat, classify or retrieve", "what to ask or find")
     batch = commands.add_parser("batch", help="run a task over a whole raster, tile by tile; prints NDJSON events")
@@ -250,10 +258,12 @@ def _engine(args: argparse.Namespace, policy=None):  # -> Engine; imported here 
 
 def _serve(args: argparse.Namespace) -> int:
     from rs_assistant.engine.server import (
+        DEFAULT_MAX_QUEUE,
         Server,
         bind_socket,
         create_app,
         default_token_file,
+        is_loopback,
         load_or_create_token,
         socket_url,
     )
@@ -264,20 +274,35 @@ def _serve(args: argparse.Namespace) -> int:
         log.error("%s", exc.message)
         return EXIT_BAD_INPUT
     token_file = args.token_file or default_token_file()
+    if (args.ssl_certfile is None) != (args.ssl_keyfile is None):
+        log.error("cannot start: HTTPS needs both --ssl-certfile and --ssl-keyfile")
+        return EXIT_BAD_INPUT
     try:
         token = load_or_create_token(token_file)
         sock = bind_socket(args.host, args.port)
+    except ValueError as exc:  # a token too short to guess-proof
+        log.error("cannot start: %s", exc)
+        return EXIT_BAD_INPUT
     except OSError as exc:
         log.error("cannot start: %s", exc)
         return EXIT_ENGINE_FAULT
-    url = socket_url(sock)
+    tls = args.ssl_certfile is not None
+    url = socket_url(sock, https=tls)
+    if not tls and not is_loopback(args.host):
+        log.warning(
+            "the engine listens on %s without TLS: its token and your imagery cross the network in clear text. "
+            "Serve it behind a reverse proxy with TLS, or give --ssl-certfile and --ssl-keyfile",
+            args.host,
+        )
     log.info("engine on %s (device %s), token in %s", url, engine.health().device, token_file)
     log.info("the engine %s", engine.sources.describe())
 
     def ready() -> None:
         print(f"READY {url}", flush=True)
 
-    Server(create_app(engine, token), sock, on_ready=ready).run_on_socket()
+    max_queue = args.max_queue if args.max_queue is not None else DEFAULT_MAX_QUEUE
+    app = create_app(engine, token, max_queue=max_queue)
+    Server(app, sock, on_ready=ready, ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile).run_on_socket()
     return 0
 
 

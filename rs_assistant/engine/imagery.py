@@ -528,7 +528,7 @@ def _select_bands(src: DatasetReader, explicit: Sequence[int] | None, name: str)
     if explicit:
         bad = [b for b in explicit if b > src.count]
         if bad:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, f"band(s) {bad} requested but {name} has {src.count} band(s)")
+            raise ProtocolError(ErrorCode.INVALID_VALUE, f"band(s) {bad} requested but {name} has {src.count} band(s)")
         return (explicit[0],) * 3 if len(explicit) == 1 else (explicit[0], explicit[1], explicit[2])
     colour_bands = [i for i, ci in enumerate(src.colorinterp, start=1) if ci != ColorInterp.alpha]
     if len(colour_bands) < 3:

@@ -135,7 +135,7 @@ def from_pending(feature: Mapping[str, Any], grid: TileGrid) -> Piece:
     tile = props.get("tile")
     if not isinstance(raw, Mapping) or not isinstance(tile, int) or not 0 <= tile < grid.count:
         raise ProtocolError(
-            ErrorCode.BAD_REQUEST,
+            ErrorCode.INVALID_VALUE,
             f"a pending feature needs properties '{GRID_GEOMETRY}' and 'tile' (one of the grid's {grid.count} tiles), "
             f"found tile {tile!r}; pass back the pending pieces exactly as this job streamed them",
         )
@@ -144,7 +144,7 @@ def from_pending(feature: Mapping[str, Any], grid: TileGrid) -> Piece:
         geometry = shapely.geometry.shape(raw)
         score = float(props.get("score", 0.0))
     except (ValueError, TypeError, AttributeError, shapely.errors.GEOSException) as exc:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"a pending feature of tile {tile} is malformed: {exc}") from None
+        raise ProtocolError(ErrorCode.INVALID_VALUE, f"a pending feature of tile {tile} is malformed: {exc}") from None
     extra = {k: v for k, v in props.items() if k not in ("kind", "label", "score", "tile", GRID_GEOMETRY)}
     return Piece(kind, str(props.get("label", "")), score, tile, geometry, extra)
 

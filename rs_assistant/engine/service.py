@@ -107,6 +107,11 @@ class Engine:
         self.registry = registry
         self.sources = sources if sources is not None else SourcePolicy()  # where requests' rasters may be
         self._locks: dict[str, threading.Lock] = {name: threading.Lock() for name in registry.names}
+        self._holders: dict[str, int] = {}  # model -> the thread (ident) holding its lock
+
+    def busy_threads(self) -> dict[int, str]:
+        """The threads that hold a model's lock now (thread ident -> model): the requests being answered."""
+        return {ident: model for model, ident in list(self._holders.items())}
 
     def models(self) -> list[ModelInfo]:
         return self.registry.infos()
@@ -391,10 +396,12 @@ class Engine:
         lock = self._locks[model]
         while not lock.acquire(timeout=LOCK_POLL_S):
             _raise_if_cancelled(cancel)
+        self._holders[model] = threading.get_ident()
         try:
             _raise_if_cancelled(cancel)
             yield
         finally:
+            self._holders.pop(model, None)
             lock.release()
 
     @staticmethod

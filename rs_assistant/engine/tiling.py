@@ -92,7 +92,7 @@ class TileGrid:
     def tile(self, tile_id: int) -> Tile:
         if not 0 <= tile_id < self.count:
             raise ProtocolError(
-                ErrorCode.BAD_REQUEST, f"tile {tile_id} is not in the grid, which has tiles 0 to {self.count - 1}"
+                ErrorCode.INVALID_VALUE, f"tile {tile_id} is not in the grid, which has tiles 0 to {self.count - 1}"
             )
         row, col = divmod(tile_id, self.cols)
         (c0, c1), (k0, k1), (i0, i1) = _span(self.col_starts, col, self.width, self.tile_size)

@@ -70,6 +70,7 @@ def error_text(error: TurnError) -> str:
         ErrorCode.REMOTE_SOURCE_REFUSED: translate(
             "Messages", "The engine reads only raster files on this computer (it was not started with --allow-remote)."
         ),
+        ErrorCode.BUSY: translate("Messages", "The engine is busy with other requests. Ask again in a moment."),
     }
     return texts.get(error, translate("Messages", "The engine reported an error."))
 

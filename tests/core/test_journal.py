@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import json
 
-from rs_assistant.core.protocol import BatchRequest, Task
 from rs_assistant.core.journal import Journal, fingerprint
+from rs_assistant.core.protocol import BatchRequest, Task
 
 REQUEST = BatchRequest(task=Task.SEGMENT, sources=("/data/a.tif",), output_crs="EPSG:3857", prompt="roofs").to_dict()
 

@@ -158,7 +158,7 @@ def test_retrieve_ranks_the_images_by_cosine_similarity(hf_backend: ClipBackend)
 def test_retrieve_needs_a_prompt(hf_backend: ClipBackend) -> None:
     with pytest.raises(ProtocolError) as err:
         hf_backend.run(BackendCall(Task.RETRIEVE, windows(2), prompt="  "))
-    assert err.value.code is ErrorCode.BAD_REQUEST
+    assert err.value.code is ErrorCode.INVALID_VALUE
 
 
 def test_cancel_stops_embedding(hf_backend: ClipBackend) -> None:

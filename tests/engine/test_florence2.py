@@ -71,7 +71,7 @@ def test_segment_answers_window_sized_masks(backend):
 def test_segment_needs_a_phrase(backend):
     with pytest.raises(ProtocolError) as err:
         backend.run(call(Task.SEGMENT, "  "))
-    assert err.value.code is ErrorCode.BAD_REQUEST
+    assert err.value.code is ErrorCode.INVALID_VALUE
 
 
 def test_unsupported_task_is_refused(backend):

@@ -355,7 +355,7 @@ def test_region_too_large_is_refused_with_the_limit_named(tmp_path):
 
 def test_explicit_band_beyond_the_raster(tmp_path):
     path = rasters.rgb_uint8(tmp_path / "rgb.tif")
-    expect_error(ErrorCode.BAD_REQUEST, ref_for(path, 0, 0, 8, 8, bands=(1, 2, 7)), "[7]", "3 band")
+    expect_error(ErrorCode.INVALID_VALUE, ref_for(path, 0, 0, 8, 8, bands=(1, 2, 7)), "[7]", "3 band")
 
 
 def test_pair_with_after_outside_the_before_window(tmp_path):

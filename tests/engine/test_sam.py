@@ -161,7 +161,7 @@ def test_segment_task_without_a_box_covers_the_window(backend: SamBackend) -> No
 def test_box_prompt_outside_the_window_is_refused(backend: SamBackend) -> None:
     with pytest.raises(ProtocolError) as err:
         backend.run(BackendCall(Task.SEGMENT, [window(30, 70)], prompt="[80, 0, 90, 10]"))
-    assert err.value.code is ErrorCode.BAD_REQUEST
+    assert err.value.code is ErrorCode.INVALID_VALUE
     assert "70x30" in err.value.message
 
 

@@ -165,7 +165,7 @@ def test_segment_task_with_box_prompts_and_without(backend: SamBackend) -> None:
     assert whole.box == (0.0, 0.0, 70.0, 30.0) and whole.label == "object" and whole.mask.shape == (30, 70)
     with pytest.raises(ProtocolError) as err:
         backend.run(BackendCall(Task.SEGMENT, [window(30, 70)], prompt="[80, 0, 90, 10]"))
-    assert err.value.code is ErrorCode.BAD_REQUEST and "70x30" in err.value.message
+    assert err.value.code is ErrorCode.INVALID_VALUE and "70x30" in err.value.message
 
 
 def test_a_folder_without_preprocessor_config_uses_sam2_defaults_and_one_without_weights_is_named(

@@ -137,9 +137,7 @@ BAD_INPUTS = [
     pytest.param(
         lambda d: body(d, image={"extent": [FULL[0], FULL[1], FULL[0], FULL[3]]}), 422, "bad_extent", id="zero area"
     ),
-    pytest.param(
-        lambda d: body(d, options={"max_side": 100_000}), 400, "bad_request", id="max_side over the limit"
-    ),
+    pytest.param(lambda d: body(d, options={"max_side": 100_000}), 400, "bad_request", id="max_side over the limit"),
     pytest.param(
         lambda d: body(
             d, image={"source": str(d / "huge.tif"), "extent": list(rasters.pixel_extent(GRID, 0, 0, 12000, 12000))}

@@ -33,9 +33,9 @@ from qgis.core import (
     QgsWkbTypes,
 )
 
+from rs_assistant.core.journal import Journal
 from rs_assistant.core.settings import Settings
 from rs_assistant.processing.engine_connection import ENGINE
-from rs_assistant.core.journal import Journal
 from rs_assistant.processing.provider import RSAssistantProvider
 from rs_assistant.ui.settings_store import SettingsStore
 

@@ -8,7 +8,7 @@ import binascii
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Annotated, Any, cast
 
 from rs_assistant.core.protocol.errors import (
     ErrorCode,
@@ -18,10 +18,25 @@ from rs_assistant.core.protocol.errors import (
     validate_crs,
     validate_extent,
 )
+from rs_assistant.core.protocol.schema import Limits
 from rs_assistant.core.protocol.vocabulary import FeatureKind, Role, Task
 
+# Bounds on what a request may hold (written into /openapi.json and checked against it before any work).
+MAX_PROMPT_CHARS = 8000
+MAX_MESSAGE_CHARS = 8000  # each earlier message of the conversation
+MAX_HISTORY = 100  # earlier messages sent with a request (a model's context holds far fewer)
+MAX_IMAGES = 64  # retrieve ranks up to this many; every other task takes one or two
+MAX_SIDE_LIMIT = 4096  # engine-wide ceiling on the resampled window's longer side
+MAX_CRS_CHARS = 20000  # a WKT CRS can be long
+MAX_PATH_CHARS = 4096
+MAX_LABELS = 256
+MAX_LABEL_CHARS = 200
+MAX_TOP_K = 1000
 #: options.min_coverage by default: refuse a region the raster covers less than 5 % of (MOSTLY_OUTSIDE).
 DEFAULT_MIN_COVERAGE = 0.05
+
+#: Requests refuse fields they do not know (additionalProperties: false in /openapi.json).
+FORBID_EXTRA: dict[str, Any] = {"extra": "forbid"}
 
 # --- requests ----------------------------------------------------------------------------------
 
@@ -46,10 +61,12 @@ class ImageRef:
     """
 
     extent: tuple[float, float, float, float]
-    crs: str
-    source: str | None = None
-    png_base64: str | None = None
-    bands: tuple[int, ...] | None = None
+    crs: Annotated[str, Limits(min_length=1, max_length=MAX_CRS_CHARS)]
+    source: Annotated[str, Limits(min_length=1, max_length=MAX_PATH_CHARS)] | None = None
+    png_base64: Annotated[str, Limits(min_length=1)] | None = None
+    bands: Annotated[tuple[Annotated[int, Limits(ge=1)], ...], Limits(min_length=1, max_length=3)] | None = None
+
+    __pydantic_config__ = FORBID_EXTRA
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "extent", validate_extent(self.extent))
@@ -57,7 +74,7 @@ class ImageRef:
         has_source = bool(self.source)
         has_png = bool(self.png_base64)
         if has_source == has_png:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, "each image needs exactly one of 'source' or 'png_base64'")
+            raise ProtocolError(ErrorCode.INVALID_VALUE, "each image needs exactly one of 'source' or 'png_base64'")
         if self.source is not None and not isinstance(self.source, str):
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"'source' must be a path string, got {self.source!r}")
         if self.png_base64 is not None and not isinstance(self.png_base64, str):
@@ -71,7 +88,7 @@ class ImageRef:
                 ) from None
             if len(bands) not in (1, 3) or any(b < 1 for b in bands):
                 raise ProtocolError(
-                    ErrorCode.BAD_REQUEST, f"'bands' must list 1 or 3 band numbers starting at 1, got {self.bands!r}"
+                    ErrorCode.INVALID_VALUE, f"'bands' must list 1 or 3 band numbers starting at 1, got {self.bands!r}"
                 )
             object.__setattr__(self, "bands", bands)
 
@@ -119,7 +136,9 @@ class ImageRef:
 @dataclass(frozen=True)
 class Message:
     role: Role
-    content: str
+    content: Annotated[str, Limits(max_length=MAX_MESSAGE_CHARS)]
+
+    __pydantic_config__ = FORBID_EXTRA
 
     def __post_init__(self) -> None:
         try:
@@ -143,15 +162,19 @@ class Message:
 
 @dataclass(frozen=True)
 class Options:
-    max_new_tokens: int = 128
-    score_threshold: float = 0.3
-    max_side: int = 1024
-    labels: tuple[str, ...] = ()  # classify: candidate labels
-    top_k: int = 5  # retrieve
+    max_new_tokens: Annotated[int, Limits(ge=1, le=4096)] = 128
+    score_threshold: Annotated[float, Limits(ge=0.0, le=1.0)] = 0.3
+    max_side: Annotated[int, Limits(ge=16, le=MAX_SIDE_LIMIT)] = 1024
+    # classify: candidate labels
+    labels: Annotated[
+        tuple[Annotated[str, Limits(min_length=1, max_length=MAX_LABEL_CHARS)], ...], Limits(max_length=MAX_LABELS)
+    ] = ()
+    top_k: Annotated[int, Limits(ge=1, le=MAX_TOP_K)] = 5  # retrieve
     # the least share of the region the raster must cover (with data); below it: MOSTLY_OUTSIDE
-    min_coverage: float = DEFAULT_MIN_COVERAGE
+    min_coverage: Annotated[float, Limits(ge=0.0, le=1.0)] = DEFAULT_MIN_COVERAGE
 
-    MAX_SIDE_LIMIT = 4096  # engine-wide ceiling on the resampled window's longer side
+    MAX_SIDE_LIMIT = MAX_SIDE_LIMIT
+    __pydantic_config__ = FORBID_EXTRA
 
     def __post_init__(self) -> None:
         try:
@@ -174,8 +197,8 @@ class Options:
                 ErrorCode.REGION_TOO_LARGE,
                 f"max_side must be between 16 and {self.MAX_SIDE_LIMIT} pixels, got {self.max_side}",
             )
-        if self.top_k < 1:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, "top_k must be at least 1")
+        if not 1 <= self.top_k <= MAX_TOP_K:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"top_k must be between 1 and {MAX_TOP_K}")
         if not 0.0 <= self.min_coverage <= 1.0:
             raise ProtocolError(ErrorCode.BAD_REQUEST, "min_coverage must be between 0 and 1")
 
@@ -207,17 +230,23 @@ class Options:
         return cls(**values)
 
 
+def _output_crs_optional(schema: dict[str, Any], _kind: Any) -> None:
+    """In the published schema, ``output_crs`` may be left out: the first image's CRS (from_dict fills it in)."""
+    schema["required"] = [name for name in schema.get("required", []) if name != "output_crs"]
+
+
 @dataclass(frozen=True)
 class AnalyzeRequest:
     task: Task
-    images: tuple[ImageRef, ...]
-    output_crs: str
-    model: str = "default"
-    prompt: str = ""
-    history: tuple[Message, ...] = ()
+    images: Annotated[tuple[ImageRef, ...], Limits(min_length=1, max_length=MAX_IMAGES, code="bad_image_count")]
+    output_crs: Annotated[str, Limits(min_length=1, max_length=MAX_CRS_CHARS)]
+    model: Annotated[str, Limits(min_length=1, max_length=200)] = "default"
+    prompt: Annotated[str, Limits(max_length=MAX_PROMPT_CHARS, code="prompt_too_long")] = ""
+    history: Annotated[tuple[Message, ...], Limits(max_length=MAX_HISTORY)] = ()
     options: Options = field(default_factory=Options)
 
-    MAX_PROMPT_CHARS = 8000
+    MAX_PROMPT_CHARS = MAX_PROMPT_CHARS
+    __pydantic_config__ = FORBID_EXTRA | {"json_schema_extra": _output_crs_optional}
 
     def __post_init__(self) -> None:
         try:
@@ -234,8 +263,14 @@ class AnalyzeRequest:
                 ErrorCode.PROMPT_TOO_LONG,
                 f"prompt has {len(self.prompt)} characters; the limit is {self.MAX_PROMPT_CHARS}",
             )
-        object.__setattr__(self, "output_crs", validate_crs(self.output_crs))
         images = tuple(self.images)
+        object.__setattr__(self, "output_crs", validate_crs(self.output_crs))
+        history = tuple(self.history)
+        if len(history) > MAX_HISTORY:
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST,
+                f"the conversation has {len(history)} earlier messages; the limit is {MAX_HISTORY} (send the latest)",
+            )
         if not all(isinstance(i, ImageRef) for i in images):
             raise ProtocolError(ErrorCode.BAD_REQUEST, "images must be ImageRef objects")
         lo, hi = IMAGE_COUNT[self.task]
@@ -247,12 +282,12 @@ class AnalyzeRequest:
                 + (" (give the before and the after image)" if self.task is Task.CHANGE else ""),
             )
         object.__setattr__(self, "images", images)
-        object.__setattr__(self, "history", tuple(self.history))
+        object.__setattr__(self, "history", history)
         if not isinstance(self.options, Options):
             raise ProtocolError(ErrorCode.BAD_REQUEST, "options must be an Options object")
         if self.task is Task.CLASSIFY and not self.options.labels and not self.prompt.strip():
             raise ProtocolError(
-                ErrorCode.BAD_REQUEST, "classify needs candidate labels (options.labels or a comma-separated prompt)"
+                ErrorCode.INVALID_VALUE, "classify needs candidate labels (options.labels or a comma-separated prompt)"
             )
 
     def to_dict(self) -> dict[str, Any]:

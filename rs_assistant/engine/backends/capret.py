@@ -93,7 +93,7 @@ class CapRetBackend(Backend):
     def _retrieve(self, call: BackendCall) -> BackendResult:
         query = call.prompt.strip()
         if not query:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, "retrieve needs a text prompt describing what to look for")
+            raise ProtocolError(ErrorCode.INVALID_VALUE, "retrieve needs a text prompt describing what to look for")
         ids, labels = self.processor.retrieval_example(query)
         batch = self.processor.pad([ids])
         with torch.inference_mode():

@@ -251,7 +251,7 @@ class ClipBackend(Backend):
         labels = list(dict.fromkeys(label.strip() for label in labels if label.strip()))
         if not labels:
             raise ProtocolError(
-                ErrorCode.BAD_REQUEST, "classify needs candidate labels (options.labels or a comma-separated prompt)"
+                ErrorCode.INVALID_VALUE, "classify needs candidate labels (options.labels or a comma-separated prompt)"
             )
         image = call.images[0]
         image_embeds = self.embed_images([image], call.cancel)
@@ -272,7 +272,7 @@ class ClipBackend(Backend):
     def _retrieve(self, call: BackendCall) -> BackendResult:
         query = call.prompt.strip()
         if not query:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, "retrieve needs a text prompt describing what to look for")
+            raise ProtocolError(ErrorCode.INVALID_VALUE, "retrieve needs a text prompt describing what to look for")
         image_embeds = self.embed_images(call.images, call.cancel)
         similarity = image_embeds @ self.embed_texts([query], call.cancel)[0]
         scores = _softmax(self.logit_scale * similarity)

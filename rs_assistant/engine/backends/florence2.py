@@ -133,7 +133,7 @@ class Florence2Backend(Backend):
         if call.task is Task.SEGMENT:
             if not phrase:
                 raise ProtocolError(
-                    ErrorCode.BAD_REQUEST, "segment with Florence-2 needs a prompt naming what to segment"
+                    ErrorCode.INVALID_VALUE, "segment with Florence-2 needs a prompt naming what to segment"
                 )
             return SEGMENTATION, phrase
         if phrase.lower() in GENERIC_TARGETS:

@@ -71,7 +71,7 @@ class MoEBackend(Backend):
         else:
             instruction = call.prompt.strip()
             if not instruction:
-                raise ProtocolError(ErrorCode.BAD_REQUEST, f"model '{self.model_name}': chat needs a question")
+                raise ProtocolError(ErrorCode.INVALID_VALUE, f"model '{self.model_name}': chat needs a question")
             history, question = [], None
             for message in call.history:
                 if message.role is Role.USER:

@@ -197,7 +197,7 @@ class Qwen25VLBackend(Backend):
         grid = vision["image_grid_thw"]
         parts = text.split(self.image_token)
         if len(parts) != len(call.images) + 1:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, f"the prompt or history may not contain {self.image_token}")
+            raise ProtocolError(ErrorCode.INVALID_VALUE, f"the prompt or history may not contain {self.image_token}")
         counts = (grid.prod(-1) // self.image_processor.merge_size**2).tolist()
         text = parts[0] + "".join(self.image_token * n + part for n, part in zip(counts, parts[1:]))
         encoded = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")
@@ -216,7 +216,7 @@ class Qwen25VLBackend(Backend):
     def _text_only(self, text: str) -> Prepared:
         """A chat without image: the conversation's tokens alone."""
         if self.image_token in text:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, f"the prompt or history may not contain {self.image_token}")
+            raise ProtocolError(ErrorCode.INVALID_VALUE, f"the prompt or history may not contain {self.image_token}")
         encoded = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")
         inputs = {
             "input_ids": encoded["input_ids"],

@@ -78,7 +78,7 @@ class RAGBackend(Backend):
         self.ensure_loaded()
         question = CAPTION_QUESTION if call.task is Task.CAPTION else call.prompt.strip()
         if not question:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, f"model '{self.model_name}': chat needs a question")
+            raise ProtocolError(ErrorCode.INVALID_VALUE, f"model '{self.model_name}': chat needs a question")
         hits = self.index.search(call.images[0], question, self.top_k, self.candidates)
         passages = [self.index.passages[h.row] for h in hits]
         prompt = knowledge_prompt(passages, question, self.passage_chars)

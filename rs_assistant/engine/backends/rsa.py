@@ -492,7 +492,7 @@ class RSABackend(Backend):
         self.ensure_loaded()
         sentence = " ".join(text.split())
         if not sentence:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, "a search needs a description to score the tiles by")
+            raise ProtocolError(ErrorCode.INVALID_VALUE, "a search needs a description to score the tiles by")
         prompt = self.processor.format_prompt(Task.CAPTION, answer=sentence)
         encoded = self.processor([prompt], [np.zeros((1, 1, 3), np.uint8)], return_labels=True)
         if encoded["input_ids"].shape[1] >= self.context:

@@ -154,7 +154,7 @@ class SamBackend(Backend):
             clipped = clip_box(box, width, height)
             if clipped is None:
                 raise ProtocolError(
-                    ErrorCode.BAD_REQUEST,
+                    ErrorCode.INVALID_VALUE,
                     f"box prompt {list(box)} has no area inside the {width}x{height} window (x0, y0, x1, y1 in "
                     f"window pixels)",
                 )
