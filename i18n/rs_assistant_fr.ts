@@ -829,8 +829,8 @@
             <translation>La question est trop longue.</translation>
         </message>
         <message>
-            <source>The region lies mostly outside the raster. Draw a region over it or use the current view.</source>
-            <translation>La région est presque entièrement en dehors du raster. Dessinez une région sur celui-ci ou utilisez la vue actuelle.</translation>
+            <source>The image covers only a small part of the region. Zoom to the layer, or draw a region over the image.</source>
+            <translation>L’image ne couvre qu’une petite partie de la région. Zoomez sur la couche ou dessinez une région sur l’image.</translation>
         </message>
         <message>
             <source>The engine reads only raster files on this computer (it was not started with --allow-remote).</source>

@@ -65,7 +65,8 @@ def error_text(error: TurnError) -> str:
         ErrorCode.MODEL_LOAD_FAILED: translate("Messages", "The engine could not load the model."),
         ErrorCode.PROMPT_TOO_LONG: translate("Messages", "The question is too long."),
         ErrorCode.MOSTLY_OUTSIDE: translate(
-            "Messages", "The region lies mostly outside the raster. Draw a region over it or use the current view."
+            "Messages",
+            "The image covers only a small part of the region. Zoom to the layer, or draw a region over the image.",
         ),
         ErrorCode.REMOTE_SOURCE_REFUSED: translate(
             "Messages", "The engine reads only raster files on this computer (it was not started with --allow-remote)."

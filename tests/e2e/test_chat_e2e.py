@@ -162,6 +162,21 @@ def test_engine_error_json_is_one_message_and_the_chat_goes_on(ready, qtbot):
     assert len(plugin.controller.conversation.turns) == 2
 
 
+def test_a_view_the_image_barely_covers_is_refused_with_what_to_do(ready, qtbot):
+    plugin, raster = ready
+    canvas = plugin.iface.mapCanvas()
+    canvas.setExtent(extent_in_project(QgsProject.instance(), raster).buffered(50_000))  # zoomed far out
+    qtbot.waitUntil(lambda: not canvas.isDrawing())
+    ask(qtbot, plugin, "/describe")
+    turn = wait_answer(qtbot, plugin)
+    assert turn.state is TurnState.FAILED and turn.error is ErrorCode.MOSTLY_OUTSIDE
+    assert "Zoom to the layer, or draw a region over the image" in plugin.dock.transcriptView.toPlainText()
+    canvas.setExtent(extent_in_project(QgsProject.instance(), raster))
+    qtbot.waitUntil(lambda: not canvas.isDrawing())
+    ask(qtbot, plugin, "/describe")
+    assert wait_answer(qtbot, plugin).state is TurnState.ANSWERED
+
+
 def test_cancel_a_running_request(ready, qtbot):
     plugin, _raster = ready
     select_model(plugin, "slow")
