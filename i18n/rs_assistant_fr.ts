@@ -530,6 +530,14 @@
             <translation>{w} × {h} px</translation>
         </message>
         <message>
+            <source>less than 1%</source>
+            <translation>moins de 1 %</translation>
+        </message>
+        <message>
+            <source>{size} · the image covers {share} of it: zoom to the layer</source>
+            <translation>{size} · l’image n’en couvre que {share} : zoomez sur la couche</translation>
+        </message>
+        <message>
             <source>Current view: {size}</source>
             <translation>Vue actuelle : {size}</translation>
         </message>

@@ -461,20 +461,25 @@ def _check_coverage(request: AnalyzeRequest, windows: Sequence[Window]) -> tuple
             which = f"image {index + 1} ({name})" if len(windows) > 1 else name
             raise ProtocolError(
                 ErrorCode.MOSTLY_OUTSIDE,
-                f"{which} covers only {_percent(share)} of the requested region {list(image.extent)} ({image.crs}) "
-                f"with data; the least is {_percent(least)} (options.min_coverage). Choose a region over the raster.",
+                f"{which} covers {_percent(share)} of the requested region [{_coordinates(image.extent)}] ({image.crs}) "
+                f"with data; the least is {least * 100:g}% (options.min_coverage). Choose a region over the raster.",
             )
     return coverage
 
 
+def _coordinates(values: Sequence[float]) -> str:
+    """Coordinates as a person reads them: whole units for projected ones (metres), 6 digits for degrees."""
+    return ", ".join(f"{v:.0f}" if abs(v) >= 1000 else f"{v:.6g}" for v in values)
+
+
 def _percent(share: float) -> str:
-    """0.5 -> "50%", 0.0004 -> "0.04%", 1e-7 -> "less than 0.01%"."""
+    """0.5 -> "only 50%", 0.0004 -> "only 0.04%", 1e-7 -> "less than 0.01%"."""
     percent = share * 100
     if percent == 0:
-        return "0%"
+        return "none"
     if percent < 0.01:
         return "less than 0.01%"
-    return f"{percent:.2g}%" if percent < 10 else f"{percent:.0f}%"
+    return f"only {percent:.2g}%" if percent < 10 else f"only {percent:.0f}%"
 
 
 def _raise_if_cancelled(cancel: threading.Event) -> None:

@@ -11,18 +11,27 @@ from __future__ import annotations
 import html
 import logging
 
-from qgis.core import QgsApplication, QgsCsException, QgsMapLayerProxyModel
+from qgis.core import (
+    QgsApplication,
+    QgsCoordinateReferenceSystem,
+    QgsCoordinateTransformContext,
+    QgsCsException,
+    QgsMapLayerProxyModel,
+    QgsRasterLayer,
+    QgsRectangle,
+)
 from qgis.PyQt import uic
-from qgis.PyQt.QtCore import QEvent, QObject, Qt, pyqtSignal
+from qgis.PyQt.QtCore import QEvent, QLocale, QObject, Qt, pyqtSignal
 from qgis.PyQt.QtGui import QIcon, QTextCursor
 from qgis.PyQt.QtWidgets import QAction, QDockWidget, QWidget
 
 from rs_assistant.core.engine_state import EngineFault, EngineState, EngineStatus
 from rs_assistant.core.paths import resource
+from rs_assistant.core.protocol.analyze import DEFAULT_MIN_COVERAGE
 from rs_assistant.ui import texts
 from rs_assistant.ui.controller import AUTO_MODEL, AssistantController
 from rs_assistant.ui.ground import format_ground_size, ground_size
-from rs_assistant.ui.imagery import pixel_size
+from rs_assistant.ui.imagery import layer_extent_in, pixel_size
 from rs_assistant.ui.setup_panel import needs_setup
 from rs_assistant.ui.transcript import HELD_BACK_SCHEME, TranscriptRenderer, parse_link
 
@@ -323,8 +332,33 @@ class ChatDock(QDockWidget, _FORM):
             except QgsCsException:
                 px = py = None
             if px is not None:
-                pixels = self.tr("{w} × {h} px").format(w=px, h=py)
+                locale = QLocale()
+                pixels = self.tr("{w} × {h} px").format(w=locale.toString(px), h=locale.toString(py))
                 size = f"{size} · {pixels}" if size else pixels
+            share = _covered_share(raster, rect, crs, controller.project.transformContext())
+            if share is not None and share < DEFAULT_MIN_COVERAGE:  # the engine would refuse it (mostly_outside)
+                shown = self.tr("less than 1%") if share < 0.01 else f"{share * 100:.0f}%"
+                size = self.tr("{size} · the image covers {share} of it: zoom to the layer").format(
+                    size=size, share=shown
+                )
         if not drawn:
             size = self.tr("Current view: {size}").format(size=size) if size else self.tr("Current view")
         self.regionLabel.setText(size)
+
+
+def _covered_share(
+    raster: QgsRasterLayer,
+    rect: QgsRectangle,
+    crs: QgsCoordinateReferenceSystem,
+    context: QgsCoordinateTransformContext,
+) -> float | None:
+    """The share of ``rect`` that the raster's extent covers (None when it cannot be told)."""
+    try:
+        extent = layer_extent_in(raster, crs, context)
+    except QgsCsException:
+        return None
+    area = rect.width() * rect.height()
+    if area <= 0:
+        return None
+    inside = extent.intersect(rect)
+    return 0.0 if inside.isEmpty() else inside.width() * inside.height() / area

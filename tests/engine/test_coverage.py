@@ -72,8 +72,10 @@ def test_a_region_the_raster_hardly_touches_is_refused_saying_how_much_it_covers
         engine.analyze(ask(data, HUGE))
     error = caught.value
     assert error.code is ErrorCode.MOSTLY_OUTSIDE and error.http_status == 422
-    assert "burn.tif" in error.message and "covers only less than 0.01%" in error.message
-    assert "min_coverage" in error.message
+    assert "burn.tif" in error.message and "covers less than 0.01%" in error.message
+    assert "min_coverage" in error.message and "the least is 5%" in error.message
+    region = "[" + ", ".join(f"{v:.0f}" for v in HUGE) + "]"
+    assert region in error.message  # whole metres, not 536246.8312958435
     edge = rasters.pixel_extent(GRID, 60, 0, 260, 64)  # 4 of 200 columns: 2%
     with pytest.raises(ProtocolError) as caught:
         engine.analyze(ask(data, edge))

@@ -3,13 +3,15 @@ recording engine client: the requests it sends, the transcript and the result la
 
 from __future__ import annotations
 
+import re
+
 from qgis.core import QgsApplication, QgsCoordinateReferenceSystem, QgsGeometry, QgsRectangle, QgsWkbTypes
 from qgis.PyQt.QtCore import QPoint, Qt
 
 from rs_assistant.core.conversation import TurnState
 from rs_assistant.core.protocol import ErrorCode, ProtocolError, Task
 from rs_assistant.ui.results import GEOPACKAGE, GROUP_NAME
-from tests.qgis.conftest import drag, map_point
+from tests.qgis.conftest import drag, extent_in_project, map_point
 from tests.qgis.fake_engine import FakeEngineClient
 
 
@@ -155,6 +157,20 @@ def test_help_and_mistakes_stay_local(make_assistant, qtbot):
     assert "needs to know what to look for" in text
     assert "Unknown command" in text
     assert assistant.client.requests == []
+
+
+def test_the_region_label_warns_when_the_image_covers_little_of_the_view(make_assistant, qtbot):
+    assistant = make_assistant()
+    assistant.dock.imageLayerCombo.setLayer(assistant.raster)
+    layer_extent = extent_in_project(assistant.project, assistant.raster)
+    assistant.canvas.setExtent(layer_extent)
+    qtbot.waitUntil(lambda: " px" in assistant.dock.regionLabel.text(), timeout=5000)
+    assert "zoom to the layer" not in assistant.dock.regionLabel.text()
+    assistant.canvas.setExtent(layer_extent.buffered(layer_extent.width() * 20))  # zoomed far out
+    qtbot.waitUntil(lambda: "zoom to the layer" in assistant.dock.regionLabel.text(), timeout=5000)
+    label = assistant.dock.regionLabel.text()
+    assert label.startswith("Current view: ") and "the image covers less than 1% of it" in label
+    assert re.search(r"\d{1,3}(,\d{3})+ × \d{1,3}(,\d{3})+ px", label), label  # thousands grouped
 
 
 def test_bad_input_gives_one_clear_message_and_keeps_the_conversation(make_assistant, qtbot):
