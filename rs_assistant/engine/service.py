@@ -461,8 +461,8 @@ def _check_coverage(request: AnalyzeRequest, windows: Sequence[Window]) -> tuple
             which = f"image {index + 1} ({name})" if len(windows) > 1 else name
             raise ProtocolError(
                 ErrorCode.MOSTLY_OUTSIDE,
-                f"{which} covers {_percent(share)} of the requested region [{_coordinates(image.extent)}] ({image.crs}) "
-                f"with data; the least is {least * 100:g}% (options.min_coverage). Choose a region over the raster.",
+                f"{which} covers {_percent(share)} of the requested region [{_coordinates(image.extent)}] "
+                f"({image.crs}) with data; the least is {least * 100:g}% (options.min_coverage). Choose a region over the raster.",
             )
     return coverage
 
