@@ -462,7 +462,8 @@ def _check_coverage(request: AnalyzeRequest, windows: Sequence[Window]) -> tuple
             raise ProtocolError(
                 ErrorCode.MOSTLY_OUTSIDE,
                 f"{which} covers {_percent(share)} of the requested region [{_coordinates(image.extent)}] "
-                f"({image.crs}) with data; the least is {least * 100:g}% (options.min_coverage). Choose a region over the raster.",
+                f"({image.crs}) with data; the least is {least * 100:g}% (options.min_coverage). Choose a region "
+                "over the raster.",
             )
     return coverage
 
