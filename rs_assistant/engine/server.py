@@ -31,6 +31,7 @@ import io
 import ipaddress
 import json
 import logging
+import math
 import os
 import secrets
 import socket
@@ -249,11 +250,7 @@ def create_app(
         batch_request = BatchRequest.from_dict(await read_body(request, "BatchRequest"))
         plan = await asyncio.get_running_loop().run_in_executor(executor, plan_job, engine, batch_request)
         entry = queue.enter(request.url.path, batch_request.task.value, batch_request.model)  # left when the job ends
-        try:
-            stream = _batch_stream(request, executor, engine, plan, entry, queue)
-        except BaseException:
-            queue.leave(entry)
-            raise
+        stream = _batch_stream(request, executor, engine, plan, entry, queue)
         # the place is also given back after the response (idempotent), should the stream never start
         return StreamingResponse(
             stream, media_type="application/x-ndjson", background=BackgroundTask(queue.leave, entry)
@@ -367,7 +364,7 @@ class _Queue:
         with self.lock:
             if len(self.entries) >= self.limit:
                 typical = sorted(self.durations)[len(self.durations) // 2] if self.durations else 1.0
-                retry = max(1, min(600, round(typical * (len(self.entries) - self.limit + 1) + 0.5)))
+                retry = max(1, min(600, math.ceil(typical)))  # a place frees when a request ends
                 error = ProtocolError(
                     ErrorCode.BUSY,
                     f"the engine is answering or holding {len(self.entries)} requests (its limit); retry in about "
@@ -394,7 +391,7 @@ class _Queue:
             self.leave(entry)
 
     def state(self) -> Queue:
-        busy_threads = self.engine.busy_threads()
+        busy_threads = self.engine.busy_threads()  # thread idents
         now = time.monotonic()
         with self.lock:
             entries = list(self.entries)

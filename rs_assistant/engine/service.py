@@ -109,9 +109,9 @@ class Engine:
         self._locks: dict[str, threading.Lock] = {name: threading.Lock() for name in registry.names}
         self._holders: dict[str, int] = {}  # model -> the thread (ident) holding its lock
 
-    def busy_threads(self) -> dict[int, str]:
-        """The threads that hold a model's lock now (thread ident -> model): the requests being answered."""
-        return {ident: model for model, ident in list(self._holders.items())}
+    def busy_threads(self) -> set[int]:
+        """The threads (idents) that hold a model's lock now: those answering a request."""
+        return set(self._holders.values())
 
     def models(self) -> list[ModelInfo]:
         return self.registry.infos()
