@@ -2,7 +2,9 @@
 
 Each ``write_*`` function writes 3-6 samples under ``root`` (images of a few pixels, drawn with Pillow)
 and returns the data set's root folder. The values written are the constants here, so tests can
-check what a loader returns against numbers worked out by hand.
+check what a loader returns against numbers worked out by hand. Every record has the fields, nesting
+and value types of a real record of that data set (the source each was checked against is named in
+docs/training.md, "Data formats"); only the values are made up.
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ def write_json(path: Path, document: object) -> Path:
 
 
 def _sentence(raw: str, imgid: int, sentid: int) -> dict:
-    return {"tokens": raw.strip(" .").split(), "raw": raw, "imgid": imgid, "sentid": sentid}
+    """A Karpathy sentence as RSICD's and LEVIR-CC's files have it: lower-cased tokens without
+    punctuation, the raw text as written (RSICD: capitalised with a full stop; LEVIR-CC: " ... .")."""
+    return {"tokens": raw.lower().replace(".", " ").split(), "raw": raw, "imgid": imgid, "sentid": sentid}
 
 
 # --- Karpathy dataset_*.json (RSICD, UCM-Captions, Sydney-Captions, RSITMD) --------------------
@@ -53,16 +57,16 @@ def write_karpathy(
     for i, split in enumerate(splits):
         filename = f"scene_{i + 1}{ext}"
         write_image(root / image_dir / filename, colour=(40 * i, 0, 0))
-        images.append(
+        images.append(  # dataset_rsicd.json's key order: filename, imgid, sentences, split, sentids
             {
                 "filename": filename,
                 "imgid": i,
-                "split": split,
-                "sentids": [2 * i, 2 * i + 1],
                 "sentences": [
                     _sentence(f"there are {i + 1} planes .", i, 2 * i),
                     _sentence(f" Scene {i + 1} has a runway . ", i, 2 * i + 1),
                 ],
+                "split": split,
+                "sentids": [2 * i, 2 * i + 1],
             }
         )
     write_json(root / f"dataset_{name}.json", {"images": images, "dataset": name})
@@ -105,23 +109,28 @@ def write_levir_cc(root: Path) -> Path:
     return root
 
 
-SECOND_PAIRS = (("train", "00001.png", 1), ("val", "00002.png", 0), ("test", "00003.png", 1))
+# (split, file, captions): SECOND-CC-AUG.json has no changeflag; MModalCC's evaluation calls a pair
+# unchanged when its *second* sentence is a "no change" sentence, so 00002's first sentence is not one.
+SECOND_PAIRS = (
+    ("train", "00001.png", (" the low vegetation turned into buildings .", " buildings replaced the low vegetation .")),
+    ("val", "00002.png", (" the two images look alike .", " almost nothing is changed .")),
+    ("test", "00003.png", (" a playground is built .", " the water area becomes a playground .")),
+)
 
 
 def write_second_cc(root: Path) -> Path:
-    """``SECOND-CC-AUG.json`` and ``<split>/rgb/{A,B}/``, ``<split>/sem/{A,B}/``."""
+    """``SECOND-CC-AUG.json`` (Karpathy fields, no changeflag) and ``<split>/rgb/{A,B}/``, ``<split>/sem/{A,B}/``."""
     images = []
-    for i, (split, filename, flag) in enumerate(SECOND_PAIRS):
+    for i, (split, filename, raws) in enumerate(SECOND_PAIRS):
         for folder, colour in (("rgb/A", RED), ("rgb/B", BLUE), ("sem/A", GREEN), ("sem/B", GREY)):
             write_image(root / split / folder / filename, colour=colour)
         images.append(
             {
                 "filename": filename,
                 "imgid": i,
+                "sentences": [_sentence(raw, i, len(raws) * i + j) for j, raw in enumerate(raws)],
                 "split": split,
-                "changeflag": flag,
-                "sentids": [i],
-                "sentences": [_sentence(" the low vegetation turned into buildings .", i, i)],
+                "sentids": [len(raws) * i + j for j in range(len(raws))],
             }
         )
     write_json(root / "SECOND-CC-AUG.json", {"images": images})
@@ -180,27 +189,20 @@ def write_dior_rsvg(root: Path) -> Path:
 
 # --- RSVQA LR / HR -----------------------------------------------------------------------------
 
-# image id -> active; question id -> (image id, type, question, answer ids, active);
-# answer id -> (question id, answer, active). Question 4 is inactive, image 2 is inactive,
-# question 1's first answer is inactive so its answer is answer 2.
-RSVQA_IMAGES = {0: True, 1: True, 2: False}
+# As AutomaticDB/Splits.py writes a split: every id of the whole data base, position = id; what
+# belongs to another split is a placeholder {"id": N, "active": False} with no other field. Here image
+# 0 and its questions 0-1 (answers 0-1) belong to another split; images 1 and 2 are this split's.
+# image id -> active; question id -> (image id, type, question, answer ids); answer id -> (question id, answer)
+RSVQA_IMAGES = {0: False, 1: True, 2: True}
 RSVQA_QUESTIONS = {
-    0: (0, "presence", "Is there a road?", [0], True),
-    1: (0, "count", "How many buildings are there?", [1, 2], True),
-    2: (0, "comp", "Are there more roads than buildings?", [3], True),
-    3: (1, "rural_urban", "Is it a rural or an urban area?", [4], True),
-    4: (1, "presence", "Is there a lake?", [5], False),
-    5: (2, "presence", "Is there a farm?", [6], True),
+    0: None,
+    1: None,
+    2: (1, "presence", "Is there a road?", [2]),
+    3: (1, "count", "How many buildings are there?", [3]),
+    4: (1, "comp", "Are there more roads than buildings?", [4]),
+    5: (2, "rural_urban", "Is it a rural or an urban area?", [5]),
 }
-RSVQA_ANSWERS = {
-    0: (0, "yes", True),
-    1: (1, "0", False),
-    2: (1, "between 11 and 100", True),
-    3: (2, "no", True),
-    4: (3, "rural", True),
-    5: (4, "no", True),
-    6: (5, "yes", True),
-}
+RSVQA_ANSWERS = {0: None, 1: None, 2: (2, "yes"), 3: (3, "between 11 and 100"), 4: (4, "no"), 5: (5, "rural")}
 
 
 def write_rsvqa(root: Path, variant: str = "LR", split: str = "train") -> Path:
@@ -213,33 +215,40 @@ def write_rsvqa(root: Path, variant: str = "LR", split: str = "train") -> Path:
             "sensor": "Sentinel-2",
             "people_id": 0,
             "type": "Visible",
-            "active": active,
-            "questions_ids": [q for q, v in RSVQA_QUESTIONS.items() if v[0] == i],
+            "questions_ids": [q for q, v in RSVQA_QUESTIONS.items() if v and v[0] == i],
+            "active": True,
         }
+        if active
+        else {"id": i, "active": False}
         for i, active in RSVQA_IMAGES.items()
     ]
     questions = [
         {
             "id": q,
             "date_added": 1583000000,
-            "img_id": img,
+            "img_id": v[0],
             "people_id": 0,
-            "type": kind,
-            "question": text,
-            "answers_ids": answers,
-            "active": active,
+            "type": v[1],
+            "question": v[2],
+            "answers_ids": v[3],
+            "active": True,
         }
-        for q, (img, kind, text, answers, active) in RSVQA_QUESTIONS.items()
+        if v
+        else {"id": q, "active": False}
+        for q, v in RSVQA_QUESTIONS.items()
     ]
     answers = [
-        {"id": a, "date_added": 1583000000, "question_id": q, "people_id": 0, "answer": text, "active": active}
-        for a, (q, text, active) in RSVQA_ANSWERS.items()
+        {"id": a, "date_added": 1583000000, "question_id": v[0], "people_id": 0, "answer": v[1], "active": True}
+        if v
+        else {"id": a, "active": False}
+        for a, v in RSVQA_ANSWERS.items()
     ]
     write_json(root / f"{prefix}_split_{split}_images.json", {"images": images})
     write_json(root / f"{prefix}_split_{split}_questions.json", {"questions": questions})
     write_json(root / f"{prefix}_split_{split}_answers.json", {"answers": answers})
-    for i in RSVQA_IMAGES:
-        write_image(root / image_dir / f"{i}.tif", size=(16, 16))
+    for i, active in RSVQA_IMAGES.items():
+        if active:
+            write_image(root / image_dir / f"{i}.tif", size=(16, 16))
     return root
 
 
@@ -283,31 +292,36 @@ def write_geochat(root: Path) -> Path:
     return write_json(root / "GeoChat_Instruct.json", GEOCHAT_RECORDS)
 
 
+# DeltaVLM's changechat_105k_train.json records: integer id, the pair as a two-element "image" list
+# relative to the LEVIR-CC image folder, changeflag, "<image> <image>" opening the first human turn.
 CHANGECHAT_RECORDS = [
     {
-        "id": "train_000001_caption",
+        "id": 0,
         "image": ["train/A/train_000001.png", "train/B/train_000001.png"],
+        "changeflag": 1,
         "conversations": [
-            {"from": "human", "value": "<image>\nPlease briefly describe the changes in these two images."},
+            {"from": "human", "value": "<image> <image> Please briefly describe the changes in these two images."},
             {"from": "gpt", "value": "Some buildings are constructed along the road."},
         ],
     },
     {
-        "id": "train_000001_multi",
+        "id": 1,
         "image": ["train/A/train_000001.png", "train/B/train_000001.png"],
+        "changeflag": 1,
         "conversations": [
-            {"from": "human", "value": "<image>\nHave any changes occurred?"},
+            {"from": "human", "value": "<image> <image> Have any changes occurred?"},
             {"from": "gpt", "value": "Yes."},
             {"from": "human", "value": "How many buildings were added?"},
             {"from": "gpt", "value": "3"},
         ],
     },
     {
-        "id": "train_000002_loc",
+        "id": 2,
         "image": ["train/A/train_000002.png", "train/B/train_000002.png"],
+        "changeflag": 0,
         "conversations": [
-            {"from": "human", "value": "<image>\nWhere did the changes occur?"},
-            {"from": "gpt", "value": "In the top-left and center regions."},
+            {"from": "human", "value": "<image> <image> Where did the changes occur?"},
+            {"from": "gpt", "value": "There is no difference."},
         ],
     },
 ]
@@ -467,6 +481,29 @@ def write_shards(root: Path) -> Path:
                 add_member(tar, f"{key}.jpg", jpeg_bytes((50 * index, 0, 0)))
                 add_member(tar, f"{key}.txt", shard_caption(key).encode())
                 add_member(tar, f"{key}.json", json.dumps({"key": key, "source": "fixture"}).encode())
+    return root
+
+
+# --- RS5M WebDataset shards --------------------------------------------------------------------
+
+# RS5M's release: pub11-train-0000.tar ..., each sample three members <key>.img_content (encoded
+# image), <key>.img_name (original file name), <key>.caption (text), as the authors' dataloader.py reads.
+RS5M_SAMPLES = (
+    ("pub11-train-0000.tar", "000000001", "laion_8f3a.jpg", "an aerial view of a harbour with boats"),
+    ("pub11-train-0000.tar", "000000002", "cc3m_1b2c.jpg", "satellite image of farmland next to a river"),
+    ("pub11-train-0001.tar", "000000003", "yfcc_77aa.jpg", "a stadium seen from above"),
+)
+
+
+def write_rs5m_shards(root: Path) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for shard in sorted({s[0] for s in RS5M_SAMPLES}):
+        with tarfile.open(root / shard, "w") as tar:
+            for n, (name, key, img_name, caption) in enumerate(RS5M_SAMPLES):
+                if name == shard:
+                    add_member(tar, f"{key}.img_content", jpeg_bytes((60 * (n + 1), 0, 0)))
+                    add_member(tar, f"{key}.img_name", img_name.encode())
+                    add_member(tar, f"{key}.caption", caption.encode())
     return root
 
 

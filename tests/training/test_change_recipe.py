@@ -188,7 +188,7 @@ def test_the_engine_serves_the_export_for_change_and_chat(trained, tmp_path, dat
             images=images,
             output_crs="EPSG:3857",
             model="deltavlm",
-            prompt=record["conversations"][0]["value"].replace("<image>\n", ""),
+            prompt=record["conversations"][0]["value"].replace("<image>", "").strip(),
             options=Options(max_new_tokens=16),
         )
     )

@@ -63,7 +63,7 @@ def test_karpathy_splits_captions_and_lazy_images(tmp_path, name, image_dir, ext
     assert first.image_path == root / image_dir / f"scene_1{ext}"
     assert first.image_id == 0 and first.split == "train"
     assert first.captions == ("there are 1 planes .", "Scene 1 has a runway .")  # raw, stripped
-    assert first.tokens == (("there", "are", "1", "planes"), ("Scene", "1", "has", "a", "runway"))
+    assert first.tokens == (("there", "are", "1", "planes"), ("scene", "1", "has", "a", "runway"))  # as released
     assert first.image().size == (8, 8) and first.image().getpixel((0, 0))[1:] == (0, 0)
     assert [s.image_id for s in KarpathyCaptions(root, "test")] == [4]
     assert [s.image_id for s in KarpathyCaptions(root, ("val", "test"))] == [3, 4]
@@ -127,6 +127,9 @@ def test_levir_cc_pairs_splits_and_changeflag(tmp_path):
     assert len(LevirCC(root, None)) == 4
     # change captioning is reported separately for changed and unchanged pairs
     assert sum(s.changed for s in LevirCC(root, None)) == 2
+    # pair paths come from 'split', as the authors' create_input_files builds them ('filepath' is not read)
+    _rewrite_json(root / "LevirCCcaptions.json", lambda d: d["images"][0].update(filepath="somewhere"))
+    assert LevirCC(root, "train")[0].before_path == root / "images" / "train" / "A" / "train_000001.png"
 
 
 def test_second_cc_pairs_and_semantic_maps(tmp_path):
@@ -137,8 +140,11 @@ def test_second_cc_pairs_and_semantic_maps(tmp_path):
     assert sample.after_path == root / "val" / "rgb" / "B" / "00002.png"
     assert sample.before_semantic_path == root / "val" / "sem" / "A" / "00002.png"
     assert sample.after_semantic_path == root / "val" / "sem" / "B" / "00002.png"
-    assert sample.changed is False and sample.captions == ("the low vegetation turned into buildings .",)
+    assert sample.captions == ("the two images look alike .", "almost nothing is changed .")
+    # no changeflag in SECOND-CC: unchanged when the *second* sentence is a no-change one (MModalCC's rule)
+    assert sample.changed is False
     assert [s.changed for s in SecondCC(root, None)] == [True, False, True]
+    assert SecondCC(root, "train")[0].tokens[0] == ("the", "low", "vegetation", "turned", "into", "buildings")
 
 
 def test_change_caption_bad_input(tmp_path):
@@ -196,6 +202,11 @@ def test_dior_rsvg_split_indices_boxes_and_expressions(tmp_path):
     (test,) = DiorRSVG(root, "test").samples
     assert (test.image_path.name, test.box) == ("00003.jpg", (5.0, 6.0, 7.0, 8.0))
     assert train[0].image().size == (16, 16)
+    # samples come in object order, each index once, whatever the split file's order (the reference's rule)
+    (root / "train.txt").write_text("4\n0\n2\n0\n", encoding="utf-8")
+    assert [s.object_index for s in DiorRSVG(root, "train")] == [0, 2, 4]
+    # the objects are counted over the XML files in sorted path order, not the order they were written in
+    assert [s.image_path.name for s in DiorRSVG(root, ("val", "test"))] == ["00001.jpg", "00003.jpg"]
 
 
 def test_dior_rsvg_bad_input(tmp_path):
@@ -240,13 +251,17 @@ def test_rsvqa_active_questions_answers_and_types(tmp_path, variant, image_dir):
     root = fixtures.write_rsvqa(tmp_path, variant)
     data = RSVQA(root, "train")
     assert data.variant == variant
-    # image 2 inactive (question 5 dropped), question 4 inactive: questions 0-3 remain
-    assert [s.question_id for s in data] == [0, 1, 2, 3]
-    assert [s.answer for s in data] == ["yes", "between 11 and 100", "no", "rural"]  # q1: first *active* answer
+    # image 0 and questions 0-1 are another split's placeholders {"id", "active": false}: skipped
+    assert [s.question_id for s in data] == [2, 3, 4, 5]
+    assert [s.answer for s in data] == ["yes", "between 11 and 100", "no", "rural"]
     assert [s.question_type for s in data] == ["presence", "count", "comp", "rural_urban"]
     assert data.question_types == ["comp", "count", "presence", "rural_urban"]
-    assert data[3].image_path == root / image_dir / "1.tif" and data[3].image_id == 1
+    assert data[3].image_path == root / image_dir / "2.tif" and data[3].image_id == 2
     assert data[0].question == "Is there a road?" and data[0].image().size == (16, 16)
+    # a question's answer is answers_ids[0], as the authors' VQALoader takes it
+    prefix = "LR" if variant == "LR" else "USGS"
+    _rewrite_json(root / f"{prefix}_split_train_questions.json", lambda d: d["questions"][3].update(answers_ids=[4, 3]))
+    assert RSVQA(root, "train")[1].answer == "no"
 
 
 def test_rsvqa_bad_input(tmp_path):
@@ -259,10 +274,10 @@ def test_rsvqa_bad_input(tmp_path):
         RSVQA(root, "val")
     with pytest.raises(DataFormatError, match=r"no USGS_split_train_images\.json \(splits found: none\)"):
         RSVQA(root, "train", variant="HR")
-    _rewrite_json(root / "LR_split_train_questions.json", lambda d: d["questions"][0].update(answers_ids=[99]))
+    _rewrite_json(root / "LR_split_train_questions.json", lambda d: d["questions"][2].update(answers_ids=[99]))
     with pytest.raises(
         DataFormatError,
-        match=r"LR_split_train_questions\.json question 0 lists answer 99, which "
+        match=r"LR_split_train_questions\.json question 2 lists answer 99, which "
         r"LR_split_train_answers\.json does not have",
     ):
         RSVQA(root)
@@ -308,7 +323,8 @@ def test_geochat_turns_tasks_and_pixel_boxes(tmp_path):
 def test_changechat_pairs_and_multi_turn(tmp_path):
     annotation = fixtures.write_changechat(tmp_path)
     chat = ChangeChat(annotation, tmp_path / "images")
-    assert [s.id for s in chat] == ["train_000001_caption", "train_000001_multi", "train_000002_loc"]
+    assert [s.id for s in chat] == ["0", "1", "2"]
+    assert [s.changed for s in chat] == [True, True, False]  # the records' changeflag
     before, after = chat[1].image_paths
     assert before == tmp_path / "images" / "train" / "A" / "train_000001.png"
     assert after == tmp_path / "images" / "train" / "B" / "train_000001.png"
@@ -318,6 +334,16 @@ def test_changechat_pairs_and_multi_turn(tmp_path):
     ]
     images = chat[2].images()
     assert images[0].getpixel((0, 0)) == fixtures.RED and images[1].getpixel((0, 0)) == fixtures.BLUE
+    assert chat[0].turns[0].text == "Please briefly describe the changes in these two images."  # both <image> gone
+
+    # the captioning test file has another schema: refused with what it is and what to use instead
+    caption_test = tmp_path / "changechat_105k_test.json"
+    record = {"image_A": "test/A/test_000001.png", "image_B": "test/B/test_000001.png", "captions": ["a", "b"]}
+    caption_test.write_text(json.dumps([{**record, "changeflag": 1}]), encoding="utf-8")
+    with pytest.raises(
+        DataFormatError, match=r"changechat_105k_test\.json record 0: .*captioning test schema.*LevirCC"
+    ):
+        ChangeChat(caption_test, tmp_path / "images")
 
 
 def test_conversation_bad_input(tmp_path):
@@ -505,6 +531,16 @@ def test_shards_stream_member_by_member(tmp_path):
             seen.append(sample.key)
     # rs5m_000001 was still open (a key ends only when the next one starts), so it is not given out
     assert seen == ["rs5m_000000"]
+
+
+def test_rs5m_shards_img_content_and_caption_members(tmp_path):
+    root = fixtures.write_rs5m_shards(tmp_path)
+    samples = list(iter_shards(str(root / "pub11-train-{0000..0001}.tar")))
+    assert [s.key for s in samples] == [key for _shard, key, _name, _caption in fixtures.RS5M_SAMPLES]
+    assert set(samples[0].fields) == {"img_content", "img_name", "caption"}
+    assert [s.text() for s in samples] == [caption for *_, caption in fixtures.RS5M_SAMPLES]
+    assert samples[2].image().size == (8, 8) and samples[2].image().getpixel((4, 4))[0] > 150  # red 180
+    assert samples[0]["img_name"] == b"laion_8f3a.jpg"
 
 
 def test_shards_bad_input(tmp_path):

@@ -139,7 +139,7 @@ def test_the_engine_serves_the_export(trained, tmp_path, scene_classes, vqa):
     answer = engine.analyze(
         AnalyzeRequest(
             task=Task.CHAT,
-            images=(png(vqa / "Images_LR" / "0.tif", (16, 16)),),
+            images=(png(vqa / "Images_LR" / "1.tif", (16, 16)),),
             output_crs="EPSG:3857",
             model="rs-moe",
             prompt="Is there a road?",

@@ -11,7 +11,9 @@
                                   "sentids": [...]}, ...]}
         images/{train,val,test}/{A,B}/<filename>
 
-``filepath`` names the split folder (``split`` is used when it is absent).
+Pair paths follow the authors' ``create_input_files`` (RSICCformer ``utils.py``):
+``images/<split>/A/<filename>`` and ``images/<split>/B/<filename>``, from the ``split`` field
+(``filepath`` holds the same split name in the release; it is not used for paths).
 
 **SECOND-CC** (Karaca et al., JSTARS 2025) ships ``SECOND-CC-AUG.json`` and, per split, the RGB pair
 and the semantic maps of both dates::
@@ -21,10 +23,12 @@ and the semantic maps of both dates::
         {train,val,test}/rgb/{A,B}/<filename>
         {train,val,test}/sem/{A,B}/<filename>
 
-The SECOND-CC JSON is read with the same fields as LEVIR-CC (``filename``, ``imgid``, ``split``,
-``sentences``, ``changeflag``): that is the Karpathy/RSICCformer layout its authors build on, but
-this loader has not been checked against the released file. ``changeflag`` is optional there
-(``changed`` is None without it) and required for LEVIR-CC.
+The SECOND-CC JSON has LEVIR-CC's Karpathy fields (``filename``, ``imgid``, ``split``,
+``sentences`` with ``tokens``) but no ``changeflag``: the authors' ``createHD5files.py`` reads
+``img['split']``, ``img['filename']`` and ``c['tokens']``, and their ``eval_MModalCC.py`` calls a
+pair unchanged when its *second* reference sentence is one of five "no change" sentences. Without a
+``changeflag`` this loader decides ``changed`` by that same rule
+(``training.eval.metrics.SECOND_CC_UNCHANGED``); LEVIR-CC's ``changeflag`` is required.
 """
 
 from __future__ import annotations
@@ -62,7 +66,10 @@ EXPECTED = (
 
 @dataclass(frozen=True)
 class ChangeCaptionSample:
-    """A before/after pair, whether it changed, its reference captions and (SECOND-CC) semantic maps."""
+    """A before/after pair, whether it changed, its reference captions and (SECOND-CC) semantic maps.
+
+    ``changed``: LEVIR-CC's ``changeflag``; for SECOND-CC the authors' caption rule (see the module).
+    """
 
     before_path: Path
     after_path: Path
@@ -119,13 +126,16 @@ class _ChangeCaptions(SampleDataset[ChangeCaptionSample]):
         log.info("%s: %d pairs (%s)", self.annotation.name, len(samples), split)
         super().__init__(samples, transform)
 
-    def _changed(self, entry: dict, where: str) -> bool | None:
+    def _changed(self, entry: dict, where: str, tokens: tuple[tuple[str, ...], ...] = ()) -> bool | None:
         if "changeflag" not in entry and not self.changeflag_required:
-            return None
+            return self._changed_from_captions(tokens)
         flag = field(entry, "changeflag", int, where, EXPECTED)
         if flag not in (0, 1):
             raise DataFormatError(f"{where}: 'changeflag' is {describe(flag)}; expected 0 or 1")
         return bool(flag)
+
+    def _changed_from_captions(self, tokens: tuple[tuple[str, ...], ...]) -> bool | None:
+        return None
 
     def _sample(
         self,
@@ -141,12 +151,12 @@ class _ChangeCaptions(SampleDataset[ChangeCaptionSample]):
 
 
 class LevirCC(_ChangeCaptions):
-    """LEVIR-CC pairs of one or more splits: ``images/<filepath or split>/{A,B}/<filename>``."""
+    """LEVIR-CC pairs of one or more splits: ``images/<split>/{A,B}/<filename>``."""
 
     file_name = LEVIR_CC_FILE
 
     def _sample(self, entry, split, filename, image_id, captions, tokens, where):
-        folder = self.root / "images" / (entry["filepath"] if isinstance(entry.get("filepath"), str) else split)
+        folder = self.root / "images" / split
         return ChangeCaptionSample(
             folder / "A" / filename,
             folder / "B" / filename,
@@ -165,6 +175,15 @@ class SecondCC(_ChangeCaptions):
     file_name = SECOND_CC_FILE
     changeflag_required = False
 
+    def _changed_from_captions(self, tokens: tuple[tuple[str, ...], ...]) -> bool | None:
+        """MModalCC's rule: unchanged when the second reference (the first if there is one) is a
+        "no change" sentence."""
+        from training.eval.metrics import SECOND_CC_UNCHANGED, is_unchanged_caption
+
+        if not tokens:
+            return None
+        return not is_unchanged_caption(tokens[min(1, len(tokens) - 1)], SECOND_CC_UNCHANGED)
+
     def _sample(self, entry, split, filename, image_id, captions, tokens, where):
         folder = self.root / split
         return ChangeCaptionSample(
@@ -173,7 +192,7 @@ class SecondCC(_ChangeCaptions):
             filename,
             image_id,
             split,
-            self._changed(entry, where),
+            self._changed(entry, where, tokens),
             captions,
             tokens,
             folder / "sem" / "A" / filename,

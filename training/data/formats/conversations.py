@@ -10,6 +10,13 @@ The file is a list of records::
 
 Image paths are relative to ``image_dir``. Turns alternate human/gpt, starting with human.
 
+ChangeChat-105k (DeltaVLM's release, ``changechat_105k_train.json`` ...) records are
+``{"id": 0, "image": ["train/A/x.png", "train/B/x.png"], "changeflag": 0, "conversations": [...]}``
+with ``"<image> <image> ..."`` opening the first human turn; ``changeflag`` becomes ``changed``. Its
+captioning test file (``changechat_105k_test.json``) has another schema
+(``{image_A, image_B, captions, changeflag}``): it is refused with a message saying so (read the
+captions with ``LevirCC``, which holds the same pairs and references).
+
 GeoChat (Kuckreja et al., CVPR 2024) writes boxes as ``{<x1><y1><x2><y2>|θ}`` on a 0-100 grid over
 the whole image (θ in degrees, optional); with ``box_convention=BoxConvention.GEOCHAT`` every turn's
 boxes are parsed by the engine's ``parse_percent_boxes`` and converted to pixels of the image, whose
@@ -50,7 +57,7 @@ log = logging.getLogger(__name__)
 EXPECTED = (
     'LLaVA conversation JSON [{"id", "image" (or "images"), "conversations": [{"from": "human" | "gpt", "value"}]}]'
 )
-_TASK = re.compile(r"^\s*(?:<image>\s*)?\[([A-Za-z_ ]+)\]")
+_TASK = re.compile(r"^\s*(?:<image>\s*)*\[([A-Za-z_ ]+)\]")
 IMAGE_TOKEN = "<image>"
 
 
@@ -87,6 +94,7 @@ class ConversationSample:
     turns: tuple[Turn, ...]
     task: str | None = None
     image_size: Size | None = None
+    changed: bool | None = None  # ChangeChat's changeflag (0 = no change), when the record has one
 
     def __post_init__(self) -> None:
         if not self.turns:
@@ -109,6 +117,11 @@ def _image_list(record: dict, where: str) -> tuple[str, ...]:
 
 def parse_record(record: Any, where: str, image_dir: Path) -> ConversationSample:
     """One LLaVA record as a sample (boxes not parsed yet: that needs the image size)."""
+    if isinstance(record, dict) and "conversations" not in record and {"image_A", "image_B", "captions"} <= set(record):
+        raise DataFormatError(
+            f"{where}: found {describe(record)}, ChangeChat's captioning test schema; expected {EXPECTED} "
+            f"(read those pairs' captions with LevirCC, which holds the same references)"
+        )
     conversations = field(record, "conversations", list, where, EXPECTED)
     record_id = record.get("id", where)
     turns = []
@@ -128,11 +141,17 @@ def parse_record(record: Any, where: str, image_dir: Path) -> ConversationSample
     if not turns:
         raise DataFormatError(f"{where}: 'conversations' is empty; expected at least one human and one gpt turn")
     match = _TASK.match(turns[0].value)
+    flag = record.get("changeflag")
+    if flag is not None and (isinstance(flag, bool) or not isinstance(flag, int)):
+        raise DataFormatError(
+            f"{where}: 'changeflag' is {describe(flag)}; expected 0 (no change) or a non-zero integer"
+        )
     return ConversationSample(
         str(record_id),
         tuple(image_dir / p for p in _image_list(record, where)),
         tuple(turns),
         match.group(1).strip().lower() if match else None,
+        changed=None if flag is None else bool(flag),
     )
 
 

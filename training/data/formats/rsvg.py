@@ -14,11 +14,14 @@ An object in the XML::
         <ymax>672</ymax></bndbox><description>A green and brown golf field</description></object>
     </annotation>
 
-The split files index *objects*, numbered 0, 1, 2 ... over every ``<object>`` of every XML file taken
-in file-name order (the reference loader counts objects in ``os.walk`` order, which depends on the
-file system; name order is the reproducible reading, not yet checked against the released data). Boxes are VOC pixel
-coordinates (xmin, ymin, xmax, ymax) of
-the original 800 x 800 image, read as given.
+The split files index *objects*, numbered 0, 1, 2 ... over every ``<object>`` of every XML file, as
+the authors' ``data_loader.py`` (RSVG-pytorch) counts them: ``filelist`` walks ``Annotations/`` and
+*sorts the full paths*, so the order is file-name order (``00001.xml``, ``00002.xml``, ...), and
+a split's samples come out in object order, each listed index once. The released split files
+(train 26991, val 3829, test 7500 indices over 38320 objects) are sorted and have no repeats. Boxes
+are VOC pixel coordinates (xmin, ymin, xmax, ymax) of the original 800 x 800 image, read as given
+(the reference loader reads ``<bndbox>`` as the object's third child and ``<description>`` as its
+fourth; this loader reads them by tag).
 """
 
 from __future__ import annotations
@@ -127,7 +130,7 @@ def read_split(path: Path) -> list[int]:
 
 
 class DiorRSVG(SampleDataset[GroundingSample]):
-    """The objects a DIOR-RSVG split file lists, in the split file's order."""
+    """The objects a DIOR-RSVG split file lists, in object-index order (as the reference loader)."""
 
     def __init__(
         self,
@@ -158,7 +161,7 @@ class DiorRSVG(SampleDataset[GroundingSample]):
                     f"{', '.join(found)}); expected one of {', '.join(s + '.txt' for s in SPLITS)}"
                 )
             indices.extend(read_split(split_file))
-        xml_files = sorted(annotations.glob("*.xml"))
+        xml_files = sorted(annotations.rglob("*.xml"), key=str)  # the reference's os.walk + sorted paths
         if not xml_files:
             raise DataFormatError(
                 f"{annotations}: no .xml files (folder holds {listing(annotations)}); "
@@ -177,7 +180,7 @@ class DiorRSVG(SampleDataset[GroundingSample]):
             )
         samples = [
             GroundingSample(objects[i][0], objects[i][4], objects[i][3], objects[i][2], i, objects[i][1])
-            for i in indices
+            for i in sorted(set(indices))  # object order, each once: the reference's `if count in Index`
         ]
         if check_images:
             assert_images_exist(sorted({s.image_path for s in samples}), annotations, images)

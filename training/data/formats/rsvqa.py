@@ -11,9 +11,12 @@ Each split is three JSON files that cross-reference each other by id::
                                                     "active": true, ...}, ...]}
 
 with ``<P>`` = ``LR`` (splits train, val, test) or ``USGS`` (HR: train, val, test, test_phili), and
-images ``<id>.tif`` in ``Images_LR/`` (LR) or ``Data/`` (HR). Inactive images, questions and answers
-are skipped, as the reference loader does for images; a question's answer is its first active one.
-Question types: LR presence, comp, count, rural_urban; HR presence, comp, count, area.
+images ``<id>.tif`` in ``Images_LR/`` (LR) or ``Data/`` (HR). As the authors' ``AutomaticDB/Splits.py``
+writes them, every split file lists *all* ids, position = id: what belongs to another split is a
+placeholder ``{"id": N, "active": false}`` with no other field. Inactive images and questions are
+skipped (the reference ``VQALoader`` keeps only active images); a question's answer is
+``answers_ids[0]``, as ``VQALoader`` takes it. Question types: LR presence, comp, count,
+rural_urban; HR presence, comp, count, area.
 """
 
 from __future__ import annotations
@@ -146,7 +149,7 @@ class RSVQA(SampleDataset[VQASample]):
                 kind = field(question, "type", str, where, EXPECTED["questions"])
                 answer = self._answer(question, answers, files["answers"].name, where)
                 if answer is None:
-                    skipped["question without an active answer"] += 1
+                    skipped["question without an answer"] += 1
                     continue
                 samples.append(VQASample(self.image_dir / f"{image_id}.tif", image_id, question_id, text, answer, kind))
         if skipped:
@@ -176,18 +179,17 @@ class RSVQA(SampleDataset[VQASample]):
 
     @staticmethod
     def _answer(question: dict, answers: dict[int, dict], answers_name: str, where: str) -> str | None:
+        """The question's first listed answer (``answers_ids[0]``, the reference loader's choice); None
+        when the question lists none."""
         answer_ids = field(question, "answers_ids", list, where, EXPECTED["questions"])
-        for answer_id in answer_ids:
-            answer = answers.get(answer_id)
-            if answer is None:
-                raise DataFormatError(
-                    f"{where} lists answer {answer_id}, which {answers_name} does not have; "
-                    f"expected every answers_ids entry to be an answer id"
-                )
-            if _active(answer):
-                return str(
-                    field(
-                        answer, "answer", (str, int, float), f"{answers_name} answer {answer_id}", EXPECTED["answers"]
-                    )
-                )
-        return None
+        if not answer_ids:
+            return None
+        answer = answers.get(answer_ids[0])
+        if answer is None:
+            raise DataFormatError(
+                f"{where} lists answer {answer_ids[0]}, which {answers_name} does not have; "
+                f"expected every answers_ids entry to be an answer id"
+            )
+        return str(
+            field(answer, "answer", (str, int, float), f"{answers_name} answer {answer_ids[0]}", EXPECTED["answers"])
+        )

@@ -1,5 +1,11 @@
 """WebDataset tar shards (RS5M-scale image-text pretraining), streamed member by member.
 
+RS5M's release (``pub11-train-0000.tar`` ... ``rs3-val-0031.tar``, read by the authors'
+``dataloader.py`` with ``{pub11,rs3}-train-{0000..0031}.tar``) names a sample's members
+``<key>.img_content`` (the encoded image), ``<key>.img_name`` (its original file name) and
+``<key>.caption`` (UTF-8 text); ``image()`` and ``text()`` read those as well as the usual
+``jpg``/``png``/``txt`` members.
+
 A shard is a plain tar file whose members that share a *key* form one sample, WebDataset's
 convention: the key is the member path up to the first dot of its file name, the rest is the
 (lower-cased) extension::
@@ -41,8 +47,8 @@ from training.data.formats._common import DataFormatError
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "tif", "tiff")
-TEXT_EXTENSIONS = ("txt", "caption", "text")
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "tif", "tiff", "img_content")  # img_content: RS5M
+TEXT_EXTENSIONS = ("txt", "caption", "text")  # caption: RS5M
 _KEY = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # WebDataset's base_plus_ext: key, extensions
 _META = re.compile(r"__[^/]*__($|/)")
 _BRACE = re.compile(r"\{([^{}]*)\}")
@@ -78,7 +84,7 @@ class ShardSample:
         except OSError as error:
             raise DataFormatError(
                 f"{self.shard}: {self.key}.{extension} is not a readable image ({error}); "
-                f"expected an encoded {extension.upper()}"
+                f"expected an encoded {'image' if extension == 'img_content' else extension.upper()}"
             ) from error
 
     def text(self, extensions: Sequence[str] = TEXT_EXTENSIONS) -> str:
