@@ -661,3 +661,61 @@ def write_levir_cc_pairs(root: Path, split: str = "train") -> Path:
         )
     write_json(root / "LevirCCcaptions.json", {"images": images})
     return root
+
+
+# --- RS-RAG's RSWK release -------------------------------------------------------------------------
+
+# As the authors' build_qdrant_dataset_RSWK.py reads an RSWK record: image_name (image <name>.png),
+# "world knowledge" (Name ... Major_Events [{Event, Year, Description}], Notable_Visitors [..]) and
+# "remote sensing expert knowledge"; task files are messages JSONL as in DATASET/DATASET_FULL/vqa/.
+RSWK_RECORDS = [
+    {
+        "image_name": "Green Abbey",
+        "world knowledge": {
+            "Name": "Green Abbey",
+            "Category": "Abbey",
+            "Location": "Somewhere, Nowhere",
+            "Construction_Period": "1114",
+            "Historical_Background": "Founded by monks.",
+            "Major_Events": [{"Event": "Fire", "Year": "1520", "Description": "The nave burned."}],
+            "Architectural_Characteristics": "Romanesque nave.",
+            "Primary_Function": "Monastery",
+            "Cultural_Significance": "A pilgrimage stop.",
+            "Notable_Visitors": ["A king", "A poet"],
+        },
+        "remote sensing expert knowledge": {"NDVI": 0.13, "LST_Day_1km": 23.16},
+    },
+    {
+        "image_name": "Blue Harbour",
+        "world knowledge": {"Name": "Blue Harbour", "Category": "Port", "Historical_Background": "A fishing port."},
+        "remote sensing expert knowledge": {},
+    },
+]
+RSWK_QA_LINES = [
+    {
+        "messages": [
+            {"role": "user", "content": "<image>Can you identify the name of the site captured in the remote image?"},
+            {"role": "assistant", "content": "Green Abbey"},
+        ],
+        "images": ["Green Abbey.png"],
+        "task": "Visual Question Answering",
+    },
+    {
+        "messages": [
+            {"role": "user", "content": "<image>What is the location of the place in the remote image?"},
+            {"role": "assistant", "content": "a fishing port"},
+        ],
+        "images": ["Blue Harbour.png"],
+        "task": "Visual Question Answering",
+    },
+]
+
+
+def write_rswk(root: Path) -> Path:
+    """``ori_data_train.json``, ``images/<image_name>.png`` and ``vqa_wk_full_test_2.jsonl``; returns ``root``."""
+    for record in RSWK_RECORDS:
+        write_image(root / "images" / f"{record['image_name']}.png", size=(16, 16))
+    write_json(root / "ori_data_train.json", RSWK_RECORDS)
+    lines = "".join(json.dumps(line) + "\n" for line in RSWK_QA_LINES)
+    (root / "vqa_wk_full_test_2.jsonl").write_text(lines, encoding="utf-8")
+    return root

@@ -561,3 +561,40 @@ def test_shards_bad_input(tmp_path):
     (sample,) = iter_shards([root / "textonly.tar"])
     with pytest.raises(DataFormatError, match=r"sample 'k2' has no image \(members: txt\); expected one of jpg"):
         sample.image()
+
+
+# --- RS-RAG's RSWK release ------------------------------------------------------------------------
+
+
+def test_rswk_release_converts_to_the_rag_folder(tmp_path):
+    from training.data.formats.knowledge import convert_rswk, read_passages, read_qa
+
+    src = fixtures.write_rswk(tmp_path / "rswk")
+    out = convert_rswk(
+        src / "ori_data_train.json", src / "images", tmp_path / "rag", {"test": src / "vqa_wk_full_test_2.jsonl"}
+    )
+    passages = read_passages(out)
+    # four passages for the full record (as the authors index a landmark), one for the sparse one
+    assert [p.id for p in passages] == [
+        "Green Abbey#basic_info_and_history",
+        "Green Abbey#architecture_and_function",
+        "Green Abbey#culture_and_visitor",
+        "Green Abbey#expert_knowledge",
+        "Blue Harbour#basic_info_and_history",
+    ]
+    basic = passages[0]
+    assert basic.title == "Green Abbey" and "Major_Events: Fire 1520: The nave burned." in basic.text
+    assert "Notable_Visitors: A king; A poet" in passages[2].text and "NDVI: 0.13" in passages[3].text
+    assert Path(basic.image).name == "Green Abbey.png"
+    qa = read_qa(out, "test", {p.id for p in passages})
+    assert [(q.question, q.answer) for q in qa] == [
+        ("Can you identify the name of the site captured in the remote image?", "Green Abbey"),
+        ("What is the location of the place in the remote image?", "a fishing port"),
+    ]
+    assert qa[1].knowledge_ids == ("Blue Harbour#basic_info_and_history",)
+
+    records = json.loads((src / "ori_data_train.json").read_text(encoding="utf-8"))
+    records[1].pop("image_name")
+    (src / "ori_data_train.json").write_text(json.dumps(records), encoding="utf-8")
+    with pytest.raises(DataFormatError, match=r"ori_data_train\.json record 1: .* no 'image_name' string"):
+        convert_rswk(src / "ori_data_train.json", src / "images", tmp_path / "rag2", {})

@@ -136,3 +136,144 @@ def read_qa(root: str | Path, split: str, passage_ids: set[str] | None = None) -
 
 
 __all__ = ["KnowledgeQA", "read_passages", "read_qa"]
+
+
+# --- RS-RAG's own RSWK release, converted to the folder above ----------------------------------------
+
+# The four passages per landmark that RS-RAG's authors index (QDRANT_DATASET/build_qdrant_dataset_RSWK.py):
+# name -> the "world knowledge" fields it holds; "expert_knowledge" holds every field of
+# "remote sensing expert knowledge".
+RSWK_PASSAGES = {
+    "basic_info_and_history": (
+        "Name",
+        "Category",
+        "Area",
+        "Location",
+        "Address",
+        "Physical_Area",
+        "Construction_Period",
+        "Historical_Background",
+        "Major_Events",
+    ),
+    "architecture_and_function": ("Architectural_Characteristics", "Primary_Function", "Details"),
+    "culture_and_visitor": ("Cultural_Significance", "Notable_Visitors"),
+}
+RSWK_RECORD = (
+    'an RSWK record {"image_name": NAME (image NAME.png), "world knowledge": {Name, Category, Location, '
+    'Historical_Background, Major_Events: [{Event, Year, Description}], ...}, "remote sensing expert knowledge": {...}}'
+)
+RSWK_QA = 'one JSON object per line {"messages": [{"role": "user" | "assistant", "content"}], "images": [NAME.png]}'
+
+
+def _rswk_value(value) -> str:
+    if isinstance(value, list):
+        parts = []
+        for item in value:
+            if isinstance(item, dict):  # Major_Events: {Event, Year, Description}
+                head = " ".join(str(item[k]) for k in ("Event", "Year") if item.get(k) not in (None, ""))
+                parts.append(f"{head}: {item.get('Description', '')}".strip(": "))
+            else:
+                parts.append(str(item))
+        return "; ".join(p for p in parts if p)
+    return str(value).strip()
+
+
+def rswk_passages(path: str | Path) -> list[dict]:
+    """The passage objects (``knowledge.jsonl`` lines) of an RSWK knowledge file: four per landmark, as
+    the authors index them, ids ``<image_name>#<passage name>``, each with the landmark's image."""
+    path = Path(path)
+    records = read_json(path, f"a list of {RSWK_RECORD}")
+    if not isinstance(records, list):
+        raise DataFormatError(f"{path} is {describe(records)}; expected a list of {RSWK_RECORD}")
+    passages = []
+    for n, record in enumerate(records):
+        where = f"{path.name} record {n}"
+        if not isinstance(record, dict) or not isinstance(record.get("image_name"), str):
+            raise DataFormatError(f"{where}: found {describe(record)}, no 'image_name' string; expected {RSWK_RECORD}")
+        world = record.get("world knowledge", {})
+        expert = record.get("remote sensing expert knowledge", {})
+        for key, value in (("world knowledge", world), ("remote sensing expert knowledge", expert)):
+            if not isinstance(value, dict):
+                raise DataFormatError(f"{where}: {key!r} is {describe(value)}; expected {RSWK_RECORD}")
+        name = record["image_name"]
+        image = name if name.endswith(".png") else name + ".png"
+        groups = {group: [(f, world[f]) for f in fields if f in world] for group, fields in RSWK_PASSAGES.items()}
+        groups["expert_knowledge"] = list(expert.items())
+        for group, items in groups.items():
+            text = "\n".join(f"{field}: {_rswk_value(value)}" for field, value in items if _rswk_value(value))
+            if text:
+                title = str(world.get("Name", Path(image).stem))
+                passages.append({"id": f"{Path(image).stem}#{group}", "title": title, "text": text, "image": image})
+    if not passages:
+        raise DataFormatError(f"{path}: no knowledge in any record; expected a list of {RSWK_RECORD}")
+    return passages
+
+
+def rswk_qa(path: str | Path, passage_ids: dict[str, list[str]]) -> list[dict]:
+    """The records of an RSWK task file (messages JSONL) as ``qa_<split>.json`` records: LLaVA turns, the
+    image, and as ``knowledge_ids`` the passages of the landmark the image shows (``passage_ids``:
+    image stem -> ids)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataFormatError(f"{path}: file not found; expected {RSWK_QA}")
+    roles = {"user": "human", "assistant": "gpt"}
+    out = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path.name} line {n}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataFormatError(f"{where}: not JSON ({error.msg}); expected {RSWK_QA}") from None
+        messages, images = (record.get(k) if isinstance(record, dict) else None for k in ("messages", "images"))
+        if not isinstance(messages, list) or not (isinstance(images, list) and len(images) == 1):
+            raise DataFormatError(f"{where}: found {describe(record)}; expected {RSWK_QA}")
+        turns = []
+        for j, message in enumerate(messages):
+            role = message.get("role") if isinstance(message, dict) else None
+            if role not in roles or not isinstance(message.get("content"), str):
+                raise DataFormatError(f"{where} message {j}: found {describe(message)}; expected {RSWK_QA}")
+            turns.append({"from": roles[role], "value": message["content"]})
+        stem = Path(images[0]).stem
+        out.append(
+            {
+                "id": f"{path.stem}-{n}",
+                "image": images[0],
+                "knowledge_ids": passage_ids.get(stem, []),
+                "conversations": turns,
+            }
+        )
+    return out
+
+
+def convert_rswk(knowledge: str | Path, image_dir: str | Path, out: str | Path, qa: dict[str, str | Path]) -> Path:
+    """Write RS-RAG's RSWK release as this project's RS-RAG folder: ``out/knowledge.jsonl`` (:func:`rswk_passages`),
+    ``out/images`` (a link to ``image_dir``) and ``out/qa_<split>.json`` per ``qa`` entry (split -> task file).
+
+        convert_rswk("ori_data_train.json", "RSWK/images", "/data/RSWK-rag",
+                     {"train": "vqa_wk_full_train_11827.jsonl", "test": "vqa_wk_full_test_2993.jsonl"})
+    """
+    image_dir, out = Path(image_dir).resolve(), Path(out)
+    require_dir(image_dir, "the folder of RSWK images (<image_name>.png)")
+    passages = rswk_passages(knowledge)
+    out.mkdir(parents=True, exist_ok=True)
+    link = out / "images"
+    if not link.exists():
+        link.symlink_to(image_dir, target_is_directory=True)
+    with (out / "knowledge.jsonl").open("w", encoding="utf-8") as handle:
+        for passage in passages:
+            handle.write(json.dumps(passage, ensure_ascii=False) + "\n")
+    ids: dict[str, list[str]] = {}
+    for passage in passages:
+        ids.setdefault(Path(passage["image"]).stem, []).append(passage["id"])
+    for split, path in qa.items():
+        records = rswk_qa(path, ids)
+        (out / f"qa_{split}.json").write_text(json.dumps(records, ensure_ascii=False, indent=1), encoding="utf-8")
+    read_passages(out)  # every passage image is there
+    for split in qa:
+        read_qa(out, split, {p["id"] for p in passages})
+    return out
+
+
+__all__ += ["convert_rswk", "rswk_passages", "rswk_qa"]
