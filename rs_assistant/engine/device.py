@@ -182,3 +182,36 @@ def _machine_memory_gb() -> float | None:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 1024**3
     except (AttributeError, ValueError, OSError):
         return None
+
+
+# --- memory: is there room for a model? ----------------------------------------------------------
+
+
+def free_memory_bytes(device: str) -> int | None:
+    """The memory a model loaded on ``device`` now can take, in bytes; None where it cannot be told.
+
+    CUDA: the GPU's free memory (``torch.cuda.mem_get_info``, which counts what other processes hold).
+    CPU and MPS (whose GPU shares the machine's memory): the memory the OS says is available without
+    swapping (Linux: /proc/meminfo's MemAvailable; elsewhere the free physical pages, if POSIX tells them).
+    """
+    if device.startswith("cuda"):
+        index = torch.device(device).index
+        free, _total = torch.cuda.mem_get_info(index if index is not None else torch.cuda.current_device())
+        return int(free)
+    try:
+        with open("/proc/meminfo", encoding="ascii", errors="replace") as meminfo:
+            for line in meminfo:
+                key, _, value = line.partition(":")
+                if key == "MemAvailable":
+                    return int(value.split()[0]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def gib(size: float) -> str:
+    """A byte count for people: '14.2 GiB', or MiB below 1 GiB."""
+    return f"{size / 1024**3:.1f} GiB" if size >= 1024**3 else f"{size / 1024**2:.0f} MiB"

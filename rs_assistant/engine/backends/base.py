@@ -9,8 +9,9 @@ into map geometry (rs_assistant.engine.geo).
 from __future__ import annotations
 
 import abc
+import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -19,6 +20,8 @@ import numpy as np
 
 from rs_assistant.core.protocol import BatchRequest, ErrorCode, FeatureKind, Message, Options, ProtocolError, Task
 from rs_assistant.engine.backends.decoding import Decoding, TextWatch
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -84,6 +87,9 @@ class Backend(abc.ABC):
         self.config = dict(config)
         self.device = device
         self._loaded = False
+        #: The most calls one batched forward pass has been found to fit in the device's memory (None: no limit
+        #: found yet); set by :meth:`in_batches` when a batch ran out of GPU memory, and kept for later batches.
+        self.batch_limit: int | None = None
 
     @property
     def loaded(self) -> bool:
@@ -112,6 +118,41 @@ class Backend(abc.ABC):
             if call.cancel.is_set():
                 raise ProtocolError(ErrorCode.CANCELLED, f"model '{self.model_name}': the batch was cancelled")
             results.append(self.run(call))
+        return results
+
+    def in_batches(
+        self, calls: Sequence[BackendCall], answer: Callable[[Sequence[BackendCall]], list[Any]]
+    ) -> list[Any]:
+        """``answer`` (one batched forward pass) on ``calls``, split into pieces of at most :attr:`batch_limit`.
+
+        A piece that runs out of GPU memory is halved and tried again (down to one call, whose out-of-memory error
+        is raised); the smaller size is kept for the rest of this backend's batches and logged as a warning, so a
+        batch size too large for the GPU is reduced automatically instead of failing the job.
+        """
+        results: list[Any] = []
+        start = 0
+        while start < len(calls):
+            if calls[start].cancel.is_set():
+                raise ProtocolError(ErrorCode.CANCELLED, f"model '{self.model_name}': the batch was cancelled")
+            size = min(len(calls) - start, self.batch_limit or len(calls))
+            try:
+                answered = answer(calls[start : start + size])
+            except out_of_memory_errors() as exc:
+                if size == 1:
+                    raise
+                self.batch_limit = size // 2
+                log.warning(
+                    "model '%s': a batch of %d did not fit in %s memory (%s); running %d at a time from now on",
+                    self.model_name,
+                    size,
+                    self.device,
+                    str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__,
+                    self.batch_limit,
+                )
+                free_accelerator_cache()
+                continue
+            results.extend(answered)
+            start += size
         return results
 
     @property
@@ -175,3 +216,26 @@ class Backend(abc.ABC):
                 f"model '{self.model_name}': checkpoint folder {path} is incomplete, missing {', '.join(missing)}",
             )
         return path
+
+
+def out_of_memory_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean a forward pass ran out of accelerator memory (torch's CUDA OOM, when torch is here)."""
+    try:
+        import torch
+    except ImportError:  # a backend without torch (e.g. the OpenAI one) never runs out of GPU memory here
+        return ()
+    errors: list[type[BaseException]] = [torch.cuda.OutOfMemoryError]
+    mps_error = getattr(getattr(torch, "mps", None), "OutOfMemoryError", None)
+    if isinstance(mps_error, type) and issubclass(mps_error, BaseException):
+        errors.append(mps_error)
+    return tuple(errors)
+
+
+def free_accelerator_cache() -> None:
+    """Give the memory a failed batch held back to the device, so that the smaller batch can use it."""
+    try:
+        import torch
+    except ImportError:
+        return
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

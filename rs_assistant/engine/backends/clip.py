@@ -80,7 +80,7 @@ from transformers.models.clip.image_processing_pil_clip import CLIPImageProcesso
 
 from rs_assistant.core.protocol import ErrorCode, FeatureKind, ProtocolError, Task
 from rs_assistant.engine.backends.base import Backend, BackendCall, BackendResult, Detection
-from rs_assistant.engine.backends.hf import load_failed
+from rs_assistant.engine.backends.hf import check_memory, load_failed, weight_files
 from rs_assistant.engine.device import attn_implementation, torch_dtype
 
 log = logging.getLogger(__name__)
@@ -168,6 +168,7 @@ class ClipBackend(Backend):
                 f"model '{self.model_name}': {path / 'config.json'} is for model_type {model_type!r}; "
                 f"{EXPECTED_LAYOUTS}",
             )
+        check_memory(self, weight_files(path))
         try:
             processor = CLIPProcessor.from_pretrained(path, local_files_only=True)
             self.model = CLIPModel.from_pretrained(
@@ -246,17 +247,51 @@ class ClipBackend(Backend):
             return self._classify(call)
         return self._retrieve(call)
 
-    def _classify(self, call: BackendCall) -> BackendResult:
+    def run_batch(self, calls: Sequence[BackendCall]) -> list[BackendResult]:
+        """Classify calls (the tiles of a batch job) with their windows embedded together, ``batch_size`` per forward
+        pass, and each set of labels embedded once for all the calls that share it; other calls one at a time. Each
+        answer is the one :meth:`run` gives its call alone."""
+        for call in calls:
+            self.check_task(call.task)
+        self.ensure_loaded()
+        results: dict[int, BackendResult] = {}
+        by_labels: dict[tuple[str, ...], list[int]] = {}
+        for index, call in enumerate(calls):
+            if call.task is Task.CLASSIFY:
+                by_labels.setdefault(tuple(self._labels(call)), []).append(index)
+            else:
+                results[index] = self.run(call)
+        for labels, indexes in by_labels.items():
+            cancel = calls[indexes[0]].cancel
+            image_embeds = np.concatenate(self.in_batches([calls[i] for i in indexes], self._embed_windows))
+            text_embeds = self.embed_texts([self.template.format(label=label) for label in labels], cancel)
+            for i, embedding in zip(indexes, image_embeds):
+                results[i] = self._classified(list(labels), calls[i].images[0], embedding, text_embeds)
+        return [results[i] for i in range(len(calls))]
+
+    def _embed_windows(self, calls: Sequence[BackendCall]) -> list[np.ndarray]:
+        return [self.embed_images([call.images[0] for call in calls], calls[0].cancel)]
+
+    def _labels(self, call: BackendCall) -> list[str]:
         labels = list(call.options.labels) or call.prompt.split(",")
         labels = list(dict.fromkeys(label.strip() for label in labels if label.strip()))
         if not labels:
             raise ProtocolError(
                 ErrorCode.INVALID_VALUE, "classify needs candidate labels (options.labels or a comma-separated prompt)"
             )
+        return labels
+
+    def _classify(self, call: BackendCall) -> BackendResult:
+        labels = self._labels(call)
         image = call.images[0]
         image_embeds = self.embed_images([image], call.cancel)
         text_embeds = self.embed_texts([self.template.format(label=label) for label in labels], call.cancel)
-        probs = _softmax(self.logit_scale * (image_embeds @ text_embeds.T)[0])
+        return self._classified(labels, image, image_embeds[0], text_embeds)
+
+    def _classified(
+        self, labels: list[str], image: np.ndarray, image_embed: np.ndarray, text_embeds: np.ndarray
+    ) -> BackendResult:
+        probs = _softmax(self.logit_scale * (image_embed[None] @ text_embeds.T)[0])
         order = np.argsort(-probs, kind="stable")
         best = int(order[0])
         text = "\n".join([labels[best]] + [f"{labels[i]}: {probs[i]:.3f}" for i in order])

@@ -29,13 +29,20 @@ import json
 import logging
 import re
 from collections import Counter
+from collections.abc import Sequence
 from typing import ClassVar
 
 import numpy as np
 import torch
 from affine import Affine
 from rasterio.features import rasterize
-from transformers import AutoProcessor, Florence2ForConditionalGeneration, ProcessorMixin, StoppingCriteriaList
+from transformers import (
+    AutoProcessor,
+    Florence2ForConditionalGeneration,
+    ProcessorMixin,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 
 from rs_assistant.core.protocol import ErrorCode, FeatureKind, ProtocolError, Task
 from rs_assistant.engine.backends import boxes
@@ -101,13 +108,48 @@ class Florence2Backend(Backend):
         self.check_task(call.task)
         self.ensure_loaded()
         task, phrase = self._task_prompt(call)
-        image = call.images[0]
-        inputs = self.processor(text=task + phrase, images=np.asarray(image), return_tensors="pt")
+        inputs = self.processor(text=task + phrase, images=np.asarray(call.images[0]), return_tensors="pt")
         new_tokens = self._generate(inputs, call)
         if call.cancel.is_set():
             raise cancelled(self)
+        return self._answer(call, new_tokens, phrase)
+
+    def run_batch(self, calls: Sequence[BackendCall]) -> list[BackendResult]:
+        """The tiles of a batch job in one ``generate``: their windows and prompts stacked (prompts of different
+        lengths padded, the padding masked), each answer the one :meth:`run` gives its call alone. Calls that differ
+        in their token limit are answered one at a time. A batch too large for the GPU is split (``in_batches``)."""
+        if not calls:
+            return []
+        for call in calls:
+            self.check_task(call.task)
+        self.ensure_loaded()
+        if len({call.options.max_new_tokens for call in calls}) > 1:
+            return super().run_batch(calls)
+        return self.in_batches(calls, self._run_together)
+
+    def _run_together(self, calls: Sequence[BackendCall]) -> list[BackendResult]:
+        if len(calls) == 1:
+            return [self.run(calls[0])]
+        prompts = [self._task_prompt(call) for call in calls]
+        inputs = self.processor(
+            text=[task + phrase for task, phrase in prompts],
+            images=[np.asarray(call.images[0]) for call in calls],
+            return_tensors="pt",
+            padding=True,
+        )
+        rows = self._generate(inputs, calls[0], cancel=AnyCancel(calls))
+        if any(call.cancel.is_set() for call in calls):
+            raise cancelled(self)
+        pad = self.processor.tokenizer.pad_token_id
+        return [
+            self._answer(call, row[row != pad] if pad is not None else row, phrase)
+            for call, row, (_, phrase) in zip(calls, rows, prompts)
+        ]
+
+    def _answer(self, call: BackendCall, new_tokens: torch.Tensor, phrase: str) -> BackendResult:
+        """The result of ``call`` from the decoder's tokens."""
         raw = self.processor.batch_decode(new_tokens[None], skip_special_tokens=False)[0]
-        height, width = image.shape[:2]
+        height, width = call.images[0].shape[:2]
         if call.task is Task.CAPTION:
             return BackendResult(text=_SPECIAL.sub("", raw).strip())
         if call.task is Task.GROUND:
@@ -140,8 +182,11 @@ class Florence2Backend(Backend):
             return DETECTION, ""
         return GROUNDING, phrase
 
-    def _generate(self, inputs: dict[str, torch.Tensor], call: BackendCall) -> torch.Tensor:
-        """Generation with the checkpoint's settings (beam search); returns the decoder's tokens."""
+    def _generate(
+        self, inputs: dict[str, torch.Tensor], call: BackendCall, cancel: StoppingCriteria | None = None
+    ) -> torch.Tensor:
+        """Generation with the checkpoint's settings (beam search); returns the decoder's tokens: one row for one
+        window, a batch x tokens tensor (shorter answers padded) for several."""
         length = int(inputs["input_ids"].shape[1])
         if length > self.context:
             raise ProtocolError(
@@ -156,9 +201,9 @@ class Florence2Backend(Backend):
                 **inputs,
                 max_new_tokens=min(call.options.max_new_tokens, self.context - 1),
                 do_sample=False,
-                stopping_criteria=StoppingCriteriaList([CancelCriteria(call.cancel)]),
+                stopping_criteria=StoppingCriteriaList([cancel or CancelCriteria(call.cancel)]),
             )
-        return output[0].cpu()
+        return output[0].cpu() if output.shape[0] == 1 else output.cpu()
 
     def _parse_boxes(self, text: str, window: boxes.Size, phrase: str) -> list[Detection]:
         """``<loc_N>`` boxes as window-pixel detections; unlabelled ones take ``phrase``.
@@ -182,6 +227,17 @@ class Florence2Backend(Backend):
         box = (float(cols.min()), float(rows.min()), float(cols.max() + 1), float(rows.max() + 1))
         label = next((p.label for p in polygons if p.label), phrase)
         return [Detection(kind=FeatureKind.MASK, label=label, score=1.0, box=box, mask=mask)]
+
+
+class AnyCancel(StoppingCriteria):
+    """Stops a batched ``generate`` at the next token once any of its calls is cancelled."""
+
+    def __init__(self, calls: Sequence[BackendCall]):
+        self.events = list({id(call.cancel): call.cancel for call in calls}.values())
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: object) -> torch.BoolTensor:
+        stop = any(event.is_set() for event in self.events)
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
 
 def polygon_mask(rings: list[tuple[tuple[float, float], ...]], window: boxes.Size) -> np.ndarray:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import struct
 import threading
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from transformers import LogitsProcessor, StoppingCriteria
 from rs_assistant.core.protocol import ErrorCode, ProtocolError
 from rs_assistant.engine.backends.base import Backend
 from rs_assistant.engine.backends.decoding import LENGTH, STOP, Decoding, TextWatch
-from rs_assistant.engine.device import attn_implementation, torch_dtype
+from rs_assistant.engine.device import attn_implementation, free_memory_bytes, gib, torch_dtype
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,8 @@ def checkpoint_folder(
 
 def load_model(backend: Backend, model_class: type, path: Path) -> Any:
     """``model_class.from_pretrained(path)`` from local files only, in the engine's dtype and attention, on its
-    device."""
+    device (refused first, with the memory it needs and the memory there is, when it cannot fit)."""
+    check_memory(backend, weight_files(path))
     try:
         model = model_class.from_pretrained(
             path,
@@ -80,6 +82,72 @@ def load_model(backend: Backend, model_class: type, path: Path) -> Any:
     except Exception as exc:  # transformers raises many types; all mean the same to the caller
         raise load_failed(backend, path, exc) from exc
     return model.to(backend.device).eval()
+
+
+def weight_files(path: Path) -> list[Path]:
+    """The weights files transformers reads from a checkpoint folder: its ``*.safetensors``, else its ``*.bin``."""
+    for pattern in WEIGHT_PATTERNS:
+        files = sorted(path.glob(pattern))
+        if files:
+            return files
+    return []
+
+
+#: What running a model takes beyond its weights (activations, caches, the framework's own buffers), as a share of
+#: the weights: a model whose weights alone fill the memory would fail on its first request.
+RUN_MARGIN = 0.2
+_FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"})
+_DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2}
+
+
+def weights_bytes(files: Iterable[Path], dtype: torch.dtype) -> int:
+    """The bytes the weights in ``files`` take once loaded in ``dtype`` (floating tensors cast to it, others as
+    stored). A ``*.safetensors`` file is measured from its header (each tensor's dtype and shape); any other file
+    (``*.bin``, ``*.pt``) counts its size on disk."""
+    size = torch.empty((), dtype=dtype).element_size()
+    total = 0
+    for file in files:
+        if file.suffix != ".safetensors":
+            total += file.stat().st_size
+            continue
+        with open(file, "rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            if length > file.stat().st_size - 8:
+                raise ValueError(f"{file.name} is not a safetensors file (its header would be {length} bytes)")
+            header = json.loads(handle.read(length))
+        for name, entry in header.items():
+            if name == "__metadata__":
+                continue
+            count = math.prod(entry["shape"])
+            stored = entry["dtype"]
+            total += count * (size if stored in _FLOAT_DTYPES else _DTYPE_BYTES.get(stored, 1))
+    return total
+
+
+def check_memory(backend: Backend, files: Iterable[Path]) -> None:
+    """Refuses to load weights that cannot fit the device's free memory (MODEL_LOAD_FAILED naming both figures),
+    rather than letting the load, or the first job, crash out of memory half way. Nothing is checked where the
+    free memory cannot be told."""
+    files = list(files)
+    try:
+        needed = weights_bytes(files, torch_dtype(backend.device))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, struct.error) as exc:
+        log.warning(
+            "model '%s': could not size its weights (%s); loading without a memory check", backend.model_name, exc
+        )
+        return
+    needed = int(needed * (1 + RUN_MARGIN))
+    free = free_memory_bytes(backend.device)
+    if free is None or needed <= free:
+        return
+    dtype = str(torch_dtype(backend.device)).replace("torch.", "")
+    where = "GPU memory" if backend.device.startswith("cuda") else "memory"
+    raise ProtocolError(
+        ErrorCode.MODEL_LOAD_FAILED,
+        f"model '{backend.model_name}' needs about {gib(needed)} of {where} on {backend.device} (its weights in "
+        f"{dtype}, plus {RUN_MARGIN:.0%} to run), but only {gib(free)} is free there: close other programs or "
+        "models, choose a smaller model, or run it on a device with more memory",
+    )
 
 
 def load_failed(backend: Backend, path: Path, exc: BaseException) -> ProtocolError:

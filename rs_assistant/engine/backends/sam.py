@@ -6,6 +6,7 @@ Models file::
     backend = "sam"
     path = "/models/sam-vit-base"      # a transformers SAM or SAM 2 folder, e.g. facebook/sam-vit-base
     box_batch_size = 16                # optional: boxes decoded per forward pass
+    embedding_cache = 4                # optional: windows whose image embedding is kept (0: none)
 
 The folder is what ``SamModel.save_pretrained`` and ``SamProcessor.save_pretrained`` write:
 ``config.json`` (model_type "sam"), the weights (``model.safetensors`` or ``pytorch_model.bin``,
@@ -33,7 +34,11 @@ Two ways in:
   mask feature; the engine then drops those under ``options.score_threshold``, as for any
   ``segment``. A box prompt with no area inside the window is refused (BAD_REQUEST).
 
-The image runs through the vision encoder once; the boxes go through the prompt encoder and the
+The image runs through the vision encoder once, and its embedding is kept for the last
+``embedding_cache`` windows (keyed by their pixels), so that every later prompt on the same window
+(the next turn of a chat, the boxes a grounding model found, a second box drawn) costs only the
+prompt encoder and the mask decoder, a few milliseconds, instead of the encoder's seconds on a CPU;
+the boxes go through the prompt encoder and the
 mask decoder in chunks of ``box_batch_size``, checking for cancellation between chunks. SAM is
 asked for a single mask per box (``multimask_output=False``), as its authors do for box prompts:
 a box is not ambiguous the way a single click is. The score is the mask decoder's predicted IoU,
@@ -44,11 +49,13 @@ then resized to the window's own size, so they line up pixel for pixel with the 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
 import threading
-from collections.abc import Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,7 +66,7 @@ from transformers import Sam2Model, SamModel, SamProcessor
 
 from rs_assistant.core.protocol import ErrorCode, FeatureKind, ProtocolError, Task
 from rs_assistant.engine.backends.base import Backend, BackendCall, BackendResult, Detection
-from rs_assistant.engine.backends.hf import load_failed
+from rs_assistant.engine.backends.hf import check_memory, load_failed, weight_files
 from rs_assistant.engine.device import attn_implementation, torch_dtype
 
 log = logging.getLogger(__name__)
@@ -81,6 +88,7 @@ WEIGHT_FILES = (
 )
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 DEFAULT_BOX_BATCH_SIZE = 16
+DEFAULT_EMBEDDING_CACHE = 4
 
 _NUMBER = r"\s*(-?\d+(?:\.\d+)?)\s*"
 BOX_RE = re.compile(r"\[" + ",".join([_NUMBER] * 4) + r"\]")
@@ -119,6 +127,7 @@ class SamBackend(Backend):
         path = self.local_path()
         model_type = _check_folder(self.model_name, path)
         dtype = torch_dtype(self.device)
+        check_memory(self, weight_files(path))
         try:
             if model_type in SAM2_TYPES:
                 self.processor = None
@@ -137,6 +146,11 @@ class SamBackend(Backend):
         self.model.to(self.device).eval()
         self.dtype = dtype
         self.box_batch_size = _positive_int(self.model_name, self.config, "box_batch_size", DEFAULT_BOX_BATCH_SIZE)
+        self.embedding_cache_size = _positive_int(
+            self.model_name, self.config, "embedding_cache", DEFAULT_EMBEDDING_CACHE, minimum=0
+        )
+        self.embeddings: OrderedDict[bytes, Any] = OrderedDict()
+        self.encoder_runs = 0  # how many windows went through the vision encoder (the rest came from the cache)
         kind = "SAM 2" if self.sam2 is not None else "SAM"
         log.info("loaded %s '%s' from %s on %s (%s)", kind, self.model_name, path, self.device, dtype)
 
@@ -205,7 +219,7 @@ class SamBackend(Backend):
         masks: list[np.ndarray] = []
         scores: list[float] = []
         with torch.inference_mode():
-            embeddings = self.model.get_image_embeddings(inputs["pixel_values"].to(self.device, self.dtype))
+            embeddings = self._embedding(image, lambda: inputs["pixel_values"])
             for start in range(0, len(boxes), self.box_batch_size):
                 if cancel is not None and cancel.is_set():
                     raise ProtocolError(ErrorCode.CANCELLED, "segmentation was cancelled")
@@ -219,19 +233,34 @@ class SamBackend(Backend):
                 scores.extend(out.iou_scores[0, :, 0].float().clamp(0.0, 1.0).cpu().tolist())
         return masks, scores
 
+    def _embedding(self, image: np.ndarray, pixels: Callable[[], torch.Tensor]) -> Any:
+        """The vision encoder's output for ``image`` (``pixels()``: its model input), from the cache when the same
+        window was seen lately."""
+        key = hashlib.blake2b(np.ascontiguousarray(image).data, digest_size=16, person=str(image.shape).encode()[:16])
+        digest = key.digest()
+        if digest in self.embeddings:
+            self.embeddings.move_to_end(digest)
+            return self.embeddings[digest]
+        embedding = self.model.get_image_embeddings(pixels().to(self.device, self.dtype))
+        self.encoder_runs += 1
+        if self.embedding_cache_size:
+            self.embeddings[digest] = embedding
+            while len(self.embeddings) > self.embedding_cache_size:
+                self.embeddings.popitem(last=False)
+        return embedding
+
     def _segment_sam2(
         self, image: np.ndarray, boxes: Sequence[Box], cancel: threading.Event | None
     ) -> tuple[list[np.ndarray], list[float]]:
         """SAM 2: the same answer as ``_segment``, with Sam2ImageProcessor's steps done here."""
         assert self.sam2 is not None
         height, width = image.shape[:2]
-        pixels = self.sam2.pixels(image).to(self.device, self.dtype)
         scale = torch.tensor([self.sam2.prompt_size / width, self.sam2.prompt_size / height] * 2, dtype=torch.float32)
         prompts = torch.tensor([list(b) for b in boxes], dtype=torch.float32) * scale
         masks: list[np.ndarray] = []
         scores: list[float] = []
         with torch.inference_mode():
-            embeddings = self.model.get_image_embeddings(pixels)
+            embeddings = self._embedding(image, lambda: self.sam2.pixels(image))  # type: ignore[union-attr]
             for start in range(0, len(boxes), self.box_batch_size):
                 if cancel is not None and cancel.is_set():
                     raise ProtocolError(ErrorCode.CANCELLED, "segmentation was cancelled")
@@ -314,10 +343,9 @@ def _check_folder(model_name: str, path: Path) -> str:
     return str(model_type)
 
 
-def _positive_int(model_name: str, config: Mapping[str, Any], key: str, default: int) -> int:
+def _positive_int(model_name: str, config: Mapping[str, Any], key: str, default: int, minimum: int = 1) -> int:
     value = config.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ProtocolError(
-            ErrorCode.MODEL_LOAD_FAILED, f"model '{model_name}': {key} must be a positive integer, got {value!r}"
-        )
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ProtocolError(ErrorCode.MODEL_LOAD_FAILED, f"model '{model_name}': {key} must be {what}, got {value!r}")
     return value
