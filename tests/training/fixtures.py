@@ -69,7 +69,9 @@ def write_karpathy(
                 "sentids": [2 * i, 2 * i + 1],
             }
         )
-    write_json(root / f"dataset_{name}.json", {"images": images, "dataset": name})
+    # UCM-Captions and Sydney-Captions are released as dataset.json; RSICD and RSITMD as dataset_<name>.json
+    annotation = "dataset.json" if name in ("ucm", "sydney") else f"dataset_{name}.json"
+    write_json(root / annotation, {"images": images, "dataset": name})
     return root
 
 

@@ -70,6 +70,17 @@ def test_karpathy_splits_captions_and_lazy_images(tmp_path, name, image_dir, ext
     assert len(KarpathyCaptions(root, None)) == 5
 
 
+def test_karpathy_finds_the_released_annotation_names(tmp_path):
+    ucm = fixtures.write_karpathy(tmp_path / "UCM_captions", "ucm", "imgs", ".tif")
+    assert (ucm / "dataset.json").is_file() and len(KarpathyCaptions(ucm, "train")) == 3
+    # RSICD's release keeps its file in annotations_rsicd/ next to RSICD_images/
+    rsicd = fixtures.write_karpathy(tmp_path / "RSICD")
+    (rsicd / "annotations_rsicd").mkdir()
+    (rsicd / "dataset_rsicd.json").rename(rsicd / "annotations_rsicd" / "dataset_rsicd.json")
+    data = KarpathyCaptions(rsicd, "test")
+    assert data.annotation.parent.name == "annotations_rsicd" and data[0].image_path.parent.name == "RSICD_images"
+
+
 def test_karpathy_transform_and_dataloader(tmp_path):
     root = fixtures.write_karpathy(tmp_path)
     data = KarpathyCaptions(root, "train", transform=lambda s: torch.tensor(np.asarray(s.image())).float().mean())

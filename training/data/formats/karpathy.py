@@ -1,7 +1,9 @@
 """Karpathy-style caption files: RSICD, UCM-Captions, Sydney-Captions, RSITMD.
 
-Each data set ships one ``dataset_<name>.json`` (Karpathy's split format, as first used for
-COCO/Flickr) next to a folder of images::
+Each data set ships one Karpathy-format caption file (the split format first used for COCO/Flickr)
+next to a folder of images: ``dataset_rsicd.json`` (RSICD; its release keeps it in
+``annotations_rsicd/``), ``dataset_RSITMD.json``, and ``dataset.json`` for UCM-Captions and
+Sydney-Captions::
 
     {"images": [{"filename": "airport_1.jpg", "imgid": 0, "split": "train",
                  "sentences": [{"raw": "many planes ...", "tokens": ["many", "planes", ...],
@@ -97,15 +99,24 @@ def image_entries(document: Any, source: Path, expected: str = EXPECTED) -> list
     return document["images"]
 
 
+ANNOTATION_PATTERNS = ("dataset_*.json", "dataset.json", "annotations*/dataset_*.json")
+
+
 def find_annotation(root: Path) -> Path:
-    """The single ``dataset_*.json`` in ``root``."""
+    """The caption file in ``root``: ``dataset_*.json`` (RSICD, RSITMD), else ``dataset.json`` (UCM-Captions and
+    Sydney-Captions are released as ``UCM_captions/dataset.json``, ``Sydney_captions/dataset.json``), else
+    ``annotations_*/dataset_*.json`` (RSICD's release: ``annotations_rsicd/dataset_rsicd.json``)."""
     if not root.is_dir():
         raise DataFormatError(f"{root}: no such folder; expected a folder with a dataset_*.json caption file")
-    found = sorted(root.glob("dataset_*.json"))
+    found: list[Path] = []
+    for pattern in ANNOTATION_PATTERNS:
+        found = sorted(root.glob(pattern))
+        if found:
+            break
     if not found:
         raise DataFormatError(
-            f"{root}: no dataset_*.json (folder holds {listing(root)}); expected a "
-            f"Karpathy-style caption file such as dataset_rsicd.json"
+            f"{root}: no dataset_*.json (folder holds {listing(root)}); expected a Karpathy-style caption file "
+            f"such as dataset_rsicd.json, dataset.json (UCM/Sydney) or annotations_rsicd/dataset_rsicd.json"
         )
     if len(found) > 1:
         raise DataFormatError(
@@ -135,7 +146,10 @@ class KarpathyCaptions(SampleDataset[CaptionSample]):
         self.annotation = Path(annotation) if annotation is not None else find_annotation(self.root)
         document = read_json(self.annotation, EXPECTED)
         entries = image_entries(document, self.annotation)
-        self.name = str(document.get("dataset", self.annotation.stem.removeprefix("dataset_")))
+        default_name = (
+            self.annotation.stem.removeprefix("dataset_") if self.annotation.stem != "dataset" else self.root.name
+        )
+        self.name = str(document.get("dataset", default_name))
         where = lambda i: f"{self.annotation.name} image {i}"  # noqa: E731
         splits = [field(e, "split", str, where(i), EXPECTED) for i, e in enumerate(entries)]
         wanted = select_splits(split, splits, self.annotation)
