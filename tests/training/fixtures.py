@@ -438,6 +438,7 @@ def write_skyscript(root: Path, name: str = "SkyScript_train_top30pct_filtered_b
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["filepath", "title", "title_multi_objects"])
     writer.writerows(SKYSCRIPT_ROWS)
+    root.mkdir(parents=True, exist_ok=True)
     (root / name).write_text(buffer.getvalue(), encoding="utf-8")
     for filepath, *_ in SKYSCRIPT_ROWS:
         write_image(root / filepath)

@@ -609,3 +609,57 @@ def test_rswk_release_converts_to_the_rag_folder(tmp_path):
     (src / "ori_data_train.json").write_text(json.dumps(records), encoding="utf-8")
     with pytest.raises(DataFormatError, match=r"ori_data_train\.json record 1: .* no 'image_name' string"):
         convert_rswk(src / "ori_data_train.json", src / "images", tmp_path / "rag2", {})
+
+
+# --- every loader, pointed at another data set's files ------------------------------------------------
+
+
+def _all_fixtures(root: Path) -> dict[str, Path]:
+    """Each fixture's folder (or file, for the loaders that read one file)."""
+    return {
+        "karpathy": fixtures.write_karpathy(root / "rsicd"),
+        "levir": fixtures.write_levir_cc(root / "levir"),
+        "second": fixtures.write_second_cc(root / "second"),
+        "dior": fixtures.write_dior_rsvg(root / "dior"),
+        "rsvqa": fixtures.write_rsvqa(root / "rsvqa"),
+        "geochat": fixtures.write_geochat(root / "geochat"),
+        "coco": fixtures.write_coco_masks(root / "coco"),
+        "skyscript": fixtures.write_skyscript(root / "skyscript"),
+        "rswk": fixtures.write_rswk(root / "rswk") / "ori_data_train.json",
+    }
+
+
+def test_every_loader_refuses_every_other_layout_with_a_format_error(tmp_path):
+    """A folder or file in another data set's layout gives one DataFormatError naming a file or folder of it,
+    never a KeyError or TypeError from deep inside."""
+    from training.data.formats.knowledge import read_passages
+
+    found = _all_fixtures(tmp_path)
+    folder = {k: (v if v.is_dir() else v.parent) for k, v in found.items()}
+    files = {k: v for k, v in found.items() if v.is_file()}
+    files.update(
+        karpathy=folder["karpathy"] / "dataset_rsicd.json",
+        levir=folder["levir"] / "LevirCCcaptions.json",
+        rsvqa=folder["rsvqa"] / "LR_split_train_questions.json",
+    )
+    folder_loaders = {
+        "karpathy": KarpathyCaptions,
+        "levir": lambda p: LevirCC(p, None),
+        "second": lambda p: SecondCC(p, None),
+        "dior": DiorRSVG,
+        "rsvqa": RSVQA,
+        "rag": read_passages,
+    }
+    file_loaders = {
+        "geochat": lambda p: GeoChatInstruct(p, p.parent / "images"),
+        "coco": lambda p: CocoMasks(p, p.parent / "images"),
+        "skyscript": lambda p: SkyScript(p, p.parent),
+    }
+    cases = [(name, loader, path) for name, loader in folder_loaders.items() for k, path in folder.items() if k != name]
+    cases += [(name, loader, path) for name, loader in file_loaders.items() for k, path in files.items() if k != name]
+    for name, loader, path in cases:
+        with pytest.raises(DataFormatError) as error:
+            loader(path)
+        message = str(error.value)
+        assert path.name in message or str(path) in message, (name, path, message)
+        assert "expected" in message, (name, path, message)
