@@ -185,3 +185,15 @@ def test_acc_at_iou_conventions_pixel_inclusive_and_clamping():
     assert metrics.accuracy_at_iou([(-20, 0, 10, 10)], [(0, 0, 10, 10)]) == 0.0
     assert metrics.accuracy_at_iou([(-20, 0, 10, 10)], [(0, 0, 10, 10)], image_sizes=[(10, 10)]) == 1.0
     assert metrics.accuracy_at_iou([(0, 0, 10, 5)], [(0, 0, 10, 10)]) == 1.0  # exactly 0.5 counts (>=)
+
+
+def test_image_text_retrieval_with_texts_shared_by_several_images():
+    # SkyScript de-duplicates texts: text 0 describes images 0 and 1, text 1 image 2.
+    sim = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])  # images x texts
+    out = metrics.image_text_retrieval(sim, [{0, 1}, 2], ks=(1,))
+    # image 0 ranks text 1 first (miss), image 1 text 0 (hit), image 2 text 1 (hit)
+    assert out["i2t_R@1"] == pytest.approx(2 / 3)
+    # text 0 ranks image 1 first (one of its two: hit); text 1 ranks image 0 first (miss)
+    assert out["t2i_R@1"] == pytest.approx(1 / 2)
+    with pytest.raises(ValueError, match="for text 1"):
+        metrics.image_text_retrieval(sim, [0, set()])

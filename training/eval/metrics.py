@@ -333,24 +333,30 @@ def recall_at_k(
 
 
 def image_text_retrieval(
-    similarity: np.ndarray, text_image: Sequence[int], ks: Sequence[int] = (1, 5, 10)
+    similarity: np.ndarray, text_image: Sequence[int | set[int]], ks: Sequence[int] = (1, 5, 10)
 ) -> dict[str, float]:
     """Cross-modal retrieval as RSICD/RSITMD papers (and GeoRSCLIP) report it.
 
     ``similarity`` is images x texts; ``text_image[j]`` is the image that text j describes (each image
-    has several texts). Text retrieval (an image queries the texts, a hit when any of its own texts
-    is in the top K) gives ``i2t_R@K``; image retrieval (a text queries the images) gives ``t2i_R@K``;
-    ``mR`` is the mean of all six recalls (the papers' "mean recall", also written mR or R_mean).
+    has several texts), or the set of images it describes when texts were de-duplicated, as
+    SkyScript's retrieval notebook does (``text2img_path``). Text retrieval (an image queries the
+    texts, a hit when any of its own texts is in the top K) gives ``i2t_R@K``; image retrieval (a text
+    queries the images, a hit when any of its images is in the top K) gives ``t2i_R@K``; ``mR`` is the
+    mean of all six recalls (GeoRSCLIP's "retrieval-mean-recall", also written mR or R_mean).
     """
     sim = np.asarray(similarity, dtype=np.float64)
-    owners = np.asarray(text_image, dtype=np.int64)
+    owners = [set(int(i) for i in o) if isinstance(o, (set, frozenset, list, tuple)) else {int(o)} for o in text_image]
     if sim.ndim != 2 or sim.shape[1] != len(owners):
         raise ValueError(f"similarity {sim.shape} does not match {len(owners)} texts")
-    if len(owners) and (owners.min() < 0 or owners.max() >= sim.shape[0]):
-        raise ValueError(f"text_image names images outside 0..{sim.shape[0] - 1}")
-    texts_of = [set(np.flatnonzero(owners == i).tolist()) for i in range(sim.shape[0])]
+    outside = [j for j, o in enumerate(owners) if not o or min(o) < 0 or max(o) >= sim.shape[0]]
+    if outside:
+        raise ValueError(f"text_image names images outside 0..{sim.shape[0] - 1} (or none) for text {outside[0]}")
+    texts_of: list[set[int]] = [set() for _ in range(sim.shape[0])]
+    for j, images in enumerate(owners):
+        for i in images:
+            texts_of[i].add(j)
     i2t = recall_at_k(sim, texts_of, ks)
-    t2i = recall_at_k(sim.T, owners.tolist(), ks)
+    t2i = recall_at_k(sim.T, owners, ks)
     out = {f"i2t_R@{k}": i2t[f"R@{k}"] for k in ks}
     out.update({f"t2i_R@{k}": t2i[f"R@{k}"] for k in ks})
     out["mR"] = float(np.mean([out[f"{d}_R@{k}"] for d in ("i2t", "t2i") for k in ks]))
