@@ -197,3 +197,10 @@ def test_image_text_retrieval_with_texts_shared_by_several_images():
     assert out["t2i_R@1"] == pytest.approx(1 / 2)
     with pytest.raises(ValueError, match="for text 1"):
         metrics.image_text_retrieval(sim, [0, set()])
+
+
+def test_rsvqa_overall_and_average_accuracy():
+    # 3 presence questions (all right) and 1 count question (wrong): OA = 3/4, AA = (1 + 0) / 2
+    preds, answers = ["yes", "no", "yes", "5"], ["yes", "no", "yes", "between 1 and 10"]
+    out = metrics.rsvqa_accuracies(preds, answers, ["presence", "presence", "presence", "count"])
+    assert out == {"OA": 0.75, "AA": 0.5, "count": 0.0, "presence": 1.0}

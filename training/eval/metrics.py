@@ -299,6 +299,21 @@ def vqa_accuracy(
     return out
 
 
+def rsvqa_accuracies(
+    predictions: Sequence[str], answers: Sequence[str], question_types: Sequence[str]
+) -> dict[str, float]:
+    """RSVQA's two headline numbers (syvlo/RSVQA ``train.py``): ``OA``, the share of questions answered
+    right, and ``AA``, the mean of the per-type accuracies (so a rare type weighs as much as a common
+    one), plus each type's accuracy. Answers are compared as :func:`vqa_accuracy` compares them.
+
+    The authors divide the sum by 4 (LR: presence, comp, count, rural_urban; HR: presence, comp,
+    count, area); here the mean is over the types present, the same when all four are.
+    """
+    out = vqa_accuracy(predictions, answers, question_types)
+    per_type = {k.removeprefix("accuracy_"): v for k, v in out.items() if k.startswith("accuracy_")}
+    return {"OA": out["accuracy"], "AA": float(np.mean(list(per_type.values()))), **per_type}
+
+
 def binary_accuracy(predictions: Sequence[bool], targets: Sequence[bool]) -> float:
     """E.g. changed/unchanged accuracy for change captioning."""
     if len(predictions) != len(targets) or not targets:
