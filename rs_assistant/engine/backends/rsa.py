@@ -72,7 +72,7 @@ from transformers import LogitsProcessorList, StoppingCriteriaList
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from rs_assistant.core.protocol import ErrorCode, FeatureKind, ProtocolError, Task
-from rs_assistant.engine.backends import boxes
+from rs_assistant.engine.backends import boxes, rsa_changes, rsa_instances
 from rs_assistant.engine.backends.base import Backend, BackendCall, BackendResult, Detection
 from rs_assistant.engine.backends.hf import (
     CancelCriteria,
@@ -181,8 +181,13 @@ class RSABackend(Backend):
         then one mask-decoder pass for every [SEG] of the group."""
         self.ensure_loaded()
         groups: dict[tuple, list[int]] = {}
+        results: list[BackendResult] = [BackendResult()] * len(calls)
         for index, call in enumerate(calls):
             self.check_task(call.task)
+            answered = self._every_object(call)
+            if answered is not None:
+                results[index] = answered
+                continue
             history = tuple(call.history) if call.task is Task.CHAT else ()
             watched = call.watch if call.watch.wants_updates else None  # a watched answer is generated alone
             key = (
@@ -195,11 +200,65 @@ class RSABackend(Backend):
                 watched,
             )
             groups.setdefault(key, []).append(index)
-        results: list[BackendResult] = [BackendResult()] * len(calls)
         for indices in groups.values():
             for index, result in zip(indices, self._run_group([calls[i] for i in indices])):
                 results[index] = result
         return results
+
+    def _every_object(self, call: BackendCall) -> BackendResult | None:
+        """The answer to a class-level request, read off the class head's map (rsa_instances): "find the buildings"
+        and "segment all trees" give one box or mask per object, "how many cars are there?" the count of the
+        objects it draws, and a short noun of no class the model knows says which classes it knows. None for any
+        other request (a referring expression, a class of areas such as fields, a model without a class head)."""
+        config = self.model.config
+        if call.task not in (Task.GROUND, Task.SEGMENT, Task.CHAT) or len(call.images) != 1:
+            return None
+        if not config.class_aware_masks or not config.class_names:
+            return None
+        counting = call.task is Task.CHAT
+        if counting and not rsa_instances.is_count_question(call.prompt):
+            return None
+        phrase = call.prompt if counting else boxes.target_phrase(call.prompt)
+        request = rsa_instances.class_request(phrase, config.class_names, config.class_nouns)
+        if request is None:
+            noun = rsa_instances.unknown_noun(phrase)
+            if len(noun.split()) > 2:  # a longer phrase may describe a known object in other words: the model reads it
+                return None
+            return BackendResult(text=rsa_instances.unknown_class_text(noun, config.class_names))
+        name = str(config.class_names[request.cls])
+        if not request.every or name not in rsa_instances.CROP_SIDE:
+            return None
+        image = call.images[0]
+        probabilities = rsa_instances.class_probabilities(
+            image, rsa_instances.CROP_SIDE[name], lambda crops: self._crop_probabilities(crops, call.cancel)
+        )
+        found = rsa_instances.instances(probabilities, request.cls)
+        capped = len(found) > rsa_instances.MAX_OBJECTS
+        found = found[: rsa_instances.MAX_OBJECTS]
+        single = rsa_instances.singular(name)
+        kind = FeatureKind.MASK if call.task is Task.SEGMENT else FeatureKind.BOX
+        detections = [
+            Detection(kind, single, i.score, box=i.box, mask=i.mask if kind is FeatureKind.MASK else None,
+                      one_object=True)
+            for i in found
+        ]  # fmt: skip
+        drawn = sum(d.score >= call.options.score_threshold for d in detections)  # the count is of what is drawn
+        say = rsa_instances.count_text if counting else rsa_instances.found_text
+        return BackendResult(text=say(drawn, single, name, capped), detections=detections)
+
+    def _crop_probabilities(self, crops: Sequence[np.ndarray], cancel: threading.Event) -> list[torch.Tensor]:
+        """Each crop's class probabilities ``[classes, h, w]``, the crops read as windows of their own."""
+        out = []
+        for start in range(0, len(crops), SEARCH_BATCH):
+            if cancel.is_set():
+                raise cancelled(self)
+            part = crops[start : start + SEARCH_BATCH]
+            with torch.inference_mode():
+                pixels = self.processor.pixel_values(list(part))
+                visual = self.model.encode_images(pixels.to(self.device, self.model.dtype))
+                for sample, crop in enumerate(part):
+                    out.append(ClassRegions(self.model, visual, sample, crop.shape[:2], crop).probabilities())
+        return out
 
     def _prompt_ids(self, call: BackendCall) -> list[int]:
         """The call's prompt as ids, refused (PROMPT_TOO_LONG) when it leaves the context no room to answer; a long
@@ -561,12 +620,31 @@ class RSABackend(Backend):
             return BackendResult(text=answer.text, detections=detections)
         probability = self._change_probability(generated.visual, generated.sample)
         changed = probability >= self.model.config.change_threshold
-        text = f"{'changed' if changed else 'unchanged'} ({probability:.0%})" + (
-            f": {answer.text}" if answer.text else ""
-        )
+        told = self._told_changes(call, generated) if changed else ""
+        said = told or answer.text
+        text = f"{'changed' if changed else 'unchanged'} ({probability:.0%})" + (f": {said}" if said else "")
         if changed:
             detections += self._masks(answer, generated, window, FeatureKind.CHANGE, "change", score=probability)
         return BackendResult(text=text, detections=detections)
+
+    def _told_changes(self, call: BackendCall, generated: _Generated) -> str:
+        """What changed, where and how much, in words (rsa_changes), from the change head's per-pixel map and the
+        class maps of both dates; "" for a model without those heads or when no patch is large enough."""
+        config, visual = self.model.config, generated.visual
+        if visual.change_pixel_logits is None or not config.class_aware_masks or not config.class_names:
+            return ""
+        height, width = call.images[0].shape[:2]
+        logits = visual.change_pixel_logits[generated.sample][None, None].float()
+        probability = torch.sigmoid(F.interpolate(logits, size=(height, width), mode="bilinear")[0, 0])
+        changed = probability > rsa_changes.PIXEL_THRESHOLD
+        if not bool(changed.any()):
+            return ""
+        side = rsa_instances.CROP_SIDE[rsa_changes.BUILDINGS]
+        before, after = (
+            rsa_instances.class_probabilities(image, side, lambda crops: self._crop_probabilities(crops, call.cancel))
+            for image in call.images[:2]
+        )
+        return rsa_changes.text(rsa_changes.describe(changed, before, after, config.class_names))
 
     def _box_score(self, located: LocatedPhrase, generated: _Generated) -> float:
         """Mean over the box's four loc tokens of the probability within one bin of the bin written."""
