@@ -1,0 +1,173 @@
+"""python -m training.eval.descriptions --model resources/models/rsa-default [--split test] [--count 100] [--out FILE]
+
+Whether the built-in model's words say what is there, through the engine's own ``rsa`` backend:
+
+- **captions** of ``count`` scenes: BLEU-4 and CIDEr against the scene's five captions, and the share of the
+  scene's main classes (each over 10% of its pixels) the caption names, by any of its nouns
+  (:data:`CLASS_WORDS`);
+- **change answers** of ``count`` pairs (every other one changed): the changed/unchanged accuracy, the share of
+  answers whose text agrees with their verdict (a changed one says what changed, an unchanged one says
+  nothing changed or nothing), and BLEU-4 / CIDEr of the text after the verdict against the pair's change
+  captions (an unchanged pair's "No change." included).
+
+Every figure is also given per GSD band. Prints the tables and writes the figures as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from rs_assistant.core.protocol import Options, Task
+from rs_assistant.engine.backends.base import BackendCall
+from rs_assistant.engine.backends.rsa import RSABackend
+from training.data.synthetic import generate_pair, generate_scene, split_seeds
+from training.eval.metrics import caption_scores
+from training.eval.rsa import GSD_BANDS, gsd_band
+
+log = logging.getLogger(__name__)
+
+#: The words that name each class of the Synthetic Earth in a caption (class id -> words; singular and plural).
+CLASS_WORDS: dict[int, tuple[str, ...]] = {
+    1: ("building", "house", "apartment", "warehouse", "barn", "shed", "roof", "home"),
+    2: ("road", "street", "track", "lane", "highway"),
+    3: ("parking", "car park"),
+    4: ("vehicle", "car", "truck"),
+    5: ("tank", "silo"),
+    6: ("tree",),
+    7: ("forest", "wood"),
+    8: ("grass", "meadow", "lawn", "park"),
+    9: ("field", "crop", "farmland"),
+    10: ("water", "pond", "lake", "river", "pool"),
+    11: ("bare soil", "soil", "bare ground", "sand"),
+}
+MAIN_SHARE = 0.1
+NAMING_GOAL = 0.8
+AGREEMENT_GOAL = 0.95
+_NO_CHANGE = re.compile(r"\b(no change|nothing has changed|without any changes|unchanged|have changed)\b")
+
+
+def main_classes(class_map: np.ndarray, share: float = MAIN_SHARE) -> list[int]:
+    """The classes (ids, not the ground) each covering more than ``share`` of a scene's pixels."""
+    counts = np.bincount(class_map.ravel(), minlength=len(CLASS_WORDS) + 1) / class_map.size
+    return [c for c in CLASS_WORDS if counts[c] > share]
+
+
+def names(caption: str, cls: int) -> bool:
+    """Whether ``caption`` names class ``cls`` by one of its words."""
+    text = caption.lower()
+    return any(re.search(rf"\b{re.escape(word)}", text) for word in CLASS_WORDS[cls])
+
+
+def agrees(changed: bool, text: str) -> bool:
+    """Whether a change answer's text (after the verdict) agrees with the verdict ``changed``: a changed pair's
+    text says what changed (not that nothing did), an unchanged pair's says nothing changed or nothing."""
+    says_none = bool(_NO_CHANGE.search(text.lower()))
+    return bool(text.strip()) and not says_none if changed else (not text.strip() or says_none)
+
+
+def evaluate(model: Path, split: str = "test", count: int = 100, size: int = 512, threads: int = 2) -> dict:
+    """The figures (see the module's doc) of checkpoint folder ``model`` on ``count`` scenes and pairs of ``split``."""
+    torch.set_num_threads(threads)
+    backend = RSABackend("eval", {"path": str(model)}, device="cuda" if torch.cuda.is_available() else "cpu")
+    backend.ensure_loaded()
+    groups: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    started = time.perf_counter()
+    for seed in tqdm(split_seeds(split, count), desc=f"captions ({split})", dynamic_ncols=True):
+        scene = generate_scene(seed, size=size)
+        call = BackendCall(task=Task.CAPTION, images=[scene.image], options=Options())
+        caption = backend.run(call).text
+        named = [names(caption, c) for c in main_classes(scene.class_map)]
+        for group in ("all", gsd_band(scene.gsd)):
+            groups[group]["caption_refs"].append((str(seed), list(scene.captions), caption))
+            groups[group]["named"] += named
+    for seed in tqdm(split_seeds(split, count), desc=f"change pairs ({split})", dynamic_ncols=True):
+        pair = generate_pair(seed, size=size, changed=seed % 2 == 1)
+        call = BackendCall(task=Task.CHANGE, images=[pair.before.image, pair.after.image], options=Options())
+        verdict, _, text = backend.run(call).text.partition(": ")
+        changed = verdict.startswith("changed")
+        for group in ("all", gsd_band(pair.before.gsd)):
+            groups[group]["change_refs"].append((str(seed), list(pair.captions), text))
+            groups[group]["correct"].append(changed == pair.changed)
+            groups[group]["agrees"].append(agrees(changed, text))
+    results: dict = {"model": str(model), "split": split, "count": count, "size": size}
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    for group in ["all", *(name for name, _, _ in GSD_BANDS)]:
+        rows = groups.get(group)
+        if not rows:
+            continue
+        figures: dict[str, float | int] = {"scenes": len(rows["caption_refs"]), "pairs": len(rows["change_refs"])}
+        if rows["caption_refs"]:
+            refs = {key: r for key, r, _ in rows["caption_refs"]}
+            said = {key: c for key, _, c in rows["caption_refs"]}
+            scores = caption_scores(refs, said, metrics=("BLEU", "CIDEr"))
+            figures |= {"caption_BLEU-4": scores["Bleu_4"], "caption_CIDEr": scores["CIDEr"]}
+            figures["caption_names_main_classes"] = float(np.mean(rows["named"])) if rows["named"] else float("nan")
+        if rows["change_refs"]:
+            refs = {key: r for key, r, _ in rows["change_refs"]}
+            said = {key: t for key, _, t in rows["change_refs"]}
+            scores = caption_scores(refs, said, metrics=("BLEU", "CIDEr"))
+            figures |= {"change_BLEU-4": scores["Bleu_4"], "change_CIDEr": scores["CIDEr"]}
+            figures["change_accuracy"] = float(np.mean(rows["correct"]))
+            figures["change_text_agrees"] = float(np.mean(rows["agrees"]))
+        results[group] = figures
+    return results
+
+
+def table(results: dict) -> str:
+    """Every group's figures (``all`` and the GSD bands), with the goals."""
+    keys = (
+        "caption_BLEU-4",
+        "caption_CIDEr",
+        "caption_names_main_classes",
+        "change_BLEU-4",
+        "change_CIDEr",
+        "change_accuracy",
+        "change_text_agrees",
+    )
+    goals = {"caption_CIDEr": 1.0, "caption_names_main_classes": NAMING_GOAL, "change_text_agrees": AGREEMENT_GOAL}
+    groups = ["all", *(name for name, _, _ in GSD_BANDS if name in results)]
+    lines = [f"{'metric':<28}" + "".join(f"{g:>11}" for g in groups) + "   goal", "-" * (36 + 11 * len(groups))]
+    for key in keys:
+        cells = "".join(f"{float(results[g].get(key, float('nan'))):>11.3f}" for g in groups)
+        goal = goals.get(key)
+        status = "" if goal is None else f">={goal:g} {'met' if results['all'][key] >= goal else 'not met'}"
+        lines.append(f"{key:<28}{cells}   {status}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.eval.descriptions", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=Path("resources/models/rsa-default"))
+    parser.add_argument("--split", default="test", choices=("train", "val", "test"))
+    parser.add_argument("--count", type=int, default=100, help="scenes, and as many pairs (default 100)")
+    parser.add_argument("--size", type=int, default=512, help="window side in pixels (default 512)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--out", type=Path, default=None, help="JSON file (default out/eval/MODEL_SPLIT_descriptions.json)"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.count < 1:
+        parser.error("--count must be at least 1")
+    results = evaluate(args.model, args.split, args.count, args.size, args.threads)
+    print(table(results))
+    out = args.out or Path("out/eval") / f"{args.model.name}_{args.split}_descriptions.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    print(f"written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
