@@ -512,24 +512,26 @@ class AssistantController(QObject):
             return text
         turn = self.conversation.get(turn_id)
         what = _singular(route.prompt) if drawn == 1 else route.prompt
+        # Nothing drawn: the model's own words may say why ("This model does not know helicopters. It can find...").
+        why = not drawn and text.strip() not in ("", "nothing found")
         if route.intent in (Intent.COUNT, Intent.GROUND, Intent.SEGMENT) and route.prompt.startswith("the "):
-            did, keep = self.tr("Looked for {what}: {count} found").format(what=route.prompt, count=drawn), False
+            did, keep = self.tr("Looked for {what}: {count} found").format(what=route.prompt, count=drawn), why
         elif route.intent is Intent.COUNT:
-            did, keep = self.tr("Counted {count} {what}").format(count=drawn, what=what), False
+            did, keep = self.tr("Counted {count} {what}").format(count=drawn, what=what), why
         elif route.intent is Intent.GROUND:
             did = (
                 self.tr("Found {count} {what}").format(count=drawn, what=what)
                 if drawn
                 else self.tr("Found no {what}").format(what=route.prompt)
             )
-            keep = False
+            keep = why
         elif route.intent is Intent.SEGMENT:
             did = (
                 self.tr("Outlined {what}: {count} polygon(s)").format(count=drawn, what=route.prompt)
                 if drawn
                 else self.tr("Found no {what} to outline").format(what=route.prompt)
             )
-            keep = False
+            keep = why
         elif route.intent is Intent.CAPTION:
             did, keep = self.tr("Described the region"), True
         elif route.intent is Intent.CHANGE and len(turn.layer_names) == 2:

@@ -47,6 +47,7 @@ def test_touching_objects_are_split_at_their_neck_and_a_thin_bar_stays_one():
         ("the largest building", 1, False),
         ("the pond left of the road", 10, False),
         ("building", 1, False),
+        ("the water", 10, False),  # an everyday word for a class (the router's synonyms): not an unknown class
     ],
 )
 def test_a_prompt_names_its_class_and_whether_it_wants_every_object(phrase, cls, every):

@@ -731,7 +731,7 @@ def test_a_class_mask_bar_takes_the_pixels_where_a_small_class_is_likely_but_not
     assert run(backend, Task.SEGMENT, "segment the trees").detections == []
     model.config.class_mask_bars = {"trees": 0.2}
     (det,) = run(backend, Task.SEGMENT, "segment the trees").detections
-    assert det.label == "trees" and det.mask[:, :38].all() and not det.mask[:, 42:].any()
+    assert det.label == "tree" and det.mask[:, :38].all() and not det.mask[:, 42:].any()  # one object: the left half
     with pytest.raises(StrictDataclassClassValidationError, match="class_mask_bars"):
         RSAConfig.from_dict({**model.config.to_dict(), "class_mask_bars": {"shrubs": 0.2}})
     with pytest.raises(StrictDataclassClassValidationError, match="class_mask_bars"):
@@ -839,7 +839,10 @@ def test_class_region_masks_take_the_whole_class_region_the_decoded_mask_lands_o
     assert not region.mask[:, : width // 2 - 2].any()
     blob["at"] = (half // 2, half + half // 2)  # top right: no building there
     assert run(backend, Task.SEGMENT, "segment the largest house").text == "nothing found"
-    everything = run(scripted("buildings [SEG]"), Task.SEGMENT, "segment the buildings").detections[0].mask
+    # the class's name: every object of it, each its own mask (rsa_instances)
+    everything = np.logical_or.reduce(
+        [d.mask for d in run(scripted("buildings [SEG]"), Task.SEGMENT, "segment the buildings").detections]
+    )
     assert (
         everything[: height // 2 - 2, : width // 2 - 2].all() and everything[height // 2 + 2 :, width // 2 + 2 :].all()
     )
@@ -1007,8 +1010,8 @@ def test_region_selector_leaves_answers_of_several_objects_and_class_names_alone
     boxes = sorted(d.box for d in run(backend, Task.GROUND, "find the houses").detections)
     assert boxes == [pytest.approx((0.0, 0.0, 40.0, 24.0), abs=1.0), pytest.approx((40.0, 24.0, 80.0, 48.0), abs=1.0)]
     backend, _ = two_buildings("buildings [SEG]")
-    (mask,) = run(backend, Task.SEGMENT, "segment the buildings").detections
-    assert mask.mask[:22, :38].all() and mask.mask[26:, 42:].all() and asked == []
+    first, second = sorted(run(backend, Task.SEGMENT, "segment the buildings").detections, key=lambda d: d.box)
+    assert first.mask[:22, :38].all() and second.mask[26:, 42:].all() and asked == []  # one mask per building
 
 
 def test_candidates_join_a_broken_building_and_separate_the_roads_of_a_grid():

@@ -209,7 +209,8 @@ class RSABackend(Backend):
         """The answer to a class-level request, read off the class head's map (rsa_instances): "find the buildings"
         and "segment all trees" give one box or mask per object, "how many cars are there?" the count of the
         objects it draws, and a short noun of no class the model knows says which classes it knows. None for any
-        other request (a referring expression, a class of areas such as fields, a model without a class head)."""
+        other request (a referring expression, a class of areas such as fields, a model without a class head). A
+        class's pixels are those where it is the most probable class, or reaches its ``class_mask_bars``."""
         config = self.model.config
         if call.task not in (Task.GROUND, Task.SEGMENT, Task.CHAT) or len(call.images) != 1:
             return None
@@ -222,7 +223,7 @@ class RSABackend(Backend):
         request = rsa_instances.class_request(phrase, config.class_names, config.class_nouns)
         if request is None:
             noun = rsa_instances.unknown_noun(phrase)
-            if len(noun.split()) > 2:  # a longer phrase may describe a known object in other words: the model reads it
+            if not rsa_instances.asks_for_a_class(noun):  # "the thing", "the red roof by the road": the model reads it
                 return None
             return BackendResult(text=rsa_instances.unknown_class_text(noun, config.class_names))
         name = str(config.class_names[request.cls])
@@ -232,7 +233,7 @@ class RSABackend(Backend):
         probabilities = rsa_instances.class_probabilities(
             image, rsa_instances.CROP_SIDE[name], lambda crops: self._crop_probabilities(crops, call.cancel)
         )
-        found = rsa_instances.instances(probabilities, request.cls)
+        found = rsa_instances.instances(probabilities, request.cls, (config.class_mask_bars or {}).get(name))
         capped = len(found) > rsa_instances.MAX_OBJECTS
         found = found[: rsa_instances.MAX_OBJECTS]
         single = rsa_instances.singular(name)

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from rs_assistant.engine.router import SYNONYMS  # everyday nouns for the built-in model's classes
+
 #: Classes counted object by object, and the side of the crops their map is read in (window pixels). Small
 #: objects need the closer look; the other classes (roads, fields, forests...) are areas, answered by one mask.
 CROP_SIDE: Mapping[str, int] = {"buildings": 256, "storage tanks": 256, "vehicles": 128, "trees": 128}
@@ -45,23 +47,6 @@ CORE_DEPTH = 0.5
 #: The most objects one answer draws; a count beyond it is given as a lower bound.
 MAX_OBJECTS = 1000
 
-#: Everyday nouns for the classes, beyond the model's own (its config's ``class_nouns``).
-SYNONYMS: Mapping[str, str] = {
-    "car": "vehicles",
-    "truck": "vehicles",
-    "van": "vehicles",
-    "bus": "vehicles",
-    "lorry": "vehicles",
-    "tank": "storage tanks",
-    "oil tank": "storage tanks",
-    "house": "buildings",
-    "home": "buildings",
-    "roof": "buildings",
-    "rooftop": "buildings",
-    "structure": "buildings",
-    "tree crown": "trees",
-    "crown": "trees",
-}
 _ALL = re.compile(r"\b(all|every|each|any)\b( of)?( the)?\s*", re.IGNORECASE)
 _COUNT = re.compile(r"^\s*(how many|count|number of|count the|count all)\b\s*(of\s+)?(the\s+)?", re.IGNORECASE)
 _COUNT_TAIL = re.compile(r"\s*\b(are|is)\b.*$|\s*\b(there|in|on|within|here)\b.*$", re.IGNORECASE)
@@ -130,6 +115,13 @@ def class_request(phrase: str, class_names: Sequence[str], class_nouns: Mapping[
 def is_count_question(prompt: str) -> bool:
     """Whether ``prompt`` asks how many of something there are ("How many trees are there?", "count the cars")."""
     return bool(_COUNT.match(" ".join(prompt.lower().split())))
+
+
+def asks_for_a_class(noun: str) -> bool:
+    """Whether a noun of no known class asks for a class of objects: one or two words ending in a plural
+    ("helicopters", "wind turbines"), not a description of one thing ("the thing", "the red roof by the road")."""
+    words = noun.split()
+    return 0 < len(words) <= 2 and singular(words[-1]) != words[-1]
 
 
 def unknown_noun(phrase: str) -> str:
@@ -290,11 +282,16 @@ class Instance:
         return int(self.mask.sum())
 
 
-def instances(probabilities: torch.Tensor, cls: int, min_pixels: int = MIN_PIXELS) -> list[Instance]:
+def instances(
+    probabilities: torch.Tensor, cls: int, bar: float | None = None, min_pixels: int = MIN_PIXELS
+) -> list[Instance]:
     """The objects of class ``cls`` in the window whose class probabilities are ``probabilities [classes, H, W]``:
-    the pixels where it is the most probable class, split (:func:`split_regions`), largest first; regions under
-    ``min_pixels`` are left out."""
-    inside = (probabilities.argmax(dim=0) == cls).cpu().numpy()
+    the pixels where it is the most probable class (or its probability reaches ``bar``), split
+    (:func:`split_regions`), largest first; regions under ``min_pixels`` are left out."""
+    inside = probabilities.argmax(dim=0) == cls
+    if bar is not None:
+        inside |= probabilities[cls] >= bar
+    inside = inside.cpu().numpy()
     labels = split_regions(inside)
     count = int(labels.max())
     if not count:
@@ -328,9 +325,9 @@ def count_text(count: int, noun_singular: str, noun_plural: str, capped: bool) -
 
 
 def found_text(count: int, noun_singular: str, noun_plural: str, capped: bool) -> str:
-    """The answer to a class-level find or segment: "13 buildings", "1 building", "no trees found"."""
+    """The answer to a class-level find or segment: "13 buildings", "1 building", "nothing found" (as for any find)."""
     if capped:
         return f"at least {count} {noun_plural} (only the {count} largest are drawn)"
     if count == 0:
-        return f"no {noun_plural} found"
+        return "nothing found"
     return f"1 {noun_singular}" if count == 1 else f"{count} {noun_plural}"
