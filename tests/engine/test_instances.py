@@ -170,3 +170,16 @@ def test_a_changed_pair_is_described_not_only_given_a_verdict(backend):
     verdict, _, said = ask(backend, Task.CHANGE, [pair.before.image, pair.after.image]).text.partition(": ")
     assert verdict.startswith("changed")
     assert re.search(r"(built|demolished|cut down|cleared|flooded|new road)", said), said
+
+
+def test_objects_under_the_class_count_bar_are_left_out(backend, scene):
+    config = backend.model.config
+    before = config.count_bars
+    try:
+        config.count_bars = None
+        every = ask(backend, Task.GROUND, [scene.image], "find the buildings", threshold=0.0).detections
+        config.count_bars = {"buildings": 0.8}
+        kept = ask(backend, Task.GROUND, [scene.image], "find the buildings", threshold=0.0).detections
+    finally:
+        config.count_bars = before
+    assert kept and len(kept) == sum(d.score >= 0.8 for d in every) < len(every)

@@ -1,4 +1,4 @@
-"""python -m training.eval.descriptions --model resources/models/rsa-default [--split test] [--count 100] [--out FILE]
+"""python -m training.eval.descriptions --model FOLDER [--split test] [--count 100] [--pairs N] [--out FILE]
 
 Whether the built-in model's words say what is there, through the engine's own ``rsa`` backend:
 
@@ -76,8 +76,11 @@ def agrees(changed: bool, text: str) -> bool:
     return bool(text.strip()) and not says_none if changed else (not text.strip() or says_none)
 
 
-def evaluate(model: Path, split: str = "test", count: int = 100, size: int = 512, threads: int = 2) -> dict:
-    """The figures (see the module's doc) of checkpoint folder ``model`` on ``count`` scenes and pairs of ``split``."""
+def evaluate(
+    model: Path, split: str = "test", count: int = 100, size: int = 512, threads: int = 2, pairs: int | None = None
+) -> dict:
+    """The figures (see the module's doc) of checkpoint folder ``model`` on ``count`` scenes and ``pairs`` pairs
+    (default: as many as scenes) of ``split``."""
     torch.set_num_threads(threads)
     backend = RSABackend("eval", {"path": str(model)}, device="cuda" if torch.cuda.is_available() else "cpu")
     backend.ensure_loaded()
@@ -91,7 +94,8 @@ def evaluate(model: Path, split: str = "test", count: int = 100, size: int = 512
         for group in ("all", gsd_band(scene.gsd)):
             groups[group]["caption_refs"].append((str(seed), list(scene.captions), caption))
             groups[group]["named"] += named
-    for seed in tqdm(split_seeds(split, count), desc=f"change pairs ({split})", dynamic_ncols=True):
+    pairs = count if pairs is None else pairs
+    for seed in tqdm(split_seeds(split, pairs) if pairs else [], desc=f"change pairs ({split})", dynamic_ncols=True):
         pair = generate_pair(seed, size=size, changed=seed % 2 == 1)
         call = BackendCall(task=Task.CHANGE, images=[pair.before.image, pair.after.image], options=Options())
         verdict, _, text = backend.run(call).text.partition(": ")
@@ -139,6 +143,8 @@ def table(results: dict) -> str:
     groups = ["all", *(name for name, _, _ in GSD_BANDS if name in results)]
     lines = [f"{'metric':<28}" + "".join(f"{g:>11}" for g in groups) + "   goal", "-" * (36 + 11 * len(groups))]
     for key in keys:
+        if key not in results["all"]:
+            continue
         cells = "".join(f"{float(results[g].get(key, float('nan'))):>11.3f}" for g in groups)
         goal = goals.get(key)
         status = "" if goal is None else f">={goal:g} {'met' if results['all'][key] >= goal else 'not met'}"
@@ -151,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, default=Path("resources/models/rsa-default"))
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
     parser.add_argument("--count", type=int, default=100, help="scenes, and as many pairs (default 100)")
+    parser.add_argument("--pairs", type=int, default=None, help="change pairs (default: as many as scenes; 0: none)")
     parser.add_argument("--size", type=int, default=512, help="window side in pixels (default 512)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
@@ -160,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.count < 1:
         parser.error("--count must be at least 1")
-    results = evaluate(args.model, args.split, args.count, args.size, args.threads)
+    results = evaluate(args.model, args.split, args.count, args.size, args.threads, args.pairs)
     print(table(results))
     out = args.out or Path("out/eval") / f"{args.model.name}_{args.split}_descriptions.json"
     out.parent.mkdir(parents=True, exist_ok=True)

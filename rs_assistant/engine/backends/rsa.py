@@ -210,7 +210,8 @@ class RSABackend(Backend):
         and "segment all trees" give one box or mask per object, "how many cars are there?" the count of the
         objects it draws, and a short noun of no class the model knows says which classes it knows. None for any
         other request (a referring expression, a class of areas such as fields, a model without a class head). A
-        class's pixels are those where it is the most probable class, or reaches its ``class_mask_bars``."""
+        class's pixels are those where it is the most probable class, or reaches its ``class_mask_bars``; objects
+        scored under the class's ``count_bars`` are left out."""
         config = self.model.config
         if call.task not in (Task.GROUND, Task.SEGMENT, Task.CHAT) or len(call.images) != 1:
             return None
@@ -234,6 +235,8 @@ class RSABackend(Backend):
             image, rsa_instances.CROP_SIDE[name], lambda crops: self._crop_probabilities(crops, call.cancel)
         )
         found = rsa_instances.instances(probabilities, request.cls, (config.class_mask_bars or {}).get(name))
+        least = float((config.count_bars or {}).get(name, 0.0))
+        found = [i for i in found if i.score >= least]  # weaker ones are noise (calibrated for count accuracy)
         capped = len(found) > rsa_instances.MAX_OBJECTS
         found = found[: rsa_instances.MAX_OBJECTS]
         single = rsa_instances.singular(name)

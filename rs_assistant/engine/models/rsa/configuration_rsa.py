@@ -188,6 +188,11 @@ class RSAConfig(PreTrainedConfig):
     # most probable class (small classes the head rarely wins outright). Chosen per class on the
     # validation split (training.eval.calibrate); a class without a bar keeps the most probable pixels.
     class_mask_bars: dict | None = None
+    # Class name -> the least score (mean class probability over its pixels) of an object answered for a
+    # class-level request ("find the buildings", "how many tanks?"; engine/backends/rsa_instances.py);
+    # weaker ones are dropped as noise. Chosen per class on the validation split for count accuracy
+    # (training.eval.calibrate_counts); a class without a bar keeps every object.
+    count_bars: dict | None = None
     # The class refiner (a guided upsampling of that head's map, as CascadePSP refines a coarse
     # segmentation with the image): a few convolutions over the window's colours at
     # ``class_refine_size`` pixels a side, with the head's logits and pixel features upsampled to
@@ -313,6 +318,11 @@ class RSAConfig(PreTrainedConfig):
             or not all(0 < float(b) <= 1 for b in self.class_mask_bars.values())
         ):
             raise ValueError(f"class_mask_bars {self.class_mask_bars} must map class_names to probabilities in (0, 1]")
+        if self.count_bars and (
+            set(self.count_bars) - set(self.class_names or ())
+            or not all(0 <= float(b) < 1 for b in self.count_bars.values())
+        ):
+            raise ValueError(f"count_bars {self.count_bars} must map class_names to scores in [0, 1)")
         if self.class_nouns and not all(0 <= int(c) < max(self.num_aux_classes, 1) for c in self.class_nouns.values()):
             raise ValueError(f"class_nouns name class ids outside 0..{self.num_aux_classes - 1}")
         if self.num_location_bins < 2:
