@@ -70,19 +70,35 @@ def average_precision(hits: Sequence[tuple[float, bool]], truths: int) -> float:
 def match(found: Sequence[tuple[float, object]], truths: Sequence[object], iou) -> list[tuple[float, bool]]:
     """``(score, matched)`` for each answer, best score first, each matched to the unmatched truth it overlaps most
     at ``iou(answer, truth) >= 0.5`` (COCO's greedy matching)."""
-    used: set[int] = set()
+    ranked = sorted(found, key=lambda f: -f[0])
+    overlaps = np.array([[iou(answer, truth) for truth in truths] for _, answer in ranked]).reshape(len(ranked), -1)
+    return match_matrix([score for score, _ in ranked], overlaps)
+
+
+def match_matrix(scores: Sequence[float], overlaps: np.ndarray) -> list[tuple[float, bool]]:
+    """:func:`match` for answers already ranked by ``scores`` (best first), given their IoU with every truth
+    (``overlaps [answers, truths]``)."""
+    used = np.zeros(overlaps.shape[1], bool)
     out = []
-    for score, answer in sorted(found, key=lambda f: -f[0]):
-        best, chosen = 0.5, None
-        for index, truth in enumerate(truths):
-            if index in used:
-                continue
-            overlap = iou(answer, truth)
-            if overlap >= best:
-                best, chosen = overlap, index
-        if chosen is not None:
-            used.add(chosen)
-        out.append((score, chosen is not None))
+    for score, row in zip(scores, overlaps):
+        row = np.where(used, -1.0, row)
+        chosen = int(row.argmax()) if row.size else -1
+        hit = chosen >= 0 and row[chosen] >= 0.5
+        if hit:
+            used[chosen] = True
+        out.append((score, hit))
+    return out
+
+
+def mask_overlaps(masks: Sequence[np.ndarray], instance_map: np.ndarray, ids: Sequence[int]) -> np.ndarray:
+    """``[masks, ids]``: the IoU of each mask with each object ``ids`` of ``instance_map``, from the instance ids under
+    each mask (one pass over each mask, not one per pair)."""
+    sizes = np.bincount(instance_map.ravel(), minlength=int(instance_map.max()) + 1)
+    out = np.zeros((len(masks), len(ids)))
+    for row, mask in enumerate(masks):
+        under = np.bincount(instance_map[mask], minlength=len(sizes))
+        inter = under[list(ids)]
+        out[row] = inter / np.maximum(mask.sum() + sizes[list(ids)] - inter, 1)
     return out
 
 
@@ -133,8 +149,9 @@ def evaluate(model: Path, split: str = "test", count: int = 100, size: int = 512
             box_hits = match(found, [o.box for o in objects], box_iou)
             served = match([f for f in found if f[0] >= SERVED_THRESHOLD], [o.box for o in objects], box_iou)
             _, masks = ask(Task.SEGMENT, scene.image, f"segment the {name}")
-            found_masks = [(d.score, d.mask) for d in masks if d.mask is not None]
-            mask_hits = match(found_masks, [scene.mask(o.id) for o in objects], mask_iou)
+            found_masks = sorted(((d.score, d.mask) for d in masks if d.mask is not None), key=lambda f: -f[0])
+            overlaps = mask_overlaps([m for _, m in found_masks], scene.instance_map, [o.id for o in objects])
+            mask_hits = match_matrix([score for score, _ in found_masks], overlaps)
             union = np.logical_or.reduce([m for _, m in found_masks]) if found_masks else np.zeros_like(scene.class_map)
             for row in rows:
                 row["box_hits"] += box_hits
