@@ -119,8 +119,9 @@ def build_folder(name: str, cache: Path, device: str) -> Path:
     else:
         from transformers import AutoConfig
 
-        config_dict = _merge(config_dict, real)
         config_dict.pop("architectures", None)
+        config_dict.get("text_config", {}).pop("layer_types", None)  # the tiny model's, one per layer
+        config_dict = _merge(config_dict, real)
         config = AutoConfig.for_model(**config_dict)
         model_class = {
             "florence2": "Florence2ForConditionalGeneration",

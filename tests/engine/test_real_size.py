@@ -21,6 +21,7 @@ from rs_assistant.engine.backends import hf
 from rs_assistant.engine.backends.base import Backend, BackendCall, BackendResult
 from rs_assistant.engine.backends.clip import ClipBackend
 from rs_assistant.engine.backends.florence2 import Florence2Backend
+from rs_assistant.engine.backends.qwen2_5_vl import Qwen25VLBackend
 from rs_assistant.engine.backends.sam import SamBackend
 from rs_assistant.engine.registry import ModelSpec, Registry
 
@@ -65,6 +66,29 @@ def test_florence2_batch_answers_as_one_at_a_time(tiny_florence2_path: Path) -> 
     batched = backend.run_batch(calls)
     assert answers(batched) == answers(one_by_one)
     assert any(r.detections for r in batched)  # the comparison covers features, not only texts
+
+
+def test_qwen2_5_vl_batch_answers_as_one_at_a_time(tiny_qwen_path: Path) -> None:
+    backend = Qwen25VLBackend("q", {"path": str(tiny_qwen_path)}, "cpu")
+    cancel = threading.Event()
+    images = windows(3, seed=5) + [np.random.default_rng(9).integers(0, 256, (90, 60, 3), dtype=np.uint8)]
+    prompts = [
+        (Task.CAPTION, ""),
+        (Task.GROUND, "storage tanks"),
+        (Task.CAPTION, "Describe the roads."),
+        (Task.GROUND, ""),
+    ]
+    calls = [
+        BackendCall(task=task, images=[image], prompt=prompt, options=Options(max_new_tokens=12), cancel=cancel)
+        for (task, prompt), image in zip(prompts, images)
+    ]  # different prompts and image sizes: prompts of different lengths, padded on the left
+    one_by_one = [backend.run(call) for call in calls]
+    batched = backend.run_batch(calls)
+    assert answers(batched) == answers(one_by_one)
+    assert [(r.prompt_tokens, r.completion_tokens, r.finish_reason) for r in batched] == [
+        (r.prompt_tokens, r.completion_tokens, r.finish_reason) for r in one_by_one
+    ]
+    assert len({r.prompt_tokens for r in batched}) > 1  # the batch really was padded
 
 
 def test_florence2_batch_stops_when_cancelled(tiny_florence2_path: Path) -> None:

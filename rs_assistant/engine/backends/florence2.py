@@ -47,7 +47,14 @@ from transformers import (
 from rs_assistant.core.protocol import ErrorCode, FeatureKind, ProtocolError, Task
 from rs_assistant.engine.backends import boxes
 from rs_assistant.engine.backends.base import Backend, BackendCall, BackendResult, Detection
-from rs_assistant.engine.backends.hf import CancelCriteria, cancelled, checkpoint_folder, load_failed, load_model
+from rs_assistant.engine.backends.hf import (
+    AnyCancel,
+    CancelCriteria,
+    cancelled,
+    checkpoint_folder,
+    load_failed,
+    load_model,
+)
 
 log = logging.getLogger(__name__)
 
@@ -227,17 +234,6 @@ class Florence2Backend(Backend):
         box = (float(cols.min()), float(rows.min()), float(cols.max() + 1), float(rows.max() + 1))
         label = next((p.label for p in polygons if p.label), phrase)
         return [Detection(kind=FeatureKind.MASK, label=label, score=1.0, box=box, mask=mask)]
-
-
-class AnyCancel(StoppingCriteria):
-    """Stops a batched ``generate`` at the next token once any of its calls is cancelled."""
-
-    def __init__(self, calls: Sequence[BackendCall]):
-        self.events = list({id(call.cancel): call.cancel for call in calls}.values())
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: object) -> torch.BoolTensor:
-        stop = any(event.is_set() for event in self.events)
-        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
 
 def polygon_mask(rings: list[tuple[tuple[float, float], ...]], window: boxes.Size) -> np.ndarray:

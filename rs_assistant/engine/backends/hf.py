@@ -169,6 +169,17 @@ class CancelCriteria(StoppingCriteria):
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
+class AnyCancel(StoppingCriteria):
+    """Stops a batched ``generate`` at the next token once any of its calls is cancelled."""
+
+    def __init__(self, calls: Sequence[Any]):
+        self.events = list({id(call.cancel): call.cancel for call in calls}.values())
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: object) -> torch.BoolTensor:
+        stop = any(event.is_set() for event in self.events)
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+
+
 #: A text longer than this many times a tokenizer's longest token per token of room cannot fit it, whatever its
 #: tokens (normalisation can join up to about 3 characters into one; 4 leaves a margin): refused untokenized.
 CHARS_PER_TOKEN_BOUND = 4

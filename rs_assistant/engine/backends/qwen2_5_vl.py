@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -50,6 +51,7 @@ from rs_assistant.engine.backends import boxes
 from rs_assistant.engine.backends.base import Backend, BackendCall, BackendResult, Detection
 from rs_assistant.engine.backends.hf import (
     CHARS_PER_TOKEN_BOUND,
+    AnyCancel,
     WatchCriteria,
     cancelled,
     checkpoint_folder,
@@ -140,6 +142,69 @@ class Qwen25VLBackend(Backend):
         new_tokens = self._generate(prepared, call)
         if call.cancel.is_set():
             raise cancelled(self)
+        return self._result(call, prepared, new_tokens)
+
+    def run_batch(self, calls: Sequence[BackendCall]) -> list[BackendResult]:
+        """The tiles of a batch job (caption or ground, one image each, greedy) in one ``generate``: their prompts
+        padded on the left to one length (the padding masked, the positions taken from the mask as transformers
+        does), each answer the one :meth:`run` gives its call alone. Other calls are answered one at a time; a
+        batch too large for the GPU is split (``in_batches``)."""
+        if not calls:
+            return []
+        for call in calls:
+            self.check_task(call.task)
+        self.ensure_loaded()
+        together = all(
+            call.task in (Task.CAPTION, Task.GROUND)
+            and len(call.images) == 1
+            and call.decoding.greedy
+            and not call.watch.wants_updates
+            for call in calls
+        )
+        if not together or len({call.options.max_new_tokens for call in calls}) > 1:
+            return super().run_batch(calls)
+        return self.in_batches(calls, self._run_together)
+
+    def _run_together(self, calls: Sequence[BackendCall]) -> list[BackendResult]:
+        if len(calls) == 1:
+            return [self.run(calls[0])]
+        prepared = [self._prepare(call) for call in calls]
+        limits = {self._max_new_tokens(p, call) for p, call in zip(prepared, calls)}
+        if len(limits) > 1 or min(limits) < 1:  # the context, not the request, limits one of them: alone
+            return [self.run(call) for call in calls]
+        length = max(p.length for p in prepared)
+        pad = self.model.generation_config.pad_token_id
+        pad = pad if isinstance(pad, int) else self.tokenizer.pad_token_id or 0
+
+        def left(key: str, value: int) -> torch.Tensor:
+            return torch.cat(
+                [torch.nn.functional.pad(p.inputs[key], (length - p.length, 0), value=value) for p in prepared]
+            )
+
+        inputs = {
+            "input_ids": left("input_ids", pad),
+            "attention_mask": left("attention_mask", 0),
+            "mm_token_type_ids": left("mm_token_type_ids", 0),
+            "pixel_values": torch.cat([p.inputs["pixel_values"] for p in prepared]),
+            "image_grid_thw": torch.cat([p.inputs["image_grid_thw"] for p in prepared]),
+        }
+        with torch.inference_mode():
+            output = self.model.generate(
+                **inputs,
+                max_new_tokens=limits.pop(),
+                do_sample=False,
+                stopping_criteria=StoppingCriteriaList([AnyCancel(calls)]),
+            )
+        if any(call.cancel.is_set() for call in calls):
+            raise cancelled(self)
+        rows = output[:, length:].cpu()
+        return [
+            self._result(call, p, torch.tensor(written_tokens(row.tolist(), self._eos), dtype=row.dtype))
+            for call, p, row in zip(calls, prepared, rows)
+        ]
+
+    def _result(self, call: BackendCall, prepared: Prepared, new_tokens: torch.Tensor) -> BackendResult:
+        """The answer of ``call`` from the tokens the model wrote."""
         text = self._text(new_tokens.tolist())
         if call.task is not Task.GROUND:
             written = written_tokens(new_tokens.tolist(), self._eos)
