@@ -251,17 +251,42 @@ class RSABackend(Backend):
         return BackendResult(text=say(drawn, single, name, capped), detections=detections)
 
     def _crop_probabilities(self, crops: Sequence[np.ndarray], cancel: threading.Event) -> list[torch.Tensor]:
-        """Each crop's class probabilities ``[classes, h, w]``, the crops read as windows of their own."""
-        out = []
+        """Each crop's class probabilities ``[classes, h, w]``, the crops read as windows of their own: what
+        ClassRegions.probabilities gives for one window, computed for a batch of crops at once (one encoder,
+        decoder and refiner pass, the pixel features shared by the class head and the refiner)."""
+        model, out = self.model, []
         for start in range(0, len(crops), SEARCH_BATCH):
             if cancel.is_set():
                 raise cancelled(self)
-            part = crops[start : start + SEARCH_BATCH]
+            part = list(crops[start : start + SEARCH_BATCH])
             with torch.inference_mode():
-                pixels = self.processor.pixel_values(list(part))
-                visual = self.model.encode_images(pixels.to(self.device, self.model.dtype))
-                for sample, crop in enumerate(part):
-                    out.append(ClassRegions(self.model, visual, sample, crop.shape[:2], crop).probabilities())
+                if all(crop.shape == part[0].shape for crop in part):  # the usual case: one resize for all
+                    rgb = (
+                        torch.from_numpy(np.ascontiguousarray(np.stack(part)[..., :3])).permute(0, 3, 1, 2).float()
+                        / 255
+                    )
+                    pixels = self.processor.preprocess_batch(rgb)
+                else:
+                    rgb, pixels = None, self.processor.pixel_values(part)
+                visual = model.encode_images(pixels.to(self.device, model.dtype))
+                features = model.mask_decoder.pixel_features(visual.mask_features, visual.mask_detail)
+                logits = model.mask_decoder.classify_pixels(features)
+                if model.class_refiner is not None:
+                    side = model.config.class_refine_size
+                    colours = (
+                        F.interpolate(rgb, size=(side, side), mode="area")
+                        if rgb is not None
+                        else torch.cat([_window_rgb(crop, side, "cpu") for crop in part])
+                    )
+                    logits = model.refine_class_logits(logits, features, colours.to(features.device, features.dtype))
+                if rgb is not None:
+                    out += list(
+                        torch.softmax(F.interpolate(logits.float(), size=part[0].shape[:2], mode="bilinear"), 1)
+                    )
+                else:
+                    for crop, row in zip(part, logits.float()):
+                        resized = F.interpolate(row[None], size=crop.shape[:2], mode="bilinear")[0]
+                        out.append(torch.softmax(resized, dim=0))
         return out
 
     def _prompt_ids(self, call: BackendCall) -> list[int]:
@@ -753,6 +778,13 @@ class _MaskLogits:
             for sample, logits in more
         ]
         return _MaskLogits(*(torch.cat([part[i] for part in parts]) for i in range(3)))
+
+
+def _window_rgb(image: np.ndarray, side: int, device: torch.device | str) -> torch.Tensor:
+    """``[1, 3, side, side]``: a window's colours in [0, 1], area-averaged to ``side`` pixels a side (as the class
+    refiner reads them: ClassRegions.window_rgb)."""
+    rgb = torch.from_numpy(np.ascontiguousarray(image[..., :3])).to(device).permute(2, 0, 1)[None].float() / 255
+    return F.interpolate(rgb, size=(side, side), mode="area")
 
 
 def _names(items: Iterable[object]) -> str:
