@@ -253,7 +253,7 @@ class RSABackend(Backend):
     def _crop_probabilities(self, crops: Sequence[np.ndarray], cancel: threading.Event) -> list[torch.Tensor]:
         """Each crop's class probabilities ``[classes, h, w]``, the crops read as windows of their own: what
         ClassRegions.probabilities gives for one window, computed for a batch of crops at once (one encoder,
-        decoder and refiner pass, the pixel features shared by the class head and the refiner)."""
+        decoder and refiner pass)."""
         model, out = self.model, []
         for start in range(0, len(crops), SEARCH_BATCH):
             if cancel.is_set():
@@ -269,9 +269,9 @@ class RSABackend(Backend):
                 else:
                     rgb, pixels = None, self.processor.pixel_values(part)
                 visual = model.encode_images(pixels.to(self.device, model.dtype))
-                features = model.mask_decoder.pixel_features(visual.mask_features, visual.mask_detail)
-                logits = model.mask_decoder.classify_pixels(features)
+                logits = model.mask_decoder.pixel_class_logits(visual.mask_features, visual.mask_detail)
                 if model.class_refiner is not None:
+                    features = model.mask_decoder.pixel_features(visual.mask_features, visual.mask_detail)
                     side = model.config.class_refine_size
                     colours = (
                         F.interpolate(rgb, size=(side, side), mode="area")
