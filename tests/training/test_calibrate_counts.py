@@ -34,3 +34,12 @@ def test_instance_matching_is_greedy_by_score_and_counts_each_object_once():
     half = np.zeros((10, 10), bool)
     half[:5, :] = True
     assert mask_overlaps([half], instance_map, [1, 2]).tolist() == [[0.5, 0.0]]
+
+
+def test_matching_nothing_or_against_nothing():
+    from training.eval.instances import average_precision, match
+    from training.eval.metrics import box_iou
+
+    assert match([], [(0, 0, 1, 1)], box_iou) == []
+    assert match([(0.5, (0, 0, 1, 1))], [], box_iou) == [(0.5, False)]
+    assert average_precision([], 3) == 0.0

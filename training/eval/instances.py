@@ -71,7 +71,9 @@ def match(found: Sequence[tuple[float, object]], truths: Sequence[object], iou) 
     """``(score, matched)`` for each answer, best score first, each matched to the unmatched truth it overlaps most
     at ``iou(answer, truth) >= 0.5`` (COCO's greedy matching)."""
     ranked = sorted(found, key=lambda f: -f[0])
-    overlaps = np.array([[iou(answer, truth) for truth in truths] for _, answer in ranked]).reshape(len(ranked), -1)
+    overlaps = np.zeros((len(ranked), len(truths)))
+    for row, (_, answer) in enumerate(ranked):
+        overlaps[row] = [iou(answer, truth) for truth in truths]
     return match_matrix([score for score, _ in ranked], overlaps)
 
 
