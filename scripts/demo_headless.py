@@ -76,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="", help="models file for the engine (default: the built-in model)")
     parser.add_argument("--out", type=Path, default=ROOT / "out")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the engine and each answer")
+    parser.add_argument(
+        "--ask", action="append", default=None, help="a question to type instead of the demo's four (repeatable)"
+    )
     args = parser.parse_args(argv)
 
     from qgis.core import QgsApplication, QgsProject, QgsRectangle, QgsSettings
@@ -150,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     cx, cy = ext.center().x(), ext.center().y()
     plugin.controller.set_region(QgsRectangle(cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2), after.crs())
 
-    for question in QUESTIONS:
+    for question in args.ask or QUESTIONS:
         print(f"demo: asking {question!r}", flush=True)
         QTest.keyClicks(dock.promptEdit, question)
         QTest.keyClick(dock.promptEdit, Qt.Key.Key_Return)
