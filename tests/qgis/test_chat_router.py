@@ -161,3 +161,31 @@ def test_an_engine_without_the_router_gets_free_text_as_a_question(make_assistan
     assert request.task is Task.CHAT and request.prompt == "how many cars are there?"
     assert turn.state is TurnState.ANSWERED and turn.answer == "a dark field with a bright square"
     assert Intent.CHAT.value == "chat"
+
+
+class SaysWhy(FakeEngineClient):
+    """Draws nothing and says why, as the built-in model does for a class it does not know."""
+
+    def analyze(self, request):
+        response = super().analyze(request)
+        why = "This model does not know wind turbines. It can find buildings and roads."
+        return dataclasses.replace(response, text=why, features=feature_collection([]), held_back=None)
+
+
+def test_when_nothing_is_drawn_the_models_own_words_say_why(make_assistant, qtbot):
+    assistant = make_assistant(SaysWhy())
+    assistant.dock.imageLayerCombo.setLayer(assistant.raster)
+    ask(qtbot, assistant, "find the wind turbines")
+    turn = wait_answer(qtbot, assistant)
+    assert assistant.client.requests[-1].task is Task.GROUND
+    assert turn.answer.startswith("Found no wind turbines")
+    assert "This model does not know wind turbines. It can find buildings and roads." in transcript(assistant)
+
+
+def test_when_objects_are_drawn_the_answer_says_what_was_done_not_the_models_summary(make_assistant, qtbot):
+    assistant = make_assistant()
+    assistant.dock.imageLayerCombo.setLayer(assistant.raster)
+    ask(qtbot, assistant, "find the buildings")
+    turn = wait_answer(qtbot, assistant)
+    assert turn.answer.splitlines()[0] == "Found 2 buildings" and drawn(assistant) == 2
+    assert len(turn.answer.splitlines()) == 1  # the model's text ("found 2") is not repeated
