@@ -121,12 +121,12 @@ def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
 def test_how_many_counts_the_objects_it_draws(backend, scene):
     result = ask(backend, Task.CHAT, [scene.image], "How many buildings are there?")
     drawn = [d for d in result.detections if d.score >= 0.3]
-    said = int(re.search(r"\d+", result.text).group())
-    assert said == len(drawn) and result.text == f"There are {said} buildings."
+    said = int(result.text)  # the number, as the model answers its other questions
+    assert said == len(drawn)
     truth = sum(int(o.cls) == 1 for o in scene.objects)
     assert abs(said - truth) <= 0.2 * truth, (said, truth)
     higher = ask(backend, Task.CHAT, [scene.image], "How many buildings are there?", threshold=0.9)
-    assert int(re.search(r"\d+", higher.text).group()) == sum(d.score >= 0.9 for d in higher.detections) < said
+    assert int(higher.text) == sum(d.score >= 0.9 for d in higher.detections) < said
 
 
 def test_an_unknown_class_names_the_known_ones_and_draws_nothing(backend, scene):

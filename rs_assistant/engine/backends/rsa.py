@@ -247,8 +247,9 @@ class RSABackend(Backend):
             for i in found
         ]  # fmt: skip
         drawn = sum(d.score >= call.options.score_threshold for d in detections)  # the count is of what is drawn
-        say = rsa_instances.count_text if counting else rsa_instances.found_text
-        return BackendResult(text=say(drawn, single, name, capped), detections=detections)
+        if counting:
+            return BackendResult(text=rsa_instances.count_text(drawn, capped), detections=detections)
+        return BackendResult(text=rsa_instances.found_text(drawn, single, name, capped), detections=detections)
 
     def _crop_probabilities(self, crops: Sequence[np.ndarray], cancel: threading.Event) -> list[torch.Tensor]:
         """Each crop's class probabilities ``[classes, h, w]``, the crops read as windows of their own: what

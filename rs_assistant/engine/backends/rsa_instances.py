@@ -312,16 +312,10 @@ def instances(
     return found
 
 
-def count_text(count: int, noun_singular: str, noun_plural: str, capped: bool) -> str:
-    """The answer to "how many": "There are 13 buildings.", "There is 1 building.", "There are no trees.", or
-    with ``capped`` a lower bound ("There are at least 1000 trees; only these are drawn.")."""
-    if capped:
-        return f"There are at least {count} {noun_plural}; only these are drawn."
-    if count == 0:
-        return f"There are no {noun_plural}."
-    if count == 1:
-        return f"There is 1 {noun_singular}."
-    return f"There are {count} {noun_plural}."
+def count_text(count: int, capped: bool) -> str:
+    """The answer to "how many": the number, as the model answers its other questions ("13", "0"), or with
+    ``capped`` a lower bound ("at least 1000")."""
+    return f"at least {count}" if capped else str(count)
 
 
 def found_text(count: int, noun_singular: str, noun_plural: str, capped: bool) -> str:
