@@ -16,7 +16,6 @@ Every figure is also given per GSD band. Prints the tables and writes the figure
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import re
 import sys
@@ -33,7 +32,7 @@ from rs_assistant.engine.backends.base import BackendCall
 from rs_assistant.engine.backends.rsa import RSABackend
 from training.data.synthetic import generate_pair, generate_scene, split_seeds
 from training.eval.metrics import caption_scores
-from training.eval.rsa import GSD_BANDS, gsd_band
+from training.eval.rsa import GSD_BANDS, eval_arguments, gsd_band, parse_eval_arguments, write_results
 
 log = logging.getLogger(__name__)
 
@@ -154,25 +153,12 @@ def table(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.eval.descriptions", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=Path("resources/models/rsa-default"))
-    parser.add_argument("--split", default="test", choices=("train", "val", "test"))
-    parser.add_argument("--count", type=int, default=100, help="scenes, and as many pairs (default 100)")
+    eval_arguments(parser, "scenes, and as many pairs", "_descriptions")
     parser.add_argument("--pairs", type=int, default=None, help="change pairs (default: as many as scenes; 0: none)")
-    parser.add_argument("--size", type=int, default=512, help="window side in pixels (default 512)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument(
-        "--out", type=Path, default=None, help="JSON file (default out/eval/MODEL_SPLIT_descriptions.json)"
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.count < 1:
-        parser.error("--count must be at least 1")
+    args = parse_eval_arguments(parser, argv)
     results = evaluate(args.model, args.split, args.count, args.size, args.threads, args.pairs)
     print(table(results))
-    out = args.out or Path("out/eval") / f"{args.model.name}_{args.split}_descriptions.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    print(f"written to {out}")
+    write_results(results, args, "_descriptions")
     return 0
 
 

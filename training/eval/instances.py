@@ -19,7 +19,6 @@ per class, overall (the mean over classes) and per GSD band. Prints the tables a
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import re
 import sys
@@ -37,7 +36,7 @@ from rs_assistant.engine.backends.base import BackendCall, Detection
 from rs_assistant.engine.backends.rsa import RSABackend
 from training.data.synthetic import CLASSES, generate_scene, split_seeds
 from training.eval.metrics import box_iou, mask_iou
-from training.eval.rsa import GSD_BANDS, gsd_band
+from training.eval.rsa import GSD_BANDS, eval_arguments, gsd_band, parse_eval_arguments, write_results
 
 log = logging.getLogger(__name__)
 
@@ -210,26 +209,13 @@ def table(results: dict, group: str = "all") -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.eval.instances", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=Path("resources/models/rsa-default"))
-    parser.add_argument("--split", default="test", choices=("train", "val", "test"))
-    parser.add_argument("--count", type=int, default=100, help="scenes (default 100)")
-    parser.add_argument("--size", type=int, default=512, help="window side in pixels (default 512)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument(
-        "--out", type=Path, default=None, help="JSON file (default out/eval/MODEL_SPLIT_instances.json)"
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.count < 1:
-        parser.error("--count must be at least 1")
+    eval_arguments(parser, "scenes", "_instances")
+    args = parse_eval_arguments(parser, argv)
     results = evaluate(args.model, args.split, args.count, args.size, args.threads)
     for group in ["all", *(name for name, _, _ in GSD_BANDS)]:
         if group in results:
             print(table(results, group))
-    out = args.out or Path("out/eval") / f"{args.model.name}_{args.split}_instances.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    print(f"written to {out}")
+    write_results(results, args, "_instances")
     return 0
 
 

@@ -238,27 +238,44 @@ def table(results: dict[str, float | int | str]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.eval", description=__doc__.splitlines()[0])
+def eval_arguments(parser: argparse.ArgumentParser, counted: str, suffix: str = "") -> None:
+    """The arguments every evaluation of a checkpoint on the Synthetic Earth takes (``counted``: what --count counts;
+    ``suffix``: of the default JSON file's name)."""
     parser.add_argument(
         "--model", type=Path, default=Path("resources/models/rsa-default"), help="RSA checkpoint folder"
     )
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
-    parser.add_argument("--count", type=int, default=100, help="scenes, and as many pairs (default 100)")
+    parser.add_argument("--count", type=int, default=100, help=f"{counted} (default 100)")
     parser.add_argument("--size", type=int, default=512, help="window side in pixels (default 512)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=None, help="JSON file (default out/eval/MODEL_SPLIT.json)")
+    parser.add_argument("--out", type=Path, default=None, help=f"JSON file (default out/eval/MODEL_SPLIT{suffix}.json)")
+
+
+def parse_eval_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """The parsed arguments of :func:`eval_arguments` (a --count under 1 refused), logging set up."""
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.count < 1:
         parser.error("--count must be at least 1")
-    results = evaluate(args.model, args.split, args.count, args.size, args.threads)
-    print(table(results))
-    print(band_table(results))
-    out = args.out or Path("out/eval") / f"{args.model.name}_{args.split}.json"
+    return args
+
+
+def write_results(results: dict, args: argparse.Namespace, suffix: str = "") -> None:
+    """The figures as JSON in --out (default out/eval/MODEL_SPLIT{suffix}.json)."""
+    out = args.out or Path("out/eval") / f"{args.model.name}_{args.split}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print(f"written to {out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.eval", description=__doc__.splitlines()[0])
+    eval_arguments(parser, "scenes, and as many pairs")
+    args = parse_eval_arguments(parser, argv)
+    results = evaluate(args.model, args.split, args.count, args.size, args.threads)
+    print(table(results))
+    print(band_table(results))
+    write_results(results, args)
     return 0
 
 
