@@ -475,6 +475,8 @@ def batch_figures(engine: Any, backend: Any, baseline: Baseline, name: str, kind
         request = BatchRequest(task=task, sources=(str(path),), output_crs=CRS, model=name, prompt=prompt,
                                batch_size=batch_size, options=options,
                                skip_tiles=tuple(range(args.tiles, count)))  # fmt: skip
+        if hasattr(backend, "embeddings"):  # SAM: no window's embedding from an earlier run
+            backend.embeddings.clear()
         previous = os.environ.get(CACHE_ENV)
         with tempfile.TemporaryDirectory(prefix="rsa-real-size-") as empty:
             os.environ[CACHE_ENV] = empty  # a search embeds every tile, as on a layer's first search
@@ -494,7 +496,9 @@ def batch_figures(engine: Any, backend: Any, baseline: Baseline, name: str, kind
         return done / seconds
 
     def naive() -> float:
-        request = BatchRequest(task=task, sources=(str(path),), output_crs=CRS, model=name, options=options)
+        request = BatchRequest(
+            task=task, sources=(str(path),), output_crs=CRS, model=name, prompt=prompt, options=options
+        )
         grid = make_grid(request)
         sync(device)
         started = time.perf_counter()
@@ -507,8 +511,6 @@ def batch_figures(engine: Any, backend: Any, baseline: Baseline, name: str, kind
         return args.tiles / (time.perf_counter() - started)
 
     own = backend.tile_batch_size
-    if hasattr(backend, "embeddings"):
-        backend.embeddings.clear()
     engine_batched = job(0)
     engine_one = job(1)
     naive_tiles = naive()
