@@ -80,6 +80,7 @@ def test_losses_fall_and_the_pairs_are_overfit(trained):
     for prefix in ("", "changed_", "unchanged_"):
         assert {f"{prefix}Bleu_4", f"{prefix}ROUGE_L", f"{prefix}CIDEr"} <= set(metrics)  # METEOR: paper.toml
     assert metrics["changed_Bleu_1"] > 0.5 and metrics["unchanged_Bleu_1"] > 0.3
+    assert {"paper_Bleu_4", "paper_CIDEr", "paper_changed_Bleu_4", "paper_unchanged_Bleu_4"} <= set(metrics)
     # the two unchanged pairs differ only in their ground colour (no difference at all): either may get the
     # other's caption, but an unchanged pair is always described as unchanged and a changed one as built
     captions = json.loads((Path(trained.out) / "eval_examples.json").read_text())

@@ -55,12 +55,13 @@ def score_change_predictions(
     metrics: Sequence[str] = ("BLEU", "METEOR", "ROUGE_L", "CIDEr"),
     min_count: int | None = None,
 ) -> dict[str, float]:
-    """The papers' change-captioning scores of ``predictions`` (pair file name -> caption) on ``split``."""
+    """The papers' change-captioning scores of ``predictions`` (pair file name -> caption) on ``split``; with
+    ``split`` None, on the pairs ``predictions`` names (a training run's evaluation of part of a split)."""
     if dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, not {dataset!r}")
     loader = LevirCC if dataset == "levir-cc" else SecondCC
     every = loader(root, None, check_images=False)  # the vocabulary is built over all splits, as the authors do
-    wanted = {s.name for s in loader(root, split, check_images=False)}
+    wanted = set(predictions) if split is None else {s.name for s in loader(root, split, check_images=False)}
     samples = [s for s in every if s.name in wanted]
     missing = [s.name for s in samples if s.name not in predictions]
     if missing:

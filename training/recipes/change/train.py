@@ -24,7 +24,9 @@ Data (either or both):
 Evaluation (``metrics.json``): the ``eval_split`` pairs are captioned (greedy) and scored with
 BLEU-1..4, METEOR, ROUGE-L and CIDEr (pycocoevalcap, needs Java) over all pairs and, as the
 change-captioning papers report them, separately over the changed (``changed_*``) and unchanged
-(``unchanged_*``) pairs; the head's verdict gives ``change_accuracy``. The export is an RSA
+(``unchanged_*``) pairs; ``paper_*`` are the same captions scored as the data set's authors score them
+(training.eval.paper_metrics: Chg2Cap's tokenisation and vocabulary for LEVIR-CC, MModalCC's for
+SECOND-CC); the head's verdict gives ``change_accuracy``. The export is an RSA
 checkpoint the engine serves (``backend = "rsa"``, task ``change`` and two-image ``chat``).
 """
 
@@ -247,7 +249,22 @@ class ChangeRecipe(RSARecipe):
                 metrics.update(
                     caption_metrics({k: references[k] for k in keys}, {k: predictions[k] for k in keys}, prefix, names)
                 )
+            metrics.update(self._paper_scores(predictions, names))
         return metrics
+
+    def _paper_scores(self, predictions: dict[str, str], names) -> dict[str, float]:
+        """``paper_*``: the same captions scored as the data set's authors score them (Chg2Cap for LEVIR-CC,
+        MModalCC for SECOND-CC: their tokenisation, vocabulary and changed/unchanged split;
+        training.eval.paper_metrics); {} for other data or without Java."""
+        import shutil
+
+        from training.eval.paper_metrics import score_change_predictions
+
+        dataset = {"levir_cc": "levir-cc", "second_cc": "second-cc"}.get(self.config.change_format)
+        if dataset is None or not predictions or shutil.which("java") is None:
+            return {}
+        scores = score_change_predictions(dataset, self.config.change_root, None, predictions, tuple(names))
+        return {f"paper_{key}": value for key, value in scores.items()}
 
 
 def run(config: dict[str, Any], fresh: bool, stop=None):
