@@ -142,10 +142,17 @@ def _mask_geometry(mask: np.ndarray, window: Window, densify: bool) -> BaseGeome
 
 
 def _mask_outline_px(mask: np.ndarray, min_area_px: float = 4, simplify_px: float = 1.0) -> Polygon | MultiPolygon:
-    """polygonize_mask in pixel coordinates (x = column, y = row, pixel edges on integers)."""
-    pixels = np.ascontiguousarray(mask, dtype=np.uint8)
+    """polygonize_mask in pixel coordinates (x = column, y = row, pixel edges on integers). Only the mask's
+    extent is traced (one object of a window-sized mask is a few pixels of it)."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if not rows.size:
+        return Polygon()
+    cols = np.flatnonzero(mask.any(axis=0))
+    row0, col0 = int(rows[0]), int(cols[0])
+    pixels = np.ascontiguousarray(mask[row0 : rows[-1] + 1, col0 : cols[-1] + 1], dtype=np.uint8)
+    offset = affine.Affine.translation(col0, row0)
     parts = []
-    for shape, _ in rasterio.features.shapes(pixels, mask=pixels.astype(bool), connectivity=4):
+    for shape, _ in rasterio.features.shapes(pixels, mask=pixels.astype(bool), connectivity=4, transform=offset):
         poly = shapely.geometry.shape(shape)
         holes = [ring for ring in poly.interiors if Polygon(ring).area >= min_area_px]
         poly = Polygon(poly.exterior, holes)
