@@ -704,7 +704,7 @@ class ClassList:
         words = phrase.split()
         candidates = [phrase, " ".join(words[-2:]), words[-1]] if words else [phrase]
         for candidate in candidates:
-            for form in (candidate, _singular(candidate), _plural(candidate)):
+            for form in (candidate, singular(candidate), _plural(candidate)):
                 if form in self.nouns:
                     return phrase if form == phrase or candidate != phrase else form
                 if form in SYNONYMS and SYNONYMS[form] in self.nouns:
@@ -912,7 +912,7 @@ def _superlative_word(found: str) -> str:
 def _with_superlative(obj: str, superlative: str) -> str:
     """ "the largest building" from "buildings" and "largest" (or "plus grand")."""
     rest = re.sub(r"^(the|one|ones)\s+", "", obj.strip()).strip() or obj
-    return f"the {_superlative_word(superlative)} {_singular(rest)}"
+    return f"the {_superlative_word(superlative)} {singular(rest)}"
 
 
 def _object(text: str, lang: str) -> tuple[str, re.Match | None]:
@@ -1019,7 +1019,8 @@ def to_english(phrase: str) -> str:
     return " ".join(adjectives + [nouns[0]] + other + nouns[1:]).strip()
 
 
-def _singular(word: str) -> str:
+def singular(word: str) -> str:
+    """ "water bodies" -> "water body", "cars" -> "car" (short words such as "bus" are left as they are)."""
     if word.endswith("ies") and len(word) > 4:
         return word[:-3] + "y"
     if word.endswith(("sses", "shes", "ches", "xes")):

@@ -252,42 +252,17 @@ class RSABackend(Backend):
         return BackendResult(text=rsa_instances.found_text(drawn, single, name, capped), detections=detections)
 
     def _crop_probabilities(self, crops: Sequence[np.ndarray], cancel: threading.Event) -> list[torch.Tensor]:
-        """Each crop's class probabilities ``[classes, h, w]``, the crops read as windows of their own: what
-        ClassRegions.probabilities gives for one window, computed for a batch of crops at once (one encoder,
-        decoder and refiner pass)."""
-        model, out = self.model, []
+        """Each crop's class probabilities ``[classes, h, w]``, the crops read as windows of their own (one encoder
+        pass per batch of crops, then ClassRegions.probabilities for each)."""
+        out = []
         for start in range(0, len(crops), SEARCH_BATCH):
             if cancel.is_set():
                 raise cancelled(self)
             part = list(crops[start : start + SEARCH_BATCH])
             with torch.inference_mode():
-                if all(crop.shape == part[0].shape for crop in part):  # the usual case: one resize for all
-                    rgb = (
-                        torch.from_numpy(np.ascontiguousarray(np.stack(part)[..., :3])).permute(0, 3, 1, 2).float()
-                        / 255
-                    )
-                    pixels = self.processor.preprocess_batch(rgb)
-                else:
-                    rgb, pixels = None, self.processor.pixel_values(part)
-                visual = model.encode_images(pixels.to(self.device, model.dtype))
-                logits = model.mask_decoder.pixel_class_logits(visual.mask_features, visual.mask_detail)
-                if model.class_refiner is not None:
-                    features = model.mask_decoder.pixel_features(visual.mask_features, visual.mask_detail)
-                    side = model.config.class_refine_size
-                    colours = (
-                        F.interpolate(rgb, size=(side, side), mode="area")
-                        if rgb is not None
-                        else torch.cat([_window_rgb(crop, side, "cpu") for crop in part])
-                    )
-                    logits = model.refine_class_logits(logits, features, colours.to(features.device, features.dtype))
-                if rgb is not None:
-                    out += list(
-                        torch.softmax(F.interpolate(logits.float(), size=part[0].shape[:2], mode="bilinear"), 1)
-                    )
-                else:
-                    for crop, row in zip(part, logits.float()):
-                        resized = F.interpolate(row[None], size=crop.shape[:2], mode="bilinear")[0]
-                        out.append(torch.softmax(resized, dim=0))
+                visual = self.model.encode_images(self.processor.pixel_values(part).to(self.device, self.model.dtype))
+                out += [ClassRegions(self.model, visual, i, crop.shape[:2], crop).probabilities() for i, crop in
+                        enumerate(part)]  # fmt: skip
         return out
 
     def _prompt_ids(self, call: BackendCall) -> list[int]:
@@ -779,13 +754,6 @@ class _MaskLogits:
             for sample, logits in more
         ]
         return _MaskLogits(*(torch.cat([part[i] for part in parts]) for i in range(3)))
-
-
-def _window_rgb(image: np.ndarray, side: int, device: torch.device | str) -> torch.Tensor:
-    """``[1, 3, side, side]``: a window's colours in [0, 1], area-averaged to ``side`` pixels a side (as the class
-    refiner reads them: ClassRegions.window_rgb)."""
-    rgb = torch.from_numpy(np.ascontiguousarray(image[..., :3])).to(device).permute(2, 0, 1)[None].float() / 255
-    return F.interpolate(rgb, size=(side, side), mode="area")
 
 
 def _names(items: Iterable[object]) -> str:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from rs_assistant.engine.router import SYNONYMS  # everyday nouns for the built-in model's classes
+from rs_assistant.engine.router import SYNONYMS, singular  # everyday nouns for the built-in model's classes
 
 #: Classes counted object by object, and the side of the crops their map is read in (window pixels). Small
 #: objects need the closer look; the other classes (roads, fields, forests...) are areas, answered by one mask.
@@ -50,7 +50,6 @@ MAX_OBJECTS = 1000
 _ALL = re.compile(r"\b(all|every|each|any)\b( of)?( the)?\s*", re.IGNORECASE)
 _COUNT = re.compile(r"^\s*(how many|count|number of|count the|count all)\b\s*(of\s+)?(the\s+)?", re.IGNORECASE)
 _COUNT_TAIL = re.compile(r"\s*\b(are|is)\b.*$|\s*\b(there|in|on|within|here)\b.*$", re.IGNORECASE)
-_WORD = re.compile(r"[a-z]+(?: [a-z]+)*")
 
 
 @dataclass(frozen=True)
@@ -61,15 +60,6 @@ class ClassRequest:
     cls: int
     noun: str
     every: bool
-
-
-def singular(noun: str) -> str:
-    """ "water bodies" -> "water body", "buildings" -> "building" (the class names' own plurals)."""
-    if noun.endswith("ies"):
-        return noun[:-3] + "y"
-    if noun.endswith(("ches", "shes", "sses", "xes")):
-        return noun[:-2]
-    return noun[:-1] if noun.endswith("s") and not noun.endswith("ss") else noun
 
 
 def _noun_class(noun: str, class_names: Sequence[str], class_nouns: Mapping[str, int]) -> int | None:
@@ -88,14 +78,7 @@ def class_request(phrase: str, class_names: Sequence[str], class_nouns: Mapping[
 
     ``every`` is true for a plural noun alone or after "all"/"every"/"each", and for a count question; a
     phrase with more words ("the largest building", "the pond left of the road") names one object."""
-    text = " ".join(phrase.lower().replace("?", " ").replace(".", " ").split())
-    counting = bool(_COUNT.match(text))
-    if counting:
-        text = _COUNT_TAIL.sub("", _COUNT.sub("", text)).strip()
-    everything = bool(_ALL.match(text)) or counting
-    text = _ALL.sub("", text).strip()
-    if text.startswith("the "):
-        text = text[4:]
+    text, everything = _noun_phrase(phrase)
     if not text:
         return None
     whole = _noun_class(text, class_names, class_nouns)
@@ -126,15 +109,23 @@ def asks_for_a_class(noun: str) -> bool:
 
 def unknown_noun(phrase: str) -> str:
     """The noun a phrase that names no known class asks for, as written ("find the helicopters" -> "helicopters")."""
+    return _noun_phrase(phrase)[0]
+
+
+def _noun_phrase(phrase: str) -> tuple[str, bool]:
+    """What a phrase or count question asks about, lower case, without "how many ... are there", "all the" or
+    "the"; and whether it asks for every object ("all", "every", "each", or a count)."""
     text = " ".join(phrase.lower().replace("?", " ").replace(".", " ").split())
-    text = _COUNT_TAIL.sub("", _COUNT.sub("", text)).strip() if _COUNT.match(text) else text
-    text = _ALL.sub("", text).strip()
-    return text[4:] if text.startswith("the ") else text
+    counting = bool(_COUNT.match(text))
+    if counting:
+        text = _COUNT_TAIL.sub("", _COUNT.sub("", text)).strip()
+    everything = bool(_ALL.match(text)) or counting
+    return _ALL.sub("", text).strip().removeprefix("the "), everything
 
 
 def unknown_class_text(noun: str, class_names: Sequence[str]) -> str:
     """The answer to a request for a class the model does not know: which classes it knows."""
-    known = [name for name in class_names[1:]]  # 0 is the ground, no class of objects
+    known = list(class_names[1:])  # 0 is the ground, no class of objects
     listed = ", ".join(known[:-1]) + f" and {known[-1]}" if len(known) > 1 else "".join(known)
     return f"This model does not know {noun or 'that'}. It can find {listed}."
 

@@ -259,16 +259,6 @@ class RSAProcessor:
         std = torch.tensor(self.image_std).view(3, 1, 1)
         return (pixels - mean) / std
 
-    def preprocess_batch(self, images: torch.Tensor) -> torch.Tensor:
-        """Windows of one size ``[B, 3, H, W]`` (floats in 0..1) -> ``[B, 3, S, S]``, as :meth:`preprocess` makes each
-        (one resize for the batch)."""
-        pixels = F.interpolate(
-            images, size=(self.image_size, self.image_size), mode="bilinear", antialias=True, align_corners=False
-        )
-        mean = torch.tensor(self.image_mean, device=images.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.image_std, device=images.device).view(1, 3, 1, 1)
-        return (pixels - mean) / std
-
     def pixel_values(self, images: Sequence[np.ndarray | Sequence[np.ndarray]]) -> torch.Tensor:
         """One image per sample -> ``[B, 3, S, S]``; a (before, after) pair per sample -> ``[B, 2, 3, S, S]``."""
         return torch.stack(
