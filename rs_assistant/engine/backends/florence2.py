@@ -40,7 +40,6 @@ from transformers import (
     AutoProcessor,
     Florence2ForConditionalGeneration,
     ProcessorMixin,
-    StoppingCriteria,
     StoppingCriteriaList,
 )
 
@@ -190,7 +189,7 @@ class Florence2Backend(Backend):
         return GROUNDING, phrase
 
     def _generate(
-        self, inputs: dict[str, torch.Tensor], call: BackendCall, cancel: StoppingCriteria | None = None
+        self, inputs: dict[str, torch.Tensor], call: BackendCall, cancel: CancelCriteria | AnyCancel | None = None
     ) -> torch.Tensor:
         """Generation with the checkpoint's settings (beam search); returns the decoder's tokens: one row for one
         window, a batch x tokens tensor (shorter answers padded) for several."""
@@ -203,14 +202,36 @@ class Florence2Backend(Backend):
             )
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        cancel = cancel or CancelCriteria(call.cancel)
         with torch.inference_mode():
+            if len(inputs["pixel_values"]) > 1 and not self.device.startswith("cuda"):
+                inputs = self._encoded(inputs, cancel)
             output = self.model.generate(
                 **inputs,
                 max_new_tokens=min(call.options.max_new_tokens, self.context - 1),
                 do_sample=False,
-                stopping_criteria=StoppingCriteriaList([cancel or CancelCriteria(call.cancel)]),
+                stopping_criteria=StoppingCriteriaList([cancel]),
             )
         return output[0].cpu() if output.shape[0] == 1 else output.cpu()
+
+    def _encoded(self, inputs: dict[str, torch.Tensor], cancel: CancelCriteria | AnyCancel) -> dict[str, torch.Tensor]:
+        """A batch's inputs to ``generate`` as the language encoder's outputs, with the vision tower run one window
+        at a time: on a CPU, its cost per window grows with the batch (13% at 4 windows of 768 x 768, memory
+        traffic), while the decoder's steps gain from the batch. The same encoder outputs as ``generate`` makes."""
+        model = self.model.model
+        ids, pixels = inputs["input_ids"], inputs["pixel_values"]
+        features = []
+        for i in range(len(pixels)):
+            if cancel.is_set():
+                raise cancelled(self)
+            features.append(model.get_image_features(pixels[i : i + 1]).pooler_output)
+        image = torch.cat(features)
+        embeds = self.model.get_input_embeddings()(ids)
+        where = self.model.get_placeholder_mask(ids, inputs_embeds=embeds, image_features=image)
+        embeds = embeds.masked_scatter(where, image.to(embeds.dtype))
+        mask = inputs["attention_mask"]
+        return {"encoder_outputs": model.language_model.encoder(inputs_embeds=embeds, attention_mask=mask),
+                "attention_mask": mask}  # fmt: skip
 
     def _parse_boxes(self, text: str, window: boxes.Size, phrase: str) -> list[Detection]:
         """``<loc_N>`` boxes as window-pixel detections; unlabelled ones take ``phrase``.

@@ -165,8 +165,11 @@ class CancelCriteria(StoppingCriteria):
     def __init__(self, event: threading.Event):
         self.event = event
 
+    def is_set(self) -> bool:
+        return self.event.is_set()
+
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: object) -> torch.BoolTensor:
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+        return torch.full((input_ids.shape[0],), self.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
 class AnyCancel(StoppingCriteria):
@@ -175,9 +178,11 @@ class AnyCancel(StoppingCriteria):
     def __init__(self, calls: Sequence[Any]):
         self.events = list({id(call.cancel): call.cancel for call in calls}.values())
 
+    def is_set(self) -> bool:
+        return any(event.is_set() for event in self.events)
+
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: object) -> torch.BoolTensor:
-        stop = any(event.is_set() for event in self.events)
-        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+        return torch.full((input_ids.shape[0],), self.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
 #: A text longer than this many times a tokenizer's longest token per token of room cannot fit it, whatever its
