@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +32,7 @@ from training.data.synthetic.language import (
     region,
     where,
 )
-from training.data.synthetic.layout import GSD_RANGE, THEMES
+from training.data.synthetic.layout import GSD_BANDS, GSD_RANGE, THEMES, gsd_band
 from training.data.synthetic.writer import write_pair, write_scene
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,6 +59,7 @@ def test_same_seed_gives_the_same_scene() -> None:
     assert a.objects == b.objects
     assert (a.captions, a.referring, a.qa) == (b.captions, b.referring, b.qa)
     assert (a.transform, a.crs, a.gsd) == (b.transform, b.crs, b.gsd)
+    assert a.look == b.look and a.look["gsd"] == a.gsd
 
 
 def test_different_seeds_give_different_scenes() -> None:
@@ -234,6 +237,7 @@ def test_geotiffs_are_georeferenced_and_byte_identical(tmp_path: Path) -> None:
     assert [o["id"] for o in doc["objects"]] == [o.id for o in scene.objects]
     assert doc["objects"][0]["area_m2"] == scene.objects[0].area_m2 and doc["crs"] == scene.crs
     assert doc["captions"] == list(scene.captions) and len(doc["referring"]) == len(scene.referring)
+    assert doc["gsd"] == scene.gsd and doc["look"] == scene.look and doc["look"]["gsd_band"] == gsd_band(scene.gsd)
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])
@@ -360,3 +364,173 @@ def test_cli_writes_a_split(tmp_path: Path) -> None:
     assert (tmp_path / "test" / "pairs" / pair["change_mask"]).is_file()
     assert len(pair["captions"]) == 5 and isinstance(pair["changed"], bool)
     assert [c["name"] for c in index["classes"]] == [c.name for c in CLASSES]
+
+
+# --------------------------------------------------------------------------------------------
+# Pixel sizes from 0.1 to 2 m, and the looks
+
+
+def test_pixel_sizes_are_drawn_over_the_whole_range_and_fall_in_bands() -> None:
+    from training.data.synthetic.geo import draw_gsd
+
+    rng = np.random.default_rng(0)
+    drawn = np.array([draw_gsd(rng) for _ in range(3000)])
+    low, high = GSD_RANGE
+    assert low <= 0.1 and high >= 2.0
+    assert drawn.min() >= low and drawn.max() <= high
+    assert drawn.min() < 0.11 and drawn.max() > 1.9
+    bands = [gsd_band(g) for g in drawn]
+    names = [gsd_band(lo) for lo, _ in GSD_BANDS]
+    assert len(set(names)) == len(GSD_BANDS) and set(bands) == set(names)
+    for (lo, hi), name in zip(GSD_BANDS, names):  # log-uniform: each band's share is its share of log range
+        share = math.log(hi / lo) / math.log(high / low)
+        assert bands.count(name) / len(bands) == pytest.approx(share, abs=0.04)
+        assert gsd_band(lo) == name and gsd_band((lo * hi) ** 0.5) == name
+    assert gsd_band(high) == names[-1]
+
+
+@pytest.mark.parametrize("theme", ["urban", "suburban", "industrial", "rural", "natural"])
+def test_scenes_at_a_tenth_of_a_metre_hold_objects_and_exact_labels(theme: str) -> None:
+    """A 512 px view at 0.1 m is 51 m wide: still a street or a block edge, never one roof or nothing."""
+    for seed in (3, 4):
+        scene = generate_scene(seed, 512, gsd=0.1, theme=theme)
+        classes = set(np.unique(scene.class_map).tolist())
+        assert len(scene.objects) >= 2 and len(classes - {0}) >= 2, [o.kind for o in scene.objects]
+        check_ground_truth(scene)
+        check_text(scene)
+        check_referring(scene)
+        assert scene.referring  # something big enough to single out
+        assert scene.look["gsd_band"] == gsd_band(0.1) and scene.gsd == 0.1
+
+
+def test_fine_and_coarse_scenes_show_what_their_pixel_size_allows() -> None:
+    fine = [generate_scene(seed, 512, gsd=0.1, theme="suburban") for seed in range(10, 16)]
+    counts = [{c: sum(o.cls == c for o in s.objects) for c in ObjectClass} for s in fine]
+    assert all(c[ObjectClass.BUILDING] + c[ObjectClass.TREE] + c[ObjectClass.ROAD] > 0 for c in counts)
+    assert sum(c[ObjectClass.BUILDING] > 0 for c in counts) >= 3 and sum(c[ObjectClass.TREE] > 0 for c in counts) >= 3
+    assert sum(c[ObjectClass.VEHICLE] for c in counts) >= 1
+    assert all(c[ObjectClass.BUILDING] <= 12 for c in counts)  # a few houses, not a town
+    coarse = generate_scene(10, 256, gsd=2.0, theme="urban")
+    assert sum(o.cls == ObjectClass.BUILDING for o in coarse.objects) > 20
+    houses_fine = [o.pixels for s in fine for o in s.objects if o.kind == "house"]
+    houses_coarse = [o.pixels for o in coarse.objects if o.cls == ObjectClass.BUILDING]
+    assert np.median(houses_fine) > 50 * np.median(houses_coarse)  # sizes are metres: 20 x 20 times the pixels
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_changes_at_a_tenth_of_a_metre_are_placed_and_large_enough(seed: int) -> None:
+    from training.data.synthetic.change import MIN_CHANGE_FRACTION
+
+    pair = generate_pair(seed, 256, gsd=0.1, changed=True)
+    assert pair.changes
+    for change in pair.changes:
+        assert MIN_CHANGE_FRACTION * 256 * 256 <= change.pixels < 0.9 * 256 * 256, change
+    for date in (pair.before, pair.after):
+        check_ground_truth(date)
+        check_referring(date)
+
+
+def test_looks_vary_across_seeds_and_are_recorded() -> None:
+    from training.data.synthetic.looks import SENSORS, SOILS
+
+    looks = [generate_scene(seed, 64).look for seed in range(40)]
+    assert {lk["sensor"] for lk in looks} == set(SENSORS)
+    assert {lk["soil"] for lk in looks} == set(SOILS)
+    qualities = [lk["jpeg_quality"] for lk in looks]
+    assert 0 in qualities and len({q for q in qualities if q}) >= 10 and all(0 <= q <= 100 for q in qualities)
+    elevations = [lk["sun_elevation"] for lk in looks]
+    assert min(elevations) < 20 and max(elevations) > 65
+    hazes = [lk["haze"] for lk in looks]
+    assert min(hazes) < 0.05 and max(hazes) > 0.2
+    assert {lk["gsd_band"] for lk in looks} == {gsd_band(lo) for lo, _ in GSD_BANDS}
+    assert len({tuple(lk["colour_matrix"]) for lk in looks}) == len(looks)
+    json.dumps(looks)  # plain JSON types, as the writer stores them
+
+
+def _blockiness(image: np.ndarray) -> float:
+    """Mean jump across 8-pixel block edges over the mean jump elsewhere (JPEG's 8 x 8 blocks)."""
+    grey = image.astype(float).mean(axis=2)
+    jumps = np.abs(np.diff(grey, axis=1)).mean(axis=0)
+    edges = np.arange(7, jumps.size, 8)
+    return float(jumps[edges].mean() / np.delete(jumps, edges).mean())
+
+
+def test_jpeg_and_the_sensor_change_the_image_as_they_say() -> None:
+    from training.data.synthetic.looks import PLAIN, colour_matrix
+    from training.data.synthetic.render import render
+    from training.data.synthetic.scene import scene_parts
+
+    _, _, layout, labels, conditions, textures = scene_parts(5, 256, gsd=0.3, theme="suburban")
+    plain = replace(conditions, look=PLAIN, noise=0.0)
+    clean = render(layout, labels, plain, textures)
+    compressed = render(layout, labels, replace(plain, look=replace(PLAIN, jpeg_quality=30)), textures)
+    assert np.array_equal(render(layout, labels, plain, textures), clean)
+    assert _blockiness(compressed) > _blockiness(clean) + 0.1
+    assert np.array_equal(
+        compressed, render(layout, labels, replace(plain, look=replace(PLAIN, jpeg_quality=30)), textures)
+    )
+    vivid = replace(PLAIN, colour=colour_matrix(1.4, (1.0, 1.0, 1.0), np.zeros((3, 3))))
+    dull = replace(PLAIN, colour=colour_matrix(0.6, (1.0, 1.0, 1.0), np.zeros((3, 3))))
+
+    def chroma(image: np.ndarray) -> float:
+        return float(np.abs(image.astype(float) - image.astype(float).mean(axis=2, keepdims=True)).mean())
+
+    saturated = chroma(render(layout, labels, replace(plain, look=vivid), textures))
+    faded = chroma(render(layout, labels, replace(plain, look=dull), textures))
+    assert faded < chroma(clean) < saturated
+
+
+def test_a_natural_forest_is_drawn_as_crowns_of_several_species_inside_its_mask() -> None:
+    from training.data.synthetic import canopy
+    from training.data.synthetic.labels import rasterise
+    from training.data.synthetic.render import render, sun_vector
+    from training.data.synthetic.scene import scene_parts
+
+    for seed in range(1, 30):  # the first natural scene that is mostly forest
+        _, _, layout, labels, conditions, textures = scene_parts(seed, 384, gsd=0.2, theme="natural")
+        if (labels.class_map == ObjectClass.FOREST).mean() > 0.4:
+            break
+    forest = labels.class_map == ObjectClass.FOREST
+    assert forest.mean() > 0.4
+    mixed = replace(
+        layout,
+        features=tuple(replace(f, style="mixed") if f.cls == ObjectClass.FOREST else f for f in layout.features),
+    )
+    labels = rasterise(mixed)
+    ys, xs = np.nonzero(forest)
+    style = np.full(xs.shape, canopy.STYLES.index("mixed"))
+    crowns = canopy.crowns(xs + 0.5, ys + 0.5, style, forest, textures, 1 / layout.gsd, sun_vector(conditions))
+    drawn = crowns.crown >= 0
+    assert 0.6 < drawn.mean() < 0.98  # crowns with gaps between them
+    assert {canopy.SPECIES[k].cone for k in np.unique(crowns.species[drawn])} == {True, False}
+    assert len(set(crowns.species[drawn].tolist())) >= 3
+    # Expected number of crowns: the forest area over a crown grid cell.
+    cells = forest.sum() / (canopy.SPACING_M / layout.gsd) ** 2
+    assert 0.5 * cells < len(crowns.centres) < 1.5 * cells
+    # Crowns sit inside the forest mask: a crown's disc barely leaves it (they shrink at its edge).
+    size = forest.shape[0]
+    grid_y, grid_x = np.mgrid[0:size, 0:size] + 0.5
+    outside = []
+    for cx, cy, r in crowns.centres.values():
+        if r <= 0 or not (r < cx < size - r and r < cy < size - r):
+            continue
+        disc = (grid_x - cx) ** 2 + (grid_y - cy) ** 2 < r * r
+        outside.append(float((disc & ~forest).sum() / max(disc.sum(), 1)))
+    assert outside and np.mean(outside) < 0.05 and np.max(outside) < 0.6
+    # The image shows the crowns: lit crowns are brighter than the gaps between them.
+    image = render(mixed, labels, replace(conditions, haze=0.0), textures).astype(float).mean(axis=2)
+    values = image[ys, xs]
+    assert values[drawn].mean() > values[~drawn].mean() + 10
+    # The labels do not depend on how the forest is drawn.
+    assert np.array_equal(labels.class_map == ObjectClass.FOREST, forest)
+
+
+def test_the_cli_accepts_a_tenth_of_a_metre(tmp_path: Path) -> None:
+    from training.data.synthetic.__main__ import main
+
+    assert (
+        main(["--out", str(tmp_path), "--split", "val", "--count", "1", "--size", "64", "--gsd", "0.1", "--quiet"]) == 0
+    )
+    index = json.loads((tmp_path / "val" / "index.json").read_text())
+    doc = json.loads((tmp_path / "val" / index["scenes"][0]["annotation"]).read_text())
+    assert doc["gsd"] == 0.1 and doc["look"]["gsd_band"] == gsd_band(0.1) and "sensor" in doc["look"]

@@ -25,7 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=512, help="scene width and height in pixels")
     parser.add_argument("--pairs", type=int, default=0, help="number of before/after pairs")
     parser.add_argument("--seed-base", type=int, default=0, help="first seed offset within the split")
-    parser.add_argument("--gsd", type=float, default=None, help="pixel size in metres (default: drawn, 0.3 to 2)")
+    parser.add_argument(
+        "--gsd", type=float, default=None, help="pixel size in metres (default: drawn per scene, 0.1 to 2)"
+    )
     parser.add_argument("--workers", type=int, default=1, help="worker processes")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)

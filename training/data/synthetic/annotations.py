@@ -8,7 +8,8 @@ so ``instance_map[y_min:y_max, x_min:x_max]`` holds the whole object.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from affine import Affine
@@ -93,6 +94,9 @@ class Scene:
     season: str
     sun_azimuth: float
     sun_elevation: float
+    look: dict[str, Any] = field(default_factory=dict)
+    """How the scene was photographed, for breaking figures down: ``gsd_band``, ``soil``, ``sensor``,
+    ``jpeg_quality`` (0: not compressed), ``haze``, sun angles and more (``scene.look_record``)."""
 
     def __post_init__(self) -> None:
         h, w = self.class_map.shape

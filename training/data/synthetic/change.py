@@ -6,7 +6,8 @@ and the change map marks, on the before image's grid, every pixel whose class di
 the two dates (value = :class:`ChangeKind`). Unchanged pairs exist too (an empty change map).
 
 Harmless differences touch every pair: the second date has other light (sun moved a little,
-exposure, white balance, haze), sometimes another season, fresh sensor noise, and is
+exposure, white balance, haze), sometimes another season, fresh sensor noise, often the same kind
+of sensor (else another) with a fresh colour response and JPEG quality, and is
 misregistered by up to 1.5 pixels (the whole layout and its textures shift; its labels shift
 with it, so the after scene's own labels stay exact).
 """
@@ -31,7 +32,8 @@ from training.data.synthetic.graph import Z_LAND, Z_ROAD, Z_STRUCTURE, Z_WATER, 
 from training.data.synthetic.labels import area_m2, class_map, index_map, rasterise
 from training.data.synthetic.language import COMPASS, number, region_index
 from training.data.synthetic.layout import SEASONS, generate_layout
-from training.data.synthetic.render import Conditions, draw_conditions
+from training.data.synthetic.looks import draw_soil, next_look
+from training.data.synthetic.render import SUN_ELEVATION, Conditions, draw_conditions
 from training.data.synthetic.scene import PAIR_STREAM, build_scene, streams
 from training.data.synthetic.shapes import Rect, blob, largest_polygon, wavy_edges, wiggly_line
 from training.data.synthetic.textures import Textures
@@ -67,6 +69,7 @@ def generate_pair(
     rng = streams(seed, PAIR_STREAM)
     place = draw_place(rng.place, size, gsd)
     before = generate_layout(rng.layout, size, place.gsd, theme)
+    before = replace(before, soil=draw_soil(rng.look, before.theme))
     r = rng.change
     wants_change = bool(r.uniform() < CHANGE_CHANCE) if changed is None else changed
     before_labels = rasterise(before)
@@ -79,8 +82,8 @@ def generate_pair(
         raise RuntimeError(f"pair {seed}: no change could be placed in this layout")
     if r.uniform() < 0.3:
         after = replace(after, season=SEASONS[(SEASONS.index(before.season) + 1) % len(SEASONS)])
-    first = draw_conditions(rng.conditions)
-    second = _second_date(first, r)
+    first = draw_conditions(rng.conditions, rng.look)
+    second = _second_date(first, r, rng.look)
     dx, dy = (float(v) for v in np.round(r.uniform(-MAX_SHIFT, MAX_SHIFT, 2), 2))
     moved = after.moved(dx, dy)
     offset = (int(round(dx)), int(round(dy)))
@@ -95,13 +98,15 @@ def generate_pair(
     return ScenePair(seed, before_scene, after_scene, change_map, changes, captions, bool(changes))
 
 
-def _second_date(first: Conditions, rng: np.random.Generator) -> Conditions:
-    """Other light and sensor noise; the sun moves a little."""
+def _second_date(first: Conditions, rng: np.random.Generator, look_rng: np.random.Generator) -> Conditions:
+    """Other light and sensor noise, often the same kind of sensor, fresh haze and compression; the sun
+    moves a little."""
     fresh = draw_conditions(rng)
     return replace(
         fresh,
         sun_azimuth=float((first.sun_azimuth + rng.normal(0, 12)) % 360),
-        sun_elevation=float(np.clip(first.sun_elevation + rng.normal(0, 6), 20, 70)),
+        sun_elevation=float(np.clip(first.sun_elevation + rng.normal(0, 6), *SUN_ELEVATION)),
+        look=next_look(first.look, look_rng),
     )
 
 
@@ -279,7 +284,8 @@ def _cut_trees(layout: Layout, rng: np.random.Generator, avoid: BaseGeometry) ->
         )
     for forest in (forests[int(i)] for i in rng.permutation(len(forests))):
         x, y = _random_point(rng, forest.geometry.intersection(view))
-        cut = blob(rng, x, y, rng.uniform(12, 40) * ppm, rng.uniform(10, 30) * ppm, rng.uniform(0, math.pi), 0.3)
+        rx, ry = _within_view(layout, rng.uniform(12, 40) * ppm, rng.uniform(10, 30) * ppm)
+        cut = blob(rng, x, y, rx, ry, rng.uniform(0, math.pi), 0.3)
         cut = largest_polygon(cut.intersection(forest.geometry).intersection(view))
         if cut.area < (6 * ppm) ** 2 or cut.intersects(avoid):
             continue
@@ -289,6 +295,13 @@ def _cut_trees(layout: Layout, rng: np.random.Generator, avoid: BaseGeometry) ->
         features = tuple(replace(f, geometry=rest) if f.key == forest.key else f for f in layout.features)
         return _Edit(replace(layout, features=features + (clearing,)), "forest", added=frozenset({key}))
     return None
+
+
+def _within_view(layout: Layout, rx: float, ry: float) -> tuple[float, float]:
+    """Blob radii (pixels) capped at a third of the view, so that at fine pixel sizes a clearing or a
+    flood changes part of the image rather than all of it (no cap at the sizes of a 0.3 m 512 view)."""
+    cap = 0.35 * layout.size
+    return min(rx, cap), min(ry, cap)
 
 
 def _random_point(rng: np.random.Generator, region: BaseGeometry) -> tuple[float, float]:
@@ -320,7 +333,8 @@ def _flood(layout: Layout, rng: np.random.Generator, avoid: BaseGeometry) -> _Ed
     elif lows:
         low = lows[int(rng.integers(len(lows)))]
         x, y = _random_point(rng, low.geometry.intersection(view))
-        area = blob(rng, x, y, rng.uniform(15, 50) * ppm, rng.uniform(10, 35) * ppm, rng.uniform(0, math.pi), 0.3)
+        rx, ry = _within_view(layout, rng.uniform(15, 50) * ppm, rng.uniform(10, 35) * ppm)
+        area = blob(rng, x, y, rx, ry, rng.uniform(0, math.pi), 0.3)
         shape = area.intersection(low.geometry).intersection(view).difference(avoid)
         subject = "field" if low.cls == C.CROP else "meadow"
     else:
@@ -362,7 +376,11 @@ def _new_road(layout: Layout, rng: np.random.Generator, avoid: BaseGeometry) -> 
         ):
             continue
         in_the_way = (C.BUILDING, C.STORAGE_TANK, C.TREE, C.VEHICLE)
-        cleared = frozenset(f.key for f in layout.features if f.cls in in_the_way and f.geometry.intersects(shape))
+        hit = [f for f in layout.features if f.cls in in_the_way and f.geometry.intersects(shape)]
+        solid = [f.geometry.intersection(view).area for f in hit if f.cls in (C.BUILDING, C.STORAGE_TANK)]
+        if max(solid, default=0.0) > shape.area:  # a road through a building bigger than itself is a demolition
+            continue  # (a 0.1 m view can lie inside one building)
+        cleared = frozenset(f.key for f in hit)
         road = Feature(
             layout.next_key(),
             C.ROAD,

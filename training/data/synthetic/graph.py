@@ -71,13 +71,17 @@ def move_all(features: list[Feature], frame: Frame) -> list[Feature]:
 
 @dataclass(frozen=True)
 class Layout:
-    """A whole scene graph: ``size`` x ``size`` pixels of ``gsd`` metres, and its features."""
+    """A whole scene graph: ``size`` x ``size`` pixels of ``gsd`` metres, and its features.
+
+    ``soil`` (loam, sandy, rocky) colours and textures bare soil, bare ground and dirt tracks.
+    """
 
     size: int
     gsd: float
     theme: str
     season: str
     features: tuple[Feature, ...]
+    soil: str = "loam"
 
     def moved(self, dx: float, dy: float) -> Layout:
         """The same layout shifted by (dx, dy) pixels (misregistration of a second date)."""

@@ -4,8 +4,8 @@
 in most scenes): a road on every grid line for towns, a few meandering roads and tracks in the
 country, sometimes a river, then one land-use filler per block chosen by the scene's theme
 (``blocks.py``), and vehicles on the roads. Sizes are drawn in metres and converted with the
-scene's ground sampling distance, so a 0.3 m scene shows a few houses and a 2 m scene a quarter
-of a town.
+scene's ground sampling distance, so a 0.1 m scene shows part of a garden or a street, a 0.3 m
+scene a few houses and a 2 m scene a quarter of a town.
 """
 
 from __future__ import annotations
@@ -32,8 +32,22 @@ THEMES = ("urban", "suburban", "industrial", "rural", "natural")
 THEME_WEIGHTS = (0.17, 0.25, 0.15, 0.26, 0.17)
 SEASONS = ("spring", "summer", "autumn", "winter")
 
-GSD_RANGE = (0.3, 2.0)
+GSD_RANGE = (0.1, 2.0)
 """Ground sampling distances (metres per pixel) that scenes are drawn with (log-uniform)."""
+GSD_BANDS: tuple[tuple[float, float], ...] = ((0.1, 0.3), (0.3, 0.7), (0.7, 2.0))
+"""The pixel-size bands that evaluations report figures in (metres; a band holds ``low <= gsd < high``,
+the last one its upper end too)."""
+
+
+def gsd_band(gsd: float) -> str:
+    """The name of the :data:`GSD_BANDS` band that ``gsd`` falls in ("0.1-0.3", "0.3-0.7", "0.7-2");
+    pixel sizes outside the drawn range go to the nearest band."""
+    for low, high in GSD_BANDS:
+        if gsd < high:
+            return f"{low:g}-{high:g}"
+    low, high = GSD_BANDS[-1]
+    return f"{low:g}-{high:g}"
+
 
 LAND_USE: dict[str, dict[str, float]] = {
     "urban": {"apartments": 0.35, "commercial": 0.22, "houses": 0.15, "park": 0.15, "bare": 0.06, "industrial": 0.07},
@@ -60,6 +74,9 @@ BLOCK_M: dict[str, tuple[tuple[float, float], tuple[float, float]]] = {
     "natural": ((150, 420), (150, 420)),
 }
 GRID_ROADS = ("urban", "suburban", "industrial")
+FINE_GSD = 0.3
+"""Below this pixel size a view spans tens of metres, less than a block: the block grid is shifted so
+that a block edge (a street in towns) crosses it, in one or both directions."""
 RIVER_CHANCE = {"urban": 0.08, "suburban": 0.12, "industrial": 0.1, "rural": 0.2, "natural": 0.3}
 
 
@@ -81,6 +98,23 @@ def _cuts(b: Builder, extent: float, metres: tuple[float, float]) -> list[float]
     while cuts[-1] < extent:
         cuts.append(cuts[-1] + b.um(*metres))
     return cuts
+
+
+def _through_view(b: Builder, cuts: list[float], extent: float, size: int, metres: tuple[float, float]) -> list[float]:
+    """``cuts`` shifted so that the one nearest the view's centre lies in its middle half, and
+    extended to cover ``[-extent, extent]`` again."""
+    nearest = min(cuts, key=abs)
+    shift = float(b.rng.uniform(-0.25, 0.25)) * size - nearest
+    moved = [c + shift for c in cuts]
+    while moved[0] > -extent:
+        moved.insert(0, moved[0] - b.um(*metres))
+    while moved[-1] < extent:
+        moved.append(moved[-1] + b.um(*metres))
+    while len(moved) > 2 and moved[1] <= -extent:
+        moved.pop(0)
+    while len(moved) > 2 and moved[-2] >= extent:
+        moved.pop()
+    return moved
 
 
 def _roads(b: Builder, theme: str, extent: float, xs: list[float], ys: list[float]) -> list[_Road]:
@@ -148,6 +182,10 @@ def generate_layout(
     image_local = frame.inverse_geometry(box(0, 0, size, size)).buffer(b.m(25))
     along, depth = BLOCK_M[theme]
     xs, ys = _cuts(b, extent, along), _cuts(b, extent, depth)
+    if gsd < FINE_GSD:
+        xs = _through_view(b, xs, extent, size, along)
+        if b.rng.uniform() < 0.5:
+            ys = _through_view(b, ys, extent, size, depth)
     roads = _roads(b, theme, extent, xs[1:-1], ys[1:-1])
     river = _river(b, theme, extent)
     loose = [r.line.buffer(r.width / 2 + b.m(2.5)) for r in roads if not r.grid]

@@ -1,12 +1,15 @@
-"""Drawing a rasterised layout as an aerial-looking RGB image (numpy and scipy only).
+"""Drawing a rasterised layout as an aerial-looking RGB image (numpy, scipy and Pillow).
 
-Per pixel: a base colour from the feature on top (by class, style, season and a random tone),
-modulated by fractal textures; structure per class computed from the feature's geometry (crop
-rows and tramlines, two-tone gable and four-facet hip roofs, domed tree crowns, cellular forest
-canopy, tank rims and floating-roof shadows, car windows, painted road and parking lines, a water
-depth gradient); cast shadows swept from every building, tank, tree, vehicle and forest edge
-away from the sun by its height; then sky and sun light, exposure, white balance, haze,
-vignetting, the sensor's blur and noise.
+Per pixel: a base colour from the feature on top (by class, style, season, the scene's soil and a
+random tone), modulated by fractal textures; structure per class computed from the feature's
+geometry (crop rows and tramlines, two-tone gable and four-facet hip roofs with eaves and ridges,
+lobed or conical tree crowns, natural forest as individual crowns of several species
+(``canopy.py``), tank rims and floating-roof shadows, car glass, roofs and bonnets, painted road
+and parking lines, mowing stripes, a water depth gradient, sand ripples and stones on sandy and
+rocky soil); cast shadows swept from every building, tank, tree, vehicle and forest edge away
+from the sun by its height; then sky and sun light (warmer and weaker when the sun is low),
+exposure, white balance, the sensor's colour response, haze, vignetting, the sensor's blur,
+sharpening, colour resolution and noise, and a JPEG round trip (``looks.py``).
 
 Everything is vectorised over pixels; the only Python loops run over features to build lookup
 tables and shadow polygons.
@@ -16,16 +19,18 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import shapely
 from scipy import ndimage
 from shapely.geometry.base import BaseGeometry
 
+from training.data.synthetic import canopy, looks
 from training.data.synthetic.classes import ObjectClass
 from training.data.synthetic.graph import Feature, Layout
 from training.data.synthetic.labels import Labels, burn
+from training.data.synthetic.looks import PLAIN, Look
 from training.data.synthetic.textures import Textures
 
 log = logging.getLogger(__name__)
@@ -50,13 +55,22 @@ class Conditions:
     blur: float
     noise: float
     noise_seed: int
+    look: Look = PLAIN
+    """Sensor colour response and sharpness, extra haze and JPEG compression."""
 
 
-def draw_conditions(rng: np.random.Generator) -> Conditions:
-    """Random but plausible acquisition conditions."""
-    return Conditions(
+SUN_ELEVATION = (12.0, 75.0)
+"""Range of sun elevations drawn (degrees): low suns cast shadows several times an object's height."""
+
+
+def draw_conditions(rng: np.random.Generator, look_rng: np.random.Generator | None = None) -> Conditions:
+    """Random but plausible acquisition conditions; the look is drawn from ``look_rng`` (plain without it).
+
+    ``rng`` gives the same number of draws whatever the look, so the streams that share it
+    (a pair's change stream) draw the same edits."""
+    conditions = Conditions(
         sun_azimuth=float(rng.uniform(90, 270) if rng.uniform() < 0.85 else rng.uniform(0, 360)),
-        sun_elevation=float(rng.uniform(25, 65)),
+        sun_elevation=float(rng.uniform(*SUN_ELEVATION)),
         ambient=float(rng.uniform(0.3, 0.45)),
         exposure=float(rng.uniform(0.9, 1.12)),
         white_balance=(float(rng.uniform(0.95, 1.05)), 1.0, float(rng.uniform(0.93, 1.07))),
@@ -67,6 +81,7 @@ def draw_conditions(rng: np.random.Generator) -> Conditions:
         noise=float(rng.uniform(0.8, 2.6)),
         noise_seed=int(rng.integers(0, 2**31)),
     )
+    return conditions if look_rng is None else replace(conditions, look=looks.draw_look(look_rng))
 
 
 def sun_vector(conditions: Conditions) -> np.ndarray:
@@ -140,7 +155,18 @@ TANK_COLOURS: dict[str, RGB] = {
     "green": (0.40, 0.50, 0.40),
 }
 SURFACES: dict[str, RGB] = {"asphalt": (0.30, 0.30, 0.31), "concrete": (0.62, 0.61, 0.58), "dirt": (0.56, 0.48, 0.38)}
-SOILS: dict[str, RGB] = {"dusty": (0.66, 0.58, 0.46), "dark": (0.45, 0.37, 0.29), "": (0.58, 0.49, 0.38)}
+SOILS: dict[str, dict[str, RGB]] = {
+    # scene soil -> bare soil style -> colour ("" is the secondary colour textures mix in)
+    "loam": {"dusty": (0.66, 0.58, 0.46), "dark": (0.45, 0.37, 0.29), "": (0.58, 0.49, 0.38)},
+    "sandy": {"dusty": (0.80, 0.73, 0.58), "dark": (0.67, 0.58, 0.44), "": (0.75, 0.67, 0.51)},
+    "rocky": {"dusty": (0.64, 0.61, 0.56), "dark": (0.45, 0.42, 0.38), "": (0.56, 0.53, 0.48)},
+}
+SOIL_SHOWS: dict[str, dict[str, float]] = {
+    # scene soil -> theme -> how much the soil colours the bare ground between objects (0..1)
+    "loam": {},
+    "sandy": {"urban": 0.25, "suburban": 0.3, "industrial": 0.3, "rural": 0.45, "natural": 0.65},
+    "rocky": {"urban": 0.2, "suburban": 0.25, "industrial": 0.25, "rural": 0.35, "natural": 0.55},
+}
 WATER: dict[str, RGB] = {"clear": (0.07, 0.16, 0.21), "murky": (0.15, 0.21, 0.17), "": (0.10, 0.18, 0.22)}
 POOL: RGB = (0.30, 0.68, 0.76)
 
@@ -165,11 +191,27 @@ def _jitter(rgb: RGB, tone: float, spread: float = 0.08) -> np.ndarray:
     return np.clip(np.asarray(rgb) * (1.0 + spread * (2.0 * tone - 1.0)), 0.0, 1.0)
 
 
-def _colours(f: Feature, season: str) -> tuple[np.ndarray, np.ndarray]:
+def _mix(a: RGB, b: RGB, w: float) -> RGB:
+    return (a[0] + (b[0] - a[0]) * w, a[1] + (b[1] - a[1]) * w, a[2] + (b[2] - a[2]) * w)
+
+
+def _ground(layout: Layout) -> tuple[RGB, RGB]:
+    """Base and secondary colour of the bare ground between objects (class 0)."""
+    base, second = DUSTY if layout.theme in ("urban", "industrial") else VEGETATION[layout.season]["ground"]
+    w = SOIL_SHOWS[layout.soil].get(layout.theme, 0.0)
+    soil = SOILS[layout.soil]
+    return _mix(base, soil[""], w), _mix(second, soil["dusty"], w)
+
+
+def _colours(f: Feature, layout: Layout) -> tuple[np.ndarray, np.ndarray]:
     """Base and secondary colour of one feature."""
+    season = layout.season
     veg = VEGETATION[season]
+    soil = SOILS[layout.soil]
     if f.cls == C.GRASS:
         base, second = veg["grass"]
+        if f.kind == "meadow" and layout.soil != "loam":  # dry grass over sand or stones
+            second = _mix(second, soil[""], 0.6 if layout.theme == "natural" else 0.35)
     elif f.cls in (C.TREE, C.FOREST):
         base, second = CONIFER if f.style == "conifer" else veg["deciduous"]
         if f.style == "mixed":
@@ -177,6 +219,8 @@ def _colours(f: Feature, season: str) -> tuple[np.ndarray, np.ndarray]:
     elif f.cls == C.CROP:
         seasons = CROP_COLOURS[f.style]
         base, second, _ = seasons.get(season, next(iter(seasons.values())))
+        if layout.soil != "loam":
+            second = _mix(second, soil[""], 0.3)
     elif f.cls == C.BUILDING:
         base = second = ROOF_COLOURS[f.style]
     elif f.cls == C.VEHICLE:
@@ -185,10 +229,12 @@ def _colours(f: Feature, season: str) -> tuple[np.ndarray, np.ndarray]:
         base = second = TANK_COLOURS[f.style]
     elif f.cls in (C.ROAD, C.PARKING_LOT):
         base = second = SURFACES[f.style]
+        if f.style == "dirt":
+            base = second = _mix(SURFACES["dirt"], soil["dusty"], 0.5)
     elif f.cls == C.WATER:
         base = second = POOL if f.kind == "pool" else WATER[f.style]
     else:
-        base, second = SOILS[f.style], SOILS[""]
+        base, second = soil.get(f.style, soil[""]), soil[""]
     spread = 0.05 if f.cls in (C.WATER, C.CROP) else 0.1
     return _jitter(base, f.tone, spread), _jitter(second, 1.0 - f.tone, spread)
 
@@ -247,10 +293,9 @@ def render(layout: Layout, labels: Labels, conditions: Conditions, textures: Tex
     painted = labels.painted
     base = np.zeros((len(painted) + 1, 3), dtype=np.float32)
     second = np.zeros_like(base)
-    ground = DUSTY if layout.theme in ("urban", "industrial") else VEGETATION[layout.season]["ground"]
-    base[0], second[0] = (np.asarray(c) for c in ground)
+    base[0], second[0] = (np.asarray(c) for c in _ground(layout))
     for i, f in enumerate(painted, start=1):
-        base[i], second[i] = _colours(f, layout.season)
+        base[i], second[i] = _colours(f, layout)
     index, classes = labels.index, labels.class_map
     amp = np.array([TEXTURE_AMPLITUDE[C(c)] for c in range(len(C))], dtype=np.float32)[classes]
     ppm = 1.0 / layout.gsd
@@ -273,7 +318,7 @@ def render(layout: Layout, labels: Labels, conditions: Conditions, textures: Tex
         albedo,
         np.ones(index.shape, dtype=np.float32),
     )
-    for painter in (_crops, _water, _roofs, _tanks, _trees, _forest, _vehicles, _marks):
+    for painter in (_crops, _water, _soil, _surfaces, _roofs, _tanks, _trees, _forest, _vehicles, _marks):
         painter(canvas)
     return _expose(canvas, 1.0 - _shadows(canvas))
 
@@ -324,8 +369,131 @@ def _water(cv: _Canvas) -> None:
     cv.scale_direct(flat, np.full(flat.shape, 0.6, dtype=np.float32))
 
 
+def _soil_density(cv: _Canvas) -> np.ndarray:
+    """Per painted feature (entry 0: the bare ground), how much of the scene's soil shows (0..1)."""
+    shows = SOIL_SHOWS[cv.layout.soil].get(cv.layout.theme, 0.0)
+    values: dict[int, float] = {}
+    for i, f in enumerate(cv.labels.painted, start=1):
+        if f.cls == C.BARE_SOIL:
+            values[i] = 1.0
+        elif f.cls == C.ROAD and f.style == "dirt":
+            values[i] = 0.5
+        elif f.cls == C.GRASS and f.kind == "meadow" and cv.layout.soil != "loam":
+            values[i] = 0.3 if cv.layout.theme == "natural" else 0.12
+    table = cv.table(values)
+    table[0] = shows
+    return table
+
+
+def _soil(cv: _Canvas) -> None:
+    """Sand ripples and dunes, stones and boulders, or clods, where the scene's soil shows."""
+    density = _soil_density(cv)[cv.labels.index.ravel()]
+    flat = np.flatnonzero(density > 0)
+    if not flat.size:
+        return
+    density = density[flat]
+    y, x = np.divmod(flat, cv.layout.size)
+    x, y = x.astype(np.float32) + 0.5, y.astype(np.float32) + 0.5
+    ppm, soil = cv.ppm, cv.layout.soil
+    if soil == "sandy":
+        rng = cv.textures.rng("sand")
+        angle, wavelength = rng.uniform(0, np.pi), rng.uniform(0.35, 0.8) * ppm
+        warp = cv.textures.fractal("sand-warp", 3.0 * ppm, octaves=2).ravel()[flat]
+        along = x * np.cos(angle) + y * np.sin(angle) + 0.6 * wavelength * warp
+        ripples = np.cos(2 * np.pi * along / wavelength) * abs(np.sinc(1.0 / wavelength))
+        dunes = cv.textures.fractal("dunes", 20.0 * ppm, octaves=3)
+        gy, gx = np.gradient(dunes)
+        sx, sy, _ = cv.sun
+        relief = (gx.ravel()[flat] * sx + gy.ravel()[flat] * sy) * 20.0 * ppm * 0.05
+        cv.scale_albedo(flat, 1.0 + density * (0.05 * ripples))
+        cv.scale_direct(flat, np.clip(1.0 + density * relief, 0.7, 1.3))
+        return
+    if soil == "rocky":
+        sx, sy, sz = cv.sun
+        gravel = cv.textures.white("gravel").ravel()[flat]
+        cv.scale_albedo(flat, 1.0 + (0.04 + 0.08 * _detail(cv)) * density * np.clip(gravel, -2.5, 2.5))
+        for name, spacing_m, chance, size_range in (
+            ("stones", 0.7, 0.7, (0.2, 0.75)),
+            ("boulders", 4.0, 0.1, (0.3, 0.75)),
+        ):
+            spacing = spacing_m * ppm
+            if spacing < 3.0:
+                if name == "stones":  # unresolved: darker mottling where stones and their shadows gather
+                    mottle = cv.textures.fractal("pebbles", 1.5, octaves=2).ravel()[flat]
+                    cv.scale_albedo(flat, 1.0 - 0.06 * density * np.clip(mottle, 0.0, 2.5))
+                continue
+            _stones(cv, flat, x, y, density * chance, spacing, size_range, name, (sx, sy, sz))
+        return
+    if _detail(cv) > 0:  # loam: clods and crumbs
+        clods = cv.textures.fractal("clods", 0.3 * ppm, octaves=2).ravel()[flat]
+        cv.scale_albedo(flat, 1.0 + 0.07 * _detail(cv) * density * clods)
+
+
+def _stones(
+    cv: _Canvas,
+    flat: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    chance: np.ndarray,
+    spacing: float,
+    size_range: tuple[float, float],
+    name: str,
+    sun: tuple[float, float, float],
+) -> None:
+    """One stone per grid cell (where drawn), a lit dome with a short shadow away from the sun."""
+    ox, oy = cv.textures.origin()
+    tx, ty = x + ox, y + oy
+    n = int((cv.layout.size + 2 * cv.textures.pad) / spacing) + 2
+    cells = cv.textures.rng(name).uniform(0.0, 1.0, (n, n, 4)).astype(np.float32)
+    gx, gy = (np.floor(tx / spacing).astype(np.int64), np.floor(ty / spacing).astype(np.int64))
+    c = cells[np.clip(gy, 0, n - 1), np.clip(gx, 0, n - 1)]
+    r = (size_range[0] + (size_range[1] - size_range[0]) * c[:, 2]) * 0.5 * spacing
+    cx = (gx + 0.5 + (c[:, 0] - 0.5) * (1.0 - 2.0 * r / spacing)) * spacing
+    cy = (gy + 0.5 + (c[:, 1] - 0.5) * (1.0 - 2.0 * r / spacing)) * spacing
+    present = c[:, 3] < chance
+    rough = 1.0 + 0.35 * cv.textures.fractal(f"{name}-outline", max(0.25 * spacing, 1.5), octaves=2).ravel()[flat]
+    dx, dy = (tx - cx) / r, (ty - cy) / r
+    stone = present & (dx * dx + dy * dy < rough * rough)
+    sx, sy, sz = sun
+    horizontal = max(math.hypot(sx, sy), 1e-6)
+    reach = min(1.6, 0.6 * horizontal / max(sz, 1e-3))  # shadow length in radii
+    sdx, sdy = dx + reach * sx / horizontal, dy + reach * sy / horizontal
+    shadow = present & ~stone & (sdx * sdx + sdy * sdy < rough * rough)
+    tone = 0.8 + 0.4 * c[:, 2] + 0.1 * (c[:, 0] - 0.5)
+    grey = np.float32([0.56, 0.55, 0.52])
+    albedo = cv.albedo.reshape(-1, 3)
+    albedo[flat[stone]] = (albedo[flat[stone]] * 0.55 + grey * 0.45) * tone[stone][:, None]
+    bulge = np.clip(dx / rough, -1, 1), np.clip(dy / rough, -1, 1)
+    light = np.where(stone, _dome(cv, *bulge, 0.6), np.where(shadow, 0.35, 1.0))
+    cv.scale_direct(flat, light.astype(np.float32))
+
+
+def _surfaces(cv: _Canvas) -> None:
+    """Mowing stripes on lawns and parks, patched asphalt (details that show at fine pixel sizes)."""
+    ppm = cv.ppm
+    if ppm < 2.0:
+        return
+    flat, idx, x, y = cv.pixels(C.GRASS)
+    if flat.size:
+        mown = cv.table({i: 1.0 for i, f in cv.features(C.GRASS) if f.kind in ("lawn", "park")})[idx] > 0
+        angle = cv.table({i: f.tone * np.pi for i, f in cv.features(C.GRASS)})[idx]
+        along = (x * np.cos(angle) + y * np.sin(angle)) / (1.0 * ppm)
+        stripes = np.where(np.floor(along) % 2 == 0, 1.04, 0.96)
+        cv.scale_albedo(flat, np.where(mown, stripes, 1.0).astype(np.float32))
+    for cls in (C.ROAD, C.PARKING_LOT):
+        flat, idx, _, _ = cv.pixels(cls)
+        if not flat.size:
+            continue
+        paved = cv.table({i: 1.0 for i, f in cv.features(cls) if f.style == "asphalt"})[idx] > 0
+        patches = cv.textures.fractal("asphalt-patches", 3.0 * ppm, octaves=2).ravel()[flat]
+        grit = cv.textures.white("asphalt-grit").ravel()[flat]
+        factor = np.where(patches > 1.3, 0.88, 1.0) * (1.0 + 0.05 * _detail(cv) * grit)
+        cv.scale_albedo(flat, np.where(paved, factor, 1.0).astype(np.float32))
+
+
 def _roofs(cv: _Canvas) -> None:
     wings = [(r, f.roof, f.kind == "warehouse") for _, f in cv.features(C.BUILDING) for r in f.rects]
+    owners = [f for _, f in cv.features(C.BUILDING) for _ in f.rects]
     flat, _, x, y = cv.pixels(C.BUILDING)
     if not flat.size or not wings:
         return
@@ -360,7 +528,66 @@ def _roofs(cv: _Canvas) -> None:
         seams = np.abs((v / ppm) % 7.5 - 3.75) > 3.75 - max(0.12, 0.5 / ppm)
         ribs = 1.0 + (0.04 * np.sin(2 * np.pi * u / (0.9 * ppm)) if ppm >= 2.5 else 0.0)
         factor *= np.where(metal, np.where(seams, 0.88, 1.0) * ribs, 1.0)
+    if ppm >= 2.0:  # gutters along the eaves
+        factor *= np.where(pitched & ~end & (edge < max(0.22 * ppm, 0.6)), 0.82, 1.0)
+    if ppm >= 5.0:  # staggered tile joints along each course
+        course = np.floor(np.where(end, np.abs(u) - (hl - hw), np.abs(v)) / (0.33 * ppm))
+        along = np.where(end, v, u) / (0.24 * ppm) + 0.5 * (course % 2)
+        factor *= np.where(pitched & ~metal & (np.abs(along % 1.0 - 0.5) > 0.4), 0.93, 1.0)
+        factor *= 1.0 + 0.06 * cv.textures.fractal("roof-stains", 1.5 * ppm).ravel()[flat] * pitched
     cv.scale_albedo(flat, factor)
+    if ppm >= 3.0:
+        _roof_items(cv, flat, w, u, v, pitched, [(r, f.key, f.kind) for (r, _, _), f in zip(wings, owners)])
+
+
+ROOF_ITEMS = {
+    # kind -> (colour, half length m, half width m)
+    "solar": ((0.09, 0.11, 0.17), (1.6, 3.5), (0.9, 1.8)),
+    "skylight": ((0.16, 0.18, 0.21), (0.4, 0.6), (0.35, 0.5)),
+    "chimney": ((0.42, 0.27, 0.22), (0.3, 0.45), (0.25, 0.35)),
+    "vent": ((0.55, 0.55, 0.55), (0.15, 0.25), (0.15, 0.25)),
+}
+
+
+def _roof_items(
+    cv: _Canvas, flat: np.ndarray, w: np.ndarray, u: np.ndarray, v: np.ndarray, pitched: np.ndarray, wings: list
+) -> None:
+    """Solar panels, skylights, chimneys and vents on pitched roofs, seeded per building (the same on both dates)."""
+    ppm = cv.ppm
+    items: list[tuple[int, float, float, float, float, int]] = []
+    names = list(ROOF_ITEMS)
+    for k, (rect, key, kind) in enumerate(wings, start=1):
+        if kind not in ("house", "barn", "apartment block") or rect.half_wid < 2.0 * ppm:
+            continue
+        rng = cv.textures.rng(f"roof-items-{key}-{k}")
+        for _ in range(int(rng.integers(0, 4))):
+            name = names[int(rng.choice(len(names), p=[0.25, 0.3, 0.3, 0.15]))]
+            _, hl_m, hw_m = ROOF_ITEMS[name]
+            hu, hv = rng.uniform(*hl_m) * ppm, rng.uniform(*hw_m) * ppm
+            room_u, room_v = rect.half_len - hu - 0.5 * ppm, rect.half_wid - hv - 0.5 * ppm
+            if room_u <= 0 or room_v <= 0.3 * ppm:
+                continue
+            side = 1.0 if rng.uniform() < 0.5 else -1.0
+            u0 = rng.uniform(-room_u, room_u)
+            v0 = side * (hv + 0.3 * ppm + rng.uniform(0, max(room_v - hv - 0.3 * ppm, 0.0)))
+            items.append((k, u0, v0, hu, hv, names.index(name)))
+    if not items:
+        return
+    albedo = cv.albedo.reshape(-1, 3)
+    for k, u0, v0, hu, hv, item in items:
+        on = (w == k) & pitched & (np.abs(u - u0) < hu) & (np.abs(v - v0) < hv)
+        if not on.any():
+            continue
+        colour = np.asarray(ROOF_ITEMS[names[item]][0], dtype=np.float32)
+        du, dv = (u[on] - u0) / hu, (v[on] - v0) / hv
+        if names[item] == "solar":  # cells with light frames
+            grid = (np.abs(((u[on] - u0) / ppm) % 1.0 - 0.5) > 0.46) | (
+                np.abs(((v[on] - v0) / ppm) % 0.85 - 0.42) > 0.39
+            )
+            shade = np.where(grid, 2.8, 1.0)
+        else:
+            shade = np.where((np.abs(du) > 0.8) | (np.abs(dv) > 0.8), 1.3, 1.0)
+        albedo[flat[on]] = colour * shade[:, None]
 
 
 def _disc_table(cv: _Canvas, cls: ObjectClass) -> np.ndarray:
@@ -401,47 +628,72 @@ def _tanks(cv: _Canvas) -> None:
 
 
 def _trees(cv: _Canvas) -> None:
+    """Single crowns: lobed domes of leaf clumps (broadleaves) or starred cones (conifers)."""
     flat, idx, x, y = cv.pixels(C.TREE)
     if not flat.size:
         return
     cx, cy, r, _ = _disc_table(cv, C.TREE)[idx].T
+    conifer = cv.table({i: 1.0 for i, f in cv.features(C.TREE) if f.style == "conifer"})[idx] > 0
     dx, dy = (x - cx) / r, (y - cy) / r
     d = np.clip(np.hypot(dx, dy), 0.0, 1.0)
-    leaves = 1.0 + 0.12 * cv.textures.fractal("leaves", 0.8 * cv.ppm, octaves=2).ravel()[flat]
-    cv.scale_direct(flat, _dome(cv, dx, dy, 0.75))
-    cv.scale_albedo(flat, (1.0 - 0.35 * d**3) * leaves)
+    clumps = cv.textures.fractal("leaves", 0.8 * cv.ppm, octaves=2).ravel()[flat]
+    fine = cv.textures.fractal("leaves-fine", 0.3 * cv.ppm, octaves=2).ravel()[flat] if _detail(cv) > 0 else 0.0
+    needles = cv.textures.fractal("needles", 0.25 * cv.ppm, octaves=2).ravel()[flat]
+    angle = np.arctan2(dy, dx)
+    phase = (cx * 0.37 + cy * 0.61) % (2 * np.pi)
+    branches = 0.5 + 0.5 * np.cos(9.0 * angle + phase)
+    cone = _slope_light(cv, dx / np.maximum(d, 1e-3), dy / np.maximum(d, 1e-3), np.full_like(d, 0.8))
+    cv.scale_direct(flat, np.where(conifer, cone * (1.0 - 0.45 * branches * d), _dome(cv, dx, dy, 0.75)))
+    leafy = (1.0 - 0.35 * d**3) * (1.0 + 0.12 * clumps + 0.1 * _detail(cv) * fine)
+    spiky = (1.0 - 0.25 * d**2) * (1.0 + 0.1 * needles) * (1.0 - 0.25 * branches * d)
+    cv.scale_albedo(flat, np.where(conifer, spiky, leafy))
+
+
+def _detail(cv: _Canvas) -> float:
+    """0 at 0.5 m pixels and coarser, 1 at 0.15 m and finer: how much sub-metre detail shows."""
+    return float(np.clip((cv.ppm - 2.0) / 4.7, 0.0, 1.0))
+
+
+def _slope_light(cv: _Canvas, ux: np.ndarray, uy: np.ndarray, slope: np.ndarray) -> np.ndarray:
+    """Relative sunlight on a surface tilted by ``slope`` (sine of its angle) outwards along (ux, uy)."""
+    sx, sy, sz = cv.sun
+    nz = np.sqrt(np.clip(1.0 - slope * slope, 0.0, 1.0))
+    return np.maximum(0.0, slope * (ux * sx + uy * sy) + nz * sz) / sz
 
 
 def _forest(cv: _Canvas) -> None:
-    """A cellular canopy: each pixel belongs to the nearest of jittered crown centres."""
-    flat, _, x, y = cv.pixels(C.FOREST)
+    """Individual crowns of several species over a dark forest floor (``canopy.py``)."""
+    flat, idx, x, y = cv.pixels(C.FOREST)
     if not flat.size:
         return
-    ox, oy = cv.textures.origin()
-    tx, ty = x + ox, y + oy
-    spacing = max(6.0 * cv.ppm, 3.0)
-    n = int((cv.layout.size + 2 * cv.textures.pad) / spacing) + 3
-    rng = cv.textures.rng("canopy")
-    jitter = rng.uniform(0.1, 0.9, (n, n, 2)).astype(np.float32)
-    radius = rng.uniform(0.55, 0.8, (n, n)).astype(np.float32) * spacing
-    gx, gy = np.floor(tx / spacing).astype(np.int64), np.floor(ty / spacing).astype(np.int64)
-    best = np.full(flat.shape, np.inf, dtype=np.float32)
-    best_dx, best_dy = np.zeros_like(best), np.zeros_like(best)
-    for i in (-1, 0, 1):
-        for j in (-1, 0, 1):
-            cx, cy = np.clip(gx + i, 0, n - 1), np.clip(gy + j, 0, n - 1)
-            r = radius[cy, cx]
-            dx = (tx - (cx + jitter[cy, cx, 0]) * spacing) / r
-            dy = (ty - (cy + jitter[cy, cx, 1]) * spacing) / r
-            dist = np.hypot(dx, dy)
-            closer = dist < best
-            best = np.where(closer, dist, best)
-            best_dx, best_dy = np.where(closer, dx, best_dx), np.where(closer, dy, best_dy)
-    gap = np.clip((best - 0.9) / 0.3, 0.0, 1.0)
-    dome = _dome(cv, np.clip(best_dx, -1, 1), np.clip(best_dy, -1, 1), 0.7)
-    leaves = 1.0 + 0.1 * cv.textures.fractal("leaves", 0.8 * cv.ppm, octaves=2).ravel()[flat]
-    cv.scale_direct(flat, dome * (1.0 - gap))
-    cv.scale_albedo(flat, (1.0 - 0.3 * np.clip(best, 0, 1) ** 3) * (1.0 - 0.4 * gap) * leaves)
+    ids = {name: k for k, name in enumerate(canopy.STYLES)}
+    style = cv.table({i: ids.get(f.style, ids[""]) for i, f in cv.features(C.FOREST)})[idx].astype(np.int64)
+    crowns = canopy.crowns(x, y, style, cv.labels.class_map == C.FOREST, cv.textures, cv.ppm, cv.sun)
+    season = cv.layout.season
+    width = max(len(sp.colours[season]) for sp in canopy.SPECIES)
+    palette = np.array(
+        [[sp.colours[season][k % len(sp.colours[season])] for k in range(width)] for sp in canopy.SPECIES],
+        dtype=np.float32,
+    )
+    counts = np.array([len(sp.colours[season]) for sp in canopy.SPECIES], dtype=np.int64)
+    lit = crowns.crown >= 0
+    species = np.maximum(crowns.species, 0)
+    draw = crowns.crown.astype(np.float64)
+    pick = np.floor(((draw * 0.6180339887) % 1.0) * counts[species]).astype(np.int64)
+    shade_of_crown = (0.82 + 0.36 * ((draw * 0.7548776662) % 1.0)).astype(np.float32)
+    colour = palette[species, pick] * shade_of_crown[:, None]
+    cone = np.array([sp.cone for sp in canopy.SPECIES])[species]
+    clumps = cv.textures.fractal("leaves", max(0.6 * cv.ppm, 1.5), octaves=2).ravel()[flat]
+    needles = cv.textures.fractal("needles", 0.25 * cv.ppm, octaves=2).ravel()[flat]
+    texture = np.where(cone, 1.0 + 0.12 * needles, 1.0 + (0.1 + 0.08 * _detail(cv)) * clumps)
+    t = crowns.t
+    albedo_crown = colour * (texture * (1.0 - 0.28 * t**3))[:, None]
+    floor = np.asarray(canopy.FLOOR, dtype=np.float32) * (1.0 + 0.1 * clumps)[:, None]
+    albedo = cv.albedo.reshape(-1, 3)
+    albedo[flat] = np.where(lit[:, None], albedo_crown, floor)
+    slope = np.where(cone, 0.82, 0.8 * t)
+    light = _slope_light(cv, crowns.ux, crowns.uy, slope.astype(np.float32))
+    cv.scale_direct(flat, np.where(lit, light, 0.3) * (1.0 - 0.8 * crowns.shade))
 
 
 def _vehicles(cv: _Canvas) -> None:
@@ -456,13 +708,32 @@ def _vehicles(cv: _Canvas) -> None:
     cx, cy, angle, hl, hw, truck = table[idx].T
     u = ((x - cx) * np.cos(angle) + (y - cy) * np.sin(angle)) / hl
     v = (-(x - cx) * np.sin(angle) + (y - cy) * np.cos(angle)) / hw
-    glass = ((u > 0.2) & (u < 0.45)) | ((u > -0.75) & (u < -0.6))
-    car = np.where(glass, 0.25, np.where(np.abs(v) > 0.75, 0.8, 1.0))
+    au, av = np.abs(u), np.abs(v)
+    # Cars (front at +u): windscreen narrowing to the roof, rear window, side windows along the cabin,
+    # darker sills, rounded corners; the bonnet and boot slope away from the roof.
+    windscreen = (u > 0.18) & (u < 0.45) & (av < 0.86 - 0.25 * (u - 0.18) / 0.27)
+    rear = (u > -0.78) & (u < -0.58) & (av < 0.8)
+    side = (u > -0.58) & (u < 0.18) & (av > 0.68) & (av < 0.86)
+    glass = windscreen | rear | side
+    corner = (au > 0.82) & (av > 0.55) & (((au - 0.82) / 0.18) ** 2 + ((av - 0.55) / 0.45) ** 2 > 1.0)
+    car = np.where(glass, 0.25, np.where(av > 0.86, 0.78, 1.0))
+    car = np.where(corner, 0.45, car)
+    slope = np.where((u > 0.45) | (u < -0.78), 0.3 * np.sign(u), 0.0)
+    roof = (u > -0.58) & (u < 0.18) & (av < 0.68)
+    fine = _detail(cv)
+    car = car * np.where(roof, 1.0 + 0.08 * fine * (1.0 - av), 1.0)
     lorry = np.where((u > 0.62) & (u < 0.7), 0.3, 1.0)
+    lorry = np.where((u > 0.9) & (av < 0.85), 0.3, lorry)  # the cab's windscreen
+    if fine > 0:  # trailer roof ribs
+        ribs = np.abs(((u * hl / cv.ppm) % 0.6) - 0.3) > 0.25
+        lorry = np.where((u < 0.62) & ribs, lorry * (1.0 - 0.08 * fine), lorry)
     is_truck = truck > 0
-    cv.scale_albedo(flat, np.where(is_truck, lorry, car))
     trailer = flat[is_truck & (u < 0.62)]
     cv.albedo.reshape(-1, 3)[trailer] = np.array([0.78, 0.78, 0.76], dtype=np.float32)
+    cv.scale_albedo(flat, np.where(is_truck, lorry, car))
+    ca, sa = np.cos(angle), np.sin(angle)
+    tilt = _slope_light(cv, np.sign(slope) * ca, np.sign(slope) * sa, np.abs(slope).astype(np.float32))
+    cv.scale_direct(flat, np.where(is_truck, 1.0, tilt))
 
 
 def _marks(cv: _Canvas) -> None:
@@ -558,20 +829,31 @@ def _smooth(image: np.ndarray, sigma: float) -> np.ndarray:
 def _expose(cv: _Canvas, lit: np.ndarray) -> np.ndarray:
     """Sky and sun light, atmosphere and sensor: from albedo to 8-bit RGB."""
     c = cv.conditions
+    look = c.look
+    share = looks.direct_share(c.sun_elevation)
     sky = np.array([0.9, 0.97, 1.12], dtype=np.float32) * c.ambient
-    radiance = cv.albedo * (sky + ((1.0 - c.ambient) * lit * np.maximum(cv.direct, 0.0))[..., None])
+    sun = looks.low_sun_tint(c.sun_elevation) * np.float32((1.0 - c.ambient) * share)
+    radiance = cv.albedo * (sky + (lit * np.maximum(cv.direct, 0.0))[..., None] * sun)
+    radiance /= np.float32(c.ambient + (1.0 - c.ambient) * share)  # flat sunlit ground keeps its brightness
     size = cv.layout.size
     ramp = (np.arange(size, dtype=np.float32) + 0.5) / size - 0.5
     radiance *= (1.0 - 2.0 * c.vignette * (ramp[None, :] ** 2 + ramp[:, None] ** 2))[..., None]
     radiance *= c.exposure * np.asarray(c.white_balance, dtype=np.float32)
-    radiance = radiance * (1.0 - c.haze) + c.haze * np.array([0.72, 0.76, 0.82], dtype=np.float32)
+    radiance = looks.mix_colours(radiance, look)
+    patches = None
+    if look.haze_patchiness > 0 and look.haze > 0:
+        patches = Textures(look.haze_seed, size).fractal("haze", size / 2.0, octaves=3)
+    radiance = looks.hazed(radiance, c.haze, look, patches)
     radiance = np.clip(radiance, 0.0, 1.0) ** c.gamma
+    radiance = looks.tone(radiance, look)
     for channel in range(3):
-        radiance[..., channel] = ndimage.gaussian_filter(radiance[..., channel], c.blur, truncate=2.5)
+        radiance[..., channel] = ndimage.gaussian_filter(radiance[..., channel], c.blur * look.blur_scale, truncate=2.5)
+    radiance = looks.sharpen_and_bleed(radiance, look)
     noise = np.random.default_rng(c.noise_seed).standard_normal(radiance.shape, dtype=np.float32)
-    noise *= c.noise
+    noise = looks.grain(noise, look)
+    noise *= c.noise * look.noise_scale
     radiance *= 255.0
     radiance += noise
     radiance += 0.5
     np.clip(radiance, 0.0, 255.0, out=radiance)
-    return radiance.astype(np.uint8)
+    return looks.jpeg(radiance.astype(np.uint8), look)

@@ -9,7 +9,8 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -18,7 +19,8 @@ from training.data.synthetic.geo import Place, draw_place
 from training.data.synthetic.graph import Layout
 from training.data.synthetic.labels import Labels, rasterise
 from training.data.synthetic.language import describe
-from training.data.synthetic.layout import generate_layout
+from training.data.synthetic.layout import generate_layout, gsd_band
+from training.data.synthetic.looks import draw_soil
 from training.data.synthetic.render import Conditions, draw_conditions, render
 from training.data.synthetic.textures import Textures
 
@@ -38,15 +40,35 @@ class Streams:
     language: np.random.Generator
     change: np.random.Generator
     texture_seed: int
+    look: np.random.Generator
+    """The soil and each date's sensor, haze and compression (a stream of its own, added last, so
+    the other streams draw what they drew before looks existed)."""
 
 
 def streams(seed: int, stream: int) -> Streams:
     """The random streams of ``seed`` for scenes (``SCENE_STREAM``) or pairs (``PAIR_STREAM``)."""
     if seed < 0:
         raise ValueError(f"seed must be non-negative, got {seed}")
-    children = np.random.SeedSequence([seed, stream]).spawn(6)
-    place, layout, conditions, language, change, texture = (np.random.default_rng(c) for c in children)
-    return Streams(place, layout, conditions, language, change, int(texture.integers(0, 2**62)))
+    children = np.random.SeedSequence([seed, stream]).spawn(7)
+    place, layout, conditions, language, change, texture, look = (np.random.default_rng(c) for c in children)
+    return Streams(place, layout, conditions, language, change, int(texture.integers(0, 2**62)), look)
+
+
+def look_record(layout: Layout, conditions: Conditions) -> dict[str, Any]:
+    """What a scene's metadata says about how it looks (JSON types)."""
+    look = conditions.look
+    return {
+        **look.record(),
+        "gsd": layout.gsd,
+        "gsd_band": gsd_band(layout.gsd),
+        "soil": layout.soil,
+        "season": layout.season,
+        "sun_elevation": round(conditions.sun_elevation, 2),
+        "sun_azimuth": round(conditions.sun_azimuth, 2),
+        "haze": round(min(conditions.haze + look.haze, 0.85), 3),
+        "blur": round(conditions.blur * look.blur_scale, 3),
+        "noise": round(conditions.noise * look.noise_scale, 3),
+    }
 
 
 def build_scene(
@@ -77,6 +99,7 @@ def build_scene(
         season=layout.season,
         sun_azimuth=conditions.sun_azimuth,
         sun_elevation=conditions.sun_elevation,
+        look=look_record(layout, conditions),
     )
 
 
@@ -86,14 +109,22 @@ def generate_scene(seed: int, size: int = 512, gsd: float | None = None, theme: 
     The same arguments always give the same scene. ``theme`` (urban, suburban, industrial, rural,
     natural) is drawn when ``None``.
     """
+    rng, place, layout, labels, conditions, textures = scene_parts(seed, size, gsd, theme)
+    scene = build_scene(seed, layout, labels, conditions, textures, place, rng.language)
+    log.debug("scene %d: %s, %d objects", seed, layout.theme, len(scene.objects))
+    return scene
+
+
+def scene_parts(
+    seed: int, size: int = 512, gsd: float | None = None, theme: str | None = None
+) -> tuple[Streams, Place, Layout, Labels, Conditions, Textures]:
+    """What :func:`generate_scene` renders and describes: streams, place, layout (with its soil),
+    labels, conditions (with the look) and textures."""
     if size < 32:
         raise ValueError(f"size must be at least 32 pixels, got {size}")
     rng = streams(seed, SCENE_STREAM)
     place = draw_place(rng.place, size, gsd)
     layout = generate_layout(rng.layout, size, place.gsd, theme)
-    labels = rasterise(layout)
-    scene = build_scene(
-        seed, layout, labels, draw_conditions(rng.conditions), Textures(rng.texture_seed, size), place, rng.language
-    )
-    log.debug("scene %d: %s, %d objects", seed, layout.theme, len(scene.objects))
-    return scene
+    layout = replace(layout, soil=draw_soil(rng.look, layout.theme))
+    conditions = draw_conditions(rng.conditions, rng.look)
+    return rng, place, layout, rasterise(layout), conditions, Textures(rng.texture_seed, size)

@@ -6,7 +6,8 @@ Layout of a split folder (``NAME`` is ``<split>_<seed>``, zero-padded)::
     OUT/<split>/scenes/NAME.tif             RGB image, uint8, 3 bands, tiled, deflate
     OUT/<split>/scenes/NAME_instances.tif   instance ids, uint16 (0 = no object)
     OUT/<split>/scenes/NAME_classes.tif     class ids, uint8 with a colour table (classes.CLASSES)
-    OUT/<split>/scenes/NAME.json            objects, captions, referring expressions, QA
+    OUT/<split>/scenes/NAME.json            pixel size, look (gsd_band, sensor, jpeg_quality, soil, haze,
+                                            sun, ...), objects, captions, referring expressions, QA
     OUT/<split>/pairs/NAME_before.tif (+ _instances, _classes, .json), NAME_after.tif (+ ...)
     OUT/<split>/pairs/NAME_change.tif       change map, uint8 ChangeKind (0 = unchanged)
     OUT/<split>/pairs/NAME.json             both dates' files, changed flag, changes, change captions
@@ -40,7 +41,8 @@ from training.data.synthetic.splits import split_seeds
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
+"""2: pixel sizes 0.1-2 m, drawn looks (sensor, haze, JPEG, soil), forest crowns, a scene's ``look``."""
 CHANGE_COLOURS = {
     0: (0, 0, 0),
     1: (230, 60, 60),
@@ -124,6 +126,7 @@ def scene_json(scene: Scene, files: dict[str, str]) -> dict[str, Any]:
         "theme": scene.theme,
         "season": scene.season,
         "sun": {"azimuth": scene.sun_azimuth, "elevation": scene.sun_elevation},
+        "look": scene.look,
         **files,
         "objects": [_object_json(o) for o in scene.objects],
         "captions": list(scene.captions),
