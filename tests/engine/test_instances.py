@@ -79,8 +79,9 @@ def backend() -> RSABackend:
 
 @pytest.fixture(scope="module")
 def scene():
-    """A test-split scene with many buildings (never trained on)."""
-    return generate_scene(split_seeds("test", 1)[0], size=512)
+    """A test-split scene with many buildings (never trained on), at the pixel size it drew before the
+    generator's range reached 0.1 m (the same layout) and in the plain look the shipped model was trained on."""
+    return generate_scene(split_seeds("test", 1)[0], size=512, gsd=1.31, looks=False)
 
 
 def ask(backend: RSABackend, task: Task, images, prompt: str = "", threshold: float = 0.3):
@@ -146,7 +147,8 @@ def _one_hot(class_map: np.ndarray) -> torch.Tensor:
 
 def test_changes_are_told_by_kind_count_and_place_from_the_maps():
     """With the generator's exact maps, the description says what its captions say."""
-    pair = generate_pair(split_seeds("test", 6)[5], size=512, changed=True)  # three buildings torn down, a new road
+    # three buildings torn down, a new road (at the pixel size this seed drew before the range reached 0.1 m)
+    pair = generate_pair(split_seeds("test", 6)[5], size=512, gsd=0.4, changed=True)
     told = rsa_changes.describe(
         torch.from_numpy(pair.change_mask), _one_hot(pair.before.class_map), _one_hot(pair.after.class_map), NAMES
     )
@@ -159,14 +161,14 @@ def test_changes_are_told_by_kind_count_and_place_from_the_maps():
 
 
 def test_no_change_is_told_where_nothing_changed():
-    pair = generate_pair(split_seeds("test", 1)[0], size=512, changed=False)
+    pair = generate_pair(split_seeds("test", 1)[0], size=512, gsd=0.32, changed=False)
     empty = torch.zeros(pair.change_mask.shape, dtype=torch.bool)
     maps = _one_hot(pair.before.class_map)
     assert rsa_changes.describe(empty, maps, maps, NAMES) == [] and rsa_changes.text([]) == ""
 
 
 def test_a_changed_pair_is_described_not_only_given_a_verdict(backend):
-    pair = generate_pair(split_seeds("test", 6)[5], size=512, changed=True)
+    pair = generate_pair(split_seeds("test", 6)[5], size=512, gsd=0.4, changed=True, looks=False)
     verdict, _, said = ask(backend, Task.CHANGE, [pair.before.image, pair.after.image]).text.partition(": ")
     assert verdict.startswith("changed")
     assert re.search(r"(built|demolished|cut down|cleared|flooded|new road)", said), said

@@ -534,3 +534,14 @@ def test_the_cli_accepts_a_tenth_of_a_metre(tmp_path: Path) -> None:
     index = json.loads((tmp_path / "val" / "index.json").read_text())
     doc = json.loads((tmp_path / "val" / index["scenes"][0]["annotation"]).read_text())
     assert doc["gsd"] == 0.1 and doc["look"]["gsd_band"] == gsd_band(0.1) and "sensor" in doc["look"]
+
+
+def test_the_plain_look_keeps_layout_labels_and_text() -> None:
+    drawn, plain = generate_scene(7, 128, gsd=0.5), generate_scene(7, 128, gsd=0.5, looks=False)
+    assert np.array_equal(drawn.instance_map, plain.instance_map) and drawn.objects == plain.objects
+    assert (drawn.captions, drawn.referring, drawn.qa) == (plain.captions, plain.referring, plain.qa)
+    assert plain.look["jpeg_quality"] == 0 and plain.look["soil"] == "loam" and plain.look["sharpen"] == 0
+    assert plain.look["colour_matrix"] == [1, 0, 0, 0, 1, 0, 0, 0, 1]
+    pair = generate_pair(7, 128, gsd=0.5, changed=True, looks=False)
+    assert pair.before.look["jpeg_quality"] == pair.after.look["jpeg_quality"] == 0
+    assert pair.captions == generate_pair(7, 128, gsd=0.5, changed=True).captions

@@ -63,13 +63,20 @@ class _Edit:
 
 
 def generate_pair(
-    seed: int, size: int = 512, gsd: float | None = None, theme: str | None = None, changed: bool | None = None
+    seed: int,
+    size: int = 512,
+    gsd: float | None = None,
+    theme: str | None = None,
+    changed: bool | None = None,
+    looks: bool = True,
 ) -> ScenePair:
-    """The before/after pair of ``seed``; ``changed`` forces or forbids real changes (drawn when None)."""
+    """The before/after pair of ``seed``; ``changed`` forces or forbids real changes (drawn when None);
+    ``looks=False`` renders both dates with the plain look of generator version 1 (see ``generate_scene``)."""
     rng = streams(seed, PAIR_STREAM)
     place = draw_place(rng.place, size, gsd)
     before = generate_layout(rng.layout, size, place.gsd, theme)
-    before = replace(before, soil=draw_soil(rng.look, before.theme))
+    if looks:
+        before = replace(before, soil=draw_soil(rng.look, before.theme))
     r = rng.change
     wants_change = bool(r.uniform() < CHANGE_CHANCE) if changed is None else changed
     before_labels = rasterise(before)
@@ -82,8 +89,8 @@ def generate_pair(
         raise RuntimeError(f"pair {seed}: no change could be placed in this layout")
     if r.uniform() < 0.3:
         after = replace(after, season=SEASONS[(SEASONS.index(before.season) + 1) % len(SEASONS)])
-    first = draw_conditions(rng.conditions, rng.look)
-    second = _second_date(first, r, rng.look)
+    first = draw_conditions(rng.conditions, rng.look if looks else None)
+    second = _second_date(first, r, rng.look if looks else None)
     dx, dy = (float(v) for v in np.round(r.uniform(-MAX_SHIFT, MAX_SHIFT, 2), 2))
     moved = after.moved(dx, dy)
     offset = (int(round(dx)), int(round(dy)))
@@ -98,7 +105,7 @@ def generate_pair(
     return ScenePair(seed, before_scene, after_scene, change_map, changes, captions, bool(changes))
 
 
-def _second_date(first: Conditions, rng: np.random.Generator, look_rng: np.random.Generator) -> Conditions:
+def _second_date(first: Conditions, rng: np.random.Generator, look_rng: np.random.Generator | None) -> Conditions:
     """Other light and sensor noise, often the same kind of sensor, fresh haze and compression; the sun
     moves a little."""
     fresh = draw_conditions(rng)
@@ -106,7 +113,7 @@ def _second_date(first: Conditions, rng: np.random.Generator, look_rng: np.rando
         fresh,
         sun_azimuth=float((first.sun_azimuth + rng.normal(0, 12)) % 360),
         sun_elevation=float(np.clip(first.sun_elevation + rng.normal(0, 6), *SUN_ELEVATION)),
-        look=next_look(first.look, look_rng),
+        look=first.look if look_rng is None else next_look(first.look, look_rng),
     )
 
 

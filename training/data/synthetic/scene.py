@@ -103,20 +103,24 @@ def build_scene(
     )
 
 
-def generate_scene(seed: int, size: int = 512, gsd: float | None = None, theme: str | None = None) -> Scene:
+def generate_scene(
+    seed: int, size: int = 512, gsd: float | None = None, theme: str | None = None, looks: bool = True
+) -> Scene:
     """The scene of ``seed``: ``size`` x ``size`` pixels at ``gsd`` metres (drawn when ``None``).
 
     The same arguments always give the same scene. ``theme`` (urban, suburban, industrial, rural,
-    natural) is drawn when ``None``.
+    natural) is drawn when ``None``. ``looks=False`` keeps the plain look of generator version 1
+    (loam soil; no sensor colour response, extra haze, sharpening or JPEG) for comparisons with
+    models trained on it; the layout, labels and text are the same either way.
     """
-    rng, place, layout, labels, conditions, textures = scene_parts(seed, size, gsd, theme)
+    rng, place, layout, labels, conditions, textures = scene_parts(seed, size, gsd, theme, looks)
     scene = build_scene(seed, layout, labels, conditions, textures, place, rng.language)
     log.debug("scene %d: %s, %d objects", seed, layout.theme, len(scene.objects))
     return scene
 
 
 def scene_parts(
-    seed: int, size: int = 512, gsd: float | None = None, theme: str | None = None
+    seed: int, size: int = 512, gsd: float | None = None, theme: str | None = None, looks: bool = True
 ) -> tuple[Streams, Place, Layout, Labels, Conditions, Textures]:
     """What :func:`generate_scene` renders and describes: streams, place, layout (with its soil),
     labels, conditions (with the look) and textures."""
@@ -125,6 +129,7 @@ def scene_parts(
     rng = streams(seed, SCENE_STREAM)
     place = draw_place(rng.place, size, gsd)
     layout = generate_layout(rng.layout, size, place.gsd, theme)
-    layout = replace(layout, soil=draw_soil(rng.look, layout.theme))
-    conditions = draw_conditions(rng.conditions, rng.look)
+    if looks:
+        layout = replace(layout, soil=draw_soil(rng.look, layout.theme))
+    conditions = draw_conditions(rng.conditions, rng.look if looks else None)
     return rng, place, layout, rasterise(layout), conditions, Textures(rng.texture_seed, size)
