@@ -387,6 +387,9 @@ def test_pixel_sizes_are_drawn_over_the_whole_range_and_fall_in_bands() -> None:
         assert bands.count(name) / len(bands) == pytest.approx(share, abs=0.04)
         assert gsd_band(lo) == name and gsd_band((lo * hi) ** 0.5) == name
     assert gsd_band(high) == names[-1]
+    from training.eval.rsa import gsd_band as eval_band  # the evaluation's bands are the generator's
+
+    assert all(gsd_band(g) == eval_band(g) for g in (*drawn[:200], 0.05, 0.3, 0.7, 2.0, 3.0))
 
 
 @pytest.mark.parametrize("theme", ["urban", "suburban", "industrial", "rural", "natural"])

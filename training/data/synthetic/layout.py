@@ -40,13 +40,13 @@ the last one its upper end too)."""
 
 
 def gsd_band(gsd: float) -> str:
-    """The name of the :data:`GSD_BANDS` band that ``gsd`` falls in ("0.1-0.3", "0.3-0.7", "0.7-2");
-    pixel sizes outside the drawn range go to the nearest band."""
+    """The name of the :data:`GSD_BANDS` band that ``gsd`` falls in ("0.1-0.3 m", "0.3-0.7 m", "0.7-2 m",
+    as ``training.eval.rsa`` names them); pixel sizes outside the drawn range go to the nearest band."""
     for low, high in GSD_BANDS:
         if gsd < high:
-            return f"{low:g}-{high:g}"
+            return f"{low:g}-{high:g} m"
     low, high = GSD_BANDS[-1]
-    return f"{low:g}-{high:g}"
+    return f"{low:g}-{high:g} m"
 
 
 LAND_USE: dict[str, dict[str, float]] = {
