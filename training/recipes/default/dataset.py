@@ -52,6 +52,7 @@ from rs_assistant.core.protocol import Task
 from rs_assistant.engine.models.rsa.processing_rsa import RSAProcessor
 from training.data.synthetic import CLASSES, generate_pair, generate_scene, split_seeds
 from training.data.synthetic.layout import GSD_RANGE
+from training.data.synthetic.writer import GENERATOR_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +98,9 @@ class DataSettings:
     mix: Mapping[str, float]
 
     def cache_key(self) -> str:
-        """Names the cache folder: changes to anything the scenes depend on give a new one."""
-        fields = [CACHE_VERSION, self.seed, self.scene_size, self.region_min, self.region_max]
+        """Names the cache folder: changes to anything the scenes depend on (the generator's version too) give a
+        new one."""
+        fields = [CACHE_VERSION, GENERATOR_VERSION, self.seed, self.scene_size, self.region_min, self.region_max]
         return hashlib.sha1(json.dumps(fields).encode()).hexdigest()[:12]
 
 
