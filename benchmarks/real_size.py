@@ -29,7 +29,11 @@ sizes; the vocabulary keeps its real size in the model). Then, for each model, i
    at the batch runner's tiles/s).
 
 --quick: Florence-2-base (caption only), SAM ViT-B and CLIP ViT-B/16, 3 requests and 4 tiles each,
-16 new tokens: about 15 minutes on 2 busy CPU cores (most of it Florence-2's 768 x 768 vision tower).
+48 new tokens (a detailed caption's length: Florence-2's detailed captions run to about 35 words, 40-50
+tokens; random weights write every token up to the limit): about 12 minutes on 2 idle CPU cores (most
+of it Florence-2's 768 x 768 vision tower and SAM's 1024 x 1024 one). On 2 CPU cores Florence-2-base's
+vision tower takes about 3 s of a window's 7 s whatever the batch, so what batching gains grows with
+the answer's length: 1.2x at 16 tokens, about 2x at 48.
 Without --quick on CUDA: every model in the data file, in bf16 (the engine's dtype there). On a CPU
 the Qwen2.5-VL models are skipped unless named with --models (a 3B model in fp32 needs 15 GB and
 minutes per answer). --json FILE writes every figure.
@@ -514,13 +518,21 @@ def batch_figures(engine: Any, backend: Any, baseline: Baseline, name: str, kind
     engine_batched = job(0)
     engine_one = job(1)
     naive_tiles = naive()
+    tuning = {}
+    if kind == "florence2" and not device.startswith("cuda"):  # before: the vision tower on the whole batch
+        encoded = backend._encoded
+        backend._encoded = lambda inputs, cancel: inputs
+        try:
+            tuning["florence2_vision_batched_tiles_per_s"] = job(0)
+        finally:
+            backend._encoded = encoded
     area = data()["area"]
     side_px = math.sqrt(area["km2"]) * 1000 / area["resolution_m"]
     tiles = math.ceil((side_px - area["overlap"]) / (area["tile"] - area["overlap"])) ** 2
     return {"task": task, "tiles": args.tiles, "batch_size": own, "engine_tiles_per_s": engine_batched,
             "engine_one_at_a_time_tiles_per_s": engine_one, "naive_tiles_per_s": naive_tiles,
             "ratio": engine_batched / naive_tiles, "batching_ratio": engine_batched / engine_one,
-            "hours_per_10000_km2": tiles / engine_batched / 3600, "area_tiles": tiles}  # fmt: skip
+            "hours_per_10000_km2": tiles / engine_batched / 3600, "area_tiles": tiles, **tuning}  # fmt: skip
 
 
 # --- the report ---------------------------------------------------------------------------------------------
@@ -549,6 +561,10 @@ def report(results: list[dict[str, Any]]) -> None:
               f"{b['engine_tiles_per_s']:.3f} tiles/s, engine one tile per call {b['engine_one_at_a_time_tiles_per_s']:.3f},"
               f" card loop {b['naive_tiles_per_s']:.3f}; engine / card loop {b['ratio']:.2f}x {verdict}; "
               f"batching itself {b['batching_ratio']:.2f}x")  # fmt: skip
+        if "florence2_vision_batched_tiles_per_s" in b:
+            before = b["florence2_vision_batched_tiles_per_s"]
+            print(f"  vision tower on the whole batch (before) {before:.3f} tiles/s, one window at a time (after) "
+                  f"{b['engine_tiles_per_s']:.3f}: {b['engine_tiles_per_s'] / before:.2f}x")  # fmt: skip
         print(f"  10,000 km2 at 0.5 m ({b['area_tiles']:,} tiles): {b['hours_per_10000_km2']:.0f} h at the engine's "
               f"tiles/s")  # fmt: skip
         if "sam_cache" in r:
@@ -575,16 +591,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--models", default="", help="comma-separated names from real_size_configs.json")
     parser.add_argument("--device", default="auto", help="auto (CUDA when there is one), cpu or cuda")
     parser.add_argument("--cache", type=Path, default=ROOT / "out" / "real_size", help="checkpoint folders, rasters")
-    parser.add_argument("--repeat", type=int, default=None, help="requests per latency figure (5 quick, 20 else)")
-    parser.add_argument("--tiles", type=int, default=None, help="tiles per batch figure (8 quick, 32 else)")
-    parser.add_argument("--max-new-tokens", type=int, default=None, help="per answer (32 quick, 64 else)")
+    parser.add_argument("--repeat", type=int, default=None, help="requests per latency figure (3 quick, 20 else)")
+    parser.add_argument("--tiles", type=int, default=None, help="tiles per batch figure (4 quick, 32 else)")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="per answer (48 quick, 64 else)")
     parser.add_argument("--json", type=Path, default=None, help="also write every figure to this file")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--report", type=Path, default=None, help="print the figures of an earlier --json FILE")
     args = parser.parse_args(argv)
     args.repeat = args.repeat or (3 if args.quick else 20)
     args.tiles = args.tiles or (4 if args.quick else 32)
-    args.max_new_tokens = args.max_new_tokens or (16 if args.quick else 64)
+    args.max_new_tokens = args.max_new_tokens or (48 if args.quick else 64)
     if args.report:
         report(json.loads(args.report.read_text(encoding="utf-8")))
         return

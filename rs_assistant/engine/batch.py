@@ -101,6 +101,7 @@ class TileOutput:
     timing: dict[str, float] = field(default_factory=lambda: {"read": 0.0, "infer": 0.0, "post": 0.0})
     embedding: np.ndarray | None = None  # retrieve: the tile's image embedding
     score: float | None = None  # retrieve: how well the prompt describes the tile
+    batch_limit: int | None = None  # the most tiles per model call that fit the device (None: no limit found)
 
 
 # --- running tiles ------------------------------------------------------------------------------
@@ -170,6 +171,7 @@ def answer_tiles(
     started = time.perf_counter()
     results = dict(zip(readable, engine.run_batch(request.model, calls)))
     infer_ms = _ms_since(started) / len(works)
+    limit = engine.batch_limit(request.task, request.model)
     outputs = []
     for i, work in enumerate(works):
         started = time.perf_counter()
@@ -179,6 +181,7 @@ def answer_tiles(
         else:
             output = _tile_output(request, work, pair[0], results[i])
         output.timing = {"read": read_ms, "infer": infer_ms, "post": _ms_since(started)}
+        output.batch_limit = limit
         outputs.append(output)
     return outputs
 
@@ -547,6 +550,7 @@ def _events(executor: TileExecutor, plan: JobPlan, cancel: threading.Event) -> I
         (ranking.add(piece) if request.task is Task.RETRIEVE else seams.append(piece))
     done, written = 0, 0
     timing = {"read": 0.0, "infer": 0.0, "post": 0.0}
+    in_force = request.batch_size
     _check(cancel, done, plan.todo)
     for outputs in executor.map(request, plan.batches(), cancel):
         for output in sorted(outputs, key=lambda o: o.tile):
@@ -557,10 +561,18 @@ def _events(executor: TileExecutor, plan: JobPlan, cancel: threading.Event) -> I
             for feature in output.pending:
                 piece = from_pending(feature, grid)
                 (ranking.add(piece) if request.task is Task.RETRIEVE else seams.append(piece))
-            yield {
+            event = {
                 "event": BatchEvent.TILE.value, "tile": output.tile, "done": done, "todo": plan.todo,
                 "text": output.text, "features": output.features, "pending": output.pending,
             }  # fmt: skip
+            if output.batch_limit is not None and output.batch_limit < in_force:
+                event["batch_size"] = output.batch_limit
+                event["notice"] = (
+                    f"{in_force} tiles per model call did not fit in the GPU's memory; the model runs "
+                    f"{output.batch_limit} at a time from now on"
+                )
+                in_force = output.batch_limit
+            yield event
         _check(cancel, done, plan.todo)
     if done < plan.todo:
         _check(cancel, done, plan.todo)

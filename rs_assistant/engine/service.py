@@ -235,6 +235,12 @@ class Engine:
             raise RuntimeError(f"backend {backend.name} answered {len(results)} result(s) for {len(calls)} call(s)")
         return results
 
+    def batch_limit(self, task: Task, model: str) -> int | None:
+        """The most calls per forward pass that fit the device, for the model that answers ``task`` in a batch job
+        (None while none has run out of memory; see Backend.in_batches)."""
+        name = self.chain(task, model)[0] if task is not Task.RETRIEVE else self.registry.route(task, model)
+        return self.registry.backend(name).batch_limit
+
     def embed_images(self, model: str, images: Sequence[np.ndarray], cancel: threading.Event) -> np.ndarray:
         """The model's image embeddings (layer search), under its lock."""
         model = self.registry.route(Task.RETRIEVE, model)

@@ -517,6 +517,8 @@ class _Job:
             if self.journal is not None:
                 self.journal.record_tile(int(event["tile"]), written, list(event.get("pending") or []))
             self.done = int(event.get("done", self.done + 1))
+            if event.get("notice"):  # e.g. a batch size too large for the GPU, reduced
+                self.feedback.pushWarning(str(event["notice"]))
             if self.tiles:
                 self.feedback.setProgress(min(99.0, 100.0 * (self.skipped_tiles + self.done) / self.tiles))
         elif kind in (BatchEvent.MERGED.value, BatchEvent.RANKED.value):

@@ -34,6 +34,7 @@ class BatchResult:
     scores: dict[int, float] = field(default_factory=dict)  # retrieve: tile id -> the engine's raw score
     area: tuple[float, float, float, float] | None = None  # the searched extent, in the output CRS
     whole_layer: bool = False  # the job ran over the whole layer (no region was drawn)
+    notices: list[str] = field(default_factory=list)  # what the engine said of the job (a batch size reduced)
 
 
 DoneCallback = Callable[[BatchResult | None, ProtocolError | None], None]
@@ -85,6 +86,9 @@ class BatchTask(QgsTask):
                 props = candidate.get("properties") or {}
                 if props.get("kind") == "tile" and props.get("score") is not None:
                     result.scores[int(props.get("tile", event.get("tile", -1)))] = float(props["score"])
+            if event.get("notice"):  # e.g. a batch size too large for the GPU, reduced
+                result.notices.append(str(event["notice"]))
+                log.warning("batch job %s: %s", result.job_id, event["notice"])
             todo = int(event.get("todo") or 0)
             if todo:
                 self.setProgress(min(99.0, 100.0 * int(event.get("done", 0)) / todo))

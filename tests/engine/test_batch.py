@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from shapely.geometry import box, shape
 from shapely.ops import unary_union
 
@@ -22,7 +23,7 @@ from rs_assistant.engine.batch import CACHE_ENV, LocalExecutor, plan_job, run_jo
 from rs_assistant.engine.registry import Registry
 from rs_assistant.engine.service import Engine
 from tests.engine import rasters
-from tests.engine.fakes import TILES_TOML, write_models_file
+from tests.engine.fakes import TILES_TOML, TileBackend, write_models_file
 
 GRID = rasters.utm_transform()
 FAILING = '\n[models.failing]\nbackend = "tests.engine.fakes:TileBackend"\nfail_after = 5\n'
@@ -352,3 +353,28 @@ def test_a_read_failing_ahead_of_the_model_ends_the_job_after_the_batches_before
     events = list(run_job(LocalExecutor(engine, read_ahead=2), request(data, batch_size=2)))
     assert events[-1]["event"] == "error" and events[-1]["error"]["code"] == "unreadable_source"
     assert [e["tile"] for e in events_of("tile", events)] == [0, 1, 2, 3]
+
+
+class OutOfMemoryTiles(TileBackend):
+    """TileBackend on a GPU that fits ``fits`` tiles per forward pass: a larger batch runs out of memory."""
+
+    def run_batch(self, calls):
+        return self.in_batches(calls, self._fitting)
+
+    def _fitting(self, calls):
+        if len(calls) > int(self.config["fits"]):
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {len(calls)} tiles")
+        return super().run_batch(calls)
+
+
+def test_a_batch_too_large_for_the_gpu_is_reduced_and_the_job_says_so(data, tmp_path):
+    models = tmp_path / "models.toml"
+    write_models_file(models, extra=f'\n[models.small_gpu]\nbackend = "{__name__}:OutOfMemoryTiles"\nfits = 3\n')
+    engine = Engine(Registry.from_file(models))
+    events = list(run_job(engine, request(data, model="small_gpu", batch_size=6)))
+    tiles = [e for e in events if e["event"] == "tile"]
+    assert events[-1]["event"] == "done" and events[-1]["tiles_done"] == 12  # the job finished, every tile answered
+    told = [e for e in tiles if "notice" in e]
+    assert len(told) == 1 and told[0]["batch_size"] == 3  # said once, when it happened (6 halved to 3)
+    assert "6 tiles per model call did not fit in the GPU's memory" in told[0]["notice"]
+    assert set(engine.registry.backend("small_gpu").batch_sizes) == {3}  # 12 tiles: batches of 6, each run as 3 + 3

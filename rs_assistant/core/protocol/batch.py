@@ -52,7 +52,9 @@ class BatchEvent(str, enum.Enum):
     ``overlap``, ``batch_size`` (in force).
     - ``tile``: ``tile`` (its id), ``done`` / ``todo`` (progress of this run), ``text`` (caption, may be
       empty), ``features`` (final GeoJSON features for the output layer, each with ``properties.tile``),
-      ``pending`` (pieces that touch the tile's seam: not final; keep them to resume, wait for ``merged``).
+      ``pending`` (pieces that touch the tile's seam: not final; keep them to resume, wait for ``merged``);
+      once, on the first tile after the model found the batch too large for the GPU's memory and halved it,
+      also ``batch_size`` (the tiles per model call from then on) and ``notice`` (that, in a sentence).
     - ``merged``: ``features``: the pending pieces of the whole job (this run's and the request's),
       merged across seams; final. Sent once, after the last tile.
     - ``ranked``: ``features``: retrieve only, the ``top_k`` tiles as polygons with ``properties.rank``
