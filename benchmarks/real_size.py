@@ -385,7 +385,8 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
             timing = answered[0].timing_ms
             read_post.append((timing.read + timing.post) / 1000)
             outside.append(engine_s[-1] - timing.infer / 1000)  # all but the backend's call
-            rings.extend(ring_count(f["geometry"]) for f in answered[0].features["features"])
+            drawn, held = answered[0].features["features"], (answered[0].held_back or {}).get("features", [])
+            rings.extend(ring_count(f["geometry"]) for f in drawn + held)  # held back: under the score threshold
             baseline_s.append(timed(lambda p=pixels, t=task: baseline(t, p), device))
         e50, b50 = statistics.median(engine_s), statistics.median(baseline_s)
         out["tasks"][task] = {"engine_p50": e50, "engine_p95": pct(engine_s, 0.95), "baseline_p50": b50,
