@@ -213,7 +213,10 @@ def _datasets() -> DatasetCache:
 
 
 def _call(request: BatchRequest, windows: Sequence[Window], cancel: threading.Event) -> BackendCall:
-    return BackendCall(request.task, [w.array for w in windows], request.prompt, (), request.options, cancel)
+    return BackendCall(
+        request.task, [w.array for w in windows], request.prompt, (), request.options, cancel,
+        pixel_size_m=windows[0].pixel_size_m if windows else None,
+    )  # fmt: skip
 
 
 def _tile_output(request: BatchRequest, work: TileWork, window: Window | None, result: BackendResult) -> TileOutput:

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import affine
 import numpy as np
+import pyproj
+import pyproj.exceptions
 import rasterio
 import rasterio.transform
 import rasterio.windows
@@ -79,6 +81,51 @@ class Window:
     def coverage(self) -> float:
         """The share (0..1) of the window's pixels that the source covers with data."""
         return 1.0 if self.valid is None or self.valid.size == 0 else float(self.valid.mean())
+
+    @property
+    def pixel_size_m(self) -> float | None:
+        """The window's ground metres per pixel at its centre, or None when they cannot be computed.
+
+        Geodesic, on the WGS 84 ellipsoid: the ground distance between the middles of the window's
+        left and right edges (and of its top and bottom edges), transformed from the window's CRS to
+        EPSG:4326, divided by the pixels between them; the mean of the two. So an EPSG:3857 window
+        gets true ground metres, not Mercator metres (at 60 degrees north, half of them).
+        """
+        return _ground_pixel_size(self.crs, tuple(self.transform), self.width, self.height)
+
+
+def _ground_pixel_size(crs: str, transform: tuple[float, ...], width: int, height: int) -> float | None:
+    if width < 1 or height < 1:
+        return None
+    try:
+        to_lonlat = _to_lonlat(crs)
+    except (ProtocolError, pyproj.exceptions.ProjError, pyproj.exceptions.CRSError):
+        return None
+    grid = affine.Affine(*transform[:6])
+    sizes = []
+    for (c0, r0), (c1, r1), pixels in (
+        ((0.0, height / 2), (float(width), height / 2), width),
+        ((width / 2, 0.0), (width / 2, float(height)), height),
+    ):
+        (x0, y0), (x1, y1) = grid * (c0, r0), grid * (c1, r1)
+        try:
+            lons, lats = to_lonlat.transform([x0, x1], [y0, y1], errcheck=True)
+        except pyproj.exceptions.ProjError:
+            return None
+        if not all(math.isfinite(v) for v in (*lons, *lats)):
+            return None
+        _, _, metres = _WGS84.inv(lons[0], lats[0], lons[1], lats[1])
+        if math.isfinite(metres) and metres > 0:
+            sizes.append(metres / pixels)
+    return float(np.mean(sizes)) if sizes else None
+
+
+_WGS84 = pyproj.Geod(ellps="WGS84")
+
+
+@functools.lru_cache(maxsize=32)
+def _to_lonlat(crs: str) -> pyproj.Transformer:
+    return pyproj.Transformer.from_crs(parse_crs(crs), pyproj.CRS.from_epsg(4326), always_xy=True)
 
 
 @dataclass(frozen=True)

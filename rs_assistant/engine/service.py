@@ -310,6 +310,7 @@ class Engine:
             history=request.history,
             options=request.options,
             cancel=cancel,
+            pixel_size_m=windows[0].pixel_size_m if windows else None,
         )
         if segmenter is not None:
             result = self._ground_then_segment(name, segmenter, call)
@@ -340,6 +341,8 @@ class Engine:
             timing_ms=Timing(read=read_ms, infer=infer_ms, post=post_ms),
             held_back=held_back,
             coverage=coverage,
+            pixel_size_m=call.pixel_size_m,
+            model_pixel_size_m=result.model_pixel_size_m,
         )
 
     def _check_task(self, model: str, task: Task) -> None:
@@ -374,7 +377,7 @@ class Engine:
         grounded = self._call(model, replace(call, task=Task.GROUND))
         found = [d for d in grounded.detections if d.box is not None and d.score >= call.options.score_threshold]
         if not found:
-            return BackendResult(text=grounded.text, detections=[])
+            return BackendResult(text=grounded.text, detections=[], model_pixel_size_m=grounded.model_pixel_size_m)
         segmenter = self.registry.backend(segmenter_name)
         segment_boxes = getattr(segmenter, "segment_boxes", None)
         if not callable(segment_boxes):
@@ -394,7 +397,7 @@ class Engine:
             for d, mask in zip(found, masks)
             if mask.any()
         ]
-        return BackendResult(text=grounded.text, detections=detections)
+        return BackendResult(text=grounded.text, detections=detections, model_pixel_size_m=grounded.model_pixel_size_m)
 
     @contextmanager
     def _model_lock(self, model: str, cancel: threading.Event) -> Iterator[None]:

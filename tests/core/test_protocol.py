@@ -140,6 +140,31 @@ def test_held_back_detections_travel_and_old_engines_may_omit_them():
         AnalyzeResponse.from_dict(dict(old, held_back=[feat]))
 
 
+def test_pixel_sizes_travel_and_old_engines_may_omit_them():
+    resp = AnalyzeResponse(
+        text="a pond",
+        features=feature_collection(),
+        crs="EPSG:3857",
+        model="default",
+        request_id="r1",
+        pixel_size_m=0.1,
+        model_pixel_size_m=0.5,
+    )
+    data = resp.to_dict()
+    assert data["pixel_size_m"] == 0.1 and data["model_pixel_size_m"] == 0.5
+    assert AnalyzeResponse.from_json(resp.to_json()) == resp
+    fed_as_read = AnalyzeResponse.from_dict(dict(data, model_pixel_size_m=None))
+    assert fed_as_read.pixel_size_m == 0.1 and fed_as_read.model_pixel_size_m is None
+    assert "model_pixel_size_m" not in fed_as_read.to_dict()
+    old = {k: v for k, v in data.items() if k not in ("pixel_size_m", "model_pixel_size_m")}  # an older engine
+    again = AnalyzeResponse.from_dict(old)
+    assert again.pixel_size_m is None and again.model_pixel_size_m is None
+    assert "pixel_size_m" not in again.to_dict()
+    for bad in (0, -1.0, "wide", float("nan"), True):
+        with pytest.raises(ProtocolError, match="pixel_size_m"):
+            AnalyzeResponse.from_dict(dict(data, pixel_size_m=bad))
+
+
 def test_error_body_becomes_typed_error_on_the_client():
     body = ProtocolError(ErrorCode.EXTENT_OUTSIDE, "extent is outside the raster").to_dict()
     with pytest.raises(ProtocolError) as err:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, cast
@@ -359,6 +360,10 @@ class AnalyzeResponse:
     ``options.score_threshold``: not drawn, but the person may ask for them ("show 14 more below 0.3").
     ``coverage`` (one number per image, in the request's order; None from engines that predate it) is the
     share (0..1) of the window read for the image that the raster covers with data (not outside it, not nodata).
+    ``pixel_size_m`` is the (first) window's ground metres per pixel at its centre (geodesic), and
+    ``model_pixel_size_m`` the ground metres per pixel of what the model was fed when its backend resampled
+    the window to the scale the model was trained at (a window finer than any it saw); each None when not
+    known or not resampled, and from engines that predate them.
     """
 
     text: str
@@ -369,6 +374,8 @@ class AnalyzeResponse:
     timing_ms: Timing = field(default_factory=Timing)
     held_back: dict[str, Any] | None = None
     coverage: tuple[float, ...] | None = None
+    pixel_size_m: float | None = None
+    model_pixel_size_m: float | None = None
 
     def __post_init__(self) -> None:
         _check_features("features", self.features)
@@ -382,6 +389,17 @@ class AnalyzeResponse:
             if not all(0.0 <= c <= 1.0 for c in coverage):
                 raise ProtocolError(ErrorCode.INTERNAL, f"coverage must lie between 0 and 1, got {coverage!r}")
             object.__setattr__(self, "coverage", coverage)
+        for name in ("pixel_size_m", "model_pixel_size_m"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            try:
+                size = float(value)
+            except (TypeError, ValueError):
+                raise ProtocolError(ErrorCode.INTERNAL, f"{name} must be a number, got {value!r}") from None
+            if isinstance(value, bool) or not math.isfinite(size) or size <= 0:
+                raise ProtocolError(ErrorCode.INTERNAL, f"{name} must be a positive number of metres, got {value!r}")
+            object.__setattr__(self, name, size)
 
     @property
     def feature_list(self) -> list[dict[str, Any]]:
@@ -405,6 +423,10 @@ class AnalyzeResponse:
             data["held_back"] = self.held_back
         if self.coverage is not None:
             data["coverage"] = list(self.coverage)
+        if self.pixel_size_m is not None:
+            data["pixel_size_m"] = self.pixel_size_m
+        if self.model_pixel_size_m is not None:
+            data["model_pixel_size_m"] = self.model_pixel_size_m
         return data
 
     def to_json(self) -> str:
@@ -427,6 +449,8 @@ class AnalyzeResponse:
                 timing_ms=Timing(**{k: float(timing.get(k, 0.0)) for k in ("read", "infer", "post")}),
                 held_back=data.get("held_back"),
                 coverage=data.get("coverage"),
+                pixel_size_m=data.get("pixel_size_m"),
+                model_pixel_size_m=data.get("model_pixel_size_m"),
             )
         except KeyError as exc:
             raise ProtocolError(ErrorCode.INTERNAL, f"response is missing {exc}") from None

@@ -52,6 +52,9 @@ class BackendResult:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     finish_reason: str | None = None
+    # Ground metres per pixel of what the model was fed, when the backend resampled the window for the scale the
+    # model was trained at (a window finer than it had seen); None: fed as read (or the pixel size is unknown).
+    model_pixel_size_m: float | None = None
 
 
 @dataclass
@@ -66,6 +69,10 @@ class BackendCall:
     cancel: threading.Event = field(default_factory=threading.Event)
     decoding: Decoding = field(default_factory=Decoding)  # chat: greedy or sampled (decoding.py)
     watch: TextWatch = field(default_factory=TextWatch)  # chat: stop strings and streamed text (decoding.py)
+    # The windows' ground metres per pixel (imagery.Window.pixel_size_m), None when unknown (a chat's
+    # pictures, a window whose CRS gives none): a backend that knows the scale its model was trained at
+    # may resample to it, and then says so in BackendResult.model_pixel_size_m.
+    pixel_size_m: float | None = None
 
 
 class Backend(abc.ABC):
