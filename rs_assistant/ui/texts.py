@@ -216,3 +216,20 @@ def search_answer(description: str, ranking: SearchRanking, whole_layer: bool = 
             "Similarity is relative to the tiles searched (100% = the best); tiles under {floor}% are not shown.",
         ).format(floor=round(100 * ranking.floor))
     )
+
+
+def metres(size: float) -> str:
+    """A pixel size as people write it: 0.12 m, 0.5 m, 2 m, 10 m."""
+    return f"{size:.2g} m" if size < 1 else f"{size:.3g} m"
+
+
+def resampled_text(pixel_size_m: float | None, model_pixel_size_m: float) -> str:
+    """What the engine did when the model was trained on coarser imagery than the window's."""
+    translate = QCoreApplication.translate
+    if pixel_size_m is None:
+        return translate(
+            "Messages", "(The model read this imagery at {model} a pixel, the scale it was trained at.)"
+        ).format(model=metres(model_pixel_size_m))
+    return translate(
+        "Messages", "(This imagery has {pixel} pixels; the model read it at {model}, the scale it was trained at.)"
+    ).format(pixel=metres(pixel_size_m), model=metres(model_pixel_size_m))

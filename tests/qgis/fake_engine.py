@@ -56,7 +56,9 @@ class FakeEngineClient:
         held_back: int = 0,
         multipart: bool = False,
         drawn: int = 2,
+        resampled: tuple[float, float] | None = None,
     ):
+        self.resampled = resampled  # (the window's pixel size, the model's) in metres: a resampled window
         self.error = error
         self.held_back = held_back
         self.multipart = multipart
@@ -159,6 +161,8 @@ class FakeEngineClient:
             model=self.answering_model(request),
             request_id=f"req-{len(self.requests)}",
             held_back=held_back,
+            pixel_size_m=self.resampled[0] if self.resampled else None,
+            model_pixel_size_m=self.resampled[1] if self.resampled else None,
         )
 
     def answering_model(self, request: AnalyzeRequest) -> str:

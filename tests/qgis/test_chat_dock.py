@@ -345,3 +345,15 @@ def test_auto_is_the_default_model_and_the_transcript_names_the_model_that_answe
     wait_answer(qtbot, assistant)
     assert assistant.client.requests[-1].model == "auto"
     assert "Assistant (default)" in assistant.dock.transcriptView.toPlainText()
+
+
+def test_an_answer_says_when_the_imagery_was_resampled_to_the_models_scale(make_assistant, qtbot):
+    assistant = make_assistant(FakeEngineClient(resampled=(0.1, 0.5)))
+    assistant.dock.imageLayerCombo.setLayer(assistant.raster)
+    qtbot.mouseClick(assistant.dock.describeButton, Qt.MouseButton.LeftButton)
+    turn = wait_answer(qtbot, assistant)
+    assert turn.answer.startswith("a dark field with a bright square")
+    assert "This imagery has 0.1 m pixels; the model read it at 0.5 m" in turn.answer
+    assistant.client.resampled = None  # read as it is: nothing said
+    ask(qtbot, assistant, "/describe")
+    assert "pixels" not in wait_answer(qtbot, assistant).answer
