@@ -32,7 +32,14 @@ from rs_assistant.engine.backends.base import BackendCall
 from rs_assistant.engine.backends.rsa import RSABackend
 from training.data.synthetic import generate_pair, generate_scene, split_seeds
 from training.eval.metrics import caption_scores
-from training.eval.rsa import GSD_BANDS, eval_arguments, gsd_band, parse_eval_arguments, write_results
+from training.eval.rsa import (
+    GSD_BANDS,
+    eval_arguments,
+    generator_arguments,
+    gsd_band,
+    parse_eval_arguments,
+    write_results,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,18 +83,26 @@ def agrees(changed: bool, text: str) -> bool:
 
 
 def evaluate(
-    model: Path, split: str = "test", count: int = 100, size: int = 512, threads: int = 2, pairs: int | None = None
+    model: Path,
+    split: str = "test",
+    count: int = 100,
+    size: int = 512,
+    threads: int = 2,
+    pairs: int | None = None,
+    pixel_size: bool = True,
+    looks: bool = True,
 ) -> dict:
     """The figures (see the module's doc) of checkpoint folder ``model`` on ``count`` scenes and ``pairs`` pairs
-    (default: as many as scenes) of ``split``."""
+    (default: as many as scenes) of ``split``; ``pixel_size`` and ``looks`` as for training.eval.rsa.evaluate."""
     torch.set_num_threads(threads)
     backend = RSABackend("eval", {"path": str(model)}, device="cuda" if torch.cuda.is_available() else "cpu")
     backend.ensure_loaded()
     groups: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     started = time.perf_counter()
     for seed in tqdm(split_seeds(split, count), desc=f"captions ({split})", dynamic_ncols=True):
-        scene = generate_scene(seed, size=size)
-        call = BackendCall(task=Task.CAPTION, images=[scene.image], options=Options())
+        scene = generate_scene(seed, size=size, looks=looks)
+        gsd = scene.gsd if pixel_size else None
+        call = BackendCall(task=Task.CAPTION, images=[scene.image], options=Options(), pixel_size_m=gsd)
         caption = backend.run(call).text
         named = [names(caption, c) for c in main_classes(scene.class_map)]
         for group in ("all", gsd_band(scene.gsd)):
@@ -95,15 +110,18 @@ def evaluate(
             groups[group]["named"] += named
     pairs = count if pairs is None else pairs
     for seed in tqdm(split_seeds(split, pairs) if pairs else [], desc=f"change pairs ({split})", dynamic_ncols=True):
-        pair = generate_pair(seed, size=size, changed=seed % 2 == 1)
-        call = BackendCall(task=Task.CHANGE, images=[pair.before.image, pair.after.image], options=Options())
+        pair = generate_pair(seed, size=size, changed=seed % 2 == 1, looks=looks)
+        gsd = pair.before.gsd if pixel_size else None
+        images = [pair.before.image, pair.after.image]
+        call = BackendCall(task=Task.CHANGE, images=images, options=Options(), pixel_size_m=gsd)
         verdict, _, text = backend.run(call).text.partition(": ")
         changed = verdict.startswith("changed")
         for group in ("all", gsd_band(pair.before.gsd)):
             groups[group]["change_refs"].append((str(seed), list(pair.captions), text))
             groups[group]["correct"].append(changed == pair.changed)
             groups[group]["agrees"].append(agrees(changed, text))
-    results: dict = {"model": str(model), "split": split, "count": count, "size": size}
+    results: dict = {"model": str(model), "split": split, "count": count, "size": size, "pixel_size": pixel_size}
+    results["looks"] = looks
     results["seconds"] = round(time.perf_counter() - started, 1)
     for group in ["all", *(name for name, _, _ in GSD_BANDS)]:
         rows = groups.get(group)
@@ -156,7 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     eval_arguments(parser, "scenes, and as many pairs", "_descriptions")
     parser.add_argument("--pairs", type=int, default=None, help="change pairs (default: as many as scenes; 0: none)")
     args = parse_eval_arguments(parser, argv)
-    results = evaluate(args.model, args.split, args.count, args.size, args.threads, args.pairs)
+    results = evaluate(
+        args.model, args.split, args.count, args.size, args.threads, args.pairs, **generator_arguments(args)
+    )
     print(table(results))
     write_results(results, args, "_descriptions")
     return 0

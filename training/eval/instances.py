@@ -36,7 +36,14 @@ from rs_assistant.engine.backends.base import BackendCall, Detection
 from rs_assistant.engine.backends.rsa import RSABackend
 from training.data.synthetic import CLASSES, generate_scene, split_seeds
 from training.eval.metrics import box_iou, mask_iou
-from training.eval.rsa import GSD_BANDS, eval_arguments, gsd_band, parse_eval_arguments, write_results
+from training.eval.rsa import (
+    GSD_BANDS,
+    eval_arguments,
+    generator_arguments,
+    gsd_band,
+    parse_eval_arguments,
+    write_results,
+)
 
 log = logging.getLogger(__name__)
 
@@ -116,22 +123,34 @@ def answered_count(text: str) -> int | None:
     return 0 if re.search(r"\bno\b", text) else None
 
 
-def evaluate(model: Path, split: str = "test", count: int = 100, size: int = 512, threads: int = 2) -> dict:
-    """The figures (see the module's doc) of checkpoint folder ``model`` on ``count`` scenes of ``split``."""
+def evaluate(
+    model: Path,
+    split: str = "test",
+    count: int = 100,
+    size: int = 512,
+    threads: int = 2,
+    pixel_size: bool = True,
+    looks: bool = True,
+) -> dict:
+    """The figures (see the module's doc) of checkpoint folder ``model`` on ``count`` scenes of ``split``;
+    ``pixel_size`` and ``looks`` as for training.eval.rsa.evaluate."""
     torch.set_num_threads(threads)
     backend = RSABackend("eval", {"path": str(model)}, device="cuda" if torch.cuda.is_available() else "cpu")
     backend.ensure_loaded()
     options = Options(score_threshold=SERVED_THRESHOLD)
+    gsd: float | None = None  # the scene's pixel size
 
     def ask(task: Task, image: np.ndarray, prompt: str) -> tuple[str, list[Detection]]:
-        result = backend.run(BackendCall(task=task, images=[image], prompt=prompt, options=options))
+        call = BackendCall(task=task, images=[image], prompt=prompt, options=options, pixel_size_m=gsd)
+        result = backend.run(call)
         return result.text, result.detections
 
     # per (band or "all", class name): pooled box hits, mask hits, truths, served hits, union IoUs, counts
     stats: dict[tuple[str, str], dict[str, list]] = defaultdict(lambda: defaultdict(list))
     started = time.perf_counter()
     for seed in tqdm(split_seeds(split, count), desc=f"instances ({split})", dynamic_ncols=True):
-        scene = generate_scene(seed, size=size)
+        scene = generate_scene(seed, size=size, looks=looks)
+        gsd = scene.gsd if pixel_size else None
         band = gsd_band(scene.gsd)
         for cls in COUNTED:
             name = CLASSES[cls].plural
@@ -174,7 +193,8 @@ def evaluate(model: Path, split: str = "test", count: int = 100, size: int = 512
             "count_agrees": float(np.mean(row["count_agrees"])) if row["count_agrees"] else float("nan"),
         }
 
-    results: dict = {"model": str(model), "split": split, "count": count, "size": size, "seconds": round(seconds, 1)}
+    results: dict = {"model": str(model), "split": split, "count": count, "size": size, "pixel_size": pixel_size}
+    results |= {"looks": looks, "seconds": round(seconds, 1)}
     for group in ["all", *(name for name, _, _ in GSD_BANDS)]:
         per_class = {CLASSES[c].plural: figures(stats[(group, CLASSES[c].plural)]) for c in COUNTED}
         per_class = {k: v for k, v in per_class.items() if v["objects"] or group == "all"}
@@ -211,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.eval.instances", description=__doc__.splitlines()[0])
     eval_arguments(parser, "scenes", "_instances")
     args = parse_eval_arguments(parser, argv)
-    results = evaluate(args.model, args.split, args.count, args.size, args.threads)
+    results = evaluate(args.model, args.split, args.count, args.size, args.threads, **generator_arguments(args))
     for group in ["all", *(name for name, _, _ in GSD_BANDS)]:
         if group in results:
             print(table(results, group))

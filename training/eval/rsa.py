@@ -80,16 +80,30 @@ def gsd_band(gsd: float) -> str:
 
 
 def evaluate(
-    model: Path, split: str = "test", count: int = 100, size: int = 512, threads: int = 2, max_new_tokens: int = 64
+    model: Path,
+    split: str = "test",
+    count: int = 100,
+    size: int = 512,
+    threads: int = 2,
+    max_new_tokens: int = 64,
+    pixel_size: bool = True,
+    looks: bool = True,
 ) -> dict[str, float | int | str]:
-    """The metrics of the checkpoint folder ``model`` on ``count`` scenes and ``count`` pairs of ``split``."""
+    """The metrics of the checkpoint folder ``model`` on ``count`` scenes and ``count`` pairs of ``split``.
+
+    ``pixel_size``: each call carries its scene's pixel size, as the engine's carry their window's (False: none,
+    so the backend feeds every window as read); ``looks``: generator v2's looks (False: the plain look of v1)."""
     torch.set_num_threads(threads)
     backend = RSABackend("eval", {"path": str(model)}, device="cuda" if torch.cuda.is_available() else "cpu")
     backend.ensure_loaded()
     options = Options(max_new_tokens=max_new_tokens)
+    gsd: float | None = None  # the pixel size of the scene or pair being asked about
 
     def ask(task: Task, images: Sequence[np.ndarray], prompt: str = "") -> BackendResult:
-        return backend.run(BackendCall(task=task, images=list(images), prompt=prompt, options=options))
+        call = BackendCall(
+            task=task, images=list(images), prompt=prompt, options=options, pixel_size_m=gsd if pixel_size else None
+        )
+        return backend.run(call)
 
     refs: dict[str, list[str]] = {}
     caps: dict[str, str] = {}
@@ -103,7 +117,8 @@ def evaluate(
     bands: dict[str, list[str]] = {"caption": [], "ground": [], "segment": [], "change": []}  # each sample's GSD band
     started = time.perf_counter()
     for i, seed in enumerate(tqdm(split_seeds(split, count), desc=f"eval scenes ({split})", dynamic_ncols=True)):
-        scene = generate_scene(seed, size=size)
+        scene = generate_scene(seed, size=size, looks=looks)
+        gsd = scene.gsd
         rng = np.random.default_rng(seed)
         window = [scene.image]
         band = gsd_band(scene.gsd)
@@ -130,7 +145,8 @@ def evaluate(
     verdicts: list[bool] = []
     truths: list[bool] = []
     for seed in tqdm(split_seeds(split, count), desc=f"eval pairs ({split})", dynamic_ncols=True):
-        pair = generate_pair(seed, size=size, changed=seed % 2 == 1)
+        pair = generate_pair(seed, size=size, changed=seed % 2 == 1, looks=looks)
+        gsd = pair.before.gsd
         text = ask(Task.CHANGE, [pair.before.image, pair.after.image]).text
         verdict, _, caption = text.partition(": ")
         verdicts.append(verdict.startswith("changed"))
@@ -149,6 +165,8 @@ def evaluate(
         "split": split,
         "count": count,
         "size": size,
+        "pixel_size": pixel_size,
+        "looks": looks,
         "caption_BLEU-4": captions["Bleu_4"],
         "caption_CIDEr": captions["CIDEr"],
         "ground_acc@0.5": accuracy_at_iou(boxes_pred, boxes_true, 0.5) if boxes_true else float("nan"),
@@ -248,7 +266,22 @@ def eval_arguments(parser: argparse.ArgumentParser, counted: str, suffix: str = 
     parser.add_argument("--count", type=int, default=100, help=f"{counted} (default 100)")
     parser.add_argument("--size", type=int, default=512, help="window side in pixels (default 512)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--pixel-size",
+        choices=("scene", "none"),
+        default="scene",
+        help="scene: each call carries its scene's pixel size, as the engine's carry their window's, so the backend "
+        "may feed a fine window at the scale its model was trained at; none: no pixel size (every window fed as read)",
+    )
+    parser.add_argument(
+        "--plain", action="store_true", help="the plain look of generator v1 (looks=False), which the shipped model saw"
+    )
     parser.add_argument("--out", type=Path, default=None, help=f"JSON file (default out/eval/MODEL_SPLIT{suffix}.json)")
+
+
+def generator_arguments(args: argparse.Namespace) -> dict[str, bool]:
+    """``pixel_size`` and ``looks`` for an ``evaluate`` from the arguments of :func:`eval_arguments`."""
+    return {"pixel_size": args.pixel_size == "scene", "looks": not args.plain}
 
 
 def parse_eval_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
@@ -272,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.eval", description=__doc__.splitlines()[0])
     eval_arguments(parser, "scenes, and as many pairs")
     args = parse_eval_arguments(parser, argv)
-    results = evaluate(args.model, args.split, args.count, args.size, args.threads)
+    results = evaluate(args.model, args.split, args.count, args.size, args.threads, **generator_arguments(args))
     print(table(results))
     print(band_table(results))
     write_results(results, args)

@@ -62,7 +62,7 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import numpy as np
@@ -72,7 +72,7 @@ from transformers import LogitsProcessorList, StoppingCriteriaList
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from rs_assistant.core.protocol import ErrorCode, FeatureKind, ProtocolError, Task
-from rs_assistant.engine.backends import boxes, rsa_changes, rsa_instances
+from rs_assistant.engine.backends import boxes, rsa_changes, rsa_instances, rsa_scale
 from rs_assistant.engine.backends.base import Backend, BackendCall, BackendResult, Detection
 from rs_assistant.engine.backends.hf import (
     CancelCriteria,
@@ -182,12 +182,17 @@ class RSABackend(Backend):
         self.ensure_loaded()
         groups: dict[tuple, list[int]] = {}
         results: list[BackendResult] = [BackendResult()] * len(calls)
+        fed = list(calls)  # each call as the model is fed it: a window finer than it was trained on, placed
+        placements: list[rsa_scale.Placement | None] = [None] * len(calls)
         for index, call in enumerate(calls):
             self.check_task(call.task)
             answered = self._every_object(call)
             if answered is not None:
                 results[index] = answered
                 continue
+            placements[index] = self._placement(call)
+            if placements[index] is not None:
+                fed[index] = self._placed_call(call, placements[index])
             history = tuple(call.history) if call.task is Task.CHAT else ()
             watched = call.watch if call.watch.wants_updates else None  # a watched answer is generated alone
             key = (
@@ -201,9 +206,84 @@ class RSABackend(Backend):
             )
             groups.setdefault(key, []).append(index)
         for indices in groups.values():
-            for index, result in zip(indices, self._run_group([calls[i] for i in indices])):
-                results[index] = result
+            answered = self._run_group([fed[i] for i in indices], [placements[i] for i in indices])
+            for index, result in zip(indices, answered):
+                placement = placements[index]
+                results[index] = result if placement is None else self._unplaced(calls[index], placement, result)
         return results
+
+    # --- the scale the model was trained at (rsa_scale) ---------------------------------------------
+
+    @property
+    def trained_scale(self) -> tuple[float, float] | None:
+        """The config's ``trained_input_pixel_m`` (metres per model-input pixel, low and high), None without it."""
+        scale = getattr(self.model.config, "trained_input_pixel_m", None)
+        return None if scale is None else (float(scale[0]), float(scale[1]))
+
+    def _placement(self, call: BackendCall) -> rsa_scale.Placement | None:
+        """Where the call's window goes on the model's input when it is finer than the model was trained on (None:
+        fed as read, as it is when its pixel size or the model's trained scale is unknown)."""
+        if not call.images:
+            return None
+        shape = call.images[0].shape[:2]
+        side = self.processor.image_size
+        if rsa_scale.coarser(shape, call.pixel_size_m, self.trained_scale, side):
+            log.debug(
+                "model '%s': a %d x %d window at %.2f m is coarser than the %.2f m per input pixel it was trained "
+                "at; fed as read", self.model_name, shape[1], shape[0], call.pixel_size_m, self.trained_scale[1],
+            )  # fmt: skip
+        if not rsa_scale.PLACE_FINE_WINDOWS:  # measured worse than feeding it as read (rsa_scale)
+            return None
+        return rsa_scale.fit(shape, call.pixel_size_m, self.trained_scale, side)
+
+    @staticmethod
+    def _placed_call(call: BackendCall, placement: rsa_scale.Placement) -> BackendCall:
+        """The call with its windows drawn on the placement's canvas (and the canvas's pixel size)."""
+        assert call.pixel_size_m is not None
+        scale = min(placement.scale)
+        return replace(call, images=[placement.image(i) for i in call.images], pixel_size_m=call.pixel_size_m / scale)
+
+    def _unplaced(self, call: BackendCall, placement: rsa_scale.Placement, result: BackendResult) -> BackendResult:
+        """A result on the canvas -> the window's pixels: boxes and masks mapped back and clipped to the window,
+        those wholly outside it dropped; the fed scale reported."""
+        detections = []
+        for d in result.detections:
+            mask = None if d.mask is None else placement.mask(d.mask)
+            if mask is not None:
+                if not mask.any():
+                    continue
+                rows, cols = np.nonzero(mask)
+                box = (float(cols.min()), float(rows.min()), float(cols.max() + 1), float(rows.max() + 1))
+            else:
+                box = None if d.box is None else placement.box(d.box)
+            point = None if d.point is None else placement.point(d.point)
+            if box is None and mask is None and point is None:
+                continue
+            detections.append(replace(d, box=box if d.box is not None or mask is not None else None, mask=mask,
+                                      point=point))  # fmt: skip
+        text = _summary(detections) if call.task in (Task.GROUND, Task.SEGMENT) else result.text
+        assert call.pixel_size_m is not None
+        fed = rsa_scale.fed_pixel_m(placement, call.pixel_size_m, self.processor.image_size)
+        return replace(result, text=text, detections=detections, model_pixel_size_m=fed)
+
+    def _class_maps(
+        self, image: np.ndarray, name: str, pixel_size_m: float | None, cancel: threading.Event
+    ) -> tuple[torch.Tensor, float | None]:
+        """``([classes, H, W], metres per input pixel or None)``: the class probabilities of ``image`` read in crops
+        for class ``name`` (rsa_instances): of a ground size when the window's pixel size and the model's trained
+        scale are known and the window is finer than the crops were tuned at (rsa_instances.ground_crop_side; the
+        fed scale reported), else of CROP_SIDE pixels as before (None reported)."""
+
+        def read(crops: list[np.ndarray]) -> list[torch.Tensor]:
+            return self._crop_probabilities(crops, cancel)
+
+        side_m = None
+        if pixel_size_m is not None and self.trained_scale is not None:
+            side_m = rsa_instances.ground_crop_side(name, pixel_size_m)
+        if side_m is None or pixel_size_m is None:
+            return rsa_instances.class_probabilities(image, rsa_instances.CROP_SIDE[name], read), None
+        fed = rsa_instances.fed_pixel_m(image.shape[:2], side_m, pixel_size_m, self.processor.image_size)
+        return rsa_instances.class_probabilities_at(image, side_m, pixel_size_m, read), fed
 
     def _every_object(self, call: BackendCall) -> BackendResult | None:
         """The answer to a class-level request, read off the class head's map (rsa_instances): "find the buildings"
@@ -230,10 +310,7 @@ class RSABackend(Backend):
         name = str(config.class_names[request.cls])
         if not request.every or name not in rsa_instances.CROP_SIDE:
             return None
-        image = call.images[0]
-        probabilities = rsa_instances.class_probabilities(
-            image, rsa_instances.CROP_SIDE[name], lambda crops: self._crop_probabilities(crops, call.cancel)
-        )
+        probabilities, fed = self._class_maps(call.images[0], name, call.pixel_size_m, call.cancel)
         found = rsa_instances.instances(probabilities, request.cls, (config.class_mask_bars or {}).get(name))
         least = float((config.count_bars or {}).get(name, 0.0))
         found = [i for i in found if i.score >= least]  # weaker ones are noise (calibrated for count accuracy)
@@ -248,8 +325,10 @@ class RSABackend(Backend):
         ]  # fmt: skip
         drawn = sum(d.score >= call.options.score_threshold for d in detections)  # the count is of what is drawn
         if counting:
-            return BackendResult(text=rsa_instances.count_text(drawn, capped), detections=detections)
-        return BackendResult(text=rsa_instances.found_text(drawn, single, name, capped), detections=detections)
+            text = rsa_instances.count_text(drawn, capped)
+        else:
+            text = rsa_instances.found_text(drawn, single, name, capped)
+        return BackendResult(text=text, detections=detections, model_pixel_size_m=fed)
 
     def _crop_probabilities(self, crops: Sequence[np.ndarray], cancel: threading.Event) -> list[torch.Tensor]:
         """Each crop's class probabilities ``[classes, h, w]``, the crops read as windows of their own (one encoder
@@ -313,8 +392,13 @@ class RSABackend(Backend):
         )
         return result
 
-    def _run_group(self, calls: Sequence[BackendCall]) -> list[BackendResult]:
+    def _run_group(
+        self, calls: Sequence[BackendCall], placements: Sequence[rsa_scale.Placement | None] = ()
+    ) -> list[BackendResult]:
+        """One group of calls (as fed: a placed window's call has the canvas as its image; ``placements``, where
+        each lies on it, only tell what changed within the window)."""
         first = calls[0]
+        placements = list(placements) or [None] * len(calls)
         pair = len(first.images) == 2
         ids = self._prompt_ids(first)
         length = len(ids)
@@ -377,6 +461,7 @@ class RSABackend(Backend):
                     regions,
                     call.images[0],
                     None if instructions is None else instructions[sample],
+                    placements[sample],
                 )
                 result = self._result(call, answer, generated, (width, height))
                 results.append(self._accounted(result, output.sequences[sample].tolist(), call, length))
@@ -640,15 +725,19 @@ class RSABackend(Backend):
             return ""
         height, width = call.images[0].shape[:2]
         logits = visual.change_pixel_logits[generated.sample][None, None].float()
-        probability = torch.sigmoid(F.interpolate(logits, size=(height, width), mode="bilinear")[0, 0])
-        changed = probability > rsa_changes.PIXEL_THRESHOLD
+        probability = F.interpolate(logits, size=(height, width), mode="bilinear")[0]
+        placement = generated.placement
+        if placement is not None:  # what changed within the window, not on the canvas around it
+            probability = placement.maps(probability)
+        changed = torch.sigmoid(probability[0]) > rsa_changes.PIXEL_THRESHOLD
         if not bool(changed.any()):
             return ""
-        side = rsa_instances.CROP_SIDE[rsa_changes.BUILDINGS]
         before, after = (
-            rsa_instances.class_probabilities(image, side, lambda crops: self._crop_probabilities(crops, call.cancel))
+            self._class_maps(image, rsa_changes.BUILDINGS, call.pixel_size_m, call.cancel)[0]
             for image in call.images[:2]
         )
+        if placement is not None:
+            before, after = placement.maps(before), placement.maps(after)
         return rsa_changes.text(rsa_changes.describe(changed, before, after, config.class_names))
 
     def _box_score(self, located: LocatedPhrase, generated: _Generated) -> float:
@@ -723,6 +812,7 @@ class _Generated:
     regions: dict[tuple[int, int], tuple[tuple[float, float, float, float], float]]  # _box_regions
     image: np.ndarray | None = None  # the window, for the region selector's colours
     instruction: RSAInstruction | None = None  # the user's turn, with a region selector
+    placement: rsa_scale.Placement | None = None  # where the window lies on the image fed (None: it is that image)
 
     def state(self, step: int) -> torch.Tensor:
         """The last hidden state of the generation step that wrote token ``step`` of this sample's answer."""

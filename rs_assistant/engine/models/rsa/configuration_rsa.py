@@ -206,6 +206,16 @@ class RSAConfig(PreTrainedConfig):
     class_refine_size: int = 224
     class_names: list | None = None
     class_nouns: dict | None = None
+    # Serving: [low, high], the ground metres per model-input pixel of the windows the model was trained
+    # on. The default recipe (training/recipes/default/default_v13_gpu.toml, dataset.py's scene_gsd) draws a
+    # base pixel size in [0.3, 2] m and a window of [384, 768] px of it, resized to the 224 px input:
+    # 0.3 * 384 / 224 = 0.51 to 2 * 768 / 224 = 6.9 m per input pixel, so [0.5, 7.0]. With it, class-level
+    # finds on a window finer than they were tuned at read crops of a ground size (rsa_instances.CROP_SIDE_M,
+    # the window padded when smaller than a crop); a window finer than ``low`` (its ground width / 224 under
+    # it: a 512 px window at 0.1 m is 0.23) could be shrunk and placed on the input at ``low`` for the other
+    # tasks (engine/backends/rsa_scale.py; off: measured worse). Coarser than ``high``: fed as read. None
+    # (configs written before it): every window is fed as before, whatever its pixel size.
+    trained_input_pixel_m: list | None = None
 
     # The vision encoder's patch embedding: "patch" is CLIP's own (one patch x patch convolution);
     # "conv" is a small convolutional stem of the same total stride (Xiao et al. 2021, "Early
@@ -325,6 +335,17 @@ class RSAConfig(PreTrainedConfig):
             raise ValueError(f"count_bars {self.count_bars} must map class_names to scores in [0, 1)")
         if self.class_nouns and not all(0 <= int(c) < max(self.num_aux_classes, 1) for c in self.class_nouns.values()):
             raise ValueError(f"class_nouns name class ids outside 0..{self.num_aux_classes - 1}")
+        if self.trained_input_pixel_m is not None:
+            scale = self.trained_input_pixel_m
+            if (
+                not isinstance(scale, (list, tuple))
+                or len(scale) != 2
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scale)
+                or not 0 < scale[0] <= scale[1]
+            ):
+                raise ValueError(
+                    f"trained_input_pixel_m {scale!r} must be [low, high] metres per input pixel, 0 < low <= high"
+                )
         if self.num_location_bins < 2:
             raise ValueError(f"num_location_bins must be at least 2, got {self.num_location_bins}")
         if self.mask_decoder_dim % self.mask_decoder_heads or self.mask_decoder_dim >> self.mask_upsample_steps < 4:
