@@ -761,12 +761,12 @@
             <translation>Cette commande doit savoir quoi chercher, par exemple /find réservoirs.</translation>
         </message>
         <message>
-            <source>(The model read this imagery at {model} a pixel, the scale it was trained at.)</source>
-            <translation>(Le modèle a lu cette image à {model} par pixel, l’échelle de son entraînement.)</translation>
+            <source>(The model read this imagery at {model} a pixel, nearer the imagery it was trained on.)</source>
+            <translation>(Le modèle a lu cette image à {model} par pixel, plus près des images de son entraînement.)</translation>
         </message>
         <message>
-            <source>(This imagery has {pixel} pixels; the model read it at {model}, the scale it was trained at.)</source>
-            <translation>(Cette image a des pixels de {pixel} ; le modèle l’a lue à {model}, l’échelle de son entraînement.)</translation>
+            <source>(This imagery has {pixel} pixels; the model read it at {model}, nearer the imagery it was trained on.)</source>
+            <translation>(Cette image a des pixels de {pixel} ; le modèle l’a lue à {model}, plus près des images de son entraînement.)</translation>
         </message>
         <message>
             <source>Choose an image layer first.</source>

@@ -228,8 +228,9 @@ def resampled_text(pixel_size_m: float | None, model_pixel_size_m: float) -> str
     translate = QCoreApplication.translate
     if pixel_size_m is None:
         return translate(
-            "Messages", "(The model read this imagery at {model} a pixel, the scale it was trained at.)"
+            "Messages", "(The model read this imagery at {model} a pixel, nearer the imagery it was trained on.)"
         ).format(model=metres(model_pixel_size_m))
     return translate(
-        "Messages", "(This imagery has {pixel} pixels; the model read it at {model}, the scale it was trained at.)"
+        "Messages",
+        "(This imagery has {pixel} pixels; the model read it at {model}, nearer the imagery it was trained on.)",
     ).format(pixel=metres(pixel_size_m), model=metres(model_pixel_size_m))
