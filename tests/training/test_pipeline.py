@@ -1,5 +1,5 @@
 """The default recipe end to end (training/recipes/default/pipeline.py): the main run, then the selector, the
-refiner and the calibration on its model, resumed step by step."""
+refiner, the object detector and the calibration on its model, resumed step by step."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ SMALL_STAGES = {
     "selector_epochs": 1,
     "refine_scenes": 2,
     "refine_epochs": 1,
+    "objects_scenes": 2,
+    "objects_epochs": 1,
     "calibrate_scenes": 2,
     "calibrate_pairs": 4,
     "val_scenes": 1,
@@ -53,7 +55,9 @@ def fake_stages(monkeypatch) -> list[str]:
     return ran
 
 
-def test_one_command_trains_the_model_then_adds_the_selector_the_refiner_and_the_calibration(tmp_path, monkeypatch):
+def test_one_command_trains_the_model_then_adds_the_selector_the_refiner_the_detector_and_the_calibration(
+    tmp_path, monkeypatch
+):
     from training.recipes.default import selector
 
     monkeypatch.setattr(selector, "MIN_TARGET_IOU", 0.0)  # a barely trained class head rarely matches an object
@@ -65,35 +69,39 @@ def test_one_command_trains_the_model_then_adds_the_selector_the_refiner_and_the
     assert training_main(args) == 0
     out = tmp_path / "model"
     record = json.loads((out / pipeline.SHIPPED_STATE).read_text())
-    assert list(record) == ["train", "selector", "refiner", "calibration"]
+    assert list(record) == ["train", "selector", "refiner", "objects", "calibration"]
     assert record["train"]["step"] == 8 and record["selector"]["examples"] > 0 and record["refiner"]["scenes"] == 2
+    assert record["objects"]["scenes"] == 2
     assert "change_threshold" in json.dumps(record["calibration"]["chosen"]) or record["calibration"]["chosen"] == {}
     config = json.loads((out / "config.json").read_text())
     assert config["region_selector_dim"] > 0 and config["class_refine_channels"] > 0 and "class_aware_masks" in config
+    assert config["object_detector_channels"] > 0
     backend = RSABackend("pipeline", {"path": str(out)}, "cpu")
     backend.ensure_loaded()
     assert backend.model.region_selector is not None and backend.model.class_refiner is not None
+    assert backend.model.object_detector is not None
 
 
 def test_a_second_run_skips_what_is_done_and_a_changed_stage_runs_again_with_the_ones_after_it(tmp_path, fake_stages):
     config = _config(tmp_path)
     assert pipeline.run(config).finished
-    assert fake_stages == ["selector", "refiner", "calibration"]
+    assert fake_stages == ["selector", "refiner", "objects", "calibration"]
     weights = (tmp_path / "model" / "model.safetensors").stat().st_mtime_ns
     assert pipeline.run(config).finished
-    assert fake_stages == ["selector", "refiner", "calibration"]  # nothing ran again
+    assert fake_stages == ["selector", "refiner", "objects", "calibration"]  # nothing ran again
     assert (tmp_path / "model" / "model.safetensors").stat().st_mtime_ns == weights  # the model was not exported again
     assert pipeline.run(_config(tmp_path, refine_epochs=2)).finished
-    assert fake_stages[3:] == ["refiner", "calibration"]
+    assert fake_stages[4:] == ["refiner", "objects", "calibration"]
     seen = json.loads((tmp_path / "model" / "config.json").read_text())["stages_seen"]
-    assert seen == ["selector", "refiner", "calibration", "refiner", "calibration"]
+    assert seen == ["selector", "refiner", "objects", "calibration", "refiner", "objects", "calibration"]
 
 
 def test_a_stage_no_longer_asked_for_leaves_a_freshly_exported_model(tmp_path, fake_stages):
     assert pipeline.run(_config(tmp_path)).finished
     assert pipeline.run(_config(tmp_path, selector_scenes=0)).finished
-    assert fake_stages[3:] == ["refiner", "calibration"]
-    assert json.loads((tmp_path / "model" / "config.json").read_text())["stages_seen"] == ["refiner", "calibration"]
+    assert fake_stages[4:] == ["refiner", "objects", "calibration"]
+    seen = json.loads((tmp_path / "model" / "config.json").read_text())["stages_seen"]
+    assert seen == ["refiner", "objects", "calibration"]
 
 
 def test_a_stop_after_the_main_run_resumes_at_the_first_stage(tmp_path, fake_stages):
@@ -101,7 +109,7 @@ def test_a_stop_after_the_main_run_resumes_at_the_first_stage(tmp_path, fake_sta
     exported = tmp_path / "model" / "config.json"
     stopped = pipeline.run(config, stop=lambda step: exported.is_file())  # asked once the main run has exported
     assert not stopped.finished and stopped.step == config.max_steps and fake_stages == []
-    assert pipeline.run(config).finished and fake_stages == ["selector", "refiner", "calibration"]
+    assert pipeline.run(config).finished and fake_stages == ["selector", "refiner", "objects", "calibration"]
     assert json.loads((tmp_path / "work" / pipeline.STATE).read_text())["train"]["step"] == config.max_steps
 
 
@@ -113,7 +121,7 @@ def test_a_deleted_model_is_exported_again_from_the_checkpoint_and_every_stage_r
     shutil.rmtree(tmp_path / "model")
     assert pipeline.run(config).finished
     assert (
-        fake_stages == ["selector", "refiner", "calibration"] * 2
+        fake_stages == ["selector", "refiner", "objects", "calibration"] * 2
         and (tmp_path / "model" / "model.safetensors").is_file()
     )
 

@@ -2,10 +2,11 @@
 
 Chooses an RSA checkpoint's ``count_bars`` on the validation split (never on the test split the goals are
 measured on): for every class counted object by object (training.eval.instances.COUNTED), each scene's
-``find the <class>`` is answered once with every object the class map gives (rsa_instances), and the bar on
-the objects' scores (their mean class probability) in :data:`BARS` whose count accuracy (within 10% or 1 of the
-truth, as training.eval.instances) is best wins (ties: the lower bar); a class keeps no bar unless one beats
-counting every object by more than :data:`MIN_GAIN`.
+``find the <class>`` is answered once (at the scene's pixel size, as the engine asks) with every object the
+class map (rsa_instances) or the object detector (rsa_objects) gives, and the bar on the objects' scores in
+:data:`BARS` whose count accuracy (within 10% or 1 of the truth, as training.eval.instances) is best wins (ties:
+the lower bar); a class keeps no bar unless one beats counting what the served threshold (0.3) draws by more
+than :data:`MIN_GAIN`.
 
 With ``--write`` the bars go into the folder's config.json; the engine then serves with them.
 """
@@ -25,21 +26,24 @@ from rs_assistant.core.protocol import Options, Task
 from rs_assistant.engine.backends.base import BackendCall
 from rs_assistant.engine.backends.rsa import RSABackend
 from training.data.synthetic import CLASSES, generate_scene, split_seeds
-from training.eval.instances import COUNTED, count_correct
+from training.eval.instances import COUNTED, SERVED_THRESHOLD, count_correct
 
-BARS = (0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9)
+BARS = (0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9)
 MIN_GAIN = 0.05
 
 
-def choose(scores: list[list[float]], truths: list[int]) -> tuple[float | None, dict[float, float]]:
+def choose(
+    scores: list[list[float]], truths: list[int], served: float = 0.0
+) -> tuple[float | None, dict[float, float]]:
     """The bar whose count accuracy over the scenes is best (``scores``: each scene's objects' scores, ``truths``:
-    each scene's true count), or None when none beats no bar by :data:`MIN_GAIN`; and the accuracy of each."""
+    each scene's true count), or None when none beats no bar (counting what the served threshold ``served`` draws)
+    by :data:`MIN_GAIN`; and the accuracy of each (no bar under the key ``served``)."""
     accuracy = {
         bar: float(np.mean([count_correct(sum(s >= bar for s in found), n) for found, n in zip(scores, truths)]))
-        for bar in (0.0, *BARS)
+        for bar in (served, *(b for b in BARS if b > served))
     }
-    best = max(BARS, key=lambda bar: (accuracy[bar], -bar))
-    return (best if accuracy[best] > accuracy[0.0] + MIN_GAIN else None), accuracy
+    best = max(accuracy, key=lambda bar: (accuracy[bar], -bar))
+    return (best if best != served and accuracy[best] > accuracy[served] + MIN_GAIN else None), accuracy
 
 
 def calibrate(model: Path, split: str = "val", count: int = 40, size: int = 512) -> dict[str, dict]:
@@ -58,12 +62,13 @@ def calibrate(model: Path, split: str = "val", count: int = 40, size: int = 512)
                 images=[scene.image],
                 prompt=f"find the {CLASSES[cls].plural}",
                 options=Options(score_threshold=0.0),
+                pixel_size_m=scene.gsd,  # as the engine sends it
             )
             scores[cls].append([d.score for d in backend.run(call).detections])
             truths[cls].append(sum(int(o.cls) == cls for o in scene.objects))
     chosen = {}
     for cls in COUNTED:
-        bar, accuracy = choose(scores[cls], truths[cls])
+        bar, accuracy = choose(scores[cls], truths[cls], SERVED_THRESHOLD)
         chosen[CLASSES[cls].plural] = {"bar": bar, "accuracy": accuracy}
     return chosen
 

@@ -72,7 +72,7 @@ from transformers import LogitsProcessorList, StoppingCriteriaList
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from rs_assistant.core.protocol import ErrorCode, FeatureKind, ProtocolError, Task
-from rs_assistant.engine.backends import boxes, rsa_changes, rsa_instances, rsa_scale
+from rs_assistant.engine.backends import boxes, rsa_changes, rsa_instances, rsa_objects, rsa_scale
 from rs_assistant.engine.backends.base import Backend, BackendCall, BackendResult, Detection
 from rs_assistant.engine.backends.hf import (
     CancelCriteria,
@@ -310,8 +310,11 @@ class RSABackend(Backend):
         name = str(config.class_names[request.cls])
         if not request.every or name not in rsa_instances.CROP_SIDE:
             return None
-        probabilities, fed = self._class_maps(call.images[0], name, call.pixel_size_m, call.cancel)
-        found = rsa_instances.instances(probabilities, request.cls, (config.class_mask_bars or {}).get(name))
+        if self.model.object_detector is not None and name in (config.object_served or ()):
+            found, fed = self._detected(call, name)
+        else:
+            probabilities, fed = self._class_maps(call.images[0], name, call.pixel_size_m, call.cancel)
+            found = rsa_instances.instances(probabilities, request.cls, (config.class_mask_bars or {}).get(name))
         least = float((config.count_bars or {}).get(name, 0.0))
         found = [i for i in found if i.score >= least]  # weaker ones are noise (calibrated for count accuracy)
         capped = len(found) > rsa_instances.MAX_OBJECTS
@@ -329,6 +332,26 @@ class RSABackend(Backend):
         else:
             text = rsa_instances.found_text(drawn, single, name, capped)
         return BackendResult(text=text, detections=detections, model_pixel_size_m=fed)
+
+    def _detected(self, call: BackendCall, name: str) -> tuple[list[rsa_instances.Instance], float | None]:
+        """The objects of class ``name`` the object detector finds in the call's window (rsa_objects; masks only for
+        a segment request), and the metres per pixel it read the window at when it shrank it (else None)."""
+        config = self.model.config
+        if call.cancel.is_set():
+            raise cancelled(self)
+        image = call.images[0]
+        found = rsa_objects.find_objects(
+            self.model.object_detector,
+            image,
+            list(config.object_classes).index(name),
+            call.pixel_size_m,
+            config.object_min_pixel_m,
+            self.device,
+            masks=call.task is Task.SEGMENT,
+        )
+        scale = rsa_objects.read_scale(image.shape[:2], call.pixel_size_m, config.object_min_pixel_m)
+        fed = call.pixel_size_m / scale if call.pixel_size_m is not None and scale < 1 else None
+        return found, fed
 
     def _crop_probabilities(self, crops: Sequence[np.ndarray], cancel: threading.Event) -> list[torch.Tensor]:
         """Each crop's class probabilities ``[classes, h, w]``, the crops read as windows of their own (one encoder

@@ -37,6 +37,10 @@ are fewer pixels, a closer look than was tuned, and measured worse (0.7-2 m: 0.1
 0.25 -> 0.07). Without a pixel size, or with a config from before ``trained_input_pixel_m``, the crops
 stay :data:`CROP_SIDE` pixels. The model card gives the figures per pixel-size band.
 
+A model with an object detector answers the classes of its config's ``object_served`` from it instead
+(rsa_objects: the window's own pixels at full resolution, one centre per object), which finds cars and single
+trees the class map cannot separate; the other classes keep the class map.
+
 :func:`class_request` reads which class a prompt asks for, and whether it asks for every object of
 it; a noun of no class the model knows is answered with the classes it knows (:func:`unknown_class_text`).
 """
@@ -320,16 +324,16 @@ def split_regions(inside: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Instance:
-    """One object: its extent (x0, y0, x1, y1, window pixels), its pixels and its score (the mean probability
-    of its class over them)."""
+    """One object: its extent (x0, y0, x1, y1, window pixels), its pixels (None when not asked for) and its score
+    (the mean probability of its class over them, or the object detector's, rsa_objects)."""
 
     box: tuple[float, float, float, float]
-    mask: np.ndarray
+    mask: np.ndarray | None
     score: float
 
     @property
     def pixels(self) -> int:
-        return int(self.mask.sum())
+        return int(self.mask.sum()) if self.mask is not None else 0
 
 
 def instances(

@@ -1,6 +1,6 @@
 """The default recipe end to end: the main run (train.py), then the config's ``[stages]`` on its frozen model,
-in order: the region selector (selector.py), the class refiner (refine.py) and the calibration of the
-serving thresholds on the val split (training.eval.calibrate), each written into ``out``.
+in order: the region selector (selector.py), the class refiner (refine.py), the object detector (objects.py) and
+the calibration of the serving thresholds on the val split (training.eval.calibrate), each written into ``out``.
 
 ``work_dir/stages.json`` records each step done, with its settings, seconds and results, so the same
 command run again resumes: inside the main run from its checkpoint, and after it at the first stage
@@ -83,7 +83,7 @@ def _check_model(config: TrainConfig, settings: StageSettings) -> None:
 
 def _stage_keys(settings: StageSettings, name: str) -> dict[str, Any]:
     """The settings a stage's result depends on."""
-    prefix = {"selector": "selector_", "refiner": "refine_", "calibration": "calibrate_"}[name]
+    prefix = {"selector": "selector_", "refiner": "refine_", "objects": "objects_", "calibration": "calibrate_"}[name]
     keys = {k: v for k, v in vars(settings).items() if k.startswith(prefix)}
     keys["size"] = settings.size
     if name != "calibration":
@@ -151,6 +151,22 @@ def _refiner(out: Path, settings: StageSettings, seed: int) -> dict[str, Any]:
     )
 
 
+def _objects(out: Path, settings: StageSettings, seed: int) -> dict[str, Any]:
+    from training.recipes.default.objects import train_detector
+
+    return train_detector(
+        out,
+        None,
+        settings.objects_scenes,
+        settings.val_scenes,
+        settings.objects_epochs,
+        crop=min(256, settings.size // 8 * 8),
+        size=settings.size,
+        workers=settings.workers,
+        seed=seed,
+    )
+
+
 def _calibration(out: Path, settings: StageSettings, seed: int) -> dict[str, Any]:
     from training.eval.calibrate import main as calibrate
 
@@ -182,5 +198,6 @@ def _calibration(out: Path, settings: StageSettings, seed: int) -> dict[str, Any
 STAGES: dict[str, Callable[[Path, StageSettings, int], dict[str, Any]]] = {
     "selector": _selector,
     "refiner": _refiner,
+    "objects": _objects,
     "calibration": _calibration,
 }

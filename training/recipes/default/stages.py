@@ -1,4 +1,4 @@
-"""What the training stages after the main run share (selector.py, refine.py): the recipe's settings
+"""What the training stages after the main run share (selector.py, refine.py, objects.py): the recipe's settings
 for them, the checkpoint they load with everything frozen, how they write it back, their common
 options and their training loop."""
 
@@ -31,6 +31,8 @@ class StageSettings(ConfigFromDict):
     selector_epochs: int = 8
     refine_scenes: int = 0  # train scenes the class refiner learns from (refine.py; 0: no refiner)
     refine_epochs: int = 6
+    objects_scenes: int = 0  # train scenes the object detector learns from (objects.py; 0: no detector)
+    objects_epochs: int = 10
     calibrate_scenes: int = 0  # val scenes the serving thresholds are chosen on (training.eval.calibrate; 0: none)
     calibrate_pairs: int = 200  # val pairs for the change threshold
     calibrate_captions: int = 0  # val scenes for the caption decoding (0: keep the config's)
@@ -42,8 +44,10 @@ class StageSettings(ConfigFromDict):
         negative = sorted(k for k, v in vars(self).items() if v < 0)
         if negative:
             raise ValueError(f"stages: {', '.join(negative)} must not be negative")
-        if self.selector_epochs < 1 or self.refine_epochs < 1 or self.size < 32:
-            raise ValueError("stages: selector_epochs and refine_epochs must be positive and size at least 32")
+        if self.selector_epochs < 1 or self.refine_epochs < 1 or self.objects_epochs < 1 or self.size < 32:
+            raise ValueError(
+                "stages: selector_epochs, refine_epochs and objects_epochs must be positive and size at least 32"
+            )
 
     @property
     def names(self) -> list[str]:
@@ -53,6 +57,7 @@ class StageSettings(ConfigFromDict):
             for name, count in (
                 ("selector", self.selector_scenes),
                 ("refiner", self.refine_scenes),
+                ("objects", self.objects_scenes),
                 ("calibration", self.calibrate_scenes),
             )
             if count > 0

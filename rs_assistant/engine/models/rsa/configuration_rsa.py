@@ -204,6 +204,17 @@ class RSAConfig(PreTrainedConfig):
     # width; 0: no refiner.
     class_refine_channels: int = 0
     class_refine_size: int = 224
+    # The object detector (object_detector.py, a CenterNet-style network over the window's own pixels at
+    # full resolution, beside the model's 224-pixel view where a car is two pixels): one map of centres
+    # and one of covered pixels per class of ``object_classes`` (class names), trained alone after the
+    # main run (training.recipes.default.objects). It reads windows finer than ``object_min_pixel_m``
+    # metres a pixel shrunk to it. Serving: class-level answers ("find the cars", "how many trees?") for
+    # the classes of ``object_served`` come from it (engine/backends/rsa_objects.py), the others from the
+    # class map (rsa_instances). ``object_detector_channels`` is its width; 0: no detector.
+    object_detector_channels: int = 0
+    object_classes: list | None = None
+    object_min_pixel_m: float = 0.25
+    object_served: list | None = None
     class_names: list | None = None
     class_nouns: dict | None = None
     # Serving: [low, high], the ground metres per model-input pixel of the windows the model was trained
@@ -333,6 +344,16 @@ class RSAConfig(PreTrainedConfig):
             or not all(0 <= float(b) < 1 for b in self.count_bars.values())
         ):
             raise ValueError(f"count_bars {self.count_bars} must map class_names to scores in [0, 1)")
+        if self.object_detector_channels < 0 or (self.object_detector_channels > 0 and not self.object_classes):
+            raise ValueError(
+                f"object_detector_channels {self.object_detector_channels} must be 0, or positive with object_classes"
+            )
+        if set(self.object_classes or ()) - set(self.class_names or ()):
+            raise ValueError(f"object_classes {self.object_classes} must be among class_names")
+        if set(self.object_served or ()) - set(self.object_classes or ()):
+            raise ValueError(f"object_served {self.object_served} must be among object_classes {self.object_classes}")
+        if self.object_min_pixel_m <= 0:
+            raise ValueError(f"object_min_pixel_m must be positive, got {self.object_min_pixel_m}")
         if self.class_nouns and not all(0 <= int(c) < max(self.num_aux_classes, 1) for c in self.class_nouns.values()):
             raise ValueError(f"class_nouns name class ids outside 0..{self.num_aux_classes - 1}")
         if self.trained_input_pixel_m is not None:

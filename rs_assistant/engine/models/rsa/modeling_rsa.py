@@ -83,6 +83,7 @@ from rs_assistant.engine.models.rsa.losses import (
     _soft_location_loss,
 )
 from rs_assistant.engine.models.rsa.mask_decoder import RSAClassMemory, RSAMaskDecoder
+from rs_assistant.engine.models.rsa.object_detector import RSAObjectDetector
 from rs_assistant.engine.models.rsa.region_selector import RSAInstruction, RSARegionSelector
 from rs_assistant.engine.models.rsa.vision import RSAConvStem, RSAProjector, RSAVisualPosition, xy_code
 from rs_assistant.engine.models.rsa.vision import grid_code as grid_code  # re-exported: it lived here before vision.py
@@ -182,6 +183,7 @@ class RSAForConditionalGeneration(RSAPreTrainedModel):
         self.visual_position = RSAVisualPosition(config) if config.visual_position_encoding else None
         self.region_selector = RSARegionSelector(config) if config.region_selector_dim > 0 else None
         self.class_refiner = RSAClassRefiner(config) if config.class_refine_channels > 0 else None
+        self.object_detector = RSAObjectDetector(config) if config.object_detector_channels > 0 else None
         self.post_init()
         self._init_location_embeddings()
         self.apply_freezing()

@@ -1,0 +1,158 @@
+"""Every object of a class read by the RSA model's object detector (RSAObjectDetector): the window at full
+resolution, its centres, sizes and covered pixels turned into one box and one mask per object.
+
+The class map (rsa_instances) finds buildings and storage tanks well, but a car is a few pixels of a 512-pixel
+window and one cell of the model's 56-cell map holds several; the detector reads the window's own pixels and
+marks each object's centre (CenterNet), so cars parked side by side stay apart. Which classes it answers is the
+config's ``object_detector_classes``, chosen by measurement (``python -m training.eval.instances``).
+
+1. **The window, at a pixel size it was trained at** (:func:`detector_input`). A window finer than the config's
+   ``object_min_pixel_m`` is shrunk to it (its objects keep the sizes in pixels the detector learned; less to
+   read), one larger than :data:`MAX_SIDE` pixels a side is shrunk to that, and the sides are padded (edge
+   pixels repeated) to a multiple of 8.
+2. **Objects** (:func:`decode`): the local maxima of a class's centre map over :data:`MIN_SCORE`, each with its
+   size and offset, back in window pixels; the box's score is its centre's probability.
+3. **Masks** (:func:`object_masks`): each object's covered pixels (the class's cover map over 0.5) inside its box,
+   a pixel covered by several boxes going to the object whose centre is nearest (in box sizes); a box whose cover
+   is empty is filled as an ellipse.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from rs_assistant.engine.backends.rsa_instances import Instance
+from rs_assistant.engine.models.rsa.object_detector import STRIDE, ObjectMaps, RSAObjectDetector
+
+#: The longest side (pixels) the detector reads; a larger window is shrunk (its objects get smaller).
+MAX_SIDE = 1536
+#: Centres under this probability are not objects.
+MIN_SCORE = 0.05
+#: The most objects one class's answer keeps (the strongest); rsa_instances.MAX_OBJECTS are drawn.
+MAX_PEAKS = 2000
+#: A pixel belongs to an object's mask where the class's cover map reaches this.
+COVER = 0.5
+
+
+def read_scale(shape: tuple[int, int], pixel_size_m: float | None, min_pixel_m: float) -> float:
+    """The factor (at most 1) a window of ``shape`` and ``pixel_size_m`` metres (None: unknown) is resized by before
+    the detector reads it: down to ``min_pixel_m`` metres per pixel, and to :data:`MAX_SIDE` pixels a side."""
+    scale = 1.0
+    if pixel_size_m is not None and 0 < pixel_size_m < min_pixel_m:
+        scale = pixel_size_m / min_pixel_m
+    return min(scale, MAX_SIDE / max(shape))
+
+
+def read_size(shape: tuple[int, int], scale: float) -> tuple[int, int]:
+    """The size (height, width) a window of ``shape`` is read at, resized by ``scale``."""
+    if scale >= 1:
+        return shape[0], shape[1]
+    return max(8, round(shape[0] * scale)), max(8, round(shape[1] * scale))
+
+
+def detector_input(image: np.ndarray, scale: float) -> torch.Tensor:
+    """``[1, 3, H', W']`` in 0..1: window ``image [H, W, 3]`` (uint8) resized by ``scale`` (area-averaged) and padded
+    at its bottom and right (edge pixels repeated) to multiples of 8."""
+    rgb = torch.from_numpy(np.ascontiguousarray(image[..., :3])).permute(2, 0, 1)[None].float() / 255
+    size = read_size(image.shape[:2], scale)
+    if size != image.shape[:2]:
+        rgb = F.interpolate(rgb, size=size, mode="bilinear", antialias=True, align_corners=False)
+    height, width = rgb.shape[-2:]
+    pad = (0, -width % 8, 0, -height % 8)
+    return F.pad(rgb, pad, mode="replicate") if any(pad) else rgb
+
+
+def decode(maps: ObjectMaps, index: int, sample: int = 0, min_score: float = MIN_SCORE) -> list[tuple]:
+    """The objects of the detector's class ``index`` in ``maps`` (of one window, ``sample``), strongest first:
+    ``(score, (x0, y0, x1, y1))`` in the detector's input pixels. An object is a local maximum (3 x 3) of the class's
+    centre map over ``min_score``."""
+    centres = maps.centres[sample, index][None, None]
+    peaks = (centres == F.max_pool2d(centres, 3, stride=1, padding=1)) & (centres >= min_score)
+    ys, xs = torch.nonzero(peaks[0, 0], as_tuple=True)
+    scores = centres[0, 0, ys, xs]
+    order = torch.argsort(scores, descending=True)[:MAX_PEAKS]
+    ys, xs, scores = ys[order], xs[order], scores[order]
+    width, height = maps.sizes[sample, 0, ys, xs].exp(), maps.sizes[sample, 1, ys, xs].exp()
+    cx = (xs.float() + maps.offsets[sample, 0, ys, xs]) * STRIDE
+    cy = (ys.float() + maps.offsets[sample, 1, ys, xs]) * STRIDE
+    boxes = torch.stack([cx - width / 2, cy - height / 2, cx + width / 2, cy + height / 2], dim=1)
+    return [(float(s), tuple(float(v) for v in b)) for s, b in zip(scores.tolist(), boxes.tolist())]
+
+
+def object_masks(found: Sequence[tuple], cover: np.ndarray) -> list[np.ndarray]:
+    """One mask ``[H, W]`` per object of ``found`` (``(score, box)`` in ``cover``'s pixels): the pixels of its box
+    where ``cover`` (bool ``[H, W]``) holds, a pixel in several boxes going to the nearest centre (distance in
+    half box sizes); a box with none of its own is filled as the ellipse it bounds."""
+    height, width = cover.shape
+    nearest = np.full((height, width), np.inf, np.float32)
+    owner = np.full((height, width), -1, np.int32)
+    spans = []
+    for number, (_, (x0, y0, x1, y1)) in enumerate(found):
+        left, top = max(0, math.floor(x0)), max(0, math.floor(y0))
+        right, bottom = min(width, math.ceil(x1)), min(height, math.ceil(y1))
+        spans.append((left, top, right, bottom))
+        if right <= left or bottom <= top:
+            continue
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        rx, ry = max((x1 - x0) / 2, 0.5), max((y1 - y0) / 2, 0.5)
+        xs = (np.arange(left, right) + 0.5 - cx) / rx
+        ys = (np.arange(top, bottom) + 0.5 - cy) / ry
+        distance = (ys[:, None] ** 2 + xs[None, :] ** 2).astype(np.float32)
+        here = nearest[top:bottom, left:right]
+        closer = distance < here
+        here[closer] = distance[closer]
+        owner[top:bottom, left:right][closer] = number
+    masks = []
+    for number, (left, top, right, bottom) in enumerate(spans):
+        mask = np.zeros((height, width), bool)
+        if right > left and bottom > top:
+            mine = owner[top:bottom, left:right] == number
+            own = mine & cover[top:bottom, left:right]
+            mask[top:bottom, left:right] = own if own.any() else mine & (nearest[top:bottom, left:right] <= 1)
+        masks.append(mask)
+    return masks
+
+
+@torch.inference_mode()
+def find_objects(
+    detector: RSAObjectDetector,
+    image: np.ndarray,
+    index: int,
+    pixel_size_m: float | None,
+    min_pixel_m: float,
+    device: torch.device | str = "cpu",
+    masks: bool = True,
+) -> list[Instance]:
+    """The objects of the detector's class ``index`` in window ``image`` (``[H, W, 3]`` uint8, ``pixel_size_m``
+    metres a pixel or None), strongest first, with boxes in window pixels and (with ``masks``) their masks."""
+    height, width = image.shape[:2]
+    scale = read_scale((height, width), pixel_size_m, min_pixel_m)
+    read_h, read_w = read_size((height, width), scale)
+    maps = detector(detector_input(image, scale).to(device, next(detector.parameters()).dtype))
+    found = decode(maps, index)
+    if masks:
+        cover = F.interpolate(maps.inside[:, index : index + 1], scale_factor=STRIDE, mode="bilinear")[0, 0]
+        shapes = object_masks(found, (cover[:read_h, :read_w] >= COVER).cpu().numpy())
+    else:
+        shapes = [None] * len(found)
+    back_x, back_y = width / read_w, height / read_h
+    objects = []
+    for (score, (x0, y0, x1, y1)), mask in zip(found, shapes):
+        box = (
+            float(np.clip(x0 * back_x, 0, width)),
+            float(np.clip(y0 * back_y, 0, height)),
+            float(np.clip(x1 * back_x, 0, width)),
+            float(np.clip(y1 * back_y, 0, height)),
+        )
+        if box[2] - box[0] < 1 or box[3] - box[1] < 1:
+            continue
+        if mask is not None and (read_h, read_w) != (height, width):
+            mask = F.interpolate(torch.from_numpy(mask)[None, None].float(), size=(height, width), mode="nearest")
+            mask = mask[0, 0].numpy() > 0
+        objects.append(Instance(box, mask, score))
+    return objects
