@@ -48,11 +48,15 @@ def test_each_pixel_belongs_to_one_object_and_an_uncovered_box_is_an_ellipse():
     assert empty.sum() > 0.6 * 64 and not empty[8, 28] and empty[12, 32]  # corners out, centre in
 
 
-def test_a_fine_window_is_read_at_the_detectors_pixel_size_and_a_huge_one_shrunk():
-    assert rsa_objects.read_scale((512, 512), 0.1, 0.25) == pytest.approx(0.4)
-    assert rsa_objects.read_scale((512, 512), 0.5, 0.25) == 1.0
-    assert rsa_objects.read_scale((512, 512), None, 0.25) == 1.0
+def test_a_window_is_read_near_the_detectors_pixel_sizes_and_a_huge_one_shrunk():
+    assert rsa_objects.read_scale((512, 512), 0.1, 0.25, 0.5) == pytest.approx(0.4)  # a drone tile: shrunk
+    assert rsa_objects.read_scale((512, 512), 0.4, 0.25, 0.5) == 1.0
+    assert rsa_objects.read_scale((512, 512), 0.75, 0.25, 0.5) == pytest.approx(1.5)  # coarse: enlarged
+    assert rsa_objects.read_scale((512, 512), 2.0, 0.25, 0.5) == 2.0  # at most twice
+    assert rsa_objects.read_scale((512, 512), 2.0, 0.25, None) == 1.0
+    assert rsa_objects.read_scale((512, 512), None, 0.25, 0.5) == 1.0  # no pixel size: as read
     assert rsa_objects.read_scale((3072, 1000), 1.0, 0.25) == pytest.approx(0.5)
+    assert rsa_objects.read_scale((1024, 1024), 1.0, 0.25, 0.5) == pytest.approx(1.5)  # at most MAX_SIDE a side
     rgb = rsa_objects.detector_input(np.zeros((100, 61, 3), np.uint8), 1.0)
     assert rgb.shape == (1, 3, 104, 64)
 
@@ -66,6 +70,20 @@ def test_targets_put_each_object_at_its_centre_with_its_size():
     assert made["size"][:, 3, 7].exp().tolist() == pytest.approx([8, 4])
     assert made["offset"][:, 3, 7].tolist() == pytest.approx([0.0, 0.0])
     assert made["centre"].sum() == 1 and made["inside"][2, 2:4, 5:9].min() == 1.0
+
+
+def test_a_coarse_window_is_learned_enlarged_as_the_engine_reads_it():
+    image = np.zeros((16, 16, 3), np.uint8)
+    image[4:6, 4:8] = 255
+    cover = np.zeros((16, 16), np.uint8)
+    cover[4:6, 4:8] = 1
+    example = stage.Example(image, cover, np.array([[0, 4, 4, 8, 6]], np.float32), gsd=1.0)
+    enlarge = stage.zoom(example, 0.25, 0.5)
+    assert enlarge == 2.0 and stage.zoom(example, 0.25, None) == 1.0
+    crop, crop_cover, objects = stage.augmented(example, 32, np.random.default_rng(0), enlarge)
+    assert crop.shape == (32, 32, 3) and crop_cover.shape == (32, 32)
+    assert len(objects) == 1 and sorted([objects[0, 3] - objects[0, 1], objects[0, 4] - objects[0, 2]]) == [4, 8]
+    assert crop_cover.sum() == 4 * 8 and crop[crop_cover > 0].mean() > 150  # the object's pixels moved with it
 
 
 def _squares(count: int, seed: int, side: int = 64) -> list[stage.Example]:

@@ -335,7 +335,7 @@ class RSABackend(Backend):
 
     def _detected(self, call: BackendCall, name: str) -> tuple[list[rsa_instances.Instance], float | None]:
         """The objects of class ``name`` the object detector finds in the call's window (rsa_objects; masks only for
-        a segment request), and the metres per pixel it read the window at when it shrank it (else None)."""
+        a segment request), and the metres per pixel it read the window at when it resized it (else None)."""
         config = self.model.config
         if call.cancel.is_set():
             raise cancelled(self)
@@ -346,11 +346,14 @@ class RSABackend(Backend):
             list(config.object_classes).index(name),
             call.pixel_size_m,
             config.object_min_pixel_m,
+            config.object_max_pixel_m,
             self.device,
             masks=call.task is Task.SEGMENT,
         )
-        scale = rsa_objects.read_scale(image.shape[:2], call.pixel_size_m, config.object_min_pixel_m)
-        fed = call.pixel_size_m / scale if call.pixel_size_m is not None and scale < 1 else None
+        scale = rsa_objects.read_scale(
+            image.shape[:2], call.pixel_size_m, config.object_min_pixel_m, config.object_max_pixel_m
+        )
+        fed = call.pixel_size_m / scale if call.pixel_size_m is not None and scale != 1 else None
         return found, fed
 
     def _crop_probabilities(self, crops: Sequence[np.ndarray], cancel: threading.Event) -> list[torch.Tensor]:

@@ -6,10 +6,11 @@ window and one cell of the model's 56-cell map holds several; the detector reads
 marks each object's centre (CenterNet), so cars parked side by side stay apart. Which classes it answers is the
 config's ``object_detector_classes``, chosen by measurement (``python -m training.eval.instances``).
 
-1. **The window, at a pixel size it was trained at** (:func:`detector_input`). A window finer than the config's
-   ``object_min_pixel_m`` is shrunk to it (its objects keep the sizes in pixels the detector learned; less to
-   read), one larger than :data:`MAX_SIDE` pixels a side is shrunk to that, and the sides are padded (edge
-   pixels repeated) to a multiple of 8.
+1. **The window, at a pixel size it was trained at** (:func:`read_scale`, :func:`detector_input`). A window
+   finer than the config's ``object_min_pixel_m`` is shrunk to it (its objects keep the sizes in pixels the
+   detector learned; less to read), one coarser than ``object_max_pixel_m`` enlarged towards it (at most
+   :data:`MAX_ZOOM` times: a car of 3 pixels at 1.5 m becomes 6), one larger than :data:`MAX_SIDE` pixels a side
+   shrunk to that, and the sides are padded (edge pixels repeated) to a multiple of 8.
 2. **Objects** (:func:`decode`): the local maxima of a class's centre map over :data:`MIN_SCORE`, each with its
    size and offset, back in window pixels; the box's score is its centre's probability.
 3. **Masks** (:func:`object_masks`): each object's covered pixels (the class's cover map over 0.5) inside its box,
@@ -31,6 +32,8 @@ from rs_assistant.engine.models.rsa.object_detector import STRIDE, ObjectMaps, R
 
 #: The longest side (pixels) the detector reads; a larger window is shrunk (its objects get smaller).
 MAX_SIDE = 1536
+#: The most a coarse window is enlarged by (its cost grows with the square).
+MAX_ZOOM = 2.0
 #: Centres under this probability are not objects.
 MIN_SCORE = 0.05
 #: The most objects one class's answer keeps (the strongest); rsa_instances.MAX_OBJECTS are drawn.
@@ -39,18 +42,23 @@ MAX_PEAKS = 2000
 COVER = 0.5
 
 
-def read_scale(shape: tuple[int, int], pixel_size_m: float | None, min_pixel_m: float) -> float:
-    """The factor (at most 1) a window of ``shape`` and ``pixel_size_m`` metres (None: unknown) is resized by before
-    the detector reads it: down to ``min_pixel_m`` metres per pixel, and to :data:`MAX_SIDE` pixels a side."""
+def read_scale(
+    shape: tuple[int, int], pixel_size_m: float | None, min_pixel_m: float, max_pixel_m: float | None = None
+) -> float:
+    """The factor a window of ``shape`` and ``pixel_size_m`` metres (None: unknown) is resized by before the detector
+    reads it: down to ``min_pixel_m`` metres a pixel when finer; up towards ``max_pixel_m`` (at most
+    :data:`MAX_ZOOM` times) when coarser; never to more than :data:`MAX_SIDE` pixels a side."""
     scale = 1.0
     if pixel_size_m is not None and 0 < pixel_size_m < min_pixel_m:
         scale = pixel_size_m / min_pixel_m
+    elif pixel_size_m is not None and max_pixel_m is not None and pixel_size_m > max_pixel_m:
+        scale = min(MAX_ZOOM, pixel_size_m / max_pixel_m)
     return min(scale, MAX_SIDE / max(shape))
 
 
 def read_size(shape: tuple[int, int], scale: float) -> tuple[int, int]:
     """The size (height, width) a window of ``shape`` is read at, resized by ``scale``."""
-    if scale >= 1:
+    if scale == 1:
         return shape[0], shape[1]
     return max(8, round(shape[0] * scale)), max(8, round(shape[1] * scale))
 
@@ -61,7 +69,7 @@ def detector_input(image: np.ndarray, scale: float) -> torch.Tensor:
     rgb = torch.from_numpy(np.ascontiguousarray(image[..., :3])).permute(2, 0, 1)[None].float() / 255
     size = read_size(image.shape[:2], scale)
     if size != image.shape[:2]:
-        rgb = F.interpolate(rgb, size=size, mode="bilinear", antialias=True, align_corners=False)
+        rgb = F.interpolate(rgb, size=size, mode="bilinear", antialias=scale < 1, align_corners=False)
     height, width = rgb.shape[-2:]
     pad = (0, -width % 8, 0, -height % 8)
     return F.pad(rgb, pad, mode="replicate") if any(pad) else rgb
@@ -125,13 +133,14 @@ def find_objects(
     index: int,
     pixel_size_m: float | None,
     min_pixel_m: float,
+    max_pixel_m: float | None = None,
     device: torch.device | str = "cpu",
     masks: bool = True,
 ) -> list[Instance]:
     """The objects of the detector's class ``index`` in window ``image`` (``[H, W, 3]`` uint8, ``pixel_size_m``
     metres a pixel or None), strongest first, with boxes in window pixels and (with ``masks``) their masks."""
     height, width = image.shape[:2]
-    scale = read_scale((height, width), pixel_size_m, min_pixel_m)
+    scale = read_scale((height, width), pixel_size_m, min_pixel_m, max_pixel_m)
     read_h, read_w = read_size((height, width), scale)
     maps = detector(detector_input(image, scale).to(device, next(detector.parameters()).dtype))
     found = decode(maps, index)

@@ -11,7 +11,7 @@ reads a window (rsa_objects.read_scale: shrunk to ``object_min_pixel_m`` when fi
 over ``epochs`` passes in random crops of ``--crop`` pixels (flipped and turned), where each object's centre
 is (a Gaussian the object's shape; focal loss), its size and offset there (L1), and which pixels each class
 covers (binary cross-entropy). It reports, on ``val`` scenes read whole, each class's box AP50 from the
-detector and from the class map the model served before (training.eval.instances' matching).
+detector (training.eval.instances' matching; that eval compares it with the class map's answers on test).
 
 ``--serve`` names the classes whose class-level answers ("find the cars", "how many trees?") the detector gives
 from then on; the others keep the class map's (rsa_instances). Choose them by the val figures.
@@ -109,24 +109,41 @@ def collect(
         )
 
 
-def augmented(example: Example, side: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A random ``side`` x ``side`` crop of ``example`` (zero-padded when the image is smaller), flipped and turned at
-    random: ``(image, cover, objects)``, objects whose centre lies in the crop, clipped to it."""
+def zoom(example: Example, min_pixel_m: float, max_pixel_m: float | None) -> float:
+    """How much the engine enlarges ``example``'s window before the detector reads it (rsa_objects.read_scale; 1 for
+    a window it reads as it is or shrinks, which the example already is)."""
+    return max(1.0, rsa_objects.read_scale(example.cover.shape, example.gsd, min_pixel_m, max_pixel_m))
+
+
+def augmented(
+    example: Example, side: int, rng: np.random.Generator, enlarge: float = 1.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A random ``side`` x ``side`` crop of ``example`` enlarged ``enlarge`` times (a crop of ``side / enlarge``
+    pixels resized; zero-padded when the image is smaller), flipped and turned at random: ``(image, cover,
+    objects)``, objects whose centre lies in the crop, clipped to it."""
+    source = min(side, math.ceil(side / enlarge / STRIDE) * STRIDE)
     height, width = example.cover.shape
-    y = int(rng.integers(0, max(0, height - side) // STRIDE + 1)) * STRIDE
-    x = int(rng.integers(0, max(0, width - side) // STRIDE + 1)) * STRIDE
-    image = np.zeros((side, side, 3), np.uint8)
-    cover = np.zeros((side, side), np.uint8)
-    part = example.image[y : y + side, x : x + side]
+    y = int(rng.integers(0, max(0, height - source) // STRIDE + 1)) * STRIDE
+    x = int(rng.integers(0, max(0, width - source) // STRIDE + 1)) * STRIDE
+    image = np.zeros((source, source, 3), np.uint8)
+    cover = np.zeros((source, source), np.uint8)
+    part = example.image[y : y + source, x : x + source]
     image[: part.shape[0], : part.shape[1]] = part
-    cover[: part.shape[0], : part.shape[1]] = example.cover[y : y + side, x : x + side]
+    cover[: part.shape[0], : part.shape[1]] = example.cover[y : y + source, x : x + source]
     objects = example.objects.copy()
     objects[:, [1, 3]] -= x
     objects[:, [2, 4]] -= y
     cx, cy = (objects[:, 1] + objects[:, 3]) / 2, (objects[:, 2] + objects[:, 4]) / 2
-    keep = (cx >= 0) & (cy >= 0) & (cx < min(side, width - x)) & (cy < min(side, height - y))
+    keep = (cx >= 0) & (cy >= 0) & (cx < min(source, width - x)) & (cy < min(source, height - y))
     objects = objects[keep]
-    objects[:, 1:] = np.clip(objects[:, 1:], 0, side)
+    objects[:, 1:] = np.clip(objects[:, 1:], 0, source)
+    if source != side:
+        rgb = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+        image = F.interpolate(rgb, size=(side, side), mode="bilinear", align_corners=False)[0]
+        image = image.round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
+        cover = F.interpolate(torch.from_numpy(cover)[None, None].float(), size=(side, side), mode="nearest")
+        cover = cover[0, 0].byte().numpy()
+        objects[:, 1:] *= side / source
     if rng.random() < 0.5:  # mirror left-right
         image, cover = image[:, ::-1], cover[:, ::-1]
         objects[:, [1, 3]] = side - objects[:, [3, 1]]
@@ -201,16 +218,18 @@ def fit(
     batch: int = 16,
     side: int = 256,
     seed: int = 0,
+    min_pixel_m: float = 0.25,
+    max_pixel_m: float | None = None,
 ) -> list[float]:
-    """Trains ``detector`` on random crops of ``examples``, one crop per example and epoch; the mean loss of each
-    epoch."""
+    """Trains ``detector`` on random crops of ``examples``, one crop per example and epoch, each enlarged as the
+    engine enlarges its window (:func:`zoom`); the mean loss of each epoch."""
     if not examples:
         raise ValueError("no examples to train the object detector on")
     rng = np.random.default_rng(seed)
     classes = detector.classes
 
     def loss_of(chosen: list[Example]) -> torch.Tensor:
-        crops = [augmented(e, side, rng) for e in chosen]
+        crops = [augmented(e, side, rng, zoom(e, min_pixel_m, max_pixel_m)) for e in chosen]
         rgb = torch.stack([torch.from_numpy(image).permute(2, 0, 1) for image, _, _ in crops]).float() / 255
         made = [targets(objects, cover, classes) for _, cover, objects in crops]
         target = {key: torch.stack([m[key] for m in made]) for key in made[0]}
@@ -232,14 +251,21 @@ def box_ap50(found: Sequence[Sequence[tuple[float, tuple]]], truths: Sequence[np
 
 
 @torch.no_grad()
-def val_ap50(detector: RSAObjectDetector, examples: Sequence[Example], names: Sequence[str]) -> dict[str, dict]:
+def val_ap50(
+    detector: RSAObjectDetector,
+    examples: Sequence[Example],
+    names: Sequence[str],
+    min_pixel_m: float = 0.25,
+    max_pixel_m: float | None = None,
+) -> dict[str, dict]:
     """Each class's box AP50 and object count on ``examples``, read whole by the detector as the engine reads them."""
     detector.eval()
     found: dict[int, list] = {k: [] for k in range(len(names))}
     for e in examples:
-        maps = detector(rsa_objects.detector_input(e.image, 1.0))
+        enlarge = zoom(e, min_pixel_m, max_pixel_m)
+        maps = detector(rsa_objects.detector_input(e.image, enlarge))
         for k in found:
-            found[k].append(rsa_objects.decode(maps, k))
+            found[k].append([(score, tuple(v / enlarge for v in box)) for score, box in rsa_objects.decode(maps, k)])
     results = {}
     for k, name in enumerate(names):
         truths = [e.objects[e.objects[:, 0] == k, 1:] for e in examples]
@@ -264,8 +290,12 @@ def train_detector(
     threads: int = 2,
     seed: int = 0,
     cache: Path | None = None,
+    max_pixel_m: float | None = 0.5,
+    lr: float = 3e-3,
+    resume: bool = False,
 ) -> dict:
-    """Adds a trained object detector to the checkpoint ``folder`` and saves it to ``out`` (default: ``folder``)."""
+    """Adds a trained object detector to the checkpoint ``folder`` and saves it to ``out`` (default: ``folder``);
+    with ``resume``, the folder's own detector (of the same width) trains on from its weights."""
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
     started = time.perf_counter()
@@ -274,8 +304,12 @@ def train_detector(
         raise ValueError(f"--serve: the detector reads {', '.join(DETECTED)}, not {', '.join(unknown)}")
     processor, model, saved_dtype = load_frozen(folder)
     config = model.config
+    existing = model.object_detector if resume and config.object_detector_channels == channels else None
+    if resume and existing is None:
+        raise ValueError(f"{folder} has no object detector of width {channels} to resume")
     config.object_detector_channels, config.object_classes = channels, list(DETECTED)
-    config.object_min_pixel_m, config.object_served = min_pixel_m, list(serve)
+    config.object_min_pixel_m, config.object_max_pixel_m = min_pixel_m, max_pixel_m
+    config.object_served = list(serve)
 
     def examples(split: str, count: int) -> list[Example]:
         name = f"objects-{split}-{count}-{size}-{min_pixel_m}-{plain_share}.pt"
@@ -291,11 +325,11 @@ def train_detector(
 
     train = examples("train", scenes_count)
     val = examples("val", val_count) if val_count else []
-    detector = RSAObjectDetector(config)
-    losses = fit(detector, train, epochs, side=crop, seed=seed)
+    detector = existing.cpu().float() if existing is not None else RSAObjectDetector(config)
+    losses = fit(detector, train, epochs, lr, side=crop, seed=seed, min_pixel_m=min_pixel_m, max_pixel_m=max_pixel_m)
     results = {"scenes": len(train), "losses": [round(x, 4) for x in losses]}
     if val:
-        results["val"] = val_ap50(detector, val, DETECTED)
+        results["val"] = val_ap50(detector, val, DETECTED, min_pixel_m, max_pixel_m)
     model.object_detector = detector.to(model.device)
     results["seconds"] = round(time.perf_counter() - started, 1)
     target = write_back(model, processor, folder, out, saved_dtype)
@@ -309,6 +343,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--channels", type=int, default=20, help="the detector's first width (default 20)")
     parser.add_argument("--min-pixel", type=float, default=0.25, help="finest metres per pixel read (default 0.25)")
+    parser.add_argument(
+        "--max-pixel", type=float, default=0.5, help="coarser windows are enlarged towards this (up to 2x; default 0.5)"
+    )
+    parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default 0.003)")
+    parser.add_argument("--resume", action="store_true", help="train the folder's own detector on")
     parser.add_argument("--plain", type=float, default=0.25, help="share of scenes in the plain look (default 0.25)")
     parser.add_argument("--crop", type=int, default=256, help="training crop side in pixels (default 256)")
     parser.add_argument(
@@ -336,6 +375,9 @@ def main(argv: list[str] | None = None) -> int:
         args.workers,
         args.threads,
         cache=args.cache,
+        max_pixel_m=args.max_pixel,
+        lr=args.lr,
+        resume=args.resume,
     )
     print(json.dumps(results, indent=2))
     return 0

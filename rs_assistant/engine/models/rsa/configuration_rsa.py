@@ -208,12 +208,14 @@ class RSAConfig(PreTrainedConfig):
     # full resolution, beside the model's 224-pixel view where a car is two pixels): one map of centres
     # and one of covered pixels per class of ``object_classes`` (class names), trained alone after the
     # main run (training.recipes.default.objects). It reads windows finer than ``object_min_pixel_m``
-    # metres a pixel shrunk to it. Serving: class-level answers ("find the cars", "how many trees?") for
-    # the classes of ``object_served`` come from it (engine/backends/rsa_objects.py), the others from the
-    # class map (rsa_instances). ``object_detector_channels`` is its width; 0: no detector.
+    # metres a pixel shrunk to it, and coarser than ``object_max_pixel_m`` (None: as read) enlarged towards
+    # it, at most twice (engine/backends/rsa_objects.py read_scale). Serving: class-level answers ("find
+    # the cars", "how many trees?") for the classes of ``object_served`` come from it (rsa_objects.py), the
+    # others from the class map (rsa_instances). ``object_detector_channels`` is its width; 0: no detector.
     object_detector_channels: int = 0
     object_classes: list | None = None
     object_min_pixel_m: float = 0.25
+    object_max_pixel_m: float | None = None
     object_served: list | None = None
     class_names: list | None = None
     class_nouns: dict | None = None
@@ -352,8 +354,13 @@ class RSAConfig(PreTrainedConfig):
             raise ValueError(f"object_classes {self.object_classes} must be among class_names")
         if set(self.object_served or ()) - set(self.object_classes or ()):
             raise ValueError(f"object_served {self.object_served} must be among object_classes {self.object_classes}")
-        if self.object_min_pixel_m <= 0:
-            raise ValueError(f"object_min_pixel_m must be positive, got {self.object_min_pixel_m}")
+        if self.object_min_pixel_m <= 0 or (
+            self.object_max_pixel_m is not None and self.object_max_pixel_m < self.object_min_pixel_m
+        ):
+            raise ValueError(
+                f"object_min_pixel_m ({self.object_min_pixel_m}) must be positive and object_max_pixel_m "
+                f"({self.object_max_pixel_m}) None or not smaller"
+            )
         if self.class_nouns and not all(0 <= int(c) < max(self.num_aux_classes, 1) for c in self.class_nouns.values()):
             raise ValueError(f"class_nouns name class ids outside 0..{self.num_aux_classes - 1}")
         if self.trained_input_pixel_m is not None:
