@@ -38,14 +38,14 @@ def test_objects_are_the_peaks_of_the_centre_map_with_their_sizes():
     assert found[1][1] == pytest.approx((11 - 6, 51 - 6, 11 + 6, 51 + 6))
 
 
-def test_each_pixel_belongs_to_one_object_and_an_uncovered_box_is_an_ellipse():
+def test_each_pixel_belongs_to_one_object_and_a_mask_is_its_ellipse_with_its_cover():
     cover = np.zeros((20, 40), bool)
     cover[2:12, 2:22] = True  # two touching objects' pixels, one region
     found = [(0.9, (2, 2, 12, 12)), (0.8, (10, 2, 22, 12)), (0.7, (28, 8, 36, 16))]
     first, second, empty = rsa_objects.object_masks(found, cover)
     assert not (first & second).any() and ((first | second) == cover).all()
-    assert first[6, 5] and second[6, 19]
-    assert empty.sum() > 0.6 * 64 and not empty[8, 28] and empty[12, 32]  # corners out, centre in
+    assert first[6, 5] and second[6, 19] and first[2, 2]  # a covered corner of its box is its own
+    assert empty.sum() > 0.6 * 64 and not empty[8, 28] and empty[12, 32]  # no cover: the ellipse, corners out
 
 
 def test_a_window_is_read_near_the_detectors_pixel_sizes_and_a_huge_one_shrunk():

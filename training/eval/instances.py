@@ -7,8 +7,9 @@ present in the scene:
 - ``find the <class>``: box AP50 (COCO-style: the answers of every scene pooled and ranked by score,
   precision interpolated at 101 recall points, a box a hit at IoU >= 0.5 with an object not yet matched)
   and recall at the served score threshold (0.3: what is drawn);
-- ``segment the <class>``: mask AP50 (the same, by mask IoU), and the mIoU of the union of the masks
-  against the class's pixels (what the class-level mask gave before: it must not fall);
+- ``segment the <class>``: mask AP50 (the same, by mask IoU), and the mIoU of the union of the masks drawn
+  (at the served threshold) against the class's pixels (what the class-level mask gave before: it must not
+  fall);
 - ``how many <class> are there?``: count accuracy (the answer's number within 10% or 1 of the truth) and
   whether the number in the answer equals the features drawn.
 
@@ -172,7 +173,8 @@ def evaluate(
             found_masks = sorted(((d.score, d.mask) for d in masks if d.mask is not None), key=lambda f: -f[0])
             overlaps = mask_overlaps([m for _, m in found_masks], scene.instance_map, [o.id for o in objects])
             mask_hits = match_matrix([score for score, _ in found_masks], overlaps)
-            union = np.logical_or.reduce([m for _, m in found_masks]) if found_masks else np.zeros_like(scene.class_map)
+            drawn_masks = [m for score, m in found_masks if score >= SERVED_THRESHOLD]
+            union = np.logical_or.reduce(drawn_masks) if drawn_masks else np.zeros_like(scene.class_map)
             for row in rows:
                 row["box_hits"] += box_hits
                 row["mask_hits"] += mask_hits

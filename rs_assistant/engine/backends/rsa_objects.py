@@ -13,9 +13,9 @@ config's ``object_detector_classes``, chosen by measurement (``python -m trainin
    shrunk to that, and the sides are padded (edge pixels repeated) to a multiple of 8.
 2. **Objects** (:func:`decode`): the local maxima of a class's centre map over :data:`MIN_SCORE`, each with its
    size and offset, back in window pixels; the box's score is its centre's probability.
-3. **Masks** (:func:`object_masks`): each object's covered pixels (the class's cover map over 0.5) inside its box,
-   a pixel covered by several boxes going to the object whose centre is nearest (in box sizes); a box whose cover
-   is empty is filled as an ellipse.
+3. **Masks** (:func:`object_masks`): the ellipse each object's box bounds, with its covered pixels (the class's
+   cover map over 0.5) inside the box, a pixel of several boxes going to the object whose centre is nearest (in
+   box sizes).
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from rs_assistant.engine.models.rsa.object_detector import STRIDE, ObjectMaps, R
 MAX_SIDE = 1536
 #: The most a coarse window is enlarged by (its cost grows with the square).
 MAX_ZOOM = 2.0
-#: Centres under this probability are not objects.
-MIN_SCORE = 0.05
+#: Centres under this probability are not objects (nor sent back as objects held under the served threshold).
+MIN_SCORE = 0.1
 #: The most objects one class's answer keeps (the strongest); rsa_instances.MAX_OBJECTS are drawn.
 MAX_PEAKS = 2000
 #: A pixel belongs to an object's mask where the class's cover map reaches this.
@@ -93,9 +93,10 @@ def decode(maps: ObjectMaps, index: int, sample: int = 0, min_score: float = MIN
 
 
 def object_masks(found: Sequence[tuple], cover: np.ndarray) -> list[np.ndarray]:
-    """One mask ``[H, W]`` per object of ``found`` (``(score, box)`` in ``cover``'s pixels): the pixels of its box
-    where ``cover`` (bool ``[H, W]``) holds, a pixel in several boxes going to the nearest centre (distance in
-    half box sizes); a box with none of its own is filled as the ellipse it bounds."""
+    """One mask ``[H, W]`` per object of ``found`` (``(score, box)`` in ``cover``'s pixels): the ellipse its box
+    bounds and the pixels of its box where ``cover`` (bool ``[H, W]``) holds, a pixel in several boxes going to the
+    nearest centre (distance in half box sizes). The ellipse alone measured 5 times the mask AP50 of the cover
+    alone for trees (0.68 against 0.14, 20 test scenes) and 3 times for vehicles; with the cover, vehicles 0.28."""
     height, width = cover.shape
     nearest = np.full((height, width), np.inf, np.float32)
     owner = np.full((height, width), -1, np.int32)
@@ -120,8 +121,8 @@ def object_masks(found: Sequence[tuple], cover: np.ndarray) -> list[np.ndarray]:
         mask = np.zeros((height, width), bool)
         if right > left and bottom > top:
             mine = owner[top:bottom, left:right] == number
-            own = mine & cover[top:bottom, left:right]
-            mask[top:bottom, left:right] = own if own.any() else mine & (nearest[top:bottom, left:right] <= 1)
+            ellipse = nearest[top:bottom, left:right] <= 1
+            mask[top:bottom, left:right] = mine & (cover[top:bottom, left:right] | ellipse)
         masks.append(mask)
     return masks
 
