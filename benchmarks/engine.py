@@ -187,10 +187,12 @@ TASK_PROMPTS = {
     "classify": "forest, city, water, farmland",
 }
 #: More requests timed for the models that do their task: (label, task, prompt). The built-in model answers a
-#: class-level find from its class map read in crops (2 x 2 for buildings, 4 x 4 for trees and vehicles) and a
-#: referring expression with its language model.
+#: class-level find of buildings from its class map read in crops (2 x 2), of trees and vehicles from its object
+#: detector (the raster's 10 m pixels enlarged twice), and a referring expression with its language model.
 MORE_PROMPTS = (
     ("trees", "ground", "find the trees"),
+    ("tree masks", "segment", "segment the trees"),
+    ("vehicles", "ground", "find the vehicles"),
     ("one", "ground", "find the largest building"),
     ("count", "chat", "how many buildings are there?"),
 )

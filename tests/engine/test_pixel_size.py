@@ -158,9 +158,12 @@ def test_a_fine_window_is_read_in_crops_of_a_ground_size_for_class_level_finds(b
     segmented = ask(backend, Task.SEGMENT, fine.image, "segment the buildings", 0.1)
     assert segmented.model_pixel_size_m == pytest.approx(198.4 / 224, rel=0.01)  # crops of 198 m
     assert segmented.detections and _inside(segmented, fine.class_map.shape)
-    found = ask(backend, Task.GROUND, fine.image, "find the trees", 0.1)
-    assert found.model_pixel_size_m == pytest.approx(99.2 / 224, rel=0.01)
+    found = ask(backend, Task.GROUND, fine.image, "find the trees", 0.1)  # the object detector: shrunk to 0.25 m
+    assert found.model_pixel_size_m == pytest.approx(0.25, rel=0.01)
     assert _inside(found, fine.class_map.shape)
+    enlarged = ask(backend, Task.SEGMENT, fine.image, "segment the trees", 1.0)  # coarse: enlarged twice
+    assert enlarged.model_pixel_size_m == pytest.approx(0.5, rel=0.01)
+    assert _inside(enlarged, fine.class_map.shape)
     coarse = ask(backend, Task.GROUND, fine.image, "find the buildings", 1.0)  # coarser than tuned: pixel crops
     assert coarse.model_pixel_size_m is None
     # placing the window for the other tasks measured worse (rsa_scale.PLACE_FINE_WINDOWS): fed as read

@@ -317,8 +317,10 @@ class RSABackend(Backend):
             found = rsa_instances.instances(probabilities, request.cls, (config.class_mask_bars or {}).get(name))
         least = float((config.count_bars or {}).get(name, 0.0))
         found = [i for i in found if i.score >= least]  # weaker ones are noise (calibrated for count accuracy)
-        capped = len(found) > rsa_instances.MAX_OBJECTS
-        found = found[: rsa_instances.MAX_OBJECTS]
+        shown = [i for i in found if i.score >= call.options.score_threshold]
+        capped = len(shown) > rsa_instances.MAX_OBJECTS  # more to draw than one answer draws: a lower bound
+        held = [i for i in found if i.score < call.options.score_threshold]
+        found = (shown + held)[: rsa_instances.MAX_OBJECTS]
         single = rsa_instances.singular(name)
         kind = FeatureKind.MASK if call.task is Task.SEGMENT else FeatureKind.BOX
         detections = [

@@ -375,7 +375,7 @@ def count_text(count: int, capped: bool) -> str:
 def found_text(count: int, noun_singular: str, noun_plural: str, capped: bool) -> str:
     """The answer to a class-level find or segment: "13 buildings", "1 building", "nothing found" (as for any find)."""
     if capped:
-        return f"at least {count} {noun_plural} (only the {count} largest are drawn)"
+        return f"at least {count} {noun_plural} (only {count} are drawn)"
     if count == 0:
         return "nothing found"
     return f"1 {noun_singular}" if count == 1 else f"{count} {noun_plural}"
