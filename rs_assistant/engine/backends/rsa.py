@@ -342,7 +342,7 @@ class RSABackend(Backend):
         if call.cancel.is_set():
             raise cancelled(self)
         image = call.images[0]
-        found = rsa_objects.find_objects(
+        found, scale = rsa_objects.find_objects(
             self.model.object_detector,
             image,
             list(config.object_classes).index(name),
@@ -351,9 +351,6 @@ class RSABackend(Backend):
             config.object_max_pixel_m,
             self.device,
             masks=call.task is Task.SEGMENT,
-        )
-        scale = rsa_objects.read_scale(
-            image.shape[:2], call.pixel_size_m, config.object_min_pixel_m, config.object_max_pixel_m
         )
         fed = call.pixel_size_m / scale if call.pixel_size_m is not None and scale != 1 else None
         return found, fed

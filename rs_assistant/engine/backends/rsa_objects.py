@@ -4,7 +4,7 @@ resolution, its centres, sizes and covered pixels turned into one box and one ma
 The class map (rsa_instances) finds buildings and storage tanks well, but a car is a few pixels of a 512-pixel
 window and one cell of the model's 56-cell map holds several; the detector reads the window's own pixels and
 marks each object's centre (CenterNet), so cars parked side by side stay apart. Which classes it answers is the
-config's ``object_detector_classes``, chosen by measurement (``python -m training.eval.instances``).
+config's ``object_served``, chosen by measurement (``python -m training.eval.instances``).
 
 1. **The window, at a pixel size it was trained at** (:func:`read_scale`, :func:`detector_input`). A window
    finer than the config's ``object_min_pixel_m`` is shrunk to it (its objects keep the sizes in pixels the
@@ -137,9 +137,10 @@ def find_objects(
     max_pixel_m: float | None = None,
     device: torch.device | str = "cpu",
     masks: bool = True,
-) -> list[Instance]:
+) -> tuple[list[Instance], float]:
     """The objects of the detector's class ``index`` in window ``image`` (``[H, W, 3]`` uint8, ``pixel_size_m``
-    metres a pixel or None), strongest first, with boxes in window pixels and (with ``masks``) their masks."""
+    metres a pixel or None), strongest first, with boxes in window pixels and (with ``masks``) their masks; and the
+    factor the window was resized by to be read (:func:`read_scale`)."""
     height, width = image.shape[:2]
     scale = read_scale((height, width), pixel_size_m, min_pixel_m, max_pixel_m)
     read_h, read_w = read_size((height, width), scale)
@@ -165,4 +166,4 @@ def find_objects(
             mask = F.interpolate(torch.from_numpy(mask)[None, None].float(), size=(height, width), mode="nearest")
             mask = mask[0, 0].numpy() > 0
         objects.append(Instance(box, mask, score))
-    return objects
+    return objects, scale

@@ -40,6 +40,8 @@ from tqdm import tqdm  # noqa: E402
 from rs_assistant.engine.backends import rsa_objects  # noqa: E402
 from rs_assistant.engine.models.rsa.object_detector import STRIDE, RSAObjectDetector  # noqa: E402
 from training.data.synthetic import CLASSES, generate_scene, split_seeds  # noqa: E402
+from training.eval.instances import average_precision, match  # noqa: E402
+from training.eval.metrics import box_iou  # noqa: E402
 from training.recipes.default.stages import load_frozen, stage_parser, train_epochs, write_back  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -240,9 +242,6 @@ def fit(
 
 def box_ap50(found: Sequence[Sequence[tuple[float, tuple]]], truths: Sequence[np.ndarray]) -> tuple[float, int]:
     """COCO-style box AP50 (training.eval.instances) of answers ``found`` per example against its truth boxes."""
-    from training.eval.instances import average_precision, match
-    from training.eval.metrics import box_iou
-
     hits, total = [], 0
     for answers, boxes in zip(found, truths):
         hits += match(list(answers), [tuple(b) for b in boxes], box_iou)
