@@ -343,6 +343,7 @@ class Engine:
             coverage=coverage,
             pixel_size_m=call.pixel_size_m,
             model_pixel_size_m=result.model_pixel_size_m,
+            land_cover=result.land_cover,
         )
 
     def _check_task(self, model: str, task: Task) -> None:

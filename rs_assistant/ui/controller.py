@@ -692,6 +692,8 @@ class AssistantController(QObject):
     def _answer(self, turn_id: int, response: AnalyzeResponse) -> None:
         layers, details = self.answers.write(turn_id, response)
         text = self._said(turn_id, response.text, details.get("feature_count", len(response.feature_list)))
+        if response.land_cover:  # a caption's window, what covers it (the model's class map)
+            text = f"{text} {texts.land_cover_text(response.land_cover)}"
         if response.model_pixel_size_m is not None:  # a finer window than the model was trained on, resampled
             text = f"{text} {texts.resampled_text(response.pixel_size_m, response.model_pixel_size_m)}"
         self._show_answer(turn_id, layers, text, model=response.model, request_id=response.request_id, **details)

@@ -6,6 +6,8 @@ a literal ``QCoreApplication.translate("Messages", ...)`` call so pylupdate5 fin
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from qgis.PyQt.QtCore import QCoreApplication
 
 from rs_assistant.core.commands import CommandErrorCode
@@ -221,6 +223,14 @@ def search_answer(description: str, ranking: SearchRanking, whole_layer: bool = 
 def metres(size: float) -> str:
     """A pixel size as people write it: 0.12 m, 0.5 m, 2 m, 10 m."""
     return f"{size:.2g} m" if size < 1 else f"{size:.3g} m"
+
+
+def land_cover_text(land_cover: Sequence[tuple[str, float]]) -> str:
+    """What covers the region, largest first, in whole percent: "Land cover: grass areas 44%, roads 14%." """
+    if not land_cover:
+        return ""
+    covers = ", ".join(f"{name} {share:.0%}" for name, share in land_cover)
+    return QCoreApplication.translate("Messages", "Land cover: {covers}.").format(covers=covers)
 
 
 def resampled_text(pixel_size_m: float | None, model_pixel_size_m: float) -> str:

@@ -165,6 +165,21 @@ def test_pixel_sizes_travel_and_old_engines_may_omit_them():
             AnalyzeResponse.from_dict(dict(data, pixel_size_m=bad))
 
 
+def test_land_cover_travels_as_pairs_and_old_engines_may_omit_it():
+    resp = AnalyzeResponse("a suburb", feature_collection(), "EPSG:3857", "default", "r1",
+                           land_cover=[("grass areas", 0.444), ("roads", 0.139)])  # fmt: skip
+    data = json.loads(resp.to_json())
+    assert data["land_cover"] == [["grass areas", 0.444], ["roads", 0.139]]
+    assert AnalyzeResponse.from_dict(data) == resp
+    assert resp.land_cover == (("grass areas", 0.444), ("roads", 0.139))
+    old = {k: v for k, v in data.items() if k != "land_cover"}  # an older engine, or a task without it
+    older = AnalyzeResponse.from_dict(old)
+    assert older.land_cover is None and "land_cover" not in older.to_dict()
+    for bad in ([["roads", 1.5]], [["roads"]], "roads", [[None, 0.2]]):
+        with pytest.raises(ProtocolError, match="land_cover"):
+            AnalyzeResponse.from_dict(dict(data, land_cover=bad))
+
+
 def test_error_body_becomes_typed_error_on_the_client():
     body = ProtocolError(ErrorCode.EXTENT_OUTSIDE, "extent is outside the raster").to_dict()
     with pytest.raises(ProtocolError) as err:

@@ -237,3 +237,20 @@ def test_more_objects_than_one_answer_draws_are_a_lower_bound(backend, suburb, m
     found = _at_scale(backend, Task.GROUND, suburb, "find the trees")
     assert found.text == "at least 5 trees (only 5 are drawn)" and len(found.detections) == 5
     assert _at_scale(backend, Task.CHAT, suburb, "how many trees?").text == "at least 5"
+
+
+def test_a_caption_says_what_covers_the_window(backend):
+    """The describe answer's land cover (the class map of the whole window): the scene's main classes named, each
+    listed class really there, shares near the truth; on six plain-look test scenes."""
+    main, listed, errors = [], [], []
+    for seed in split_seeds("test", 6):
+        scene = generate_scene(seed, size=512, looks=False)
+        truth = np.bincount(scene.class_map.ravel(), minlength=len(NAMES)) / scene.class_map.size
+        cover = dict(ask(backend, Task.CAPTION, [scene.image]).land_cover)
+        assert list(cover.values()) == sorted(cover.values(), reverse=True) and min(cover.values()) >= 0.05
+        assert "ground" not in cover
+        main += [NAMES[c] in cover for c in range(1, len(NAMES)) if truth[c] > 0.1]
+        listed += [truth[NAMES.index(name)] >= 0.025 for name in cover]
+        errors += [abs(share - truth[NAMES.index(name)]) for name, share in cover.items()]
+    assert np.mean(main) >= 0.9 and np.mean(listed) >= 0.8, (main, listed)
+    assert np.median(errors) < 0.05, errors

@@ -57,7 +57,9 @@ class FakeEngineClient:
         multipart: bool = False,
         drawn: int = 2,
         resampled: tuple[float, float] | None = None,
+        land_cover: tuple[tuple[str, float], ...] | None = None,
     ):
+        self.land_cover = land_cover  # what a caption's window is covered by, as an engine with a class map says
         self.resampled = resampled  # (the window's pixel size, the model's) in metres: a resampled window
         self.error = error
         self.held_back = held_back
@@ -163,6 +165,7 @@ class FakeEngineClient:
             held_back=held_back,
             pixel_size_m=self.resampled[0] if self.resampled else None,
             model_pixel_size_m=self.resampled[1] if self.resampled else None,
+            land_cover=self.land_cover if request.task is Task.CAPTION else None,
         )
 
     def answering_model(self, request: AnalyzeRequest) -> str:

@@ -347,6 +347,19 @@ def test_auto_is_the_default_model_and_the_transcript_names_the_model_that_answe
     assert "Assistant (default)" in assistant.dock.transcriptView.toPlainText()
 
 
+def test_a_description_says_what_covers_the_region(make_assistant, qtbot):
+    cover = (("grass areas", 0.444), ("roads", 0.139), ("buildings", 0.075))
+    assistant = make_assistant(FakeEngineClient(land_cover=cover))
+    assistant.dock.imageLayerCombo.setLayer(assistant.raster)
+    qtbot.mouseClick(assistant.dock.describeButton, Qt.MouseButton.LeftButton)
+    turn = wait_answer(qtbot, assistant)
+    assert turn.answer == "a dark field with a bright square Land cover: grass areas 44%, roads 14%, buildings 8%."
+    assert "Land cover: grass areas 44%" in assistant.dock.transcriptView.toPlainText()
+    assistant.client.land_cover = None  # an engine or model that does not say: nothing added
+    ask(qtbot, assistant, "/describe")
+    assert "Land cover" not in wait_answer(qtbot, assistant).answer
+
+
 def test_an_answer_says_when_the_imagery_was_resampled_to_the_models_scale(make_assistant, qtbot):
     assistant = make_assistant(FakeEngineClient(resampled=(0.1, 0.5)))
     assistant.dock.imageLayerCombo.setLayer(assistant.raster)

@@ -4,7 +4,8 @@ Whether the built-in model's words say what is there, through the engine's own `
 
 - **captions** of ``count`` scenes: BLEU-4 and CIDEr against the scene's five captions, and the share of the
   scene's main classes (each over 10% of its pixels) the caption names, by any of its nouns
-  (:data:`CLASS_WORDS`);
+  (:data:`CLASS_WORDS`), and that the whole describe answer names (the caption with its land cover, the
+  classes the class map finds on at least 5% of the window, as the chat shows them);
 - **change answers** of ``count`` pairs (every other one changed): the changed/unchanged accuracy, the share of
   answers whose text agrees with their verdict (a changed one says what changed, an unchanged one says
   nothing changed or nothing), and BLEU-4 / CIDEr of the text after the verdict against the pair's change
@@ -60,6 +61,14 @@ CLASS_WORDS: dict[int, tuple[str, ...]] = {
 MAIN_SHARE = 0.1
 NAMING_GOAL = 0.8
 AGREEMENT_GOAL = 0.95
+#: How a change answer (rsa_changes.sentence) names each kind of change of the Synthetic Earth (ChangeKind names).
+KIND_WORDS = {
+    "BUILT": re.compile(r"\bbuildings? (?:was|were) built\b"),
+    "DEMOLISHED": re.compile(r"\bdemolished\b"),
+    "TREES_CUT": re.compile(r"\b(?:cut down|cleared)\b"),
+    "FLOODED": re.compile(r"\bflooded\b"),
+    "NEW_ROAD": re.compile(r"\bnew road\b"),
+}
 _NO_CHANGE = re.compile(r"\b(no change|nothing has changed|without any changes|unchanged|have changed)\b")
 
 
@@ -73,6 +82,12 @@ def names(caption: str, cls: int) -> bool:
     """Whether ``caption`` names class ``cls`` by one of its words."""
     text = caption.lower()
     return any(re.search(rf"\b{re.escape(word)}", text) for word in CLASS_WORDS[cls])
+
+
+def kinds_named(text: str) -> set[str]:
+    """The kinds of change (:data:`KIND_WORDS`) a change answer's text names."""
+    lower = text.lower()
+    return {kind for kind, words in KIND_WORDS.items() if words.search(lower)}
 
 
 def agrees(changed: bool, text: str) -> bool:
@@ -103,11 +118,15 @@ def evaluate(
         scene = generate_scene(seed, size=size, looks=looks)
         gsd = scene.gsd if pixel_size else None
         call = BackendCall(task=Task.CAPTION, images=[scene.image], options=Options(), pixel_size_m=gsd)
-        caption = backend.run(call).text
-        named = [names(caption, c) for c in main_classes(scene.class_map)]
+        result = backend.run(call)
+        caption = result.text
+        answer = " ".join([caption, *(name for name, _ in result.land_cover or ())])
+        main = main_classes(scene.class_map)
+        named = [names(caption, c) for c in main]
         for group in ("all", gsd_band(scene.gsd)):
             groups[group]["caption_refs"].append((str(seed), list(scene.captions), caption))
             groups[group]["named"] += named
+            groups[group]["answer_named"] += [names(answer, c) for c in main]
     pairs = count if pairs is None else pairs
     for seed in tqdm(split_seeds(split, pairs) if pairs else [], desc=f"change pairs ({split})", dynamic_ncols=True):
         pair = generate_pair(seed, size=size, changed=seed % 2 == 1, looks=looks)
@@ -120,6 +139,10 @@ def evaluate(
             groups[group]["change_refs"].append((str(seed), list(pair.captions), text))
             groups[group]["correct"].append(changed == pair.changed)
             groups[group]["agrees"].append(agrees(changed, text))
+            if pair.changed:
+                truth, named = {c.kind.name for c in pair.changes}, kinds_named(text)
+                groups[group]["kinds_found"] += [kind in named for kind in truth]
+                groups[group]["kinds_right"] += [kind in truth for kind in named]
     results: dict = {"model": str(model), "split": split, "count": count, "size": size, "pixel_size": pixel_size}
     results["looks"] = looks
     results["seconds"] = round(time.perf_counter() - started, 1)
@@ -133,7 +156,8 @@ def evaluate(
             said = {key: c for key, _, c in rows["caption_refs"]}
             scores = caption_scores(refs, said, metrics=("BLEU", "CIDEr"))
             figures |= {"caption_BLEU-4": scores["Bleu_4"], "caption_CIDEr": scores["CIDEr"]}
-            figures["caption_names_main_classes"] = float(np.mean(rows["named"])) if rows["named"] else float("nan")
+            for key, row in (("caption_names_main_classes", "named"), ("answer_names_main_classes", "answer_named")):
+                figures[key] = float(np.mean(rows[row])) if rows[row] else float("nan")
         if rows["change_refs"]:
             refs = {key: r for key, r, _ in rows["change_refs"]}
             said = {key: t for key, _, t in rows["change_refs"]}
@@ -141,6 +165,8 @@ def evaluate(
             figures |= {"change_BLEU-4": scores["Bleu_4"], "change_CIDEr": scores["CIDEr"]}
             figures["change_accuracy"] = float(np.mean(rows["correct"]))
             figures["change_text_agrees"] = float(np.mean(rows["agrees"]))
+            for key, row in (("change_kinds_recall", "kinds_found"), ("change_kinds_precision", "kinds_right")):
+                figures[key] = float(np.mean(rows[row])) if rows[row] else float("nan")
         results[group] = figures
     return results
 
@@ -151,12 +177,20 @@ def table(results: dict) -> str:
         "caption_BLEU-4",
         "caption_CIDEr",
         "caption_names_main_classes",
+        "answer_names_main_classes",
         "change_BLEU-4",
         "change_CIDEr",
         "change_accuracy",
         "change_text_agrees",
+        "change_kinds_recall",
+        "change_kinds_precision",
     )
-    goals = {"caption_CIDEr": 1.0, "caption_names_main_classes": NAMING_GOAL, "change_text_agrees": AGREEMENT_GOAL}
+    goals = {
+        "caption_CIDEr": 1.0,
+        "caption_names_main_classes": NAMING_GOAL,
+        "answer_names_main_classes": NAMING_GOAL,
+        "change_text_agrees": AGREEMENT_GOAL,
+    }
     groups = ["all", *(name for name, _, _ in GSD_BANDS if name in results)]
     lines = [f"{'metric':<28}" + "".join(f"{g:>11}" for g in groups) + "   goal", "-" * (36 + 11 * len(groups))]
     for key in keys:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from rs_assistant.core.protocol.analyze import (
     IMAGE_COUNT,
+    LAND_COVER_SHARE,
     AnalyzeRequest,
     AnalyzeResponse,
     ImageRef,
@@ -39,6 +40,7 @@ __all__ = [
     "BATCH_SOURCES",
     "HTTP_STATUS",
     "IMAGE_COUNT",
+    "LAND_COVER_SHARE",
     "PROTOCOL_VERSION",
     "AnalyzeRequest",
     "AnalyzeResponse",

@@ -35,6 +35,8 @@ MAX_LABEL_CHARS = 200
 MAX_TOP_K = 1000
 #: options.min_coverage by default: refuse a region the raster covers less than 5 % of (MOSTLY_OUTSIDE).
 DEFAULT_MIN_COVERAGE = 0.05
+#: A response's ``land_cover`` names the classes covering at least this share of the window.
+LAND_COVER_SHARE = 0.05
 
 #: Requests refuse fields they do not know (additionalProperties: false in /openapi.json).
 FORBID_EXTRA: dict[str, Any] = {"extra": "forbid"}
@@ -364,6 +366,9 @@ class AnalyzeResponse:
     ``model_pixel_size_m`` the ground metres per pixel of what the model was fed when its backend resampled
     the window to the scale the model was trained at (a window finer than any it saw); each None when not
     known or not resampled, and from engines that predate them.
+    ``land_cover`` (captions of a model with a class map; None otherwise and from engines that predate it) is
+    what covers the window: ``(class name, share 0..1)`` pairs (JSON: ``[["grass areas", 0.47], ...]``), the
+    largest first, each at least :data:`LAND_COVER_SHARE` of the window.
     """
 
     text: str
@@ -376,9 +381,12 @@ class AnalyzeResponse:
     coverage: tuple[float, ...] | None = None
     pixel_size_m: float | None = None
     model_pixel_size_m: float | None = None
+    land_cover: tuple[tuple[str, float], ...] | None = None
 
     def __post_init__(self) -> None:
         _check_features("features", self.features)
+        if self.land_cover is not None:
+            object.__setattr__(self, "land_cover", _land_cover(self.land_cover))
         if self.held_back is not None:
             _check_features("held_back", self.held_back)
         if self.coverage is not None:
@@ -427,6 +435,8 @@ class AnalyzeResponse:
             data["pixel_size_m"] = self.pixel_size_m
         if self.model_pixel_size_m is not None:
             data["model_pixel_size_m"] = self.model_pixel_size_m
+        if self.land_cover is not None:
+            data["land_cover"] = [[name, share] for name, share in self.land_cover]
         return data
 
     def to_json(self) -> str:
@@ -451,6 +461,7 @@ class AnalyzeResponse:
                 coverage=data.get("coverage"),
                 pixel_size_m=data.get("pixel_size_m"),
                 model_pixel_size_m=data.get("model_pixel_size_m"),
+                land_cover=data.get("land_cover"),
             )
         except KeyError as exc:
             raise ProtocolError(ErrorCode.INTERNAL, f"response is missing {exc}") from None
@@ -458,6 +469,19 @@ class AnalyzeResponse:
     @classmethod
     def from_json(cls, text: str | bytes) -> AnalyzeResponse:
         return cls.from_dict(parse_json(text))
+
+
+def _land_cover(pairs: Any) -> tuple[tuple[str, float], ...]:
+    """INTERNAL unless ``pairs`` are (class name, share 0..1) pairs; as a tuple of tuples."""
+    try:
+        if isinstance(pairs, (str, bytes)) or not all(isinstance(name, str) for name, _ in pairs):
+            raise TypeError
+        checked = tuple((name, float(share)) for name, share in pairs)
+    except (TypeError, ValueError):
+        raise ProtocolError(ErrorCode.INTERNAL, f"land_cover must be (class, share) pairs, got {pairs!r}") from None
+    if not all(name and 0.0 <= share <= 1.0 for name, share in checked):
+        raise ProtocolError(ErrorCode.INTERNAL, f"land_cover shares must lie between 0 and 1, got {pairs!r}")
+    return checked
 
 
 def _check_features(name: str, collection: Any) -> None:

@@ -55,6 +55,9 @@ class BackendResult:
     # Ground metres per pixel of what the model was fed, when the backend resampled the window for the scale the
     # model was trained at (a window finer than it had seen); None: fed as read (or the pixel size is unknown).
     model_pixel_size_m: float | None = None
+    # What covers the window, (class name, share 0..1) pairs, the largest first (protocol.LAND_COVER_SHARE and
+    # more): a captioning backend with a class map says it; None: it does not.
+    land_cover: tuple[tuple[str, float], ...] | None = None
 
 
 @dataclass

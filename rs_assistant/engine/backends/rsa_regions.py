@@ -296,3 +296,18 @@ def region_box(
     cols = torch.nonzero(chosen.any(dim=0)).flatten()
     box = (float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1))
     return box, float(fine[chosen].mean())
+
+
+#: The class of whatever no other class names (gardens, verges): not a land cover to tell.
+UNNAMED_GROUND = "ground"
+
+
+def land_cover(
+    probabilities: torch.Tensor, class_names: list[str] | tuple[str, ...], least: float
+) -> tuple[tuple[str, float], ...]:
+    """What covers a window: ``(class name, share)`` of each class that is the most probable one on at least
+    ``least`` of the pixels of ``probabilities [classes, H, W]``, the largest first (the unnamed ground left out)."""
+    classes = probabilities.argmax(dim=0).flatten().cpu()
+    shares = torch.bincount(classes, minlength=len(class_names)).double() / classes.numel()
+    found = [(str(class_names[c]), float(shares[c])) for c in range(len(class_names)) if shares[c] >= least]
+    return tuple(sorted(((n, round(s, 3)) for n, s in found if n != UNNAMED_GROUND), key=lambda cover: -cover[1]))
