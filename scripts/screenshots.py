@@ -17,6 +17,7 @@ The assistant on the demo project (resources/demo: the before/after pair), answe
 engine on the built-in model, started by the plugin's own EngineSupervisor with this Python:
 
 - queued-question.png     a question typed while the engine starts waits, visibly
+- answer-describe.png     the queued question answered: a description with the region's land cover
 - answer-map.png          a plain sentence answered on the map: the buildings outlined, listed in the dock
 - answer-features.png     a building selected on the map shades the answer it belongs to
 - answer-routed.png       "what changed?" with a before and an after, and a question in French
@@ -413,6 +414,8 @@ def assistant_screens(shots: Shots, work: Path, keep: list) -> None:
     shots.save(dock, "queued-question.png")
     shots.wait_until(a.answered, ENGINE_TIMEOUT_S, "the engine and its first answer")
     print(f"  engine: {dock.engineStatusLabel.text()}", flush=True)
+    print(f"  'what is in this image?': {controller.conversation.turns[-1].answer}", flush=True)
+    shots.save(dock, "answer-describe.png")
 
     # plain sentences: the router picks the task; the answers list their features
     controller.new_chat()
