@@ -311,6 +311,7 @@ class Engine:
             options=request.options,
             cancel=cancel,
             pixel_size_m=windows[0].pixel_size_m if windows else None,
+            land_cover=request.task is Task.CAPTION,
         )
         if segmenter is not None:
             result = self._ground_then_segment(name, segmenter, call)

@@ -78,6 +78,8 @@ def test_caption_talks_about_what_is_there(engine, region):
     response = ask(engine, region, "caption")
     assert response.model == "default"
     assert WORDS & set(response.text.lower().replace(",", " ").replace(".", " ").split()), response.text
+    covers = dict(response.land_cover or ())
+    assert "grass areas" in covers and "buildings" in covers, response.land_cover  # a suburb's lawns and houses
 
 
 def test_find_buildings_returns_boxes_inside_the_region(engine, region):

@@ -117,7 +117,9 @@ def evaluate(
     for seed in tqdm(split_seeds(split, count), desc=f"captions ({split})", dynamic_ncols=True):
         scene = generate_scene(seed, size=size, looks=looks)
         gsd = scene.gsd if pixel_size else None
-        call = BackendCall(task=Task.CAPTION, images=[scene.image], options=Options(), pixel_size_m=gsd)
+        call = BackendCall(
+            task=Task.CAPTION, images=[scene.image], options=Options(), pixel_size_m=gsd, land_cover=True
+        )
         result = backend.run(call)
         caption = result.text
         answer = " ".join([caption, *(name for name, _ in result.land_cover or ())])

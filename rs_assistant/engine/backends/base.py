@@ -76,6 +76,9 @@ class BackendCall:
     # pictures, a window whose CRS gives none): a backend that knows the scale its model was trained at
     # may resample to it, and then says so in BackendResult.model_pixel_size_m.
     pixel_size_m: float | None = None
+    # A caption's land cover (BackendResult.land_cover) is wanted: /v1/analyze asks for it, a batch job's tiles
+    # (which would pay for it in every tile and write only the caption) do not.
+    land_cover: bool = False
 
 
 class Backend(abc.ABC):

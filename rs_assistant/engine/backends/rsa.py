@@ -211,7 +211,7 @@ class RSABackend(Backend):
                 placement = placements[index]
                 results[index] = result if placement is None else self._unplaced(calls[index], placement, result)
         for index, call in enumerate(calls):
-            if call.task is Task.CAPTION:
+            if call.task is Task.CAPTION and call.land_cover:
                 results[index] = replace(results[index], land_cover=self._land_cover(call))
         return results
 
