@@ -256,3 +256,18 @@ def test_a_caption_says_what_covers_the_window(backend):
     assert np.mean(main) >= 0.9 and np.mean(listed) >= 0.8, (main, listed)
     assert np.median(errors) < 0.05, errors
     assert ask(backend, Task.CAPTION, [scene.image]).land_cover is None  # a batch job's tile: not read
+
+
+def test_a_segment_answer_counts_the_parts_the_engine_draws():
+    """A water mask of two ponds and a speck is drawn as two polygons: the answer says 2, not 1."""
+    from rs_assistant.engine.backends.base import Detection
+    from rs_assistant.engine.backends.rsa import _summary
+
+    mask = np.zeros((64, 64), bool)
+    mask[5:15, 5:15] = mask[40:50, 30:60] = True
+    mask[60, 60] = True  # a speck the outline drops
+    ponds = Detection(FeatureKind.MASK, "water bodies", 0.9, mask=mask)
+    box = Detection(FeatureKind.BOX, "building", 0.8, box=(1.0, 1.0, 5.0, 5.0))
+    assert _summary([ponds, box]) == "2 x water bodies, 1 x building"
+    assert _summary([Detection(FeatureKind.MASK, "house", 0.9, mask=mask, one_object=True)]) == "1 x house"
+    assert _summary([]) == "nothing found"

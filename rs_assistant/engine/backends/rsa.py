@@ -890,7 +890,23 @@ def _names(items: Iterable[object]) -> str:
 
 
 def _summary(detections: list[Detection]) -> str:
+    """ "3 x building, 4 x water bodies": the features each label will be drawn as, a mask of several separate
+    parts counting each part (the engine draws one polygon per part of at least :data:`MIN_PART_PIXELS`)."""
     if not detections:
         return "nothing found"
-    counts = Counter(d.label for d in detections)
+    counts: Counter[str] = Counter()
+    for d in detections:
+        counts[d.label] += (
+            _parts(d.mask) if d.kind is FeatureKind.MASK and d.mask is not None and not d.one_object else 1
+        )
     return ", ".join(f"{n} x {label}" for label, n in counts.items())
+
+
+#: The smallest part of a mask the engine draws (geo.polygonize_mask's ``min_area_px``).
+MIN_PART_PIXELS = 4
+
+
+def _parts(mask: np.ndarray) -> int:
+    """How many separate (4-connected) parts of at least MIN_PART_PIXELS pixels ``mask`` has, at least one."""
+    sizes = np.bincount(rsa_instances.connected(mask).ravel())[1:]
+    return max(1, int((sizes >= MIN_PART_PIXELS).sum()))
