@@ -769,6 +769,10 @@
             <translation>(Cette image a des pixels de {pixel} ; le modèle l’a lue à {model}, plus près des images de son entraînement.)</translation>
         </message>
         <message>
+            <source>Land cover: {covers}.</source>
+            <translation>Occupation du sol : {covers}.</translation>
+        </message>
+        <message>
             <source>Choose an image layer first.</source>
             <translation>Choisissez d’abord une couche image.</translation>
         </message>
