@@ -24,7 +24,7 @@ from shapely.geometry import MultiPolygon, Point, Polygon
 from shapely.geometry.base import BaseGeometry
 
 from rs_assistant.core.protocol import ErrorCode, FeatureKind, ProtocolError
-from rs_assistant.engine.backends.base import Detection
+from rs_assistant.engine.backends.base import MIN_PART_PIXELS, Detection
 from rs_assistant.engine.crs import parse_crs
 from rs_assistant.engine.imagery import Window
 
@@ -91,7 +91,7 @@ def _objects(kind: FeatureKind, geom: BaseGeometry) -> list[BaseGeometry]:
 
 
 def polygonize_mask(
-    mask: np.ndarray, transform: affine.Affine, min_area_px: float = 4, simplify_px: float = 1.0
+    mask: np.ndarray, transform: affine.Affine, min_area_px: float = MIN_PART_PIXELS, simplify_px: float = 1.0
 ) -> Polygon | MultiPolygon:
     """The outline of a boolean mask in the transform's CRS: holes kept, specks dropped, simplified.
 
@@ -142,7 +142,9 @@ def _mask_geometry(mask: np.ndarray, window: Window, densify: bool) -> BaseGeome
     return _apply_affine(outline, window.transform)
 
 
-def _mask_outline_px(mask: np.ndarray, min_area_px: float = 4, simplify_px: float = 1.0) -> Polygon | MultiPolygon:
+def _mask_outline_px(
+    mask: np.ndarray, min_area_px: float = MIN_PART_PIXELS, simplify_px: float = 1.0
+) -> Polygon | MultiPolygon:
     """polygonize_mask in pixel coordinates (x = column, y = row, pixel edges on integers). Only the mask's
     extent is traced (one object of a window-sized mask is a few pixels of it). Rings are handled as shapely
     arrays, each simplified on its own (a mask full of holes, as a coarse model's, has thousands of them: 3.4x

@@ -43,6 +43,10 @@ class Detection:
             raise ValueError("a detection needs a box, a mask or a point")
 
 
+#: A mask's separate parts smaller than this many pixels are not drawn (geo.polygonize_mask drops them).
+MIN_PART_PIXELS = 4
+
+
 @dataclass
 class BackendResult:
     text: str = ""

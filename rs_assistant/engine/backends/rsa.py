@@ -73,7 +73,7 @@ from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from rs_assistant.core.protocol import LAND_COVER_SHARE, ErrorCode, FeatureKind, ProtocolError, Task
 from rs_assistant.engine.backends import boxes, rsa_changes, rsa_instances, rsa_objects, rsa_scale
-from rs_assistant.engine.backends.base import Backend, BackendCall, BackendResult, Detection
+from rs_assistant.engine.backends.base import MIN_PART_PIXELS, Backend, BackendCall, BackendResult, Detection
 from rs_assistant.engine.backends.hf import (
     CancelCriteria,
     WatchCriteria,
@@ -900,10 +900,6 @@ def _summary(detections: list[Detection]) -> str:
             _parts(d.mask) if d.kind is FeatureKind.MASK and d.mask is not None and not d.one_object else 1
         )
     return ", ".join(f"{n} x {label}" for label, n in counts.items())
-
-
-#: The smallest part of a mask the engine draws (geo.polygonize_mask's ``min_area_px``).
-MIN_PART_PIXELS = 4
 
 
 def _parts(mask: np.ndarray) -> int:
