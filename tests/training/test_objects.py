@@ -48,6 +48,31 @@ def test_each_pixel_belongs_to_one_object_and_a_mask_is_its_ellipse_with_its_cov
     assert empty.sum() > 0.6 * 64 and not empty[8, 28] and empty[12, 32]  # no cover: the ellipse, corners out
 
 
+def _region(box: tuple[int, int, int, int], shape=(40, 60)) -> np.ndarray:
+    mask = np.zeros(shape, bool)
+    mask[box[1] : box[3], box[0] : box[2]] = True
+    return mask
+
+
+def test_joined_answers_keep_the_class_maps_shapes_and_add_what_only_the_detector_found():
+    big = rsa_instances.Instance((0, 0, 30, 20), _region((0, 0, 30, 20)), 0.8)  # a large building
+    lone = rsa_instances.Instance((40, 30, 50, 40), _region((40, 30, 50, 40)), 0.9)  # no detector centre in it
+    inside = rsa_instances.Instance((10, 5, 20, 15), _region((8, 3, 22, 17)), 0.95)  # its centre in the big one
+    missed = rsa_instances.Instance((32, 2, 40, 10), _region((26, 0, 41, 12)), 0.6)  # the class map missed it
+    faint = rsa_instances.Instance((20, 25, 24, 29), None, 0.35)  # too weak to add on its own
+    boxed = rsa_instances.Instance((20, 25, 24, 29), None, 0.5)
+    joined = rsa_objects.join([big, lone], [inside, missed, faint, boxed])
+    assert [(i.box, round(i.score, 2)) for i in joined] == [
+        ((0, 0, 30, 20), 0.95),  # confirmed: its own shape, the detector's score
+        ((32, 2, 40, 10), 0.6),
+        ((40, 30, 50, 40), 0.45),  # unconfirmed: ranked at half its score, still drawn at 0.3
+        ((20, 25, 24, 29), 0.5),
+    ]
+    assert joined[0].mask is big.mask and joined[1].mask[5, 35] and not joined[1].mask[5, 28]  # no pixel twice
+    assert joined[2].mask is None  # a box-only answer keeps its boxes
+    assert rsa_objects.join([], [missed, inside]) == [inside, missed]
+
+
 def test_a_window_is_read_near_the_detectors_pixel_sizes_and_a_huge_one_shrunk():
     assert rsa_objects.read_scale((512, 512), 0.1, 0.25, 0.5) == pytest.approx(0.4)  # a drone tile: shrunk
     assert rsa_objects.read_scale((512, 512), 0.4, 0.25, 0.5) == 1.0
@@ -147,11 +172,14 @@ def test_train_detector_writes_a_folder_whose_class_level_answers_come_from_it(t
         backend.model.object_detector is not None
         and config.object_detector_channels == 4
         and config.object_served == ["vehicles", "trees"]
+        and config.object_joined == ["buildings", "storage tanks"]
     )
     assert RSAForConditionalGeneration.from_pretrained(source).object_detector is None
     image = np.random.default_rng(0).integers(0, 255, (96, 96, 3), dtype=np.uint8)
-    for task, prompt, kind, noun in [(Task.GROUND, "find the vehicles", FeatureKind.BOX, "vehicle"),
-                                     (Task.SEGMENT, "segment the trees", FeatureKind.MASK, "tree")]:  # fmt: skip
+    asked = [(Task.GROUND, "find the vehicles", FeatureKind.BOX, "vehicle"),
+             (Task.SEGMENT, "segment the trees", FeatureKind.MASK, "tree"),
+             (Task.SEGMENT, "segment the buildings", FeatureKind.MASK, "building")]  # fmt: skip
+    for task, prompt, kind, noun in asked:
         call = BackendCall(task=task, images=[image], prompt=prompt, options=Options(score_threshold=0.0))
         result = backend.run(call)
         assert all(d.kind is kind and d.one_object for d in result.detections)

@@ -304,7 +304,8 @@ class RSABackend(Backend):
         objects it draws, and a short noun of no class the model knows says which classes it knows. None for any
         other request (a referring expression, a class of areas such as fields, a model without a class head). A
         class's pixels are those where it is the most probable class, or reaches its ``class_mask_bars``; objects
-        scored under the class's ``count_bars`` are left out."""
+        scored under the class's ``count_bars`` are left out. The classes of the config's ``object_served`` are read
+        by the object detector instead, those of ``object_joined`` by both (rsa_objects.join)."""
         config = self.model.config
         if call.task not in (Task.GROUND, Task.SEGMENT, Task.CHAT) or len(call.images) != 1:
             return None
@@ -323,13 +324,17 @@ class RSABackend(Backend):
         name = str(config.class_names[request.cls])
         if not request.every or name not in rsa_instances.CROP_SIDE:
             return None
-        if self.model.object_detector is not None and name in (config.object_served or ()):
+        least = float((config.count_bars or {}).get(name, 0.0))  # weaker ones are noise (calibrated for counts)
+        detector = self.model.object_detector is not None
+        if detector and name in (config.object_served or ()):
             found, fed = self._detected(call, name)
+            found = [i for i in found if i.score >= least]
         else:
             probabilities, fed = self._class_maps(call.images[0], name, call.pixel_size_m, call.cancel)
             found = rsa_instances.instances(probabilities, request.cls, (config.class_mask_bars or {}).get(name))
-        least = float((config.count_bars or {}).get(name, 0.0))
-        found = [i for i in found if i.score >= least]  # weaker ones are noise (calibrated for count accuracy)
+            found = [i for i in found if i.score >= least]
+            if detector and name in (config.object_joined or ()):
+                found = rsa_objects.join(found, self._detected(call, name)[0])
         shown = [i for i in found if i.score >= call.options.score_threshold]
         capped = len(shown) > rsa_instances.MAX_OBJECTS  # more to draw than one answer draws: a lower bound
         held = [i for i in found if i.score < call.options.score_threshold]

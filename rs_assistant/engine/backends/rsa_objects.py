@@ -16,6 +16,10 @@ config's ``object_served``, chosen by measurement (``python -m training.eval.ins
 3. **Masks** (:func:`object_masks`): the ellipse each object's box bounds, with its covered pixels (the class's
    cover map over 0.5) inside the box, a pixel of several boxes going to the object whose centre is nearest (in
    box sizes).
+
+The classes of the config's ``object_joined`` (buildings and storage tanks) are answered by the class map and the
+detector together (:func:`join`): the class map outlines large buildings the detector misses or shrinks, and the
+detector finds the objects the class map misses where the imagery looks unlike the main model's training.
 """
 
 from __future__ import annotations
@@ -40,6 +44,13 @@ MIN_SCORE = 0.1
 MAX_PEAKS = 2000
 #: A pixel belongs to an object's mask where the class's cover map reaches this.
 COVER = 0.5
+#: A detected object this strong confirms the class-map object that holds its centre (:func:`join`).
+CONFIRM = 0.3
+#: A class-map object no detected object confirms ranks at this share of its score (:func:`join`).
+UNCONFIRMED = 0.5
+#: A detected object outside every class-map object joins the answer from this score (:func:`join`; weaker ones
+#: cost count accuracy more than they add: val, storage tanks, 0.74 at 0.3 against 0.80 at 0.4).
+ADD = 0.4
 
 
 def read_scale(
@@ -125,6 +136,39 @@ def object_masks(found: Sequence[tuple], cover: np.ndarray) -> list[np.ndarray]:
             mask[top:bottom, left:right] = mine & (cover[top:bottom, left:right] | ellipse)
         masks.append(mask)
     return masks
+
+
+def join(mapped: Sequence[Instance], detected: Sequence[Instance]) -> list[Instance]:
+    """The objects of a class read off the class map (``mapped``, each with its mask) and by the detector
+    (``detected``, of the same window) together, strongest first: every mapped object, scored the higher of its own
+    score and that of the strongest detected object (at least :data:`CONFIRM`) whose box centre it holds, or
+    :data:`UNCONFIRMED` times its own when it holds none; then every detected object of at least :data:`ADD` whose
+    centre no mapped object holds, its mask (if any) without the mapped objects' pixels. Measured on 50 val scenes
+    against the class map alone (box AP50, v1 look / generator v2's looks): buildings 0.76 -> 0.87 / 0.67 -> 0.79,
+    storage tanks 0.82 -> 0.88 / 0.50 -> 0.67 (the model card has the test figures)."""
+    if not mapped:
+        return sorted((i for i in detected if i.score >= ADD), key=lambda i: -i.score)
+    owner = np.full(mapped[0].mask.shape, -1, np.int32)
+    for number, instance in enumerate(mapped):
+        owner[instance.mask] = number
+    height, width = owner.shape
+    confirmed = np.zeros(len(mapped))
+    outside = []
+    for instance in detected:
+        x0, y0, x1, y1 = instance.box
+        x = min(width - 1, max(0, int((x0 + x1) / 2)))
+        y = min(height - 1, max(0, int((y0 + y1) / 2)))
+        number = owner[y, x]
+        if number < 0 and instance.score >= ADD:
+            mask = None if instance.mask is None else instance.mask & (owner < 0)
+            outside.append(Instance(instance.box, mask, instance.score))
+        elif number >= 0 and instance.score >= CONFIRM:
+            confirmed[number] = max(confirmed[number], instance.score)
+    joined = [
+        Instance(i.box, i.mask, max(i.score, float(c)) if c else UNCONFIRMED * i.score)
+        for i, c in zip(mapped, confirmed)
+    ]
+    return sorted(joined + outside, key=lambda i: -i.score)
 
 
 @torch.inference_mode()

@@ -14,7 +14,8 @@ covers (binary cross-entropy). It reports, on ``val`` scenes read whole, each cl
 detector (training.eval.instances' matching; that eval compares it with the class map's answers on test).
 
 ``--serve`` names the classes whose class-level answers ("find the cars", "how many trees?") the detector gives
-from then on; the others keep the class map's (rsa_instances). Choose them by the val figures.
+from then on, ``--join`` those the class map and the detector answer together (rsa_objects.join); the others keep
+the class map's (rsa_instances). Choose them by the figures of training.eval.instances.
 """
 
 from __future__ import annotations
@@ -284,6 +285,7 @@ def train_detector(
     plain_share: float = 0.25,
     crop: int = 256,
     serve: Sequence[str] = ("vehicles", "trees"),
+    join: Sequence[str] = ("buildings", "storage tanks"),
     size: int = 512,
     workers: int = 2,
     threads: int = 2,
@@ -298,9 +300,11 @@ def train_detector(
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
     started = time.perf_counter()
-    unknown = sorted(set(serve) - set(DETECTED))
+    unknown = sorted((set(serve) | set(join)) - set(DETECTED))
     if unknown:
-        raise ValueError(f"--serve: the detector reads {', '.join(DETECTED)}, not {', '.join(unknown)}")
+        raise ValueError(f"--serve, --join: the detector reads {', '.join(DETECTED)}, not {', '.join(unknown)}")
+    if set(serve) & set(join):
+        raise ValueError(f"--serve and --join share {', '.join(sorted(set(serve) & set(join)))}: name a class once")
     processor, model, saved_dtype = load_frozen(folder)
     config = model.config
     existing = model.object_detector if resume and config.object_detector_channels == channels else None
@@ -308,7 +312,7 @@ def train_detector(
         raise ValueError(f"{folder} has no object detector of width {channels} to resume")
     config.object_detector_channels, config.object_classes = channels, list(DETECTED)
     config.object_min_pixel_m, config.object_max_pixel_m = min_pixel_m, max_pixel_m
-    config.object_served = list(serve)
+    config.object_served, config.object_joined = list(serve), list(join)
 
     def examples(split: str, count: int) -> list[Example]:
         name = f"objects-{split}-{count}-{size}-{min_pixel_m}-{plain_share}.pt"
@@ -354,6 +358,11 @@ def main(argv: list[str] | None = None) -> int:
         default="vehicles,trees",
         help="classes the detector answers, comma-separated (default vehicles,trees)",
     )
+    parser.add_argument(
+        "--join",
+        default="buildings,storage tanks",
+        help="classes the class map and the detector answer together (default buildings,storage tanks)",
+    )
     parser.add_argument("--cache", type=Path, default=None, help="folder keeping the examples between runs")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -370,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         args.plain,
         args.crop,
         [name.strip() for name in args.serve.split(",") if name.strip()],
+        [name.strip() for name in args.join.split(",") if name.strip()],
         args.size,
         args.workers,
         args.threads,

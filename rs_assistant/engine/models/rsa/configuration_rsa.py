@@ -210,13 +210,15 @@ class RSAConfig(PreTrainedConfig):
     # main run (training.recipes.default.objects). It reads windows finer than ``object_min_pixel_m``
     # metres a pixel shrunk to it, and coarser than ``object_max_pixel_m`` (None: as read) enlarged towards
     # it, at most twice (engine/backends/rsa_objects.py read_scale). Serving: class-level answers ("find
-    # the cars", "how many trees?") for the classes of ``object_served`` come from it (rsa_objects.py), the
-    # others from the class map (rsa_instances). ``object_detector_channels`` is its width; 0: no detector.
+    # the cars", "how many trees?") for the classes of ``object_served`` come from it (rsa_objects.py), those
+    # of ``object_joined`` from the class map and it together (rsa_objects.join), the others from the class
+    # map (rsa_instances). ``object_detector_channels`` is its width; 0: no detector.
     object_detector_channels: int = 0
     object_classes: list | None = None
     object_min_pixel_m: float = 0.25
     object_max_pixel_m: float | None = None
     object_served: list | None = None
+    object_joined: list | None = None
     class_names: list | None = None
     class_nouns: dict | None = None
     # Serving: [low, high], the ground metres per model-input pixel of the windows the model was trained
@@ -354,6 +356,12 @@ class RSAConfig(PreTrainedConfig):
             raise ValueError(f"object_classes {self.object_classes} must be among class_names")
         if set(self.object_served or ()) - set(self.object_classes or ()):
             raise ValueError(f"object_served {self.object_served} must be among object_classes {self.object_classes}")
+        if set(self.object_joined or ()) - set(self.object_classes or ()) or set(self.object_joined or ()) & set(
+            self.object_served or ()
+        ):
+            raise ValueError(
+                f"object_joined {self.object_joined} must be among object_classes {self.object_classes} and not served"
+            )
         if self.object_min_pixel_m <= 0 or (
             self.object_max_pixel_m is not None and self.object_max_pixel_m < self.object_min_pixel_m
         ):
