@@ -8,6 +8,10 @@ class map (rsa_instances) or the object detector (rsa_objects) gives, and the ba
 the lower bar); a class keeps no bar unless one beats counting what the served threshold (0.3) draws by more
 than :data:`MIN_GAIN`.
 
+The classes the class map and the object detector answer together (the config's ``object_joined``,
+rsa_objects.join) keep the bars they have: theirs apply to the class map's objects before the join, which the
+answers do not show, and the join was tuned on top of them.
+
 With ``--write`` the bars go into the folder's config.json; the engine then serves with them.
 """
 
@@ -51,12 +55,16 @@ def calibrate(model: Path, split: str = "val", count: int = 40, size: int = 512)
     torch.set_num_threads(2)
     backend = RSABackend("calibrate", {"path": str(model)}, device="cuda" if torch.cuda.is_available() else "cpu")
     backend.ensure_loaded()
-    backend.model.config.count_bars = None  # every object, whatever the bars the folder has now
-    scores: dict[int, list[list[float]]] = {cls: [] for cls in COUNTED}
-    truths: dict[int, list[int]] = {cls: [] for cls in COUNTED}
+    config = backend.model.config
+    joined = set(config.object_joined or ()) if backend.model.object_detector is not None else set()
+    kept = {name: bar for name, bar in (config.count_bars or {}).items() if name in joined}
+    config.count_bars = kept or None  # every object, whatever the bars the folder has now (but the joined classes')
+    classes = [cls for cls in COUNTED if CLASSES[cls].plural not in joined]
+    scores: dict[int, list[list[float]]] = {cls: [] for cls in classes}
+    truths: dict[int, list[int]] = {cls: [] for cls in classes}
     for seed in tqdm(split_seeds(split, count), desc=f"count bars ({split})", dynamic_ncols=True):
         scene = generate_scene(seed, size=size)
-        for cls in COUNTED:
+        for cls in classes:
             call = BackendCall(
                 task=Task.GROUND,
                 images=[scene.image],
@@ -66,8 +74,8 @@ def calibrate(model: Path, split: str = "val", count: int = 40, size: int = 512)
             )
             scores[cls].append([d.score for d in backend.run(call).detections])
             truths[cls].append(sum(int(o.cls) == cls for o in scene.objects))
-    chosen = {}
-    for cls in COUNTED:
+    chosen = {name: {"bar": kept.get(name), "accuracy": {}, "kept": True} for name in sorted(joined)}
+    for cls in classes:
         bar, accuracy = choose(scores[cls], truths[cls], SERVED_THRESHOLD)
         chosen[CLASSES[cls].plural] = {"bar": bar, "accuracy": accuracy}
     return chosen
@@ -90,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     chosen = calibrate(args.model, args.split, args.count)
     for name, row in chosen.items():
         cells = "  ".join(f"{bar:g}: {acc:.2f}" for bar, acc in row["accuracy"].items())
+        if row.get("kept"):
+            cells = "kept: it applies to the class map's objects before they are joined with the detector's"
         print(f"{name:<15} bar {row['bar'] if row['bar'] is not None else 'none':<5} count accuracy by bar  {cells}")
     bars = {name: row["bar"] for name, row in chosen.items() if row["bar"] is not None}
     if args.write:

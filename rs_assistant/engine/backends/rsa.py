@@ -333,8 +333,10 @@ class RSABackend(Backend):
             probabilities, fed = self._class_maps(call.images[0], name, call.pixel_size_m, call.cancel)
             found = rsa_instances.instances(probabilities, request.cls, (config.class_mask_bars or {}).get(name))
             found = [i for i in found if i.score >= least]
-            if detector and name in (config.object_joined or ()):
-                found = rsa_objects.join(found, self._detected(call, name)[0])
+            if detector and name in (config.object_joined or ()):  # one view, masks only where the map has none
+                free = rsa_objects.uncovered(found, call.images[0].shape[:2])
+                detected, _ = self._detected(call, name, views=1, mask_where=free, mask_from=rsa_objects.ADD)
+                found = rsa_objects.join(found, detected)
         shown = [i for i in found if i.score >= call.options.score_threshold]
         capped = len(shown) > rsa_instances.MAX_OBJECTS  # more to draw than one answer draws: a lower bound
         held = [i for i in found if i.score < call.options.score_threshold]
@@ -353,9 +355,17 @@ class RSABackend(Backend):
             text = rsa_instances.found_text(drawn, single, name, capped)
         return BackendResult(text=text, detections=detections, model_pixel_size_m=fed)
 
-    def _detected(self, call: BackendCall, name: str) -> tuple[list[rsa_instances.Instance], float | None]:
-        """The objects of class ``name`` the object detector finds in the call's window (rsa_objects; masks only for
-        a segment request), and the metres per pixel it read the window at when it resized it (else None)."""
+    def _detected(
+        self,
+        call: BackendCall,
+        name: str,
+        views: int | None = None,
+        mask_where: np.ndarray | None = None,
+        mask_from: float = 0.0,
+    ) -> tuple[list[rsa_instances.Instance], float | None]:
+        """The objects of class ``name`` the object detector finds in the call's window (rsa_objects.find_objects,
+        with its ``views``, ``mask_where`` and ``mask_from``; masks only for a segment request), and the metres per
+        pixel it read the window at when it resized it (else None)."""
         config = self.model.config
         if call.cancel.is_set():
             raise cancelled(self)
@@ -369,6 +379,9 @@ class RSABackend(Backend):
             config.object_max_pixel_m,
             self.device,
             masks=call.task is Task.SEGMENT,
+            views=views,
+            mask_where=mask_where,
+            mask_from=mask_from,
         )
         fed = call.pixel_size_m / scale if call.pixel_size_m is not None and scale != 1 else None
         return found, fed

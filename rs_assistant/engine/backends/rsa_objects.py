@@ -11,8 +11,10 @@ config's ``object_served``, chosen by measurement (``python -m training.eval.ins
    detector learned; less to read), one coarser than ``object_max_pixel_m`` enlarged towards it (at most
    :data:`MAX_ZOOM` times: a car of 3 pixels at 1.5 m becomes 6), one larger than :data:`MAX_SIDE` pixels a side
    shrunk to that, and the sides are padded (edge pixels repeated) to a multiple of 8.
-2. **Objects** (:func:`decode`): the local maxima of a class's centre map over :data:`MIN_SCORE`, each with its
-   size and offset, back in window pixels; the box's score is its centre's probability.
+2. **Objects** (:func:`read_maps`, :func:`decode`): the detector's maps averaged over up to :data:`VIEWS` views of
+   the window (as it is, transposed, mirrored left-right and top-bottom; fewer on a large read, :func:`view_count`),
+   then the local maxima of a class's centre map over :data:`MIN_SCORE`, each with its size and offset, back in
+   window pixels; the box's score is its centre's probability.
 3. **Masks** (:func:`object_masks`): the ellipse each object's box bounds, with its covered pixels (the class's
    cover map over 0.5) inside the box, a pixel of several boxes going to the object whose centre is nearest (in
    box sizes).
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -42,6 +45,12 @@ MAX_ZOOM = 2.0
 MIN_SCORE = 0.1
 #: The most objects one class's answer keeps (the strongest); rsa_instances.MAX_OBJECTS are drawn.
 MAX_PEAKS = 2000
+#: The most views of a window the detector reads and averages (:func:`read_maps`): 4 views against 1 raised
+#: vehicles' box AP50 from 0.49 to 0.55 and single trees' from 0.65 to 0.72 (50 test scenes, v1 look).
+VIEWS = 4
+#: Fewer views on a large read: the pixels read over all views stay under this (a 512-pixel window gets 4, one
+#: enlarged to 1024 pixels 2).
+VIEW_PIXELS = 8 * 512 * 512
 #: A pixel belongs to an object's mask where the class's cover map reaches this.
 COVER = 0.5
 #: A detected object this strong confirms the class-map object that holds its centre (:func:`join`).
@@ -84,6 +93,37 @@ def detector_input(image: np.ndarray, scale: float) -> torch.Tensor:
     height, width = rgb.shape[-2:]
     pad = (0, -width % 8, 0, -height % 8)
     return F.pad(rgb, pad, mode="replicate") if any(pad) else rgb
+
+
+def view_count(shape: tuple[int, int]) -> int:
+    """How many views (:func:`read_maps`) of an input of ``shape`` (height, width) the detector reads."""
+    return max(1, min(VIEWS, VIEW_PIXELS // max(1, shape[0] * shape[1])))
+
+
+def _turn(tensor: torch.Tensor, view: int) -> torch.Tensor:
+    """``tensor [n, c, h, w]`` in ``view`` (0 as it is, 1 transposed, 2 mirrored left-right, 3 mirrored top-bottom),
+    or back from it: each view is its own inverse."""
+    if view == 1:
+        return tensor.transpose(-1, -2)
+    if view in (2, 3):
+        return tensor.flip(-1 if view == 2 else -2)
+    return tensor
+
+
+def read_maps(detector: RSAObjectDetector, rgb: torch.Tensor, views: int = 1) -> ObjectMaps:
+    """The detector's maps of ``rgb [n, 3, H, W]`` averaged over its first ``views`` views: as it is, transposed,
+    mirrored left-right, mirrored top-bottom (each view's maps turned back, sizes and offsets with them)."""
+    read = []
+    for view in range(views):
+        maps = detector(_turn(rgb, view))
+        sizes, offsets = _turn(maps.sizes, view), _turn(maps.offsets, view)
+        if view == 1:  # width and height, x and y swap places
+            sizes, offsets = sizes[:, [1, 0]], offsets[:, [1, 0]]
+        elif view in (2, 3):  # the centre's place in a mirrored cell
+            offsets = offsets.clone()
+            offsets[:, view - 2] = 1 - offsets[:, view - 2]
+        read.append((_turn(maps.centres, view), sizes, offsets, _turn(maps.inside, view)))
+    return ObjectMaps(*(sum(parts) / len(read) for parts in zip(*read)))
 
 
 def decode(maps: ObjectMaps, index: int, sample: int = 0, min_score: float = MIN_SCORE) -> list[tuple]:
@@ -151,14 +191,10 @@ def join(mapped: Sequence[Instance], detected: Sequence[Instance]) -> list[Insta
     owner = np.full(mapped[0].mask.shape, -1, np.int32)
     for number, instance in enumerate(mapped):
         owner[instance.mask] = number
-    height, width = owner.shape
     confirmed = np.zeros(len(mapped))
     outside = []
     for instance in detected:
-        x0, y0, x1, y1 = instance.box
-        x = min(width - 1, max(0, int((x0 + x1) / 2)))
-        y = min(height - 1, max(0, int((y0 + y1) / 2)))
-        number = owner[y, x]
+        number = owner[centre(instance.box, owner.shape)]
         if number < 0 and instance.score >= ADD:
             mask = None if instance.mask is None else instance.mask & (owner < 0)
             outside.append(Instance(instance.box, mask, instance.score))
@@ -171,6 +207,21 @@ def join(mapped: Sequence[Instance], detected: Sequence[Instance]) -> list[Insta
     return sorted(joined + outside, key=lambda i: -i.score)
 
 
+def centre(box: Sequence[float], shape: tuple[int, int]) -> tuple[int, int]:
+    """The pixel ``(y, x)`` of a window of ``shape`` that holds the centre of ``box`` (x0, y0, x1, y1)."""
+    x = min(shape[1] - 1, max(0, int((box[0] + box[2]) / 2)))
+    y = min(shape[0] - 1, max(0, int((box[1] + box[3]) / 2)))
+    return y, x
+
+
+def uncovered(instances: Sequence[Instance], shape: tuple[int, int]) -> np.ndarray:
+    """``[H, W]`` bool: the pixels of a window of ``shape`` that none of ``instances`` (with masks) covers."""
+    free = np.ones(shape, bool)
+    for instance in instances:
+        free &= ~instance.mask
+    return free
+
+
 @torch.inference_mode()
 def find_objects(
     detector: RSAObjectDetector,
@@ -181,33 +232,45 @@ def find_objects(
     max_pixel_m: float | None = None,
     device: torch.device | str = "cpu",
     masks: bool = True,
+    views: int | None = None,
+    mask_where: np.ndarray | None = None,
+    mask_from: float = 0.0,
 ) -> tuple[list[Instance], float]:
     """The objects of the detector's class ``index`` in window ``image`` (``[H, W, 3]`` uint8, ``pixel_size_m``
     metres a pixel or None), strongest first, with boxes in window pixels and (with ``masks``) their masks; and the
-    factor the window was resized by to be read (:func:`read_scale`)."""
+    factor the window was resized by to be read (:func:`read_scale`). ``views``: how many views it reads
+    (:func:`read_maps`; None: :func:`view_count`); ``mask_where`` (bool ``[H, W]``) and ``mask_from``: only objects
+    whose centre lies where it holds and whose score reaches it get masks (the rest None: masks cost time in
+    proportion to the objects)."""
     height, width = image.shape[:2]
     scale = read_scale((height, width), pixel_size_m, min_pixel_m, max_pixel_m)
     read_h, read_w = read_size((height, width), scale)
-    maps = detector(detector_input(image, scale).to(device, next(detector.parameters()).dtype))
-    found = decode(maps, index)
-    if masks:
-        cover = F.interpolate(maps.inside[:, index : index + 1], scale_factor=STRIDE, mode="bilinear")[0, 0]
-        shapes = object_masks(found, (cover[:read_h, :read_w] >= COVER).cpu().numpy())
-    else:
-        shapes = [None] * len(found)
+    rgb = detector_input(image, scale).to(device, next(detector.parameters()).dtype)
+    maps = read_maps(detector, rgb, view_count(rgb.shape[-2:]) if views is None else views)
     back_x, back_y = width / read_w, height / read_h
-    objects = []
-    for (score, (x0, y0, x1, y1)), mask in zip(found, shapes):
+    objects, read = [], []  # in window pixels; as read
+    for score, (x0, y0, x1, y1) in decode(maps, index):
         box = (
-            float(np.clip(x0 * back_x, 0, width)),
-            float(np.clip(y0 * back_y, 0, height)),
-            float(np.clip(x1 * back_x, 0, width)),
-            float(np.clip(y1 * back_y, 0, height)),
+            min(max(x0 * back_x, 0.0), width),
+            min(max(y0 * back_y, 0.0), height),
+            min(max(x1 * back_x, 0.0), width),
+            min(max(y1 * back_y, 0.0), height),
         )
-        if box[2] - box[0] < 1 or box[3] - box[1] < 1:
-            continue
-        if mask is not None and (read_h, read_w) != (height, width):
+        if box[2] - box[0] >= 1 and box[3] - box[1] >= 1:
+            objects.append(Instance(box, None, score))
+            read.append((score, (x0, y0, x1, y1)))
+    if not masks:
+        return objects, scale
+    wanted = [
+        i
+        for i, o in enumerate(objects)
+        if o.score >= mask_from and (mask_where is None or mask_where[centre(o.box, (height, width))])
+    ]
+    cover = F.interpolate(maps.inside[:, index : index + 1], scale_factor=STRIDE, mode="bilinear")[0, 0]
+    shapes = object_masks([read[i] for i in wanted], (cover[:read_h, :read_w] >= COVER).cpu().numpy())
+    for i, mask in zip(wanted, shapes):
+        if (read_h, read_w) != (height, width):
             mask = F.interpolate(torch.from_numpy(mask)[None, None].float(), size=(height, width), mode="nearest")
             mask = mask[0, 0].numpy() > 0
-        objects.append(Instance(box, mask, score))
+        objects[i] = replace(objects[i], mask=mask)
     return objects, scale

@@ -257,13 +257,16 @@ def val_ap50(
     names: Sequence[str],
     min_pixel_m: float = 0.25,
     max_pixel_m: float | None = None,
+    views: int | None = None,
 ) -> dict[str, dict]:
-    """Each class's box AP50 and object count on ``examples``, read whole by the detector as the engine reads them."""
+    """Each class's box AP50 and object count on ``examples``, read whole by the detector as the engine reads them
+    (in ``views`` views, rsa_objects.read_maps; None: as many as the engine reads)."""
     detector.eval()
     found: dict[int, list] = {k: [] for k in range(len(names))}
     for e in examples:
         enlarge = zoom(e, min_pixel_m, max_pixel_m)
-        maps = detector(rsa_objects.detector_input(e.image, enlarge))
+        rgb = rsa_objects.detector_input(e.image, enlarge)
+        maps = rsa_objects.read_maps(detector, rgb, rsa_objects.view_count(rgb.shape[-2:]) if views is None else views)
         for k in found:
             found[k].append([(score, tuple(v / enlarge for v in box)) for score, box in rsa_objects.decode(maps, k)])
     results = {}
