@@ -224,18 +224,20 @@ def fit(
     min_pixel_m: float = 0.25,
     max_pixel_m: float | None = None,
 ) -> list[float]:
-    """Trains ``detector`` on random crops of ``examples``, one crop per example and epoch, each enlarged as the
-    engine enlarges its window (:func:`zoom`); the mean loss of each epoch."""
+    """Trains ``detector`` on random crops of ``examples`` (made on the CPU, learned on the detector's device), one
+    crop per example and epoch, each enlarged as the engine enlarges its window (:func:`zoom`); the mean loss of
+    each epoch."""
     if not examples:
         raise ValueError("no examples to train the object detector on")
     rng = np.random.default_rng(seed)
     classes = detector.classes
+    device = next(detector.parameters()).device
 
     def loss_of(chosen: list[Example]) -> torch.Tensor:
         crops = [augmented(e, side, rng, zoom(e, min_pixel_m, max_pixel_m)) for e in chosen]
-        rgb = torch.stack([torch.from_numpy(image).permute(2, 0, 1) for image, _, _ in crops]).float() / 255
+        rgb = torch.stack([torch.from_numpy(image).permute(2, 0, 1) for image, _, _ in crops]).to(device).float() / 255
         made = [targets(objects, cover, classes) for _, cover, objects in crops]
-        target = {key: torch.stack([m[key] for m in made]) for key in made[0]}
+        target = {key: torch.stack([m[key] for m in made]).to(device) for key in made[0]}
         return detector_loss(detector.logits(rgb), target, classes)
 
     return train_epochs(detector, examples, loss_of, epochs, lr, batch, seed, "object detector")
@@ -265,7 +267,7 @@ def val_ap50(
     found: dict[int, list] = {k: [] for k in range(len(names))}
     for e in examples:
         enlarge = zoom(e, min_pixel_m, max_pixel_m)
-        rgb = rsa_objects.detector_input(e.image, enlarge)
+        rgb = rsa_objects.detector_input(e.image, enlarge).to(next(detector.parameters()).device)
         maps = rsa_objects.read_maps(detector, rgb, rsa_objects.view_count(rgb.shape[-2:]) if views is None else views)
         for k in found:
             found[k].append([(score, tuple(v / enlarge for v in box)) for score, box in rsa_objects.decode(maps, k)])
@@ -299,7 +301,8 @@ def train_detector(
     resume: bool = False,
 ) -> dict:
     """Adds a trained object detector to the checkpoint ``folder`` and saves it to ``out`` (default: ``folder``);
-    with ``resume``, the folder's own detector (of the same width) trains on from its weights."""
+    with ``resume``, the folder's own detector (of the same width) trains on from its weights. It trains where the
+    model was loaded: on CUDA when there is one (stages.load_frozen), else on the CPU."""
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
     started = time.perf_counter()
@@ -331,7 +334,7 @@ def train_detector(
 
     train = examples("train", scenes_count)
     val = examples("val", val_count) if val_count else []
-    detector = existing.cpu().float() if existing is not None else RSAObjectDetector(config)
+    detector = (existing.float() if existing is not None else RSAObjectDetector(config)).to(model.device)
     losses = fit(detector, train, epochs, lr, side=crop, seed=seed, min_pixel_m=min_pixel_m, max_pixel_m=max_pixel_m)
     results = {"scenes": len(train), "losses": [round(x, 4) for x in losses]}
     if val:
