@@ -87,7 +87,8 @@ def test_joined_answers_keep_the_class_maps_shapes_and_add_what_only_the_detecto
     missed = rsa_instances.Instance((32, 2, 40, 10), _region((26, 0, 41, 12)), 0.6)  # the class map missed it
     faint = rsa_instances.Instance((20, 25, 24, 29), None, 0.35)  # too weak to add on its own
     boxed = rsa_instances.Instance((20, 25, 24, 29), None, 0.5)
-    joined = rsa_objects.join([big, lone], [inside, missed, faint, boxed])
+    covered = rsa_instances.Instance((28, 18, 34, 24), _region((29, 19, 31, 21)) | big.mask, 0.7)  # 3 px its own
+    joined = rsa_objects.join([big, lone], [inside, missed, faint, boxed, covered])
     assert [(i.box, round(i.score, 2)) for i in joined] == [
         ((0, 0, 30, 20), 0.95),  # confirmed: its own shape, the detector's score
         ((32, 2, 40, 10), 0.6),
