@@ -328,15 +328,14 @@ class RSABackend(Backend):
         detector = self.model.object_detector is not None
         if detector and name in (config.object_served or ()):
             found, fed = self._detected(call, name)
-            found = [i for i in found if i.score >= least]
         else:
             probabilities, fed = self._class_maps(call.images[0], name, call.pixel_size_m, call.cancel)
             found = rsa_instances.instances(probabilities, request.cls, (config.class_mask_bars or {}).get(name))
-            found = [i for i in found if i.score >= least]
-            if detector and name in (config.object_joined or ()):  # one view, masks only where the map has none
-                free = rsa_objects.uncovered(found, call.images[0].shape[:2])
-                detected, _ = self._detected(call, name, views=1, mask_where=free, mask_from=rsa_objects.ADD)
-                found = rsa_objects.join(found, detected)
+        found = [i for i in found if i.score >= least]
+        if detector and name in (config.object_joined or ()):  # one view, masks only where the map has none
+            free = rsa_objects.owners(found, call.images[0].shape[:2]) < 0
+            detected, _ = self._detected(call, name, views=1, mask_where=free, mask_from=rsa_objects.ADD)
+            found = rsa_objects.join(found, detected)
         shown = [i for i in found if i.score >= call.options.score_threshold]
         capped = len(shown) > rsa_instances.MAX_OBJECTS  # more to draw than one answer draws: a lower bound
         held = [i for i in found if i.score < call.options.score_threshold]

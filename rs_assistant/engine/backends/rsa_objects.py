@@ -111,9 +111,12 @@ def _turn(tensor: torch.Tensor, view: int) -> torch.Tensor:
     return tensor
 
 
-def read_maps(detector: RSAObjectDetector, rgb: torch.Tensor, views: int = 1) -> ObjectMaps:
-    """The detector's maps of ``rgb [n, 3, H, W]`` averaged over its first ``views`` views: as it is, transposed,
-    mirrored left-right, mirrored top-bottom (each view's maps turned back, sizes and offsets with them)."""
+def read_maps(detector: RSAObjectDetector, rgb: torch.Tensor, views: int | None = None) -> ObjectMaps:
+    """The detector's maps of ``rgb [n, 3, H, W]`` averaged over its first ``views`` views (None: :func:`view_count`
+    of its size): as it is, transposed, mirrored left-right, mirrored top-bottom (each view's maps turned back, sizes
+    and offsets with them)."""
+    if views is None:
+        views = view_count(rgb.shape[-2:])
     read = []
     for view in range(views):
         maps = detector(_turn(rgb, view))
@@ -190,9 +193,7 @@ def join(mapped: Sequence[Instance], detected: Sequence[Instance]) -> list[Insta
     0.50 -> 0.67 (the model card has the test figures)."""
     if not mapped:
         return sorted((i for i in detected if i.score >= ADD), key=lambda i: -i.score)
-    owner = np.full(mapped[0].mask.shape, -1, np.int32)
-    for number, instance in enumerate(mapped):
-        owner[instance.mask] = number
+    owner = owners(mapped, mapped[0].mask.shape)
     confirmed = np.zeros(len(mapped))
     outside = []
     for instance in detected:
@@ -217,12 +218,12 @@ def centre(box: Sequence[float], shape: tuple[int, int]) -> tuple[int, int]:
     return y, x
 
 
-def uncovered(instances: Sequence[Instance], shape: tuple[int, int]) -> np.ndarray:
-    """``[H, W]`` bool: the pixels of a window of ``shape`` that none of ``instances`` (with masks) covers."""
-    free = np.ones(shape, bool)
-    for instance in instances:
-        free &= ~instance.mask
-    return free
+def owners(instances: Sequence[Instance], shape: tuple[int, int]) -> np.ndarray:
+    """``[H, W]`` int32: which of ``instances`` (with masks) covers each pixel of a window of ``shape``, -1 none."""
+    owner = np.full(shape, -1, np.int32)
+    for number, instance in enumerate(instances):
+        owner[instance.mask] = number
+    return owner
 
 
 @torch.inference_mode()
@@ -249,7 +250,7 @@ def find_objects(
     scale = read_scale((height, width), pixel_size_m, min_pixel_m, max_pixel_m)
     read_h, read_w = read_size((height, width), scale)
     rgb = detector_input(image, scale).to(device, next(detector.parameters()).dtype)
-    maps = read_maps(detector, rgb, view_count(rgb.shape[-2:]) if views is None else views)
+    maps = read_maps(detector, rgb, views)
     back_x, back_y = width / read_w, height / read_h
     objects, read = [], []  # in window pixels; as read
     for score, (x0, y0, x1, y1) in decode(maps, index):

@@ -268,7 +268,7 @@ def val_ap50(
     for e in examples:
         enlarge = zoom(e, min_pixel_m, max_pixel_m)
         rgb = rsa_objects.detector_input(e.image, enlarge).to(next(detector.parameters()).device)
-        maps = rsa_objects.read_maps(detector, rgb, rsa_objects.view_count(rgb.shape[-2:]) if views is None else views)
+        maps = rsa_objects.read_maps(detector, rgb, views)
         for k in found:
             found[k].append([(score, tuple(v / enlarge for v in box)) for score, box in rsa_objects.decode(maps, k)])
     results = {}
